@@ -1,0 +1,147 @@
+"""The one place that builds Easel: settings → model manager → engine (worker) → UI and API.
+
+`build(settings)` returns an `Easel` object holding the running parts; the UI (`webui.ui.app.create_ui`) and the
+API (`webui.api.routes.create_api`) receive it and use nothing else. Tests build their own small Easel the
+same way, with their own folders.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from webui.engine.engine import Engine
+from webui.engine.samplers import all_sampler_names, sampler_names
+from webui.infotext import parse_infotext, read_png_parameters
+from webui.model_manager.identify import Arch
+from webui.model_manager.manager import CheckpointEntry, ModelManager
+from webui.settings import Settings, build_parser, settings_from_args
+
+log = logging.getLogger("easel")
+
+
+@dataclass
+class Easel:
+    """The running application: what the UI, the API and extensions are given."""
+
+    settings: Settings
+    manager: ModelManager
+    engine: Engine
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    # Read-only helpers the UI and API share (so ui/ never touches torch or diffusers) ------------
+    def checkpoint_entries(self) -> list[CheckpointEntry]:
+        return self.manager.checkpoints()
+
+    def checkpoint_choices(self) -> list[str]:
+        return [c.name for c in self.manager.checkpoints() if c.supported]
+
+    def default_checkpoint(self) -> str:
+        current = self.manager.current()
+        if current is not None:
+            return current.name
+        choices = self.checkpoint_choices()
+        return choices[0] if choices else ""
+
+    def arch_of(self, checkpoint: str) -> Arch | None:
+        try:
+            return self.manager.find_checkpoint(checkpoint).arch
+        except LookupError:
+            return None
+
+    def sampler_choices(self, checkpoint: str | None = None) -> list[str]:
+        if not checkpoint:
+            return all_sampler_names()
+        arch = self.arch_of(checkpoint)
+        return sampler_names(arch) if arch else all_sampler_names()
+
+    def default_sampler(self, checkpoint: str | None = None) -> str:
+        choices = self.sampler_choices(checkpoint)
+        preferred = self.settings.user.default_sampler
+        return preferred if preferred in choices else choices[0]
+
+    def vae_choices(self) -> list[str]:
+        return ["Automatic", *[v.name for v in self.manager.vaes()]]
+
+    def default_size(self, checkpoint: str | None = None) -> int:
+        arch = self.arch_of(checkpoint or self.default_checkpoint())
+        return {Arch.EASEL: 64, Arch.SD1: 512, Arch.SD2: 768}.get(arch, 1024) if arch else 512
+
+    @staticmethod
+    def png_info(image: Image.Image) -> tuple[str, dict[str, str]]:
+        text = read_png_parameters(image) or ""
+        return text, (parse_infotext(text) if text else {})
+
+
+def build(settings: Settings) -> Easel:
+    """Create the model manager and engine for these settings (nothing is loaded yet)."""
+    import torch
+
+    for sub in ("Stable-diffusion", "diffusers", "Lora", "VAE"):
+        (settings.models_dir / sub).mkdir(parents=True, exist_ok=True)
+    manager = ModelManager(
+        checkpoint_dirs=settings.checkpoint_dirs(), diffusers_dirs=settings.diffusers_dirs(),
+        vae_dirs=settings.all_vae_dirs(), lora_dirs=settings.all_lora_dirs(), builtin_dirs=settings.builtin_dirs(),
+        device=settings.resolved_device(), dtype=settings.resolved_dtype(),
+        ram_cache_size=settings.user.ram_cache_size, offload=settings.offload(),
+        hash_cache_path=settings.hash_cache_path,
+    )
+    if settings.resolved_device() == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    engine = Engine(settings, manager)
+    return Easel(settings, manager, engine)
+
+
+def create_server(easel: Easel, block: bool = True) -> tuple[Any, str]:
+    """Start the UI (and API) or the API alone; return (FastAPI app, local URL)."""
+    settings = easel.settings
+    host = "0.0.0.0" if settings.listen else "127.0.0.1"
+    if settings.nowebui:
+        import fastapi
+        import uvicorn
+
+        from webui.api.routes import create_api
+
+        app = fastapi.FastAPI(title="Easel API")
+        create_api(app, easel)
+        config = uvicorn.Config(app, host=host, port=settings.port, log_level="warning")
+        server = uvicorn.Server(config)
+        url = f"http://{host}:{settings.port}"
+        if block:
+            server.run()
+        else:
+            threading.Thread(target=server.run, daemon=True).start()
+        easel.extras["server"] = server
+        return app, url
+
+    from webui.ui.app import create_ui, launch_kwargs
+
+    blocks = create_ui(easel)
+    app, local_url, share_url = blocks.launch(server_name=host, server_port=settings.port, share=settings.share,
+                                              auth=settings.auth_pairs() or None, prevent_thread_lock=True,
+                                              **launch_kwargs(easel))
+    if settings.api:
+        from webui.api.routes import create_api
+
+        create_api(app, easel)
+    log.info("Easel is running at %s%s", local_url, f" (public link: {share_url})" if share_url else "")
+    easel.extras["blocks"] = blocks
+    if block:
+        blocks.block_thread()
+    return app, local_url
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = build_parser().parse_args(argv)
+    settings = settings_from_args(args)
+    if settings.load_message:
+        log.warning(settings.load_message)
+    easel = build(settings)
+    easel.engine.start()
+    create_server(easel, block=True)

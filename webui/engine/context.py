@@ -1,0 +1,142 @@
+"""What a mode needs while it runs: the loaded pipeline, seeds, a step callback and family-specific arguments.
+
+The step callback is the one place where a running pipeline meets the job: it publishes the step and a
+preview every few steps, and stops the pipeline within one step when the user interrupts or skips.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from webui.engine.prompts import encode_sd, encode_sdxl, strip_emphasis
+from webui.engine.samplers import make_scheduler, resolve_sampler
+from webui.engine.worker import Job
+from webui.model_manager.identify import Arch
+from webui.model_manager.manager import LoadedPipeline, ModelManager
+from webui.requests import GenerationRequest
+
+log = logging.getLogger(__name__)
+
+# Linear maps from a 4-channel SD latent to RGB, for cheap previews (well-known approximations).
+_SD_LATENT_RGB = torch.tensor([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173],
+                               [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]])
+
+
+@dataclass
+class Generated:
+    """One finished image and the infotext entries that only the mode knows."""
+
+    image: Image.Image
+    seed: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_seed(seed: int) -> int:
+    return seed if seed >= 0 else random.randrange(0, 2**32 - 1)
+
+
+def generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per image: the same seed gives the same noise on every device."""
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+
+def latents_preview(latents: torch.Tensor, arch: Arch) -> Image.Image | None:
+    """A quick RGB view of the first latent in a batch, or None where the layout has no cheap preview."""
+    if latents.ndim != 4:
+        return None
+    first = latents[0].detach().float().cpu()
+    if arch == Arch.EASEL and first.shape[0] == 3:  # pixel space, [-1, 1]
+        rgb = first
+    elif first.shape[0] == 4:
+        rgb = torch.einsum("chw,cr->rhw", first, _SD_LATENT_RGB)
+    else:
+        return None
+    array = ((rgb.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+@dataclass
+class ModeContext:
+    manager: ModelManager
+    job: Job
+    preview_every: int = 4
+
+    def load(self, request: GenerationRequest, mode: str) -> LoadedPipeline:
+        loaded = self.manager.get(request.checkpoint or self.default_checkpoint(), mode,
+                                  None if request.vae in ("", "Automatic", "None") else request.vae)
+        loaded.pipe.scheduler = make_scheduler(request.sampler, loaded.arch, loaded.pipe.scheduler.config)
+        return loaded
+
+    def default_checkpoint(self) -> str:
+        current = self.manager.current()
+        if current is not None:
+            return current.name
+        usable = [c for c in self.manager.checkpoints() if c.supported]
+        if not usable:
+            raise ValueError("checkpoint: no model is installed; put a .safetensors file in models/Stable-diffusion")
+        return usable[0].name
+
+    def callback(self, arch: Arch, total_steps: int) -> Callable:
+        job = self.job
+        job.update(step=0, total_steps=total_steps)
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            changes: dict[str, Any] = {"step": step + 1}
+            every = self.preview_every
+            if every and (step + 1) % every == 0 and "latents" in kwargs:
+                preview = latents_preview(kwargs["latents"], arch)
+                if preview is not None:
+                    changes["preview"] = preview
+            job.update(**changes)
+            if job.interrupt_requested or job.skip_requested:
+                pipe._interrupt = True
+            return {}
+
+        return on_step_end
+
+
+def sampler_used(request: GenerationRequest, arch: Arch) -> str:
+    return resolve_sampler(request.sampler, arch)
+
+
+def prompt_kwargs(loaded: LoadedPipeline, request: GenerationRequest) -> dict[str, Any]:
+    """Prompt and guidance arguments in the form each model family's pipeline takes."""
+    arch, pipe = loaded.arch, loaded.pipe
+    prompt, negative = request.prompt, request.negative_prompt
+    if arch in (Arch.SD1, Arch.SD2):
+        return {**encode_sd(pipe, prompt, negative, request.clip_skip), "guidance_scale": request.cfg_scale}
+    if arch == Arch.SDXL:
+        return {**encode_sdxl(pipe, prompt, negative, request.clip_skip), "guidance_scale": request.cfg_scale}
+    plain, plain_negative = strip_emphasis(prompt), strip_emphasis(negative)
+    if arch == Arch.FLUX:
+        return {"prompt": plain, "guidance_scale": request.cfg_scale}
+    if arch == Arch.QWEN:
+        return {"prompt": plain, "negative_prompt": plain_negative or " ", "true_cfg_scale": request.cfg_scale}
+    if arch == Arch.SD3:
+        return {"prompt": plain, "negative_prompt": plain_negative, "guidance_scale": request.cfg_scale}
+    return {"prompt": plain, "negative_prompt": plain_negative, "guidance_scale": request.cfg_scale}
+
+
+def run_batches(ctx: ModeContext, request: GenerationRequest, loaded: LoadedPipeline,
+                call: Callable[[list[torch.Generator], int], list[Image.Image]],
+                extra: dict[str, Any] | None = None) -> list[Generated]:
+    """Run `batch_count` batches of `batch_size` images with consecutive seeds (seed, seed+1, ...)."""
+    job = ctx.job
+    first_seed = resolve_seed(request.seed)
+    results: list[Generated] = []
+    job.update(batch_total=request.batch_count)
+    for batch in range(request.batch_count):
+        job.check_interrupt()
+        job.update(batch_index=batch, skip_requested=False)
+        seeds = [first_seed + batch * request.batch_size + i for i in range(request.batch_size)]
+        images = call(generators(seeds), request.batch_size)
+        results.extend(Generated(img, seed, dict(extra or {})) for img, seed in zip(images, seeds))
+        if job.interrupt_requested:
+            break
+    return results

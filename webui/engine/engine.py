@@ -1,0 +1,108 @@
+"""The engine: validates requests, queues them on the worker, runs the mode, writes infotext and PNGs.
+
+UI and API both call `Engine.submit`; the worker calls `Engine.run_job` on its thread. Extensions can change a
+request before it runs (`before_generate` hooks) and post-process images after (`after_generate` hooks).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+from typing import Any, Callable
+
+from webui import __version__
+from webui.engine.context import Generated, ModeContext
+from webui.engine.outputs import mode_folder, save_image
+from webui.engine.worker import Job, JobResult, Worker
+from webui.infotext import format_infotext
+from webui.model_manager.manager import ModelManager
+from webui.requests import GenerationRequest, validate_request
+from webui.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MODES = {"txt2img": "webui.engine.modes.txt2img", "img2img": "webui.engine.modes.img2img",
+         "inpaint": "webui.engine.modes.inpaint", "segment": "webui.engine.modes.segment"}
+
+
+class Engine:
+    def __init__(self, settings: Settings, manager: ModelManager) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.worker = Worker(self.run_job, queue_size=settings.user.queue_size)
+        self.before_generate: list[Callable[[Any], Any]] = []
+        self.after_generate: list[Callable[[Any, list[Generated]], list[Generated] | None]] = []
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+    # Submitting ----------------------------------------------------------------------------------
+    def submit(self, request: Any, source: str = "ui") -> Job:
+        """Validate (raising RequestError naming the field) and queue a request."""
+        if isinstance(request, GenerationRequest):
+            validate_request(request, self.settings.user.limits())
+        elif hasattr(request, "validate"):
+            request.validate(self.settings.user.limits())
+        return self.worker.submit(request, source)
+
+    def generate(self, request: Any, source: str = "api", timeout: float | None = None) -> Job:
+        job = self.submit(request, source)
+        job.wait(timeout)
+        return job
+
+    # Running (worker thread) ---------------------------------------------------------------------
+    def run_job(self, job: Job) -> JobResult:
+        request = job.request
+        for hook in self.before_generate:
+            request = hook(request) or request
+        mode = importlib.import_module(MODES[request.mode])
+        ctx = ModeContext(self.manager, job, self.settings.user.live_preview_every)
+        generated: list[Generated] = mode.run(ctx, request)
+        for hook in self.after_generate:
+            generated = hook(request, generated) or generated
+        result = JobResult()
+        entry = self.manager.current()
+        for item in generated:
+            text = self.infotext(request, item, entry)
+            result.images.append(item.image)
+            result.infotexts.append(text)
+            result.seeds.append(item.seed)
+            if self.settings.user.save_images and getattr(request, "save_images", True):
+                folder = mode_folder(self.settings.outputs_dir, request.mode)
+                result.paths.append(save_image(item.image, folder, item.seed, text, self.settings.user.filename_digits))
+        result.info = {"seeds": result.seeds, "model": entry.name if entry else None,
+                       "model_hash": entry.short_hash if entry else None}
+        job.update(result=result)
+        return result
+
+    def infotext(self, request: Any, item: Generated, entry: Any) -> str:
+        """AUTOMATIC1111's parameters text for one image."""
+        if not isinstance(request, GenerationRequest):
+            params = {"Seed": item.seed, **item.extra, "Version": f"Easel {__version__}"}
+            return format_infotext(getattr(request, "query", ""), "", params)
+        params: dict[str, Any] = {
+            "Steps": request.steps,
+            "Sampler": item.extra.pop("Sampler", request.sampler),
+            "CFG scale": _number(request.cfg_scale),
+            "Seed": item.seed,
+            "Size": f"{request.width}x{request.height}",
+            "Model hash": entry.short_hash if entry else None,
+            "Model": entry.name if entry else request.checkpoint or None,
+            "VAE": request.vae if request.vae not in ("", "Automatic", "None") else None,
+            "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+        }
+        for key, value in item.extra.items():
+            params[key] = _number(value) if isinstance(value, float) else value
+        params["Version"] = f"Easel {__version__}"
+        return format_infotext(request.prompt, request.negative_prompt, params)
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else round(float(value), 4)
+
+
+def request_with(request: GenerationRequest, **changes: Any) -> GenerationRequest:
+    return dataclasses.replace(request, **changes)

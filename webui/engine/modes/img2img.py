@@ -1,0 +1,28 @@
+"""img2img: an input image, noised to the denoising strength, denoised towards the prompt."""
+from __future__ import annotations
+
+from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches, sampler_used
+from webui.engine.images import resize_image
+from webui.requests import Img2ImgRequest
+
+
+def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
+    # 1. Check and prepare the input image at the requested size.
+    if request.init_image is None:
+        raise ValueError("init_images: an input image is required")
+    init = resize_image(request.init_image, request.width, request.height, request.resize_mode)
+
+    # 2. Load and encode.
+    loaded = ctx.load(request, "img2img")
+    prompt_args = prompt_kwargs(loaded, request)
+    strength = request.denoising_strength
+    total = max(1, int(request.steps * strength))
+
+    # 3. Run.
+    def call(gens, batch_size):
+        return loaded.pipe(**prompt_args, image=[init] * batch_size, strength=strength,
+                           num_inference_steps=request.steps, generator=gens,
+                           callback_on_step_end=ctx.callback(loaded.arch, total), output_type="pil").images
+
+    extra = {"Sampler": sampler_used(request, loaded.arch), "Denoising strength": strength}
+    return run_batches(ctx, request, loaded, call, extra)

@@ -1,0 +1,251 @@
+"""The one worker thread that owns the device, and the jobs it runs.
+
+UI and API submit requests here; the worker takes them in order from a bounded queue and calls the runner it
+was built with. A job publishes its progress (step, total, a preview image) and ends as done, failed or
+interrupted. Watchers block on the job's condition variable (`wait_for_update`) instead of polling, and a
+failure inside a job never stops the worker.
+"""
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+class QueueFullError(RuntimeError):
+    """The job queue is at its limit; the caller should retry later."""
+
+
+class JobInterrupted(Exception):
+    """Raised inside a runner when the user pressed Interrupt."""
+
+
+@dataclass
+class JobResult:
+    images: list[Image.Image] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Job:
+    """One queued request, with the progress the worker publishes while running it."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, request: Any, source: str = "ui") -> None:
+        self.id = f"job-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+        self.request = request
+        self.source = source
+        self.state = JobState.QUEUED
+        self.error: str | None = None
+        self.result: JobResult | None = None
+        self.step = 0
+        self.total_steps = 0
+        self.batch_index = 0
+        self.batch_total = 1
+        self.preview: Image.Image | None = None
+        self.created = time.time()
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.interrupt_requested = False
+        self.skip_requested = False
+        self.version = 0
+        self._cond = threading.Condition()
+
+    # Publishing (worker side) ---------------------------------------------------------------------
+    def update(self, **changes: Any) -> None:
+        with self._cond:
+            for key, value in changes.items():
+                setattr(self, key, value)
+            self.version += 1
+            self._cond.notify_all()
+
+    # Watching (UI / API side) ---------------------------------------------------------------------
+    @property
+    def finished_state(self) -> bool:
+        return self.state in (JobState.DONE, JobState.FAILED, JobState.INTERRUPTED)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job has ended; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.finished_state, timeout=timeout)
+
+    def wait_for_update(self, seen_version: int, timeout: float | None = None) -> int:
+        """Block until the job changed after `seen_version` (or ended, or timeout); return the new version."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.version != seen_version or self.finished_state, timeout=timeout)
+            return self.version
+
+    @property
+    def progress(self) -> float:
+        if self.state == JobState.DONE:
+            return 1.0
+        if not self.total_steps:
+            return 0.0
+        per_batch = min(self.step, self.total_steps) / self.total_steps
+        return min(1.0, (self.batch_index + per_batch) / max(1, self.batch_total))
+
+    def check_interrupt(self) -> None:
+        if self.interrupt_requested:
+            raise JobInterrupted()
+
+
+Runner = Callable[[Job], JobResult]
+
+
+class Worker:
+    """A single thread running jobs from a bounded FIFO queue."""
+
+    def __init__(self, runner: Runner, queue_size: int = 64) -> None:
+        self._runner = runner
+        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        self._pending: list[Job] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.current: Job | None = None
+        self.jobs: dict[str, Job] = {}
+        self._history_limit = 256
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="easel-worker", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._thread is None:
+            return
+        self.interrupt()
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self._thread = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, request: Any, source: str = "ui") -> Job:
+        job = Job(request, source)
+        with self._lock:
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                raise QueueFullError(f"the queue is full ({self._queue.maxsize} jobs waiting); try again shortly") from None
+            self._pending.append(job)
+            self.jobs[job.id] = job
+            if len(self.jobs) > self._history_limit:
+                for old in [j for j in self.jobs.values() if j.finished_state][: len(self.jobs) - self._history_limit]:
+                    self.jobs.pop(old.id, None)
+        return job
+
+    def position(self, job: Job) -> int:
+        """0 when running or finished, else 1-based place in the queue."""
+        with self._lock:
+            try:
+                return self._pending.index(job) + 1
+            except ValueError:
+                return 0
+
+    def queue_length(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def interrupt(self, job_id: str | None = None) -> bool:
+        """Stop the running job (or a queued one by id) within one step."""
+        with self._lock:
+            targets = [self.jobs[job_id]] if job_id and job_id in self.jobs else ([self.current] if self.current else [])
+        stopped = False
+        for job in targets:
+            if job is not None and not job.finished_state:
+                job.update(interrupt_requested=True)
+                stopped = True
+        return stopped
+
+    def skip(self) -> bool:
+        """End the current image of the running job and go on with its next batch."""
+        job = self.current
+        if job is None or job.finished_state:
+            return False
+        job.update(skip_requested=True)
+        return True
+
+    def run_now(self, request: Any, source: str = "api", timeout: float | None = None) -> Job:
+        """Submit and wait for the job to end."""
+        job = self.submit(request, source)
+        job.wait(timeout)
+        return job
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            with self._lock:
+                if job in self._pending:
+                    self._pending.remove(job)
+                self.current = job
+            try:
+                self._run(job)
+            finally:
+                with self._lock:
+                    self.current = None
+
+    def _run(self, job: Job) -> None:
+        if job.interrupt_requested:
+            job.update(state=JobState.INTERRUPTED, finished=time.time(), result=JobResult())
+            return
+        job.update(state=JobState.RUNNING, started=time.time())
+        try:
+            result = self._runner(job)
+        except JobInterrupted:
+            job.update(state=JobState.INTERRUPTED, finished=time.time(), result=job.result or JobResult())
+        except Exception as exc:  # noqa: BLE001 - the worker must outlive any job
+            log.exception("job %s failed", job.id)
+            job.update(state=JobState.FAILED, error=describe_error(exc), finished=time.time())
+        else:
+            final = JobState.INTERRUPTED if job.interrupt_requested else JobState.DONE
+            job.update(state=final, result=result, finished=time.time())
+        finally:
+            release_memory()
+
+
+def describe_error(exc: BaseException) -> str:
+    """A message a user can act on, without a traceback."""
+    text = str(exc) or exc.__class__.__name__
+    if "out of memory" in text.lower() or exc.__class__.__name__ == "OutOfMemoryError":
+        return ("Out of memory while generating. Try a smaller size or batch, --medvram or --lowvram. "
+                f"({exc.__class__.__name__})")
+    return text
+
+
+def release_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass

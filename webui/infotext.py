@@ -1,0 +1,144 @@
+"""Write and read the "parameters" text that Easel embeds in every PNG.
+
+The layout is AUTOMATIC1111's, so images move freely between Easel, AUTOMATIC1111, Forge and the sites
+that read it:
+
+    a red circle on a blue background
+    Negative prompt: blurry
+    Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 64x64, Model hash: 0123456789, Model: easel-shapes
+
+The prompt may span lines; the negative prompt starts at the line beginning "Negative prompt:"; the last line
+holds `key: value` pairs separated by commas, where values containing a comma, colon or quote are JSON-quoted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+from webui.requests import GenerationRequest, InpaintRequest, Txt2ImgRequest, field_specs
+
+PARAMETERS_KEY = "parameters"
+_PAIR = re.compile(r'\s*([\w][\w \-/+.()]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+_NEGATIVE = "Negative prompt:"
+
+
+def quote(value: Any) -> str:
+    """A value as it stands after `key: ` — quoted when it holds a separator."""
+    text = str(value)
+    if "," in text or ":" in text or '"' in text or "\n" in text:
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def unquote(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        try:
+            return str(json.loads(text))
+        except json.JSONDecodeError:
+            return text[1:-1]
+    return text
+
+
+def format_infotext(prompt: str, negative_prompt: str, params: dict[str, Any]) -> str:
+    """Join a prompt, a negative prompt and ordered parameters into the parameters text."""
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"{_NEGATIVE} {negative_prompt}")
+    pairs = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None and v != "")
+    lines.append(pairs)
+    return "\n".join(lines)
+
+
+def parse_infotext(text: str) -> dict[str, str]:
+    """Split a parameters text into {"Prompt", "Negative prompt", key: value, ...}; all values are strings."""
+    text = text.strip()
+    lines = text.split("\n")
+    result: dict[str, str] = {}
+    last = lines[-1] if lines else ""
+    pairs = _PAIR.findall(last)
+    if len(pairs) >= 3 or (len(lines) > 1 and pairs and last.startswith("Steps:")):
+        lines = lines[:-1]
+        for key, value in pairs:
+            result[key.strip()] = unquote(value)
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    target = prompt_lines
+    for line in lines:
+        if line.startswith(_NEGATIVE):
+            target = negative_lines
+            line = line[len(_NEGATIVE):].lstrip()
+        target.append(line)
+    result["Prompt"] = "\n".join(prompt_lines).strip()
+    result["Negative prompt"] = "\n".join(negative_lines).strip()
+    return result
+
+
+def read_png_parameters(image: Image.Image) -> str | None:
+    """The parameters text of a PNG (tEXt/iTXt) or of a JPEG/WebP's EXIF UserComment, if any."""
+    info = getattr(image, "info", {}) or {}
+    if isinstance(info.get(PARAMETERS_KEY), str):
+        return info[PARAMETERS_KEY]
+    exif = image.getexif() if hasattr(image, "getexif") else None
+    if exif:
+        comment = exif.get_ifd(0x8769).get(0x9286)  # Exif IFD, UserComment
+        if isinstance(comment, bytes):
+            if comment.startswith(b"UNICODE\x00"):
+                return comment[8:].decode("utf-16-be", errors="replace")
+            if comment.startswith(b"ASCII\x00\x00\x00"):
+                return comment[8:].decode("ascii", errors="replace")
+    return None
+
+
+def png_info(text: str) -> PngImagePlugin.PngInfo:
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text(PARAMETERS_KEY, text)
+    return meta
+
+
+def png_bytes(image: Image.Image, text: str | None) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=png_info(text) if text else None)
+    return buffer.getvalue()
+
+
+def _convert(value: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    if isinstance(default, int):
+        return int(float(value))
+    if isinstance(default, float):
+        return float(value)
+    return value
+
+
+def request_updates(params: dict[str, str], cls: type[GenerationRequest] = Txt2ImgRequest) -> dict[str, Any]:
+    """Field values of `cls` restored from parsed infotext (unknown keys are ignored, bad values skipped)."""
+    updates: dict[str, Any] = {"prompt": params.get("Prompt", ""), "negative_prompt": params.get("Negative prompt", "")}
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for name, s in field_specs(cls).items():
+        if s.infotext and s.infotext in params:
+            try:
+                updates[name] = _convert(params[s.infotext], defaults[name])
+            except ValueError:
+                continue
+    if "Size" in params:
+        match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", params["Size"])
+        if match:
+            updates["width"], updates["height"] = int(match.group(1)), int(match.group(2))
+    schedule = params.get("Schedule type", "")
+    if "sampler" in updates and schedule and schedule not in ("Automatic", "Uniform") and schedule not in updates["sampler"]:
+        updates["sampler"] = f"{updates['sampler']} {schedule}"
+    if issubclass(cls, Txt2ImgRequest):
+        updates["enable_hr"] = "Hires upscale" in params or "Hires resize" in params
+    if issubclass(cls, InpaintRequest):
+        if "Inpaint area" in params:
+            updates["inpaint_full_res"] = params["Inpaint area"].lower().startswith("only masked")
+        if "Mask mode" in params:
+            updates["inpainting_mask_invert"] = "not" in params["Mask mode"].lower()
+    return updates

@@ -1,0 +1,197 @@
+"""Typed generation requests, one declaration per field.
+
+Every field carries a `FieldSpec` in its dataclass metadata: the label the UI shows, the key it has in the
+AUTOMATIC1111 infotext, the name it has in the `/sdapi/v1` API and its limits. The UI, the API and the
+infotext reader all read these declarations, so a field is added in one place. `validate_request` checks a
+request against the limits of the running settings and raises `RequestError` naming the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from PIL import Image
+
+Mode = Literal["txt2img", "img2img", "inpaint", "segment"]
+
+SAMPLE_NAMES_DEFAULT = "Euler a"
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
+INPAINT_FILLS = ("fill", "original", "latent noise", "latent nothing")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """How one request field appears in the UI, the infotext and the API, and its limits."""
+
+    label: str
+    infotext: str | None = None  # key in the "parameters" text; None = not written there
+    api: str | None = None  # name in the AUTOMATIC1111 JSON body; None = not in the API
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: tuple[str, ...] | None = None
+    limit: str | None = None  # name of the Limits attribute giving the maximum instead of `maximum`
+
+
+def spec(default: Any, label: str, **kwargs: Any) -> Any:
+    """A dataclass field with its FieldSpec."""
+    return field(default=default, metadata={"spec": FieldSpec(label, **kwargs)})
+
+
+def image_field(label: str, api: str | None) -> Any:
+    return field(default=None, compare=False, repr=False, metadata={"spec": FieldSpec(label, api=api)})
+
+
+class RequestError(ValueError):
+    """A request field is out of its limits or of the wrong kind. `field` names it as the API does."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds a request is validated against; they live in the settings."""
+
+    max_side: int = 2048
+    max_pixels: int = 2048 * 2048
+    max_steps: int = 150
+    max_batch_size: int = 8
+    max_batch_count: int = 100
+    max_prompt_chars: int = 8000
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Fields every generation mode shares."""
+
+    prompt: str = spec("", "Prompt", api="prompt", limit="max_prompt_chars")
+    negative_prompt: str = spec("", "Negative prompt", api="negative_prompt", limit="max_prompt_chars")
+    checkpoint: str = spec("", "Checkpoint", infotext="Model")
+    vae: str = spec("Automatic", "VAE", infotext="VAE")
+    sampler: str = spec(SAMPLE_NAMES_DEFAULT, "Sampling method", infotext="Sampler", api="sampler_name")
+    steps: int = spec(20, "Sampling steps", infotext="Steps", api="steps", minimum=1, limit="max_steps", step=1)
+    cfg_scale: float = spec(7.0, "CFG Scale", infotext="CFG scale", api="cfg_scale", minimum=0.0, maximum=30.0, step=0.5)
+    seed: int = spec(-1, "Seed", infotext="Seed", api="seed", minimum=-1, maximum=2**32 - 1)
+    width: int = spec(512, "Width", api="width", minimum=64, limit="max_side", step=8)
+    height: int = spec(512, "Height", api="height", minimum=64, limit="max_side", step=8)
+    batch_size: int = spec(1, "Batch size", api="batch_size", minimum=1, limit="max_batch_size", step=1)
+    batch_count: int = spec(1, "Batch count", api="n_iter", minimum=1, limit="max_batch_count", step=1)
+    clip_skip: int = spec(1, "Clip skip", infotext="Clip skip", api="clip_skip", minimum=1, maximum=12, step=1)
+
+    mode: Mode = "txt2img"
+
+    def replace(self, **changes: Any) -> "GenerationRequest":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Txt2ImgRequest(GenerationRequest):
+    enable_hr: bool = spec(False, "Hires. fix", api="enable_hr")
+    hr_scale: float = spec(2.0, "Upscale by", infotext="Hires upscale", api="hr_scale", minimum=1.0, maximum=4.0, step=0.05)
+    hr_upscaler: str = spec("Lanczos", "Upscaler", infotext="Hires upscaler", api="hr_upscaler")
+    hr_second_pass_steps: int = spec(0, "Hires steps", infotext="Hires steps", api="hr_second_pass_steps", minimum=0, limit="max_steps", step=1)
+    hr_denoising_strength: float = spec(0.7, "Denoising strength", infotext="Denoising strength", api="denoising_strength", minimum=0.0, maximum=1.0, step=0.01)
+
+    mode: Mode = "txt2img"
+
+
+@dataclass(frozen=True)
+class Img2ImgRequest(GenerationRequest):
+    init_image: Image.Image | None = image_field("Image", api="init_images")
+    denoising_strength: float = spec(0.75, "Denoising strength", infotext="Denoising strength", api="denoising_strength", minimum=0.0, maximum=1.0, step=0.01)
+    resize_mode: str = spec("Just resize", "Resize mode", api="resize_mode", choices=RESIZE_MODES)
+
+    mode: Mode = "img2img"
+
+
+@dataclass(frozen=True)
+class InpaintRequest(Img2ImgRequest):
+    mask: Image.Image | None = image_field("Mask", api="mask")
+    mask_blur: int = spec(4, "Mask blur", infotext="Mask blur", api="mask_blur", minimum=0, maximum=64, step=1)
+    inpainting_fill: str = spec("original", "Masked content", infotext="Masked content", api="inpainting_fill", choices=INPAINT_FILLS)
+    inpaint_full_res: bool = spec(False, "Only masked", infotext="Inpaint area", api="inpaint_full_res")
+    inpaint_full_res_padding: int = spec(32, "Only masked padding, pixels", infotext="Masked area padding", api="inpaint_full_res_padding", minimum=0, maximum=256, step=4)
+    inpainting_mask_invert: bool = spec(False, "Inpaint not masked", infotext="Mask mode", api="inpainting_mask_invert")
+    outpaint_left: int = spec(0, "Extend left", infotext="Outpaint left", minimum=0, limit="max_side", step=8)
+    outpaint_right: int = spec(0, "Extend right", infotext="Outpaint right", minimum=0, limit="max_side", step=8)
+    outpaint_top: int = spec(0, "Extend top", infotext="Outpaint top", minimum=0, limit="max_side", step=8)
+    outpaint_bottom: int = spec(0, "Extend bottom", infotext="Outpaint bottom", minimum=0, limit="max_side", step=8)
+
+    mode: Mode = "inpaint"
+
+    @property
+    def outpainting(self) -> bool:
+        return any((self.outpaint_left, self.outpaint_right, self.outpaint_top, self.outpaint_bottom))
+
+
+REQUEST_TYPES: dict[str, type[GenerationRequest]] = {
+    "txt2img": Txt2ImgRequest,
+    "img2img": Img2ImgRequest,
+    "inpaint": InpaintRequest,
+}
+
+
+def field_specs(cls: type) -> dict[str, FieldSpec]:
+    """The FieldSpec of each declared field of a request class, by attribute name."""
+    return {f.name: f.metadata["spec"] for f in dataclasses.fields(cls) if "spec" in f.metadata}
+
+
+def _limit(s: FieldSpec, limits: Limits) -> float | None:
+    return getattr(limits, s.limit) if s.limit else s.maximum
+
+
+def validate_request(request: GenerationRequest, limits: Limits) -> None:
+    """Raise RequestError naming the first field that is of the wrong type or outside its limits."""
+    for f in dataclasses.fields(request):
+        s: FieldSpec | None = f.metadata.get("spec")
+        if s is None:
+            continue
+        name = s.api or f.name
+        value = getattr(request, f.name)
+        if f.type in ("str",) or isinstance(f.default, str):
+            if not isinstance(value, str):
+                raise RequestError(name, f"must be text, got {type(value).__name__}")
+            top = _limit(s, limits)
+            if top is not None and len(value) > top:
+                raise RequestError(name, f"is {len(value)} characters long; the limit is {int(top)}")
+            if s.choices and value not in s.choices:
+                raise RequestError(name, f"must be one of {', '.join(s.choices)}; got {value!r}")
+        elif isinstance(f.default, bool):
+            if not isinstance(value, bool):
+                raise RequestError(name, f"must be true or false, got {value!r}")
+        elif isinstance(f.default, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RequestError(name, f"must be a number, got {type(value).__name__}")
+            if isinstance(f.default, int) and not float(value).is_integer():
+                raise RequestError(name, f"must be a whole number, got {value}")
+            if value != value:  # NaN
+                raise RequestError(name, "must be a number, got NaN")
+            top = _limit(s, limits)
+            if s.minimum is not None and value < s.minimum:
+                raise RequestError(name, f"must be at least {s.minimum:g}, got {value}")
+            if top is not None and value > top:
+                raise RequestError(name, f"must be at most {top:g}, got {value}")
+    for side in ("width", "height"):
+        if getattr(request, side) % 8:
+            raise RequestError(side, f"must be a multiple of 8, got {getattr(request, side)}")
+    pixels = request.width * request.height
+    if pixels > limits.max_pixels:
+        raise RequestError("width", f"{request.width}x{request.height} is {pixels} pixels; the limit is {limits.max_pixels}")
+    if isinstance(request, Img2ImgRequest) and request.init_image is None:
+        raise RequestError("init_images", "an input image is required")
+    if isinstance(request, Img2ImgRequest) and request.init_image is not None:
+        w, h = request.init_image.size
+        if w * h > limits.max_pixels * 4:
+            raise RequestError("init_images", f"image is {w}x{h}; the limit is {limits.max_pixels * 4} pixels")
+    if isinstance(request, InpaintRequest):
+        if request.mask is None and not request.outpainting:
+            raise RequestError("mask", "a mask is required for inpainting (draw one or upload it)")
+        out_w = request.width + request.outpaint_left + request.outpaint_right
+        out_h = request.height + request.outpaint_top + request.outpaint_bottom
+        if out_w > limits.max_side or out_h > limits.max_side:
+            raise RequestError("outpaint_right" if out_w > limits.max_side else "outpaint_bottom",
+                               f"the extended canvas {out_w}x{out_h} exceeds the limit of {limits.max_side} per side")

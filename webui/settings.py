@@ -1,0 +1,221 @@
+"""Command-line flags, persisted settings and folder paths, as one validated object.
+
+Flags keep AUTOMATIC1111's names (`--port`, `--listen`, `--share`, `--gradio-auth`, `--api`, `--nowebui`,
+`--ckpt-dir`, `--lora-dir`, `--vae-dir`, `--data-dir`, `--medvram`, `--lowvram`, ...). The user settings that the
+Settings tab edits are stored as JSON in `<data dir>/config.json`; a corrupt file is kept aside as
+`config.json.bak` and replaced by defaults, and the reason is reported to the user.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from webui.requests import Limits
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILTIN_MODELS_DIR = ROOT / "models" / "builtin"
+
+
+@dataclass
+class UserSettings:
+    """Settings a user changes in the Settings tab; persisted to config.json."""
+
+    ram_cache_size: int = 2  # pipelines kept in RAM
+    live_preview_every: int = 4  # steps between preview images; 0 = off
+    default_sampler: str = "Euler a"
+    max_side: int = 2048
+    max_pixels: int = 2048 * 2048
+    max_steps: int = 150
+    max_batch_size: int = 8
+    max_batch_count: int = 100
+    max_prompt_chars: int = 8000
+    queue_size: int = 64
+    save_images: bool = True
+    filename_digits: int = 5
+
+    def limits(self) -> Limits:
+        return Limits(self.max_side, self.max_pixels, self.max_steps, self.max_batch_size,
+                      self.max_batch_count, self.max_prompt_chars)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(f.default, bool):
+                if not isinstance(value, bool):
+                    raise ValueError(f"{f.name}: must be true or false, got {value!r}")
+            elif isinstance(f.default, int):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError(f"{f.name}: must be a whole number >= 0, got {value!r}")
+            elif isinstance(f.default, str) and not isinstance(value, str):
+                raise ValueError(f"{f.name}: must be text, got {value!r}")
+        if self.ram_cache_size < 1:
+            raise ValueError("ram_cache_size: must be at least 1")
+        if self.max_side < 64 or self.max_side % 8:
+            raise ValueError("max_side: must be a multiple of 8 and at least 64")
+
+
+@dataclass
+class Settings:
+    """Everything the app is built from: flags, folders and the user settings."""
+
+    port: int = 7860
+    listen: bool = False
+    share: bool = False
+    gradio_auth: str | None = None
+    api: bool = False
+    nowebui: bool = False
+    data_dir: Path = ROOT
+    ckpt_dirs: list[Path] = field(default_factory=list)
+    lora_dirs: list[Path] = field(default_factory=list)
+    vae_dirs: list[Path] = field(default_factory=list)
+    device: str = "auto"
+    precision: str = "auto"
+    medvram: bool = False
+    lowvram: bool = False
+    builtin_dir: Path = BUILTIN_MODELS_DIR
+    user: UserSettings = field(default_factory=UserSettings)
+    load_message: str | None = None  # what happened when config.json was read, if worth telling
+
+    # Folders -----------------------------------------------------------------------------------
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "config.json"
+
+    @property
+    def hash_cache_path(self) -> Path:
+        return self.data_dir / "cache" / "hashes.json"
+
+    def checkpoint_dirs(self) -> list[Path]:
+        return [self.models_dir / "Stable-diffusion", *self.ckpt_dirs]
+
+    def diffusers_dirs(self) -> list[Path]:
+        return [self.models_dir / "diffusers"]
+
+    def all_vae_dirs(self) -> list[Path]:
+        return [self.models_dir / "VAE", *self.vae_dirs]
+
+    def all_lora_dirs(self) -> list[Path]:
+        return [self.models_dir / "Lora", *self.lora_dirs]
+
+    def builtin_dirs(self) -> list[Path]:
+        """The built-in model ships with the code, whatever --data-dir says."""
+        return [self.builtin_dir]
+
+    # Device ------------------------------------------------------------------------------------
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+
+    def resolved_dtype(self) -> Any:
+        import torch
+
+        device = self.resolved_device()
+        table = {"full": torch.float32, "fp32": torch.float32, "half": torch.float16, "fp16": torch.float16,
+                 "bf16": torch.bfloat16}
+        if self.precision in table:
+            return table[self.precision]
+        return torch.float16 if device in ("cuda", "mps") else torch.float32
+
+    def offload(self) -> str:
+        return "sequential" if self.lowvram else "model" if self.medvram else "none"
+
+    def auth_pairs(self) -> list[tuple[str, str]]:
+        """Parse `user:pass[,user2:pass2]`."""
+        if not self.gradio_auth:
+            return []
+        pairs = []
+        for item in self.gradio_auth.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if ":" not in item:
+                raise ValueError("--gradio-auth: expected user:password[,user2:password2]")
+            user, password = item.split(":", 1)
+            pairs.append((user, password))
+        return pairs
+
+    # Persistence -------------------------------------------------------------------------------
+    def load_user_settings(self) -> None:
+        """Read config.json; keep a corrupt file aside and fall back to defaults."""
+        path = self.config_path
+        if not path.exists():
+            return
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(raw, dict):
+                raise ValueError("top level is not an object")
+            known = {f.name for f in dataclasses.fields(UserSettings)}
+            user = UserSettings(**{k: v for k, v in raw.items() if k in known})
+            user.validate()
+            self.user = user
+        except (ValueError, TypeError) as exc:
+            backup = path.with_name(path.name + ".bak")
+            os.replace(path, backup)
+            self.user = UserSettings()
+            self.load_message = f"config.json could not be read ({exc}); it was kept as {backup.name} and defaults are used"
+            log.warning(self.load_message)
+
+    def save_user_settings(self) -> None:
+        self.user.validate()
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.config_path.with_name(self.config_path.name + ".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self.user), indent=2), encoding="utf-8")
+        os.replace(tmp, self.config_path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launch.py", description="Easel: a local-first web UI for images")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    p.add_argument("--listen", action="store_true", help="listen on 0.0.0.0 so others on the network can connect")
+    p.add_argument("--share", action="store_true", help="open a public Gradio link")
+    p.add_argument("--gradio-auth", default=None, metavar="USER:PASS[,USER2:PASS2]", help="protect the UI with logins")
+    p.add_argument("--api", action="store_true", help="serve the AUTOMATIC1111-compatible API at /sdapi/v1")
+    p.add_argument("--nowebui", action="store_true", help="serve the API only, no UI")
+    p.add_argument("--data-dir", type=Path, default=None, help="where settings, outputs and user models live")
+    p.add_argument("--ckpt-dir", type=Path, action="append", default=[], help="extra checkpoint folder")
+    p.add_argument("--lora-dir", type=Path, action="append", default=[], help="extra LoRA folder")
+    p.add_argument("--vae-dir", type=Path, action="append", default=[], help="extra VAE folder")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--precision", default="auto", choices=["auto", "full", "half", "bf16"], help="weights precision")
+    p.add_argument("--medvram", action="store_true", help="offload idle model parts to the CPU")
+    p.add_argument("--lowvram", action="store_true", help="offload layer by layer (slow, least VRAM)")
+    p.add_argument("--exit", action="store_true", help="set up, then exit")
+    p.add_argument("--skip-install", action="store_true", help="skip creating .venv and installing")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    s = Settings(
+        port=args.port, listen=args.listen, share=args.share, gradio_auth=args.gradio_auth,
+        api=args.api or args.nowebui, nowebui=args.nowebui,
+        data_dir=(args.data_dir or ROOT).resolve(),
+        ckpt_dirs=[p.resolve() for p in args.ckpt_dir], lora_dirs=[p.resolve() for p in args.lora_dir],
+        vae_dirs=[p.resolve() for p in args.vae_dir], device=args.device, precision=args.precision,
+        medvram=args.medvram, lowvram=args.lowvram,
+    )
+    s.auth_pairs()  # fail early on a malformed --gradio-auth
+    s.load_user_settings()
+    return s
