@@ -144,37 +144,44 @@ def _limit(s: FieldSpec, limits: Limits) -> float | None:
     return getattr(limits, s.limit) if s.limit else s.maximum
 
 
+def check_field(f: dataclasses.Field, value: Any, limits: Limits) -> None:
+    """Raise RequestError when one declared field has the wrong type or is outside its limits."""
+    s: FieldSpec = f.metadata["spec"]
+    name = s.api or f.name
+    if isinstance(f.default, str):
+        if not isinstance(value, str):
+            raise RequestError(name, f"must be text, got {type(value).__name__}")
+        top = _limit(s, limits)
+        if top is not None and len(value) > top:
+            raise RequestError(name, f"is {len(value)} characters long; the limit is {int(top)}")
+        if s.choices and value not in s.choices:
+            raise RequestError(name, f"must be one of {', '.join(s.choices)}; got {value!r}")
+    elif isinstance(f.default, bool):
+        if not isinstance(value, bool):
+            raise RequestError(name, f"must be true or false, got {value!r}")
+    elif isinstance(f.default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RequestError(name, f"must be a number, got {type(value).__name__}")
+        if value != value:  # NaN
+            raise RequestError(name, "must be a number, got NaN")
+        if isinstance(f.default, int) and not float(value).is_integer():
+            raise RequestError(name, f"must be a whole number, got {value}")
+        top = _limit(s, limits)
+        if s.minimum is not None and value < s.minimum:
+            raise RequestError(name, f"must be at least {s.minimum:g}, got {value}")
+        if top is not None and value > top:
+            raise RequestError(name, f"must be at most {top:g}, got {value}")
+
+
+def check_fields(request: Any, limits: Limits, skip: tuple[str, ...] = ()) -> None:
+    for f in dataclasses.fields(request):
+        if "spec" in f.metadata and f.name not in skip and f.default is not None:
+            check_field(f, getattr(request, f.name), limits)
+
+
 def validate_request(request: GenerationRequest, limits: Limits) -> None:
     """Raise RequestError naming the first field that is of the wrong type or outside its limits."""
-    for f in dataclasses.fields(request):
-        s: FieldSpec | None = f.metadata.get("spec")
-        if s is None:
-            continue
-        name = s.api or f.name
-        value = getattr(request, f.name)
-        if f.type in ("str",) or isinstance(f.default, str):
-            if not isinstance(value, str):
-                raise RequestError(name, f"must be text, got {type(value).__name__}")
-            top = _limit(s, limits)
-            if top is not None and len(value) > top:
-                raise RequestError(name, f"is {len(value)} characters long; the limit is {int(top)}")
-            if s.choices and value not in s.choices:
-                raise RequestError(name, f"must be one of {', '.join(s.choices)}; got {value!r}")
-        elif isinstance(f.default, bool):
-            if not isinstance(value, bool):
-                raise RequestError(name, f"must be true or false, got {value!r}")
-        elif isinstance(f.default, (int, float)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise RequestError(name, f"must be a number, got {type(value).__name__}")
-            if isinstance(f.default, int) and not float(value).is_integer():
-                raise RequestError(name, f"must be a whole number, got {value}")
-            if value != value:  # NaN
-                raise RequestError(name, "must be a number, got NaN")
-            top = _limit(s, limits)
-            if s.minimum is not None and value < s.minimum:
-                raise RequestError(name, f"must be at least {s.minimum:g}, got {value}")
-            if top is not None and value > top:
-                raise RequestError(name, f"must be at most {top:g}, got {value}")
+    check_fields(request, limits)
     for side in ("width", "height"):
         if getattr(request, side) % 8:
             raise RequestError(side, f"must be a multiple of 8, got {getattr(request, side)}")
@@ -195,3 +202,45 @@ def validate_request(request: GenerationRequest, limits: Limits) -> None:
         if out_w > limits.max_side or out_h > limits.max_side:
             raise RequestError("outpaint_right" if out_w > limits.max_side else "outpaint_bottom",
                                f"the extended canvas {out_w}x{out_h} exceeds the limit of {limits.max_side} per side")
+
+
+DEFAULT_SEGMENT_TEMPLATE = ("Given the following instructions: {query}; please perform referring segmentation on this "
+                            "image by painting it {colour}.")
+HIGHLIGHTS = ("magenta", "cyan", "lime")
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """Segmentation as editing: one mask per query line, read off an edit that paints the referent."""
+
+    image: Image.Image | None = image_field("Image", api="image")
+    query: str = spec("", "What to segment (one per line)", infotext="Query", api="query", limit="max_prompt_chars")
+    checkpoint: str = spec("", "Model", infotext="Model", api="model")
+    method: str = spec("generative", "Method", infotext="Method", api="method", choices=("generative", "clipseg"))
+    template: str = spec("", "Prompt template", infotext="Template", api="template", limit="max_prompt_chars")
+    highlight: str = spec("magenta", "Highlight colour", infotext="Highlight", api="highlight", choices=HIGHLIGHTS)
+    steps: int = spec(20, "Steps", infotext="Steps", api="steps", minimum=1, limit="max_steps", step=1)
+    cfg_scale: float = spec(4.0, "CFG Scale", infotext="CFG scale", api="cfg_scale", minimum=0.0, maximum=30.0, step=0.5)
+    seed: int = spec(0, "Seed", infotext="Seed", api="seed", minimum=-1, maximum=2**32 - 1)
+    threshold: float = spec(12.0, "Change threshold (ΔE)", infotext="Threshold", api="threshold", minimum=1.0, maximum=100.0, step=1.0)
+    keep_largest: bool = spec(False, "Keep largest region", infotext="Keep largest", api="keep_largest")
+
+    mode: Mode = "segment"
+
+    @property
+    def queries(self) -> list[str]:
+        return [line.strip() for line in self.query.splitlines() if line.strip()]
+
+    def validate(self, limits: Limits) -> None:
+        if self.image is None:
+            raise RequestError("image", "an image to segment is required")
+        w, h = self.image.size
+        if w * h > limits.max_pixels:
+            raise RequestError("image", f"image is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels}")
+        if not isinstance(self.query, str) or not self.queries:
+            raise RequestError("query", "type what to segment, e.g. 'the red circle'")
+        if len(self.queries) > 8:
+            raise RequestError("query", f"{len(self.queries)} queries; the limit is 8 at once")
+        check_fields(self, limits, skip=("query",))
+        if self.template and "{query}" not in self.template:
+            raise RequestError("template", "must contain {query}")

@@ -34,7 +34,8 @@ class Generated:
 
     image: Image.Image
     seed: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # infotext entries
+    payload: dict[str, Any] = field(default_factory=dict)  # other outputs (masks, flags) for the UI and API
 
 
 def resolve_seed(seed: int) -> int:

@@ -10,6 +10,8 @@ import importlib
 import logging
 from typing import Any, Callable
 
+from PIL import Image
+
 from webui import __version__
 from webui.engine.context import Generated, ModeContext
 from webui.engine.outputs import mode_folder, save_image
@@ -70,10 +72,15 @@ class Engine:
             result.images.append(item.image)
             result.infotexts.append(text)
             result.seeds.append(item.seed)
+            if item.payload:
+                result.info.setdefault("items", []).append(item.payload)
             if self.settings.user.save_images and getattr(request, "save_images", True):
                 folder = mode_folder(self.settings.outputs_dir, request.mode)
-                result.paths.append(save_image(item.image, folder, item.seed, text, self.settings.user.filename_digits))
-        result.info = {"seeds": result.seeds, "model": entry.name if entry else None,
+                path = save_image(item.image, folder, item.seed, text, self.settings.user.filename_digits)
+                result.paths.append(path)
+                if isinstance(item.payload.get("mask"), Image.Image):
+                    item.payload["mask"].save(path.with_name(path.stem + "-mask.png"))
+        result.info |= {"seeds": result.seeds, "model": entry.name if entry else None,
                        "model_hash": entry.short_hash if entry else None}
         job.update(result=result)
         return result
