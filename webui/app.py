@@ -16,6 +16,7 @@ from PIL import Image
 
 from webui.engine.engine import Engine
 from webui.engine.samplers import all_sampler_names, sampler_names
+from webui.extensions import LoadedExtension, Registry, load_extensions
 from webui.infotext import parse_infotext, read_png_parameters
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import CheckpointEntry, ModelManager
@@ -31,6 +32,8 @@ class Easel:
     settings: Settings
     manager: ModelManager
     engine: Engine
+    registry: Registry = field(default_factory=Registry)
+    extensions: list[LoadedExtension] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
     # Read-only helpers the UI and API share (so ui/ never touches torch or diffusers) ------------
@@ -77,8 +80,8 @@ class Easel:
         return text, (parse_infotext(text) if text else {})
 
 
-def build(settings: Settings) -> Easel:
-    """Create the model manager and engine for these settings (nothing is loaded yet)."""
+def build(settings: Settings, with_extensions: bool = True) -> Easel:
+    """Create the model manager, engine and extensions for these settings (no model is loaded yet)."""
     import torch
 
     for sub in ("Stable-diffusion", "diffusers", "Lora", "VAE"):
@@ -93,7 +96,11 @@ def build(settings: Settings) -> Easel:
     if settings.resolved_device() == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     engine = Engine(settings, manager)
-    return Easel(settings, manager, engine)
+    easel = Easel(settings, manager, engine)
+    if with_extensions:
+        easel.extensions = load_extensions(easel, settings.extension_dirs(),
+                                           set(settings.user.disabled_extensions), easel.registry)
+    return easel
 
 
 def create_server(easel: Easel, block: bool = True) -> tuple[Any, str]:

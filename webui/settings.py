@@ -40,6 +40,7 @@ class UserSettings:
     queue_size: int = 64
     save_images: bool = True
     filename_digits: int = 5
+    disabled_extensions: list[str] = field(default_factory=list)
 
     def limits(self) -> Limits:
         return Limits(self.max_side, self.max_pixels, self.max_steps, self.max_batch_size,
@@ -56,6 +57,8 @@ class UserSettings:
                     raise ValueError(f"{f.name}: must be a whole number >= 0, got {value!r}")
             elif isinstance(f.default, str) and not isinstance(value, str):
                 raise ValueError(f"{f.name}: must be text, got {value!r}")
+        if not isinstance(self.disabled_extensions, list) or not all(isinstance(x, str) for x in self.disabled_extensions):
+            raise ValueError("disabled_extensions: must be a list of extension names")
         if self.ram_cache_size < 1:
             raise ValueError("ram_cache_size: must be at least 1")
         if self.max_side < 64 or self.max_side % 8:
@@ -96,6 +99,12 @@ class Settings:
     @property
     def config_path(self) -> Path:
         return self.data_dir / "config.json"
+
+    def extension_dirs(self) -> list[Path]:
+        dirs = [ROOT / "extensions"]
+        if (self.data_dir / "extensions").resolve() != dirs[0].resolve():
+            dirs.append(self.data_dir / "extensions")
+        return dirs
 
     @property
     def hash_cache_path(self) -> Path:
