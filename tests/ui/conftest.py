@@ -1,0 +1,134 @@
+"""A stand-in for the `Easel` object, so UI unit tests build the real Blocks without torch or a model.
+
+It offers exactly what the UI calls on `easel` (the helper methods of `webui.app.Easel` and the few manager and
+worker methods the tabs use) over real `Settings` in a tmp data dir. Engine jobs are not run here: the
+browser tests drive the real app end to end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from webui.infotext import parse_infotext, read_png_parameters
+from webui.settings import Settings, UserSettings
+
+DIFFUSION = ["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC"]
+FLOW = ["Euler", "Euler a", "Heun"]
+
+
+@dataclass
+class StubEntry:
+    name: str
+    arch: str = "sd1"
+    supported: bool = True
+    reason: str = "SD 1.x"
+    short_hash: str | None = None
+
+
+class StubManager:
+    def __init__(self) -> None:
+        self.entries = [StubEntry("tiny-sd1"), StubEntry("easel-shapes", arch="easel"),
+                        StubEntry("mystery.safetensors", arch="unknown", supported=False, reason="no known keys")]
+        self.refreshed = 0
+
+    def checkpoints(self) -> list[StubEntry]:
+        return list(self.entries)
+
+    def current(self) -> StubEntry | None:
+        return None
+
+    def loaded_names(self) -> list[str]:
+        return []
+
+    def refresh(self) -> None:
+        self.refreshed += 1
+
+    def vaes(self) -> list[StubEntry]:
+        return []
+
+    def loras(self) -> list[StubEntry]:
+        return []
+
+    def memory_report(self) -> dict[str, str]:
+        return {"RAM": "0 B"}
+
+
+class StubWorker:
+    current = None
+
+    def position(self, job: Any) -> int:
+        return 0
+
+    def interrupt(self, job_id: str | None = None) -> bool:
+        return False
+
+    def skip(self) -> bool:
+        return False
+
+
+@dataclass
+class StubEngine:
+    submitted: list[Any] = field(default_factory=list)
+    worker: StubWorker = field(default_factory=StubWorker)
+
+    def submit(self, request: Any, source: str = "ui") -> Any:
+        self.submitted.append(request)
+        raise RuntimeError("the stub engine runs no jobs")
+
+
+class StubEasel:
+    def __init__(self, data_dir: Path, user: UserSettings | None = None) -> None:
+        self.settings = Settings(data_dir=data_dir, device="cpu", user=user or UserSettings())
+        self.manager = StubManager()
+        self.engine = StubEngine()
+        self.extras: dict[str, Any] = {}
+        self.registry = SimpleNamespace(tabs=[], accordions=[])
+        self.extensions: list[Any] = []
+
+    def _arch(self, checkpoint: str | None) -> str | None:
+        return next((e.arch for e in self.manager.entries if e.name == checkpoint), None)
+
+    def checkpoint_choices(self) -> list[str]:
+        return [e.name for e in self.manager.entries if e.supported]
+
+    def default_checkpoint(self) -> str:
+        return self.checkpoint_choices()[0]
+
+    def sampler_choices(self, checkpoint: str | None = None) -> list[str]:
+        return FLOW if self._arch(checkpoint) == "easel" else DIFFUSION
+
+    def default_sampler(self, checkpoint: str | None = None) -> str:
+        choices = self.sampler_choices(checkpoint)
+        preferred = self.settings.user.default_sampler
+        return preferred if preferred in choices else choices[0]
+
+    def vae_choices(self) -> list[str]:
+        return ["Automatic"]
+
+    def default_size(self, checkpoint: str | None = None) -> int:
+        return 64 if self._arch(checkpoint or self.default_checkpoint()) == "easel" else 512
+
+    @staticmethod
+    def png_info(image: Image.Image) -> tuple[str, dict[str, str]]:
+        text = read_png_parameters(image) or ""
+        return text, (parse_infotext(text) if text else {})
+
+
+@pytest.fixture
+def stub_easel(tmp_path: Path) -> StubEasel:
+    return StubEasel(tmp_path / "data")
+
+
+@pytest.fixture
+def built_ui(stub_easel: StubEasel):
+    """(blocks, UIContext) for the stub easel."""
+    from webui.ui.app import build_ui
+
+    blocks, ui = build_ui(stub_easel)
+    yield blocks, ui
+    blocks.close()

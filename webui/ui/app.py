@@ -1,0 +1,137 @@
+"""Assemble the Gradio UI: the model pickers on top, then one tab per entry of `TABS`.
+
+`create_ui(easel)` builds the `gr.Blocks`; `launch_kwargs(easel)` gives what Gradio 6 takes at `launch()`
+(theme, CSS, the Ctrl+Enter script, the outputs folder the gallery serves from). A tab is a function
+`build(ui: UIContext) -> None` that opens its own `gr.Tab`; adding a tab is adding it to `TABS`. Tabs and
+accordions that extensions registered (`easel.registry`) are added after ours; one that fails to build is
+logged and left out.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import gradio as gr
+
+from webui.ui.bridge import guard
+from webui.ui.context import UIContext
+from webui.ui.tabs import img2img, inpaint, models, png_info, settings, txt2img
+
+if TYPE_CHECKING:
+    from webui.app import Easel
+
+log = logging.getLogger(__name__)
+
+TabBuilder = Callable[[UIContext], None]
+
+TABS: list[TabBuilder] = [
+    txt2img.build,
+    img2img.build,
+    inpaint.build,
+    png_info.build,
+    models.build,
+    settings.build,
+]
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+REFRESH = "\u21BB"  # ↻
+
+
+def create_ui(easel: "Easel") -> gr.Blocks:
+    """The whole UI for a built Easel (nothing is loaded until a job or the Models tab asks)."""
+    return build_ui(easel)[0]
+
+
+def build_ui(easel: "Easel") -> tuple[gr.Blocks, UIContext]:
+    """The Blocks and the context its tabs were built with (tests reach the controls through it)."""
+    ui = UIContext(easel)
+    with gr.Blocks(title="Easel", analytics_enabled=False) as blocks:
+        refresh = build_header(ui)
+        with gr.Tabs(elem_id="tabs") as tabs:
+            ui.tabs = tabs
+            for builder in TABS:
+                builder(ui)
+            for contribution in easel.registry.tabs:
+                build_extension_tab(contribution)
+        ui.finish()
+        wire_header(ui, refresh)
+    return blocks, ui
+
+
+def build_extension_tab(contribution: Any) -> None:
+    """One extension's tab (`contribution.title`, `contribution.build()`), isolated from the rest."""
+    with gr.Tab(contribution.title, elem_id=f"tab_ext_{contribution.extension}"):
+        try:
+            contribution.build()
+        except Exception as exc:  # noqa: BLE001 - one broken extension must not stop the UI
+            log.exception("extension %s: its tab %r failed to build", contribution.extension, contribution.title)
+            gr.Markdown(f"The extension **{contribution.extension}** failed to build this tab: "
+                        f"`{type(exc).__name__}: {exc}`")
+
+
+def build_header(ui: UIContext) -> Any:
+    easel = ui.easel
+    with gr.Row(elem_id="easel_header", equal_height=False):
+        gr.HTML('<h1>Easel<span>.</span></h1>', elem_id="easel_title", padding=False)
+        choices = easel.checkpoint_choices()
+        ui.checkpoint = gr.Dropdown(choices=choices, value=easel.default_checkpoint() or None,
+                                    label="Checkpoint", elem_id="checkpoint", scale=4, min_width=220)
+        refresh = gr.Button(REFRESH, elem_id="refresh_checkpoints", elem_classes="easel-tool", scale=0,
+                            min_width=42)
+        ui.vae = gr.Dropdown(choices=easel.vae_choices(), value="Automatic", label="VAE", elem_id="vae", scale=2,
+                             min_width=160)
+    return refresh
+
+
+def wire_header(ui: UIContext, refresh: Any) -> None:
+    """Refresh rescans the model folders; a checkpoint change updates each tab's samplers and sizes."""
+    easel = ui.easel
+    tabs = list(ui.generation.values())
+    samplers = [tab.controls["sampler"] for tab in tabs]
+    sizes = [tab.controls[side] for tab in tabs for side in ("width", "height")]
+
+    @guard
+    def on_refresh(current: str | None) -> tuple[Any, Any]:
+        easel.manager.refresh()
+        choices = easel.checkpoint_choices()
+        value = current if current in choices else (easel.default_checkpoint() or None)
+        return gr.Dropdown(choices=choices, value=value), gr.Dropdown(choices=easel.vae_choices())
+
+    refresh.click(on_refresh, inputs=ui.checkpoint, outputs=[ui.checkpoint, ui.vae], show_progress="hidden")
+
+    @guard
+    def on_checkpoint(checkpoint: str | None, *current: str | None) -> list[Any]:
+        choices = easel.sampler_choices(checkpoint)
+        fallback = easel.default_sampler(checkpoint)
+        return [gr.Dropdown(choices=choices, value=value if value in choices else fallback) for value in current]
+
+    ui.checkpoint.change(on_checkpoint, inputs=[ui.checkpoint, *samplers], outputs=samplers, show_progress="hidden")
+
+    @guard
+    def on_pick(checkpoint: str | None) -> list[int]:
+        size = easel.default_size(checkpoint)
+        return [size] * len(sizes)
+
+    # Only a user's pick resets the sizes; "Send to" sets the checkpoint and its own size.
+    ui.checkpoint.input(on_pick, inputs=ui.checkpoint, outputs=sizes, show_progress="hidden")
+
+
+def theme() -> gr.themes.Base:
+    return gr.themes.Default(primary_hue="orange", secondary_hue="slate", neutral_hue="slate",
+                             spacing_size="sm", radius_size="sm", text_size="md",
+                             font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
+                             font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"])
+
+
+def launch_kwargs(easel: "Easel") -> dict[str, Any]:
+    """Arguments for `Blocks.launch` (Gradio 6 takes theme, CSS and scripts there)."""
+    outputs = easel.settings.outputs_dir
+    outputs.mkdir(parents=True, exist_ok=True)
+    return {
+        "theme": theme(),
+        "css": (ASSETS / "easel.css").read_text(encoding="utf-8"),
+        "js": (ASSETS / "easel.js").read_text(encoding="utf-8"),
+        "allowed_paths": [str(outputs)],
+        "show_error": True,
+    }

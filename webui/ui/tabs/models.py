@@ -1,0 +1,109 @@
+"""The Models tab: installed checkpoints with family, short hash, support and load state; LoRAs and VAEs.
+
+Load and Unload go through the model manager (which keeps one pipeline on the device and an LRU in RAM);
+"Compute hash" hashes a checkpoint once and caches it on disk; the memory line is the manager's report.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from webui.ui.bridge import guard
+from webui.ui.context import UIContext
+
+HEADERS = ["Name", "Family", "Hash", "Status", "Loaded"]
+
+
+def family(entry: Any) -> str:
+    arch = getattr(entry, "arch", None)
+    label = getattr(entry, "arch_label", None)
+    return str(label or getattr(arch, "value", arch) or "")
+
+
+def checkpoint_rows(ui: UIContext) -> list[list[str]]:
+    manager = ui.easel.manager
+    current = manager.current()
+    loaded = set(manager.loaded_names())
+    rows = []
+    for entry in manager.checkpoints():
+        status = "supported" if entry.supported else f"not supported: {entry.reason}"
+        state = "on device" if current is not None and entry.name == current.name else (
+            "in RAM" if entry.name in loaded else "")
+        rows.append([entry.name, family(entry), entry.short_hash or "", status, state])
+    return rows
+
+
+def name_rows(entries: Any) -> list[list[str]]:
+    return [[e.name] for e in entries]
+
+
+def memory_text(ui: UIContext) -> str:
+    report = ui.easel.manager.memory_report()
+    if isinstance(report, dict):
+        return " · ".join(f"{k}: {v}" for k, v in report.items())
+    return str(report)
+
+
+def build(ui: UIContext) -> None:
+    easel = ui.easel
+    with gr.Tab("Models", id="models", elem_id="tab_models") as tab:
+        with gr.Row(equal_height=False):
+            names = [e.name for e in easel.manager.checkpoints()]
+            pick = gr.Dropdown(choices=names, value=names[0] if names else None, label="Checkpoint",
+                               elem_id="models_pick", scale=3, min_width=200)
+            load = gr.Button("Load", variant="primary", elem_id="models_load", scale=0, min_width=80)
+            unload = gr.Button("Unload", elem_id="models_unload", scale=0, min_width=80)
+            compute = gr.Button("Compute hash", elem_id="models_hash", scale=0, min_width=120)
+            rescan = gr.Button("Rescan folders", elem_id="models_refresh", scale=0, min_width=120)
+        memory = gr.Textbox(label="Memory in use", interactive=False, elem_id="models_memory", lines=1)
+        table = gr.Dataframe(headers=HEADERS, datatype=["str"] * len(HEADERS), interactive=False,
+                             label="Checkpoints", elem_id="models_table", wrap=True)
+        with gr.Row(equal_height=False):
+            loras = gr.Dataframe(headers=["LoRA"], datatype=["str"], interactive=False, label="LoRAs",
+                                 elem_id="models_loras", min_width=200)
+            vaes = gr.Dataframe(headers=["VAE"], datatype=["str"], interactive=False, label="VAEs",
+                                elem_id="models_vaes", min_width=200)
+
+    def snapshot(selected: str | None = None) -> tuple[Any, ...]:
+        names = [e.name for e in easel.manager.checkpoints()]
+        value = selected if selected in names else (names[0] if names else None)
+        return (checkpoint_rows(ui), memory_text(ui), name_rows(easel.manager.loras()),
+                name_rows(easel.manager.vaes()), gr.Dropdown(choices=names, value=value))
+
+    outputs = [table, memory, loras, vaes, pick]
+
+    @guard
+    def on_show(selected: str | None) -> tuple[Any, ...]:
+        return snapshot(selected)
+
+    @guard
+    def on_rescan(selected: str | None) -> tuple[Any, ...]:
+        easel.manager.refresh()
+        return snapshot(selected)
+
+    @guard
+    def on_load(selected: str | None) -> tuple[Any, ...]:
+        if not selected:
+            raise ValueError("checkpoint: pick a checkpoint to load")
+        easel.manager.load(selected)
+        gr.Info(f"Loaded {selected}")
+        return snapshot(selected)
+
+    @guard
+    def on_unload(selected: str | None) -> tuple[Any, ...]:
+        if not selected:
+            raise ValueError("checkpoint: pick a checkpoint to unload")
+        easel.manager.unload(selected)
+        return snapshot(selected)
+
+    @guard
+    def on_hash(selected: str | None) -> tuple[Any, ...]:
+        if not selected:
+            raise ValueError("checkpoint: pick a checkpoint to hash")
+        easel.manager.compute_hash(selected)
+        return snapshot(selected)
+
+    for button, handler in ((rescan, on_rescan), (load, on_load), (unload, on_unload), (compute, on_hash)):
+        button.click(handler, inputs=pick, outputs=outputs)
+    tab.select(on_show, inputs=pick, outputs=outputs, show_progress="hidden")

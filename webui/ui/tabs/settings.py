@@ -1,0 +1,151 @@
+"""The Settings tab: edit the persisted user settings (`UserSettings`), validated before they are saved.
+
+Apply builds a new `UserSettings` from the controls, validates it (an error names the field), stores it in
+the running settings and writes `config.json`. Limits take effect at once: the generation tabs' sliders
+get their new maxima. If `config.json` could not be read at start, the reason is shown at the top.
+"""
+from __future__ import annotations
+
+import dataclasses
+import html
+from typing import Any
+
+import gradio as gr
+
+from webui.settings import UserSettings
+from webui.ui.bridge import guard
+from webui.ui.context import UIContext
+
+LABELS = {
+    "ram_cache_size": "Models kept in RAM",
+    "live_preview_every": "Live preview every N steps (0 = off)",
+    "default_sampler": "Default sampler",
+    "max_side": "Largest width or height, pixels",
+    "max_pixels": "Largest image, pixels (width × height)",
+    "max_steps": "Most sampling steps",
+    "max_batch_size": "Largest batch size",
+    "max_batch_count": "Largest batch count",
+    "max_prompt_chars": "Longest prompt, characters",
+    "queue_size": "Jobs the queue holds",
+    "save_images": "Save every image to outputs/",
+    "filename_digits": "Digits in image file numbers",
+    "disabled_extensions": "Disabled extensions",
+}
+GROUPS = {
+    "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits"),
+    "Memory and queue": ("ram_cache_size", "queue_size"),
+    "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_prompt_chars"),
+    "Extensions": ("disabled_extensions",),
+}
+RESTART_FIELDS = ("queue_size", "disabled_extensions")
+
+
+def label(name: str) -> str:
+    return LABELS.get(name, name.replace("_", " ").capitalize())
+
+
+def apply_values(ui: UIContext, values: dict[str, Any]) -> UserSettings:
+    """Validate `values` as user settings, make them current and save them; ValueError names a bad field."""
+    settings = ui.easel.settings
+    current = settings.user
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(UserSettings):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        if isinstance(f.default, bool):
+            value = bool(value)
+        elif isinstance(f.default, int) and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        changes[f.name] = value
+    new = dataclasses.replace(current, **changes)
+    new.validate()
+    if new.default_sampler not in ui.easel.sampler_choices(None):
+        raise ValueError(f"default_sampler: unknown sampler {new.default_sampler!r}")
+    settings.user = new
+    settings.save_user_settings()
+    return new
+
+
+def build(ui: UIContext) -> None:
+    settings = ui.easel.settings
+    user = settings.user
+    fields = {f.name: f for f in dataclasses.fields(UserSettings)}
+    controls: dict[str, Any] = {}
+    with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+        if settings.load_message:
+            gr.HTML(f'<div class="easel-warning">{html.escape(settings.load_message)}</div>',
+                    elem_id="settings_load_message")
+        grouped = [name for names in GROUPS.values() for name in names]
+        groups = {**GROUPS, "Other": tuple(n for n in fields if n not in grouped)}
+        for title, names in groups.items():
+            names = tuple(n for n in names if n in fields)
+            if not names:
+                continue
+            with gr.Group():
+                gr.Markdown(f"**{title}**", elem_classes="easel-group-title")
+                with gr.Row():
+                    for name in names:
+                        controls[name] = _control(ui, name, fields[name].default, getattr(user, name))
+                if title == "Extensions":
+                    gr.Markdown(extensions_summary(ui), elem_id="settings_extensions", elem_classes="easel-note")
+        with gr.Row():
+            apply = gr.Button("Apply settings", variant="primary", elem_id="settings_apply", scale=0,
+                              min_width=160)
+            status = gr.Markdown("", elem_id="settings_status")
+        gr.Markdown(f"Settings are stored in `{html.escape(str(settings.config_path))}`. "
+                    f"{', '.join(label(n) for n in RESTART_FIELDS)}: takes effect after a restart.",
+                    elem_classes="easel-note")
+
+    def limit_outputs() -> list[tuple[Any, Any]]:
+        """(component, Control) for every generation control whose maximum comes from the limits."""
+        found = []
+        for tab in ui.generation.values():
+            for control in tab.controls.controls.values():
+                if control.limit:
+                    found.append((control.component, control))
+        return found
+
+    def wire() -> None:
+        limited = limit_outputs()
+
+        @guard
+        def on_apply(by_component: dict) -> dict:
+            values = {name: by_component[c] for name, c in controls.items()}
+            new = apply_values(ui, values)
+            limits = new.limits()
+            updates: dict[Any, Any] = {status: "Settings saved."}
+            for component, control in limited:
+                control.maximum = getattr(limits, control.limit)
+                updates[component] = gr.update(maximum=control.maximum)
+            return updates
+
+        apply.click(on_apply, inputs=set(controls.values()),
+                    outputs=[status, *dict.fromkeys(c for c, _ in limited)], show_progress="hidden")
+
+    ui.after_build(wire)
+
+
+def extensions_summary(ui: UIContext) -> str:
+    """One line per extension found: loaded, disabled, or the error that stopped it."""
+    lines = []
+    for item in ui.easel.extensions:
+        state = "loaded" if item.loaded else "disabled" if not item.enabled else f"failed: {item.error}"
+        lines.append(f"- **{html.escape(item.name)}**: {html.escape(state)}")
+    return "\n".join(lines) or "No extensions are installed (they live in `extensions/`)."
+
+
+def _control(ui: UIContext, name: str, default: Any, value: Any) -> Any:
+    kwargs = {"label": label(name), "elem_id": f"setting_{name}", "min_width": 180}
+    if isinstance(value, list):
+        names = sorted({item.name for item in ui.easel.extensions} | set(value))
+        return gr.CheckboxGroup(choices=names, value=list(value), **kwargs)
+    if isinstance(default, bool):
+        return gr.Checkbox(value=value, **kwargs)
+    if name == "default_sampler":
+        return gr.Dropdown(choices=ui.easel.sampler_choices(None), value=value, **kwargs)
+    if isinstance(default, int):
+        return gr.Number(value=value, precision=0, **kwargs)
+    return gr.Textbox(value=str(value), **kwargs)
