@@ -118,7 +118,8 @@ def _encode(text_encoder, ids: torch.Tensor, weights: torch.Tensor, clip_skip: i
         states = out.hidden_states[-(clip_skip + 1)]
     elif clip_skip > 1:
         states = out.hidden_states[-clip_skip]
-        states = text_encoder.text_model.final_layer_norm(states)
+        model = getattr(text_encoder, "text_model", text_encoder)  # transformers 5 flattened CLIPTextModel
+        states = model.final_layer_norm(states)
     else:
         states = out[0]
     # states: [chunks, 77, dim]
