@@ -54,8 +54,9 @@ class StubManager:
     def loras(self) -> list[StubEntry]:
         return []
 
-    def memory_report(self) -> dict[str, str]:
-        return {"RAM": "0 B"}
+    def memory_report(self) -> dict[str, Any]:
+        return {"device": "cpu", "dtype": "float32", "ram_cache_size": 2, "loaded": [], "ram_bytes": 0,
+                "device_bytes": 0}
 
 
 class StubWorker:

@@ -79,6 +79,7 @@ def build_header(ui: UIContext) -> Any:
                                     label="Checkpoint", elem_id="checkpoint", scale=4, min_width=220)
         refresh = gr.Button(REFRESH, elem_id="refresh_checkpoints", elem_classes="easel-tool", scale=0,
                             min_width=42)
+        ui.sized_for = gr.State(easel.default_checkpoint() or None)
         ui.vae = gr.Dropdown(choices=easel.vae_choices(), value="Automatic", label="VAE", elem_id="vae", scale=2,
                              min_width=160)
     return refresh
@@ -109,12 +110,16 @@ def wire_header(ui: UIContext, refresh: Any) -> None:
     ui.checkpoint.change(on_checkpoint, inputs=[ui.checkpoint, *samplers], outputs=samplers, show_progress="hidden")
 
     @guard
-    def on_pick(checkpoint: str | None) -> list[int]:
+    def on_pick(checkpoint: str | None, sized_for: str | None) -> list[Any]:
         size = easel.default_size(checkpoint)
-        return [size] * len(sizes)
+        if sized_for and size == easel.default_size(sized_for):
+            return [gr.skip()] * len(sizes) + [checkpoint]  # same family size: keep what the user set
+        return [size] * len(sizes) + [checkpoint]
 
-    # Only a user's pick resets the sizes; "Send to" sets the checkpoint and its own size.
-    ui.checkpoint.input(on_pick, inputs=ui.checkpoint, outputs=sizes, show_progress="hidden")
+    # Only a user's pick resets the sizes (and only when the model's native size differs); "Send to" sets
+    # the checkpoint together with its own size.
+    ui.checkpoint.input(on_pick, inputs=[ui.checkpoint, ui.sized_for], outputs=[*sizes, ui.sized_for],
+                        show_progress="hidden")
 
 
 def theme() -> gr.themes.Base:

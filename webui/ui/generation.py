@@ -145,7 +145,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
         with gr.Column(scale=1, min_width=300, elem_classes="easel-results"):
             progress = gr.HTML(status_html(None), elem_id=f"{mode}_progress", padding=False)
             preview = gr.Image(label="Preview", type="pil", interactive=False, visible=False, height=256,
-                               elem_id=f"{mode}_preview", buttons=[])
+                               elem_id=f"{mode}_preview", elem_classes="easel-preview", buttons=[])
             gallery = gr.Gallery(label="Output", columns=2, height=420, format="png", object_fit="contain",
                                  elem_id=f"{mode}_gallery", interactive=False, preview=False)
             with gr.Row(elem_classes="easel-send-row"):
@@ -305,7 +305,7 @@ def wire_send(ui: UIContext, button: Any, target: str, inputs: list[Any],
     `pick` receives the values of `inputs` and returns (image or path or None, parameters text).
     """
     tab = ui.generation[target]
-    outputs = [ui.tabs, ui.checkpoint, *tab.controls.components(), *tab.reveal.values()]
+    outputs = [ui.tabs, ui.checkpoint, ui.sized_for, *tab.controls.components(), *tab.reveal.values()]
     if tab.image_input is not None:
         outputs.append(tab.image_input)
     outputs = list(dict.fromkeys(outputs))
@@ -335,6 +335,7 @@ def send_updates(ui: UIContext, target: str, text: str, image: Image.Image | Non
         if match:
             checkpoint = match
             updates[ui.checkpoint] = match
+            updates[ui.sized_for] = match
         else:
             notes.append(f"model {wanted!r} is not installed; keeping {checkpoint or 'the current model'}")
     samplers = easel.sampler_choices(checkpoint)

@@ -16,9 +16,9 @@ HEADERS = ["Name", "Family", "Hash", "Status", "Loaded"]
 
 
 def family(entry: Any) -> str:
-    arch = getattr(entry, "arch", None)
-    label = getattr(entry, "arch_label", None)
-    return str(label or getattr(arch, "value", arch) or "")
+    arch = str(getattr(entry.arch, "value", entry.arch))
+    variant = getattr(entry, "variant", "")
+    return f"{arch} ({variant})" if variant else arch
 
 
 def checkpoint_rows(ui: UIContext) -> list[list[str]]:
@@ -27,7 +27,7 @@ def checkpoint_rows(ui: UIContext) -> list[list[str]]:
     loaded = set(manager.loaded_names())
     rows = []
     for entry in manager.checkpoints():
-        status = "supported" if entry.supported else f"not supported: {entry.reason}"
+        status = entry.reason if entry.supported else f"not supported: {entry.reason}"
         state = "on device" if current is not None and entry.name == current.name else (
             "in RAM" if entry.name in loaded else "")
         rows.append([entry.name, family(entry), entry.short_hash or "", status, state])
@@ -38,11 +38,34 @@ def name_rows(entries: Any) -> list[list[str]]:
     return [[e.name] for e in entries]
 
 
-def memory_text(ui: UIContext) -> str:
-    report = ui.easel.manager.memory_report()
-    if isinstance(report, dict):
-        return " · ".join(f"{k}: {v}" for k, v in report.items())
-    return str(report)
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GiB"
+
+
+def memory_text(report: dict[str, Any]) -> str:
+    """The manager's memory report in two short lines."""
+    loaded = report.get("loaded") or []
+    head = [f"device {report.get('device', '?')} ({report.get('dtype', '?')})",
+            f"{len(loaded)}/{report.get('ram_cache_size', '?')} models cached",
+            f"weights in RAM {human_bytes(report.get('ram_bytes', 0))}",
+            f"on device {human_bytes(report.get('device_bytes', 0))}"]
+    if "process_rss_bytes" in report:
+        head.append(f"process {human_bytes(report['process_rss_bytes'])}")
+    if "cuda_allocated_bytes" in report:
+        head.append(f"CUDA allocated {human_bytes(report['cuda_allocated_bytes'])}")
+    models = [f"{m['name']}{' (active)' if m.get('active') else ''}: "
+              f"{human_bytes(m.get('ram_bytes', 0) + m.get('device_bytes', 0))}" for m in loaded]
+    return " · ".join(head) + ("\n" + " · ".join(models) if models else "")
+
+
+def ensure_idle(ui: UIContext, action: str) -> None:
+    """Loading or unloading while a job runs would pull weights from under it."""
+    if ui.easel.engine.worker.current is not None:
+        raise ValueError(f"a generation is running; {action} when it has finished")
 
 
 def build(ui: UIContext) -> None:
@@ -54,9 +77,9 @@ def build(ui: UIContext) -> None:
                                elem_id="models_pick", scale=3, min_width=200)
             load = gr.Button("Load", variant="primary", elem_id="models_load", scale=0, min_width=80)
             unload = gr.Button("Unload", elem_id="models_unload", scale=0, min_width=80)
-            compute = gr.Button("Compute hash", elem_id="models_hash", scale=0, min_width=120)
-            rescan = gr.Button("Rescan folders", elem_id="models_refresh", scale=0, min_width=120)
-        memory = gr.Textbox(label="Memory in use", interactive=False, elem_id="models_memory", lines=1)
+            compute = gr.Button("Compute hash", elem_id="models_hash", scale=0, min_width=140)
+            rescan = gr.Button("Rescan folders", elem_id="models_refresh", scale=0, min_width=140)
+        memory = gr.Textbox(label="Memory in use", interactive=False, elem_id="models_memory", lines=2)
         table = gr.Dataframe(headers=HEADERS, datatype=["str"] * len(HEADERS), interactive=False,
                              label="Checkpoints", elem_id="models_table", wrap=True)
         with gr.Row(equal_height=False):
@@ -68,7 +91,7 @@ def build(ui: UIContext) -> None:
     def snapshot(selected: str | None = None) -> tuple[Any, ...]:
         names = [e.name for e in easel.manager.checkpoints()]
         value = selected if selected in names else (names[0] if names else None)
-        return (checkpoint_rows(ui), memory_text(ui), name_rows(easel.manager.loras()),
+        return (checkpoint_rows(ui), memory_text(easel.manager.memory_report()), name_rows(easel.manager.loras()),
                 name_rows(easel.manager.vaes()), gr.Dropdown(choices=names, value=value))
 
     outputs = [table, memory, loras, vaes, pick]
@@ -86,7 +109,8 @@ def build(ui: UIContext) -> None:
     def on_load(selected: str | None) -> tuple[Any, ...]:
         if not selected:
             raise ValueError("checkpoint: pick a checkpoint to load")
-        easel.manager.load(selected)
+        ensure_idle(ui, "load the model")
+        easel.manager.get(selected, "txt2img")
         gr.Info(f"Loaded {selected}")
         return snapshot(selected)
 
@@ -94,6 +118,7 @@ def build(ui: UIContext) -> None:
     def on_unload(selected: str | None) -> tuple[Any, ...]:
         if not selected:
             raise ValueError("checkpoint: pick a checkpoint to unload")
+        ensure_idle(ui, "unload the model")
         easel.manager.unload(selected)
         return snapshot(selected)
 

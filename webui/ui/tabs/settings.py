@@ -37,7 +37,7 @@ GROUPS = {
     "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_prompt_chars"),
     "Extensions": ("disabled_extensions",),
 }
-RESTART_FIELDS = ("queue_size", "disabled_extensions")
+RESTART_FIELDS = ("ram_cache_size", "queue_size", "disabled_extensions")
 
 
 def label(name: str) -> str:
@@ -95,8 +95,8 @@ def build(ui: UIContext) -> None:
             apply = gr.Button("Apply settings", variant="primary", elem_id="settings_apply", scale=0,
                               min_width=160)
             status = gr.Markdown("", elem_id="settings_status")
-        gr.Markdown(f"Settings are stored in `{html.escape(str(settings.config_path))}`. "
-                    f"{', '.join(label(n) for n in RESTART_FIELDS)}: takes effect after a restart.",
+        gr.Markdown(f"Settings are stored in `{html.escape(str(settings.config_path))}`. Changes to "
+                    f"{', '.join(label(n).lower() for n in RESTART_FIELDS)} take effect after a restart.",
                     elem_classes="easel-note")
 
     def limit_outputs() -> list[tuple[Any, Any]]:
@@ -141,7 +141,7 @@ def _control(ui: UIContext, name: str, default: Any, value: Any) -> Any:
     kwargs = {"label": label(name), "elem_id": f"setting_{name}", "min_width": 180}
     if isinstance(value, list):
         names = sorted({item.name for item in ui.easel.extensions} | set(value))
-        return gr.CheckboxGroup(choices=names, value=list(value), **kwargs)
+        return gr.CheckboxGroup(choices=names, value=list(value), visible=bool(names), **kwargs)
     if isinstance(default, bool):
         return gr.Checkbox(value=value, **kwargs)
     if name == "default_sampler":
