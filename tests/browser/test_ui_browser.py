@@ -52,6 +52,16 @@ def test_txt2img_generates_and_saves_the_infotext(page, server) -> None:
     expect(page.locator("#img2img_steps input[type=number]")).to_have_value("3")
     expect(page.locator("#img2img_image img").first).to_be_visible()
 
+    # ... and to Inpaint, whose editor gets the picture to paint on.
+    open_tab(page, "txt2img")
+    page.click("#txt2img_send_to_inpaint")
+    expect(page.locator("button[role=tab][data-tab-id='inpaint']")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#inpaint_prompt textarea")).to_have_value("a small red house")
+    expect(page.locator("#inpaint_width input[type=number]")).to_have_value("64")
+    expect(page.locator("#inpaint_editor canvas").first).to_be_visible()
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(SHOTS / "inpaint-received-desktop.png"), full_page=False)
+
 
 def _input_picture(path: Path) -> Path:
     image = Image.new("RGB", (64, 64), (40, 90, 200))
@@ -152,7 +162,7 @@ def test_settings_apply_validates_and_persists(page, server) -> None:
 A1111_PARAMETERS = (
     "portrait of a cat, (oil painting:1.2)\n"
     "Negative prompt: blurry\n"
-    "Steps: 7, Sampler: DDIM, Schedule type: Automatic, CFG scale: 4.5, Seed: 99, Size: 96x80, "
+    "Steps: 7, Sampler: {sampler}, Schedule type: Automatic, CFG scale: 4.5, Seed: 99, Size: 96x80, "
     "Model hash: 0123456789, Model: {model}, Denoising strength: 0.4, Clip skip: 2, Hires upscale: 1.5, "
     "Hires steps: 3, Hires upscaler: Latent, Version: v1.10.1"
 )
@@ -160,15 +170,17 @@ A1111_PARAMETERS = (
 
 def test_png_info_send_to_txt2img_fills_the_controls(page, server, tmp_path: Path) -> None:
     model = server.easel.checkpoint_choices()[0]
+    sampler = server.easel.sampler_choices(model)[-1]  # not the default one, so the change shows
+    parameters = A1111_PARAMETERS.format(model=model, sampler=sampler)
     path = tmp_path / "from-a1111.png"
     meta = PngImagePlugin.PngInfo()
-    meta.add_text("parameters", A1111_PARAMETERS.format(model=model))
+    meta.add_text("parameters", parameters)
     Image.new("RGB", (96, 80), (120, 10, 10)).save(path, pnginfo=meta)
 
     open_tab(page, "png_info")
     page.set_input_files("#png_info_image input[type=file]", str(path))
-    expect(page.locator("#png_info_text textarea")).to_have_value(A1111_PARAMETERS.format(model=model))
-    expect(page.locator("#png_info_fields")).to_contain_text("DDIM")
+    expect(page.locator("#png_info_text textarea")).to_have_value(parameters)
+    expect(page.locator("#png_info_fields")).to_contain_text(sampler)
     page.screenshot(path=str(SHOTS / "png-info-desktop.png"), full_page=True)
     page.click("#png_info_send_to_txt2img")
 
@@ -180,7 +192,7 @@ def test_png_info_send_to_txt2img_fills_the_controls(page, server, tmp_path: Pat
                            ("txt2img_hr_second_pass_steps", "3"), ("txt2img_hr_denoising_strength", "0.4")):
         expect(page.locator(f"#{elem_id} input[type=number]")).to_have_value(value)
     expect(page.locator("#txt2img_seed input")).to_have_value("99")
-    expect(page.locator("#txt2img_sampler input")).to_have_value("DDIM")
+    expect(page.locator("#txt2img_sampler input")).to_have_value(sampler)
     expect(page.locator("#checkpoint input")).to_have_value(model)
     expect(page.locator("#txt2img_enable_hr input[type=checkbox]")).to_be_checked()
 

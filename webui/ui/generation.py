@@ -188,6 +188,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
 
     dice.click(lambda: -1, inputs=None, outputs=seed, show_progress="hidden")
 
+    @guard
     def reuse_seed(state: dict, current: Any) -> Any:
         seeds = state.get("seeds") or []
         index = state.get("selected", 0)
@@ -195,6 +196,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
 
     recycle.click(reuse_seed, inputs=[result, seed], outputs=seed, show_progress="hidden")
 
+    @guard
     def on_select(state: dict, evt: gr.SelectData) -> tuple[dict, str]:
         index = evt.index if isinstance(evt.index, int) else 0
         state = {**state, "selected": index}

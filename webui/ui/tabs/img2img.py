@@ -7,6 +7,7 @@ import gradio as gr
 from PIL import Image
 
 from webui.requests import Img2ImgRequest
+from webui.ui.bridge import guard
 from webui.ui.context import UIContext
 from webui.ui.controls import Control, ControlSet, field_control
 from webui.ui.generation import build_panel, snap_size
@@ -37,6 +38,7 @@ def build(ui: UIContext) -> None:
 def wire_size_from_image(ui: UIContext, image_input: Any, controls: ControlSet) -> None:
     """When an image is uploaded, set width and height to its size (multiples of 8, within the limits)."""
 
+    @guard
     def on_upload(value: Any) -> tuple[Any, Any]:
         image = value.get("background") if isinstance(value, dict) else value
         if not isinstance(image, Image.Image):
