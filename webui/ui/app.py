@@ -137,6 +137,7 @@ def launch_kwargs(easel: "Easel") -> dict[str, Any]:
         "theme": theme(),
         "css": (ASSETS / "easel.css").read_text(encoding="utf-8"),
         "js": (ASSETS / "easel.js").read_text(encoding="utf-8"),
+        "head": f"<style>{(ASSETS / 'page.css').read_text(encoding='utf-8')}</style>",
         "allowed_paths": [str(outputs)],
         "show_error": True,
     }
