@@ -1,0 +1,26 @@
+"""EaselTransformer forward shapes and input checks."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from webui.builtin.model import EaselTransformer
+
+
+def test_forward_shapes_with_and_without_source() -> None:
+    m = EaselTransformer(patch_size=8, hidden_size=32, depth=2, num_heads=2, bottleneck=8, text_dim=16).eval()
+    x = torch.randn(2, 3, 64, 64)
+    t = torch.tensor([0.3, 0.9])
+    text = torch.randn(2, 5, 16)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert m(x, t, text, mask).shape == (2, 3, 64, 64)
+    assert m(x, t, text, mask, torch.randn(2, 4, 64, 64)).shape == (2, 3, 64, 64)
+    assert m(torch.randn(1, 3, 32, 48), t[:1], text[:1], mask[:1]).shape == (1, 3, 32, 48)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        m(torch.randn(1, 3, 60, 64), t[:1], text[:1], mask[:1])
+
+
+def test_patchify_round_trip() -> None:
+    m = EaselTransformer(patch_size=8, hidden_size=32, depth=1, num_heads=2, bottleneck=8, text_dim=16)
+    x = torch.randn(2, 3, 64, 32)
+    assert torch.equal(m.unpatchify(m.patchify(x), 64, 32), x)

@@ -1,0 +1,256 @@
+"""EaselPipeline: text-to-image, img2img, inpainting and instruction editing with Easel's built-in model.
+
+The pipeline works in pixel space: its "latents" are images [B,3,H,W] in [-1,1]. The transformer predicts the
+clean image x0; each step turns that into the flow-matching velocity v = (x_t - x0) / sigma that diffusers'
+FlowMatch schedulers (Euler by default, Heun when swapped in) integrate. Classifier-free guidance mixes the x0
+predictions with and without the prompt. Modes, chosen by the arguments:
+  - txt2img: no image;
+  - img2img: `image` + `strength` (start from the image noised to sigma = strength);
+  - inpaint: `image` + `mask_image` (white = repaint), using the trained inpainting conditioning; pixels outside
+    the mask are pasted back, so they are exactly unchanged;
+  - edit: `source_image` + an instruction prompt ("make the red circle blue", "highlight the star").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from webui.builtin.model import EaselTransformer
+from webui.builtin.text import EaselTextEncoder
+
+logger = logging.getLogger(__name__)
+
+ImageInput = Image.Image | np.ndarray | torch.Tensor
+
+
+def image_to_tensor(image: ImageInput, height: int, width: int) -> torch.Tensor:
+    """PIL / uint8 or [0,1] float HWC array / [0,1] tensor ([3,H,W] or [B,3,H,W]) -> [B,3,height,width] in [-1,1]."""
+    if isinstance(image, Image.Image):
+        image = image.convert("RGB")
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.LANCZOS)
+        image = np.asarray(image)
+    if isinstance(image, np.ndarray):
+        arr = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+        if arr.ndim == 3:
+            arr = arr[None]
+        image = torch.from_numpy(arr).permute(0, 3, 1, 2)  # [B,3,H,W]
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"expected a PIL image, a numpy array or a tensor, got {type(image).__name__}")
+    x = image.float()
+    if x.ndim == 3:
+        x = x[None]
+    if x.shape[1] != 3:
+        raise ValueError(f"expected 3 colour channels, got a tensor of shape {tuple(x.shape)}")
+    if x.shape[-2:] != (height, width):
+        x = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    return x * 2.0 - 1.0  # [B,3,H,W] in [-1,1]
+
+
+def mask_to_tensor(mask: ImageInput, height: int, width: int) -> torch.Tensor:
+    """A mask (white/1 = repaint) -> binary float [B,1,height,width]."""
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L").resize((width, height), Image.Resampling.NEAREST))
+    if isinstance(mask, np.ndarray):
+        arr = mask.astype(np.float32) / 255.0 if mask.dtype == np.uint8 else mask.astype(np.float32)
+        mask = torch.from_numpy(arr)
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"expected the mask as a PIL image, a numpy array or a tensor, got {type(mask).__name__}")
+    m = mask.float()
+    while m.ndim < 4:
+        m = m[None]
+    if m.shape[1] != 1:
+        m = m.mean(dim=1, keepdim=True)
+    if m.shape[-2:] != (height, width):
+        m = torch.nn.functional.interpolate(m, size=(height, width), mode="nearest")
+    return (m > 0.5).float()  # [B,1,H,W]
+
+
+class EaselPipeline(DiffusionPipeline):
+    """Pixel-space x0-predicting diffusion transformer; see the module docstring for the modes."""
+
+    model_cpu_offload_seq = "text_encoder->transformer"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, transformer: EaselTransformer, text_encoder: EaselTextEncoder,
+                 scheduler: FlowMatchEulerDiscreteScheduler) -> None:
+        super().__init__()
+        self.register_modules(transformer=transformer, text_encoder=text_encoder, scheduler=scheduler)
+        self._interrupt = False
+        self._guidance_scale = 1.0
+        self._num_timesteps = 0
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    # ------------------------------------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _as_list(prompt: str | list[str] | None, n: int | None = None, name: str = "prompt") -> list[str]:
+        if prompt is None:
+            prompt = ""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"`{name}` must be a string or a non-empty list of strings")
+        if n is not None and len(prompts) != n:
+            if len(prompts) != 1:
+                raise ValueError(f"`{name}` has {len(prompts)} entries but `prompt` has {n}")
+            prompts = prompts * n
+        return prompts
+
+    def check_inputs(self, height: int, width: int, strength: float, image: ImageInput | None,
+                     mask_image: ImageInput | None, source_image: ImageInput | None, num_inference_steps: int,
+                     tensor_inputs: list[str]) -> None:
+        p = self.transformer.config.patch_size
+        if height % p or width % p or height <= 0 or width <= 0:
+            raise ValueError(f"`height` and `width` must be positive multiples of {p}, got {height}x{width}")
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"`strength` must be in (0, 1], got {strength}")
+        if num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be at least 1, got {num_inference_steps}")
+        if mask_image is not None and image is None:
+            raise ValueError("`mask_image` needs `image` (the picture to inpaint)")
+        if source_image is not None and (image is not None or mask_image is not None):
+            raise ValueError("pass either `source_image` (instruction edit) or `image`/`mask_image`, not both")
+        unknown = [k for k in tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` may only hold {self._callback_tensor_inputs}, "
+                             f"got {unknown}")
+
+    def encode_prompt(self, prompts: list[str], negative_prompts: list[str], do_cfg: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text features [(2)B,L,dim] and mask [(2)B,L]: negative rows first when guiding."""
+        texts = negative_prompts + prompts if do_cfg else prompts
+        with torch.no_grad():
+            return self.text_encoder.encode(texts, device=self._execution_device)
+
+    def get_timesteps(self, num_inference_steps: int, strength: float, device: torch.device
+                      ) -> tuple[torch.Tensor, int]:
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        init = min(num_inference_steps * strength, num_inference_steps)
+        t_start = int(max(num_inference_steps - init, 0))
+        order = getattr(self.scheduler, "order", 1)
+        timesteps = self.scheduler.timesteps[t_start * order:]
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(t_start * order)
+        return timesteps, len(timesteps)
+
+    def postprocess(self, x: torch.Tensor, output_type: str) -> list[Image.Image] | np.ndarray | torch.Tensor:
+        if output_type == "latent":
+            return x
+        x01 = ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)  # [B,3,H,W]
+        if output_type == "pt":
+            return x01
+        arr = x01.permute(0, 2, 3, 1).cpu().numpy()  # [B,H,W,3]
+        if output_type == "np":
+            return arr
+        if output_type == "pil":
+            return [Image.fromarray(a) for a in (arr * 255.0).round().astype(np.uint8)]
+        raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+
+    # ------------------------------------------------------------------------------------------- call
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str] = "", negative_prompt: str | list[str] | None = None,
+                 height: int = 64, width: int = 64, num_inference_steps: int = 20, guidance_scale: float = 4.0,
+                 num_images_per_prompt: int = 1, generator: torch.Generator | list[torch.Generator] | None = None,
+                 image: ImageInput | None = None, strength: float = 1.0, mask_image: ImageInput | None = None,
+                 source_image: ImageInput | None = None, output_type: str = "pil", return_dict: bool = True,
+                 callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: list[str] | None = None
+                 ) -> ImagePipelineOutput | tuple:
+        # 1. check inputs
+        tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        self.check_inputs(height, width, strength, image, mask_image, source_image, num_inference_steps,
+                          tensor_inputs)
+        prompts = self._as_list(prompt)
+        negatives = self._as_list(negative_prompt, len(prompts), "negative_prompt")
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
+        batch = len(prompts)
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for {batch} images; pass one per image")
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        device = self._execution_device
+        dtype = self.transformer.dtype
+
+        # 2. prepare text, conditioning images and the starting point
+        text, text_mask = self.encode_prompt(prompts, negatives, self.do_classifier_free_guidance)
+        text = text.to(dtype)
+        init = mask = source = None
+        if image is not None:
+            init = image_to_tensor(image, height, width).to(device)  # [1|B,3,H,W]
+            init = init.expand(batch, -1, -1, -1) if init.shape[0] == 1 else init
+        if mask_image is not None:
+            mask = mask_to_tensor(mask_image, height, width).to(device)  # [1|B,1,H,W]
+            mask = mask.expand(batch, -1, -1, -1) if mask.shape[0] == 1 else mask
+            source = torch.cat([init * (1.0 - mask), mask * 2.0 - 1.0], dim=1)  # [B,4,H,W]
+        elif source_image is not None:
+            src = image_to_tensor(source_image, height, width).to(device)  # [1|B,3,H,W]
+            src = src.expand(batch, -1, -1, -1) if src.shape[0] == 1 else src
+            source = torch.cat([src, -torch.ones_like(src[:, :1])], dim=1)  # [B,4,H,W]
+        if source is not None and source.shape[0] != batch:
+            raise ValueError(f"got {source.shape[0]} images for {batch} prompts")
+        if source is not None and self.do_classifier_free_guidance:
+            source = torch.cat([source, source], dim=0)  # [2B,4,H,W]
+        source = source.to(dtype) if source is not None else None
+
+        timesteps, n_steps = self.get_timesteps(num_inference_steps, strength if init is not None else 1.0, device)
+        self._num_timesteps = n_steps
+        noise = randn_tensor((batch, 3, height, width), generator=generator, device=device, dtype=torch.float32)
+        if init is not None and strength < 1.0 and n_steps > 0:
+            sigma0 = timesteps[0].float() / self.scheduler.config.num_train_timesteps
+            latents = sigma0 * noise + (1.0 - sigma0) * init  # [B,3,H,W]
+        else:
+            latents = noise  # [B,3,H,W]
+
+        # 3. denoise
+        with self.progress_bar(total=n_steps) as progress:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    break
+                sigma = (t.float() / self.scheduler.config.num_train_timesteps).clamp(min=1e-4)
+                x_in = torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
+                s = sigma.expand(x_in.shape[0]).to(device)
+                x0 = self.transformer(x_in.to(dtype), s, text, text_mask, source).float()  # [(2)B,3,H,W]
+                if self.do_classifier_free_guidance:
+                    x0_uncond, x0_cond = x0.chunk(2)
+                    x0 = x0_uncond + guidance_scale * (x0_cond - x0_uncond)  # [B,3,H,W]
+                velocity = (latents - x0) / sigma  # [B,3,H,W]
+                latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    scope = locals()
+                    kwargs = {k: scope[k] for k in tensor_inputs}
+                    outputs = callback_on_step_end(self, i, t, kwargs)
+                    latents = outputs.pop("latents", latents) if outputs else latents
+                progress.update()
+
+        # 4. postprocess: paste the original back outside the inpainting mask, convert
+        if mask is not None:
+            latents = init * (1.0 - mask) + latents.clamp(-1.0, 1.0) * mask  # [B,3,H,W]
+        images = self.postprocess(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)

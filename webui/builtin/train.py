@@ -1,0 +1,315 @@
+"""Train Easel's built-in model from scratch on procedural scenes (one command, reproducible, resumable).
+
+    python -m webui.builtin.train --out models/builtin/easel-shapes --state-dir ~/.cache/easel/train-builtin \
+        --seed 0 --hours 3
+
+Every batch is a pure function of (seed, step), so a run resumed from its state directory continues exactly as
+if uninterrupted. The full state (weights, EMA, optimizer, step, elapsed time) is saved atomically every few
+minutes; the shippable pipeline folder (EMA weights in fp16 safetensors) is written to --out every few more.
+`--resume-from-weights` starts from the shipped weights with a fresh optimizer when the state directory is gone.
+Objective: x_t = (1 - t) x0 + t eps; the model predicts x0; the loss is on the implied velocity
+v = (x_t - x0_hat) / max(t, 0.05) against eps - x0, with logit-normal t and 10% empty prompts for guidance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from webui.builtin import data as D
+
+logger = logging.getLogger(__name__)
+
+TEXT_DROP = 0.1
+T_MEAN, T_STD = 0.4, 1.0  # logit-normal parameters of t (t = 1 is pure noise)
+MIN_T = 0.05
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Examples of one step split into plain generation (no source) and conditioned (edit/inpaint) groups."""
+
+    gen_prompts: list[str]
+    gen_target: torch.Tensor  # [Bg,3,H,W] in [-1,1]
+    cond_prompts: list[str]
+    cond_target: torch.Tensor  # [Bc,3,H,W]
+    cond_source: torch.Tensor  # [Bc,4,H,W]
+
+
+def make_batch(seed: int, step: int, batch_size: int, split: str = "train") -> Batch:
+    """The batch of `step`: examples step*batch_size ... (step+1)*batch_size-1 of the split."""
+    gen_p, gen_t, cond_p, cond_t, cond_s = [], [], [], [], []
+    for i in range(batch_size):
+        rng = D.example_rng(seed, step * batch_size + i, split)
+        # a fixed split (first half text-to-image, second half edits) keeps tensor shapes constant per step
+        task = "txt2img" if i < batch_size // 2 else rng.choices(D.EDIT_TASKS, weights=D.TASK_WEIGHTS[1:])[0]
+        ex = D.sample_example(rng, task)
+        prompt = "" if rng.random() < TEXT_DROP else ex.prompt
+        arrays = D.to_tensors(ex)
+        if "source" in arrays:
+            cond_p.append(prompt)
+            cond_t.append(arrays["target"])
+            cond_s.append(arrays["source"])
+        else:
+            gen_p.append(prompt)
+            gen_t.append(arrays["target"])
+
+    def stack(xs: list[np.ndarray], c: int) -> torch.Tensor:
+        return torch.from_numpy(np.stack(xs)) if xs else torch.zeros(0, c, D.SIZE, D.SIZE)
+
+    return Batch(gen_p, stack(gen_t, 3), cond_p, stack(cond_t, 3), stack(cond_s, 4))
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """Batches for steps start, start+1, ... split round-robin over DataLoader workers (order preserved)."""
+
+    def __init__(self, seed: int, start: int, batch_size: int) -> None:
+        self.seed, self.start, self.batch_size = seed, start, batch_size
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, n = (info.id, info.num_workers) if info else (0, 1)
+        step = self.start + wid
+        while True:
+            yield make_batch(self.seed, step, self.batch_size)
+            step += n
+
+
+class Net(nn.Module):
+    """The two trained modules together, so one optimizer and one EMA cover both."""
+
+    def __init__(self, transformer: nn.Module, text_encoder: nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.text_encoder = text_encoder
+
+
+def build_net(args: argparse.Namespace) -> Net:
+    from webui.builtin.model import EaselTransformer
+    from webui.builtin.text import EaselTextEncoder
+
+    text_encoder = EaselTextEncoder(vocab=D.vocabulary(), max_length=40, dim=args.text_dim, depth=args.text_depth,
+                                    num_heads=args.heads)
+    transformer = EaselTransformer(sample_size=D.SIZE, patch_size=args.patch, hidden_size=args.hidden,
+                                   depth=args.depth, num_heads=args.heads, bottleneck=args.bottleneck,
+                                   text_dim=args.text_dim)
+    return Net(transformer, text_encoder)
+
+
+def diffusion_loss(net: Net, prompts: list[str], target: torch.Tensor, source: torch.Tensor | None,
+                   gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Mean squared velocity error of the x0 prediction for one group of examples."""
+    B = target.shape[0]
+    x0 = target.to(device)  # [B,3,H,W]
+    eps = torch.randn(x0.shape, generator=gen).to(device)  # [B,3,H,W]
+    t = torch.sigmoid(torch.randn(B, generator=gen) * T_STD + T_MEAN).to(device)  # [B]
+    tb = t[:, None, None, None]  # [B,1,1,1]
+    x_t = (1.0 - tb) * x0 + tb * eps  # [B,3,H,W]
+    ids, mask = net.text_encoder.tokenize(prompts)  # [B,L] each
+    pad = -ids.shape[1] % 8  # few distinct lengths keep the CPU kernels' caches warm
+    ids, mask = F.pad(ids, (0, pad)), F.pad(mask, (0, pad))  # [B,L8] each, padding = <pad> / False
+    text = net.text_encoder(ids.to(device), mask.to(device))  # [B,L,dim]
+    x0_hat = net.transformer(x_t, t, text, mask.to(device), None if source is None else source.to(device))
+    v_hat = (x_t - x0_hat.float()) / tb.clamp(min=MIN_T)  # [B,3,H,W]
+    return ((v_hat - (eps - x0)) ** 2).mean()
+
+
+def export_pipeline(net: Net, out: Path, info: dict) -> None:
+    """Write the shippable pipeline folder (fp16 weights) atomically: tmp folder, then rename."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from webui.builtin.pipeline import EaselPipeline
+
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # casting a copy to fp16 for saving is intended
+    try:
+        transformer = copy.deepcopy(net.transformer).to("cpu", torch.float16)
+        text_encoder = copy.deepcopy(net.text_encoder).to("cpu", torch.float16)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    pipe = EaselPipeline(transformer, text_encoder, FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0))
+    out = out.resolve()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp)
+    (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_state(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m webui.builtin.train", description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("models/builtin/easel-shapes"))
+    p.add_argument("--state-dir", type=Path, default=Path("~/.cache/easel/train-builtin").expanduser())
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hours", type=float, default=3.0, help="total training time, summed over resumes")
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0 = no limit)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--patch", type=int, default=8)
+    p.add_argument("--bottleneck", type=int, default=48)
+    p.add_argument("--text-dim", type=int, default=192)
+    p.add_argument("--text-depth", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0 = in-process)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
+    p.add_argument("--save-minutes", type=float, default=5.0)
+    p.add_argument("--export-minutes", type=float, default=10.0)
+    p.add_argument("--resume-from-weights", type=Path, default=None,
+                   help="pipeline folder to start from (fresh optimizer) when the state dir has no state")
+    args = p.parse_args(argv)
+    args.state_dir = args.state_dir.expanduser()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    state_path = args.state_dir / "state.pt"
+    hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+    net = build_net(args)
+    step, elapsed = 0, 0.0
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        arch = state["hparams"]
+        for k in ("hidden", "depth", "heads", "patch", "bottleneck", "text_dim", "text_depth", "batch_size"):
+            setattr(args, k.replace("-", "_"), arch[k])
+        net = build_net(args)
+        net.load_state_dict(state["net"])
+    elif args.resume_from_weights is not None:
+        from webui.builtin.pipeline import EaselPipeline
+
+        pipe = EaselPipeline.from_pretrained(str(args.resume_from_weights))
+        net = Net(pipe.transformer.float(), pipe.text_encoder.float())
+        info_path = args.resume_from_weights / "training.json"
+        if info_path.exists():
+            info = json.loads(info_path.read_text())
+            step, elapsed = int(info.get("step", 0)), float(info.get("elapsed_s", 0.0))
+        logger.info("starting from the weights in %s (step %d), fresh optimizer", args.resume_from_weights, step)
+    net.to(device)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    if state_path.exists():
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed = state["step"], state["elapsed_s"]
+        logger.info("resumed from %s at step %d (%.0f s trained)", state_path, step, elapsed)
+        del state
+    n_params = sum(p.numel() for p in net.parameters())
+    logger.info("parameters: %.2fM (transformer %.2fM, text encoder %.2fM)", n_params / 1e6,
+                sum(p.numel() for p in net.transformer.parameters()) / 1e6,
+                sum(p.numel() for p in net.text_encoder.parameters()) / 1e6)
+
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = args.state_dir / "loss.csv"
+    if not log_path.exists():
+        log_path.write_text("step,elapsed_s,loss,lr\n")
+    budget = args.hours * 3600.0
+    stream = BatchStream(args.seed, step, args.batch_size)
+    loader = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers,
+                                              prefetch_factor=4 if args.workers else None,
+                                              persistent_workers=bool(args.workers)))
+    last_save = last_export = time.monotonic()
+    t_prev = time.monotonic()
+    running, n_run = 0.0, 0
+    bar = tqdm(initial=step, total=args.max_steps or None, dynamic_ncols=True, desc="train-builtin")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+
+    def snapshot() -> dict:
+        return {"step": step, "elapsed_s": round(elapsed, 1), "seed": args.seed, "loss": round(running / max(n_run, 1), 5),
+                "params": n_params, "hparams": hparams}
+
+    while elapsed < budget and (not args.max_steps or step < args.max_steps):
+        batch = next(loader)
+        gen = torch.Generator().manual_seed(args.seed * 7_919 + step)
+        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with autocast:
+            losses, weights = [], []
+            if batch.gen_target.shape[0]:
+                losses.append(diffusion_loss(net, batch.gen_prompts, batch.gen_target, None, gen, device))
+                weights.append(batch.gen_target.shape[0])
+            if batch.cond_target.shape[0]:
+                losses.append(diffusion_loss(net, batch.cond_prompts, batch.cond_target, batch.cond_source, gen,
+                                             device))
+                weights.append(batch.cond_target.shape[0])
+            loss = sum(l * w for l, w in zip(losses, weights)) / sum(weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pn in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(pn, 1.0 - decay)
+        step += 1
+        now = time.monotonic()
+        elapsed += now - t_prev
+        t_prev = now
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise RuntimeError(f"loss became {value} at step {step}; lower --lr and resume")
+        running, n_run = running + value, n_run + 1
+        bar.update()
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{running / n_run:.4f}", hours=f"{elapsed / 3600:.2f}")
+        if step % 50 == 0:
+            with log_path.open("a") as f:
+                f.write(f"{step},{elapsed:.1f},{running / n_run:.5f},{lr:.2e}\n")
+            running, n_run = 0.0, 0
+        if now - last_save > args.save_minutes * 60:
+            save_state(state_path, {"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                                    "step": step, "elapsed_s": elapsed, "hparams": hparams})
+            last_save = now
+        if now - last_export > args.export_minutes * 60:
+            export_pipeline(ema, args.out, snapshot())
+            last_export = now
+    bar.close()
+    save_state(state_path, {"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                            "step": step, "elapsed_s": elapsed, "hparams": hparams})
+    export_pipeline(ema, args.out, snapshot())
+    logger.info("done: step %d, %.2f h trained; pipeline in %s", step, elapsed / 3600, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
