@@ -346,7 +346,8 @@ def referents(rng: random.Random, scene: Scene, index: int) -> list[tuple[str, s
             continue
         rel = rng.choice(rels)
         # the phrase is unique only if no other object of this shape has the same relation to `other`
-        rivals = [x for k, x in enumerate(objs) if k != index and k != j and x.shape == o.shape and rel in relation(x, other)]
+        rivals = [x for k, x in enumerate(objs)
+                  if k not in (index, j) and x.shape == o.shape and rel in relation(x, other)]
         if rivals:
             continue
         other_word = f"the {rng.choice(COLOR_WORDS[other.color])} {rng.choice(SHAPE_WORDS[other.shape])}" \

@@ -19,7 +19,7 @@ import logging
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         table += f"\nModel: step {results['model_step']}, training loss {results['model_loss']}"
     print(table)  # noqa: T201 - the CLI's output
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)) + "\n")
+    args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
     return 0
 
 

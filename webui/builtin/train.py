@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 TEXT_DROP = 0.1
 T_MEAN, T_STD = 0.4, 1.0  # logit-normal parameters of t (t = 1 is pure noise)
 MIN_T = 0.05
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -142,13 +143,14 @@ def export_pipeline(net: Net, out: Path, info: dict) -> None:
         text_encoder = copy.deepcopy(net.text_encoder).to("cpu", torch.float16)
     finally:
         diffusers_logging.set_verbosity(verbosity)
-    pipe = EaselPipeline(transformer, text_encoder, FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0))
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    pipe = EaselPipeline(transformer, text_encoder, scheduler)
     out = out.resolve()
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name("." + out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp)
     (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-    old = out.with_name(out.name + ".old")
+    old = out.with_name("." + out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
         out.rename(old)
@@ -165,7 +167,7 @@ def save_state(path: Path, payload: dict) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m webui.builtin.train", description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path("models/builtin/easel-shapes"))
+    p.add_argument("--out", type=Path, default=REPO / "models" / "builtin" / "easel-shapes")
     p.add_argument("--state-dir", type=Path, default=Path("~/.cache/easel/train-builtin").expanduser())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hours", type=float, default=3.0, help="total training time, summed over resumes")
@@ -250,11 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     last_save = last_export = time.monotonic()
     t_prev = time.monotonic()
     running, n_run = 0.0, 0
+    last_avg: float | None = None  # mean loss of the last logged 50 steps
     bar = tqdm(initial=step, total=args.max_steps or None, dynamic_ncols=True, desc="train-builtin")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
     def snapshot() -> dict:
-        return {"step": step, "elapsed_s": round(elapsed, 1), "seed": args.seed, "loss": round(running / max(n_run, 1), 5),
+        return {"step": step, "elapsed_s": round(elapsed, 1), "seed": args.seed,
+                "loss": round(last_avg if last_avg is not None else running / max(n_run, 1), 5),
                 "params": n_params, "hparams": hparams}
 
     while elapsed < budget and (not args.max_steps or step < args.max_steps):
@@ -295,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         if step % 50 == 0:
             with log_path.open("a") as f:
                 f.write(f"{step},{elapsed:.1f},{running / n_run:.5f},{lr:.2e}\n")
-            running, n_run = 0.0, 0
+            last_avg, running, n_run = running / n_run, 0.0, 0
         if now - last_save > args.save_minutes * 60:
             save_state(state_path, {"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                                     "step": step, "elapsed_s": elapsed, "hparams": hparams})
