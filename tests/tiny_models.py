@@ -28,7 +28,7 @@ from webui.model_manager.clip_tokenizer import EOS_TOKEN, byte_symbols, write_cl
 
 __all__ = [
     "make_tiny_sd1", "make_tiny_sd2", "make_tiny_sdxl", "make_tiny_sd3", "make_tiny_flux", "make_tiny_zimage",
-    "make_tiny_qwenimage", "save_sd1_single_file", "save_sd2_single_file", "save_sdxl_single_file", "save_vae_single_file",
+    "make_tiny_qwenimage", "save_sd1_single_file", "save_sd2_single_file", "save_sdxl_single_file", "save_vae_single_file", "save_zimage_single_file",
     "make_header_only_safetensors", "tiny_clip_tokenizer", "tiny_t5_tokenizer", "tiny_qwen_tokenizer",
     "TINY_BUILDERS",
 ]
@@ -507,6 +507,28 @@ def save_sdxl_single_file(folder: Path, path: Path) -> Path:
     tensors.update(clip_to_original(text, "conditioner.embedders.0.transformer."))
     tensors.update(open_clip_to_original(text_2, "conditioner.embedders.1.model."))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return Path(path)
+
+
+def save_zimage_single_file(folder: Path, path: Path, prefix: str = "model.diffusion_model.") -> Path:
+    """The transformer of a tiny Z-Image folder in the original (Tongyi / ComfyUI) key layout: fused qkv,
+    `x_embedder.` / `final_layer.`, `attention.out` and `q_norm` / `k_norm`."""
+    state, _ = _component(folder, "transformer")
+    renames = {"all_final_layer.2-1.": "final_layer.", "all_x_embedder.2-1.": "x_embedder.",
+               ".attention.to_out.0.": ".attention.out.", ".attention.norm_k.": ".attention.k_norm.",
+               ".attention.norm_q.": ".attention.q_norm."}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if ".attention.to_k." in key or ".attention.to_v." in key:
+            continue
+        if ".attention.to_q." in key:
+            fused = torch.cat([state[key], state[key.replace("to_q", "to_k")], state[key.replace("to_q", "to_v")]])
+            out[prefix + key.replace(".attention.to_q.", ".attention.qkv.")] = fused
+            continue
+        for old, new in renames.items():
+            key = key.replace(old, new)
+        out[prefix + key] = value.contiguous()
+    save_file(out, str(path))
     return Path(path)
 
 

@@ -1,0 +1,369 @@
+"""Turn an identified checkpoint into a diffusers pipeline, offline: folders, single files, hub ids, VAEs, modes.
+
+* Diffusers folders load with `from_pretrained(local_files_only=True)`; the built-in model with its own
+  `EaselPipeline` class (imported only when needed).
+* SD 1.x / 2.x / XL single files load with `from_single_file(config=...)`, where the config is a folder of
+  diffusers configs shipped under `configs/` (sd1, sd2 = 768 v-prediction, sd2-base = 512 epsilon, sdxl). CLIP
+  tokenizers are passed in, built from the BPE list in `open_clip` (see clip_tokenizer.py). A folder named
+  `<file stem>.config/` beside the checkpoint ("custom config", like AUTOMATIC1111's `<name>.yaml`) replaces
+  the shipped config; when it has tokenizer files, those are used too.
+* SD3 / Flux.1 / Z-Image / Qwen-Image single files usually hold only the transformer. It is loaded from the
+  file (original key names through diffusers' converters, diffusers key names directly) with the transformer
+  config of a companion: the `<stem>.config/` folder, else a diffusers folder of the same family among the
+  scanned ones, else the official hub repository (only when online). The text encoders and VAE come from the
+  same companion.
+* Hub ids ("org/repo") load with `from_pretrained` and need a connection the first time.
+* Modes share weights: the txt2img / img2img / inpaint pipelines are made with `AutoPipelineFor*.from_pipe`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from webui.model_manager.errors import ModelLoadError
+from webui.model_manager.identify import ARCH_LABELS, Arch, Identification, header_shapes
+
+log = logging.getLogger(__name__)
+
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+MODES = ("txt2img", "img2img", "inpaint", "edit")
+GENERATION_MODES = ("txt2img", "img2img", "inpaint")
+
+
+@dataclass(frozen=True)
+class TransformerFamily:
+    """What loading a transformer-only single file of one family needs."""
+
+    transformer_class: str
+    hub_repos: dict[str, str]  # variant ("" = default) -> official diffusers repository
+    layer_overrides: Callable[[dict[str, tuple[int, ...]]], dict[str, Any]] = lambda keys: {}
+
+    def hub_repo(self, variant: str) -> str:
+        return self.hub_repos.get(variant, self.hub_repos[""])
+
+
+def _count(keys: dict[str, tuple[int, ...]], prefix: str) -> int:
+    indices = {int(k[len(prefix):].split(".")[0]) for k in keys
+               if k.startswith(prefix) and k[len(prefix):].split(".")[0].isdigit()}
+    return max(indices) + 1 if indices else 0
+
+
+def _flux_overrides(keys: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    if any(k.startswith("double_blocks.") for k in keys):  # original layout
+        return {"num_layers": _count(keys, "double_blocks."), "num_single_layers": _count(keys, "single_blocks."),
+                "guidance_embeds": any(k.startswith("guidance_in.") for k in keys)}
+    return {"num_layers": _count(keys, "transformer_blocks."),
+            "num_single_layers": _count(keys, "single_transformer_blocks."),
+            "guidance_embeds": any(k.startswith("time_text_embed.guidance_embedder.") for k in keys)}
+
+
+def _sd3_overrides(keys: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    layers = _count(keys, "joint_blocks.") or _count(keys, "transformer_blocks.")
+    return {"num_layers": layers} if layers else {}
+
+
+def _zimage_overrides(keys: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    layers = _count(keys, "layers.")
+    return {"n_layers": layers} if layers else {}
+
+
+def _qwen_overrides(keys: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    layers = _count(keys, "transformer_blocks.")
+    return {"num_layers": layers} if layers else {}
+
+
+TRANSFORMER_FAMILIES: dict[Arch, TransformerFamily] = {
+    Arch.SD3: TransformerFamily("SD3Transformer2DModel", {
+        "": "stabilityai/stable-diffusion-3-medium-diffusers", "3.5 large": "stabilityai/stable-diffusion-3.5-large",
+        "3.5 medium": "stabilityai/stable-diffusion-3.5-medium"}, _sd3_overrides),
+    Arch.FLUX: TransformerFamily("FluxTransformer2DModel", {
+        "": "black-forest-labs/FLUX.1-dev", "schnell": "black-forest-labs/FLUX.1-schnell"}, _flux_overrides),
+    Arch.ZIMAGE: TransformerFamily("ZImageTransformer2DModel", {"": "Tongyi-MAI/Z-Image-Turbo"}, _zimage_overrides),
+    Arch.QWEN: TransformerFamily("QwenImageTransformer2DModel", {"": "Qwen/Qwen-Image"}, _qwen_overrides),
+}
+_TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
+
+
+@dataclass
+class LoadContext:
+    """What loaders need from the manager: precision, offline tokenizers, and the scanned diffusers folders."""
+
+    dtype: torch.dtype
+    clip_tokenizer: Callable[[str], Any]  # pad token -> CLIPTokenizer
+    family_folders: Callable[[Arch], list[Path]]  # supported diffusers folders of a family, in preference order
+    hub_offline: Callable[[], bool] = field(default=lambda: _hub_offline())
+
+
+@dataclass
+class Loaded:
+    """A freshly loaded base pipeline and where its component configs came from (used to load VAE files)."""
+
+    pipe: Any
+    arch: Arch
+    config_source: str | None
+
+
+def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """diffusers renamed `torch_dtype` to `dtype`; pass the name the installed version understands."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first[:400]}"
+
+
+def sidecar_config(path: Path) -> Path | None:
+    """`<stem>.config/` beside a checkpoint file: a diffusers config folder that overrides the shipped one."""
+    folder = path.with_name(path.stem + ".config")
+    return folder if (folder / "model_index.json").is_file() else None
+
+
+# ------------------------------------------------------------------------------------------------ folders
+def load_folder(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
+    from diffusers import DiffusionPipeline
+
+    kwargs: dict[str, Any] = {**dtype_kwargs(ctx.dtype), "local_files_only": True}
+    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    if "safety_checker" in index:  # Easel never runs the SD 1.x/2.x safety checker; skip its 1.2 GB
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+        if "feature_extractor" in index:
+            kwargs["feature_extractor"] = None
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
+    except Exception as exc:  # diffusers raises many types (OSError, ValueError, KeyError, safetensors errors)
+        raise ModelLoadError(f"could not load diffusers folder {path}: {_cause(exc)}") from exc
+    return Loaded(pipe, ident.arch, str(path))
+
+
+def load_builtin(path: Path, ctx: LoadContext) -> Loaded:
+    try:
+        from webui.builtin.pipeline import EaselPipeline
+    except ImportError as exc:
+        raise ModelLoadError(f"cannot load the built-in model {path}: webui.builtin.pipeline is unavailable "
+                             f"({_cause(exc)})") from exc
+    try:
+        pipe = EaselPipeline.from_pretrained(str(path), **dtype_kwargs(ctx.dtype))
+    except Exception as exc:  # any failure inside the built-in model's loader is a load failure of that folder
+        raise ModelLoadError(f"could not load the built-in model {path}: {_cause(exc)}") from exc
+    return Loaded(pipe, Arch.EASEL, str(path))
+
+
+def load_hub(repo_id: str, ctx: LoadContext) -> Loaded:
+    from diffusers import DiffusionPipeline
+
+    from webui.model_manager.identify import arch_from_class_name
+
+    if ctx.hub_offline():
+        raise ModelLoadError(f"{repo_id} looks like a Hugging Face repository id, but Easel is offline "
+                             "(HF_HUB_OFFLINE=1) and has no local checkpoint of that name")
+    try:
+        pipe = DiffusionPipeline.from_pretrained(repo_id, **dtype_kwargs(ctx.dtype))
+    except Exception as exc:  # network, auth and format errors all mean "could not load this repo"
+        raise ModelLoadError(f"could not load hub repository {repo_id}: {_cause(exc)}") from exc
+    text_config = getattr(getattr(pipe, "text_encoder", None), "config", None)
+    unet_config = getattr(getattr(pipe, "unet", None), "config", None)
+    arch = arch_from_class_name(type(pipe).__name__, text_config.to_dict() if text_config is not None else {},
+                                dict(unet_config) if unet_config is not None else {})
+    return Loaded(pipe, arch, repo_id)
+
+
+# ------------------------------------------------------------------------------------------------ SD single files
+def shipped_config(arch: Arch, variant: str) -> Path:
+    """The shipped diffusers config folder for an SD-family single file."""
+    if arch == Arch.SD1:
+        return CONFIGS_DIR / "sd1"
+    if arch == Arch.SD2:  # v-prediction 768 unless it is the (epsilon, 512) inpainting model
+        return CONFIGS_DIR / ("sd2-base" if variant == "inpaint" else "sd2")
+    if arch == Arch.SDXL:
+        return CONFIGS_DIR / "sdxl"
+    raise ValueError(f"no shipped config for {arch.value}")
+
+
+def _tokenizer_kwargs(config: Path, ctx: LoadContext) -> dict[str, Any]:
+    """Tokenizers the config folder cannot provide itself (it has no vocab files): built from open_clip's list."""
+    index = json.loads((config / "model_index.json").read_text(encoding="utf-8"))
+    kwargs: dict[str, Any] = {}
+    for name in ("tokenizer", "tokenizer_2"):
+        if name not in index or (config / name / "vocab.json").is_file() or (config / name / "tokenizer.json").is_file():
+            continue
+        settings_path = config / name / "tokenizer_config.json"
+        settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
+        pad = settings.get("pad_token", "<|endoftext|>")
+        kwargs[name] = ctx.clip_tokenizer(pad if isinstance(pad, str) else pad.get("content", "<|endoftext|>"))
+    return kwargs
+
+
+def load_sd_single_file(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
+    from diffusers import (StableDiffusionInpaintPipeline, StableDiffusionPipeline,
+                           StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline)
+
+    config = sidecar_config(path) or shipped_config(ident.arch, ident.variant)
+    inpaint = ident.variant == "inpaint"
+    if ident.arch == Arch.SDXL:
+        cls = StableDiffusionXLInpaintPipeline if inpaint else StableDiffusionXLPipeline
+    else:
+        cls = StableDiffusionInpaintPipeline if inpaint else StableDiffusionPipeline
+    kwargs: dict[str, Any] = {"config": str(config), "local_files_only": True, **dtype_kwargs(ctx.dtype),
+                              **_tokenizer_kwargs(config, ctx)}
+    if inpaint:
+        kwargs["num_in_channels"] = 9  # only the UNet takes this (diffusers' single-file legacy argument)
+    if "safety_checker" in json.loads((config / "model_index.json").read_text(encoding="utf-8")):
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    log.info("loading %s with config %s", path, config)
+    try:
+        pipe = cls.from_single_file(str(path), **kwargs)
+    except Exception as exc:  # corrupt data, wrong layout, config mismatch: all are load failures of this file
+        raise ModelLoadError(f"could not load {path} as {ARCH_LABELS[ident.arch]} (config {config}): "
+                             f"{_cause(exc)}") from exc
+    return Loaded(pipe, ident.arch, str(config))
+
+
+# ------------------------------------------------------------------------------------------------ transformer files
+def _companion(path: Path, ident: Identification, ctx: LoadContext) -> tuple[str, bool]:
+    """(source, local) for the transformer config, text encoders and VAE of a transformer-only file."""
+    family = TRANSFORMER_FAMILIES[ident.arch]
+    sidecar = sidecar_config(path)
+    if sidecar is not None:
+        return str(sidecar), True
+    folders = ctx.family_folders(ident.arch)
+    if folders:
+        return str(folders[0]), True
+    repo = family.hub_repo(ident.variant)
+    if ctx.hub_offline():
+        raise ModelLoadError(
+            f"{path} holds only the {ARCH_LABELS[ident.arch]} transformer; its text encoders and VAE come from a "
+            f"diffusers folder of the same family. Put one (e.g. a download of {repo}) in a diffusers models "
+            f"folder, or a '{path.stem}.config' folder beside the file, or go online so Easel can fetch {repo}")
+    return repo, False
+
+
+def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in _TRANSFORMER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _load_transformer(path: Path, ident: Identification, source: str, local: bool, dtype: torch.dtype) -> Any:
+    import diffusers
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+
+    family = TRANSFORMER_FAMILIES[ident.arch]
+    cls = getattr(diffusers, family.transformer_class)
+    keys = header_shapes(path)
+    stripped = keys
+    for prefix in _TRANSFORMER_PREFIXES:
+        if all(k.startswith(prefix) for k in keys):
+            stripped = {k[len(prefix):]: v for k, v in keys.items()}
+            break
+    overrides = family.layer_overrides(stripped)
+    if ident.layout == "original":
+        return cls.from_single_file(str(path), config=source, subfolder="transformer", **dtype_kwargs(dtype),
+                                    local_files_only=local, **overrides)
+    config = dict(cls.load_config(source, subfolder="transformer", local_files_only=local))
+    config.update(overrides)
+    with init_empty_weights():  # parameters on "meta": the file's tensors are assigned below, no random init
+        model = cls.from_config(config)
+    state = _strip_prefix(load_file(str(path)))
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(f"the weights do not fit the {family.transformer_class} config from {source}: "
+                         f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+                         f"(e.g. {unexpected[:3]})")
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(dtype).eval()
+
+
+def load_transformer_single_file(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
+    from diffusers import DiffusionPipeline
+
+    source, local = _companion(path, ident, ctx)
+    log.info("loading %s transformer from %s, other components from %s", ARCH_LABELS[ident.arch], path, source)
+    try:
+        transformer = _load_transformer(path, ident, source, local, ctx.dtype)
+        pipe = DiffusionPipeline.from_pretrained(source, transformer=transformer, **dtype_kwargs(ctx.dtype),
+                                                 local_files_only=local)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # any failure here means this file (with that companion) does not load
+        raise ModelLoadError(f"could not load {path} as a {ARCH_LABELS[ident.arch]} transformer (other "
+                             f"components from {source}): {_cause(exc)}") from exc
+    return Loaded(pipe, ident.arch, source)
+
+
+def load_single_file(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
+    if ident.arch in (Arch.SD1, Arch.SD2, Arch.SDXL):
+        return load_sd_single_file(path, ident, ctx)
+    if ident.arch in TRANSFORMER_FAMILIES:
+        return load_transformer_single_file(path, ident, ctx)
+    raise ModelLoadError(f"{path}: {ident.reason}")
+
+
+# ------------------------------------------------------------------------------------------------ VAEs
+def load_vae(path: Path, current_vae: Any, config_source: str | None, dtype: torch.dtype) -> Any:
+    """A VAE from `path` (diffusers folder, diffusers-keyed file, or original-layout file) shaped like the
+    checkpoint's own VAE. Raises ModelLoadError naming the file."""
+    from safetensors.torch import load_file
+
+    cls = type(current_vae)
+    try:
+        if path.is_dir():
+            return cls.from_pretrained(str(path), **dtype_kwargs(dtype), local_files_only=True).eval()
+        keys = header_shapes(path)
+        state_prefix = next((p for p in ("first_stage_model.", "vae.") if all(k.startswith(p) for k in keys)), "")
+        diffusers_layout = any(k[len(state_prefix):].startswith("encoder.down_blocks.") for k in keys)
+        if diffusers_layout:
+            model = cls.from_config(current_vae.config)
+            state = {k[len(state_prefix):]: v for k, v in load_file(str(path)).items()}
+            model.load_state_dict(state, strict=True)
+            return model.to(dtype).eval()
+        if config_source is None:
+            raise ValueError("the checkpoint has no config folder to shape an original-layout VAE")
+        model = cls.from_single_file(str(path), config=config_source, subfolder="vae", **dtype_kwargs(dtype),
+                                     local_files_only=Path(config_source).is_dir())
+        missing = set(current_vae.state_dict()) - set(model.state_dict())
+        if missing:
+            raise ValueError(f"{len(missing)} weights missing")
+        return model.eval()
+    except Exception as exc:  # shape mismatch, corrupt file, wrong kind of file: this VAE does not fit
+        raise ModelLoadError(f"could not load VAE {path}: {_cause(exc)}") from exc
+
+
+# ------------------------------------------------------------------------------------------------ modes
+def mode_pipelines(base: Any, arch: Arch, variant: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Pipelines for each mode, sharing the base pipeline's modules; and why a mode is unavailable."""
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+
+    pipes: dict[str, Any] = {"edit": base}  # the engine checks whether a pipeline class can edit
+    reasons: dict[str, str] = {}
+    if arch == Arch.EASEL:
+        return {mode: base for mode in MODES}, reasons
+    factories = {"txt2img": AutoPipelineForText2Image, "img2img": AutoPipelineForImage2Image,
+                 "inpaint": AutoPipelineForInpainting}
+    for mode, factory in factories.items():
+        if variant == "inpaint" and mode != "inpaint":
+            reasons[mode] = "an inpainting checkpoint only works in inpaint mode"
+            continue
+        try:
+            pipes[mode] = factory.from_pipe(base)
+        except ValueError as exc:
+            reasons[mode] = f"{type(base).__name__} has no {mode} pipeline ({_cause(exc)})"
+    return pipes, reasons
+

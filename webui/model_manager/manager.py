@@ -1,0 +1,569 @@
+"""The model manager: scan model folders, identify what is there, and hand the engine the right pipeline.
+
+`ModelManager.get(checkpoint, mode, vae)` reconciles what is wanted with what is loaded. Asking for the same
+thing twice does nothing the second time; another mode of the same checkpoint is a `from_pipe` view of the same
+weights; a checkpoint in the RAM cache is moved to the device, never reread from disk; a VAE from the VAE folders
+replaces the checkpoint's own and is undone when a later request asks for "Automatic". The built-in model
+(folders in `builtin_dirs`) is always listed first and is one `EaselPipeline` for every mode.
+
+Names follow AUTOMATIC1111: a checkpoint's `name` is its path relative to the folder it was found in, without
+extension, with "/" separators; its `title` is "name [shorthash]" once the hash is known. Hashes are computed
+when a checkpoint is loaded (or on request with `compute_hash`) and remembered on disk, so until a file has
+been loaded once its title is just its name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from webui.model_manager.cache import Offload, PipelineCache, Slot, release_memory, tensor_bytes
+from webui.model_manager.clip_tokenizer import load_clip_tokenizer
+from webui.model_manager.errors import ModelLoadError, ModelNotFoundError
+from webui.model_manager.hashes import HashCache
+from webui.model_manager.identify import (PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, Arch, Identification,
+                                          header_shapes, identify_file, identify_folder)
+from webui.model_manager.loading import (MODES, LoadContext, Loaded, load_builtin, load_folder, load_hub,
+                                         load_single_file, load_vae, mode_pipelines)
+
+__all__ = ["Mode", "CheckpointEntry", "VaeEntry", "LoraEntry", "LoadedPipeline", "ModelManager",
+           "ModelNotFoundError", "ModelLoadError", "identify_lora"]
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["txt2img", "img2img", "inpaint", "edit"]
+Kind = Literal["file", "folder", "hub"]
+AUTOMATIC_VAE = ("", "automatic", "none")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_TITLE_WITH_HASH = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]{8,64})\]$")
+_HEX = re.compile(r"^[0-9a-fA-F]{8,64}$")
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One listed checkpoint. `kind` "hub" is a repository id that is only loadable online."""
+
+    name: str
+    title: str
+    path: Path
+    kind: Kind
+    arch: Arch
+    supported: bool
+    reason: str
+    short_hash: str | None
+    variant: str = ""
+    builtin: bool = False
+
+
+@dataclass(frozen=True)
+class VaeEntry:
+    name: str
+    path: Path
+    kind: Literal["file", "folder"] = "file"
+
+
+@dataclass(frozen=True)
+class LoraEntry:
+    name: str
+    path: Path
+    arch: Arch
+    short_hash: str | None = None
+
+
+@dataclass
+class LoadedPipeline:
+    """What `get` hands the engine. `pipe` shares its weights with the other modes of the same checkpoint."""
+
+    pipe: Any  # diffusers.DiffusionPipeline
+    entry: CheckpointEntry
+    arch: Arch
+    mode: Mode
+
+
+def _title(name: str, short_hash: str | None) -> str:
+    return f"{name} [{short_hash}]" if short_hash else name
+
+
+def _relative_name(path: Path, root: Path, strip_suffix: bool) -> str:
+    relative = path.relative_to(root)
+    if strip_suffix:
+        relative = relative.with_suffix("")
+    return relative.as_posix()
+
+
+def _default_cache_dir(hash_cache_path: Path | None) -> Path:
+    if hash_cache_path is not None:
+        return Path(hash_cache_path).parent / "cache"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "easel"
+
+
+class ModelManager:
+    """Lists, identifies, loads and caches models. Thread-safe: the worker loads while the UI lists."""
+
+    def __init__(self, *, checkpoint_dirs: list[Path], diffusers_dirs: list[Path], vae_dirs: list[Path],
+                 lora_dirs: list[Path], builtin_dirs: list[Path], device: str = "cpu",
+                 dtype: torch.dtype = torch.float32, ram_cache_size: int = 2,
+                 offload: Offload = "none", hash_cache_path: Path | None = None,
+                 cache_dir: Path | None = None) -> None:
+        if offload not in ("none", "model", "sequential"):
+            raise ValueError(f"offload must be 'none', 'model' or 'sequential', got {offload!r}")
+        self.checkpoint_dirs = [Path(p) for p in checkpoint_dirs]
+        self.diffusers_dirs = [Path(p) for p in diffusers_dirs]
+        self.vae_dirs = [Path(p) for p in vae_dirs]
+        self.lora_dirs = [Path(p) for p in lora_dirs]
+        self.builtin_dirs = [Path(p) for p in builtin_dirs]
+        self.device = device
+        self.dtype = dtype
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir(hash_cache_path)
+        self.hashes = HashCache(hash_cache_path)
+        self.stats: dict[str, int] = {"disk_loads": 0, "cache_hits": 0, "evictions": 0, "vae_loads": 0}
+        self._cache = PipelineCache(ram_cache_size, device, offload)
+        self._lock = threading.RLock()  # guards the cache and loading
+        self._scan_lock = threading.Lock()  # guards the listings
+        self._checkpoints: dict[str, CheckpointEntry] = {}
+        self._folders: list[tuple[Path, Identification]] = []
+        self._vaes: list[VaeEntry] = []
+        self._loras: list[LoraEntry] = []
+        self._idents: dict[tuple[str, int, int], Identification] = {}
+        self._tokenizers: dict[str, Any] = {}
+        self._scanned = False
+
+    # ================================================================================== scanning
+    def refresh(self) -> None:
+        """Rescan every folder (identification is remembered per file size and mtime)."""
+        builtin = self._scan_builtin()
+        folders = self._scan_folders(self.diffusers_dirs)
+        files = self._scan_files()
+        entries: dict[str, CheckpointEntry] = {}
+        for entry in [*builtin, *folders, *files]:
+            if entry.name in entries:
+                log.warning("two checkpoints named %r: using %s, ignoring %s", entry.name,
+                            entries[entry.name].path, entry.path)
+                continue
+            entries[entry.name] = entry
+        vaes = self._scan_vaes()
+        loras = self._scan_loras()
+        with self._scan_lock:
+            self._checkpoints = entries
+            self._folders = [(e.path, self._identify(e.path, folder=True)) for e in folders]
+            self._vaes, self._loras = vaes, loras
+            self._scanned = True
+
+    def _ensure_scanned(self) -> None:
+        if not self._scanned:
+            self.refresh()
+
+    def _identify(self, path: Path, folder: bool) -> Identification:
+        try:
+            stat = (path / "model_index.json").stat() if folder else path.stat()
+        except OSError as exc:
+            return Identification(Arch.UNKNOWN, f"cannot read: {exc.strerror or exc}")
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        found = self._idents.get(key)
+        if found is None:
+            found = identify_folder(path) if folder else identify_file(path)
+            self._idents[key] = found
+        return found
+
+    def _entry(self, name: str, path: Path, kind: Kind, ident: Identification, builtin: bool = False
+               ) -> CheckpointEntry:
+        short = self.hashes.cached_short_hash(path)
+        return CheckpointEntry(name=name, title=_title(name, short), path=path, kind=kind, arch=ident.arch,
+                               supported=ident.supported, reason=ident.reason, short_hash=short,
+                               variant=ident.variant, builtin=builtin)
+
+    def _scan_builtin(self) -> list[CheckpointEntry]:
+        entries = []
+        for root in self.builtin_dirs:
+            for folder in _model_folders(root):
+                ident = self._identify(folder, folder=True)
+                if ident.arch != Arch.EASEL:
+                    log.warning("ignoring %s in the built-in folder: not an EaselPipeline (%s)", folder, ident.reason)
+                    continue
+                name = folder.name if folder == root else _relative_name(folder, root, False)
+                entries.append(self._entry(name, folder, "folder", ident, builtin=True))
+        return entries
+
+    def _scan_folders(self, roots: list[Path]) -> list[CheckpointEntry]:
+        entries = []
+        for root in roots:
+            for folder in sorted(_model_folders(root)):
+                if folder == root:
+                    continue
+                ident = self._identify(folder, folder=True)
+                entries.append(self._entry(_relative_name(folder, root, False), folder, "folder", ident))
+        return entries
+
+    def _scan_files(self) -> list[CheckpointEntry]:
+        entries = []
+        suffixes = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+        for root in self.checkpoint_dirs:
+            for path in sorted(_files(root, suffixes)):
+                ident = self._identify(path, folder=False)
+                entries.append(self._entry(_relative_name(path, root, True), path, "file", ident))
+        return entries
+
+    def _scan_vaes(self) -> list[VaeEntry]:
+        found: dict[str, VaeEntry] = {}
+        for root in self.vae_dirs:
+            folders = sorted(_vae_folders(root))
+            for folder in folders:
+                name = _relative_name(folder, root, False)
+                found.setdefault(name, VaeEntry(name, folder, "folder"))
+            for path in sorted(_files(root, SAFETENSORS_SUFFIXES)):
+                if any(folder in path.parents for folder in folders):
+                    continue  # the weights of a VAE folder listed above
+                name = _relative_name(path, root, True)
+                found.setdefault(name, VaeEntry(name, path))
+        return sorted(found.values(), key=lambda v: v.name.lower())
+
+    def _scan_loras(self) -> list[LoraEntry]:
+        found: dict[str, LoraEntry] = {}
+        for root in self.lora_dirs:
+            for path in sorted(_files(root, SAFETENSORS_SUFFIXES)):
+                name = _relative_name(path, root, True)
+                if name not in found:
+                    found[name] = LoraEntry(name, path, identify_lora(path), self.hashes.cached_short_hash(path))
+        return sorted(found.values(), key=lambda v: v.name.lower())
+
+    # ================================================================================== listings
+    def checkpoints(self) -> list[CheckpointEntry]:
+        """Built-in model(s) first, then the rest by name; unsupported ones are included with their reason."""
+        self._ensure_scanned()
+        with self._scan_lock:
+            entries = list(self._checkpoints.values())
+        builtin = [e for e in entries if e.builtin]
+        rest = sorted((e for e in entries if not e.builtin), key=lambda e: (e.name.lower(), e.name))
+        return builtin + rest
+
+    def vaes(self) -> list[VaeEntry]:
+        self._ensure_scanned()
+        with self._scan_lock:
+            return list(self._vaes)
+
+    def loras(self) -> list[LoraEntry]:
+        self._ensure_scanned()
+        with self._scan_lock:
+            return list(self._loras)
+
+    def find_checkpoint(self, query: str) -> CheckpointEntry:
+        """By name, title ("name [hash]"), short or full hash, file name, or path; an "org/repo" id that
+        matches nothing local is returned as a hub entry. Raises ModelNotFoundError listing close names."""
+        self._ensure_scanned()
+        text = (query or "").strip()
+        if not text:
+            raise ModelNotFoundError("checkpoint: no name given")
+        entries = self.checkpoints()
+        found = self._match(text, entries)
+        if found is not None:
+            return found
+        names = [e.name for e in entries]
+        typo_of = difflib.get_close_matches(text, names, n=5, cutoff=0.8)
+        if _HUB_ID.match(text) and not typo_of and not Path(text).exists():
+            return CheckpointEntry(name=text, title=text, path=Path(text), kind="hub", arch=Arch.UNKNOWN,
+                                   supported=True, reason="Hugging Face repository id (needs a connection once)",
+                                   short_hash=None)
+        close = typo_of or difflib.get_close_matches(text, names, n=5, cutoff=0.4)
+        hint = f"; close names: {', '.join(close)}" if close else (
+            f"; available: {', '.join(names[:10])}" if names else "; no checkpoints are installed")
+        raise ModelNotFoundError(f"checkpoint {text!r} not found{hint}")
+
+    def _match(self, text: str, entries: list[CheckpointEntry]) -> CheckpointEntry | None:
+        for test in (lambda e: e.name == text, lambda e: e.title == text):
+            for entry in entries:
+                if test(entry):
+                    return entry
+        titled = _TITLE_WITH_HASH.match(text)
+        if titled:
+            by_hash = self._match_hash(titled.group("hash"), entries)
+            return by_hash or self._match(titled.group("name"), entries)
+        if _HEX.match(text):
+            by_hash = self._match_hash(text, entries)
+            if by_hash is not None:
+                return by_hash
+        lowered = text.lower()
+        for entry in entries:
+            names = {entry.path.name, entry.path.stem, entry.name + entry.path.suffix, str(entry.path)}
+            if text in names or entry.name.lower() == lowered:
+                return entry
+        return None
+
+    def _match_hash(self, digest: str, entries: list[CheckpointEntry]) -> CheckpointEntry | None:
+        digest = digest.lower()
+        for entry in entries:
+            if entry.kind == "hub":
+                continue
+            full = self.hashes.cached_sha256(entry.path)
+            if full and full.startswith(digest) and len(digest) >= 8:
+                return entry
+        return None
+
+    def find_vae(self, query: str) -> VaeEntry:
+        vaes = self.vaes()
+        for vae in vaes:
+            if query in (vae.name, vae.path.name, vae.path.stem, str(vae.path)):
+                return vae
+        close = difflib.get_close_matches(query, [v.name for v in vaes], n=5, cutoff=0.4)
+        hint = f"; close names: {', '.join(close)}" if close else (
+            f"; available: {', '.join(v.name for v in vaes[:10])}" if vaes else "; the VAE folders are empty")
+        raise ModelNotFoundError(f"VAE {query!r} not found{hint}")
+
+    def compute_hash(self, query: str) -> CheckpointEntry:
+        """Hash a checkpoint now (normally done when it is first loaded); returns the updated entry."""
+        entry = self.find_checkpoint(query)
+        return self._with_hash(entry)
+
+    def _with_hash(self, entry: CheckpointEntry) -> CheckpointEntry:
+        if entry.kind == "hub" or entry.short_hash:
+            return entry
+        try:
+            short = self.hashes.short_hash(entry.path)
+        except OSError as exc:
+            log.warning("cannot hash %s: %s", entry.path, exc)
+            return entry
+        updated = dataclasses.replace(entry, short_hash=short, title=_title(entry.name, short))
+        with self._scan_lock:
+            if self._checkpoints.get(entry.name) == entry:
+                self._checkpoints[entry.name] = updated
+        return updated
+
+    # ================================================================================== loading
+    def get(self, checkpoint: str, mode: Mode, vae: str | None = None) -> LoadedPipeline:
+        """The pipeline for (checkpoint, mode, VAE), loading or moving only what differs from now."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        entry = self.find_checkpoint(checkpoint)
+        with self._lock:
+            slot = self._cache.get(entry.name)
+            if slot is None:
+                slot = self._load(entry)
+            else:
+                self.stats["cache_hits"] += 1
+            self._cache.activate(slot)
+            self._apply_vae(slot, vae)
+            return self._result(slot, mode)
+
+    def _load(self, entry: CheckpointEntry) -> Slot:
+        if not entry.supported:
+            raise ModelLoadError(f"cannot load {entry.path}: {entry.reason}")
+        if entry.kind == "file":
+            ident = identify_file(entry.path)  # the file may have changed since the scan
+            if not ident.supported:
+                raise ModelLoadError(f"cannot load {entry.path}: {ident.reason}")
+        self._cache.make_room(1)
+        self.stats["evictions"] = self._cache.evictions
+        log.info("loading %s (%s)", entry.name, entry.path)
+        loaded = self._load_pipeline(entry)
+        self.stats["disk_loads"] += 1
+        entry = self._with_hash(entry)
+        arch = loaded.arch if entry.arch == Arch.UNKNOWN else entry.arch
+        if entry.kind == "hub":
+            entry = dataclasses.replace(entry, arch=arch)
+        if hasattr(loaded.pipe, "set_progress_bar_config"):
+            loaded.pipe.set_progress_bar_config(disable=True)
+        pipes, unavailable = mode_pipelines(loaded.pipe, arch, entry.variant)
+        for pipe in pipes.values():
+            if hasattr(pipe, "set_progress_bar_config"):
+                pipe.set_progress_bar_config(disable=True)
+        slot = Slot(name=entry.name, entry=entry, arch=arch, base=loaded.pipe, pipes=pipes,
+                    unavailable=unavailable, config_source=loaded.config_source,
+                    own_vae=getattr(loaded.pipe, "vae", None))
+        self._cache.add(slot)
+        self.stats["evictions"] = self._cache.evictions
+        return slot
+
+    def _load_pipeline(self, entry: CheckpointEntry) -> Loaded:
+        context = LoadContext(dtype=self.dtype, clip_tokenizer=self._clip_tokenizer,
+                              family_folders=self._family_folders)
+        if entry.kind == "hub":
+            return load_hub(entry.name, context)
+        if entry.kind == "folder":
+            if not (entry.path / "model_index.json").is_file():
+                raise ModelLoadError(f"cannot load {entry.path}: the folder is gone or has no model_index.json")
+            if entry.builtin or entry.arch == Arch.EASEL:
+                return load_builtin(entry.path, context)
+            return load_folder(entry.path, identify_folder(entry.path), context)
+        return load_single_file(entry.path, identify_file(entry.path), context)
+
+    def _clip_tokenizer(self, pad_token: str) -> Any:
+        if pad_token not in self._tokenizers:
+            self._tokenizers[pad_token] = load_clip_tokenizer(self.cache_dir, pad_token)
+        return self._tokenizers[pad_token]
+
+    def _family_folders(self, arch: Arch) -> list[Path]:
+        self._ensure_scanned()
+        with self._scan_lock:
+            return [path for path, ident in self._folders if ident.arch == arch and ident.supported]
+
+    def _result(self, slot: Slot, mode: Mode) -> LoadedPipeline:
+        entry: CheckpointEntry = slot.entry
+        if mode in slot.unavailable or mode not in slot.pipes:
+            reason = slot.unavailable.get(mode, f"no {mode} pipeline")
+            raise ModelLoadError(f"{entry.name} cannot run {mode}: {reason}")
+        found = slot.results.get(mode)
+        if found is None:
+            found = LoadedPipeline(pipe=slot.pipes[mode], entry=entry, arch=slot.arch, mode=mode)
+            slot.results[mode] = found
+        return found
+
+    def _apply_vae(self, slot: Slot, vae: str | None) -> None:
+        wanted = None if vae is None or vae.strip().lower() in AUTOMATIC_VAE else vae.strip()
+        if wanted is not None:
+            wanted = self.find_vae(wanted).name
+        if wanted == slot.vae_name:
+            return
+        if slot.own_vae is None:
+            log.warning("VAE %r ignored: %s has no VAE", wanted, slot.name)
+            return
+        if wanted is None:
+            module = slot.own_vae
+        else:
+            entry = self.find_vae(wanted)
+            module = load_vae(entry.path, slot.own_vae, slot.config_source, self.dtype)
+            self.stats["vae_loads"] += 1
+            log.info("using VAE %s for %s", entry.name, slot.name)
+        previous = slot.base.vae
+        for pipe in slot.all_pipes():
+            pipe.vae = module
+        slot.vae_name = wanted
+        self._cache.place_module(slot, module)
+        if previous is slot.own_vae and self._cache.device_is_accelerator and self._cache.offload == "none":
+            previous.to("cpu")  # kept in RAM for when "Automatic" is asked for again
+        elif previous is not slot.own_vae:
+            previous = None  # the override VAE that was in use is no longer referenced
+            release_memory()
+
+    # ================================================================================== state
+    def current(self) -> CheckpointEntry | None:
+        with self._lock:
+            active = self._cache.active
+            return active.entry if active is not None else None
+
+    def unload(self, name: str | None = None) -> None:
+        """Drop one checkpoint (by any name `find_checkpoint` accepts) or, with None, everything."""
+        with self._lock:
+            if name is None:
+                self._cache.clear()
+            else:
+                key = name if name in self._cache else self.find_checkpoint(name).name
+                self._cache.evict(key)
+            self.stats["evictions"] = self._cache.evictions
+
+    def loaded_names(self) -> list[str]:
+        """Cached checkpoints, least recently used first."""
+        with self._lock:
+            return [slot.name for slot in self._cache]
+
+    def memory_report(self) -> dict[str, Any]:
+        """Loaded models with their parameter bytes (RAM vs device), plus process and CUDA totals."""
+        with self._lock:
+            models = []
+            ram = device_bytes = 0
+            for slot in self._cache:
+                by_device = tensor_bytes(slot.all_pipes())
+                on_cpu = by_device.get("cpu", 0) + by_device.get("meta", 0)
+                elsewhere = sum(v for k, v in by_device.items() if k not in ("cpu", "meta"))
+                ram += on_cpu
+                device_bytes += elsewhere
+                entry: CheckpointEntry = slot.entry
+                models.append({"name": entry.name, "title": entry.title, "arch": slot.arch.value,
+                               "active": slot is self._cache.active, "vae": slot.vae_name or "Automatic",
+                               "modes": sorted(m for m in slot.pipes if m not in slot.unavailable),
+                               "ram_bytes": on_cpu, "device_bytes": elsewhere})
+            report: dict[str, Any] = {
+                "device": self.device, "dtype": str(self.dtype).removeprefix("torch."),
+                "offload": self._cache.offload, "ram_cache_size": self._cache.capacity, "loaded": models,
+                "ram_bytes": ram, "device_bytes": device_bytes, "process_rss_bytes": _rss_bytes(),
+            }
+            if torch.cuda.is_available() and self._cache.device_is_accelerator:
+                report["cuda_allocated_bytes"] = int(torch.cuda.memory_allocated())
+                report["cuda_reserved_bytes"] = int(torch.cuda.memory_reserved())
+            return report
+
+
+# ====================================================================================== helpers
+def _files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files under `root` with these suffixes, skipping hidden entries and `<stem>.config/` folders."""
+    if not root.is_dir():
+        return []
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and not d.endswith(".config")
+                       and not (Path(dirpath) / d / "model_index.json").is_file()]
+        for filename in filenames:
+            if not filename.startswith(".") and filename.lower().endswith(suffixes):
+                found.append(Path(dirpath) / filename)
+    return found
+
+
+def _model_folders(root: Path) -> list[Path]:
+    """Folders under `root` (or `root` itself) holding a model_index.json, not descending into them."""
+    if not root.is_dir():
+        return []
+    if (root / "model_index.json").is_file():
+        return [root]
+    found = []
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
+        keep = []
+        for d in dirnames:
+            if d.startswith("."):
+                continue
+            if (Path(dirpath) / d / "model_index.json").is_file():
+                found.append(Path(dirpath) / d)
+            else:
+                keep.append(d)
+        dirnames[:] = keep
+    return found
+
+
+def _vae_folders(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return [p.parent for p in root.rglob("config.json")
+            if '"AutoencoderKL' in p.read_text(encoding="utf-8", errors="replace")[:2000]]
+
+
+def identify_lora(path: Path) -> Arch:
+    """Best-effort family of a LoRA file from its key names (kohya or diffusers/PEFT naming)."""
+    try:
+        shapes = header_shapes(path)
+    except (ValueError, OSError):
+        return Arch.UNKNOWN
+    keys = list(shapes)
+    joined = " ".join(keys[:4000])
+    if "lora_te2_" in joined or "lora_te1_" in joined or "text_encoder_2." in joined:
+        return Arch.SDXL
+    if "double_blocks" in joined or "single_blocks" in joined or "single_transformer_blocks" in joined:
+        return Arch.FLUX
+    if "joint_blocks" in joined or "context_block" in joined:
+        return Arch.SD3
+    if "img_mod" in joined or "txt_mod" in joined:
+        return Arch.QWEN
+    if "noise_refiner" in joined or "context_refiner" in joined or re.search(r"layers[._]\d+[._]attention", joined):
+        return Arch.ZIMAGE
+    for key, shape in shapes.items():  # cross-attention key projections: input width = text width
+        if ("attn2_to_k" in key or "attn2.to_k" in key) and ("lora_down" in key or "lora_A" in key) and len(shape) == 2:
+            return {768: Arch.SD1, 1024: Arch.SD2, 2048: Arch.SDXL}.get(shape[1], Arch.UNKNOWN)
+    if "lora_unet_" in joined or "unet." in joined:
+        return Arch.SD1
+    return Arch.UNKNOWN
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
