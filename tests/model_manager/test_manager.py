@@ -436,3 +436,18 @@ def test_construction_does_no_work(world, tiny) -> None:
     manager = ModelManager(checkpoint_dirs=[world.checkpoints], diffusers_dirs=[world.diffusers], vae_dirs=[],
                            lora_dirs=[], builtin_dirs=[], hash_cache_path=world.root / "h.json")
     assert manager.loaded_names() == [] and not (world.root / "h.json").exists()
+
+
+def test_the_shipped_builtin_model_loads(world) -> None:
+    repo_builtin = Path(__file__).resolve().parents[2] / "models" / "builtin"
+    if not any(repo_builtin.glob("*/model_index.json")):
+        pytest.skip("no built-in model exported in models/builtin")
+    pytest.importorskip("webui.builtin.pipeline")
+    manager = ModelManager(checkpoint_dirs=[], diffusers_dirs=[], vae_dirs=[], lora_dirs=[],
+                           builtin_dirs=[repo_builtin], cache_dir=world.root / "cache")
+    entry = manager.checkpoints()[0]
+    assert entry.builtin and entry.arch == Arch.EASEL and entry.supported
+    loaded = manager.get(entry.name, "txt2img")
+    assert type(loaded.pipe).__name__ == "EaselPipeline"
+    assert all(manager.get(entry.name, mode).pipe is loaded.pipe for mode in ("img2img", "inpaint", "edit"))
+    assert manager.stats["disk_loads"] == 1

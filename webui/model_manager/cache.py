@@ -172,7 +172,11 @@ class PipelineCache:
             return
         if self.offload == "none":
             module.to(self.device)
-        else:  # re-create the hooks so the new module is part of the offload sequence
+        elif self.offload == "sequential":  # give just this module the per-submodule offload hooks
+            from accelerate import cpu_offload
+
+            cpu_offload(module, torch.device(self.device), offload_buffers=len(module._parameters) > 0)
+        else:  # model offload: re-create the hooks so the new module is part of the offload sequence
             slot.base.remove_all_hooks()
             slot.offloaded = False
             self.active = None
