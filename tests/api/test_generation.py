@@ -198,3 +198,15 @@ def test_skip_ends_the_current_image_only(client):
     thread.join(300)
     data = outcome["r"].json()
     assert len(data["images"]) == 2 and info_of(data)["interrupted"] is False
+
+
+def test_hires_fix_upscales_to_the_target_size(client):
+    body = {"prompt": "p", "seed": 2, **TINY, "enable_hr": True, "hr_resize_x": 96, "hr_resize_y": 96,
+            "hr_second_pass_steps": 2, "denoising_strength": 0.5, "hr_upscaler": "Latent"}
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    image = open_b64(response.json()["images"][0])
+    assert image.size == (96, 96)
+    params = parse_infotext(image.info["parameters"])
+    assert params["Hires upscale"] == "1.5" and params["Denoising strength"] == "0.5"
+    assert info_of(response.json())["denoising_strength"] == 0.5

@@ -125,3 +125,37 @@ def test_vae_flags_and_compat_routes(client, easel):
     assert client.post("/sdapi/v1/interrupt").json() == {"interrupted": False}
     assert client.post("/sdapi/v1/skip").json() == {"skipped": False}
 
+
+
+def test_extension_routes_are_mounted_with_the_api(easel):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from webui.api.routes import create_api
+    from webui.extensions import RouteContribution
+
+    def hello(name: str = "world") -> dict:
+        return {"hello": name}
+
+    easel.registry.routes.append(RouteContribution("/extensions/demo/hello", hello, ["GET"], "demo"))
+    easel.registry.routes.append(RouteContribution("/extensions/broken/x", "not callable", ["GET"], "broken"))
+    app = FastAPI()
+    create_api(app, easel)
+    with TestClient(app) as client:
+        assert client.get("/extensions/demo/hello", params={"name": "easel"}).json() == {"hello": "easel"}
+        assert client.get("/sdapi/v1/options").status_code == 200
+
+
+def test_vae_is_listed_and_used_per_request(client, easel, tiny_sd1_dir):
+    from tests.tiny_models import save_vae_single_file
+
+    save_vae_single_file(tiny_sd1_dir, easel.settings.models_dir / "VAE" / "tiny-vae.safetensors")
+    client.post("/sdapi/v1/refresh-checkpoints")
+    vaes = client.get("/sdapi/v1/sd-vae").json()
+    assert [v["filename"].endswith("tiny-vae.safetensors") for v in vaes] == [True]
+    name = vaes[0]["model_name"]
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "seed": 1, **TINY,
+                                                      "override_settings": {"sd_vae": "tiny-vae.safetensors"}})
+    assert response.status_code == 200, response.text
+    info = info_of(response.json())
+    assert info["sd_vae_name"] == name and f"VAE: {name}" in info["infotexts"][0]

@@ -297,9 +297,8 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int = MAX_BODY_BYTES) -
         if query:
             try:
                 entry = manager.find_checkpoint(str(query))
-            except LookupError:
-                raise ApiError(404, field_name, f"unknown model {query!r}; GET /sdapi/v1/sd-models lists them",
-                               "NotFound") from None
+            except LookupError as exc:  # the manager's message lists close names
+                raise ApiError(404, field_name, f"unknown model: {exc}", "NotFound") from None
         else:
             entry = manager.current()
             if entry is None:
@@ -320,11 +319,10 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int = MAX_BODY_BYTES) -
             raise ApiError(422, field_name, f"must be a VAE name, got {name!r}")
         if name in ("", "Automatic", "None"):
             return "Automatic"
-        choices = easel.vae_choices()
-        if name not in choices:
-            raise ApiError(404, field_name, f"unknown VAE {name!r}; choose one of {', '.join(choices + ['None'])}",
-                           "NotFound")
-        return name
+        try:
+            return manager.find_vae(name).name  # by name, file name or path, as AUTOMATIC1111 clients send it
+        except LookupError as exc:
+            raise ApiError(404, field_name, f"unknown VAE: {exc}", "NotFound") from None
 
     def choose_sampler(body: BaseModel, arch: Any) -> str:
         """The sampler name for this model, from sampler_name / sampler_index and AUTOMATIC1111's scheduler."""
