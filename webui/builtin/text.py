@@ -53,8 +53,10 @@ class EaselTextEncoder(ModelMixin, ConfigMixin):
         self.tokenizer = WordTokenizer(vocab, max_length)
         self.embed = nn.Embedding(len(self.tokenizer.vocab), dim)
         self.pos = nn.Parameter(torch.zeros(1, max_length, dim))
-        nn.init.normal_(self.embed.weight, std=0.02)
-        nn.init.normal_(self.pos, std=0.02)
+        # unit-scale word embeddings: with tiny ones, the layers' learned biases swamp the token identity early in
+        # training and the encoder collapses to a prompt-independent output
+        nn.init.normal_(self.embed.weight, std=1.0)
+        nn.init.normal_(self.pos, std=0.3)
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(dim, num_heads, dim * 4, dropout=0.0, activation="gelu", batch_first=True,
                                        norm_first=True) for _ in range(depth))
