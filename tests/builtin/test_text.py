@@ -23,3 +23,11 @@ def test_text_encoder_shapes_and_vocab_in_config() -> None:
     assert feats.shape == (2, mask.shape[1], 32)
     assert enc.config.vocab == ["red", "circle"]
     assert torch.isfinite(feats).all()
+
+
+def test_word_identity_dominates_the_initial_features() -> None:
+    torch.manual_seed(0)
+    enc = EaselTextEncoder(vocab=D.vocabulary(), max_length=40, dim=64, depth=2, num_heads=2).eval()
+    with torch.no_grad():
+        feats, _ = enc.encode(["red", "green", "blue", "circle", "star"])
+    assert feats[:, 1].std(dim=0).mean() > 0.3  # different words -> clearly different features
