@@ -1,11 +1,13 @@
-"""The one module extensions import: a small, typed, versioned API.
+"""The extension API (`ExtensionAPI`, version `API_VERSION`) and the loader that sets extensions up.
 
-An extension is a folder in `extensions/` with an `extension.json` manifest
-(`{"name": ..., "version": ..., "description": ..., "api_version": 1, "entry": "extension.py"}`) and an entry
-module that defines `setup(api: ExtensionAPI) -> None`. Through `api` it can add a UI tab or an accordion to a
-mode's tab, change requests before generation, post-process images after, add API routes, add samplers, add
-preprocessors and read settings. `API_VERSION` changes only when something here breaks; an extension that asks
-for another major version is refused with a message instead of failing later.
+Extensions import `webui.extension_api`, the small public module that re-exports the API with the request
+types it passes around; this module is its implementation. An extension is a folder in `extensions/` with an
+`extension.json` manifest (`{"name": ..., "version": ..., "description": ..., "api_version": 1,
+"entry": "extension.py"}`) and an entry module that defines `setup(api: ExtensionAPI) -> None`. Through `api`
+it can add a UI tab or an accordion to a mode's tab, change requests before generation, post-process images
+after, add API routes and API scripts, add samplers, add preprocessors and read settings. `API_VERSION`
+changes only when something here breaks; an extension that asks for another version is refused with a
+message instead of failing later.
 
 Loading is isolated: an extension that raises during import or `setup` is recorded with its error and every
 other extension and Easel itself go on.
@@ -72,6 +74,21 @@ class RouteContribution:
 
 
 @dataclass
+class ScriptContribution:
+    """A script API clients select with `script_name` and feed with `script_args`.
+
+    `run(request, args)` gets the typed request and the client's `script_args` list and returns the request
+    to generate (changed or not), or a list of requests whose images are returned together.
+    """
+
+    name: str
+    run: Callable[[Any, list[Any]], Any]
+    modes: tuple[str, ...] = ("txt2img", "img2img")
+    args: tuple[str, ...] = ()  # labels of the arguments, in order, for /sdapi/v1/script-info
+    extension: str = ""
+
+
+@dataclass
 class Registry:
     """Everything extensions contributed; the UI and API read it when they are built."""
 
@@ -79,6 +96,7 @@ class Registry:
     accordions: list[UIContribution] = field(default_factory=list)
     routes: list[RouteContribution] = field(default_factory=list)
     preprocessors: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    scripts: dict[str, ScriptContribution] = field(default_factory=dict)  # by lower-case name
 
 
 class ExtensionAPI:
@@ -127,6 +145,20 @@ class ExtensionAPI:
     def add_preprocessor(self, name: str, fn: Callable[..., Any]) -> None:
         """Register an image preprocessor (PIL image in, PIL image out) by name."""
         self._registry.preprocessors[name] = fn
+
+    def add_script(self, name: str, run: Callable[[Any, list[Any]], Any],
+                   modes: tuple[str, ...] = ("txt2img", "img2img"), args: tuple[str, ...] = ()) -> None:
+        """Offer a script to API clients (`script_name`, `script_args`); see `ScriptContribution`."""
+        key = name.strip().lower()
+        if not key:
+            raise ValueError("name: a script needs a name")
+        unknown = [m for m in modes if m not in ("txt2img", "img2img")]
+        if unknown:
+            raise ValueError(f"modes: scripts run in txt2img and img2img, not {', '.join(unknown)}")
+        if key in self._registry.scripts:
+            raise ValueError(f"name: a script named {name!r} is already registered by "
+                             f"{self._registry.scripts[key].extension}")
+        self._registry.scripts[key] = ScriptContribution(key, run, tuple(modes), tuple(args), self.name)
 
     def setting(self, key: str) -> Any:
         """Read one user setting (see the Settings tab)."""

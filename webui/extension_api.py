@@ -1,0 +1,48 @@
+"""The one module an extension imports: Easel's extension API, its version and the types it hands out.
+
+An extension's entry module defines `setup(api: ExtensionAPI) -> None`; everything it may do goes through
+`api` (tabs, accordions, request hooks, image post-processing, HTTP routes, API scripts, samplers,
+preprocessors, settings). The requests a hook receives are the frozen dataclasses below: change one with
+`request.replace(field=value)` and return it. `Generated` is one finished image as `after_generate` hooks see
+it (`.image`, `.seed`, `.extra` for infotext entries). `API_VERSION` is the version this Easel provides; an
+extension's manifest names the one it was written for, and a mismatch is refused with a clear message.
+See docs/EXTENSIONS.md for a complete example.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from webui.engine.context import Generated
+from webui.extensions import API_VERSION, ExtensionAPI
+from webui.requests import (
+    GenerationRequest,
+    Img2ImgRequest,
+    InpaintRequest,
+    RequestError,
+    SegmentRequest,
+    Txt2ImgRequest,
+)
+
+BeforeGenerate = Callable[[Any], Any]
+"""`hook(request) -> request | None`: return a changed request (None keeps it)."""
+
+AfterGenerate = Callable[[Any, list[Generated]], list[Generated] | None]
+"""`hook(request, generated) -> generated | None`: change or replace the finished images."""
+
+ScriptRun = Callable[[Any, list[Any]], Any]
+"""`run(request, script_args) -> request | list[request]`: what an API script makes of a request."""
+
+__all__ = [
+    "API_VERSION",
+    "AfterGenerate",
+    "BeforeGenerate",
+    "ExtensionAPI",
+    "GenerationRequest",
+    "Generated",
+    "Img2ImgRequest",
+    "InpaintRequest",
+    "RequestError",
+    "ScriptRun",
+    "SegmentRequest",
+    "Txt2ImgRequest",
+]
