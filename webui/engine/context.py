@@ -16,6 +16,7 @@ from PIL import Image
 
 from webui.engine.prompts import encode_sd, encode_sdxl, strip_emphasis
 from webui.engine.samplers import make_scheduler, resolve_sampler
+from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import LoadedPipeline, ModelManager
@@ -67,6 +68,7 @@ class ModeContext:
     manager: ModelManager
     job: Job
     preview_every: int = 4
+    upscalers: Upscalers | None = None  # hires fix upscales through these
 
     def load(self, request: GenerationRequest, mode: str) -> LoadedPipeline:
         loaded = self.manager.get(request.checkpoint or self.default_checkpoint(), mode,

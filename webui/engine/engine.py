@@ -15,6 +15,8 @@ from PIL import Image
 from webui import __version__
 from webui.engine.context import Generated, ModeContext
 from webui.engine.outputs import mode_folder, save_image
+from webui.engine.tasks import EngineTask
+from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job, JobResult, Worker
 from webui.infotext import format_infotext
 from webui.model_manager.manager import ModelManager
@@ -32,6 +34,8 @@ class Engine:
         self.settings = settings
         self.manager = manager
         self.worker = Worker(self.run_job, queue_size=settings.user.queue_size)
+        self.upscalers = Upscalers([settings.models_dir / "ESRGAN", *settings.esrgan_dirs], manager.device,
+                                   manager.dtype)
         self.before_generate: list[Callable[[Any], Any]] = []
         self.after_generate: list[Callable[[Any, list[Generated]], list[Generated] | None]] = []
 
@@ -58,10 +62,12 @@ class Engine:
     # Running (worker thread) ---------------------------------------------------------------------
     def run_job(self, job: Job) -> JobResult:
         request = job.request
+        if isinstance(request, EngineTask):  # upscaling, unloading: no extension hooks
+            return request.run(self, job)
         for hook in self.before_generate:
             request = hook(request) or request
         mode = importlib.import_module(MODES[request.mode])
-        ctx = ModeContext(self.manager, job, self.settings.user.live_preview_every)
+        ctx = ModeContext(self.manager, job, self.settings.user.live_preview_every, self.upscalers)
         generated: list[Generated] = mode.run(ctx, request)
         for hook in self.after_generate:
             generated = hook(request, generated) or generated

@@ -1,21 +1,25 @@
-"""txt2img: prompt → images, with optional hires fix (upscale, then a second denoising pass)."""
+"""txt2img: prompt → images, with optional hires fix (upscale with the chosen upscaler, then a second denoising
+pass)."""
 from __future__ import annotations
 
 from PIL import Image
 
 from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches, sampler_used
-from webui.requests import Txt2ImgRequest
+from webui.engine.upscalers import UpscalerNotFoundError
+from webui.requests import RequestError, Txt2ImgRequest
 
 
 def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
-    # 1. Load the pipeline for this checkpoint (a fresh scheduler for this job).
+    # 1. Check the upscaler, load the pipeline for this checkpoint (a fresh scheduler for this job).
+    hires = request.enable_hr and request.hr_scale > 1.0
+    if hires:
+        check_upscaler(ctx, request.hr_upscaler)
     loaded = ctx.load(request, "txt2img")
     pipe = loaded.pipe
     extra = {"Sampler": sampler_used(request, loaded.arch)}
 
     # 2. Encode the prompt once for every batch.
     prompt_args = prompt_kwargs(loaded, request)
-    hires = request.enable_hr and request.hr_scale > 1.0
 
     def call(gens, batch_size):
         images = pipe(**prompt_args, width=request.width, height=request.height,
@@ -37,11 +41,26 @@ def hires_size(request: Txt2ImgRequest) -> tuple[int, int]:
     return (int(request.width * request.hr_scale) // 8 * 8, int(request.height * request.hr_scale) // 8 * 8)
 
 
+def check_upscaler(ctx: ModeContext, name: str) -> None:
+    if ctx.upscalers is None:
+        return
+    try:
+        ctx.upscalers.check_hires(name)
+    except UpscalerNotFoundError as exc:
+        raise RequestError("hr_upscaler", str(exc)) from None
+
+
+def upscale(ctx: ModeContext, image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
+    if ctx.upscalers is None:
+        return image.resize(size, Image.LANCZOS)
+    return ctx.upscalers.upscale(image, name, size)
+
+
 def second_pass(ctx: ModeContext, request: Txt2ImgRequest, images: list[Image.Image], gens) -> list[Image.Image]:
-    """Upscale in pixel space, then denoise again with img2img sharing the same weights."""
+    """Upscale in pixel space (Lanczos, Nearest or an ESRGAN-family model), then denoise again with img2img
+    sharing the same weights."""
     width, height = hires_size(request)
-    method = Image.NEAREST if request.hr_upscaler.lower().startswith("nearest") else Image.LANCZOS
-    upscaled = [img.resize((width, height), method) for img in images]
+    upscaled = [upscale(ctx, img, request.hr_upscaler, (width, height)) for img in images]
     loaded = ctx.load(request, "img2img")
     steps = request.hr_second_pass_steps or request.steps
     strength = request.hr_denoising_strength
