@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -70,9 +71,42 @@ class Easel:
     def vae_choices(self) -> list[str]:
         return ["Automatic", *[v.name for v in self.manager.vaes()]]
 
+    def segment_model_choices(self) -> list[str]:
+        """What the Segment tab offers: edit-capable checkpoints, then text-prompted segmenters by label."""
+        return [e.name for e in self.manager.edit_checkpoints()] + [s.label for s in self.manager.segmenters()]
+
+    def default_segment_model(self) -> str:
+        choices = self.segment_model_choices()
+        current = self.manager.current()
+        if current is not None and current.name in choices:
+            return current.name
+        return choices[0] if choices else ""
+
+    def segment_template(self, model: str | None) -> str:
+        """The default prompt template of a Segment-tab model ("" for CLIPSeg / SAM 3, which take no prompt)."""
+        from webui.engine.segment_prompts import template_for
+
+        if not model or self.manager.find_segmenter(model) is not None:
+            return ""
+        return template_for("EaselPipeline" if self.arch_of(model) == Arch.EASEL else "")
+
     def default_size(self, checkpoint: str | None = None) -> int:
         arch = self.arch_of(checkpoint or self.default_checkpoint())
         return {Arch.EASEL: 64, Arch.SD1: 512, Arch.SD2: 768}.get(arch, 1024) if arch else 512
+
+    def convert_checkpoint(self, checkpoint: str) -> Path:
+        """Convert a listed pickle checkpoint to .safetensors beside it (tensors only, see
+        webui.model_manager.convert), rescan, and return the new file. ValueError says why not."""
+        from webui.model_manager.convert import convert_checkpoint
+        from webui.model_manager.identify import PICKLE_SUFFIXES
+
+        entry = self.manager.find_checkpoint(checkpoint)
+        if entry.kind != "file" or entry.path.suffix.lower() not in PICKLE_SUFFIXES:
+            raise ValueError(f"checkpoint: {entry.name} is not a pickle checkpoint; only {', '.join(PICKLE_SUFFIXES)} "
+                             "files need converting")
+        target = convert_checkpoint(entry.path)
+        self.manager.refresh()
+        return target
 
     @staticmethod
     def png_info(image: Image.Image) -> tuple[str, dict[str, str]]:
@@ -84,7 +118,7 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
     """Create the model manager, engine and extensions for these settings (no model is loaded yet)."""
     import torch
 
-    for sub in ("Stable-diffusion", "diffusers", "Lora", "VAE"):
+    for sub in ("Stable-diffusion", "diffusers", "Lora", "VAE", "clipseg"):
         (settings.models_dir / sub).mkdir(parents=True, exist_ok=True)
     manager = ModelManager(
         checkpoint_dirs=settings.checkpoint_dirs(), diffusers_dirs=settings.diffusers_dirs(),
@@ -92,6 +126,7 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
         device=settings.resolved_device(), dtype=settings.resolved_dtype(),
         ram_cache_size=settings.user.ram_cache_size, offload=settings.offload(),
         hash_cache_path=settings.hash_cache_path,
+        segmentation_dirs=[settings.models_dir / "clipseg", settings.models_dir / "segmentation"],
     )
     if settings.resolved_device() == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -104,8 +139,16 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
 
 
 def create_server(easel: Easel, block: bool = True) -> tuple[Any, str]:
-    """Start the UI (and API) or the API alone; return (FastAPI app, local URL)."""
+    """Start the UI (and API) or the API alone; return (FastAPI app, local URL).
+
+    Raises `webui.security.InsecureLaunchError` before anything listens when `--share` would publish Easel
+    without logins; logs the other policy warnings (`--listen` without logins, `--share-insecure`)."""
+    from webui.security import launch_warnings
+
     settings = easel.settings
+    for warning in launch_warnings(settings):
+        log.warning("%s", warning)
+    limit_image_decoding(settings)
     host = "0.0.0.0" if settings.listen else "127.0.0.1"
     if settings.nowebui:
         import fastapi
@@ -129,24 +172,60 @@ def create_server(easel: Easel, block: bool = True) -> tuple[Any, str]:
 
     blocks = create_ui(easel)
     app, local_url, share_url = blocks.launch(server_name=host, server_port=settings.port, share=settings.share,
-                                              auth=settings.auth_pairs() or None, prevent_thread_lock=True,
+                                              prevent_thread_lock=True, **login_kwargs(easel),
                                               **launch_kwargs(easel))
     if settings.api:
         from webui.api.routes import create_api
 
         create_api(app, easel)
     log.info("Easel is running at %s%s", local_url, f" (public link: {share_url})" if share_url else "")
+    if settings.share and not share_url:
+        log.error("--share: the public link could not be created (Easel could not reach Gradio's share server: "
+                  "no internet connection, or a firewall blocks it). Easel keeps running locally at %s", local_url)
+    easel.extras["share_url"] = share_url
     easel.extras["blocks"] = blocks
     if block:
         blocks.block_thread()
     return app, local_url
 
 
+def login_kwargs(easel: Easel) -> dict[str, Any]:
+    """Gradio's `auth` (checked in constant time) and the middleware that slows down guessing, when the UI has
+    logins."""
+    from starlette.middleware import Middleware
+
+    from webui.security import LoginThrottleMiddleware, check_password, login_throttle
+
+    logins = easel.settings.auth_pairs()
+    if not logins:
+        return {}
+
+    def auth(user: str, password: str) -> bool:
+        return check_password(user, password, logins)
+
+    throttle = login_throttle(easel.extras)
+    return {"auth": auth, "auth_message": "Log in to Easel",
+            "app_kwargs": {"middleware": [Middleware(LoginThrottleMiddleware, throttle=throttle)]}}
+
+
+def limit_image_decoding(settings: Settings) -> None:
+    """Pillow warns about images over `MAX_IMAGE_PIXELS` and refuses those over twice that (decompression bombs);
+    tie it to the largest input Easel accepts, so an upload is refused before it fills the memory."""
+    Image.MAX_IMAGE_PIXELS = settings.user.limits().max_pixels * 4
+
+
 def main(argv: list[str] | None = None) -> None:
+    from webui.security import InsecureLaunchError, launch_warnings
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     args = build_parser().parse_args(argv)
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+        launch_warnings(settings)  # refuse an unprotected public link before anything is built
+    except (ValueError, InsecureLaunchError) as exc:  # messages name the flag, never a password
+        log.error("Easel did not start: %s", exc)
+        raise SystemExit(2) from None
     if settings.load_message:
         log.warning(settings.load_message)
     easel = build(settings)

@@ -84,6 +84,13 @@ class Settings:
     medvram: bool = False
     lowvram: bool = False
     builtin_dir: Path = BUILTIN_MODELS_DIR
+    gradio_auth_path: Path | None = None  # a file of user:pass lines (or comma-separated), added to --gradio-auth
+    api_auth: str | None = None  # logins for the API only; None = the UI's logins
+    share_insecure: bool = False  # allow --share without logins
+    enable_insecure_extension_access: bool = False  # allow installing extensions while reachable beyond localhost
+    controlnet_dirs: list[Path] = field(default_factory=list)
+    esrgan_dirs: list[Path] = field(default_factory=list)
+    max_upload_bytes: int = 64 * 1024 * 1024  # largest file uploaded to the UI, and largest API request body
     user: UserSettings = field(default_factory=UserSettings)
     load_message: str | None = None  # what happened when config.json was read, if worth telling
 
@@ -122,6 +129,12 @@ class Settings:
     def all_lora_dirs(self) -> list[Path]:
         return [self.models_dir / "Lora", *self.lora_dirs]
 
+    def served_paths(self) -> tuple[list[str], list[str]]:
+        """(allowed, blocked) paths for Gradio's file routes: outputs yes; models, settings and logins never."""
+        from webui.security import served_paths
+
+        return served_paths(self)
+
     def builtin_dirs(self) -> list[Path]:
         """The built-in model ships with the code, whatever --data-dir says."""
         return [self.builtin_dir]
@@ -152,19 +165,16 @@ class Settings:
         return "sequential" if self.lowvram else "model" if self.medvram else "none"
 
     def auth_pairs(self) -> list[tuple[str, str]]:
-        """Parse `user:pass[,user2:pass2]`."""
-        if not self.gradio_auth:
-            return []
-        pairs = []
-        for item in self.gradio_auth.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            if ":" not in item:
-                raise ValueError("--gradio-auth: expected user:password[,user2:password2]")
-            user, password = item.split(":", 1)
-            pairs.append((user, password))
-        return pairs
+        """The UI's logins: `--gradio-auth user:pass[,user2:pass2]` plus those in the `--gradio-auth-path` file."""
+        from webui.security import ui_logins
+
+        return ui_logins(self.gradio_auth, self.gradio_auth_path)
+
+    def api_auth_pairs(self) -> list[tuple[str, str]]:
+        """The API's logins: `--api-auth` when given, else the UI's."""
+        from webui.security import api_logins
+
+        return api_logins(self.api_auth, self.auth_pairs())
 
     # Persistence -------------------------------------------------------------------------------
     def load_user_settings(self) -> None:
@@ -201,12 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", action="store_true", help="listen on 0.0.0.0 so others on the network can connect")
     p.add_argument("--share", action="store_true", help="open a public Gradio link")
     p.add_argument("--gradio-auth", default=None, metavar="USER:PASS[,USER2:PASS2]", help="protect the UI with logins")
+    p.add_argument("--gradio-auth-path", type=Path, default=None, metavar="FILE",
+                   help="file with user:pass logins (one per line or comma-separated)")
+    p.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER2:PASS2]",
+                   help="logins for the API (default: the UI's logins)")
+    p.add_argument("--share-insecure", action="store_true", help="allow --share without logins (not recommended)")
+    p.add_argument("--enable-insecure-extension-access", action="store_true",
+                   help="allow installing extensions from the UI even with --listen or --share")
     p.add_argument("--api", action="store_true", help="serve the AUTOMATIC1111-compatible API at /sdapi/v1")
     p.add_argument("--nowebui", action="store_true", help="serve the API only, no UI")
     p.add_argument("--data-dir", type=Path, default=None, help="where settings, outputs and user models live")
     p.add_argument("--ckpt-dir", type=Path, action="append", default=[], help="extra checkpoint folder")
     p.add_argument("--lora-dir", type=Path, action="append", default=[], help="extra LoRA folder")
     p.add_argument("--vae-dir", type=Path, action="append", default=[], help="extra VAE folder")
+    p.add_argument("--controlnet-dir", type=Path, action="append", default=[], help="extra ControlNet model folder")
+    p.add_argument("--esrgan-models-path", type=Path, action="append", default=[], help="extra upscaler model folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", default="auto", choices=["auto", "full", "half", "bf16"], help="weights precision")
     p.add_argument("--medvram", action="store_true", help="offload idle model parts to the CPU")
@@ -224,7 +243,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ckpt_dirs=[p.resolve() for p in args.ckpt_dir], lora_dirs=[p.resolve() for p in args.lora_dir],
         vae_dirs=[p.resolve() for p in args.vae_dir], device=args.device, precision=args.precision,
         medvram=args.medvram, lowvram=args.lowvram,
+        gradio_auth_path=args.gradio_auth_path.resolve() if args.gradio_auth_path else None,
+        api_auth=args.api_auth, share_insecure=args.share_insecure,
+        enable_insecure_extension_access=args.enable_insecure_extension_access,
+        controlnet_dirs=[p.resolve() for p in args.controlnet_dir],
+        esrgan_dirs=[p.resolve() for p in args.esrgan_models_path],
     )
-    s.auth_pairs()  # fail early on a malformed --gradio-auth
+    s.api_auth_pairs()  # fail early on a malformed --gradio-auth, --gradio-auth-path file or --api-auth
     s.load_user_settings()
     return s

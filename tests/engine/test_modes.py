@@ -145,3 +145,15 @@ def test_interrupt_returns_early_and_worker_stays_healthy(make_easel):
     assert job.wait(60)
     assert job.state == JobState.INTERRUPTED and job.step < 150
     assert run(easel, Txt2ImgRequest(prompt="x", seed=1, **SMALL)).images
+
+
+def test_model_switch_is_a_queued_job(make_easel):
+    easel = make_easel()
+    job = easel.engine.load("tiny-sd1")
+    assert job.state == JobState.DONE and job.result.info["model"] == "tiny-sd1"
+    assert easel.manager.current().name == "tiny-sd1" and len(job.result.info["model_hash"]) == 10
+    missing = easel.engine.load("no-such-model", timeout=60)
+    assert missing.state == JobState.FAILED and "no-such-model" in missing.error
+    assert isinstance(missing.exception, LookupError)
+    assert easel.manager.current().name == "tiny-sd1"  # what was loaded stays loaded
+    assert easel.engine.worker.alive

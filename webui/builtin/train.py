@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +191,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0 = in-process)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="what --hours counts: wall time, or this process's CPU time / --threads (fair on a "
+                        "machine shared with other work)")
     p.add_argument("--save-minutes", type=float, default=5.0)
     p.add_argument("--export-minutes", type=float, default=10.0)
     p.add_argument("--resume-from-weights", type=Path, default=None,
@@ -253,7 +257,14 @@ def main(argv: list[str] | None = None) -> int:
                                               prefetch_factor=4 if args.workers else None,
                                               persistent_workers=bool(args.workers)))
     last_save = last_export = time.monotonic()
-    t_prev = time.monotonic()
+
+    def clock() -> float:
+        return time.process_time() / args.threads if args.clock == "cpu" else time.monotonic()
+
+    stop_requested = []  # SIGTERM/SIGINT: finish the step, save, export, exit
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop_requested.append(True))
+    t_prev = clock()
     running, n_run = 0.0, 0
     last_avg: float | None = None  # mean loss of the last logged 50 steps
     bar = tqdm(initial=step, total=args.max_steps or None, dynamic_ncols=True, desc="train-builtin")
@@ -264,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 "loss": round(last_avg if last_avg is not None else running / max(n_run, 1), 5),
                 "params": n_params, "hparams": hparams}
 
-    while elapsed < budget and (not args.max_steps or step < args.max_steps):
+    while elapsed < budget and (not args.max_steps or step < args.max_steps) and not stop_requested:
         batch = next(loader)
         gen = torch.Generator().manual_seed(args.seed * 7_919 + step)
         lr = args.lr * min(1.0, (step + 1) / args.warmup)
@@ -289,9 +300,10 @@ def main(argv: list[str] | None = None) -> int:
             for pe, pn in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(pn, 1.0 - decay)
         step += 1
+        tick = clock()
+        elapsed += tick - t_prev
+        t_prev = tick
         now = time.monotonic()
-        elapsed += now - t_prev
-        t_prev = now
         value = float(loss.detach())
         if not math.isfinite(value):
             raise RuntimeError(f"loss became {value} at step {step}; lower --lr and resume")

@@ -18,12 +18,22 @@ from webui.engine.outputs import mode_folder, save_image
 from webui.engine.tasks import EngineTask
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job, JobResult, Worker
+from webui.extensions import PipelineWrapper
 from webui.infotext import format_infotext
 from webui.model_manager.manager import ModelManager
 from webui.requests import GenerationRequest, validate_request
 from webui.settings import Settings
 
 log = logging.getLogger(__name__)
+
+@dataclasses.dataclass(frozen=True)
+class LoadRequest:
+    """Switch the model on the device, queued like a generation so it never races one."""
+
+    checkpoint: str
+    vae: str | None = None
+    mode: str = "load"
+
 
 MODES = {"txt2img": "webui.engine.modes.txt2img", "img2img": "webui.engine.modes.img2img",
          "inpaint": "webui.engine.modes.inpaint", "segment": "webui.engine.modes.segment"}
@@ -38,6 +48,7 @@ class Engine:
                                    manager.dtype)
         self.before_generate: list[Callable[[Any], Any]] = []
         self.after_generate: list[Callable[[Any, list[Generated]], list[Generated] | None]] = []
+        self.pipeline_wrappers: list[PipelineWrapper] = []  # extensions' wrappers around each pipeline call
 
     def start(self) -> None:
         self.worker.start()
@@ -59,15 +70,30 @@ class Engine:
         job.wait(timeout)
         return job
 
+    def load(self, checkpoint: str, vae: str | None = None, source: str = "ui",
+             timeout: float | None = None) -> Job:
+        """Queue a model switch behind any running generation and wait for it."""
+        if not checkpoint:
+            raise ValueError("checkpoint: pick a checkpoint to load")
+        job = self.worker.submit(LoadRequest(checkpoint, vae), source)
+        job.wait(timeout)
+        return job
+
     # Running (worker thread) ---------------------------------------------------------------------
     def run_job(self, job: Job) -> JobResult:
         request = job.request
         if isinstance(request, EngineTask):  # upscaling, unloading: no extension hooks
             return request.run(self, job)
+        if isinstance(request, LoadRequest):
+            loaded = self.manager.get(request.checkpoint, "txt2img", request.vae)
+            result = JobResult(info={"model": loaded.entry.name, "model_hash": loaded.entry.short_hash})
+            job.update(result=result)
+            return result
         for hook in self.before_generate:
             request = hook(request) or request
         mode = importlib.import_module(MODES[request.mode])
         ctx = ModeContext(self.manager, job, self.settings.user.live_preview_every, self.upscalers)
+        ctx.pipeline_wrappers = list(self.pipeline_wrappers)
         generated: list[Generated] = mode.run(ctx, request)
         for hook in self.after_generate:
             generated = hook(request, generated) or generated

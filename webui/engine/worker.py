@@ -59,6 +59,7 @@ class Job:
         self.source = source
         self.state = JobState.QUEUED
         self.error: str | None = None
+        self.exception: BaseException | None = None  # what failed, for callers that map errors (API 4xx)
         self.result: JobResult | None = None
         self.step = 0
         self.total_steps = 0
@@ -221,6 +222,7 @@ class Worker:
             job.update(state=JobState.INTERRUPTED, finished=time.time(), result=job.result or JobResult())
         except Exception as exc:  # noqa: BLE001 - the worker must outlive any job
             log.exception("job %s failed", job.id)
+            job.exception = exc
             job.update(state=JobState.FAILED, error=describe_error(exc), finished=time.time())
         else:
             final = JobState.INTERRUPTED if job.interrupt_requested else JobState.DONE

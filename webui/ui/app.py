@@ -130,14 +130,20 @@ def theme() -> gr.themes.Base:
 
 
 def launch_kwargs(easel: "Easel") -> dict[str, Any]:
-    """Arguments for `Blocks.launch` (Gradio 6 takes theme, CSS and scripts there)."""
+    """Arguments for `Blocks.launch` (Gradio 6 takes theme, CSS and scripts there).
+
+    Gradio's file routes may serve the outputs folder (and Gradio's own upload and cache folders); the model
+    folders, settings and login files are blocked even when a link in outputs points at them."""
     outputs = easel.settings.outputs_dir
     outputs.mkdir(parents=True, exist_ok=True)
+    allowed, blocked = easel.settings.served_paths()
     return {
         "theme": theme(),
         "css": (ASSETS / "easel.css").read_text(encoding="utf-8"),
         "js": (ASSETS / "easel.js").read_text(encoding="utf-8"),
         "head": f"<style>{(ASSETS / 'page.css').read_text(encoding='utf-8')}</style>",
-        "allowed_paths": [str(outputs)],
+        "allowed_paths": allowed,
+        "blocked_paths": blocked,
+        "max_file_size": easel.settings.max_upload_bytes,
         "show_error": True,
     }

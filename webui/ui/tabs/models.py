@@ -1,7 +1,9 @@
 """The Models tab: installed checkpoints with family, short hash, support and load state; LoRAs and VAEs.
 
 Load and Unload go through the model manager (which keeps one pipeline on the device and an LRU in RAM);
-"Compute hash" hashes a checkpoint once and caches it on disk; the memory line is the manager's report.
+"Compute hash" hashes a checkpoint once and caches it on disk; "Convert to safetensors" turns a pickle checkpoint
+(which Easel never loads) into a .safetensors file beside it, reading only its tensors; the memory line is the
+manager's report.
 """
 from __future__ import annotations
 
@@ -78,6 +80,7 @@ def build(ui: UIContext) -> None:
             load = gr.Button("Load", variant="primary", elem_id="models_load", scale=0, min_width=80)
             unload = gr.Button("Unload", elem_id="models_unload", scale=0, min_width=80)
             compute = gr.Button("Compute hash", elem_id="models_hash", scale=0, min_width=140)
+            convert = gr.Button("Convert to safetensors", elem_id="models_convert", scale=0, min_width=180)
             rescan = gr.Button("Rescan folders", elem_id="models_refresh", scale=0, min_width=140)
         memory = gr.Textbox(label="Memory in use", interactive=False, elem_id="models_memory", lines=2)
         table = gr.Dataframe(headers=HEADERS, datatype=["str"] * len(HEADERS), interactive=False,
@@ -109,8 +112,9 @@ def build(ui: UIContext) -> None:
     def on_load(selected: str | None) -> tuple[Any, ...]:
         if not selected:
             raise ValueError("checkpoint: pick a checkpoint to load")
-        ensure_idle(ui, "load the model")
-        easel.manager.get(selected, "txt2img")
+        job = easel.engine.load(selected)
+        if job.error:
+            raise ValueError(f"checkpoint: {selected} could not be loaded: {job.error}")
         gr.Info(f"Loaded {selected}")
         return snapshot(selected)
 
@@ -129,6 +133,15 @@ def build(ui: UIContext) -> None:
         easel.manager.compute_hash(selected)
         return snapshot(selected)
 
-    for button, handler in ((rescan, on_rescan), (load, on_load), (unload, on_unload), (compute, on_hash)):
+    @guard
+    def on_convert(selected: str | None) -> tuple[Any, ...]:
+        if not selected:
+            raise ValueError("checkpoint: pick a .ckpt, .pt, .bin or .pth checkpoint to convert")
+        target = easel.convert_checkpoint(selected)
+        gr.Info(f"Converted {selected} to {target.name} (tensors only); it can be loaded now")
+        return snapshot(selected)
+
+    for button, handler in ((rescan, on_rescan), (load, on_load), (unload, on_unload), (compute, on_hash),
+                            (convert, on_convert)):
         button.click(handler, inputs=pick, outputs=outputs)
     tab.select(on_show, inputs=pick, outputs=outputs, show_progress="hidden")

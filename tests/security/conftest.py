@@ -1,0 +1,108 @@
+"""Helpers for the security tests: real servers on loopback ports, a malicious pickle, an API client fixture.
+
+The servers are the ones users run (`webui.app.create_server`: Gradio UI with the API beside it, or the API alone
+under uvicorn), built over the tiny SD 1.x model by the root `make_easel` fixture.
+"""
+from __future__ import annotations
+
+import builtins
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+
+TINY = {"width": 64, "height": 64, "steps": 2}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, path: str = "/sdapi/v1/sd-models", timeout: float = 60,
+                  auth: tuple[str, str] | None = None, ok: tuple[int, ...] = (200,)) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}{path}", timeout=5, auth=auth).status_code in ok:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url}{path} did not come up")
+
+
+def stop_server(easel: Any) -> None:
+    server = easel.extras.get("server")
+    if server is not None:
+        server.should_exit = True
+    blocks = easel.extras.get("blocks")
+    if blocks is not None:
+        blocks.close()
+
+
+@pytest.fixture
+def serve(make_easel) -> Iterator[Callable[..., tuple[Any, str]]]:
+    """serve(**settings) -> (easel, base URL): a running server on a free loopback port, stopped afterwards."""
+    from webui.app import create_server
+
+    started: list[Any] = []
+
+    def start(**kwargs: Any) -> tuple[Any, str]:
+        easel = make_easel(port=free_port(), **kwargs)
+        started.append(easel)
+        _, url = create_server(easel, block=False)
+        return easel, url.rstrip("/")
+
+    yield start
+    for easel in started:
+        stop_server(easel)
+
+
+class Payload:
+    """Unpickling this opens (and so creates) `marker` for writing: the shape of a code-running checkpoint."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (builtins.open, (str(self.marker), "w"))
+
+
+def write_malicious_checkpoint(path: Path, marker: Path) -> Path:
+    """A Stable-Diffusion-shaped .ckpt (a state_dict of tensors) that also carries a file-creating payload."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)},
+                "global_step": 10, "payload": Payload(marker)}, str(path))
+    assert not marker.exists()
+    return path
+
+
+@pytest.fixture
+def api_client(make_easel):
+    """(easel, TestClient) over a bare FastAPI app with Easel's API, as `--nowebui` serves it."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from webui.api.routes import create_api
+
+    clients = []
+
+    def build(**kwargs: Any) -> tuple[Any, Any]:
+        easel = make_easel(**kwargs)
+        app = FastAPI()
+        create_api(app, easel)
+        client = TestClient(app, raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return easel, client
+
+    yield build
+    for client in clients:
+        client.__exit__(None, None, None)

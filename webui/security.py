@@ -1,0 +1,282 @@
+"""Who may reach Easel and what they can touch: logins, the launch policy, slowing down guessers, confinement.
+
+Logins come from `--gradio-auth user:pass[,user2:pass2]` and `--gradio-auth-path FILE` (the same format, one or
+more per line); they protect the UI and, unless `--api-auth` gives the API its own, the API too. Passwords are
+compared in constant time (over every known pair, on SHA-256 digests, so neither content nor length leaks) and
+never appear in a message or a log line. `LoginThrottle` counts failed logins per client address and makes an
+address wait, doubling each time, once it has failed a few times; `LoginThrottleMiddleware` applies it to
+Gradio's `/login` form, the API applies it itself. `launch_warnings` is the start-up policy: a public link
+(`--share`) without logins refuses to start unless `--share-insecure` says so; `--listen` without logins starts
+with a warning. `resolve_inside` turns a user-supplied name into a path only when it stays inside its folder, and
+`served_paths` says which folders Gradio may send files from (outputs) and which never (models, settings).
+Nothing here imports torch, diffusers or Gradio.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+if TYPE_CHECKING:
+    from webui.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Login = tuple[str, str]
+
+
+class InsecureLaunchError(RuntimeError):
+    """The flags would publish Easel without a login; the message says why and what to add."""
+
+
+# Logins ---------------------------------------------------------------------------------------------------
+def parse_logins(text: str, source: str) -> list[Login]:
+    """`user:pass` items separated by commas or new lines. Errors name the source and the item's number, never
+    its text (it may hold a password)."""
+    logins: list[Login] = []
+    items = [item.strip() for line in text.splitlines() for item in line.split(",")]
+    for number, item in enumerate((i for i in items if i), 1):
+        user, sep, password = item.partition(":")
+        if not sep:
+            raise ValueError(f"{source}: login {number} is not user:password (no ':' in it)")
+        if not user.strip() or not password:
+            raise ValueError(f"{source}: login {number} has an empty user name or password")
+        logins.append((user.strip(), password))
+    return logins
+
+
+def read_login_file(path: Path) -> list[Login]:
+    """Logins from a `--gradio-auth-path` file: `user:pass` items, comma- or line-separated; `#` starts a comment
+    line."""
+    source = f"--gradio-auth-path {path}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{source}: cannot read the file ({exc.strerror or type(exc).__name__})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{source}: the file is not UTF-8 text") from None
+    text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    logins = parse_logins(text, source)
+    if not logins:
+        raise ValueError(f"{source}: the file holds no user:password login")
+    return logins
+
+
+def ui_logins(gradio_auth: str | None, gradio_auth_path: Path | None) -> list[Login]:
+    """The logins of `--gradio-auth` followed by those of `--gradio-auth-path`."""
+    logins = parse_logins(gradio_auth, "--gradio-auth") if gradio_auth else []
+    if gradio_auth_path is not None:
+        logins += read_login_file(gradio_auth_path)
+    return logins
+
+
+def api_logins(api_auth: str | None, ui: list[Login]) -> list[Login]:
+    """`--api-auth` when given, else the UI's logins."""
+    return parse_logins(api_auth, "--api-auth") if api_auth else list(ui)
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+def check_password(user: str, password: str, logins: list[Login]) -> bool:
+    """True when (user, password) is one of `logins`. Every pair is compared, each in constant time."""
+    user_digest, password_digest = _digest(user), _digest(password)
+    ok = False
+    for known_user, known_password in logins:
+        same_user = hmac.compare_digest(user_digest, _digest(known_user))
+        same_password = hmac.compare_digest(password_digest, _digest(known_password))
+        ok |= same_user & same_password
+    return ok
+
+
+# Slowing down guessers --------------------------------------------------------------------------------------
+@dataclass
+class _Failures:
+    count: int = 0
+    last: float = 0.0
+    blocked_until: float = 0.0
+
+
+class LoginThrottle:
+    """Failed logins per client address. After `free_failures` failures an address must wait `first_delay`
+    seconds before its next try, doubling with each further failure up to `max_delay`; a success, or
+    `forget_after` seconds without failures, clears it. Thread-safe; at most `max_addresses` are remembered."""
+
+    def __init__(self, free_failures: int = 5, first_delay: float = 1.0, max_delay: float = 60.0,
+                 forget_after: float = 900.0, max_addresses: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.free_failures = free_failures
+        self.first_delay = first_delay
+        self.max_delay = max_delay
+        self.forget_after = forget_after
+        self.max_addresses = max_addresses
+        self.clock = clock
+        self._seen: OrderedDict[str, _Failures] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _current(self, address: str, now: float) -> _Failures | None:
+        record = self._seen.get(address)
+        if record is not None and now - record.last > self.forget_after:
+            del self._seen[address]
+            return None
+        return record
+
+    def retry_after(self, address: str) -> float:
+        """Seconds this address must still wait before a login is even checked (0: it may try now)."""
+        with self._lock:
+            now = self.clock()
+            record = self._current(address, now)
+            return max(0.0, record.blocked_until - now) if record is not None else 0.0
+
+    def failed(self, address: str) -> float:
+        """Record a failed login; return how long the address must now wait."""
+        with self._lock:
+            now = self.clock()
+            record = self._current(address, now) or _Failures()
+            record.count += 1
+            record.last = now
+            over = record.count - self.free_failures
+            delay = min(self.max_delay, self.first_delay * 2 ** (over - 1)) if over > 0 else 0.0
+            record.blocked_until = now + delay
+            self._seen[address] = record
+            self._seen.move_to_end(address)
+            while len(self._seen) > self.max_addresses:
+                self._seen.popitem(last=False)
+        if delay:
+            log.warning("%d failed logins from %s; it must wait %.0f s before trying again", record.count, address,
+                        delay)
+        return delay
+
+    def succeeded(self, address: str) -> None:
+        with self._lock:
+            self._seen.pop(address, None)
+
+
+def too_many_failures_message(wait: float) -> str:
+    return f"too many failed logins from this address; try again in {max(1, round(wait))} s"
+
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class LoginThrottleMiddleware:
+    """ASGI middleware for Gradio's login form (`POST /login`): an address that failed too often gets a 429
+    without its credentials being checked; Gradio's answer (200 or 400) is recorded as success or failure."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], throttle: LoginThrottle,
+                 paths: tuple[str, ...] = ("/login", "/login/")) -> None:
+        self.app = app
+        self.throttle = throttle
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") != "http" or scope.get("method") != "POST" or scope.get("path") not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = client[0] if client else "unknown"
+        wait = self.throttle.retry_after(address)
+        if wait > 0:
+            body = json.dumps({"detail": too_many_failures_message(wait)}).encode()
+            await send({"type": "http.response.start", "status": 429,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"retry-after", str(max(1, round(wait))).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        status: list[int] = []
+
+        async def watch(message: dict[str, Any]) -> None:
+            if message.get("type") == "http.response.start":
+                status.append(int(message.get("status", 0)))
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        if status and status[0] == 400:
+            self.throttle.failed(address)
+        elif status and status[0] < 300:
+            self.throttle.succeeded(address)
+
+
+def login_throttle(holder: dict[str, Any]) -> LoginThrottle:
+    """The one throttle of a running Easel (kept in `easel.extras`), shared by the UI login and the API."""
+    throttle = holder.get("login_throttle")
+    if not isinstance(throttle, LoginThrottle):
+        throttle = holder["login_throttle"] = LoginThrottle()
+    return throttle
+
+
+# Launch policy ------------------------------------------------------------------------------------------------
+def launch_warnings(settings: "Settings") -> list[str]:
+    """Check the flags before anything starts listening: raise InsecureLaunchError when `--share` would publish
+    a part of Easel without logins (unless `--share-insecure`), and return the warnings to log."""
+    serves_ui = not settings.nowebui
+    serves_api = settings.api or settings.nowebui
+    ui, api = settings.auth_pairs(), settings.api_auth_pairs()
+    unprotected = [part for part, served, logins in (("the UI", serves_ui, ui), ("the API", serves_api, api))
+                   if served and not logins]
+    parts = " and ".join(unprotected)
+    warnings: list[str] = []
+    if settings.share and settings.nowebui:
+        warnings.append("--share has no effect with --nowebui: the public link is made by the Gradio UI")
+    elif settings.share and unprotected:
+        if not settings.share_insecure:
+            raise InsecureLaunchError(
+                f"--share publishes Easel on a public link that anyone who learns it can open, and {parts} would "
+                "have no login: they could use this machine's GPU and see everything it generates. Add "
+                "--gradio-auth USER:PASSWORD (or --gradio-auth-path FILE), or pass --share-insecure to publish it "
+                "without a login anyway.")
+        warnings.append(f"--share-insecure: {parts} is published on a public link WITHOUT a login; anyone who "
+                        "learns the link can use this machine")
+    if settings.listen and unprotected:
+        warnings.append(f"--listen: Easel accepts connections from other machines and {parts} has no login; add "
+                        "--gradio-auth USER:PASSWORD (or --gradio-auth-path FILE) to protect it")
+    return warnings
+
+
+# Confinement --------------------------------------------------------------------------------------------------
+def resolve_inside(folder: Path, name: str, what: str = "name", follow_symlinks: bool = True) -> Path:
+    """The path `name` names inside `folder`, or ValueError (starting with `what`) when it would leave it:
+    absolute paths, `..` steps, NUL bytes, and, with `follow_symlinks`, links pointing out of the folder."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{what}: a name is required")
+    if "\x00" in name:
+        raise ValueError(f"{what}: the name contains a NUL byte")
+    text = name.replace("\\", "/")
+    candidate = Path(text)
+    if candidate.is_absolute() or text.startswith("/") or (len(text) > 1 and text[1] == ":"):
+        raise ValueError(f"{what}: {name!r} must be a name inside {Path(folder).name}, not an absolute path")
+    root = Path(folder).resolve() if follow_symlinks else Path(os.path.abspath(folder))
+    joined = root / candidate
+    target = joined.resolve() if follow_symlinks else Path(os.path.normpath(joined))
+    if target != root and root not in target.parents:
+        raise ValueError(f"{what}: {name!r} points outside {Path(folder).name}")
+    return target
+
+
+def served_paths(settings: "Settings") -> tuple[list[str], list[str]]:
+    """(allowed, blocked) paths for Gradio's file routes: generated images may be sent to the browser; model
+    folders, the settings file, the login file and the hash cache never, not even through a link in outputs."""
+    allowed = [str(settings.outputs_dir.resolve())]
+    folders = [settings.models_dir, *settings.checkpoint_dirs(), *settings.diffusers_dirs(), *settings.all_vae_dirs(),
+               *settings.all_lora_dirs(), *settings.builtin_dirs(), *getattr(settings, "controlnet_dirs", []),
+               *getattr(settings, "esrgan_dirs", []), settings.hash_cache_path.parent]
+    files = [settings.config_path, settings.config_path.with_name(settings.config_path.name + ".bak")]
+    if settings.gradio_auth_path is not None:
+        files.append(settings.gradio_auth_path)
+    blocked: list[str] = []
+    for path in [*folders, *files]:
+        resolved = str(Path(path).resolve())
+        if resolved not in blocked and resolved not in allowed:
+            blocked.append(resolved)
+    return allowed, blocked
