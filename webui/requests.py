@@ -81,6 +81,8 @@ class GenerationRequest:
     batch_size: int = spec(1, "Batch size", api="batch_size", minimum=1, limit="max_batch_size", step=1)
     batch_count: int = spec(1, "Batch count", api="n_iter", minimum=1, limit="max_batch_count", step=1)
     clip_skip: int = spec(1, "Clip skip", infotext="Clip skip", api="clip_skip", minimum=1, maximum=12, step=1)
+    # Per-request arguments of extensions, by extension name (the API's `alwayson_scripts`); read-only.
+    extension_args: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     mode: Mode = "txt2img"
 
@@ -188,6 +190,11 @@ def validate_request(request: GenerationRequest, limits: Limits) -> None:
     pixels = request.width * request.height
     if pixels > limits.max_pixels:
         raise RequestError("width", f"{request.width}x{request.height} is {pixels} pixels; the limit is {limits.max_pixels}")
+    if isinstance(request, Txt2ImgRequest) and request.enable_hr and request.hr_scale > 1:
+        out_w, out_h = int(request.width * request.hr_scale), int(request.height * request.hr_scale)
+        if max(out_w, out_h) > limits.max_side or out_w * out_h > limits.max_pixels:
+            raise RequestError("hr_scale", f"the upscaled size {out_w}x{out_h} exceeds the limits ({limits.max_side} "
+                                           f"per side, {limits.max_pixels} pixels)")
     if isinstance(request, Img2ImgRequest) and request.init_image is None:
         raise RequestError("init_images", "an input image is required")
     if isinstance(request, Img2ImgRequest) and request.init_image is not None:
@@ -204,28 +211,38 @@ def validate_request(request: GenerationRequest, limits: Limits) -> None:
                                f"the extended canvas {out_w}x{out_h} exceeds the limit of {limits.max_side} per side")
 
 
+# The Ming models' referring-segmentation prompt, with the highlight colour named so the edit is readable as a mask.
 DEFAULT_SEGMENT_TEMPLATE = ("Given the following instructions: {query}; please perform referring segmentation on this "
-                            "image by painting it {colour}.")
+                            "image. Paint the referred object {colour}.")
 HIGHLIGHTS = ("magenta", "cyan", "lime")
 
 
 @dataclass(frozen=True)
 class SegmentRequest:
-    """Segmentation as editing: one mask per query line, read off an edit that paints the referent."""
+    """Segmentation: one mask per query line, read off an edit that paints the referent (or from CLIPSeg / SAM 3).
+
+    `checkpoint` names an edit-capable checkpoint or a text-prompted segmenter from the model manager; empty picks
+    the current edit-capable checkpoint, else the first one, else the first segmenter. `template` empty uses the
+    model family's own template. `threshold` (ΔE) applies to generative masks, `mask_threshold` (probability) to
+    CLIPSeg and SAM 3.
+    """
 
     image: Image.Image | None = image_field("Image", api="image")
     query: str = spec("", "What to segment (one per line)", infotext="Query", api="query", limit="max_prompt_chars")
     checkpoint: str = spec("", "Model", infotext="Model", api="model")
-    method: str = spec("generative", "Method", infotext="Method", api="method", choices=("generative", "clipseg"))
     template: str = spec("", "Prompt template", infotext="Template", api="template", limit="max_prompt_chars")
     highlight: str = spec("magenta", "Highlight colour", infotext="Highlight", api="highlight", choices=HIGHLIGHTS)
     steps: int = spec(20, "Steps", infotext="Steps", api="steps", minimum=1, limit="max_steps", step=1)
     cfg_scale: float = spec(4.0, "CFG Scale", infotext="CFG scale", api="cfg_scale", minimum=0.0, maximum=30.0, step=0.5)
     seed: int = spec(0, "Seed", infotext="Seed", api="seed", minimum=-1, maximum=2**32 - 1)
     threshold: float = spec(12.0, "Change threshold (ΔE)", infotext="Threshold", api="threshold", minimum=1.0, maximum=100.0, step=1.0)
+    mask_threshold: float = spec(0.4, "Mask threshold (CLIPSeg, SAM 3)", infotext="Mask threshold", api="mask_threshold", minimum=0.0, maximum=1.0, step=0.01)
     keep_largest: bool = spec(False, "Keep largest region", infotext="Keep largest", api="keep_largest")
+    save_images: bool = True
 
     mode: Mode = "segment"
+
+    MAX_QUERIES = 8
 
     @property
     def queries(self) -> list[str]:
@@ -239,8 +256,14 @@ class SegmentRequest:
             raise RequestError("image", f"image is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels}")
         if not isinstance(self.query, str) or not self.queries:
             raise RequestError("query", "type what to segment, e.g. 'the red circle'")
-        if len(self.queries) > 8:
-            raise RequestError("query", f"{len(self.queries)} queries; the limit is 8 at once")
-        check_fields(self, limits, skip=("query",))
-        if self.template and "{query}" not in self.template:
-            raise RequestError("template", "must contain {query}")
+        if len(self.queries) > self.MAX_QUERIES:
+            raise RequestError("query", f"{len(self.queries)} queries; the limit is {self.MAX_QUERIES} at once")
+        check_fields(self, limits)
+        if self.template:
+            if "{query}" not in self.template:
+                raise RequestError("template", "must contain {query} (and may name the colour with {colour})")
+            try:
+                self.template.format(query="", colour="")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise RequestError("template", f"only {{query}} and {{colour}} may appear in braces ({exc!r}); "
+                                               "write {{ and }} for literal braces") from None

@@ -22,7 +22,9 @@ from typing import Any
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")
-PICKLE_REASON = "pickle checkpoints are not loaded for safety; convert to .safetensors"
+PICKLE_REASON = ("pickle checkpoint: not loaded, because unpickling can run code hidden in the file; convert it to "
+                 ".safetensors (Models tab, Convert to safetensors; or python -m webui.model_manager.convert FILE), "
+                 "which reads only its tensors")
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 _UNET = "model.diffusion_model."
 _TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
@@ -345,6 +347,9 @@ _PIPELINE_FAMILIES: tuple[tuple[str, Arch], ...] = (
 )
 _UNSUPPORTED_CLASS_PARTS = ("ControlNet", "Upscale", "Depth2Img", "InstructPix2Pix", "Flux2", "QwenImage21",
                             "Layered", "Kontext", "Fill", "Control")
+# Instruction-editing pipelines: loaded for the "edit" mode only (segmentation as editing).
+EDIT_PIPELINES = ("StableDiffusionInstructPix2PixPipeline", "FluxKontextPipeline", "QwenImageEditPipeline",
+                  "QwenImageEditPlusPipeline")
 
 
 def arch_from_class_name(class_name: str, text_encoder_config: dict | None = None,
@@ -394,10 +399,11 @@ def identify_folder(path: Path) -> Identification:
     if arch == Arch.UNKNOWN:
         return unknown(f"pipeline class {class_name} is not supported")
     label = ARCH_LABELS[arch]
-    if arch != Arch.EASEL and any(part in class_name for part in _UNSUPPORTED_CLASS_PARTS):
+    editing = class_name in EDIT_PIPELINES
+    if arch != Arch.EASEL and not editing and any(part in class_name for part in _UNSUPPORTED_CLASS_PARTS):
         return Identification(arch, f"{label} pipeline {class_name}: this kind of pipeline is not supported",
                               class_name, False, "diffusers")
-    variant = "edit" if "Edit" in class_name else "inpaint" if "Inpaint" in class_name else ""
+    variant = "edit" if editing or "Edit" in class_name else "inpaint" if "Inpaint" in class_name else ""
     if arch != Arch.EASEL:
         denoiser = "unet" if (path / "unet").is_dir() else "transformer"
         weights = [p for p in (path / denoiser).glob("*") if p.suffix in (".safetensors", ".bin")]

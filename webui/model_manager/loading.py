@@ -358,6 +358,9 @@ def mode_pipelines(base: Any, arch: Arch, variant: str) -> tuple[dict[str, Any],
     factories = {"txt2img": AutoPipelineForText2Image, "img2img": AutoPipelineForImage2Image,
                  "inpaint": AutoPipelineForInpainting}
     for mode, factory in factories.items():
+        if variant == "edit":
+            reasons[mode] = f"{type(base).__name__} is an editing model: use it in the Segment tab"
+            continue
         if variant == "inpaint" and mode != "inpaint":
             reasons[mode] = "an inpainting checkpoint only works in inpaint mode"
             continue

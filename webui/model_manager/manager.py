@@ -33,9 +33,10 @@ from webui.model_manager.identify import (PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES,
                                           header_shapes, identify_file, identify_folder)
 from webui.model_manager.loading import (MODES, LoadContext, Loaded, load_builtin, load_folder, load_hub,
                                          load_single_file, load_vae, mode_pipelines)
+from webui.model_manager.segmenters import LoadedSegmenter, SegmenterEntry, load_segmenter, scan_segmenters
 
 __all__ = ["Mode", "CheckpointEntry", "VaeEntry", "LoraEntry", "LoadedPipeline", "ModelManager",
-           "ModelNotFoundError", "ModelLoadError", "identify_lora"]
+           "ModelNotFoundError", "ModelLoadError", "identify_lora", "SegmenterEntry", "LoadedSegmenter"]
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class ModelManager:
                  lora_dirs: list[Path], builtin_dirs: list[Path], device: str = "cpu",
                  dtype: torch.dtype = torch.float32, ram_cache_size: int = 2,
                  offload: Offload = "none", hash_cache_path: Path | None = None,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, segmentation_dirs: list[Path] | None = None) -> None:
         if offload not in ("none", "model", "sequential"):
             raise ValueError(f"offload must be 'none', 'model' or 'sequential', got {offload!r}")
         self.checkpoint_dirs = [Path(p) for p in checkpoint_dirs]
@@ -121,6 +122,7 @@ class ModelManager:
         self.vae_dirs = [Path(p) for p in vae_dirs]
         self.lora_dirs = [Path(p) for p in lora_dirs]
         self.builtin_dirs = [Path(p) for p in builtin_dirs]
+        self.segmentation_dirs = [Path(p) for p in segmentation_dirs or []]
         self.device = device
         self.dtype = dtype
         self.cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir(hash_cache_path)
@@ -133,6 +135,8 @@ class ModelManager:
         self._folders: list[tuple[Path, Identification]] = []
         self._vaes: list[VaeEntry] = []
         self._loras: list[LoraEntry] = []
+        self._segmenters: list[SegmenterEntry] = []
+        self._segmenter: LoadedSegmenter | None = None  # at most one loaded; they are small and rarely swapped
         self._idents: dict[tuple[str, int, int], Identification] = {}
         self._tokenizers: dict[str, Any] = {}
         self._scanned = False
@@ -145,17 +149,21 @@ class ModelManager:
         files = self._scan_files()
         entries: dict[str, CheckpointEntry] = {}
         for entry in [*builtin, *folders, *files]:
-            if entry.name in entries:
-                log.warning("two checkpoints named %r: using %s, ignoring %s", entry.name,
-                            entries[entry.name].path, entry.path)
+            kept = entries.get(entry.name)
+            if kept is not None and (kept.supported or not entry.supported):
+                log.warning("two checkpoints named %r: using %s, ignoring %s", entry.name, kept.path, entry.path)
                 continue
+            if kept is not None:  # a .safetensors beside the pickle checkpoint it was converted from
+                log.info("two checkpoints named %r: using %s, not the pickle %s", entry.name, entry.path, kept.path)
             entries[entry.name] = entry
         vaes = self._scan_vaes()
         loras = self._scan_loras()
+        segmenters = scan_segmenters(self.segmentation_dirs)
         with self._scan_lock:
             self._checkpoints = entries
             self._folders = [(e.path, self._identify(e.path, folder=True)) for e in folders]
             self._vaes, self._loras = vaes, loras
+            self._segmenters = segmenters
             self._scanned = True
 
     def _ensure_scanned(self) -> None:
@@ -254,6 +262,44 @@ class ModelManager:
         self._ensure_scanned()
         with self._scan_lock:
             return list(self._loras)
+
+    def edit_checkpoints(self) -> list[CheckpointEntry]:
+        """Checkpoints that run the "edit" mode: the built-in model and instruction-editing pipelines."""
+        return [e for e in self.checkpoints() if e.supported and (e.arch == Arch.EASEL or e.variant == "edit")]
+
+    def segmenters(self) -> list[SegmenterEntry]:
+        """Text-prompted segmenters (CLIPSeg, SAM 3) found in the segmentation folders."""
+        self._ensure_scanned()
+        with self._scan_lock:
+            return list(self._segmenters)
+
+    def find_segmenter(self, query: str) -> SegmenterEntry | None:
+        """A segmenter by name, picker label ("name (CLIPSeg)") or folder path; None when nothing matches."""
+        text = (query or "").strip()
+        if not text:
+            return None
+        for entry in self.segmenters():
+            if text in (entry.name, entry.label, entry.path.name, str(entry.path)):
+                return entry
+        return None
+
+    def get_segmenter(self, name: str) -> LoadedSegmenter:
+        """The loaded segmenter `name`, loading it (and dropping the one loaded before) when needed."""
+        entry = self.find_segmenter(name)
+        if entry is None:
+            known = [e.name for e in self.segmenters()]
+            hint = f"; available: {', '.join(known)}" if known else "; put a CLIPSeg folder in models/clipseg"
+            raise ModelNotFoundError(f"segmentation model {name!r} not found{hint}")
+        with self._lock:
+            if self._segmenter is not None and self._segmenter.entry == entry:
+                self.stats["cache_hits"] += 1
+                return self._segmenter
+            self._segmenter = None
+            release_memory()
+            log.info("loading segmenter %s (%s)", entry.name, entry.path)
+            self._segmenter = load_segmenter(entry, self.device, self.dtype)
+            self.stats["disk_loads"] += 1
+            return self._segmenter
 
     def find_checkpoint(self, query: str) -> CheckpointEntry:
         """By name, title ("name [hash]"), short or full hash, file name, or path; an "org/repo" id that
@@ -453,6 +499,7 @@ class ModelManager:
         with self._lock:
             if name is None:
                 self._cache.clear()
+                self._segmenter = None
             else:
                 key = name if name in self._cache else self.find_checkpoint(name).name
                 self._cache.evict(key)

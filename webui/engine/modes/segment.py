@@ -1,36 +1,65 @@
-"""Segmentation as editing: ask an editing model to paint the referent in a highlight colour, read the mask.
+"""Segmentation: one mask per query, read off an edit that paints the referent, or from CLIPSeg / SAM 3.
 
-Steps per query: fill the family's prompt template → run the edit on the source at the model's working size
-→ extract the mask where the edit changed the image towards the highlight colour → scale the mask back to the
-source size. Several queries (one per line) give several masks; an absent referent gives an empty mask and
-found = False.
+Generative steps per query: fill the family's prompt template → run the edit on the source at the model's working
+size → extract the mask where the edit changed the image towards the highlight colour
+(`webui.engine.mask_extraction`) → scale the edit and the mask back to the source size. With a text-prompted
+segmenter (CLIPSeg, SAM 3) the mask is its probability above `mask_threshold`, and the "edited" image is the
+source with the mask painted in the highlight colour, so both kinds of model give the same outputs. Several
+queries (one per line) give several masks and one overlay with a colour per query; a referent that is not there
+gives an empty mask, found = False and a message saying so.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
+from webui.engine.clipseg import probabilities
 from webui.engine.context import Generated, ModeContext, generators, resolve_seed
-from webui.engine.mask_extraction import HIGHLIGHT_COLOURS, MaskSettings, cutout, extract_mask, overlay
+from webui.engine.mask_extraction import (HIGHLIGHT_COLOURS, MaskResult, MaskSettings, clean_mask, cutout,
+                                          extract_mask, overlay)
 from webui.engine.samplers import make_scheduler
+from webui.engine.segment_prompts import EASEL_HIGHLIGHTS, build_prompt, template_for
 from webui.model_manager.identify import Arch
-from webui.requests import DEFAULT_SEGMENT_TEMPLATE, SegmentRequest
+from webui.model_manager.manager import ModelManager
+from webui.requests import SegmentRequest
 
-# Prompt templates by pipeline family; {query} is the referent, {colour} the highlight colour's name.
-TEMPLATES: dict[str, str] = {
-    "EaselPipeline": "highlight {query} in {colour}",
-    "default": DEFAULT_SEGMENT_TEMPLATE,
-}
+EDIT_FAMILIES = "the built-in model, Qwen-Image-Edit (Plus), FLUX.1 Kontext or InstructPix2Pix"
 
 
-def template_for(pipe_class: str) -> str:
-    return TEMPLATES.get(pipe_class, TEMPLATES["default"])
+@dataclass
+class QueryResult:
+    """One query's outcome at the source image's size."""
+
+    query: str
+    prompt: str  # the edit instruction sent ("" for CLIPSeg / SAM 3)
+    edited: Image.Image  # RGB
+    mask: np.ndarray  # [H, W] bool, True = object
+    found: bool
+    message: str
+    changed_share: float = 0.0
+
+
+# Choosing the model ---------------------------------------------------------------------------------------
+def default_model(manager: ModelManager) -> str:
+    """The current checkpoint when it can edit, else the first edit-capable one, else the first segmenter."""
+    editors = manager.edit_checkpoints()
+    current = manager.current()
+    if current is not None and any(e.name == current.name for e in editors):
+        return current.name
+    if editors:
+        return editors[0].name
+    segmenters = manager.segmenters()
+    if segmenters:
+        return segmenters[0].label
+    raise ValueError(f"model: no model can segment; install {EDIT_FAMILIES}, or put a CLIPSeg folder in "
+                     "models/clipseg")
 
 
 def working_size(arch: Arch, image: Image.Image) -> tuple[int, int]:
-    """The size the edit runs at: the built-in model's native 64×64, else the source rounded to 16 px."""
+    """The size the edit runs at: the built-in model's native 64×64, else the source rounded to 16 px (≤ 1024)."""
     if arch == Arch.EASEL:
         return 64, 64
     w, h = image.size
@@ -38,58 +67,150 @@ def working_size(arch: Arch, image: Image.Image) -> tuple[int, int]:
     return max(16, int(w * scale) // 16 * 16), max(16, int(h * scale) // 16 * 16)
 
 
-def edit_arguments(pipe: Any, source: Image.Image, prompt: str, request: SegmentRequest) -> dict[str, Any]:
-    """Call arguments for each edit-capable pipeline family."""
+EDIT_PIPELINES = ("EaselPipeline", "QwenImageEditPipeline", "QwenImageEditPlusPipeline", "FluxKontextPipeline",
+                  "StableDiffusionInstructPix2PixPipeline")
+
+
+def check_can_edit(pipe: Any) -> None:
     name = type(pipe).__name__
-    common = {"prompt": prompt, "num_inference_steps": request.steps}
+    if name not in EDIT_PIPELINES:
+        raise ValueError(f"model: {name} cannot edit images; pick {EDIT_FAMILIES}, or a CLIPSeg model")
+
+
+def edit_arguments(pipe: Any, source: Image.Image, prompt: str, steps: int, cfg_scale: float) -> dict[str, Any]:
+    """Call arguments for each edit-capable pipeline family."""
+    check_can_edit(pipe)
+    name = type(pipe).__name__
+    common = {"prompt": prompt, "num_inference_steps": steps}
     if name == "EaselPipeline":
-        return {**common, "source_image": source, "guidance_scale": request.cfg_scale,
+        return {**common, "source_image": source, "guidance_scale": cfg_scale,
                 "width": source.width, "height": source.height}
-    if name.startswith("QwenImageEdit"):
-        return {**common, "image": source, "negative_prompt": " ", "true_cfg_scale": request.cfg_scale}
-    if name.startswith("FluxKontext"):
-        return {**common, "image": source, "guidance_scale": request.cfg_scale,
+    if name in ("QwenImageEditPipeline", "QwenImageEditPlusPipeline"):
+        return {**common, "image": source, "negative_prompt": " ", "true_cfg_scale": cfg_scale,
                 "width": source.width, "height": source.height}
-    if name == "StableDiffusionInstructPix2PixPipeline":
-        return {**common, "image": source, "guidance_scale": request.cfg_scale, "image_guidance_scale": 1.5}
-    raise ValueError(f"model: {name} cannot edit images; pick the built-in model or an editing model "
-                     "(Qwen-Image-Edit, FLUX.1 Kontext, InstructPix2Pix)")
+    if name == "FluxKontextPipeline":  # no auto-resize: the edit must stay aligned with the source
+        return {**common, "image": source, "guidance_scale": cfg_scale, "width": source.width,
+                "height": source.height, "_auto_resize": False}
+    # StableDiffusionInstructPix2PixPipeline: the image guides as well as the text
+    return {**common, "image": source, "guidance_scale": cfg_scale, "image_guidance_scale": 1.5}
 
 
+def check_highlight(pipe_class: str, highlight: str) -> tuple[int, int, int]:
+    if highlight not in HIGHLIGHT_COLOURS:
+        raise ValueError(f"highlight: must be one of {', '.join(HIGHLIGHT_COLOURS)}; got {highlight!r}")
+    if pipe_class == "EaselPipeline" and highlight not in EASEL_HIGHLIGHTS:
+        raise ValueError(f"highlight: the built-in model paints only {' or '.join(EASEL_HIGHLIGHTS)}; "
+                         f"got {highlight!r}")
+    return HIGHLIGHT_COLOURS[highlight]
+
+
+# One query ------------------------------------------------------------------------------------------------
+def segment_query(pipe: Any, arch: Arch, source: Image.Image, query: str, *, template: str = "",
+                  highlight: str = "magenta", steps: int = 20, cfg_scale: float = 4.0, seed: int = 0,
+                  settings: MaskSettings = MaskSettings(), callback: Callable | None = None) -> QueryResult:
+    """Segment one query with an editing pipeline; `source` is RGB at any size."""
+    pipe_class = type(pipe).__name__
+    colour = check_highlight(pipe_class, highlight)
+    prompt = build_prompt(pipe_class, template, query, highlight)
+    work = source.resize(working_size(arch, source), Image.LANCZOS) if source.size != working_size(arch, source) \
+        else source
+    kwargs = edit_arguments(pipe, work, prompt, steps, cfg_scale)
+    if callback is not None:
+        kwargs["callback_on_step_end"] = callback
+    edited = pipe(**kwargs, generator=generators([seed]), output_type="pil").images[0].convert("RGB")
+    if edited.size != work.size:
+        edited = edited.resize(work.size, Image.LANCZOS)
+    result: MaskResult = extract_mask(work, edited, colour, settings)
+    mask = result.mask
+    if work.size != source.size:
+        mask = np.asarray(result.image().resize(source.size, Image.NEAREST)) > 127  # [H, W]
+        edited = edited.resize(source.size, Image.LANCZOS)
+    return QueryResult(query, prompt, edited, mask, result.found, result.message, result.changed_share)
+
+
+def segment_with_probabilities(source: Image.Image, queries: list[str], probs: np.ndarray, threshold: float,
+                               highlight: str, settings: MaskSettings) -> list[QueryResult]:
+    """Masks from per-query probabilities [Q, H, W]: above `threshold`, specks removed, optionally the largest."""
+    colour = np.array(HIGHLIGHT_COLOURS[highlight], np.uint8)
+    results = []
+    for query, p in zip(queries, probs):
+        mask = p > threshold  # [H, W]
+        if settings.clean and mask.any():
+            mask = clean_mask(mask, mask)
+        if settings.keep_largest and mask.any():
+            from scipy import ndimage
+
+            labels, count = ndimage.label(mask)
+            sizes = ndimage.sum(mask, labels, range(1, count + 1))
+            mask = labels == (int(np.argmax(sizes)) + 1)
+        found = float(mask.mean()) >= settings.min_area
+        if not found:
+            mask = np.zeros_like(mask)
+        painted = np.asarray(source).copy()  # [H, W, 3]
+        painted[mask] = colour
+        message = f"found: {float(mask.mean()):.1%} of the image" if found else "nothing matching the query was found"
+        results.append(QueryResult(query, "", Image.fromarray(painted), mask, found, message))
+    return results
+
+
+# The mode -------------------------------------------------------------------------------------------------
 def run(ctx: ModeContext, request: SegmentRequest) -> list[Generated]:
-    # 1. Check inputs and load the editing pipeline.
-    assert request.image is not None
-    source_full = request.image.convert("RGB")
-    loaded = ctx.manager.get(request.checkpoint or ctx.default_checkpoint(), "edit")
-    pipe = loaded.pipe
-    pipe.scheduler = make_scheduler("Euler", loaded.arch, pipe.scheduler.config)
-    template = request.template or template_for(type(pipe).__name__)
-    colour = HIGHLIGHT_COLOURS[request.highlight]
-    size = working_size(loaded.arch, source_full)
-    source = source_full.resize(size, Image.LANCZOS)
+    # 1. Check inputs and pick the model.
+    if request.image is None:
+        raise ValueError("image: an image to segment is required")
+    source = request.image.convert("RGB")
+    queries = request.queries
+    name = request.checkpoint or default_model(ctx.manager)
     settings = MaskSettings(change_threshold=request.threshold, keep_largest=request.keep_largest)
     seed = resolve_seed(request.seed)
+    job = ctx.job
+    job.update(batch_total=len(queries))
 
-    # 2. One edit and one mask per query.
-    results: list[Generated] = []
-    masks: list[np.ndarray] = []
-    queries = request.queries
-    ctx.job.update(batch_total=len(queries))
-    for index, query in enumerate(queries):
-        ctx.job.check_interrupt()
-        ctx.job.update(batch_index=index)
-        prompt = template.format(query=query, colour=request.highlight)
-        edited = pipe(**edit_arguments(pipe, source, prompt, request), generator=generators([seed]),
-                      callback_on_step_end=ctx.callback(loaded.arch, request.steps), output_type="pil").images[0]
-        mask = extract_mask(source, edited, colour, settings)
-        # 3. Back to the source size.
-        full_mask = np.asarray(mask.image().resize(source_full.size, Image.NEAREST)) > 127
-        masks.append(full_mask)
-        mask_image = Image.fromarray((full_mask * 255).astype(np.uint8), mode="L")
-        results.append(Generated(edited, seed, {"Query": query, "Found": mask.found},
-                                 {"query": query, "found": mask.found, "message": mask.message, "mask": mask_image,
-                                  "cutout": cutout(source_full, full_mask), "prompt": prompt}))
-    # 4. A combined overlay with one colour per query.
-    if results:
-        results[0].payload["overlay"] = overlay(source_full, masks)
-    return results
+    # 2. One mask per query: from a text-prompted segmenter, or one edit per query.
+    segmenter_entry = ctx.manager.find_segmenter(name)
+    if segmenter_entry is not None:
+        if request.highlight not in HIGHLIGHT_COLOURS:
+            raise ValueError(f"highlight: must be one of {', '.join(HIGHLIGHT_COLOURS)}")
+        loaded = ctx.manager.get_segmenter(segmenter_entry.name)
+        job.update(step=0, total_steps=1)
+        probs = probabilities(segmenter_entry.kind, loaded.model, loaded.processor, source, queries, loaded.device)
+        job.update(step=1)
+        results = segment_with_probabilities(source, queries, probs, request.mask_threshold, request.highlight,
+                                             settings)
+        model_name, method = segmenter_entry.name, segmenter_entry.label.rsplit("(", 1)[1].rstrip(")")
+        template = ""
+    else:
+        loaded_pipe = ctx.manager.get(name, "edit")
+        pipe = loaded_pipe.pipe
+        pipe_class = type(pipe).__name__
+        check_can_edit(pipe)
+        check_highlight(pipe_class, request.highlight)
+        pipe.scheduler = make_scheduler("Euler", loaded_pipe.arch, pipe.scheduler.config)
+        template = request.template or template_for(pipe_class)
+        results = []
+        for index, query in enumerate(queries):
+            job.check_interrupt()
+            job.update(batch_index=index)
+            results.append(segment_query(pipe, loaded_pipe.arch, source, query, template=template,
+                                         highlight=request.highlight, steps=request.steps,
+                                         cfg_scale=request.cfg_scale, seed=seed, settings=settings,
+                                         callback=ctx.callback(loaded_pipe.arch, request.steps)))
+            if job.interrupt_requested:
+                break
+        model_name, method = loaded_pipe.entry.name, "generative"
+
+    # 3. Outputs: the edit (saved with its infotext), the mask, the cutout; one overlay for all queries.
+    generated = []
+    for r in results:
+        extra = {"Query": r.query, "Found": r.found, "Segmentation": method, "Highlight": request.highlight,
+                 "Model": model_name}
+        if template:
+            extra["Template"] = template
+        mask_image = Image.fromarray((r.mask * 255).astype(np.uint8), mode="L")
+        generated.append(Generated(r.edited, seed, extra, {
+            "query": r.query, "found": r.found, "message": r.message, "mask": mask_image,
+            "cutout": cutout(source, r.mask), "prompt": r.prompt, "changed_share": round(r.changed_share, 4),
+            "model": model_name, "method": method}))
+    if generated:
+        generated[0].payload["overlay"] = overlay(source, [r.mask for r in results])
+    return generated
