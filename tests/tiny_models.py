@@ -30,7 +30,8 @@ __all__ = [
     "make_tiny_sd1", "make_tiny_sd2", "make_tiny_sdxl", "make_tiny_sd3", "make_tiny_flux", "make_tiny_zimage",
     "make_tiny_qwenimage", "save_sd1_single_file", "save_sd2_single_file", "save_sdxl_single_file", "save_vae_single_file", "save_zimage_single_file",
     "make_header_only_safetensors", "tiny_clip_tokenizer", "tiny_t5_tokenizer", "tiny_qwen_tokenizer",
-    "TINY_BUILDERS",
+    "TINY_BUILDERS", "make_tiny_instruct_pix2pix", "make_tiny_flux_kontext", "make_tiny_qwenimage_edit",
+    "make_tiny_clipseg", "EDIT_BUILDERS",
 ]
 
 TINY_CLIP_MERGES = 300  # 814-token CLIP vocabulary: common English fragments still merge
@@ -543,3 +544,122 @@ def make_header_only_safetensors(path: Path, keys_shapes: dict[str, tuple[int, .
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
     return Path(path)
+
+
+# --------------------------------------------------------------------------------------------- editing and segmentation
+def make_tiny_instruct_pix2pix(folder: Path, seed: int = 0) -> Path:
+    """Tiny InstructPix2Pix (SD 1.x layout): the UNet takes 8 channels (noisy latents + the source's latents)."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = Path(folder)
+    tokenizer = tiny_clip_tokenizer(folder / "_tokenizer_src")
+    with _seeded(seed):
+        unet = UNet2DConditionModel(
+            sample_size=16, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, norm_num_groups=8,
+            attention_head_dim=8)
+    with _seeded(seed + 1):
+        text_encoder = CLIPTextModel(_clip_text_config(tokenizer, 32)).eval()
+    scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=_sd_vae(seed + 2), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    _save(pipe, folder)
+    _remove_tree(folder / "_tokenizer_src")
+    return folder
+
+
+def make_tiny_flux_kontext(folder: Path, seed: int = 0) -> Path:
+    """Tiny FLUX.1 Kontext: the tiny Flux.1 components in a FluxKontextPipeline (source tokens join the sequence)."""
+    from diffusers import FluxKontextPipeline, FluxPipeline
+
+    folder = Path(folder)
+    base = make_tiny_flux(folder.with_name(folder.name + "-base"), seed)
+    pipe = FluxKontextPipeline.from_pipe(FluxPipeline.from_pretrained(str(base), local_files_only=True))
+    _save(pipe, folder)
+    _remove_tree(base)
+    return folder
+
+
+def make_tiny_qwenimage_edit(folder: Path, seed: int = 0) -> Path:
+    """Tiny Qwen-Image-Edit: the tiny Qwen-Image parts plus a Qwen2-VL processor that sees the source image.
+
+    The processor caps the vision input at 64x64 pixels (the pipeline hands it a ~1024x1024 copy of the source),
+    and the VAE downsamples 8x, so a CPU run stays small.
+    """
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline,
+                           QwenImageTransformer2DModel)
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor,
+                              Qwen2VLProcessor)
+
+    tokenizer = tiny_qwen_tokenizer(chat_template=False)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|vision_start|>",
+                                                                "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]})
+    image_processor = Qwen2VLImageProcessor(patch_size=2, temporal_patch_size=2, merge_size=1, min_pixels=16 * 16,
+                                            max_pixels=32 * 32)
+    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=_CHAT_TEMPLATE)
+    with _seeded(seed):
+        transformer = QwenImageTransformer2DModel(
+            patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+    with _seeded(seed + 1):
+        vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                     temperal_downsample=[False, True, True], latents_mean=[0.0] * 4,
+                                     latents_std=[1.0] * 4)
+    vocab = len(tokenizer)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                                                           "<|video_pad|>")}
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "vocab_size": vocab, "max_position_embeddings": 4096,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                     "rope_theta": 1000000.0, "bos_token_id": None,
+                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+                       "out_hidden_size": 16, "patch_size": 2, "spatial_merge_size": 1, "temporal_patch_size": 2},
+        hidden_size=16, vocab_size=vocab, vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"], image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"], bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    with _seeded(seed + 2):
+        text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                max_shift=0.9, base_image_seq_len=256, max_image_seq_len=8192)
+    pipe = QwenImageEditPipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                                 tokenizer=tokenizer, processor=processor)
+    return _save(pipe, folder)
+
+
+def make_tiny_clipseg(folder: Path, seed: int = 0) -> Path:
+    """Tiny CLIPSeg (transformers): 64x64 input in 8x8 patches, a 2-layer text and vision tower, its processor."""
+    from transformers import (CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer,
+                              ViTImageProcessor)
+
+    folder = Path(folder)
+    tokenizer: CLIPTokenizer = tiny_clip_tokenizer(folder / "_tokenizer_src")
+    text = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+              "image_size": 64, "patch_size": 8}
+    config = CLIPSegConfig(text_config=text, vision_config=vision, projection_dim=16, extract_layers=[1, 2],
+                           reduce_dim=16, decoder_num_attention_heads=2, decoder_intermediate_size=32,
+                           conditional_layer=0)
+    with _seeded(seed):
+        model = CLIPSegForImageSegmentation(config).eval()
+    image_processor = ViTImageProcessor(size={"height": 64, "width": 64}, image_mean=[0.485, 0.456, 0.406],
+                                        image_std=[0.229, 0.224, 0.225])
+    processor = CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    processor.save_pretrained(str(folder))
+    _remove_tree(folder / "_tokenizer_src")
+    return folder
+
+
+EDIT_BUILDERS = {
+    "instruct-pix2pix": make_tiny_instruct_pix2pix, "flux-kontext": make_tiny_flux_kontext,
+    "qwenimage-edit": make_tiny_qwenimage_edit,
+}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from webui.engine.context import Generated
-from webui.extensions import API_VERSION, ExtensionAPI
+from webui.extensions import API_VERSION, ExtensionAPI, ExtensionInputs, PipelineCall, PipelineWrapper
 from webui.requests import (
     GenerationRequest,
     Img2ImgRequest,
@@ -37,10 +37,13 @@ __all__ = [
     "AfterGenerate",
     "BeforeGenerate",
     "ExtensionAPI",
+    "ExtensionInputs",
     "GenerationRequest",
     "Generated",
     "Img2ImgRequest",
     "InpaintRequest",
+    "PipelineCall",
+    "PipelineWrapper",
     "RequestError",
     "ScriptRun",
     "SegmentRequest",

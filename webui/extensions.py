@@ -5,9 +5,11 @@ types it passes around; this module is its implementation. An extension is a fol
 `extension.json` manifest (`{"name": ..., "version": ..., "description": ..., "api_version": 1,
 "entry": "extension.py"}`) and an entry module that defines `setup(api: ExtensionAPI) -> None`. Through `api`
 it can add a UI tab or an accordion to a mode's tab, change requests before generation, post-process images
-after, add API routes and API scripts, add samplers, add preprocessors and read settings. `API_VERSION`
-changes only when something here breaks; an extension that asks for another version is refused with a
-message instead of failing later.
+after, add API routes and API scripts, add samplers, add preprocessors and read settings. It can also take
+per-request arguments (the API's `alwayson_scripts`, its accordion's controls) and wrap each diffusers
+pipeline call a mode makes (swap the pipeline, add call arguments), which is how the bundled ControlNet
+extension works. `API_VERSION` changes only when something here breaks; an extension that asks for another
+version is refused with a message instead of failing later.
 
 Loading is isolated: an extension that raises during import or `setup` is recorded with its error and every
 other extension and Easel itself go on.
@@ -22,7 +24,7 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
     from webui.app import Easel
@@ -31,6 +33,16 @@ log = logging.getLogger(__name__)
 
 API_VERSION = 1
 MANIFEST = "extension.json"
+
+# Top-level paths Easel, its API and Gradio use: no extension may claim `/<name>/` over them.
+RESERVED_ROUTE_NAMES = frozenset({
+    "sdapi", "extensions", "docs", "redoc", "openapi.json", "internal", "file", "gradio_api", "assets", "static",
+    "config", "info", "queue", "upload", "login", "logout", "theme.css", "heartbeat", "manifest.json", "svelte",
+    "custom_component", "proxy", "stream", "monitoring", "favicon.ico", "user", "token", "app_id", "startup-events",
+})
+# Extra folders the launch flags add to each kind of model folder (see `ExtensionAPI.model_folders`).
+MODEL_FOLDER_FLAGS = {"Stable-diffusion": "ckpt_dirs", "Lora": "lora_dirs", "VAE": "vae_dirs",
+                      "ControlNet": "controlnet_dirs", "ESRGAN": "esrgan_dirs"}
 
 
 @dataclass(frozen=True)
@@ -58,11 +70,50 @@ class Manifest:
 
 
 @dataclass
+class ExtensionInputs:
+    """What an accordion's `build()` returns when its controls take part in generation.
+
+    On Generate the UI reads the values of `components` (in order), calls `to_args(*values)` and passes the result
+    through the extension's request-argument parser (`ExtensionAPI.add_request_args`), exactly as the API does
+    with `alwayson_scripts[<name>]["args"]`; hooks then find it in `request.extension_args[<name>]`.
+    """
+
+    components: list[Any]  # gradio components inside the accordion
+    to_args: Callable[..., Any]
+
+
+@dataclass
 class UIContribution:
     title: str
-    build: Callable[[], None]  # called inside a gr.Tab / gr.Accordion context
+    build: Callable[[], "ExtensionInputs | None"]  # called inside a gr.Tab / gr.Accordion context
     mode: str | None = None  # for accordions: "txt2img", "img2img", "inpaint", "segment"
     extension: str = ""
+
+
+@dataclass(frozen=True)
+class PipelineCall:
+    """One diffusers pipeline call a mode is about to make, as a pipeline wrapper sees it.
+
+    `kwargs` are the call's arguments in the form this pipeline takes: prompt (or prompt embeddings), guidance,
+    `num_inference_steps`, `generator`, `callback_on_step_end`, `output_type`, and per task `width`/`height`
+    (txt2img), `image` + `strength` (img2img) or `image` + `mask_image` + `strength` + `width`/`height`
+    (inpaint). Treat it as read-only and hand a changed copy on with `replace(kwargs={...})`.
+    """
+
+    request: Any  # the GenerationRequest being run (its `extension_args` hold per-request extension arguments)
+    task: str  # "txt2img", "img2img" or "inpaint": what this call does (a hires fix pass is "img2img")
+    arch: str  # model family: "sd1", "sd2", "sdxl", "sd3", "flux", "zimage", "qwenimage", "easel"
+    checkpoint: str  # the loaded checkpoint's name
+    pipe: Any  # the diffusers pipeline about to be called
+    kwargs: dict[str, Any]
+
+    def replace(self, **changes: Any) -> "PipelineCall":
+        return dataclasses.replace(self, **changes)
+
+
+# `wrapper(call, run) -> output`: do what is needed, call `run(call)` (or `run(call.replace(...))`) once and
+# return its output. Wrappers nest in registration order (the first registered is outermost).
+PipelineWrapper = Callable[[PipelineCall, Callable[[PipelineCall], Any]], Any]
 
 
 @dataclass
@@ -97,6 +148,32 @@ class Registry:
     routes: list[RouteContribution] = field(default_factory=list)
     preprocessors: dict[str, Callable[..., Any]] = field(default_factory=dict)
     scripts: dict[str, ScriptContribution] = field(default_factory=dict)  # by lower-case name
+    request_args: dict[str, Callable[[Any], Any]] = field(default_factory=dict)  # extension name -> parser
+
+    def parse_request_args(self, scripts: Mapping[str, Any] | None) -> dict[str, Any]:
+        """`request.extension_args` from AUTOMATIC1111's `alwayson_scripts` form or an accordion's values.
+
+        Keys name an extension, in any case ("ControlNet" finds "controlnet"); a value is either
+        `{"args": [...]}` (the API form) or the arguments themselves. Raises `RequestError` naming
+        `alwayson_scripts.<key>` for a name no loaded extension accepts, or when the extension's parser rejects
+        its arguments (its message says which).
+        """
+        from webui.requests import RequestError
+
+        parsed: dict[str, Any] = {}
+        by_lower = {name.lower(): name for name in self.request_args}
+        for key, value in (scripts or {}).items():
+            name = by_lower.get(str(key).lower())
+            if name is None:
+                known = ", ".join(sorted(self.request_args)) or "none"
+                raise RequestError(f"alwayson_scripts.{key}", f"no loaded extension takes arguments under this "
+                                                              f"name (these do: {known})")
+            raw = value["args"] if isinstance(value, Mapping) and "args" in value else value
+            try:
+                parsed[name] = self.request_args[name](raw)
+            except (ValueError, TypeError) as exc:
+                raise RequestError(f"alwayson_scripts.{key}", str(exc)) from None
+        return parsed
 
 
 class ExtensionAPI:
@@ -115,8 +192,12 @@ class ExtensionAPI:
         """Add a top-level UI tab; `build()` creates Gradio components inside it."""
         self._registry.tabs.append(UIContribution(title, build, None, self.name))
 
-    def add_accordion(self, mode: str, title: str, build: Callable[[], None]) -> None:
-        """Add an accordion to a mode's tab ("txt2img", "img2img", "inpaint", "segment")."""
+    def add_accordion(self, mode: str, title: str, build: Callable[[], ExtensionInputs | None]) -> None:
+        """Add an accordion to a mode's tab ("txt2img", "img2img", "inpaint", "segment").
+
+        `build()` creates Gradio components inside it; when their values should reach generation it returns
+        `ExtensionInputs` (see there), else None.
+        """
         if mode not in ("txt2img", "img2img", "inpaint", "segment"):
             raise ValueError(f"mode: unknown tab {mode!r}")
         self._registry.accordions.append(UIContribution(title, build, mode, self.name))
@@ -130,11 +211,34 @@ class ExtensionAPI:
         self._easel.engine.after_generate.append(hook)
 
     def add_route(self, path: str, endpoint: Callable[..., Any], methods: list[str] | None = None) -> None:
-        """Add an HTTP route; it must live under `/extensions/<name>/`."""
-        prefix = f"/extensions/{self.name}/"
-        if not path.startswith(prefix):
-            raise ValueError(f"path: extension routes must start with {prefix}")
+        """Add an HTTP route under `/extensions/<name>/`, or under `/<name>/` (where AUTOMATIC1111 extensions
+        put theirs, e.g. `/controlnet/model_list`) unless that name is one of Easel's own top-level paths."""
+        prefixes = [f"/extensions/{self.name}/"]
+        if self.name.lower() not in RESERVED_ROUTE_NAMES:
+            prefixes.append(f"/{self.name}/")
+        if not any(path.startswith(prefix) for prefix in prefixes):
+            raise ValueError(f"path: extension routes must start with {' or '.join(prefixes)}")
         self._registry.routes.append(RouteContribution(path, endpoint, methods or ["GET"], self.name))
+
+    def add_request_args(self, parse: Callable[[Any], Any]) -> None:
+        """Take per-request arguments under this extension's name.
+
+        Clients send them as `alwayson_scripts: {"<name>": {"args": [...]}}` (AUTOMATIC1111's form, name in any
+        case) and the extension's accordion returns them through `ExtensionInputs`. `parse(raw)` checks and
+        converts them before the job is queued, raising ValueError with a message that names the bad key (the
+        API answers 422, the UI shows it); hooks and pipeline wrappers read the result as
+        `request.extension_args["<name>"]`. Requests made in code may carry unparsed arguments there, so hooks
+        should accept both.
+        """
+        self._registry.request_args[self.name] = parse
+
+    def wrap_pipeline(self, wrapper: PipelineWrapper) -> None:
+        """Run `wrapper(call, run)` around every diffusers pipeline call the txt2img, img2img and inpaint modes
+        make (see `PipelineCall`): it may hand `run` another pipeline built from `call.pipe`'s components (with
+        `from_pipe`) and other call arguments. A wrapper with nothing to do returns `run(call)`; one that raises
+        fails the job with its message (a `ValueError` whose message starts with `field: ` is the client's
+        mistake, a 4xx in the API)."""
+        self._easel.engine.pipeline_wrappers.append(wrapper)
 
     def add_sampler(self, name: str, scheduler_class: str, overrides: dict[str, Any] | None = None) -> None:
         """Offer a diffusers scheduler under a sampler name for SD-family models."""
@@ -143,8 +247,18 @@ class ExtensionAPI:
         DIFFUSION_SAMPLERS[name] = (scheduler_class, dict(overrides or {}))
 
     def add_preprocessor(self, name: str, fn: Callable[..., Any]) -> None:
-        """Register an image preprocessor (PIL image in, PIL image out) by name."""
+        """Register an image preprocessor (PIL image in, PIL image out) by name.
+
+        It may take keyword options: `resolution` (the working size of its shorter side), `threshold_a` and
+        `threshold_b` (each preprocessor's own two parameters, as in AUTOMATIC1111's ControlNet).
+        """
         self._registry.preprocessors[name] = fn
+
+    def preprocessors(self) -> Mapping[str, Callable[..., Any]]:
+        """Every preprocessor registered so far, by name (read-only)."""
+        from types import MappingProxyType
+
+        return MappingProxyType(self._registry.preprocessors)
 
     def add_script(self, name: str, run: Callable[[Any, list[Any]], Any],
                    modes: tuple[str, ...] = ("txt2img", "img2img"), args: tuple[str, ...] = ()) -> None:
@@ -163,6 +277,17 @@ class ExtensionAPI:
     def setting(self, key: str) -> Any:
         """Read one user setting (see the Settings tab)."""
         return getattr(self._easel.settings.user, key)
+
+    def model_folders(self, kind: str) -> list[Path]:
+        """Folders holding one kind of model: `models/<kind>/` in the data folder, then the extra folders given
+        by launch flags (`--controlnet-dir` for "ControlNet", `--esrgan-models-path` for "ESRGAN", ...)."""
+        settings = self._easel.settings
+        extra = getattr(settings, MODEL_FOLDER_FLAGS.get(kind, ""), None) or []
+        return [settings.models_dir / kind, *[Path(p) for p in extra]]
+
+    def file_hash(self, path: Path) -> str:
+        """The SHA-256 (hex) of a file, remembered on disk like checkpoint hashes, so each version is read once."""
+        return self._easel.manager.hashes.sha256(Path(path))
 
 
 @dataclass

@@ -5,8 +5,9 @@
 which FastAPI runs in its thread pool, so the event loop keeps answering `/progress` and `/interrupt` while a
 job runs. Every error leaves as JSON `{"error", "detail", "field"}` (AUTOMATIC1111 clients read `detail`): bad
 input is a 4xx naming the field, a full queue a 503, and only a failure inside the pipeline a 500. Bodies and
-decoded images have size limits. When the UI is protected with `--gradio-auth`, the API asks for the same
-logins through HTTP Basic authentication.
+decoded images have size limits. With `--api-auth`, or when the UI is protected with `--gradio-auth` /
+`--gradio-auth-path`, every route here (and every extension route) asks for a login through HTTP Basic
+authentication, and an address that keeps failing is made to wait (`webui.security.LoginThrottle`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import io
 import json
 import logging
 import os
-import secrets
 import threading
 import time
 import warnings
@@ -31,7 +31,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel
 
 from webui import __version__
+from webui.api.compat import (
+    LATENT_UPSCALE_MODES,
+    add_docs,
+    embeddings_info,
+    lora_info,
+    memory_info,
+    script_info,
+    upscaler_info,
+)
 from webui.api.schemas import (
+    ExtrasSingleImageRequest,
     PNGInfoRequest,
     StableDiffusionImg2ImgProcessingAPI,
     StableDiffusionTxt2ImgProcessingAPI,
@@ -40,9 +50,13 @@ from webui.api.schemas import (
 )
 from webui.engine.images import binarize, mask_to_l
 from webui.engine.samplers import resolve_sampler, sampler_names
+from webui.engine.tasks import UnloadRequest, UpscaleRequest
+from webui.engine.upscalers import NONE, UpscalerNotFoundError
 from webui.engine.worker import Job, JobResult, JobState, QueueFullError
 from webui.infotext import parse_infotext, png_bytes, read_png_parameters
+from webui.model_manager.errors import ModelNotFoundError
 from webui.requests import GenerationRequest, Img2ImgRequest, InpaintRequest, RequestError, Txt2ImgRequest
+from webui.security import LoginThrottle, check_password, login_throttle, too_many_failures_message
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +137,8 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
                                                   "field": first["field"], "errors": problems})
 
 
-def _route_class(max_body_bytes: int, logins: list[tuple[str, str]]) -> type[APIRoute]:
+def _route_class(max_body_bytes: int, logins: list[tuple[str, str]],
+                 throttle: LoginThrottle | None = None) -> type[APIRoute]:
     """Routes that check logins and the body size, and turn every error into the JSON above.
 
     Done per route rather than as app middleware or exception handlers, because the Gradio app has already
@@ -136,7 +151,7 @@ def _route_class(max_body_bytes: int, logins: list[tuple[str, str]]) -> type[API
 
             async def guarded(request: Request) -> Response:
                 try:
-                    check_login(request, logins)
+                    check_login(request, logins, throttle)
                     await read_body(request, max_body_bytes)
                     return await handler(request)
                 except RequestValidationError as exc:
@@ -156,25 +171,48 @@ def _route_class(max_body_bytes: int, logins: list[tuple[str, str]]) -> type[API
     return EaselRoute
 
 
-def check_login(request: Request, logins: list[tuple[str, str]]) -> None:
+def job_failure(job: Job, what: str, field_name: str | None = None) -> ApiError:
+    """A failed job as an API error: bad input found while running is the client's (4xx), the rest is ours."""
+    exc = job.exception
+    if isinstance(exc, RequestError):
+        return ApiError(422, exc.field, exc.message, "RequestError")
+    if isinstance(exc, ModelNotFoundError):
+        return ApiError(404, field_name, str(exc), "NotFound")
+    if isinstance(exc, ValueError):
+        name, sep, message = str(exc).partition(": ")
+        if sep and name.replace("_", "").isalnum():
+            return ApiError(422, name, message, "RequestError")
+        return ApiError(422, field_name, str(exc), "RequestError")
+    return ApiError(500, None, f"{what}: {job.error or 'unknown error'}", "JobFailed")
+
+
+def check_login(request: Request, logins: list[tuple[str, str]], throttle: LoginThrottle | None = None) -> None:
+    """HTTP Basic against `logins` (compared in constant time); an address that failed too often gets a 429
+    before its credentials are even looked at."""
     if not logins:
         return
     challenge = {"WWW-Authenticate": 'Basic realm="Easel API"'}
+    address = request.client.host if request.client else "unknown"
+    wait = throttle.retry_after(address) if throttle is not None else 0.0
+    if wait > 0:
+        raise ApiError(429, None, too_many_failures_message(wait), "TooManyRequests",
+                       {"Retry-After": str(max(1, round(wait)))})
     header = request.headers.get("authorization", "")
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic" or not encoded:
-        raise ApiError(401, None, "this API needs a login (HTTP Basic, the --gradio-auth credentials)",
-                       "Unauthorized", challenge)
+        raise ApiError(401, None, "this API needs a login (HTTP Basic: the --api-auth login, else a --gradio-auth "
+                                  "one)", "Unauthorized", challenge)
     try:
         user, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ApiError(401, None, "malformed Authorization header", "Unauthorized", challenge) from None
-    ok = False
-    for known_user, known_password in logins:  # compare every pair in constant time
-        ok |= secrets.compare_digest(user.encode(), known_user.encode()) & \
-              secrets.compare_digest(password.encode(), known_password.encode())
-    if not ok:
-        raise ApiError(401, None, "wrong user name or password", "Unauthorized", challenge)
+        user = password = None
+    if user is None or password is None or not check_password(user, password, logins):
+        if throttle is not None:
+            throttle.failed(address)
+        message = "malformed Authorization header" if user is None else "wrong user name or password"
+        raise ApiError(401, None, message, "Unauthorized", challenge)
+    if throttle is not None:
+        throttle.succeeded(address)
 
 
 async def read_body(request: Request, limit: int) -> None:
@@ -254,6 +292,7 @@ class ApiDefaults:
 
     clip_skip: int = 1
     vae: str = "Automatic"
+    unloaded: str | None = None  # the checkpoint /unload-checkpoint dropped, for /reload-checkpoint
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -281,11 +320,13 @@ def _flag(value: Any, name: str) -> bool:
 
 
 # The API ----------------------------------------------------------------------------------------------
-def create_api(app: FastAPI, easel: Any, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> None:
     """Add the /sdapi/v1 routes for this Easel to `app`."""
     manager, engine, settings = easel.manager, easel.engine, easel.settings
     defaults = ApiDefaults()
-    route_class = _route_class(max_body_bytes, settings.auth_pairs())
+    if max_body_bytes is None:
+        max_body_bytes = getattr(settings, "max_upload_bytes", MAX_BODY_BYTES)
+    route_class = _route_class(max_body_bytes, settings.api_auth_pairs(), login_throttle(easel.extras))
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], route_class=route_class)
 
     # Helpers over this Easel ---------------------------------------------------------------------------
@@ -360,10 +401,13 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int = MAX_BODY_BYTES) -
         values["vae"] = check_vae(override["sd_vae"], "sd_vae") if "sd_vae" in override else vae
         if cls is Txt2ImgRequest:
             apply_hires_size(body, values)
+            if values.get("enable_hr"):
+                values["hr_upscaler"] = check_upscaler(values.get("hr_upscaler", "Lanczos"), "hr_upscaler", True)
         if cls is InpaintRequest:
             if "mask_blur" not in body.model_fields_set and (body.mask_blur_x or body.mask_blur_y):
                 values["mask_blur"] = max(body.mask_blur_x or 0, body.mask_blur_y or 0)
             check_mask(values.get("mask"), bool(values.get("inpainting_mask_invert")))
+        values["extension_args"] = easel.registry.parse_request_args(body.alwayson_scripts)
         api_cls = API_REQUEST_TYPES[cls]
         request = api_cls(**values, save_images=bool(body.save_images))
         return request, entry
@@ -377,17 +421,92 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int = MAX_BODY_BYTES) -
                 return
             values["hr_scale"] = max(rx / width, ry / height)
 
+    def check_upscaler(name: Any, field_name: str, hires: bool = False) -> str:
+        if not isinstance(name, str):
+            raise ApiError(422, field_name, f"must be an upscaler name, got {name!r}")
+        try:
+            return engine.upscalers.check_hires(name) if hires else engine.upscalers.find(name).name
+        except UpscalerNotFoundError as exc:
+            raise ApiError(422, field_name, str(exc)) from None
+
+    def script_requests(body: BaseModel, request: GenerationRequest) -> list[GenerationRequest]:
+        """The request(s) an installed API script makes of this one (`script_name`, `script_args`)."""
+        name = (body.script_name or "").strip()
+        if not name:
+            return [request]
+        mode = "txt2img" if isinstance(request, Txt2ImgRequest) else "img2img"
+        script = easel.registry.scripts.get(name.lower())
+        if script is None or mode not in script.modes:
+            known = [s.name for s in easel.registry.scripts.values() if mode in s.modes]
+            raise ApiError(422, "script_name", f"no {mode} script named {name!r}; installed: "
+                                               f"{', '.join(known) or 'none'}")
+        try:
+            made = script.run(request, list(body.script_args or []))
+        except (ValueError, TypeError) as exc:
+            raise ApiError(422, "script_args", f"{script.name}: {exc}") from None
+        made = request if made is None else made
+        items = made if isinstance(made, list) else [made]
+        if not items or not all(isinstance(item, GenerationRequest) for item in items):
+            raise ApiError(500, "script_name", f"the script {script.name!r} (extension {script.extension}) did "
+                                               "not return a request or a list of requests", "ScriptFailed")
+        return items
+
     def run(body: BaseModel, cls: type[GenerationRequest], include_images: bool = False) -> dict[str, Any]:
         request, entry = build_request(body, cls)
-        job = engine.submit(request, source="api")
-        log.info("API %s job %s queued at %d", request.mode, job.id, engine.worker.position(job))
-        job.wait()
-        return generation_response(body, request, entry, job, include_images)
+        previous = manager.current()
+        jobs = [engine.submit(item, source="api") for item in script_requests(body, request)]
+        for job in jobs:
+            log.info("API %s job %s queued at %d", request.mode, job.id, engine.worker.position(job))
+        for job in jobs:
+            job.wait()
+        after_overrides(body, entry, previous)
+        return generation_response(body, request, entry, jobs[0] if len(jobs) == 1 else merged(request, jobs),
+                                   include_images)
+
+    def merged(request: GenerationRequest, jobs: list[Job]) -> Job:
+        """One finished job holding every image of a script's jobs (the first failure, if any)."""
+        failed = next((job for job in jobs if job.state == JobState.FAILED), None)
+        if failed is not None:
+            return failed
+        combined = Job(request, "api")
+        result = JobResult()
+        for job in jobs:
+            part = job.result or JobResult()
+            result.images += part.images
+            result.infotexts += part.infotexts
+            result.seeds += part.seeds
+            result.paths += part.paths
+            result.info = result.info or dict(part.info)
+        interrupted = any(job.state == JobState.INTERRUPTED for job in jobs)
+        combined.update(result=result, started=jobs[0].started, finished=jobs[-1].finished,
+                        state=JobState.INTERRUPTED if interrupted else JobState.DONE)
+        return combined
+
+    def after_overrides(body: BaseModel, entry: Any, previous: Any) -> None:
+        """override_settings_restore_afterwards: put the model back (true, the default) or keep the overrides for
+        later requests (false)."""
+        override = body.override_settings or {}
+        if not override:
+            return
+        if body.override_settings_restore_afterwards is False:
+            with defaults.lock:
+                if "CLIP_stop_at_last_layers" in override:
+                    defaults.clip_skip = _whole_number(override["CLIP_stop_at_last_layers"],
+                                                       "CLIP_stop_at_last_layers", 1, 12)
+                if "sd_vae" in override:
+                    defaults.vae = check_vae(override["sd_vae"], "sd_vae")
+            return
+        if "sd_model_checkpoint" in override and previous is not None and previous.name != entry.name:
+            with defaults.lock:
+                vae_now = defaults.vae
+            job = engine.load(previous.name, None if vae_now == "Automatic" else vae_now, source="api")
+            if job.state == JobState.FAILED:
+                log.warning("API could not restore the model %s after an override: %s", previous.name, job.error)
 
     def generation_response(body: BaseModel, request: GenerationRequest, entry: Any, job: Job,
                             include_images: bool) -> dict[str, Any]:
         if job.state == JobState.FAILED:
-            raise ApiError(500, None, f"generation failed: {job.error or 'unknown error'}", "JobFailed")
+            raise job_failure(job, "generation failed")
         result = job.result or JobResult()
         images = [encode_png(img, text) for img, text in zip(result.images, result.infotexts)] \
             if body.send_images is not False else []
@@ -488,12 +607,26 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int = MAX_BODY_BYTES) -
 
     @router.get("/upscalers")
     def upscalers() -> list[dict[str, Any]]:
-        return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-                for name in ("Lanczos", "Nearest")]
+        """None, Lanczos and Nearest, then the ESRGAN-family models in models/ESRGAN (and --esrgan-models-path)."""
+        return upscaler_info(engine.upscalers.entries())
+
+    @router.get("/latent-upscale-modes")
+    def latent_upscale_modes() -> list[dict[str, Any]]:
+        """Accepted as hires upscalers; Easel upscales in pixel space with the same interpolation."""
+        return [{"name": name} for name in LATENT_UPSCALE_MODES]
 
     @router.get("/scripts")
     def scripts() -> dict[str, list[str]]:
-        return {"txt2img": [], "img2img": []}
+        """The API scripts extensions installed (used with script_name / script_args)."""
+        found: dict[str, list[str]] = {"txt2img": [], "img2img": []}
+        for script in easel.registry.scripts.values():
+            for mode in script.modes:
+                found[mode].append(script.name)
+        return found
+
+    @router.get("/script-info")
+    def scripts_info() -> list[dict[str, Any]]:
+        return script_info(easel.registry.scripts)
 
     @router.get("/options")
     def get_options() -> dict[str, Any]:
@@ -511,6 +644,17 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int = MAX_BODY_BYTES) -
             "show_progress_every_n_steps": user.live_preview_every,
             "live_previews_enable": user.live_preview_every > 0,
             "sd_checkpoint_cache": user.ram_cache_size,
+            "samples_format": "png",
+            "enable_pnginfo": True,
+            "outdir_txt2img_samples": str(settings.outputs_dir / "txt2img-images"),
+            "outdir_img2img_samples": str(settings.outputs_dir / "img2img-images"),
+            "outdir_extras_samples": str(settings.outputs_dir / "extras-images"),
+            "eta_noise_seed_delta": 0,
+            "ESRGAN_tile": engine.upscalers.tile,
+            "ESRGAN_tile_overlap": engine.upscalers.tile_overlap,
+            "upscaler_for_img2img": None,
+            "disabled_extensions": list(user.disabled_extensions),
+            "sd_lora": "None",
         }
 
     @router.post("/options")
@@ -542,7 +686,9 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int = MAX_BODY_BYTES) -
         if entry is not None:
             with defaults.lock:
                 vae_now = defaults.vae
-            manager.get(entry.name, "txt2img", None if vae_now == "Automatic" else vae_now)
+            job = engine.load(entry.name, None if vae_now == "Automatic" else vae_now, source="api")
+            if job.state == JobState.FAILED:
+                raise job_failure(job, "loading the model failed", "sd_model_checkpoint")
             log.info("API switched the model to %s", entry.name)
 
     @router.get("/cmd-flags")
@@ -554,6 +700,9 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int = MAX_BODY_BYTES) -
             "lora_dir": [str(p) for p in settings.lora_dirs], "vae_dir": [str(p) for p in settings.vae_dirs],
             "device": settings.device, "precision": settings.precision, "medvram": settings.medvram,
             "lowvram": settings.lowvram,
+            "enable_insecure_extension_access": settings.enable_insecure_extension_access,
+            "esrgan_models_path": [str(p) for p in settings.esrgan_dirs],
+            "controlnet_dir": [str(p) for p in settings.controlnet_dirs],
         }
 
     # Progress and control ------------------------------------------------------------------------------
@@ -594,6 +743,76 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int = MAX_BODY_BYTES) -
     def skip() -> dict[str, Any]:
         return {"skipped": engine.worker.skip()}
 
+    # LoRAs, embeddings, memory, checkpoint unloading ------------------------------------------------------
+    @router.get("/loras")
+    def loras() -> list[dict[str, Any]]:
+        return lora_info(manager.loras())
+
+    @router.post("/refresh-loras")
+    def refresh_loras() -> None:
+        manager.refresh()
+
+    @router.get("/embeddings")
+    def embeddings() -> dict[str, Any]:
+        return embeddings_info([settings.models_dir / "embeddings"])
+
+    @router.get("/memory")
+    def memory() -> dict[str, Any]:
+        return memory_info(manager.memory_report())
+
+    @router.post("/unload-checkpoint")
+    def unload_checkpoint() -> None:
+        """Free the memory every model holds (queued behind running jobs); /reload-checkpoint loads it again."""
+        current = manager.current()
+        job = engine.submit(UnloadRequest(), source="api")
+        job.wait()
+        if job.state == JobState.FAILED:
+            raise job_failure(job, "unloading failed")
+        if current is not None:
+            with defaults.lock:
+                defaults.unloaded = current.name
+
+    @router.post("/reload-checkpoint")
+    def reload_checkpoint() -> None:
+        """Load the checkpoint that was unloaded (or the current/default one) onto the device."""
+        with defaults.lock:
+            name, vae_now = defaults.unloaded, defaults.vae
+        entry = find_checkpoint(name, "sd_model_checkpoint")
+        job = engine.load(entry.name, None if vae_now == "Automatic" else vae_now, source="api")
+        if job.state == JobState.FAILED:
+            raise job_failure(job, "loading the model failed", "sd_model_checkpoint")
+        with defaults.lock:
+            defaults.unloaded = None
+
+    # Extras: upscaling ---------------------------------------------------------------------------------
+    @router.post("/extra-single-image")
+    def extra_single_image(body: ExtrasSingleImageRequest) -> dict[str, Any]:
+        image = decode_image(body.image, "image", max_image_pixels())
+        for name in ("gfpgan_visibility", "codeformer_visibility"):
+            if (getattr(body, name) or 0) > 0:
+                raise ApiError(422, name, "Easel has no face restoration; send 0")
+        first = check_upscaler(body.upscaler_1 or NONE, "upscaler_1") if (body.upscaler_1 or NONE) != NONE else NONE
+        second = check_upscaler(body.upscaler_2 or NONE, "upscaler_2") if (body.upscaler_2 or NONE) != NONE else NONE
+        visibility = float(body.extras_upscaler_2_visibility or 0.0)
+        if first == NONE and (second == NONE or visibility <= 0):
+            return {"html_info": "", "image": encode_png(image)}  # nothing to do, as in AUTOMATIC1111
+        by_size = body.resize_mode == 1
+        if body.resize_mode not in (None, 0, 1):
+            raise ApiError(422, "resize_mode", f"must be 0 (scale) or 1 (to a size), got {body.resize_mode}")
+        request = UpscaleRequest(image=image, upscaler=first, scale=float(body.upscaling_resize or 2.0),
+                                 width=int(body.upscaling_resize_w or 0) if by_size else 0,
+                                 height=int(body.upscaling_resize_h or 0) if by_size else 0,
+                                 crop=bool(body.upscaling_crop), upscaler_2=second, upscaler_2_visibility=visibility,
+                                 save_images=bool(body.save_images))
+        job = engine.submit(request, source="api")
+        job.wait()
+        if job.state == JobState.FAILED:
+            raise job_failure(job, "upscaling failed")
+        result = job.result or JobResult()
+        if not result.images:
+            raise ApiError(500, None, "upscaling was interrupted", "JobFailed")
+        return {"html_info": result.infotexts[0], "image": encode_png(result.images[0], result.infotexts[0])}
+
     # PNG info ------------------------------------------------------------------------------------------
     @router.post("/png-info")
     def png_info(body: PNGInfoRequest) -> dict[str, Any]:
@@ -604,6 +823,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int = MAX_BODY_BYTES) -
 
     app.include_router(router)
     add_extension_routes(app, easel, route_class)
+    add_docs(app, "Easel")
 
 
 def add_extension_routes(app: FastAPI, easel: Any, route_class: type[APIRoute]) -> None:

@@ -43,10 +43,15 @@ class _ApiBody(BaseModel):
     scheduler: str | None = Field(None, description="Noise schedule: automatic or karras")
     override_settings: dict[str, Any] | None = Field(
         None, description="sd_model_checkpoint, sd_vae and CLIP_stop_at_last_layers for this request only")
-    override_settings_restore_afterwards: bool | None = True
+    override_settings_restore_afterwards: bool | None = Field(
+        True, description="False keeps the override_settings for later requests (and the model loaded)")
+    script_name: str | None = Field(None, description="An installed API script to run (GET /scripts lists them)")
+    script_args: list[Any] | None = Field(None, description="The script's arguments, in order (GET /script-info)")
     send_images: bool | None = Field(True, description="Return the images in the response")
     save_images: bool | None = Field(False, description="Also save the images under outputs/")
     styles: list[str] | None = None  # accepted for compatibility; Easel has no prompt styles
+    alwayson_scripts: dict[str, Any] | None = Field(
+        None, description='Arguments for extensions, by name: {"ControlNet": {"args": [unit, ...]}}')
 
 
 class _Txt2ImgExtras(_ApiBody):
@@ -92,6 +97,28 @@ StableDiffusionImg2ImgProcessingAPI = create_model(
     "StableDiffusionImg2ImgProcessingAPI", __base__=_Img2ImgExtras, __module__=__name__,
     **_api_fields(InpaintRequest))
 StableDiffusionImg2ImgProcessingAPI.__doc__ = "Body of POST /sdapi/v1/img2img; with a mask it inpaints."
+
+
+class ExtrasSingleImageRequest(BaseModel):
+    """Body of POST /sdapi/v1/extra-single-image: upscale one image (AUTOMATIC1111's Extras tab)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    image: str = Field(description="A base64 image (PNG, JPEG or WebP), with or without a data: prefix")
+    resize_mode: int | None = Field(0, description="0 = scale by upscaling_resize, 1 = to upscaling_resize_w x _h")
+    upscaling_resize: float | None = Field(2.0, description="Scale factor (resize_mode 0), 1 to 8")
+    upscaling_resize_w: int | None = Field(512, description="Target width (resize_mode 1)")
+    upscaling_resize_h: int | None = Field(512, description="Target height (resize_mode 1)")
+    upscaling_crop: bool | None = Field(True, description="resize_mode 1: fill the size and crop the overflow")
+    upscaler_1: str | None = Field("None", description="Upscaler name (GET /upscalers); None leaves the image as is")
+    upscaler_2: str | None = Field("None", description="A second upscaler blended over the first")
+    extras_upscaler_2_visibility: float | None = Field(0.0, description="Weight of upscaler_2, 0 to 1")
+    upscale_first: bool | None = Field(False, description="Accepted for compatibility (there is no face restoration)")
+    gfpgan_visibility: float | None = Field(0.0, description="Face restoration is not available: must be 0")
+    codeformer_visibility: float | None = Field(0.0, description="Face restoration is not available: must be 0")
+    codeformer_weight: float | None = Field(0.0, description="Accepted for compatibility")
+    show_extras_results: bool | None = Field(True, description="Accepted for compatibility")
+    save_images: bool | None = Field(False, description="Also save the result under outputs/extras-images")
 
 
 class PNGInfoRequest(BaseModel):

@@ -18,6 +18,7 @@ from webui.engine.prompts import encode_sd, encode_sdxl, strip_emphasis
 from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job
+from webui.extensions import PipelineCall, PipelineWrapper
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import LoadedPipeline, ModelManager
 from webui.requests import GenerationRequest
@@ -69,12 +70,23 @@ class ModeContext:
     job: Job
     preview_every: int = 4
     upscalers: Upscalers | None = None  # hires fix upscales through these
+    pipeline_wrappers: list[PipelineWrapper] = field(default_factory=list)  # extensions', around each pipeline call
 
     def load(self, request: GenerationRequest, mode: str) -> LoadedPipeline:
         loaded = self.manager.get(request.checkpoint or self.default_checkpoint(), mode,
                                   None if request.vae in ("", "Automatic", "None") else request.vae)
         loaded.pipe.scheduler = make_scheduler(request.sampler, loaded.arch, loaded.pipe.scheduler.config)
         return loaded
+
+    def call_pipeline(self, loaded: LoadedPipeline, request: GenerationRequest, task: str, **kwargs: Any) -> Any:
+        """`loaded.pipe(**kwargs)`, run through the extensions' pipeline wrappers (the first registered outermost)."""
+        def innermost(call: PipelineCall) -> Any:
+            return call.pipe(**call.kwargs)
+
+        run: Callable[[PipelineCall], Any] = innermost
+        for wrapper in reversed(self.pipeline_wrappers):
+            run = _wrapped(wrapper, run)
+        return run(PipelineCall(request, task, loaded.arch.value, loaded.entry.name, loaded.pipe, kwargs))
 
     def default_checkpoint(self) -> str:
         current = self.manager.current()
@@ -102,6 +114,10 @@ class ModeContext:
             return {}
 
         return on_step_end
+
+
+def _wrapped(wrapper: PipelineWrapper, run: Callable[[PipelineCall], Any]) -> Callable[[PipelineCall], Any]:
+    return lambda call: wrapper(call, run)
 
 
 def sampler_used(request: GenerationRequest, arch: Arch) -> str:

@@ -8,6 +8,10 @@ against the file's size and modification time: a file is hashed again only after
 A diffusers folder has no single file. Its hash is taken over its main weights, the denoiser: the bytes of the
 `*.safetensors` files in `unet/` or `transformer/` (falling back to `*.bin`), concatenated in file-name order.
 For the usual unsharded folder that is exactly the SHA-256 of `diffusion_pytorch_model.safetensors`.
+
+LoRAs are hashed the way AUTOMATIC1111 hashes them for `Lora hashes:` (kohya's "addnet" hash): the SHA-256 of
+the tensor bytes only, after the 8-byte length and the JSON header, so editing a file's metadata keeps its hash;
+the short form is the first 12 hex digits. `HashCache.sha256(path, payload=True)` computes and remembers it.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SHORT_HASH_LENGTH = 10
+LORA_SHORT_HASH_LENGTH = 12
 _CHUNK = 1 << 20
 
 
@@ -29,6 +34,19 @@ def sha256_file(path: Path | str) -> str:
     """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def safetensors_payload_sha256(path: Path | str) -> str:
+    """Hex SHA-256 of a .safetensors file's tensor bytes (everything after the length prefix and the header)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        prefix = fh.read(8)
+        if len(prefix) < 8:
+            raise ValueError(f"{path}: too short for a safetensors file")
+        fh.seek(8 + int.from_bytes(prefix, "little"))
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -99,9 +117,9 @@ class HashCache:
             json.dump(self._entries, fh, indent=1, sort_keys=True)
         os.replace(tmp, self.path)
 
-    def cached_sha256(self, path: Path) -> str | None:
+    def cached_sha256(self, path: Path, payload: bool = False) -> str | None:
         """The remembered hash if the file is unchanged since it was hashed; never computes."""
-        key = str(Path(path).resolve())
+        key = _key(path, payload)
         try:
             _, size, mtime = _fingerprint(Path(path))
         except (OSError, FileNotFoundError):
@@ -112,18 +130,19 @@ class HashCache:
             return str(entry["sha256"])
         return None
 
-    def sha256(self, path: Path) -> str:
-        """The file's (or folder's) SHA-256, computed only if unknown or the file changed."""
+    def sha256(self, path: Path, payload: bool = False) -> str:
+        """The file's (or folder's) SHA-256, computed only if unknown or the file changed. `payload`: the hash of a
+        .safetensors file's tensor bytes only (AUTOMATIC1111's LoRA hash)."""
         path = Path(path)
-        cached = self.cached_sha256(path)
+        cached = self.cached_sha256(path, payload)
         if cached is not None:
             return cached
         files, size, mtime = _fingerprint(path)
         log.info("hashing %s", path)
-        digest = sha256_files([Path(f) for f in files])
+        digest = safetensors_payload_sha256(path) if payload else sha256_files([Path(f) for f in files])
         with self._lock:
             self.stats["computed"] += 1
-            self._entries[str(path.resolve())] = {"sha256": digest, "size": size, "mtime_ns": mtime}
+            self._entries[_key(path, payload)] = {"sha256": digest, "size": size, "mtime_ns": mtime}
             self._save()
         return digest
 
@@ -134,3 +153,16 @@ class HashCache:
     def cached_short_hash(self, path: Path) -> str | None:
         full = self.cached_sha256(path)
         return full[:SHORT_HASH_LENGTH] if full else None
+
+    def lora_short_hash(self, path: Path) -> str:
+        """AUTOMATIC1111's short LoRA hash: the first 12 hex digits of the tensor-bytes SHA-256."""
+        return self.sha256(path, payload=True)[:LORA_SHORT_HASH_LENGTH]
+
+    def cached_lora_short_hash(self, path: Path) -> str | None:
+        full = self.cached_sha256(path, payload=True)
+        return full[:LORA_SHORT_HASH_LENGTH] if full else None
+
+
+def _key(path: Path, payload: bool) -> str:
+    key = str(Path(path).resolve())
+    return key + "#payload" if payload else key

@@ -140,7 +140,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                                     min_width=40)
             if options is not None:
                 options(controls)
-            build_extension_accordions(ui, mode)
+            extension_inputs = build_extension_accordions(ui, mode)
 
         with gr.Column(scale=1, min_width=300, elem_classes="easel-results"):
             progress = gr.HTML(status_html(None), elem_id=f"{mode}_progress", padding=False)
@@ -165,10 +165,15 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
         if finalize is not None:
             values = finalize(values)
         request = build_request(request_cls, values)
+        if extension_inputs:
+            raw = {name: inputs.to_args(*[by_component.get(c) for c in inputs.components])
+                   for name, inputs in extension_inputs}
+            request = request.replace(extension_args=easel.registry.parse_request_args(raw))
         job = easel.engine.submit(request, source="ui")
         yield from stream_job(ui, job, outputs)
 
-    generate.click(on_generate, inputs=controls.components(),
+    extension_components = {c for _, inputs in extension_inputs for c in inputs.components}
+    generate.click(on_generate, inputs=controls.components() | extension_components,
                    outputs=[progress, preview, gallery, info, result, job_id],
                    concurrency_limit=None, show_progress="hidden")
 
@@ -216,19 +221,26 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
     return tab, outputs
 
 
-def build_extension_accordions(ui: UIContext, mode: str) -> None:
-    """Accordions extensions added to this mode's tab; one that fails is logged and shows its error."""
+def build_extension_accordions(ui: UIContext, mode: str) -> list[tuple[str, Any]]:
+    """Accordions extensions added to this mode's tab; one that fails is logged and shows its error.
+
+    Returns (extension name, `ExtensionInputs`) for each accordion whose controls feed generation requests.
+    """
+    feeding: list[tuple[str, Any]] = []
     for contribution in ui.easel.registry.accordions:
         if contribution.mode != mode:
             continue
         with gr.Accordion(contribution.title, open=False):
             try:
-                contribution.build()
+                inputs = contribution.build()
+                if inputs is not None and getattr(inputs, "components", None):
+                    feeding.append((contribution.extension, inputs))
             except Exception as exc:  # noqa: BLE001 - one broken extension must not stop the UI
                 log.exception("extension %s: its accordion %r failed to build", contribution.extension,
                               contribution.title)
                 gr.Markdown(f"The extension **{contribution.extension}** failed to build this: "
                             f"`{type(exc).__name__}: {exc}`")
+    return feeding
 
 
 def _shared(component: Any, name: str) -> Any:

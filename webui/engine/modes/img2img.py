@@ -20,9 +20,9 @@ def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
 
     # 3. Run.
     def call(gens, batch_size):
-        return loaded.pipe(**prompt_args, image=[init] * batch_size, strength=strength,
-                           num_inference_steps=request.steps, generator=gens,
-                           callback_on_step_end=ctx.callback(loaded.arch, total), output_type="pil").images
+        return ctx.call_pipeline(loaded, request, "img2img", **prompt_args, image=[init] * batch_size,
+                                 strength=strength, num_inference_steps=request.steps, generator=gens,
+                                 callback_on_step_end=ctx.callback(loaded.arch, total), output_type="pil").images
 
     extra = {"Sampler": sampler_used(request, loaded.arch), "Denoising strength": strength}
     return run_batches(ctx, request, loaded, call, extra)

@@ -59,10 +59,10 @@ def run(ctx: ModeContext, request: InpaintRequest) -> list[Generated]:
     total = max(1, int(request.steps * strength))
 
     def call(gens, batch_size):
-        images = loaded.pipe(**prompt_args, image=[work_image] * batch_size, mask_image=[work_mask] * batch_size,
-                             strength=strength, width=work_w, height=work_h, num_inference_steps=request.steps,
-                             generator=gens, callback_on_step_end=ctx.callback(loaded.arch, total),
-                             output_type="pil").images
+        images = ctx.call_pipeline(loaded, request, "inpaint", **prompt_args, image=[work_image] * batch_size,
+                                   mask_image=[work_mask] * batch_size, strength=strength, width=work_w,
+                                   height=work_h, num_inference_steps=request.steps, generator=gens,
+                                   callback_on_step_end=ctx.callback(loaded.arch, total), output_type="pil").images
         return [postprocess(img, original, blend, box) for img in images]
 
     # 4. Paste back through the blurred mask.

@@ -22,9 +22,11 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
     prompt_args = prompt_kwargs(loaded, request)
 
     def call(gens, batch_size):
-        images = pipe(**prompt_args, width=request.width, height=request.height,
-                      num_inference_steps=request.steps, num_images_per_prompt=batch_size, generator=gens,
-                      callback_on_step_end=ctx.callback(loaded.arch, request.steps), output_type="pil").images
+        images = ctx.call_pipeline(loaded, request, "txt2img", **prompt_args, width=request.width,
+                                   height=request.height, num_inference_steps=request.steps,
+                                   num_images_per_prompt=batch_size, generator=gens,
+                                   callback_on_step_end=ctx.callback(loaded.arch, request.steps),
+                                   output_type="pil").images
         if hires and not ctx.job.interrupt_requested and not ctx.job.skip_requested:
             images = second_pass(ctx, request, images, gens)
         return images
@@ -65,7 +67,8 @@ def second_pass(ctx: ModeContext, request: Txt2ImgRequest, images: list[Image.Im
     steps = request.hr_second_pass_steps or request.steps
     strength = request.hr_denoising_strength
     total = max(1, int(steps * strength))
-    out = loaded.pipe(**prompt_kwargs(loaded, request), image=upscaled, strength=strength,
-                      num_inference_steps=steps, generator=[g.manual_seed(g.initial_seed()) for g in gens],
-                      callback_on_step_end=ctx.callback(loaded.arch, total), output_type="pil")
+    out = ctx.call_pipeline(loaded, request, "img2img", **prompt_kwargs(loaded, request), image=upscaled,
+                            strength=strength, num_inference_steps=steps,
+                            generator=[g.manual_seed(g.initial_seed()) for g in gens],
+                            callback_on_step_end=ctx.callback(loaded.arch, total), output_type="pil")
     return out.images

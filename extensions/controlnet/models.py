@@ -1,0 +1,206 @@
+"""ControlNet models: find them in the ControlNet folders, tell their family, load them once, name them.
+
+A model is a diffusers folder (`config.json` + weights; `ControlNetModel` for SD 1.x/2.x/SDXL,
+`FluxControlNetModel`, `ZImageControlNetModel`) or a single SD-family file (`.safetensors`, `.pth`, `.pt`,
+`.ckpt`, `.bin`) in AUTOMATIC1111's layout or diffusers'. A single file loads with the `.yaml` of the same name
+beside it when there is one (as AUTOMATIC1111 ships them), else with the config under `configs/` matching its
+cross-attention width (768 SD 1.x, 1024 SD 2.x, 2048 SDXL). Folders named `annotators` hold preprocessor
+weights and are skipped. Titles are AUTOMATIC1111's: `name [first 8 hex of the SHA-256]`. Loaded models stay in
+a small cache (by file, dtype and device) so consecutive generations do not read them again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("easel.extensions.controlnet")
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
+CONFIGS = Path(__file__).resolve().parent / "configs"
+# Single-file families by the width of their cross-attention (attn2.to_k takes [inner, width]).
+CROSS_ATTENTION_FAMILIES: dict[int, str] = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+SINGLE_FILE_CONFIGS: dict[str, Path] = {"sd1": CONFIGS / "sd15", "sd2": CONFIGS / "sd21", "sdxl": CONFIGS / "sdxl"}
+FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1", "zimage": "Z-Image",
+                 "unknown": "an unknown model family"}
+FOLDER_CLASSES = {"ControlNetModel": None, "FluxControlNetModel": "flux", "ZImageControlNetModel": "zimage"}
+CACHE_SIZE = 3
+HASH_LENGTH = 8
+
+
+@dataclass(frozen=True)
+class ControlNetEntry:
+    """One installed ControlNet model."""
+
+    name: str  # relative path without suffix, "/"-separated
+    path: Path  # the file, or the diffusers folder
+    folder: bool
+
+    @property
+    def weights(self) -> Path:
+        """The file whose hash names the model (a folder's main weights file)."""
+        if not self.folder:
+            return self.path
+        for pattern in ("diffusion_pytorch_model.safetensors", "*.safetensors", "diffusion_pytorch_model.bin",
+                        "*.bin"):
+            found = sorted(self.path.glob(pattern))
+            if found:
+                return found[0]
+        return self.path / "config.json"
+
+
+def folder_family(config: dict[str, Any]) -> str:
+    """The family of a diffusers ControlNet folder from its config."""
+    cls = config.get("_class_name", "ControlNetModel")
+    if cls not in FOLDER_CLASSES:
+        return "unknown"
+    if FOLDER_CLASSES[cls] is not None:
+        return FOLDER_CLASSES[cls]  # type: ignore[return-value]
+    if config.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    return "sd2" if config.get("cross_attention_dim") == 1024 else "sd1"
+
+
+def file_keys_and_width(path: Path) -> tuple[set[str], int | None]:
+    """A single file's tensor names and its cross-attention width (None when it has no cross-attention)."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            keys = set(handle.keys())
+            width = next((handle.get_slice(k).get_shape()[1] for k in sorted(keys) if k.endswith("attn2.to_k.weight")),
+                         None)
+        return keys, width
+    import torch
+
+    state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    keys = set(state)
+    width = next((state[k].shape[1] for k in sorted(keys) if k.endswith("attn2.to_k.weight")), None)
+    return keys, width
+
+
+def file_family(path: Path) -> str:
+    _, width = file_keys_and_width(path)
+    return CROSS_ATTENTION_FAMILIES.get(width or -1, "unknown")
+
+
+@dataclass
+class ControlNetModels:
+    """The installed ControlNet models of some folders, and a cache of loaded ones."""
+
+    folders: Callable[[], list[Path]]
+    file_hash: Callable[[Path], str]
+    _entries: dict[str, ControlNetEntry] = field(default_factory=dict)
+    _families: dict[tuple[str, int], str] = field(default_factory=dict)
+    _loaded: OrderedDict = field(default_factory=OrderedDict)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    # Listing ---------------------------------------------------------------------------------------------------
+    def scan(self) -> list[ControlNetEntry]:
+        found: dict[str, ControlNetEntry] = {}
+        for root in self.folders():
+            if not root.is_dir():
+                continue
+            self._scan_folder(root, root, found)
+        with self._lock:
+            self._entries = dict(sorted(found.items(), key=lambda kv: kv[0].lower()))
+            return list(self._entries.values())
+
+    def _scan_folder(self, root: Path, folder: Path, found: dict[str, ControlNetEntry]) -> None:
+        for child in sorted(folder.iterdir()):
+            if child.name.startswith(".") or child.name == "annotators":
+                continue
+            name = child.relative_to(root).with_suffix("").as_posix() if child.is_file() else \
+                child.relative_to(root).as_posix()
+            if child.is_dir():
+                if (child / "config.json").is_file():
+                    found.setdefault(name, ControlNetEntry(name, child, True))
+                else:
+                    self._scan_folder(root, child, found)
+            elif child.suffix.lower() in WEIGHT_SUFFIXES:
+                found.setdefault(name, ControlNetEntry(name, child, False))
+
+    def entries(self) -> list[ControlNetEntry]:
+        with self._lock:
+            if not self._entries:
+                return self.scan()
+            return list(self._entries.values())
+
+    def title(self, entry: ControlNetEntry) -> str:
+        try:
+            return f"{entry.name} [{self.file_hash(entry.weights)[:HASH_LENGTH]}]"
+        except OSError:
+            return entry.name
+
+    def find(self, query: str) -> ControlNetEntry:
+        """By name, title ("name [hash]"), file name or stem, in any case; rescans once before giving up."""
+        wanted = query.strip()
+        if wanted.endswith("]") and " [" in wanted:
+            wanted = wanted[: wanted.rindex(" [")].strip()
+        for attempt in range(2):
+            entries = self.scan() if attempt else self.entries()
+            for entry in entries:
+                candidates = {entry.name, entry.path.name, entry.path.stem, entry.name.rsplit("/", 1)[-1]}
+                if wanted.lower() in {c.lower() for c in candidates}:
+                    return entry
+        names = ", ".join(e.name for e in self.entries()) or "none (put ControlNet models in models/ControlNet)"
+        raise LookupError(f"unknown ControlNet model {query!r}; installed: {names}")
+
+    def family(self, entry: ControlNetEntry) -> str:
+        """sd1, sd2, sdxl, flux, zimage or unknown (read from the config or the file's header, remembered)."""
+        stamp = (str(entry.path), int(entry.weights.stat().st_mtime_ns) if entry.weights.exists() else 0)
+        with self._lock:
+            if stamp not in self._families:
+                if entry.folder:
+                    config = json.loads((entry.path / "config.json").read_text(encoding="utf-8"))
+                    self._families[stamp] = folder_family(config)
+                else:
+                    self._families[stamp] = file_family(entry.path)
+            return self._families[stamp]
+
+    # Loading ---------------------------------------------------------------------------------------------------
+    def load(self, entry: ControlNetEntry, device: Any, dtype: Any) -> Any:
+        """The model on `device` in `dtype`, from the cache when it was loaded recently."""
+        key = (str(entry.path), str(dtype), str(device))
+        with self._lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+            model = self._read(entry, dtype).to(device=device, dtype=dtype).eval()
+            model.requires_grad_(False)
+            self._loaded[key] = model
+            while len(self._loaded) > CACHE_SIZE:
+                self._loaded.popitem(last=False)
+            return model
+
+    def clear(self) -> None:
+        with self._lock:
+            self._loaded.clear()
+
+    def _read(self, entry: ControlNetEntry, dtype: Any) -> Any:
+        import diffusers
+
+        family = self.family(entry)
+        log.info("loading ControlNet %s (%s)", entry.name, FAMILY_LABELS.get(family, family))
+        if entry.folder:
+            config = json.loads((entry.path / "config.json").read_text(encoding="utf-8"))
+            cls_name = config.get("_class_name", "ControlNetModel")
+            if cls_name not in FOLDER_CLASSES:
+                raise ValueError(f"model: {entry.name} is a {cls_name}; Easel runs ControlNetModel, "
+                                 "FluxControlNetModel and ZImageControlNetModel folders")
+            cls = getattr(diffusers, cls_name)
+            return cls.from_pretrained(str(entry.path), torch_dtype=dtype, local_files_only=True)
+        yaml = entry.path.with_suffix(".yaml")
+        if yaml.is_file():
+            return diffusers.ControlNetModel.from_single_file(str(entry.path), original_config=str(yaml),
+                                                              torch_dtype=dtype, local_files_only=True)
+        if family not in SINGLE_FILE_CONFIGS:
+            raise ValueError(f"model: cannot tell which model family {entry.path.name} is for; put its .yaml "
+                             f"config beside it ({yaml.name}) or use a diffusers folder with a config.json")
+        return diffusers.ControlNetModel.from_single_file(str(entry.path), config=str(SINGLE_FILE_CONFIGS[family]),
+                                                          torch_dtype=dtype, local_files_only=True)

@@ -1,0 +1,116 @@
+"""Helpers for the AUTOMATIC1111 routes that describe the machine rather than generate: memory, embeddings,
+LoRAs, upscalers, API scripts, and the OpenAPI page.
+
+They shape Easel's own state into the JSON AUTOMATIC1111 answers with, so existing clients read it unchanged.
+Where Easel lacks a feature, the answer says so instead of pretending (embeddings are listed as skipped,
+with the reason).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors")
+LATENT_UPSCALE_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                        "Latent (nearest)", "Latent (nearest-exact)")
+
+
+def memory_info(report: dict[str, Any]) -> dict[str, Any]:
+    """AUTOMATIC1111's /memory: system RAM, CUDA when it is in use, plus Easel's own report of loaded models."""
+    import psutil
+
+    ram = psutil.virtual_memory()
+    process = psutil.Process()
+    info: dict[str, Any] = {
+        "ram": {"free": ram.available, "used": ram.total - ram.available, "total": ram.total,
+                "process": process.memory_info().rss},
+        "easel": report,
+    }
+    if "cuda_allocated_bytes" in report:
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        stats = torch.cuda.memory_stats()
+        info["cuda"] = {
+            "system": {"free": free, "used": total - free, "total": total},
+            "active": {"current": stats.get("active_bytes.all.current", 0), "peak": stats.get("active_bytes.all.peak", 0)},
+            "allocated": {"current": stats.get("allocated_bytes.all.current", 0),
+                          "peak": stats.get("allocated_bytes.all.peak", 0)},
+            "reserved": {"current": stats.get("reserved_bytes.all.current", 0),
+                         "peak": stats.get("reserved_bytes.all.peak", 0)},
+            "inactive": {"current": stats.get("inactive_split_bytes.all.current", 0),
+                         "peak": stats.get("inactive_split_bytes.all.peak", 0)},
+            "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)},
+        }
+    else:
+        info["cuda"] = {"error": f"CUDA is not in use (device: {report.get('device', '?')})"}
+    return info
+
+
+def embeddings_info(folders: list[Path]) -> dict[str, Any]:
+    """AUTOMATIC1111's /embeddings. Easel does not load textual-inversion embeddings, so every file found in the
+    embeddings folders is listed under "skipped", with the reason."""
+    skipped: dict[str, Any] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() in EMBEDDING_SUFFIXES and path.is_file() and not path.name.startswith("."):
+                skipped.setdefault(path.stem, {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                               "shape": None, "vectors": 0, "filename": str(path),
+                                               "reason": "Easel does not load textual-inversion embeddings"})
+    return {"loaded": {}, "skipped": skipped}
+
+
+def lora_info(entries: list[Any]) -> list[dict[str, Any]]:
+    """AUTOMATIC1111's /loras: name (what `<lora:name:weight>` uses), alias, path, metadata."""
+    return [{"name": e.name, "alias": e.name, "path": str(e.path),
+             "metadata": {"ss_base_model_version": getattr(e.arch, "value", str(e.arch))},
+             "hash": e.short_hash} for e in entries]
+
+
+def upscaler_info(entries: list[Any]) -> list[dict[str, Any]]:
+    """AUTOMATIC1111's /upscalers: "None", the built-ins, then the installed models."""
+    rows: list[dict[str, Any]] = [{"name": "None", "model_name": None, "model_path": None, "model_url": None,
+                                   "scale": 1}]
+    for e in entries:
+        rows.append({"name": e.name, "model_name": e.name if e.kind == "model" else None,
+                     "model_path": str(e.path) if e.path else None, "model_url": None,
+                     "scale": e.scale if e.scale else 4})
+    return rows
+
+
+def script_info(scripts: dict[str, Any]) -> list[dict[str, Any]]:
+    """AUTOMATIC1111's /script-info: each API script once per mode it runs in, with its argument labels."""
+    rows = []
+    for script in scripts.values():
+        for mode in script.modes:
+            rows.append({"name": script.name, "is_alwayson": False, "is_img2img": mode == "img2img",
+                         "args": [{"label": label, "value": None, "minimum": None, "maximum": None, "step": None,
+                                   "choices": None} for label in script.args]})
+    return rows
+
+
+def add_docs(app: FastAPI, title: str) -> None:
+    """Serve the Swagger page at /docs when the app has none (Gradio's app turns FastAPI's off).
+
+    The page itself loads Swagger UI's script and style from a CDN; the schema it shows is /openapi.json.
+    """
+    if app.docs_url is not None or app.openapi_url is None:
+        return
+    if any(getattr(route, "path", None) == "/docs" for route in app.router.routes):
+        return
+    openapi_url = app.openapi_url
+
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=openapi_url, title=f"{title} - API docs")
+
+    app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)
+    app.openapi_schema = None  # rebuilt on the next request, now with the API routes
