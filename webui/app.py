@@ -113,6 +113,48 @@ class Easel:
         text = read_png_parameters(image) or ""
         return text, (parse_infotext(text) if text else {})
 
+    # Extensions and Extras (what those tabs call; see webui.extension_installer) -----------------
+    def extension_statuses(self) -> list[Any]:
+        """Each extension folder with its version, status and error (`ExtensionStatus`)."""
+        from webui.extension_installer import statuses
+
+        return statuses(self.settings, self.extensions, self.registry.runtime_errors)
+
+    def set_extensions_enabled(self, enabled: dict[str, bool]) -> list[str]:
+        """Persist which extensions load at the next start; returns the disabled names."""
+        from webui.extension_installer import set_enabled
+
+        return set_enabled(self.settings, enabled)
+
+    def extension_install_blocked(self) -> str | None:
+        """Why installing extensions is refused now (--listen/--share), or None."""
+        from webui.extension_installer import install_blocked_reason
+
+        return install_blocked_reason(self.settings)
+
+    def install_extension(self, source: str, name: str | None = None) -> Path:
+        """Install from a git URL or a local folder into `<data dir>/extensions`; it loads at the next start."""
+        from webui.extension_installer import install
+
+        return install(self.settings, source, name)
+
+    def upscaler_choices(self, rescan: bool = False) -> list[str]:
+        """Lanczos, Nearest, then the models in models/ESRGAN (rescanning the folders first if asked)."""
+        if rescan:
+            self.engine.upscalers.refresh()
+        return self.engine.upscalers.names()
+
+    def upscale(self, image: Image.Image, upscaler: str, scale: float = 2.0, width: int = 0, height: int = 0,
+                crop: bool = True, upscaler_2: str = "None", upscaler_2_visibility: float = 0.0,
+                save_images: bool = True) -> Any:
+        """Queue an upscale on the worker (`webui.engine.tasks.UpscaleRequest`) and return its job."""
+        from webui.engine.tasks import UpscaleRequest
+
+        return self.engine.submit(UpscaleRequest(image=image, upscaler=upscaler, scale=scale, width=width,
+                                                 height=height, crop=crop, upscaler_2=upscaler_2,
+                                                 upscaler_2_visibility=upscaler_2_visibility,
+                                                 save_images=save_images), source="ui")
+
 
 def build(settings: Settings, with_extensions: bool = True) -> Easel:
     """Create the model manager, engine and extensions for these settings (no model is loaded yet)."""
@@ -156,7 +198,7 @@ def create_server(easel: Easel, block: bool = True) -> tuple[Any, str]:
 
         from webui.api.routes import create_api
 
-        app = fastapi.FastAPI(title="Easel API")
+        app = fastapi.FastAPI(title="Easel API", middleware=api_login_middleware(easel))
         create_api(app, easel)
         config = uvicorn.Config(app, host=host, port=settings.port, log_level="warning")
         server = uvicorn.Server(config)
@@ -191,21 +233,36 @@ def create_server(easel: Easel, block: bool = True) -> tuple[Any, str]:
 
 def login_kwargs(easel: Easel) -> dict[str, Any]:
     """Gradio's `auth` (checked in constant time) and the middleware that slows down guessing, when the UI has
-    logins."""
+    logins; the middleware asking for HTTP Basic on `/sdapi/*` and `/easel/*`, when the API has logins."""
     from starlette.middleware import Middleware
 
     from webui.security import LoginThrottleMiddleware, check_password, login_throttle
 
     logins = easel.settings.auth_pairs()
-    if not logins:
-        return {}
-
-    def auth(user: str, password: str) -> bool:
-        return check_password(user, password, logins)
-
     throttle = login_throttle(easel.extras)
-    return {"auth": auth, "auth_message": "Log in to Easel",
-            "app_kwargs": {"middleware": [Middleware(LoginThrottleMiddleware, throttle=throttle)]}}
+    middleware = api_login_middleware(easel)
+    kwargs: dict[str, Any] = {}
+    if logins:
+        def auth(user: str, password: str) -> bool:
+            return check_password(user, password, logins)
+
+        kwargs.update(auth=auth, auth_message="Log in to Easel")
+        middleware.append(Middleware(LoginThrottleMiddleware, throttle=throttle))
+    if middleware:
+        kwargs["app_kwargs"] = {"middleware": middleware}
+    return kwargs
+
+
+def api_login_middleware(easel: Easel) -> list[Any]:
+    """`ApiLoginMiddleware` over the API's logins (`--api-auth`, else the UI's), or nothing when there are none."""
+    from starlette.middleware import Middleware
+
+    from webui.security import ApiLoginMiddleware, login_throttle
+
+    logins = easel.settings.api_auth_pairs()
+    if not logins:
+        return []
+    return [Middleware(ApiLoginMiddleware, logins=logins, throttle=login_throttle(easel.extras))]
 
 
 def limit_image_decoding(settings: Settings) -> None:

@@ -5,7 +5,8 @@ more per line); they protect the UI and, unless `--api-auth` gives the API its o
 compared in constant time (over every known pair, on SHA-256 digests, so neither content nor length leaks) and
 never appear in a message or a log line. `LoginThrottle` counts failed logins per client address and makes an
 address wait, doubling each time, once it has failed a few times; `LoginThrottleMiddleware` applies it to
-Gradio's `/login` form, the API applies it itself. `launch_warnings` is the start-up policy: a public link
+Gradio's `/login` form, the API applies it itself. `check_basic_auth` is the API's HTTP Basic check, used by its
+routes and by `ApiLoginMiddleware`, which guards every path under `/sdapi/` and `/easel/` whoever mounted it. `launch_warnings` is the start-up policy: a public link
 (`--share`) without logins refuses to start unless `--share-insecure` says so; `--listen` without logins starts
 with a warning. `resolve_inside` turns a user-supplied name into a path only when it stays inside its folder, and
 `served_paths` says which folders Gradio may send files from (outputs) and which never (models, settings).
@@ -13,6 +14,8 @@ Nothing here imports torch, diffusers or Gradio.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -206,6 +209,83 @@ class LoginThrottleMiddleware:
             self.throttle.failed(address)
         elif status and status[0] < 300:
             self.throttle.succeeded(address)
+
+
+# HTTP Basic for the API --------------------------------------------------------------------------------------
+API_PREFIXES = ("/sdapi/", "/easel/")
+LOGIN_CHECKED = "easel.login_checked"  # set in the ASGI scope once a request's login was accepted
+
+
+@dataclass(frozen=True)
+class LoginRefusal:
+    """Why a request's login was refused: the HTTP status, a message without any credential, extra headers."""
+
+    status: int
+    kind: str
+    message: str
+    headers: dict[str, str]
+
+
+def check_basic_auth(header: str, address: str, logins: list[Login],
+                     throttle: LoginThrottle | None = None) -> LoginRefusal | None:
+    """Check an `Authorization` header against `logins`; None when it is accepted (or there are no logins).
+
+    An address that failed too often is refused (429) before its credentials are looked at; a missing header is
+    a plain 401 and is not counted as a guess; a malformed header or a wrong password is counted."""
+    if not logins:
+        return None
+    challenge = {"WWW-Authenticate": 'Basic realm="Easel API"'}
+    wait = throttle.retry_after(address) if throttle is not None else 0.0
+    if wait > 0:
+        return LoginRefusal(429, "TooManyRequests", too_many_failures_message(wait),
+                            {"Retry-After": str(max(1, round(wait)))})
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        return LoginRefusal(401, "Unauthorized", "this API needs a login (HTTP Basic: the --api-auth login, else a "
+                                                 "--gradio-auth one)", challenge)
+    try:
+        user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        user, sep, password = "", "", ""
+    if not sep or not check_password(user, password, logins):
+        if throttle is not None:
+            throttle.failed(address)
+        message = "malformed Authorization header" if not sep else "wrong user name or password"
+        return LoginRefusal(401, "Unauthorized", message, challenge)
+    if throttle is not None:
+        throttle.succeeded(address)
+    return None
+
+
+class ApiLoginMiddleware:
+    """ASGI middleware asking for HTTP Basic on every path under `prefixes` (`/sdapi/`, `/easel/`), whichever
+    router added the route, so a route mounted without Easel's route class is protected all the same."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], logins: list[Login],
+                 throttle: LoginThrottle | None = None, prefixes: tuple[str, ...] = API_PREFIXES) -> None:
+        self.app = app
+        self.logins = list(logins)
+        self.throttle = throttle
+        self.prefixes = prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", ""))
+        if scope.get("type") != "http" or not self.logins or not path.lower().startswith(self.prefixes):
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])}
+        client = scope.get("client")
+        refusal = check_basic_auth(headers.get("authorization", ""), client[0] if client else "unknown",
+                                   self.logins, self.throttle)
+        if refusal is None:
+            scope[LOGIN_CHECKED] = True
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"error": refusal.kind, "detail": refusal.message, "field": None}).encode()
+        await send({"type": "http.response.start", "status": refusal.status,
+                    "headers": [(b"content-type", b"application/json"),
+                                *((k.lower().encode(), v.encode()) for k, v in refusal.headers.items())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def login_throttle(holder: dict[str, Any]) -> LoginThrottle:

@@ -220,3 +220,34 @@ def test_ui_login_is_slowed_down_per_address_and_passwords_never_logged(serve, c
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "failed logins from 127.0.0.1" in logged
     assert SECRET not in logged and SECRET not in flags and "guess-" not in logged
+
+
+# Routes mounted by anyone under /sdapi and /easel -------------------------------------------------------------
+@pytest.mark.parametrize("flags", [{"api": True, "gradio_auth": f"ann:{SECRET}"},
+                                   {"nowebui": True, "api": True, "api_auth": f"ann:{SECRET}"}])
+def test_any_route_under_sdapi_or_easel_needs_the_login(make_easel, flags) -> None:
+    """A route added to the app without Easel's route class (as a tab's own router might) is still behind the
+    login, with the Gradio UI and with --nowebui."""
+    from tests.security.conftest import free_port, stop_server
+    from webui.app import create_server
+
+    easel = make_easel(port=free_port(), **flags)
+    app, url = create_server(easel, block=False)
+    url = url.rstrip("/")
+    try:
+        app.add_api_route("/easel/v1/plain", lambda: {"plain": True}, methods=["GET", "POST"])
+        app.add_api_route("/sdapi/v1/plain-too", lambda: {"plain": True}, methods=["GET"])
+        wait_until_up(url, "/sdapi/v1/options", auth=("ann", SECRET))
+        for path in ("/easel/v1/plain", "/sdapi/v1/plain-too", "/easel/v1/missing"):
+            response = httpx.get(f"{url}{path}", timeout=10)
+            assert response.status_code == 401, path
+            assert response.headers["www-authenticate"].startswith("Basic")
+            assert response.json()["error"] == "Unauthorized"
+        wrong = httpx.post(f"{url}/easel/v1/plain", auth=("ann", "nope"), timeout=10)
+        assert wrong.status_code == 401 and wrong.json()["detail"] == "wrong user name or password"
+        assert httpx.get(f"{url}/easel/v1/plain", auth=("ann", SECRET), timeout=10).json() == {"plain": True}
+        assert httpx.get(f"{url}/sdapi/v1/plain-too", auth=("ann", SECRET), timeout=10).json() == {"plain": True}
+        throttle = easel.extras["login_throttle"]
+        assert "127.0.0.1" not in throttle._seen  # the success cleared the one failure
+    finally:
+        stop_server(easel)

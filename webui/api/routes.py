@@ -56,7 +56,7 @@ from webui.engine.worker import Job, JobResult, JobState, QueueFullError
 from webui.infotext import parse_infotext, png_bytes, read_png_parameters
 from webui.model_manager.errors import ModelNotFoundError
 from webui.requests import GenerationRequest, Img2ImgRequest, InpaintRequest, RequestError, Txt2ImgRequest
-from webui.security import LoginThrottle, check_password, login_throttle, too_many_failures_message
+from webui.security import LOGIN_CHECKED, LoginThrottle, check_basic_auth, login_throttle
 
 log = logging.getLogger(__name__)
 
@@ -188,31 +188,14 @@ def job_failure(job: Job, what: str, field_name: str | None = None) -> ApiError:
 
 def check_login(request: Request, logins: list[tuple[str, str]], throttle: LoginThrottle | None = None) -> None:
     """HTTP Basic against `logins` (compared in constant time); an address that failed too often gets a 429
-    before its credentials are even looked at."""
-    if not logins:
+    before its credentials are even looked at. A request `ApiLoginMiddleware` already let through is not checked
+    twice."""
+    if request.scope.get(LOGIN_CHECKED):
         return
-    challenge = {"WWW-Authenticate": 'Basic realm="Easel API"'}
     address = request.client.host if request.client else "unknown"
-    wait = throttle.retry_after(address) if throttle is not None else 0.0
-    if wait > 0:
-        raise ApiError(429, None, too_many_failures_message(wait), "TooManyRequests",
-                       {"Retry-After": str(max(1, round(wait)))})
-    header = request.headers.get("authorization", "")
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic" or not encoded:
-        raise ApiError(401, None, "this API needs a login (HTTP Basic: the --api-auth login, else a --gradio-auth "
-                                  "one)", "Unauthorized", challenge)
-    try:
-        user, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        user = password = None
-    if user is None or password is None or not check_password(user, password, logins):
-        if throttle is not None:
-            throttle.failed(address)
-        message = "malformed Authorization header" if user is None else "wrong user name or password"
-        raise ApiError(401, None, message, "Unauthorized", challenge)
-    if throttle is not None:
-        throttle.succeeded(address)
+    refusal = check_basic_auth(request.headers.get("authorization", ""), address, logins, throttle)
+    if refusal is not None:
+        raise ApiError(refusal.status, None, refusal.message, refusal.kind, refusal.headers)
 
 
 async def read_body(request: Request, limit: int) -> None:
@@ -822,6 +805,9 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         return {"info": text, "items": items, "parameters": parse_infotext(text) if text else {}}
 
     app.include_router(router)
+    from webui.api.segment import segment_router  # it builds on this module's helpers
+
+    app.include_router(segment_router(easel, route_class))
     add_extension_routes(app, easel, route_class)
     add_docs(app, "Easel")
 
