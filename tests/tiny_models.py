@@ -592,14 +592,17 @@ def make_tiny_qwenimage_edit(folder: Path, seed: int = 0) -> Path:
     from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline,
                            QwenImageTransformer2DModel)
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor,
-                              Qwen2VLProcessor)
+                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
 
     tokenizer = tiny_qwen_tokenizer(chat_template=False)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|vision_start|>",
                                                                 "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]})
     image_processor = Qwen2VLImageProcessor(patch_size=2, temporal_patch_size=2, merge_size=1, min_pixels=16 * 16,
                                             max_pixels=32 * 32)
-    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=_CHAT_TEMPLATE)
+    video_processor = Qwen2VLVideoProcessor(patch_size=2, temporal_patch_size=2, merge_size=1,
+                                            min_pixels=16 * 16, max_pixels=32 * 32)  # transformers 5 requires one
+    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=video_processor, chat_template=_CHAT_TEMPLATE)
     with _seeded(seed):
         transformer = QwenImageTransformer2DModel(
             patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16,

@@ -87,10 +87,8 @@ def extract_mask(source: Image.Image | np.ndarray, edited: Image.Image | np.ndar
     mask = changed & near_highlight
     if settings.clean and mask.any():
         mask = clean_mask(mask, changed)
-    if settings.keep_largest and mask.any():
-        labels, count = ndimage.label(mask)
-        sizes = ndimage.sum(mask, labels, range(1, count + 1))
-        mask = labels == (int(np.argmax(sizes)) + 1)
+    if settings.keep_largest:
+        mask = keep_largest(mask)
     if changed_share > settings.whole_image_share:
         empty = np.zeros_like(mask)
         return MaskResult(empty, False, changed_share,
@@ -112,6 +110,15 @@ def clean_mask(mask: np.ndarray, changed: np.ndarray) -> np.ndarray:
     mask = keep[labels]
     closed = ndimage.binary_closing(mask, np.ones((3, 3)))
     return mask | (closed & changed)
+
+
+def keep_largest(mask: np.ndarray) -> np.ndarray:
+    """Only the largest 8-connected component of a boolean mask [H, W] (an empty mask stays empty)."""
+    if not mask.any():
+        return mask
+    labels, count = ndimage.label(mask, np.ones((3, 3)))
+    sizes = ndimage.sum(mask, labels, range(1, count + 1))
+    return labels == (int(np.argmax(sizes)) + 1)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

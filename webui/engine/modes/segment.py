@@ -19,7 +19,7 @@ from PIL import Image
 from webui.engine.clipseg import probabilities
 from webui.engine.context import Generated, ModeContext, generators, resolve_seed
 from webui.engine.mask_extraction import (HIGHLIGHT_COLOURS, MaskResult, MaskSettings, clean_mask, cutout,
-                                          extract_mask, overlay)
+                                          extract_mask, keep_largest, overlay)
 from webui.engine.samplers import make_scheduler
 from webui.engine.segment_prompts import EASEL_HIGHLIGHTS, build_prompt, template_for
 from webui.model_manager.identify import Arch
@@ -90,7 +90,7 @@ def edit_arguments(pipe: Any, source: Image.Image, prompt: str, steps: int, cfg_
                 "width": source.width, "height": source.height}
     if name == "FluxKontextPipeline":  # no auto-resize: the edit must stay aligned with the source
         return {**common, "image": source, "guidance_scale": cfg_scale, "width": source.width,
-                "height": source.height, "_auto_resize": False}
+                "height": source.height, "max_area": source.width * source.height, "_auto_resize": False}
     # StableDiffusionInstructPix2PixPipeline: the image guides as well as the text
     return {**common, "image": source, "guidance_scale": cfg_scale, "image_guidance_scale": 1.5}
 
@@ -137,12 +137,8 @@ def segment_with_probabilities(source: Image.Image, queries: list[str], probs: n
         mask = p > threshold  # [H, W]
         if settings.clean and mask.any():
             mask = clean_mask(mask, mask)
-        if settings.keep_largest and mask.any():
-            from scipy import ndimage
-
-            labels, count = ndimage.label(mask)
-            sizes = ndimage.sum(mask, labels, range(1, count + 1))
-            mask = labels == (int(np.argmax(sizes)) + 1)
+        if settings.keep_largest:
+            mask = keep_largest(mask)
         found = float(mask.mean()) >= settings.min_area
         if not found:
             mask = np.zeros_like(mask)
