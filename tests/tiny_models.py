@@ -666,3 +666,39 @@ EDIT_BUILDERS = {
     "instruct-pix2pix": make_tiny_instruct_pix2pix, "flux-kontext": make_tiny_flux_kontext,
     "qwenimage-edit": make_tiny_qwenimage_edit,
 }
+
+
+# --------------------------------------------------------------------------------------------- ControlNets
+def make_tiny_sd_controlnet(folder: Path, sd_folder: Path, seed: int = 0) -> Path:
+    """A tiny random ControlNetModel (diffusers folder) whose encoder matches the UNet saved in `sd_folder`
+    (tiny SD 1.x, 2.x or SDXL), made the way diffusers' tests make theirs: `ControlNetModel.from_unet`, then
+    random weights everywhere (the zero convolutions too, so the control image visibly changes the output)."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(Path(sd_folder) / "unet"))
+    with _seeded(seed):
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16),
+                                               load_weights_from_unet=False)
+        with torch.no_grad():
+            for param in controlnet.parameters():
+                param.normal_(0.0, 0.2)
+    folder = Path(folder)
+    controlnet.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def make_tiny_flux_controlnet(folder: Path, flux_folder: Path, seed: int = 0) -> Path:
+    """A tiny random FluxControlNetModel (diffusers folder) matching the transformer saved in `flux_folder`."""
+    from diffusers import FluxControlNetModel, FluxTransformer2DModel
+
+    transformer = FluxTransformer2DModel.from_pretrained(str(Path(flux_folder) / "transformer"))
+    with _seeded(seed):
+        controlnet = FluxControlNetModel.from_transformer(transformer, num_layers=1, num_single_layers=1,
+                                                          attention_head_dim=16, num_attention_heads=2,
+                                                          load_weights_from_transformer=False)
+        with torch.no_grad():
+            for param in controlnet.parameters():
+                param.normal_(0.0, 0.2)
+    folder = Path(folder)
+    controlnet.save_pretrained(str(folder), safe_serialization=True)
+    return folder

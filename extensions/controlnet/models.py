@@ -85,7 +85,12 @@ def file_keys_and_width(path: Path) -> tuple[set[str], int | None]:
 
 
 def file_family(path: Path) -> str:
-    _, width = file_keys_and_width(path)
+    keys, width = file_keys_and_width(path)
+    if width is None:
+        if any(k.startswith(("control_layers.", "control_noise_refiner.", "control_all_x_embedder.")) for k in keys):
+            return "zimage"
+        if any(k.startswith(("controlnet_single_blocks.", "controlnet_x_embedder.")) for k in keys):
+            return "flux"
     return CROSS_ATTENTION_FAMILIES.get(width or -1, "unknown")
 
 
@@ -164,9 +169,10 @@ class ControlNetModels:
             return self._families[stamp]
 
     # Loading ---------------------------------------------------------------------------------------------------
-    def load(self, entry: ControlNetEntry, device: Any, dtype: Any) -> Any:
-        """The model on `device` in `dtype`, from the cache when it was loaded recently."""
-        key = (str(entry.path), str(dtype), str(device))
+    def load(self, entry: ControlNetEntry, device: Any, dtype: Any, copy: int = 0) -> Any:
+        """The model on `device` in `dtype`, from the cache when it was loaded recently. `copy` > 0 asks for
+        another instance of the same model (two units using one model each get their own)."""
+        key = (str(entry.path), str(dtype), str(device), copy)
         with self._lock:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
@@ -195,6 +201,9 @@ class ControlNetModels:
                                  "FluxControlNetModel and ZImageControlNetModel folders")
             cls = getattr(diffusers, cls_name)
             return cls.from_pretrained(str(entry.path), torch_dtype=dtype, local_files_only=True)
+        if family in ("flux", "zimage"):
+            raise ValueError(f"model: {entry.name} is a {FAMILY_LABELS[family]} ControlNet in one file; Easel loads "
+                             "those from a diffusers folder (config.json beside the weights)")
         yaml = entry.path.with_suffix(".yaml")
         if yaml.is_file():
             return diffusers.ControlNetModel.from_single_file(str(entry.path), original_config=str(yaml),

@@ -219,7 +219,7 @@ _add(Module("mlsd", _weighted("mlsd", _pretrained("MLSDdetector"), lambda d, im,
     output_type="pil")), files=("mlsd_large_512_fp32.pth",), threshold_a=_MLSD_V, threshold_b=_MLSD_D))
 
 # Names older sd-webui-controlnet clients send.
-ALIASES = {"depth": "depth_midas", "depth_leres++": "depth_leres", "normal_map": "normal_bae",
+ALIASES = {"depth": "depth_midas", "softedge": "softedge_hed", "scribble": "scribble_hed", "depth_leres++": "depth_leres", "normal_map": "normal_bae",
            "lineart": "lineart_realistic", "hed": "softedge_hed", "hed_safe": "softedge_hedsafe",
            "pidinet": "softedge_pidinet", "pidinet_safe": "softedge_pidisafe", "fake_scribble": "scribble_hed",
            "pidinet_scribble": "scribble_pidinet", "openposev2": "openpose_full", "openpose_full_body": "openpose_full",
@@ -227,6 +227,18 @@ ALIASES = {"depth": "depth_midas", "depth_leres++": "depth_leres", "normal_map":
 
 
 # Loading and running ---------------------------------------------------------------------------------------------
+def keep_aspect(detected: Image.Image, source: tuple[int, int]) -> Image.Image:
+    """`detected` with the source's aspect ratio again (controlnet-aux rounds both sides to multiples of 64, which
+    stretches maps of images that are not square), its shorter side kept."""
+    width, height = source
+    if abs(detected.width * height - detected.height * width) <= max(width, height):  # same shape within a pixel
+        return detected
+    short = min(detected.size)
+    scale = short / min(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return detected.resize(size, Image.BILINEAR)
+
+
 def hub_offline() -> bool:
     return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
                for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
@@ -310,7 +322,7 @@ class Preprocessors:
         loader = _BoundLoader(self, module)
         with self._lock:  # annotators are not thread-safe; one map at a time
             array = module.run(_rgb(image), int(resolution), threshold_a, threshold_b, loader)
-        return Image.fromarray(_hwc3(array))
+        return keep_aspect(Image.fromarray(_hwc3(array)), image.size)
 
     def as_function(self, name: str) -> Callable[..., Image.Image]:
         """`run` for one module, in the form `ExtensionAPI.add_preprocessor` registers."""

@@ -1,0 +1,53 @@
+"""The bundled ControlNet extension: its entry point, `setup(api)`, wires the parts together through the extension API.
+
+It finds ControlNet models in the ControlNet folders (`models.py`), makes control maps with controlnet-aux
+preprocessors (`preprocessors.py`), reads units from the API's `alwayson_scripts.controlnet.args` and from its
+accordion (`units.py`), runs them by wrapping each pipeline call a mode makes (`apply.py`), records them in the
+infotext, adds a "ControlNet" accordion to the txt2img, img2img and inpaint tabs (`ui.py`) and serves
+sd-webui-controlnet's routes under `/controlnet/` (`routes.py`). Setting up imports neither diffusers nor
+controlnet-aux; both load on first use. See docs/CONTROLNET.md.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from webui.extension_api import ExtensionAPI
+
+from .apply import ControlNetRunner
+from .models import ControlNetModels
+from .preprocessors import ANNOTATOR_FOLDER, MODULES, Preprocessors
+from .units import ControlUnit, parse_units
+
+MODES = ("txt2img", "img2img", "inpaint")
+
+
+class ControlNet:
+    """Everything the extension holds: its models, preprocessors and the runner, for one Easel."""
+
+    def __init__(self, api: ExtensionAPI) -> None:
+        self.api = api
+        self.models = ControlNetModels(folders=lambda: api.model_folders("ControlNet"), file_hash=api.file_hash)
+        self.preprocessors = Preprocessors([folder / ANNOTATOR_FOLDER for folder in api.model_folders("ControlNet")])
+        self.runner = ControlNetRunner(self.models, self.preprocessors, self.parse, api.name)
+
+    def max_pixels(self) -> int:
+        return int(self.api.setting("max_pixels")) * 4
+
+    def parse(self, raw: Any) -> list[ControlUnit]:
+        """Checked units from `alwayson_scripts.controlnet.args` (or the accordion); ValueError names `args[i].key`."""
+        return parse_units(raw, self.preprocessors.find, lambda query: self.models.find(query).name,
+                           self.max_pixels())
+
+
+def setup(api: ExtensionAPI) -> None:
+    from . import routes, ui
+
+    controlnet = ControlNet(api)
+    api.add_request_args(controlnet.parse)
+    api.wrap_pipeline(controlnet.runner)
+    api.after_generate(controlnet.runner.after_generate)
+    for name in MODULES:
+        api.add_preprocessor(name, controlnet.preprocessors.as_function(name))
+    for mode in MODES:
+        api.add_accordion(mode, "ControlNet", ui.accordion_builder(controlnet, mode))
+    routes.add_routes(api, controlnet)

@@ -1,0 +1,321 @@
+"""Running ControlNet units: the pipeline wrapper that turns a mode's pipeline call into a ControlNet one.
+
+For each diffusers call a mode makes (txt2img, img2img, inpaint, and the hires fix's img2img pass), `ControlNetRunner`
+reads the request's units, checks that every model fits the checkpoint's family, makes each unit's control map
+(preprocessor on the unit's image, or on the mode's input image when the unit has none, then fitted to the
+generation size by the unit's resize mode), loads the models and calls the matching diffusers ControlNet pipeline,
+built with `from_pipe` so it shares every weight of the loaded checkpoint:
+
+    family          txt2img                              img2img                                  inpaint
+    SD 1.x / 2.x    StableDiffusionControlNetPipeline    StableDiffusionControlNetImg2ImgPipeline  ...InpaintPipeline
+    SDXL            StableDiffusionXLControlNetPipeline  StableDiffusionXLControlNetImg2ImgPipeline ...InpaintPipeline
+    Flux.1          FluxControlNetPipeline               FluxControlNetImg2ImgPipeline             ...InpaintPipeline
+    Z-Image         ZImageControlNetPipeline             (none in diffusers)                       ...InpaintPipeline
+
+Several units become a `MultiControlNetModel` (`FluxMultiControlNetModel` for Flux) with one weight and one
+guidance window per unit. Control modes follow sd-webui-controlnet: "Balanced" adds the ControlNet's residuals at
+the unit's weight; "My prompt is more important" scales the residual of block i (counting from the first down
+block, the middle block last) by 0.825^(12 - i), so shallow blocks are weak and the middle one full; "ControlNet
+is more important" does the same and also leaves the unconditional half of classifier-free guidance without
+control, which lets the control map outweigh the prompt. Both are applied per unit with forward hooks on the
+ControlNet module (SD 1.x/2.x and SDXL; Flux and Z-Image take "Balanced" only).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from PIL import Image
+
+from webui.extension_api import PipelineCall, RequestError
+
+from .models import FAMILY_LABELS, ControlNetEntry, ControlNetModels
+from .preprocessors import Preprocessors
+from .units import (BALANCED, CONTROLNET_MORE_IMPORTANT, CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL,
+                    ControlUnit)
+
+log = logging.getLogger("easel.extensions.controlnet")
+
+FIELD = "alwayson_scripts.controlnet"
+SOFT_INJECTION_BASE = 0.825  # sd-webui-controlnet's per-block decay for the non-balanced control modes
+SOFT_INJECTION_TOP = 12  # the middle block of SD 1.x is block 12 and keeps full strength
+
+# (pipeline group, task) -> diffusers pipeline class name
+PIPELINES: dict[tuple[str, str], str] = {
+    ("sd", "txt2img"): "StableDiffusionControlNetPipeline",
+    ("sd", "img2img"): "StableDiffusionControlNetImg2ImgPipeline",
+    ("sd", "inpaint"): "StableDiffusionControlNetInpaintPipeline",
+    ("sdxl", "txt2img"): "StableDiffusionXLControlNetPipeline",
+    ("sdxl", "img2img"): "StableDiffusionXLControlNetImg2ImgPipeline",
+    ("sdxl", "inpaint"): "StableDiffusionXLControlNetInpaintPipeline",
+    ("flux", "txt2img"): "FluxControlNetPipeline",
+    ("flux", "img2img"): "FluxControlNetImg2ImgPipeline",
+    ("flux", "inpaint"): "FluxControlNetInpaintPipeline",
+    ("zimage", "txt2img"): "ZImageControlNetPipeline",
+    ("zimage", "inpaint"): "ZImageControlNetInpaintPipeline",
+}
+GROUPS = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl", "flux": "flux", "zimage": "zimage"}
+CHECKPOINT_LABELS = {**FAMILY_LABELS, "sd3": "SD3", "qwenimage": "Qwen-Image", "easel": "the Easel built-in model"}
+
+
+@dataclass(frozen=True)
+class PreparedUnit:
+    """A unit ready for the pipeline: its model entry and its control map at the generation size."""
+
+    index: int
+    unit: ControlUnit
+    entry: ControlNetEntry
+    control: Image.Image  # RGB, exactly the generation size
+
+
+# Control images --------------------------------------------------------------------------------------------------
+def pixel_perfect_resolution(source: tuple[int, int], target: tuple[int, int], resize_mode: str) -> int:
+    """The preprocessor resolution whose map needs no rescaling after the resize mode fits it to `target`.
+
+    The map's shorter side is scaled by the same factor the resize mode applies to the image: the larger of the two
+    axis ratios when the image is cropped to cover the target, the smaller when it is fitted inside it.
+    """
+    (width, height), (target_w, target_h) = source, target
+    ratio_w, ratio_h = target_w / width, target_h / height
+    scale = min(ratio_w, ratio_h) if resize_mode == RESIZE_AND_FILL else max(ratio_w, ratio_h)
+    return max(64, int(round(scale * min(width, height))))
+
+
+def fit_image(image: Image.Image, size: tuple[int, int], resize_mode: str) -> Image.Image:
+    """`image` at exactly `size`: stretched (Just Resize), scaled to cover and centre-cropped (Crop and Resize), or
+    scaled to fit and centred on black (Resize and Fill)."""
+    image = image.convert("RGB")
+    target_w, target_h = size
+    if image.size == size:
+        return image
+    if resize_mode == JUST_RESIZE:
+        return image.resize(size, Image.LANCZOS)
+    width, height = image.size
+    if resize_mode == CROP_AND_RESIZE:
+        scale = max(target_w / width, target_h / height)
+        scaled = image.resize((max(target_w, math.ceil(width * scale)), max(target_h, math.ceil(height * scale))),
+                              Image.LANCZOS)
+        left, top = (scaled.width - target_w) // 2, (scaled.height - target_h) // 2
+        return scaled.crop((left, top, left + target_w, top + target_h))
+    scale = min(target_w / width, target_h / height)
+    scaled = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.LANCZOS)
+    canvas = Image.new("RGB", size, (0, 0, 0))
+    canvas.paste(scaled, ((target_w - scaled.width) // 2, (target_h - scaled.height) // 2))
+    return canvas
+
+
+def generation_size(call: PipelineCall) -> tuple[int, int]:
+    """(width, height) of the images this call makes."""
+    kwargs = call.kwargs
+    if kwargs.get("width") and kwargs.get("height"):
+        return int(kwargs["width"]), int(kwargs["height"])
+    image = kwargs.get("image")
+    first = image[0] if isinstance(image, (list, tuple)) and image else image
+    if isinstance(first, Image.Image):
+        return first.size
+    raise ValueError(f"{FIELD}: cannot tell the size of this {call.task} generation")
+
+
+def input_image(call: PipelineCall) -> Image.Image | None:
+    """The mode's own input image (img2img's init image, inpaint's working image), if it has one."""
+    image = call.kwargs.get("image")
+    first = image[0] if isinstance(image, (list, tuple)) and image else image
+    return first if isinstance(first, Image.Image) else None
+
+
+# Control-mode hooks ----------------------------------------------------------------------------------------------
+def soft_injection_factors(count: int) -> list[float]:
+    """Per-residual scales for `count` residuals (down blocks first, middle block last)."""
+    return [SOFT_INJECTION_BASE ** float(SOFT_INJECTION_TOP - i) for i in range(count)]
+
+
+def control_mode_hook(control_mode: str, guided: Callable[[], bool]) -> Callable[..., Any]:
+    """A forward hook for a ControlNetModel that applies a non-balanced control mode to its residuals.
+
+    The module returns `(down_block_res_samples, mid_block_res_sample)`, each [B, C, h, w]; under classifier-free
+    guidance B = 2N with the unconditional half first, which "ControlNet is more important" zeroes.
+    """
+    uncond_free = control_mode == CONTROLNET_MORE_IMPORTANT
+
+    def hook(module: Any, args: Any, output: Any) -> Any:
+        import torch
+
+        as_tuple = isinstance(output, tuple)
+        down, mid = (output[0], output[1]) if as_tuple else (output.down_block_res_samples,
+                                                             output.mid_block_res_sample)
+        factors = soft_injection_factors(len(down) + 1)
+        down = [sample * factor for sample, factor in zip(down, factors)]  # each [B, C, h, w]
+        mid = mid * factors[-1]  # [B, C, h, w]
+        if uncond_free and guided() and mid.shape[0] % 2 == 0:
+            half = mid.shape[0] // 2
+            down = [torch.cat([torch.zeros_like(s[:half]), s[half:]]) for s in down]
+            mid = torch.cat([torch.zeros_like(mid[:half]), mid[half:]])
+        if as_tuple:
+            return (down, mid, *output[2:])
+        return type(output)(down_block_res_samples=down, mid_block_res_sample=mid)
+
+    return hook
+
+
+# The runner ------------------------------------------------------------------------------------------------------
+class ControlNetRunner:
+    """The pipeline wrapper (see `ExtensionAPI.wrap_pipeline`) and the after-generate infotext hook."""
+
+    def __init__(self, models: ControlNetModels, preprocessors: Preprocessors,
+                 parse: Callable[[Any], list[ControlUnit]], name: str = "controlnet") -> None:
+        self.models = models
+        self.preprocessors = preprocessors
+        self.parse = parse
+        self.name = name
+        self._maps: dict[tuple[Any, ...], Image.Image] = {}  # control maps of the request being run
+        self._maps_owner: int | None = None
+        self._lock = threading.Lock()
+
+    def units(self, request: Any) -> list[ControlUnit]:
+        """The enabled units of a request (parsing them when code put raw arguments there)."""
+        raw = (getattr(request, "extension_args", None) or {}).get(self.name)
+        if raw is None:
+            return []
+        if isinstance(raw, list) and all(isinstance(u, ControlUnit) for u in raw):
+            return [u for u in raw if u.enabled]
+        try:
+            return self.parse(raw)
+        except ValueError as exc:
+            raise RequestError(FIELD, str(exc)) from None
+
+    # The wrapper ---------------------------------------------------------------------------------------------
+    def __call__(self, call: PipelineCall, run: Callable[[PipelineCall], Any]) -> Any:
+        units = self.units(call.request)
+        if not units:
+            return run(call)
+        group = self.check_family(call, units)
+        prepared = self.prepare(call, units)
+        return self.run_units(call, run, group, prepared)
+
+    def check_family(self, call: PipelineCall, units: list[ControlUnit]) -> str:
+        """The pipeline group for this checkpoint; RequestError when a unit's model is for another family."""
+        group = GROUPS.get(call.arch)
+        if group is None:
+            raise RequestError(FIELD, f"ControlNet runs with SD 1.x, SD 2.x, SDXL, Flux.1 and Z-Image checkpoints; "
+                                      f"{call.checkpoint} is {CHECKPOINT_LABELS.get(call.arch, call.arch)}")
+        if (group, call.task) not in PIPELINES:
+            raise RequestError(FIELD, f"diffusers has no {call.task} ControlNet pipeline for "
+                                      f"{CHECKPOINT_LABELS.get(call.arch, call.arch)}; use txt2img or inpaint")
+        for i, unit in enumerate(units):
+            entry = self.models.find(unit.model)
+            family = self.models.family(entry)
+            if family != call.arch:
+                raise RequestError(f"{FIELD}.args[{i}].model",
+                                   f"{entry.name} is a ControlNet for {FAMILY_LABELS.get(family, family)}, but the "
+                                   f"checkpoint {call.checkpoint} is {CHECKPOINT_LABELS.get(call.arch, call.arch)}; "
+                                   f"choose a ControlNet made for it")
+            if group in ("flux", "zimage") and unit.control_mode != BALANCED:
+                raise RequestError(f"{FIELD}.args[{i}].control_mode",
+                                   f"{FAMILY_LABELS[group]} ControlNets take only {BALANCED!r}")
+            if group == "zimage" and (unit.guidance_start > 0.0 or unit.guidance_end < 1.0):
+                raise RequestError(f"{FIELD}.args[{i}].guidance_start",
+                                   "Z-Image ControlNets act on every step; send guidance_start 0 and guidance_end 1")
+        if group == "zimage" and len(units) > 1:
+            raise RequestError(FIELD, "Z-Image takes one ControlNet unit at a time")
+        return group
+
+    def prepare(self, call: PipelineCall, units: list[ControlUnit]) -> list[PreparedUnit]:
+        """Each unit's control map at the generation size (made once per request and size)."""
+        size = generation_size(call)
+        with self._lock:
+            if self._maps_owner != id(call.request):
+                self._maps, self._maps_owner = {}, id(call.request)
+        prepared = []
+        for i, unit in enumerate(units):
+            source = unit.image if unit.image is not None else input_image(call)
+            if source is None:
+                raise RequestError(f"{FIELD}.args[{i}].image", f"{call.task} has no input image to control with; "
+                                                               f"give the unit an image")
+            key = (i, id(source), size)
+            control = self._maps.get(key)
+            if control is None:
+                control = self.control_map(unit, source, size)
+                self._maps[key] = control
+            prepared.append(PreparedUnit(i, unit, self.models.find(unit.model), control))
+        return prepared
+
+    def control_map(self, unit: ControlUnit, source: Image.Image, size: tuple[int, int]) -> Image.Image:
+        """The unit's preprocessor run on `source`, fitted to `size` by its resize mode."""
+        resolution = (pixel_perfect_resolution(source.size, size, unit.resize_mode) if unit.pixel_perfect
+                      else unit.processor_res)
+        detected = self.preprocessors.run(unit.module, source, resolution, unit.threshold_a, unit.threshold_b)
+        return fit_image(detected, size, unit.resize_mode)
+
+    def run_units(self, call: PipelineCall, run: Callable[[PipelineCall], Any], group: str,
+                  prepared: list[PreparedUnit]) -> Any:
+        import diffusers
+
+        pipe = call.pipe
+        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        device, dtype = pipe._execution_device, denoiser.dtype
+        seen: dict[str, int] = {}
+        nets = []
+        for item in prepared:  # the same model twice gets a second copy, so each unit's hook acts on its own
+            copy = seen.get(str(item.entry.path), 0)
+            seen[str(item.entry.path)] = copy + 1
+            nets.append(self.models.load(item.entry, device, dtype, copy))
+        multi = len(nets) > 1
+        if multi:
+            controlnet = (diffusers.FluxMultiControlNetModel(nets) if group == "flux"
+                          else diffusers.MultiControlNetModel(nets))
+        else:
+            controlnet = nets[0]
+        cls = getattr(diffusers, PIPELINES[(group, call.task)])
+        control_pipe = cls.from_pipe(pipe, controlnet=controlnet)
+
+        kwargs = dict(call.kwargs)
+        images = [item.control for item in prepared]
+        weights = [item.unit.weight for item in prepared]
+        key = "image" if group in ("sd", "sdxl") and call.task == "txt2img" else "control_image"
+        kwargs[key] = images if multi else images[0]
+        kwargs["controlnet_conditioning_scale"] = weights if multi else weights[0]
+        if group != "zimage":
+            kwargs["control_guidance_start"] = [item.unit.guidance_start for item in prepared]
+            kwargs["control_guidance_end"] = [item.unit.guidance_end for item in prepared]
+        accepted = inspect.signature(cls.__call__).parameters
+        dropped = [name for name in kwargs if name not in accepted]
+        for name in dropped:  # e.g. Z-Image's inpaint pipeline has no strength: it always denoises fully
+            log.info("%s takes no %s; left out", cls.__name__, name)
+            kwargs.pop(name)
+
+        handles = []
+        try:
+            for item, net in zip(prepared, nets):
+                if item.unit.control_mode != BALANCED:
+                    hook = control_mode_hook(item.unit.control_mode,
+                                             lambda: bool(getattr(control_pipe, "do_classifier_free_guidance",
+                                                                  False)))
+                    handles.append(net.register_forward_hook(hook))
+            return run(call.replace(pipe=control_pipe, kwargs=kwargs))
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    # Infotext ------------------------------------------------------------------------------------------------
+    def after_generate(self, request: Any, generated: list[Any]) -> list[Any] | None:
+        """Record each unit as AUTOMATIC1111 does: `ControlNet 0: "Module: canny, Model: name [hash], ..."`."""
+        from .units import infotext_value
+
+        try:
+            units = self.units(request)
+        except ValueError:
+            return None
+        if not units:
+            return None
+        entries = {}
+        for i, unit in enumerate(units):
+            entry = self.models.find(unit.model)
+            entries[i] = infotext_value(unit, self.models.title(entry), (unit.threshold_a, unit.threshold_b))
+        for item in generated:
+            for i, text in entries.items():
+                item.extra[f"ControlNet {i}"] = text
+        return generated
