@@ -178,9 +178,32 @@ def set_enabled(settings: Settings, enabled: dict[str, bool]) -> list[str]:
     return settings.user.disabled_extensions
 
 
-def statuses(settings: Settings, loaded: list[LoadedExtension]) -> list[ExtensionStatus]:
-    """Every extension folder: what happened at start, plus those installed since (not loaded yet)."""
+def install(settings: Settings, source: str, name: str | None = None) -> Path:
+    """Install from a git URL (https://, ssh://, git://, file://, git@host:path) or a local folder.
+
+    A local folder that is a git repository is copied as it is (with its history), like any other folder.
+    Raises PermissionError while installing is turned off (see `install_blocked_reason`), ValueError naming
+    the bad input, or ExtensionInstallError when cloning or copying failed.
+    """
+    _check_allowed(settings)
+    source = (source or "").strip()
+    name = (name or "").strip() or None
+    if not source:
+        raise ValueError("source: enter a git URL or the path of a local folder")
+    if is_git_url(source):
+        return install_from_git(settings, source, name)
+    if Path(source).expanduser().is_dir():
+        return install_from_folder(settings, source, name)
+    raise ValueError(f"source: {source!r} is neither a git URL (https://, ssh://, git://, file://, git@host:path) "
+                     "nor an existing folder")
+
+
+def statuses(settings: Settings, loaded: list[LoadedExtension],
+             runtime_errors: dict[str, str] | None = None) -> list[ExtensionStatus]:
+    """Every extension folder: what happened at start (with any hook failure since, from `runtime_errors`),
+    plus those installed since (not loaded yet)."""
     disabled = set(settings.user.disabled_extensions)
+    runtime_errors = runtime_errors or {}
     rows: list[ExtensionStatus] = []
     seen: set[Path] = set()
     for item in loaded:
@@ -188,8 +211,11 @@ def statuses(settings: Settings, loaded: list[LoadedExtension]) -> list[Extensio
         manifest = item.manifest
         status = "loaded" if item.loaded else "failed" if item.error else "disabled" if not item.enabled \
             else "not loaded"
+        error = item.error
+        if item.loaded and item.name in runtime_errors:
+            status, error = "loaded, a hook failed", runtime_errors[item.name]
         rows.append(ExtensionStatus(item.name, item.folder, manifest.version if manifest else "",
-                                    manifest.description if manifest else "", status, item.error,
+                                    manifest.description if manifest else "", status, error,
                                     item.name not in disabled and item.folder.name not in disabled))
     for folder in [p for base in settings.extension_dirs() for p in discover(base)]:
         if folder.resolve() in seen:

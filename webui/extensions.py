@@ -40,6 +40,9 @@ RESERVED_ROUTE_NAMES = frozenset({
     "config", "info", "queue", "upload", "login", "logout", "theme.css", "heartbeat", "manifest.json", "svelte",
     "custom_component", "proxy", "stream", "monitoring", "favicon.ico", "user", "token", "app_id", "startup-events",
 })
+# Samplers extensions added (name -> extension). The sampler table is shared by the process, so an extension
+# set up again (a second Easel in the same process) may replace its own samplers but no one else's.
+SAMPLER_OWNERS: dict[str, str] = {}
 # Extra folders the launch flags add to each kind of model folder (see `ExtensionAPI.model_folders`).
 MODEL_FOLDER_FLAGS = {"Stable-diffusion": "ckpt_dirs", "Lora": "lora_dirs", "VAE": "vae_dirs",
                       "ControlNet": "controlnet_dirs", "ESRGAN": "esrgan_dirs"}
@@ -149,6 +152,7 @@ class Registry:
     preprocessors: dict[str, Callable[..., Any]] = field(default_factory=dict)
     scripts: dict[str, ScriptContribution] = field(default_factory=dict)  # by lower-case name
     request_args: dict[str, Callable[[Any], Any]] = field(default_factory=dict)  # extension name -> parser
+    runtime_errors: dict[str, str] = field(default_factory=dict)  # extension name -> its last hook failure
 
     def parse_request_args(self, scripts: Mapping[str, Any] | None) -> dict[str, Any]:
         """`request.extension_args` from AUTOMATIC1111's `alwayson_scripts` form or an accordion's values.
@@ -203,12 +207,38 @@ class ExtensionAPI:
         self._registry.accordions.append(UIContribution(title, build, mode, self.name))
 
     def before_generate(self, hook: Callable[[Any], Any]) -> None:
-        """`hook(request) -> request | None` runs on the worker before each job; return a changed request."""
-        self._easel.engine.before_generate.append(hook)
+        """`hook(request) -> request | None` runs on the worker before each job; return a changed request.
+
+        A `ValueError` from the hook fails the job with its message (one starting with `field: ` is the
+        client's mistake, a 4xx in the API). Any other exception is logged, recorded as this extension's
+        error (the Extensions tab shows it) and the job goes on with the request unchanged.
+        """
+        self._easel.engine.before_generate.append(self._isolated(hook, "before_generate"))
 
     def after_generate(self, hook: Callable[[Any, list[Any]], list[Any] | None]) -> None:
-        """`hook(request, generated) -> generated | None`; each item has `.image`, `.seed`, `.extra`."""
-        self._easel.engine.after_generate.append(hook)
+        """`hook(request, generated) -> generated | None`; each item has `.image`, `.seed`, `.extra`.
+
+        Failures are handled as for `before_generate`: the images are kept as they were."""
+        self._easel.engine.after_generate.append(self._isolated(hook, "after_generate"))
+
+    def _isolated(self, hook: Callable[..., Any], kind: str) -> Callable[..., Any]:
+        """`hook` wrapped so that a crash in it (not a ValueError) is logged and recorded, never fatal."""
+        registry, name = self._registry, self.name
+
+        def run(*args: Any) -> Any:
+            try:
+                return hook(*args)
+            except ValueError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one extension's bug must not fail every job
+                message = f"{kind} hook {getattr(hook, '__name__', 'hook')} failed: {exc.__class__.__name__}: {exc}"
+                registry.runtime_errors[name] = message
+                log.warning("extension %s: %s (skipped)\n%s", name, message, traceback.format_exc())
+                return None
+
+        run.__name__ = getattr(hook, "__name__", kind)
+        run.__qualname__ = f"{name}.{run.__name__}"
+        return run
 
     def add_route(self, path: str, endpoint: Callable[..., Any], methods: list[str] | None = None) -> None:
         """Add an HTTP route under `/extensions/<name>/`, or under `/<name>/` (where AUTOMATIC1111 extensions
@@ -241,10 +271,28 @@ class ExtensionAPI:
         self._easel.engine.pipeline_wrappers.append(wrapper)
 
     def add_sampler(self, name: str, scheduler_class: str, overrides: dict[str, Any] | None = None) -> None:
-        """Offer a diffusers scheduler under a sampler name for SD-family models."""
-        from webui.engine.samplers import DIFFUSION_SAMPLERS
+        """Offer a diffusers scheduler under a sampler name for SD-family models (SD 1.x, SD 2.x, SDXL).
 
+        `scheduler_class` names a class in `diffusers` ("EulerDiscreteScheduler"); each job builds a fresh one
+        from the model's own scheduler config with `overrides` applied. The name appears in every sampler list
+        (UI, `/sdapi/v1/samplers`) and works in requests and infotext. Raises ValueError for an unknown class
+        or a name Easel or another extension already uses.
+        """
+        import diffusers
+
+        from webui.engine.samplers import DIFFUSION_SAMPLERS, EASEL_SAMPLERS
+
+        name = name.strip()
+        if not name:
+            raise ValueError("name: a sampler needs a name")
+        owner = SAMPLER_OWNERS.get(name)
+        if (name in DIFFUSION_SAMPLERS or name in EASEL_SAMPLERS) and owner != self.name:
+            raise ValueError(f"name: a sampler named {name!r} already exists"
+                             f"{f' (added by the extension {owner})' if owner else ''}")
+        if not scheduler_class.endswith("Scheduler") or not hasattr(diffusers, scheduler_class):
+            raise ValueError(f"scheduler_class: diffusers has no scheduler {scheduler_class!r}")
         DIFFUSION_SAMPLERS[name] = (scheduler_class, dict(overrides or {}))
+        SAMPLER_OWNERS[name] = self.name
 
     def add_preprocessor(self, name: str, fn: Callable[..., Any]) -> None:
         """Register an image preprocessor (PIL image in, PIL image out) by name.
@@ -275,8 +323,14 @@ class ExtensionAPI:
         self._registry.scripts[key] = ScriptContribution(key, run, tuple(modes), tuple(args), self.name)
 
     def setting(self, key: str) -> Any:
-        """Read one user setting (see the Settings tab)."""
-        return getattr(self._easel.settings.user, key)
+        """Read one user setting (see the Settings tab), e.g. `api.setting("save_images")`; the value is
+        read when called, so it follows later changes. Raises KeyError naming the known keys."""
+        user = self._easel.settings.user
+        known = [f.name for f in dataclasses.fields(user)]
+        if key not in known:
+            raise KeyError(f"unknown setting {key!r}; settings are: {', '.join(known)}")
+        value = getattr(user, key)
+        return list(value) if isinstance(value, list) else value
 
     def model_folders(self, kind: str) -> list[Path]:
         """Folders holding one kind of model: `models/<kind>/` in the data folder, then the extra folders given

@@ -1,6 +1,12 @@
-"""Extensions: loaded through the one API, a failing one never stops the others, hooks change generation."""
+"""Extensions: loaded through the one API, a failing one never stops the others, hooks change generation; the
+example extension of docs/EXTENSIONS.md works as the guide says."""
+from __future__ import annotations
+
 import json
 import textwrap
+from pathlib import Path
+
+import pytest
 
 from webui.engine.worker import JobState
 from webui.extensions import API_VERSION, Registry, load_extensions
@@ -56,3 +62,185 @@ def test_good_bad_and_wrong_version_extensions(make_easel, tmp_path):
     assert job.state == JobState.DONE, job.error
     params = parse_infotext(job.result.infotexts[0])
     assert params["Prompt"] == "a cat, watercolor" and params["Stamped"] == "yes"
+
+
+def test_a_crashing_hook_is_recorded_and_the_job_goes_on(make_easel, tmp_path):
+    root = tmp_path / "exts"
+    write_extension(root, "crashy", """
+        def setup(api):
+            def before(request):
+                raise KeyError("no such style")
+
+            def after(request, generated):
+                raise ZeroDivisionError("after went wrong")
+
+            api.before_generate(before)
+            api.after_generate(after)
+    """)
+    write_extension(root, "picky", """
+        def setup(api):
+            def before(request):
+                if "forbidden" in request.prompt:
+                    raise ValueError("prompt: the picky extension refuses 'forbidden'")
+                return request.replace(prompt=request.prompt + ", picked")
+
+            api.before_generate(before)
+    """)
+    easel = make_easel()
+    easel.extensions = load_extensions(easel, [root], set(), easel.registry)
+    loaded = {e.name: e for e in easel.extensions}
+    assert loaded["crashy"].loaded and loaded["picky"].loaded
+    request = Txt2ImgRequest(prompt="a dog", width=64, height=64, steps=2, checkpoint="tiny-sd1")
+    job = easel.engine.generate(request, timeout=120)
+    assert job.state == JobState.DONE, job.error
+    assert parse_infotext(job.result.infotexts[0])["Prompt"] == "a dog, picked"  # the other extension still ran
+    errors = easel.registry.runtime_errors
+    assert "after_generate hook after failed: ZeroDivisionError" in errors["crashy"]
+    status = {s.name: s for s in easel.extension_statuses()}["crashy"]
+    assert status.status == "loaded, a hook failed" and "ZeroDivisionError" in status.error
+
+    refused = easel.engine.generate(request.replace(prompt="forbidden"), timeout=120)  # a ValueError fails the job
+    assert refused.state == JobState.FAILED and "refuses 'forbidden'" in refused.error
+
+
+def test_manifest_problems_are_clear_load_errors(make_easel, tmp_path):
+    root = tmp_path / "exts"
+    write_extension(root, "badjson", "def setup(api):\n    pass\n")
+    (root / "badjson" / "extension.json").write_text("{not json")
+    write_extension(root, "badversion", "def setup(api):\n    pass\n", {"api_version": "one"})
+    write_extension(root, "escape", "def setup(api):\n    pass\n", {"entry": "../badjson/extension.py"})
+    write_extension(root, "nosetup", "x = 1\n")
+    write_extension(root, "old", "def setup(api):\n    pass\n", {"name": "old", "api_version": 0})
+    write_extension(root, "good", "def setup(api):\n    api.add_preprocessor('same', lambda image: image)\n")
+    easel = make_easel()
+    loaded = {e.folder.name: e for e in load_extensions(easel, [root], set(), easel.registry)}
+    assert "JSONDecodeError" in loaded["badjson"].error
+    assert "api_version must be a whole number" in loaded["badversion"].error
+    assert "entry module ../badjson/extension.py not found" in loaded["escape"].error
+    assert "no setup(api) function" in loaded["nosetup"].error
+    assert loaded["old"].error == (f"RuntimeError: needs extension API version 0; this Easel provides {API_VERSION}")
+    assert loaded["good"].loaded and "same" in easel.registry.preprocessors
+
+
+def test_api_checks_what_extensions_register(make_easel, tmp_path):
+    from webui.engine.samplers import DIFFUSION_SAMPLERS
+    from webui.extensions import SAMPLER_OWNERS, ExtensionAPI
+
+    easel = make_easel()
+    api = ExtensionAPI(easel, easel.registry, "checks", tmp_path)
+    other = ExtensionAPI(easel, easel.registry, "other", tmp_path)
+    try:
+        api.add_sampler("Euler (checks)", "EulerDiscreteScheduler", {"timestep_spacing": "trailing"})
+        api.add_sampler("Euler (checks)", "EulerDiscreteScheduler")  # set up again: its own name is fine
+        for call, message in ((lambda: other.add_sampler("Euler (checks)", "EulerDiscreteScheduler"), "checks"),
+                              (lambda: api.add_sampler("DDIM", "DDIMScheduler"), "already exists"),
+                              (lambda: api.add_sampler("Mine", "NoSuchScheduler"), "scheduler_class"),
+                              (lambda: api.add_accordion("extras", "x", lambda: None), "mode"),
+                              (lambda: api.add_route("/sdapi/v1/mine", lambda: {}), "path"),
+                              (lambda: api.add_script("s", lambda r, a: r, modes=("inpaint",)), "modes")):
+            with pytest.raises(ValueError, match=message):
+                call()
+        assert "Euler (checks)" in easel.sampler_choices(None)
+        assert api.setting("save_images") is easel.settings.user.save_images
+        with pytest.raises(KeyError, match="unknown setting 'nope'.*save_images"):
+            api.setting("nope")
+    finally:
+        DIFFUSION_SAMPLERS.pop("Euler (checks)", None)
+        SAMPLER_OWNERS.pop("Euler (checks)", None)
+
+
+# The example extension of docs/EXTENSIONS.md -----------------------------------------------------------
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "docs" / "examples" / "hello"
+
+
+@pytest.fixture
+def hello(make_easel):
+    """An Easel with exactly the guide's example extension loaded from docs/examples/hello."""
+    from webui.engine.samplers import DIFFUSION_SAMPLERS
+    from webui.extensions import SAMPLER_OWNERS
+
+    easel = make_easel()
+    easel.extensions = load_extensions(easel, [EXAMPLE.parent], set(), easel.registry)
+    yield easel
+    for name in [n for n, owner in SAMPLER_OWNERS.items() if owner == "hello"]:
+        DIFFUSION_SAMPLERS.pop(name, None)
+        SAMPLER_OWNERS.pop(name, None)
+
+
+def test_the_guide_shows_the_tested_example_verbatim():
+    guide = (REPO / "docs" / "EXTENSIONS.md").read_text(encoding="utf-8")
+    for name in ("extension.json", "extension.py"):
+        source = (EXAMPLE / name).read_text(encoding="utf-8").strip()
+        assert source in guide, f"docs/EXTENSIONS.md does not show {name} as it is in docs/examples/hello"
+
+
+def test_the_guide_example_extension_uses_every_hook(hello):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from tests.api.conftest import b64_png, gradient, open_b64
+    from webui.api.routes import create_api
+    from webui.engine.samplers import make_scheduler
+    from webui.model_manager.identify import Arch
+
+    easel = hello
+    status = {s.name: s for s in easel.extension_statuses()}["hello"]
+    assert (status.status, status.version, status.error) == ("loaded", "1.0.0", None)
+    frame = (255, 128, 0)
+
+    app = FastAPI()
+    create_api(app, easel)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        # A per-request argument changes the prompt; the new sampler runs; images come back framed.
+        body = {"prompt": "a cat", "seed": 3, "width": 64, "height": 64, "steps": 2,
+                "sampler_name": "Euler (trailing)", "alwayson_scripts": {"Hello": {"args": ["watercolor"]}}}
+        response = client.post("/sdapi/v1/txt2img", json=body)
+        assert response.status_code == 200, response.text
+        image = open_b64(response.json()["images"][0])
+        params = parse_infotext(image.info["parameters"])
+        assert (params["Prompt"], params["Sampler"], params["Hello"]) == ("a cat, watercolor", "Euler (trailing)",
+                                                                          "framed")
+        assert image.convert("RGB").getpixel((0, 0)) == frame and image.convert("RGB").getpixel((63, 30)) == frame
+        assert image.convert("RGB").getpixel((30, 30)) != frame
+        # The route, reading a user setting.
+        assert client.get("/extensions/hello/stats").json() == {"images": 1, "save_images": True}
+        easel.settings.user.save_images = False
+        assert client.get("/extensions/hello/stats").json()["save_images"] is False
+        # The API script: one image per style.
+        swept = client.post("/sdapi/v1/txt2img", json={"prompt": "a cat", "seed": 3, "width": 64, "height": 64,
+                                                       "steps": 2, "script_name": "style sweep",
+                                                       "script_args": [["red", "blue"]]})
+        assert swept.status_code == 200, swept.text
+        prompts = [parse_infotext(open_b64(i).info["parameters"])["Prompt"] for i in swept.json()["images"]]
+        assert prompts == ["a cat, red", "a cat, blue"]
+        assert client.get("/extensions/hello/stats").json()["images"] == 3
+        assert client.get("/sdapi/v1/scripts").json()["txt2img"] == ["style sweep"]
+        # Bad arguments are the client's mistake, named.
+        bad = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"hello": {"args": [1]}}})
+        assert bad.status_code == 422 and bad.json()["field"] == "alwayson_scripts.hello"
+        assert "one style text" in bad.json()["detail"]
+        bad_script = client.post("/sdapi/v1/txt2img", json={**body, "script_name": "style sweep", "script_args": []})
+        assert bad_script.status_code == 422 and bad_script.json()["field"] == "script_args"
+
+    # The sampler is the scheduler it names, with its settings; the preprocessor inverts.
+    scheduler = make_scheduler("Euler (trailing)", Arch.SD1, easel.manager.get("tiny-sd1", "txt2img").pipe.scheduler.config)
+    assert type(scheduler).__name__ == "EulerDiscreteScheduler" and scheduler.config.timestep_spacing == "trailing"
+    source = gradient(8, 8)
+    inverted = easel.registry.preprocessors["hello_invert"](source, resolution=512)
+    assert inverted.getpixel((3, 5)) == tuple(255 - v for v in source.getpixel((3, 5)))
+
+    # The UI: its tab and its accordion in txt2img, whose textbox feeds the Generate button.
+    from webui.ui.app import build_ui
+
+    blocks, ui = build_ui(easel)
+    try:
+        by_id = {getattr(b, "elem_id", None): b for b in blocks.blocks.values()}
+        assert "tab_ext_hello" in by_id and "hello_count" in by_id and "hello_style" in by_id
+        choices = ui.generation["txt2img"].controls["sampler"].choices
+        assert any("Euler (trailing)" in choice for choice in choices)
+        style = by_id["hello_style"]
+        generate = [f for f in blocks.fns.values() if style in f.inputs]
+        assert len(generate) == 1 and generate[0].name == "on_generate"
+    finally:
+        blocks.close()

@@ -1,0 +1,127 @@
+"""The Extensions tab: what is installed and how it went, enable/disable, and installing new extensions.
+
+The table lists every extension folder with its version, status (loaded, disabled, failed, not loaded yet),
+description and the error that stopped it (or that one of its hooks raised since). The checkboxes say which
+extensions load at the next start; Apply stores them in the settings (`disabled_extensions`). Installing
+takes a git URL or a local folder and puts the extension into `<data dir>/extensions`; it runs someone else's
+code inside Easel, so the form says so, and it is turned off while Easel is reachable from other machines
+(`--listen`, `--share`) unless `--enable-insecure-extension-access` was given. Everything it shows comes from
+the `Easel` object when the page loads or a button is pressed; nothing is read while the UI is built.
+"""
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import gradio as gr
+
+from webui.ui.bridge import guard
+from webui.ui.context import UIContext
+
+HEADERS = ["Extension", "Version", "Status", "Loads at next start", "Description", "Error", "Folder"]
+TRUST_WARNING = (
+    "**Only install extensions you trust.** An extension is Python code that runs inside Easel with your "
+    "user's rights: it can read, change and delete your files, reach the network and see every prompt and "
+    "image. Easel does not check or sandbox it. Read its source, or install only from authors you trust."
+)
+RESTART_NOTE = "Changes take effect when Easel is restarted."
+
+
+def extension_rows(easel: Any) -> list[list[str]]:
+    """One table row per extension folder."""
+    rows = []
+    for item in easel.extension_statuses():
+        rows.append([item.name, item.version, item.status, "yes" if item.enabled else "no", item.description,
+                     item.error or "", str(item.folder)])
+    return rows
+
+
+def enabled_choices(easel: Any) -> tuple[list[str], list[str]]:
+    """(every extension name, those enabled for the next start), for the checkboxes."""
+    found = easel.extension_statuses()
+    return [item.name for item in found], [item.name for item in found if item.enabled]
+
+
+def apply_enabled(easel: Any, checked: list[str] | None) -> str:
+    """Store which extensions load at the next start; returns the message shown under the button."""
+    names, _ = enabled_choices(easel)
+    checked = list(checked or [])
+    unknown = [name for name in checked if name not in names]
+    if unknown:
+        raise ValueError(f"disabled_extensions: no extension named {', '.join(map(repr, unknown))} is installed")
+    disabled = easel.set_extensions_enabled({name: name in checked for name in names})
+    summary = f"disabled: {', '.join(disabled)}" if disabled else "every extension is enabled"
+    return f"Saved ({summary}). {RESTART_NOTE}"
+
+
+def install(easel: Any, source: str | None, name: str | None) -> str:
+    """Install from a git URL or a local folder; returns the message shown. Errors become ValueErrors naming
+    what to fix, so the UI shows them as they are."""
+    blocked = easel.extension_install_blocked()
+    if blocked:
+        raise ValueError(f"source: {blocked}")
+    try:
+        folder = easel.install_extension(source or "", name or None)
+    except (PermissionError, RuntimeError) as exc:  # turned off, or git / copying failed
+        raise ValueError(f"source: {exc}") from None
+    return f"Installed into `{folder}`. Restart Easel to load it."
+
+
+def install_status(easel: Any) -> tuple[str, bool]:
+    """(the note above the install form, whether installing is possible now)."""
+    blocked = easel.extension_install_blocked()
+    if blocked:
+        return f'<div class="easel-warning" id="extensions_blocked">{html.escape(blocked)}</div>', False
+    return "", True
+
+
+def build(ui: UIContext) -> None:
+    easel = ui.easel
+    with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions") as tab:
+        with gr.Tab("Installed", id="extensions_installed"):
+            table = gr.Dataframe(headers=HEADERS, datatype=["str"] * len(HEADERS), interactive=False,
+                                 label="Extensions", elem_id="extensions_table", wrap=True)
+            enabled = gr.CheckboxGroup(choices=[], value=[], label="Load at next start",
+                                       elem_id="extensions_enabled")
+            with gr.Row():
+                apply = gr.Button("Apply", variant="primary", elem_id="extensions_apply", scale=0, min_width=120)
+                check = gr.Button("Rescan", elem_id="extensions_rescan", scale=0, min_width=120)
+                status = gr.Markdown(RESTART_NOTE, elem_id="extensions_status")
+        with gr.Tab("Install", id="extensions_install"):
+            gr.Markdown(TRUST_WARNING, elem_id="extensions_trust_warning", elem_classes="easel-warning")
+            blocked = gr.HTML("", elem_id="extensions_install_note", padding=False)
+            with gr.Row(equal_height=False):
+                source = gr.Textbox(label="Git URL or local folder", elem_id="extensions_source", scale=4,
+                                    placeholder="https://github.com/owner/extension.git or /path/to/extension")
+                name = gr.Textbox(label="Folder name (optional)", elem_id="extensions_name", scale=2,
+                                  placeholder="from the URL or folder")
+            install_button = gr.Button("Install", variant="primary", elem_id="extensions_install_button",
+                                       scale=0, min_width=120)
+            installed = gr.Markdown("", elem_id="extensions_install_status")
+
+    def snapshot() -> tuple[Any, Any]:
+        names, on = enabled_choices(easel)
+        return extension_rows(easel), gr.CheckboxGroup(choices=names, value=on)
+
+    @guard
+    def on_show() -> tuple[Any, ...]:
+        note, allowed = install_status(easel)
+        return (*snapshot(), note, gr.Textbox(interactive=allowed), gr.Textbox(interactive=allowed),
+                gr.Button(interactive=allowed))
+
+    @guard
+    def on_apply(checked: list[str] | None) -> tuple[Any, ...]:
+        message = apply_enabled(easel, checked)
+        return (*snapshot(), message)
+
+    @guard
+    def on_install(where: str | None, folder_name: str | None) -> tuple[Any, ...]:
+        message = install(easel, where, folder_name)
+        gr.Info(message.replace("`", ""))
+        return (*snapshot(), message, "")
+
+    shown = [table, enabled, blocked, source, name, install_button]
+    tab.select(on_show, inputs=None, outputs=shown, show_progress="hidden")
+    check.click(on_show, inputs=None, outputs=shown, show_progress="hidden")
+    apply.click(on_apply, inputs=enabled, outputs=[table, enabled, status], show_progress="hidden")
+    install_button.click(on_install, inputs=[source, name], outputs=[table, enabled, installed, source])
