@@ -107,6 +107,10 @@ def test_api_mounted_beside_the_gradio_ui(make_easel):
         assert info_of(response.json())["seed"] == 3
         bad = httpx.post(f"{url}/sdapi/v1/img2img", json={"prompt": "x", "init_images": ["@@"]}, timeout=30)
         assert bad.status_code == 422 and bad.json()["field"] == "init_images"
+        docs = httpx.get(f"{url}/docs", timeout=30)  # the OpenAPI page, also beside the UI
+        assert docs.status_code == 200 and "swagger" in docs.text.lower()
+        schema = httpx.get(f"{url}/openapi.json", timeout=30).json()
+        assert {"/sdapi/v1/txt2img", "/sdapi/v1/options", "/sdapi/v1/extra-single-image"} <= set(schema["paths"])
     finally:
         stop(easel)
 
@@ -128,3 +132,66 @@ def test_logins_protect_the_api(make_easel, nowebui):
         assert httpx.get(f"{url}/sdapi/v1/options", timeout=10, auth=("ann", "secret")).status_code == 200
     finally:
         stop(easel)
+
+
+def test_webuiapi_inpaint_extras_model_switch_progress_and_interrupt(api_only, tiny_sd1_dir):
+    """The rest of what clients do through `webuiapi`: img2img with a mask, extra-single-image, listings, switching
+    the model through the options, then watching progress (with its preview) and interrupting a long job."""
+    import shutil
+    import threading
+
+    import numpy as np
+    from PIL import Image
+
+    webuiapi = pytest.importorskip("webuiapi")
+    easel, url = api_only
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), steps=2)
+
+    source = gradient()
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    inpainted = api.img2img(images=[source], mask_image=mask, mask_blur=0, inpainting_fill=1,
+                            inpaint_full_res=False, denoising_strength=1.0, prompt="a cat", seed=4, width=64,
+                            height=64)
+    result = np.asarray(inpainted.image.convert("RGB")).astype(int)
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(result[outside], np.asarray(source).astype(int)[outside])
+    assert np.abs(result[~outside] - np.asarray(source).astype(int)[~outside]).mean() > 1
+    assert parse_infotext(inpainted.image.info["parameters"])["Masked content"] == "original"
+
+    upscaled = api.extra_single_image(image=gradient(32, 24), upscaler_1="Lanczos", upscaling_resize=2)
+    assert upscaled.image.size == (64, 48) and "Postprocess upscaler: Lanczos" in upscaled.info
+    assert [u["name"] for u in api.get_upscalers()][:3] == ["None", "Lanczos", "Nearest"]
+    assert {"automatic", "karras"} <= set(api.util_get_scheduler_names())
+    assert api.get_cmd_flags()["nowebui"] is True and "ram" in api.get_memory()
+    assert api.get_embeddings() == {"loaded": {}, "skipped": {}} and api.get_loras() == []
+
+    shutil.copytree(tiny_sd1_dir, easel.settings.models_dir / "diffusers" / "tiny-sd1-b")
+    api.refresh_checkpoints()
+    assert len(api.util_get_model_names()) == 2
+    api.util_set_model("tiny-sd1-b")
+    assert api.util_get_current_model().startswith("tiny-sd1-b") and easel.manager.current().name == "tiny-sd1-b"
+    switched = api.txt2img(prompt="switched", seed=1, width=64, height=64)
+    assert switched.info["sd_model_name"] == "tiny-sd1-b"
+
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=api.txt2img(
+        prompt="long", seed=1, width=64, height=64, steps=150, n_iter=50)))
+    thread.start()
+    seen = None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        state = api.get_progress()
+        if state["state"]["sampling_step"] >= 5 and state["current_image"]:
+            seen = state
+            break
+        time.sleep(0.05)
+    assert seen is not None, "no progress with a preview was reported"
+    assert 0 < seen["progress"] < 1 and seen["state"]["sampling_steps"] == 150
+    assert open_b64(seen["current_image"]).size[0] > 0
+    api.interrupt()
+    thread.join(300)
+    assert not thread.is_alive()
+    interrupted = outcome["result"]
+    assert interrupted.info["interrupted"] is True and 1 <= len(interrupted.images) < 50
+    assert api.get_progress()["progress"] == 0.0
