@@ -271,6 +271,18 @@ def limit_image_decoding(settings: Settings) -> None:
     Image.MAX_IMAGE_PIXELS = settings.user.limits().max_pixels * 4
 
 
+def restart_process() -> None:
+    """Replace this process by a fresh Easel started with the same command line, so every module, extension
+    and model is loaded anew (the Extensions tab's "Apply and restart"). Only `main` offers it: tests and
+    embedding programs never have their process replaced."""
+    import sys
+
+    command = [sys.executable, *sys.orig_argv[1:]]
+    log.warning("restarting Easel: %s", " ".join(command))
+    logging.shutdown()
+    os.execv(sys.executable, command)
+
+
 def main(argv: list[str] | None = None) -> None:
     from webui.security import InsecureLaunchError, launch_warnings
 
@@ -286,5 +298,6 @@ def main(argv: list[str] | None = None) -> None:
     if settings.load_message:
         log.warning(settings.load_message)
     easel = build(settings)
+    easel.extras["restart"] = restart_process
     easel.engine.start()
     create_server(easel, block=True)

@@ -4,8 +4,11 @@ listens beyond localhost unless --enable-insecure-extension-access."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ import pytest
 from webui.extensions import API_VERSION
 from webui.settings import Settings
 from webui.ui.tabs.extensions import TRUST_WARNING, apply_enabled, enabled_choices, extension_rows, install, \
-    install_status
+    install_status, schedule_restart
 
 GOOD = """
     def setup(api):
@@ -170,3 +173,53 @@ def test_install_is_refused_beyond_localhost_unless_allowed(make_easel, data_dir
     assert install_status(trusted) == ("", True)
     install(trusted, str(source), None)
     assert (data_dir / "extensions" / "greeter").is_dir()
+
+
+def test_apply_and_restart(make_easel, data_dir):
+    from webui.requests import Txt2ImgRequest
+    from webui.ui.app import build_ui
+
+    easel = make_easel()
+    with pytest.raises(ValueError, match="not started by launch.py"):
+        schedule_restart(easel)
+    restarted = threading.Event()
+    easel.extras["restart"] = restarted.set
+    blocks, _ = build_ui(easel)
+    try:
+        handler = next(f.fn for f in blocks.fns.values() if f.name == "on_apply_restart")
+        names, enabled = enabled_choices(easel)
+        *_, message = handler([n for n in enabled if n != "good"])
+        assert "Restarting" in message and restarted.wait(10)
+        assert json.loads(easel.settings.config_path.read_text())["disabled_extensions"] == ["good"]
+        assert any(f.js and "location.reload" in f.js for f in blocks.fns.values())
+    finally:
+        blocks.close()
+
+    restarted.clear()
+    job = easel.engine.submit(Txt2ImgRequest(prompt="long", width=64, height=64, steps=150, batch_count=20,
+                                             checkpoint="tiny-sd1"))
+    try:
+        with pytest.raises(ValueError, match="a job is running or waiting"):
+            schedule_restart(easel, delay=0.01)
+    finally:
+        easel.engine.worker.interrupt(job.id)
+        job.wait(120)
+    assert not restarted.is_set()
+
+
+def test_restart_process_replaces_the_process_with_the_same_command(tmp_path):
+    code = ("import os\n"
+            "from webui.app import restart_process\n"
+            "print('started', os.getpid(), os.environ.get('EASEL_TEST_RESTARTED', 'no'), flush=True)\n"
+            "if 'EASEL_TEST_RESTARTED' not in os.environ:\n"
+            "    os.environ['EASEL_TEST_RESTARTED'] = 'yes'\n"
+            "    restart_process()\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "GRADIO_ANALYTICS_ENABLED": "False"}
+    env.pop("EASEL_TEST_RESTARTED", None)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr
+    lines = [line.split() for line in out.stdout.splitlines() if line.startswith("started")]
+    assert len(lines) == 2 and lines[0][1] == lines[1][1]  # the same process, run again
+    assert [line[2] for line in lines] == ["no", "yes"]

@@ -2,7 +2,9 @@
 
 The table lists every extension folder with its version, status (loaded, disabled, failed, not loaded yet),
 description and the error that stopped it (or that one of its hooks raised since). The checkboxes say which
-extensions load at the next start; Apply stores them in the settings (`disabled_extensions`). Installing
+extensions load at the next start; Apply stores them in the settings (`disabled_extensions`), and "Apply and
+restart" also restarts Easel with the same command line (when it was started by `launch.py`, which offers
+`easel.extras["restart"]`) once no job is running or waiting; the page reloads when Easel is back. Installing
 takes a git URL or a local folder and puts the extension into `<data dir>/extensions`; it runs someone else's
 code inside Easel, so the form says so, and it is turned off while Easel is reachable from other machines
 (`--listen`, `--share`) unless `--enable-insecure-extension-access` was given. Everything it shows comes from
@@ -11,6 +13,8 @@ the `Easel` object when the page loads or a button is pressed; nothing is read w
 from __future__ import annotations
 
 import html
+import logging
+import threading
 from typing import Any
 
 import gradio as gr
@@ -25,6 +29,16 @@ TRUST_WARNING = (
     "image. Easel does not check or sandbox it. Read its source, or install only from authors you trust."
 )
 RESTART_NOTE = "Changes take effect when Easel is restarted."
+RESTART_DELAY_S = 1.0  # lets the answer reach the browser before the process is replaced
+# Run in the browser after "Apply and restart": wait for the old server to go, then reload once Easel answers.
+RELOAD_JS = """() => {
+  const poll = () => fetch(window.location.href, {cache: "no-store"})
+    .then((r) => { if (r.ok) { window.location.reload(); } else { setTimeout(poll, 1000); } })
+    .catch(() => setTimeout(poll, 1000));
+  setTimeout(poll, 4000);
+}"""
+
+log = logging.getLogger(__name__)
 
 
 def extension_rows(easel: Any) -> list[list[str]]:
@@ -52,6 +66,23 @@ def apply_enabled(easel: Any, checked: list[str] | None) -> str:
     disabled = easel.set_extensions_enabled({name: name in checked for name in names})
     summary = f"disabled: {', '.join(disabled)}" if disabled else "every extension is enabled"
     return f"Saved ({summary}). {RESTART_NOTE}"
+
+
+def schedule_restart(easel: Any, delay: float = RESTART_DELAY_S) -> threading.Timer:
+    """Restart Easel after `delay` seconds; ValueError when it cannot restart itself or a job would be lost."""
+    restart = easel.extras.get("restart")
+    if restart is None:
+        raise ValueError("restart: this Easel was not started by launch.py, so it cannot restart itself; the "
+                         "changes are saved, restart it by hand")
+    worker = easel.engine.worker
+    if worker.current is not None or worker.queue_length():
+        raise ValueError("restart: a job is running or waiting; the changes are saved, restart when it has "
+                         "finished")
+    log.info("restart requested from the Extensions tab")
+    timer = threading.Timer(delay, restart)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def install(easel: Any, source: str | None, name: str | None) -> str:
@@ -85,6 +116,8 @@ def build(ui: UIContext) -> None:
                                        elem_id="extensions_enabled")
             with gr.Row():
                 apply = gr.Button("Apply", variant="primary", elem_id="extensions_apply", scale=0, min_width=120)
+                apply_restart = gr.Button("Apply and restart", elem_id="extensions_apply_restart", scale=0,
+                                          min_width=180)
                 check = gr.Button("Rescan", elem_id="extensions_rescan", scale=0, min_width=120)
                 status = gr.Markdown(RESTART_NOTE, elem_id="extensions_status")
         with gr.Tab("Install", id="extensions_install"):
@@ -115,6 +148,12 @@ def build(ui: UIContext) -> None:
         return (*snapshot(), message)
 
     @guard
+    def on_apply_restart(checked: list[str] | None) -> tuple[Any, ...]:
+        apply_enabled(easel, checked)
+        schedule_restart(easel)
+        return (*snapshot(), "Restarting Easel; this page reloads when it is back.")
+
+    @guard
     def on_install(where: str | None, folder_name: str | None) -> tuple[Any, ...]:
         message = install(easel, where, folder_name)
         gr.Info(message.replace("`", ""))
@@ -124,4 +163,6 @@ def build(ui: UIContext) -> None:
     tab.select(on_show, inputs=None, outputs=shown, show_progress="hidden")
     check.click(on_show, inputs=None, outputs=shown, show_progress="hidden")
     apply.click(on_apply, inputs=enabled, outputs=[table, enabled, status], show_progress="hidden")
+    apply_restart.click(on_apply_restart, inputs=enabled, outputs=[table, enabled, status],
+                        show_progress="hidden").success(None, js=RELOAD_JS)
     install_button.click(on_install, inputs=[source, name], outputs=[table, enabled, installed, source])
