@@ -54,7 +54,7 @@ from webui.engine.tasks import UnloadRequest, UpscaleRequest
 from webui.engine.upscalers import NONE, UpscalerNotFoundError
 from webui.engine.worker import Job, JobResult, JobState, QueueFullError
 from webui.infotext import parse_infotext, png_bytes, read_png_parameters
-from webui.model_manager.errors import ModelNotFoundError
+from webui.model_manager.errors import ModelLoadError, ModelNotFoundError
 from webui.requests import GenerationRequest, Img2ImgRequest, InpaintRequest, RequestError, Txt2ImgRequest
 from webui.security import LOGIN_CHECKED, LoginThrottle, check_basic_auth, login_throttle
 
@@ -178,6 +178,8 @@ def job_failure(job: Job, what: str, field_name: str | None = None) -> ApiError:
         return ApiError(422, exc.field, exc.message, "RequestError")
     if isinstance(exc, ModelNotFoundError):
         return ApiError(404, field_name, str(exc), "NotFound")
+    if isinstance(exc, ModelLoadError):  # a broken, truncated or mismatched file: the message names it
+        return ApiError(422, field_name or "sd_model_checkpoint", str(exc), "ModelLoadError")
     if isinstance(exc, ValueError):
         name, sep, message = str(exc).partition(": ")
         if sep and name.replace("_", "").isalnum():
@@ -335,7 +337,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
             raise ApiError(404, field_name, f"unknown model {query!r}: not installed, and Easel is offline so it cannot "
                                             "be fetched as a Hugging Face repository", "NotFound")
         if not entry.supported:
-            raise ApiError(422, field_name, f"model {entry.name!r} cannot be used: {entry.reason}")
+            raise ApiError(422, field_name, f"model {entry.name!r} ({entry.path.name}) cannot be used: {entry.reason}")
         return entry
 
     def check_vae(name: Any, field_name: str) -> str:
