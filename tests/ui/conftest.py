@@ -54,6 +54,15 @@ class StubManager:
     def loras(self) -> list[StubEntry]:
         return []
 
+    def edit_checkpoints(self) -> list[StubEntry]:
+        return [e for e in self.entries if e.arch == "easel"]
+
+    def segmenters(self) -> list[Any]:
+        return []
+
+    def find_segmenter(self, name: str) -> Any:
+        return None
+
     def memory_report(self) -> dict[str, Any]:
         return {"device": "cpu", "dtype": "float32", "ram_cache_size": 2, "loaded": [], "ram_bytes": 0,
                 "device_bytes": 0}
@@ -113,6 +122,16 @@ class StubEasel:
 
     def default_size(self, checkpoint: str | None = None) -> int:
         return 64 if self._arch(checkpoint or self.default_checkpoint()) == "easel" else 512
+
+    def segment_model_choices(self) -> list[str]:
+        return [e.name for e in self.manager.edit_checkpoints()]
+
+    def default_segment_model(self) -> str:
+        choices = self.segment_model_choices()
+        return choices[0] if choices else ""
+
+    def segment_template(self, model: str | None) -> str:
+        return "highlight {query} in {colour}" if self._arch(model) == "easel" else ""
 
     @staticmethod
     def png_info(image: Image.Image) -> tuple[str, dict[str, str]]:

@@ -16,7 +16,7 @@ import gradio as gr
 
 from webui.ui.bridge import guard
 from webui.ui.context import UIContext
-from webui.ui.tabs import extensions, extras, img2img, inpaint, models, png_info, settings, txt2img
+from webui.ui.tabs import extensions, extras, img2img, inpaint, models, png_info, segment, settings, txt2img
 
 if TYPE_CHECKING:
     from webui.app import Easel
@@ -29,6 +29,7 @@ TABS: list[TabBuilder] = [
     txt2img.build,
     img2img.build,
     inpaint.build,
+    segment.build,
     extras.build,
     png_info.build,
     models.build,
