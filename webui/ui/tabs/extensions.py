@@ -22,11 +22,13 @@ import gradio as gr
 from webui.ui.bridge import guard
 from webui.ui.context import UIContext
 
-HEADERS = ["Extension", "Version", "Status", "Loads at next start", "Description", "Error", "Folder"]
+HEADERS = ["Extension", "Status", "Error", "Version", "Loads at next start", "Description", "Folder"]
+COLUMN_WIDTHS = ["13%", "10%", "27%", "8%", "9%", "23%", "10%"]
+TRUST_TITLE = "Only install extensions you trust."
 TRUST_WARNING = (
-    "**Only install extensions you trust.** An extension is Python code that runs inside Easel with your "
-    "user's rights: it can read, change and delete your files, reach the network and see every prompt and "
-    "image. Easel does not check or sandbox it. Read its source, or install only from authors you trust."
+    "An extension is Python code that runs inside Easel with your user's rights: it can read, change and "
+    "delete your files, reach the network and see every prompt and image. Easel does not check or sandbox it. "
+    "Read its source, or install only from authors you trust."
 )
 RESTART_NOTE = "Changes take effect when Easel is restarted."
 RESTART_DELAY_S = 1.0  # lets the answer reach the browser before the process is replaced
@@ -45,8 +47,8 @@ def extension_rows(easel: Any) -> list[list[str]]:
     """One table row per extension folder."""
     rows = []
     for item in easel.extension_statuses():
-        rows.append([item.name, item.version, item.status, "yes" if item.enabled else "no", item.description,
-                     item.error or "", str(item.folder)])
+        rows.append([item.name, item.status, item.error or "", item.version, "yes" if item.enabled else "no",
+                     item.description, str(item.folder)])
     return rows
 
 
@@ -111,7 +113,8 @@ def build(ui: UIContext) -> None:
     with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions") as tab:
         with gr.Tab("Installed", id="extensions_installed"):
             table = gr.Dataframe(headers=HEADERS, datatype=["str"] * len(HEADERS), interactive=False,
-                                 label="Extensions", elem_id="extensions_table", wrap=True)
+                                 label="Extensions", elem_id="extensions_table", wrap=True,
+                                 column_widths=COLUMN_WIDTHS)
             enabled = gr.CheckboxGroup(choices=[], value=[], label="Load at next start",
                                        elem_id="extensions_enabled")
             with gr.Row():
@@ -121,7 +124,8 @@ def build(ui: UIContext) -> None:
                 check = gr.Button("Rescan", elem_id="extensions_rescan", scale=0, min_width=120)
                 status = gr.Markdown(RESTART_NOTE, elem_id="extensions_status")
         with gr.Tab("Install", id="extensions_install"):
-            gr.Markdown(TRUST_WARNING, elem_id="extensions_trust_warning", elem_classes="easel-warning")
+            gr.HTML(f'<div class="easel-warning"><strong>{TRUST_TITLE}</strong> {html.escape(TRUST_WARNING)}</div>',
+                    elem_id="extensions_trust_warning", padding=False)
             blocked = gr.HTML("", elem_id="extensions_install_note", padding=False)
             with gr.Row(equal_height=False):
                 source = gr.Textbox(label="Git URL or local folder", elem_id="extensions_source", scale=4,
