@@ -702,3 +702,23 @@ def make_tiny_flux_controlnet(folder: Path, flux_folder: Path, seed: int = 0) ->
     folder = Path(folder)
     controlnet.save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+def make_tiny_zimage_controlnet(folder: Path, seed: int = 0) -> Path:
+    """A tiny random ZImageControlNetModel (diffusers folder) for the transformer of `make_tiny_zimage` (dim 32,
+    2 heads, patch 2); the pipeline lends it the transformer's embedders and refiners when it runs. Its control input
+    has 9 channels (control latents 4 + mask 1 + masked-image latents 4), the layout of the "Union 2.0" models that
+    both the txt2img and the inpaint ControlNet pipelines accept."""
+    from diffusers import ZImageControlNetModel
+
+    with _seeded(seed):
+        controlnet = ZImageControlNetModel(
+            control_layers_places=[0, 1], control_refiner_layers_places=[0], control_in_dim=9,
+            add_control_noise_refiner="control_noise_refiner", all_patch_size=(2,), all_f_patch_size=(1,), dim=32,
+            n_refiner_layers=1, n_heads=2, n_kv_heads=2, norm_eps=1e-5, qk_norm=True)
+        with torch.no_grad():
+            for param in controlnet.parameters():
+                param.normal_(0.0, 0.2)
+    folder = Path(folder)
+    controlnet.save_pretrained(str(folder), safe_serialization=True)
+    return folder

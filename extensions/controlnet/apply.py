@@ -269,6 +269,12 @@ class ControlNetRunner:
                           else diffusers.MultiControlNetModel(nets))
         else:
             controlnet = nets[0]
+        if group == "zimage" and call.task == "inpaint" and \
+                nets[0].config.control_in_dim == pipe.transformer.config.in_channels:
+            raise RequestError(f"{FIELD}.args[0].model",
+                               f"{prepared[0].entry.name} takes no mask (its control input has as many channels as "
+                               f"the latents); Z-Image inpainting needs a ControlNet made for it, such as the "
+                               f"Union 2.0 models")
         cls = getattr(diffusers, PIPELINES[(group, call.task)])
         control_pipe = cls.from_pipe(pipe, controlnet=controlnet)
 
@@ -282,6 +288,9 @@ class ControlNetRunner:
             kwargs["control_guidance_start"] = [item.unit.guidance_start for item in prepared]
             kwargs["control_guidance_end"] = [item.unit.guidance_end for item in prepared]
         accepted = inspect.signature(cls.__call__).parameters
+        if "width" in accepted and "height" in accepted and not kwargs.get("width"):
+            # Some ControlNet img2img pipelines (Flux's) default to their model's native size, not the image's.
+            kwargs["width"], kwargs["height"] = generation_size(call)
         dropped = [name for name in kwargs if name not in accepted]
         for name in dropped:  # e.g. Z-Image's inpaint pipeline has no strength: it always denoises fully
             log.info("%s takes no %s; left out", cls.__name__, name)

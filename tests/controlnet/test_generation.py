@@ -141,3 +141,56 @@ def test_sdxl_controlnet(make_easel, tmp_path, tmp_path_factory):
     edited = Img2ImgRequest(prompt="a house", seed=3, checkpoint="tiny-sdxl", init_image=shapes(),
                             denoising_strength=0.8, **TINY)
     assert generate(easel, edited, [unit(model="xl-canny", image=None, control_mode=1)]).images[0].size == (64, 64)
+
+
+def test_flux_controlnet_in_every_mode_with_two_units(make_easel, tmp_path, tmp_path_factory):
+    from tests.tiny_models import make_tiny_flux, make_tiny_flux_controlnet
+
+    flux = make_tiny_flux(tmp_path_factory.mktemp("flux") / "tiny-flux")
+    models = tmp_path / "data" / "models"
+    shutil.copytree(flux, models / "diffusers" / "tiny-flux")
+    make_tiny_flux_controlnet(models / "ControlNet" / "flux-canny", flux, seed=2)
+    easel = make_easel(install_sd1=False)
+    request = Txt2ImgRequest(prompt="a house", seed=3, checkpoint="tiny-flux", **TINY)
+    plain = pixels(generate(easel, request).images[0])
+    one = pixels(generate(easel, request, [unit(model="flux-canny")]).images[0])
+    assert np.abs(one - plain).mean() > 0.5
+    two = pixels(generate(easel, request, [unit(model="flux-canny"),
+                                           unit(model="flux-canny", module="invert", weight=0.5)]).images[0])
+    assert not np.array_equal(two, one)
+    edit = Img2ImgRequest(prompt="a house", seed=3, checkpoint="tiny-flux", init_image=shapes(),
+                          denoising_strength=0.8, **TINY)
+    assert generate(easel, edit, [unit(model="flux-canny", image=None)]).images[0].size == (64, 64)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    inpaint = InpaintRequest(prompt="a house", seed=3, checkpoint="tiny-flux", init_image=shapes(), mask=mask,
+                             mask_blur=0, denoising_strength=0.8, **TINY)
+    assert generate(easel, inpaint, [unit(model="flux-canny", image=None)]).images[0].size == (64, 64)
+    job = easel.engine.generate(request.replace(extension_args=easel.registry.parse_request_args(
+        {"controlnet": [unit(model="flux-canny", control_mode=1)]})), timeout=120)
+    assert isinstance(job.exception, RequestError)
+    assert job.exception.field == "alwayson_scripts.controlnet.args[0].control_mode"
+
+
+def test_zimage_controlnet_txt2img_and_inpaint(make_easel, tmp_path, tmp_path_factory):
+    from tests.tiny_models import make_tiny_zimage, make_tiny_zimage_controlnet
+
+    zimage = make_tiny_zimage(tmp_path_factory.mktemp("zimage") / "tiny-zimage")
+    models = tmp_path / "data" / "models"
+    shutil.copytree(zimage, models / "diffusers" / "tiny-zimage")
+    make_tiny_zimage_controlnet(models / "ControlNet" / "z-canny", seed=2)
+    easel = make_easel(install_sd1=False)
+    request = Txt2ImgRequest(prompt="a house", seed=3, checkpoint="tiny-zimage", **TINY)
+    plain = pixels(generate(easel, request).images[0])
+    assert np.abs(pixels(generate(easel, request, [unit(model="z-canny")]).images[0]) - plain).mean() > 0.5
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    inpaint = InpaintRequest(prompt="a house", seed=3, checkpoint="tiny-zimage", init_image=shapes(), mask=mask,
+                             mask_blur=0, **TINY)
+    controlled = pixels(generate(easel, inpaint, [unit(model="z-canny", image=None)]).images[0])
+    assert np.array_equal(controlled[np.asarray(mask) == 0], pixels(shapes())[np.asarray(mask) == 0])
+    edit = Img2ImgRequest(prompt="a house", seed=3, checkpoint="tiny-zimage", init_image=shapes(), **TINY)
+    job = easel.engine.generate(edit.replace(extension_args=easel.registry.parse_request_args(
+        {"controlnet": [unit(model="z-canny", image=None)]})), timeout=120)
+    assert isinstance(job.exception, RequestError) and "no img2img ControlNet pipeline for Z-Image" in str(
+        job.exception)
