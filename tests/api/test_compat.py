@@ -176,3 +176,25 @@ def test_openapi_docs(client):
         assert path in schema["paths"], path
     body = schema["components"]["schemas"]["StableDiffusionTxt2ImgProcessingAPI"]["properties"]
     assert {"prompt", "steps", "override_settings", "script_name", "script_args", "send_images"} <= set(body)
+
+
+def test_extensions_route_lists_them_with_status(make_easel, tmp_path):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from webui.api.routes import create_api
+
+    root = tmp_path / "data" / "extensions"
+    (root / "demo").mkdir(parents=True)
+    (root / "demo" / "extension.json").write_text('{"name": "demo", "version": "0.2", "api_version": 1}')
+    (root / "demo" / "extension.py").write_text("def setup(api):\n    pass\n")
+    (root / "broken").mkdir()
+    (root / "broken" / "extension.py").write_text("raise RuntimeError('boom')\n")
+    easel = make_easel()
+    app = FastAPI()
+    create_api(app, easel)
+    with TestClient(app) as client:
+        rows = {row["name"]: row for row in client.get("/sdapi/v1/extensions").json()}
+    assert rows["demo"]["version"] == "0.2" and rows["demo"]["enabled"] is True and rows["demo"]["status"] == "loaded"
+    assert rows["broken"]["status"] == "failed" and "boom" in rows["broken"]["error"]
+    assert set(rows["demo"]) >= {"name", "remote", "branch", "commit_hash", "version", "commit_date", "enabled"}

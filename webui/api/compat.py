@@ -98,6 +98,14 @@ def script_info(scripts: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def extension_info(statuses: list[Any]) -> list[dict[str, Any]]:
+    """AUTOMATIC1111's /extensions: each extension folder, enabled or not, with its version. Git details are
+    left empty (Easel does not track where an extension came from)."""
+    return [{"name": s.name, "remote": None, "branch": None, "commit_hash": None, "version": s.version,
+             "commit_date": None, "enabled": s.enabled, "status": s.status, "error": s.error}
+            for s in statuses]
+
+
 def add_docs(app: FastAPI, title: str) -> None:
     """Serve the Swagger page at /docs when the app has none (Gradio's app turns FastAPI's off).
 

@@ -35,6 +35,7 @@ from webui.api.compat import (
     LATENT_UPSCALE_MODES,
     add_docs,
     embeddings_info,
+    extension_info,
     lora_info,
     memory_info,
     script_info,
@@ -797,6 +798,11 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         if not result.images:
             raise ApiError(500, None, "upscaling was interrupted", "JobFailed")
         return {"html_info": result.infotexts[0], "image": encode_png(result.images[0], result.infotexts[0])}
+
+    @router.get("/extensions")
+    def extensions() -> list[dict[str, Any]]:
+        """The installed extensions: name, version, enabled (for the next start), status and load error."""
+        return extension_info(easel.extension_statuses())
 
     # PNG info ------------------------------------------------------------------------------------------
     @router.post("/png-info")
