@@ -84,6 +84,10 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     if command == "test":
         sys.exit(run_tests(args[1:]))
+    if command in ("train-builtin", "train"):
+        # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other work, spinning threads burn
+        # the training's time budget while waiting for each other (several times slower steps).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if command == "train-builtin":
         from webui.builtin.train import main as train_builtin
 
