@@ -25,6 +25,8 @@ from webui.settings import Settings, build_parser, settings_from_args
 
 log = logging.getLogger("easel")
 
+SHARE_PROBE_SECONDS = 5.0  # how long a --share start waits for Gradio's share server before going on locally
+
 
 @dataclass
 class Easel:
@@ -213,7 +215,9 @@ def create_server(easel: Easel, block: bool = True) -> tuple[Any, str]:
     from webui.ui.app import create_ui, launch_kwargs
 
     blocks = create_ui(easel)
-    app, local_url, share_url = blocks.launch(server_name=host, server_port=settings.port, share=settings.share,
+    unreachable = share_server_problem() if settings.share else None
+    app, local_url, share_url = blocks.launch(server_name=host, server_port=settings.port,
+                                              share=settings.share and unreachable is None,
                                               prevent_thread_lock=True, **login_kwargs(easel),
                                               **launch_kwargs(easel))
     if settings.api:
@@ -223,12 +227,38 @@ def create_server(easel: Easel, block: bool = True) -> tuple[Any, str]:
     log.info("Easel is running at %s%s", local_url, f" (public link: {share_url})" if share_url else "")
     if settings.share and not share_url:
         log.error("--share: the public link could not be created (Easel could not reach Gradio's share server: "
-                  "no internet connection, or a firewall blocks it). Easel keeps running locally at %s", local_url)
+                  "no internet connection, or a firewall blocks it%s). Easel keeps running locally at %s",
+                  f"; {unreachable}" if unreachable else "", local_url)
     easel.extras["share_url"] = share_url
     easel.extras["blocks"] = blocks
     if block:
         blocks.block_thread()
     return app, local_url
+
+
+def share_server_problem(timeout: float = SHARE_PROBE_SECONDS) -> str | None:
+    """Why Gradio's share server cannot be reached (None when it answers), decided within `timeout` seconds.
+
+    Gradio itself waits up to 30 s for it, and name resolution is not bounded at all; asking first, on a thread
+    that is given up on after `timeout`, keeps a `--share` start on a machine without internet quick."""
+    import gradio.networking
+    import httpx
+
+    if os.environ.get("GRADIO_SHARE_SERVER_ADDRESS"):
+        return None  # a self-hosted share server: Gradio connects to it directly
+    outcome: list[str | None] = []
+
+    def ask() -> None:
+        try:
+            httpx.get(gradio.networking.GRADIO_API_SERVER, timeout=timeout)
+            outcome.append(None)
+        except httpx.HTTPError as exc:
+            outcome.append(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+    probe = threading.Thread(target=ask, name="easel-share-probe", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return outcome[0] if outcome else f"no answer within {timeout:.0f} s"
 
 
 def login_kwargs(easel: Easel) -> dict[str, Any]:

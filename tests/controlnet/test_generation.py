@@ -194,3 +194,12 @@ def test_zimage_controlnet_txt2img_and_inpaint(make_easel, tmp_path, tmp_path_fa
         {"controlnet": [unit(model="z-canny", image=None)]})), timeout=120)
     assert isinstance(job.exception, RequestError) and "no img2img ControlNet pipeline for Z-Image" in str(
         job.exception)
+
+
+def test_units_also_steer_the_hires_fix_pass(cn_easel):
+    request = txt2img(enable_hr=True, hr_scale=1.5, hr_upscaler="Lanczos", hr_second_pass_steps=2,
+                      hr_denoising_strength=0.7)
+    plain = pixels(generate(cn_easel, request).images[0])
+    controlled = generate(cn_easel, request, [unit(resize_mode="Just Resize")])
+    assert controlled.images[0].size == (96, 96)
+    assert np.abs(pixels(controlled.images[0]) - plain).mean() > 0.5
