@@ -360,12 +360,44 @@ def discover(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
 
+class _Contributions:
+    """What the registry and the engine hold before one extension's setup, so a failing setup leaves nothing
+    behind (no half-registered hooks of an extension listed as failed)."""
+
+    def __init__(self, easel: "Easel", registry: Registry) -> None:
+        self.easel, self.registry = easel, registry
+        self.lists = {name: list(getattr(registry, name)) for name in ("tabs", "accordions", "routes")}
+        self.dicts = {name: dict(getattr(registry, name)) for name in ("preprocessors", "scripts", "request_args")}
+        engine = easel.engine
+        self.hooks = {name: list(getattr(engine, name))
+                      for name in ("before_generate", "after_generate", "pipeline_wrappers")}
+        self.samplers = dict(SAMPLER_OWNERS)
+
+    def restore(self) -> None:
+        from webui.engine.samplers import DIFFUSION_SAMPLERS
+
+        for name, items in self.lists.items():
+            getattr(self.registry, name)[:] = items
+        for name, items in self.dicts.items():
+            target = getattr(self.registry, name)
+            target.clear()
+            target.update(items)
+        for name, items in self.hooks.items():
+            getattr(self.easel.engine, name)[:] = items
+        for sampler in set(SAMPLER_OWNERS) - set(self.samplers):
+            DIFFUSION_SAMPLERS.pop(sampler, None)
+            SAMPLER_OWNERS.pop(sampler, None)
+
+
 def load_extensions(easel: "Easel", folders: list[Path], disabled: set[str], registry: Registry) -> list[LoadedExtension]:
-    """Import and set up every enabled extension; a failing one is recorded, never fatal."""
+    """Import and set up every enabled extension; a failing one is recorded, never fatal, and what it registered
+    before failing is taken back."""
     results: list[LoadedExtension] = []
     for folder in [p for base in folders for p in discover(base)]:
         item = LoadedExtension(folder.name, folder, None, folder.name not in disabled)
         results.append(item)
+        before: _Contributions | None = None
+        module_name = ""
         try:
             item.manifest = Manifest.read(folder)
             item.name = item.manifest.name
@@ -375,10 +407,13 @@ def load_extensions(easel: "Easel", folders: list[Path], disabled: set[str], reg
             if item.manifest.api_version != API_VERSION:
                 raise RuntimeError(f"needs extension API version {item.manifest.api_version}; "
                                    f"this Easel provides {API_VERSION}")
+            twin = next((other for other in results[:-1] if other.loaded and other.name == item.name), None)
+            if twin is not None:
+                raise RuntimeError(f"an extension named {item.name!r} is already loaded from {twin.folder}")
             entry = folder / item.manifest.entry
             if not entry.resolve().is_relative_to(folder.resolve()) or not entry.exists():
                 raise FileNotFoundError(f"entry module {item.manifest.entry} not found in {folder.name}")
-            module_name = f"easel_extension_{folder.name.replace('-', '_')}"
+            module_name = f"easel_extension_{folder.name.replace('-', '_').replace('.', '_')}"
             spec = importlib.util.spec_from_file_location(module_name, entry)
             assert spec and spec.loader
             module = importlib.util.module_from_spec(spec)
@@ -386,10 +421,15 @@ def load_extensions(easel: "Easel", folders: list[Path], disabled: set[str], reg
             spec.loader.exec_module(module)
             if not callable(getattr(module, "setup", None)):
                 raise AttributeError("the entry module has no setup(api) function")
+            before = _Contributions(easel, registry)
             module.setup(ExtensionAPI(easel, registry, item.name, folder))
             item.loaded = True
             log.info("extension %s %s loaded", item.name, item.manifest.version)
         except Exception as exc:  # noqa: BLE001 - one extension must never stop Easel
             item.error = f"{exc.__class__.__name__}: {exc}"
             log.warning("extension %s failed to load: %s\n%s", folder.name, item.error, traceback.format_exc())
+            if before is not None:
+                before.restore()
+            if module_name:
+                sys.modules.pop(module_name, None)
     return results

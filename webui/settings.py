@@ -190,11 +190,16 @@ class Settings:
             user = UserSettings(**{k: v for k, v in raw.items() if k in known})
             user.validate()
             self.user = user
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OSError) as exc:  # bad JSON, bad values, not UTF-8, not a readable file
             backup = path.with_name(path.name + ".bak")
-            os.replace(path, backup)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            try:
+                os.replace(path, backup)
+                kept = f"it was kept as {backup.name}"
+            except OSError as move_error:
+                kept = f"it could not be moved aside ({move_error.strerror or move_error})"
             self.user = UserSettings()
-            self.load_message = f"config.json could not be read ({exc}); it was kept as {backup.name} and defaults are used"
+            self.load_message = f"config.json could not be read ({reason}); {kept} and defaults are used"
             log.warning(self.load_message)
 
     def save_user_settings(self) -> None:

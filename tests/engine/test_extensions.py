@@ -122,6 +122,45 @@ def test_manifest_problems_are_clear_load_errors(make_easel, tmp_path):
     assert loaded["good"].loaded and "same" in easel.registry.preprocessors
 
 
+def test_a_setup_that_fails_halfway_leaves_nothing_behind(make_easel, tmp_path):
+    from webui.engine.samplers import DIFFUSION_SAMPLERS
+
+    root = tmp_path / "exts"
+    write_extension(root, "halfway", """
+        def setup(api):
+            api.add_tab("Half", lambda: None)
+            api.add_accordion("txt2img", "Half", lambda: None)
+            api.before_generate(lambda request: request.replace(prompt="hijacked"))
+            api.after_generate(lambda request, generated: generated)
+            api.wrap_pipeline(lambda call, run: run(call))
+            api.add_route("/extensions/halfway/x", lambda: {})
+            api.add_preprocessor("half", lambda image: image)
+            api.add_request_args(lambda raw: raw)
+            api.add_script("half", lambda request, args: request)
+            api.add_sampler("Euler (half)", "EulerDiscreteScheduler")
+            raise RuntimeError("setup gave up")
+    """)
+    write_extension(root, "twin-a", "def setup(api):\n    api.add_preprocessor('twin', lambda image: image)\n",
+                    {"name": "twin"})
+    write_extension(root, "twin-b", "def setup(api):\n    pass\n", {"name": "twin"})
+    easel = make_easel()
+    registry = easel.registry
+    before = (len(registry.tabs), len(registry.accordions), len(registry.routes), dict(registry.preprocessors),
+              dict(registry.scripts), dict(registry.request_args), list(easel.engine.before_generate),
+              list(easel.engine.after_generate), list(easel.engine.pipeline_wrappers))
+    loaded = {e.folder.name: e for e in load_extensions(easel, [root], set(), registry)}
+    assert "setup gave up" in loaded["halfway"].error
+    assert loaded["twin-a"].loaded and "already loaded from" in loaded["twin-b"].error
+    registry.preprocessors.pop("twin")
+    after = (len(registry.tabs), len(registry.accordions), len(registry.routes), dict(registry.preprocessors),
+             dict(registry.scripts), dict(registry.request_args), list(easel.engine.before_generate),
+             list(easel.engine.after_generate), list(easel.engine.pipeline_wrappers))
+    assert after == before and "Euler (half)" not in DIFFUSION_SAMPLERS
+    job = easel.engine.generate(Txt2ImgRequest(prompt="mine", width=64, height=64, steps=2, checkpoint="tiny-sd1"),
+                                timeout=120)
+    assert parse_infotext(job.result.infotexts[0])["Prompt"] == "mine"
+
+
 def test_api_checks_what_extensions_register(make_easel, tmp_path):
     from webui.engine.samplers import DIFFUSION_SAMPLERS
     from webui.extensions import SAMPLER_OWNERS, ExtensionAPI
