@@ -220,3 +220,44 @@ def test_screenshots_at_desktop_and_phone_width(browser, server) -> None:
 
 _TAB_LABELS = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "Inpaint", "png_info": "PNG Info",
                "models": "Models", "settings": "Settings"}
+
+
+def test_segment_tab_masks_and_sends_to_inpaint(browser, make_easel, tmp_path: Path) -> None:
+    """Upload, query, Segment (tiny CLIPSeg) → a mask is shown; Send to Inpaint → the mask arrives as the
+    inpainting mask (Generate runs instead of asking for one)."""
+    from tests.browser.conftest import free_port
+    from tests.tiny_models import make_tiny_clipseg
+    from webui.app import create_server
+
+    make_tiny_clipseg(tmp_path / "data" / "models" / "clipseg" / "tiny-clipseg")
+    easel = make_easel(port=free_port())
+    _, url = create_server(easel, block=False)
+    context = browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    try:
+        page.goto(url)
+        pick_first_checkpoint(page)
+        open_tab(page, "segment")
+        expect(page.locator("#segment_checkpoint input")).to_have_value("tiny-clipseg (CLIPSeg)")
+        page.set_input_files("#segment_image input[type=file]", str(_input_picture(tmp_path / "picture.png")))
+        page.fill("#segment_query textarea", "the yellow circle")
+        set_number(page, "segment_mask_threshold", 0)
+        page.click("#segment_run")
+        expect(page.locator("#segment_progress")).to_contain_text("Done", timeout=120_000)
+        expect(page.locator("#segment_mask img")).to_be_visible()
+        expect(page.locator("#segment_message")).to_contain_text("the yellow circle")
+        page.click("#segment_send_to_inpaint")
+        expect(page.locator("button[role=tab][data-tab-id='inpaint']")).to_have_attribute("aria-selected", "true")
+        expect(page.locator("#inpaint_width input[type=number]")).to_have_value("64")
+        expect(page.locator("#inpaint_mask_upload img")).to_be_visible()  # the mask, shown where it is used
+        fill_prompt(page, "inpaint", "a green square")
+        set_number(page, "inpaint_steps", 2)
+        page.click("#inpaint_generate")
+        wait_for_result(page, "inpaint")
+        page.screenshot(path=str(SHOTS / "segment-sent-to-inpaint.png"), full_page=False)
+    finally:
+        context.close()
+        blocks = easel.extras.get("blocks")
+        if blocks is not None:
+            blocks.close()

@@ -126,7 +126,7 @@ def test_errors_reach_the_browser_as_one_line(tab_ui):
         guard(segment.inpaint_updates)(ui, segment.empty_state(), None, None, None)
 
 
-def test_send_to_inpaint_paints_the_mask_in_the_editor(tab_ui):
+def test_send_to_inpaint_fills_the_image_and_the_mask(tab_ui):
     ui, tab = tab_ui
     image = Image.new("RGB", (96, 80), (200, 200, 30))
     request = segment.segment_request(values(tab, image=image, query="the yellow square",
@@ -137,24 +137,28 @@ def test_send_to_inpaint_paints_the_mask_in_the_editor(tab_ui):
     out["state"]["items"][0]["mask"] = mask
     updates = segment.inpaint_updates(ui, out["state"], None, image, "tiny-sd1")
     target = ui.generation["inpaint"]
+    upload = target.controls["mask_upload"]
     assert updates[ui.tabs].selected == "inpaint"
-    editor = updates[target.image_input]
-    assert editor["background"].size == image.size and len(editor["layers"]) == 1
-    assert updates[target.controls["mask_upload"]] is None
+    assert updates[target.image_input]["background"].size == image.size
+    assert updates[upload] is mask or np.array_equal(np.asarray(updates[upload]), np.asarray(mask))
+    assert updates[upload.parent].open is True  # the "Upload a mask instead" box shows it
     assert updates[target.controls["width"]] == 96 and updates[target.controls["height"]] == 80
     # What the Inpaint tab then builds: the same picture, and exactly this mask.
     by_component = {c.component: getattr(c.component, "value", None) for c in target.controls.controls.values()}
-    by_component[target.image_input] = editor
-    by_component[target.controls["mask_upload"]] = None
+    by_component[target.image_input] = updates[target.image_input]
+    by_component[upload] = updates[upload]
     request = build_request(target.request_cls, inpaint.finalize(target.controls.field_values(by_component)))
     assert np.array_equal(np.asarray(request.mask) > 127, np.asarray(mask) > 127)
     assert np.array_equal(np.asarray(request.init_image), np.asarray(image))
+    out["state"]["items"][0]["mask"] = Image.new("L", (96, 80), 0)
+    with pytest.raises(ValueError, match="is empty"):
+        segment.inpaint_updates(ui, out["state"], None, image, "tiny-sd1")
 
 
 def test_send_cutout_to_img2img_over_white(tab_ui):
     ui, tab = tab_ui
     state = {"items": [{"query": "q", "found": True, "message": "", "edited": None, "mask": None,
-                        "cutout": segment.mask_layer(Image.new("L", (16, 16), 0)), "mask_path": ""}],
+                        "cutout": Image.new("RGBA", (16, 16), (0, 0, 0, 0)), "mask_path": ""}],
              "infotexts": [""], "overlay": None}
     updates = segment.img2img_updates(ui, state, "q", None)
     sent = updates[ui.generation["img2img"].image_input]

@@ -6,7 +6,7 @@ and the mask read off the change) or a text-prompted segmenter (CLIPSeg, SAM 3).
 `SegmentRequest` from the controls and runs it through the engine queue like every other job, streaming its
 progress. Each query gives an edited image, a mask (white = object, also offered as a PNG download), a cutout
 with transparency and a message (an absent referent gives an empty mask and says so); one overlay shows every
-query in its own colour. "Send to Inpaint" opens the Inpaint tab with the image and the mask painted on it;
+query in its own colour. "Send to Inpaint" opens the Inpaint tab with the image and the mask as its mask;
 "Send cutout to img2img" sends the cutout over white. The handlers are module functions over plain values, so
 tests call them directly.
 """
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
-import numpy as np
 from PIL import Image
 
 from webui.requests import SegmentRequest
@@ -30,7 +29,6 @@ from webui.ui.controls import Control, ControlSet, build_request, field_control
 from webui.ui.generation import load_image, send_updates, status_html
 
 REFRESH = "\u21BB"  # ↻
-MASK_LAYER_COLOUR = (255, 255, 255, 217)  # how the Inpaint editor's brush paints (white, 85% opaque)
 EXAMPLE_QUERIES = "the red circle\nthe star on the left"
 
 
@@ -173,35 +171,31 @@ def picked(state: dict[str, Any], query: str | None) -> dict[str, Any]:
     return next((item for item in items if item["query"] == query), items[0])
 
 
-def mask_layer(mask: Image.Image) -> Image.Image:
-    """The mask as a transparent layer painted where the mask is white, like a brush stroke in the editor."""
-    painted = np.asarray(mask.convert("L")) > 127  # [H, W]
-    layer = np.zeros((*painted.shape, 4), np.uint8)  # [H, W, RGBA]
-    layer[painted] = MASK_LAYER_COLOUR
-    return Image.fromarray(layer, mode="RGBA")
-
-
 def inpaint_updates(ui: UIContext, state: dict[str, Any], query: str | None, source: Any,
                     checkpoint: str | None) -> dict[Any, Any]:
-    """Open the Inpaint tab with the source image and the picked query's mask painted on it (editable)."""
+    """Open the Inpaint tab with the source image in its editor and the picked query's mask as its uploaded mask.
+
+    The mask goes to the tab's "Upload a mask instead" box (opened), where it is visible and used as is; the
+    editor holds the clean picture (Gradio's editor does not show layers sent from the server)."""
     item = picked(state, query)
     image = load_image(source)
     if image is None:
         raise ValueError("image: the source image is gone; upload it again")
     image = image.convert("RGB")
-    mask = item["mask"]
+    mask = item["mask"].convert("L")
     if mask.size != image.size:
         mask = mask.resize(image.size, Image.NEAREST)
     if mask.getbbox() is None:
         raise ValueError(f"the mask of {item['query']!r} is empty; there is nothing to inpaint")
     tab = ui.generation["inpaint"]
     updates = send_updates(ui, "inpaint", "", image, checkpoint)
-    layer = mask_layer(mask)
-    composite = image.convert("RGBA")
-    composite.alpha_composite(layer)
-    updates[tab.image_input] = {"background": image, "layers": [layer], "composite": composite.convert("RGB")}
-    if "mask_upload" in tab.controls:
-        updates[tab.controls["mask_upload"]] = None  # the painted layer is the mask now
+    if "mask_upload" not in tab.controls:
+        raise ValueError("the Inpaint tab takes no uploaded mask; paint the mask there instead")
+    upload = tab.controls["mask_upload"]
+    updates[upload] = mask
+    box = getattr(upload, "parent", None)
+    if isinstance(box, gr.Accordion):
+        updates[box] = gr.Accordion(open=True)
     return updates
 
 
@@ -354,6 +348,8 @@ def build_tab(ui: UIContext) -> SegmentTab:
             targets = [ui.tabs, ui.checkpoint, ui.sized_for, *other.controls.components(), *other.reveal.values()]
             if other.image_input is not None:
                 targets.append(other.image_input)
+            if "mask_upload" in other.controls and isinstance(other.controls["mask_upload"].parent, gr.Accordion):
+                targets.append(other.controls["mask_upload"].parent)
             targets = list(dict.fromkeys(targets))
             if target == "inpaint":
                 @guard
