@@ -78,3 +78,38 @@ def seg_client(seg_easel):
     create_api(app, seg_easel)
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+def make_tiny_sam3(folder: Path, seed: int = 0) -> Path:
+    """Tiny random SAM 3 (transformers): a 2-layer ViT on 112×112 in 14-px patches, one-layer DETR encoder and
+    decoder (8 queries), a one-layer CLIP text tower on the tiny CLIP tokenizer, and its processor."""
+    import torch
+    from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    from tests.tiny_models import tiny_clip_tokenizer
+
+    folder = Path(folder)
+    tokenizer = tiny_clip_tokenizer(folder.with_name(folder.name + "-tokenizer"))
+    width = 32
+    small = {"hidden_size": width, "num_attention_heads": 2, "intermediate_size": 2 * width}
+    config = Sam3Config(
+        vision_config={"backbone_config": {**small, "model_type": "sam3_vit_model", "num_hidden_layers": 2,
+                                           "image_size": 112, "patch_size": 14, "pretrain_image_size": 112,
+                                           "window_size": 4, "global_attn_indexes": [1]},
+                       "fpn_hidden_size": width, "backbone_feature_sizes": [[32, 32], [16, 16], [8, 8]]},
+        text_config={**small, "vocab_size": len(tokenizer), "projection_dim": width, "num_hidden_layers": 1,
+                     "max_position_embeddings": 32, "bos_token_id": tokenizer.bos_token_id,
+                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+        geometry_encoder_config={**small, "num_layers": 1},
+        detr_encoder_config={**small, "num_layers": 1},
+        detr_decoder_config={**small, "num_layers": 1, "num_queries": 8},
+        mask_decoder_config={"hidden_size": width, "num_attention_heads": 2},
+    )
+    torch.manual_seed(seed)
+    model = Sam3Model(config).eval()
+    processor = Sam3Processor(image_processor=Sam3ImageProcessor(size={"height": 112, "width": 112}),
+                              tokenizer=tokenizer)
+    model.save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    shutil.rmtree(folder.with_name(folder.name + "-tokenizer"), ignore_errors=True)
+    return folder

@@ -26,11 +26,27 @@ def check_outputs(item: dict, size: tuple[int, int]) -> None:
         assert binary_values(item["mask"]) == {0}
 
 
-@pytest.mark.parametrize("family", ["instruct-pix2pix", "flux-kontext", "qwenimage-edit"])
+def make_tiny_qwenimage_edit_plus(folder):
+    """Tiny Qwen-Image-Edit Plus: the tiny Qwen-Image-Edit parts in a QwenImageEditPlusPipeline."""
+    import shutil
+
+    from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
+
+    from tests.tiny_models import make_tiny_qwenimage_edit
+
+    base = make_tiny_qwenimage_edit(folder.with_name(folder.name + "-base"))
+    edit = QwenImageEditPipeline.from_pretrained(str(base), local_files_only=True)
+    QwenImageEditPlusPipeline(**edit.components).save_pretrained(str(folder))
+    shutil.rmtree(base)
+    return folder
+
+
+@pytest.mark.parametrize("family", ["instruct-pix2pix", "flux-kontext", "qwenimage-edit", "qwenimage-edit-plus"])
 def test_each_edit_family_runs_on_tiny_weights(make_easel, tmp_path, family):
     from tests.tiny_models import EDIT_BUILDERS
 
-    EDIT_BUILDERS[family](tmp_path / "data" / "models" / "diffusers" / family)
+    builders = {**EDIT_BUILDERS, "qwenimage-edit-plus": make_tiny_qwenimage_edit_plus}
+    builders[family](tmp_path / "data" / "models" / "diffusers" / family)
     easel = make_easel(install_sd1=False)
     assert family in easel.segment_model_choices()
     assert easel.segment_template(family) == DEFAULT_SEGMENT_TEMPLATE
@@ -86,3 +102,18 @@ def test_clipseg_masks_per_query_keep_largest_and_saved_mask(seg_easel):
     assert (painted[np.asarray(items[0]["mask"]) > 0] == (255, 0, 255)).all()
     saved = job.result.paths[0]
     assert saved.with_name(saved.stem + "-mask.png").is_file()
+
+
+def test_sam3_runs_from_the_segmentation_folder(make_easel, tmp_path):
+    from tests.segment.conftest import make_tiny_sam3
+
+    make_tiny_sam3(tmp_path / "data" / "models" / "segmentation" / "tiny-sam3")
+    easel = make_easel()
+    assert "tiny-sam3 (SAM 3)" in easel.segment_model_choices() and easel.segment_template("tiny-sam3 (SAM 3)") == ""
+    source = Image.new("RGB", (48, 40), (200, 40, 40))
+    result = run(easel, image=source, query="the red circle\nthe dog", checkpoint="tiny-sam3 (SAM 3)",
+                 mask_threshold=0.2)
+    items = result.info["items"]
+    assert [i["method"] for i in items] == ["SAM 3", "SAM 3"] and items[0]["model"] == "tiny-sam3"
+    for item in items:
+        check_outputs(item, source.size)
