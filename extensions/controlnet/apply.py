@@ -171,8 +171,10 @@ class ControlNetRunner:
         self.preprocessors = preprocessors
         self.parse = parse
         self.name = name
-        self._maps: dict[tuple[Any, ...], Image.Image] = {}  # control maps of the request being run
-        self._maps_owner: int | None = None
+        # Control maps of the request being run, by (unit, source image, size); each entry keeps its source image
+        # (and the request is kept), so an id is never reused while its entry exists.
+        self._maps: dict[tuple[Any, ...], tuple[Image.Image, Image.Image]] = {}
+        self._maps_owner: Any = None
         self._lock = threading.Lock()
 
     def units(self, request: Any) -> list[ControlUnit]:
@@ -227,8 +229,8 @@ class ControlNetRunner:
         """Each unit's control map at the generation size (made once per request and size)."""
         size = generation_size(call)
         with self._lock:
-            if self._maps_owner != id(call.request):
-                self._maps, self._maps_owner = {}, id(call.request)
+            if self._maps_owner is not call.request:
+                self._maps, self._maps_owner = {}, call.request
         prepared = []
         for i, unit in enumerate(units):
             source = unit.image if unit.image is not None else input_image(call)
@@ -236,10 +238,12 @@ class ControlNetRunner:
                 raise RequestError(f"{FIELD}.args[{i}].image", f"{call.task} has no input image to control with; "
                                                                f"give the unit an image")
             key = (i, id(source), size)
-            control = self._maps.get(key)
-            if control is None:
+            cached = self._maps.get(key)
+            if cached is not None and cached[0] is source:
+                control = cached[1]
+            else:
                 control = self.control_map(unit, source, size)
-                self._maps[key] = control
+                self._maps[key] = (source, control)
             prepared.append(PreparedUnit(i, unit, self.models.find(unit.model), control))
         return prepared
 
