@@ -8,7 +8,7 @@ restart" also restarts Easel with the same command line (when it was started by 
 takes a git URL or a local folder and puts the extension into `<data dir>/extensions`; it runs someone else's
 code inside Easel, so the form says so, and it is turned off while Easel is reachable from other machines
 (`--listen`, `--share`) unless `--enable-insecure-extension-access` was given. Everything it shows comes from
-the `Easel` object when the page loads or a button is pressed; nothing is read while the UI is built.
+the `Easel` object when the tab is opened or a button is pressed; nothing is read while the UI is built.
 """
 from __future__ import annotations
 
