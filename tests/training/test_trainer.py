@@ -1,0 +1,138 @@
+"""The training loop on the tiny built-in model: the file layout and metadata, resume, cancel, samples."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from webui.training.config import ConfigError, config_from_dict
+from webui.training.trainer import TrainEvent, base_hash, train
+
+STEPS = 4
+
+
+def make_config(base: Path, dataset: Path, out: Path, **changes):
+    data = {"base_model": str(base), "dataset": str(dataset), "trigger": "zork", "output_dir": str(out),
+            "output_name": "tiny", "steps": STEPS, "batch_size": 2, "rank": 4, "alpha": 2, "learning_rate": 1e-2,
+            "caption_dropout": 0.0, **changes}
+    return config_from_dict(data)
+
+
+def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+
+
+def test_builtin_lora_file_layout_and_metadata(tiny_easel_dir: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    events: list[TrainEvent] = []
+    config = make_config(tiny_easel_dir, dataset_dir, tmp_path / "out", sample_prompts=["a red [trigger]"],
+                         sample_every=2, sample_steps=2)
+    result = train(config, on_event=events.append)
+    assert result.path == tmp_path / "out" / "tiny.safetensors" and result.path.is_file()
+    assert result.step == STEPS and not result.cancelled and len(result.losses) == STEPS
+    tensors, meta = read(result.path)
+    transformer_modules = {n for n, _ in __import__("webui.builtin.pipeline", fromlist=["x"]).EaselPipeline
+                           .from_pretrained(str(tiny_easel_dir)).transformer.named_modules()}
+    for key, value in tensors.items():
+        assert key.startswith("transformer.") and key.endswith((".lora_A.weight", ".lora_B.weight")), key
+        module = key.removeprefix("transformer.").rsplit(".lora_", 1)[0]
+        assert module in transformer_modules
+        assert value.shape[0 if ".lora_A." in key else 1] == 4
+    assert any(".blocks.0.qkv." in k for k in tensors)
+    assert any(float(v.abs().max()) > 0 for k, v in tensors.items() if ".lora_B." in k)  # it trained
+    assert meta["easel_base_model"] == "tiny-easel"
+    assert meta["easel_base_hash"] == base_hash(tiny_easel_dir) and len(meta["easel_base_hash"]) == 10
+    assert meta["easel_trigger"] == "zork"
+    assert (meta["ss_network_dim"], meta["ss_network_alpha"], meta["ss_steps"], meta["ss_num_train_images"]) == \
+        ("4", "2", str(STEPS), "3")
+    assert meta["ss_base_model_version"] == "easel"
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("step") == STEPS
+    samples = [p for e in events if e.kind == "sample" for p in e.samples]
+    assert [p.name for p in samples] == ["step000002_0.png", "step000004_0.png"]
+    assert all(p.is_file() for p in samples)
+    assert config.state_path.is_file()
+
+
+def test_trained_lora_changes_the_builtin_output(tiny_easel_dir: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    """Applied as PEFT adapters with alpha / rank folded in (what Easel's loader does), the LoRA changes images."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    from webui.builtin.pipeline import EaselPipeline
+
+    result = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "out"))
+    tensors, meta = read(result.path)
+    scale = float(meta["ss_network_alpha"]) / int(meta["ss_network_dim"])
+    inner = {k.removeprefix("transformer."): (v * scale if ".lora_B." in k else v) for k, v in tensors.items()}
+    pipe = EaselPipeline.from_pretrained(str(tiny_easel_dir))
+    pipe.set_progress_bar_config(disable=True)
+
+    def image() -> torch.Tensor:
+        return pipe("a red zork", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                    output_type="pt").images
+
+    before = image()
+    modules = sorted({k.rsplit(".lora_", 1)[0] for k in inner})
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=modules), pipe.transformer)
+    set_peft_model_state_dict(pipe.transformer, inner)
+    after = image()
+    assert (after - before).abs().max() > 1e-4
+
+
+def test_resume_continues_from_the_saved_step(tiny_easel_dir: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    straight = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "a"))
+    first = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "b", steps=2))
+    assert first.step == 2
+    events: list[TrainEvent] = []
+    resumed = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "b"), on_event=events.append)
+    assert events[0].kind == "start" and events[0].step == 2 and "resuming at step 2" in events[0].message
+    assert [e.step for e in events if e.kind == "step"] == [3, 4]
+    assert resumed.step == STEPS and len(resumed.losses) == STEPS
+    # the same per-step randomness and optimizer state: the resumed run ends where the straight one did
+    assert resumed.losses == pytest.approx(straight.losses, rel=1e-4, abs=1e-5)
+    a, _ = read(straight.path)
+    b, meta = read(resumed.path)
+    assert meta["ss_steps"] == str(STEPS)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="different rank") as info:
+        train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "b", rank=8, steps=6))
+    assert info.value.field == "output_name"
+
+
+def test_cancel_stops_within_a_step_and_saves(tiny_easel_dir: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    cancel = threading.Event()
+    steps_seen: list[int] = []
+
+    def on_event(event: TrainEvent) -> None:
+        if event.kind == "step":
+            steps_seen.append(event.step)
+            if event.step == 2:
+                cancel.set()
+
+    config = make_config(tiny_easel_dir, dataset_dir, tmp_path / "out", steps=50)
+    result = train(config, on_event=on_event, cancel=cancel)
+    assert result.cancelled and result.step == 2 and steps_seen == [1, 2]
+    assert result.path.is_file() and config.state_path.is_file()
+    _, meta = read(result.path)
+    assert meta["ss_steps"] == "2"
+    cancel.set()
+    again = train(config, cancel=cancel)  # cancelled before its first step: nothing changes
+    assert again.cancelled and again.step == 2
+
+
+def test_bad_dataset_or_base_model_fails_early(tiny_easel_dir: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    from webui.training.dataset import DatasetError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no images"):
+        train(make_config(tiny_easel_dir, tmp_path / "empty", tmp_path / "out"))
+    with pytest.raises(ConfigError, match="not found") as info:
+        train(make_config("no-such-model", dataset_dir, tmp_path / "out"), search_dirs=[tmp_path])
+    assert info.value.field == "base_model"
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="single-file"):
+        train(make_config("model.safetensors", dataset_dir, tmp_path / "out"), search_dirs=[tmp_path])

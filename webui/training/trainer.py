@@ -1,0 +1,579 @@
+"""The LoRA training loop, one for every model family, shared by the CLI and the Train tab.
+
+`train(config, on_event=..., cancel=...)` reads the dataset, loads the base model (a diffusers folder, the
+built-in model included), puts a PEFT LoRA on its denoiser (the UNet or transformer; text encoders stay frozen)
+and trains it with the objective the model was trained with:
+  - the built-in model (pixel space, x0 prediction): the flow-matching velocity loss of webui/builtin/train.py;
+  - SD 1.x / 2.x / SDXL: noise (epsilon) or v-prediction, as the scheduler's config says, on VAE latents;
+  - SD3, Flux.1, Z-Image: rectified flow (velocity noise - x0) on VAE latents, logit-normal noise levels.
+Each step's randomness (batch, caption dropout, noise, noise level) comes from a generator seeded by
+(seed, step), so a resumed run continues exactly where the saved one would have gone. Every `save_every` steps,
+on cancel and at the end, the LoRA is written to `<output_dir>/<output_name>.safetensors` and the resume state
+(LoRA weights, optimizer, step, loss history) to `<output_name>.state.pt` beside it; sample images go to
+`<output_name>.samples/`. Cancelling (a `threading.Event`) stops before the next step.
+
+File layouts: the built-in model's LoRA is `transformer.<module>.lora_A/B.weight` with alpha in the metadata
+(`ss_network_alpha`); the diffusers families are written by the pipeline's own `save_lora_weights` (keys
+`unet.…` / `transformer.…`, alpha folded into lora_B), which diffusers, ComfyUI and Easel load.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from webui.training.config import ConfigError, TrainConfig
+from webui.training.dataset import load_dataset
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+STATE_VERSION = 1
+WARMUP_FRACTION = 0.05
+SAMPLE_SEED_OFFSET = 1000
+
+
+class TrainingError(RuntimeError):
+    """Training could not go on (a loss that is not finite, a model that cannot be trained)."""
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """What the loop reports. kind: "start", "step", "sample", "save", "done" or "cancelled"."""
+
+    kind: str
+    step: int
+    total: int
+    loss: float | None = None
+    elapsed_s: float = 0.0
+    samples: tuple[Path, ...] = ()
+    path: Path | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    path: Path
+    step: int
+    cancelled: bool
+    losses: tuple[float, ...]
+    wall_s: float  # wall time of all runs of this LoRA, resumes included
+    cpu_s: float  # CPU time of this process during them
+    samples: tuple[Path, ...] = ()
+
+
+# ============================================================================================ base models
+def default_search_dirs(models_dir: Path | None = None) -> list[Path]:
+    models = Path(models_dir) if models_dir is not None else Path("models")
+    return [models / "builtin", REPO / "models" / "builtin", models / "diffusers", models / "Stable-diffusion"]
+
+
+def resolve_base_model(name: str, search_dirs: list[Path]) -> Path:
+    """A path as given, else `name` looked up in the model folders; must be a diffusers folder."""
+    candidates = [Path(name)] + [d / name for d in search_dirs]
+    for path in candidates:
+        if (path / "model_index.json").is_file():
+            return path
+        if path.is_file() or path.with_suffix(".safetensors").is_file():
+            raise ConfigError("base_model", f"{path} is a single-file checkpoint; training needs a diffusers "
+                                            "folder (model_index.json) such as models/diffusers/<name>")
+        if path.is_dir():
+            raise ConfigError("base_model", f"{path} has no model_index.json (not a diffusers folder)")
+    looked = ", ".join(str(d) for d in search_dirs)
+    raise ConfigError("base_model", f"{name!r} not found (looked for a folder of that name in {looked})")
+
+
+def base_hash(path: Path) -> str:
+    """Short (10 hex) hash of the base model, as Easel's model list shows it."""
+    from webui.model_manager.hashes import folder_weight_files, sha256_files
+
+    return sha256_files(folder_weight_files(path))[:10]
+
+
+def load_base(path: Path) -> tuple[Any, str]:
+    """(pipeline in float32, family) for a diffusers folder."""
+    from webui.model_manager.loading import dtype_kwargs
+
+    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    class_name = str(index.get("_class_name", ""))
+    family = FAMILY_OF_CLASS.get(class_name)
+    if family is None:
+        raise ConfigError("base_model", f"{path} is a {class_name or 'unknown'} model; LoRA training supports "
+                                        f"{', '.join(sorted(FAMILY_OF_CLASS))}")
+    if family == "easel":
+        from webui.builtin.pipeline import EaselPipeline
+
+        pipe = EaselPipeline.from_pretrained(str(path), **dtype_kwargs(torch.float32))
+    else:
+        from diffusers import DiffusionPipeline
+
+        kwargs: dict[str, Any] = {**dtype_kwargs(torch.float32), "local_files_only": True}
+        if "safety_checker" in index:
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+            if "feature_extractor" in index:
+                kwargs["feature_extractor"] = None
+        pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, family
+
+
+FAMILY_OF_CLASS = {
+    "EaselPipeline": "easel", "StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux", "ZImagePipeline": "zimage",
+}
+ATTENTION_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+DEFAULT_TARGETS: dict[str, str | tuple[str, ...]] = {
+    "easel": r".*blocks\.\d+\.(qkv|proj|mlp\.0|mlp\.2)",
+    "sd": ATTENTION_TARGETS, "sdxl": ATTENTION_TARGETS, "sd3": ATTENTION_TARGETS, "flux": ATTENTION_TARGETS,
+    "zimage": ATTENTION_TARGETS,
+}
+# kohya's ss_base_model_version and the modelspec architecture, so other tools see what the LoRA is for
+BASE_VERSION = {"easel": ("easel", "easel-shapes/lora"), "sd": ("sd_v1", "stable-diffusion-v1/lora"),
+                "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
+                "sd3": ("sd3", "stable-diffusion-3-medium/lora"), "flux": ("flux1", "flux-1-dev/lora"),
+                "zimage": ("zimage", "z-image-turbo/lora")}
+
+
+# ============================================================================================ objectives
+class Objective:
+    """How one family turns (pixels, captions) into a training loss, renders samples and writes the file."""
+
+    denoiser_name = "transformer"
+
+    def __init__(self, pipe: Any, device: torch.device) -> None:
+        self.pipe = pipe
+        self.device = device
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipe, self.denoiser_name)
+
+    def loss(self, pixels: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, prompts: list[str], size: tuple[int, int], steps: int, guidance: float, seed: int
+               ) -> list[Any]:
+        w, h = size
+        images = []
+        for i, prompt in enumerate(prompts):
+            gen = torch.Generator("cpu").manual_seed(seed + i)
+            images.extend(self.pipe(prompt=prompt, height=h, width=w, num_inference_steps=steps,
+                                    guidance_scale=guidance, generator=gen).images)
+        return images
+
+    def encode_latents(self, pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        vae = self.pipe.vae
+        with torch.no_grad():
+            dist = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
+            noise = torch.randn(dist.mean.shape, generator=gen).to(self.device, dist.mean.dtype)
+            latents = dist.mean + dist.std * noise  # [B,C,h,w]
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return ((latents - shift) * vae.config.scaling_factor).float()
+
+    @staticmethod
+    def flow_sigmas(batch: int, gen: torch.Generator) -> torch.Tensor:
+        """Noise levels in (0,1) from a logit-normal (SD3's choice): [B]."""
+        return torch.sigmoid(torch.randn(batch, generator=gen))
+
+
+class EaselObjective(Objective):
+    """The built-in model: x0 prediction in pixel space, loss on the implied velocity (webui/builtin/train.py)."""
+
+    def loss(self, pixels: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
+        from webui.builtin.train import MIN_T, T_HIGH, T_MEAN, T_STD
+
+        B = pixels.shape[0]
+        x0 = pixels.to(self.device)  # [B,3,H,W] in [-1,1]
+        eps = torch.randn(x0.shape, generator=gen).to(self.device)  # [B,3,H,W]
+        t = torch.sigmoid(torch.randn(B, generator=gen) * T_STD + T_MEAN)  # [B]
+        high = torch.rand(B, generator=gen) < T_HIGH  # [B]
+        t = torch.where(high, 0.9 + 0.1 * torch.rand(B, generator=gen), t).to(self.device)  # [B]
+        tb = t[:, None, None, None]  # [B,1,1,1]
+        x_t = (1.0 - tb) * x0 + tb * eps  # [B,3,H,W]
+        encoder = self.pipe.text_encoder
+        ids, mask = encoder.tokenize(prompts)  # [B,L] each
+        pad = -ids.shape[1] % 8
+        ids, mask = F.pad(ids, (0, pad)), F.pad(mask, (0, pad))  # [B,L8] each
+        with torch.no_grad():
+            text = encoder(ids.to(self.device), mask.to(self.device))  # [B,L8,dim]
+        x0_hat = self.denoiser(x_t, t, text, mask.to(self.device))  # [B,3,H,W]
+        v_hat = (x_t - x0_hat.float()) / tb.clamp(min=MIN_T)  # [B,3,H,W]
+        return F.mse_loss(v_hat, eps - x0)
+
+
+class StableDiffusionObjective(Objective):
+    """SD 1.x/2.x and SDXL: epsilon or v-prediction (from the scheduler config) at uniform DDPM timesteps."""
+
+    denoiser_name = "unet"
+
+    def __init__(self, pipe: Any, device: torch.device) -> None:
+        super().__init__(pipe, device)
+        from diffusers import DDPMScheduler
+
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.prediction = self.noise_scheduler.config.prediction_type
+        self.xl = hasattr(pipe, "text_encoder_2")
+
+    def loss(self, pixels: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
+        latents = self.encode_latents(pixels, gen)  # [B,4,h,w]
+        B = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=gen).to(self.device)  # [B,4,h,w]
+        steps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (B,), generator=gen)
+        steps = steps.to(self.device)  # [B]
+        noisy = self.noise_scheduler.add_noise(latents, noise, steps)  # [B,4,h,w]
+        if self.prediction == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, steps)
+        elif self.prediction == "sample":
+            target = latents
+        else:
+            target = noise
+        with torch.no_grad():
+            encoded = self.pipe.encode_prompt(prompt=prompts, device=self.device, num_images_per_prompt=1,
+                                              do_classifier_free_guidance=False)
+        extra: dict[str, Any] = {}
+        if self.xl:
+            embeds, pooled = encoded[0], encoded[2]  # [B,L,D], [B,Dp]
+            H, W = pixels.shape[-2:]
+            time_ids = torch.tensor([[H, W, 0, 0, H, W]], dtype=embeds.dtype, device=self.device).repeat(B, 1)
+            extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+        else:
+            embeds = encoded[0]  # [B,L,D]
+        pred = self.denoiser(noisy, steps, embeds, **extra).sample  # [B,4,h,w]
+        return F.mse_loss(pred.float(), target.float())
+
+
+class SD3Objective(Objective):
+    def loss(self, pixels: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
+        x0 = self.encode_latents(pixels, gen)  # [B,16,h,w]
+        B = x0.shape[0]
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        sigma = self.flow_sigmas(B, gen).to(self.device)  # [B]
+        s = sigma[:, None, None, None]
+        noisy = (1.0 - s) * x0 + s * noise  # [B,16,h,w]
+        with torch.no_grad():
+            embeds, _, pooled, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None,
+                                                           device=self.device, do_classifier_free_guidance=False)
+        pred = self.denoiser(hidden_states=noisy, timestep=sigma * 1000.0, encoder_hidden_states=embeds,
+                             pooled_projections=pooled).sample  # [B,16,h,w]
+        return F.mse_loss(pred.float(), noise - x0)
+
+
+class FluxObjective(Objective):
+    def loss(self, pixels: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
+        x0 = self.encode_latents(pixels, gen)  # [B,C,h,w]
+        B, C, h, w = x0.shape
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        sigma = self.flow_sigmas(B, gen).to(self.device)  # [B]
+        s = sigma[:, None, None, None]
+        noisy = (1.0 - s) * x0 + s * noise  # [B,C,h,w]
+        pack = self.pipe._pack_latents
+        with torch.no_grad():
+            embeds, pooled, text_ids = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, device=self.device)
+        image_ids = self.pipe._prepare_latent_image_ids(B, h // 2, w // 2, self.device, x0.dtype)
+        guidance = torch.ones(B, device=self.device) if self.denoiser.config.guidance_embeds else None
+        pred = self.denoiser(hidden_states=pack(noisy, B, C, h, w), timestep=sigma, guidance=guidance,
+                             pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
+                             img_ids=image_ids).sample  # [B,h/2*w/2,C*4]
+        return F.mse_loss(pred.float(), pack(noise - x0, B, C, h, w))
+
+
+class ZImageObjective(Objective):
+    def loss(self, pixels: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
+        x0 = self.encode_latents(pixels, gen)  # [B,C,h,w]
+        B = x0.shape[0]
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        sigma = self.flow_sigmas(B, gen).to(self.device)  # [B]
+        s = sigma[:, None, None, None]
+        noisy = (1.0 - s) * x0 + s * noise  # [B,C,h,w]
+        with torch.no_grad():
+            embeds, _ = self.pipe.encode_prompt(prompt=prompts, device=self.device, do_classifier_free_guidance=False)
+        frames = list(noisy.unsqueeze(2).unbind(0))  # B x [C,1,h,w]
+        out = self.denoiser(frames, 1.0 - sigma, embeds, return_dict=False)[0]  # B x [C,1,h,w]
+        pred = -torch.stack([o.float() for o in out]).squeeze(2)  # [B,C,h,w]; the model predicts x0 - noise
+        return F.mse_loss(pred, noise - x0)
+
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    "easel": EaselObjective, "sd": StableDiffusionObjective, "sdxl": StableDiffusionObjective,
+    "sd3": SD3Objective, "flux": FluxObjective, "zimage": ZImageObjective,
+}
+
+
+# ============================================================================================ LoRA weights
+ADAPTER = "default"
+
+
+def add_lora(denoiser: torch.nn.Module, config: TrainConfig, family: str) -> list[torch.nn.Parameter]:
+    """Inject a PEFT LoRA adapter; only its weights train. Returns them."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = list(config.target_modules) if config.target_modules else DEFAULT_TARGETS[family]
+    denoiser.requires_grad_(False)
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=targets, lora_dropout=0.0,
+                      init_lora_weights=True)
+    try:
+        inject_adapter_in_model(lora, denoiser, adapter_name=ADAPTER)
+    except ValueError as exc:
+        raise ConfigError("target_modules", f"no layer of the model matches {targets}: {exc}") from exc
+    params = []
+    for name, p in denoiser.named_parameters():
+        if ".lora_" in name:
+            p.requires_grad_(True)
+            params.append(p)
+    if not params:
+        raise ConfigError("target_modules", f"no layer of the model matches {targets}")
+    return params
+
+
+def lora_state(denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's weights, keys `<module>.lora_A.weight` / `.lora_B.weight` (no adapter name)."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(denoiser, adapter_name=ADAPTER)
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+
+
+def load_lora_state(denoiser: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    from peft.utils import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(denoiser, state, adapter_name=ADAPTER)
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) or [] if "lora_" in k]
+    if unexpected:
+        raise ConfigError("output_name", f"the resume state does not fit this model ({unexpected[0]} ...); "
+                                         "delete the .state.pt file or choose another output_name")
+
+
+def write_lora(path: Path, pipe: Any, family: str, denoiser_name: str, state: dict[str, torch.Tensor],
+               metadata: dict[str, str], config: TrainConfig) -> Path:
+    """Write the LoRA file atomically (see the module docstring for the layouts)."""
+    from safetensors.torch import load_file, save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if family == "easel":
+        tensors = {f"transformer.{k}": v for k, v in state.items()}
+    else:
+        scale = config.alpha / config.rank  # folded: the file then needs no alpha (diffusers/ComfyUI use 1.0)
+        scaled = {k: (v * scale if ".lora_B." in k else v) for k, v in state.items()}
+        with tempfile.TemporaryDirectory(dir=path.parent) as folder:
+            type(pipe).save_lora_weights(folder, **{f"{denoiser_name}_lora_layers": scaled},
+                                         weight_name="lora.safetensors", safe_serialization=True)
+            tensors = load_file(str(Path(folder) / "lora.safetensors"))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def lora_metadata(config: TrainConfig, family: str, base: Path, short_hash: str, step: int, n_images: int
+                  ) -> dict[str, str]:
+    """Header metadata (all strings): kohya's ss_* keys that AUTOMATIC1111 shows, modelspec, and Easel's own."""
+    version, architecture = BASE_VERSION[family]
+    meta = {
+        "ss_network_dim": str(config.rank), "ss_network_alpha": f"{config.alpha:g}", "ss_steps": str(step),
+        "ss_num_train_images": str(n_images), "ss_base_model_version": version, "ss_output_name": config.output_name,
+        "ss_learning_rate": f"{config.learning_rate:g}", "ss_seed": str(config.seed),
+        "ss_resolution": ",".join(f"{w}x{h}" for w, h in config.resolution),
+        "ss_sd_model_name": base.name, "ss_sd_model_hash": short_hash,
+        "modelspec.architecture": architecture, "modelspec.title": config.output_name,
+        "easel_trigger": config.trigger,
+    }
+    if config.trigger:
+        meta["modelspec.trigger_phrase"] = config.trigger
+    if family == "easel":
+        meta.update(easel_base_model=base.name, easel_base_hash=short_hash)
+    else:
+        meta["easel_alpha_folded"] = "true"
+    return meta
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a .safetensors file's header."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {})
+
+
+# ============================================================================================ optimizers
+def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    if config.optimizer == "prodigy":
+        from prodigyopt import Prodigy
+
+        return Prodigy(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.99), weight_decay=config.weight_decay)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up over the first 5% of the steps, then constant."""
+    warmup = max(1, int(config.steps * WARMUP_FRACTION))
+    return config.learning_rate * min(1.0, (step + 1) / warmup)
+
+
+def step_generator(config: TrainConfig, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+
+
+# ============================================================================================ the loop
+RESUME_KEYS = ("base_model", "rank", "alpha", "target_modules", "optimizer")
+
+
+@dataclass
+class _Run:
+    """Mutable state of one run (what the resume state holds)."""
+
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    samples: list[Path] = field(default_factory=list)
+
+
+def train(config: TrainConfig, *, on_event: Callable[[TrainEvent], None] | None = None,
+          cancel: threading.Event | None = None, search_dirs: list[Path] | None = None,
+          resume: bool = True) -> TrainResult:
+    """Train the LoRA `config` describes (see the module docstring); returns where it was written."""
+    emit = on_event or (lambda event: None)
+    cancel = cancel or threading.Event()
+
+    # 1. check inputs: the dataset and the base model, before anything heavy
+    dataset = load_dataset(config.dataset, config.resolution, config.trigger)
+    base = resolve_base_model(config.base_model, search_dirs or default_search_dirs())
+    torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+
+    # 2. prepare: the model with its adapter, the optimizer, and the saved state to resume from
+    pipe, family = load_base(base)
+    pipe.to(device)
+    objective = OBJECTIVES[family](pipe, device)
+    denoiser = objective.denoiser
+    torch.manual_seed(config.seed)  # lora_A's random initialisation
+    params = add_lora(denoiser, config, family)
+    optimizer = make_optimizer(config, params)
+    run = _Run()
+    if resume and config.state_path.is_file():
+        run = _restore(config, denoiser, optimizer)
+        log.info("resuming %s at step %d", config.output_name, run.step)
+    short_hash = base_hash(base)
+    n_trainable = sum(p.numel() for p in params)
+    message = f"{family} base {base.name} [{short_hash}], {len(dataset)} images, {n_trainable:,} LoRA parameters"
+    emit(TrainEvent("start", run.step, config.steps, message=message + (f"; resuming at step {run.step}"
+                                                                        if run.step else "")))
+
+    def save(kind: str) -> Path:
+        state = lora_state(denoiser)
+        meta = lora_metadata(config, family, base, short_hash, run.step, len(dataset))
+        path = write_lora(config.output_path, pipe, family, objective.denoiser_name, state, meta, config)
+        _save_state(config, state, optimizer, run)
+        emit(TrainEvent(kind, run.step, config.steps, run.losses[-1] if run.losses else None, run.wall_s, path=path))
+        return path
+
+    # 3. run: one optimizer step per loop, cancel checked before each
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    wall0, cpu0 = time.monotonic(), time.process_time()
+    base_wall, base_cpu = run.wall_s, run.cpu_s
+    cancelled = False
+    denoiser.train()
+    while run.step < config.steps:
+        if cancel.is_set():
+            cancelled = True
+            break
+        gen = step_generator(config, run.step)
+        prompts, pixels = dataset.batch(gen, config.batch_size)
+        drop = torch.rand(len(prompts), generator=gen) < config.caption_dropout
+        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, run.step)
+        with autocast:
+            loss = objective.loss(pixels, prompts, gen)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingError(f"the loss became {value} at step {run.step + 1}; lower learning_rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        run.step += 1
+        run.losses.append(value)
+        run.wall_s = base_wall + time.monotonic() - wall0
+        run.cpu_s = base_cpu + time.process_time() - cpu0
+        emit(TrainEvent("step", run.step, config.steps, value, run.wall_s))
+        if config.sample_every and config.sample_prompts and run.step % config.sample_every == 0 \
+                and run.step < config.steps:
+            _samples(config, objective, run, emit)
+        if config.save_every and run.step % config.save_every == 0 and run.step < config.steps:
+            save("save")
+
+    # 4. finish: save (also when cancelled, so a resume continues from here), final samples
+    if run.step == 0 and not run.losses:
+        emit(TrainEvent("cancelled", 0, config.steps, message="cancelled before the first step"))
+        return TrainResult(config.output_path, 0, True, (), 0.0, 0.0)
+    if not cancelled and config.sample_prompts:
+        _samples(config, objective, run, emit)
+    path = save("cancelled" if cancelled else "done")
+    denoiser.eval()
+    return TrainResult(path, run.step, cancelled, tuple(run.losses), run.wall_s, run.cpu_s, tuple(run.samples))
+
+
+def _samples(config: TrainConfig, objective: Objective, run: _Run, emit: Callable[[TrainEvent], None]) -> None:
+    """Render the sample prompts with the LoRA as it is now; PNGs under `<output_name>.samples/`."""
+    prompts = [config.caption(p) for p in config.sample_prompts]
+    objective.denoiser.eval()
+    try:
+        with torch.no_grad():
+            images = objective.sample(prompts, config.resolution[0], config.sample_steps, config.sample_guidance,
+                                      config.seed + SAMPLE_SEED_OFFSET)
+    finally:
+        objective.denoiser.train()
+    config.samples_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        path = config.samples_dir / f"step{run.step:06d}_{i}.png"
+        image.save(path)
+        paths.append(path)
+    run.samples.extend(paths)
+    emit(TrainEvent("sample", run.step, config.steps, run.losses[-1] if run.losses else None, run.wall_s,
+                    samples=tuple(paths), message=" | ".join(prompts)))
+
+
+def _save_state(config: TrainConfig, state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                run: _Run) -> None:
+    payload = {"version": STATE_VERSION, "lora": state, "optimizer": optimizer.state_dict(), "step": run.step,
+               "losses": run.losses, "wall_s": run.wall_s, "cpu_s": run.cpu_s,
+               "samples": [str(p) for p in run.samples],
+               "config": {k: config.to_dict()[k] for k in RESUME_KEYS}}
+    tmp = config.state_path.with_name(f".{config.state_path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, config.state_path)
+
+
+def _restore(config: TrainConfig, denoiser: torch.nn.Module, optimizer: torch.optim.Optimizer) -> _Run:
+    try:
+        payload = torch.load(config.state_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a damaged file
+        raise ConfigError("output_name", f"cannot read the resume state {config.state_path} ({exc}); delete it "
+                                         "to start over") from exc
+    saved = payload.get("config", {})
+    wanted = {k: config.to_dict()[k] for k in RESUME_KEYS}
+    changed = [k for k in RESUME_KEYS if saved.get(k) != wanted[k]]
+    if changed:
+        raise ConfigError("output_name", f"{config.state_path} is from a run with different {', '.join(changed)}; "
+                                         "delete it or choose another output_name")
+    load_lora_state(denoiser, payload["lora"])
+    optimizer.load_state_dict(payload["optimizer"])
+    return _Run(step=int(payload["step"]), losses=list(payload["losses"]), wall_s=float(payload["wall_s"]),
+                cpu_s=float(payload["cpu_s"]), samples=[Path(p) for p in payload.get("samples", [])])
