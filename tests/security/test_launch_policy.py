@@ -97,3 +97,48 @@ def test_share_without_internet_keeps_the_local_server(serve, caplog, monkeypatc
     response = httpx.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "still here", **TINY}, auth=("ann", "pw"),
                           timeout=120)
     assert response.status_code == 200
+
+
+def test_share_start_does_not_hang_when_the_share_server_never_answers(serve, caplog, monkeypatch) -> None:
+    """A firewall that swallows packets: the share server accepts the connection and never answers. Gradio
+    would wait 30 s; Easel gives up after SHARE_PROBE_SECONDS and serves locally."""
+    import threading
+    import time
+
+    import gradio.networking
+
+    import webui.app
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_say_nothing() -> None:
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(silent.accept()[0])
+            except OSError:
+                continue
+
+    threading.Thread(target=accept_and_say_nothing, daemon=True).start()
+    monkeypatch.setattr(gradio.networking, "GRADIO_API_SERVER",
+                        f"http://127.0.0.1:{silent.getsockname()[1]}/v3/tunnel-request")
+    monkeypatch.setattr(webui.app.share_server_problem, "__defaults__", (2.0,))
+    caplog.set_level(logging.INFO)
+    try:
+        started = time.monotonic()
+        assert webui.app.share_server_problem(1.0) == "no answer within 1 s"
+        assert time.monotonic() - started < 1.5
+        easel, url = serve(share=True, api=True, gradio_auth="ann:pw")
+        assert easel.extras["share_url"] is None
+        assert "--share: the public link could not be created" in caplog.text and "no answer within 2 s" in caplog.text
+        assert len(held) == 2  # the two probes; Gradio itself (30 s wait) was never sent there
+        wait_until_up(url, auth=("ann", "pw"))
+    finally:
+        stop.set()
+        for connection in held:
+            connection.close()
+        silent.close()

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from webui import __version__
 from webui.api.compat import (
@@ -163,6 +164,10 @@ def _route_class(max_body_bytes: int, logins: list[tuple[str, str]],
                     return error_response(422, "RequestError", exc.message, exc.field)
                 except QueueFullError as exc:
                     return error_response(503, "QueueFull", str(exc), None, {"Retry-After": "5"})
+                except HTTPException as exc:  # FastAPI's own refusals, e.g. a body that is not UTF-8 JSON
+                    message = exc.detail if isinstance(exc.detail, str) else "the request was refused"
+                    return error_response(exc.status_code, "BadRequest", message,
+                                          "body" if exc.status_code < 500 else None, exc.headers)
                 except Exception as exc:  # noqa: BLE001 - the one place internal failures become a 500
                     log.exception("API %s %s failed", request.method, request.url.path)
                     return error_response(500, type(exc).__name__, str(exc) or type(exc).__name__, None)
@@ -243,7 +248,10 @@ def decode_image(data: Any, field_name: str, max_pixels: int) -> Image.Image:
             image.load()
     except ApiError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ApiError(422, field_name, f"the image is too large to decode (over the limit of "
+                                        f"{Image.MAX_IMAGE_PIXELS} pixels)") from None
+    except UnidentifiedImageError:
         raise ApiError(422, field_name, f"is not an image Easel can read ({', '.join(IMAGE_FORMATS)})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ApiError(422, field_name, f"the image could not be decoded ({exc})") from None

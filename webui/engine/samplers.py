@@ -94,3 +94,16 @@ def make_scheduler(name: str, arch: Arch, base_config: Any) -> Any:
     if class_name == "DPMSolverMultistepScheduler" and config.get("algorithm_type") not in (None, "dpmsolver++", "sde-dpmsolver++"):
         config["algorithm_type"] = "dpmsolver++"
     return cls.from_config(config, **overrides)
+
+
+def steps_for_strength(steps: int, strength: float) -> tuple[int, float]:
+    """(num_inference_steps, strength) for an img2img-style call such that at least one step runs.
+
+    diffusers runs `int(steps * strength)` steps of a `steps`-long schedule, none at all for 1 step at 0.75 or
+    for a strength of 0 (and then fails). Like AUTOMATIC1111, Easel always runs at least one step: the schedule
+    is lengthened until one falls inside the strength, which is at least 0.01 (one step at the lowest noise)."""
+    strength = max(0.01, float(strength))
+    total = max(1, int(steps))
+    while int(total * strength) < 1:
+        total += 1
+    return total, strength

@@ -222,7 +222,8 @@ class Worker:
             job.update(state=JobState.INTERRUPTED, finished=time.time(), result=job.result or JobResult())
         except Exception as exc:  # noqa: BLE001 - the worker must outlive any job
             log.exception("job %s failed", job.id)
-            job.exception = exc
+            job.exception = without_tracebacks(exc)
+            release_memory()  # before the failure is published, so whoever retries finds the memory free
             job.update(state=JobState.FAILED, error=describe_error(exc), finished=time.time())
         else:
             final = JobState.INTERRUPTED if job.interrupt_requested else JobState.DONE
@@ -238,6 +239,18 @@ def describe_error(exc: BaseException) -> str:
         return ("Out of memory while generating. Try a smaller size or batch, --medvram or --lowvram. "
                 f"({exc.__class__.__name__})")
     return text
+
+
+def without_tracebacks(exc: BaseException) -> BaseException:
+    """`exc` with its traceback (and those of the exceptions it chains) dropped: a kept traceback keeps every
+    frame of the failed job alive, tensors included, which after an out-of-memory error is the memory to free."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    return exc
 
 
 def release_memory() -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches, sampler_used
 from webui.engine.images import resize_image
+from webui.engine.samplers import steps_for_strength
 from webui.requests import Img2ImgRequest
 
 
@@ -16,12 +17,13 @@ def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
     loaded = ctx.load(request, "img2img")
     prompt_args = prompt_kwargs(loaded, request)
     strength = request.denoising_strength
-    total = max(1, int(request.steps * strength))
+    schedule, run_strength = steps_for_strength(request.steps, strength)  # at least one step
+    total = max(1, int(schedule * run_strength))
 
     # 3. Run.
     def call(gens, batch_size):
         return ctx.call_pipeline(loaded, request, "img2img", **prompt_args, image=[init] * batch_size,
-                                 strength=strength, num_inference_steps=request.steps, generator=gens,
+                                 strength=run_strength, num_inference_steps=schedule, generator=gens,
                                  callback_on_step_end=ctx.callback(loaded.arch, total), output_type="pil").images
 
     extra = {"Sampler": sampler_used(request, loaded.arch), "Denoising strength": strength}

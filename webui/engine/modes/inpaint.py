@@ -10,6 +10,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches, sampler_used
 from webui.engine.images import binarize, extend_canvas, fill_masked, mask_to_l, masked_bbox, paste_back, resize_image
+from webui.engine.samplers import steps_for_strength
 from webui.requests import InpaintRequest
 
 
@@ -56,12 +57,13 @@ def run(ctx: ModeContext, request: InpaintRequest) -> list[Generated]:
     # 3. Run the pipeline.
     loaded = ctx.load(request, "inpaint")
     prompt_args = prompt_kwargs(loaded, request)
-    total = max(1, int(request.steps * strength))
+    schedule, run_strength = steps_for_strength(request.steps, strength)  # at least one step
+    total = max(1, int(schedule * run_strength))
 
     def call(gens, batch_size):
         images = ctx.call_pipeline(loaded, request, "inpaint", **prompt_args, image=[work_image] * batch_size,
-                                   mask_image=[work_mask] * batch_size, strength=strength, width=work_w,
-                                   height=work_h, num_inference_steps=request.steps, generator=gens,
+                                   mask_image=[work_mask] * batch_size, strength=run_strength, width=work_w,
+                                   height=work_h, num_inference_steps=schedule, generator=gens,
                                    callback_on_step_end=ctx.callback(loaded.arch, total), output_type="pil").images
         return [postprocess(img, original, blend, box) for img in images]
 

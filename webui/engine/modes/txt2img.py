@@ -6,6 +6,7 @@ from PIL import Image
 
 from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches, sampler_used
 from webui.engine.upscalers import UpscalerNotFoundError
+from webui.engine.samplers import steps_for_strength
 from webui.requests import RequestError, Txt2ImgRequest
 
 
@@ -65,7 +66,7 @@ def second_pass(ctx: ModeContext, request: Txt2ImgRequest, images: list[Image.Im
     upscaled = [upscale(ctx, img, request.hr_upscaler, (width, height)) for img in images]
     loaded = ctx.load(request, "img2img")
     steps = request.hr_second_pass_steps or request.steps
-    strength = request.hr_denoising_strength
+    steps, strength = steps_for_strength(steps, request.hr_denoising_strength)  # at least one step
     total = max(1, int(steps * strength))
     out = ctx.call_pipeline(loaded, request, "img2img", **prompt_kwargs(loaded, request), image=upscaled,
                             strength=strength, num_inference_steps=steps,
