@@ -90,3 +90,28 @@ def test_controlnet_dir_flag_adds_a_folder(make_easel, tmp_path):
     with TestClient(app) as client:
         listed = client.get("/controlnet/model_list").json()["model_list"]
     assert [title.split(" [")[0] for title in listed] == ["far-canny"]
+
+
+def test_setting_up_the_extension_loads_no_preprocessor_or_model(tmp_path):
+    """Easel starts with the extension loaded but without controlnet-aux, and without reading any ControlNet."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from webui.app import build\n"
+        "from webui.settings import Settings\n"
+        f"easel = build(Settings(data_dir=Path({str(tmp_path / 'data')!r}), device='cpu', precision='full',\n"
+        f"                       builtin_dir=Path({str(tmp_path / 'none')!r})))\n"
+        "[item] = [e for e in easel.extensions if e.name == 'controlnet']\n"
+        "assert item.loaded, item.error\n"
+        "print(sorted(m for m in ('controlnet_aux', 'timm') if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
