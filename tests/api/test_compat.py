@@ -198,3 +198,25 @@ def test_extensions_route_lists_them_with_status(make_easel, tmp_path):
     assert rows["demo"]["version"] == "0.2" and rows["demo"]["enabled"] is True and rows["demo"]["status"] == "loaded"
     assert rows["broken"]["status"] == "failed" and "boom" in rows["broken"]["error"]
     assert set(rows["demo"]) >= {"name", "remote", "branch", "commit_hash", "version", "commit_date", "enabled"}
+
+
+def test_extra_batch_images(client, easel, esrgan):
+    images = [gradient(32, 24), gradient(16, 16)]
+    body = {"imageList": [{"data": b64_png(image), "name": f"image{i}"} for i, image in enumerate(images)],
+            "upscaler_1": esrgan, "upscaling_resize": 2, "save_images": True}
+    response = client.post("/sdapi/v1/extra-batch-images", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert [open_b64(i).size for i in data["images"]] == [(64, 48), (32, 32)]
+    assert parse_infotext(data["html_info"])["Postprocess upscaler"] == "2x-tiny"
+    assert len(list(easel.settings.outputs_dir.glob("extras-images/*/*.png"))) == 2
+
+    same = client.post("/sdapi/v1/extra-batch-images", json={**body, "upscaler_1": "None"}).json()
+    assert [open_b64(i).tobytes() for i in same["images"]] == [i.tobytes() for i in images]
+    for changes, field in (({"imageList": []}, "imageList"),
+                           ({"imageList": [{"data": b64_png(images[0])}, {"data": "@@"}]}, "imageList.1.data"),
+                           ({"upscaling_resize": 20}, "upscaling_resize"),
+                           ({"upscaler_1": "nope"}, "upscaler_1")):
+        bad = client.post("/sdapi/v1/extra-batch-images", json={**body, **changes})
+        assert bad.status_code == 422 and bad.json()["field"] == field, (changes, bad.text)
+    assert len(list(easel.settings.outputs_dir.glob("extras-images/*/*.png"))) == 2  # nothing queued for those

@@ -161,6 +161,8 @@ def test_webuiapi_inpaint_extras_model_switch_progress_and_interrupt(api_only, t
 
     upscaled = api.extra_single_image(image=gradient(32, 24), upscaler_1="Lanczos", upscaling_resize=2)
     assert upscaled.image.size == (64, 48) and "Postprocess upscaler: Lanczos" in upscaled.info
+    batch = api.extra_batch_images(images=[gradient(16, 16), gradient(8, 12)], upscaler_1="Nearest", upscaling_resize=2)
+    assert [image.size for image in batch.images] == [(32, 32), (16, 24)]
     assert [u["name"] for u in api.get_upscalers()][:3] == ["None", "Lanczos", "Nearest"]
     assert {"automatic", "karras"} <= set(api.util_get_scheduler_names())
     assert api.get_cmd_flags()["nowebui"] is True and "ram" in api.get_memory()

@@ -28,7 +28,7 @@ from fastapi.exceptions import FastAPIError, RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from webui import __version__
@@ -779,9 +779,8 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
             defaults.unloaded = None
 
     # Extras: upscaling ---------------------------------------------------------------------------------
-    @router.post("/extra-single-image")
-    def extra_single_image(body: ExtrasSingleImageRequest) -> dict[str, Any]:
-        image = decode_image(body.image, "image", max_image_pixels())
+    def upscale_requests(body: BaseModel, images: list[Image.Image]) -> list[UpscaleRequest] | None:
+        """The upscale jobs an Extras body asks for, one per image (None: nothing to do, as in AUTOMATIC1111)."""
         for name in ("gfpgan_visibility", "codeformer_visibility"):
             if (getattr(body, name) or 0) > 0:
                 raise ApiError(422, name, "Easel has no face restoration; send 0")
@@ -789,23 +788,62 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         second = check_upscaler(body.upscaler_2 or NONE, "upscaler_2") if (body.upscaler_2 or NONE) != NONE else NONE
         visibility = float(body.extras_upscaler_2_visibility or 0.0)
         if first == NONE and (second == NONE or visibility <= 0):
-            return {"html_info": "", "image": encode_png(image)}  # nothing to do, as in AUTOMATIC1111
+            return None
         by_size = body.resize_mode == 1
         if body.resize_mode not in (None, 0, 1):
             raise ApiError(422, "resize_mode", f"must be 0 (scale) or 1 (to a size), got {body.resize_mode}")
-        request = UpscaleRequest(image=image, upscaler=first, scale=float(body.upscaling_resize or 2.0),
-                                 width=int(body.upscaling_resize_w or 0) if by_size else 0,
-                                 height=int(body.upscaling_resize_h or 0) if by_size else 0,
-                                 crop=bool(body.upscaling_crop), upscaler_2=second, upscaler_2_visibility=visibility,
-                                 save_images=bool(body.save_images))
-        job = engine.submit(request, source="api")
-        job.wait()
-        if job.state == JobState.FAILED:
-            raise job_failure(job, "upscaling failed")
-        result = job.result or JobResult()
-        if not result.images:
-            raise ApiError(500, None, "upscaling was interrupted", "JobFailed")
-        return {"html_info": result.infotexts[0], "image": encode_png(result.images[0], result.infotexts[0])}
+        requests = [UpscaleRequest(image=image, upscaler=first, scale=float(body.upscaling_resize or 2.0),
+                                   width=int(body.upscaling_resize_w or 0) if by_size else 0,
+                                   height=int(body.upscaling_resize_h or 0) if by_size else 0,
+                                   crop=bool(body.upscaling_crop), upscaler_2=second,
+                                   upscaler_2_visibility=visibility, save_images=bool(body.save_images))
+                    for image in images]
+        for request in requests:  # every image checked before any is queued
+            request.validate(settings.user.limits())
+        return requests
+
+    def run_upscales(requests: list[UpscaleRequest]) -> list[tuple[Image.Image, str]]:
+        """Queue the upscales, wait for them, and return (image, infotext) for each; the first failure stops the
+        rest."""
+        jobs = [engine.submit(request, source="api") for request in requests]
+        done: list[tuple[Image.Image, str]] = []
+        for index, job in enumerate(jobs):
+            job.wait()
+            result = job.result or JobResult()
+            if job.state == JobState.FAILED or not result.images:
+                for later in jobs[index + 1:]:
+                    engine.worker.interrupt(later.id)
+                if job.state == JobState.FAILED:
+                    raise job_failure(job, "upscaling failed")
+                raise ApiError(500, None, "upscaling was interrupted", "JobFailed")
+            done.append((result.images[0], result.infotexts[0]))
+        return done
+
+    @router.post("/extra-single-image")
+    def extra_single_image(body: ExtrasSingleImageRequest) -> dict[str, Any]:
+        image = decode_image(body.image, "image", max_image_pixels())
+        requests = upscale_requests(body, [image])
+        if requests is None:
+            return {"html_info": "", "image": encode_png(image)}
+        [(result, text)] = run_upscales(requests)
+        return {"html_info": text, "image": encode_png(result, text)}
+
+    @router.post("/extra-batch-images")
+    def extra_batch_images(body: ExtrasBatchImagesRequest) -> dict[str, Any]:
+        """Upscale several images alike (AUTOMATIC1111's Extras batch): `imageList` of {"data", "name"}."""
+        if not body.imageList:
+            raise ApiError(422, "imageList", 'send at least one image as {"data": <base64>, "name": <text>}')
+        limit = settings.user.max_batch_count
+        if len(body.imageList) > limit:
+            raise ApiError(422, "imageList", f"at most {limit} images at once (the batch count limit), got "
+                                             f"{len(body.imageList)}")
+        images = [decode_image(item.data, f"imageList.{index}.data", max_image_pixels())
+                  for index, item in enumerate(body.imageList)]
+        requests = upscale_requests(body, images)
+        if requests is None:
+            return {"html_info": "", "images": [encode_png(image) for image in images]}
+        done = run_upscales(requests)
+        return {"html_info": done[0][1], "images": [encode_png(image, text) for image, text in done]}
 
     @router.get("/extensions")
     def extensions() -> list[dict[str, Any]]:
@@ -838,6 +876,18 @@ def add_extension_routes(app: FastAPI, easel: Any, route_class: type[APIRoute]) 
             log.error("extension %s: route %s not added: %s", contribution.extension, contribution.path, exc)
     if extensions.routes:
         app.include_router(extensions)
+
+
+class ExtrasBatchImage(BaseModel):
+    data: str = Field(description="A base64 image (PNG, JPEG or WebP), with or without a data: prefix")
+    name: str | None = Field(None, description="The image's name (accepted for compatibility)")
+
+
+class ExtrasBatchImagesRequest(ExtrasSingleImageRequest):
+    """Body of POST /sdapi/v1/extra-batch-images: the Extras settings, applied to every image of `imageList`."""
+
+    image: str | None = Field(None, description="Not used here: send the images in imageList")
+    imageList: list[ExtrasBatchImage] = Field(default_factory=list, description="The images to upscale")
 
 
 @dataclass(frozen=True)
