@@ -722,3 +722,29 @@ def make_tiny_zimage_controlnet(folder: Path, seed: int = 0) -> Path:
     folder = Path(folder)
     controlnet.save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+def controlnet_to_original(state: dict[str, torch.Tensor], config: dict,
+                           prefix: str = "control_model.") -> dict[str, torch.Tensor]:
+    """Diffusers ControlNetModel keys -> the original (AUTOMATIC1111 / lllyasviel) layout: the UNet encoder as
+    `input_blocks / middle_block / time_embed`, the hint encoder as `input_hint_block`, the zero convolutions as
+    `zero_convs` and `middle_block_out`, all under `prefix`."""
+    out: dict[str, torch.Tensor] = {}
+    encoder: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "controlnet_cond_embedding":
+            if parts[1] == "conv_in":
+                out[f"input_hint_block.0.{parts[2]}"] = value
+            elif parts[1] == "conv_out":
+                out[f"input_hint_block.14.{parts[2]}"] = value
+            else:  # blocks.<j>.<param>: the convolutions between the SiLUs
+                out[f"input_hint_block.{2 * (int(parts[2]) + 1)}.{parts[3]}"] = value
+        elif parts[0] == "controlnet_down_blocks":
+            out[f"zero_convs.{parts[1]}.0.{parts[2]}"] = value
+        elif parts[0] == "controlnet_mid_block":
+            out[f"middle_block_out.0.{parts[1]}"] = value
+        else:
+            encoder[key] = value
+    out.update(unet_to_original(encoder, {**config, "up_block_types": []}))
+    return {prefix + key: value for key, value in out.items()}

@@ -124,6 +124,17 @@ def test_single_file_controlnet_loads_with_the_config_for_its_width(cn_easel, ti
     assert np.array_equal(pixels(from_file.images[0]), from_folder)
     assert "Model: single/tiny-file [" in parse_infotext(from_file.infotexts[0])["ControlNet 0"]
 
+    # The same weights in the original layout (`control_model.input_blocks...`, as AUTOMATIC1111 users have them).
+    from tests.tiny_models import controlnet_to_original
+
+    config = json.loads((tiny_sd1_controlnet / "config.json").read_text())
+    original = controlnet_to_original(load_file(str(tiny_sd1_controlnet / "diffusion_pytorch_model.safetensors")),
+                                      config)
+    assert "control_model.input_hint_block.0.weight" in original and "control_model.zero_convs.0.0.weight" in original
+    save_file(original, str(target.with_name("tiny-original.safetensors")))
+    from_original = generate(cn_easel, txt2img(), [unit(model="tiny-original")])
+    assert np.array_equal(pixels(from_original.images[0]), from_folder)
+
 
 def test_sdxl_controlnet(make_easel, tmp_path, tmp_path_factory):
     from tests.tiny_models import make_tiny_sd_controlnet, make_tiny_sdxl
