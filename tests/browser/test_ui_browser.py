@@ -256,6 +256,19 @@ def test_segment_tab_masks_and_sends_to_inpaint(browser, make_easel, tmp_path: P
         page.click("#inpaint_generate")
         wait_for_result(page, "inpaint")
         page.screenshot(path=str(SHOTS / "segment-sent-to-inpaint.png"), full_page=False)
+        # At phone width the tab fits the screen.
+        phone = browser.new_context(viewport=PHONE).new_page()
+        phone.goto(url)
+        phone.wait_for_selector("#txt2img_generate")
+        button = phone.locator("button[role=tab][data-tab-id='segment']")
+        if not button.is_visible():
+            phone.click("#tabs button[aria-label='More tabs']")
+            button = phone.locator("#tabs .overflow-dropdown button", has_text="Segment")
+        button.click()
+        expect(phone.locator("#tab_segment")).to_be_visible()
+        phone.screenshot(path=str(SHOTS / "segment-phone.png"), full_page=True)
+        assert phone.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 1
+        phone.context.close()
     finally:
         context.close()
         blocks = easel.extras.get("blocks")

@@ -285,7 +285,7 @@ def build_tab(ui: UIContext) -> SegmentTab:
                                        format="png", height=220, elem_id="segment_overlay")
                     cutout = gr.Image(label="Cutout", type="pil", image_mode="RGBA", interactive=False,
                                       format="png", height=220, elem_id="segment_cutout")
-                mask_files = gr.File(label="Mask PNGs", file_count="multiple", interactive=False,
+                mask_files = gr.File(label="Mask PNGs", file_count="multiple", interactive=False, height=110,
                                      elem_id="segment_mask_files")
                 with gr.Row(elem_classes="easel-send-row"):
                     to_inpaint = gr.Button("Send to Inpaint", size="sm", elem_id="segment_send_to_inpaint")
