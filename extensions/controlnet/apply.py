@@ -35,8 +35,8 @@ from webui.extension_api import PipelineCall, RequestError
 
 from .models import FAMILY_LABELS, ControlNetEntry, ControlNetModels
 from .preprocessors import Preprocessors
-from .units import (BALANCED, CONTROLNET_MORE_IMPORTANT, CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL,
-                    ControlUnit)
+from .units import (BALANCED, CONTROLNET_MORE_IMPORTANT, CROP_AND_RESIZE, HIGH_RES_ONLY, JUST_RESIZE,
+                    LOW_RES_ONLY, RESIZE_AND_FILL, ControlUnit)
 
 log = logging.getLogger("easel.extensions.controlnet")
 
@@ -192,6 +192,10 @@ class ControlNetRunner:
     # The wrapper ---------------------------------------------------------------------------------------------
     def __call__(self, call: PipelineCall, run: Callable[[PipelineCall], Any]) -> Any:
         units = self.units(call.request)
+        hires_pass = getattr(call.request, "mode", "") == "txt2img" and call.task == "img2img"
+        hires_on = bool(getattr(call.request, "enable_hr", False))
+        skipped = HIGH_RES_ONLY if hires_on and not hires_pass else LOW_RES_ONLY if hires_pass else None
+        units = [unit for unit in units if unit.hr_option != skipped]
         if not units:
             return run(call)
         group = self.check_family(call, units)
@@ -327,7 +331,11 @@ class ControlNetRunner:
         entries = {}
         for i, unit in enumerate(units):
             entry = self.models.find(unit.model)
-            entries[i] = infotext_value(unit, self.models.title(entry), (unit.threshold_a, unit.threshold_b))
+            module = self.preprocessors.module(unit.module)
+            thresholds = tuple(given if given is not None else (slider.value if slider is not None else None)
+                               for given, slider in ((unit.threshold_a, module.threshold_a),
+                                                     (unit.threshold_b, module.threshold_b)))
+            entries[i] = infotext_value(unit, self.models.title(entry), thresholds)
         for item in generated:
             for i, text in entries.items():
                 item.extra[f"ControlNet {i}"] = text

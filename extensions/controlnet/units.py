@@ -2,11 +2,11 @@
 
 A unit is the sd-webui-controlnet dictionary (`enabled`, `image`/`input_image`, `mask`, `module`, `model`,
 `weight`, `resize_mode`, `processor_res`, `threshold_a`, `threshold_b`, `guidance_start`, `guidance_end`,
-`control_mode`, `pixel_perfect`); AUTOMATIC1111 clients send a list of them as
+`control_mode`, `pixel_perfect`, `hr_option`); AUTOMATIC1111 clients send a list of them as
 `alwayson_scripts.ControlNet.args`. `parse_units` turns such a list into `ControlUnit`s, accepting the integer
 and legacy spellings those clients use (`control_mode: 2`, `resize_mode: "Scale to Fit (Inner Fit)"`,
 `guessmode: true`, `-1` for "the default"), and raises ValueError naming `args[i].key` for anything else.
-Keys it does not know (`low_vram`, `hr_option`, ...) are ignored, as sd-webui-controlnet ignores them.
+Keys it does not know (`low_vram`, ...) are ignored, as sd-webui-controlnet ignores them.
 `infotext_value` writes a unit the way AUTOMATIC1111 records it in the parameters text.
 """
 from __future__ import annotations
@@ -33,6 +33,11 @@ _RESIZE_ALIASES = {"just resize": JUST_RESIZE, "crop and resize": CROP_AND_RESIZ
                    "scale to fit (inner fit)": CROP_AND_RESIZE, "inner fit": CROP_AND_RESIZE,
                    "envelope (outer fit)": RESIZE_AND_FILL, "outer fit": RESIZE_AND_FILL}
 
+BOTH_PASSES = "Both"
+LOW_RES_ONLY = "Low res only"
+HIGH_RES_ONLY = "High res only"
+HR_OPTIONS = (BOTH_PASSES, LOW_RES_ONLY, HIGH_RES_ONLY)  # which txt2img pass a unit steers when hires fix is on
+
 DEFAULT_PROCESSOR_RES = 512
 MAX_WEIGHT = 10.0
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
@@ -56,6 +61,7 @@ class ControlUnit:
     guidance_end: float = 1.0
     control_mode: str = BALANCED
     pixel_perfect: bool = False
+    hr_option: str = BOTH_PASSES
     enabled: bool = True
 
 
@@ -215,7 +221,8 @@ def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_mod
     return ControlUnit(image=image, mask=mask, module=module, model=model, weight=weight, resize_mode=resize_mode,
                        processor_res=int(processor_res), threshold_a=thresholds[0], threshold_b=thresholds[1],
                        guidance_start=start, guidance_end=end, control_mode=control_mode,
-                       pixel_perfect=_flag(raw.get("pixel_perfect", False), f"{at}.pixel_perfect"))
+                       pixel_perfect=_flag(raw.get("pixel_perfect", False), f"{at}.pixel_perfect"),
+                       hr_option=_choice(raw.get("hr_option", BOTH_PASSES), f"{at}.hr_option", HR_OPTIONS))
 
 
 def parse_units(raw: Any, find_module: Callable[[str], str], find_model: Callable[[str], str],
@@ -241,7 +248,7 @@ def unit_to_dict(unit: ControlUnit) -> dict[str, Any]:
             "threshold_a": -1 if unit.threshold_a is None else unit.threshold_a,
             "threshold_b": -1 if unit.threshold_b is None else unit.threshold_b,
             "guidance_start": unit.guidance_start, "guidance_end": unit.guidance_end,
-            "control_mode": unit.control_mode, "pixel_perfect": unit.pixel_perfect}
+            "control_mode": unit.control_mode, "pixel_perfect": unit.pixel_perfect, "hr_option": unit.hr_option}
 
 
 # Infotext ---------------------------------------------------------------------------------------------------------

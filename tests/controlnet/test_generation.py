@@ -213,3 +213,6 @@ def test_units_also_steer_the_hires_fix_pass(cn_easel):
     controlled = generate(cn_easel, request, [unit(resize_mode="Just Resize")])
     assert controlled.images[0].size == (96, 96)
     assert np.abs(pixels(controlled.images[0]) - plain).mean() > 0.5
+    first_only = pixels(generate(cn_easel, request, [unit(resize_mode="Just Resize", hr_option="Low res only")])
+                        .images[0])
+    assert not np.array_equal(first_only, plain) and not np.array_equal(first_only, pixels(controlled.images[0]))

@@ -56,7 +56,9 @@ def test_a_full_unit_in_the_api_form():
     assert unit.weight == 0.5 and (unit.guidance_start, unit.guidance_end) == (0.1, 0.9)
     assert unit.control_mode == units.CONTROLNET_MORE_IMPORTANT and unit.resize_mode == units.JUST_RESIZE
     assert unit.processor_res == 512 and unit.threshold_a == 64 and unit.threshold_b is None
-    assert unit.pixel_perfect
+    assert unit.pixel_perfect and unit.hr_option == units.BOTH_PASSES
+    [high] = parse([{"image": b64(shapes()), "model": "tiny-canny", "hr_option": "High res only"}])
+    assert high.hr_option == units.HIGH_RES_ONLY
 
 
 def test_spellings_older_clients_send():
@@ -85,6 +87,7 @@ def test_spellings_older_clients_send():
     ({"image": "not-base64!"}, "args[0].image: is not valid base64"),
     ({"pixel_perfect": "maybe"}, "args[0].pixel_perfect: must be true or false"),
     ({"processor_res": 10}, "args[0].processor_res: must be between 64 and 4096"),
+    ({"hr_option": "Sometimes"}, "args[0].hr_option: must be one of 0 = Both, 1 = Low res only"),
 ])
 def test_bad_values_name_the_key(changes, message):
     with pytest.raises(ValueError) as caught:
