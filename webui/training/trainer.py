@@ -445,15 +445,19 @@ class _Run:
 
 def train(config: TrainConfig, *, on_event: Callable[[TrainEvent], None] | None = None,
           cancel: threading.Event | None = None, search_dirs: list[Path] | None = None,
-          resume: bool = True) -> TrainResult:
-    """Train the LoRA `config` describes (see the module docstring); returns where it was written."""
+          resume: bool = True, set_threads: bool = True) -> TrainResult:
+    """Train the LoRA `config` describes (see the module docstring); returns where it was written.
+
+    `set_threads` applies `config.threads` to torch's (process-wide) thread pool: right for the CLI; the app
+    passes False so generation keeps its own setting."""
     emit = on_event or (lambda event: None)
     cancel = cancel or threading.Event()
 
     # 1. check inputs: the dataset and the base model, before anything heavy
     dataset = load_dataset(config.dataset, config.resolution, config.trigger)
     base = resolve_base_model(config.base_model, search_dirs or default_search_dirs())
-    torch.set_num_threads(config.threads)
+    if set_threads:
+        torch.set_num_threads(config.threads)
     device = torch.device(config.device)
 
     # 2. prepare: the model with its adapter, the optimizer, and the saved state to resume from

@@ -16,7 +16,7 @@ import gradio as gr
 
 from webui.ui.bridge import guard
 from webui.ui.context import UIContext
-from webui.ui.tabs import extensions, extras, img2img, inpaint, models, png_info, segment, settings, txt2img
+from webui.ui.tabs import extensions, extras, img2img, inpaint, models, png_info, segment, settings, train, txt2img
 
 if TYPE_CHECKING:
     from webui.app import Easel
@@ -33,6 +33,7 @@ TABS: list[TabBuilder] = [
     extras.build,
     png_info.build,
     models.build,
+    train.build,
     extensions.build,
     settings.build,
 ]
