@@ -20,7 +20,7 @@ from webui.engine.samplers import all_sampler_names, sampler_names
 from webui.extensions import LoadedExtension, Registry, load_extensions
 from webui.infotext import parse_infotext, read_png_parameters
 from webui.model_manager.identify import Arch
-from webui.model_manager.manager import CheckpointEntry, ModelManager
+from webui.model_manager.manager import CheckpointEntry, LoraOptions, ModelManager
 from webui.settings import Settings, build_parser, settings_from_args
 
 log = logging.getLogger("easel")
@@ -172,6 +172,9 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
         hash_cache_path=settings.hash_cache_path,
         segmentation_dirs=[settings.models_dir / "clipseg", settings.models_dir / "segmentation"],
     )
+    manager.lora_options = lambda: LoraOptions(  # read per generation: the Settings tab replaces settings.user
+        fuse=settings.user.lora_fuse, hotswap=settings.user.lora_hotswap, max_rank=settings.user.lora_max_rank,
+        compile=settings.user.compile_denoiser)
     if settings.resolved_device() == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     engine = Engine(settings, manager)

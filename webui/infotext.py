@@ -107,6 +107,35 @@ def png_bytes(image: Image.Image, text: str | None) -> bytes:
     return buffer.getvalue()
 
 
+_LORA_TAG = re.compile(r"<(lora|lyco):([^:>]+)((?::[^>]*)?)>", re.IGNORECASE)
+
+
+def lora_hashes(params: dict[str, str]) -> dict[str, str]:
+    """`Lora hashes: "name: hash, name2: hash2"` as {name: hash}."""
+    result: dict[str, str] = {}
+    for part in params.get("Lora hashes", "").split(","):
+        name, sep, digest = part.rpartition(":")
+        if sep and name.strip() and digest.strip():
+            result[name.strip()] = digest.strip()
+    return result
+
+
+def relink_loras(prompt: str, hashes: dict[str, str], local: dict[str, str]) -> str:
+    """Point `<lora:name:…>` tags at the local LoRA with the recorded hash when `name` is not installed here.
+
+    `hashes` is the infotext's {name: hash}; `local` maps installed LoRAs' short hashes to their names."""
+    installed = set(local.values())
+
+    def swap(match: re.Match[str]) -> str:
+        name = match.group(2).strip()
+        digest = hashes.get(name)
+        if name in installed or not digest or digest not in local:
+            return match.group(0)
+        return f"<{match.group(1)}:{local[digest]}{match.group(3)}>"
+
+    return _LORA_TAG.sub(swap, prompt)
+
+
 def _convert(value: str, default: Any) -> Any:
     if isinstance(default, bool):
         return value.strip().lower() in ("true", "1", "yes", "on")
@@ -117,9 +146,16 @@ def _convert(value: str, default: Any) -> Any:
     return value
 
 
-def request_updates(params: dict[str, str], cls: type[GenerationRequest] = Txt2ImgRequest) -> dict[str, Any]:
-    """Field values of `cls` restored from parsed infotext (unknown keys are ignored, bad values skipped)."""
-    updates: dict[str, Any] = {"prompt": params.get("Prompt", ""), "negative_prompt": params.get("Negative prompt", "")}
+def request_updates(params: dict[str, str], cls: type[GenerationRequest] = Txt2ImgRequest,
+                    local_loras: dict[str, str] | None = None) -> dict[str, Any]:
+    """Field values of `cls` restored from parsed infotext (unknown keys are ignored, bad values skipped).
+
+    The prompt keeps its `<lora:name:weight>` tags, so the same LoRAs apply again; with `local_loras` (short hash ->
+    installed name) a tag whose LoRA is installed here under another name is pointed at it by its hash."""
+    prompt = params.get("Prompt", "")
+    if local_loras:
+        prompt = relink_loras(prompt, lora_hashes(params), local_loras)
+    updates: dict[str, Any] = {"prompt": prompt, "negative_prompt": params.get("Negative prompt", "")}
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     for name, s in field_specs(cls).items():
         if s.infotext and s.infotext in params:

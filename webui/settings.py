@@ -41,6 +41,10 @@ class UserSettings:
     save_images: bool = True
     filename_digits: int = 5
     disabled_extensions: list[str] = field(default_factory=list)
+    lora_fuse: bool = False  # fold a LoRA set used twice in a row into the weights (faster steps)
+    lora_hotswap: bool = False  # swap LoRA weights in place, so a compiled denoiser stays compiled
+    lora_max_rank: int = 128  # hot-swap pads every LoRA to this rank
+    compile_denoiser: bool = False  # torch.compile the UNet/transformer once LoRAs are hot-swapped
 
     def limits(self) -> Limits:
         return Limits(self.max_side, self.max_pixels, self.max_steps, self.max_batch_size,
@@ -61,6 +65,8 @@ class UserSettings:
             raise ValueError("disabled_extensions: must be a list of extension names")
         if self.ram_cache_size < 1:
             raise ValueError("ram_cache_size: must be at least 1")
+        if self.lora_max_rank < 1:
+            raise ValueError("lora_max_rank: must be at least 1")
         if self.max_side < 64 or self.max_side % 8:
             raise ValueError("max_side: must be a multiple of 8 and at least 64")
 

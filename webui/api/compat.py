@@ -7,6 +7,7 @@ with the reason).
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -70,10 +71,30 @@ def embeddings_info(folders: list[Path]) -> dict[str, Any]:
 
 
 def lora_info(entries: list[Any]) -> list[dict[str, Any]]:
-    """AUTOMATIC1111's /loras: name (what `<lora:name:weight>` uses), alias, path, metadata."""
-    return [{"name": e.name, "alias": e.name, "path": str(e.path),
-             "metadata": {"ss_base_model_version": getattr(e.arch, "value", str(e.arch))},
-             "hash": e.short_hash} for e in entries]
+    """AUTOMATIC1111's /loras: name (what `<lora:name:weight>` uses), alias, path, metadata (the file's own, JSON
+    values decoded); plus Easel's family, layout, short hash, trigger words and preview file."""
+    rows = []
+    for e in entries:
+        arch = getattr(e.arch, "value", str(e.arch))
+        metadata: dict[str, Any] = {"ss_base_model_version": arch}
+        for key, value in (getattr(e, "metadata", None) or {}).items():
+            metadata[key] = _json_or_text(value)
+        preview = getattr(e, "preview", None)
+        rows.append({"name": e.name, "alias": getattr(e, "alias", e.name), "path": str(e.path), "metadata": metadata,
+                     "hash": e.short_hash, "arch": arch, "format": getattr(e, "format", ""),
+                     "trigger_words": list(getattr(e, "trigger_words", ())),
+                     "preview": str(preview) if preview else None})
+    return rows
+
+
+def _json_or_text(value: str) -> Any:
+    text = value.strip()
+    if text[:1] in ("{", "["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return value
+    return value
 
 
 def upscaler_info(entries: list[Any]) -> list[dict[str, Any]]:

@@ -14,14 +14,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from webui.engine.prompts import encode_sd, encode_sdxl, strip_emphasis
+from webui.engine.prompts import encode_sd, encode_sdxl, extract_loras, strip_emphasis
 from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job
 from webui.extensions import PipelineCall, PipelineWrapper
 from webui.model_manager.identify import Arch
-from webui.model_manager.manager import LoadedPipeline, ModelManager
-from webui.requests import GenerationRequest
+from webui.model_manager.errors import ModelNotFoundError
+from webui.model_manager.manager import AppliedLora, LoadedPipeline, LoraError, ModelManager
+from webui.requests import GenerationRequest, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,29 @@ class ModeContext:
     preview_every: int = 4
     upscalers: Upscalers | None = None  # hires fix upscales through these
     pipeline_wrappers: list[PipelineWrapper] = field(default_factory=list)  # extensions', around each pipeline call
+    loras: list[AppliedLora] = field(default_factory=list)  # what the prompt's <lora:…> tags applied
 
     def load(self, request: GenerationRequest, mode: str) -> LoadedPipeline:
+        """The pipeline for this request and mode, with exactly the prompt's LoRAs active."""
         loaded = self.manager.get(request.checkpoint or self.default_checkpoint(), mode,
                                   None if request.vae in ("", "Automatic", "None") else request.vae)
+        self.apply_loras(loaded, request)
         loaded.pipe.scheduler = make_scheduler(request.sampler, loaded.arch, loaded.pipe.scheduler.config)
         return loaded
+
+    def apply_loras(self, loaded: LoadedPipeline, request: GenerationRequest) -> None:
+        """Reconcile the model's LoRAs with the prompt's `<lora:name:weight>` tags (none: the base model)."""
+        _, tags = extract_loras(request.prompt)
+        try:
+            self.loras = self.manager.apply_loras(loaded, [(tag.name, tag.weight) for tag in tags])
+        except (ModelNotFoundError, LoraError) as exc:
+            raise RequestError("prompt", str(exc)) from None
+
+    def lora_infotext(self) -> dict[str, Any]:
+        """`Lora hashes: "name: hash, …"` for the LoRAs this job used (nothing when none)."""
+        if not self.loras:
+            return {}
+        return {"Lora hashes": ", ".join(f"{lora.name}: {lora.short_hash}" for lora in self.loras)}
 
     def call_pipeline(self, loaded: LoadedPipeline, request: GenerationRequest, task: str, **kwargs: Any) -> Any:
         """`loaded.pipe(**kwargs)`, run through the extensions' pipeline wrappers (the first registered outermost)."""
@@ -127,7 +145,8 @@ def sampler_used(request: GenerationRequest, arch: Arch) -> str:
 def prompt_kwargs(loaded: LoadedPipeline, request: GenerationRequest) -> dict[str, Any]:
     """Prompt and guidance arguments in the form each model family's pipeline takes."""
     arch, pipe = loaded.arch, loaded.pipe
-    prompt, negative = request.prompt, request.negative_prompt
+    prompt, _ = extract_loras(request.prompt)  # <lora:…> tags choose adapters; they are not text to encode
+    negative, _ = extract_loras(request.negative_prompt)
     if arch in (Arch.SD1, Arch.SD2):
         return {**encode_sd(pipe, prompt, negative, request.clip_skip), "guidance_scale": request.cfg_scale}
     if arch == Arch.SDXL:
@@ -155,7 +174,8 @@ def run_batches(ctx: ModeContext, request: GenerationRequest, loaded: LoadedPipe
         job.update(batch_index=batch, skip_requested=False)
         seeds = [first_seed + batch * request.batch_size + i for i in range(request.batch_size)]
         images = call(generators(seeds), request.batch_size)
-        results.extend(Generated(img, seed, dict(extra or {})) for img, seed in zip(images, seeds))
+        entries = {**(extra or {}), **ctx.lora_infotext()}
+        results.extend(Generated(img, seed, dict(entries)) for img, seed in zip(images, seeds))
         if job.interrupt_requested:
             break
     return results

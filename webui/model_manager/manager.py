@@ -19,6 +19,8 @@ import logging
 import os
 import re
 import threading
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,13 +32,17 @@ from webui.model_manager.clip_tokenizer import load_clip_tokenizer
 from webui.model_manager.errors import ModelLoadError, ModelNotFoundError
 from webui.model_manager.hashes import HashCache
 from webui.model_manager.identify import (PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, Arch, Identification,
-                                          header_shapes, identify_file, identify_folder)
+                                          identify_file, identify_folder)
+from webui.model_manager.loras import (HASH_AT_SCAN_LIMIT, LORA_SUFFIXES, AppliedLora, LoraEntry, LoraError,
+                                       LoraOptions, LoraStack, describe_lora, lora_arch, preview_image,
+                                       read_lora_header)
 from webui.model_manager.loading import (MODES, LoadContext, Loaded, load_builtin, load_folder, load_hub,
                                          load_single_file, load_vae, mode_pipelines)
 from webui.model_manager.segmenters import LoadedSegmenter, SegmenterEntry, load_segmenter, scan_segmenters
 
 __all__ = ["Mode", "CheckpointEntry", "VaeEntry", "LoraEntry", "LoadedPipeline", "ModelManager",
-           "ModelNotFoundError", "ModelLoadError", "identify_lora", "SegmenterEntry", "LoadedSegmenter"]
+           "ModelNotFoundError", "ModelLoadError", "identify_lora", "SegmenterEntry", "LoadedSegmenter",
+           "AppliedLora", "LoraError", "LoraOptions"]
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +75,6 @@ class VaeEntry:
     name: str
     path: Path
     kind: Literal["file", "folder"] = "file"
-
-
-@dataclass(frozen=True)
-class LoraEntry:
-    name: str
-    path: Path
-    arch: Arch
-    short_hash: str | None = None
 
 
 @dataclass
@@ -137,6 +135,8 @@ class ModelManager:
         self._loras: list[LoraEntry] = []
         self._segmenters: list[SegmenterEntry] = []
         self._segmenter: LoadedSegmenter | None = None  # at most one loaded; they are small and rarely swapped
+        self._lora_stacks: weakref.WeakKeyDictionary[torch.nn.Module, LoraStack] = weakref.WeakKeyDictionary()
+        self.lora_options: Callable[[], LoraOptions] = LoraOptions  # app.build reads them from the user settings
         self._idents: dict[tuple[str, int, int], Identification] = {}
         self._tokenizers: dict[str, Any] = {}
         self._scanned = False
@@ -237,11 +237,25 @@ class ModelManager:
     def _scan_loras(self) -> list[LoraEntry]:
         found: dict[str, LoraEntry] = {}
         for root in self.lora_dirs:
-            for path in sorted(_files(root, SAFETENSORS_SUFFIXES)):
+            for path in sorted(_files(root, LORA_SUFFIXES)):
                 name = _relative_name(path, root, True)
-                if name not in found:
-                    found[name] = LoraEntry(name, path, identify_lora(path), self.hashes.cached_short_hash(path))
+                if name in found:
+                    log.warning("two LoRAs named %r: using %s, ignoring %s", name, found[name].path, path)
+                    continue
+                found[name] = describe_lora(name, path, self._lora_hash(path, compute=False))
         return sorted(found.values(), key=lambda v: v.name.lower())
+
+    def _lora_hash(self, path: Path, compute: bool) -> str | None:
+        """The LoRA's short hash: remembered, else computed when asked or when the file is small enough."""
+        cached = self.hashes.cached_lora_short_hash(path)
+        if cached is not None:
+            return cached
+        try:
+            if compute or path.stat().st_size <= HASH_AT_SCAN_LIMIT:
+                return self.hashes.lora_short_hash(path)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot hash LoRA %s: %s", path, exc)
+        return None
 
     # ================================================================================== listings
     def checkpoints(self) -> list[CheckpointEntry]:
@@ -262,6 +276,68 @@ class ModelManager:
         self._ensure_scanned()
         with self._scan_lock:
             return list(self._loras)
+
+    def refresh_loras(self) -> list[LoraEntry]:
+        """Rescan only the LoRA folders."""
+        loras = self._scan_loras()
+        with self._scan_lock:
+            self._loras = loras
+        return loras
+
+    def find_lora(self, query: str) -> LoraEntry:
+        """A LoRA by the name `<lora:name:w>` uses (case as listed, else any case), file name or alias.
+        Raises ModelNotFoundError listing close names."""
+        text = (query or "").strip()
+        loras = self.loras()
+        for test in (lambda e: e.name == text, lambda e: e.name.lower() == text.lower(),
+                     lambda e: text in (e.path.name, e.path.stem, str(e.path)), lambda e: e.alias == text):
+            for entry in loras:
+                if test(entry):
+                    return entry
+        names = [e.name for e in loras]
+        close = difflib.get_close_matches(text, names, n=5, cutoff=0.4)
+        hint = f"; close names: {', '.join(close)}" if close else (
+            f"; available: {', '.join(names[:10])}" if names else "; the LoRA folders (models/Lora) are empty")
+        raise ModelNotFoundError(f"LoRA {text!r} not found{hint}")
+
+    def lora_preview(self, name: str) -> Any:
+        """The LoRA's preview image (PIL), from the file beside it or its metadata thumbnail; None if it has none."""
+        return preview_image(self.find_lora(name))
+
+    def apply_loras(self, loaded: LoadedPipeline, wanted: Sequence[tuple[str, float]]) -> list[AppliedLora]:
+        """Make exactly these (name, weight) LoRAs active on the loaded checkpoint, in every mode; () = none.
+
+        Loads only LoRAs not yet on the model, drops the ones no longer wanted, never reloads the base model.
+        Raises ModelNotFoundError for an unknown name and LoraError for one that does not fit the model."""
+        entries = [(self.find_lora(name), float(weight)) for name, weight in wanted]
+        with self._lock:
+            slot = self._cache.get(loaded.entry.name)
+            pipe = slot.base if slot is not None and hasattr(slot.base, "load_lora_weights") else loaded.pipe
+            denoiser = _denoiser_of(pipe)
+            if denoiser is None:
+                if entries:
+                    raise LoraError(f"{loaded.entry.name} takes no LoRAs")
+                return []
+            stack = self._lora_stacks.get(denoiser)
+            if stack is None:
+                if not entries:
+                    return []
+                if not hasattr(pipe, "load_lora_weights"):
+                    raise LoraError(f"{loaded.entry.name} ({loaded.arch.value}) cannot load LoRAs")
+                stack = self._lora_stacks.setdefault(denoiser, LoraStack())
+            hashed = []
+            for entry, weight in entries:
+                short = self._lora_hash(entry.path, compute=True)
+                if short is None:
+                    raise LoraError(f"cannot read LoRA {entry.path}")
+                hashed.append((entry, weight, short))
+            stack.apply(pipe, loaded.arch, loaded.entry.name, hashed, self.lora_options())
+            return [AppliedLora(entry.name, short, weight) for entry, weight, short in hashed]
+
+    def lora_stack(self, loaded: LoadedPipeline) -> LoraStack | None:
+        """The LoRA state of a loaded checkpoint (for tests and benchmarks), None before any LoRA was used."""
+        denoiser = _denoiser_of(loaded.pipe)
+        return self._lora_stacks.get(denoiser) if denoiser is not None else None
 
     def edit_checkpoints(self) -> list[CheckpointEntry]:
         """Checkpoints that run the "edit" mode: the built-in model and instruction-editing pipelines."""
@@ -579,30 +655,21 @@ def _vae_folders(root: Path) -> list[Path]:
             if '"AutoencoderKL' in p.read_text(encoding="utf-8", errors="replace")[:2000]]
 
 
+def _denoiser_of(pipe: Any) -> torch.nn.Module | None:
+    for name in ("unet", "transformer"):
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    return None
+
+
 def identify_lora(path: Path) -> Arch:
-    """Best-effort family of a LoRA file from its key names (kohya or diffusers/PEFT naming)."""
+    """Best-effort family of a LoRA file from its metadata and key names."""
     try:
-        shapes = header_shapes(path)
+        shapes, metadata = read_lora_header(path)
     except (ValueError, OSError):
         return Arch.UNKNOWN
-    keys = list(shapes)
-    joined = " ".join(keys[:4000])
-    if "lora_te2_" in joined or "lora_te1_" in joined or "text_encoder_2." in joined:
-        return Arch.SDXL
-    if "double_blocks" in joined or "single_blocks" in joined or "single_transformer_blocks" in joined:
-        return Arch.FLUX
-    if "joint_blocks" in joined or "context_block" in joined:
-        return Arch.SD3
-    if "img_mod" in joined or "txt_mod" in joined:
-        return Arch.QWEN
-    if "noise_refiner" in joined or "context_refiner" in joined or re.search(r"layers[._]\d+[._]attention", joined):
-        return Arch.ZIMAGE
-    for key, shape in shapes.items():  # cross-attention key projections: input width = text width
-        if ("attn2_to_k" in key or "attn2.to_k" in key) and ("lora_down" in key or "lora_A" in key) and len(shape) == 2:
-            return {768: Arch.SD1, 1024: Arch.SD2, 2048: Arch.SDXL}.get(shape[1], Arch.UNKNOWN)
-    if "lora_unet_" in joined or "unet." in joined:
-        return Arch.SD1
-    return Arch.UNKNOWN
+    return lora_arch(shapes, metadata)
 
 
 def _rss_bytes() -> int:

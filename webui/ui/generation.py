@@ -24,6 +24,7 @@ from webui.requests import GenerationRequest
 from webui.ui.bridge import guard, job_failed
 from webui.ui.context import GenerationTab, UIContext
 from webui.ui.controls import ControlSet, build_request, field_control, infotext_values
+from webui.ui.lora_picker import build_lora_picker
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,9 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
 
     with gr.Row(elem_classes="easel-prompt-row", equal_height=False):
         with gr.Column(scale=5, min_width=260):
-            controls.add(field_control(request_cls, "prompt", limits, lines=3, max_lines=12, show_label=False,
-                                       placeholder="Prompt (Ctrl+Enter to generate)",
-                                       elem_classes="easel-prompt"))
+            prompt = controls.add(field_control(request_cls, "prompt", limits, lines=3, max_lines=12,
+                                                show_label=False, placeholder="Prompt (Ctrl+Enter to generate)",
+                                                elem_classes="easel-prompt"))
             controls.add(field_control(request_cls, "negative_prompt", limits, lines=1, max_lines=8,
                                        show_label=False, placeholder="Negative prompt",
                                        elem_classes="easel-prompt"))
@@ -140,6 +141,8 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                                     min_width=40)
             if options is not None:
                 options(controls)
+            if mode in ("txt2img", "img2img", "inpaint"):
+                build_lora_picker(ui, mode, prompt)
             extension_inputs = build_extension_accordions(ui, mode)
 
         with gr.Column(scale=1, min_width=300, elem_classes="easel-results"):

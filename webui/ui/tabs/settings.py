@@ -30,11 +30,16 @@ LABELS = {
     "save_images": "Save every image to outputs/",
     "filename_digits": "Digits in image file numbers",
     "disabled_extensions": "Disabled extensions",
+    "lora_fuse": "Fuse a LoRA set used twice in a row into the weights",
+    "lora_hotswap": "Hot-swap LoRAs in place (for a compiled model)",
+    "lora_max_rank": "Hot-swap: largest LoRA rank",
+    "compile_denoiser": "Compile the UNet/transformer (with hot-swap)",
 }
 GROUPS = {
     "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits"),
     "Memory and queue": ("ram_cache_size", "queue_size"),
     "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_prompt_chars"),
+    "LoRAs": ("lora_fuse", "lora_hotswap", "lora_max_rank", "compile_denoiser"),
     "Extensions": ("disabled_extensions",),
 }
 RESTART_FIELDS = ("ram_cache_size", "queue_size", "disabled_extensions")

@@ -1,0 +1,221 @@
+"""LoRA files in the layouts people download, on tiny real models of every family the manager loads.
+
+Each case writes a random LoRA for the tiny model's own layers, applies it through the manager and checks that it
+changes the image, and that dropping it gives the base image back exactly. A LoRA for another family is refused
+with a message naming both families.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.lora.conftest import TEXT_ATTENTION, UNET_ATTENTION
+from tests.lora.lora_files import comfy_layout, kohya_layout, peft_layout, random_lora, save
+from webui.model_manager.identify import Arch
+from webui.model_manager.manager import LoraError, ModelManager
+
+SEQUENCE_ARCHS = {Arch.SD3, Arch.FLUX, Arch.ZIMAGE, Arch.QWEN}
+
+
+def generate(loaded, seed: int = 0) -> np.ndarray:
+    kwargs = {"prompt": "a red cube", "num_inference_steps": 2, "height": 32, "width": 32,
+              "generator": torch.Generator("cpu").manual_seed(seed), "output_type": "np"}
+    if loaded.arch in SEQUENCE_ARCHS:
+        kwargs["max_sequence_length"] = 32
+    if loaded.arch == Arch.EASEL:
+        kwargs["guidance_scale"] = 2.0
+    return np.asarray(loaded.pipe(**kwargs).images[0])
+
+
+def manager_for(tmp_path: Path, folder: Path, name: str, builtin: bool = False) -> ModelManager:
+    models = tmp_path / ("builtin" if builtin else "diffusers")
+    shutil.copytree(folder, models / name)
+    return ModelManager(checkpoint_dirs=[], diffusers_dirs=[] if builtin else [models], vae_dirs=[],
+                        lora_dirs=[tmp_path / "Lora"], builtin_dirs=[models] if builtin else [],
+                        hash_cache_path=tmp_path / "hashes.json", cache_dir=tmp_path / "cache")
+
+
+def components(folder: Path, *names: str) -> list[torch.nn.Module]:
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(folder))
+    return [getattr(pipe, n) for n in names]
+
+
+def text_model_paths(pairs: dict, encoder: torch.nn.Module) -> dict:
+    """Name CLIP layers as files do (transformers 4's `text_model.` prefix)."""
+    if hasattr(encoder, "text_model"):
+        return pairs
+    return {f"text_model.{path}": pair for path, pair in pairs.items()}
+
+
+# -------------------------------------------------------------------------------------------- makers
+def sd1_files(folder: Path, lora_dir: Path) -> dict[str, Path]:
+    unet, te = components(folder, "unet", "text_encoder")
+    unet_pairs = random_lora(unet, UNET_ATTENTION, seed=1)
+    te_pairs = text_model_paths(random_lora(te, TEXT_ATTENTION, seed=2), te)
+    conv_pairs = random_lora(unet, r"resnets\.0\.conv[12]$", seed=3, conv=True)
+    meta = {"ss_base_model_version": "sd_v1"}
+    return {
+        "kohya": save(lora_dir / "kohya.safetensors",
+                      {**kohya_layout(unet_pairs, "lora_unet", 2.0), **kohya_layout(te_pairs, "lora_te")}, meta),
+        "peft": save(lora_dir / "peft.safetensors",
+                     {**peft_layout(unet_pairs, "unet"), **peft_layout(te_pairs, "text_encoder")}, meta),
+        "locon": save(lora_dir / "locon.safetensors",
+                      {**kohya_layout(unet_pairs, "lora_unet"), **kohya_layout(conv_pairs, "lora_unet", 2.0)}, meta),
+    }
+
+
+def sdxl_files(folder: Path, lora_dir: Path) -> dict[str, Path]:
+    unet, te, te2 = components(folder, "unet", "text_encoder", "text_encoder_2")
+    unet_pairs = random_lora(unet, UNET_ATTENTION, seed=1)
+    te_pairs = text_model_paths(random_lora(te, TEXT_ATTENTION, seed=2), te)
+    te2_pairs = text_model_paths(random_lora(te2, TEXT_ATTENTION, seed=3), te2)
+    return {
+        "kohya": save(lora_dir / "kohya.safetensors", {**kohya_layout(unet_pairs, "lora_unet"),
+                                                       **kohya_layout(te_pairs, "lora_te1"),
+                                                       **kohya_layout(te2_pairs, "lora_te2", 1.0)}),
+        "peft": save(lora_dir / "peft.safetensors", {**peft_layout(unet_pairs, "unet"),
+                                                     **peft_layout(te_pairs, "text_encoder"),
+                                                     **peft_layout(te2_pairs, "text_encoder_2")}),
+    }
+
+
+def transformer_files(folder: Path, lora_dir: Path, match: str, meta: dict[str, str]) -> dict[str, Path]:
+    (transformer,) = components(folder, "transformer")
+    pairs = random_lora(transformer, match, seed=1)
+    return {"peft": save(lora_dir / "peft.safetensors", peft_layout(pairs, "transformer"), meta),
+            "comfyui": save(lora_dir / "comfyui.safetensors", comfy_layout(pairs), meta)}
+
+
+def sd3_files(folder: Path, lora_dir: Path) -> dict[str, Path]:
+    return transformer_files(folder, lora_dir, r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|add_q_proj)$",
+                             {"modelspec.architecture": "stable-diffusion-v3-medium/lora"})
+
+
+def flux_files(folder: Path, lora_dir: Path) -> dict[str, Path]:
+    files = transformer_files(folder, lora_dir, r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v)$",
+                              {"ss_base_model_version": "flux1"})
+    # BFL module names (what kohya's sd-scripts and ComfyUI save): fused qkv, single-block linear2. (diffusers
+    # splits single-block linear1 at full-size Flux widths, which a tiny model does not have.)
+    gen = torch.Generator().manual_seed(5)
+    dim, mlp, r = 32, 128, 4
+    shapes = {"double_blocks_0_img_attn_qkv": (dim, 3 * dim), "double_blocks_0_img_attn_proj": (dim, dim),
+              "double_blocks_0_txt_attn_qkv": (dim, 3 * dim), "single_blocks_0_linear2": (dim + mlp, dim)}
+    pairs = {name: (torch.randn(r, i, generator=gen) * 0.3, torch.randn(o, r, generator=gen) * 0.3)
+             for name, (i, o) in shapes.items()}
+    kohya = {}
+    comfy = {}
+    for name, (down, up) in pairs.items():
+        kohya.update({f"lora_unet_{name}.lora_down.weight": down, f"lora_unet_{name}.lora_up.weight": up,
+                      f"lora_unet_{name}.alpha": torch.tensor(2.0)})
+        dotted = name.replace("_blocks_", "_blocks.").replace("blocks.0_", "blocks.0.").replace("_attn_", "_attn.")
+        comfy.update({f"diffusion_model.{dotted}.lora_A.weight": down, f"diffusion_model.{dotted}.lora_B.weight": up})
+    files["kohya"] = save(lora_dir / "kohya.safetensors", kohya)
+    files["comfyui"] = save(lora_dir / "comfyui.safetensors", comfy)
+    return files
+
+
+def zimage_files(folder: Path, lora_dir: Path) -> dict[str, Path]:
+    files = transformer_files(folder, lora_dir, r"layers\.\d+\.attention\.(to_q|to_k|to_v)$", {})
+    (transformer,) = components(folder, "transformer")
+    pairs = random_lora(transformer, r"layers\.\d+\.attention\.(to_q|to_k|to_v)$", seed=2)
+    files["kohya"] = save(lora_dir / "kohya.safetensors", kohya_layout(pairs, "lora_unet", 2.0))
+    return files
+
+
+def easel_files(folder: Path, lora_dir: Path) -> dict[str, Path]:
+    from webui.builtin.model import EaselTransformer
+
+    transformer = EaselTransformer.from_pretrained(str(folder / "transformer"))
+    pairs = random_lora(transformer, r"blocks\.\d+\.(qkv|proj)$", seed=1)
+    meta = {"easel_base_model": "tiny", "ss_network_dim": "4", "ss_network_alpha": "2"}
+    return {"easel": save(lora_dir / "easel.safetensors", peft_layout(pairs, "transformer"), meta),
+            "kohya": save(lora_dir / "kohya.safetensors", kohya_layout(pairs, "lora_unet", 2.0)),
+            "comfyui": save(lora_dir / "comfyui.safetensors", comfy_layout(pairs), meta)}
+
+
+@pytest.fixture(scope="module")
+def easel_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.builtin.conftest import make_tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("easel") / "tiny-easel"
+    make_tiny_pipeline().save_pretrained(str(folder))
+    return folder
+
+
+CASES = [("sd1", sd1_files, ["kohya", "peft", "locon"]), ("sdxl", sdxl_files, ["kohya", "peft"]),
+         ("sd3", sd3_files, ["peft", "comfyui"]), ("flux", flux_files, ["peft", "kohya", "comfyui"]),
+         ("zimage", zimage_files, ["peft", "comfyui", "kohya"])]
+
+
+@pytest.mark.parametrize("family,make,layouts", CASES, ids=[c[0] for c in CASES])
+def test_layouts_change_the_image_and_unload_exactly(tmp_path, tiny_family, family, make, layouts) -> None:
+    folder = tiny_family(family)
+    manager = manager_for(tmp_path, folder, "tiny")
+    files = make(folder, tmp_path / "Lora")
+    loaded = manager.get("tiny", "txt2img")
+    base = generate(loaded)
+    images = {}
+    for layout in layouts:
+        manager.refresh_loras()
+        applied = manager.apply_loras(loaded, [(layout, 1.0)])
+        assert applied[0].name == layout and len(applied[0].short_hash) == 12
+        images[layout] = generate(loaded)
+        assert not np.array_equal(images[layout], base), f"{family} {layout}: the LoRA changed nothing"
+        manager.apply_loras(loaded, [])
+        assert np.array_equal(generate(loaded), base), f"{family} {layout}: unloading did not restore the base"
+    assert files
+
+
+def test_builtin_model_layouts(tmp_path, easel_folder) -> None:
+    manager = manager_for(tmp_path, easel_folder, "tiny-easel", builtin=True)
+    easel_files(easel_folder, tmp_path / "Lora")
+    by_name = {e.name: e for e in manager.loras()}
+    assert by_name["easel"].arch == Arch.EASEL and by_name["easel"].format == "easel"
+    assert by_name["kohya"].arch == Arch.EASEL
+    loaded = manager.get("tiny-easel", "txt2img")
+    base = generate(loaded)
+    images = {}
+    for name in ("easel", "kohya", "comfyui"):
+        manager.apply_loras(loaded, [(name, 1.0)])
+        images[name] = generate(loaded)
+        assert not np.array_equal(images[name], base)
+    # The same weights and alpha in three layouts: the same model change.
+    assert np.abs(images["easel"] - images["kohya"]).max() < 1e-5
+    assert np.abs(images["easel"] - images["comfyui"]).max() < 1e-5
+    manager.apply_loras(loaded, [])
+    assert np.array_equal(generate(loaded), base)
+    for mode in ("img2img", "inpaint"):  # every mode shares the transformer, so the LoRA reaches them too
+        assert manager.get("tiny-easel", mode).pipe.transformer is loaded.pipe.transformer
+
+
+def test_lora_for_another_family_is_refused_naming_both(tmp_path, tiny_family) -> None:
+    folder = tiny_family("sdxl")
+    manager = manager_for(tmp_path, folder, "tiny-xl")
+    unet = components(tiny_family("sd1"), "unet")[0]
+    save(tmp_path / "Lora" / "sd1-style.safetensors", kohya_layout(random_lora(unet, UNET_ATTENTION), "lora_unet"),
+         {"ss_base_model_version": "sd_v1"})
+    loaded = manager.get("tiny-xl", "txt2img")
+    with pytest.raises(LoraError, match=r"SD 1\.x.*tiny-xl.*SDXL"):
+        manager.apply_loras(loaded, [("sd1-style", 1.0)])
+    assert loaded.pipe.get_list_adapters() in ({}, {"unet": [], "text_encoder": [], "text_encoder_2": []}) or not any(
+        loaded.pipe.get_list_adapters().values())
+
+
+def test_lora_that_names_no_layer_is_refused(tmp_path, tiny_family) -> None:
+    manager = manager_for(tmp_path, tiny_family("sd1"), "tiny")
+    gen = torch.Generator().manual_seed(0)
+    save(tmp_path / "Lora" / "stray.safetensors",
+         {"unet.no_such_block.to_q.lora_A.weight": torch.randn(4, 32, generator=gen),
+          "unet.no_such_block.to_q.lora_B.weight": torch.randn(32, 4, generator=gen)})
+    loaded = manager.get("tiny", "txt2img")
+    base = generate(loaded)
+    with pytest.raises(LoraError, match="stray"):
+        manager.apply_loras(loaded, [("stray", 1.0)])
+    manager.apply_loras(loaded, [])
+    assert np.array_equal(generate(loaded), base)
