@@ -25,7 +25,7 @@ from webui.requests import SegmentRequest, field_specs
 # API name → SegmentRequest attribute, from the field declarations.
 BODY_FIELDS: dict[str, str] = {spec.api: name for name, spec in field_specs(SegmentRequest).items() if spec.api}
 EXTRA_FIELDS = ("save_images",)
-INT_FIELDS = {name for name, f in ((f.name, f) for f in dataclasses.fields(SegmentRequest))
+INT_FIELDS = {f.name for f in dataclasses.fields(SegmentRequest)
               if isinstance(f.default, int) and not isinstance(f.default, bool)}
 
 
