@@ -36,6 +36,14 @@ def wait_until_up(url: str, path: str = "/sdapi/v1/sd-models", timeout: float = 
     raise AssertionError(f"{url}{path} did not come up")
 
 
+def one_worker_thread(easel) -> None:
+    """Run the worker's torch ops on one thread: on a CPU shared with other work, two intra-op threads that wait
+    for each other make every tiny job several times slower."""
+    import torch
+
+    easel.engine.before_generate.append(lambda request: torch.set_num_threads(1))
+
+
 def stop_server(easel: Any) -> None:
     server = easel.extras.get("server")
     if server is not None:

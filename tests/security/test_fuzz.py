@@ -18,6 +18,7 @@ from PIL import Image
 
 from webui.api.schemas import (ExtrasSingleImageRequest, PNGInfoRequest, StableDiffusionImg2ImgProcessingAPI,
                                StableDiffusionTxt2ImgProcessingAPI)
+from tests.security.conftest import one_worker_thread
 from webui.settings import UserSettings
 
 pytestmark = pytest.mark.slow
@@ -73,6 +74,7 @@ def fuzz_client(api_client):
     tight = UserSettings(max_side=64, max_pixels=64 * 64, max_steps=2, max_batch_size=2, max_batch_count=2,
                          max_prompt_chars=400, live_preview_every=0)
     easel, client = api_client(api=True, user=tight, max_upload_bytes=256 * 1024)
+    one_worker_thread(easel)
     return easel, client
 
 

@@ -1,0 +1,112 @@
+"""Load on loopback: 16 concurrent clients x 5 requests each against the server users run (Gradio UI with the
+API beside it), tiny SD 1.x model, 1 step. Every answer carries its own image: the seed and the prompt in the
+PNG's infotext (and in `info`) are the ones that request sent; none is lost, duplicated or swapped. With a
+bounded queue, requests past its size get a 503 with a clear message, and once it drains everything works again.
+
+These go through the API; the UI's Generate button submits to the same engine queue (source "ui"), which the
+bounded-queue test fills from both sides.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.security.conftest import one_worker_thread, wait_until_up
+from webui.infotext import parse_infotext, read_png_parameters
+from webui.requests import Txt2ImgRequest
+from webui.settings import UserSettings
+
+pytestmark = pytest.mark.slow
+
+CLIENTS, PER_CLIENT = 16, 5
+ONE_STEP = {"width": 64, "height": 64, "steps": 1}
+
+
+def infotext_of(image_b64: str) -> dict[str, str]:
+    image = Image.open(io.BytesIO(base64.b64decode(image_b64)))
+    return parse_infotext(read_png_parameters(image) or "")
+
+
+def test_sixteen_clients_each_get_their_own_images(serve) -> None:
+    easel, url = serve(api=True, user=UserSettings(queue_size=CLIENTS * PER_CLIENT, live_preview_every=0))
+    one_worker_thread(easel)
+    wait_until_up(url)
+
+    def client(number: int) -> list[tuple[str, int, int, dict, dict]]:
+        answers = []
+        with httpx.Client(base_url=url, timeout=600) as http:
+            for turn in range(PER_CLIENT):
+                prompt, seed = f"client {number} request {turn} circle", 10_000 * number + turn
+                response = http.post("/sdapi/v1/txt2img", json={"prompt": prompt, "seed": seed, **ONE_STEP})
+                assert response.status_code == 200, response.text
+                body = response.json()
+                assert len(body["images"]) == 1
+                answers.append((prompt, seed, response.status_code, json.loads(body["info"]),
+                                infotext_of(body["images"][0])))
+        return answers
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        results = [answer for answers in pool.map(client, range(CLIENTS)) for answer in answers]
+
+    assert len(results) == CLIENTS * PER_CLIENT
+    for prompt, seed, status, info, text in results:
+        assert info["prompt"] == prompt and info["seed"] == seed and info["all_seeds"] == [seed]
+        assert text["Prompt"] == prompt and int(text["Seed"]) == seed, (prompt, seed, text)
+    assert len({seed for _, seed, *_ in results}) == CLIENTS * PER_CLIENT
+    worker = easel.engine.worker
+    assert worker.alive and worker.queue_length() == 0
+    done = [job for job in worker.jobs.values() if job.source == "api"]
+    assert len(done) == CLIENTS * PER_CLIENT and all(job.state.value == "done" for job in done)
+
+
+def test_a_full_queue_answers_503_and_recovers(serve) -> None:
+    easel, url = serve(api=True, user=UserSettings(queue_size=3, live_preview_every=0))
+    one_worker_thread(easel)
+    wait_until_up(url)
+    gate, entered = threading.Event(), threading.Event()
+
+    def hold(module, args):  # keeps the first job inside the pipeline until the queue has filled up
+        entered.set()
+        gate.wait(120)
+
+    unet = easel.manager.get("tiny-sd1", "txt2img").pipe.unet
+    handle = unet.register_forward_pre_hook(hold)
+    ui_job = easel.engine.submit(Txt2ImgRequest(prompt="ui job", checkpoint="tiny-sd1", seed=77, **ONE_STEP),
+                                 source="ui")  # a job from the Generate button: runs first, holds the worker
+    assert entered.wait(120)
+
+    def post(number: int) -> httpx.Response:
+        return httpx.post(f"{url}/sdapi/v1/txt2img", timeout=300,
+                          json={"prompt": f"burst {number}", "seed": number, **ONE_STEP})
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(post, n) for n in range(8)]
+            deadline = time.monotonic() + 120
+            while sum(f.done() for f in futures) < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)  # 3 requests fit in the queue; the other 5 are answered at once
+            full = [f for f in futures if f.done()]
+            assert easel.engine.worker.queue_length() == 3
+            refused = [f.result() for f in full]
+            assert len(refused) == 5 and all(r.status_code == 503 for r in refused)
+            body = refused[0].json()
+            assert body["error"] == "QueueFull" and "queue is full (3 jobs waiting)" in body["detail"]
+            assert refused[0].headers["retry-after"] == "5"
+            gate.set()
+            accepted = [f.result() for f in futures if f not in full]
+        assert [r.status_code for r in accepted] == [200, 200, 200]
+    finally:
+        gate.set()
+        handle.remove()
+    assert ui_job.wait(120) and ui_job.state.value == "done" and ui_job.result.seeds == [77]
+    again = [post(100 + n) for n in range(4)]  # more than the queue size, one after another: all served
+    assert [r.status_code for r in again] == [200] * 4
+    assert [json.loads(r.json()["info"])["seed"] for r in again] == [100, 101, 102, 103]
