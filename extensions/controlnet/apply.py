@@ -211,7 +211,8 @@ class ControlNetRunner:
         if (group, call.task) not in PIPELINES:
             raise RequestError(FIELD, f"diffusers has no {call.task} ControlNet pipeline for "
                                       f"{CHECKPOINT_LABELS.get(call.arch, call.arch)}; use txt2img or inpaint")
-        for i, unit in enumerate(units):
+        for unit in units:
+            i = unit.index
             entry = self.models.find(unit.model)
             family = self.models.family(entry)
             if family != call.arch:
@@ -236,7 +237,8 @@ class ControlNetRunner:
             if self._maps_owner is not call.request:
                 self._maps, self._maps_owner = {}, call.request
         prepared = []
-        for i, unit in enumerate(units):
+        for unit in units:
+            i = unit.index
             source = unit.image if unit.image is not None else input_image(call)
             if source is None:
                 raise RequestError(f"{FIELD}.args[{i}].image", f"{call.task} has no input image to control with; "
@@ -279,7 +281,7 @@ class ControlNetRunner:
             controlnet = nets[0]
         if group == "zimage" and call.task == "inpaint" and \
                 nets[0].config.control_in_dim == pipe.transformer.config.in_channels:
-            raise RequestError(f"{FIELD}.args[0].model",
+            raise RequestError(f"{FIELD}.args[{prepared[0].index}].model",
                                f"{prepared[0].entry.name} takes no mask (its control input has as many channels as "
                                f"the latents); Z-Image inpainting needs a ControlNet made for it, such as the "
                                f"Union 2.0 models")
@@ -329,13 +331,13 @@ class ControlNetRunner:
         if not units:
             return None
         entries = {}
-        for i, unit in enumerate(units):
+        for unit in units:
             entry = self.models.find(unit.model)
             module = self.preprocessors.module(unit.module)
             thresholds = tuple(given if given is not None else (slider.value if slider is not None else None)
                                for given, slider in ((unit.threshold_a, module.threshold_a),
                                                      (unit.threshold_b, module.threshold_b)))
-            entries[i] = infotext_value(unit, self.models.title(entry), thresholds)
+            entries[unit.index] = infotext_value(unit, self.models.title(entry), thresholds)
         for item in generated:
             for i, text in entries.items():
                 item.extra[f"ControlNet {i}"] = text

@@ -12,6 +12,7 @@ Keys it does not know (`low_vram`, ...) are ignored, as sd-webui-controlnet igno
 from __future__ import annotations
 
 import base64
+import dataclasses
 import binascii
 import io
 import math
@@ -63,6 +64,7 @@ class ControlUnit:
     pixel_perfect: bool = False
     hr_option: str = BOTH_PASSES
     enabled: bool = True
+    index: int = 0  # its place in the client's list (`args[index]`), kept when disabled units are dropped
 
 
 # Reading values --------------------------------------------------------------------------------------------------
@@ -149,14 +151,14 @@ def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_mod
                max_pixels: int) -> ControlUnit:
     """One unit from its dictionary (or an already checked `ControlUnit`)."""
     if isinstance(raw, ControlUnit):
-        return raw
+        return dataclasses.replace(raw, index=index)
     at = f"args[{index}]"
     if not isinstance(raw, dict):
         raise ValueError(f"{at}: a ControlNet unit must be an object with keys such as image, module, model; "
                          f"got {type(raw).__name__}")
     enabled = _flag(raw.get("enabled", True), f"{at}.enabled")
     if not enabled:
-        return ControlUnit(enabled=False)
+        return ControlUnit(enabled=False, index=index)
 
     image_data = raw.get("image", None)
     if image_data in (None, "") and raw.get("input_image") not in (None, ""):
@@ -222,7 +224,8 @@ def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_mod
                        processor_res=int(processor_res), threshold_a=thresholds[0], threshold_b=thresholds[1],
                        guidance_start=start, guidance_end=end, control_mode=control_mode,
                        pixel_perfect=_flag(raw.get("pixel_perfect", False), f"{at}.pixel_perfect"),
-                       hr_option=_choice(raw.get("hr_option", BOTH_PASSES), f"{at}.hr_option", HR_OPTIONS))
+                       hr_option=_choice(raw.get("hr_option", BOTH_PASSES), f"{at}.hr_option", HR_OPTIONS),
+                       index=index)
 
 
 def parse_units(raw: Any, find_module: Callable[[str], str], find_model: Callable[[str], str],

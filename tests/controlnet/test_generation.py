@@ -88,10 +88,10 @@ def test_inpaint_controls_the_masked_area_and_keeps_the_rest(cn_easel):
 
 
 def test_txt2img_without_a_control_image_and_a_family_mismatch_fail_clearly(cn_easel, tmp_path):
-    job = cn_easel.engine.generate(txt2img().replace(
-        extension_args=cn_easel.registry.parse_request_args({"controlnet": [unit(image=None)]})), timeout=120)
+    job = cn_easel.engine.generate(txt2img().replace(extension_args=cn_easel.registry.parse_request_args(
+        {"controlnet": [{"enabled": False}, unit(image=None)]})), timeout=120)
     assert isinstance(job.exception, RequestError)
-    assert job.exception.field == "alwayson_scripts.controlnet.args[0].image"
+    assert job.exception.field == "alwayson_scripts.controlnet.args[1].image"  # its place in the client's list
 
     folder = tmp_path / "data" / "models" / "ControlNet" / "xl-canny"
     shutil.copytree(tmp_path / "data" / "models" / "ControlNet" / "tiny-canny", folder)

@@ -68,6 +68,7 @@ def test_spellings_older_clients_send():
            {"image": {"image": b64(shapes()), "mask": b64(shapes().convert("L"))}, "model": "tiny-canny",
             "control_mode": "my prompt is more important", "resize_mode": "Envelope (Outer Fit)"}]
     first, third = parse(raw)
+    assert (first.index, third.index) == (0, 2)
     assert first.control_mode == units.CONTROLNET_MORE_IMPORTANT and first.resize_mode == units.CROP_AND_RESIZE
     assert first.module == "softedge_hed"
     assert third.mask is not None and third.control_mode == units.PROMPT_MORE_IMPORTANT
