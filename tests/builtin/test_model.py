@@ -24,3 +24,18 @@ def test_patchify_round_trip() -> None:
     m = EaselTransformer(patch_size=8, hidden_size=32, depth=1, num_heads=2, bottleneck=8, text_dim=16)
     x = torch.randn(2, 3, 64, 32)
     assert torch.equal(m.unpatchify(m.patchify(x), 64, 32), x)
+
+
+def test_source_residual_makes_an_untrained_edit_a_copy() -> None:
+    """With the residual, a fresh model (zero-initialised head) returns the source unchanged when editing, and
+    only then: without a source, or without the option, the prediction is the head's output alone."""
+    kwargs = dict(patch_size=8, hidden_size=32, depth=1, num_heads=2, bottleneck=8, text_dim=16)
+    m = EaselTransformer(source_residual=True, **kwargs).eval()
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([0.7])
+    text, mask = torch.randn(1, 4, 16), torch.ones(1, 4, dtype=torch.bool)
+    source = torch.rand(1, 4, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(m(x, t, text, mask, source), source[:, :3])
+        assert torch.count_nonzero(m(x, t, text, mask)) == 0
+        plain = EaselTransformer(**kwargs).eval()
+        assert torch.count_nonzero(plain(x, t, text, mask, source)) == 0

@@ -86,7 +86,7 @@ class EaselTransformer(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, sample_size: int = 64, patch_size: int = 8, in_channels: int = 3, source_channels: int = 4,
                  hidden_size: int = 256, depth: int = 8, num_heads: int = 4, mlp_ratio: float = 4.0,
-                 bottleneck: int = 32, text_dim: int = 256) -> None:
+                 bottleneck: int = 32, text_dim: int = 256, source_residual: bool = False) -> None:
         super().__init__()
         p, D = patch_size, hidden_size
         self.patch_in = nn.Sequential(nn.Linear(in_channels * p * p, bottleneck, bias=False), nn.Linear(bottleneck, D))
@@ -148,4 +148,7 @@ class EaselTransformer(ModelMixin, ConfigMixin):
             x = block(x, c, cos.to(x.dtype), sin.to(x.dtype), L, attn_mask)  # [B,L+N(+N),D]
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)  # [B,D] each
         out = self.head(modulate(self.norm_out(x[:, L:L + gh * gw]), shift, scale))  # [B,N,3*p*p]
-        return self.unpatchify(out, H, W)  # [B,3,H,W]
+        x0 = self.unpatchify(out, H, W)  # [B,3,H,W]
+        if source is not None and self.config.source_residual:
+            x0 = x0 + source[:, :3].to(x0.dtype)  # edits predict the change to the source; copying is free
+        return x0

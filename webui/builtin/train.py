@@ -108,7 +108,7 @@ def build_net(args: argparse.Namespace) -> Net:
                                     num_heads=args.heads)
     transformer = EaselTransformer(sample_size=D.SIZE, patch_size=args.patch, hidden_size=args.hidden,
                                    depth=args.depth, num_heads=args.heads, bottleneck=args.bottleneck,
-                                   text_dim=args.text_dim)
+                                   text_dim=args.text_dim, source_residual=args.source_residual)
     return Net(transformer, text_encoder)
 
 
@@ -187,6 +187,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bottleneck", type=int, default=48)
     p.add_argument("--text-dim", type=int, default=192)
     p.add_argument("--text-depth", type=int, default=2)
+    p.add_argument("--source-residual", action=argparse.BooleanOptionalAction, default=True,
+                   help="add the source image to the prediction when editing, so the network learns the change")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0 = in-process)")
     p.add_argument("--device", default="cpu")
@@ -221,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         arch = state["hparams"]
         for k in ("hidden", "depth", "heads", "patch", "bottleneck", "text_dim", "text_depth", "batch_size"):
             setattr(args, k.replace("-", "_"), arch[k])
+        args.source_residual = arch.get("source_residual", args.source_residual)  # a state saved before this option existed: the command line decides
         net = build_net(args)
         net.load_state_dict(state["net"])
     elif args.resume_from_weights is not None:
