@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from webui.builtin import data as D
 from webui.training import example_dataset as E
@@ -18,7 +19,7 @@ def test_recipe_writes_a_loadable_dataset(tmp_path: Path) -> None:
     assert len(hearts) == 4 and all(" heart" in i.caption and "[trigger]" not in i.caption for i in hearts)
     raw = (folder / "heart_00.txt").read_text()
     assert "[trigger]" in raw
-    image = np.asarray(__import__("PIL.Image", fromlist=["x"]).open(folder / "heart_00.png"))
+    image = np.asarray(Image.open(folder / "heart_00.png"))
     assert image.shape == (64, 64, 3)
     # plain palette background, as in the built-in world
     assert tuple(image[0, 0]) in set(D.PALETTE.values())

@@ -34,8 +34,9 @@ def test_builtin_lora_file_layout_and_metadata(tiny_easel_dir: Path, dataset_dir
     assert result.path == tmp_path / "out" / "tiny.safetensors" and result.path.is_file()
     assert result.step == STEPS and not result.cancelled and len(result.losses) == STEPS
     tensors, meta = read(result.path)
-    transformer_modules = {n for n, _ in __import__("webui.builtin.pipeline", fromlist=["x"]).EaselPipeline
-                           .from_pretrained(str(tiny_easel_dir)).transformer.named_modules()}
+    from webui.builtin.pipeline import EaselPipeline
+
+    transformer_modules = {n for n, _ in EaselPipeline.from_pretrained(str(tiny_easel_dir)).transformer.named_modules()}
     for key, value in tensors.items():
         assert key.startswith("transformer.") and key.endswith((".lora_A.weight", ".lora_B.weight")), key
         module = key.removeprefix("transformer.").rsplit(".lora_", 1)[0]

@@ -14,7 +14,6 @@ import sys
 import threading
 from pathlib import Path
 
-log = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -22,7 +21,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(prog="launch.py train", description="Train a LoRA from a YAML config.")
     p.add_argument("config", type=Path, help="YAML config (see docs/TRAINING.md)")
-    p.add_argument("--data-dir", type=Path, default=ROOT, help="folder relative paths start from (default: %(default)s)")
+    p.add_argument("--data-dir", type=Path, default=ROOT,
+                   help="folder relative paths start from (default: %(default)s)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--output-name", default=None)
     p.add_argument("--threads", type=int, default=None)
