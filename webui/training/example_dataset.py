@@ -8,7 +8,8 @@ towards the new one (prior preservation with true renders instead of the model's
 
 `detect_heart(image)` is a classical detector for the concept: foreground components against the border's
 background colour, each normalised to its bounding box and matched against templates of the seven shapes
-(`classify_component`); `validate_detector` measures it on rendered scenes whose truth is known.
+(`classify_component`), a match below MIN_MATCH counting as no shape (blobs are not hearts); `validate_detector`
+measures it on rendered scenes whose truth is known.
 
     python -m webui.training.example_dataset data/lora-example-heart
 """
@@ -29,6 +30,7 @@ CONCEPT = "heart"
 TEMPLATE_SIZE = 24
 FOREGROUND_DISTANCE = 45.0  # RGB distance from the background above which a pixel is foreground
 MIN_AREA = 12  # output pixels; smaller components are noise
+MIN_MATCH = 0.8  # soft IoU with the best template below which an object counts as no shape (rendered hearts: >= 0.87)
 CONCEPT_SIZES = ("medium", "large")  # small hearts (5.5 px) are a few pixels wide: too little to learn the shape
 
 
@@ -157,7 +159,8 @@ def shapes_in(image: np.ndarray) -> list[str]:
     for k in range(1, n + 1):
         comp = labels == k
         if comp.sum() >= MIN_AREA:
-            found.append(classify_component(comp)[0])
+            shape, score = classify_component(comp)
+            found.append(shape if score >= MIN_MATCH else "unknown")
     return found
 
 
