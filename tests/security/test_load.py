@@ -3,8 +3,9 @@ API beside it), tiny SD 1.x model, 1 step. Every answer carries its own image: t
 PNG's infotext (and in `info`) are the ones that request sent; none is lost, duplicated or swapped. With a
 bounded queue, requests past its size get a 503 with a clear message, and once it drains everything works again.
 
-These go through the API; the UI's Generate button submits to the same engine queue (source "ui"), which the
-bounded-queue test fills from both sides.
+Half of the 16 clients post to `/sdapi/v1/txt2img`, the other half press the txt2img tab's Generate button through
+Gradio's queue with `gradio_client`; both end in the same engine queue. The bounded-queue test fills that queue
+from both sides too.
 """
 from __future__ import annotations
 
@@ -35,36 +36,68 @@ def infotext_of(image_b64: str) -> dict[str, str]:
     return parse_infotext(read_png_parameters(image) or "")
 
 
+def ui_generate(url: str):
+    """A Gradio client for the txt2img tab's Generate button: generate(prompt, seed) -> the Parameters text."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/on_generate"]
+    by_label = {p["label"]: p["parameter_name"] for p in endpoint["parameters"]}
+    labels = [r.get("label") for r in endpoint["returns"]]
+
+    def generate(prompt: str, seed: int) -> str:
+        values = {"Checkpoint": "tiny-sd1", "Prompt": prompt, "Seed": seed, "Sampling steps": 1, "Width": 64,
+                  "Height": 64, "Batch count": 1, "Batch size": 1}
+        arguments = {p["parameter_name"]: None for p in endpoint["parameters"] if not p["parameter_has_default"]}
+        arguments.update({by_label[label]: value for label, value in values.items()})  # e.g. an extension's image
+        outputs = client.predict(**arguments, api_name="/on_generate")
+        return outputs[labels.index("Parameters")]
+
+    return generate
+
+
 def test_sixteen_clients_each_get_their_own_images(serve) -> None:
+    """Half the clients use the API, half the txt2img tab's Generate button through Gradio's queue."""
     easel, url = serve(api=True, user=UserSettings(queue_size=CLIENTS * PER_CLIENT, live_preview_every=0))
     one_worker_thread(easel)
     wait_until_up(url)
 
-    def client(number: int) -> list[tuple[str, int, int, dict, dict]]:
+    def api_client(number: int) -> list[tuple[str, int, dict]]:
         answers = []
         with httpx.Client(base_url=url, timeout=600) as http:
             for turn in range(PER_CLIENT):
-                prompt, seed = f"client {number} request {turn} circle", 10_000 * number + turn
+                prompt, seed = f"api client {number} request {turn} circle", 10_000 * number + turn
                 response = http.post("/sdapi/v1/txt2img", json={"prompt": prompt, "seed": seed, **ONE_STEP})
                 assert response.status_code == 200, response.text
                 body = response.json()
-                assert len(body["images"]) == 1
-                answers.append((prompt, seed, response.status_code, json.loads(body["info"]),
-                                infotext_of(body["images"][0])))
+                info = json.loads(body["info"])
+                assert len(body["images"]) == 1 and info["prompt"] == prompt and info["all_seeds"] == [seed]
+                answers.append((prompt, seed, infotext_of(body["images"][0])))
+        return answers
+
+    def ui_client(number: int) -> list[tuple[str, int, dict]]:
+        generate = ui_generate(url)
+        answers = []
+        for turn in range(PER_CLIENT):
+            prompt, seed = f"ui client {number} request {turn} square", 10_000 * number + turn
+            answers.append((prompt, seed, parse_infotext(generate(prompt, seed))))
         return answers
 
     with ThreadPoolExecutor(CLIENTS) as pool:
-        results = [answer for answers in pool.map(client, range(CLIENTS)) for answer in answers]
+        futures = [pool.submit(api_client if number % 2 else ui_client, number) for number in range(CLIENTS)]
+        results = [answer for future in futures for answer in future.result()]
 
     assert len(results) == CLIENTS * PER_CLIENT
-    for prompt, seed, status, info, text in results:
-        assert info["prompt"] == prompt and info["seed"] == seed and info["all_seeds"] == [seed]
+    for prompt, seed, text in results:
         assert text["Prompt"] == prompt and int(text["Seed"]) == seed, (prompt, seed, text)
-    assert len({seed for _, seed, *_ in results}) == CLIENTS * PER_CLIENT
+    assert len({seed for _, seed, _ in results}) == CLIENTS * PER_CLIENT
     worker = easel.engine.worker
     assert worker.alive and worker.queue_length() == 0
-    done = [job for job in worker.jobs.values() if job.source == "api"]
-    assert len(done) == CLIENTS * PER_CLIENT and all(job.state.value == "done" for job in done)
+    jobs = [job for job in worker.jobs.values() if job.source in ("api", "ui")]
+    assert sorted(job.source for job in jobs) == ["api"] * 40 + ["ui"] * 40
+    assert all(job.state.value == "done" for job in jobs)
+    for job in jobs:  # and the worker's own record agrees with what each client got back
+        assert job.result.seeds == [job.request.seed] and str(job.request.seed // 10_000) in job.request.prompt
 
 
 def test_a_full_queue_answers_503_and_recovers(serve) -> None:
@@ -87,6 +120,7 @@ def test_a_full_queue_answers_503_and_recovers(serve) -> None:
         return httpx.post(f"{url}/sdapi/v1/txt2img", timeout=300,
                           json={"prompt": f"burst {number}", "seed": number, **ONE_STEP})
 
+    generate_in_page = ui_generate(url)
     try:
         with ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(post, n) for n in range(8)]
@@ -100,6 +134,8 @@ def test_a_full_queue_answers_503_and_recovers(serve) -> None:
             body = refused[0].json()
             assert body["error"] == "QueueFull" and "queue is full (3 jobs waiting)" in body["detail"]
             assert refused[0].headers["retry-after"] == "5"
+            with pytest.raises(Exception, match="queue is full"):  # the page shows the same message
+                generate_in_page("from the page", 5)
             gate.set()
             accepted = [f.result() for f in futures if f not in full]
         assert [r.status_code for r in accepted] == [200, 200, 200]
@@ -110,3 +146,4 @@ def test_a_full_queue_answers_503_and_recovers(serve) -> None:
     again = [post(100 + n) for n in range(4)]  # more than the queue size, one after another: all served
     assert [r.status_code for r in again] == [200] * 4
     assert [json.loads(r.json()["info"])["seed"] for r in again] == [100, 101, 102, 103]
+    assert parse_infotext(generate_in_page("from the page", 6))["Seed"] == "6"
