@@ -144,8 +144,10 @@ def test_script_name_and_script_args(client, easel, tmp_path):
         return [request.replace(prompt=f"{request.prompt}, {word}") for word in words]
 
     api.add_script("Prompt variations", variations, modes=("txt2img",), args=("words",))
-    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": ["prompt variations"], "img2img": []}
-    info = client.get("/sdapi/v1/script-info").json()
+    alwayson = sorted(name.lower() for name in easel.registry.request_args)  # bundled ControlNet, when loaded
+    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": ["prompt variations", *alwayson],
+                                                      "img2img": alwayson}
+    info = [row for row in client.get("/sdapi/v1/script-info").json() if not row["is_alwayson"]]
     assert info == [{"name": "prompt variations", "is_alwayson": False, "is_img2img": False,
                      "args": [{"label": "words", "value": None, "minimum": None, "maximum": None, "step": None,
                                "choices": None}]}]

@@ -51,6 +51,10 @@ def test_routes_and_bad_units(client):
     assert {"none", "canny", "openpose", "mlsd", "shuffle", "depth_midas"} <= set(modules["module_list"])
     assert modules["module_detail"]["canny"]["model_free"] is True
     assert client.get("/controlnet/version").json() == {"version": 2}
+    scripts = client.get("/sdapi/v1/scripts").json()
+    assert "controlnet" in scripts["txt2img"] and "controlnet" in scripts["img2img"]
+    info = [row for row in client.get("/sdapi/v1/script-info").json() if row["name"] == "controlnet"]
+    assert sorted(row["is_img2img"] for row in info) == [False, True] and all(row["is_alwayson"] for row in info)
 
     detected = client.post("/controlnet/detect", json={"controlnet_module": "canny", "controlnet_processor_res": 64,
                                                        "controlnet_input_images": [b64(shapes())],

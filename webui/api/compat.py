@@ -108,9 +108,11 @@ def upscaler_info(entries: list[Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def script_info(scripts: dict[str, Any]) -> list[dict[str, Any]]:
-    """AUTOMATIC1111's /script-info: each API script once per mode it runs in, with its argument labels."""
-    rows = []
+def script_info(scripts: dict[str, Any], alwayson: list[str] | None = None) -> list[dict[str, Any]]:
+    """AUTOMATIC1111's /script-info: each API script once per mode it runs in, with its argument labels, then the
+    always-on scripts (extensions that read `alwayson_scripts`) for both modes."""
+    rows = [{"name": name.lower(), "is_alwayson": True, "is_img2img": is_img2img, "args": []}
+            for name in sorted(alwayson or []) for is_img2img in (False, True)]
     for script in scripts.values():
         for mode in script.modes:
             rows.append({"name": script.name, "is_alwayson": False, "is_img2img": mode == "img2img",

@@ -616,11 +616,14 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         for script in easel.registry.scripts.values():
             for mode in script.modes:
                 found[mode].append(script.name)
+        for name in sorted(easel.registry.request_args):  # always-on scripts (alwayson_scripts), e.g. controlnet
+            for mode in found:
+                found[mode].append(name.lower())
         return found
 
     @router.get("/script-info")
     def scripts_info() -> list[dict[str, Any]]:
-        return script_info(easel.registry.scripts)
+        return script_info(easel.registry.scripts, list(easel.registry.request_args))
 
     @router.get("/options")
     def get_options() -> dict[str, Any]:
