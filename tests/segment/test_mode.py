@@ -70,6 +70,7 @@ def test_builtin_model_prompt_template_and_outputs(seg_easel):
     assert items[0]["overlay"].size == image.size and "overlay" not in items[1]
     assert "Template: highlight {query} in {colour}" in result.infotexts[0]
     assert "Query: the star on the left" in result.infotexts[1]
+    assert [text.splitlines()[0] for text in result.infotexts] == ["Red circle.", "the star on the left"]
     # An edited template is used as written.
     custom = run(seg_easel, image=image, query="the red circle", steps=1, template="mark {query} in {colour}")
     assert custom.info["items"][0]["prompt"] == "mark the red circle in magenta"

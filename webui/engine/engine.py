@@ -121,7 +121,8 @@ class Engine:
         """AUTOMATIC1111's parameters text for one image."""
         if not isinstance(request, GenerationRequest):
             params = {"Seed": item.seed, **item.extra, "Version": f"Easel {__version__}"}
-            return format_infotext(getattr(request, "query", ""), "", params)
+            # a segmentation image's first line is its own query (one image per query line)
+            return format_infotext(str(item.extra.get("Query", getattr(request, "query", ""))), "", params)
         params: dict[str, Any] = {
             "Steps": request.steps,
             "Sampler": item.extra.pop("Sampler", request.sampler),
