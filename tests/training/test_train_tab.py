@@ -46,9 +46,13 @@ def test_start_runs_in_the_background_and_reports(train_ui, tiny_easel_dir: Path
     assert "finished at step 3/3" in status and "tab-lora.safetensors" in status
     assert sorted(set(frame["series"])) == ["loss", "mean of 20"] and list(frame["step"][:3]) == [1, 2, 3]
     assert [caption for _, caption in samples] == ["step 2: a zork", "step 3: a zork"]
-    assert all(Path(path).is_file() for path, _ in samples)
+    assert all(image.size == (64, 64) for image, _ in samples)
     assert (ui.easel.settings.models_dir / "Lora" / "tab-lora.safetensors").is_file()
     assert timer.active is False  # polling stops once the run is over
+    # what Gradio sends to the browser: the plot's rows and the gallery's images (copied to Gradio's cache)
+    components = {getattr(c, "elem_id", None): c for c in blocks.blocks.values()}
+    assert len(components["train_loss"].postprocess(frame).data) == 6
+    assert len(components["train_samples"].postprocess(samples).root) == 2
 
 
 def test_cancel_stops_and_mistakes_are_readable(train_ui, tiny_easel_dir: Path, tmp_path: Path) -> None:

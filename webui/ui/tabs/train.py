@@ -58,6 +58,17 @@ def loss_frame(steps: tuple[int, ...], losses: tuple[float, ...]) -> Any:
     return pd.concat([frame.assign(series="loss"), smooth.assign(series="mean of 20")], ignore_index=True)
 
 
+def read_image(path: Path) -> Any:
+    """A sample as a PIL image (the files sit beside the LoRA under models/, which Gradio does not serve)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError:
+        return None
+
+
 def status_markdown(status: Any) -> str:
     lines = [html.escape(status.message or "No training has run since Easel started.")]
     if status.error:
@@ -70,7 +81,7 @@ def status_markdown(status: Any) -> str:
 def view(ui: UIContext) -> tuple[Any, ...]:
     """(progress, status, loss plot, samples, timer) for the run as it is now."""
     status = service_of(ui).status()
-    samples = [(str(path), caption) for path, caption in status.samples if Path(path).is_file()]
+    samples = [(image, caption) for image, caption in ((read_image(p), c) for p, c in status.samples) if image]
     return (progress_html(status.step, status.total, status.running), status_markdown(status),
             loss_frame(status.steps, status.losses), samples, gr.Timer(active=status.running))
 
