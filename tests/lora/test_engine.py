@@ -148,3 +148,22 @@ def test_hotswap_in_place_keeps_adapters_and_matches(easel_with_loras) -> None:
     assert list(stack.text_loaded) == []  # text-encoder parts are ordinary adapters, dropped when unused
     assert np.array_equal(a, a_again) and np.array_equal(none, base)
     assert np.abs(a - normal_a).max() <= 1 and np.abs(b - normal_b).max() <= 1
+
+
+def test_img2img_applies_prompt_loras(easel_with_loras) -> None:
+    from webui.requests import Img2ImgRequest
+
+    easel = easel_with_loras
+    source = Image.new("RGB", (64, 64), (200, 40, 40))
+
+    def img2img(prompt: str):
+        request = Img2ImgRequest(prompt=prompt, init_image=source, denoising_strength=0.8, **SMALL)
+        job = easel.engine.generate(request, timeout=120)
+        assert job.state == JobState.DONE, job.error
+        return job.result
+
+    base = img2img("a red cube")
+    styled = img2img("a red cube <lora:styleA:1>")
+    assert not np.array_equal(pixels(base), pixels(styled))
+    assert "Lora hashes" in parse_infotext(styled.infotexts[0])
+    assert np.array_equal(pixels(img2img("a red cube")), pixels(base))

@@ -36,6 +36,12 @@ def checkpoint_rows(ui: UIContext) -> list[list[str]]:
     return rows
 
 
+def lora_rows(entries: Any) -> list[list[str]]:
+    """Name, family, short hash and trigger words of each LoRA (what `<lora:name:1>` uses is the name)."""
+    return [[e.name, getattr(e, "arch_label", str(getattr(e, "arch", ""))), getattr(e, "short_hash", None) or "",
+             ", ".join(getattr(e, "trigger_words", ()))] for e in entries]
+
+
 def name_rows(entries: Any) -> list[list[str]]:
     return [[e.name] for e in entries]
 
@@ -86,15 +92,15 @@ def build(ui: UIContext) -> None:
         table = gr.Dataframe(headers=HEADERS, datatype=["str"] * len(HEADERS), interactive=False,
                              label="Checkpoints", elem_id="models_table", wrap=True)
         with gr.Row(equal_height=False):
-            loras = gr.Dataframe(headers=["LoRA"], datatype=["str"], interactive=False, label="LoRAs",
-                                 elem_id="models_loras", min_width=200)
+            loras = gr.Dataframe(headers=["LoRA", "Family", "Hash", "Trigger words"], datatype=["str"] * 4,
+                                 interactive=False, label="LoRAs", elem_id="models_loras", min_width=200)
             vaes = gr.Dataframe(headers=["VAE"], datatype=["str"], interactive=False, label="VAEs",
                                 elem_id="models_vaes", min_width=200)
 
     def snapshot(selected: str | None = None) -> tuple[Any, ...]:
         names = [e.name for e in easel.manager.checkpoints()]
         value = selected if selected in names else (names[0] if names else None)
-        return (checkpoint_rows(ui), memory_text(easel.manager.memory_report()), name_rows(easel.manager.loras()),
+        return (checkpoint_rows(ui), memory_text(easel.manager.memory_report()), lora_rows(easel.manager.loras()),
                 name_rows(easel.manager.vaes()), gr.Dropdown(choices=names, value=value))
 
     outputs = [table, memory, loras, vaes, pick]
