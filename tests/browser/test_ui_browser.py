@@ -62,6 +62,12 @@ def test_txt2img_generates_and_saves_the_infotext(page, server) -> None:
     page.wait_for_timeout(1500)
     page.screenshot(path=str(SHOTS / "inpaint-received-desktop.png"), full_page=False)
 
+    # ... and to Segment, whose image input gets it.
+    open_tab(page, "txt2img")
+    page.click("#txt2img_send_to_segment")
+    expect(page.locator("button[role=tab][data-tab-id='segment']")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#segment_image img").first).to_be_visible()
+
 
 def _input_picture(path: Path) -> Path:
     image = Image.new("RGB", (64, 64), (40, 90, 200))

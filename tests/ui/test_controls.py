@@ -10,7 +10,7 @@ from PIL import Image
 from webui.requests import Img2ImgRequest, InpaintRequest, RequestError, Txt2ImgRequest, field_specs
 from webui.settings import UserSettings
 from webui.ui.controls import build_request, infotext_values
-from webui.ui.generation import send_updates, snap_size
+from webui.ui.generation import segment_updates, send_updates, snap_size
 from webui.ui.tabs.inpaint import finalize
 
 A1111_TEXT = (
@@ -203,3 +203,14 @@ def test_components_are_gradio_components(built_ui) -> None:
     for tab in ui.generation.values():
         for control in tab.controls.controls.values():
             assert isinstance(control.component, gr.components.Component)
+
+
+def test_send_to_segment_opens_the_tab_with_the_selected_result(built_ui) -> None:
+    _, ui = built_ui
+    assert ui.segment_image is not None
+    first, second = Image.new("RGB", (64, 64), (220, 40, 40)), Image.new("RGB", (64, 64), (40, 90, 220))
+    updates = segment_updates(ui, {"images": [first, second], "infotexts": ["a", "b"], "selected": 1})
+    assert updates[ui.tabs].selected == "segment"
+    assert updates[ui.segment_image] is second
+    with pytest.raises(ValueError, match="no image to send"):
+        segment_updates(ui, {"images": [], "infotexts": []})

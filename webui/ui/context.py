@@ -39,6 +39,7 @@ class UIContext:
     sized_for: Any = None  # gr.State: the checkpoint whose default size the size controls were last set for
     vae: Any = None
     generation: dict[str, GenerationTab] = field(default_factory=dict)
+    segment_image: Any = None  # the Segment tab's image input, when that tab is built ("Send to Segment")
     _deferred: list[Callable[[], None]] = field(default_factory=list)
 
     @property

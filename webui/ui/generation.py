@@ -154,6 +154,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
             with gr.Row(elem_classes="easel-send-row"):
                 send_buttons = {target: gr.Button(label, size="sm", elem_id=f"{mode}_send_to_{target}")
                                 for target, label in SEND_TARGETS.items()}
+                to_segment = gr.Button("Send to Segment", size="sm", elem_id=f"{mode}_send_to_segment")
             info = gr.Textbox(label="Parameters", lines=3, max_lines=12, interactive=False, buttons=["copy"],
                               elem_id=f"{mode}_info", elem_classes="easel-info")
     result = gr.State(empty_result())
@@ -219,6 +220,15 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                 wire_send(ui, button, target, [result], result_picker)
             else:
                 button.visible = False
+        if ui.segment_image is not None:
+            @guard
+            def send_to_segment(state: dict) -> dict[Any, Any]:
+                return segment_updates(ui, state)
+
+            to_segment.click(send_to_segment, inputs=[result], outputs=[ui.tabs, ui.segment_image],
+                             show_progress="hidden")
+        else:
+            to_segment.visible = False
 
     ui.after_build(wire_send_buttons)
     return tab, outputs
@@ -302,6 +312,12 @@ def result_picker(state: dict) -> tuple[Any, str]:
     index = state.get("selected", 0)
     index = index if 0 <= index < len(images) else 0
     return images[index], texts[index] if index < len(texts) else ""
+
+
+def segment_updates(ui: UIContext, state: dict) -> dict[Any, Any]:
+    """"Send to Segment": the selected result becomes the Segment tab's image, and that tab opens."""
+    image, _ = result_picker(state)
+    return {ui.tabs: gr.Tabs(selected="segment"), ui.segment_image: load_image(image)}
 
 
 def load_image(value: Any) -> Image.Image | None:

@@ -232,6 +232,7 @@ def build_tab(ui: UIContext) -> SegmentTab:
             with gr.Column(scale=1, min_width=300, elem_classes="easel-settings"):
                 image = gr.Image(label="Image", type="pil", image_mode="RGB", sources=["upload", "clipboard"],
                                  height=320, elem_id="segment_image")
+                ui.segment_image = image
                 controls.add(Control("image", image))
                 with gr.Row(equal_height=False):
                     controls.add(field_control(SegmentRequest, "query", limits, lines=3, max_lines=8,  # type: ignore[arg-type]
