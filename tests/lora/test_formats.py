@@ -219,3 +219,46 @@ def test_lora_that_names_no_layer_is_refused(tmp_path, tiny_family) -> None:
         manager.apply_loras(loaded, [("stray", 1.0)])
     manager.apply_loras(loaded, [])
     assert np.array_equal(generate(loaded), base)
+
+
+def test_big_files_are_hashed_when_first_used(tmp_path, tiny_family, monkeypatch) -> None:
+    import webui.model_manager.manager as manager_module
+
+    monkeypatch.setattr(manager_module, "HASH_AT_SCAN_LIMIT", 0)  # every file counts as big
+    manager = manager_for(tmp_path, tiny_family("sd1"), "tiny")
+    sd1_files(tiny_family("sd1"), tmp_path / "Lora")
+    assert {e.name: e.short_hash for e in manager.loras()}["peft"] is None
+    applied = manager.apply_loras(manager.get("tiny", "txt2img"), [("peft", 0.5)])
+    listed = {e.name: e for e in manager.loras()}
+    assert listed["peft"].short_hash == applied[0].short_hash and len(applied[0].short_hash) == 12
+    assert listed["kohya"].short_hash is None
+
+
+def test_trainer_round_trip_for_the_builtin_model(tmp_path, easel_folder) -> None:
+    """What the trainer writes (PEFT adapter, lora_alpha != rank) loads back as the same model change."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from webui.builtin.pipeline import EaselPipeline
+    from webui.model_manager.loras import easel_lora_state_dict, save_easel_lora
+
+    trained = EaselPipeline.from_pretrained(str(easel_folder))
+    trained.set_progress_bar_config(disable=True)
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "proj", "mlp.0", "mlp.2"]),
+                            trained.transformer, adapter_name="concept")
+    with torch.no_grad():
+        for name, param in trained.transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(len(name)))
+    wanted = trained(prompt="a red cube", num_inference_steps=2, height=32, width=32, guidance_scale=2.0,
+                     generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    state = easel_lora_state_dict(trained.transformer, "concept")
+    assert all(k.startswith("transformer.blocks.") and (".lora_A.weight" in k or ".lora_B.weight" in k) for k in state)
+    save_easel_lora(tmp_path / "Lora" / "concept.safetensors", state, base_model="tiny-easel", base_hash="0123456789",
+                    trigger="zqx", rank=4, alpha=8, steps=10, num_train_images=3)
+
+    manager = manager_for(tmp_path, easel_folder, "tiny-easel", builtin=True)
+    (entry,) = manager.loras()
+    assert entry.arch == Arch.EASEL and entry.trigger_words == ("zqx",) and entry.metadata["ss_network_alpha"] == "8"
+    loaded = manager.get("tiny-easel", "txt2img")
+    manager.apply_loras(loaded, [("concept", 1.0)])
+    assert np.abs(generate(loaded) - wanted).max() < 1e-4

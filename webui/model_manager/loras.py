@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 LORA_SUFFIXES = (".safetensors",)
 PREVIEW_SUFFIXES = (".preview.png", ".preview.jpg", ".preview.jpeg", ".preview.webp", ".png", ".jpg", ".jpeg",
                     ".webp")
-HASH_AT_SCAN_LIMIT = 512 * 1024 * 1024  # bigger files are hashed when first used
+HASH_AT_SCAN_LIMIT = 64 * 1024 * 1024  # bigger files are hashed when first used (keeps the first scan quick)
 MAX_TRIGGER_TAGS = 8
 DENOISER_PREFIX = {Arch.SD1: "unet", Arch.SD2: "unet", Arch.SDXL: "unet"}  # the rest: "transformer"
 _EASEL_KEY = re.compile(r"(?:^|[._])blocks[._]\d+[._](?:qkv|proj|mlp|ada)[._]")
@@ -457,8 +457,8 @@ class LoraStack:
         else:
             self._apply_named(pipe, arch, model_name, active)
 
-        # 3. Fuse a set that repeats.
-        if options.fuse and active and key == self.last_key and not options.hotswap:
+        # 3. Fuse a set that repeats (not when weights live on the meta device under sequential offload).
+        if options.fuse and active and key == self.last_key and not options.hotswap and _weights_materialized(pipe):
             self.fuse(pipe, key)
         self.last_key = key
 
@@ -611,6 +611,10 @@ class LoraStack:
         present = self._present(pipe)
         self._drop(pipe, [name for name in [*self.loaded, *self.text_loaded, *self._slot_names()] if name in present])
         self.loaded, self.text_loaded, self.slots, self.last_key = {}, {}, [], ()
+
+
+def _weights_materialized(pipe: Any) -> bool:
+    return all(layer.get_base_layer().weight.device.type != "meta" for layer in lora_layers(pipe))
 
 
 def check_compatible(entry: LoraEntry, arch: Arch, model_name: str) -> None:

@@ -331,8 +331,14 @@ class ModelManager:
                 if short is None:
                     raise LoraError(f"cannot read LoRA {entry.path}")
                 hashed.append((entry, weight, short))
+                if entry.short_hash != short:  # hashed just now: the listing shows it from here on
+                    self._remember_lora_hash(entry, short)
             stack.apply(pipe, loaded.arch, loaded.entry.name, hashed, self.lora_options())
             return [AppliedLora(entry.name, short, weight) for entry, weight, short in hashed]
+
+    def _remember_lora_hash(self, entry: LoraEntry, short: str) -> None:
+        with self._scan_lock:
+            self._loras = [dataclasses.replace(e, short_hash=short) if e == entry else e for e in self._loras]
 
     def lora_stack(self, loaded: LoadedPipeline) -> LoraStack | None:
         """The LoRA state of a loaded checkpoint (for tests and benchmarks), None before any LoRA was used."""
