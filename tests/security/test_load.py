@@ -40,7 +40,7 @@ def ui_generate(url: str):
     """A Gradio client for the txt2img tab's Generate button: generate(prompt, seed) -> the Parameters text."""
     from gradio_client import Client
 
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, httpx_kwargs={"timeout": 300})  # a busy CPU answers slowly
     endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/on_generate"]
     by_label = {p["label"]: p["parameter_name"] for p in endpoint["parameters"]}
     labels = [r.get("label") for r in endpoint["returns"]]
