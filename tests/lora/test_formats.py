@@ -262,3 +262,47 @@ def test_trainer_round_trip_for_the_builtin_model(tmp_path, easel_folder) -> Non
     loaded = manager.get("tiny-easel", "txt2img")
     manager.apply_loras(loaded, [("concept", 1.0)])
     assert np.abs(generate(loaded) - wanted).max() < 1e-4
+
+
+def test_hotswap_keeps_the_compiled_builtin_model_compiled(tmp_path, easel_folder) -> None:
+    """LoRAs of different ranks swap into a torch.compile'd transformer with no recompilation, and give the
+    same images as the named-adapter path."""
+    import torch._dynamo
+
+    from webui.builtin.model import EaselTransformer
+    from webui.model_manager.manager import LoraOptions
+
+    transformer = EaselTransformer.from_pretrained(str(easel_folder / "transformer"))
+    for name, seed, rank in (("a", 1, 4), ("b", 2, 8)):
+        pairs = random_lora(transformer, r"blocks\.\d+\.(qkv|proj)$", rank=rank, seed=seed)
+        save(tmp_path / "Lora" / f"{name}.safetensors", peft_layout(pairs, "transformer"),
+             {"easel_base_model": "tiny", "ss_network_alpha": str(rank / 2)})
+    reference = manager_for(tmp_path / "named", easel_folder, "tiny-easel", builtin=True)
+    reference.lora_dirs = [tmp_path / "Lora"]
+    named = reference.get("tiny-easel", "txt2img")
+    expected = {}
+    for name in ("a", "b"):
+        reference.apply_loras(named, [(name, 0.7)])
+        expected[name] = generate(named)
+    reference.apply_loras(named, [])
+    base = generate(named)
+
+    manager = manager_for(tmp_path / "swap", easel_folder, "tiny-easel", builtin=True)
+    manager.lora_dirs = [tmp_path / "Lora"]
+    manager.lora_options = lambda: LoraOptions(hotswap=True, compile=True, max_rank=8)
+    loaded = manager.get("tiny-easel", "txt2img")
+    torch._dynamo.reset()
+    try:
+        manager.apply_loras(loaded, [("a", 0.7)])
+        first = generate(loaded)  # compiles
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for name in ("b", "a", "b"):
+                manager.apply_loras(loaded, [(name, 0.7)])
+                assert np.abs(generate(loaded) - expected[name]).max() < 1e-4
+            manager.apply_loras(loaded, [])  # the slot stays, at weight 0
+            assert np.abs(generate(loaded) - base).max() < 1e-5
+        assert np.abs(first - expected["a"]).max() < 1e-4
+        stack = manager.lora_stack(loaded)
+        assert stack.compiled and stack.stats["hotswaps"] == 3 and stack.slots == [stack.slots[0]]
+    finally:
+        torch._dynamo.reset()

@@ -421,6 +421,7 @@ class LoraStack:
     def __init__(self) -> None:
         self.loaded: dict[str, str] = {}  # adapter name -> LoRA name it holds (normal mode)
         self.text_loaded: dict[str, str] = {}  # hot-swap mode: text-encoder adapter -> LoRA name
+        self.base_scaling: dict[tuple[int, str], float] = {}  # hot-swap mode: (layer id, slot) -> alpha / rank
         self.slots: list[str | None] = []  # hot-swap mode: adapter "slot_i" -> adapter key it holds
         self.hotswap_enabled = False
         self.compiled = False
@@ -520,6 +521,7 @@ class LoraStack:
                     self._load(pipe, arch, model_name, entry, slot, hotswap=False, tensors=denoiser_part)
             else:
                 self._load(pipe, arch, model_name, entry, slot, hotswap=False, tensors=denoiser_part)
+            self._record_base_scaling(pipe, slot)
             if i < len(self.slots):
                 self.slots[i] = adapter
             else:
@@ -530,17 +532,42 @@ class LoraStack:
             for name in unused_text:
                 self.text_loaded.pop(name)
         present = self._present(pipe)
-        names = [name for name in self._slot_names() if name in present]
         # Unused slots stay loaded at weight 0, so the compiled graph does not change.
-        weights = [active[i][2] if i < len(active) else 0.0 for i, _ in enumerate(names)]
-        names += list(text_wanted)
-        weights += list(text_wanted.values())
-        if names:
-            pipe.set_adapters(names, weights)
-        if options.compile and not self.compiled and names:
+        slot_weights = {name: active[i][2] if i < len(active) else 0.0
+                        for i, name in enumerate(self._slot_names()) if name in present}
+        self._set_weights_in_place(pipe, slot_weights, text_wanted)
+        if options.compile and not self.compiled and slot_weights:
             _, denoiser = _denoiser(pipe)
             denoiser.compile()
             self.compiled = True
+
+    def _record_base_scaling(self, pipe: Any, slot: str) -> None:
+        """Remember each layer's scaling for the LoRA just put in `slot` (its alpha / rank), before any weight."""
+        for layer in lora_layers(pipe):
+            if slot in getattr(layer, "scaling", {}):
+                self.base_scaling[(id(layer), slot)] = float(layer.scaling[slot])
+
+    def _set_weights_in_place(self, pipe: Any, slot_weights: dict[str, float], text_weights: dict[str, float]
+                              ) -> None:
+        """Activate slots and text adapters and set their weights without replacing any object a compiled graph
+        guards on: slot scalings are tensors after `enable_lora_hotswap`, so they are filled in place.
+        (`set_adapters` would write Python floats, and recompute them from the first LoRA's rank and alpha.)"""
+        for layer in lora_layers(pipe):
+            names = [n for n in [*slot_weights, *text_weights] if n in layer.lora_A]
+            if not names:
+                continue
+            if list(layer.active_adapters) != names:
+                layer.set_adapter(names)
+            for name in names:
+                if name in text_weights:
+                    layer.set_scale(name, text_weights[name])
+                    continue
+                value = self.base_scaling.get((id(layer), name), 1.0) * slot_weights[name]
+                current = layer.scaling[name]
+                if isinstance(current, torch.Tensor):
+                    current.fill_(value)
+                else:
+                    layer.scaling[name] = value
 
     def _slot_names(self) -> list[str]:
         return [f"slot_{i}" for i in range(len(self.slots))]
