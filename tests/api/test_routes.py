@@ -120,7 +120,8 @@ def test_vae_flags_and_compat_routes(client, easel):
     assert client.get("/sdapi/v1/sd-vae").json() == []
     flags = client.get("/sdapi/v1/cmd-flags").json()
     assert flags["data_dir"] == str(easel.settings.data_dir) and flags["nowebui"] is False
-    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+    alwayson = sorted(name.lower() for name in easel.registry.request_args)  # bundled ControlNet, when loaded
+    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": alwayson, "img2img": alwayson}
     assert "Lanczos" in [u["name"] for u in client.get("/sdapi/v1/upscalers").json()]
     assert client.post("/sdapi/v1/interrupt").json() == {"interrupted": False}
     assert client.post("/sdapi/v1/skip").json() == {"skipped": False}
