@@ -62,6 +62,7 @@ class Limits:
     max_batch_size: int = 8
     max_batch_count: int = 100
     max_prompt_chars: int = 8000
+    max_images: int = 200  # batch size x batch count: images one request may make
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,10 @@ def validate_request(request: GenerationRequest, limits: Limits) -> None:
     for side in ("width", "height"):
         if getattr(request, side) % 8:
             raise RequestError(side, f"must be a multiple of 8, got {getattr(request, side)}")
+    images = request.batch_size * request.batch_count
+    if images > limits.max_images:
+        raise RequestError("n_iter", f"{request.batch_size} x {request.batch_count} = {images} images; the limit "
+                                      f"is {limits.max_images} images per request (batch size x batch count)")
     pixels = request.width * request.height
     if pixels > limits.max_pixels:
         raise RequestError("width", f"{request.width}x{request.height} is {pixels} pixels; the limit is {limits.max_pixels}")

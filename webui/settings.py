@@ -37,6 +37,7 @@ class UserSettings:
     max_batch_size: int = 8
     max_batch_count: int = 100
     max_prompt_chars: int = 8000
+    max_images: int = 200  # batch size x batch count per request
     queue_size: int = 64
     save_images: bool = True
     filename_digits: int = 5
@@ -48,7 +49,7 @@ class UserSettings:
 
     def limits(self) -> Limits:
         return Limits(self.max_side, self.max_pixels, self.max_steps, self.max_batch_size,
-                      self.max_batch_count, self.max_prompt_chars)
+                      self.max_batch_count, self.max_prompt_chars, self.max_images)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):

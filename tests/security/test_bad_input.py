@@ -17,7 +17,7 @@ from tests.security.conftest import wait_until_up
 from webui.settings import UserSettings
 
 TIGHT = UserSettings(max_side=128, max_pixels=128 * 96, max_steps=5, max_batch_size=2, max_batch_count=3,
-                     max_prompt_chars=50)
+                     max_prompt_chars=50, max_images=5)
 OK = {"prompt": "fine", "width": 64, "height": 64, "steps": 1}
 
 CASES = [
@@ -27,6 +27,7 @@ CASES = [
     ({"steps": 6}, "steps", "5"),
     ({"batch_size": 3}, "batch_size", "2"),
     ({"n_iter": 4}, "n_iter", "3"),
+    ({"batch_size": 2, "n_iter": 3}, "n_iter", "5 images"),  # each fine, their product is not
     ({"prompt": "p" * 51}, "prompt", "50"),
     ({"negative_prompt": "n" * 51}, "negative_prompt", "50"),
 ]

@@ -25,6 +25,7 @@ LABELS = {
     "max_steps": "Most sampling steps",
     "max_batch_size": "Largest batch size",
     "max_batch_count": "Largest batch count",
+    "max_images": "Most images per request (batch size x batch count)",
     "max_prompt_chars": "Longest prompt, characters",
     "queue_size": "Jobs the queue holds",
     "save_images": "Save every image to outputs/",
@@ -38,7 +39,7 @@ LABELS = {
 GROUPS = {
     "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits"),
     "Memory and queue": ("ram_cache_size", "queue_size"),
-    "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_prompt_chars"),
+    "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_images", "max_prompt_chars"),
     "LoRAs": ("lora_fuse", "lora_hotswap", "lora_max_rank", "compile_denoiser"),
     "Extensions": ("disabled_extensions",),
 }
