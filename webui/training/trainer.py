@@ -371,6 +371,7 @@ def write_lora(path: Path, pipe: Any, family: str, denoiser_name: str, state: di
                                          weight_name="lora.safetensors", safe_serialization=True)
             tensors = load_file(str(Path(folder) / "lora.safetensors"))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o644)  # safetensors creates the file readable by its owner only
     os.replace(tmp, path)
     return path
 
