@@ -48,6 +48,29 @@ def test_sd1_lora_loads_in_diffusers(tmp_path: Path) -> None:
     assert meta["modelspec.trigger_phrase"] == "zork" and "easel_base_model" not in meta
 
 
+def test_sd1_single_file_checkpoint_as_base(tmp_path: Path) -> None:
+    """An AUTOMATIC1111-style checkpoint file (with its `<name>.config/` folder, as tiny models need) trains too."""
+    import shutil
+
+    from tests.tiny_models import make_tiny_sd1, save_sd1_single_file
+    from webui.training.trainer import read_metadata
+
+    folder = make_tiny_sd1(tmp_path / "folder")
+    checkpoints = tmp_path / "Stable-diffusion"
+    checkpoints.mkdir()
+    save_sd1_single_file(folder, checkpoints / "tiny.safetensors")
+    shutil.copytree(folder, checkpoints / "tiny.config", ignore=shutil.ignore_patterns("*.safetensors"))
+    dataset = make_dataset(tmp_path / "ds", n=2, size=(SIZE, SIZE))
+    config = config_from_dict({"base_model": "tiny", "dataset": str(dataset), "trigger": "zork",
+                               "output_dir": str(tmp_path / "out"),
+                               "output_name": "file", "steps": 1, "batch_size": 2, "rank": 4,
+                               "resolution": [SIZE]})
+    result = train(config, search_dirs=[checkpoints])
+    meta = read_metadata(result.path)
+    assert meta["ss_sd_model_name"] == "tiny.safetensors" and meta["ss_base_model_version"] == "sd_v1"
+    assert len(meta["ss_sd_model_hash"]) == 10
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["sdxl", "sd3", "flux", "zimage"])
 def test_transformer_families_lora_loads_in_diffusers(family: str, tmp_path: Path) -> None:

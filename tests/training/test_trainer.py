@@ -135,5 +135,6 @@ def test_bad_dataset_or_base_model_fails_early(tiny_easel_dir: Path, dataset_dir
         train(make_config("no-such-model", dataset_dir, tmp_path / "out"), search_dirs=[tmp_path])
     assert info.value.field == "base_model"
     (tmp_path / "model.safetensors").write_bytes(b"x")
-    with pytest.raises(ConfigError, match="single-file"):
-        train(make_config("model.safetensors", dataset_dir, tmp_path / "out"), search_dirs=[tmp_path])
+    with pytest.raises(ConfigError) as info:
+        train(make_config("model", dataset_dir, tmp_path / "out"), search_dirs=[tmp_path])
+    assert info.value.field == "base_model" and "model.safetensors" in str(info.value)

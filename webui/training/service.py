@@ -67,7 +67,7 @@ class TrainingService:
         from webui.training.trainer import default_search_dirs, resolve_base_model
 
         config = self.parse(yaml_text)
-        search = self.search_dirs or default_search_dirs(self.data_dir / "models")
+        search = [*(self.search_dirs or []), *default_search_dirs(self.data_dir / "models")]
         resolve_base_model(config.base_model, search)
         dataset = load_dataset(config.dataset, config.resolution, config.trigger)
         with self._lock:

@@ -76,35 +76,77 @@ class TrainResult:
 # ============================================================================================ base models
 def default_search_dirs(models_dir: Path | None = None) -> list[Path]:
     models = Path(models_dir) if models_dir is not None else Path("models")
-    return [models / "builtin", REPO / "models" / "builtin", models / "diffusers", models / "Stable-diffusion"]
+    return [models / "builtin", REPO / "models" / "builtin", models / "diffusers", models / "Stable-diffusion",
+            models]
 
 
 def resolve_base_model(name: str, search_dirs: list[Path]) -> Path:
-    """A path as given, else `name` looked up in the model folders; must be a diffusers folder."""
+    """A path as given, else `name` looked up in the model folders: a diffusers folder (model_index.json) or a
+    single-file SD 1.x/2.x/SDXL/SD3/Flux/Z-Image checkpoint (`.safetensors`, the extension may be left out)."""
     candidates = [Path(name)] + [d / name for d in search_dirs]
     for path in candidates:
         if (path / "model_index.json").is_file():
             return path
-        if path.is_file() or path.with_suffix(".safetensors").is_file():
-            raise ConfigError("base_model", f"{path} is a single-file checkpoint; training needs a diffusers "
-                                            "folder (model_index.json) such as models/diffusers/<name>")
+        for file in (path, path.with_name(path.name + ".safetensors")):
+            if file.is_file():
+                if file.suffix.lower() != ".safetensors":
+                    raise ConfigError("base_model", f"{file} is not a .safetensors checkpoint or a diffusers folder")
+                return file
         if path.is_dir():
             raise ConfigError("base_model", f"{path} has no model_index.json (not a diffusers folder)")
     looked = ", ".join(str(d) for d in search_dirs)
-    raise ConfigError("base_model", f"{name!r} not found (looked for a folder of that name in {looked})")
+    raise ConfigError("base_model", f"{name!r} not found (looked for a folder or .safetensors file of that name "
+                                    f"in {looked})")
 
 
 def base_hash(path: Path) -> str:
     """Short (10 hex) hash of the base model, as Easel's model list shows it."""
-    from webui.model_manager.hashes import folder_weight_files, sha256_files
+    from webui.model_manager.hashes import folder_weight_files, sha256_file, sha256_files
 
+    if path.is_file():
+        return sha256_file(path)[:10]
     return sha256_files(folder_weight_files(path))[:10]
 
 
-def load_base(path: Path) -> tuple[Any, str]:
-    """(pipeline in float32, family) for a diffusers folder."""
+def load_single_file_base(path: Path, search_dirs: list[Path]) -> Any:
+    """A single-file checkpoint through Easel's loaders (shipped configs or a `<name>.config/` folder beside the
+    file; a transformer-only file takes its text encoders and VAE from a diffusers folder of its family)."""
+    from webui.model_manager.clip_tokenizer import load_clip_tokenizer
+    from webui.model_manager.errors import ModelLoadError
+    from webui.model_manager.identify import identify_file, identify_folder
+    from webui.model_manager.loading import LoadContext, load_single_file
+
+    ident = identify_file(path)
+    if not ident.supported:
+        raise ConfigError("base_model", f"{path}: {ident.reason}")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "easel"
+
+    def family_folders(arch: Any) -> list[Path]:
+        folders = [f for d in search_dirs if d.is_dir() for f in sorted(d.iterdir())
+                   if (f / "model_index.json").is_file()]
+        return [f for f in folders if identify_folder(f).arch == arch]
+
+    context = LoadContext(dtype=torch.float32, clip_tokenizer=lambda pad: load_clip_tokenizer(cache, pad),
+                          family_folders=family_folders, hub_offline=lambda: True)
+    try:
+        return load_single_file(path, ident, context).pipe
+    except ModelLoadError as exc:
+        raise ConfigError("base_model", str(exc)) from exc
+
+
+def load_base(path: Path, search_dirs: list[Path] | None = None) -> tuple[Any, str]:
+    """(pipeline in float32, family) for a diffusers folder or a single-file checkpoint."""
     from webui.model_manager.loading import dtype_kwargs
 
+    if path.is_file():
+        pipe = load_single_file_base(path, search_dirs or [])
+        class_name = type(pipe).__name__
+        family = FAMILY_OF_CLASS.get(class_name)
+        if family is None:
+            raise ConfigError("base_model", f"{path} loads as {class_name}; LoRA training supports "
+                                            f"{', '.join(sorted(FAMILY_OF_CLASS))}")
+        pipe.set_progress_bar_config(disable=True)
+        return pipe, family
     index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
     class_name = str(index.get("_class_name", ""))
     family = FAMILY_OF_CLASS.get(class_name)
@@ -456,13 +498,14 @@ def train(config: TrainConfig, *, on_event: Callable[[TrainEvent], None] | None 
 
     # 1. check inputs: the dataset and the base model, before anything heavy
     dataset = load_dataset(config.dataset, config.resolution, config.trigger)
-    base = resolve_base_model(config.base_model, search_dirs or default_search_dirs())
+    search = search_dirs or default_search_dirs()
+    base = resolve_base_model(config.base_model, search)
     if set_threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
 
     # 2. prepare: the model with its adapter, the optimizer, and the saved state to resume from
-    pipe, family = load_base(base)
+    pipe, family = load_base(base, search)
     pipe.to(device)
     objective = OBJECTIVES[family](pipe, device)
     denoiser = objective.denoiser
