@@ -91,13 +91,11 @@ def main() -> None:
     if command == "train-builtin":
         from webui.builtin.train import main as train_builtin
 
-        train_builtin(args[1:])
-        return
+        sys.exit(train_builtin(args[1:]))
     if command == "train":
         from webui.training.cli import main as train_lora
 
-        train_lora(args[1:])
-        return
+        sys.exit(train_lora(args[1:]))
     if command is not None:
         sys.exit(f"launch.py: unknown command {command!r}; use test, train-builtin or train (see --help)")
     if "--exit" in args:

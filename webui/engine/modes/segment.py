@@ -177,6 +177,7 @@ def run(ctx: ModeContext, request: SegmentRequest) -> list[Generated]:
         template = ""
     else:
         loaded_pipe = ctx.manager.get(name, "edit")
+        ctx.manager.apply_loras(loaded_pipe, [])  # a segmentation edit runs on the base weights
         pipe = loaded_pipe.pipe
         pipe_class = type(pipe).__name__
         check_can_edit(pipe)
