@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -61,3 +62,17 @@ def make_easel(tmp_path: Path, tiny_sd1_dir: Path) -> Callable:
     yield factory
     for easel in built:
         easel.engine.stop()
+
+
+@contextmanager
+def api_client(easel) -> Iterator:
+    """A FastAPI TestClient over Easel's API routes for `easel` (server errors come back as 500 responses)."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from webui.api.routes import create_api
+
+    app = FastAPI()
+    create_api(app, easel)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client

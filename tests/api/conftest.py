@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from tests.conftest import api_client
+
 TINY = {"width": 64, "height": 64, "steps": 2}
 
 
@@ -43,12 +45,5 @@ def easel(make_easel):
 
 @pytest.fixture
 def client(easel):
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
-    from webui.api.routes import create_api
-
-    app = FastAPI()
-    create_api(app, easel)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with api_client(easel) as test_client:
         yield test_client

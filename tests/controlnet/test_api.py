@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import api_client
 from tests.controlnet.conftest import TINY, shapes
 from webui.infotext import parse_infotext
 
@@ -27,14 +28,7 @@ def decoded(data: str) -> Image.Image:
 
 @pytest.fixture
 def client(cn_easel):
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
-    from webui.api.routes import create_api
-
-    app = FastAPI()
-    create_api(app, cn_easel)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with api_client(cn_easel) as test_client:
         yield test_client
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, api_client
 
 BUILTIN = REPO / "models" / "builtin" / "easel-shapes"
 CLIPSEG_LABEL = "tiny-clipseg (CLIPSeg)"
@@ -69,14 +69,7 @@ def seg_easel(make_easel, tmp_path: Path, builtin_root: Path, tiny_clipseg_dir: 
 
 @pytest.fixture
 def seg_client(seg_easel):
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
-    from webui.api.routes import create_api
-
-    app = FastAPI()
-    create_api(app, seg_easel)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with api_client(seg_easel) as test_client:
         yield test_client
 
 
