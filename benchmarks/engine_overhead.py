@@ -72,9 +72,11 @@ def main() -> None:
             time.sleep(0.2)
     via_api(), via_diffusers()  # warm-up: loads and first-call costs
     api_times, direct_times = [], []
-    for _ in range(args.runs):
+    for run in range(args.runs):
         direct_times.append(timed(via_diffusers))
         api_times.append(timed(via_api))
+        print(f"run {run + 1}: diffusers {direct_times[-1] * 1000:.0f} ms, Easel API {api_times[-1] * 1000:.0f} ms",
+              flush=True)
     ratio = median(api_times) / median(direct_times)
     print(f"machine: {machine()}")
     print(f"{args.size}x{args.size}, {args.steps} steps, {args.runs} runs each, interleaved")

@@ -190,8 +190,12 @@ def _live_tensor_bytes() -> int:
     for obj in gc.get_objects():
         if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
             storage = obj.untyped_storage()
-            if storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
+            try:
+                pointer = storage.data_ptr()
+            except RuntimeError:  # fake tensors a compiled model's tracing left behind hold no memory
+                continue
+            if pointer not in seen:
+                seen.add(pointer)
                 total += storage.nbytes()
     return total
 

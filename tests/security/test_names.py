@@ -20,9 +20,11 @@ _OPENED: list[str] = []
 _RECORDING = [False]
 
 
-def _audit(event: str, args: tuple) -> None:
-    if _RECORDING[0] and event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
-        _OPENED.append(os.fsdecode(args[0]))
+def _audit(event: str, args: tuple, recording=_RECORDING, opened=_OPENED, fsdecode=os.fsdecode,
+           pathlike=(str, bytes, os.PathLike)) -> None:
+    # Everything it uses is bound here: at interpreter exit the module's globals are already cleared.
+    if recording[0] and event == "open" and args and isinstance(args[0], pathlike):
+        opened.append(fsdecode(args[0]))
 
 
 sys.addaudithook(_audit)  # audit hooks cannot be removed; this one only records while a test asks it to
