@@ -198,6 +198,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "machine shared with other work)")
     p.add_argument("--save-minutes", type=float, default=5.0)
     p.add_argument("--export-minutes", type=float, default=10.0)
+    p.add_argument("--cooldown", type=float, default=0.2,
+                   help="fraction of --hours at the end over which the learning rate falls linearly to 5%%")
     p.add_argument("--resume-from-weights", type=Path, default=None,
                    help="pipeline folder to start from (fresh optimizer) when the state dir has no state")
     args = p.parse_args(argv)
@@ -218,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     net = build_net(args)
     step, elapsed = 0, 0.0
+    warm_from = 0  # the step the learning-rate warmup counts from (a fresh optimizer warms up again)
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         arch = state["hparams"]
@@ -235,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         if info_path.exists():
             info = json.loads(info_path.read_text())
             step, elapsed = int(info.get("step", 0)), float(info.get("elapsed_s", 0.0))
+        warm_from = step
         logger.info("starting from the weights in %s (step %d), fresh optimizer", args.resume_from_weights, step)
     net.to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
@@ -243,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         step, elapsed = state["step"], state["elapsed_s"]
+        warm_from = state.get("warm_from", 0)
         logger.info("resumed from %s at step %d (%.0f s trained)", state_path, step, elapsed)
         del state
     n_params = sum(p.numel() for p in net.parameters())
@@ -281,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     while elapsed < budget and (not args.max_steps or step < args.max_steps) and not stop_requested:
         batch = next(loader)
         gen = torch.Generator().manual_seed(args.seed * 7_919 + step)
-        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        lr = args.lr * min(1.0, (step - warm_from + 1) / args.warmup)
+        if args.cooldown > 0 and not args.max_steps:
+            lr *= max(0.05, min(1.0, (budget - elapsed) / (args.cooldown * budget)))
         for group in opt.param_groups:
             group["lr"] = lr
         with autocast:
@@ -320,14 +327,14 @@ def main(argv: list[str] | None = None) -> int:
             last_avg, running, n_run = running / n_run, 0.0, 0
         if now - last_save > args.save_minutes * 60:
             save_state(state_path, {"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                                    "step": step, "elapsed_s": elapsed, "hparams": hparams})
+                                    "step": step, "elapsed_s": elapsed, "warm_from": warm_from, "hparams": hparams})
             last_save = now
         if now - last_export > args.export_minutes * 60:
             export_pipeline(ema, args.out, snapshot())
             last_export = now
     bar.close()
     save_state(state_path, {"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                            "step": step, "elapsed_s": elapsed, "hparams": hparams})
+                            "step": step, "elapsed_s": elapsed, "warm_from": warm_from, "hparams": hparams})
     export_pipeline(ema, args.out, snapshot())
     logger.info("done: step %d, %.2f h trained; pipeline in %s", step, elapsed / 3600, args.out)
     return 0
