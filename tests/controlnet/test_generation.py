@@ -151,6 +151,16 @@ def test_sdxl_controlnet(make_easel, tmp_path, tmp_path_factory):
     edited = Img2ImgRequest(prompt="a house", seed=3, checkpoint="tiny-sdxl", init_image=shapes(),
                             denoising_strength=0.8, **TINY)
     assert generate(easel, edited, [unit(model="xl-canny", image=None, control_mode=1)]).images[0].size == (64, 64)
+    # Inpaint: the unit steers the masked area; everything outside it is the input image.
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    inpaint = InpaintRequest(prompt="a house", seed=3, checkpoint="tiny-sdxl", init_image=shapes(), mask=mask,
+                             mask_blur=0, denoising_strength=0.9, **TINY)
+    plain_fill = pixels(generate(easel, inpaint).images[0])
+    controlled_fill = pixels(generate(easel, inpaint, [unit(model="xl-canny", image=None, module="invert")]).images[0])
+    inside = np.asarray(mask) > 0
+    assert np.abs(controlled_fill[inside] - plain_fill[inside]).mean() > 0.5
+    assert np.array_equal(controlled_fill[~inside], pixels(shapes())[~inside])
 
 
 def test_flux_controlnet_in_every_mode_with_two_units(make_easel, tmp_path, tmp_path_factory):
