@@ -174,7 +174,7 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
     )
     manager.lora_options = lambda: LoraOptions(  # read per generation: the Settings tab replaces settings.user
         fuse=settings.user.lora_fuse, hotswap=settings.user.lora_hotswap, max_rank=settings.user.lora_max_rank,
-        compile=settings.user.compile_denoiser)
+        compile=settings.user.compile_denoiser, keep_loaded=settings.user.lora_keep_loaded)
     if settings.resolved_device() == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     engine = Engine(settings, manager)

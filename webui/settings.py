@@ -45,6 +45,7 @@ class UserSettings:
     lora_fuse: bool = False  # fold a LoRA set used twice in a row into the weights (faster steps)
     lora_hotswap: bool = False  # swap LoRA weights in place, so a compiled denoiser stays compiled
     lora_max_rank: int = 128  # hot-swap pads every LoRA to this rank
+    lora_keep_loaded: int = 4  # unused LoRAs kept loaded (inactive) so switching back is instant; 0 = drop at once
     compile_denoiser: bool = False  # torch.compile the UNet/transformer once LoRAs are hot-swapped
 
     def limits(self) -> Limits:

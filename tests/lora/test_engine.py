@@ -10,6 +10,7 @@ from PIL import Image
 from tests.lora.lora_files import save
 from webui.engine.worker import JobState
 from webui.infotext import lora_hashes, parse_infotext, read_png_parameters, relink_loras, request_updates
+from webui.model_manager.loras import adapter_name_for, lora_layers
 from webui.model_manager.manager import LoraOptions
 from webui.requests import RequestError, Txt2ImgRequest
 
@@ -50,7 +51,24 @@ def test_hot_swap_invariants_bit_for_bit(easel_with_loras) -> None:
     assert easel.manager.stats["disk_loads"] == 1  # the base model was never reloaded
     loaded = easel.manager.get("tiny-sd1", "txt2img")
     stack = easel.manager.lora_stack(loaded)
-    assert stack is not None and list(stack.loaded.values()) == ["styleA"]  # B was dropped
+    # B stays loaded but inactive (switching back to it loads nothing); only A's layers compute.
+    assert stack is not None and list(stack.loaded.values()) == ["StyleB", "styleA"]  # least recently used first
+    loads = stack.stats["loads"]
+    assert np.array_equal(pixels(run(easel, "a red cube <lora:StyleB:0.8>")), b)
+    assert stack.stats["loads"] == loads
+    layers = lora_layers(loaded.pipe)
+    assert layers and all(layer.active_adapters == [adapter_name_for(entries_hash(easel, "StyleB"))]
+                          for layer in layers if layer.lora_A)
+    # With no unused LoRA kept, switching drops the previous one.
+    easel.manager.lora_options = lambda: LoraOptions(keep_loaded=0)
+    assert np.array_equal(pixels(run(easel, "a red cube <lora:styleA:0.8>")), a)
+    assert list(stack.loaded.values()) == ["styleA"]
+    assert np.array_equal(pixels(run(easel, "a red cube")), base)
+    assert stack.loaded == {}
+
+
+def entries_hash(easel, name: str) -> str:
+    return next(e.short_hash for e in easel.manager.loras() if e.name == name)
 
 
 def test_several_tags_negative_weights_and_infotext(easel_with_loras) -> None:

@@ -79,6 +79,7 @@ class LoraOptions:
     hotswap: bool = False
     max_rank: int = 128  # hot-swap pads every adapter to this rank
     compile: bool = False  # torch.compile the denoiser (only with hotswap: a swap then needs no recompile)
+    keep_loaded: int = 4  # unused LoRAs kept loaded but inactive (least recently used dropped first); 0 = none
 
 
 @dataclass(frozen=True)
@@ -456,30 +457,40 @@ class LoraStack:
         if options.hotswap:
             self._apply_hotswap(pipe, arch, model_name, active, options)
         else:
-            self._apply_named(pipe, arch, model_name, active)
+            self._apply_named(pipe, arch, model_name, active, options.keep_loaded)
 
         # 3. Fuse a set that repeats (not when weights live on the meta device under sequential offload).
         if options.fuse and active and key == self.last_key and not options.hotswap and _weights_materialized(pipe):
             self.fuse(pipe, key)
         self.last_key = key
 
-    def _apply_named(self, pipe: Any, arch: Arch, model_name: str, active: list[tuple[str, LoraEntry, float]]) -> None:
+    def _apply_named(self, pipe: Any, arch: Arch, model_name: str, active: list[tuple[str, LoraEntry, float]],
+                     keep_loaded: int = 0) -> None:
         if self.slots or self.text_loaded:
             present = self._present(pipe)
             self._drop(pipe, [name for name in [*self._slot_names(), *self.text_loaded] if name in present])
             self.slots, self.text_loaded = [], {}
+        # `self.loaded` is in least-recently-used order. Unused adapters beyond `keep_loaded` are dropped (before
+        # anything new is loaded, so memory peaks low); the rest stay loaded but inactive, which costs memory and
+        # no compute, and makes switching back to them a matter of setting the active adapters.
         wanted_names = [adapter for adapter, _, _ in active]
         unused = [name for name in self.loaded if name not in wanted_names]
-        if unused:
-            self._drop(pipe, unused)
-            for name in unused:
+        excess = unused[:max(0, len(unused) - keep_loaded)]
+        if excess:
+            self._drop(pipe, excess)
+            for name in excess:
                 self.loaded.pop(name, None)
         for adapter, entry, _ in active:
-            if adapter not in self.loaded:
+            if adapter in self.loaded:
+                self.loaded[adapter] = self.loaded.pop(adapter)  # most recently used last
+            else:
                 self._load(pipe, arch, model_name, entry, adapter, hotswap=False)
                 self.loaded[adapter] = entry.name
         if active:
             pipe.set_adapters([a for a, _, _ in active], [w for _, _, w in active])
+        elif self.loaded:  # only inactive adapters remain: every LoRA layer computes its base layer alone
+            for layer in lora_layers(pipe):
+                layer.set_adapter([])
 
     def _apply_hotswap(self, pipe: Any, arch: Arch, model_name: str, active: list[tuple[str, LoraEntry, float]],
                        options: LoraOptions) -> None:

@@ -33,6 +33,7 @@ LABELS = {
     "disabled_extensions": "Disabled extensions",
     "lora_fuse": "Fuse a LoRA set used twice in a row into the weights",
     "lora_hotswap": "Hot-swap LoRAs in place (for a compiled model)",
+    "lora_keep_loaded": "Unused LoRAs kept loaded, so switching back to them is instant (0 = drop at once)",
     "lora_max_rank": "Hot-swap: largest LoRA rank",
     "compile_denoiser": "Compile the UNet/transformer (with hot-swap)",
 }
@@ -40,7 +41,7 @@ GROUPS = {
     "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits"),
     "Memory and queue": ("ram_cache_size", "queue_size"),
     "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_images", "max_prompt_chars"),
-    "LoRAs": ("lora_fuse", "lora_hotswap", "lora_max_rank", "compile_denoiser"),
+    "LoRAs": ("lora_fuse", "lora_hotswap", "lora_max_rank", "lora_keep_loaded", "compile_denoiser"),
     "Extensions": ("disabled_extensions",),
 }
 RESTART_FIELDS = ("ram_cache_size", "queue_size", "disabled_extensions")
