@@ -153,6 +153,10 @@ def export_pipeline(net: Net, out: Path, info: dict) -> None:
     tmp = out.with_name("." + out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp)
+    for config in tmp.glob("*/config.json"):  # weights started from a folder remember its path; ship none
+        data = json.loads(config.read_text())
+        if data.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     old = out.with_name("." + out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
