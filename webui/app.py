@@ -162,7 +162,7 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
     """Create the model manager, engine and extensions for these settings (no model is loaded yet)."""
     import torch
 
-    for sub in ("Stable-diffusion", "diffusers", "Lora", "VAE", "clipseg"):
+    for sub in ("Stable-diffusion", "diffusers", "Lora", "VAE", "clipseg", "embeddings"):
         (settings.models_dir / sub).mkdir(parents=True, exist_ok=True)
     manager = ModelManager(
         checkpoint_dirs=settings.checkpoint_dirs(), diffusers_dirs=settings.diffusers_dirs(),
@@ -171,6 +171,7 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
         ram_cache_size=settings.user.ram_cache_size, offload=settings.offload(),
         hash_cache_path=settings.hash_cache_path,
         segmentation_dirs=[settings.models_dir / "clipseg", settings.models_dir / "segmentation"],
+        embedding_dirs=settings.all_embedding_dirs(),
     )
     manager.lora_options = lambda: LoraOptions(  # read per generation: the Settings tab replaces settings.user
         fuse=settings.user.lora_fuse, hotswap=settings.user.lora_hotswap, max_rank=settings.user.lora_max_rank,

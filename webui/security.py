@@ -350,7 +350,8 @@ def served_paths(settings: "Settings") -> tuple[list[str], list[str]]:
     allowed = [str(settings.outputs_dir.resolve())]
     folders = [settings.models_dir, *settings.checkpoint_dirs(), *settings.diffusers_dirs(), *settings.all_vae_dirs(),
                *settings.all_lora_dirs(), *settings.builtin_dirs(), *getattr(settings, "controlnet_dirs", []),
-               *getattr(settings, "esrgan_dirs", []), settings.hash_cache_path.parent]
+               *getattr(settings, "esrgan_dirs", []), *getattr(settings, "embedding_dirs", []),
+               settings.hash_cache_path.parent]
     files = [settings.config_path, settings.config_path.with_name(settings.config_path.name + ".bak")]
     if settings.gradio_auth_path is not None:
         files.append(settings.gradio_auth_path)

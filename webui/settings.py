@@ -98,6 +98,7 @@ class Settings:
     enable_insecure_extension_access: bool = False  # allow installing extensions while reachable beyond localhost
     controlnet_dirs: list[Path] = field(default_factory=list)
     esrgan_dirs: list[Path] = field(default_factory=list)
+    embedding_dirs: list[Path] = field(default_factory=list)  # --embeddings-dir
     max_upload_bytes: int = 64 * 1024 * 1024  # largest file uploaded to the UI, and largest API request body
     user: UserSettings = field(default_factory=UserSettings)
     load_message: str | None = None  # what happened when config.json was read, if worth telling
@@ -136,6 +137,9 @@ class Settings:
 
     def all_lora_dirs(self) -> list[Path]:
         return [self.models_dir / "Lora", *self.lora_dirs]
+
+    def all_embedding_dirs(self) -> list[Path]:
+        return [self.models_dir / "embeddings", *self.embedding_dirs]
 
     def served_paths(self) -> tuple[list[str], list[str]]:
         """(allowed, blocked) paths for Gradio's file routes: outputs yes; models, settings and logins never."""
@@ -239,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-dir", type=Path, action="append", default=[], help="extra VAE folder")
     p.add_argument("--controlnet-dir", type=Path, action="append", default=[], help="extra ControlNet model folder")
     p.add_argument("--esrgan-models-path", type=Path, action="append", default=[], help="extra upscaler model folder")
+    p.add_argument("--embeddings-dir", type=Path, action="append", default=[],
+                   help="extra textual-inversion embeddings folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", default="auto", choices=["auto", "full", "half", "bf16"], help="weights precision")
     p.add_argument("--medvram", action="store_true", help="offload idle model parts to the CPU")
@@ -260,6 +266,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         api_auth=args.api_auth, share_insecure=args.share_insecure,
         enable_insecure_extension_access=args.enable_insecure_extension_access,
         controlnet_dirs=[p.resolve() for p in args.controlnet_dir],
+        embedding_dirs=[p.resolve() for p in args.embeddings_dir],
         esrgan_dirs=[p.resolve() for p in args.esrgan_models_path],
     )
     s.api_auth_pairs()  # fail early on a malformed --gradio-auth, --gradio-auth-path file or --api-auth

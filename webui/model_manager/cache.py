@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
 
@@ -181,6 +182,22 @@ class PipelineCache:
             slot.offloaded = False
             self.active = None
             self.activate(slot)
+
+    @contextmanager
+    def hooks_lifted(self, slot: Slot | None) -> Iterator[None]:
+        """Take the CPU-offload hooks off `slot` while its modules change shape (new embedding rows), and put them
+        back afterwards; nothing to do without offload."""
+        if slot is None or not slot.offloaded:
+            yield
+            return
+        slot.base.remove_all_hooks()
+        slot.offloaded = False
+        try:
+            yield
+        finally:
+            if self.active is slot:
+                self.active = None
+                self.activate(slot)
 
 
 def release_memory(collect: bool = True) -> None:

@@ -10,6 +10,9 @@ Names follow AUTOMATIC1111: a checkpoint's `name` is its path relative to the fo
 extension, with "/" separators; its `title` is "name [shorthash]" once the hash is known. Hashes are computed
 when a checkpoint is loaded (or on request with `compute_hash`) and remembered on disk, so until a file has
 been loaded once its title is just its name.
+
+Textual-inversion embeddings (webui.model_manager.embeddings) are listed from `embedding_dirs`; `apply_embeddings`
+adds the ones a prompt names to the loaded checkpoint's text encoder(s), once per checkpoint and file version.
 """
 from __future__ import annotations
 
@@ -29,8 +32,12 @@ import torch
 
 from webui.model_manager.cache import Offload, PipelineCache, Slot, release_memory, tensor_bytes
 from webui.model_manager.clip_tokenizer import load_clip_tokenizer
+from webui.model_manager.embeddings import (EMBEDDING_ARCHS, AppliedEmbedding, EmbeddingEntry, EmbeddingError,
+                                            EmbeddingState, add_embedding, check_fits, encoder_slots, encoder_widths,
+                                            names_in, own_tokenizers, placeholder_tokens, read_vectors,
+                                            scan_embeddings, word_pattern)
 from webui.model_manager.errors import ModelLoadError, ModelNotFoundError
-from webui.model_manager.hashes import HashCache
+from webui.model_manager.hashes import SHORT_HASH_LENGTH, HashCache
 from webui.model_manager.identify import (PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, Arch, Identification,
                                           identify_file, identify_folder)
 from webui.model_manager.loras import (HASH_AT_SCAN_LIMIT, LORA_SUFFIXES, AppliedLora, LoraEntry, LoraError,
@@ -42,7 +49,7 @@ from webui.model_manager.segmenters import LoadedSegmenter, SegmenterEntry, load
 
 __all__ = ["Mode", "CheckpointEntry", "VaeEntry", "LoraEntry", "LoadedPipeline", "ModelManager",
            "ModelNotFoundError", "ModelLoadError", "identify_lora", "SegmenterEntry", "LoadedSegmenter",
-           "AppliedLora", "LoraError", "LoraOptions"]
+           "AppliedLora", "LoraError", "LoraOptions", "EmbeddingEntry", "AppliedEmbedding", "EmbeddingError"]
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +119,8 @@ class ModelManager:
                  lora_dirs: list[Path], builtin_dirs: list[Path], device: str = "cpu",
                  dtype: torch.dtype = torch.float32, ram_cache_size: int = 2,
                  offload: Offload = "none", hash_cache_path: Path | None = None,
-                 cache_dir: Path | None = None, segmentation_dirs: list[Path] | None = None) -> None:
+                 cache_dir: Path | None = None, segmentation_dirs: list[Path] | None = None,
+                 embedding_dirs: list[Path] | None = None) -> None:
         if offload not in ("none", "model", "sequential"):
             raise ValueError(f"offload must be 'none', 'model' or 'sequential', got {offload!r}")
         self.checkpoint_dirs = [Path(p) for p in checkpoint_dirs]
@@ -121,6 +129,7 @@ class ModelManager:
         self.lora_dirs = [Path(p) for p in lora_dirs]
         self.builtin_dirs = [Path(p) for p in builtin_dirs]
         self.segmentation_dirs = [Path(p) for p in segmentation_dirs or []]
+        self.embedding_dirs = [Path(p) for p in embedding_dirs or []]
         self.device = device
         self.dtype = dtype
         self.cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir(hash_cache_path)
@@ -136,6 +145,11 @@ class ModelManager:
         self._segmenters: list[SegmenterEntry] = []
         self._segmenter: LoadedSegmenter | None = None  # at most one loaded; they are small and rarely swapped
         self._lora_stacks: weakref.WeakKeyDictionary[torch.nn.Module, LoraStack] = weakref.WeakKeyDictionary()
+        self._embeddings: list[EmbeddingEntry] = []
+        self._embedding_pattern: re.Pattern[str] | None = None
+        self._embeddings_by_name: dict[str, EmbeddingEntry] = {}
+        # per checkpoint, keyed by its first text encoder: which embeddings it holds
+        self._embedding_states: weakref.WeakKeyDictionary[torch.nn.Module, EmbeddingState] = weakref.WeakKeyDictionary()
         self.lora_options: Callable[[], LoraOptions] = LoraOptions  # app.build reads them from the user settings
         self._idents: dict[tuple[str, int, int], Identification] = {}
         self._tokenizers: dict[str, Any] = {}
@@ -159,11 +173,13 @@ class ModelManager:
         vaes = self._scan_vaes()
         loras = self._scan_loras()
         segmenters = scan_segmenters(self.segmentation_dirs)
+        embeddings = scan_embeddings(self.embedding_dirs)
         with self._scan_lock:
             self._checkpoints = entries
             self._folders = [(e.path, self._identify(e.path, folder=True)) for e in folders]
             self._vaes, self._loras = vaes, loras
             self._segmenters = segmenters
+            self._set_embeddings(embeddings)
             self._scanned = True
 
     def _ensure_scanned(self) -> None:
@@ -344,6 +360,85 @@ class ModelManager:
         """The LoRA state of a loaded checkpoint (for tests and benchmarks), None before any LoRA was used."""
         denoiser = _denoiser_of(loaded.pipe)
         return self._lora_stacks.get(denoiser) if denoiser is not None else None
+
+    # ================================================================================== embeddings
+    def _set_embeddings(self, entries: list[EmbeddingEntry]) -> None:  # under _scan_lock
+        self._embeddings = entries
+        usable = [e for e in entries if e.usable]
+        self._embedding_pattern = word_pattern(e.name for e in usable)
+        self._embeddings_by_name = {}
+        for entry in usable:
+            self._embeddings_by_name.setdefault(entry.name.lower(), entry)
+
+    def embeddings(self) -> list[EmbeddingEntry]:
+        """Every file in the embeddings folders, usable or not (with the reason), by name."""
+        self._ensure_scanned()
+        with self._scan_lock:
+            return list(self._embeddings)
+
+    def refresh_embeddings(self) -> list[EmbeddingEntry]:
+        """Rescan only the embeddings folders."""
+        entries = scan_embeddings(self.embedding_dirs)
+        with self._scan_lock:
+            self._set_embeddings(entries)
+        return entries
+
+    def embeddings_in(self, text: str) -> list[EmbeddingEntry]:
+        """The usable embeddings whose names stand as words in `text` (any case), in order of first appearance."""
+        self._ensure_scanned()
+        with self._scan_lock:
+            pattern, by_name = self._embedding_pattern, self._embeddings_by_name
+        return [by_name[name] for name in names_in(text, pattern)]
+
+    def apply_embeddings(self, loaded: LoadedPipeline, entries: Sequence[EmbeddingEntry]) -> list[AppliedEmbedding]:
+        """Add these embeddings to the loaded checkpoint's text encoder(s) where they are not yet (every mode of the
+        checkpoint shares them) and return each with the placeholder tokens that stand for its name.
+
+        Families without CLIP text encoders take none (an empty list). Raises EmbeddingError, naming the
+        embedding and both widths, when one does not fit the model, or when its file cannot be read."""
+        if not entries or loaded.arch not in EMBEDDING_ARCHS:
+            return []
+        widths = encoder_widths(loaded.pipe, loaded.arch)
+        if not widths:
+            return []
+        for entry in entries:
+            check_fits(entry, widths, loaded.arch, loaded.entry.name)
+        applied = []
+        with self._lock:
+            slot = self._cache.get(loaded.entry.name)
+            if slot is None or not any(p is loaded.pipe for p in slot.all_pipes()):
+                slot = None
+            pipes = slot.all_pipes() if slot is not None else [loaded.pipe]
+            key = getattr(loaded.pipe, encoder_slots(loaded.pipe, loaded.arch)[0][1])
+            state = self._embedding_states.get(key)
+            for entry in entries:
+                try:
+                    sha = self.hashes.sha256(entry.path)
+                except OSError as exc:
+                    raise EmbeddingError(f"cannot read embedding {entry.name!r} ({entry.path}): "
+                                         f"{exc.strerror or exc}") from None
+                tokens = state.tokens.get(sha) if state is not None else None
+                if tokens is None:
+                    vectors = read_vectors(entry)
+                    if state is None:
+                        own_tokenizers(pipes, loaded.arch)
+                        state = self._embedding_states.setdefault(key, EmbeddingState())
+                    tokens = placeholder_tokens(sha, entry.vectors)
+                    with self._cache.hooks_lifted(slot):
+                        add_embedding(pipes, loaded.arch, vectors, tokens)
+                    state.tokens[sha] = tokens
+                    log.info("embedding %s (%d vectors) added to %s", entry.name, entry.vectors, loaded.entry.name)
+                applied.append(AppliedEmbedding(entry.name, sha[:SHORT_HASH_LENGTH], tokens))
+        return applied
+
+    def embedding_model(self) -> tuple[str, Arch, dict[int, int]] | None:
+        """The active checkpoint's name, family and text-encoder widths (what an embedding must match, see
+        `embeddings.encoder_widths`); None when no checkpoint is loaded."""
+        with self._lock:
+            slot = self._cache.active
+            if slot is None or slot.base is None:
+                return None
+            return slot.entry.name, slot.arch, encoder_widths(slot.base, slot.arch)
 
     def edit_checkpoints(self) -> list[CheckpointEntry]:
         """Checkpoints that run the "edit" mode: the built-in model and instruction-editing pipelines."""
