@@ -19,6 +19,8 @@ from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job
 from webui.extensions import PipelineCall, PipelineWrapper
+from webui.model_manager.embeddings import AppliedEmbedding, EmbeddingError
+from webui.model_manager.embeddings import expand as expand_embeddings
 from webui.model_manager.identify import Arch
 from webui.model_manager.errors import ModelNotFoundError
 from webui.model_manager.manager import AppliedLora, LoadedPipeline, LoraError, ModelManager
@@ -73,12 +75,15 @@ class ModeContext:
     upscalers: Upscalers | None = None  # hires fix upscales through these
     pipeline_wrappers: list[PipelineWrapper] = field(default_factory=list)  # extensions', around each pipeline call
     loras: list[AppliedLora] = field(default_factory=list)  # what the prompt's <lora:…> tags applied
+    embeddings: list[AppliedEmbedding] = field(default_factory=list)  # embeddings the prompts name, as loaded
 
     def load(self, request: GenerationRequest, mode: str) -> LoadedPipeline:
-        """The pipeline for this request and mode, with exactly the prompt's LoRAs active."""
+        """The pipeline for this request and mode, with exactly the prompt's LoRAs active and the embeddings its
+        prompts name added."""
         loaded = self.manager.get(request.checkpoint or self.default_checkpoint(), mode,
                                   None if request.vae in ("", "Automatic", "None") else request.vae)
         self.apply_loras(loaded, request)
+        self.apply_embeddings(loaded, request)
         loaded.pipe.scheduler = make_scheduler(request.sampler, loaded.arch, loaded.pipe.scheduler.config)
         return loaded
 
@@ -90,11 +95,31 @@ class ModeContext:
         except (ModelNotFoundError, LoraError) as exc:
             raise RequestError("prompt", str(exc)) from None
 
-    def lora_infotext(self) -> dict[str, Any]:
-        """`Lora hashes: "name: hash, …"` for the LoRAs this job used (nothing when none)."""
-        if not self.loras:
-            return {}
-        return {"Lora hashes": ", ".join(f"{lora.name}: {lora.short_hash}" for lora in self.loras)}
+    def apply_embeddings(self, loaded: LoadedPipeline, request: GenerationRequest) -> None:
+        """Add the textual-inversion embeddings whose names the prompt or negative prompt use as words (SD 1.x/2.x
+        and SDXL; other families read the name as plain text). One that does not fit the model is an error on
+        the field that names it."""
+        self.embeddings = []
+        found: dict[str, AppliedEmbedding] = {}
+        for field_name in ("prompt", "negative_prompt"):
+            text, _ = extract_loras(getattr(request, field_name))
+            try:
+                applied = self.manager.apply_embeddings(loaded, self.manager.embeddings_in(text))
+            except EmbeddingError as exc:
+                raise RequestError(field_name, str(exc)) from None
+            for embedding in applied:
+                found.setdefault(embedding.name, embedding)
+        self.embeddings = list(found.values())
+
+    def network_infotext(self) -> dict[str, Any]:
+        """`Lora hashes: "name: hash, …"` for the LoRAs this job used, `TI hashes: "name: hash, …"` for its
+        embeddings (nothing when none)."""
+        entries: dict[str, Any] = {}
+        if self.loras:
+            entries["Lora hashes"] = ", ".join(f"{lora.name}: {lora.short_hash}" for lora in self.loras)
+        if self.embeddings:
+            entries["TI hashes"] = ", ".join(f"{e.name}: {e.short_hash}" for e in self.embeddings)
+        return entries
 
     def call_pipeline(self, loaded: LoadedPipeline, request: GenerationRequest, task: str, **kwargs: Any) -> Any:
         """`loaded.pipe(**kwargs)`, run through the extensions' pipeline wrappers (the first registered outermost)."""
@@ -142,11 +167,15 @@ def sampler_used(request: GenerationRequest, arch: Arch) -> str:
     return resolve_sampler(request.sampler, arch)
 
 
-def prompt_kwargs(loaded: LoadedPipeline, request: GenerationRequest) -> dict[str, Any]:
-    """Prompt and guidance arguments in the form each model family's pipeline takes."""
+def prompt_kwargs(loaded: LoadedPipeline, request: GenerationRequest,
+                  embeddings: list[AppliedEmbedding] | None = None) -> dict[str, Any]:
+    """Prompt and guidance arguments in the form each model family's pipeline takes. `embeddings` (the context's,
+    after `load`) turn their names into their tokens for the CLIP families."""
     arch, pipe = loaded.arch, loaded.pipe
     prompt, _ = extract_loras(request.prompt)  # <lora:…> tags choose adapters; they are not text to encode
     negative, _ = extract_loras(request.negative_prompt)
+    if embeddings and arch in (Arch.SD1, Arch.SD2, Arch.SDXL):
+        prompt, negative = expand_embeddings(prompt, embeddings), expand_embeddings(negative, embeddings)
     if arch in (Arch.SD1, Arch.SD2):
         return {**encode_sd(pipe, prompt, negative, request.clip_skip), "guidance_scale": request.cfg_scale}
     if arch == Arch.SDXL:
@@ -174,7 +203,7 @@ def run_batches(ctx: ModeContext, request: GenerationRequest, loaded: LoadedPipe
         job.update(batch_index=batch, skip_requested=False)
         seeds = [first_seed + batch * request.batch_size + i for i in range(request.batch_size)]
         images = call(generators(seeds), request.batch_size)
-        entries = {**(extra or {}), **ctx.lora_infotext()}
+        entries = {**(extra or {}), **ctx.network_infotext()}
         results.extend(Generated(img, seed, dict(entries)) for img, seed in zip(images, seeds))
         if job.interrupt_requested:
             break

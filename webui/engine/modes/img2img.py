@@ -15,7 +15,7 @@ def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
 
     # 2. Load and encode.
     loaded = ctx.load(request, "img2img")
-    prompt_args = prompt_kwargs(loaded, request)
+    prompt_args = prompt_kwargs(loaded, request, ctx.embeddings)
     strength = request.denoising_strength
     schedule, run_strength = steps_for_strength(request.steps, strength)  # at least one step
     total = max(1, int(schedule * run_strength))

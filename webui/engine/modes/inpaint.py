@@ -56,7 +56,7 @@ def run(ctx: ModeContext, request: InpaintRequest) -> list[Generated]:
 
     # 3. Run the pipeline.
     loaded = ctx.load(request, "inpaint")
-    prompt_args = prompt_kwargs(loaded, request)
+    prompt_args = prompt_kwargs(loaded, request, ctx.embeddings)
     schedule, run_strength = steps_for_strength(request.steps, strength)  # at least one step
     total = max(1, int(schedule * run_strength))
 

@@ -20,7 +20,7 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
     extra = {"Sampler": sampler_used(request, loaded.arch)}
 
     # 2. Encode the prompt once for every batch.
-    prompt_args = prompt_kwargs(loaded, request)
+    prompt_args = prompt_kwargs(loaded, request, ctx.embeddings)
 
     def call(gens, batch_size):
         images = ctx.call_pipeline(loaded, request, "txt2img", **prompt_args, width=request.width,
@@ -68,8 +68,8 @@ def second_pass(ctx: ModeContext, request: Txt2ImgRequest, images: list[Image.Im
     steps = request.hr_second_pass_steps or request.steps
     steps, strength = steps_for_strength(steps, request.hr_denoising_strength)  # at least one step
     total = max(1, int(steps * strength))
-    out = ctx.call_pipeline(loaded, request, "img2img", **prompt_kwargs(loaded, request), image=upscaled,
-                            strength=strength, num_inference_steps=steps,
+    out = ctx.call_pipeline(loaded, request, "img2img", **prompt_kwargs(loaded, request, ctx.embeddings),
+                            image=upscaled, strength=strength, num_inference_steps=steps,
                             generator=[g.manual_seed(g.initial_seed()) for g in gens],
                             callback_on_step_end=ctx.callback(loaded.arch, total), output_type="pil")
     return out.images
