@@ -44,14 +44,14 @@ def test_listings(client, easel, esrgan):
     lora = easel.settings.models_dir / "Lora" / "tiny-style.safetensors"
     save_file({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight":
                torch.zeros(4, 768)}, str(lora))
-    (easel.settings.models_dir / "embeddings").mkdir(parents=True)
+    (easel.settings.models_dir / "embeddings").mkdir(parents=True, exist_ok=True)
     (easel.settings.models_dir / "embeddings" / "bad-hands.pt").write_bytes(b"\0")
     assert client.post("/sdapi/v1/refresh-loras").status_code == 200
     loras = client.get("/sdapi/v1/loras").json()
     assert [(x["name"], x["path"]) for x in loras] == [("tiny-style", str(lora))]
     assert loras[0]["metadata"]["ss_base_model_version"] == "sd1"
     embeddings = client.get("/sdapi/v1/embeddings").json()
-    assert embeddings["loaded"] == {} and "does not load" in embeddings["skipped"]["bad-hands"]["reason"]
+    assert embeddings["loaded"] == {} and "convert" in embeddings["skipped"]["bad-hands"]["reason"]
 
     memory = client.get("/sdapi/v1/memory").json()
     assert memory["ram"]["total"] > memory["ram"]["free"] > 0

@@ -2,8 +2,7 @@
 LoRAs, upscalers, API scripts, and the OpenAPI page.
 
 They shape Easel's own state into the JSON AUTOMATIC1111 answers with, so existing clients read it unchanged.
-Where Easel lacks a feature, the answer says so instead of pretending (embeddings are listed as skipped,
-with the reason).
+Where something cannot be used, the answer says why (an embedding listed as skipped carries its reason).
 """
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ from fastapi.responses import HTMLResponse
 
 log = logging.getLogger(__name__)
 
-EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors")
 LATENT_UPSCALE_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
                         "Latent (nearest)", "Latent (nearest-exact)")
 
@@ -55,19 +53,32 @@ def memory_info(report: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-def embeddings_info(folders: list[Path]) -> dict[str, Any]:
-    """AUTOMATIC1111's /embeddings. Easel does not load textual-inversion embeddings, so every file found in the
-    embeddings folders is listed under "skipped", with the reason."""
+def embeddings_info(entries: list[Any], model: tuple[str, Any, dict[int, int]] | None) -> dict[str, Any]:
+    """AUTOMATIC1111's /embeddings. "loaded": the embeddings usable with the current model (every readable one when
+    no model is loaded yet); "skipped": the rest, each with the reason (a pickle file, an unreadable layout, a
+    width the current model's text encoder does not take, or a model family that takes no embeddings)."""
+    from webui.model_manager.embeddings import EMBEDDING_ARCHS, EmbeddingError, check_fits
+
+    loaded: dict[str, Any] = {}
     skipped: dict[str, Any] = {}
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() in EMBEDDING_SUFFIXES and path.is_file() and not path.name.startswith("."):
-                skipped.setdefault(path.stem, {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
-                                               "shape": None, "vectors": 0, "filename": str(path),
-                                               "reason": "Easel does not load textual-inversion embeddings"})
-    return {"loaded": {}, "skipped": skipped}
+    for entry in entries:
+        item = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": entry.shape,
+                "vectors": entry.vectors}
+        reason = entry.reason
+        if not reason and model is not None:
+            name, arch, widths = model
+            if arch not in EMBEDDING_ARCHS or not widths:
+                reason = f"the current model {name} ({getattr(arch, 'value', arch)}) does not use embeddings"
+            else:
+                try:
+                    check_fits(entry, widths, arch, name)
+                except EmbeddingError as exc:
+                    reason = str(exc)
+        if reason:
+            skipped[entry.name] = {**item, "reason": reason}
+        else:
+            loaded[entry.name] = item
+    return {"loaded": loaded, "skipped": skipped}
 
 
 def lora_info(entries: list[Any]) -> list[dict[str, Any]]:

@@ -700,6 +700,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
             "enable_insecure_extension_access": settings.enable_insecure_extension_access,
             "esrgan_models_path": [str(p) for p in settings.esrgan_dirs],
             "controlnet_dir": [str(p) for p in settings.controlnet_dirs],
+            "embeddings_dir": [str(p) for p in settings.embedding_dirs],
         }
 
     # Progress and control ------------------------------------------------------------------------------
@@ -751,7 +752,11 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
 
     @router.get("/embeddings")
     def embeddings() -> dict[str, Any]:
-        return embeddings_info([settings.models_dir / "embeddings"])
+        return embeddings_info(manager.embeddings(), manager.embedding_model())
+
+    @router.post("/refresh-embeddings")
+    def refresh_embeddings() -> None:
+        manager.refresh_embeddings()
 
     @router.get("/memory")
     def memory() -> dict[str, Any]:
