@@ -239,6 +239,12 @@ def test_api_lists_what_fits_the_current_model(easel, tmp_path) -> None:
         assert listed["skipped"]["xlstyle"]["vectors"] == 2
         assert "64 wide" in listed["skipped"]["wide"]["reason"]
 
+        response = client.post("/sdapi/v1/txt2img", json={"prompt": "a (wide:1.1) cube", **SMALL})
+        assert response.status_code == 422 and response.json()["field"] == "prompt"
+        assert "'wide'" in response.json()["detail"]
+        response = client.post("/sdapi/v1/txt2img", json={"prompt": "a red cube", "negative_prompt": "duo", **SMALL})
+        assert response.status_code == 200 and "TI hashes" in response.json()["info"]
+
         write(easel.settings.models_dir / "embeddings" / "late.safetensors", {"emb_params": vectors(4, SD1_WIDTH, 7)})
         assert client.post("/sdapi/v1/refresh-embeddings").status_code == 200
         assert client.get("/sdapi/v1/embeddings").json()["loaded"]["late"]["vectors"] == 4
