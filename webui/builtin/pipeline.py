@@ -33,11 +33,16 @@ from webui.builtin.text import EaselTextEncoder
 
 logger = logging.getLogger(__name__)
 
-ImageInput = Image.Image | np.ndarray | torch.Tensor
+ImageInput = Image.Image | np.ndarray | torch.Tensor | list | tuple
 
 
 def image_to_tensor(image: ImageInput, height: int, width: int) -> torch.Tensor:
-    """PIL / uint8 or [0,1] float HWC array / [0,1] tensor ([3,H,W] or [B,3,H,W]) -> [B,3,height,width] in [-1,1]."""
+    """PIL / uint8 or [0,1] float HWC array / [0,1] tensor ([3,H,W] or [B,3,H,W]), or a list of them (one per
+    image, as diffusers pipelines take) -> [B,3,height,width] in [-1,1]."""
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise ValueError("expected at least one image, got an empty list")
+        return torch.cat([image_to_tensor(item, height, width) for item in image], dim=0)
     if isinstance(image, Image.Image):
         image = image.convert("RGB")
         if image.size != (width, height):
@@ -60,8 +65,21 @@ def image_to_tensor(image: ImageInput, height: int, width: int) -> torch.Tensor:
     return x * 2.0 - 1.0  # [B,3,H,W] in [-1,1]
 
 
+def _input_batch(image: ImageInput | None) -> int:
+    """How many images an image argument holds (1 for a single image or none)."""
+    if isinstance(image, (list, tuple)):
+        return len(image)
+    if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
+        return int(image.shape[0])
+    return 1
+
+
 def mask_to_tensor(mask: ImageInput, height: int, width: int) -> torch.Tensor:
-    """A mask (white/1 = repaint) -> binary float [B,1,height,width]."""
+    """A mask (white/1 = repaint), or a list of masks -> binary float [B,1,height,width]."""
+    if isinstance(mask, (list, tuple)):
+        if not mask:
+            raise ValueError("expected at least one mask, got an empty list")
+        return torch.cat([mask_to_tensor(item, height, width) for item in mask], dim=0)
     if isinstance(mask, Image.Image):
         mask = np.asarray(mask.convert("L").resize((width, height), Image.Resampling.NEAREST))
     if isinstance(mask, np.ndarray):
@@ -304,6 +322,9 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
         self.check_inputs(height, width, strength, image, mask_image, source_image, num_inference_steps,
                           tensor_inputs)
         prompts = self._as_list(prompt)
+        n_inputs = _input_batch(image if image is not None else source_image)
+        if len(prompts) == 1 and n_inputs > 1:  # one prompt for a batch of input images, as diffusers takes it
+            prompts = prompts * n_inputs
         negatives = self._as_list(negative_prompt, len(prompts), "negative_prompt")
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
