@@ -35,7 +35,10 @@ from webui.builtin import data as D
 logger = logging.getLogger(__name__)
 
 TEXT_DROP = 0.1
-T_MEAN, T_STD = 0.8, 0.8  # logit-normal t, leaning to noise as in JiT (t = 1 is pure noise)
+# t ~ logit-normal(mean, std) (t = 1 is pure noise). JiT leans to noise (its mean corresponds to 0.8 here); flat
+# shapes with sharp edges and img2img at low strength need the low-noise end too, which (0.8, 0.8) reaches in only
+# 2% of draws (t < 0.3), so Easel uses SD3's (0, 1): 20% below 0.3.
+T_MEAN, T_STD = 0.0, 1.0
 T_HIGH = 0.05  # share of t drawn from U(0.9, 1): sampling starts at pure noise, which the logit-normal rarely reaches
 MIN_T = 0.05
 REPO = Path(__file__).resolve().parents[2]
@@ -113,12 +116,13 @@ def build_net(args: argparse.Namespace) -> Net:
 
 
 def diffusion_loss(net: Net, prompts: list[str], target: torch.Tensor, source: torch.Tensor | None,
-                   gen: torch.Generator, device: torch.device) -> torch.Tensor:
+                   gen: torch.Generator, device: torch.device, t_mean: float = T_MEAN, t_std: float = T_STD
+                   ) -> torch.Tensor:
     """Mean squared velocity error of the x0 prediction for one group of examples."""
     B = target.shape[0]
     x0 = target.to(device)  # [B,3,H,W]
     eps = torch.randn(x0.shape, generator=gen).to(device)  # [B,3,H,W]
-    t = torch.sigmoid(torch.randn(B, generator=gen) * T_STD + T_MEAN)  # [B]
+    t = torch.sigmoid(torch.randn(B, generator=gen) * t_std + t_mean)  # [B]
     high = torch.rand(B, generator=gen) < T_HIGH  # [B]
     t = torch.where(high, 0.9 + 0.1 * torch.rand(B, generator=gen), t).to(device)  # [B]
     tb = t[:, None, None, None]  # [B,1,1,1]
@@ -202,6 +206,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "machine shared with other work)")
     p.add_argument("--save-minutes", type=float, default=5.0)
     p.add_argument("--export-minutes", type=float, default=10.0)
+    p.add_argument("--t-mean", type=float, default=T_MEAN, help="mean of the logit-normal noise level")
+    p.add_argument("--t-std", type=float, default=T_STD, help="spread of the logit-normal noise level")
     p.add_argument("--cooldown", type=float, default=0.2,
                    help="fraction of --hours at the end over which the learning rate falls linearly to 5%%")
     p.add_argument("--resume-from-weights", type=Path, default=None,
@@ -298,11 +304,12 @@ def main(argv: list[str] | None = None) -> int:
         with autocast:
             losses, weights = [], []
             if batch.gen_target.shape[0]:
-                losses.append(diffusion_loss(net, batch.gen_prompts, batch.gen_target, None, gen, device))
+                losses.append(diffusion_loss(net, batch.gen_prompts, batch.gen_target, None, gen, device,
+                                             args.t_mean, args.t_std))
                 weights.append(batch.gen_target.shape[0])
             if batch.cond_target.shape[0]:
                 losses.append(diffusion_loss(net, batch.cond_prompts, batch.cond_target, batch.cond_source, gen,
-                                             device))
+                                             device, args.t_mean, args.t_std))
                 weights.append(batch.cond_target.shape[0])
             loss = sum(l * w for l, w in zip(losses, weights)) / sum(weights)
         opt.zero_grad(set_to_none=True)
