@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,24 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
     return easel
 
 
+LOCAL_CHECK_SECONDS = 60
+
+
+def local_url_answers(url: str, timeout: float = LOCAL_CHECK_SECONDS) -> bool:
+    """True once the UI's own address answers (any HTTP status: a login page counts)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.head(url, timeout=max(1.0, deadline - time.monotonic()), trust_env=False)
+            return True
+        except httpx.HTTPError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+
+
 def create_server(easel: Easel, block: bool = True) -> tuple[Any, str]:
     """Start the UI (and API) or the API alone; return (FastAPI app, local URL).
 
@@ -224,10 +243,15 @@ def create_server(easel: Easel, block: bool = True) -> tuple[Any, str]:
 
     blocks = create_ui(easel)
     unreachable = share_server_problem() if settings.share else None
+    # Gradio's own "is localhost reachable" check gives the page 3 s and otherwise refuses to start; on a busy
+    # 2-core machine the first render of Easel's UI can take longer, so Easel checks with more patience itself.
     app, local_url, share_url = blocks.launch(server_name=host, server_port=settings.port,
                                               share=settings.share and unreachable is None,
-                                              prevent_thread_lock=True, **login_kwargs(easel),
+                                              prevent_thread_lock=True, _frontend=False, **login_kwargs(easel),
                                               **launch_kwargs(easel))
+    if not local_url_answers(local_url):
+        log.warning("Easel's page at %s did not answer within %d s; if the browser cannot open it, check proxy "
+                    "settings (localhost must not go through a proxy)", local_url, LOCAL_CHECK_SECONDS)
     if settings.api:
         from webui.api.routes import create_api
 
