@@ -19,7 +19,7 @@ from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job
 from webui.extensions import PipelineCall, PipelineWrapper
-from webui.model_manager.embeddings import AppliedEmbedding, EmbeddingError
+from webui.model_manager.embeddings import EMBEDDING_ARCHS, AppliedEmbedding, EmbeddingError
 from webui.model_manager.embeddings import expand as expand_embeddings
 from webui.model_manager.identify import Arch
 from webui.model_manager.errors import ModelNotFoundError
@@ -174,7 +174,7 @@ def prompt_kwargs(loaded: LoadedPipeline, request: GenerationRequest,
     arch, pipe = loaded.arch, loaded.pipe
     prompt, _ = extract_loras(request.prompt)  # <lora:…> tags choose adapters; they are not text to encode
     negative, _ = extract_loras(request.negative_prompt)
-    if embeddings and arch in (Arch.SD1, Arch.SD2, Arch.SDXL):
+    if embeddings and arch in EMBEDDING_ARCHS:
         prompt, negative = expand_embeddings(prompt, embeddings), expand_embeddings(negative, embeddings)
     if arch in (Arch.SD1, Arch.SD2):
         return {**encode_sd(pipe, prompt, negative, request.clip_skip), "guidance_scale": request.cfg_scale}

@@ -256,15 +256,7 @@ def without_tracebacks(exc: BaseException) -> BaseException:
 
 
 def release_memory(collect: bool = True) -> None:
-    """Return cached accelerator memory to the driver; with `collect`, first free unreachable cycles too."""
-    import gc
+    """The model manager's `release_memory`, imported when first needed (this module imports no torch)."""
+    from webui.model_manager.cache import release_memory as release
 
-    if collect:
-        gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
+    release(collect)
