@@ -93,6 +93,11 @@ class Easel:
             return ""
         return template_for("EaselPipeline" if self.arch_of(model) == Arch.EASEL else "")
 
+    def default_cfg(self, checkpoint: str | None = None) -> float:
+        """The CFG scale a model family is meant to run at: 4 for the built-in model, AUTOMATIC1111's 7 otherwise."""
+        arch = self.arch_of(checkpoint or self.default_checkpoint())
+        return 4.0 if arch == Arch.EASEL else 7.0
+
     def default_size(self, checkpoint: str | None = None) -> int:
         arch = self.arch_of(checkpoint or self.default_checkpoint())
         return {Arch.EASEL: 64, Arch.SD1: 512, Arch.SD2: 768}.get(arch, 1024) if arch else 512

@@ -123,6 +123,9 @@ class StubEasel:
     def default_size(self, checkpoint: str | None = None) -> int:
         return 64 if self._arch(checkpoint or self.default_checkpoint()) == "easel" else 512
 
+    def default_cfg(self, checkpoint: str | None = None) -> float:
+        return 4.0 if self._arch(checkpoint or self.default_checkpoint()) == "easel" else 7.0
+
     def segment_model_choices(self) -> list[str]:
         return [e.name for e in self.manager.edit_checkpoints()]
 

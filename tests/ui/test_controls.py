@@ -43,6 +43,28 @@ def test_default_controls_build_the_declared_defaults(built_ui, mode: str) -> No
     assert request.sampler == "Euler a"
 
 
+def _pick_handler(blocks, ui):
+    """The function Gradio runs when the user picks a checkpoint in the dropdown."""
+    for fn in blocks.fns.values():
+        if any(target == (ui.checkpoint._id, "input") for target in fn.targets):
+            return fn.fn
+    raise AssertionError("no handler for picking a checkpoint")
+
+
+def test_picking_a_model_of_another_family_sets_its_size_and_cfg(built_ui) -> None:
+    blocks, ui = built_ui
+    n_tabs = len(ui.generation)
+    assert ui.generation["txt2img"].controls["cfg_scale"].value == 7.0  # tiny-sd1 is the default
+    on_pick = _pick_handler(blocks, ui)
+    out = on_pick("easel-shapes", "tiny-sd1")  # widths and heights, CFG scales, then the remembered checkpoint
+    sizes, cfgs, remembered = out[:2 * n_tabs], out[2 * n_tabs:3 * n_tabs], out[-1]
+    assert sizes == [64] * (2 * n_tabs) and cfgs == [4.0] * n_tabs and remembered == "easel-shapes"
+    out = on_pick("tiny-sd1", "easel-shapes")
+    assert out[:2 * n_tabs] == [512] * (2 * n_tabs) and out[2 * n_tabs:3 * n_tabs] == [7.0] * n_tabs
+    out = on_pick("tiny-sd1", "tiny-sd1")  # same family: what the user set stays
+    assert all(v == gr.skip() for v in out[:-1]) and out[-1] == "tiny-sd1"
+
+
 def test_every_declared_field_has_a_control(built_ui) -> None:
     _, ui = built_ui
     for mode, tab in ui.generation.items():

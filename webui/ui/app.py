@@ -95,6 +95,7 @@ def wire_header(ui: UIContext, refresh: Any) -> None:
     tabs = list(ui.generation.values())
     samplers = [tab.controls["sampler"] for tab in tabs]
     sizes = [tab.controls[side] for tab in tabs for side in ("width", "height")]
+    cfgs = [tab.controls["cfg_scale"] for tab in tabs]
 
     @guard
     def on_refresh(current: str | None) -> tuple[Any, Any]:
@@ -115,14 +116,15 @@ def wire_header(ui: UIContext, refresh: Any) -> None:
 
     @guard
     def on_pick(checkpoint: str | None, sized_for: str | None) -> list[Any]:
-        size = easel.default_size(checkpoint)
-        if sized_for and size == easel.default_size(sized_for):
-            return [gr.skip()] * len(sizes) + [checkpoint]  # same family size: keep what the user set
-        return [size] * len(sizes) + [checkpoint]
+        size, cfg = easel.default_size(checkpoint), easel.default_cfg(checkpoint)
+        same_size = bool(sized_for) and size == easel.default_size(sized_for)
+        same_cfg = bool(sized_for) and cfg == easel.default_cfg(sized_for)
+        return ([gr.skip() if same_size else size] * len(sizes)  # same family default: keep what the user set
+                + [gr.skip() if same_cfg else cfg] * len(cfgs) + [checkpoint])
 
-    # Only a user's pick resets the sizes (and only when the model's native size differs); "Send to" sets
-    # the checkpoint together with its own size.
-    ui.checkpoint.input(on_pick, inputs=[ui.checkpoint, ui.sized_for], outputs=[*sizes, ui.sized_for],
+    # Only a user's pick resets the sizes and CFG scales (and only when the model's defaults differ); "Send to"
+    # sets the checkpoint together with its own values.
+    ui.checkpoint.input(on_pick, inputs=[ui.checkpoint, ui.sized_for], outputs=[*sizes, *cfgs, ui.sized_for],
                         show_progress="hidden")
 
 

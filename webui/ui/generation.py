@@ -131,7 +131,8 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                 controls.add(field_control(request_cls, "batch_count", limits, min_width=140))
                 controls.add(field_control(request_cls, "batch_size", limits, min_width=140))
             with gr.Row():
-                controls.add(field_control(request_cls, "cfg_scale", limits, min_width=140))
+                controls.add(field_control(request_cls, "cfg_scale", limits, value=easel.default_cfg(checkpoint),
+                                           min_width=140))
                 controls.add(field_control(request_cls, "clip_skip", limits, min_width=140))
             with gr.Row(elem_classes="easel-seed-row"):
                 seed = controls.add(field_control(request_cls, "seed", limits, kind="number", min_width=120, scale=4))
