@@ -39,3 +39,28 @@ def test_source_residual_makes_an_untrained_edit_a_copy() -> None:
         assert torch.count_nonzero(m(x, t, text, mask)) == 0
         plain = EaselTransformer(**kwargs).eval()
         assert torch.count_nonzero(plain(x, t, text, mask, source)) == 0
+
+
+def test_pixel_decoder_starts_as_no_change_and_learns_a_correction() -> None:
+    """A fresh pixel decoder returns the transformer's prediction exactly (so it can be added to trained
+    weights); one optimiser step on an error makes it change the prediction."""
+    kwargs = dict(patch_size=8, hidden_size=32, depth=1, num_heads=2, bottleneck=8, text_dim=16)
+    torch.manual_seed(0)
+    plain = EaselTransformer(**kwargs)
+    with torch.no_grad():
+        plain.head.weight.normal_(std=0.1)  # a "trained" head with a non-zero output
+    decoded = EaselTransformer(pixel_decoder=8, **kwargs)
+    missing, unexpected = decoded.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("decoder.") for k in missing)
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([0.2, 0.8])
+    text, mask = torch.randn(2, 4, 16), torch.ones(2, 4, dtype=torch.bool)
+    source = torch.rand(2, 4, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(decoded(x, t, text, mask), plain(x, t, text, mask))
+        assert torch.equal(decoded(x, t, text, mask, source), plain(x, t, text, mask, source))
+    opt = torch.optim.SGD(decoded.decoder.parameters(), lr=0.1)
+    loss = (decoded(x, t, text, mask) - x).pow(2).mean()
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        assert not torch.equal(decoded(x, t, text, mask), plain(x, t, text, mask))

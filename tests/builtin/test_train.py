@@ -35,3 +35,21 @@ def test_train_exports_and_resumes(tmp_path: Path) -> None:
     assert train.main(["--out", str(tmp_path / "out2"), "--state-dir", str(fresh), "--max-steps", "4",
                        "--resume-from-weights", str(out), *TINY]) == 0
     assert json.loads((tmp_path / "out2" / "training.json").read_text())["step"] == 4
+
+
+def test_resume_from_weights_without_a_pixel_decoder_adds_one(tmp_path: Path) -> None:
+    """Weights trained without the decoder continue with one; the architecture comes from the weights' config."""
+    from webui.builtin.pipeline import EaselPipeline
+
+    old = tmp_path / "old"
+    assert train.main(["--out", str(old), "--state-dir", str(tmp_path / "s1"), "--max-steps", "1",
+                       "--pixel-decoder", "0", *TINY]) == 0
+    assert EaselPipeline.from_pretrained(str(old)).transformer.decoder is None
+    new = tmp_path / "new"
+    assert train.main(["--out", str(new), "--state-dir", str(tmp_path / "s2"), "--max-steps", "2",
+                       "--resume-from-weights", str(old), "--hidden", "64", "--pixel-decoder", "4",
+                       *TINY[2:]]) == 0
+    pipe = EaselPipeline.from_pretrained(str(new))
+    assert pipe.transformer.config.hidden_size == 32 and pipe.transformer.config.pixel_decoder == 4
+    hparams = json.loads((new / "training.json").read_text())["hparams"]
+    assert hparams["hidden"] == 32 and hparams["pixel_decoder"] == 4

@@ -6,6 +6,12 @@ sequence with adaLN-Zero modulation from the timestep (plus pooled text). Image 
 rotary positions (the same grid for both; a learned type embedding tells them apart); text tokens carry none
 (the text encoder already placed them). Patches enter through a bottleneck linear embedding and the head
 predicts x0 patches, as in JiT ("Back to Basics: Let Denoising Generative Models Denoise", arXiv 2511.13720).
+
+An optional pixel decoder (`pixel_decoder` = its channels; 0 = none) refines that prediction at full resolution:
+three 3x3 convolutions over the transformer's x0, the noisy input and the source, modulated by the conditioning
+vector, add a correction. A patch head alone draws soft edges inside its 8x8 patches; the decoder can place an
+edge where the noisy input shows one (low noise) and leaves the transformer's answer where the input is noise. Its
+last layer starts at zero, so adding it to trained weights changes nothing until it is trained.
 """
 
 from __future__ import annotations
@@ -79,6 +85,32 @@ class Block(nn.Module):
         return x
 
 
+class PixelDecoder(nn.Module):
+    """Full-resolution refinement of an x0 prediction: [x0, x_t, source] -> x0 + correction (zero at init)."""
+
+    def __init__(self, channels: int, cond_dim: int, in_channels: int = 3, source_channels: int = 4) -> None:
+        super().__init__()
+        self.source_channels = source_channels
+        self.conv_in = nn.Conv2d(2 * in_channels + source_channels, channels, 3, padding=1)
+        self.film = nn.Linear(cond_dim, 2 * channels)
+        self.conv_mid = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(channels, in_channels, 3, padding=1)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x0: torch.Tensor, x_t: torch.Tensor, source: torch.Tensor | None, c: torch.Tensor
+                ) -> torch.Tensor:
+        if source is None:
+            source = x0.new_zeros(x0.shape[0], self.source_channels, *x0.shape[2:])  # [B,4,H,W]
+        h = self.conv_in(torch.cat([x0, x_t.to(x0.dtype), source.to(x0.dtype)], dim=1))  # [B,C,H,W]
+        scale, shift = self.film(F.silu(c)).chunk(2, dim=-1)  # [B,C] each
+        h = F.silu(h * (1 + scale[:, :, None, None]) + shift[:, :, None, None])  # [B,C,H,W]
+        h = F.silu(self.conv_mid(h))  # [B,C,H,W]
+        return x0 + self.conv_out(h)  # [B,3,H,W]
+
+
 class EaselTransformer(ModelMixin, ConfigMixin):
     """forward(x_t [B,3,H,W], t [B] in [0,1] (1 = noise), text [B,L,text_dim], text_mask [B,L] bool,
     source [B,4,H,W] | None) -> x0 prediction [B,3,H,W]. H and W must be multiples of `patch_size`."""
@@ -86,7 +118,8 @@ class EaselTransformer(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, sample_size: int = 64, patch_size: int = 8, in_channels: int = 3, source_channels: int = 4,
                  hidden_size: int = 256, depth: int = 8, num_heads: int = 4, mlp_ratio: float = 4.0,
-                 bottleneck: int = 32, text_dim: int = 256, source_residual: bool = False) -> None:
+                 bottleneck: int = 32, text_dim: int = 256, source_residual: bool = False,
+                 pixel_decoder: int = 0) -> None:
         super().__init__()
         p, D = patch_size, hidden_size
         self.patch_in = nn.Sequential(nn.Linear(in_channels * p * p, bottleneck, bias=False), nn.Linear(bottleneck, D))
@@ -100,6 +133,7 @@ class EaselTransformer(ModelMixin, ConfigMixin):
         self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(D, 2 * D)
         self.head = nn.Linear(D, in_channels * p * p)
+        self.decoder = PixelDecoder(pixel_decoder, D, in_channels, source_channels) if pixel_decoder else None
         nn.init.normal_(self.type_embed, std=0.02)
         for m in (self.ada_out, self.head):
             nn.init.zeros_(m.weight)
@@ -151,4 +185,6 @@ class EaselTransformer(ModelMixin, ConfigMixin):
         x0 = self.unpatchify(out, H, W)  # [B,3,H,W]
         if source is not None and self.config.source_residual:
             x0 = x0 + source[:, :3].to(x0.dtype)  # edits predict the change to the source; copying is free
+        if self.decoder is not None:
+            x0 = self.decoder(x0, x_t, source, c)  # [B,3,H,W]
         return x0

@@ -111,7 +111,8 @@ def build_net(args: argparse.Namespace) -> Net:
                                     num_heads=args.heads)
     transformer = EaselTransformer(sample_size=D.SIZE, patch_size=args.patch, hidden_size=args.hidden,
                                    depth=args.depth, num_heads=args.heads, bottleneck=args.bottleneck,
-                                   text_dim=args.text_dim, source_residual=args.source_residual)
+                                   text_dim=args.text_dim, source_residual=args.source_residual,
+                                   pixel_decoder=args.pixel_decoder)
     return Net(transformer, text_encoder)
 
 
@@ -197,6 +198,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--text-depth", type=int, default=2)
     p.add_argument("--source-residual", action=argparse.BooleanOptionalAction, default=True,
                    help="add the source image to the prediction when editing, so the network learns the change")
+    p.add_argument("--pixel-decoder", type=int, default=32,
+                   help="channels of the full-resolution convolutional refinement of the x0 prediction (0 = none)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0 = in-process)")
     p.add_argument("--device", default="cpu")
@@ -226,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     state_path = args.state_dir / "state.pt"
-    hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
     net = build_net(args)
     step, elapsed = 0, 0.0
@@ -237,19 +239,32 @@ def main(argv: list[str] | None = None) -> int:
         for k in ("hidden", "depth", "heads", "patch", "bottleneck", "text_dim", "text_depth", "batch_size"):
             setattr(args, k.replace("-", "_"), arch[k])
         args.source_residual = arch.get("source_residual", args.source_residual)  # a state saved before this option existed: the command line decides
+        args.pixel_decoder = arch.get("pixel_decoder", 0)
         net = build_net(args)
         net.load_state_dict(state["net"])
     elif args.resume_from_weights is not None:
         from webui.builtin.pipeline import EaselPipeline
 
         pipe = EaselPipeline.from_pretrained(str(args.resume_from_weights))
-        net = Net(pipe.transformer.float(), pipe.text_encoder.float())
+        config = pipe.transformer.config
+        for k, name in (("hidden", "hidden_size"), ("depth", "depth"), ("heads", "num_heads"), ("patch", "patch_size"),
+                        ("bottleneck", "bottleneck"), ("text_dim", "text_dim"), ("source_residual", "source_residual")):
+            setattr(args, k, config[name])
+        if config.get("pixel_decoder", 0) and config["pixel_decoder"] != args.pixel_decoder:
+            args.pixel_decoder = config["pixel_decoder"]
+        net = build_net(args)  # may add a pixel decoder the weights lack: it starts at zero, so nothing changes
+        missing, unexpected = net.transformer.load_state_dict(pipe.transformer.float().state_dict(), strict=False)
+        if unexpected or any(not k.startswith("decoder.") for k in missing):
+            raise ValueError(f"{args.resume_from_weights} does not match: missing {missing}, unexpected {unexpected}")
+        net.text_encoder = pipe.text_encoder.float()
+        args.text_depth = pipe.text_encoder.config.depth
         info_path = args.resume_from_weights / "training.json"
         if info_path.exists():
             info = json.loads(info_path.read_text())
             step, elapsed = int(info.get("step", 0)), float(info.get("elapsed_s", 0.0))
         warm_from = step
         logger.info("starting from the weights in %s (step %d), fresh optimizer", args.resume_from_weights, step)
+    hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}  # as trained
     net.to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
