@@ -9,9 +9,8 @@ predicts x0 patches, as in JiT ("Back to Basics: Let Denoising Generative Models
 
 An optional pixel decoder (`pixel_decoder` = its channels; 0 = none) refines that prediction at full resolution:
 three 3x3 convolutions over the transformer's x0, the noisy input and the source, modulated by the conditioning
-vector, add a correction. A patch head alone draws soft edges inside its 8x8 patches; the decoder can place an
-edge where the noisy input shows one (low noise) and leaves the transformer's answer where the input is noise. Its
-last layer starts at zero, so adding it to trained weights changes nothing until it is trained.
+vector, add a correction: meant to place an edge where the noisy input shows one, which an 8x8 patch head draws
+softly. Its last layer starts at zero, so adding it to trained weights changes nothing until it is trained.
 """
 
 from __future__ import annotations

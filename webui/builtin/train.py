@@ -198,8 +198,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--text-depth", type=int, default=2)
     p.add_argument("--source-residual", action=argparse.BooleanOptionalAction, default=True,
                    help="add the source image to the prediction when editing, so the network learns the change")
-    p.add_argument("--pixel-decoder", type=int, default=32,
-                   help="channels of the full-resolution convolutional refinement of the x0 prediction (0 = none)")
+    p.add_argument("--pixel-decoder", type=int, default=0,
+                   help="channels of a full-resolution convolutional refinement of the x0 prediction (0 = none; "
+                        "an experiment, see models/builtin/README.md)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0 = in-process)")
     p.add_argument("--device", default="cpu")
