@@ -251,8 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, name in (("hidden", "hidden_size"), ("depth", "depth"), ("heads", "num_heads"), ("patch", "patch_size"),
                         ("bottleneck", "bottleneck"), ("text_dim", "text_dim"), ("source_residual", "source_residual")):
             setattr(args, k, config[name])
-        if config.get("pixel_decoder", 0) and config["pixel_decoder"] != args.pixel_decoder:
-            args.pixel_decoder = config["pixel_decoder"]
+        args.pixel_decoder = config.get("pixel_decoder", 0) or args.pixel_decoder  # the weights' own, if they have one
         net = build_net(args)  # may add a pixel decoder the weights lack: it starts at zero, so nothing changes
         missing, unexpected = net.transformer.load_state_dict(pipe.transformer.float().state_dict(), strict=False)
         if unexpected or any(not k.startswith("decoder.") for k in missing):

@@ -36,7 +36,7 @@ class UIContext:
     easel: "Easel"
     tabs: Any = None  # gr.Tabs
     checkpoint: Any = None  # gr.Dropdown at the top
-    sized_for: Any = None  # gr.State: the checkpoint whose default size the size controls were last set for
+    sized_for: Any = None  # gr.State: the checkpoint whose defaults (size, CFG) the controls were last set for
     vae: Any = None
     generation: dict[str, GenerationTab] = field(default_factory=dict)
     segment_image: Any = None  # the Segment tab's image input, when that tab is built ("Send to Segment")
