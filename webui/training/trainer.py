@@ -233,14 +233,12 @@ class EaselObjective(Objective):
     """The built-in model: x0 prediction in pixel space, loss on the implied velocity (webui/builtin/train.py)."""
 
     def loss(self, pixels: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
-        from webui.builtin.train import MIN_T, T_HIGH, T_MEAN, T_STD
+        from webui.builtin.train import sample_t, velocity_loss
 
         B = pixels.shape[0]
         x0 = pixels.to(self.device)  # [B,3,H,W] in [-1,1]
         eps = torch.randn(x0.shape, generator=gen).to(self.device)  # [B,3,H,W]
-        t = torch.sigmoid(torch.randn(B, generator=gen) * T_STD + T_MEAN)  # [B]
-        high = torch.rand(B, generator=gen) < T_HIGH  # [B]
-        t = torch.where(high, 0.9 + 0.1 * torch.rand(B, generator=gen), t).to(self.device)  # [B]
+        t = sample_t(B, gen).to(self.device)  # [B]
         tb = t[:, None, None, None]  # [B,1,1,1]
         x_t = (1.0 - tb) * x0 + tb * eps  # [B,3,H,W]
         encoder = self.pipe.text_encoder
@@ -250,8 +248,7 @@ class EaselObjective(Objective):
         with torch.no_grad():
             text = encoder(ids.to(self.device), mask.to(self.device))  # [B,L8,dim]
         x0_hat = self.denoiser(x_t, t, text, mask.to(self.device))  # [B,3,H,W]
-        v_hat = (x_t - x0_hat.float()) / tb.clamp(min=MIN_T)  # [B,3,H,W]
-        return F.mse_loss(v_hat, eps - x0)
+        return velocity_loss(x0_hat, x0, t)
 
 
 class StableDiffusionObjective(Objective):
