@@ -29,6 +29,7 @@ def test_train_exports_and_resumes(tmp_path: Path) -> None:
     assert train.main(["--out", str(out), "--state-dir", str(state), "--max-steps", "3", *TINY]) == 0
     assert json.loads((out / "training.json").read_text())["step"] == 3
     pipe = EaselPipeline.from_pretrained(str(out))
+    assert pipe.scheduler.config.shift == train.SAMPLE_SHIFT
     pipe.set_progress_bar_config(disable=True)
     assert pipe("a red circle", num_inference_steps=2).images[0].size == (64, 64)
     fresh = tmp_path / "fresh-state"
@@ -72,4 +73,57 @@ def test_velocity_loss_is_the_x0_error_over_the_clamped_t() -> None:
         assert abs(float(train.velocity_loss(x0 + 0.01, x0, tt, min_t=0.1)) - expected) < 1e-6 * max(1, expected)
     samples = train.sample_t(20_000, torch.Generator().manual_seed(1))
     assert 0 < float(samples.min()) and float(samples.max()) < 1
-    assert 0.05 < float((samples < 0.3).float().mean()) < 0.15  # T_MEAN 0.5, T_STD 1: about 9% below 0.3
+    # T_MEAN 1.5, T_STD 1.5: about 6% below 0.3, a quarter above 0.93 where only the prompt names the background
+    assert 0.03 < float((samples < 0.3).float().mean()) < 0.09
+    assert 0.2 < float((samples > 0.93).float().mean()) < 0.32
+
+
+def test_caption_labels_say_what_the_caption_names() -> None:
+    """The auxiliary targets: the background's colour only when the caption names it, every object's colour and
+    shape counted, nothing for a dropped prompt."""
+    from webui.builtin import data as D
+
+    named = unnamed = 0
+    for i in range(60):
+        ex = D.sample_example(D.example_rng(5, i), "txt2img")
+        labels = train.caption_labels(ex, dropped=False)
+        scene = ex.info["scene"]
+        n_colors = len(D.COLORS)
+        if int(labels[0]) == n_colors:
+            unnamed += 1
+            assert "background" not in ex.prompt
+        else:
+            named += 1
+            assert D.COLORS[int(labels[0])] == scene.background
+            assert any(w in ex.prompt for w in D.COLOR_WORDS[scene.background])
+        assert labels[1:1 + n_colors].sum() == labels[1 + n_colors:].sum() == len(scene.objects)
+        for o in scene.objects:
+            assert labels[1 + D.COLORS.index(o.color)] >= 1 and labels[1 + n_colors + D.SHAPES.index(o.shape)] >= 1
+    assert named > 20 and unnamed > 10
+    assert train.caption_labels(ex, dropped=True)[0] == -1
+    batch = train.make_batch(0, 0, 16)
+    assert batch.gen_aux.shape == (8, train.N_AUX - len(D.COLORS))
+    assert all((row[0] == -1) == (p == "") for row, p in zip(batch.gen_aux, batch.gen_prompts))
+
+
+def test_aux_loss_is_zero_only_for_the_right_answer_and_skips_dropped_prompts() -> None:
+    from webui.builtin import data as D
+
+    n_bg = len(D.COLORS) + 1
+    head = torch.nn.Linear(4, train.N_AUX, bias=True)
+    torch.nn.init.zeros_(head.weight)
+    labels = torch.zeros(2, 1 + len(D.COLORS) + len(D.SHAPES))
+    star = 1 + len(D.COLORS) + D.SHAPES.index("star")
+    labels[0, 0], labels[0, 1 + D.COLORS.index("red")], labels[0, star] = 4, 1, 1  # one red star on class 4
+    labels[1, 0] = -1  # dropped: ignored whatever the head says
+    text, mask = torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.bool)
+    with torch.no_grad():
+        head.bias.zero_()
+        head.bias[4] = 50.0  # background class 4, almost surely
+        head.bias[n_bg:] = labels[0, 1:]
+    assert float(train.aux_loss(head, text, mask, labels).detach()) < 1e-6
+    with torch.no_grad():
+        head.bias[n_bg - 1 + star] = 0.0  # outputs: classes, then the same counts as labels[1:]
+    assert abs(float(train.aux_loss(head, text, mask, labels)) - 1 / (train.N_AUX - n_bg)) < 1e-5
+    labels[0, 0] = -1
+    assert float(train.aux_loss(head, text, mask, labels)) == 0.0

@@ -315,7 +315,8 @@ def caption(rng: random.Random, scene: Scene) -> tuple[str, dict]:
         body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     prefix = rng.choice(SCENE_PREFIXES)
     text = prefix + body
-    if rng.random() < 0.6:
+    info["background_named"] = rng.random() < 0.6
+    if info["background_named"]:
         bg = rng.choice(BACKGROUND_PHRASES).format(c=rng.choice(COLOR_WORDS[scene.background]))
         text = f"{text} {bg}" if rng.random() < 0.8 else f"{bg[0].upper()}{bg[1:]}, {text}".lower()
     return text, info

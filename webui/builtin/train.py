@@ -8,7 +8,10 @@ if uninterrupted. The full state (weights, EMA, optimizer, step, elapsed time) i
 minutes; the shippable pipeline folder (EMA weights in fp16 safetensors) is written to --out every few more.
 `--resume-from-weights` starts from the shipped weights with a fresh optimizer when the state directory is gone.
 Objective: x_t = (1 - t) x0 + t eps; the model predicts x0; the loss is on the implied velocity
-v = (x_t - x0_hat) / max(t, 0.1) against (x_t - x0) / max(t, 0.1) (= eps - x0 above 0.1), with logit-normal t (plus 5% near t = 1) and 10% empty prompts for guidance.
+v = (x_t - x0_hat) / max(t, 0.1) against (x_t - x0) / max(t, 0.1) (= eps - x0 above 0.1), with logit-normal t
+(plus 5% near t = 1) and 10% empty prompts for guidance. An auxiliary loss asks the text encoder's pooled features
+for what a text-to-image caption says: the background colour (or that none is named) and how many objects of
+each colour and shape it names.
 """
 
 from __future__ import annotations
@@ -35,10 +38,18 @@ from webui.builtin import data as D
 logger = logging.getLogger(__name__)
 
 TEXT_DROP = 0.1
-# t ~ logit-normal(mean, std) (t = 1 is pure noise). Which object goes where, in which colour and shape, is decided
-# at high noise; JiT leans there (its mean corresponds to 0.8 here), but img2img at low strength and sharp edges
-# need the low-noise end too, which (0.8, 0.8) reaches in only 2% of draws (t < 0.3). (0.5, 1) draws t < 0.3 in 9%.
-T_MEAN, T_STD = 0.5, 1.0
+# t ~ logit-normal(mean, std) (t = 1 is pure noise). Scenes of flat colours are visible through a lot of noise: the
+# mean of ~3000 background pixels names the background's colour up to t/(1-t) ~ 13-40 (t ~ 0.93-0.97), a medium
+# object's ~200 pixels show it up to t/(1-t) ~ 3-10 (t ~ 0.75-0.9), and only an outline (which shape) needs
+# t/(1-t) < ~2. So the prompt decides the picture at logit(t) ~ 1-3.5: weights trained with (0.5, 1), which puts 6% of
+# draws above logit 2.6, predicted the same colours at t = 1 with the prompt as without it (x0 error 0.41 vs 0.42;
+# naming the background alone would give 0.19). (1.5, 1.5) puts 23% there, 40% at 0.7-2.3 and 22% at -0.7-0.7.
+T_MEAN, T_STD = 1.5, 1.5
+# The sampler spends its steps where training did: the exported scheduler's shift maps uniform steps u to
+# t = s u / (1 + (s - 1) u), which moves logit(t) up by log(s).
+SAMPLE_SHIFT = 3.0
+AUX_WEIGHT = 0.1  # auxiliary caption loss; 0 turns it off
+N_AUX = len(D.COLORS) + 1 + len(D.COLORS) + len(D.SHAPES)  # background class (colours + "not named"), counts
 T_HIGH = 0.05  # share of t drawn from U(0.9, 1): sampling starts at pure noise, which the logit-normal rarely reaches
 # The velocity loss is the x0 error over t^2, so nearly clean samples weigh most; both the predicted and the true
 # velocity divide by max(t, MIN_T). (Weights trained up to step 10851 used eps - x0 as the target while dividing the
@@ -57,17 +68,35 @@ class Batch:
     cond_prompts: list[str]
     cond_target: torch.Tensor  # [Bc,3,H,W]
     cond_source: torch.Tensor  # [Bc,4,H,W]
+    gen_aux: torch.Tensor | None = None  # [Bg,1+colours+shapes]: caption_labels of each gen example
+
+
+def caption_labels(ex: D.Example, dropped: bool) -> np.ndarray:
+    """What a text-to-image caption says, for the auxiliary loss: [background class, count per colour, count per
+    shape]. The class is the background colour's index, len(COLORS) when the caption names none, -1 (ignored, and
+    the counts too) when the prompt was dropped."""
+    out = np.zeros(1 + len(D.COLORS) + len(D.SHAPES), dtype=np.float32)
+    if dropped:
+        out[0] = -1
+        return out
+    scene = ex.info["scene"]
+    out[0] = D.COLORS.index(scene.background) if ex.info.get("background_named") else len(D.COLORS)
+    for o in scene.objects:
+        out[1 + D.COLORS.index(o.color)] += 1
+        out[1 + len(D.COLORS) + D.SHAPES.index(o.shape)] += 1
+    return out
 
 
 def make_batch(seed: int, step: int, batch_size: int, split: str = "train") -> Batch:
     """The batch of `step`: examples step*batch_size ... (step+1)*batch_size-1 of the split."""
-    gen_p, gen_t, cond_p, cond_t, cond_s = [], [], [], [], []
+    gen_p, gen_t, gen_a, cond_p, cond_t, cond_s = [], [], [], [], [], []
     for i in range(batch_size):
         rng = D.example_rng(seed, step * batch_size + i, split)
         # a fixed split (first half text-to-image, second half edits) keeps tensor shapes constant per step
         task = "txt2img" if i < batch_size // 2 else rng.choices(D.EDIT_TASKS, weights=D.TASK_WEIGHTS[1:])[0]
         ex = D.sample_example(rng, task)
-        prompt = "" if rng.random() < TEXT_DROP else ex.prompt
+        dropped = rng.random() < TEXT_DROP
+        prompt = "" if dropped else ex.prompt
         arrays = D.to_tensors(ex)
         if "source" in arrays:
             cond_p.append(prompt)
@@ -76,11 +105,13 @@ def make_batch(seed: int, step: int, batch_size: int, split: str = "train") -> B
         else:
             gen_p.append(prompt)
             gen_t.append(arrays["target"])
+            gen_a.append(caption_labels(ex, dropped))
 
     def stack(xs: list[np.ndarray], c: int) -> torch.Tensor:
         return torch.from_numpy(np.stack(xs)) if xs else torch.zeros(0, c, D.SIZE, D.SIZE)
 
-    return Batch(gen_p, stack(gen_t, 3), cond_p, stack(cond_t, 3), stack(cond_s, 4))
+    aux = torch.from_numpy(np.stack(gen_a)) if gen_a else torch.zeros(0, 1 + len(D.COLORS) + len(D.SHAPES))
+    return Batch(gen_p, stack(gen_t, 3), cond_p, stack(cond_t, 3), stack(cond_s, 4), aux)
 
 
 class BatchStream(torch.utils.data.IterableDataset):
@@ -99,12 +130,14 @@ class BatchStream(torch.utils.data.IterableDataset):
 
 
 class Net(nn.Module):
-    """The two trained modules together, so one optimizer and one EMA cover both."""
+    """The two trained modules together, so one optimizer and one EMA cover both, plus the auxiliary caption head
+    (training only: it is not exported)."""
 
-    def __init__(self, transformer: nn.Module, text_encoder: nn.Module) -> None:
+    def __init__(self, transformer: nn.Module, text_encoder: nn.Module, text_dim: int | None = None) -> None:
         super().__init__()
         self.transformer = transformer
         self.text_encoder = text_encoder
+        self.aux = nn.Linear(text_dim, N_AUX) if text_dim else None
 
 
 def build_net(args: argparse.Namespace) -> Net:
@@ -117,7 +150,7 @@ def build_net(args: argparse.Namespace) -> Net:
                                    depth=args.depth, num_heads=args.heads, bottleneck=args.bottleneck,
                                    text_dim=args.text_dim, source_residual=args.source_residual,
                                    pixel_decoder=args.pixel_decoder)
-    return Net(transformer, text_encoder)
+    return Net(transformer, text_encoder, args.text_dim)
 
 
 def sample_t(batch: int, gen: torch.Generator, t_mean: float = T_MEAN, t_std: float = T_STD) -> torch.Tensor:
@@ -135,10 +168,28 @@ def velocity_loss(x0_hat: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, min_t
     return (((x0.float() - x0_hat.float()) / tb) ** 2).mean()
 
 
+def aux_loss(head: nn.Module, text: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the background class plus squared error of the colour and shape counts, predicted from the
+    masked mean of the text features [B,L,dim]; rows with class -1 (dropped prompts) count for nothing."""
+    m = mask.to(text.dtype)[..., None]  # [B,L,1]
+    pooled = (text * m).sum(1) / m.sum(1).clamp(min=1.0)  # [B,dim]
+    out = head(pooled).float()  # [B,N_AUX]
+    n_bg = len(D.COLORS) + 1
+    cls = labels[:, 0].long()  # [B]
+    keep = cls >= 0  # [B]
+    if not bool(keep.any()):
+        return out.sum() * 0.0
+    ce = F.cross_entropy(out[keep, :n_bg], cls[keep])
+    mse = ((out[keep, n_bg:] - labels[keep, 1:]) ** 2).mean()
+    return ce + mse
+
+
 def diffusion_loss(net: Net, prompts: list[str], target: torch.Tensor, source: torch.Tensor | None,
                    gen: torch.Generator, device: torch.device, t_mean: float = T_MEAN, t_std: float = T_STD,
-                   min_t: float = MIN_T) -> torch.Tensor:
-    """Mean squared velocity error of the x0 prediction for one group of examples."""
+                   min_t: float = MIN_T, aux: torch.Tensor | None = None, aux_weight: float = AUX_WEIGHT
+                   ) -> torch.Tensor:
+    """Mean squared velocity error of the x0 prediction for one group of examples (plus aux_weight times the
+    auxiliary caption loss when `aux` labels are given and the net has the head)."""
     B = target.shape[0]
     x0 = target.to(device)  # [B,3,H,W]
     eps = torch.randn(x0.shape, generator=gen).to(device)  # [B,3,H,W]
@@ -150,10 +201,13 @@ def diffusion_loss(net: Net, prompts: list[str], target: torch.Tensor, source: t
     ids, mask = F.pad(ids, (0, pad)), F.pad(mask, (0, pad))  # [B,L8] each, padding = <pad> / False
     text = net.text_encoder(ids.to(device), mask.to(device))  # [B,L,dim]
     x0_hat = net.transformer(x_t, t, text, mask.to(device), None if source is None else source.to(device))
-    return velocity_loss(x0_hat, x0, t, min_t)
+    loss = velocity_loss(x0_hat, x0, t, min_t)
+    if aux is not None and aux_weight > 0 and getattr(net, "aux", None) is not None:
+        loss = loss + aux_weight * aux_loss(net.aux, text, mask.to(device), aux.to(device))
+    return loss
 
 
-def export_pipeline(net: Net, out: Path, info: dict) -> None:
+def export_pipeline(net: Net, out: Path, info: dict, shift: float = SAMPLE_SHIFT) -> None:
     """Write the shippable pipeline folder (fp16 weights) atomically: tmp folder, then rename."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -168,7 +222,7 @@ def export_pipeline(net: Net, out: Path, info: dict) -> None:
         text_encoder = copy.deepcopy(net.text_encoder).to("cpu", torch.float16)
     finally:
         diffusers_logging.set_verbosity(verbosity)
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
     pipe = EaselPipeline(transformer, text_encoder, scheduler)
     out = out.resolve()
     tmp = out.with_name("." + out.name + ".tmp")
@@ -230,6 +284,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--t-std", type=float, default=T_STD, help="spread of the logit-normal noise level")
     p.add_argument("--min-t", type=float, default=MIN_T,
                    help="smallest t the velocity loss divides by (bounds the weight of nearly clean samples)")
+    p.add_argument("--sample-shift", type=float, default=SAMPLE_SHIFT,
+                   help="shift of the exported scheduler (1 = uniform steps in t; larger spends more at high noise)")
+    p.add_argument("--aux-weight", type=float, default=AUX_WEIGHT,
+                   help="weight of the auxiliary caption loss on the text encoder's pooled features (0 = off)")
     p.add_argument("--cooldown", type=float, default=0.2,
                    help="fraction of --hours at the end over which the learning rate falls linearly to 5%%")
     p.add_argument("--resume-from-weights", type=Path, default=None,
@@ -260,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         args.source_residual = arch.get("source_residual", args.source_residual)  # a state saved before this option existed: the command line decides
         args.pixel_decoder = arch.get("pixel_decoder", 0)
         net = build_net(args)
+        if not any(k.startswith("aux.") for k in state["net"]):  # a state saved before the auxiliary loss existed
+            net.aux, args.aux_weight = None, 0.0
         net.load_state_dict(state["net"])
     elif args.resume_from_weights is not None:
         from webui.builtin.pipeline import EaselPipeline
@@ -338,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             losses, weights = [], []
             if batch.gen_target.shape[0]:
                 losses.append(diffusion_loss(net, batch.gen_prompts, batch.gen_target, None, gen, device,
-                                             args.t_mean, args.t_std, args.min_t))
+                                             args.t_mean, args.t_std, args.min_t, batch.gen_aux, args.aux_weight))
                 weights.append(batch.gen_target.shape[0])
             if batch.cond_target.shape[0]:
                 losses.append(diffusion_loss(net, batch.cond_prompts, batch.cond_target, batch.cond_source, gen,
@@ -374,12 +434,12 @@ def main(argv: list[str] | None = None) -> int:
                                     "step": step, "elapsed_s": elapsed, "warm_from": warm_from, "hparams": hparams})
             last_save = now
         if now - last_export > args.export_minutes * 60:
-            export_pipeline(ema, args.out, snapshot())
+            export_pipeline(ema, args.out, snapshot(), args.sample_shift)
             last_export = now
     bar.close()
     save_state(state_path, {"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                             "step": step, "elapsed_s": elapsed, "warm_from": warm_from, "hparams": hparams})
-    export_pipeline(ema, args.out, snapshot())
+    export_pipeline(ema, args.out, snapshot(), args.sample_shift)
     logger.info("done: step %d, %.2f h trained; pipeline in %s", step, elapsed / 3600, args.out)
     return 0
 
