@@ -47,6 +47,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.flatten(-2)  # [B,H,N,D]
 
 
+def pool_text(text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the real (unmasked) text features: text [B,L,dim], mask [B,L] bool -> [B,dim]."""
+    m = mask.to(text.dtype)[..., None]  # [B,L,1]
+    return (text * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
@@ -174,8 +180,7 @@ class EaselTransformer(ModelMixin, ConfigMixin):
         cos, sin = rope_2d(rows, cols, self.config.hidden_size // self.config.num_heads)  # [N',Dh/2] each
         keep_all = torch.cat(keep, dim=1)  # [B,L+N(+N)]
         attn_mask = None if bool(keep_all.all()) else keep_all[:, None, None, :]  # [B,1,1,N_total] or None
-        m = text_mask.to(text.dtype)[..., None]  # [B,L,1]
-        pooled = (text * m).sum(1) / m.sum(1).clamp(min=1.0)  # [B,text_dim]
+        pooled = pool_text(text, text_mask)  # [B,text_dim]
         c = self.t_embed(timestep_embedding(t, self.config.hidden_size).to(x.dtype)) + self.pool_in(pooled)  # [B,D]
         for block in self.blocks:
             x = block(x, c, cos.to(x.dtype), sin.to(x.dtype), L, attn_mask)  # [B,L+N(+N),D]

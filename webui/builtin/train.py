@@ -49,7 +49,8 @@ T_MEAN, T_STD = 1.5, 1.5
 # t = s u / (1 + (s - 1) u), which moves logit(t) up by log(s).
 SAMPLE_SHIFT = 3.0
 AUX_WEIGHT = 0.1  # auxiliary caption loss; 0 turns it off
-N_AUX = len(D.COLORS) + 1 + len(D.COLORS) + len(D.SHAPES)  # background class (colours + "not named"), counts
+N_LABELS = 1 + len(D.COLORS) + len(D.SHAPES)  # caption_labels: background class, count per colour and per shape
+N_AUX = len(D.COLORS) + 1 + N_LABELS - 1  # the head's outputs: background logits (colours + "not named"), counts
 T_HIGH = 0.05  # share of t drawn from U(0.9, 1): sampling starts at pure noise, which the logit-normal rarely reaches
 # The velocity loss is the x0 error over t^2, so nearly clean samples weigh most; both the predicted and the true
 # velocity divide by max(t, MIN_T). (Weights trained up to step 10851 used eps - x0 as the target while dividing the
@@ -75,7 +76,7 @@ def caption_labels(ex: D.Example, dropped: bool) -> np.ndarray:
     """What a text-to-image caption says, for the auxiliary loss: [background class, count per colour, count per
     shape]. The class is the background colour's index, len(COLORS) when the caption names none, -1 (ignored, and
     the counts too) when the prompt was dropped."""
-    out = np.zeros(1 + len(D.COLORS) + len(D.SHAPES), dtype=np.float32)
+    out = np.zeros(N_LABELS, dtype=np.float32)
     if dropped:
         out[0] = -1
         return out
@@ -110,7 +111,7 @@ def make_batch(seed: int, step: int, batch_size: int, split: str = "train") -> B
     def stack(xs: list[np.ndarray], c: int) -> torch.Tensor:
         return torch.from_numpy(np.stack(xs)) if xs else torch.zeros(0, c, D.SIZE, D.SIZE)
 
-    aux = torch.from_numpy(np.stack(gen_a)) if gen_a else torch.zeros(0, 1 + len(D.COLORS) + len(D.SHAPES))
+    aux = torch.from_numpy(np.stack(gen_a)) if gen_a else torch.zeros(0, N_LABELS)
     return Batch(gen_p, stack(gen_t, 3), cond_p, stack(cond_t, 3), stack(cond_s, 4), aux)
 
 
@@ -171,9 +172,9 @@ def velocity_loss(x0_hat: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, min_t
 def aux_loss(head: nn.Module, text: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the background class plus squared error of the colour and shape counts, predicted from the
     masked mean of the text features [B,L,dim]; rows with class -1 (dropped prompts) count for nothing."""
-    m = mask.to(text.dtype)[..., None]  # [B,L,1]
-    pooled = (text * m).sum(1) / m.sum(1).clamp(min=1.0)  # [B,dim]
-    out = head(pooled).float()  # [B,N_AUX]
+    from webui.builtin.model import pool_text
+
+    out = head(pool_text(text, mask)).float()  # [B,N_AUX], from the same pooled features the transformer gets
     n_bg = len(D.COLORS) + 1
     cls = labels[:, 0].long()  # [B]
     keep = cls >= 0  # [B]
