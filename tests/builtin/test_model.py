@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from webui.builtin.model import EaselTransformer
+import torch.nn.functional as F
+
+from webui.builtin.model import EaselTransformer, attention
 
 
 def test_forward_shapes_with_and_without_source() -> None:
@@ -64,3 +66,17 @@ def test_pixel_decoder_starts_as_no_change_and_learns_a_correction() -> None:
     opt.step()
     with torch.no_grad():
         assert not torch.equal(decoded(x, t, text, mask), plain(x, t, text, mask))
+
+
+def test_attention_matches_torch_sdpa_with_and_without_a_key_mask() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 30, 16, generator=g).unbind(0)  # [B,H,N,Dh] each
+    keep = torch.rand(2, 1, 1, 30, generator=g) > 0.4  # [B,1,1,N]
+    keep[..., :3] = True
+    for mask in (None, keep):
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        assert torch.allclose(attention(q, k, v, mask), want, atol=1e-5)
+    # a masked key changes nothing, whatever its value
+    v2 = v.clone()
+    v2[0, :, ~keep[0, 0, 0]] = 100.0
+    assert torch.allclose(attention(q, k, v2, keep)[0], attention(q, k, v, keep)[0], atol=1e-5)

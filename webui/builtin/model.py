@@ -53,6 +53,16 @@ def pool_text(text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (text * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Softmax attention written out: q, k, v [B,H,N,Dh], keep [B,1,1,N] bool (False = masked key) or None.
+    Same result as F.scaled_dot_product_attention; at these sizes (N ~ 100-200) its CPU backward is the slowest
+    op of a training step, and three plain kernels train a step about 25% faster."""
+    scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)  # [B,H,N,N]
+    if keep is not None:
+        scores = scores.masked_fill(~keep, float("-inf"))
+    return scores.softmax(dim=-1) @ v  # [B,H,N,Dh]
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
@@ -84,7 +94,7 @@ class Block(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)  # [B,H,N,Dh]
         q = torch.cat([q[:, :, :n_text], apply_rope(q[:, :, n_text:], cos, sin)], dim=2)  # [B,H,N,Dh]
         k = torch.cat([k[:, :, :n_text], apply_rope(k[:, :, n_text:], cos, sin)], dim=2)  # [B,H,N,Dh]
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B,H,N,Dh]
+        a = attention(q, k, v, attn_mask)  # [B,H,N,Dh]
         x = x + b1[:, None] * self.proj(a.transpose(1, 2).reshape(B, N, D))  # [B,N,D]
         x = x + b2[:, None] * self.mlp(modulate(self.norm2(x), s2, g2))  # [B,N,D]
         return x
