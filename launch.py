@@ -71,6 +71,21 @@ def run_tests(args: list[str]) -> int:
     return subprocess.run([sys.executable, "-m", "pytest", *args], cwd=ROOT, env=env).returncode
 
 
+def omp_wait_policy(load: float | None = None, cores: int | None = None) -> str | None:
+    """OMP_WAIT_POLICY for a training command: "PASSIVE" (idle OpenMP threads sleep) when other work already keeps
+    half the cores busy (1-minute load average), else None (OpenMP's default, threads spin briefly between
+    kernels). On a busy CPU spinning threads burn the training's time waiting for each other (several times
+    slower steps); on an idle one sleeping threads make each step wait for them to wake up (see
+    benchmarks/train_builtin_step.py)."""
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # no load average (Windows): keep the default
+            return None
+    cores = cores or os.cpu_count() or 1
+    return "PASSIVE" if load >= max(1.0, 0.5 * cores) else None
+
+
 def main() -> None:
     args = sys.argv[1:]
     command = args[0] if args and not args[0].startswith("-") else None
@@ -84,10 +99,11 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     if command == "test":
         sys.exit(run_tests(args[1:]))
-    if command in ("train-builtin", "train"):
-        # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other work, spinning threads burn
-        # the training's time budget while waiting for each other (several times slower steps).
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if command in ("train-builtin", "train") and "OMP_WAIT_POLICY" not in os.environ:
+        policy = omp_wait_policy()
+        if policy:
+            os.environ["OMP_WAIT_POLICY"] = policy
+            print(f"other work keeps this CPU busy: OMP_WAIT_POLICY={policy} (set it yourself to choose)", flush=True)
     if command == "train-builtin":
         from webui.builtin.train import main as train_builtin
 
