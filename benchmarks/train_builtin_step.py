@@ -27,7 +27,7 @@ VARIANTS = {  # name: (attention kernel, OMP_WAIT_POLICY or None for the OpenMP 
 def worker(kernel: str, steps: int, threads: int) -> None:
     """Time `steps` training steps after 3 warm-up steps; prints JSON {"step_s": [...]} on stdout."""
     import torch
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # the fused kernel, for the "sdpa" variant
 
     from webui.builtin import model as M
     from webui.builtin import train as T
@@ -36,22 +36,15 @@ def worker(kernel: str, steps: int, threads: int) -> None:
     if kernel == "sdpa":
         M.attention = lambda q, k, v, keep: F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
     torch.manual_seed(0)
-    net = T.build_net(T.parse_args([]))
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    args = T.parse_args([])  # the training's defaults: batch 32, bf16 autocast
+    net = T.build_net(args)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0)
     cpu = torch.device("cpu")
     times = []
     for step in range(3 + steps):
-        batch = T.make_batch(0, step, 32)
+        batch = T.make_batch(0, step, args.batch_size)
         start = time.perf_counter()
-        gen = torch.Generator().manual_seed(step)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            gen_loss = T.diffusion_loss(net, batch.gen_prompts, batch.gen_target, None, gen, cpu, aux=batch.gen_aux)
-            cond_loss = T.diffusion_loss(net, batch.cond_prompts, batch.cond_target, batch.cond_source, gen, cpu)
-            loss = (gen_loss + cond_loss) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        T.train_step(net, opt, batch, torch.Generator().manual_seed(step), cpu, args)
         if step >= 3:
             times.append(time.perf_counter() - start)
     print(json.dumps({"step_s": times}))

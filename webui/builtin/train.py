@@ -203,9 +203,31 @@ def diffusion_loss(net: Net, prompts: list[str], target: torch.Tensor, source: t
     text = net.text_encoder(ids.to(device), mask.to(device))  # [B,L,dim]
     x0_hat = net.transformer(x_t, t, text, mask.to(device), None if source is None else source.to(device))
     loss = velocity_loss(x0_hat, x0, t, min_t)
-    if aux is not None and aux_weight > 0 and getattr(net, "aux", None) is not None:
+    if aux is not None and aux_weight > 0 and net.aux is not None:
         loss = loss + aux_weight * aux_loss(net.aux, text, mask.to(device), aux.to(device))
     return loss
+
+
+def train_step(net: Net, opt: torch.optim.Optimizer, batch: Batch, gen: torch.Generator, device: torch.device,
+               args: argparse.Namespace) -> torch.Tensor:
+    """One optimizer step on `batch` (both groups, weighted by their sizes; bf16 autocast per `args.bf16`,
+    gradients clipped to norm 1). Returns the loss, detached."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+        losses, weights = [], []
+        if batch.gen_target.shape[0]:
+            losses.append(diffusion_loss(net, batch.gen_prompts, batch.gen_target, None, gen, device,
+                                         args.t_mean, args.t_std, args.min_t, batch.gen_aux, args.aux_weight))
+            weights.append(batch.gen_target.shape[0])
+        if batch.cond_target.shape[0]:
+            losses.append(diffusion_loss(net, batch.cond_prompts, batch.cond_target, batch.cond_source, gen,
+                                         device, args.t_mean, args.t_std, args.min_t))
+            weights.append(batch.cond_target.shape[0])
+        loss = sum(l * w for l, w in zip(losses, weights)) / sum(weights)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    return loss.detach()
 
 
 def export_pipeline(net: Net, out: Path, info: dict, shift: float = SAMPLE_SHIFT) -> None:
@@ -380,7 +402,6 @@ def main(argv: list[str] | None = None) -> int:
     running, n_run = 0.0, 0
     last_avg: float | None = None  # mean loss of the last logged 50 steps
     bar = tqdm(initial=step, total=args.max_steps or None, dynamic_ncols=True, desc="train-builtin")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
     def snapshot() -> dict:
         return {"step": step, "elapsed_s": round(elapsed, 1), "seed": args.seed,
@@ -395,21 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             lr *= max(0.05, min(1.0, (budget - elapsed) / (args.cooldown * budget)))
         for group in opt.param_groups:
             group["lr"] = lr
-        with autocast:
-            losses, weights = [], []
-            if batch.gen_target.shape[0]:
-                losses.append(diffusion_loss(net, batch.gen_prompts, batch.gen_target, None, gen, device,
-                                             args.t_mean, args.t_std, args.min_t, batch.gen_aux, args.aux_weight))
-                weights.append(batch.gen_target.shape[0])
-            if batch.cond_target.shape[0]:
-                losses.append(diffusion_loss(net, batch.cond_prompts, batch.cond_target, batch.cond_source, gen,
-                                             device, args.t_mean, args.t_std, args.min_t))
-                weights.append(batch.cond_target.shape[0])
-            loss = sum(l * w for l, w in zip(losses, weights)) / sum(weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        loss = train_step(net, opt, batch, gen, device, args)
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, pn in zip(ema.parameters(), net.parameters()):
