@@ -127,3 +127,54 @@ def test_aux_loss_is_zero_only_for_the_right_answer_and_skips_dropped_prompts() 
     assert abs(float(train.aux_loss(head, text, mask, labels)) - 1 / (train.N_AUX - n_bg)) < 1e-5
     labels[0, 0] = -1
     assert float(train.aux_loss(head, text, mask, labels)) == 0.0
+
+
+def test_label_map_marks_each_object_cell_with_its_shape_and_colour() -> None:
+    from webui.builtin import data as D
+
+    circle = D.Obj("red", "circle", "large", "center", 32.0, 32.0, 12.0)
+    star = D.Obj("white", "star", "small", "top left", 16.0, 16.0, 5.5)
+    scene = D.Scene("blue", (circle, star))
+    image, masks = D.render(scene)
+    ex = D.Example("txt2img", "", image, info={"scene": scene, "masks": masks})
+    shape, color = train.label_map(ex)  # [16,16] each, cells of 4x4 pixels
+    assert shape.shape == (16, 16)
+    assert shape[8, 8] == 1 + D.SHAPES.index("circle") and color[8, 8] == D.COLORS.index("red")
+    assert shape[4, 4] == 1 + D.SHAPES.index("star") and color[4, 4] == D.COLORS.index("white")
+    assert shape[15, 15] == 0 and color[15, 15] == D.COLORS.index("blue")
+    # the circle covers pi * 12^2 pixels: about that many 4x4 cells' centres fall inside it
+    assert abs(int((shape == 1).sum()) - 3.14159 * 144 / 16) <= 3
+    assert ((shape > 0) == (color != D.COLORS.index("blue"))).all()
+    batch = train.make_batch(0, 0, 8)
+    assert batch.gen_map.shape == (4, 2, 16, 16) and batch.gen_map.dtype == torch.int64
+
+
+def test_map_loss_reads_each_cell_from_its_own_token() -> None:
+    """Features that spell out the right classes of every cell, in the head's order (token row-major, then cell
+    row-major inside the token, then classes), give a loss near zero; the same features with two tokens swapped
+    do not."""
+    from webui.builtin.model import EaselTransformer
+
+    n_cls = sum(train.MAP_CLASSES)
+    k = 8 // train.MAP_CELL
+    hidden = k * k * n_cls
+    transformer = EaselTransformer(patch_size=8, hidden_size=hidden, depth=2, num_heads=1, bottleneck=8, text_dim=8)
+    net = train.Net(transformer, torch.nn.Identity(), None, map_block=1)
+    with torch.no_grad():
+        net.map_head.weight.copy_(torch.eye(hidden) * 30.0)
+        net.map_head.bias.zero_()
+    labels = train.make_batch(0, 0, 4).gen_map[:1]  # [1,2,16,16]
+    G, g = labels.shape[-1], labels.shape[-1] // k
+    onehot = torch.cat([torch.nn.functional.one_hot(labels[:, 0], train.MAP_CLASSES[0]),
+                        torch.nn.functional.one_hot(labels[:, 1], train.MAP_CLASSES[1])], -1).float()  # [1,G,G,C]
+    tokens = onehot.view(1, g, k, g, k, n_cls).permute(0, 1, 3, 2, 4, 5).reshape(1, g * g, hidden)  # [1,N,hidden]
+    n_text = 3
+    net.features = torch.cat([torch.zeros(1, n_text, hidden), tokens], dim=1)
+    assert float(train.map_loss(net, n_text, labels)) < 1e-3
+    shape = labels[0, 0]
+    a = int(torch.nonzero(shape.view(g, k, g, k).permute(0, 2, 1, 3).reshape(g * g, -1).max(-1).values)[0])
+    b = 0 if a else 1  # an object token and another one
+    swapped = tokens.clone()
+    swapped[:, [a, b]] = tokens[:, [b, a]]
+    net.features = torch.cat([torch.zeros(1, n_text, hidden), swapped], dim=1)
+    assert float(train.map_loss(net, n_text, labels)) > 0.1

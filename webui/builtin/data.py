@@ -451,7 +451,7 @@ def sample_example(rng: random.Random, task: str | None = None) -> Example:
     if task != "txt2img":
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     text, cinfo = caption(rng, scene)
-    return Example("txt2img", text, image, info={**info, **cinfo})
+    return Example("txt2img", text, image, info={**info, **cinfo, "masks": masks})
 
 
 def _inpaint_example(rng: random.Random, scene: Scene, image: np.ndarray, masks: list[np.ndarray], info: dict
