@@ -79,3 +79,26 @@ def test_attention_matches_torch_sdpa_with_and_without_a_key_mask() -> None:
     v2 = v.clone()
     v2[0, :, ~keep[0, 0, 0]] = 100.0
     assert torch.allclose(attention(q, k, v2, keep)[0], attention(q, k, v, keep)[0], atol=1e-5)
+
+
+def test_self_conditioning_starts_as_no_change_and_then_reads_the_previous_prediction() -> None:
+    """A fresh self-conditioned model predicts the same with and without x0_prev (its embedding starts at zero),
+    so it can be added to trained weights; once that embedding is non-zero the prediction depends on x0_prev. A
+    model without the option ignores x0_prev."""
+    kwargs = dict(patch_size=8, hidden_size=32, depth=1, num_heads=2, bottleneck=8, text_dim=16)
+    torch.manual_seed(0)
+    plain = EaselTransformer(**kwargs).eval()
+    with torch.no_grad():
+        plain.head.weight.normal_(std=0.1)
+    selfcond = EaselTransformer(self_condition=True, **kwargs).eval()
+    missing, unexpected = selfcond.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("prev_in.") for k in missing)
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([0.2, 0.8])
+    text, mask = torch.randn(2, 4, 16), torch.ones(2, 4, dtype=torch.bool)
+    prev = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        base = plain(x, t, text, mask)
+        assert torch.equal(selfcond(x, t, text, mask, None, prev), base)
+        assert torch.equal(plain(x, t, text, mask, None, prev), base)
+        selfcond.prev_in[1].weight.normal_(std=0.1)
+        assert not torch.allclose(selfcond(x, t, text, mask, None, prev), selfcond(x, t, text, mask))

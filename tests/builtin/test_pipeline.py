@@ -100,3 +100,28 @@ def test_input_errors(tiny_pipe) -> None:
         tiny_pipe("x", image=_scene_image(), source_image=_scene_image())
     with pytest.raises(ValueError, match="negative_prompt"):
         tiny_pipe(["a", "b"], negative_prompt=["x", "y", "z"])
+
+
+def test_self_conditioned_transformer_gets_each_steps_previous_prediction() -> None:
+    """The sampler passes x0_prev = None at the first step and, from then on, the prediction of the step before
+    (both guidance branches, unguided), for text-to-image and inpainting alike."""
+    pipe = make_tiny_pipeline()
+    calls: list[tuple[torch.Tensor | None, torch.Tensor]] = []
+    forward = pipe.transformer.forward
+
+    def spy(x_t, t, text, mask, source=None, x0_prev=None):
+        out = forward(x_t, t, text, mask, source, x0_prev)
+        calls.append((None if x0_prev is None else x0_prev.clone(), out.detach().clone()))
+        return out
+
+    pipe.transformer.forward = spy
+    pipe("a red circle", num_inference_steps=3, guidance_scale=3.0, height=32, width=32)
+    assert len(calls) == 3 and calls[0][0] is None
+    for (_, before), (prev, _) in zip(calls, calls[1:]):
+        assert prev is not None and prev.shape == (2, 3, 32, 32) and torch.equal(prev, before.to(prev.dtype))
+    calls.clear()
+    image = Image.new("RGB", (32, 32), (40, 90, 220))
+    mask = Image.new("L", (32, 32), 255)
+    pipe("a red circle", image=image, mask_image=mask, num_inference_steps=2, guidance_scale=1.0, height=32,
+         width=32)
+    assert len(calls) == 2 and calls[0][0] is None and torch.equal(calls[1][0], calls[0][1])

@@ -178,3 +178,19 @@ def test_map_loss_reads_each_cell_from_its_own_token() -> None:
     swapped[:, [a, b]] = tokens[:, [b, a]]
     net.features = torch.cat([torch.zeros(1, n_text, hidden), swapped], dim=1)
     assert float(train.map_loss(net, n_text, labels)) > 0.1
+
+
+def test_self_conditioning_is_trained_and_kept_on_resume(tmp_path: Path) -> None:
+    """--self-cond trains the previous-prediction embedding (it leaves zero), exports a self-conditioned
+    pipeline, and a resumed run keeps the option from its state even when the command line omits it."""
+    from webui.builtin.pipeline import EaselPipeline
+
+    out, state = tmp_path / "out", tmp_path / "state"
+    assert train.main(["--out", str(out), "--state-dir", str(state), "--max-steps", "6", "--self-cond",
+                       "--warmup", "1", *TINY]) == 0
+    pipe = EaselPipeline.from_pretrained(str(out))
+    assert pipe.transformer.config.self_condition
+    assert float(pipe.transformer.prev_in[1].weight.detach().abs().sum()) > 0
+    assert train.main(["--out", str(out), "--state-dir", str(state), "--max-steps", "7", *TINY]) == 0
+    assert json.loads((out / "training.json").read_text())["hparams"]["self_cond"] is True
+    assert EaselPipeline.from_pretrained(str(out)).transformer.config.self_condition

@@ -11,6 +11,12 @@ An optional pixel decoder (`pixel_decoder` = its channels; 0 = none) refines tha
 three 3x3 convolutions over the transformer's x0, the noisy input and the source, modulated by the conditioning
 vector, add a correction: meant to place an edge where the noisy input shows one, which an 8x8 patch head draws
 softly. Its last layer starts at zero, so adding it to trained weights changes nothing until it is trained.
+
+Optional self-conditioning (`self_condition`, as in "Analog Bits", arXiv 2208.04202): the model's own previous x0
+prediction enters through a second bottleneck embedding added to the image tokens. The sampler passes the last
+step's prediction, so a layout committed to at high noise (one object, here) carries on to the next step instead of
+being re-read from the noise alone; training passes a detached prediction of the same x_t half of the time and
+zeros otherwise. Its output layer starts at zero.
 """
 
 from __future__ import annotations
@@ -131,19 +137,26 @@ class PixelDecoder(nn.Module):
 
 class EaselTransformer(ModelMixin, ConfigMixin):
     """forward(x_t [B,3,H,W], t [B] in [0,1] (1 = noise), text [B,L,text_dim], text_mask [B,L] bool,
-    source [B,4,H,W] | None) -> x0 prediction [B,3,H,W]. H and W must be multiples of `patch_size`."""
+    source [B,4,H,W] | None, x0_prev [B,3,H,W] | None) -> x0 prediction [B,3,H,W]. H and W must be multiples of
+    `patch_size`. x0_prev (the previous prediction) is read only by self-conditioned models; None = zeros."""
 
     @register_to_config
     def __init__(self, sample_size: int = 64, patch_size: int = 8, in_channels: int = 3, source_channels: int = 4,
                  hidden_size: int = 256, depth: int = 8, num_heads: int = 4, mlp_ratio: float = 4.0,
                  bottleneck: int = 32, text_dim: int = 256, source_residual: bool = False,
-                 pixel_decoder: int = 0) -> None:
+                 pixel_decoder: int = 0, self_condition: bool = False) -> None:
         super().__init__()
         p, D = patch_size, hidden_size
         self.patch_in = nn.Sequential(nn.Linear(in_channels * p * p, bottleneck, bias=False), nn.Linear(bottleneck, D))
         self.source_in = nn.Sequential(nn.Linear(source_channels * p * p, bottleneck, bias=False),
                                        nn.Linear(bottleneck, D))
         self.text_in = nn.Linear(text_dim, D)
+        self.prev_in = None
+        if self_condition:
+            self.prev_in = nn.Sequential(nn.Linear(in_channels * p * p, bottleneck, bias=False),
+                                         nn.Linear(bottleneck, D))
+            nn.init.zeros_(self.prev_in[1].weight)
+            nn.init.zeros_(self.prev_in[1].bias)
         self.type_embed = nn.Parameter(torch.zeros(3, D))  # text, image, source
         self.t_embed = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
         self.pool_in = nn.Linear(text_dim, D)
@@ -172,7 +185,7 @@ class EaselTransformer(ModelMixin, ConfigMixin):
         return x.reshape(B, -1, H, W)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
-                source: torch.Tensor | None = None) -> torch.Tensor:
+                source: torch.Tensor | None = None, x0_prev: torch.Tensor | None = None) -> torch.Tensor:
         B, _, H, W = x_t.shape
         p = self.config.patch_size
         if H % p or W % p:
@@ -181,6 +194,9 @@ class EaselTransformer(ModelMixin, ConfigMixin):
         L = text.shape[1]
         txt = self.text_in(text) + self.type_embed[0]  # [B,L,D]
         img = self.patch_in(self.patchify(x_t)) + self.type_embed[1]  # [B,N,D], N = gh*gw
+        if self.prev_in is not None:
+            prev = torch.zeros_like(x_t) if x0_prev is None else x0_prev.to(x_t.dtype)  # [B,3,H,W]
+            img = img + self.prev_in(self.patchify(prev))  # [B,N,D]
         tokens = [txt, img]
         rows = torch.arange(gh, device=x_t.device).repeat_interleave(gw)  # [N]
         cols = torch.arange(gw, device=x_t.device).repeat(gh)  # [N]

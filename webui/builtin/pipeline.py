@@ -3,7 +3,8 @@
 The pipeline works in pixel space: its "latents" are images [B,3,H,W] in [-1,1]. The transformer predicts the
 clean image x0; each step turns that into the flow-matching velocity v = (x_t - x0) / sigma that diffusers'
 FlowMatch schedulers (Euler by default, Heun when swapped in) integrate. Classifier-free guidance mixes the x0
-predictions with and without the prompt. Modes, chosen by the arguments:
+predictions with and without the prompt. A self-conditioned transformer also reads each branch's x0 prediction of
+the previous step (others ignore it). Modes, chosen by the arguments:
   - txt2img: no image;
   - img2img: `image` + `strength` (start from the image noised to sigma = strength);
   - inpaint: `image` + `mask_image` (white = repaint), using the trained inpainting conditioning; pixels outside
@@ -367,6 +368,7 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
             latents = noise  # [B,3,H,W]
 
         # 3. denoise
+        prev = None
         with self.progress_bar(total=n_steps) as progress:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
@@ -374,7 +376,8 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
                 sigma = (t.float() / self.scheduler.config.num_train_timesteps).clamp(min=1e-4)
                 x_in = torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
                 s = sigma.expand(x_in.shape[0]).to(device)
-                x0 = self.transformer(x_in.to(dtype), s, text, text_mask, source).float()  # [(2)B,3,H,W]
+                x0 = self.transformer(x_in.to(dtype), s, text, text_mask, source, prev).float()  # [(2)B,3,H,W]
+                prev = x0.to(dtype)  # each branch's own prediction, read by self-conditioned models
                 if self.do_classifier_free_guidance:
                     x0_uncond, x0_cond = x0.chunk(2)
                     x0 = x0_uncond + guidance_scale * (x0_cond - x0_uncond)  # [B,3,H,W]

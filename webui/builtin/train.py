@@ -67,6 +67,7 @@ T_HIGH = 0.05  # share of t drawn from U(0.9, 1): sampling starts at pure noise,
 # prediction by the clamped t: below the clamp that target is off by (MIN_T - t) / MIN_T * (eps - x0), and a batch
 # of t in [0.02, 0.1] gave a gradient 20-30 times that of a batch at mid-range t.) MIN_T = 0.1 bounds the weight at 100.
 MIN_T = 0.1
+SELF_COND_P = 0.5  # self-conditioned models: share of steps whose x0_prev is a detached prediction (else zeros)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -190,7 +191,7 @@ def build_net(args: argparse.Namespace) -> Net:
     transformer = EaselTransformer(sample_size=D.SIZE, patch_size=args.patch, hidden_size=args.hidden,
                                    depth=args.depth, num_heads=args.heads, bottleneck=args.bottleneck,
                                    text_dim=args.text_dim, source_residual=args.source_residual,
-                                   pixel_decoder=args.pixel_decoder)
+                                   pixel_decoder=args.pixel_decoder, self_condition=args.self_cond)
     map_block = min(args.depth - 1, args.depth // 2) if args.map_weight > 0 else None
     return Net(transformer, text_encoder, args.text_dim, map_block)
 
@@ -257,7 +258,12 @@ def diffusion_loss(net: Net, prompts: list[str], target: torch.Tensor, source: t
     pad = -ids.shape[1] % 8  # few distinct lengths keep the CPU kernels' caches warm
     ids, mask = F.pad(ids, (0, pad)), F.pad(mask, (0, pad))  # [B,L8] each, padding = <pad> / False
     text = net.text_encoder(ids.to(device), mask.to(device))  # [B,L,dim]
-    x0_hat = net.transformer(x_t, t, text, mask.to(device), None if source is None else source.to(device))
+    src = None if source is None else source.to(device)
+    prev = None
+    if getattr(net.transformer, "prev_in", None) is not None and float(torch.rand(1, generator=gen)) < SELF_COND_P:
+        with torch.no_grad():
+            prev = net.transformer(x_t, t, text, mask.to(device), src)  # [B,3,H,W], the model's own first guess
+    x0_hat = net.transformer(x_t, t, text, mask.to(device), src, prev)
     loss = velocity_loss(x0_hat, x0, t, min_t)
     if aux is not None and aux_weight > 0 and net.aux is not None:
         loss = loss + aux_weight * aux_loss(net.aux, text, mask.to(device), aux.to(device))
@@ -354,6 +360,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pixel-decoder", type=int, default=0,
                    help="channels of a full-resolution convolutional refinement of the x0 prediction (0 = none; "
                         "an experiment, see models/builtin/README.md)")
+    p.add_argument("--self-cond", action=argparse.BooleanOptionalAction, default=False,
+                   help="self-conditioning: the model also reads its previous x0 prediction")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0 = in-process)")
     p.add_argument("--device", default="cpu")
@@ -402,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, k.replace("-", "_"), arch[k])
         args.source_residual = arch.get("source_residual", args.source_residual)  # a state saved before this option existed: the command line decides
         args.pixel_decoder = arch.get("pixel_decoder", 0)
+        args.self_cond = arch.get("self_cond", False)
         if not any(k.startswith("map_head.") for k in state["net"]):  # a state saved before the label map existed
             args.map_weight = 0.0
         net = build_net(args)
@@ -417,9 +426,10 @@ def main(argv: list[str] | None = None) -> int:
                         ("bottleneck", "bottleneck"), ("text_dim", "text_dim"), ("source_residual", "source_residual")):
             setattr(args, k, config[name])
         args.pixel_decoder = config.get("pixel_decoder", 0) or args.pixel_decoder  # the weights' own, if they have one
-        net = build_net(args)  # may add a pixel decoder the weights lack: it starts at zero, so nothing changes
+        args.self_cond = bool(config.get("self_condition", False)) or args.self_cond
+        net = build_net(args)  # may add a pixel decoder or self-conditioning the weights lack: both start at zero
         missing, unexpected = net.transformer.load_state_dict(pipe.transformer.float().state_dict(), strict=False)
-        if unexpected or any(not k.startswith("decoder.") for k in missing):
+        if unexpected or any(not k.startswith(("decoder.", "prev_in.")) for k in missing):
             raise ValueError(f"{args.resume_from_weights} does not match: missing {missing}, unexpected {unexpected}")
         net.text_encoder = pipe.text_encoder.float()
         args.text_depth = pipe.text_encoder.config.depth
