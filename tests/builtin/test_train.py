@@ -194,3 +194,47 @@ def test_self_conditioning_is_trained_and_kept_on_resume(tmp_path: Path) -> None
     assert train.main(["--out", str(out), "--state-dir", str(state), "--max-steps", "7", *TINY]) == 0
     assert json.loads((out / "training.json").read_text())["hparams"]["self_cond"] is True
     assert EaselPipeline.from_pretrained(str(out)).transformer.config.self_condition
+
+
+def test_object_weight_map_counts_objects_and_their_outline_more() -> None:
+    """An object (and 2 pixels around it) weighs 1 + k times the background; every image's weights average 1; an
+    image without objects is weighted uniformly."""
+    fg = torch.zeros(2, 1, 16, 16)
+    fg[0, 0, 6:10, 6:10] = 1.0
+    w = train.object_weight_map(fg, 4.0, grow=2)
+    assert torch.allclose(w.mean(dim=(1, 2, 3)), torch.ones(2))
+    assert abs(float(w[0, 0, 8, 8] / w[0, 0, 0, 0]) - 5.0) < 1e-5
+    assert abs(float(w[0, 0, 4, 8] / w[0, 0, 0, 0]) - 5.0) < 1e-5  # 2 px outside the object: grown into
+    assert float(w[0, 0, 3, 8]) == float(w[0, 0, 0, 0])  # 3 px outside: background
+    assert torch.equal(w[1], torch.ones(1, 16, 16))
+    x0, t = torch.zeros(2, 3, 16, 16), torch.full((2,), 0.5)
+    miss_object, miss_background = x0.clone(), x0.clone()
+    miss_object[0, :, 8, 8] = 1.0
+    miss_background[0, :, 0, 0] = 1.0
+    assert float(train.velocity_loss(miss_object, x0, t, weight=w)) > \
+        4.9 * float(train.velocity_loss(miss_background, x0, t, weight=w))
+
+
+def test_edit_foreground_is_what_the_edit_changes() -> None:
+    """For a recolour, the changed pixels are the recoloured object; for inpainting, the mask."""
+    from webui.builtin import data as D
+
+    rng = D.example_rng(0, 5)
+    ex = D.sample_example(rng, "recolor")
+    arrays = D.to_tensors(ex)
+    fg = train.edit_foreground(torch.from_numpy(arrays["target"])[None], torch.from_numpy(arrays["source"])[None])
+    obj_mask = D.render(ex.info["scene"])[1][ex.info["index"]] > 0.02  # every pixel the object touches
+    inter = float((fg[0, 0].bool() & torch.from_numpy(obj_mask)).sum())
+    union = float((fg[0, 0].bool() | torch.from_numpy(obj_mask)).sum())
+    assert inter / union > 0.97
+    ex = D.sample_example(D.example_rng(0, 7), "inpaint")
+    arrays = D.to_tensors(ex)
+    fg = train.edit_foreground(torch.from_numpy(arrays["target"])[None], torch.from_numpy(arrays["source"])[None])
+    assert torch.equal(fg[0, 0].bool(), torch.from_numpy(ex.mask > 0))
+
+
+def test_batches_carry_object_coverage_and_train_with_object_weight(tmp_path: Path) -> None:
+    b = train.make_batch(0, 3, 6)
+    assert b.gen_fg.shape == (3, 1, 64, 64) and 0 < float(b.gen_fg.mean()) < 0.5
+    assert train.main(["--out", str(tmp_path / "out"), "--state-dir", str(tmp_path / "s"), "--max-steps", "2",
+                       "--object-weight", "4", *TINY]) == 0

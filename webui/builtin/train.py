@@ -67,6 +67,11 @@ T_HIGH = 0.05  # share of t drawn from U(0.9, 1): sampling starts at pure noise,
 # prediction by the clamped t: below the clamp that target is off by (MIN_T - t) / MIN_T * (eps - x0), and a batch
 # of t in [0.02, 0.1] gave a gradient 20-30 times that of a batch at mid-range t.) MIN_T = 0.1 bounds the weight at 100.
 MIN_T = 0.1
+# Object weighting: the diffusion loss counts pixels on and near objects (and, in edits, what the edit changes)
+# 1 + OBJECT_WEIGHT times, renormalised per image. Objects cover 5-15% of a scene; trained without it, the model drew
+# only backgrounds at step 1500 and blobs of roughly the right colour at step 10851.
+OBJECT_WEIGHT = 0.0
+OBJECT_GROW = 2  # pixels of background around an object that count as part of it
 SELF_COND_P = 0.5  # self-conditioned models: share of steps whose x0_prev is a detached prediction (else zeros)
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,6 +87,7 @@ class Batch:
     cond_source: torch.Tensor  # [Bc,4,H,W]
     gen_aux: torch.Tensor | None = None  # [Bg,1+colours+shapes]: caption_labels of each gen example
     gen_map: torch.Tensor | None = None  # [Bg,2,H/MAP_CELL,W/MAP_CELL] int64: label_map of each gen example
+    gen_fg: torch.Tensor | None = None  # [Bg,1,H,W] in [0,1]: the objects' coverage of each gen example's pixels
 
 
 def caption_labels(ex: D.Example, dropped: bool) -> np.ndarray:
@@ -117,7 +123,7 @@ def label_map(ex: D.Example, cell: int = MAP_CELL) -> np.ndarray:
 
 def make_batch(seed: int, step: int, batch_size: int, split: str = "train") -> Batch:
     """The batch of `step`: examples step*batch_size ... (step+1)*batch_size-1 of the split."""
-    gen_p, gen_t, gen_a, gen_m, cond_p, cond_t, cond_s = [], [], [], [], [], [], []
+    gen_p, gen_t, gen_a, gen_m, gen_f, cond_p, cond_t, cond_s = [], [], [], [], [], [], [], []
     for i in range(batch_size):
         rng = D.example_rng(seed, step * batch_size + i, split)
         # a fixed split (first half text-to-image, second half edits) keeps tensor shapes constant per step
@@ -135,6 +141,9 @@ def make_batch(seed: int, step: int, batch_size: int, split: str = "train") -> B
             gen_t.append(arrays["target"])
             gen_a.append(caption_labels(ex, dropped))
             gen_m.append(label_map(ex))
+            masks = ex.info["masks"]
+            gen_f.append(np.max(np.stack(masks), axis=0)[None].astype(np.float32) if masks
+                         else np.zeros((1, D.SIZE, D.SIZE), np.float32))
 
     def stack(xs: list[np.ndarray], c: int) -> torch.Tensor:
         return torch.from_numpy(np.stack(xs)) if xs else torch.zeros(0, c, D.SIZE, D.SIZE)
@@ -142,7 +151,7 @@ def make_batch(seed: int, step: int, batch_size: int, split: str = "train") -> B
     aux = torch.from_numpy(np.stack(gen_a)) if gen_a else torch.zeros(0, N_LABELS)
     maps = torch.from_numpy(np.stack(gen_m)) if gen_m else torch.zeros(0, 2, D.SIZE // MAP_CELL, D.SIZE // MAP_CELL,
                                                                           dtype=torch.int64)
-    return Batch(gen_p, stack(gen_t, 3), cond_p, stack(cond_t, 3), stack(cond_s, 4), aux, maps)
+    return Batch(gen_p, stack(gen_t, 3), cond_p, stack(cond_t, 3), stack(cond_s, 4), aux, maps, stack(gen_f, 1))
 
 
 class BatchStream(torch.utils.data.IterableDataset):
@@ -203,12 +212,31 @@ def sample_t(batch: int, gen: torch.Generator, t_mean: float = T_MEAN, t_std: fl
     return torch.where(high, 0.9 + 0.1 * torch.rand(batch, generator=gen), t)  # [B]
 
 
-def velocity_loss(x0_hat: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, min_t: float = MIN_T) -> torch.Tensor:
+def velocity_loss(x0_hat: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, min_t: float = MIN_T,
+                  weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error of the velocity implied by an x0 prediction, (x_t - x0_hat) / max(t, min_t), against the
     true one, (x_t - x0) / max(t, min_t) (= eps - x0 for t >= min_t). Dividing both by the same clamped t keeps the
-    target unbiased below min_t: the loss is the x0 error times 1 / max(t, min_t)^2. Images [B,3,H,W]; t [B]."""
+    target unbiased below min_t: the loss is the x0 error times 1 / max(t, min_t)^2. Images [B,3,H,W]; t [B];
+    weight [B,1,H,W] (per-pixel, see object_weight_map) or None."""
     tb = t[:, None, None, None].clamp(min=min_t)  # [B,1,1,1]
-    return (((x0.float() - x0_hat.float()) / tb) ** 2).mean()
+    err = ((x0.float() - x0_hat.float()) / tb) ** 2  # [B,3,H,W]
+    return (err * weight).mean() if weight is not None else err.mean()
+
+
+def object_weight_map(fg: torch.Tensor, k: float, grow: int = OBJECT_GROW) -> torch.Tensor:
+    """Per-pixel loss weights [B,1,H,W] from object coverage fg [B,1,H,W] in [0,1]: 1 + k on the objects and
+    `grow` pixels around them (where one shape's outline differs from another's), 1 elsewhere, scaled to mean 1 per
+    image so the loss keeps its size."""
+    grown = F.max_pool2d(fg.float(), 2 * grow + 1, stride=1, padding=grow)  # [B,1,H,W]
+    w = 1.0 + k * grown
+    return w / w.mean(dim=(1, 2, 3), keepdim=True)
+
+
+def edit_foreground(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """What an edit or inpainting example changes: pixels where target and source differ, or inside the
+    inpainting mask (source channel 4 > 0). target [B,3,H,W], source [B,4,H,W] -> [B,1,H,W] in {0,1}."""
+    changed = (target.float() - source[:, :3].float()).abs().amax(dim=1, keepdim=True) > 0.02  # [B,1,H,W]
+    return (changed | (source[:, 3:4] > 0)).float()
 
 
 def aux_loss(head: nn.Module, text: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -244,7 +272,8 @@ def map_loss(net: Net, n_text: int, labels: torch.Tensor) -> torch.Tensor:
 def diffusion_loss(net: Net, prompts: list[str], target: torch.Tensor, source: torch.Tensor | None,
                    gen: torch.Generator, device: torch.device, t_mean: float = T_MEAN, t_std: float = T_STD,
                    min_t: float = MIN_T, aux: torch.Tensor | None = None, aux_weight: float = AUX_WEIGHT,
-                   maps: torch.Tensor | None = None, map_weight: float = MAP_WEIGHT) -> torch.Tensor:
+                   maps: torch.Tensor | None = None, map_weight: float = MAP_WEIGHT, fg: torch.Tensor | None = None,
+                   object_weight: float = OBJECT_WEIGHT) -> torch.Tensor:
     """Mean squared velocity error of the x0 prediction for one group of examples (plus aux_weight times the
     auxiliary caption loss when `aux` labels are given and the net has the head, and map_weight times the label-map
     loss when `maps` are given and the net has that head)."""
@@ -264,7 +293,11 @@ def diffusion_loss(net: Net, prompts: list[str], target: torch.Tensor, source: t
         with torch.no_grad():
             prev = net.transformer(x_t, t, text, mask.to(device), src)  # [B,3,H,W], the model's own first guess
     x0_hat = net.transformer(x_t, t, text, mask.to(device), src, prev)
-    loss = velocity_loss(x0_hat, x0, t, min_t)
+    weight = None
+    if object_weight > 0:
+        fg = edit_foreground(x0, src) if fg is None and src is not None else fg
+        weight = object_weight_map(fg.to(device), object_weight) if fg is not None else None
+    loss = velocity_loss(x0_hat, x0, t, min_t, weight)
     if aux is not None and aux_weight > 0 and net.aux is not None:
         loss = loss + aux_weight * aux_loss(net.aux, text, mask.to(device), aux.to(device))
     if maps is not None and map_weight > 0 and net.map_head is not None and net.features is not None:
@@ -282,11 +315,12 @@ def train_step(net: Net, opt: torch.optim.Optimizer, batch: Batch, gen: torch.Ge
         if batch.gen_target.shape[0]:
             losses.append(diffusion_loss(net, batch.gen_prompts, batch.gen_target, None, gen, device,
                                          args.t_mean, args.t_std, args.min_t, batch.gen_aux, args.aux_weight,
-                                         batch.gen_map, args.map_weight))
+                                         batch.gen_map, args.map_weight, batch.gen_fg, args.object_weight))
             weights.append(batch.gen_target.shape[0])
         if batch.cond_target.shape[0]:
             losses.append(diffusion_loss(net, batch.cond_prompts, batch.cond_target, batch.cond_source, gen,
-                                         device, args.t_mean, args.t_std, args.min_t))
+                                         device, args.t_mean, args.t_std, args.min_t,
+                                         object_weight=args.object_weight))
             weights.append(batch.cond_target.shape[0])
         loss = sum(l * w for l, w in zip(losses, weights)) / sum(weights)
     opt.zero_grad(set_to_none=True)
@@ -360,6 +394,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pixel-decoder", type=int, default=0,
                    help="channels of a full-resolution convolutional refinement of the x0 prediction (0 = none; "
                         "an experiment, see models/builtin/README.md)")
+    p.add_argument("--object-weight", type=float, default=OBJECT_WEIGHT,
+                   help="extra loss weight on object pixels and edited pixels (0 = uniform)")
     p.add_argument("--self-cond", action=argparse.BooleanOptionalAction, default=False,
                    help="self-conditioning: the model also reads its previous x0 prediction")
     p.add_argument("--threads", type=int, default=2)
