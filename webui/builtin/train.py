@@ -276,7 +276,10 @@ def diffusion_loss(net: Net, prompts: list[str], target: torch.Tensor, source: t
                    object_weight: float = OBJECT_WEIGHT) -> torch.Tensor:
     """Mean squared velocity error of the x0 prediction for one group of examples (plus aux_weight times the
     auxiliary caption loss when `aux` labels are given and the net has the head, and map_weight times the label-map
-    loss when `maps` are given and the net has that head)."""
+    loss when `maps` are given and the net has that head). With object_weight > 0 the squared error is weighted per
+    pixel by object_weight_map of `fg` (text-to-image: the objects' coverage) or, for conditioned examples without
+    `fg`, of what the edit changes (edit_foreground). A self-conditioned transformer gets, on SELF_COND_P of the
+    calls, its own detached prediction of the same x_t as x0_prev."""
     B = target.shape[0]
     x0 = target.to(device)  # [B,3,H,W]
     eps = torch.randn(x0.shape, generator=gen).to(device)  # [B,3,H,W]
