@@ -42,17 +42,24 @@ def test_source_residual_makes_an_untrained_edit_a_copy() -> None:
         assert torch.count_nonzero(plain(x, t, text, mask, source)) == 0
 
 
+def trained_and_extended(prefix: str, **option) -> tuple[EaselTransformer, EaselTransformer]:
+    """A tiny "trained" transformer (non-zero head) and the same weights in one built with `option`, whose extra
+    parameters (all named `prefix`...) the plain weights lack."""
+    kwargs = dict(patch_size=8, hidden_size=32, depth=1, num_heads=2, bottleneck=8, text_dim=16)
+    torch.manual_seed(0)
+    plain = EaselTransformer(**kwargs).eval()
+    with torch.no_grad():
+        plain.head.weight.normal_(std=0.1)  # a "trained" head with a non-zero output
+    extended = EaselTransformer(**option, **kwargs).eval()
+    missing, unexpected = extended.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith(prefix) for k in missing)
+    return plain, extended
+
+
 def test_pixel_decoder_starts_as_no_change_and_learns_a_correction() -> None:
     """A fresh pixel decoder returns the transformer's prediction exactly (so it can be added to trained
     weights); one optimiser step on an error makes it change the prediction."""
-    kwargs = dict(patch_size=8, hidden_size=32, depth=1, num_heads=2, bottleneck=8, text_dim=16)
-    torch.manual_seed(0)
-    plain = EaselTransformer(**kwargs)
-    with torch.no_grad():
-        plain.head.weight.normal_(std=0.1)  # a "trained" head with a non-zero output
-    decoded = EaselTransformer(pixel_decoder=8, **kwargs)
-    missing, unexpected = decoded.load_state_dict(plain.state_dict(), strict=False)
-    assert not unexpected and missing and all(k.startswith("decoder.") for k in missing)
+    plain, decoded = trained_and_extended("decoder.", pixel_decoder=8)
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([0.2, 0.8])
     text, mask = torch.randn(2, 4, 16), torch.ones(2, 4, dtype=torch.bool)
     source = torch.rand(2, 4, 32, 32) * 2 - 1
@@ -85,14 +92,7 @@ def test_self_conditioning_starts_as_no_change_and_then_reads_the_previous_predi
     """A fresh self-conditioned model predicts the same with and without x0_prev (its embedding starts at zero),
     so it can be added to trained weights; once that embedding is non-zero the prediction depends on x0_prev. A
     model without the option ignores x0_prev."""
-    kwargs = dict(patch_size=8, hidden_size=32, depth=1, num_heads=2, bottleneck=8, text_dim=16)
-    torch.manual_seed(0)
-    plain = EaselTransformer(**kwargs).eval()
-    with torch.no_grad():
-        plain.head.weight.normal_(std=0.1)
-    selfcond = EaselTransformer(self_condition=True, **kwargs).eval()
-    missing, unexpected = selfcond.load_state_dict(plain.state_dict(), strict=False)
-    assert not unexpected and missing and all(k.startswith("prev_in.") for k in missing)
+    plain, selfcond = trained_and_extended("prev_in.", self_condition=True)
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([0.2, 0.8])
     text, mask = torch.randn(2, 4, 16), torch.ones(2, 4, dtype=torch.bool)
     prev = torch.rand(2, 3, 32, 32) * 2 - 1
