@@ -135,6 +135,11 @@ class PixelDecoder(nn.Module):
         return x0 + self.conv_out(h)  # [B,3,H,W]
 
 
+def bottleneck_embedding(patch_dim: int, bottleneck: int, dim: int) -> nn.Sequential:
+    """Patch embedding through a low-rank bottleneck, as in JiT: [.., patch_dim] -> [.., bottleneck] -> [.., dim]."""
+    return nn.Sequential(nn.Linear(patch_dim, bottleneck, bias=False), nn.Linear(bottleneck, dim))
+
+
 class EaselTransformer(ModelMixin, ConfigMixin):
     """forward(x_t [B,3,H,W], t [B] in [0,1] (1 = noise), text [B,L,text_dim], text_mask [B,L] bool,
     source [B,4,H,W] | None, x0_prev [B,3,H,W] | None) -> x0 prediction [B,3,H,W]. H and W must be multiples of
@@ -147,14 +152,12 @@ class EaselTransformer(ModelMixin, ConfigMixin):
                  pixel_decoder: int = 0, self_condition: bool = False) -> None:
         super().__init__()
         p, D = patch_size, hidden_size
-        self.patch_in = nn.Sequential(nn.Linear(in_channels * p * p, bottleneck, bias=False), nn.Linear(bottleneck, D))
-        self.source_in = nn.Sequential(nn.Linear(source_channels * p * p, bottleneck, bias=False),
-                                       nn.Linear(bottleneck, D))
+        self.patch_in = bottleneck_embedding(in_channels * p * p, bottleneck, D)
+        self.source_in = bottleneck_embedding(source_channels * p * p, bottleneck, D)
         self.text_in = nn.Linear(text_dim, D)
         self.prev_in = None
         if self_condition:
-            self.prev_in = nn.Sequential(nn.Linear(in_channels * p * p, bottleneck, bias=False),
-                                         nn.Linear(bottleneck, D))
+            self.prev_in = bottleneck_embedding(in_channels * p * p, bottleneck, D)
             nn.init.zeros_(self.prev_in[1].weight)
             nn.init.zeros_(self.prev_in[1].bias)
         self.type_embed = nn.Parameter(torch.zeros(3, D))  # text, image, source

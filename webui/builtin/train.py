@@ -141,9 +141,7 @@ def make_batch(seed: int, step: int, batch_size: int, split: str = "train") -> B
             gen_t.append(arrays["target"])
             gen_a.append(caption_labels(ex, dropped))
             gen_m.append(label_map(ex))
-            masks = ex.info["masks"]
-            gen_f.append(np.max(np.stack(masks), axis=0)[None].astype(np.float32) if masks
-                         else np.zeros((1, D.SIZE, D.SIZE), np.float32))
+            gen_f.append(np.max(np.stack(ex.info["masks"]), axis=0)[None])  # [1,H,W]: every scene has an object
 
     def stack(xs: list[np.ndarray], c: int) -> torch.Tensor:
         return torch.from_numpy(np.stack(xs)) if xs else torch.zeros(0, c, D.SIZE, D.SIZE)
@@ -288,21 +286,20 @@ def diffusion_loss(net: Net, prompts: list[str], target: torch.Tensor, source: t
     x_t = (1.0 - tb) * x0 + tb * eps  # [B,3,H,W]
     ids, mask = net.text_encoder.tokenize(prompts)  # [B,L] each
     pad = -ids.shape[1] % 8  # few distinct lengths keep the CPU kernels' caches warm
-    ids, mask = F.pad(ids, (0, pad)), F.pad(mask, (0, pad))  # [B,L8] each, padding = <pad> / False
-    text = net.text_encoder(ids.to(device), mask.to(device))  # [B,L,dim]
+    ids, mask = F.pad(ids.to(device), (0, pad)), F.pad(mask.to(device), (0, pad))  # [B,L8], padding <pad> / False
+    text = net.text_encoder(ids, mask)  # [B,L,dim]
     src = None if source is None else source.to(device)
     prev = None
     if getattr(net.transformer, "prev_in", None) is not None and float(torch.rand(1, generator=gen)) < SELF_COND_P:
         with torch.no_grad():
-            prev = net.transformer(x_t, t, text, mask.to(device), src)  # [B,3,H,W], the model's own first guess
-    x0_hat = net.transformer(x_t, t, text, mask.to(device), src, prev)
+            prev = net.transformer(x_t, t, text, mask, src)  # [B,3,H,W], the model's own first guess
+    x0_hat = net.transformer(x_t, t, text, mask, src, prev)
     weight = None
-    if object_weight > 0:
-        fg = edit_foreground(x0, src) if fg is None and src is not None else fg
-        weight = object_weight_map(fg.to(device), object_weight) if fg is not None else None
+    if object_weight > 0 and (fg is not None or src is not None):
+        weight = object_weight_map(fg.to(device) if fg is not None else edit_foreground(x0, src), object_weight)
     loss = velocity_loss(x0_hat, x0, t, min_t, weight)
     if aux is not None and aux_weight > 0 and net.aux is not None:
-        loss = loss + aux_weight * aux_loss(net.aux, text, mask.to(device), aux.to(device))
+        loss = loss + aux_weight * aux_loss(net.aux, text, mask, aux.to(device))
     if maps is not None and map_weight > 0 and net.map_head is not None and net.features is not None:
         loss = loss + map_weight * map_loss(net, ids.shape[1], maps.to(device))
     net.features = None  # the graph it belongs to is done with; a copy of the net (EMA, export) must not hold it
