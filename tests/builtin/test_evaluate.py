@@ -29,4 +29,8 @@ def test_evaluate_runs_on_a_tiny_model() -> None:
     for key in ("single_object", "relation", "inpaint_inside", "img2img_keeps_scene", "absent_empty"):
         assert key in results
     assert results["inpaint_outside_unchanged"] == 1.0
-    assert "| metric |" in E.markdown(results)
+    table = E.markdown(results)
+    assert "| metric |" in table and table.count("Recolour edits correct") == 1
+    assert results["guidance_interval"] == [0.0, 1.0] and "noise levels" not in table
+    windowed = E.evaluate(make_tiny_pipeline(), n=2, steps=1, batch=2, guidance_interval=(0.1, 0.85))
+    assert "guidance 4.0 for noise levels 0.1-0.85" in E.markdown(windowed)

@@ -125,3 +125,56 @@ def test_self_conditioned_transformer_gets_each_steps_previous_prediction() -> N
     pipe("a red circle", image=image, mask_image=mask, num_inference_steps=2, guidance_scale=1.0, height=32,
          width=32)
     assert len(calls) == 2 and calls[0][0] is None and torch.equal(calls[1][0], calls[0][1])
+
+
+def test_guidance_interval_guides_only_inside_it_and_is_the_models_default(tmp_path: Path) -> None:
+    """Inside the interval of noise levels both branches run and are mixed; outside only the prompt's branch runs
+    (one row per image). The model folder's model_index.json holds the default; an argument overrides it."""
+    import json
+
+    from webui.builtin.pipeline import EaselPipeline
+
+    pipe = make_tiny_pipeline()
+    rows: list[int] = []
+    sigmas: list[float] = []
+    forward = pipe.transformer.forward
+
+    def spy(x_t, t, *args):
+        rows.append(x_t.shape[0])
+        sigmas.append(float(t[0]))
+        return forward(x_t, t, *args)
+
+    pipe.transformer.forward = spy
+    kw = dict(num_inference_steps=6, guidance_scale=3.0, height=32, width=32, output_type="np")
+    pipe("a red circle", generator=_gen(0), guidance_interval=(0.3, 0.8), **kw)
+    assert rows == [2 if 0.3 <= s <= 0.8 else 1 for s in sigmas] and 1 in rows and 2 in rows
+    # an interval that holds none of the steps is sampling without guidance
+    rows.clear()
+    unguided = pipe("a red circle", generator=_gen(0), guidance_interval=(0.0, 1e-6), **kw).images
+    assert rows == [1] * 6
+    plain = pipe("a red circle", generator=_gen(0), **{**kw, "guidance_scale": 1.0}).images
+    np.testing.assert_allclose(unguided, plain, atol=1e-5)
+    full = pipe("a red circle", generator=_gen(0), guidance_interval=(0.0, 1.0), **kw).images
+    default = pipe("a red circle", generator=_gen(0), **kw).images
+    np.testing.assert_array_equal(full, default)
+    assert np.abs(full - unguided).max() > 1e-3
+
+    pipe.transformer.forward = forward
+    windowed = EaselPipeline(pipe.transformer, pipe.text_encoder, pipe.scheduler, guidance_interval=[0.3, 0.8])
+    windowed.save_pretrained(tmp_path / "easel")
+    assert json.loads((tmp_path / "easel" / "model_index.json").read_text())["guidance_interval"] == [0.3, 0.8]
+    loaded = EaselPipeline.from_pretrained(str(tmp_path / "easel"))
+    loaded.set_progress_bar_config(disable=True)
+    loaded.transformer.forward = spy
+    rows.clear()
+    sigmas.clear()
+    loaded("a red circle", generator=_gen(0), **kw)
+    assert rows == [2 if 0.3 <= s <= 0.8 else 1 for s in sigmas] and 1 in rows
+    rows.clear()
+    loaded("a red circle", generator=_gen(0), guidance_interval=(0.0, 1.0), **kw)
+    assert rows == [2] * 6
+
+    with pytest.raises(ValueError, match=r"`guidance_interval` must satisfy 0 <= low < high <= 1, got \(0.9, 0.2\)"):
+        pipe("x", guidance_interval=(0.9, 0.2))
+    with pytest.raises(ValueError, match="`guidance_interval` must be two numbers"):
+        pipe("x", guidance_interval=("low",))

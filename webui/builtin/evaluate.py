@@ -212,8 +212,10 @@ def relation_holds(a: Detection, b: Detection, rel: str, margin: float = 4.0) ->
 class Runner:
     """Batched calls of the pipeline with one seeded generator per image."""
 
-    def __init__(self, pipe, steps: int, guidance: float, batch: int, seed: int) -> None:
+    def __init__(self, pipe, steps: int, guidance: float, batch: int, seed: int,
+                 guidance_interval: tuple[float, float] | None = None) -> None:
         self.pipe, self.steps, self.guidance, self.batch, self.seed = pipe, steps, guidance, batch, seed
+        self.guidance_interval = guidance_interval
 
     def __call__(self, prompts: list[str], **kwargs) -> list[np.ndarray]:
         import torch
@@ -226,7 +228,7 @@ class Runner:
             gens = [torch.Generator().manual_seed(self.seed + start + j) for j in range(len(chunk))]
             extra = {k: _stack(v[start:start + self.batch]) for k, v in per_image.items()}
             res = self.pipe(chunk, num_inference_steps=self.steps, guidance_scale=self.guidance, generator=gens,
-                            output_type="np", **shared, **extra).images
+                            guidance_interval=self.guidance_interval, output_type="np", **shared, **extra).images
             out.extend((np.asarray(r) * 255.0).round().astype(np.uint8) for r in res)
         return out
 
@@ -240,10 +242,14 @@ def _stack(images: list[np.ndarray]):
     return torch.from_numpy(arr.astype(np.float32) / 255.0).permute(0, 3, 1, 2)  # [B,3,H,W] in [0,1]
 
 
-def evaluate(pipe, n: int = 200, seed: int = 0, steps: int = 20, guidance: float = 4.0, batch: int = 16) -> dict:
-    """Run every scored task on `n` held-out cases each; returns a dict of results."""
-    run = Runner(pipe, steps, guidance, batch, seed)
-    results: dict = {"n": n, "steps": steps, "guidance_scale": guidance}
+def evaluate(pipe, n: int = 200, seed: int = 0, steps: int = 20, guidance: float = 4.0, batch: int = 16,
+             guidance_interval: tuple[float, float] | None = None) -> dict:
+    """Run every scored task on `n` held-out cases each; returns a dict of results. `guidance_interval`
+    None uses the model's own default (its model_index.json)."""
+    run = Runner(pipe, steps, guidance, batch, seed, guidance_interval)
+    results: dict = {"n": n, "steps": steps, "guidance_scale": guidance,
+                     "guidance_interval": list(pipe.guidance_window(
+                         guidance_interval if guidance_interval is not None else pipe.config.get("guidance_interval")))}
 
     # single object: exact colour + shape (and position where named)
     cases = single_object_cases(n, seed)
@@ -341,7 +347,7 @@ def evaluate(pipe, n: int = 200, seed: int = 0, steps: int = 20, guidance: float
     times = []
     for r in range(6):
         t0 = time.perf_counter()
-        pipe("a red circle", num_inference_steps=20, guidance_scale=guidance,
+        pipe("a red circle", num_inference_steps=20, guidance_scale=guidance, guidance_interval=guidance_interval,
              generator=torch.Generator().manual_seed(r))
         times.append(time.perf_counter() - t0)
     results["latency_s_median"] = statistics.median(times[1:])
@@ -371,7 +377,9 @@ def markdown(results: dict) -> str:
         ("Latency, 20 steps + CFG, 64x64, batch 1 (median)", f"{results['latency_s_median']:.2f} s "
          f"({results['torch_threads']} threads)", "<= 1 s"),
     ]
-    lines = [f"n = {results['n']} per row, {results['steps']} steps, guidance {results['guidance_scale']}", "",
+    window = results.get("guidance_interval")
+    where = f" for noise levels {window[0]:g}-{window[1]:g}" if window and tuple(window) != (0.0, 1.0) else ""
+    lines = [f"n = {results['n']} per row, {results['steps']} steps, guidance {results['guidance_scale']}{where}", "",
              "| metric | result | target |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines)
@@ -386,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="guide only at noise levels in [LOW, HIGH] (default: the model's own setting)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=Path("outputs/builtin-eval.json"))
@@ -406,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     if info_path.exists():
         info = json.loads(info_path.read_text())
         results["model_step"], results["model_loss"] = info.get("step"), info.get("loss")
-    results.update(evaluate(pipe, args.n, args.seed, args.steps, args.guidance, args.batch))
+    results.update(evaluate(pipe, args.n, args.seed, args.steps, args.guidance, args.batch, args.guidance_interval))
     table = markdown(results)
     if "detector_accuracy" in results:
         table += f"\n\nDetector accuracy on {args.validate_detector} rendered scenes: " \

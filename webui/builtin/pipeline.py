@@ -219,9 +219,13 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, transformer: EaselTransformer, text_encoder: EaselTextEncoder,
-                 scheduler: FlowMatchEulerDiscreteScheduler) -> None:
+                 scheduler: FlowMatchEulerDiscreteScheduler, guidance_interval: list[float] | None = None) -> None:
         super().__init__()
         self.register_modules(transformer=transformer, text_encoder=text_encoder, scheduler=scheduler)
+        if guidance_interval is not None:
+            guidance_interval = list(self.guidance_window(guidance_interval))
+        # the model's default for `__call__(guidance_interval=None)`, saved in model_index.json
+        self.register_to_config(guidance_interval=guidance_interval)
         self._interrupt = False
         self._guidance_scale = 1.0
         self._num_timesteps = 0
@@ -283,6 +287,20 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
         with torch.no_grad():
             return self.text_encoder.encode(texts, device=self._execution_device)
 
+    @staticmethod
+    def guidance_window(interval: tuple[float, float] | None) -> tuple[float, float]:
+        """The noise levels (sigma, 1 = pure noise) at which guidance applies; elsewhere only the prompt's
+        branch runs, which also halves the cost of those steps."""
+        if interval is None:
+            return 0.0, 1.0
+        try:
+            lo, hi = (float(v) for v in interval)
+        except (TypeError, ValueError):
+            raise ValueError(f"`guidance_interval` must be two numbers (low, high), got {interval!r}") from None
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"`guidance_interval` must satisfy 0 <= low < high <= 1, got ({lo}, {hi})")
+        return lo, hi
+
     def get_timesteps(self, num_inference_steps: int, strength: float, device: torch.device
                       ) -> tuple[torch.Tensor, int]:
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -316,12 +334,15 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
                  image: ImageInput | None = None, strength: float = 1.0, mask_image: ImageInput | None = None,
                  source_image: ImageInput | None = None, output_type: str = "pil", return_dict: bool = True,
                  callback_on_step_end: Callable | None = None,
-                 callback_on_step_end_tensor_inputs: list[str] | None = None
+                 callback_on_step_end_tensor_inputs: list[str] | None = None,
+                 guidance_interval: tuple[float, float] | None = None
                  ) -> ImagePipelineOutput | tuple:
         # 1. check inputs
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         self.check_inputs(height, width, strength, image, mask_image, source_image, num_inference_steps,
                           tensor_inputs)
+        lo, hi = self.guidance_window(guidance_interval if guidance_interval is not None
+                                      else self.config.get("guidance_interval"))
         prompts = self._as_list(prompt)
         n_inputs = _input_batch(image if image is not None else source_image)
         if len(prompts) == 1 and n_inputs > 1:  # one prompt for a batch of input images, as diffusers takes it
@@ -374,11 +395,19 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
                 if self.interrupt:
                     break
                 sigma = (t.float() / self.scheduler.config.num_train_timesteps).clamp(min=1e-4)
-                x_in = torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
+                guided = self.do_classifier_free_guidance and lo <= float(sigma) <= hi
+                if guided:
+                    x_in, rows = torch.cat([latents, latents]), slice(None)
+                else:  # only the prompt's branch (the negative rows come first when guiding)
+                    x_in, rows = latents, slice(batch if self.do_classifier_free_guidance else 0, None)
                 s = sigma.expand(x_in.shape[0]).to(device)
-                x0 = self.transformer(x_in.to(dtype), s, text, text_mask, source, prev).float()  # [(2)B,3,H,W]
+                x0 = self.transformer(x_in.to(dtype), s, text[rows], text_mask[rows],
+                                      None if source is None else source[rows],
+                                      None if prev is None else prev[rows]).float()  # [(2)B,3,H,W]
                 prev = x0.to(dtype)  # each branch's own prediction, read by self-conditioned models
-                if self.do_classifier_free_guidance:
+                if self.do_classifier_free_guidance and not guided:
+                    prev = prev.repeat(2, 1, 1, 1)  # both branches go on from the prompt's prediction
+                if guided:
                     x0_uncond, x0_cond = x0.chunk(2)
                     x0 = x0_uncond + guidance_scale * (x0_cond - x0_uncond)  # [B,3,H,W]
                 velocity = (latents - x0) / sigma  # [B,3,H,W]
