@@ -248,8 +248,7 @@ def evaluate(pipe, n: int = 200, seed: int = 0, steps: int = 20, guidance: float
     None uses the model's own default (its model_index.json)."""
     run = Runner(pipe, steps, guidance, batch, seed, guidance_interval)
     results: dict = {"n": n, "steps": steps, "guidance_scale": guidance,
-                     "guidance_interval": list(pipe.guidance_window(
-                         guidance_interval if guidance_interval is not None else pipe.config.get("guidance_interval")))}
+                     "guidance_interval": list(pipe.guidance_window(guidance_interval))}
 
     # single object: exact colour + shape (and position where named)
     cases = single_object_cases(n, seed)

@@ -287,10 +287,12 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
         with torch.no_grad():
             return self.text_encoder.encode(texts, device=self._execution_device)
 
-    @staticmethod
-    def guidance_window(interval: tuple[float, float] | None) -> tuple[float, float]:
+    def guidance_window(self, interval: tuple[float, float] | None = None) -> tuple[float, float]:
         """The noise levels (sigma, 1 = pure noise) at which guidance applies; elsewhere only the prompt's
-        branch runs, which also halves the cost of those steps."""
+        branch runs, which also halves the cost of those steps. None: the model's default (model_index.json),
+        and without one every step."""
+        if interval is None:
+            interval = self.config.get("guidance_interval")
         if interval is None:
             return 0.0, 1.0
         try:
@@ -341,8 +343,7 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         self.check_inputs(height, width, strength, image, mask_image, source_image, num_inference_steps,
                           tensor_inputs)
-        lo, hi = self.guidance_window(guidance_interval if guidance_interval is not None
-                                      else self.config.get("guidance_interval"))
+        lo, hi = self.guidance_window(guidance_interval)
         prompts = self._as_list(prompt)
         n_inputs = _input_batch(image if image is not None else source_image)
         if len(prompts) == 1 and n_inputs > 1:  # one prompt for a batch of input images, as diffusers takes it
@@ -405,11 +406,11 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
                                       None if source is None else source[rows],
                                       None if prev is None else prev[rows]).float()  # [(2)B,3,H,W]
                 prev = x0.to(dtype)  # each branch's own prediction, read by self-conditioned models
-                if self.do_classifier_free_guidance and not guided:
-                    prev = prev.repeat(2, 1, 1, 1)  # both branches go on from the prompt's prediction
                 if guided:
                     x0_uncond, x0_cond = x0.chunk(2)
                     x0 = x0_uncond + guidance_scale * (x0_cond - x0_uncond)  # [B,3,H,W]
+                elif self.do_classifier_free_guidance:
+                    prev = prev.repeat(2, 1, 1, 1)  # both branches go on from the prompt's prediction
                 velocity = (latents - x0) / sigma  # [B,3,H,W]
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:
