@@ -238,3 +238,31 @@ def test_batches_carry_object_coverage_and_train_with_object_weight(tmp_path: Pa
     assert b.gen_fg.shape == (3, 1, 64, 64) and 0 < float(b.gen_fg.mean()) < 0.5
     assert train.main(["--out", str(tmp_path / "out"), "--state-dir", str(tmp_path / "s"), "--max-steps", "2",
                        "--object-weight", "4", *TINY]) == 0
+
+
+def test_blurred_inputs_only_at_high_noise_and_the_blur_keeps_flat_areas() -> None:
+    """blur_inputs leaves low-noise examples (and everything at p = 0) crisp; at high noise it blurs edges but
+    keeps flat colour and the image's mean; a whole training run with --blur-p trains and exports."""
+    from webui.builtin import data as D
+
+    x0 = torch.from_numpy(D.to_tensors(D.sample_example(D.example_rng(0, 3), "txt2img"))["target"])[None]
+    x0 = x0.repeat(8, 1, 1, 1)  # [8,3,64,64]
+    t = torch.tensor([0.2, 0.5, 0.59, 0.6, 0.7, 0.9, 0.95, 1.0])
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(train.blur_inputs(x0, t, gen, p=0.0), x0)
+    out = train.blur_inputs(x0, t, torch.Generator().manual_seed(0), p=1.0)
+    assert torch.equal(out[:3], x0[:3])  # t < 0.6: never blurred
+    assert all(not torch.equal(out[i], x0[i]) for i in range(3, 8))
+    flat = torch.full((1, 3, 32, 32), 0.3)
+    assert torch.allclose(train.gaussian_blur(flat, 3.0), flat, atol=1e-6)
+    edge = torch.zeros(1, 1, 32, 32)
+    edge[..., 16:] = 1.0
+    blurred = train.gaussian_blur(edge, 2.0)
+    assert 0.45 < float(blurred[0, 0, 5, 16] + blurred[0, 0, 5, 15]) / 2 < 0.55 and float(blurred[0, 0, 5, 0]) < 1e-3
+    assert abs(float(blurred.mean() - edge.mean())) < 1e-3
+
+
+def test_training_with_blurred_inputs_runs(tmp_path: Path) -> None:
+    assert train.main(["--out", str(tmp_path / "out"), "--state-dir", str(tmp_path / "s"), "--max-steps", "2",
+                       "--blur-p", "0.5", *TINY]) == 0
+    assert json.loads((tmp_path / "out" / "training.json").read_text())["hparams"]["blur_p"] == 0.5

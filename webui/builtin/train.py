@@ -73,6 +73,9 @@ MIN_T = 0.1
 OBJECT_WEIGHT = 0.0
 OBJECT_GROW = 2  # pixels of background around an object that count as part of it
 SELF_COND_P = 0.5  # self-conditioned models: share of steps whose x0_prev is a detached prediction (else zeros)
+BLUR_P = 0.0  # share of examples with t >= BLUR_MIN_T whose noisy input is made from a blurred x0 (0 = off)
+BLUR_MIN_T = 0.6
+BLUR_SIGMAS = (1.0, 2.0, 3.0, 4.0)  # Gaussian blur radii in pixels, one drawn per blurred example
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -230,6 +233,41 @@ def object_weight_map(fg: torch.Tensor, k: float, grow: int = OBJECT_GROW) -> to
     return w / w.mean(dim=(1, 2, 3), keepdim=True)
 
 
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of images [B,C,H,W] with standard deviation `sigma` pixels (edges reflected), in
+    float32 outside any autocast (CPU bf16 depthwise convolutions are very slow)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return _gaussian_blur(x.float(), sigma).to(x.dtype)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    r = max(1, math.ceil(3 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32, device=x.device) / sigma) ** 2)
+    k = k / k.sum()
+    C = x.shape[1]
+    y = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
+    return F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+
+
+def blur_inputs(x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator, p: float = BLUR_P,
+                min_t: float = BLUR_MIN_T) -> torch.Tensor:
+    """The clean images that the noisy inputs are made from: x0 [B,3,H,W], except that a share `p` of the examples
+    with t >= min_t get a Gaussian blur of a radius drawn from BLUR_SIGMAS. A sampler's state at high noise holds
+    a blurred average of the scenes the prompt allows, never a crisp one; trained on such inputs (the target stays
+    the crisp x0), the model learns to draw the shape the prompt names out of a blob instead of keeping the blob."""
+    if p <= 0:
+        return x0
+    B = x0.shape[0]
+    pick = (torch.rand(B, generator=gen) < p).to(x0.device) & (t >= min_t)  # [B]
+    which = torch.randint(len(BLUR_SIGMAS), (B,), generator=gen).to(x0.device)  # [B]
+    out = x0
+    for i, sigma in enumerate(BLUR_SIGMAS):
+        sel = pick & (which == i)
+        if bool(sel.any()):
+            out = torch.where(sel[:, None, None, None], gaussian_blur(x0, sigma), out)
+    return out
+
+
 def edit_foreground(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """What an edit or inpainting example changes: pixels where target and source differ, or inside the
     inpainting mask (source channel 4 > 0). target [B,3,H,W], source [B,4,H,W] -> [B,1,H,W] in {0,1}."""
@@ -271,19 +309,20 @@ def diffusion_loss(net: Net, prompts: list[str], target: torch.Tensor, source: t
                    gen: torch.Generator, device: torch.device, t_mean: float = T_MEAN, t_std: float = T_STD,
                    min_t: float = MIN_T, aux: torch.Tensor | None = None, aux_weight: float = AUX_WEIGHT,
                    maps: torch.Tensor | None = None, map_weight: float = MAP_WEIGHT, fg: torch.Tensor | None = None,
-                   object_weight: float = OBJECT_WEIGHT) -> torch.Tensor:
+                   object_weight: float = OBJECT_WEIGHT, blur_p: float = BLUR_P) -> torch.Tensor:
     """Mean squared velocity error of the x0 prediction for one group of examples (plus aux_weight times the
     auxiliary caption loss when `aux` labels are given and the net has the head, and map_weight times the label-map
     loss when `maps` are given and the net has that head). With object_weight > 0 the squared error is weighted per
     pixel by object_weight_map of `fg` (text-to-image: the objects' coverage) or, for conditioned examples without
     `fg`, of what the edit changes (edit_foreground). A self-conditioned transformer gets, on SELF_COND_P of the
-    calls, its own detached prediction of the same x_t as x0_prev."""
+    calls, its own detached prediction of the same x_t as x0_prev. With blur_p > 0 some high-noise inputs are made
+    from a blurred x0 (blur_inputs); the target is always the crisp one."""
     B = target.shape[0]
     x0 = target.to(device)  # [B,3,H,W]
     eps = torch.randn(x0.shape, generator=gen).to(device)  # [B,3,H,W]
     t = sample_t(B, gen, t_mean, t_std).to(device)  # [B]
     tb = t[:, None, None, None]  # [B,1,1,1]
-    x_t = (1.0 - tb) * x0 + tb * eps  # [B,3,H,W]
+    x_t = (1.0 - tb) * blur_inputs(x0, t, gen, blur_p) + tb * eps  # [B,3,H,W]
     ids, mask = net.text_encoder.tokenize(prompts)  # [B,L] each
     pad = -ids.shape[1] % 8  # few distinct lengths keep the CPU kernels' caches warm
     ids, mask = F.pad(ids.to(device), (0, pad)), F.pad(mask.to(device), (0, pad))  # [B,L8], padding <pad> / False
@@ -315,12 +354,13 @@ def train_step(net: Net, opt: torch.optim.Optimizer, batch: Batch, gen: torch.Ge
         if batch.gen_target.shape[0]:
             losses.append(diffusion_loss(net, batch.gen_prompts, batch.gen_target, None, gen, device,
                                          args.t_mean, args.t_std, args.min_t, batch.gen_aux, args.aux_weight,
-                                         batch.gen_map, args.map_weight, batch.gen_fg, args.object_weight))
+                                         batch.gen_map, args.map_weight, batch.gen_fg, args.object_weight,
+                                         args.blur_p))
             weights.append(batch.gen_target.shape[0])
         if batch.cond_target.shape[0]:
             losses.append(diffusion_loss(net, batch.cond_prompts, batch.cond_target, batch.cond_source, gen,
                                          device, args.t_mean, args.t_std, args.min_t,
-                                         object_weight=args.object_weight))
+                                         object_weight=args.object_weight, blur_p=args.blur_p))
             weights.append(batch.cond_target.shape[0])
         loss = sum(l * w for l, w in zip(losses, weights)) / sum(weights)
     opt.zero_grad(set_to_none=True)
@@ -398,6 +438,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="extra loss weight on object pixels and edited pixels (0 = uniform)")
     p.add_argument("--self-cond", action=argparse.BooleanOptionalAction, default=False,
                    help="self-conditioning: the model also reads its previous x0 prediction")
+    p.add_argument("--blur-p", type=float, default=BLUR_P,
+                   help="share of high-noise examples (t >= %.1f) whose noisy input is made from a blurred image "
+                        "(0 = off)" % BLUR_MIN_T)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0 = in-process)")
     p.add_argument("--device", default="cpu")
