@@ -262,7 +262,23 @@ def test_blurred_inputs_only_at_high_noise_and_the_blur_keeps_flat_areas() -> No
     assert abs(float(blurred.mean() - edge.mean())) < 1e-3
 
 
-def test_training_with_blurred_inputs_runs(tmp_path: Path) -> None:
+def test_training_with_blurred_inputs_and_source_object_weights_runs(tmp_path: Path) -> None:
     assert train.main(["--out", str(tmp_path / "out"), "--state-dir", str(tmp_path / "s"), "--max-steps", "2",
-                       "--blur-p", "0.5", *TINY]) == 0
-    assert json.loads((tmp_path / "out" / "training.json").read_text())["hparams"]["blur_p"] == 0.5
+                       "--blur-p", "0.5", "--object-weight", "4", "--weight-source-objects", *TINY]) == 0
+    hparams = json.loads((tmp_path / "out" / "training.json").read_text())["hparams"]
+    assert hparams["blur_p"] == 0.5 and hparams["weight_source_objects"] is True
+
+
+def test_source_objects_weigh_in_edits_that_change_nothing() -> None:
+    """A query for an absent object changes no pixel: plain edit_foreground is empty, with source_objects it is
+    every object of the source scene (IoU > 0.95 with the rendered masks), never its background."""
+    from webui.builtin import data as D
+
+    ex = D.sample_example(D.example_rng(0, 11), "absent")
+    arrays = D.to_tensors(ex)
+    target, source = torch.from_numpy(arrays["target"])[None], torch.from_numpy(arrays["source"])[None]
+    assert float(train.edit_foreground(target, source).sum()) == 0.0
+    fg = train.edit_foreground(target, source, source_objects=True)[0, 0].bool()
+    objects = torch.from_numpy(sum(m for m in D.render(ex.info["scene"])[1]) > 0.02)
+    assert float((fg & objects).sum()) / float((fg | objects).sum()) > 0.95
+    assert 0 < float(fg.float().mean()) < 0.5

@@ -268,11 +268,19 @@ def blur_inputs(x0: torch.Tensor, t: torch.Tensor, gen: torch.Generator, p: floa
     return out
 
 
-def edit_foreground(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+def edit_foreground(target: torch.Tensor, source: torch.Tensor, source_objects: bool = False) -> torch.Tensor:
     """What an edit or inpainting example changes: pixels where target and source differ, or inside the
-    inpainting mask (source channel 4 > 0). target [B,3,H,W], source [B,4,H,W] -> [B,1,H,W] in {0,1}."""
-    changed = (target.float() - source[:, :3].float()).abs().amax(dim=1, keepdim=True) > 0.02  # [B,1,H,W]
-    return (changed | (source[:, 3:4] > 0)).float()
+    inpainting mask (source channel 4 > 0); with `source_objects` also every object of the source (pixels away from
+    its background colour, the per-channel median), so that an edit that touches the wrong object, or highlights
+    one for a query that names none, costs as much as missing the right one.
+    target [B,3,H,W], source [B,4,H,W] -> [B,1,H,W] in {0,1}."""
+    src = source[:, :3].float()
+    changed = (target.float() - src).abs().amax(dim=1, keepdim=True) > 0.02  # [B,1,H,W]
+    fg = changed | (source[:, 3:4] > 0)
+    if source_objects:
+        bg = src.flatten(2).median(dim=2).values[:, :, None, None]  # [B,3,1,1]
+        fg = fg | ((src - bg).abs().amax(dim=1, keepdim=True) > 0.02)
+    return fg.float()
 
 
 def aux_loss(head: nn.Module, text: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -309,14 +317,16 @@ def diffusion_loss(net: Net, prompts: list[str], target: torch.Tensor, source: t
                    gen: torch.Generator, device: torch.device, t_mean: float = T_MEAN, t_std: float = T_STD,
                    min_t: float = MIN_T, aux: torch.Tensor | None = None, aux_weight: float = AUX_WEIGHT,
                    maps: torch.Tensor | None = None, map_weight: float = MAP_WEIGHT, fg: torch.Tensor | None = None,
-                   object_weight: float = OBJECT_WEIGHT, blur_p: float = BLUR_P) -> torch.Tensor:
+                   object_weight: float = OBJECT_WEIGHT, blur_p: float = BLUR_P,
+                   weight_source_objects: bool = False) -> torch.Tensor:
     """Mean squared velocity error of the x0 prediction for one group of examples (plus aux_weight times the
     auxiliary caption loss when `aux` labels are given and the net has the head, and map_weight times the label-map
     loss when `maps` are given and the net has that head). With object_weight > 0 the squared error is weighted per
     pixel by object_weight_map of `fg` (text-to-image: the objects' coverage) or, for conditioned examples without
-    `fg`, of what the edit changes (edit_foreground). A self-conditioned transformer gets, on SELF_COND_P of the
-    calls, its own detached prediction of the same x_t as x0_prev. With blur_p > 0 some high-noise inputs are made
-    from a blurred x0 (blur_inputs); the target is always the crisp one."""
+    `fg`, of what the edit changes (edit_foreground; with weight_source_objects, also the source's objects). A
+    self-conditioned transformer gets, on SELF_COND_P of the calls, its own detached prediction of the same x_t as
+    x0_prev. With blur_p > 0 some high-noise inputs are made from a blurred x0 (blur_inputs); the target is always
+    the crisp one."""
     B = target.shape[0]
     x0 = target.to(device)  # [B,3,H,W]
     eps = torch.randn(x0.shape, generator=gen).to(device)  # [B,3,H,W]
@@ -335,7 +345,9 @@ def diffusion_loss(net: Net, prompts: list[str], target: torch.Tensor, source: t
     x0_hat = net.transformer(x_t, t, text, mask, src, prev)
     weight = None
     if object_weight > 0 and (fg is not None or src is not None):
-        weight = object_weight_map(fg.to(device) if fg is not None else edit_foreground(x0, src), object_weight)
+        if fg is None:
+            fg = edit_foreground(x0, src, weight_source_objects)
+        weight = object_weight_map(fg.to(device), object_weight)
     loss = velocity_loss(x0_hat, x0, t, min_t, weight)
     if aux is not None and aux_weight > 0 and net.aux is not None:
         loss = loss + aux_weight * aux_loss(net.aux, text, mask, aux.to(device))
@@ -360,7 +372,8 @@ def train_step(net: Net, opt: torch.optim.Optimizer, batch: Batch, gen: torch.Ge
         if batch.cond_target.shape[0]:
             losses.append(diffusion_loss(net, batch.cond_prompts, batch.cond_target, batch.cond_source, gen,
                                          device, args.t_mean, args.t_std, args.min_t,
-                                         object_weight=args.object_weight, blur_p=args.blur_p))
+                                         object_weight=args.object_weight, blur_p=args.blur_p,
+                                         weight_source_objects=args.weight_source_objects))
             weights.append(batch.cond_target.shape[0])
         loss = sum(l * w for l, w in zip(losses, weights)) / sum(weights)
     opt.zero_grad(set_to_none=True)
@@ -436,6 +449,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "an experiment, see models/builtin/README.md)")
     p.add_argument("--object-weight", type=float, default=OBJECT_WEIGHT,
                    help="extra loss weight on object pixels and edited pixels (0 = uniform)")
+    p.add_argument("--weight-source-objects", action=argparse.BooleanOptionalAction, default=False,
+                   help="with --object-weight, edits also weight every object of their source, not only what changes")
     p.add_argument("--self-cond", action=argparse.BooleanOptionalAction, default=False,
                    help="self-conditioning: the model also reads its previous x0 prediction")
     p.add_argument("--blur-p", type=float, default=BLUR_P,
