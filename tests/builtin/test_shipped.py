@@ -68,7 +68,9 @@ def test_it_draws_the_colours_the_prompt_names(shipped_pipe) -> None:
                           generator=[torch.Generator().manual_seed(s) for s in (0, 1)]).images
     again = shipped_pipe(prompt=prompt, num_inference_steps=20, guidance_scale=4.0, height=64, width=64,
                          generator=torch.Generator().manual_seed(0)).images[0]
-    assert np.array_equal(np.asarray(again), np.asarray(images[0]))
+    # the same seed draws the same image alone or in a batch, up to float rounding (multithreaded matrix products
+    # split a batch differently): at most 1 of 255 in any pixel
+    assert int(np.abs(np.asarray(again, dtype=int) - np.asarray(images[0], dtype=int)).max()) <= 1
     for image in images:
         shares = palette_shares(image)
         assert shares["red"] > 0.03 and shares["blue"] > 0.03, shares
