@@ -244,7 +244,7 @@ def test_batches_carry_object_coverage_and_train_with_object_weight(tmp_path: Pa
 
 def test_blurred_inputs_only_at_high_noise_and_the_blur_keeps_flat_areas() -> None:
     """blur_inputs leaves low-noise examples (and everything at p = 0) crisp; at high noise it blurs edges but
-    keeps flat colour and the image's mean; a whole training run with --blur-p trains and exports."""
+    keeps flat colour and the image's mean."""
     from webui.builtin import data as D
 
     x0 = torch.from_numpy(D.to_tensors(D.sample_example(D.example_rng(0, 3), "txt2img"))["target"])[None]

@@ -550,11 +550,11 @@ def main(argv: list[str] | None = None) -> int:
         warm_from = state.get("warm_from", 0)
         logger.info("resumed from %s at step %d (%.0f s trained)", state_path, step, elapsed)
         del state
-    n_params = sum(p.numel() for m in (net.transformer, net.text_encoder) for p in m.parameters())  # as exported
+    n_transformer = sum(p.numel() for p in net.transformer.parameters())
+    n_text = sum(p.numel() for p in net.text_encoder.parameters())
+    n_params = n_transformer + n_text  # as exported
     logger.info("parameters: %.2fM exported (transformer %.2fM, text encoder %.2fM); training-only heads %.2fM",
-                n_params / 1e6,
-                sum(p.numel() for p in net.transformer.parameters()) / 1e6,
-                sum(p.numel() for p in net.text_encoder.parameters()) / 1e6,
+                n_params / 1e6, n_transformer / 1e6, n_text / 1e6,
                 (sum(p.numel() for p in net.parameters()) - n_params) / 1e6)
 
     args.state_dir.mkdir(parents=True, exist_ok=True)
