@@ -1,4 +1,5 @@
-"""Training step of the built-in model on the CPU: what the attention kernel and the OpenMP wait policy cost.
+"""Training step of the built-in model on the CPU: what the attention kernel, the OpenMP wait policy and compiling
+the transformer blocks (`--compile`) cost.
 
 Each variant runs in its own process (OpenMP reads OMP_WAIT_POLICY at start-up), on the same batches of the real
 training stream (batch 32: 16 text-to-image + 16 edits, bf16 autocast, AdamW), variants interleaved over rounds.
@@ -21,11 +22,13 @@ VARIANTS = {  # name: (attention kernel, OMP_WAIT_POLICY or None for the OpenMP 
     "explicit attention, spinning threads": ("explicit", None),
     "explicit attention, OMP_WAIT_POLICY=PASSIVE": ("explicit", "PASSIVE"),
     "torch SDPA, spinning threads": ("sdpa", None),
+    "compiled blocks (--compile), OMP_WAIT_POLICY=PASSIVE": ("compiled", "PASSIVE"),
 }
 
 
 def worker(kernel: str, steps: int, threads: int) -> None:
-    """Time `steps` training steps after 3 warm-up steps; prints JSON {"step_s": [...]} on stdout."""
+    """Time `steps` training steps after 3 warm-up steps (which include compiling, for the "compiled" variant);
+    prints JSON {"step_s": [...]} on stdout."""
     import torch
     import torch.nn.functional as F  # the fused kernel, for the "sdpa" variant
 
@@ -38,6 +41,8 @@ def worker(kernel: str, steps: int, threads: int) -> None:
     torch.manual_seed(0)
     args = T.parse_args([])  # the training's defaults: batch 32, bf16 autocast
     net = T.build_net(args)
+    if kernel == "compiled":
+        T.compile_blocks(net)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0)
     cpu = torch.device("cpu")
     times = []
@@ -65,7 +70,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--worker", choices=["explicit", "sdpa"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["explicit", "sdpa", "compiled"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, args.steps, args.threads)
@@ -78,7 +83,7 @@ def main() -> None:
           f"{args.steps} steps x {args.rounds} rounds per variant")
     base = median(results[next(iter(VARIANTS))])
     for name, times in results.items():
-        print(f"{name:48s} median {median(times):.3f} s/step  ratio {median(times) / base:.2f}")
+        print(f"{name:54s} median {median(times):.3f} s/step  ratio {median(times) / base:.2f}")
 
 
 if __name__ == "__main__":

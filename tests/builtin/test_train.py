@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from webui.builtin import train
@@ -284,3 +285,39 @@ def test_source_objects_weigh_in_edits_that_change_nothing() -> None:
     objects = torch.from_numpy(sum(m for m in D.render(ex.info["scene"])[1]) > 0.02)
     assert float((fg & objects).sum()) / float((fg | objects).sum()) > 0.95
     assert 0 < float(fg.float().mean()) < 0.5
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager_ones(tmp_path: Path) -> None:
+    """`--compile` compiles the blocks in place: one training step gives the eager loss and gradients (to float
+    rounding), and the saved state and exported weights keep their parameter names, so a compiled run's state
+    resumes without it."""
+    import copy
+
+    from webui.builtin.pipeline import EaselPipeline
+
+    args = train.parse_args(["--no-bf16", *TINY])
+    torch.manual_seed(0)
+    eager = train.build_net(args)
+    compiled = copy.deepcopy(eager)
+    train.compile_blocks(compiled)
+    batch, grads, losses = train.make_batch(0, 0, 4), [], []
+    for net in (eager, compiled):
+        opt = torch.optim.SGD(net.parameters(), lr=0.0)  # keeps the weights; the gradients stay in .grad
+        losses.append(float(train.train_step(net, opt, batch, torch.Generator().manual_seed(1), torch.device("cpu"),
+                                             args)))
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})
+    assert abs(losses[0] - losses[1]) < 1e-5 * losses[0]
+    assert grads[0].keys() == grads[1].keys() and any(n.startswith("transformer.blocks.") for n in grads[0])
+    for name, g in grads[0].items():
+        assert (g - grads[1][name]).abs().max() <= 1e-4 * g.abs().max() + 1e-8, name
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+
+    out, state = tmp_path / "out", tmp_path / "state"
+    assert train.main(["--out", str(out), "--state-dir", str(state), "--max-steps", "2", "--compile",
+                       "--no-bf16", *TINY]) == 0
+    assert train.main(["--out", str(out), "--state-dir", str(state), "--max-steps", "3", "--no-bf16", *TINY]) == 0
+    assert json.loads((out / "training.json").read_text())["step"] == 3
+    pipe = EaselPipeline.from_pretrained(str(out))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe("a red circle", num_inference_steps=2).images[0].size == (64, 64)

@@ -363,6 +363,14 @@ def diffusion_loss(net: Net, prompts: list[str], target: torch.Tensor, source: t
     return loss
 
 
+def compile_blocks(net: Net) -> None:
+    """Compile each transformer block in place (`nn.Module.compile`), so parameter names, saved states and exported
+    weights stay as they are. Blocks only: they hold nearly all the compute, and the whole forward (whose text length
+    and source tokens vary) compiles far more slowly. Sequence lengths are marked dynamic up front."""
+    for block in net.transformer.blocks:
+        block.compile(dynamic=True)
+
+
 def train_step(net: Net, opt: torch.optim.Optimizer, batch: Batch, gen: torch.Generator, device: torch.device,
                args: argparse.Namespace) -> torch.Tensor:
     """One optimizer step on `batch` (both groups, weighted by their sizes; bf16 autocast per `args.bf16`,
@@ -466,6 +474,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0 = in-process)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the transformer blocks with torch.compile (needs a C++ compiler on the CPU; about "
+                        "a minute to start, then faster steps: see benchmarks/train_builtin_step.py)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="what --hours counts: wall time, or this process's CPU time / --threads (fair on a "
                         "machine shared with other work)")
@@ -543,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     net.to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    if args.compile:
+        compile_blocks(net)
     if state_path.exists():
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
