@@ -36,6 +36,23 @@ def test_palette_is_exact_and_objects_never_match_background() -> None:
             assert (mask >= 0.5).sum() > 10
 
 
+def test_objects_sit_exactly_on_the_grid_upright_at_their_size() -> None:
+    seen_positions, seen_sizes = set(), set()
+    for i in range(200):
+        for o in D.random_scene(D.example_rng(4, i)).objects:
+            col, row = D.POSITIONS[o.position]
+            assert (o.cx, o.cy, o.radius, o.angle) == (D.GRID[col], D.GRID[row], D.SIZES[o.size], 0.0)
+            seen_positions.add(o.position)
+            seen_sizes.add(o.size)
+    assert seen_positions == set(D.POSITIONS) and seen_sizes == set(D.SIZES)
+    # two objects with the same shape, size and position render the same pixels whatever the scene around them
+    a = D.Obj("red", "star", "small", "top left", D.GRID[0], D.GRID[0], D.SIZES["small"])
+    img1, m1 = D.render(D.Scene("blue", (a,)))
+    img2, m2 = D.render(D.Scene("blue", (a, D.Obj("green", "ring", "large", "bottom right", D.GRID[2], D.GRID[2],
+                                                   D.SIZES["large"]))))
+    assert np.array_equal(m1[0], m2[0]) and np.array_equal(img1[:32, :32], img2[:32, :32])
+
+
 def test_masks_do_not_overlap_and_match_the_object() -> None:
     for i in range(40):
         scene = D.random_scene(D.example_rng(2, i))
