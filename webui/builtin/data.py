@@ -94,12 +94,19 @@ def random_object(rng: random.Random, background: str, position: str | None = No
     shape = shape or rng.choice(SHAPES)
     size = size or rng.choice(list(SIZES))
     position = position or rng.choice(list(POSITIONS))
+    cx, cy, radius, angle = placement(rng, position, size, rotates=shape in ("square", "triangle", "star", "cross"))
+    return Obj(color, shape, size, position, cx, cy, radius, angle)
+
+
+def placement(rng: random.Random, position: str, size: str, rotates: bool) -> tuple[float, float, float, float]:
+    """(cx, cy, radius, angle) of an object at a grid `position` and `size`, varied by JITTER, RADIUS_JITTER and
+    ROTATION (the angle only when it `rotates`). Always the same random draws for the same `rotates`."""
     col, row = POSITIONS[position]
     cx = GRID[col] + JITTER * rng.uniform(-1.0, 1.0)
     cy = GRID[row] + JITTER * rng.uniform(-1.0, 1.0)
     radius = SIZES[size] * (1.0 + RADIUS_JITTER * rng.uniform(-1.0, 1.0))
-    angle = ROTATION * rng.uniform(-1.0, 1.0) if shape in ("square", "triangle", "star", "cross") else 0.0
-    return Obj(color, shape, size, position, cx, cy, radius, angle)
+    angle = ROTATION * rng.uniform(-1.0, 1.0) if rotates else 0.0
+    return cx, cy, radius, angle
 
 
 def fits(obj: Obj, others: tuple[Obj, ...] | list[Obj]) -> bool:

@@ -69,11 +69,10 @@ def heart_example(rng: random.Random) -> tuple[np.ndarray, str]:
     color = rng.choice([c for c in D.COLORS if c != background])
     size = rng.choice(CONCEPT_SIZES)
     position = rng.choice(list(D.POSITIONS))
-    col, row = D.POSITIONS[position]
-    radius = D.SIZES[size] * (1.0 + D.RADIUS_JITTER * rng.uniform(-1.0, 1.0))  # the built-in world's variation
-    cx = min(max(D.GRID[col] + D.JITTER * rng.uniform(-1.0, 1.0), radius + 1), D.SIZE - radius - 1)
-    cy = min(max(D.GRID[row] + D.JITTER * rng.uniform(-1.0, 1.0), radius + 1), D.SIZE - radius - 1)
-    image, _ = render_heart(background, color, cx, cy, radius, D.ROTATION * rng.uniform(-1.0, 1.0))
+    cx, cy, radius, angle = D.placement(rng, position, size, rotates=True)  # placed like the built-in world's shapes
+    cx = min(max(cx, radius + 1), D.SIZE - radius - 1)
+    cy = min(max(cy, radius + 1), D.SIZE - radius - 1)
+    image, _ = render_heart(background, color, cx, cy, radius, angle)
     words = ([rng.choice(D.SIZE_WORDS[size])] if rng.random() < 0.4 else []) + [rng.choice(D.COLOR_WORDS[color]),
                                                                               "[trigger]"]
     text = ("an " if words[0][0] in "aeiou" else "a ") + " ".join(words)
