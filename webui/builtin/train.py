@@ -553,7 +553,9 @@ def main(argv: list[str] | None = None) -> int:
     hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}  # as trained
     net.to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0,
+                            fused=device.type == "cuda" or None)  # one kernel for all parameters on a GPU
+    ema_params, net_params = list(ema.parameters()), list(net.parameters())
     if args.compile:
         compile_blocks(net)
     if state_path.exists():
@@ -607,9 +609,8 @@ def main(argv: list[str] | None = None) -> int:
             group["lr"] = lr
         loss = train_step(net, opt, batch, gen, device, args)
         decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pn in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(pn, 1.0 - decay)
+        with torch.no_grad():  # one fused update over all tensors (one kernel per group on a GPU)
+            torch._foreach_lerp_(ema_params, net_params, 1.0 - decay)
         step += 1
         tick = clock()
         elapsed += tick - t_prev
