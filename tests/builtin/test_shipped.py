@@ -36,7 +36,7 @@ def test_size_budget_and_training_record(shipped_pipe) -> None:
     params = sum(p.numel() for p in shipped_pipe.transformer.parameters()) + sum(
         p.numel() for p in shipped_pipe.text_encoder.parameters())
     assert info["params"] == params
-    assert info["step"] > 0 and 0.0 < info["loss"] < 1.0 and info["hparams"]["seed"] == 0
+    assert info["step"] > 0 and 0.0 < info["loss"] < 1.0 and isinstance(info["hparams"]["seed"], int)
     assert all(torch.isfinite(p).all() for p in shipped_pipe.transformer.parameters())
 
 
