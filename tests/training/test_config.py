@@ -43,6 +43,8 @@ def test_yaml_round_trip_resolves_paths(tmp_path: Path) -> None:
     ({"output_name": "../escape"}, "output_name"),
     ({"precision": "fp8"}, "precision"),
     ({"save_every": -1}, "save_every"),
+    ({"prior_preservation": -0.5}, "prior_preservation"),
+    ({"prior_preservation": "lots"}, "prior_preservation"),
     ({"learnin_rate": 1e-3}, "learnin_rate"),
     ({"base_model": ""}, "base_model"),
     ({"dataset": None}, "dataset"),

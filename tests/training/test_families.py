@@ -48,6 +48,20 @@ def test_sd1_lora_loads_in_diffusers(tmp_path: Path) -> None:
     assert meta["modelspec.trigger_phrase"] == "zork" and "easel_base_model" not in meta
 
 
+def test_prior_preservation_is_refused_for_other_families(tmp_path: Path) -> None:
+    from tests.tiny_models import make_tiny_sd1
+    from webui.training.config import ConfigError
+
+    base = make_tiny_sd1(tmp_path / "base")
+    config = config_from_dict({"base_model": str(base), "dataset": str(make_dataset(tmp_path / "ds", n=1)),
+                               "trigger": "zork", "output_dir": str(tmp_path / "out"), "steps": 1,
+                               "prior_preservation": 1.0})
+    with pytest.raises(ConfigError) as info:
+        train(config)
+    assert info.value.field == "prior_preservation" and "built-in model" in str(info.value)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
 def test_sd1_single_file_checkpoint_as_base(tmp_path: Path) -> None:
     """An AUTOMATIC1111-style checkpoint file (with its `<name>.config/` folder, as tiny models need) trains too."""
     import shutil

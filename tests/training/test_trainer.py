@@ -138,3 +138,53 @@ def test_bad_dataset_or_base_model_fails_early(tiny_easel_dir: Path, dataset_dir
     with pytest.raises(ConfigError) as info:
         train(make_config("model", dataset_dir, tmp_path / "out"), search_dirs=[tmp_path])
     assert info.value.field == "base_model" and "model.safetensors" in str(info.value)
+
+
+def test_adapters_disabled_gives_the_base_prediction(tiny_easel_dir: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    """Inside `adapters_disabled` the LoRA-carrying transformer computes exactly the base model; outside, it doesn't."""
+    from webui.builtin.pipeline import EaselPipeline
+    from webui.training.trainer import adapters_disabled, add_lora, load_lora_state
+
+    result = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "out"))
+    tensors, _ = read(result.path)
+    pipe = EaselPipeline.from_pretrained(str(tiny_easel_dir))
+    config = make_config(tiny_easel_dir, dataset_dir, tmp_path / "out")
+    gen = torch.Generator().manual_seed(0)
+    x_t, t = torch.randn(2, 3, 64, 64, generator=gen), torch.tensor([0.3, 0.8])  # [2,3,64,64], [2]
+    text, mask = pipe.text_encoder.encode(["a red circle", "make the circle blue"])
+    source = torch.randn(2, 4, 64, 64, generator=gen)  # [2,4,64,64]
+    with torch.no_grad():
+        base = pipe.transformer(x_t, t, text, mask, source)
+        add_lora(pipe.transformer, config, "easel")
+        load_lora_state(pipe.transformer, {k.removeprefix("transformer."): v for k, v in tensors.items()})
+        with adapters_disabled(pipe.transformer):
+            off = pipe.transformer(x_t, t, text, mask, source)
+        on = pipe.transformer(x_t, t, text, mask, source)
+    assert torch.equal(off, base)
+    assert (on - base).abs().max() > 1e-4
+
+
+def test_prior_preservation_keeps_the_base_tasks(tiny_easel_dir: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    """The preservation term is zero for a fresh LoRA (lora_B = 0), and training with it keeps the LoRA's change
+    to the base model's own tasks (text-to-image, edits, inpainting) smaller than training without it."""
+    from webui.builtin.pipeline import EaselPipeline
+    from webui.training.trainer import EaselObjective, add_lora, load_lora_state
+
+    def preservation_error(path: Path | None) -> float:
+        pipe = EaselPipeline.from_pretrained(str(tiny_easel_dir))
+        objective = EaselObjective(pipe, torch.device("cpu"))
+        add_lora(pipe.transformer, make_config(tiny_easel_dir, dataset_dir, tmp_path / "x"), "easel")
+        if path is not None:
+            tensors, _ = read(path)
+            load_lora_state(pipe.transformer, {k.removeprefix("transformer."): v for k, v in tensors.items()})
+        with torch.no_grad():
+            return float(objective.preservation_loss(8, torch.Generator().manual_seed(123)))
+
+    assert preservation_error(None) == 0.0
+    changes = {"steps": 8, "learning_rate": 3e-2}
+    plain = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "plain", **changes))
+    kept = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "kept", prior_preservation=20.0, **changes))
+    assert kept.losses[0] == plain.losses[0]  # step 1: the term is zero, so the loss is the concept's alone
+    error_plain, error_kept = preservation_error(plain.path), preservation_error(kept.path)
+    assert error_plain > 0
+    assert error_kept < 0.5 * error_plain

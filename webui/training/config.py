@@ -57,6 +57,8 @@ class TrainConfig:
     device: str = "cpu"
     precision: str = "fp32"  # fp32, or bf16 autocast (faster on recent CPUs and GPUs)
     target_modules: tuple[str, ...] = ()  # empty = the family's default layers
+    # built-in model only: weight of the prior-preservation term (the base model's own tasks, distilled); 0 = off
+    prior_preservation: float = 0.0
 
     @property
     def output_path(self) -> Path:
@@ -226,6 +228,8 @@ def check(config: TrainConfig) -> None:
         raise ConfigError("learning_rate", f"must be positive (and at most 10), got {config.learning_rate}")
     if config.precision not in PRECISIONS:
         raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    if not 0.0 <= config.prior_preservation <= 100.0:
+        raise ConfigError("prior_preservation", f"must be between 0 (off) and 100, got {config.prior_preservation}")
     if not 0.0 <= config.caption_dropout < 1.0:
         raise ConfigError("caption_dropout", f"must be in [0, 1), got {config.caption_dropout}")
     if config.optimizer not in OPTIMIZERS:

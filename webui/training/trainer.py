@@ -188,6 +188,23 @@ BASE_VERSION = {"easel": ("easel", "easel-shapes/lora"), "sd": ("sd_v1", "stable
 
 
 # ============================================================================================ objectives
+class adapters_disabled:
+    """Context manager: every PEFT LoRA layer of `module` computes as the base layer while inside."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self.layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+
+    def __enter__(self) -> None:
+        for layer in self.layers:
+            layer.enable_adapters(False)
+
+    def __exit__(self, *exc: object) -> None:
+        for layer in self.layers:
+            layer.enable_adapters(True)
+
+
 class Objective:
     """How one family turns (pixels, captions) into a training loss, renders samples and writes the file."""
 
@@ -203,6 +220,10 @@ class Objective:
 
     def loss(self, pixels: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
+
+    def preservation_loss(self, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+        """The prior-preservation term (`prior_preservation` in the config); only the built-in model has one."""
+        raise ConfigError("prior_preservation", "is only available for the built-in model (easel); set it to 0")
 
     def sample(self, prompts: list[str], size: tuple[int, int], steps: int, guidance: float, seed: int
                ) -> list[Any]:
@@ -249,6 +270,42 @@ class EaselObjective(Objective):
             text = encoder(ids.to(self.device), mask.to(self.device))  # [B,L8,dim]
         x0_hat = self.denoiser(x_t, t, text, mask.to(self.device))  # [B,3,H,W]
         return velocity_loss(x0_hat, x0, t)
+
+    def preservation_loss(self, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+        """Prior preservation by distillation: `batch_size` fresh examples of the built-in model's own tasks (half
+        text-to-image, half edits and inpainting, from webui/builtin/data.py), noised as in training; the loss is
+        the velocity error of the prediction with the LoRA against the base model's prediction (LoRA off) of the
+        same input. Zero while the LoRA changes nothing; it pulls back whatever the LoRA changes on the base's
+        tasks, conditioned ones included."""
+        from webui.builtin.train import make_batch, sample_t, velocity_loss
+
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        batch = make_batch(seed, 0, batch_size)
+        groups = [(batch.gen_prompts, batch.gen_target, None),
+                  (batch.cond_prompts, batch.cond_target, batch.cond_source)]
+        encoder = self.pipe.text_encoder
+        losses, sizes = [], []
+        for prompts, target, source in groups:
+            B = target.shape[0]
+            if not B:
+                continue
+            x0 = target.to(self.device)  # [B,3,H,W]
+            eps = torch.randn(x0.shape, generator=gen).to(self.device)  # [B,3,H,W]
+            t = sample_t(B, gen).to(self.device)  # [B]
+            tb = t[:, None, None, None]
+            x_t = (1.0 - tb) * x0 + tb * eps  # [B,3,H,W]
+            ids, mask = encoder.tokenize(prompts)  # [B,L] each
+            pad = -ids.shape[1] % 8
+            ids, mask = F.pad(ids, (0, pad)).to(self.device), F.pad(mask, (0, pad)).to(self.device)
+            src = None if source is None else source.to(self.device)  # [B,4,H,W]
+            with torch.no_grad():
+                text = encoder(ids, mask)  # [B,L8,dim]
+                with adapters_disabled(self.denoiser):
+                    base = self.denoiser(x_t, t, text, mask, src)  # [B,3,H,W]
+            x0_hat = self.denoiser(x_t, t, text, mask, src)  # [B,3,H,W]
+            losses.append(velocity_loss(x0_hat, base, t))
+            sizes.append(B)
+        return sum(loss * n for loss, n in zip(losses, sizes)) / sum(sizes)
 
 
 class StableDiffusionObjective(Objective):
@@ -505,6 +562,9 @@ def train(config: TrainConfig, *, on_event: Callable[[TrainEvent], None] | None 
     pipe, family = load_base(base, search)
     pipe.to(device)
     objective = OBJECTIVES[family](pipe, device)
+    if config.prior_preservation > 0 and family != "easel":
+        raise ConfigError("prior_preservation", f"is only available for the built-in model (easel); {base.name} is "
+                                                f"a {family} model: set it to 0")
     denoiser = objective.denoiser
     torch.manual_seed(config.seed)  # lora_A's random initialisation
     params = add_lora(denoiser, config, family)
@@ -545,6 +605,8 @@ def train(config: TrainConfig, *, on_event: Callable[[TrainEvent], None] | None 
             group["lr"] = learning_rate(config, run.step)
         with autocast:
             loss = objective.loss(pixels, prompts, gen)
+            if config.prior_preservation > 0:
+                loss = loss + config.prior_preservation * objective.preservation_loss(config.batch_size, gen)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise TrainingError(f"the loss became {value} at step {run.step + 1}; lower learning_rate")
