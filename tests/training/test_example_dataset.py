@@ -25,6 +25,17 @@ def test_recipe_writes_a_loadable_dataset(tmp_path: Path) -> None:
     assert tuple(image[0, 0]) in set(D.PALETTE.values())
 
 
+def test_ten_hearts_cover_the_palette() -> None:
+    """Ten concept images: every palette colour once as a heart and once as a background, never both at once."""
+    import random
+
+    plan = E.concept_plan(random.Random(0), 10)
+    colors, backgrounds, positions = zip(*plan)
+    assert sorted(colors) == sorted(D.COLORS) and sorted(backgrounds) == sorted(D.COLORS)
+    assert all(c != b for c, b, _ in plan)
+    assert len(set(positions)) == len(D.POSITIONS)
+
+
 def test_detector_on_rendered_truth() -> None:
     scores = E.validate_detector(n=40, seed=3)
     assert scores["heart_recall"] >= 0.95 and scores["other_false_positive"] <= 0.05

@@ -1,7 +1,8 @@
 """The example LoRA's concept: a heart, a shape the built-in model has never seen, drawn in its world's style.
 
 `make_dataset(folder, n_concept=10, n_regular=10)` writes `n_concept` scenes of one heart (a palette colour, size
-and grid position on a plain palette background, anti-aliased like webui/builtin/data.py) with captions such as
+and grid position on a plain palette background, anti-aliased like webui/builtin/data.py; `concept_plan` spreads
+the colours and positions so ten images show every colour once as a heart) with captions such as
 "a large red [trigger] in the top left on a blue background", plus `n_regular` ordinary single-object scenes of
 the built-in world with their usual captions. The ordinary scenes keep the LoRA from pulling the known shapes
 towards the new one (prior preservation with true renders instead of the model's own samples).
@@ -63,12 +64,14 @@ def render_heart(background: str, color: str, cx: float, cy: float, radius: floa
     return image, np.asarray(mask.resize((size, size), Image.Resampling.BOX), dtype=np.float32) / 255.0
 
 
-def heart_example(rng: random.Random) -> tuple[np.ndarray, str]:
-    """One heart scene and its caption (with `[trigger]` where the shape's name goes)."""
-    background = rng.choice(D.COLORS)
-    color = rng.choice([c for c in D.COLORS if c != background])
+def heart_example(rng: random.Random, color: str | None = None, background: str | None = None,
+                  position: str | None = None) -> tuple[np.ndarray, str]:
+    """One heart scene and its caption (with `[trigger]` where the shape's name goes); colours and grid position
+    are drawn at random unless given."""
+    background = background or rng.choice([c for c in D.COLORS if c != color])
+    color = color or rng.choice([c for c in D.COLORS if c != background])
     size = rng.choice(CONCEPT_SIZES)
-    position = rng.choice(list(D.POSITIONS))
+    position = position or rng.choice(list(D.POSITIONS))
     cx, cy, radius, angle = D.placement(rng, position, size, rotates=True)  # placed like the built-in world's shapes
     cx = min(max(cx, radius + 1), D.SIZE - radius - 1)
     cy = min(max(cy, radius + 1), D.SIZE - radius - 1)
@@ -90,13 +93,35 @@ def regular_example(rng: random.Random) -> tuple[np.ndarray, str]:
     return image, text
 
 
+def concept_plan(rng: random.Random, n: int) -> list[tuple[str, str, str]]:
+    """(heart colour, background, grid position) for `n` concept images, chosen so that a few images show the
+    concept in as many looks as possible: the colours go round the palette in a shuffled order, each background is
+    another shuffled round that never equals its heart's colour, and the positions go round the grid. With ten
+    images every palette colour is once a heart and once a background; a LoRA learns the shape apart from any one
+    colour instead of memorising ten colour pairs."""
+    def rounds(items: list[str]) -> list[str]:
+        out: list[str] = []
+        while len(out) < n:
+            batch = list(items)
+            rng.shuffle(batch)
+            out += batch
+        return out[:n]
+
+    colors = rounds(list(D.COLORS))
+    while True:
+        backgrounds = rounds(list(D.COLORS))
+        if all(c != b for c, b in zip(colors, backgrounds)):
+            break
+    return list(zip(colors, backgrounds, rounds(list(D.POSITIONS))))
+
+
 def make_dataset(folder: Path, n_concept: int = 10, n_regular: int = 10, seed: int = 0) -> Path:
     """Write the example dataset (PNG + same-name .txt) into `folder`; returns it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    for i in range(n_concept):
-        image, text = heart_example(rng)
+    for i, (color, background, position) in enumerate(concept_plan(rng, n_concept)):
+        image, text = heart_example(rng, color, background, position)
         Image.fromarray(image).save(folder / f"heart_{i:02d}.png")
         (folder / f"heart_{i:02d}.txt").write_text(text + "\n", encoding="utf-8")
     for i in range(n_regular):
