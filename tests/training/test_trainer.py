@@ -188,3 +188,41 @@ def test_prior_preservation_keeps_the_base_tasks(tiny_easel_dir: Path, dataset_d
     error_plain, error_kept = preservation_error(plain.path), preservation_error(kept.path)
     assert error_plain > 0
     assert error_kept < 0.5 * error_plain
+
+
+def test_prior_preservation_self_conditioned_reads_the_base_prediction(dataset_dir: Path, tmp_path: Path) -> None:
+    """For a self-conditioned model, some preservation groups are run as the sampler runs the model after its
+    first step: the base model's own first prediction as x0_prev, given to both the base and the LoRA pass."""
+    from tests.builtin.conftest import make_tiny_pipeline
+    from webui.training.trainer import EaselObjective, add_lora
+
+    pipe = make_tiny_pipeline(self_condition=True)
+    objective = EaselObjective(pipe, torch.device("cpu"))
+    add_lora(pipe.transformer, make_config(tmp_path, dataset_dir, tmp_path / "x"), "easel")
+    with torch.no_grad():  # a LoRA that acts (lora_B is zero when fresh)
+        for name, p in pipe.transformer.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(0.0, 0.5)
+    calls: list[torch.Tensor | None] = []
+    pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(args[5] if len(args) > 5 else kwargs.get("x0_prev")),
+        with_kwargs=True)
+    patterns = set()
+    for seed in range(8):
+        calls.clear()
+        loss = objective.preservation_loss(4, torch.Generator().manual_seed(seed))
+        assert float(loss.detach()) > 0
+        i = 0
+        while i < len(calls):  # per group: base, [base reading x0_prev,] LoRA
+            assert calls[i] is None
+            if calls[i + 1] is None:
+                patterns.add("plain")
+                i += 2
+            else:
+                assert calls[i + 2] is calls[i + 1]  # the LoRA pass reads the same x0_prev as the base pass
+                patterns.add("self-conditioned")
+                i += 3
+    assert patterns == {"plain", "self-conditioned"}
+    loss.backward()
+    grads = [p.grad for name, p in pipe.transformer.named_parameters() if ".lora_" in name]
+    assert grads and all(g is not None for g in grads)

@@ -275,10 +275,12 @@ class EaselObjective(Objective):
         """Prior preservation by distillation: `batch_size` fresh examples of the built-in model's own tasks (half
         text-to-image, half edits and inpainting, from webui/builtin/data.py), noised as in training; the loss is
         the velocity error of the prediction with the LoRA against the base model's prediction (LoRA off) of the
-        same input. Zero while the LoRA changes nothing; it pulls back whatever the LoRA changes on the base's
+        same input; a self-conditioned model reads the base model's first prediction as x0_prev on SELF_COND_P of
+        the steps, as it does while sampling. Zero while the LoRA changes nothing; it pulls back whatever the LoRA changes on the base's
         tasks, conditioned ones included."""
-        from webui.builtin.train import make_batch, sample_t, velocity_loss
+        from webui.builtin.train import SELF_COND_P, make_batch, sample_t, velocity_loss
 
+        self_conditioned = getattr(self.denoiser, "prev_in", None) is not None
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         batch = make_batch(seed, 0, batch_size)
         groups = [(batch.gen_prompts, batch.gen_target, None),
@@ -298,11 +300,16 @@ class EaselObjective(Objective):
             pad = -ids.shape[1] % 8
             ids, mask = F.pad(ids, (0, pad)).to(self.device), F.pad(mask, (0, pad)).to(self.device)
             src = None if source is None else source.to(self.device)  # [B,4,H,W]
+            prev = None
             with torch.no_grad():
                 text = encoder(ids, mask)  # [B,L8,dim]
                 with adapters_disabled(self.denoiser):
                     base = self.denoiser(x_t, t, text, mask, src)  # [B,3,H,W]
-            x0_hat = self.denoiser(x_t, t, text, mask, src)  # [B,3,H,W]
+                    if self_conditioned and float(torch.rand(1, generator=gen)) < SELF_COND_P:
+                        # as the sampler runs it after the first step: reading a previous prediction
+                        prev = base
+                        base = self.denoiser(x_t, t, text, mask, src, prev)  # [B,3,H,W]
+            x0_hat = self.denoiser(x_t, t, text, mask, src, prev)  # [B,3,H,W]
             losses.append(velocity_loss(x0_hat, base, t))
             sizes.append(B)
         return sum(loss * n for loss, n in zip(losses, sizes)) / sum(sizes)
