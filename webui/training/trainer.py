@@ -276,8 +276,8 @@ class EaselObjective(Objective):
         text-to-image, half edits and inpainting, from webui/builtin/data.py), noised as in training; the loss is
         the velocity error of the prediction with the LoRA against the base model's prediction (LoRA off) of the
         same input; a self-conditioned model reads the base model's first prediction as x0_prev on SELF_COND_P of
-        the steps, as it does while sampling. Zero while the LoRA changes nothing; it pulls back whatever the LoRA changes on the base's
-        tasks, conditioned ones included."""
+        the groups, as it does while sampling. Zero while the LoRA changes nothing; it pulls back whatever the LoRA
+        changes on the base's tasks, conditioned ones included."""
         from webui.builtin.train import SELF_COND_P, make_batch, sample_t, velocity_loss
 
         self_conditioned = getattr(self.denoiser, "prev_in", None) is not None
