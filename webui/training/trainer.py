@@ -221,9 +221,10 @@ class Objective:
     def loss(self, pixels: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
+    has_preservation = False  # whether preservation_loss exists (`prior_preservation` in the config)
+
     def preservation_loss(self, batch_size: int, gen: torch.Generator) -> torch.Tensor:
-        """The prior-preservation term (`prior_preservation` in the config); only the built-in model has one."""
-        raise ConfigError("prior_preservation", "is only available for the built-in model (easel); set it to 0")
+        raise NotImplementedError
 
     def sample(self, prompts: list[str], size: tuple[int, int], steps: int, guidance: float, seed: int
                ) -> list[Any]:
@@ -253,22 +254,33 @@ class Objective:
 class EaselObjective(Objective):
     """The built-in model: x0 prediction in pixel space, loss on the implied velocity (webui/builtin/train.py)."""
 
-    def loss(self, pixels: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
-        from webui.builtin.train import sample_t, velocity_loss
+    has_preservation = True
 
-        B = pixels.shape[0]
-        x0 = pixels.to(self.device)  # [B,3,H,W] in [-1,1]
+    def noised(self, x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t [B,3,H,W], t [B]): x0 [B,3,H,W] (on the device) noised at training noise levels."""
+        from webui.builtin.train import sample_t
+
         eps = torch.randn(x0.shape, generator=gen).to(self.device)  # [B,3,H,W]
-        t = sample_t(B, gen).to(self.device)  # [B]
+        t = sample_t(x0.shape[0], gen).to(self.device)  # [B]
         tb = t[:, None, None, None]  # [B,1,1,1]
-        x_t = (1.0 - tb) * x0 + tb * eps  # [B,3,H,W]
+        return (1.0 - tb) * x0 + tb * eps, t
+
+    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features [B,L8,dim], mask [B,L8]) of the frozen text encoder, padded to a multiple of 8 tokens."""
         encoder = self.pipe.text_encoder
         ids, mask = encoder.tokenize(prompts)  # [B,L] each
         pad = -ids.shape[1] % 8
-        ids, mask = F.pad(ids, (0, pad)), F.pad(mask, (0, pad))  # [B,L8] each
+        ids, mask = F.pad(ids, (0, pad)).to(self.device), F.pad(mask, (0, pad)).to(self.device)  # [B,L8] each
         with torch.no_grad():
-            text = encoder(ids.to(self.device), mask.to(self.device))  # [B,L8,dim]
-        x0_hat = self.denoiser(x_t, t, text, mask.to(self.device))  # [B,3,H,W]
+            return encoder(ids, mask), mask
+
+    def loss(self, pixels: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
+        from webui.builtin.train import velocity_loss
+
+        x0 = pixels.to(self.device)  # [B,3,H,W] in [-1,1]
+        x_t, t = self.noised(x0, gen)
+        text, mask = self.encode_text(prompts)
+        x0_hat = self.denoiser(x_t, t, text, mask)  # [B,3,H,W]
         return velocity_loss(x0_hat, x0, t)
 
     def preservation_loss(self, batch_size: int, gen: torch.Generator) -> torch.Tensor:
@@ -278,37 +290,28 @@ class EaselObjective(Objective):
         same input; a self-conditioned model reads the base model's first prediction as x0_prev on SELF_COND_P of
         the groups, as it does while sampling. Zero while the LoRA changes nothing; it pulls back whatever the LoRA
         changes on the base's tasks, conditioned ones included."""
-        from webui.builtin.train import SELF_COND_P, make_batch, sample_t, velocity_loss
+        from webui.builtin.train import SELF_COND_P, make_batch, velocity_loss
 
         self_conditioned = getattr(self.denoiser, "prev_in", None) is not None
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         batch = make_batch(seed, 0, batch_size)
         groups = [(batch.gen_prompts, batch.gen_target, None),
                   (batch.cond_prompts, batch.cond_target, batch.cond_source)]
-        encoder = self.pipe.text_encoder
         losses, sizes = [], []
         for prompts, target, source in groups:
             B = target.shape[0]
             if not B:
                 continue
-            x0 = target.to(self.device)  # [B,3,H,W]
-            eps = torch.randn(x0.shape, generator=gen).to(self.device)  # [B,3,H,W]
-            t = sample_t(B, gen).to(self.device)  # [B]
-            tb = t[:, None, None, None]
-            x_t = (1.0 - tb) * x0 + tb * eps  # [B,3,H,W]
-            ids, mask = encoder.tokenize(prompts)  # [B,L] each
-            pad = -ids.shape[1] % 8
-            ids, mask = F.pad(ids, (0, pad)).to(self.device), F.pad(mask, (0, pad)).to(self.device)
+            x_t, t = self.noised(target.to(self.device), gen)  # [B,3,H,W], [B]
+            text, mask = self.encode_text(prompts)
             src = None if source is None else source.to(self.device)  # [B,4,H,W]
             prev = None
-            with torch.no_grad():
-                text = encoder(ids, mask)  # [B,L8,dim]
-                with adapters_disabled(self.denoiser):
-                    base = self.denoiser(x_t, t, text, mask, src)  # [B,3,H,W]
-                    if self_conditioned and float(torch.rand(1, generator=gen)) < SELF_COND_P:
-                        # as the sampler runs it after the first step: reading a previous prediction
-                        prev = base
-                        base = self.denoiser(x_t, t, text, mask, src, prev)  # [B,3,H,W]
+            with torch.no_grad(), adapters_disabled(self.denoiser):
+                base = self.denoiser(x_t, t, text, mask, src)  # [B,3,H,W]
+                if self_conditioned and float(torch.rand(1, generator=gen)) < SELF_COND_P:
+                    # as the sampler runs it after the first step: reading a previous prediction
+                    prev = base
+                    base = self.denoiser(x_t, t, text, mask, src, prev)  # [B,3,H,W]
             x0_hat = self.denoiser(x_t, t, text, mask, src, prev)  # [B,3,H,W]
             losses.append(velocity_loss(x0_hat, base, t))
             sizes.append(B)
@@ -569,7 +572,7 @@ def train(config: TrainConfig, *, on_event: Callable[[TrainEvent], None] | None 
     pipe, family = load_base(base, search)
     pipe.to(device)
     objective = OBJECTIVES[family](pipe, device)
-    if config.prior_preservation > 0 and family != "easel":
+    if config.prior_preservation > 0 and not objective.has_preservation:
         raise ConfigError("prior_preservation", f"is only available for the built-in model (easel); {base.name} is "
                                                 f"a {family} model: set it to 0")
     denoiser = objective.denoiser
