@@ -213,9 +213,9 @@ class Runner:
     """Batched calls of the pipeline with one seeded generator per image."""
 
     def __init__(self, pipe, steps: int, guidance: float, batch: int, seed: int,
-                 guidance_interval: tuple[float, float] | None = None) -> None:
+                 guidance_interval: tuple[float, float] | None = None, plan_layout: bool | None = None) -> None:
         self.pipe, self.steps, self.guidance, self.batch, self.seed = pipe, steps, guidance, batch, seed
-        self.guidance_interval = guidance_interval
+        self.guidance_interval, self.plan_layout = guidance_interval, plan_layout
 
     def __call__(self, prompts: list[str], **kwargs) -> list[np.ndarray]:
         import torch
@@ -228,7 +228,8 @@ class Runner:
             gens = [torch.Generator().manual_seed(self.seed + start + j) for j in range(len(chunk))]
             extra = {k: _stack(v[start:start + self.batch]) for k, v in per_image.items()}
             res = self.pipe(chunk, num_inference_steps=self.steps, guidance_scale=self.guidance, generator=gens,
-                            guidance_interval=self.guidance_interval, output_type="np", **shared, **extra).images
+                            guidance_interval=self.guidance_interval, plan_layout=self.plan_layout,
+                            output_type="np", **shared, **extra).images
             out.extend((np.asarray(r) * 255.0).round().astype(np.uint8) for r in res)
         return out
 
@@ -243,12 +244,13 @@ def _stack(images: list[np.ndarray]):
 
 
 def evaluate(pipe, n: int = 200, seed: int = 0, steps: int = 20, guidance: float = 4.0, batch: int = 16,
-             guidance_interval: tuple[float, float] | None = None) -> dict:
-    """Run every scored task on `n` held-out cases each; returns a dict of results. `guidance_interval`
-    None uses the model's own default (its model_index.json)."""
-    run = Runner(pipe, steps, guidance, batch, seed, guidance_interval)
+             guidance_interval: tuple[float, float] | None = None, plan_layout: bool | None = None) -> dict:
+    """Run every scored task on `n` held-out cases each; returns a dict of results. `guidance_interval` and
+    `plan_layout` None use the model's own defaults (its model_index.json)."""
+    run = Runner(pipe, steps, guidance, batch, seed, guidance_interval, plan_layout)
     results: dict = {"n": n, "steps": steps, "guidance_scale": guidance,
-                     "guidance_interval": list(pipe.guidance_window(guidance_interval))}
+                     "guidance_interval": list(pipe.guidance_window(guidance_interval)),
+                     "plan_layout": bool(pipe.config.get("plan_layout", False) if plan_layout is None else plan_layout)}
 
     # single object: exact colour + shape (and position where named)
     cases = single_object_cases(n, seed)
@@ -378,6 +380,7 @@ def markdown(results: dict) -> str:
     ]
     window = results.get("guidance_interval")
     where = f" for noise levels {window[0]:g}-{window[1]:g}" if window and tuple(window) != (0.0, 1.0) else ""
+    where += ", layout planned" if results.get("plan_layout") else ", no layout planning"
     lines = [f"n = {results['n']} per row, {results['steps']} steps, guidance {results['guidance_scale']}{where}", "",
              "| metric | result | target |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
@@ -395,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                    help="guide only at noise levels in [LOW, HIGH] (default: the model's own setting)")
+    p.add_argument("--plan-layout", action=argparse.BooleanOptionalAction, default=None,
+                   help="plan positions for unplaced objects in text-to-image prompts (default: the model's setting)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=Path("outputs/builtin-eval.json"))
@@ -415,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     if info_path.exists():
         info = json.loads(info_path.read_text())
         results["model_step"], results["model_loss"] = info.get("step"), info.get("loss")
-    results.update(evaluate(pipe, args.n, args.seed, args.steps, args.guidance, args.batch, args.guidance_interval))
+    results.update(evaluate(pipe, args.n, args.seed, args.steps, args.guidance, args.batch, args.guidance_interval,
+                            args.plan_layout))
     table = markdown(results)
     if "detector_accuracy" in results:
         table += f"\n\nDetector accuracy on {args.validate_detector} rendered scenes: " \

@@ -10,6 +10,9 @@ the previous step (others ignore it). Modes, chosen by the arguments:
   - inpaint: `image` + `mask_image` (white = repaint), using the trained inpainting conditioning; pixels outside
     the mask are pasted back, so they are exactly unchanged;
   - edit: `source_image` + an instruction prompt ("make the red circle blue", "highlight the star").
+In txt2img, `plan_layout` (the model's default is in model_index.json) first gives every object the prompt places
+nowhere a grid position drawn from the image's generator (webui/builtin/layout.py): "a red circle" becomes, say,
+"a red circle in the top right", which the model draws as one circle instead of faint copies in several places.
 
 LoRAs go on the transformer through PEFT (`EaselLoraLoaderMixin`), with the method names of diffusers' pipelines
 (`load_lora_weights`, `set_adapters`, `delete_adapters`, `enable_lora_hotswap`). The file layout is
@@ -19,6 +22,7 @@ LoRAs go on the transformer through PEFT (`EaselLoraLoaderMixin`), with the meth
 from __future__ import annotations
 
 import logging
+import random
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +33,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImageP
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from webui.builtin.layout import plan_prompt
 from webui.builtin.model import EaselTransformer
 from webui.builtin.text import EaselTextEncoder
 
@@ -219,16 +224,18 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, transformer: EaselTransformer, text_encoder: EaselTextEncoder,
-                 scheduler: FlowMatchEulerDiscreteScheduler, guidance_interval: list[float] | None = None) -> None:
+                 scheduler: FlowMatchEulerDiscreteScheduler, guidance_interval: list[float] | None = None,
+                 plan_layout: bool = False) -> None:
         super().__init__()
         self.register_modules(transformer=transformer, text_encoder=text_encoder, scheduler=scheduler)
         if guidance_interval is not None:
             guidance_interval = list(self.guidance_window(guidance_interval))
-        # the model's default for `__call__(guidance_interval=None)`, saved in model_index.json
-        self.register_to_config(guidance_interval=guidance_interval)
+        # the model's defaults for `__call__(guidance_interval=None, plan_layout=None)`, saved in model_index.json
+        self.register_to_config(guidance_interval=guidance_interval, plan_layout=bool(plan_layout))
         self._interrupt = False
         self._guidance_scale = 1.0
         self._num_timesteps = 0
+        self.planned_prompts: list[str] = []  # the last call's prompts as the model read them (layout planned)
 
     @property
     def guidance_scale(self) -> float:
@@ -303,6 +310,16 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
             raise ValueError(f"`guidance_interval` must satisfy 0 <= low < high <= 1, got ({lo}, {hi})")
         return lo, hi
 
+    def plan_layouts(self, prompts: list[str], generator: torch.Generator | list[torch.Generator] | None
+                     ) -> list[str]:
+        """Each prompt with a layout planned from one draw of its image's generator (see layout.py)."""
+        if isinstance(generator, list):
+            seeds = [int(torch.randint(0, 2**62, (1,), generator=g, device=g.device)) for g in generator]
+        else:
+            device = generator.device if generator is not None else "cpu"
+            seeds = torch.randint(0, 2**62, (len(prompts),), generator=generator, device=device).tolist()
+        return [plan_prompt(p, random.Random(s)) for p, s in zip(prompts, seeds)]
+
     def get_timesteps(self, num_inference_steps: int, strength: float, device: torch.device
                       ) -> tuple[torch.Tensor, int]:
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -337,7 +354,7 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
                  source_image: ImageInput | None = None, output_type: str = "pil", return_dict: bool = True,
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: list[str] | None = None,
-                 guidance_interval: tuple[float, float] | None = None
+                 guidance_interval: tuple[float, float] | None = None, plan_layout: bool | None = None
                  ) -> ImagePipelineOutput | tuple:
         # 1. check inputs
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
@@ -359,7 +376,13 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
         device = self._execution_device
         dtype = self.transformer.dtype
 
-        # 2. prepare text, conditioning images and the starting point
+        # 2. prepare the noise, text (its layout planned first in txt2img), conditioning images
+        noise = randn_tensor((batch, 3, height, width), generator=generator, device=device, dtype=torch.float32)
+        if plan_layout is None:
+            plan_layout = bool(self.config.get("plan_layout", False))
+        if plan_layout and image is None and source_image is None:
+            prompts = self.plan_layouts(prompts, generator)
+        self.planned_prompts = list(prompts)
         text, text_mask = self.encode_prompt(prompts, negatives, self.do_classifier_free_guidance)
         text = text.to(dtype)
         init = mask = source = None
@@ -382,7 +405,6 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
 
         timesteps, n_steps = self.get_timesteps(num_inference_steps, strength if init is not None else 1.0, device)
         self._num_timesteps = n_steps
-        noise = randn_tensor((batch, 3, height, width), generator=generator, device=device, dtype=torch.float32)
         if init is not None and strength < 1.0 and n_steps > 0:
             sigma0 = timesteps[0].float() / self.scheduler.config.num_train_timesteps
             latents = sigma0 * noise + (1.0 - sigma0) * init  # [B,3,H,W]

@@ -1,0 +1,116 @@
+"""Layout planning for the built-in model: positions written into prompts, relations kept, seeds reproduce it,
+and the pipeline applies it in txt2img only."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import torch
+
+from tests.builtin.conftest import make_tiny_pipeline
+from webui.builtin import data as D
+from webui.builtin.layout import parse, plan_prompt
+
+
+def _cells(prompt: str) -> list[str | None]:
+    return [m.position for m in parse(prompt)[0]]
+
+
+def test_parse_finds_objects_sizes_positions_and_relations() -> None:
+    mentions, relations = parse("A picture of a Big grey plus sign in the top-left corner above the small violet "
+                                "hoop, two pink rings and a box on a blue background")
+    assert [(m.color, m.shape, m.size, m.position) for m in mentions] == [
+        ("gray", "cross", "large", "top left"), ("purple", "ring", "small", None)]
+    assert [(r.relation, r.a, r.b) for r in relations] == [("above", 0, 1)]
+    # a background's colour, plurals, other words and glued words are no objects
+    assert parse("two red circles over a blue background, a dog, redcircle, a red circles") == ([], [])
+    # a colour and a word the built-in world does not know (a LoRA's trigger word) is one
+    mentions, _ = parse("a red heart on a blue background")
+    assert [(m.color, m.shape, m.position) for m in mentions] == [("red", "heart", None)]
+
+
+def test_an_unplaced_object_gets_a_uniformly_drawn_cell_and_the_rest_of_the_prompt_stays() -> None:
+    prompt = "a red circle on a blue background"
+    planned = [plan_prompt(prompt, random.Random(s)) for s in range(270)]
+    for text in planned:
+        assert text.startswith("a red circle ") and text.endswith(" on a blue background")
+        mentions, _ = parse(text)
+        assert len(mentions) == 1 and mentions[0].position is not None
+    counts = Counter(_cells(t)[0] for t in planned)
+    assert set(counts) == set(D.POSITIONS) and min(counts.values()) >= 15  # 30 expected per cell
+    assert plan_prompt(prompt, random.Random(7)) == plan_prompt(prompt, random.Random(7))
+
+
+def test_named_positions_plurals_and_other_prompts_are_left_alone() -> None:
+    rng = random.Random(0)
+    for prompt in ["a red circle in the top left", "two pink rings", "a dog on the beach", "",
+                   "a red background", "three green stars"]:
+        assert plan_prompt(prompt, rng) == prompt
+    # an unplaced object beside a placed one never takes its cell
+    for s in range(50):
+        cells = _cells(plan_prompt("a red circle in the center and a blue star", random.Random(s)))
+        assert cells[0] == "center" and cells[1] not in (None, "center")
+
+
+def test_a_relation_becomes_two_positions_for_which_it_holds() -> None:
+    for rel, words in D.RELATION_PHRASES.items():
+        for word in words:
+            for s in range(20):
+                text = plan_prompt(f"a tiny red triangle {word} the yellow circle with a black background",
+                                   random.Random(s))
+                mentions, relations = parse(text)
+                assert relations == [] and " and a yellow circle " in text, text
+                assert text.startswith("a tiny red triangle ") and text.endswith(" with a black background")
+                a, b = (D.Obj(m.color, m.shape, "small", m.position, 0, 0, 0) for m in mentions)
+                assert rel in D.relation(a, b), text
+    # chains hold too; a relation that cannot hold with the named position leaves the prompt as it was
+    text = plan_prompt("a red circle left of a blue star left of a green ring", random.Random(3))
+    cols = [D.POSITIONS[c][0] for c in _cells(text)]
+    assert cols == [0, 1, 2] and text.count(" and ") == 2
+    impossible = "a red circle above a blue star in the top left"
+    assert plan_prompt(impossible, random.Random(0)) == impossible
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_the_pipeline_plans_txt2img_from_each_images_generator(tmp_path) -> None:
+    import json
+
+    from webui.builtin.pipeline import EaselPipeline
+
+    pipe = make_tiny_pipeline()
+    kw = dict(num_inference_steps=2, height=32, width=32, output_type="np")
+    plain = pipe("a red circle", generator=_gen(1), **kw).images
+    assert pipe.planned_prompts == ["a red circle"]  # off unless the model's config or the call turns it on
+    planned = pipe("a red circle", generator=_gen(1), plan_layout=True, **kw).images
+    first = list(pipe.planned_prompts)
+    assert _cells(first[0])[0] is not None
+    again = pipe("a red circle", generator=_gen(1), plan_layout=True, **kw).images
+    np.testing.assert_array_equal(planned, again)
+    assert pipe.planned_prompts == first and np.abs(planned - plain).max() > 1e-4
+    # the plan is drawn after the noise: a prompt it leaves alone gives exactly the unplanned image
+    np.testing.assert_array_equal(pipe("a dog", generator=_gen(1), plan_layout=True, **kw).images,
+                                  pipe("a dog", generator=_gen(1), **kw).images)
+    # one plan per image, each from its own generator (a batch equals the images made one by one)
+    pipe(["a blue star"] * 6, generator=[_gen(s) for s in range(6)], plan_layout=True, **kw)
+    batch = list(pipe.planned_prompts)
+    singles = [pipe("a blue star", generator=_gen(s), plan_layout=True, **kw) and pipe.planned_prompts[0]
+               for s in range(6)]
+    assert batch == singles and len(set(batch)) > 1
+    # img2img, inpainting and edits keep their prompt
+    src = np.zeros((32, 32, 3), np.uint8)
+    pipe("a red circle", image=src, strength=0.5, generator=_gen(1), plan_layout=True, **kw)
+    assert pipe.planned_prompts == ["a red circle"]
+    pipe("add a red circle", source_image=src, generator=_gen(1), plan_layout=True, **kw)
+    assert pipe.planned_prompts == ["add a red circle"]
+    # the model's default is saved in model_index.json
+    on = EaselPipeline(pipe.transformer, pipe.text_encoder, pipe.scheduler, plan_layout=True)
+    on.save_pretrained(tmp_path / "easel")
+    assert json.loads((tmp_path / "easel" / "model_index.json").read_text())["plan_layout"] is True
+    loaded = EaselPipeline.from_pretrained(str(tmp_path / "easel"))
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(loaded("a red circle", generator=_gen(1), **kw).images, planned)
+    np.testing.assert_array_equal(loaded("a red circle", generator=_gen(1), plan_layout=False, **kw).images, plain)
