@@ -76,6 +76,7 @@ class ModeContext:
     pipeline_wrappers: list[PipelineWrapper] = field(default_factory=list)  # extensions', around each pipeline call
     loras: list[AppliedLora] = field(default_factory=list)  # what the prompt's <lora:…> tags applied
     embeddings: list[AppliedEmbedding] = field(default_factory=list)  # embeddings the prompts name, as loaded
+    plan_layout: bool = True  # False: the built-in model draws the prompt as written, not its planned layout
 
     def load(self, request: GenerationRequest, mode: str) -> LoadedPipeline:
         """The pipeline for this request and mode, with exactly the prompt's LoRAs active and the embeddings its

@@ -92,7 +92,8 @@ class Engine:
         for hook in self.before_generate:
             request = hook(request) or request
         mode = importlib.import_module(MODES[request.mode])
-        ctx = ModeContext(self.manager, job, self.settings.user.live_preview_every, self.upscalers)
+        ctx = ModeContext(self.manager, job, self.settings.user.live_preview_every, self.upscalers,
+                          plan_layout=self.settings.user.builtin_plan_layout)
         ctx.pipeline_wrappers = list(self.pipeline_wrappers)
         generated: list[Generated] = mode.run(ctx, request)
         for hook in self.after_generate:

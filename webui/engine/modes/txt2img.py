@@ -7,6 +7,7 @@ from PIL import Image
 from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches, sampler_used
 from webui.engine.upscalers import UpscalerNotFoundError
 from webui.engine.samplers import steps_for_strength
+from webui.model_manager.identify import Arch
 from webui.requests import RequestError, Txt2ImgRequest
 
 
@@ -21,6 +22,10 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
 
     # 2. Encode the prompt once for every batch.
     prompt_args = prompt_kwargs(loaded, request, ctx.embeddings)
+    if loaded.arch == Arch.EASEL and not ctx.plan_layout:
+        prompt_args["plan_layout"] = False  # on: the model's own default (model_index.json)
+
+    planned: list[str | None] = []  # per image: the prompt with the built-in model's planned layout, if it has one
 
     def call(gens, batch_size):
         images = ctx.call_pipeline(loaded, request, "txt2img", **prompt_args, width=request.width,
@@ -28,6 +33,9 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
                                    num_images_per_prompt=batch_size, generator=gens,
                                    callback_on_step_end=ctx.callback(loaded.arch, request.steps),
                                    output_type="pil").images
+        asked = getattr(pipe, "planned_prompts", None) if loaded.arch == Arch.EASEL else None
+        planned.extend(p if asked and p != prompt_args["prompt"] else None
+                       for p in (asked or [None] * len(images))[:len(images)])
         if hires and not ctx.job.interrupt_requested and not ctx.job.skip_requested:
             images = second_pass(ctx, request, images, gens)
         return images
@@ -37,7 +45,11 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
         extra.update({"Hires upscale": request.hr_scale, "Hires upscaler": request.hr_upscaler,
                       "Hires steps": request.hr_second_pass_steps or None,
                       "Denoising strength": request.hr_denoising_strength})
-    return run_batches(ctx, request, loaded, call, extra)
+    generated = run_batches(ctx, request, loaded, call, extra)
+    for item, text in zip(generated, planned):
+        if text:
+            item.extra["Planned prompt"] = text  # what the model drew: the prompt with positions written in
+    return generated
 
 
 def hires_size(request: Txt2ImgRequest) -> tuple[int, int]:

@@ -29,6 +29,8 @@ LABELS = {
     "max_prompt_chars": "Longest prompt, characters",
     "queue_size": "Jobs the queue holds",
     "save_images": "Save every image to outputs/",
+    "builtin_plan_layout": "Built-in model: give objects the prompt places nowhere a position before drawing "
+                           "(recorded as \"Planned prompt\" in the image's parameters)",
     "filename_digits": "Digits in image file numbers",
     "disabled_extensions": "Disabled extensions",
     "lora_fuse": "Fuse a LoRA set used twice in a row into the weights",
@@ -38,7 +40,7 @@ LABELS = {
     "compile_denoiser": "Compile the UNet/transformer (with hot-swap)",
 }
 GROUPS = {
-    "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits"),
+    "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits", "builtin_plan_layout"),
     "Memory and queue": ("ram_cache_size", "queue_size"),
     "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_images", "max_prompt_chars"),
     "LoRAs": ("lora_fuse", "lora_hotswap", "lora_max_rank", "lora_keep_loaded", "compile_denoiser"),
