@@ -41,3 +41,27 @@ def test_detector_on_rendered_truth() -> None:
     assert scores["heart_recall"] >= 0.95 and scores["other_false_positive"] <= 0.05
     blank = np.full((64, 64, 3), D.PALETTE["blue"], np.uint8)
     assert not E.detect_heart(blank)
+
+
+def test_detector_reads_a_shape_by_coverage_not_by_its_faint_halo() -> None:
+    """Generated shapes often sit in a faint square of colour between object and background (the model's patches):
+    far enough from the background to join the component, but not the object. A heart (and a circle) with such a halo keeps its shape;
+    the bounding box of everything away from the background would have read the heart as a square."""
+    for shape in ("heart", "circle"):
+        if shape == "heart":
+            image, mask = E.render_heart("yellow", "blue", 32.0, 32.0, 10.0)
+        else:
+            obj = D.Obj("blue", "circle", "large", "center", 32.0, 32.0, 10.0)
+            image, masks = D.render(D.Scene("yellow", (obj,)))
+            mask = masks[0]
+        ys, xs = np.nonzero(mask > 0.02)
+        box = np.zeros(mask.shape, bool)
+        box[ys.min() - 1: ys.max() + 2, xs.min() - 1: xs.max() + 2] = True  # as the model's 8x8 patches leave it
+        halo = box & (mask < 0.5)
+        tinted = image.astype(np.float32)
+        bg, fg = np.array(D.PALETTE["yellow"], np.float32), np.array(D.PALETTE["blue"], np.float32)
+        tinted[halo] = 0.7 * bg + 0.3 * fg  # 30% of the way to the object's colour: ~75 RGB from the background
+        tinted = tinted.round().astype(np.uint8)
+        assert np.linalg.norm(tinted[halo].astype(float) - bg, axis=1).min() > E.FOREGROUND_DISTANCE
+        assert E.shapes_in(tinted) == [shape]
+    assert E.detect_heart(E.render_heart("yellow", "blue", 32.0, 32.0, 10.0)[0])

@@ -110,21 +110,29 @@ def detect(image: np.ndarray) -> tuple[str, list[Detection]]:
         area = int(comp.sum())
         if area < MIN_AREA:
             continue
-        core = ndimage.binary_erosion(comp)
-        pixels = img[core] if core.sum() >= 3 else img[comp]
-        far = pixels[np.linalg.norm(pixels - bg, axis=1) >= np.median(np.linalg.norm(pixels - bg, axis=1))]
-        color = nearest_color(np.median(far, axis=0), exclude=bg_name)
-        c = np.array(D.PALETTE[color], np.float32)
-        span = c - bg  # [3]
-        alpha = np.clip(((img - bg) @ span) / max(float(span @ span), 1e-6), 0.0, 1.0)  # [H,W]
-        region = ndimage.binary_dilation(comp, iterations=1)
-        alpha = np.where(region, alpha, 0.0).astype(np.float32)
+        color, alpha = coverage(img, comp, bg_name, bg)
         shape, radius = classify_shape(alpha)
         filled = ndimage.binary_fill_holes(comp)
         ys, xs = np.nonzero(filled)
         cx, cy = float(xs.mean()) + 0.5, float(ys.mean()) + 0.5
         found.append(Detection(color, shape, position_of(cx, cy, image.shape[1]), cx, cy, area, radius))
     return bg_name, found
+
+
+def coverage(img: np.ndarray, comp: np.ndarray, bg_name: str, bg: np.ndarray) -> tuple[str, np.ndarray]:
+    """(palette colour, coverage [H,W] in [0,1]) of one foreground component of a float RGB image: the colour is
+    that of its pixels farthest from the background; each pixel's coverage is where it lies on the line from the
+    background to that colour (an anti-aliased edge or a faint halo counts by how much of the object it holds)."""
+    from scipy import ndimage
+
+    core = ndimage.binary_erosion(comp)
+    pixels = img[core] if core.sum() >= 3 else img[comp]
+    far = pixels[np.linalg.norm(pixels - bg, axis=1) >= np.median(np.linalg.norm(pixels - bg, axis=1))]
+    color = nearest_color(np.median(far, axis=0), exclude=bg_name)
+    span = np.array(D.PALETTE[color], np.float32) - bg  # [3]
+    alpha = np.clip(((img - bg) @ span) / max(float(span @ span), 1e-6), 0.0, 1.0)  # [H,W]
+    region = ndimage.binary_dilation(comp, iterations=1)
+    return color, np.where(region, alpha, 0.0).astype(np.float32)
 
 
 def scene_key(objects: list) -> list[tuple[str, str, str]]:

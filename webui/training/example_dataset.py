@@ -8,7 +8,8 @@ the built-in world with their usual captions. The ordinary scenes keep the LoRA 
 towards the new one (prior preservation with true renders instead of the model's own samples).
 
 `detect_heart(image)` is a classical detector for the concept: foreground components against the border's
-background colour, each normalised to its bounding box and matched against templates of the seven shapes
+background colour, cut to the pixels at least half covered by the object (as in webui/builtin/evaluate.py), each
+normalised to its bounding box and matched against templates of the seven shapes
 (`classify_component`), a match below MIN_MATCH counting as no shape (blobs are not hearts); `validate_detector`
 measures it on rendered scenes whose truth is known.
 
@@ -174,17 +175,25 @@ def shapes_in(image: np.ndarray) -> list[str]:
     """The shape of every object found in the image (holes kept: a ring's hole tells it from a circle)."""
     from scipy import ndimage
 
-    from webui.builtin.evaluate import background_color
+    from webui.builtin.evaluate import background_color, coverage
 
-    _, bg = background_color(image)
-    dist = np.linalg.norm(image.astype(np.float32) - bg[None, None], axis=-1)  # [H,W]
+    img = image.astype(np.float32)
+    bg_name, bg = background_color(image)
+    dist = np.linalg.norm(img - bg[None, None], axis=-1)  # [H,W]
     labels, n = ndimage.label(dist > FOREGROUND_DISTANCE)
     found = []
     for k in range(1, n + 1):
         comp = labels == k
-        if comp.sum() >= MIN_AREA:
-            shape, score = classify_component(comp)
-            found.append(shape if score >= MIN_MATCH else "unknown")
+        if comp.sum() < MIN_AREA:
+            continue
+        # the object is the pixels at least half covered, as the templates are cut: a faint halo around a
+        # generated shape is far enough from the background to join the component but is not part of the shape
+        _, alpha = coverage(img, comp, bg_name, bg)
+        solid = (alpha >= 0.5) & comp
+        if solid.sum() < MIN_AREA:
+            continue
+        shape, score = classify_component(solid)
+        found.append(shape if score >= MIN_MATCH else "unknown")
     return found
 
 
