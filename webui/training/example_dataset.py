@@ -33,7 +33,9 @@ TEMPLATE_SIZE = 24
 FOREGROUND_DISTANCE = 45.0  # RGB distance from the background above which a pixel is foreground
 MIN_AREA = 12  # output pixels; smaller components are noise
 MIN_MATCH = 0.8  # soft IoU with the best template below which an object counts as no shape (rendered hearts: >= 0.87)
-CONCEPT_SIZES = ("medium", "large")  # small hearts (5.5 px) are a few pixels wide: too little to learn the shape
+# Small hearts (5.5 px) are a few pixels wide: a LoRA trained with them in the dataset drew a heart for 29% of
+# the trigger prompts, against 44% with these two sizes (step 17945, 800 steps, n=100).
+CONCEPT_SIZES = ("medium", "large")
 
 
 def heart_polygon(cx: float, cy: float, radius: float, angle: float = 0.0, points: int = 96
