@@ -10,7 +10,7 @@ import torch
 
 from tests.builtin.conftest import make_tiny_pipeline
 from webui.builtin import data as D
-from webui.builtin.layout import parse, plan_prompt
+from webui.builtin.layout import parse, plan, plan_prompt
 
 
 def _cells(prompt: str) -> list[str | None]:
@@ -53,23 +53,32 @@ def test_named_positions_plurals_and_other_prompts_are_left_alone() -> None:
         assert cells[0] == "center" and cells[1] not in (None, "center")
 
 
-def test_a_relation_becomes_two_positions_for_which_it_holds() -> None:
+def test_a_relation_becomes_two_positions_for_which_it_holds_and_sizes_that_fit() -> None:
     for rel, words in D.RELATION_PHRASES.items():
         for word in words:
             for s in range(20):
-                text = plan_prompt(f"a tiny red triangle {word} the yellow circle with a black background",
-                                   random.Random(s))
+                planned = plan(f"a tiny red triangle {word} the yellow circle with a black background",
+                               random.Random(s))
+                text = planned.prompt
                 mentions, relations = parse(text)
-                assert relations == [] and " and a yellow circle " in text, text
-                assert text.startswith("a tiny red triangle ") and text.endswith(" with a black background")
-                a, b = (D.Obj(m.color, m.shape, "small", m.position, 0, 0, 0) for m in mentions)
-                assert rel in D.relation(a, b), text
+                assert relations == [] and text.endswith(" with a black background"), text
+                assert text.startswith("a tiny red triangle ") and " and a " in text, text
+                # each object named with the size its cell was chosen for, and drawn alone with those words
+                assert [(m.color, m.shape, m.size, m.position) for m in mentions] == [
+                    (o.obj.color, o.obj.shape, o.obj.size, o.obj.position) for o in planned.objects]
+                assert mentions[0].size == "small" and all(m.size for m in mentions)
+                assert [parse(o.text)[0][0].shape for o in planned.objects] == ["triangle", "circle"]
+                a, b = (o.obj for o in planned.objects)
+                assert rel in D.relation(a, b) and D.fits(b, [a]), text
     # chains hold too; a relation that cannot hold with the named position leaves the prompt as it was
     text = plan_prompt("a red circle left of a blue star left of a green ring", random.Random(3))
     cols = [D.POSITIONS[c][0] for c in _cells(text)]
     assert cols == [0, 1, 2] and text.count(" and ") == 2
     impossible = "a red circle above a blue star in the top left"
-    assert plan_prompt(impossible, random.Random(0)) == impossible
+    assert plan(impossible, random.Random(0)).prompt == impossible and plan(impossible, random.Random(0)).objects == []
+    # one object: no size is named, and the object is still listed for the pipeline
+    single = plan("a red circle", random.Random(0))
+    assert parse(single.prompt)[0][0].size is None and [o.text for o in single.objects] == ["a red circle"]
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -114,3 +123,35 @@ def test_the_pipeline_plans_txt2img_from_each_images_generator(tmp_path) -> None
     loaded.set_progress_bar_config(disable=True)
     np.testing.assert_array_equal(loaded("a red circle", generator=_gen(1), **kw).images, planned)
     np.testing.assert_array_equal(loaded("a red circle", generator=_gen(1), plan_layout=False, **kw).images, plain)
+
+
+def test_redraw_repaints_only_each_planned_objects_box_and_only_for_two_or_more() -> None:
+    """The redraw passes inpaint each planned object's box: outside the union of the boxes every pixel equals the
+    whole-scene pass exactly; inside, the image changes. A single object, or redraw off, gives the plain pass."""
+    from webui.builtin.layout import redraw_mask
+
+    pipe = make_tiny_pipeline()
+    kw = dict(num_inference_steps=2, output_type="np", plan_layout=True)
+    prompt = "a red circle to the left of a blue star"
+    scene = pipe([prompt] * 2, generator=[_gen(4), _gen(5)], redraw_objects=False, **kw).images
+    planned = list(pipe.planned_prompts)
+    redrawn = pipe([prompt] * 2, generator=[_gen(4), _gen(5)], redraw_objects=True, **kw).images
+    assert pipe.planned_prompts == planned  # the redraw passes do not replace what the scene was drawn from
+    for i, s in enumerate((4, 5)):
+        seed = int(torch.randint(0, 2**62, (1,), generator=_after_noise(s)))  # the draw the pipeline plans from
+        objects = [o.obj for o in plan(prompt, random.Random(seed)).objects]
+        assert plan(prompt, random.Random(seed)).prompt == planned[i]
+        boxes = np.maximum(redraw_mask(objects, 0), redraw_mask(objects, 1)) > 0
+        assert 0.05 < boxes.mean() < 0.8
+        np.testing.assert_array_equal(redrawn[i][~boxes], scene[i][~boxes])
+        assert np.abs(redrawn[i][boxes] - scene[i][boxes]).max() > 1e-3
+    one = dict(generator=_gen(4), **kw)
+    np.testing.assert_array_equal(pipe("a red circle", redraw_objects=True, **one).images,
+                                  pipe("a red circle", redraw_objects=False, **dict(one, generator=_gen(4))).images)
+
+
+def _after_noise(seed: int) -> torch.Generator:
+    """A generator in the state the pipeline leaves it in after drawing a 64x64 image's noise."""
+    g = _gen(seed)
+    torch.randn((1, 3, 64, 64), generator=g)
+    return g

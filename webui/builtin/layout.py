@@ -27,6 +27,8 @@ import random
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from webui.builtin import data as D
 
 MAX_TRIES = 2000  # layouts drawn before giving up (the prompt is then returned as it is); ~10 µs each
@@ -47,7 +49,7 @@ _WORD_TO = {
 
 
 _OBJECT = re.compile(
-    rf"(?<![\w-])(?P<body>(?:(?:an?|one|the)\s+)?(?:(?P<size>{_alternation(list(_WORD_TO['size']))})\s+)?"
+    rf"(?<![\w-])(?P<body>(?:(?P<article>an?|one|the)\s+)?(?:(?P<size>{_alternation(list(_WORD_TO['size']))})\s+)?"
     rf"(?P<color>{_alternation(list(_WORD_TO['color']))})\s+(?P<shape>{_alternation(list(_WORD_TO['shape']))}|[a-z]+))"
     rf"(?![\w-])(?:\s+(?P<position>{_alternation(list(_WORD_TO['position']))})(?![\w-]))?", re.IGNORECASE)
 _VOCABULARY = frozenset(D.vocabulary())
@@ -65,6 +67,7 @@ class Mention:
     size: str | None
     position: str | None  # named in the prompt, or None
     phrase_end: int  # end of the mention, a named position included
+    words: tuple[str | None, str | None, str, str] = (None, None, "", "")  # article, size, colour, shape as typed
 
 
 @dataclass
@@ -88,7 +91,8 @@ def parse(prompt: str) -> tuple[list[Mention], list[Relation]]:
         mentions.append(Mention(m.start("body"), m.end("body"), _WORD_TO["color"][m.group("color").lower()],
                                 _WORD_TO["shape"].get(shape, shape),
                                 _WORD_TO["size"][size.lower()] if size else None,
-                                _WORD_TO["position"][position.lower()] if position else None, m.end()))
+                                _WORD_TO["position"][position.lower()] if position else None, m.end(),
+                                (m.group("article"), size, m.group("color"), m.group("shape"))))
     relations = []
     for i in range(len(mentions) - 1):
         gap = _GAP_RELATION.fullmatch(prompt, mentions[i].phrase_end, mentions[i + 1].start)
@@ -114,31 +118,63 @@ def sample_layout(mentions: list[Mention], relations: list[Relation], rng: rando
     return None
 
 
-def plan_prompt(prompt: str, rng: random.Random) -> str:
-    """`prompt` with a grid position written after every singular object that has none, and "A <relation> B"
-    rewritten as "A <position> and B <position>" with positions for which the relation holds. Unchanged when the
-    prompt names no object of the built-in world, every object already has a position, or no layout fits."""
+@dataclass
+class PlannedObject:
+    """One object of a planned layout: its own words ("a large red circle", for redrawing it alone) and where it
+    goes (a `data.Obj`: colour, shape, size, cell, centre and radius in 64x64 pixels)."""
+
+    text: str
+    obj: D.Obj
+
+
+@dataclass
+class Plan:
+    prompt: str  # the prompt with the layout written in (the prompt as given when nothing was planned)
+    objects: list[PlannedObject]  # empty when nothing was planned
+
+
+def plan(prompt: str, rng: random.Random) -> Plan:
+    """Plan the layout of `prompt`: a grid position written after every singular object that has none, "A
+    <relation> B" rewritten as "A <position> and B <position>" with positions for which the relation holds, and,
+    when there are two or more objects, a size word for each that has none (so that each is drawn the size its
+    cell was chosen for). Nothing planned when the prompt names no object, every object has a position and there
+    is no relation, or no layout fits."""
     mentions, relations = parse(prompt)
     if not mentions or (all(m.position for m in mentions) and not relations):
-        return prompt
+        return Plan(prompt, [])
     layout = sample_layout(mentions, relations, rng)
     if layout is None:
-        return prompt
-    phrase = {i: rng.choice(D.POSITION_PHRASES[obj.position]) for i, obj in enumerate(layout)}
+        return Plan(prompt, [])
+    name_sizes = len(mentions) > 1
+    second = {r.b for r in relations}  # "the B" of a relation becomes "a B" in the list
     edits: list[tuple[int, int, str]] = []  # (start, end, replacement), non-overlapping
-    for i, m in enumerate(mentions):
+    objects = []
+    for i, (m, obj) in enumerate(zip(mentions, layout)):
+        article, size, color, shape = m.words
+        if size is None and name_sizes:
+            size = rng.choice(D.SIZE_WORDS[obj.size])
+        core = " ".join(w for w in (size, color, shape) if w)
+        if article is None:
+            body = core
+        elif article.lower() in ("a", "an") or (article.lower() == "the" and i in second):
+            body = D._article(core)
+        else:
+            body = f"{article} {core}"
         if m.position is None:
-            edits.append((m.end, m.end, " " + phrase[i]))
-    for r in relations:  # "A left of the B" -> "A <position> and a B <position>"
-        a, b = mentions[r.a], mentions[r.b]
-        edits.append((a.phrase_end, b.end, " and " + _indefinite(prompt[b.start:b.end])))
-        if b.position is None:  # the insertion at b.end now falls inside this edit: make it part of it
-            edits.remove((b.end, b.end, " " + phrase[r.b]))
-            edits[-1] = (a.phrase_end, b.end, edits[-1][2] + " " + phrase[r.b])
+            body += " " + rng.choice(D.POSITION_PHRASES[obj.position])
+        edits.append((m.start, m.end, body))
+        objects.append(PlannedObject(D._article(core), obj))
+    for r in relations:  # the relation's words between A (and its named position) and B become "and"
+        edits.append((mentions[r.a].phrase_end, mentions[r.b].start, " and "))
     out = prompt
-    for start, end, text in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
+    for start, end, text in sorted(edits, reverse=True):
         out = out[:start] + text + out[end:]
-    return out
+    return Plan(out, objects)
+
+
+def plan_prompt(prompt: str, rng: random.Random) -> str:
+    """The prompt of `plan(prompt, rng)`."""
+    return plan(prompt, rng).prompt
 
 
 def _indefinite(body: str) -> str:
@@ -148,3 +184,16 @@ def _indefinite(body: str) -> str:
         return body
     rest = body[match.end():]
     return ("an " if rest[:1].lower() in "aeiou" else "a ") + rest
+
+
+def redraw_mask(objects: list[D.Obj], k: int, margin: float = 4.0) -> np.ndarray:
+    """Float {0,1} mask [64,64] for redrawing object k of a layout: a square `margin` px beyond its radius (the
+    inpainting training's boxes add 2-6 px), less every pixel within 1 px of another object's radius."""
+    obj = objects[k]
+    yy, xx = np.mgrid[0:D.SIZE, 0:D.SIZE] + 0.5  # pixel centres
+    r = obj.radius + margin
+    mask = (np.abs(xx - obj.cx) <= r) & (np.abs(yy - obj.cy) <= r)
+    for j, other in enumerate(objects):
+        if j != k:
+            mask &= np.hypot(xx - other.cx, yy - other.cy) > other.radius + 1.0
+    return mask.astype(np.float32)

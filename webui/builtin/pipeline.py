@@ -13,6 +13,8 @@ the previous step (others ignore it). Modes, chosen by the arguments:
 In txt2img, `plan_layout` (the model's default is in model_index.json) first gives every object the prompt places
 nowhere a grid position drawn from the image's generator (webui/builtin/layout.py): "a red circle" becomes, say,
 "a red circle in the top right", which the model draws as one circle instead of faint copies in several places.
+With two or more planned objects, `redraw_objects` then inpaints each object's box once more with only that
+object's words, so each gets its own colour and shape (the whole-scene pass often gives both the same shape).
 
 LoRAs go on the transformer through PEFT (`EaselLoraLoaderMixin`), with the method names of diffusers' pipelines
 (`load_lora_weights`, `set_adapters`, `delete_adapters`, `enable_lora_hotswap`). The file layout is
@@ -33,7 +35,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImageP
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from webui.builtin.layout import plan_prompt
+from webui.builtin.layout import Plan, plan, redraw_mask
 from webui.builtin.model import EaselTransformer
 from webui.builtin.text import EaselTextEncoder
 
@@ -225,13 +227,15 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
 
     def __init__(self, transformer: EaselTransformer, text_encoder: EaselTextEncoder,
                  scheduler: FlowMatchEulerDiscreteScheduler, guidance_interval: list[float] | None = None,
-                 plan_layout: bool = False) -> None:
+                 plan_layout: bool = False, redraw_objects: bool = False) -> None:
         super().__init__()
         self.register_modules(transformer=transformer, text_encoder=text_encoder, scheduler=scheduler)
         if guidance_interval is not None:
             guidance_interval = list(self.guidance_window(guidance_interval))
-        # the model's defaults for `__call__(guidance_interval=None, plan_layout=None)`, saved in model_index.json
-        self.register_to_config(guidance_interval=guidance_interval, plan_layout=bool(plan_layout))
+        # the model's defaults for `__call__(guidance_interval=None, plan_layout=None, redraw_objects=None)`,
+        # saved in model_index.json
+        self.register_to_config(guidance_interval=guidance_interval, plan_layout=bool(plan_layout),
+                                redraw_objects=bool(redraw_objects))
         self._interrupt = False
         self._guidance_scale = 1.0
         self._num_timesteps = 0
@@ -311,14 +315,35 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
         return lo, hi
 
     def plan_layouts(self, prompts: list[str], generator: torch.Generator | list[torch.Generator] | None
-                     ) -> list[str]:
-        """Each prompt with a layout planned from one draw of its image's generator (see layout.py)."""
+                     ) -> list[Plan]:
+        """Each prompt's layout, planned from one draw of its image's generator (see layout.py)."""
         if isinstance(generator, list):
             seeds = [int(torch.randint(0, 2**62, (1,), generator=g, device=g.device)) for g in generator]
         else:
             device = generator.device if generator is not None else "cpu"
             seeds = torch.randint(0, 2**62, (len(prompts),), generator=generator, device=device).tolist()
-        return [plan_prompt(p, random.Random(s)) for p, s in zip(prompts, seeds)]
+        return [plan(p, random.Random(s)) for p, s in zip(prompts, seeds)]
+
+    def redraw(self, images: torch.Tensor, plans: list[Plan], generator: torch.Generator | list | None,
+               **call_kwargs) -> torch.Tensor:
+        """Inpaint, object by object, the box of each planned object of a layout of two or more with that object's
+        own words ("a large red circle"); pixels outside the box stay as they are. images [B,3,H,W] in [-1,1]
+        (returned the same way)."""
+        height, width = images.shape[-2:]
+        for k in range(max(len(p.objects) for p in plans)):
+            rows = [i for i, p in enumerate(plans) if len(p.objects) > 1 and len(p.objects) > k]
+            if not rows or self.interrupt:
+                break
+            masks = [redraw_mask([o.obj for o in plans[i].objects], k) for i in rows]  # [64,64] each
+            mask = torch.from_numpy(np.stack(masks))[:, None]  # [R,1,64,64]
+            mask = torch.nn.functional.interpolate(mask, size=(height, width), mode="nearest")
+            gens = [generator[i] for i in rows] if isinstance(generator, list) else generator
+            out = self(prompt=[plans[i].objects[k].text for i in rows], image=(images[rows].float() + 1.0) / 2.0,
+                       mask_image=mask, height=height, width=width, generator=gens, output_type="pt",
+                       plan_layout=False, **call_kwargs).images  # [R,3,H,W] in [0,1]
+            images = images.clone()
+            images[rows] = (out * 2.0 - 1.0).to(images.dtype)
+        return images
 
     def get_timesteps(self, num_inference_steps: int, strength: float, device: torch.device
                       ) -> tuple[torch.Tensor, int]:
@@ -354,8 +379,8 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
                  source_image: ImageInput | None = None, output_type: str = "pil", return_dict: bool = True,
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: list[str] | None = None,
-                 guidance_interval: tuple[float, float] | None = None, plan_layout: bool | None = None
-                 ) -> ImagePipelineOutput | tuple:
+                 guidance_interval: tuple[float, float] | None = None, plan_layout: bool | None = None,
+                 redraw_objects: bool | None = None) -> ImagePipelineOutput | tuple:
         # 1. check inputs
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         self.check_inputs(height, width, strength, image, mask_image, source_image, num_inference_steps,
@@ -380,9 +405,11 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
         noise = randn_tensor((batch, 3, height, width), generator=generator, device=device, dtype=torch.float32)
         if plan_layout is None:
             plan_layout = bool(self.config.get("plan_layout", False))
+        plans = None
         if plan_layout and image is None and source_image is None:
-            prompts = self.plan_layouts(prompts, generator)
-        self.planned_prompts = list(prompts)
+            plans = self.plan_layouts(prompts, generator)
+            prompts = [p.prompt for p in plans]
+        planned = list(prompts)
         text, text_mask = self.encode_prompt(prompts, negatives, self.do_classifier_free_guidance)
         text = text.to(dtype)
         init = mask = source = None
@@ -442,9 +469,17 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
                     latents = outputs.pop("latents", latents) if outputs else latents
                 progress.update()
 
-        # 4. postprocess: paste the original back outside the inpainting mask, convert
+        # 4. postprocess: paste the original back outside the inpainting mask (or redraw planned objects), convert
         if mask is not None:
             latents = init * (1.0 - mask) + latents.clamp(-1.0, 1.0) * mask  # [B,3,H,W]
+        if redraw_objects is None:
+            redraw_objects = bool(self.config.get("redraw_objects", False))
+        if plans and redraw_objects and not self.interrupt:
+            latents = self.redraw(latents.clamp(-1.0, 1.0), plans, generator, num_inference_steps=num_inference_steps,
+                                  guidance_scale=guidance_scale, guidance_interval=guidance_interval,
+                                  callback_on_step_end=callback_on_step_end,
+                                  callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+        self.planned_prompts = planned
         images = self.postprocess(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

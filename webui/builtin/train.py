@@ -413,7 +413,7 @@ def export_pipeline(net: Net, out: Path, info: dict, shift: float = SAMPLE_SHIFT
     finally:
         diffusers_logging.set_verbosity(verbosity)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
-    pipe = EaselPipeline(transformer, text_encoder, scheduler, plan_layout=True)  # layout.py: why
+    pipe = EaselPipeline(transformer, text_encoder, scheduler, plan_layout=True, redraw_objects=True)  # layout.py
     out = out.resolve()
     tmp = out.with_name("." + out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
