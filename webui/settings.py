@@ -40,7 +40,7 @@ class UserSettings:
     max_images: int = 200  # batch size x batch count per request
     queue_size: int = 64
     save_images: bool = True
-    builtin_plan_layout: bool = True  # the built-in model places unplaced objects before drawing (its own default)
+    builtin_plan_layout: bool = True  # the built-in model plans its layouts (and redraws objects) as its config says
     filename_digits: int = 5
     disabled_extensions: list[str] = field(default_factory=list)
     lora_fuse: bool = False  # fold a LoRA set used twice in a row into the weights (faster steps)

@@ -6,19 +6,20 @@ sharpens (measured on step 17945: 24 of 30 position-free single-object prompts g
 position named, 64 of 66 gave exactly the object asked for). "A green square to the left of a purple triangle"
 fails the same way, with whole rows of squares and triangles. Planning the layout first and letting the model
 draw it, as layout-grounded pipelines do (LLM-grounded Diffusion, arXiv 2305.13655), removes that choice from the
-model: `plan_prompt` samples positions the way the training scenes place objects (a uniformly random cell, objects
-that fit without overlapping) and writes them into the prompt in the training captions' own words:
+model: `plan` samples positions the way the training scenes place objects (a uniformly random cell, objects that
+fit without overlapping) and writes them into the prompt in the training captions' own words:
 
-    "a red circle on a blue background"          -> "a red circle in the top right on a blue background"
+    "a red circle on a blue background"  ->  "a red circle in the top right on a blue background"
     "a green square to the left of a purple triangle"
-                                                  -> "a green square in the bottom left and a purple triangle
-                                                      on the right"  (any cells with the square's column left
-                                                      of the triangle's)
+        ->  "a large green square in the bottom left and a small purple triangle on the right"
 
-An object is a colour word followed by a shape word or by a word the built-in world does not know (a LoRA's
-trigger word: "a red heart" is placed like "a red circle"). Objects with a position keep it, plural groups
-("two pink rings") are left to the model, and a prompt with no such object (or whose named positions cannot all hold) comes back unchanged. The plan is
-a pure function of the prompt and the `random.Random` given, so a seed reproduces it.
+(any cells with the square's column left of the triangle's; with two or more objects each also gets the size
+its cell was chosen for). An object is a colour word followed by a shape word or by a word the built-in world
+does not know (a LoRA's trigger word: "a red heart" is placed like "a red circle"). Objects with a position keep
+it, plural groups ("two pink rings") are left to the model, and a prompt with no such object (or whose named
+positions cannot all hold) comes back unchanged. The plan also lists each object with its own words and its
+place, from which the pipeline can redraw objects one at a time (`redraw_mask`). It is a pure function of the
+prompt and the `random.Random` given, so a seed reproduces it.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ LABELS = {
     "max_prompt_chars": "Longest prompt, characters",
     "queue_size": "Jobs the queue holds",
     "save_images": "Save every image to outputs/",
-    "builtin_plan_layout": "Built-in model: give objects the prompt places nowhere a position before drawing "
-                           "(recorded as \"Planned prompt\" in the image's parameters)",
+    "builtin_plan_layout": "Built-in model: give objects the prompt places nowhere a position before drawing, "
+                           "and redraw each of several objects alone (recorded as \"Planned prompt\")",
     "filename_digits": "Digits in image file numbers",
     "disabled_extensions": "Disabled extensions",
     "lora_fuse": "Fuse a LoRA set used twice in a row into the weights",
