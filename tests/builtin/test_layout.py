@@ -155,3 +155,24 @@ def _after_noise(seed: int) -> torch.Generator:
     g = _gen(seed)
     torch.randn((1, 3, 64, 64), generator=g)
     return g
+
+
+def test_settle_background_clears_speckle_in_the_box_and_keeps_the_object() -> None:
+    from webui.builtin.pipeline import settle_background
+
+    bg, obj, old = (torch.tensor(D.PALETTE[c], dtype=torch.float32) / 255.0 for c in ("yellow", "orange", "blue"))
+    before = bg[:, None, None].expand(3, 32, 32).clone()
+    before[:, 10:14, 10:14] = old[:, None, None]  # a wrong object the redraw replaces
+    redrawn = before.clone()
+    redrawn[:, 8:20, 8:20] = bg[:, None, None] + 0.12 * torch.randn(3, 12, 12).clamp(-1, 1) / 4  # speckle
+    redrawn[:, 12:16, 12:16] = obj[:, None, None]  # the redrawn object: 71 RGB from the background
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 6:22, 6:22] = 1.0
+    out = settle_background(redrawn[None], before[None], mask)[0]
+    assert torch.equal(out[:, 12:16, 12:16], redrawn[:, 12:16, 12:16])  # the object stays
+    speckle = torch.zeros(32, 32, dtype=torch.bool)
+    speckle[8:20, 8:20] = True
+    speckle[12:16, 12:16] = False
+    assert torch.allclose(out[:, speckle], bg[:, None].expand(3, int(speckle.sum())))  # background, not speckle
+    outside = mask[0, 0] == 0
+    assert torch.equal(out[:, outside], redrawn[:, outside])
