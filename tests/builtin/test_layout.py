@@ -10,7 +10,7 @@ import torch
 
 from tests.builtin.conftest import make_tiny_pipeline
 from webui.builtin import data as D
-from webui.builtin.layout import parse, plan, plan_prompt
+from webui.builtin.layout import parse, plan
 
 
 def _cells(prompt: str) -> list[str | None]:
@@ -32,24 +32,24 @@ def test_parse_finds_objects_sizes_positions_and_relations() -> None:
 
 def test_an_unplaced_object_gets_a_uniformly_drawn_cell_and_the_rest_of_the_prompt_stays() -> None:
     prompt = "a red circle on a blue background"
-    planned = [plan_prompt(prompt, random.Random(s)) for s in range(270)]
+    planned = [plan(prompt, random.Random(s)).prompt for s in range(270)]
     for text in planned:
         assert text.startswith("a red circle ") and text.endswith(" on a blue background")
         mentions, _ = parse(text)
         assert len(mentions) == 1 and mentions[0].position is not None
     counts = Counter(_cells(t)[0] for t in planned)
     assert set(counts) == set(D.POSITIONS) and min(counts.values()) >= 15  # 30 expected per cell
-    assert plan_prompt(prompt, random.Random(7)) == plan_prompt(prompt, random.Random(7))
+    assert plan(prompt, random.Random(7)).prompt == plan(prompt, random.Random(7)).prompt
 
 
 def test_named_positions_plurals_and_other_prompts_are_left_alone() -> None:
     rng = random.Random(0)
     for prompt in ["a red circle in the top left", "two pink rings", "a dog on the beach", "",
                    "a red background", "three green stars"]:
-        assert plan_prompt(prompt, rng) == prompt
+        assert plan(prompt, rng).prompt == prompt
     # an unplaced object beside a placed one never takes its cell
     for s in range(50):
-        cells = _cells(plan_prompt("a red circle in the center and a blue star", random.Random(s)))
+        cells = _cells(plan("a red circle in the center and a blue star", random.Random(s)).prompt)
         assert cells[0] == "center" and cells[1] not in (None, "center")
 
 
@@ -71,7 +71,7 @@ def test_a_relation_becomes_two_positions_for_which_it_holds_and_sizes_that_fit(
                 a, b = (o.obj for o in planned.objects)
                 assert rel in D.relation(a, b) and D.fits(b, [a]), text
     # chains hold too; a relation that cannot hold with the named position leaves the prompt as it was
-    text = plan_prompt("a red circle left of a blue star left of a green ring", random.Random(3))
+    text = plan("a red circle left of a blue star left of a green ring", random.Random(3)).prompt
     cols = [D.POSITIONS[c][0] for c in _cells(text)]
     assert cols == [0, 1, 2] and text.count(" and ") == 2
     impossible = "a red circle above a blue star in the top left"

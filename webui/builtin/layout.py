@@ -68,7 +68,7 @@ class Mention:
     size: str | None
     position: str | None  # named in the prompt, or None
     phrase_end: int  # end of the mention, a named position included
-    words: tuple[str | None, str | None, str, str] = (None, None, "", "")  # article, size, colour, shape as typed
+    words: tuple[str | None, str | None, str, str]  # article, size, colour, shape as typed
 
 
 @dataclass
@@ -171,20 +171,6 @@ def plan(prompt: str, rng: random.Random) -> Plan:
     for start, end, text in sorted(edits, reverse=True):
         out = out[:start] + text + out[end:]
     return Plan(out, objects)
-
-
-def plan_prompt(prompt: str, rng: random.Random) -> str:
-    """The prompt of `plan(prompt, rng)`."""
-    return plan(prompt, rng).prompt
-
-
-def _indefinite(body: str) -> str:
-    """"the blue star" -> "a blue star": the second object of a relation becomes one of a list."""
-    match = re.match(r"the\s+", body, re.IGNORECASE)
-    if not match:
-        return body
-    rest = body[match.end():]
-    return ("an " if rest[:1].lower() in "aeiou" else "a ") + rest
 
 
 def redraw_mask(objects: list[D.Obj], k: int, margin: float = 4.0) -> np.ndarray:

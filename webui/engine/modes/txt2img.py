@@ -33,9 +33,8 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
                                    num_images_per_prompt=batch_size, generator=gens,
                                    callback_on_step_end=ctx.callback(loaded.arch, request.steps),
                                    output_type="pil").images
-        asked = getattr(pipe, "planned_prompts", None) if loaded.arch == Arch.EASEL else None
-        planned.extend(p if asked and p != prompt_args["prompt"] else None
-                       for p in (asked or [None] * len(images))[:len(images)])
+        if loaded.arch == Arch.EASEL:
+            planned.extend(p if p != prompt_args["prompt"] else None for p in pipe.planned_prompts[:len(images)])
         if hires and not ctx.job.interrupt_requested and not ctx.job.skip_requested:
             images = second_pass(ctx, request, images, gens)
         return images
