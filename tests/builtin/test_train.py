@@ -31,6 +31,7 @@ def test_train_exports_and_resumes(tmp_path: Path) -> None:
     assert json.loads((out / "training.json").read_text())["step"] == 3
     pipe = EaselPipeline.from_pretrained(str(out))
     assert pipe.scheduler.config.shift == train.SAMPLE_SHIFT
+    assert pipe.guidance_window() == train.GUIDANCE_INTERVAL  # the exported model's default guidance window
     exported = sum(p.numel() for m in (pipe.transformer, pipe.text_encoder) for p in m.parameters())
     assert json.loads((out / "training.json").read_text())["params"] == exported  # training-only heads not counted
     pipe.set_progress_bar_config(disable=True)

@@ -6,7 +6,8 @@ FlowMatch schedulers (Euler by default, Heun when swapped in) integrate. Classif
 predictions with and without the prompt. A self-conditioned transformer also reads each branch's x0 prediction of
 the previous step (others ignore it). Modes, chosen by the arguments:
   - txt2img: no image;
-  - img2img: `image` + `strength` (start from the image noised to sigma = strength);
+  - img2img: `image` + `strength` (run the last `strength` share of the steps, from the image noised to the
+    first one's sigma);
   - inpaint: `image` + `mask_image` (white = repaint), using the trained inpainting conditioning; pixels outside
     the mask are pasted back, so they are exactly unchanged;
   - edit: `source_image` + an instruction prompt ("make the red circle blue", "highlight the star").
