@@ -157,6 +157,29 @@ def _after_noise(seed: int) -> torch.Generator:
     return g
 
 
+def test_settle_background_with_the_object_colour_clears_stray_dots_and_keeps_neighbours() -> None:
+    from webui.builtin.pipeline import settle_background
+
+    bg, obj, other, dot = (torch.tensor(D.PALETTE[c], dtype=torch.float32) / 255.0
+                           for c in ("white", "blue", "red", "pink"))
+    before = bg[:, None, None].expand(3, 32, 32).clone()
+    before[:, 4:20, 0:3] = other[:, None, None]  # another object reaching into the box
+    redrawn = before.clone()
+    redrawn[:, 12:16, 12:16] = obj[:, None, None]  # the redrawn object
+    edge = 0.5 * obj + 0.5 * bg
+    redrawn[:, 11, 12:16] = edge[:, None]  # its anti-aliased edge: on the line from background to object
+    redrawn[:, 6, 8] = dot  # a stray dot of another colour, 110 RGB from the background
+    redrawn[:, 24, 24] = 0.7 * bg + 0.3 * other  # a faint stray dot
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 0:28, 0:28] = 1.0
+    out = settle_background(redrawn[None], before[None], mask, colors=obj[None])[0]
+    assert torch.equal(out[:, 11:16, 12:16], redrawn[:, 11:16, 12:16])  # object and edge stay
+    assert torch.equal(out[:, 6, 8], bg) and torch.equal(out[:, 24, 24], bg)  # stray dots cleared
+    assert torch.equal(out[:, 4:20, 0:3], before[:, 4:20, 0:3])  # the neighbour stays
+    plain = settle_background(redrawn[None], before[None], mask)[0]
+    assert not torch.equal(plain[:, 6, 8], bg)  # without the colour, the pink dot (far from white) stays
+
+
 def test_settle_background_clears_speckle_in_the_box_and_keeps_the_object() -> None:
     from webui.builtin.pipeline import settle_background
 

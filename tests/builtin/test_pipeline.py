@@ -49,6 +49,28 @@ def test_txt2img_seed_reproduces_and_generator_list(tiny_pipe) -> None:
         tiny_pipe(["a", "b"], num_inference_steps=2, generator=[_gen(1)])
 
 
+def test_euler_a_draws_its_noise_from_the_seed(tiny_pipe) -> None:
+    """Euler a (a stochastic flow-matching Euler step) adds fresh noise at each step: it comes from the images'
+    generators, not torch's global generator, so the same seed gives the same image."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    euler = tiny_pipe.scheduler
+    tiny_pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(euler.config, stochastic_sampling=True)
+    try:
+        torch.manual_seed(1)
+        a = tiny_pipe("a blue star", num_inference_steps=3, generator=_gen(5), output_type="np").images
+        torch.manual_seed(2)
+        b = tiny_pipe("a blue star", num_inference_steps=3, generator=_gen(5), output_type="np").images
+        batch = tiny_pipe(["a red ring", "a blue star"], num_inference_steps=3, generator=[_gen(9), _gen(5)],
+                          output_type="np").images
+    finally:
+        tiny_pipe.scheduler = euler
+    deterministic = tiny_pipe("a blue star", num_inference_steps=3, generator=_gen(5), output_type="np").images
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(batch[1], a[0], atol=1e-5)  # each image's noise from its own generator
+    assert not np.allclose(a, deterministic)  # the stochastic step did run
+
+
 def test_img2img_edit_other_sizes_and_heun(tiny_pipe) -> None:
     src = _scene_image()
     out = tiny_pipe("a red circle", image=src, strength=0.3, num_inference_steps=4, generator=_gen(0),

@@ -24,6 +24,7 @@ LoRAs go on the transformer through PEFT (`EaselLoraLoaderMixin`), with the meth
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import warnings
@@ -36,6 +37,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImageP
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from webui.builtin import data as D
 from webui.builtin.layout import Plan, plan, redraw_mask
 from webui.builtin.model import EaselTransformer
 from webui.builtin.text import EaselTextEncoder
@@ -45,19 +47,36 @@ logger = logging.getLogger(__name__)
 ImageInput = Image.Image | np.ndarray | torch.Tensor | list | tuple
 
 
-def settle_background(redrawn: torch.Tensor, before: torch.Tensor, mask: torch.Tensor, tolerance: float = 35.0
-                      ) -> torch.Tensor:
-    """Inside `mask`, a redrawn pixel within `tolerance` (RGB distance, 0-255 scale) of the background colour (the
-    median of `before`'s border pixels) takes `before`'s pixel where that is background too, else the background
-    colour: the inpainting passes leave a faint speckle in a box's background, which this removes, while the
-    redrawn object (far from the background) stays. Images [B,3,H,W] and mask [B,1,H,W] in [0,1]."""
+def settle_background(redrawn: torch.Tensor, before: torch.Tensor, mask: torch.Tensor, tolerance: float = 35.0,
+                      colors: torch.Tensor | None = None) -> torch.Tensor:
+    """Clean a redrawn box. The inpainting passes leave a faint speckle and, now and then, dots of other colours in
+    a box's background; the redrawn object stays. Images [B,3,H,W] and mask [B,1,H,W] in [0,1]; distances are RGB
+    on the 0-255 scale; the background colour is the median of `before`'s border pixels.
+      - a redrawn pixel within `tolerance` of the background takes `before`'s pixel where that is background too,
+        else the background colour;
+      - given `colors` ([B,3] in [0,1], each box's object colour), a redrawn pixel farther than `tolerance` from
+        the line between the background and that colour (neither the object nor its anti-aliased edge) takes
+        `before`'s pixel where that is background or off the line too (another object reaching into the box),
+        else the background colour."""
     border = torch.cat([before[..., 0, :], before[..., -1, :], before[..., :, 0], before[..., :, -1]], dim=-1)
     background = border.median(dim=-1).values[..., None, None]  # [B,3,1,1]
     tol = tolerance / 255.0
-    near = (redrawn - background).norm(dim=1, keepdim=True) < tol  # [B,1,H,W]
+    inside = mask > 0.5  # [B,1,H,W]
+    near = (redrawn - background).norm(dim=1, keepdim=True) < tol
     was_near = (before - background).norm(dim=1, keepdim=True) < tol
-    settled = torch.where(was_near, before, background.expand_as(before))
-    return torch.where((mask > 0.5) & near, settled, redrawn)
+    fill = background.expand_as(before)
+    out = torch.where(inside & near, torch.where(was_near, before, fill), redrawn)
+    if colors is None:
+        return out
+
+    def off_line(x: torch.Tensor) -> torch.Tensor:  # [B,1,H,W]: farther than tol from the background-colour line
+        span = colors.to(x)[..., None, None] - background  # [B,3,1,1]
+        along = ((x - background) * span).sum(dim=1, keepdim=True) / (span * span).sum(
+            dim=1, keepdim=True).clamp_min(1e-6)  # [B,1,H,W]
+        return (x - (background + along.clamp(0.0, 1.0) * span)).norm(dim=1, keepdim=True) > tol
+
+    keep_before = was_near | off_line(before)
+    return torch.where(inside & ~near & off_line(redrawn), torch.where(keep_before, before, fill), out)
 
 
 def image_to_tensor(image: ImageInput, height: int, width: int) -> torch.Tensor:
@@ -359,7 +378,8 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
                        height=height, width=width, generator=gens, output_type="pt", plan_layout=False,
                        **call_kwargs).images  # [R,3,H,W] in [0,1]
             images = images.clone()
-            images[rows] = (settle_background(out, before, mask) * 2.0 - 1.0).to(images.dtype)
+            colors = torch.tensor([D.PALETTE[plans[i].objects[k].obj.color] for i in rows]) / 255.0  # [R,3]
+            images[rows] = (settle_background(out, before, mask, colors=colors) * 2.0 - 1.0).to(images.dtype)
         return images
 
     def get_timesteps(self, num_inference_steps: int, strength: float, device: torch.device
@@ -456,6 +476,9 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
             latents = noise  # [B,3,H,W]
 
         # 3. denoise
+        # a stochastic scheduler (Euler a) draws its fresh noise from the images' generators, so a seed reproduces
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters \
+            else {}
         prev = None
         with self.progress_bar(total=n_steps) as progress:
             for i, t in enumerate(timesteps):
@@ -478,7 +501,7 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
                 elif self.do_classifier_free_guidance:
                     prev = prev.repeat(2, 1, 1, 1)  # both branches go on from the prompt's prediction
                 velocity = (latents - x0) / sigma  # [B,3,H,W]
-                latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                latents = self.scheduler.step(velocity, t, latents, return_dict=False, **step_kwargs)[0]
                 if callback_on_step_end is not None:
                     scope = locals()
                     kwargs = {k: scope[k] for k in tensor_inputs}
