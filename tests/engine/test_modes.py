@@ -57,6 +57,29 @@ def test_samplers_run(make_easel, sampler):
     assert parse_infotext(result.infotexts[0])["Sampler"] == sampler
 
 
+def test_euler_a_on_a_flow_model_reproduces_from_the_seed(make_easel, tmp_path, tmp_path_factory):
+    """SD3's pipeline steps its scheduler without the request's generators; Euler a's per-step noise must still
+    follow the seed, whatever torch's global generator was doing before."""
+    import shutil
+
+    import torch
+
+    from tests.tiny_models import make_tiny_sd3
+
+    sd3 = make_tiny_sd3(tmp_path_factory.mktemp("sd3") / "tiny-sd3")
+    shutil.copytree(sd3, tmp_path / "data" / "models" / "diffusers" / "tiny-sd3")
+    easel = make_easel(install_sd1=False)
+    request = Txt2ImgRequest(prompt="x", seed=4, **{**SMALL, "checkpoint": "tiny-sd3", "sampler": "Euler a"})
+    torch.manual_seed(1)
+    first = pixels(run(easel, request).images[0])
+    torch.manual_seed(2)
+    again = pixels(run(easel, request).images[0])
+    assert np.array_equal(first, again)
+    other = pixels(run(easel, Txt2ImgRequest(prompt="x", seed=5, **{**SMALL, "checkpoint": "tiny-sd3",
+                                                                     "sampler": "Euler a"})).images[0])
+    assert not np.array_equal(first, other)
+
+
 def test_unknown_sampler_fails_with_a_named_field(make_easel):
     easel = make_easel()
     job = easel.engine.generate(Txt2ImgRequest(prompt="x", **{**SMALL, "sampler": "Nope"}), timeout=60)

@@ -52,6 +52,15 @@ def generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
 
 
+def seed_global_generator(generator: torch.Generator | list[torch.Generator] | None) -> None:
+    """Seed torch's global generator from the first image's seed. Several diffusers pipelines (SD3, Flux and the
+    other flow-matching ones) step their scheduler without the request's generators, so a stochastic sampler
+    (Euler a) draws its per-step noise from the global generator; seeded, the same seed gives the same image."""
+    first = generator[0] if isinstance(generator, list) and generator else generator
+    if isinstance(first, torch.Generator):
+        torch.manual_seed(first.initial_seed())
+
+
 def latents_preview(latents: torch.Tensor, arch: Arch) -> Image.Image | None:
     """A quick RGB view of the first latent in a batch, or None where the layout has no cheap preview."""
     if latents.ndim != 4:
@@ -125,6 +134,7 @@ class ModeContext:
     def call_pipeline(self, loaded: LoadedPipeline, request: GenerationRequest, task: str, **kwargs: Any) -> Any:
         """`loaded.pipe(**kwargs)`, run through the extensions' pipeline wrappers (the first registered outermost)."""
         def innermost(call: PipelineCall) -> Any:
+            seed_global_generator(call.kwargs.get("generator"))
             return call.pipe(**call.kwargs)
 
         run: Callable[[PipelineCall], Any] = innermost
