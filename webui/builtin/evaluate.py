@@ -260,9 +260,8 @@ def evaluate(pipe, n: int = 200, seed: int = 0, steps: int = 20, guidance: float
     run = Runner(pipe, steps, guidance, batch, seed, guidance_interval, plan_layout, redraw_objects)
     results: dict = {"n": n, "steps": steps, "guidance_scale": guidance,
                      "guidance_interval": list(pipe.guidance_window(guidance_interval)),
-                     "plan_layout": bool(pipe.config.get("plan_layout", False) if plan_layout is None else plan_layout),
-                     "redraw_objects": bool(pipe.config.get("redraw_objects", False) if redraw_objects is None
-                                            else redraw_objects)}
+                     "plan_layout": pipe.switch("plan_layout", plan_layout),
+                     "redraw_objects": pipe.switch("redraw_objects", redraw_objects)}
 
     # single object: exact colour + shape (and position where named)
     cases = single_object_cases(n, seed)

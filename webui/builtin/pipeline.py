@@ -349,6 +349,11 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
             raise ValueError(f"`guidance_interval` must satisfy 0 <= low < high <= 1, got ({lo}, {hi})")
         return lo, hi
 
+    def switch(self, name: str, value: bool | None) -> bool:
+        """A per-call switch of `__call__` (`plan_layout`, `redraw_objects`): `value`, or when None the model's
+        default (model_index.json; off when absent)."""
+        return bool(self.config.get(name, False) if value is None else value)
+
     def plan_layouts(self, prompts: list[str], generator: torch.Generator | list[torch.Generator] | None
                      ) -> list[Plan]:
         """Each prompt's layout, planned from one draw of its image's generator (see layout.py)."""
@@ -440,10 +445,8 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
 
         # 2. prepare the noise, text (its layout planned first in txt2img), conditioning images
         noise = randn_tensor((batch, 3, height, width), generator=generator, device=device, dtype=torch.float32)
-        if plan_layout is None:
-            plan_layout = bool(self.config.get("plan_layout", False))
         plans = None
-        if plan_layout and image is None and source_image is None:
+        if self.switch("plan_layout", plan_layout) and image is None and source_image is None:
             plans = self.plan_layouts(prompts, generator)
             prompts = [p.prompt for p in plans]
         planned = list(prompts)
@@ -512,9 +515,7 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
         # 4. postprocess: paste the original back outside the inpainting mask (or redraw planned objects), convert
         if mask is not None:
             latents = init * (1.0 - mask) + latents.clamp(-1.0, 1.0) * mask  # [B,3,H,W]
-        if redraw_objects is None:
-            redraw_objects = bool(self.config.get("redraw_objects", False))
-        if plans and redraw_objects and not self.interrupt:
+        if plans and self.switch("redraw_objects", redraw_objects) and not self.interrupt:
             latents = self.redraw(latents.clamp(-1.0, 1.0), plans, generator, num_inference_steps=num_inference_steps,
                                   guidance_scale=guidance_scale, guidance_interval=guidance_interval,
                                   callback_on_step_end=callback_on_step_end,
