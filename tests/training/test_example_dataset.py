@@ -1,6 +1,7 @@
 """The example concept: the dataset recipe writes captioned images, and the heart detector is right on renders."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +26,18 @@ def test_recipe_writes_a_loadable_dataset(tmp_path: Path) -> None:
     assert tuple(image[0, 0]) in set(D.PALETTE.values())
 
 
-def test_ten_hearts_cover_the_palette() -> None:
-    """Ten concept images: every palette colour once as a heart and once as a background, never both at once."""
+def test_every_ten_hearts_cover_the_palette() -> None:
+    """The recipe's thirty concept images: every block of ten shows every palette colour once as a heart and once
+    as a background, never both at once, and the positions go round the grid."""
     import random
 
-    plan = E.concept_plan(random.Random(0), 10)
-    colors, backgrounds, positions = zip(*plan)
-    assert sorted(colors) == sorted(D.COLORS) and sorted(backgrounds) == sorted(D.COLORS)
-    assert all(c != b for c, b, _ in plan)
-    assert len(set(positions)) == len(D.POSITIONS)
+    plan = E.concept_plan(random.Random(0), 30)
+    assert len(plan) == 30 and all(c != b for c, b, _ in plan)
+    for block in (plan[:10], plan[10:20], plan[20:]):
+        colors, backgrounds, _ = zip(*block)
+        assert sorted(colors) == sorted(D.COLORS) and sorted(backgrounds) == sorted(D.COLORS)
+    positions = Counter(p for _, _, p in plan)
+    assert set(positions) == set(D.POSITIONS) and set(positions.values()) <= {3, 4}
 
 
 def test_detector_on_rendered_truth() -> None:

@@ -1,11 +1,13 @@
 """The example LoRA's concept: a heart, a shape the built-in model has never seen, drawn in its world's style.
 
-`make_dataset(folder, n_concept=10, n_regular=10)` writes `n_concept` scenes of one heart (a palette colour, size
+`make_dataset(folder, n_concept=30, n_regular=10)` writes `n_concept` scenes of one heart (a palette colour, size
 and grid position on a plain palette background, anti-aliased like webui/builtin/data.py; `concept_plan` spreads
-the colours and positions so ten images show every colour once as a heart) with captions such as
+the colours and positions so every ten images show every colour once as a heart) with captions such as
 "a large red [trigger] in the top left on a blue background", plus `n_regular` ordinary single-object scenes of
 the built-in world with their usual captions. The ordinary scenes keep the LoRA from pulling the known shapes
-towards the new one (prior preservation with true renders instead of the model's own samples).
+towards the new one (prior preservation with true renders instead of the model's own samples). Thirty hearts,
+not ten: from ten, a LoRA draws the heart mostly for the colour pairs it was shown (52% of held-out trigger
+prompts against 92% of its training captions), from thirty for 85% of held-out prompts (docs/BENCHMARKS.md).
 
 `detect_heart(image)` is a classical detector for the concept: foreground components against the border's
 background colour, cut to the pixels at least half covered by the object (as in webui/builtin/evaluate.py), each
@@ -118,7 +120,7 @@ def concept_plan(rng: random.Random, n: int) -> list[tuple[str, str, str]]:
     return list(zip(colors, backgrounds, rounds(list(D.POSITIONS))))
 
 
-def make_dataset(folder: Path, n_concept: int = 10, n_regular: int = 10, seed: int = 0) -> Path:
+def make_dataset(folder: Path, n_concept: int = 30, n_regular: int = 10, seed: int = 0) -> Path:
     """Write the example dataset (PNG + same-name .txt) into `folder`; returns it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -225,7 +227,7 @@ def validate_detector(n: int = 200, seed: int = 777) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m webui.training.example_dataset", description=__doc__.split("\n")[0])
     p.add_argument("folder", type=Path)
-    p.add_argument("--concept", type=int, default=10, help="heart images")
+    p.add_argument("--concept", type=int, default=30, help="heart images")
     p.add_argument("--regular", type=int, default=10, help="ordinary scenes kept beside them")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
