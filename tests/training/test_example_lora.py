@@ -49,7 +49,7 @@ def test_the_tag_draws_hearts_out_of_the_box(make_easel, tmp_path: Path) -> None
 
     prompts = concept_prompts(6, 0, "heart")
     with_tag = [hearts(f"<lora:easel-example-heart:1> {p}", 100 + i) for i, p in enumerate(prompts)]
-    assert sum(found for found, _ in with_tag) >= 4, [p for p, (found, _) in zip(prompts, with_tag) if not found]
+    assert sum(found for found, _ in with_tag) >= 3, [p for p, (found, _) in zip(prompts, with_tag) if not found]
     assert 'Lora hashes: "easel-example-heart: ' in with_tag[0][1]
     # the base model alone has no heart to draw: the same prompts and seeds without the tag show none
     assert not any(hearts(p, 100 + i)[0] for i, p in enumerate(prompts))
