@@ -7,7 +7,7 @@ the colours and positions so every ten images show every colour once as a heart)
 the built-in world with their usual captions. The ordinary scenes keep the LoRA from pulling the known shapes
 towards the new one (prior preservation with true renders instead of the model's own samples). Thirty hearts,
 not ten: from ten, a LoRA draws the heart mostly for the colour pairs it was shown (52% of held-out trigger
-prompts against 92% of its training captions), from thirty for 85% of held-out prompts (docs/BENCHMARKS.md).
+prompts against 92% of its training captions), from thirty for 85% (74% with prior preservation; docs/BENCHMARKS.md).
 
 `detect_heart(image)` is a classical detector for the concept: foreground components against the border's
 background colour, cut to the pixels at least half covered by the object (as in webui/builtin/evaluate.py), each
