@@ -38,6 +38,7 @@ MIN_MATCH = 0.8  # soft IoU with the best template below which an object counts 
 # Small hearts (5.5 px) are a few pixels wide: a LoRA trained with them in the dataset drew a heart for 29% of
 # the trigger prompts, against 44% with these two sizes (step 17945, 800 steps, n=100).
 CONCEPT_SIZES = ("medium", "large")
+N_CONCEPT, N_REGULAR = 30, 10  # the recipe: heart images, ordinary scenes kept beside them
 
 
 def heart_polygon(cx: float, cy: float, radius: float, angle: float = 0.0, points: int = 96
@@ -120,7 +121,7 @@ def concept_plan(rng: random.Random, n: int) -> list[tuple[str, str, str]]:
     return list(zip(colors, backgrounds, rounds(list(D.POSITIONS))))
 
 
-def make_dataset(folder: Path, n_concept: int = 30, n_regular: int = 10, seed: int = 0) -> Path:
+def make_dataset(folder: Path, n_concept: int = N_CONCEPT, n_regular: int = N_REGULAR, seed: int = 0) -> Path:
     """Write the example dataset (PNG + same-name .txt) into `folder`; returns it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -227,8 +228,8 @@ def validate_detector(n: int = 200, seed: int = 777) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m webui.training.example_dataset", description=__doc__.split("\n")[0])
     p.add_argument("folder", type=Path)
-    p.add_argument("--concept", type=int, default=30, help="heart images")
-    p.add_argument("--regular", type=int, default=10, help="ordinary scenes kept beside them")
+    p.add_argument("--concept", type=int, default=N_CONCEPT, help="heart images")
+    p.add_argument("--regular", type=int, default=N_REGULAR, help="ordinary scenes kept beside them")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     make_dataset(args.folder, args.concept, args.regular, args.seed)
