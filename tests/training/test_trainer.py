@@ -226,3 +226,42 @@ def test_prior_preservation_self_conditioned_reads_the_base_prediction(dataset_d
     loss.backward()
     grads = [p.grad for name, p in pipe.transformer.named_parameters() if ".lora_" in name]
     assert grads and all(g is not None for g in grads)
+
+
+def test_concept_loss_self_conditioned_reads_the_previous_step(dataset_dir: Path, tmp_path: Path) -> None:
+    """For a self-conditioned model, the concept loss runs most steps as the sampler runs the model after its first
+    step: x0_prev is the LoRA-carrying model's own prediction of the same image and noise one step noisier
+    (t + SELF_COND_LAG), detached; the other steps run without x0_prev."""
+    from tests.builtin.conftest import make_tiny_pipeline
+    from webui.training.trainer import EaselObjective, add_lora
+
+    pipe = make_tiny_pipeline(self_condition=True)
+    objective = EaselObjective(pipe, torch.device("cpu"))
+    add_lora(pipe.transformer, make_config(tmp_path, dataset_dir, tmp_path / "x"), "easel")
+    calls: list[tuple] = []
+
+    def record(module, args, kwargs, output):
+        prev = args[5] if len(args) > 5 else kwargs.get("x0_prev")
+        calls.append((args[0].detach().clone(), args[1].detach().clone(), prev, output, torch.is_grad_enabled()))
+
+    pipe.transformer.register_forward_hook(record, with_kwargs=True)
+    pixels = torch.rand(3, 3, 64, 64) * 2 - 1  # [3,3,64,64]
+    patterns = set()
+    for seed in range(40):
+        calls.clear()
+        loss = objective.loss(pixels, ["a red zork", "a blue zork", "a zork"], torch.Generator().manual_seed(seed))
+        if len(calls) == 1:
+            assert calls[0][2] is None and calls[0][4]
+            patterns.add("plain")
+            continue
+        (x_before, t_before, prev_in, prev_out, grad_before), (x_t, t, prev, _, grad) = calls
+        assert prev_in is None and not grad_before and grad  # the earlier step is detached, the trained one is not
+        assert prev is prev_out  # the trained pass reads the earlier step's prediction
+        assert torch.allclose(t_before, (t + EaselObjective.SELF_COND_LAG).clamp(max=1.0))
+        tb, tb_before = t[:, None, None, None], t_before[:, None, None, None]  # [3,1,1,1] each
+        eps = (x_t - (1 - tb) * pixels) / tb  # the noise of the trained pass, [3,3,64,64]
+        assert torch.allclose(x_before, (1 - tb_before) * pixels + tb_before * eps, atol=1e-3)  # same image, noise
+        patterns.add("self-conditioned")
+    assert patterns == {"plain", "self-conditioned"}
+    loss.backward()
+    assert all(p.grad is not None for name, p in pipe.transformer.named_parameters() if ".lora_" in name)

@@ -255,15 +255,28 @@ class EaselObjective(Objective):
     """The built-in model: x0 prediction in pixel space, loss on the implied velocity (webui/builtin/train.py)."""
 
     has_preservation = True
+    # A self-conditioned model reads x0_prev on every sampling step after the first, so a LoRA's concept has to be
+    # drawn on that path too: the concept loss feeds x0_prev on SELF_COND_P of its steps. The sampler's x0_prev is
+    # the prediction of the step before, made at a noise level one step higher (about 1/20); SELF_COND_LAG makes
+    # the training x0_prev the same way: the LoRA-carrying model's prediction (detached) of the same x0 and noise at
+    # t + SELF_COND_LAG. Trained without it, the example LoRA drew its heart in 74% of trigger prompts, and 85% when
+    # the same LoRA was sampled without x0_prev: most misses came from the self-conditioned steps.
+    SELF_COND_P = 0.9
+    SELF_COND_LAG = 0.05
 
-    def noised(self, x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_t [B,3,H,W], t [B]): x0 [B,3,H,W] (on the device) noised at training noise levels."""
+    def noised(self, x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t [B,3,H,W], t [B], eps [B,3,H,W]): x0 [B,3,H,W] (on the device) noised at training noise levels."""
         from webui.builtin.train import sample_t
 
         eps = torch.randn(x0.shape, generator=gen).to(self.device)  # [B,3,H,W]
         t = sample_t(x0.shape[0], gen).to(self.device)  # [B]
+        return self.mix(x0, eps, t), t, eps
+
+    @staticmethod
+    def mix(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = (1 - t) x0 + t eps for x0, eps [B,3,H,W] and t [B]."""
         tb = t[:, None, None, None]  # [B,1,1,1]
-        return (1.0 - tb) * x0 + tb * eps, t
+        return (1.0 - tb) * x0 + tb * eps
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(features [B,L8,dim], mask [B,L8]) of the frozen text encoder, padded to a multiple of 8 tokens."""
@@ -278,9 +291,15 @@ class EaselObjective(Objective):
         from webui.builtin.train import velocity_loss
 
         x0 = pixels.to(self.device)  # [B,3,H,W] in [-1,1]
-        x_t, t = self.noised(x0, gen)
+        x_t, t, eps = self.noised(x0, gen)
         text, mask = self.encode_text(prompts)
-        x0_hat = self.denoiser(x_t, t, text, mask)  # [B,3,H,W]
+        prev = None
+        if getattr(self.denoiser, "prev_in", None) is not None \
+                and float(torch.rand(1, generator=gen)) < self.SELF_COND_P:
+            t_before = (t + self.SELF_COND_LAG).clamp(max=1.0)  # [B]
+            with torch.no_grad():  # the previous sampling step's prediction, LoRA included
+                prev = self.denoiser(self.mix(x0, eps, t_before), t_before, text, mask)  # [B,3,H,W]
+        x0_hat = self.denoiser(x_t, t, text, mask, None, prev)  # [B,3,H,W]
         return velocity_loss(x0_hat, x0, t)
 
     def preservation_loss(self, batch_size: int, gen: torch.Generator) -> torch.Tensor:
@@ -302,7 +321,7 @@ class EaselObjective(Objective):
             B = target.shape[0]
             if not B:
                 continue
-            x_t, t = self.noised(target.to(self.device), gen)  # [B,3,H,W], [B]
+            x_t, t, _ = self.noised(target.to(self.device), gen)  # [B,3,H,W], [B]
             text, mask = self.encode_text(prompts)
             src = None if source is None else source.to(self.device)  # [B,4,H,W]
             prev = None
