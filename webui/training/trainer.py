@@ -260,7 +260,7 @@ class EaselObjective(Objective):
     # the prediction of the step before, made at a noise level one step higher (about 1/20); SELF_COND_LAG makes
     # the training x0_prev the same way: the LoRA-carrying model's prediction (detached) of the same x0 and noise at
     # t + SELF_COND_LAG. Trained without it, the example LoRA drew its heart in 74% of trigger prompts, and 85% when
-    # the same LoRA was sampled without x0_prev: most misses came from the self-conditioned steps.
+    # the same LoRA was sampled without x0_prev: most misses came from the self-conditioned steps (79% with it).
     SELF_COND_P = 0.9
     SELF_COND_LAG = 0.05
 
