@@ -41,6 +41,10 @@ def test_txt2img_generates_and_saves_the_infotext(page, server) -> None:
     assert text.startswith("a small red house\n")
     assert "Steps: 3," in text and "Seed: 1234," in text and f"Model: {name}" in text
     expect(page.locator("#txt2img_info textarea")).to_have_value(text)
+    # the single result is shown whole, inside the gallery's visible area (not cut off below its fold)
+    shown = page.locator("#txt2img_gallery .thumbnail-item").first.bounding_box()
+    area = page.locator("#txt2img_gallery .grid-wrap").first.bounding_box()
+    assert shown["height"] > 200 and shown["y"] + shown["height"] <= area["y"] + area["height"] + 1, (shown, area)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "txt2img-result-desktop.png"), full_page=True)
 

@@ -151,7 +151,8 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
             preview = gr.Image(label="Preview", type="pil", interactive=False, visible=False, height=256,
                                elem_id=f"{mode}_preview", elem_classes="easel-preview", buttons=[])
             gallery = gr.Gallery(label="Output", columns=2, height=420, format="png", object_fit="contain",
-                                 elem_id=f"{mode}_gallery", interactive=False, preview=False)
+                                 elem_id=f"{mode}_gallery", elem_classes="easel-gallery", interactive=False,
+                                 preview=False)
             with gr.Row(elem_classes="easel-send-row"):
                 send_buttons = {target: gr.Button(label, size="sm", elem_id=f"{mode}_send_to_{target}")
                                 for target, label in SEND_TARGETS.items()}
