@@ -264,6 +264,11 @@ class EaselObjective(Objective):
     SELF_COND_P = 0.9
     SELF_COND_LAG = 0.05
 
+    @property
+    def self_conditioned(self) -> bool:
+        """Whether the model reads a previous prediction (x0_prev): its transformer has the `prev_in` layers."""
+        return getattr(self.denoiser, "prev_in", None) is not None
+
     def noised(self, x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_t [B,3,H,W], t [B], eps [B,3,H,W]): x0 [B,3,H,W] (on the device) noised at training noise levels."""
         from webui.builtin.train import sample_t
@@ -294,8 +299,7 @@ class EaselObjective(Objective):
         x_t, t, eps = self.noised(x0, gen)
         text, mask = self.encode_text(prompts)
         prev = None
-        if getattr(self.denoiser, "prev_in", None) is not None \
-                and float(torch.rand(1, generator=gen)) < self.SELF_COND_P:
+        if self.self_conditioned and float(torch.rand(1, generator=gen)) < self.SELF_COND_P:
             t_before = (t + self.SELF_COND_LAG).clamp(max=1.0)  # [B]
             with torch.no_grad():  # the previous sampling step's prediction, LoRA included
                 prev = self.denoiser(self.mix(x0, eps, t_before), t_before, text, mask)  # [B,3,H,W]
@@ -311,7 +315,6 @@ class EaselObjective(Objective):
         changes on the base's tasks, conditioned ones included."""
         from webui.builtin.train import SELF_COND_P, make_batch, velocity_loss
 
-        self_conditioned = getattr(self.denoiser, "prev_in", None) is not None
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         batch = make_batch(seed, 0, batch_size)
         groups = [(batch.gen_prompts, batch.gen_target, None),
@@ -327,7 +330,7 @@ class EaselObjective(Objective):
             prev = None
             with torch.no_grad(), adapters_disabled(self.denoiser):
                 base = self.denoiser(x_t, t, text, mask, src)  # [B,3,H,W]
-                if self_conditioned and float(torch.rand(1, generator=gen)) < SELF_COND_P:
+                if self.self_conditioned and float(torch.rand(1, generator=gen)) < SELF_COND_P:
                     # as the sampler runs it after the first step: reading a previous prediction
                     prev = base
                     base = self.denoiser(x_t, t, text, mask, src, prev)  # [B,3,H,W]
