@@ -113,7 +113,7 @@ def build(ui: UIContext) -> None:
                 plot = gr.LinePlot(loss_frame((), ()), x="step", y="loss", color="series", title="Loss",
                                    height=260, elem_id="train_loss")
                 samples = gr.Gallery(label="Samples", columns=4, height=260, object_fit="contain",
-                                     elem_id="train_samples")
+                                     elem_id="train_samples", elem_classes="easel-gallery")
         timer = gr.Timer(POLL_SECONDS, active=False)
 
     outputs = [progress, status, plot, samples, timer]
