@@ -48,17 +48,18 @@ def test_sd1_lora_loads_in_diffusers(tmp_path: Path) -> None:
     assert meta["modelspec.trigger_phrase"] == "zork" and "easel_base_model" not in meta
 
 
-def test_prior_preservation_is_refused_for_other_families(tmp_path: Path) -> None:
+@pytest.mark.parametrize("key", ["prior_preservation", "differential_preservation"])
+def test_preservation_is_refused_for_other_families(key: str, tmp_path: Path) -> None:
     from tests.tiny_models import make_tiny_sd1
     from webui.training.config import ConfigError
 
     base = make_tiny_sd1(tmp_path / "base")
     config = config_from_dict({"base_model": str(base), "dataset": str(make_dataset(tmp_path / "ds", n=1)),
                                "trigger": "zork", "output_dir": str(tmp_path / "out"), "steps": 1,
-                               "prior_preservation": 1.0})
+                               key: 1.0, "preservation_words": ["cross"]})
     with pytest.raises(ConfigError) as info:
         train(config)
-    assert info.value.field == "prior_preservation" and "built-in model" in str(info.value)
+    assert info.value.field == key and "built-in model" in str(info.value)
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 

@@ -190,6 +190,87 @@ def test_prior_preservation_keeps_the_base_tasks(tiny_easel_dir: Path, dataset_d
     assert error_kept < 0.5 * error_plain
 
 
+def test_differential_preservation_swaps_the_trigger(dataset_dir: Path, tmp_path: Path) -> None:
+    """The differential term runs the captions that hold the trigger with the trigger swapped for a preservation
+    word, on their own training images noised, and pulls the LoRA's prediction towards the base model's (LoRA off)
+    for them; captions without the trigger are left out, and a fresh LoRA (lora_B = 0) gives zero."""
+    from tests.builtin.conftest import make_tiny_pipeline
+    from webui.training.trainer import EaselObjective, add_lora
+
+    pipe = make_tiny_pipeline(self_condition=True)
+    objective = EaselObjective(pipe, torch.device("cpu"))
+    add_lora(pipe.transformer, make_config(tmp_path, dataset_dir, tmp_path / "x"), "easel")
+    pixels = torch.rand(3, 3, 64, 64) * 2 - 1  # [3,3,64,64]
+    prompts = ["a red zork on a blue background", "a green square", "a zork in the top left"]
+    words = ("circle", "plus sign")
+    assert float(objective.differential_loss(pixels, prompts, "zork", words, torch.Generator()).detach()) == 0
+    assert float(objective.differential_loss(pixels, ["a green square", ""], "zork", words, torch.Generator())) == 0
+    with torch.no_grad():  # a LoRA that acts
+        for name, p in pipe.transformer.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(0.0, 0.5)
+    encoded: list[list[str]] = []
+    encode = objective.encode_text
+    objective.encode_text = lambda texts: (encoded.append(list(texts)), encode(texts))[1]
+    noised_x0: list[torch.Tensor] = []
+    noised = objective.noised
+    objective.noised = lambda x0, gen: (noised_x0.append(x0), noised(x0, gen))[1]
+    inputs: list[tuple] = []
+    pipe.transformer.register_forward_hook(
+        lambda module, args, kwargs, output: inputs.append((args[0], torch.is_grad_enabled(), output)),
+        with_kwargs=True)
+    seen = set()
+    for seed in range(6):
+        encoded.clear()
+        inputs.clear()
+        noised_x0.clear()
+        loss = objective.differential_loss(pixels, prompts, "zork", words, torch.Generator().manual_seed(seed))
+        assert float(loss.detach()) > 0
+        [texts] = encoded
+        assert len(texts) == 2 and all("zork" not in text for text in texts)
+        assert texts[0] in {f"a red {w} on a blue background" for w in words}
+        assert texts[1] in {f"a {w} in the top left" for w in words}
+        seen.update(texts)
+        (x_t, base_grad, base), *_, (x_lora, lora_grad, _) = inputs
+        assert x_t.shape[0] == 2 and x_lora is x_t and not base_grad and lora_grad
+        assert len(noised_x0) == 1 and torch.equal(noised_x0[0], pixels[[0, 2]])  # the swapped captions' images
+    assert len(seen) > 2  # both words are drawn
+    loss.backward()
+    assert all(p.grad is not None for name, p in pipe.transformer.named_parameters() if ".lora_" in name)
+
+
+def test_differential_preservation_keeps_the_swapped_prompts(tiny_easel_dir: Path, dataset_dir: Path,
+                                                             tmp_path: Path) -> None:
+    """Trained with the differential term, the LoRA changes the base model's prediction for the captions with the
+    trigger swapped out less than trained without it."""
+    from webui.builtin.pipeline import EaselPipeline
+    from webui.training.dataset import load_dataset
+    from webui.training.trainer import EaselObjective, add_lora, load_lora_state
+
+    config = make_config(tiny_easel_dir, dataset_dir, tmp_path / "x")
+    prompts, pixels = load_dataset(config.dataset, config.resolution, config.trigger).batch(
+        torch.Generator().manual_seed(5), 3)
+    words = ("circle", "square")
+
+    def swapped_error(path: Path) -> float:
+        pipe = EaselPipeline.from_pretrained(str(tiny_easel_dir))
+        objective = EaselObjective(pipe, torch.device("cpu"))
+        add_lora(pipe.transformer, config, "easel")
+        tensors, _ = read(path)
+        load_lora_state(pipe.transformer, {k.removeprefix("transformer."): v for k, v in tensors.items()})
+        with torch.no_grad():
+            return float(objective.differential_loss(pixels, prompts, "zork", words, torch.Generator().manual_seed(9)))
+
+    changes = {"steps": 8, "learning_rate": 3e-2, "preservation_words": list(words)}
+    plain = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "plain", **changes))
+    kept = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "kept", differential_preservation=20.0,
+                             **changes))
+    assert kept.losses[0] == plain.losses[0]  # step 1: the term is zero, so the loss is the concept's alone
+    error_plain, error_kept = swapped_error(plain.path), swapped_error(kept.path)
+    assert error_plain > 0
+    assert error_kept < 0.5 * error_plain
+
+
 def test_prior_preservation_self_conditioned_reads_the_base_prediction(dataset_dir: Path, tmp_path: Path) -> None:
     """For a self-conditioned model, some preservation groups are run as the sampler runs the model after its
     first step: the base model's own first prediction as x0_prev, given to both the base and the LoRA pass."""

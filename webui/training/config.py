@@ -59,6 +59,10 @@ class TrainConfig:
     target_modules: tuple[str, ...] = ()  # empty = the family's default layers
     # built-in model only: weight of the prior-preservation term (the base model's own tasks, distilled); 0 = off
     prior_preservation: float = 0.0
+    # built-in model only: weight of the differential preservation term (each caption with the trigger word swapped
+    # for one of `preservation_words` must give the base model's prediction on the same noisy image); 0 = off
+    differential_preservation: float = 0.0
+    preservation_words: tuple[str, ...] = ()
 
     @property
     def output_path(self) -> Path:
@@ -165,7 +169,7 @@ def _convert(name: str, value: Any, base: Path) -> Any:
         return str(candidate) if candidate.exists() else value.strip()
     if name == "resolution":
         return _buckets(value)
-    if name in ("sample_prompts", "target_modules"):
+    if name in ("sample_prompts", "target_modules", "preservation_words"):
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(p, str) for p in items):
             raise ConfigError(name, f"must be a list of strings, got {value!r}")
@@ -230,6 +234,17 @@ def check(config: TrainConfig) -> None:
         raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     if not 0.0 <= config.prior_preservation <= 100.0:
         raise ConfigError("prior_preservation", f"must be between 0 (off) and 100, got {config.prior_preservation}")
+    if not 0.0 <= config.differential_preservation <= 100.0:
+        raise ConfigError("differential_preservation",
+                          f"must be between 0 (off) and 100, got {config.differential_preservation}")
+    if config.differential_preservation > 0:
+        if not config.trigger:
+            raise ConfigError("differential_preservation", "needs a trigger word (the word it swaps out)")
+        if not config.preservation_words:
+            raise ConfigError("preservation_words", "needs at least one word to put in the trigger's place "
+                                                    "(differential_preservation is on)")
+        if any(config.trigger in word.split() for word in config.preservation_words):
+            raise ConfigError("preservation_words", f"must not contain the trigger word {config.trigger!r}")
     if not 0.0 <= config.caption_dropout < 1.0:
         raise ConfigError("caption_dropout", f"must be in [0, 1), got {config.caption_dropout}")
     if config.optimizer not in OPTIMIZERS:

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import threading
 import time
@@ -221,9 +222,14 @@ class Objective:
     def loss(self, pixels: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
-    has_preservation = False  # whether preservation_loss exists (`prior_preservation` in the config)
+    # whether preservation_loss and differential_loss exist (`prior_preservation`, `differential_preservation`)
+    has_preservation = False
 
     def preservation_loss(self, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def differential_loss(self, pixels: torch.Tensor, prompts: list[str], trigger: str, words: tuple[str, ...],
+                          gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
     def sample(self, prompts: list[str], size: tuple[int, int], steps: int, guidance: float, seed: int
@@ -310,10 +316,10 @@ class EaselObjective(Objective):
         """Prior preservation by distillation: `batch_size` fresh examples of the built-in model's own tasks (half
         text-to-image, half edits and inpainting, from webui/builtin/data.py), noised as in training; the loss is
         the velocity error of the prediction with the LoRA against the base model's prediction (LoRA off) of the
-        same input; a self-conditioned model reads the base model's first prediction as x0_prev on SELF_COND_P of
-        the groups, as it does while sampling. Zero while the LoRA changes nothing; it pulls back whatever the LoRA
-        changes on the base's tasks, conditioned ones included."""
-        from webui.builtin.train import SELF_COND_P, make_batch, velocity_loss
+        same input; a self-conditioned model reads the base model's first prediction as x0_prev on the base
+        trainer's share of the groups, as it does while sampling. Zero while the LoRA changes nothing; it pulls back
+        whatever the LoRA changes on the base's tasks, conditioned ones included."""
+        from webui.builtin.train import SELF_COND_P, make_batch
 
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         batch = make_batch(seed, 0, batch_size)
@@ -321,23 +327,46 @@ class EaselObjective(Objective):
                   (batch.cond_prompts, batch.cond_target, batch.cond_source)]
         losses, sizes = [], []
         for prompts, target, source in groups:
-            B = target.shape[0]
-            if not B:
-                continue
-            x_t, t, _ = self.noised(target.to(self.device), gen)  # [B,3,H,W], [B]
-            text, mask = self.encode_text(prompts)
-            src = None if source is None else source.to(self.device)  # [B,4,H,W]
-            prev = None
-            with torch.no_grad(), adapters_disabled(self.denoiser):
-                base = self.denoiser(x_t, t, text, mask, src)  # [B,3,H,W]
-                if self.self_conditioned and float(torch.rand(1, generator=gen)) < SELF_COND_P:
-                    # as the sampler runs it after the first step: reading a previous prediction
-                    prev = base
-                    base = self.denoiser(x_t, t, text, mask, src, prev)  # [B,3,H,W]
-            x0_hat = self.denoiser(x_t, t, text, mask, src, prev)  # [B,3,H,W]
-            losses.append(velocity_loss(x0_hat, base, t))
-            sizes.append(B)
+            if target.shape[0]:
+                src = None if source is None else source.to(self.device)  # [B,4,H,W]
+                losses.append(self.distill(target.to(self.device), prompts, src, SELF_COND_P, gen))
+                sizes.append(target.shape[0])
         return sum(loss * n for loss, n in zip(losses, sizes)) / sum(sizes)
+
+    def differential_loss(self, pixels: torch.Tensor, prompts: list[str], trigger: str, words: tuple[str, ...],
+                          gen: torch.Generator) -> torch.Tensor:
+        """Differential output preservation: each caption of the batch that holds the trigger word, with the
+        trigger swapped for one of `words` drawn at random ("a red heart" -> "a red cross"), noised from its own
+        training image; the loss is the velocity error of the prediction with the LoRA against the base model's
+        for that input. The LoRA learns to draw the concept for the trigger and to leave what the base model draws
+        for the words beside it (the shapes the concept would otherwise spill onto) as it was. Self-conditioned
+        as the concept loss is (SELF_COND_P), x0_prev being the base model's first prediction."""
+        pattern = re.compile(rf"\b{re.escape(trigger)}\b")
+        keep = [i for i, prompt in enumerate(prompts) if pattern.search(prompt)]
+        if not keep:  # ordinary scenes, dropped captions
+            return torch.zeros((), device=self.device)
+        picks = torch.randint(0, len(words), (len(keep),), generator=gen).tolist()
+        swapped = [pattern.sub(words[j], prompts[i]) for i, j in zip(keep, picks)]
+        return self.distill(pixels[keep].to(self.device), swapped, None, self.SELF_COND_P, gen)
+
+    def distill(self, x0: torch.Tensor, prompts: list[str], source: torch.Tensor | None, self_cond_p: float,
+                gen: torch.Generator) -> torch.Tensor:
+        """Velocity error of the LoRA-carrying model against the base model (LoRA off) on x0 [B,3,H,W] noised as
+        in training, for `prompts` and the optional edit/inpaint source [B,4,H,W]. On a self-conditioned model a
+        share `self_cond_p` of the calls give both passes the base model's first prediction as x0_prev."""
+        from webui.builtin.train import velocity_loss
+
+        x_t, t, _ = self.noised(x0, gen)  # [B,3,H,W], [B]
+        text, mask = self.encode_text(prompts)
+        prev = None
+        with torch.no_grad(), adapters_disabled(self.denoiser):
+            base = self.denoiser(x_t, t, text, mask, source)  # [B,3,H,W]
+            if self.self_conditioned and float(torch.rand(1, generator=gen)) < self_cond_p:
+                # as the sampler runs it after the first step: reading a previous prediction
+                prev = base
+                base = self.denoiser(x_t, t, text, mask, source, prev)  # [B,3,H,W]
+        x0_hat = self.denoiser(x_t, t, text, mask, source, prev)  # [B,3,H,W]
+        return velocity_loss(x0_hat, base, t)
 
 
 class StableDiffusionObjective(Objective):
@@ -594,9 +623,10 @@ def train(config: TrainConfig, *, on_event: Callable[[TrainEvent], None] | None 
     pipe, family = load_base(base, search)
     pipe.to(device)
     objective = OBJECTIVES[family](pipe, device)
-    if config.prior_preservation > 0 and not objective.has_preservation:
-        raise ConfigError("prior_preservation", f"is only available for the built-in model (easel); {base.name} is "
-                                                f"a {family} model: set it to 0")
+    for key in ("prior_preservation", "differential_preservation"):
+        if getattr(config, key) > 0 and not objective.has_preservation:
+            raise ConfigError(key, f"is only available for the built-in model (easel); {base.name} is a {family} "
+                                   f"model: set it to 0")
     denoiser = objective.denoiser
     torch.manual_seed(config.seed)  # lora_A's random initialisation
     params = add_lora(denoiser, config, family)
@@ -637,6 +667,9 @@ def train(config: TrainConfig, *, on_event: Callable[[TrainEvent], None] | None 
             group["lr"] = learning_rate(config, run.step)
         with autocast:
             loss = objective.loss(pixels, prompts, gen)
+            if config.differential_preservation > 0:
+                loss = loss + config.differential_preservation * objective.differential_loss(
+                    pixels, prompts, config.trigger, config.preservation_words, gen)
             if config.prior_preservation > 0:
                 loss = loss + config.prior_preservation * objective.preservation_loss(config.batch_size, gen)
         value = float(loss.detach())
