@@ -51,6 +51,7 @@ def test_yaml_round_trip_resolves_paths(tmp_path: Path) -> None:
     ({"differential_preservation": 1, "trigger": "zork"}, "preservation_words"),
     ({"differential_preservation": 1, "trigger": "zork", "preservation_words": ["big zork"]}, "preservation_words"),
     ({"preservation_words": [3]}, "preservation_words"),
+    ({"preservation_batch_size": -1}, "preservation_batch_size"),
     ({"learnin_rate": 1e-3}, "learnin_rate"),
     ({"base_model": ""}, "base_model"),
     ({"dataset": None}, "dataset"),

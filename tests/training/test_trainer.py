@@ -190,6 +190,20 @@ def test_prior_preservation_keeps_the_base_tasks(tiny_easel_dir: Path, dataset_d
     assert error_kept < 0.5 * error_plain
 
 
+def test_preservation_batch_size_sets_the_term_batch(tiny_easel_dir: Path, dataset_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from webui.training.trainer import EaselObjective
+
+    sizes: list[int] = []
+    original = EaselObjective.preservation_loss
+    monkeypatch.setattr(EaselObjective, "preservation_loss",
+                        lambda self, batch_size, gen: (sizes.append(batch_size), original(self, batch_size, gen))[1])
+    train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "a", steps=2, prior_preservation=1.0))
+    train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "b", steps=2, prior_preservation=1.0,
+                      preservation_batch_size=3))
+    assert sizes == [2, 2, 3, 3]  # batch_size 2 by default, then the key's value
+
+
 def test_differential_preservation_swaps_the_trigger(dataset_dir: Path, tmp_path: Path) -> None:
     """The differential term runs the captions that hold the trigger with the trigger swapped for a preservation
     word, on their own training images noised, and pulls the LoRA's prediction towards the base model's (LoRA off)

@@ -59,6 +59,7 @@ class TrainConfig:
     target_modules: tuple[str, ...] = ()  # empty = the family's default layers
     # built-in model only: weight of the prior-preservation term (the base model's own tasks, distilled); 0 = off
     prior_preservation: float = 0.0
+    preservation_batch_size: int = 0  # examples per step for the prior-preservation term; 0 = batch_size
     # built-in model only: weight of the differential preservation term (each caption with the trigger word swapped
     # for one of `preservation_words` must give the base model's prediction on the same noisy image); 0 = off
     differential_preservation: float = 0.0
@@ -224,7 +225,7 @@ def check(config: TrainConfig) -> None:
 
     for name in ("rank", "steps", "batch_size", "sample_steps", "threads"):
         at_least(name, 1)
-    for name in ("sample_every", "save_every", "seed", "weight_decay"):
+    for name in ("sample_every", "save_every", "seed", "weight_decay", "preservation_batch_size"):
         at_least(name, 0)
     if config.alpha <= 0:
         raise ConfigError("alpha", f"must be positive, got {config.alpha}")

@@ -671,7 +671,8 @@ def train(config: TrainConfig, *, on_event: Callable[[TrainEvent], None] | None 
                 loss = loss + config.differential_preservation * objective.differential_loss(
                     pixels, prompts, config.trigger, config.preservation_words, gen)
             if config.prior_preservation > 0:
-                loss = loss + config.prior_preservation * objective.preservation_loss(config.batch_size, gen)
+                loss = loss + config.prior_preservation * objective.preservation_loss(
+                    config.preservation_batch_size or config.batch_size, gen)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise TrainingError(f"the loss became {value} at step {run.step + 1}; lower learning_rate")
