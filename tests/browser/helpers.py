@@ -61,3 +61,12 @@ def draw_stroke(page: Any, canvas_selector: str, points: list[tuple[float, float
     for point in points[1:]:
         page.mouse.move(*at(point), steps=4)
     page.mouse.up()
+
+
+def assert_shown_whole(page: Any, gallery_id: str, min_height: float) -> None:
+    """The gallery's first result is drawn at least `min_height` px tall and lies inside the gallery's visible
+    area (not cut off below its fold)."""
+    shown = page.locator(f"#{gallery_id} .thumbnail-item").first.bounding_box()
+    area = page.locator(f"#{gallery_id} .grid-wrap").first.bounding_box()
+    assert shown["height"] > min_height and shown["y"] + shown["height"] <= area["y"] + area["height"] + 1, \
+        (shown, area)

@@ -17,8 +17,8 @@ from PIL import Image, ImageDraw, PngImagePlugin
 from playwright.sync_api import expect
 
 from tests.browser.conftest import DESKTOP, PHONE, SHOTS
-from tests.browser.helpers import (draw_stroke, fill_prompt, open_tab, pick_first_checkpoint, saved_pngs, set_number,
-                                   wait_for_result)
+from tests.browser.helpers import (assert_shown_whole, draw_stroke, fill_prompt, open_tab, pick_first_checkpoint,
+                                   saved_pngs, set_number, wait_for_result)
 
 pytestmark = pytest.mark.browser
 
@@ -42,9 +42,7 @@ def test_txt2img_generates_and_saves_the_infotext(page, server) -> None:
     assert "Steps: 3," in text and "Seed: 1234," in text and f"Model: {name}" in text
     expect(page.locator("#txt2img_info textarea")).to_have_value(text)
     # the single result is shown whole, inside the gallery's visible area (not cut off below its fold)
-    shown = page.locator("#txt2img_gallery .thumbnail-item").first.bounding_box()
-    area = page.locator("#txt2img_gallery .grid-wrap").first.bounding_box()
-    assert shown["height"] > 200 and shown["y"] + shown["height"] <= area["y"] + area["height"] + 1, (shown, area)
+    assert_shown_whole(page, "txt2img_gallery", 200)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "txt2img-result-desktop.png"), full_page=True)
 
@@ -307,7 +305,5 @@ def test_train_tab_trains_and_shows_a_single_sample_whole(page, tmp_path: Path) 
     page.click("#train_start")
     expect(page.locator("#train_status")).to_contain_text("finished at step 2/2", timeout=120_000)
     assert (tmp_path / "out" / "tab-lora.safetensors").is_file()
-    thumb = page.locator("#train_samples .thumbnail-item").first
-    expect(thumb).to_be_visible()
-    shown, area = thumb.bounding_box(), page.locator("#train_samples .grid-wrap").first.bounding_box()
-    assert shown["height"] > 100 and shown["y"] + shown["height"] <= area["y"] + area["height"] + 1, (shown, area)
+    expect(page.locator("#train_samples .thumbnail-item").first).to_be_visible()
+    assert_shown_whole(page, "train_samples", 100)

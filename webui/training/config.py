@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,11 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 REQUIRED = tuple(name for name, f in FIELDS.items()
                  if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+
+
+def trigger_pattern(trigger: str) -> re.Pattern[str]:
+    """The trigger as a whole word (or phrase) in a caption."""
+    return re.compile(rf"\b{re.escape(trigger)}\b")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None, base_dir: Path | None = None
@@ -244,7 +250,7 @@ def check(config: TrainConfig) -> None:
         if not config.preservation_words:
             raise ConfigError("preservation_words", "needs at least one word to put in the trigger's place "
                                                     "(differential_preservation is on)")
-        if any(config.trigger in word.split() for word in config.preservation_words):
+        if any(trigger_pattern(config.trigger).search(word) for word in config.preservation_words):
             raise ConfigError("preservation_words", f"must not contain the trigger word {config.trigger!r}")
     if not 0.0 <= config.caption_dropout < 1.0:
         raise ConfigError("caption_dropout", f"must be in [0, 1), got {config.caption_dropout}")

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
 import threading
 import time
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from webui.training.config import ConfigError, TrainConfig
+from webui.training.config import ConfigError, TrainConfig, trigger_pattern
 from webui.training.dataset import load_dataset
 
 log = logging.getLogger(__name__)
@@ -341,7 +340,7 @@ class EaselObjective(Objective):
         for that input. The LoRA learns to draw the concept for the trigger and to leave what the base model draws
         for the words beside it (the shapes the concept would otherwise spill onto) as it was. Self-conditioned
         as the concept loss is (SELF_COND_P), x0_prev being the base model's first prediction."""
-        pattern = re.compile(rf"\b{re.escape(trigger)}\b")
+        pattern = trigger_pattern(trigger)
         keep = [i for i, prompt in enumerate(prompts) if pattern.search(prompt)]
         if not keep:  # ordinary scenes, dropped captions
             return torch.zeros((), device=self.device)
