@@ -194,6 +194,61 @@ def test_builtin_model_layouts(tmp_path, easel_folder) -> None:
         assert manager.get("tiny-easel", mode).pipe.transformer is loaded.pipe.transformer
 
 
+def test_builtin_lora_bundled_trigger_vector(tmp_path, easel_folder) -> None:
+    """A LoRA with a learned vector for its trigger word (`bundle_emb.<word>.string_to_param.*`): while it is
+    active the word reads that vector, so only prompts with the word change; weight 0, another LoRA or none
+    give exactly what they gave without it; in-place hot-swapping carries the vector too."""
+    from webui.builtin.model import EaselTransformer
+    from webui.model_manager.manager import LoraOptions
+
+    transformer = EaselTransformer.from_pretrained(str(easel_folder / "transformer"))
+    pairs = random_lora(transformer, r"blocks\.\d+\.(qkv|proj)$", seed=1)
+    meta = {"easel_base_model": "tiny", "ss_network_dim": "4", "ss_network_alpha": "2", "easel_trigger": "zqx"}
+    width = transformer.config.text_dim
+    vector = torch.randn(1, width, generator=torch.Generator().manual_seed(3)) * 3
+    save(tmp_path / "Lora" / "plain.safetensors", peft_layout(pairs, "transformer"), meta)
+    save(tmp_path / "Lora" / "bundled.safetensors",
+         {**peft_layout(pairs, "transformer"), "bundle_emb.zqx.string_to_param.*": vector}, meta)
+    save(tmp_path / "Lora" / "too-wide.safetensors",
+         {**peft_layout(pairs, "transformer"), "bundle_emb.zqx.string_to_param.*": torch.zeros(1, width + 1)}, meta)
+
+    def image(loaded, prompt: str) -> np.ndarray:
+        return np.asarray(loaded.pipe(prompt=prompt, num_inference_steps=2, height=32, width=32, guidance_scale=2.0,
+                                      generator=torch.Generator().manual_seed(0), output_type="np").images[0])
+
+    manager = manager_for(tmp_path, easel_folder, "tiny-easel", builtin=True)
+    loaded = manager.get("tiny-easel", "txt2img")
+    base = {p: image(loaded, p) for p in ("a red zqx", "a red cube")}
+    manager.apply_loras(loaded, [("plain", 1.0)])
+    plain = {p: image(loaded, p) for p in base}
+    manager.apply_loras(loaded, [("bundled", 1.0)])
+    bundled = {p: image(loaded, p) for p in base}
+    assert np.abs(bundled["a red zqx"] - plain["a red zqx"]).max() > 1e-3  # the word reads the learned vector
+    assert np.array_equal(bundled["a red cube"], plain["a red cube"])  # prompts without the word: unchanged
+    inpaint = manager.get("tiny-easel", "inpaint")
+    assert "zqx" in inpaint.pipe.active_words()  # every mode of the checkpoint shares the LoRA's words
+    manager.apply_loras(loaded, [("bundled", 0.0)])
+    assert loaded.pipe.active_words() == {}
+    assert np.array_equal(image(loaded, "a red zqx"), base["a red zqx"])  # weight 0 = no LoRA, word included
+    manager.apply_loras(loaded, [("plain", 1.0)])
+    assert np.array_equal(image(loaded, "a red zqx"), plain["a red zqx"])
+    manager.apply_loras(loaded, [])
+    assert np.array_equal(image(loaded, "a red zqx"), base["a red zqx"])
+    with pytest.raises(LoraError, match=r"too-wide.*\[1, %d\].*\[n, %d\]" % (width + 1, width)):
+        manager.apply_loras(loaded, [("too-wide", 1.0)])
+    assert np.array_equal(image(loaded, "a red zqx"), base["a red zqx"])
+
+    swapping = manager_for(tmp_path / "swap", easel_folder, "tiny-easel", builtin=True)
+    swapping.lora_dirs = [tmp_path / "Lora"]
+    swapping.lora_options = lambda: LoraOptions(hotswap=True, max_rank=8)
+    hot = swapping.get("tiny-easel", "txt2img")
+    for name in ("bundled", "plain", "bundled"):
+        swapping.apply_loras(hot, [(name, 1.0)])
+        assert np.abs(image(hot, "a red zqx") - (bundled if name == "bundled" else plain)["a red zqx"]).max() < 1e-4
+    swapping.apply_loras(hot, [])
+    assert np.array_equal(image(hot, "a red zqx"), base["a red zqx"])
+
+
 def test_lora_for_another_family_is_refused_naming_both(tmp_path, tiny_family) -> None:
     folder = tiny_family("sdxl")
     manager = manager_for(tmp_path, folder, "tiny-xl")

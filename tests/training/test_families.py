@@ -48,7 +48,7 @@ def test_sd1_lora_loads_in_diffusers(tmp_path: Path) -> None:
     assert meta["modelspec.trigger_phrase"] == "zork" and "easel_base_model" not in meta
 
 
-@pytest.mark.parametrize("key", ["prior_preservation", "differential_preservation"])
+@pytest.mark.parametrize("key", ["prior_preservation", "differential_preservation", "trigger_embedding"])
 def test_preservation_is_refused_for_other_families(key: str, tmp_path: Path) -> None:
     from tests.tiny_models import make_tiny_sd1
     from webui.training.config import ConfigError
@@ -56,7 +56,7 @@ def test_preservation_is_refused_for_other_families(key: str, tmp_path: Path) ->
     base = make_tiny_sd1(tmp_path / "base")
     config = config_from_dict({"base_model": str(base), "dataset": str(make_dataset(tmp_path / "ds", n=1)),
                                "trigger": "zork", "output_dir": str(tmp_path / "out"), "steps": 1,
-                               key: 1.0, "preservation_words": ["cross"]})
+                               key: True if key == "trigger_embedding" else 1.0, "preservation_words": ["cross"]})
     with pytest.raises(ConfigError) as info:
         train(config)
     assert info.value.field == key and "built-in model" in str(info.value)

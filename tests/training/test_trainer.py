@@ -4,8 +4,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 
 from webui.training.config import ConfigError, config_from_dict
@@ -102,6 +104,56 @@ def test_resume_continues_from_the_saved_step(tiny_easel_dir: Path, dataset_dir:
     with pytest.raises(ConfigError, match="different rank") as info:
         train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "b", rank=8, steps=6))
     assert info.value.field == "output_name"
+
+
+def test_trigger_embedding_learns_a_vector_bundled_in_the_file(tiny_easel_dir: Path, dataset_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """`trigger_embedding: true` trains a vector for the trigger word with the LoRA, starting from the mean of the
+    base model's shape words (the word is new to it); the file bundles it under AUTOMATIC1111's key, the samples
+    already read it, and a resumed run ends where a straight one does, vector included."""
+    from webui.builtin.data import SHAPES
+    from webui.builtin.pipeline import EaselPipeline
+
+    events: list[TrainEvent] = []
+    config = make_config(tiny_easel_dir, dataset_dir, tmp_path / "a", trigger_embedding=True,
+                         sample_prompts=["a red [trigger]"], sample_steps=2)
+    straight = train(config, on_event=events.append)
+    assert "learned vector for 'zork'" in events[0].message
+    tensors, meta = read(straight.path)
+    key = "bundle_emb.zork.string_to_param.*"
+    pipe = EaselPipeline.from_pretrained(str(tiny_easel_dir))
+    encoder = pipe.text_encoder
+    assert "zork" not in encoder.tokenizer.index
+    start = encoder.embed.weight.detach()[[encoder.tokenizer.index[s] for s in SHAPES]].mean(0)
+    assert tensors[key].shape == (1, encoder.embed.embedding_dim)
+    assert 0 < float((tensors[key][0] - start).abs().max()) < 1.0  # trained: moved, by a few learning-rate steps
+    assert all(k.startswith("transformer.") for k in tensors if k != key)
+    assert meta["easel_trigger"] == "zork"
+    # what the engine's loader reads back, and the word then stands for it
+    assert torch.equal(pipe.bundled_words(straight.path)["zork"], tensors[key])
+    # the final sample was drawn with the learned vector: the same LoRA without it draws another image
+    sample = straight.samples[-1]
+    scale = float(meta["ss_network_alpha"]) / int(meta["ss_network_dim"])
+    scaled = {k: v * scale if ".lora_B." in k else v for k, v in tensors.items()}
+    pipe.set_progress_bar_config(disable=True)
+
+    def draw(state: dict[str, torch.Tensor]) -> np.ndarray:
+        pipe.load_lora_weights(state, adapter_name="x")
+        image = pipe("a red zork", height=64, width=64, num_inference_steps=2, guidance_scale=config.sample_guidance,
+                     generator=torch.Generator("cpu").manual_seed(config.seed + 1000)).images[0]
+        pipe.delete_adapters(["x"])
+        return np.asarray(image).astype(int)
+
+    saved = np.asarray(Image.open(sample).convert("RGB")).astype(int)
+    assert np.abs(draw(scaled) - saved).max() <= 1
+    assert np.abs(draw({k: v for k, v in scaled.items() if k != key}) - saved).max() > 1
+    # resume: the vector and its optimizer state continue
+    train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "b", trigger_embedding=True, steps=2))
+    resumed = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "b", trigger_embedding=True))
+    assert resumed.losses == pytest.approx(straight.losses, rel=1e-4, abs=1e-5)
+    torch.testing.assert_close(read(resumed.path)[0][key], tensors[key], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="different trigger_embedding"):
+        train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "b", steps=6))
 
 
 def test_cancel_stops_within_a_step_and_saves(tiny_easel_dir: Path, dataset_dir: Path, tmp_path: Path) -> None:

@@ -19,7 +19,10 @@ object's words, so each gets its own colour and shape (the whole-scene pass ofte
 
 LoRAs go on the transformer through PEFT (`EaselLoraLoaderMixin`), with the method names of diffusers' pipelines
 (`load_lora_weights`, `set_adapters`, `delete_adapters`, `enable_lora_hotswap`). The file layout is
-`transformer.<module path>.lora_A.weight` / `.lora_B.weight` (see webui/model_manager/loras.py).
+`transformer.<module path>.lora_A.weight` / `.lora_B.weight` (see webui/model_manager/loras.py), plus, when the
+trainer learned a vector for the trigger word, AUTOMATIC1111's bundled-embedding key
+`bundle_emb.<word>.string_to_param.*` [n,dim]: while that adapter is active at a weight other than 0, the word in a
+prompt stands for those vectors.
 """
 
 from __future__ import annotations
@@ -150,23 +153,62 @@ class EaselLoraLoaderMixin:
     """
 
     transformer: EaselTransformer
+    text_encoder: EaselTextEncoder
     _lora_loadable_modules = ["transformer"]
     _lora_hotswap_kwargs: dict | None = None
 
     @staticmethod
-    def lora_state_dict(source: str | Path | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The transformer's LoRA tensors with the `transformer.` prefix removed."""
+    def _read_lora(source: str | Path | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if isinstance(source, dict):
-            state = dict(source)
-        else:
-            from safetensors.torch import load_file
+            return dict(source)
+        from safetensors.torch import load_file
 
-            state = load_file(str(source))
+        return load_file(str(source))
+
+    @classmethod
+    def lora_state_dict(cls, source: str | Path | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The transformer's LoRA tensors with the `transformer.` prefix removed."""
+        state = cls._read_lora(source)
         inner = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
         if not inner or not all(".lora_A." in k or ".lora_B." in k for k in inner):
             raise ValueError("not a LoRA for the built-in model: its keys must be `transformer.<module>.lora_A.weight`"
                              " / `.lora_B.weight`")
         return inner
+
+    def bundled_words(self, source: str | Path | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The LoRA's learned words: `bundle_emb.<word>.<key>` -> {word: vectors [n,dim]}, checked against the
+        text encoder (one tensor per word, a single word as the tokenizer splits, the encoder's width)."""
+        dim = self.text_encoder.embed.embedding_dim
+        words: dict[str, torch.Tensor] = {}
+        for key, value in self._read_lora(source).items():
+            if not key.startswith("bundle_emb."):
+                continue
+            word = key.split(".")[1].lower()
+            vectors = value.reshape(1, -1) if value.ndim == 1 else value
+            if self.text_encoder.tokenizer.split(word) != [word]:
+                raise ValueError(f"bundled embedding {word!r}: the built-in model's tokenizer reads it as "
+                                 f"{len(self.text_encoder.tokenizer.split(word))} words; one word is needed")
+            if word in words:
+                raise ValueError(f"bundled embedding {word!r} appears more than once")
+            if vectors.ndim != 2 or vectors.shape[1] != dim or not 1 <= vectors.shape[0] <= 8:
+                raise ValueError(f"bundled embedding {word!r} has shape {list(value.shape)}; the built-in text "
+                                 f"encoder takes [n, {dim}] with n from 1 to 8")
+            words[word] = vectors.detach().to(torch.float32)
+        return words
+
+    def active_words(self) -> dict[str, torch.Tensor]:
+        """The learned words of the adapters active at a weight other than 0 (a later adapter wins a shared
+        word); {} without any."""
+        bundled = self._bundled()
+        if not bundled:
+            return {}
+        words: dict[str, torch.Tensor] = {}
+        layers = self._lora_layers()
+        for name in self.get_active_adapters():
+            if bundled.get(name) and any(name in layer.lora_A and float(layer.scaling[name]) != 0.0
+                                         for layer in layers):
+                words.update(bundled[name])
+        return words
 
     def load_lora_weights(self, source: str | Path | dict[str, torch.Tensor], adapter_name: str | None = None,
                           hotswap: bool = False, **kwargs: object) -> None:
@@ -174,7 +216,9 @@ class EaselLoraLoaderMixin:
         from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
         from peft.utils.hotswap import hotswap_adapter_from_state_dict, prepare_model_for_compiled_hotswap
 
+        source = self._read_lora(source)
         state = self.lora_state_dict(source)
+        words = self.bundled_words(source)
         ranks = {k.rsplit(".lora_B.", 1)[0]: int(v.shape[1]) for k, v in state.items() if ".lora_B." in k}
         modules = {name for name, _ in self.transformer.named_modules()}
         missing = sorted(m for m in ranks if m not in modules)
@@ -189,6 +233,7 @@ class EaselLoraLoaderMixin:
             named = {k.replace(".lora_A.weight", f".lora_A.{adapter_name}.weight")
                      .replace(".lora_B.weight", f".lora_B.{adapter_name}.weight"): v for k, v in state.items()}
             hotswap_adapter_from_state_dict(self.transformer, named, adapter_name, config=config)
+            self._set_bundled_words(adapter_name, words)
             return
         with warnings.catch_warnings():  # PEFT warns on every adapter after the first; several are intended
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
@@ -198,6 +243,7 @@ class EaselLoraLoaderMixin:
         if unexpected:
             self.delete_adapters([adapter_name])
             raise ValueError(f"LoRA keys not used by the built-in model: {', '.join(unexpected[:5])}")
+        self._set_bundled_words(adapter_name, words)
         if self._lora_hotswap_kwargs is not None and len(self.get_list_adapters()["transformer"]) == 1:
             prepare_model_for_compiled_hotswap(self.transformer, config=config, **self._lora_hotswap_kwargs)
 
@@ -247,6 +293,18 @@ class EaselLoraLoaderMixin:
         if isinstance(config, dict):
             for name in names:
                 config.pop(name, None)
+        for name in names:
+            self._bundled().pop(name, None)
+
+    def _bundled(self) -> dict[str, dict[str, torch.Tensor]]:
+        """adapter -> its learned words; kept on the transformer, which every pipeline of the checkpoint shares."""
+        return self.transformer.__dict__.setdefault("easel_bundled_words", {})
+
+    def _set_bundled_words(self, adapter_name: str, words: dict[str, torch.Tensor]) -> None:
+        bundled = self._bundled()
+        bundled.pop(adapter_name, None)
+        if words:
+            bundled[adapter_name] = words
 
     def _lora_layers(self) -> list[torch.nn.Module]:
         from peft.tuners.lora import LoraLayer
@@ -331,7 +389,7 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
         """Text features [(2)B,L,dim] and mask [(2)B,L]: negative rows first when guiding."""
         texts = negative_prompts + prompts if do_cfg else prompts
         with torch.no_grad():
-            return self.text_encoder.encode(texts, device=self._execution_device)
+            return self.text_encoder.encode(texts, device=self._execution_device, words=self.active_words())
 
     def guidance_window(self, interval: tuple[float, float] | None = None) -> tuple[float, float]:
         """The noise levels (sigma, 1 = pure noise) at which guidance applies; elsewhere only the prompt's

@@ -4,6 +4,11 @@
 vocabulary (unknown words become `<unk>`, so every input works, empty and non-ASCII included); sequences start with
 `<bos>` and are cut at `max_length`. `EaselTextEncoder` is a small transformer trained jointly with the image
 model; its vocabulary lives in its config, so it is saved and loaded with the weights.
+
+Learned words: `tokenize`, `forward` and `encode` take an optional `words` dict, word -> vectors [n,dim] (a LoRA's
+bundled trigger embedding). Each such word of a prompt becomes its n vectors instead of its vocabulary entry
+(`<unk>` for a new word); they get ids after the vocabulary's, in the dict's order, so the same dict must be
+passed to `tokenize` and `forward`. Without it (or with an empty one) nothing changes, bit for bit.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import re
 
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
@@ -30,11 +36,19 @@ class WordTokenizer:
     def split(self, text: str) -> list[str]:
         return re.findall(r"\w+|[^\w\s]", text.lower())
 
-    def ids(self, text: str) -> list[int]:
-        return ([BOS] + [self.index.get(w, UNK) for w in self.split(text)])[: self.max_length]
+    def ids(self, text: str, extra: dict[str, list[int]] | None = None) -> list[int]:
+        """Token ids of `text`; a word in `extra` becomes the ids listed for it."""
+        out = [BOS]
+        for w in self.split(text):
+            if extra and w in extra:
+                out.extend(extra[w])
+            else:
+                out.append(self.index.get(w, UNK))
+        return out[: self.max_length]
 
-    def encode(self, texts: list[str], pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        seqs = [self.ids(t) for t in texts]
+    def encode(self, texts: list[str], pad_to: int | None = None, extra: dict[str, list[int]] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        seqs = [self.ids(t, extra) for t in texts]
         length = pad_to or max(len(s) for s in seqs)
         ids = torch.full((len(seqs), length), PAD, dtype=torch.long)
         for i, s in enumerate(seqs):
@@ -62,20 +76,34 @@ class EaselTextEncoder(ModelMixin, ConfigMixin):
                                        norm_first=True) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
-    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.tokenizer.encode(texts)
+    def word_ids(self, words: dict[str, torch.Tensor] | None) -> dict[str, list[int]]:
+        """The ids the learned `words` (word -> [n,dim]) take: after the vocabulary, in the dict's order."""
+        out, next_id = {}, len(self.tokenizer.vocab)
+        for word, vectors in (words or {}).items():
+            out[word] = list(range(next_id, next_id + vectors.shape[0]))
+            next_id += vectors.shape[0]
+        return out
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def tokenize(self, texts: list[str], words: dict[str, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tokenizer.encode(texts, extra=self.word_ids(words))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, words: dict[str, torch.Tensor] | None = None
+                ) -> torch.Tensor:
         L = ids.shape[1]
-        h = self.embed(ids) + self.pos[:, :L]  # [B,L,dim]
+        if words:  # learned word vectors [n,dim] each, ids from len(vocab) on (see word_ids)
+            table = torch.cat([self.embed.weight, *(v.to(self.embed.weight) for v in words.values())])  # [V',dim]
+            h = F.embedding(ids, table) + self.pos[:, :L]  # [B,L,dim]
+        else:
+            h = self.embed(ids) + self.pos[:, :L]  # [B,L,dim]
         for layer in self.layers:
             h = layer(h, src_key_padding_mask=~mask)  # [B,L,dim]; padding never attended to
         return self.norm(h)  # [B,L,dim]
 
-    def encode(self, texts: list[str], device: torch.device | str | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, texts: list[str], device: torch.device | str | None = None,
+               words: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenize and encode: (features [B,L,dim], mask [B,L] bool)."""
-        ids, mask = self.tokenize(texts)
+        ids, mask = self.tokenize(texts, words)
         device = device or self.device
         ids, mask = ids.to(device), mask.to(device)
-        return self(ids, mask), mask
+        return self(ids, mask, words), mask

@@ -65,6 +65,9 @@ class TrainConfig:
     # for one of `preservation_words` must give the base model's prediction on the same noisy image); 0 = off
     differential_preservation: float = 0.0
     preservation_words: tuple[str, ...] = ()
+    # built-in model only: also learn a vector for the trigger word (one word), saved in the LoRA file and used
+    # for that word while the LoRA is active
+    trigger_embedding: bool = False
 
     @property
     def output_path(self) -> Path:
@@ -181,7 +184,11 @@ def _convert(name: str, value: Any, base: Path) -> Any:
         if not isinstance(items, list) or not all(isinstance(p, str) for p in items):
             raise ConfigError(name, f"must be a list of strings, got {value!r}")
         return tuple(p for p in items if p.strip())
-    if isinstance(default, bool) or isinstance(value, bool):
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(name, f"must be true or false, got {value!r}")
+        return value
+    if isinstance(value, bool):
         raise ConfigError(name, f"must be a {type(default).__name__}, got {value!r}")
     if isinstance(default, int):
         if isinstance(value, float) and value.is_integer():
@@ -252,6 +259,9 @@ def check(config: TrainConfig) -> None:
                                                     "(differential_preservation is on)")
         if any(trigger_pattern(config.trigger).search(word) for word in config.preservation_words):
             raise ConfigError("preservation_words", f"must not contain the trigger word {config.trigger!r}")
+    if config.trigger_embedding and not re.fullmatch(r"\w+", config.trigger):
+        raise ConfigError("trigger_embedding", f"needs a trigger of one word (letters, digits, _) to learn a vector "
+                                               f"for, got {config.trigger!r}")
     if not 0.0 <= config.caption_dropout < 1.0:
         raise ConfigError("caption_dropout", f"must be in [0, 1), got {config.caption_dropout}")
     if config.optimizer not in OPTIMIZERS:

@@ -13,7 +13,8 @@ on cancel and at the end, the LoRA is written to `<output_dir>/<output_name>.saf
 `<output_name>.samples/`. Cancelling (a `threading.Event`) stops before the next step.
 
 File layouts: the built-in model's LoRA is `transformer.<module>.lora_A/B.weight` with alpha in the metadata
-(`ss_network_alpha`); the diffusers families are written by the pipeline's own `save_lora_weights` (keys
+(`ss_network_alpha`), plus `bundle_emb.<trigger>.string_to_param.*` [1,dim] when `trigger_embedding` learned a
+vector for the trigger word (AUTOMATIC1111's key for an embedding bundled in a LoRA); the diffusers families are written by the pipeline's own `save_lora_weights` (keys
 `unet.…` / `transformer.…`, alpha folded into lora_B), which diffusers, ComfyUI and Easel load.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from webui.training.config import ConfigError, TrainConfig, trigger_pattern
+from webui.training.config import FIELDS, ConfigError, TrainConfig, trigger_pattern
 from webui.training.dataset import load_dataset
 
 log = logging.getLogger(__name__)
@@ -221,8 +222,13 @@ class Objective:
     def loss(self, pixels: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
-    # whether preservation_loss and differential_loss exist (`prior_preservation`, `differential_preservation`)
+    # whether preservation_loss, differential_loss and learn_trigger exist (`prior_preservation`,
+    # `differential_preservation`, `trigger_embedding`)
     has_preservation = False
+    words: dict[str, torch.nn.Parameter] = {}  # learned word vectors [1,dim] (learn_trigger)
+
+    def learn_trigger(self, word: str) -> torch.nn.Parameter:
+        raise NotImplementedError
 
     def preservation_loss(self, batch_size: int, gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
@@ -288,12 +294,33 @@ class EaselObjective(Objective):
         tb = t[:, None, None, None]  # [B,1,1,1]
         return (1.0 - tb) * x0 + tb * eps
 
-    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features [B,L8,dim], mask [B,L8]) of the frozen text encoder, padded to a multiple of 8 tokens."""
+    def learn_trigger(self, word: str) -> torch.nn.Parameter:
+        """A trainable vector [1,dim] for `word` (one word), starting from its vocabulary entry, or for a new word
+        from the mean of the base model's shape words (`<unk>` would start it as "no object"). The pipeline
+        reads it as the trainer's adapter's bundled word, so samples use it too."""
+        from webui.builtin.data import SHAPES
+
         encoder = self.pipe.text_encoder
-        ids, mask = encoder.tokenize(prompts)  # [B,L] each
+        encoder.requires_grad_(False)
+        index = encoder.tokenizer.index
+        table = encoder.embed.weight.detach()  # [V,dim]
+        start = table[index[word]] if word in index else table[[index[s] for s in SHAPES if s in index]].mean(0)
+        vector = torch.nn.Parameter(start.clone()[None].to(self.device))  # [1,dim]
+        self.words = {word: vector}
+        self.pipe._set_bundled_words(ADAPTER, self.words)
+        return vector
+
+    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features [B,L8,dim], mask [B,L8]) of the frozen text encoder, padded to a multiple of 8 tokens. With a
+        learned trigger vector in one of the prompts the features carry its gradient."""
+        encoder = self.pipe.text_encoder
+        used = {w for p in prompts for w in encoder.tokenizer.split(p)}
+        words = self.words if any(w in used for w in self.words) else None
+        ids, mask = encoder.tokenize(prompts, words)  # [B,L] each
         pad = -ids.shape[1] % 8
         ids, mask = F.pad(ids, (0, pad)).to(self.device), F.pad(mask, (0, pad)).to(self.device)  # [B,L8] each
+        if words:
+            return encoder(ids, mask, words), mask
         with torch.no_grad():
             return encoder(ids, mask), mask
 
@@ -500,9 +527,24 @@ def lora_state(denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
 
 
-def load_lora_state(denoiser: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+def bundled_state(words: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """Learned word vectors under AUTOMATIC1111's key for an embedding bundled in a LoRA."""
+    return {f"bundle_emb.{word}.string_to_param.*": v.detach().to("cpu", torch.float32).contiguous()
+            for word, v in words.items()}
+
+
+def load_lora_state(denoiser: torch.nn.Module, state: dict[str, torch.Tensor],
+                    words: dict[str, torch.nn.Parameter] | None = None) -> None:
     from peft.utils import set_peft_model_state_dict
 
+    for word, vector in (words or {}).items():
+        saved = state.get(f"bundle_emb.{word}.string_to_param.*")
+        if saved is None or saved.shape != vector.shape:
+            raise ConfigError("output_name", f"the resume state has no learned vector for {word!r}; delete the "
+                                             ".state.pt file or choose another output_name")
+        with torch.no_grad():
+            vector.copy_(saved.to(vector.device))
+    state = {k: v for k, v in state.items() if not k.startswith("bundle_emb.")}
     result = set_peft_model_state_dict(denoiser, state, adapter_name=ADAPTER)
     unexpected = [k for k in getattr(result, "unexpected_keys", []) or [] if "lora_" in k]
     if unexpected:
@@ -518,7 +560,7 @@ def write_lora(path: Path, pipe: Any, family: str, denoiser_name: str, state: di
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     if family == "easel":
-        tensors = {f"transformer.{k}": v for k, v in state.items()}
+        tensors = {k if k.startswith("bundle_emb.") else f"transformer.{k}": v for k, v in state.items()}
     else:
         scale = config.alpha / config.rank  # folded: the file then needs no alpha (diffusers/ComfyUI use 1.0)
         scaled = {k: (v * scale if ".lora_B." in k else v) for k, v in state.items()}
@@ -586,7 +628,7 @@ def step_generator(config: TrainConfig, step: int) -> torch.Generator:
 
 
 # ============================================================================================ the loop
-RESUME_KEYS = ("base_model", "rank", "alpha", "target_modules", "optimizer")
+RESUME_KEYS = ("base_model", "rank", "alpha", "target_modules", "optimizer", "trigger_embedding")
 
 
 @dataclass
@@ -622,26 +664,31 @@ def train(config: TrainConfig, *, on_event: Callable[[TrainEvent], None] | None 
     pipe, family = load_base(base, search)
     pipe.to(device)
     objective = OBJECTIVES[family](pipe, device)
-    for key in ("prior_preservation", "differential_preservation"):
-        if getattr(config, key) > 0 and not objective.has_preservation:
+    for key in ("prior_preservation", "differential_preservation", "trigger_embedding"):
+        if getattr(config, key) and not objective.has_preservation:
             raise ConfigError(key, f"is only available for the built-in model (easel); {base.name} is a {family} "
-                                   f"model: set it to 0")
+                                   f"model: set it to {'false' if key == 'trigger_embedding' else 0}")
     denoiser = objective.denoiser
     torch.manual_seed(config.seed)  # lora_A's random initialisation
     params = add_lora(denoiser, config, family)
+    if config.trigger_embedding:
+        params.append(objective.learn_trigger(config.trigger.lower()))
     optimizer = make_optimizer(config, params)
     run = _Run()
     if resume and config.state_path.is_file():
-        run = _restore(config, denoiser, optimizer)
+        run = _restore(config, denoiser, optimizer, objective.words)
         log.info("resuming %s at step %d", config.output_name, run.step)
     short_hash = base_hash(base)
     n_trainable = sum(p.numel() for p in params)
     message = f"{family} base {base.name} [{short_hash}], {len(dataset)} images, {n_trainable:,} LoRA parameters"
+    if objective.words:
+        message += f" (a learned vector for {config.trigger!r} included)"
     emit(TrainEvent("start", run.step, config.steps, message=message + (f"; resuming at step {run.step}"
                                                                         if run.step else "")))
 
     def save(kind: str) -> Path:
         state = lora_state(denoiser)
+        state.update(bundled_state(objective.words))
         meta = lora_metadata(config, family, base, short_hash, run.step, len(dataset))
         path = write_lora(config.output_path, pipe, family, objective.denoiser_name, state, meta, config)
         _save_state(config, state, optimizer, run)
@@ -733,7 +780,8 @@ def _save_state(config: TrainConfig, state: dict[str, torch.Tensor], optimizer: 
     os.replace(tmp, config.state_path)
 
 
-def _restore(config: TrainConfig, denoiser: torch.nn.Module, optimizer: torch.optim.Optimizer) -> _Run:
+def _restore(config: TrainConfig, denoiser: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             words: dict[str, torch.nn.Parameter] | None = None) -> _Run:
     try:
         payload = torch.load(config.state_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types for a damaged file
@@ -741,11 +789,11 @@ def _restore(config: TrainConfig, denoiser: torch.nn.Module, optimizer: torch.op
                                          "to start over") from exc
     saved = payload.get("config", {})
     wanted = {k: config.to_dict()[k] for k in RESUME_KEYS}
-    changed = [k for k in RESUME_KEYS if saved.get(k) != wanted[k]]
+    changed = [k for k in RESUME_KEYS if saved.get(k, FIELDS[k].default) != wanted[k]]
     if changed:
         raise ConfigError("output_name", f"{config.state_path} is from a run with different {', '.join(changed)}; "
                                          "delete it or choose another output_name")
-    load_lora_state(denoiser, payload["lora"])
+    load_lora_state(denoiser, payload["lora"], words)
     optimizer.load_state_dict(payload["optimizer"])
     return _Run(step=int(payload["step"]), losses=list(payload["losses"]), wall_s=float(payload["wall_s"]),
                 cpu_s=float(payload["cpu_s"]), samples=[Path(p) for p in payload.get("samples", [])])
