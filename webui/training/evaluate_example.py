@@ -26,20 +26,18 @@ SCORES = ("single_object", "single_object_position", "relation", "inpaint_inside
 
 
 def apply_lora(pipe, path: Path, weight: float = 1.0) -> None:
-    """Add the LoRA file to the pipeline's transformer as PEFT adapter "example" at `weight`."""
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    """Add the LoRA file (with its learned trigger vector, if it has one) to the pipeline as adapter "example" at
+    `weight`."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         meta = dict(f.metadata() or {})
     rank = int(meta["ss_network_dim"])
-    scale = weight * float(meta.get("ss_network_alpha", rank)) / rank
-    inner = {k.removeprefix("transformer."): (v * scale if ".lora_B." in k else v) for k, v in tensors.items()}
-    modules = sorted({k.rsplit(".lora_", 1)[0] for k in inner})
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=modules), pipe.transformer,
-                            adapter_name="example")
-    set_peft_model_state_dict(pipe.transformer, inner, adapter_name="example")
+    scale = float(meta.get("ss_network_alpha", rank)) / rank
+    pipe.load_lora_weights({k: (v * scale if ".lora_B." in k else v) for k, v in tensors.items()},
+                           adapter_name="example")
+    pipe.set_adapters(["example"], [weight])
 
 
 def concept_prompts(n: int, seed: int, trigger: str) -> list[str]:
