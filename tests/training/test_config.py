@@ -56,6 +56,7 @@ def test_yaml_round_trip_resolves_paths(tmp_path: Path) -> None:
     ({"trigger_embedding": True}, "trigger_embedding"),
     ({"trigger_embedding": True, "trigger": "red zork"}, "trigger_embedding"),
     ({"rank": True}, "rank"),
+    ({"trigger_embedding_lr": -1e-3}, "trigger_embedding_lr"),
     ({"learnin_rate": 1e-3}, "learnin_rate"),
     ({"base_model": ""}, "base_model"),
     ({"dataset": None}, "dataset"),

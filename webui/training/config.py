@@ -68,6 +68,7 @@ class TrainConfig:
     # built-in model only: also learn a vector for the trigger word (one word), saved in the LoRA file and used
     # for that word while the LoRA is active
     trigger_embedding: bool = False
+    trigger_embedding_lr: float = 0.0  # its learning rate; 0 = learning_rate
 
     @property
     def output_path(self) -> Path:
@@ -244,6 +245,9 @@ def check(config: TrainConfig) -> None:
         raise ConfigError("alpha", f"must be positive, got {config.alpha}")
     if not 0.0 < config.learning_rate <= 10.0:
         raise ConfigError("learning_rate", f"must be positive (and at most 10), got {config.learning_rate}")
+    if not 0.0 <= config.trigger_embedding_lr <= 10.0:
+        raise ConfigError("trigger_embedding_lr", f"must be between 0 (= learning_rate) and 10, got "
+                                                  f"{config.trigger_embedding_lr}")
     if config.precision not in PRECISIONS:
         raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     if not 0.0 <= config.prior_preservation <= 100.0:

@@ -295,16 +295,14 @@ class EaselObjective(Objective):
         return (1.0 - tb) * x0 + tb * eps
 
     def learn_trigger(self, word: str) -> torch.nn.Parameter:
-        """A trainable vector [1,dim] for `word` (one word), starting from its vocabulary entry, or for a new word
-        from the mean of the base model's shape words (`<unk>` would start it as "no object"). The pipeline
-        reads it as the trainer's adapter's bundled word, so samples use it too."""
-        from webui.builtin.data import SHAPES
+        """A trainable vector [1,dim] for `word` (one word), starting from what the word reads now: its
+        vocabulary entry, `<unk>`'s for a new word. The pipeline reads it as the trainer's adapter's bundled word,
+        so samples use it too."""
+        from webui.builtin.text import UNK
 
         encoder = self.pipe.text_encoder
         encoder.requires_grad_(False)
-        index = encoder.tokenizer.index
-        table = encoder.embed.weight.detach()  # [V,dim]
-        start = table[index[word]] if word in index else table[[index[s] for s in SHAPES if s in index]].mean(0)
+        start = encoder.embed.weight.detach()[encoder.tokenizer.index.get(word, UNK)]  # [dim]
         vector = torch.nn.Parameter(start.clone()[None].to(self.device))  # [1,dim]
         self.words = {word: vector}
         self.pipe._set_bundled_words(ADAPTER, self.words)
@@ -605,7 +603,9 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 # ============================================================================================ optimizers
-def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter] | list[dict[str, Any]]
+                   ) -> torch.optim.Optimizer:
+    """The optimizer over `params` (or param groups; a group's "lr_scale" multiplies the schedule's rate)."""
     if config.optimizer == "adamw8bit":
         import bitsandbytes as bnb
 
@@ -671,12 +671,18 @@ def train(config: TrainConfig, *, on_event: Callable[[TrainEvent], None] | None 
     denoiser = objective.denoiser
     torch.manual_seed(config.seed)  # lora_A's random initialisation
     params = add_lora(denoiser, config, family)
+    groups: list[dict[str, Any]] = [{"params": list(params)}]
     if config.trigger_embedding:
-        params.append(objective.learn_trigger(config.trigger.lower()))
-    optimizer = make_optimizer(config, params)
+        vector = objective.learn_trigger(config.trigger.lower())
+        params.append(vector)
+        rate = config.trigger_embedding_lr or config.learning_rate
+        groups.append({"params": [vector], "lr_scale": rate / config.learning_rate})
+    optimizer = make_optimizer(config, groups)
     run = _Run()
     if resume and config.state_path.is_file():
         run = _restore(config, denoiser, optimizer, objective.words)
+        for group, wanted in zip(optimizer.param_groups, groups):  # the config's rates, not the saved run's
+            group["lr_scale"] = wanted.get("lr_scale", 1.0)
         log.info("resuming %s at step %d", config.output_name, run.step)
     short_hash = base_hash(base)
     n_trainable = sum(p.numel() for p in params)
@@ -710,7 +716,7 @@ def train(config: TrainConfig, *, on_event: Callable[[TrainEvent], None] | None 
         drop = torch.rand(len(prompts), generator=gen) < config.caption_dropout
         prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, run.step)
+            group["lr"] = learning_rate(config, run.step) * group.get("lr_scale", 1.0)
         with autocast:
             loss = objective.loss(pixels, prompts, gen)
             if config.differential_preservation > 0:
