@@ -24,9 +24,17 @@ pytestmark = pytest.mark.skipif(not (SHIPPED / "model_index.json").is_file() or 
 
 
 def test_trained_on_the_shipped_weights() -> None:
+    from safetensors import safe_open
+
+    from webui.training.config import load_config
+
     meta = read_metadata(LORA)
     assert meta["easel_trigger"] == "heart"
     assert meta["easel_base_hash"] == base_hash(SHIPPED), "retrain the example LoRA on the current built-in model"
+    config = load_config(REPO / "docs" / "examples" / "lora-builtin.yaml", base_dir=REPO)
+    assert meta["ss_steps"] == str(config.steps), "retrain the example LoRA with its config"
+    with safe_open(str(LORA), "pt") as f:  # the config learns a vector for the trigger; the file carries it
+        assert ("bundle_emb.heart.string_to_param.*" in f.keys()) == config.trigger_embedding
 
 
 def test_the_tag_draws_hearts_out_of_the_box(make_easel, tmp_path: Path) -> None:
