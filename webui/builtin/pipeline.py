@@ -233,7 +233,7 @@ class EaselLoraLoaderMixin:
             named = {k.replace(".lora_A.weight", f".lora_A.{adapter_name}.weight")
                      .replace(".lora_B.weight", f".lora_B.{adapter_name}.weight"): v for k, v in state.items()}
             hotswap_adapter_from_state_dict(self.transformer, named, adapter_name, config=config)
-            self._set_bundled_words(adapter_name, words)
+            self.set_bundled_words(adapter_name, words)
             return
         with warnings.catch_warnings():  # PEFT warns on every adapter after the first; several are intended
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
@@ -243,7 +243,7 @@ class EaselLoraLoaderMixin:
         if unexpected:
             self.delete_adapters([adapter_name])
             raise ValueError(f"LoRA keys not used by the built-in model: {', '.join(unexpected[:5])}")
-        self._set_bundled_words(adapter_name, words)
+        self.set_bundled_words(adapter_name, words)
         if self._lora_hotswap_kwargs is not None and len(self.get_list_adapters()["transformer"]) == 1:
             prepare_model_for_compiled_hotswap(self.transformer, config=config, **self._lora_hotswap_kwargs)
 
@@ -300,7 +300,8 @@ class EaselLoraLoaderMixin:
         """adapter -> its learned words; kept on the transformer, which every pipeline of the checkpoint shares."""
         return self.transformer.__dict__.setdefault("easel_bundled_words", {})
 
-    def _set_bundled_words(self, adapter_name: str, words: dict[str, torch.Tensor]) -> None:
+    def set_bundled_words(self, adapter_name: str, words: dict[str, torch.Tensor]) -> None:
+        """Make `words` (word -> vectors [n,dim]) the learned words of adapter `adapter_name` ({} = none)."""
         bundled = self._bundled()
         bundled.pop(adapter_name, None)
         if words:

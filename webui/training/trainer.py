@@ -14,8 +14,9 @@ on cancel and at the end, the LoRA is written to `<output_dir>/<output_name>.saf
 
 File layouts: the built-in model's LoRA is `transformer.<module>.lora_A/B.weight` with alpha in the metadata
 (`ss_network_alpha`), plus `bundle_emb.<trigger>.string_to_param.*` [1,dim] when `trigger_embedding` learned a
-vector for the trigger word (AUTOMATIC1111's key for an embedding bundled in a LoRA); the diffusers families are written by the pipeline's own `save_lora_weights` (keys
-`unet.…` / `transformer.…`, alpha folded into lora_B), which diffusers, ComfyUI and Easel load.
+vector for the trigger word (AUTOMATIC1111's key for an embedding bundled in a LoRA); the diffusers families are
+written by the pipeline's own `save_lora_weights` (keys `unet.…` / `transformer.…`, alpha folded into lora_B),
+which diffusers, ComfyUI and Easel load.
 """
 from __future__ import annotations
 
@@ -305,7 +306,7 @@ class EaselObjective(Objective):
         start = encoder.embed.weight.detach()[encoder.tokenizer.index.get(word, UNK)]  # [dim]
         vector = torch.nn.Parameter(start.clone()[None].to(self.device))  # [1,dim]
         self.words = {word: vector}
-        self.pipe._set_bundled_words(ADAPTER, self.words)
+        self.pipe.set_bundled_words(ADAPTER, self.words)
         return vector
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
