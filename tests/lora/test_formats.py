@@ -197,7 +197,7 @@ def test_builtin_model_layouts(tmp_path, easel_folder) -> None:
 def test_builtin_lora_bundled_trigger_vector(tmp_path, easel_folder) -> None:
     """A LoRA with a learned vector for its trigger word (`bundle_emb.<word>.string_to_param.*`): while it is
     active the word reads that vector, so only prompts with the word change; weight 0, another LoRA or none
-    give exactly what they gave without it; in-place hot-swapping carries the vector too."""
+    give exactly what they gave without it; fusing and in-place hot-swapping carry the vector too."""
     from webui.builtin.model import EaselTransformer
     from webui.model_manager.manager import LoraOptions
 
@@ -236,6 +236,14 @@ def test_builtin_lora_bundled_trigger_vector(tmp_path, easel_folder) -> None:
     assert np.array_equal(image(loaded, "a red zqx"), base["a red zqx"])
     with pytest.raises(LoraError, match=r"too-wide.*\[1, %d\].*\[n, %d\]" % (width + 1, width)):
         manager.apply_loras(loaded, [("too-wide", 1.0)])
+    assert np.array_equal(image(loaded, "a red zqx"), base["a red zqx"])
+
+    manager.lora_options = lambda: LoraOptions(fuse=True)  # the same set twice in a row: folded into the weights
+    for _ in range(2):
+        manager.apply_loras(loaded, [("bundled", 1.0)])
+    assert manager.lora_stack(loaded).fused is not None
+    assert np.abs(image(loaded, "a red zqx") - bundled["a red zqx"]).max() < 1e-4  # the word still reads the vector
+    manager.apply_loras(loaded, [])
     assert np.array_equal(image(loaded, "a red zqx"), base["a red zqx"])
 
     swapping = manager_for(tmp_path / "swap", easel_folder, "tiny-easel", builtin=True)
