@@ -21,8 +21,8 @@ from webui.model_manager.manager import LoraError, ModelManager
 SEQUENCE_ARCHS = {Arch.SD3, Arch.FLUX, Arch.ZIMAGE, Arch.QWEN}
 
 
-def generate(loaded, seed: int = 0) -> np.ndarray:
-    kwargs = {"prompt": "a red cube", "num_inference_steps": 2, "height": 32, "width": 32,
+def generate(loaded, seed: int = 0, prompt: str = "a red cube") -> np.ndarray:
+    kwargs = {"prompt": prompt, "num_inference_steps": 2, "height": 32, "width": 32,
               "generator": torch.Generator("cpu").manual_seed(seed), "output_type": "np"}
     if loaded.arch in SEQUENCE_ARCHS:
         kwargs["max_sequence_length"] = 32
@@ -212,39 +212,37 @@ def test_builtin_lora_bundled_trigger_vector(tmp_path, easel_folder) -> None:
     save(tmp_path / "Lora" / "too-wide.safetensors",
          {**peft_layout(pairs, "transformer"), "bundle_emb.zqx.string_to_param.*": torch.zeros(1, width + 1)}, meta)
 
-    def image(loaded, prompt: str) -> np.ndarray:
-        return np.asarray(loaded.pipe(prompt=prompt, num_inference_steps=2, height=32, width=32, guidance_scale=2.0,
-                                      generator=torch.Generator().manual_seed(0), output_type="np").images[0])
-
     manager = manager_for(tmp_path, easel_folder, "tiny-easel", builtin=True)
     loaded = manager.get("tiny-easel", "txt2img")
-    base = {p: image(loaded, p) for p in ("a red zqx", "a red cube")}
+    base = {p: generate(loaded, prompt=p) for p in ("a red zqx", "a red cube")}
     manager.apply_loras(loaded, [("plain", 1.0)])
-    plain = {p: image(loaded, p) for p in base}
+    plain = {p: generate(loaded, prompt=p) for p in base}
     manager.apply_loras(loaded, [("bundled", 1.0)])
-    bundled = {p: image(loaded, p) for p in base}
+    bundled = {p: generate(loaded, prompt=p) for p in base}
     assert np.abs(bundled["a red zqx"] - plain["a red zqx"]).max() > 1e-3  # the word reads the learned vector
     assert np.array_equal(bundled["a red cube"], plain["a red cube"])  # prompts without the word: unchanged
     inpaint = manager.get("tiny-easel", "inpaint")
     assert "zqx" in inpaint.pipe.active_words()  # every mode of the checkpoint shares the LoRA's words
     manager.apply_loras(loaded, [("bundled", 0.0)])
     assert loaded.pipe.active_words() == {}
-    assert np.array_equal(image(loaded, "a red zqx"), base["a red zqx"])  # weight 0 = no LoRA, word included
+    # weight 0 = no LoRA, the word included
+    assert np.array_equal(generate(loaded, prompt="a red zqx"), base["a red zqx"])
     manager.apply_loras(loaded, [("plain", 1.0)])
-    assert np.array_equal(image(loaded, "a red zqx"), plain["a red zqx"])
+    assert np.array_equal(generate(loaded, prompt="a red zqx"), plain["a red zqx"])
     manager.apply_loras(loaded, [])
-    assert np.array_equal(image(loaded, "a red zqx"), base["a red zqx"])
+    assert np.array_equal(generate(loaded, prompt="a red zqx"), base["a red zqx"])
     with pytest.raises(LoraError, match=r"too-wide.*\[1, %d\].*\[n, %d\]" % (width + 1, width)):
         manager.apply_loras(loaded, [("too-wide", 1.0)])
-    assert np.array_equal(image(loaded, "a red zqx"), base["a red zqx"])
+    assert np.array_equal(generate(loaded, prompt="a red zqx"), base["a red zqx"])
 
     manager.lora_options = lambda: LoraOptions(fuse=True)  # the same set twice in a row: folded into the weights
     for _ in range(2):
         manager.apply_loras(loaded, [("bundled", 1.0)])
     assert manager.lora_stack(loaded).fused is not None
-    assert np.abs(image(loaded, "a red zqx") - bundled["a red zqx"]).max() < 1e-4  # the word still reads the vector
+    # the word still reads the vector
+    assert np.abs(generate(loaded, prompt="a red zqx") - bundled["a red zqx"]).max() < 1e-4
     manager.apply_loras(loaded, [])
-    assert np.array_equal(image(loaded, "a red zqx"), base["a red zqx"])
+    assert np.array_equal(generate(loaded, prompt="a red zqx"), base["a red zqx"])
 
     swapping = manager_for(tmp_path / "swap", easel_folder, "tiny-easel", builtin=True)
     swapping.lora_dirs = [tmp_path / "Lora"]
@@ -252,9 +250,10 @@ def test_builtin_lora_bundled_trigger_vector(tmp_path, easel_folder) -> None:
     hot = swapping.get("tiny-easel", "txt2img")
     for name in ("bundled", "plain", "bundled"):
         swapping.apply_loras(hot, [(name, 1.0)])
-        assert np.abs(image(hot, "a red zqx") - (bundled if name == "bundled" else plain)["a red zqx"]).max() < 1e-4
+        wanted = (bundled if name == "bundled" else plain)["a red zqx"]
+        assert np.abs(generate(hot, prompt="a red zqx") - wanted).max() < 1e-4
     swapping.apply_loras(hot, [])
-    assert np.array_equal(image(hot, "a red zqx"), base["a red zqx"])
+    assert np.array_equal(generate(hot, prompt="a red zqx"), base["a red zqx"])
 
 
 def test_lora_for_another_family_is_refused_naming_both(tmp_path, tiny_family) -> None:

@@ -143,6 +143,11 @@ def mask_to_tensor(mask: ImageInput, height: int, width: int) -> torch.Tensor:
     return (m > 0.5).float()  # [B,1,H,W]
 
 
+def bundle_key(word: str) -> str:
+    """The key of a learned word's vectors in a LoRA file (AUTOMATIC1111's for an embedding bundled in a LoRA)."""
+    return f"bundle_emb.{word}.string_to_param.*"
+
+
 class EaselLoraLoaderMixin:
     """LoRA adapters on the built-in model's transformer, through PEFT, with diffusers' pipeline method names
     (`load_lora_weights`, `set_adapters`, `delete_adapters`, `get_list_adapters`, `enable_lora_hotswap`).

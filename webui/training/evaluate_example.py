@@ -27,16 +27,12 @@ SCORES = ("single_object", "single_object_position", "relation", "inpaint_inside
 
 def apply_lora(pipe, path: Path, weight: float = 1.0) -> None:
     """Add the LoRA file (with its learned trigger vector, if it has one) to the pipeline as adapter "example" at
-    `weight`."""
-    from safetensors import safe_open
+    `weight`, its alpha folded in as Easel's LoRA loader does."""
+    from webui.model_manager.identify import Arch
+    from webui.model_manager.loras import load_lora_state_dict, normalize_state_dict
 
-    with safe_open(str(path), "pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-        meta = dict(f.metadata() or {})
-    rank = int(meta["ss_network_dim"])
-    scale = float(meta.get("ss_network_alpha", rank)) / rank
-    pipe.load_lora_weights({k: (v * scale if ".lora_B." in k else v) for k, v in tensors.items()},
-                           adapter_name="example")
+    state, metadata = load_lora_state_dict(path)
+    pipe.load_lora_weights(normalize_state_dict(state, metadata, pipe, Arch.EASEL), adapter_name="example")
     pipe.set_adapters(["example"], [weight])
 
 

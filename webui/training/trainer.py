@@ -313,13 +313,11 @@ class EaselObjective(Objective):
         """(features [B,L8,dim], mask [B,L8]) of the frozen text encoder, padded to a multiple of 8 tokens. With a
         learned trigger vector in one of the prompts the features carry its gradient."""
         encoder = self.pipe.text_encoder
-        used = {w for p in prompts for w in encoder.tokenizer.split(p)}
-        words = self.words if any(w in used for w in self.words) else None
-        ids, mask = encoder.tokenize(prompts, words)  # [B,L] each
+        ids, mask = encoder.tokenize(prompts, self.words)  # [B,L] each; learned words after the vocabulary
         pad = -ids.shape[1] % 8
         ids, mask = F.pad(ids, (0, pad)).to(self.device), F.pad(mask, (0, pad)).to(self.device)  # [B,L8] each
-        if words:
-            return encoder(ids, mask, words), mask
+        if bool((ids >= len(encoder.tokenizer.vocab)).any()):
+            return encoder(ids, mask, self.words), mask
         with torch.no_grad():
             return encoder(ids, mask), mask
 
@@ -528,16 +526,19 @@ def lora_state(denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def bundled_state(words: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
     """Learned word vectors under AUTOMATIC1111's key for an embedding bundled in a LoRA."""
-    return {f"bundle_emb.{word}.string_to_param.*": v.detach().to("cpu", torch.float32).contiguous()
-            for word, v in words.items()}
+    from webui.builtin.pipeline import bundle_key
+
+    return {bundle_key(word): v.detach().to("cpu", torch.float32).contiguous() for word, v in words.items()}
 
 
 def load_lora_state(denoiser: torch.nn.Module, state: dict[str, torch.Tensor],
                     words: dict[str, torch.nn.Parameter] | None = None) -> None:
     from peft.utils import set_peft_model_state_dict
 
+    from webui.builtin.pipeline import bundle_key
+
     for word, vector in (words or {}).items():
-        saved = state.get(f"bundle_emb.{word}.string_to_param.*")
+        saved = state.get(bundle_key(word))
         if saved is None or saved.shape != vector.shape:
             raise ConfigError("output_name", f"the resume state has no learned vector for {word!r}; delete the "
                                              ".state.pt file or choose another output_name")
