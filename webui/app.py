@@ -177,7 +177,8 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
         ram_cache_size=settings.user.ram_cache_size, offload=settings.offload(),
         hash_cache_path=settings.hash_cache_path,
         segmentation_dirs=[settings.models_dir / "clipseg", settings.models_dir / "segmentation"],
-        embedding_dirs=settings.all_embedding_dirs(),
+        embedding_dirs=settings.all_embedding_dirs(), controlnet_dirs=settings.all_controlnet_dirs(),
+        upscaler_dirs=settings.all_upscaler_dirs(),
     )
     manager.lora_options = lambda: LoraOptions(  # read per generation: the Settings tab replaces settings.user
         fuse=settings.user.lora_fuse, hotswap=settings.user.lora_hotswap, max_rank=settings.user.lora_max_rank,

@@ -142,6 +142,12 @@ class Settings:
     def all_embedding_dirs(self) -> list[Path]:
         return [self.models_dir / "embeddings", *self.embedding_dirs]
 
+    def all_controlnet_dirs(self) -> list[Path]:
+        return [self.models_dir / "ControlNet", *self.controlnet_dirs]
+
+    def all_upscaler_dirs(self) -> list[Path]:
+        return [self.models_dir / "ESRGAN", *self.esrgan_dirs]
+
     def served_paths(self) -> tuple[list[str], list[str]]:
         """(allowed, blocked) paths for Gradio's file routes: outputs yes; models, settings and logins never."""
         from webui.security import served_paths

@@ -284,9 +284,9 @@ def test_lora_that_names_no_layer_is_refused(tmp_path, tiny_family) -> None:
 
 
 def test_big_files_are_hashed_when_first_used(tmp_path, tiny_family, monkeypatch) -> None:
-    import webui.model_manager.manager as manager_module
+    import webui.model_manager.catalogue as catalogue_module
 
-    monkeypatch.setattr(manager_module, "HASH_AT_SCAN_LIMIT", 0)  # every file counts as big
+    monkeypatch.setattr(catalogue_module, "HASH_AT_SCAN_LIMIT", 0)  # every file counts as big
     manager = manager_for(tmp_path, tiny_family("sd1"), "tiny")
     sd1_files(tiny_family("sd1"), tmp_path / "Lora")
     assert {e.name: e.short_hash for e in manager.loras()}["peft"] is None

@@ -25,11 +25,12 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from webui.model_manager.identify import ARCH_LABELS, PICKLE_SUFFIXES, Arch, HeaderError, read_safetensors_header
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +275,8 @@ def add_embedding(pipes: Sequence[Any], arch: Arch, vectors: list[torch.Tensor],
     """Add one embedding's vectors under `tokens` to each text encoder of a checkpoint (`pipes`: its modes, which
     share tokenizers and encoders), through diffusers' `load_textual_inversion` with the tokenizer and encoder
     given explicitly. The caller has lifted any offload hooks."""
+    import torch
+
     loader = next((p for p in pipes if hasattr(p, "load_textual_inversion")), None)
     if loader is None:
         raise EmbeddingError(f"{type(pipes[0]).__name__} cannot load textual-inversion embeddings")

@@ -13,11 +13,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from webui.model_manager.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ def _candidate_folders(root: Path) -> list[Path]:
 
 def load_segmenter(entry: SegmenterEntry, device: str, dtype: torch.dtype) -> LoadedSegmenter:
     """Model and processor of `entry` from its folder (never from the hub). Raises ModelLoadError naming it."""
+    import torch
+
     try:
         if entry.kind == "clipseg":
             from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
