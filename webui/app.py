@@ -17,7 +17,6 @@ from typing import Any
 from PIL import Image
 
 from webui.engine.engine import Engine
-from webui.engine.samplers import all_sampler_names, sampler_names
 from webui.extensions import LoadedExtension, Registry, load_extensions
 from webui.infotext import parse_infotext, read_png_parameters
 from webui.model_manager.identify import Arch
@@ -36,7 +35,7 @@ class Easel:
     settings: Settings
     manager: ModelManager
     engine: Engine
-    registry: Registry = field(default_factory=Registry)
+    registry: Registry  # this Easel's samplers, hooks and extension contributions (shared with its engine)
     extensions: list[LoadedExtension] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -61,10 +60,9 @@ class Easel:
             return None
 
     def sampler_choices(self, checkpoint: str | None = None) -> list[str]:
-        if not checkpoint:
-            return all_sampler_names()
-        arch = self.arch_of(checkpoint)
-        return sampler_names(arch) if arch else all_sampler_names()
+        samplers = self.registry.samplers
+        arch = self.arch_of(checkpoint) if checkpoint else None
+        return samplers.names(arch) if arch else samplers.all_names()
 
     def default_sampler(self, checkpoint: str | None = None) -> str:
         choices = self.sampler_choices(checkpoint)
@@ -185,8 +183,9 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
         compile=settings.user.compile_denoiser, keep_loaded=settings.user.lora_keep_loaded)
     if settings.resolved_device() == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-    engine = Engine(settings, manager)
-    easel = Easel(settings, manager, engine)
+    registry = Registry()  # built-in samplers; extensions add to it below
+    engine = Engine(settings, manager, registry)
+    easel = Easel(settings, manager, engine, registry)
     from webui.training.service import TrainingService  # LoRA training for the Train tab (no torch at import)
 
     easel.extras["training"] = TrainingService(

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from webui.engine.samplers import Samplers
+    from webui.model_manager.identify import Arch
 
 Mode = Literal["txt2img", "img2img", "inpaint", "segment"]
 
@@ -182,9 +186,15 @@ def check_fields(request: Any, limits: Limits, skip: tuple[str, ...] = ()) -> No
             check_field(f, getattr(request, f.name), limits)
 
 
-def validate_request(request: GenerationRequest, limits: Limits) -> None:
-    """Raise RequestError naming the first field that is of the wrong type or outside its limits."""
+def validate_request(request: GenerationRequest, limits: Limits, samplers: Samplers | None = None,
+                     arch: Arch | None = None) -> None:
+    """Raise RequestError naming the first field that is of the wrong type or outside its limits.
+
+    With `samplers` (the Easel's, `easel.registry.samplers`) and the model family the request will run on, the
+    sampler is checked too: one this Easel does not offer for that family is refused on `sampler_name`."""
     check_fields(request, limits)
+    if samplers is not None and arch is not None:
+        samplers.resolve(request.sampler, arch)
     for side in ("width", "height"):
         if getattr(request, side) % 8:
             raise RequestError(side, f"must be a multiple of 8, got {getattr(request, side)}")

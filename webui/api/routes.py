@@ -51,7 +51,6 @@ from webui.api.schemas import (
     request_values,
 )
 from webui.engine.images import binarize, mask_to_l
-from webui.engine.samplers import resolve_sampler, sampler_names
 from webui.engine.tasks import UnloadRequest, UpscaleRequest
 from webui.engine.upscalers import NONE, UpscalerNotFoundError
 from webui.engine.worker import Job, JobResult, JobState, QueueFullError
@@ -363,7 +362,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         """The sampler name for this model, from sampler_name / sampler_index and AUTOMATIC1111's scheduler."""
         field_name = "sampler_name" if body.sampler_name else "sampler_index"
         requested = str(body.sampler_name or body.sampler_index or "Euler").strip()
-        names = sampler_names(arch)
+        names = easel.registry.samplers.names(arch)
         lowered = {n.lower(): n for n in names}
         lowered.update({alias: n for n, aliases in SAMPLER_ALIASES.items() for alias in aliases if n in names})
         name = lowered.get(requested.lower(), requested)
@@ -374,7 +373,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         if schedule == "karras" and not name.endswith("Karras") and f"{name} Karras" in names:
             name = f"{name} Karras"
         try:
-            resolve_sampler(name, arch)
+            easel.registry.samplers.resolve(name, arch)
         except ValueError:
             raise ApiError(422, field_name, f"unknown sampler {requested!r}; choose one of {', '.join(names)}") from None
         return name
@@ -588,7 +587,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
     @router.get("/samplers")
     def samplers() -> list[dict[str, Any]]:
         current = manager.current()
-        names = sampler_names(current.arch) if current is not None else easel.sampler_choices(None)
+        names = easel.registry.samplers.names(current.arch) if current is not None else easel.sampler_choices(None)
         return [{"name": n, "aliases": SAMPLER_ALIASES.get(n, []),
                  "options": {"scheduler": "karras"} if n.endswith("Karras") else {}} for n in names]
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from webui.engine.prompts import encode_sd, encode_sdxl, extract_loras, strip_emphasis
-from webui.engine.samplers import make_scheduler, resolve_sampler
+from webui.engine.samplers import Samplers
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job
 from webui.extensions import PipelineCall, PipelineWrapper
@@ -86,6 +86,7 @@ class ModeContext:
     loras: list[AppliedLora] = field(default_factory=list)  # what the prompt's <lora:…> tags applied
     embeddings: list[AppliedEmbedding] = field(default_factory=list)  # embeddings the prompts name, as loaded
     plan_layout: bool = True  # False: the built-in model draws the prompt as written, not its planned layout
+    samplers: Samplers = field(default_factory=Samplers)  # the Easel's (its registry's): built-in + extensions'
 
     def load(self, request: GenerationRequest, mode: str) -> LoadedPipeline:
         """The pipeline for this request and mode, with exactly the prompt's LoRAs active and the embeddings its
@@ -94,8 +95,13 @@ class ModeContext:
                                   None if request.vae in ("", "Automatic", "None") else request.vae)
         self.apply_loras(loaded, request)
         self.apply_embeddings(loaded, request)
-        loaded.pipe.scheduler = make_scheduler(request.sampler, loaded.arch, loaded.pipe.scheduler.config)
+        loaded.pipe.scheduler = self.samplers.make_scheduler(request.sampler, loaded.arch,
+                                                             loaded.pipe.scheduler.config)
         return loaded
+
+    def sampler_used(self, request: GenerationRequest, arch: Arch) -> str:
+        """The sampler name that runs `request` on this model family (what the infotext records)."""
+        return self.samplers.resolve(request.sampler, arch)
 
     def apply_loras(self, loaded: LoadedPipeline, request: GenerationRequest) -> None:
         """Reconcile the model's LoRAs with the prompt's `<lora:name:weight>` tags (none: the base model)."""
@@ -172,10 +178,6 @@ class ModeContext:
 
 def _wrapped(wrapper: PipelineWrapper, run: Callable[[PipelineCall], Any]) -> Callable[[PipelineCall], Any]:
     return lambda call: wrapper(call, run)
-
-
-def sampler_used(request: GenerationRequest, arch: Arch) -> str:
-    return resolve_sampler(request.sampler, arch)
 
 
 def prompt_kwargs(loaded: LoadedPipeline, request: GenerationRequest,

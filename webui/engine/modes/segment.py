@@ -20,7 +20,6 @@ from webui.engine.clipseg import probabilities
 from webui.engine.context import Generated, ModeContext, generators, resolve_seed
 from webui.engine.mask_extraction import (HIGHLIGHT_COLOURS, MaskResult, MaskSettings, clean_mask, cutout,
                                           extract_mask, keep_largest, overlay)
-from webui.engine.samplers import make_scheduler
 from webui.engine.segment_prompts import EASEL_HIGHLIGHTS, build_prompt, template_for
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import ModelManager
@@ -182,7 +181,7 @@ def run(ctx: ModeContext, request: SegmentRequest) -> list[Generated]:
         pipe_class = type(pipe).__name__
         check_can_edit(pipe)
         check_highlight(pipe_class, request.highlight)
-        pipe.scheduler = make_scheduler("Euler", loaded_pipe.arch, pipe.scheduler.config)
+        pipe.scheduler = ctx.samplers.make_scheduler("Euler", loaded_pipe.arch, pipe.scheduler.config)
         template = request.template or template_for(pipe_class)
         results = []
         for index, query in enumerate(queries):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches, sampler_used
+from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches
 from webui.engine.upscalers import UpscalerNotFoundError
 from webui.engine.samplers import steps_for_strength
 from webui.model_manager.identify import Arch
@@ -18,7 +18,7 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
         check_upscaler(ctx, request.hr_upscaler)
     loaded = ctx.load(request, "txt2img")
     pipe = loaded.pipe
-    extra = {"Sampler": sampler_used(request, loaded.arch)}
+    extra = {"Sampler": ctx.sampler_used(request, loaded.arch)}
 
     # 2. Encode the prompt once for every batch.
     prompt_args = prompt_kwargs(loaded, request, ctx.embeddings)
