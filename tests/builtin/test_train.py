@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from webui.builtin import train
+from webui.builtin_lab import train
 
 TINY = ["--hidden", "32", "--depth", "1", "--heads", "2", "--text-dim", "32", "--text-depth", "1",
         "--bottleneck", "8", "--batch-size", "4", "--threads", "1"]

@@ -1,6 +1,6 @@
 """Train Easel's built-in model from scratch on procedural scenes (one command, reproducible, resumable).
 
-    python -m webui.builtin.train --out models/builtin/easel-shapes --state-dir ~/.cache/easel/train-builtin \
+    python -m webui.builtin_lab.train --out models/builtin/easel-shapes --state-dir ~/.cache/easel/train-builtin \
         --seed 0 --hours 3
 
 Every batch is a pure function of (seed, step), so a run resumed from its state directory continues exactly as
@@ -444,7 +444,7 @@ def save_state(path: Path, payload: dict) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m webui.builtin.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m webui.builtin_lab.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=REPO / "models" / "builtin" / "easel-shapes")
     p.add_argument("--state-dir", type=Path, default=Path("~/.cache/easel/train-builtin").expanduser())
     p.add_argument("--seed", type=int, default=0)
