@@ -1,13 +1,16 @@
-"""Training: deterministic batches, a few steps that export a loadable pipeline, resume from the state dir."""
+"""Training: deterministic batches, a few steps that export a loadable pipeline, resume from the state dir (read
+weights-only: a state file that would run code is refused)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 
 from webui.builtin.objective import velocity_loss
+from tests.security.conftest import Payload
 from webui.builtin_lab import train
 
 TINY = ["--hidden", "32", "--depth", "1", "--heads", "2", "--text-dim", "32", "--text-depth", "1",
@@ -41,6 +44,35 @@ def test_train_exports_and_resumes(tmp_path: Path) -> None:
     assert train.main(["--out", str(tmp_path / "out2"), "--state-dir", str(fresh), "--max-steps", "4",
                        "--resume-from-weights", str(out), *TINY]) == 0
     assert json.loads((tmp_path / "out2" / "training.json").read_text())["step"] == 4
+
+
+def test_a_state_file_that_would_run_code_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A state.pt shaped like the trainer's but carrying an object whose unpickling creates a file: the run stops
+    with an error naming the file and the object, the file is never created, nothing is trained or exported, and
+    the state stays as it was."""
+    out, state, marker = tmp_path / "out", tmp_path / "state", tmp_path / "pwned.txt"
+    state.mkdir()
+    torch.save({"net": {}, "ema": {}, "opt": {}, "step": 5, "elapsed_s": 1.0, "warm_from": 0, "hparams": {},
+                "payload": Payload(marker)}, state / "state.pt")
+    saved = (state / "state.pt").read_bytes()
+    with caplog.at_level(logging.ERROR, logger=train.logger.name):
+        assert train.main(["--out", str(out), "--state-dir", str(state), "--max-steps", "1", *TINY]) == 2
+    assert not marker.exists()
+    assert f"{state / 'state.pt'}: refused" in caplog.text and "(io.open)" in caplog.text
+    assert "weights_only" not in caplog.text  # no advice to turn the check off
+    assert not out.exists() and not (state / "loss.csv").exists()
+    assert (state / "state.pt").read_bytes() == saved
+
+
+def test_unreadable_or_foreign_state_files_are_errors_naming_the_file(tmp_path: Path) -> None:
+    truncated, foreign = tmp_path / "truncated.pt", tmp_path / "foreign.pt"
+    train.save_state(truncated, {"net": {"w": torch.zeros(64)}, "step": 1})
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    with pytest.raises(train.StateError, match="truncated.pt: not a readable training state"):
+        train.load_state(truncated)
+    train.save_state(foreign, {"net": {"w": torch.zeros(2)}, "step": 1})  # tensors and plain data, not all of it
+    with pytest.raises(train.StateError, match=r"foreign.pt: not a training state of this trainer \(no ema, opt"):
+        train.load_state(foreign)
 
 
 def test_resume_from_weights_without_a_pixel_decoder_adds_one(tmp_path: Path) -> None:

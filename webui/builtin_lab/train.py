@@ -4,8 +4,9 @@
         --seed 0 --hours 3
 
 Every batch is a pure function of (seed, step), so a run resumed from its state directory continues exactly as
-if uninterrupted. The full state (weights, EMA, optimizer, step, elapsed time) is saved atomically every few
-minutes; the shippable pipeline folder (EMA weights in fp16 safetensors) is written to --out every few more.
+if uninterrupted. The full state (weights, EMA, optimizer, step, elapsed time: tensors and plain data only) is saved
+atomically every few minutes and read back with PyTorch's weights-only unpickler, so a state file cannot run code;
+the shippable pipeline folder (EMA weights in fp16 safetensors) is written to --out every few more minutes.
 `--resume-from-weights` starts from the shipped weights with a fresh optimizer when the state directory is gone.
 Objective (webui/builtin/objective.py, which the LoRA trainer shares): x_t = (1 - t) x0 + t eps; the model predicts
 x0; the loss is on the implied velocity v = (x_t - x0_hat) / max(t, MIN_T) against (x_t - x0) / max(t, MIN_T)
@@ -24,6 +25,8 @@ import json
 import logging
 import math
 import os
+import pickle
+import re
 import shutil
 import signal
 import time
@@ -380,11 +383,44 @@ def export_pipeline(net: Net, out: Path, info: dict, shift: float = SAMPLE_SHIFT
     shutil.rmtree(old, ignore_errors=True)
 
 
+STATE_KEYS = ("net", "ema", "opt", "step", "elapsed_s", "hparams")
+
+
+class StateError(ValueError):
+    """The training state was not read; the message names the file and says why."""
+
+
 def save_state(path: Path, payload: dict) -> None:
+    """Write the training state atomically (a temporary file, then a rename). It holds state dicts, numbers,
+    strings, lists and dicts only, which `load_state` reads back with PyTorch's weights-only unpickler."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
+
+
+def load_state(path: Path) -> dict:
+    """The state `save_state` wrote, read with PyTorch's weights-only unpickler (`torch.load(weights_only=True)`),
+    which rebuilds tensors and plain data and refuses every other object, so a state file cannot run code when a
+    run resumes from it. Raises StateError naming the file when it is refused, unreadable or not a training state."""
+    start_over = "delete it, or pass another --state-dir, to start over"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported (?:global: GLOBAL ([\w.]+)|operand \d+|class ([\w.]+))", str(exc))
+        if found is None:
+            raise StateError(f"{path}: not a readable training state; {start_over}") from None
+        what = found.group(1) or found.group(2) or "an unsupported operation"
+        raise StateError(f"{path}: refused. It holds Python objects other than tensors and plain data ({what}), "
+                         f"which could run code when loaded, so it was not read; {start_over}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "no detail"
+        raise StateError(f"{path}: not a readable training state ({type(exc).__name__}: {detail}); "
+                         f"{start_over}") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise StateError(f"{path}: not a training state of this trainer (no {', '.join(missing)}); {start_over}")
+    return state
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -464,11 +500,16 @@ def main(argv: list[str] | None = None) -> int:
     step, elapsed = 0, 0.0
     warm_from = 0  # the step the learning-rate warmup counts from (a fresh optimizer warms up again)
     if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        try:
+            state = load_state(state_path)
+        except StateError as exc:
+            logger.error("%s", exc)
+            return 2
         arch = state["hparams"]
         for k in ("hidden", "depth", "heads", "patch", "bottleneck", "text_dim", "text_depth", "batch_size"):
             setattr(args, k.replace("-", "_"), arch[k])
-        args.source_residual = arch.get("source_residual", args.source_residual)  # a state saved before this option existed: the command line decides
+        # a state saved before this option existed: the command line decides
+        args.source_residual = arch.get("source_residual", args.source_residual)
         args.pixel_decoder = arch.get("pixel_decoder", 0)
         args.self_cond = arch.get("self_cond", False)
         if not any(k.startswith("map_head.") for k in state["net"]):  # a state saved before the label map existed

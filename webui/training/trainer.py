@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import tempfile
 import threading
 import time
@@ -790,8 +791,12 @@ def _save_state(config: TrainConfig, state: dict[str, torch.Tensor], optimizer: 
 
 def _restore(config: TrainConfig, denoiser: torch.nn.Module, optimizer: torch.optim.Optimizer,
              words: dict[str, torch.nn.Parameter] | None = None) -> _Run:
-    try:
+    try:  # the weights-only unpickler rebuilds tensors and plain data only: a state file cannot run code
         payload = torch.load(config.state_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # an object it may not rebuild, or not a PyTorch file at all
+        raise ConfigError("output_name", f"the resume state {config.state_path} was refused: it holds more than the "
+                                         "tensors and plain data this trainer writes, and loading other objects "
+                                         "could run code; delete it to start over") from None
     except Exception as exc:  # torch.load raises many types for a damaged file
         raise ConfigError("output_name", f"cannot read the resume state {config.state_path} ({exc}); delete it "
                                          "to start over") from exc
