@@ -527,7 +527,7 @@ def lora_state(denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def bundled_state(words: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
     """Learned word vectors under AUTOMATIC1111's key for an embedding bundled in a LoRA."""
-    from webui.builtin.pipeline import bundle_key
+    from webui.builtin.lora import bundle_key
 
     return {bundle_key(word): v.detach().to("cpu", torch.float32).contiguous() for word, v in words.items()}
 
@@ -536,7 +536,7 @@ def load_lora_state(denoiser: torch.nn.Module, state: dict[str, torch.Tensor],
                     words: dict[str, torch.nn.Parameter] | None = None) -> None:
     from peft.utils import set_peft_model_state_dict
 
-    from webui.builtin.pipeline import bundle_key
+    from webui.builtin.lora import bundle_key
 
     for word, vector in (words or {}).items():
         saved = state.get(bundle_key(word))
