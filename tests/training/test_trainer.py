@@ -1,4 +1,5 @@
-"""The training loop on the tiny built-in model: the file layout and metadata, resume, cancel, samples."""
+"""The training loop on the tiny built-in model: the file layout and metadata, resume (weights-only), cancel,
+samples."""
 from __future__ import annotations
 
 import threading
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from tests.security.conftest import Payload
 from webui.training.config import ConfigError, config_from_dict
 from webui.training.trainer import TrainEvent, base_hash, train
 
@@ -104,6 +106,22 @@ def test_resume_continues_from_the_saved_step(tiny_easel_dir: Path, dataset_dir:
     with pytest.raises(ConfigError, match="different rank") as info:
         train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "b", rank=8, steps=6))
     assert info.value.field == "output_name"
+
+
+def test_a_resume_state_that_would_run_code_is_refused(tiny_easel_dir: Path, dataset_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """A resume state beside the LoRA that carries an object whose unpickling creates a file: training stops with
+    an error on output_name naming the state, the file is never created and no LoRA is written."""
+    config = make_config(tiny_easel_dir, dataset_dir, tmp_path / "out")
+    marker = tmp_path / "pwned.txt"
+    config.output_dir.mkdir(parents=True)
+    torch.save({"version": 1, "lora": {}, "optimizer": {}, "step": 1, "losses": [], "payload": Payload(marker)},
+               config.state_path)
+    with pytest.raises(ConfigError, match="was refused") as info:
+        train(config)
+    assert info.value.field == "output_name" and str(config.state_path) in str(info.value)
+    assert "weights_only" not in str(info.value)  # no advice to turn the check off
+    assert not marker.exists() and not config.output_path.exists()
 
 
 def test_trigger_embedding_learns_a_vector_bundled_in_the_file(tiny_easel_dir: Path, dataset_dir: Path,

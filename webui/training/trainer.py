@@ -3,7 +3,7 @@
 `train(config, on_event=..., cancel=...)` reads the dataset, loads the base model (a diffusers folder, the
 built-in model included), puts a PEFT LoRA on its denoiser (the UNet or transformer; text encoders stay frozen)
 and trains it with the objective the model was trained with:
-  - the built-in model (pixel space, x0 prediction): the flow-matching velocity loss of webui/builtin/train.py;
+  - the built-in model (pixel space, x0 prediction): the flow-matching velocity loss of webui/builtin/objective.py;
   - SD 1.x / 2.x / SDXL: noise (epsilon) or v-prediction, as the scheduler's config says, on VAE latents;
   - SD3, Flux.1, Z-Image: rectified flow (velocity noise - x0) on VAE latents, logit-normal noise levels.
 Each step's randomness (batch, caption dropout, noise, noise level) comes from a generator seeded by
@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import tempfile
 import threading
 import time
@@ -264,7 +265,7 @@ class Objective:
 
 
 class EaselObjective(Objective):
-    """The built-in model: x0 prediction in pixel space, loss on the implied velocity (webui/builtin/train.py)."""
+    """The built-in model: x0 prediction in pixel space, loss on the implied velocity (webui/builtin/objective.py)."""
 
     has_preservation = True
     # A self-conditioned model reads x0_prev on every sampling step after the first, so a LoRA's concept has to be
@@ -283,7 +284,7 @@ class EaselObjective(Objective):
 
     def noised(self, x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_t [B,3,H,W], t [B], eps [B,3,H,W]): x0 [B,3,H,W] (on the device) noised at training noise levels."""
-        from webui.builtin.train import sample_t
+        from webui.builtin.objective import sample_t
 
         eps = torch.randn(x0.shape, generator=gen).to(self.device)  # [B,3,H,W]
         t = sample_t(x0.shape[0], gen).to(self.device)  # [B]
@@ -322,7 +323,7 @@ class EaselObjective(Objective):
             return encoder(ids, mask), mask
 
     def loss(self, pixels: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
-        from webui.builtin.train import velocity_loss
+        from webui.builtin.objective import velocity_loss
 
         x0 = pixels.to(self.device)  # [B,3,H,W] in [-1,1]
         x_t, t, eps = self.noised(x0, gen)
@@ -342,10 +343,10 @@ class EaselObjective(Objective):
         same input; a self-conditioned model reads the base model's first prediction as x0_prev on the base
         trainer's share of the groups, as it does while sampling. Zero while the LoRA changes nothing; it pulls back
         whatever the LoRA changes on the base's tasks, conditioned ones included."""
-        from webui.builtin.train import SELF_COND_P, make_batch
+        from webui.builtin.objective import SELF_COND_P, task_batch
 
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-        batch = make_batch(seed, 0, batch_size)
+        batch = task_batch(seed, 0, batch_size)
         groups = [(batch.gen_prompts, batch.gen_target, None),
                   (batch.cond_prompts, batch.cond_target, batch.cond_source)]
         losses, sizes = [], []
@@ -377,7 +378,7 @@ class EaselObjective(Objective):
         """Velocity error of the LoRA-carrying model against the base model (LoRA off) on x0 [B,3,H,W] noised as
         in training, for `prompts` and the optional edit/inpaint source [B,4,H,W]. On a self-conditioned model a
         share `self_cond_p` of the calls give both passes the base model's first prediction as x0_prev."""
-        from webui.builtin.train import velocity_loss
+        from webui.builtin.objective import velocity_loss
 
         x_t, t, _ = self.noised(x0, gen)  # [B,3,H,W], [B]
         text, mask = self.encode_text(prompts)
@@ -526,7 +527,7 @@ def lora_state(denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def bundled_state(words: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
     """Learned word vectors under AUTOMATIC1111's key for an embedding bundled in a LoRA."""
-    from webui.builtin.pipeline import bundle_key
+    from webui.builtin.lora import bundle_key
 
     return {bundle_key(word): v.detach().to("cpu", torch.float32).contiguous() for word, v in words.items()}
 
@@ -535,7 +536,7 @@ def load_lora_state(denoiser: torch.nn.Module, state: dict[str, torch.Tensor],
                     words: dict[str, torch.nn.Parameter] | None = None) -> None:
     from peft.utils import set_peft_model_state_dict
 
-    from webui.builtin.pipeline import bundle_key
+    from webui.builtin.lora import bundle_key
 
     for word, vector in (words or {}).items():
         saved = state.get(bundle_key(word))
@@ -790,8 +791,12 @@ def _save_state(config: TrainConfig, state: dict[str, torch.Tensor], optimizer: 
 
 def _restore(config: TrainConfig, denoiser: torch.nn.Module, optimizer: torch.optim.Optimizer,
              words: dict[str, torch.nn.Parameter] | None = None) -> _Run:
-    try:
+    try:  # the weights-only unpickler rebuilds tensors and plain data only: a state file cannot run code
         payload = torch.load(config.state_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # an object it may not rebuild, or not a PyTorch file at all
+        raise ConfigError("output_name", f"the resume state {config.state_path} was refused: it holds more than the "
+                                         "tensors and plain data this trainer writes, and loading other objects "
+                                         "could run code; delete it to start over") from None
     except Exception as exc:  # torch.load raises many types for a damaged file
         raise ConfigError("output_name", f"cannot read the resume state {config.state_path} ({exc}); delete it "
                                          "to start over") from exc
