@@ -168,6 +168,8 @@ def parse_yaml(text: str, source: str = "config") -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError("config", f"{source} is not valid YAML: {exc}") from exc
+    except ValueError as exc:  # a value YAML cannot build, such as an integer of more than 4300 digits
+        raise ConfigError("config", f"{source} holds a value that cannot be read: {exc}") from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -228,7 +230,7 @@ def _convert(name: str, value: Any, folders: TrainingFolders) -> Any:
     if name in ("sample_prompts", "target_modules", "preservation_words"):
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(p, str) for p in items):
-            raise ConfigError(name, f"must be a list of strings, got {str(value)[:200]!r}")
+            raise ConfigError(name, f"must be a list of strings, got {_shown(value)}")
         most = MAX_SAMPLE_PROMPTS if name == "sample_prompts" else MAX_ITEMS
         if len(items) > most:
             raise ConfigError(name, f"has {len(items)} items; the limit is {most}")
@@ -238,27 +240,30 @@ def _convert(name: str, value: Any, folders: TrainingFolders) -> Any:
         return tuple(p for p in items if p.strip())
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise ConfigError(name, f"must be true or false, got {value!r}")
+            raise ConfigError(name, f"must be true or false, got {_shown(value)}")
         return value
     if isinstance(value, bool):
-        raise ConfigError(name, f"must be a {type(default).__name__}, got {value!r}")
+        raise ConfigError(name, f"must be a {type(default).__name__}, got {_shown(value)}")
     if isinstance(default, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int):
-            raise ConfigError(name, f"must be a whole number, got {value!r}")
+            raise ConfigError(name, f"must be a whole number, got {_shown(value)}")
         return value
     if isinstance(default, float):
         if isinstance(value, str):
             try:
                 value = float(value)  # YAML reads 1e-4 (no dot) as a string
             except ValueError:
-                raise ConfigError(name, f"must be a number, got {value!r}") from None
+                raise ConfigError(name, f"must be a number, got {_shown(value)}") from None
         if not isinstance(value, (int, float)):
-            raise ConfigError(name, f"must be a number, got {value!r}")
-        return float(value)
+            raise ConfigError(name, f"must be a number, got {_shown(value)}")
+        try:
+            return float(value)
+        except OverflowError:  # an integer with hundreds of digits
+            raise ConfigError(name, f"must be a number, got {_shown(value)}") from None
     if not isinstance(value, str):
-        raise ConfigError(name, f"must be text, got {str(value)[:200]!r}")
+        raise ConfigError(name, f"must be text, got {_shown(value)}")
     if len(value) > MAX_NAME_CHARS:
         raise ConfigError(name, f"must be at most {MAX_NAME_CHARS} characters long, got {len(value)}")
     return value
@@ -278,7 +283,7 @@ def _buckets(value: Any) -> tuple[tuple[int, int], ...]:
               and all(isinstance(v, int) and not isinstance(v, bool) for v in item)):
             w, h = item
         else:
-            raise ConfigError("resolution", f"each bucket is a size or [width, height], got {item!r}")
+            raise ConfigError("resolution", f"each bucket is a size or [width, height], got {_shown(item)}")
         if w < 8 or h < 8 or w % 8 or h % 8:
             raise ConfigError("resolution", f"bucket {w}x{h}: width and height must be multiples of 8, at least 8")
         if w > MAX_SIDE or h > MAX_SIDE:
@@ -289,7 +294,18 @@ def _buckets(value: Any) -> tuple[tuple[int, int], ...]:
 
 
 def _number(value: float) -> str:
-    return str(value) if isinstance(value, int) else f"{value:g}"
+    if isinstance(value, int):
+        text = str(value) if value.bit_length() < 64 else f"a number of {len(str(abs(value)))} digits"
+        return text
+    return f"{value:g}"
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message quotes it: its repr, cut short."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() >= 64:
+        return _number(value)
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def check(config: TrainConfig) -> None:

@@ -3,8 +3,9 @@
 `TrainingService.start(yaml_text)` first refuses a second run while one is training, then checks the config (its
 paths confined to the training folders, its sizes within their limits), the base model, the output name and the
 dataset's files, captions and image headers (so mistakes come back to the caller as `ConfigError` /
-`DatasetError`, naming the field or the file), then reads the images and trains on a thread of its own. The thread is not the generation worker: generation keeps working while a LoRA trains, on a CPU both
-share its cores, on a GPU its memory. The trainer loads its own copy of the base model, so the pipelines the
+`DatasetError`, naming the field or the file), then reads the images and trains on a thread of its own. The
+thread is not the generation worker: generation keeps working while a LoRA trains, on a CPU both share its
+cores, on a GPU its memory. The trainer loads its own copy of the base model, so the pipelines the
 worker has loaded are never touched. `status()` is a snapshot for polling (step, loss history, sample images,
 the last message, an error); `cancel()` stops the run before its next step and saves, so starting the same
 config again resumes. Importing this module loads nothing heavy; torch comes in when a run starts.
