@@ -186,10 +186,10 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
     registry = Registry()  # built-in samplers; extensions add to it below
     engine = Engine(settings, manager, registry)
     easel = Easel(settings, manager, engine, registry)
-    from webui.training.service import TrainingService  # LoRA training for the Train tab (no torch at import)
+    from webui.training.folders import TrainingFolders  # LoRA training for the Train tab (no torch at import)
+    from webui.training.service import TrainingService
 
-    easel.extras["training"] = TrainingService(
-        settings.data_dir, search_dirs=[*settings.builtin_dirs(), *settings.diffusers_dirs(), settings.models_dir])
+    easel.extras["training"] = TrainingService(TrainingFolders.of_settings(settings))
     if with_extensions:
         easel.extensions = load_extensions(easel, settings.extension_dirs(),
                                            set(settings.user.disabled_extensions), easel.registry)

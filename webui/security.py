@@ -8,8 +8,10 @@ address wait, doubling each time, once it has failed a few times; `LoginThrottle
 Gradio's `/login` form, the API applies it itself. `check_basic_auth` is the API's HTTP Basic check, used by its
 routes and by `ApiLoginMiddleware`, which guards every path under `/sdapi/` and `/easel/` whoever mounted it. `launch_warnings` is the start-up policy: a public link
 (`--share`) without logins refuses to start unless `--share-insecure` says so; `--listen` without logins starts
-with a warning. `resolve_inside` turns a user-supplied name into a path only when it stays inside its folder, and
-`served_paths` says which folders Gradio may send files from (outputs) and which never (models, settings).
+with a warning. `resolve_inside` turns a user-supplied name into a path only when it stays inside its folder,
+`resolve_in_roots` a user-supplied path only when it lies inside one of several allowed folders (one answer for
+"outside" and "missing", so it reveals nothing beyond them), and `served_paths` says which folders Gradio may send
+files from (outputs) and which never (models, settings).
 Nothing here imports torch, diffusers or Gradio.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 if TYPE_CHECKING:
     from webui.settings import Settings
@@ -341,6 +343,60 @@ def resolve_inside(folder: Path, name: str, what: str = "name", follow_symlinks:
     target = joined.resolve() if follow_symlinks else Path(os.path.normpath(joined))
     if target != root and root not in target.parents:
         raise ValueError(f"{what}: {name!r} points outside {Path(folder).name}")
+    return target
+
+
+class PathRefused(ValueError):
+    """A user-supplied path that does not name something inside its allowed folders; `field` names the setting
+    and `message` says where it must be (never whether the path exists outside them)."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.message = message
+
+
+def folder_label(folder: Path, base: Path | None) -> str:
+    """How a message names an allowed folder: relative to `base` (the data folder) when inside it, else by its
+    own name only (a message never tells where on disk a folder outside the data folder is)."""
+    folder = Path(folder)
+    if base is not None:
+        try:
+            return folder.resolve().relative_to(Path(base).resolve()).as_posix() + "/"
+        except ValueError:
+            pass
+    return folder.name + "/"
+
+
+def resolve_in_roots(roots: Sequence[Path], value: object, field_name: str, *, base: Path | None = None,
+                     kind: str = "path", folder: bool = False, where: str | None = None) -> Path:
+    """The real path `value` names when it lies inside one of `roots` once links are followed, else PathRefused
+    ("<field>: must be a <kind> inside <where>, got <value>").
+
+    A relative value is taken from `base` (default: the first root); an absolute one must point inside a root
+    already. A leading `~`, any `..` step, a drive letter, a NUL byte and a link leading out of the roots are
+    refused, and with `folder=True` so is a value that is not an existing folder, all with the same message: a
+    path outside the roots gets the same answer whether it exists or not."""
+    resolved_roots = [Path(root).resolve() for root in roots]
+    if where is None:
+        where = " or ".join(dict.fromkeys(folder_label(root, base) for root in roots))
+    shown = repr(value[:200] + "..." if len(value) > 200 else value) if isinstance(value, str) else repr(value)[:200]
+    refused = PathRefused(field_name, f"must be a {kind} inside {where}, got {shown}")
+    if not isinstance(value, str) or not value.strip() or "\x00" in value or not resolved_roots:
+        raise refused
+    text = value.strip().replace("\\", "/")
+    if text.startswith("~") or ".." in text.split("/") or (len(text) > 1 and text[1] == ":"):
+        raise refused
+    candidate = Path(text)
+    if not candidate.is_absolute():
+        candidate = Path(base if base is not None else roots[0]) / candidate
+    try:
+        target = candidate.resolve()
+        inside = any(target == root or root in target.parents for root in resolved_roots)
+        if not inside or (folder and not target.is_dir()):
+            raise refused
+    except (OSError, RuntimeError):  # a link loop, a name too long
+        raise refused from None
     return target
 
 

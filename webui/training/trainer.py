@@ -30,18 +30,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from dataclasses import replace as replace_fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from webui.training.config import FIELDS, ConfigError, TrainConfig, trigger_pattern
+from webui.training.config import FIELDS, ConfigError, TrainConfig, base_model_path, trigger_pattern
 from webui.training.dataset import load_dataset
+from webui.training.folders import TrainingFolders, claim_output_name, output_owner
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 STATE_VERSION = 1
 WARMUP_FRACTION = 0.05
 SAMPLE_SEED_OFFSET = 1000
@@ -78,28 +79,15 @@ class TrainResult:
 
 # ============================================================================================ base models
 def default_search_dirs(models_dir: Path | None = None) -> list[Path]:
-    models = Path(models_dir) if models_dir is not None else Path("models")
-    return [models / "builtin", REPO / "models" / "builtin", models / "diffusers", models / "Stable-diffusion",
-            models]
+    """The model folders of a data folder (`models_dir` is its models/; default: the current folder's)."""
+    data_dir = Path(models_dir).parent if models_dir is not None else Path.cwd()
+    return list(TrainingFolders.under(data_dir).models)
 
 
 def resolve_base_model(name: str, search_dirs: list[Path]) -> Path:
-    """A path as given, else `name` looked up in the model folders: a diffusers folder (model_index.json) or a
+    """`name` looked up in the model folders, and only there: a diffusers folder (model_index.json) or a
     single-file SD 1.x/2.x/SDXL/SD3/Flux/Z-Image checkpoint (`.safetensors`, the extension may be left out)."""
-    candidates = [Path(name)] + [d / name for d in search_dirs]
-    for path in candidates:
-        if (path / "model_index.json").is_file():
-            return path
-        for file in (path, path.with_name(path.name + ".safetensors")):
-            if file.is_file():
-                if file.suffix.lower() != ".safetensors":
-                    raise ConfigError("base_model", f"{file} is not a .safetensors checkpoint or a diffusers folder")
-                return file
-        if path.is_dir():
-            raise ConfigError("base_model", f"{path} has no model_index.json (not a diffusers folder)")
-    looked = ", ".join(str(d) for d in search_dirs)
-    raise ConfigError("base_model", f"{name!r} not found (looked for a folder or .safetensors file of that name "
-                                    f"in {looked})")
+    return base_model_path(name, search_dirs)
 
 
 def base_hash(path: Path) -> str:
@@ -645,20 +633,31 @@ class _Run:
     samples: list[Path] = field(default_factory=list)
 
 
+def claim_output(config: TrainConfig, replace: bool = False) -> tuple[TrainConfig, str]:
+    """The config with the output name this run may write (webui/training/folders.py: its own file, or
+    `<name>-1`, ... beside someone else's), and a note when the name changed."""
+    name, note = claim_output_name(config.output_dir, config.output_name, replace)
+    return (config if name == config.output_name else replace_fields(config, output_name=name)), note
+
+
 def train(config: TrainConfig, *, on_event: Callable[[TrainEvent], None] | None = None,
           cancel: threading.Event | None = None, search_dirs: list[Path] | None = None,
-          resume: bool = True, set_threads: bool = True) -> TrainResult:
+          resume: bool = True, set_threads: bool = True, replace: bool = False) -> TrainResult:
     """Train the LoRA `config` describes (see the module docstring); returns where it was written.
 
-    `set_threads` applies `config.threads` to torch's (process-wide) thread pool: right for the CLI; the app
-    passes False so generation keeps its own setting."""
+    The base model is looked up by name in `search_dirs` (default: the current folder's model folders) only.
+    An existing `<output_name>.safetensors` without its resume state is kept and the run saves under the next
+    free name, unless `replace` (the command line's --replace). `set_threads` applies `config.threads` to
+    torch's (process-wide) thread pool: right for the CLI; the app passes False so generation keeps its own
+    setting."""
     emit = on_event or (lambda event: None)
     cancel = cancel or threading.Event()
 
-    # 1. check inputs: the dataset and the base model, before anything heavy
-    dataset = load_dataset(config.dataset, config.resolution, config.trigger)
+    # 1. check inputs: the base model, the output name, the dataset, before anything heavy
     search = search_dirs or default_search_dirs()
     base = resolve_base_model(config.base_model, search)
+    config, renamed = claim_output(config, replace)
+    dataset = load_dataset(config.dataset, config.resolution, config.trigger)
     if set_threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
@@ -692,10 +691,15 @@ def train(config: TrainConfig, *, on_event: Callable[[TrainEvent], None] | None 
     message = f"{family} base {base.name} [{short_hash}], {len(dataset)} images, {n_trainable:,} LoRA parameters"
     if objective.words:
         message += f" (a learned vector for {config.trigger!r} included)"
+    if renamed:
+        message = f"{renamed}; {message}"
     emit(TrainEvent("start", run.step, config.steps, message=message + (f"; resuming at step {run.step}"
                                                                         if run.step else "")))
 
     def save(kind: str) -> Path:
+        if not replace and output_owner(config.output_dir, config.output_name) == "taken":  # appeared meanwhile
+            raise TrainingError(f"{config.output_path} appeared while training and is not this run's; it was kept "
+                                "(start again to save under the next free name)")
         state = lora_state(denoiser)
         state.update(bundled_state(objective.words))
         meta = lora_metadata(config, family, base, short_hash, run.step, len(dataset))
