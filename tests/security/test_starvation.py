@@ -94,6 +94,8 @@ def test_waiting_requests_leave_the_server_answering(serve) -> None:
 
     easel.engine.before_generate.append(hold)
     wait_until_up(url, auth=LOGIN)
+    blocks = easel.extras["blocks"]  # Gradio's own pool, and a slot for every job a full queue holds plus 40
+    assert blocks.max_threads == QUEUED + 1 + 40 and blocks.limiter is not None
     generators = [ui_generate(url) for _ in range(UI_CLIENTS + 1)]  # logged in before the load starts
     worker = easel.engine.worker
 

@@ -4,12 +4,13 @@
 `--nowebui`. Generation goes through the same engine queue as the UI. The handlers that queue a job are `async`:
 they check the body, submit, and `await` the job (`Job.wait_async`) without holding a thread, and run their CPU
 work (decoding uploads, reading the model list, encoding PNGs) on the API's own lane of threads
-(`webui.api.threads`) only while it runs; so however many requests wait, `/progress`, `/interrupt`, the page
-and its login keep answering, and the request after a full queue gets its 503 at once. Every error leaves as JSON `{"error", "detail", "field"}` (AUTOMATIC1111 clients read `detail`): bad
-input is a 4xx naming the field, a full queue a 503, and only a failure inside the pipeline a 500. Bodies and
-decoded images have size limits. With `--api-auth`, or when the UI is protected with `--gradio-auth` /
-`--gradio-auth-path`, every route here (and every extension route) asks for a login through HTTP Basic
-authentication, and an address that keeps failing is made to wait (`webui.security.LoginThrottle`).
+(`webui.api.threads`) only while it runs; so however many requests wait, `/progress`, `/interrupt`, the page and
+its login keep answering, and the request after a full queue gets its 503 at once. Every error leaves as JSON
+`{"error", "detail", "field"}` (AUTOMATIC1111 clients read `detail`): bad input is a 4xx naming the field, a full
+queue a 503, and only a failure inside the pipeline a 500. Bodies and decoded images have size limits. With
+`--api-auth`, or when the UI is protected with `--gradio-auth` / `--gradio-auth-path`, every route here (and
+every extension route) asks for a login through HTTP Basic authentication, and an address that keeps failing is
+made to wait (`webui.security.LoginThrottle`).
 """
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ preprocessor map at a time) waits in its lane instead of filling the shared pool
 """
 from __future__ import annotations
 
+import functools
 import inspect
-from functools import partial
 from typing import Any, Callable, TypeVar
 
 import anyio.to_thread
@@ -43,27 +43,23 @@ class ThreadLane:
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` on one of this lane's threads; exceptions propagate as raised."""
-        return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self.limiter())
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.limiter())
 
 
 API_LANE = ThreadLane("api", API_THREADS)
 
 
 def in_lane(endpoint: Callable[..., Any], name: str, threads: int = ROUTE_THREADS) -> Callable[..., Any]:
-    """An async route running a plain-function `endpoint` on a lane of its own (async endpoints are returned as
-    they are). FastAPI reads the parameters from the evaluated signature, so bodies, queries and defaults are
-    the endpoint's own."""
-    if inspect.iscoroutinefunction(endpoint):
+    """An async route running a plain-function `endpoint` on a lane of its own; async endpoints and generators
+    are returned as they are. The route wraps the endpoint (`__wrapped__`), so FastAPI reads the endpoint's own
+    parameters, annotations and defaults."""
+    if inspect.iscoroutinefunction(endpoint) or inspect.isgeneratorfunction(endpoint) \
+            or inspect.isasyncgenfunction(endpoint):
         return endpoint
     lane = ThreadLane(name, threads)
-    signature = inspect.signature(endpoint, eval_str=True)
 
+    @functools.wraps(endpoint)
     async def route(*args: Any, **kwargs: Any) -> Any:
         return await lane.run(endpoint, *args, **kwargs)
 
-    route.__signature__ = signature  # type: ignore[attr-defined]
-    route.__name__ = getattr(endpoint, "__name__", "route")
-    route.__qualname__ = getattr(endpoint, "__qualname__", route.__name__)
-    route.__doc__ = endpoint.__doc__
-    route.__module__ = getattr(endpoint, "__module__", __name__)
     return route
