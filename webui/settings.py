@@ -68,6 +68,8 @@ class UserSettings:
             raise ValueError("disabled_extensions: must be a list of extension names")
         if self.ram_cache_size < 1:
             raise ValueError("ram_cache_size: must be at least 1")
+        if self.queue_size < 1:  # a queue.Queue of size 0 would hold any number of jobs
+            raise ValueError("queue_size: must be at least 1")
         if self.lora_max_rank < 1:
             raise ValueError("lora_max_rank: must be at least 1")
         if self.max_side < 64 or self.max_side % 8:

@@ -1,13 +1,16 @@
 """The AUTOMATIC1111-compatible REST API (`/sdapi/v1/*`) over Easel's engine.
 
 `create_api(app, easel)` adds the routes to a FastAPI app: the Gradio app when the UI runs, a bare one with
-`--nowebui`. Generation goes through the same engine queue as the UI; the handlers that wait are plain `def`s,
-which FastAPI runs in its thread pool, so the event loop keeps answering `/progress` and `/interrupt` while a
-job runs. Every error leaves as JSON `{"error", "detail", "field"}` (AUTOMATIC1111 clients read `detail`): bad
-input is a 4xx naming the field, a full queue a 503, and only a failure inside the pipeline a 500. Bodies and
-decoded images have size limits. With `--api-auth`, or when the UI is protected with `--gradio-auth` /
-`--gradio-auth-path`, every route here (and every extension route) asks for a login through HTTP Basic
-authentication, and an address that keeps failing is made to wait (`webui.security.LoginThrottle`).
+`--nowebui`. Generation goes through the same engine queue as the UI. The handlers that queue a job are `async`:
+they check the body, submit, and `await` the job (`Job.wait_async`) without holding a thread, and run their CPU
+work (decoding uploads, reading the model list, encoding PNGs) on the API's own lane of threads
+(`webui.api.threads`) only while it runs; so however many requests wait, `/progress`, `/interrupt`, the page and
+its login keep answering, and the request after a full queue gets its 503 at once. Every error leaves as JSON
+`{"error", "detail", "field"}` (AUTOMATIC1111 clients read `detail`): bad input is a 4xx naming the field, a full
+queue a 503, and only a failure inside the pipeline a 500. Bodies and decoded images have size limits. With
+`--api-auth`, or when the UI is protected with `--gradio-auth` / `--gradio-auth-path`, every route here (and
+every extension route) asks for a login through HTTP Basic authentication, and an address that keeps failing is
+made to wait (`webui.security.LoginThrottle`).
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ from webui.api.schemas import (
     body_parameters,
     request_values,
 )
+from webui.api.threads import API_LANE, in_lane
 from webui.engine.images import binarize, mask_to_l
 from webui.engine.tasks import UnloadRequest, UpscaleRequest
 from webui.engine.upscalers import NONE, UpscalerNotFoundError
@@ -444,17 +448,22 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
                                                "not return a request or a list of requests", "ScriptFailed")
         return items
 
-    def run(body: BaseModel, cls: type[GenerationRequest], include_images: bool = False) -> dict[str, Any]:
+    def prepare(body: BaseModel, cls: type[GenerationRequest]) -> tuple[GenerationRequest, Any, list[Any], Any]:
+        """(request, checkpoint entry, the requests to queue, the model loaded now): the CPU part, on a lane thread
+        (images are decoded here, and the model manager may be busy loading)."""
         request, entry = build_request(body, cls)
-        previous = manager.current()
-        jobs = [engine.submit(item, source="api") for item in script_requests(body, request)]
+        return request, entry, script_requests(body, request), manager.current()
+
+    async def run(body: BaseModel, cls: type[GenerationRequest], include_images: bool = False) -> dict[str, Any]:
+        request, entry, items, previous = await API_LANE.run(prepare, body, cls)
+        jobs = [engine.submit(item, source="api") for item in items]
         for job in jobs:
             log.info("API %s job %s queued at %d", request.mode, job.id, engine.worker.position(job))
         for job in jobs:
-            job.wait()
-        after_overrides(body, entry, previous)
-        return generation_response(body, request, entry, jobs[0] if len(jobs) == 1 else merged(request, jobs),
-                                   include_images)
+            await job.wait_async()
+        await after_overrides(body, entry, previous)
+        return await API_LANE.run(generation_response, body, request, entry,
+                                  jobs[0] if len(jobs) == 1 else merged(request, jobs), include_images)
 
     def merged(request: GenerationRequest, jobs: list[Job]) -> Job:
         """One finished job holding every image of a script's jobs (the first failure, if any)."""
@@ -475,26 +484,35 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
                         state=JobState.INTERRUPTED if interrupted else JobState.DONE)
         return combined
 
-    def after_overrides(body: BaseModel, entry: Any, previous: Any) -> None:
+    async def after_overrides(body: BaseModel, entry: Any, previous: Any) -> None:
         """override_settings_restore_afterwards: put the model back (true, the default) or keep the overrides for
         later requests (false)."""
         override = body.override_settings or {}
         if not override:
             return
         if body.override_settings_restore_afterwards is False:
-            with defaults.lock:
-                if "CLIP_stop_at_last_layers" in override:
-                    defaults.clip_skip = _whole_number(override["CLIP_stop_at_last_layers"],
-                                                       "CLIP_stop_at_last_layers", 1, 12)
-                if "sd_vae" in override:
-                    defaults.vae = check_vae(override["sd_vae"], "sd_vae")
+            await API_LANE.run(keep_overrides, override)
             return
         if "sd_model_checkpoint" in override and previous is not None and previous.name != entry.name:
             with defaults.lock:
                 vae_now = defaults.vae
-            job = engine.load(previous.name, None if vae_now == "Automatic" else vae_now, source="api")
+            job = await load_model(previous.name, vae_now)
             if job.state == JobState.FAILED:
                 log.warning("API could not restore the model %s after an override: %s", previous.name, job.error)
+
+    def keep_overrides(override: dict[str, Any]) -> None:
+        with defaults.lock:
+            if "CLIP_stop_at_last_layers" in override:
+                defaults.clip_skip = _whole_number(override["CLIP_stop_at_last_layers"],
+                                                   "CLIP_stop_at_last_layers", 1, 12)
+            if "sd_vae" in override:
+                defaults.vae = check_vae(override["sd_vae"], "sd_vae")
+
+    async def load_model(name: str, vae_now: str) -> Job:
+        """Queue a model switch behind the jobs before it and await it."""
+        job = engine.queue_load(name, None if vae_now == "Automatic" else vae_now, source="api")
+        await job.wait_async()
+        return job
 
     def generation_response(body: BaseModel, request: GenerationRequest, entry: Any, job: Job,
                             include_images: bool) -> dict[str, Any]:
@@ -554,15 +572,15 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
 
     # Generation ----------------------------------------------------------------------------------------
     @router.post("/txt2img")
-    def txt2img(body: StableDiffusionTxt2ImgProcessingAPI) -> dict[str, Any]:  # type: ignore[valid-type]
-        return run(body, Txt2ImgRequest)
+    async def txt2img(body: StableDiffusionTxt2ImgProcessingAPI) -> dict[str, Any]:  # type: ignore[valid-type]
+        return await run(body, Txt2ImgRequest)
 
     @router.post("/img2img")
-    def img2img(body: StableDiffusionImg2ImgProcessingAPI) -> dict[str, Any]:  # type: ignore[valid-type]
+    async def img2img(body: StableDiffusionImg2ImgProcessingAPI) -> dict[str, Any]:  # type: ignore[valid-type]
         if not body.init_images or not body.init_images[0]:
             raise ApiError(422, "init_images", "an input image is required (a list of base64 images)")
         cls = InpaintRequest if body.mask else Img2ImgRequest
-        return run(body, cls, include_images=bool(body.include_init_images))
+        return await run(body, cls, include_images=bool(body.include_init_images))
 
     # Models, samplers, options -------------------------------------------------------------------------
     @router.get("/sd-models")
@@ -654,8 +672,18 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         }
 
     @router.post("/options")
-    def set_options(body: dict[str, Any] = Body(...)) -> None:
-        # Check every value first, so a bad one changes nothing.
+    async def set_options(body: dict[str, Any] = Body(...)) -> None:
+        entry = await API_LANE.run(apply_options, body)
+        if entry is not None:
+            with defaults.lock:
+                vae_now = defaults.vae
+            job = await load_model(entry.name, vae_now)
+            if job.state == JobState.FAILED:
+                raise job_failure(job, "loading the model failed", "sd_model_checkpoint")
+            log.info("API switched the model to %s", entry.name)
+
+    def apply_options(body: dict[str, Any]) -> Any:
+        """Check every value first, so a bad one changes nothing; set them; the checkpoint entry to load, if any."""
         entry = find_checkpoint(body["sd_model_checkpoint"], "sd_model_checkpoint") \
             if body.get("sd_model_checkpoint") else None
         clip_skip = _whole_number(body["CLIP_stop_at_last_layers"], "CLIP_stop_at_last_layers", 1, 12) \
@@ -679,13 +707,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
             if preview is not None:
                 settings.user.live_preview_every = max(0, preview)
             settings.save_user_settings()
-        if entry is not None:
-            with defaults.lock:
-                vae_now = defaults.vae
-            job = engine.load(entry.name, None if vae_now == "Automatic" else vae_now, source="api")
-            if job.state == JobState.FAILED:
-                raise job_failure(job, "loading the model failed", "sd_model_checkpoint")
-            log.info("API switched the model to %s", entry.name)
+        return entry
 
     @router.get("/cmd-flags")
     def cmd_flags() -> dict[str, Any]:
@@ -704,7 +726,8 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
 
     # Progress and control ------------------------------------------------------------------------------
     @router.get("/progress")
-    def progress(skip_current_image: bool = False) -> dict[str, Any]:
+    async def progress(skip_current_image: bool = False) -> dict[str, Any]:
+        """On the event loop itself (the worker's state and a small preview), so it answers whatever waits."""
         worker = engine.worker
         job = worker.current
         waiting = worker.queue_length()
@@ -733,11 +756,11 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         }
 
     @router.post("/interrupt")
-    def interrupt() -> dict[str, Any]:
+    async def interrupt() -> dict[str, Any]:
         return {"interrupted": engine.worker.interrupt()}
 
     @router.post("/skip")
-    def skip() -> dict[str, Any]:
+    async def skip() -> dict[str, Any]:
         return {"skipped": engine.worker.skip()}
 
     # LoRAs, embeddings, memory, checkpoint unloading ------------------------------------------------------
@@ -762,11 +785,11 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         return memory_info(manager.memory_report())
 
     @router.post("/unload-checkpoint")
-    def unload_checkpoint() -> None:
+    async def unload_checkpoint() -> None:
         """Free the memory every model holds (queued behind running jobs); /reload-checkpoint loads it again."""
-        current = manager.current()
+        current = await API_LANE.run(manager.current)
         job = engine.submit(UnloadRequest(), source="api")
-        job.wait()
+        await job.wait_async()
         if job.state == JobState.FAILED:
             raise job_failure(job, "unloading failed")
         if current is not None:
@@ -774,12 +797,12 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
                 defaults.unloaded = current.name
 
     @router.post("/reload-checkpoint")
-    def reload_checkpoint() -> None:
+    async def reload_checkpoint() -> None:
         """Load the checkpoint that was unloaded (or the current/default one) onto the device."""
         with defaults.lock:
             name, vae_now = defaults.unloaded, defaults.vae
-        entry = find_checkpoint(name, "sd_model_checkpoint")
-        job = engine.load(entry.name, None if vae_now == "Automatic" else vae_now, source="api")
+        entry = await API_LANE.run(find_checkpoint, name, "sd_model_checkpoint")
+        job = await load_model(entry.name, vae_now)
         if job.state == JobState.FAILED:
             raise job_failure(job, "loading the model failed", "sd_model_checkpoint")
         with defaults.lock:
@@ -809,13 +832,13 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
             request.validate(settings.user.limits())
         return requests
 
-    def run_upscales(requests: list[UpscaleRequest]) -> list[tuple[Image.Image, str]]:
-        """Queue the upscales, wait for them, and return (image, infotext) for each; the first failure stops the
+    async def run_upscales(requests: list[UpscaleRequest]) -> list[tuple[Image.Image, str]]:
+        """Queue the upscales, await them, and return (image, infotext) for each; the first failure stops the
         rest."""
         jobs = [engine.submit(request, source="api") for request in requests]
         done: list[tuple[Image.Image, str]] = []
         for index, job in enumerate(jobs):
-            job.wait()
+            await job.wait_async()
             result = job.result or JobResult()
             if job.state == JobState.FAILED or not result.images:
                 for later in jobs[index + 1:]:
@@ -827,17 +850,28 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         return done
 
     @router.post("/extra-single-image")
-    def extra_single_image(body: ExtrasSingleImageRequest) -> dict[str, Any]:
-        image = decode_image(body.image, "image", max_image_pixels())
-        requests = upscale_requests(body, [image])
+    async def extra_single_image(body: ExtrasSingleImageRequest) -> dict[str, Any]:
+        image, requests = await API_LANE.run(single_image_requests, body)
         if requests is None:
-            return {"html_info": "", "image": encode_png(image)}
-        [(result, text)] = run_upscales(requests)
-        return {"html_info": text, "image": encode_png(result, text)}
+            return await API_LANE.run(lambda: {"html_info": "", "image": encode_png(image)})
+        [(result, text)] = await run_upscales(requests)
+        return await API_LANE.run(lambda: {"html_info": text, "image": encode_png(result, text)})
+
+    def single_image_requests(body: ExtrasSingleImageRequest) -> tuple[Image.Image, list[UpscaleRequest] | None]:
+        image = decode_image(body.image, "image", max_image_pixels())
+        return image, upscale_requests(body, [image])
 
     @router.post("/extra-batch-images")
-    def extra_batch_images(body: ExtrasBatchImagesRequest) -> dict[str, Any]:
+    async def extra_batch_images(body: ExtrasBatchImagesRequest) -> dict[str, Any]:
         """Upscale several images alike (AUTOMATIC1111's Extras batch): `imageList` of {"data", "name"}."""
+        images, requests = await API_LANE.run(batch_requests, body)
+        if requests is None:
+            return await API_LANE.run(lambda: {"html_info": "", "images": [encode_png(image) for image in images]})
+        done = await run_upscales(requests)
+        return await API_LANE.run(lambda: {"html_info": done[0][1],
+                                           "images": [encode_png(image, text) for image, text in done]})
+
+    def batch_requests(body: ExtrasBatchImagesRequest) -> tuple[list[Image.Image], list[UpscaleRequest] | None]:
         if not body.imageList:
             raise ApiError(422, "imageList", 'send at least one image as {"data": <base64>, "name": <text>}')
         limit = settings.user.max_batch_count
@@ -846,11 +880,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
                                              f"{len(body.imageList)}")
         images = [decode_image(item.data, f"imageList.{index}.data", max_image_pixels())
                   for index, item in enumerate(body.imageList)]
-        requests = upscale_requests(body, images)
-        if requests is None:
-            return {"html_info": "", "images": [encode_png(image) for image in images]}
-        done = run_upscales(requests)
-        return {"html_info": done[0][1], "images": [encode_png(image, text) for image, text in done]}
+        return images, upscale_requests(body, images)
 
     @router.get("/extensions")
     def extensions() -> list[dict[str, Any]]:
@@ -878,7 +908,9 @@ def add_extension_routes(app: FastAPI, easel: Any, route_class: type[APIRoute]) 
     extensions = APIRouter(route_class=route_class, tags=["extensions"])
     for contribution in easel.registry.routes:
         try:
-            extensions.add_api_route(contribution.path, contribution.endpoint, methods=contribution.methods)
+            # a plain-function route runs on a few threads of its own, never holding the pool the page needs
+            endpoint = in_lane(contribution.endpoint, f"{contribution.extension}:{contribution.path}")
+            extensions.add_api_route(contribution.path, endpoint, methods=contribution.methods)
         except (TypeError, ValueError, AssertionError, FastAPIError) as exc:
             log.error("extension %s: route %s not added: %s", contribution.extension, contribution.path, exc)
     if extensions.routes:

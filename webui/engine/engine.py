@@ -97,11 +97,15 @@ class Engine:
     def load(self, checkpoint: str, vae: str | None = None, source: str = "ui",
              timeout: float | None = None) -> Job:
         """Queue a model switch behind any running generation and wait for it."""
-        if not checkpoint:
-            raise ValueError("checkpoint: pick a checkpoint to load")
-        job = self.worker.submit(LoadRequest(checkpoint, vae), source)
+        job = self.queue_load(checkpoint, vae, source)
         job.wait(timeout)
         return job
+
+    def queue_load(self, checkpoint: str, vae: str | None = None, source: str = "ui") -> Job:
+        """Queue a model switch behind any running generation; the caller waits (`Job.wait_async` on a loop)."""
+        if not checkpoint:
+            raise ValueError("checkpoint: pick a checkpoint to load")
+        return self.worker.submit(LoadRequest(checkpoint, vae), source)
 
     # Running (worker thread) ---------------------------------------------------------------------
     def run_job(self, job: Job) -> JobResult:
