@@ -120,7 +120,7 @@ class ModelManager:
                  dtype: torch.dtype = torch.float32, ram_cache_size: int = 2,
                  offload: Offload = "none", hash_cache_path: Path | None = None,
                  cache_dir: Path | None = None, segmentation_dirs: list[Path] | None = None,
-                 embedding_dirs: list[Path] | None = None) -> None:
+                 embedding_dirs: list[Path] | None = None, allow_hub: bool = False) -> None:
         if offload not in ("none", "model", "sequential"):
             raise ValueError(f"offload must be 'none', 'model' or 'sequential', got {offload!r}")
         self.checkpoint_dirs = [Path(p) for p in checkpoint_dirs]
@@ -132,6 +132,7 @@ class ModelManager:
         self.embedding_dirs = [Path(p) for p in embedding_dirs or []]
         self.device = device
         self.dtype = dtype
+        self.allow_hub = allow_hub  # --allow-hub-downloads: "org/repo" names may be fetched from the hub
         self.cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir(hash_cache_path)
         self.hashes = HashCache(hash_cache_path)
         self.stats: dict[str, int] = {"disk_loads": 0, "cache_hits": 0, "evictions": 0, "vae_loads": 0}
@@ -151,7 +152,7 @@ class ModelManager:
         # per checkpoint, keyed by its first text encoder: which embeddings it holds
         self._embedding_states: weakref.WeakKeyDictionary[torch.nn.Module, EmbeddingState] = weakref.WeakKeyDictionary()
         self.lora_options: Callable[[], LoraOptions] = LoraOptions  # app.build reads them from the user settings
-        self._idents: dict[tuple[str, int, int], Identification] = {}
+        self._idents: dict[tuple[Any, ...], Identification] = {}
         self._tokenizers: dict[str, Any] = {}
         self._scanned = False
 
@@ -189,9 +190,11 @@ class ModelManager:
     def _identify(self, path: Path, folder: bool) -> Identification:
         try:
             stat = (path / "model_index.json").stat() if folder else path.stat()
+            key: tuple[Any, ...] = (str(path), stat.st_size, stat.st_mtime_ns)
+            if folder:  # converting a component's weights changes its folder, not model_index.json
+                key += tuple(sorted((p.name, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_dir()))
         except OSError as exc:
             return Identification(Arch.UNKNOWN, f"cannot read: {exc.strerror or exc}")
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
         found = self._idents.get(key)
         if found is None:
             found = identify_folder(path) if folder else identify_file(path)
@@ -480,7 +483,8 @@ class ModelManager:
 
     def find_checkpoint(self, query: str) -> CheckpointEntry:
         """By name, title ("name [hash]"), short or full hash, file name, or path; an "org/repo" id that
-        matches nothing local is returned as a hub entry. Raises ModelNotFoundError listing close names."""
+        matches nothing local is returned as a hub entry when hub downloads are allowed (`allow_hub`). Raises
+        ModelNotFoundError listing close names."""
         self._ensure_scanned()
         text = (query or "").strip()
         if not text:
@@ -491,13 +495,17 @@ class ModelManager:
             return found
         names = [e.name for e in entries]
         typo_of = difflib.get_close_matches(text, names, n=5, cutoff=0.8)
-        if _HUB_ID.match(text) and not typo_of and not Path(text).exists():
+        hub_id = _HUB_ID.match(text) and not typo_of and not Path(text).exists()
+        if hub_id and self.allow_hub:
             return CheckpointEntry(name=text, title=text, path=Path(text), kind="hub", arch=Arch.UNKNOWN,
                                    supported=True, reason="Hugging Face repository id (needs a connection once)",
                                    short_hash=None)
         close = typo_of or difflib.get_close_matches(text, names, n=5, cutoff=0.4)
         hint = f"; close names: {', '.join(close)}" if close else (
             f"; available: {', '.join(names[:10])}" if names else "; no checkpoints are installed")
+        if hub_id:
+            hint += ("; Hugging Face repository ids are downloaded only when Easel is started with "
+                     "--allow-hub-downloads")
         raise ModelNotFoundError(f"checkpoint {text!r} not found{hint}")
 
     def _match(self, text: str, entries: list[CheckpointEntry]) -> CheckpointEntry | None:
@@ -606,7 +614,7 @@ class ModelManager:
 
     def _load_pipeline(self, entry: CheckpointEntry) -> Loaded:
         context = LoadContext(dtype=self.dtype, clip_tokenizer=self._clip_tokenizer,
-                              family_folders=self._family_folders)
+                              family_folders=self._family_folders, allow_hub=self.allow_hub)
         if entry.kind == "hub":
             return load_hub(entry.name, context)
         if entry.kind == "folder":
