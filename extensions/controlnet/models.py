@@ -2,13 +2,14 @@
 
 A model is a diffusers folder (`config.json` + weights; `ControlNetModel` for SD 1.x/2.x/SDXL,
 `FluxControlNetModel`, `ZImageControlNetModel`) or a single SD-family file (`.safetensors`, `.pth`, `.pt`,
-`.ckpt`, `.bin`) in AUTOMATIC1111's layout or diffusers'. Files are read without running code from them: pickle
-files through the weights-only unpickler (TorchScript archives refused unread) and handed to diffusers as
-tensors, folders with `use_safetensors=True` (a folder with only pickle weights is refused, naming the files). A single file loads with the `.yaml` of the same name
+`.ckpt`, `.bin`) in AUTOMATIC1111's layout or diffusers'. A single file loads with the `.yaml` of the same name
 beside it when there is one (as AUTOMATIC1111 ships them), else with the config under `configs/` matching its
-cross-attention width (768 SD 1.x, 1024 SD 2.x, 2048 SDXL). Folders named `annotators` hold preprocessor
-weights and are skipped. Titles are AUTOMATIC1111's: `name [first 8 hex of the SHA-256]`. Loaded models stay in
-a small cache (by file, dtype and device) so consecutive generations do not read them again.
+cross-attention width (768 SD 1.x, 1024 SD 2.x, 2048 SDXL). Files are read without running code from them:
+pickle files through the weights-only unpickler (TorchScript archives refused unread) and handed to diffusers as
+tensors, folders with `use_safetensors=True` (a folder with only pickle weights is refused, naming the files).
+Folders named `annotators` hold preprocessor weights and are skipped. Titles are AUTOMATIC1111's: `name [first 8
+hex of the SHA-256]`. Loaded models stay in a small cache (by file, dtype and device) so consecutive generations
+do not read them again.
 """
 from __future__ import annotations
 
