@@ -101,12 +101,17 @@ class Easel:
         return {Arch.EASEL: 64, Arch.SD1: 512, Arch.SD2: 768}.get(arch, 1024) if arch else 512
 
     def convert_checkpoint(self, checkpoint: str) -> Path:
-        """Convert a listed pickle checkpoint to .safetensors beside it (tensors only, see
-        webui.model_manager.convert), rescan, and return the new file. ValueError says why not."""
-        from webui.model_manager.convert import convert_checkpoint
+        """Convert a listed pickle checkpoint to .safetensors beside it, or a diffusers folder's pickle `.bin`
+        weights to the safetensors files diffusers reads (tensors only, see webui.model_manager.convert), rescan,
+        and return the new file (the folder). ValueError says why not."""
+        from webui.model_manager.convert import convert_checkpoint, convert_folder
         from webui.model_manager.identify import PICKLE_SUFFIXES
 
         entry = self.manager.find_checkpoint(checkpoint)
+        if entry.kind == "folder" and not entry.builtin:  # a diffusers folder whose weights are pickle .bin files
+            convert_folder(entry.path)
+            self.manager.refresh()
+            return entry.path
         if entry.kind != "file" or entry.path.suffix.lower() not in PICKLE_SUFFIXES:
             raise ValueError(f"checkpoint: {entry.name} is not a pickle checkpoint; only {', '.join(PICKLE_SUFFIXES)} "
                              "files need converting")
@@ -176,7 +181,7 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
         hash_cache_path=settings.hash_cache_path,
         segmentation_dirs=[settings.models_dir / "clipseg", settings.models_dir / "segmentation"],
         embedding_dirs=settings.all_embedding_dirs(), controlnet_dirs=settings.all_controlnet_dirs(),
-        upscaler_dirs=settings.all_upscaler_dirs(),
+        upscaler_dirs=settings.all_upscaler_dirs(), allow_hub=settings.allow_hub_downloads,
     )
     manager.lora_options = lambda: LoraOptions(  # read per generation: the Settings tab replaces settings.user
         fuse=settings.user.lora_fuse, hotswap=settings.user.lora_hotswap, max_rank=settings.user.lora_max_rank,

@@ -4,8 +4,11 @@ An extension's entry module defines `setup(api: ExtensionAPI) -> None`; everythi
 `api` (tabs, accordions, request hooks, image post-processing, HTTP routes, API scripts, samplers,
 preprocessors, settings). The requests a hook receives are the frozen dataclasses below: change one with
 `request.replace(field=value)` and return it. `Generated` is one finished image as `after_generate` hooks see
-it (`.image`, `.seed`, `.extra` for infotext entries). `API_VERSION` is the version this Easel provides; an
-extension's manifest names the one it was written for, and a mismatch is refused with a clear message.
+it (`.image`, `.seed`, `.extra` for infotext entries). Model files are read with `read_weights` /
+`read_state_dict` (safetensors, or pickles through the weights-only unpickler, TorchScript archives refused
+unread), never with `torch.load` or `torch.jit.load` directly; `check_weights_file` vets a file that a library
+will open itself. `API_VERSION` is the version this Easel provides; an extension's manifest names the one it
+was written for, and a mismatch is refused with a clear message.
 See docs/EXTENSIONS.md for a complete example.
 """
 from __future__ import annotations
@@ -14,6 +17,15 @@ from typing import Any, Callable
 
 from webui.engine.context import Generated
 from webui.extensions import API_VERSION, ExtensionAPI, ExtensionInputs, PipelineCall, PipelineWrapper
+from webui.model_manager.weights import (
+    ModelFileError,
+    UnsafeModelFileError,
+    check_weights_file,
+    pickle_folder_reason,
+    pickle_weights_in,
+    read_state_dict,
+    read_weights,
+)
 from webui.requests import (
     GenerationRequest,
     Img2ImgRequest,
@@ -42,10 +54,17 @@ __all__ = [
     "Generated",
     "Img2ImgRequest",
     "InpaintRequest",
+    "ModelFileError",
     "PipelineCall",
     "PipelineWrapper",
     "RequestError",
     "ScriptRun",
     "SegmentRequest",
     "Txt2ImgRequest",
+    "UnsafeModelFileError",
+    "check_weights_file",
+    "pickle_folder_reason",
+    "pickle_weights_in",
+    "read_state_dict",
+    "read_weights",
 ]

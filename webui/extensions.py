@@ -360,6 +360,11 @@ class ExtensionAPI:
         value = getattr(user, key)
         return list(value) if isinstance(value, list) else value
 
+    def hub_downloads_allowed(self) -> bool:
+        """Whether Easel was started with `--allow-hub-downloads`; without it an extension fetches nothing from
+        the Hugging Face hub and says which file to put where instead."""
+        return bool(getattr(self._easel.settings, "allow_hub_downloads", False))
+
     def model_folders(self, kind: str) -> list[Path]:
         """Folders holding one kind of model: `models/<kind>/` in the data folder, then the extra folders given
         by launch flags (`--controlnet-dir` for "ControlNet", `--esrgan-models-path` for "ESRGAN", ...)."""

@@ -323,6 +323,9 @@ def launch_warnings(settings: "Settings") -> list[str]:
     if settings.listen and unprotected:
         warnings.append(f"--listen: Easel accepts connections from other machines and {parts} has no login; add "
                         "--gradio-auth USER:PASSWORD (or --gradio-auth-path FILE) to protect it")
+    if settings.allow_hub_downloads and (settings.listen or settings.share):
+        warnings.append("--allow-hub-downloads: whoever can reach Easel can make it download any Hugging Face "
+                        "repository a request names (its weights are read as safetensors only)")
     return warnings
 
 

@@ -99,6 +99,7 @@ class Settings:
     api_auth: str | None = None  # logins for the API only; None = the UI's logins
     share_insecure: bool = False  # allow --share without logins
     enable_insecure_extension_access: bool = False  # allow installing extensions while reachable beyond localhost
+    allow_hub_downloads: bool = False  # "org/repo" names in requests may be fetched from the Hugging Face hub
     controlnet_dirs: list[Path] = field(default_factory=list)
     esrgan_dirs: list[Path] = field(default_factory=list)
     embedding_dirs: list[Path] = field(default_factory=list)  # --embeddings-dir
@@ -244,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share-insecure", action="store_true", help="allow --share without logins (not recommended)")
     p.add_argument("--enable-insecure-extension-access", action="store_true",
                    help="allow installing extensions from the UI even with --listen or --share")
+    p.add_argument("--allow-hub-downloads", action="store_true",
+                   help="let requests name Hugging Face repositories (org/repo) to download, and fetch missing "
+                        "companions and annotators; off by default: only models in Easel's folders are used")
     p.add_argument("--api", action="store_true", help="serve the AUTOMATIC1111-compatible API at /sdapi/v1")
     p.add_argument("--nowebui", action="store_true", help="serve the API only, no UI")
     p.add_argument("--data-dir", type=Path, default=None, help="where settings, outputs and user models live")
@@ -274,6 +278,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         gradio_auth_path=args.gradio_auth_path.resolve() if args.gradio_auth_path else None,
         api_auth=args.api_auth, share_insecure=args.share_insecure,
         enable_insecure_extension_access=args.enable_insecure_extension_access,
+        allow_hub_downloads=args.allow_hub_downloads,
         controlnet_dirs=[p.resolve() for p in args.controlnet_dir],
         embedding_dirs=[p.resolve() for p in args.embeddings_dir],
         esrgan_dirs=[p.resolve() for p in args.esrgan_models_path],

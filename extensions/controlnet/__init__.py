@@ -15,7 +15,7 @@ from webui.extension_api import ExtensionAPI
 
 from .apply import ControlNetRunner
 from .models import ControlNetModels
-from .preprocessors import ANNOTATOR_FOLDER, MODULES, Preprocessors
+from .preprocessors import ANNOTATOR_FOLDER, MODULES, Preprocessors, hub_offline
 from .units import ControlUnit, parse_units
 
 MODES = ("txt2img", "img2img", "inpaint")
@@ -27,7 +27,8 @@ class ControlNet:
     def __init__(self, api: ExtensionAPI) -> None:
         self.api = api
         self.models = ControlNetModels(folders=lambda: api.model_folders("ControlNet"), file_hash=api.file_hash)
-        self.preprocessors = Preprocessors([folder / ANNOTATOR_FOLDER for folder in api.model_folders("ControlNet")])
+        self.preprocessors = Preprocessors([folder / ANNOTATOR_FOLDER for folder in api.model_folders("ControlNet")],
+                                           offline=lambda: hub_offline() or not api.hub_downloads_allowed())
         self.runner = ControlNetRunner(self.models, self.preprocessors, self.parse, api.name)
 
     def max_pixels(self) -> int:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from webui.extension_api import ExtensionAPI
+from webui.extension_api import ExtensionAPI, ModelFileError
 
 from .preprocessors import MODULES, AnnotatorMissingError
 from .units import decode_image
@@ -96,6 +96,8 @@ def add_routes(api: ExtensionAPI, controlnet: "ControlNet") -> None:
                                                         options["threshold_a"], options["threshold_b"])
             except AnnotatorMissingError as exc:
                 return _error(404, "controlnet_module", str(exc), "NotFound")
+            except ModelFileError as exc:  # an annotator file refused (code in it) or not weights
+                return _error(422, "controlnet_module", str(exc))
             maps.append(encode_png(detected))
         return {"images": maps, "info": "Success"}
 

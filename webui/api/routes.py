@@ -719,6 +719,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
             "device": settings.device, "precision": settings.precision, "medvram": settings.medvram,
             "lowvram": settings.lowvram,
             "enable_insecure_extension_access": settings.enable_insecure_extension_access,
+            "allow_hub_downloads": settings.allow_hub_downloads,
             "esrgan_models_path": [str(p) for p in settings.esrgan_dirs],
             "controlnet_dir": [str(p) for p in settings.controlnet_dirs],
             "embeddings_dir": [str(p) for p in settings.embedding_dirs],

@@ -15,7 +15,7 @@ from PIL import Image
 
 from webui import __version__
 from webui.engine.outputs import mode_folder, save_image
-from webui.engine.upscalers import NONE, target_size
+from webui.engine.upscalers import NONE, UpscalerLoadError, target_size
 from webui.engine.worker import Job, JobResult, release_memory
 from webui.infotext import format_infotext
 from webui.requests import Limits, RequestError
@@ -91,10 +91,10 @@ class UpscaleRequest(EngineTask):
         image = self.image.convert("RGB")
         size = self.output_size()
         job.update(step=0, total_steps=2 if self.upscaler_2_visibility > 0 else 1)
-        first = self._upscaled(engine, image, self.upscaler, size)
+        first = self._upscaled(engine, image, self.upscaler, size, "upscaler_1")
         job.update(step=1)
         if self.upscaler_2 != NONE and self.upscaler_2_visibility > 0:
-            second = self._upscaled(engine, image, self.upscaler_2, size)
+            second = self._upscaled(engine, image, self.upscaler_2, size, "upscaler_2")
             first = Image.blend(first, second, self.upscaler_2_visibility)
             job.update(step=2)
         params: dict[str, Any] = {
@@ -112,7 +112,14 @@ class UpscaleRequest(EngineTask):
         job.update(result=result)
         return result
 
-    def _upscaled(self, engine: "Engine", image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
+    def _upscaled(self, engine: "Engine", image: Image.Image, name: str, size: tuple[int, int],
+                  field_name: str) -> Image.Image:
+        try:
+            return self._upscaled_by(engine, image, name, size)
+        except UpscalerLoadError as exc:  # a refused or broken model file: the client's choice, named
+            raise RequestError(field_name, str(exc)) from None
+
+    def _upscaled_by(self, engine: "Engine", image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
         if name == NONE:
             return image.resize(size, Image.LANCZOS)
         if self.crop and self.width and self.height:

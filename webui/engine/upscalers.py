@@ -1,9 +1,11 @@
 """Upscalers: Lanczos and Nearest built in, ESRGAN-family models from `models/ESRGAN/` through spandrel.
 
 `Upscalers` lists what is installed (built-ins first, then every model file in the upscaler folders by name),
-loads one model at a time through spandrel (which recognises ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT and the
-other single-image super-resolution architectures from the weights alone) and runs it tile by tile, so a
-large image needs little memory. A model scales by its own factor; `upscale` repeats it until the image
+loads one model at a time and runs it tile by tile, so a large image needs little memory. Easel reads the file
+itself, without running code from it (`webui.model_manager.weights`: safetensors, or a pickle through the
+weights-only unpickler; TorchScript archives are refused unread), and hands spandrel only the tensors, from
+which it recognises ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT and the other single-image super-resolution
+architectures. A file that is refused or is no upscaler raises `UpscalerLoadError` naming it. A model scales by its own factor; `upscale` repeats it until the image
 reaches the target size, then resizes to the exact size with Lanczos. Hires fix, the Extras tab and
 `/sdapi/v1/extra-single-image` all go through here, on the worker thread that owns the device.
 
@@ -39,6 +41,10 @@ _SCALE_IN_NAME = re.compile(r"(?:^|[^0-9a-z])(?:x(\d)(?!\d)|(\d)x)", re.IGNORECA
 
 class UpscalerNotFoundError(LookupError):
     """No upscaler has this name; the message lists the installed ones."""
+
+
+class UpscalerLoadError(ValueError):
+    """An upscaler's file was refused or is not an upscaler; the message names the file (not the field)."""
 
 
 @dataclass(frozen=True)
@@ -170,14 +176,25 @@ class Upscalers:
         self.unload()
         from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
 
+        from webui.model_manager.weights import ModelFileError, read_weights
+
         try:
-            model = ModelLoader(device="cpu").load_from_file(entry.path)
+            state = read_weights(entry.path)  # tensors only: nothing in the file runs
+        except ModelFileError as exc:
+            raise UpscalerLoadError(str(exc)) from None
+        if not isinstance(state, dict):
+            raise UpscalerLoadError(f"{entry.path.name}: holds a {type(state).__name__}, not a dictionary of tensors")
+        try:
+            model = ModelLoader(device="cpu").load_from_state_dict(state)
         except UnsupportedModelError:
-            raise ValueError(f"upscaler: {entry.path.name} is not a model architecture spandrel knows "
-                             "(ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT, ...)") from None
+            raise UpscalerLoadError(f"{entry.path.name} is not a model architecture spandrel knows "
+                                    "(ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT, ...)") from None
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as exc:
+            raise UpscalerLoadError(f"{entry.path.name}: its weights do not fit the architecture they look like "
+                                    f"({type(exc).__name__}: {str(exc).strip()[:200]})") from None
         if not isinstance(model, ImageModelDescriptor) or model.input_channels != 3:
-            raise ValueError(f"upscaler: {entry.path.name} is a {model.architecture.name} model, not an RGB "
-                             "image upscaler")
+            raise UpscalerLoadError(f"{entry.path.name} is a {model.architecture.name} model, not an RGB image "
+                                    "upscaler")
         dtype = self.dtype
         if (dtype == torch.float16 and not model.supports_half) or \
            (dtype == torch.bfloat16 and not model.supports_bfloat16):

@@ -94,6 +94,7 @@ class ModelManager:
     segmentation_dirs = _OnCatalogue()
     embedding_dirs = _OnCatalogue()
     hashes = _OnCatalogue()
+    allow_hub = _OnCatalogue()  # --allow-hub-downloads: "org/repo" names may be fetched from the hub
 
     def __init__(self, *, checkpoint_dirs: list[Path], diffusers_dirs: list[Path], vae_dirs: list[Path],
                  lora_dirs: list[Path], builtin_dirs: list[Path], device: str = "cpu",
@@ -101,14 +102,14 @@ class ModelManager:
                  offload: Offload = "none", hash_cache_path: Path | None = None,
                  cache_dir: Path | None = None, segmentation_dirs: list[Path] | None = None,
                  embedding_dirs: list[Path] | None = None, controlnet_dirs: list[Path] | None = None,
-                 upscaler_dirs: list[Path] | None = None) -> None:
+                 upscaler_dirs: list[Path] | None = None, allow_hub: bool = False) -> None:
         if offload not in ("none", "model", "sequential"):
             raise ValueError(f"offload must be 'none', 'model' or 'sequential', got {offload!r}")
         self.catalogue = Catalogue(
             checkpoint_dirs=checkpoint_dirs, diffusers_dirs=diffusers_dirs, vae_dirs=vae_dirs, lora_dirs=lora_dirs,
             builtin_dirs=builtin_dirs, segmentation_dirs=segmentation_dirs or [], embedding_dirs=embedding_dirs or [],
             controlnet_dirs=controlnet_dirs or [], upscaler_dirs=upscaler_dirs or [],
-            hashes=HashCache(hash_cache_path))
+            hashes=HashCache(hash_cache_path), allow_hub=allow_hub)
         self.device = device
         self.dtype = dtype
         self.cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir(hash_cache_path)
@@ -326,7 +327,7 @@ class ModelManager:
 
     def _load_pipeline(self, entry: CheckpointEntry) -> Loaded:
         context = LoadContext(dtype=self.dtype, clip_tokenizer=self._clip_tokenizer,
-                              family_folders=self.catalogue.family_folders)
+                              family_folders=self.catalogue.family_folders, allow_hub=self.allow_hub)
         if entry.kind == "hub":
             return load_hub(entry.name, context)
         if entry.kind == "folder":

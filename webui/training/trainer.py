@@ -151,7 +151,8 @@ def load_base(path: Path, search_dirs: list[Path] | None = None) -> tuple[Any, s
     else:
         from diffusers import DiffusionPipeline
 
-        kwargs: dict[str, Any] = {**dtype_kwargs(torch.float32), "local_files_only": True}
+        kwargs: dict[str, Any] = {**dtype_kwargs(torch.float32), "local_files_only": True,
+                                  "use_safetensors": True}  # never unpickle a .bin
         if "safety_checker" in index:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
             if "feature_extractor" in index:
