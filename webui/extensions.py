@@ -270,6 +270,23 @@ class ExtensionAPI:
         mistake, a 4xx in the API)."""
         self._easel.engine.pipeline_wrappers.append(wrapper)
 
+    def run_on_worker(self, call: Callable[[], Any], source: str = "api") -> Any:
+        """Run `call()` on the worker that owns the device, queued behind the jobs before it like a generation,
+        and return what it returns (re-raising what it raised). Work that runs a model or needs much memory
+        outside a generation (a preprocessor's detection, say) goes through here so it never races a job.
+        Blocks until done; a full queue raises `QueueFullError` (the API answers 503 with Retry-After), and an
+        interrupted call raises RuntimeError."""
+        from webui.engine.tasks import CallTask
+        from webui.engine.worker import JobState
+
+        job = self._easel.engine.submit(CallTask(call=call, label=self.name), source=source)
+        job.wait()
+        if job.state == JobState.FAILED and job.exception is not None:
+            raise job.exception
+        if job.state != JobState.DONE or job.result is None:
+            raise RuntimeError(f"{self.name}: the job was {job.state.value} ({job.error or 'no result'})")
+        return job.result.info.get("value")
+
     def add_sampler(self, name: str, scheduler_class: str, overrides: dict[str, Any] | None = None) -> None:
         """Offer a diffusers scheduler under a sampler name for SD-family models (SD 1.x, SD 2.x, SDXL).
 
