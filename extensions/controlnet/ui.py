@@ -123,9 +123,8 @@ def _preview(controlnet: "ControlNet", image: Any, module: str, resolution: floa
     if image is None:
         raise gr.Error("Upload a control image to preview its map.")
     try:
-        return controlnet.api.run_on_worker(lambda: controlnet.preprocessors.run(
-            module or "none", image, int(resolution or DEFAULT_PROCESSOR_RES),
-            None if threshold_a in (None, -1) else threshold_a, None if threshold_b in (None, -1) else threshold_b),
-            source="ui")
-    except (AnnotatorMissingError, LookupError, ValueError, RuntimeError) as exc:  # RuntimeError: queue full
+        return controlnet.preprocessors.run(module or "none", image, int(resolution or DEFAULT_PROCESSOR_RES),
+                                            None if threshold_a in (None, -1) else threshold_a,
+                                            None if threshold_b in (None, -1) else threshold_b)
+    except (AnnotatorMissingError, LookupError, ValueError) as exc:
         raise gr.Error(str(exc)) from None

@@ -16,7 +16,7 @@ from PIL import Image
 from webui.api.bounds import JsonShape, RequestBoundError, RequestBounds, check_images, image_size, is_json
 
 SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | \
-    st.text(alphabet=st.characters(codec="utf-8"), max_size=12) | st.sampled_from(['a"b', "\\", "\\\"", "[{,:}]"])
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=12) | st.sampled_from(['a"b', "\\", "\\\"", "[{,:}]", "\\" * 70 + '"', "\\" * 129, 'x\\"' * 40, "é\u4e00🐈"])
 VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=5) |
                       st.dictionaries(st.text(max_size=6) | st.sampled_from(['k"', "k\\", "{,}"]), inner, max_size=5),
                       max_leaves=40)
@@ -66,10 +66,24 @@ def test_a_bomb_is_refused_naming_its_top_level_field_and_strings_do_not_count()
     assert caught.value.status == 422 and caught.value.field == "body" and "32 levels" in caught.value.message
     with pytest.raises(RequestBoundError):  # closing brackets and colons are bounded too
         fed(b"]" * 900_000, [])
+    with pytest.raises(RequestBoundError, match="escaped quotes"):  # each costs a step: bounded as well
+        fed(b'{"a": "' + b'\\"' * 100_100 + b'"}', list(range(0, 300_000, 65536)))
     long_key = b'{"' + b"k" * 300 + b'": ' + b"[[]," * 100_001
     with pytest.raises(RequestBoundError) as caught:
         fed(long_key, [])
     assert caught.value.field == "body"  # a key too long to keep is not echoed
+
+
+def test_long_strings_with_wide_characters_are_refused_but_ascii_ones_are_not() -> None:
+    ascii_body = json.dumps({"image": "A" * (6 * 2**20), "prompt": "un café, 一只猫, 🐈" * 100}).encode()
+    assert fed(ascii_body, list(range(0, len(ascii_body), 65536))).wide_bytes < 10_000
+    for tail in ("é", "\\u00e9", "\\ud83d\\ude00"):  # raw UTF-8, and escapes split or not across chunks
+        body = b'{"image": "x", "junk": "' + b"a" * (5 * 2**20) + tail.encode() + b'"}'
+        for cuts in ([], [len(body) - 4], [len(body) - 5], list(range(0, len(body), 65536))):
+            with pytest.raises(RequestBoundError) as caught:
+                fed(body, cuts)
+            assert caught.value.status == 413 and caught.value.field == "junk", (tail, cuts)
+            assert "non-ASCII" in caught.value.message
 
 
 def test_json_content_types() -> None:
@@ -98,8 +112,10 @@ def test_images_are_sized_from_their_headers_in_every_form_the_decoders_read() -
                  .decode(), "not base64 at all!" * 10):
         assert image_size(text) is None
 
-    bounds = RequestBounds(max_request_pixels=100_000, max_request_images=3)
+    bounds = RequestBounds(max_request_pixels=100_000, max_request_images=3, max_image_pixels=80_000)
     check_images({"init_images": [b64], "prompt": "x" * 100}, bounds)
+    big = base64.b64encode(png((300, 300))).decode()  # over the per-image limit: left to the route's decoder
+    check_images([big, big, b64], bounds)
     with pytest.raises(RequestBoundError) as caught:
         check_images({"a": {"b": [b64, spaced]}}, bounds)
     assert caught.value.field == "a.b.1" and "120000 pixels" in caught.value.message

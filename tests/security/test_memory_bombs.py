@@ -149,6 +149,12 @@ def test_png_info_json_bomb_is_refused_while_the_body_streams_in(api) -> None:
     refused = refusal(response, 413)
     assert refused["field"] == "junk" and "more than 100000 JSON values" in refused["detail"], refused
     assert grown < 30
+    wide = b'{"image": "x", "junk": "' + b"a" * (60 * MiB) + b'\\ud83d\\ude00"}'  # 4 bytes a character once parsed
+    response, grown = post(url, "/sdapi/v1/png-info", wide)
+    print(f"png-info wide string ({len(wide) / MiB:.0f} MiB body): {response.status_code}, +{grown:.0f} MiB")
+    refused = refusal(response, 413)
+    assert refused["field"] == "junk" and "non-ASCII" in refused["detail"], refused
+    assert grown < 100  # the body itself, read before its last bytes turn the string wide; 448 MiB before
     deep = b'{"image": "x", "nested": ' + b"[" * 1000 + b"]" * 1000 + b"}"
     refused = refusal(post(url, "/sdapi/v1/png-info", deep)[0])
     assert refused["field"] == "nested" and "32 levels" in refused["detail"], refused

@@ -6,11 +6,15 @@ request:
 1. While a JSON body streams in, `JsonShape` counts its values (each array and object, and each item after an
    array's or object's first) and how deeply they nest, skipping what is inside strings: more than
    `MAX_JSON_VALUES` values is a 413 and more than `MAX_JSON_DEPTH` levels a 422, naming the top-level field
-   it happened in, before the body is parsed. (A few MiB of `[],` would parse into gigabytes of lists.)
+   it happened in, before the body is parsed. (A few MiB of `[],` would parse into gigabytes of lists.) So is
+   more than `MAX_WIDE_TEXT` bytes of strings holding non-ASCII characters or `\\u` escapes, which Python
+   stores at up to 4 bytes a character, and more than `MAX_JSON_VALUES` escaped quotes (each costs the scan a
+   step; other escapes cost nothing). The scan costs about what parsing the body costs.
 2. Once parsed, `check_images` finds every string holding a base64 image in a format Easel reads (recognised
    by Pillow from its first bytes) and reads its size from the header: more than `max_request_images` images,
    or more than `max_request_pixels` pixels together, is a 422 naming the first field over the limit, before
-   any image is decoded. Images the route then ignores count too.
+   any image is decoded. Images the route then ignores count too; an image over the per-image limit does not
+   (the route's decoder refuses it, naming its field the route's way, before decoding it).
 
 `base64_bytes` is the one way the API turns a base64 field into bytes (data: prefix, whitespace, missing
 padding), so an image cannot hide from the count in a form the decoders would still read.
@@ -34,6 +38,9 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 MAX_JSON_VALUES = 100_000  # a generation body with ControlNet units holds a few hundred
 MAX_JSON_DEPTH = 32
 MAX_JSON_TOKENS = 8 * MAX_JSON_VALUES  # brackets, quotes, commas and colons; more is not a body Easel reads
+# Bytes of strings with non-ASCII characters: Python keeps such a string at 2 or 4 bytes a character, so a long
+# ASCII string with one emoji would take 4x its size once parsed. Images are ASCII; prompts are far shorter.
+MAX_WIDE_TEXT = 4 * 1024 * 1024
 _HEAD_CHARS = 4096  # base64 characters looked at to recognise an image
 _HEADER_BYTES = 64 * 1024  # bytes decoded to read an image's size (the whole image when its header lies further)
 _KEY_BYTES = 200  # longest top-level key kept to name the field
@@ -52,15 +59,16 @@ class RequestBoundError(ValueError):
 
 @dataclass(frozen=True)
 class RequestBounds:
-    """The images one request may carry: how many, and how many pixels together."""
+    """The images one request may carry: how many, and how many pixels together. An image over `max_image_pixels`
+    (the decoders' own per-image limit) is not counted: the route's decoder refuses it before decoding it."""
 
     max_request_pixels: int
     max_request_images: int
+    max_image_pixels: int
 
 
 # JSON shape ---------------------------------------------------------------------------------------------
 _STRUCTURE = re.compile(rb'[][{}",:]')
-_STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)  # stops at a closing quote or a lone end backslash
 _QUOTE, _BACKSLASH, _COMMA, _COLON = ord('"'), ord("\\"), ord(","), ord(":")
 _OPEN, _CLOSE = (ord("["), ord("{")), (ord("]"), ord("}"))
 
@@ -69,7 +77,8 @@ class JsonShape:
     """Counts a JSON body's values and nesting chunk by chunk as it arrives, without parsing it.
 
     Malformed JSON is not this class's business (the parser reports it); it only guarantees that a body it
-    accepted parses into at most about `max_values` Python objects nested at most `max_depth` deep.
+    accepted parses into at most about `max_values` Python objects nested at most `max_depth` deep, with at
+    most `MAX_WIDE_TEXT` bytes of text stored wider than a byte a character.
     """
 
     def __init__(self, max_values: int = MAX_JSON_VALUES, max_depth: int = MAX_JSON_DEPTH,
@@ -84,6 +93,11 @@ class JsonShape:
         self._escaped = False  # the last chunk ended inside a string with an unpaired backslash
         self._text: bytearray | None = None  # a top-level string being read (a key when a colon follows)
         self._last: str | None = None
+        self._ascii_chunk = True
+        self._string_bytes = 0  # of the string being read
+        self._string_wide = False  # it holds a non-ASCII character or a \u escape
+        self.wide_bytes = 0  # of the strings read so far that did
+        self.escaped_quotes = 0
 
     @property
     def field(self) -> str:
@@ -92,6 +106,7 @@ class JsonShape:
     def feed(self, chunk: bytes) -> None:
         """Take the next chunk of the body; raises RequestBoundError once a bound is passed."""
         pos, end = 0, len(chunk)
+        self._ascii_chunk = chunk.isascii()
         while pos < end:
             if self._in_string:
                 pos = self._string(chunk, pos)
@@ -104,6 +119,7 @@ class JsonShape:
             if char == _QUOTE:
                 self._in_string = True
                 self._text = bytearray() if self.depth == 1 else None
+                self._string_bytes, self._string_wide = 0, False
             elif char == _COMMA:
                 self.values += 1
             elif char in _OPEN:
@@ -117,32 +133,51 @@ class JsonShape:
             self._check()
 
     def _string(self, chunk: bytes, pos: int) -> int:
-        """Skip string content from `pos`; the position after the closing quote, or the chunk's end."""
+        """Skip string content from `pos`: the position after the closing quote, or the chunk's end.
+
+        The string ends at the first quote after an even run of backslashes, so only quotes cost a step here;
+        other escapes (a base64 image's line breaks, say) are skipped with the text around them."""
+        end = len(chunk)
         if self._escaped:  # the character after a backslash that ended the previous chunk
             self._escaped = False
+            self._string_wide = self._string_wide or chunk[pos] == ord("u")
             self._keep(chunk, pos, pos + 1)
             return pos + 1
-        if chunk.find(b"\\", pos) < 0:  # the usual case (base64, plain text): no escapes to follow
-            close = chunk.find(b'"', pos)
-        else:
-            close = _STRING_BODY.match(chunk, pos).end()
-            if close < len(chunk) and chunk[close] == _BACKSLASH:  # a backslash ends the chunk
-                self._escaped = True
-                self._keep(chunk, pos, len(chunk))
-                return len(chunk)
-            if close == len(chunk):
-                close = -1
-        if close < 0:
-            self._keep(chunk, pos, len(chunk))
-            return len(chunk)
+        scan = pos
+        while True:
+            close = chunk.find(b'"', scan)
+            if close < 0:  # the string goes on in the next chunk; an odd backslash run escapes its first byte
+                self._escaped = _backslash_run(chunk, scan, end) % 2 == 1
+                self._keep(chunk, pos, end)
+                return end
+            if _backslash_run(chunk, scan, close) % 2 == 0:
+                break
+            self.escaped_quotes += 1  # \" inside the string: one step each, so their number is bounded
+            if self.escaped_quotes > self.max_values:
+                raise RequestBoundError(413, self.field, f"the request body holds more than {self.max_values} "
+                                                         "escaped quotes", "PayloadTooLarge")
+            scan = close + 1
         self._keep(chunk, pos, close)
         self._in_string = False
+        if self._string_wide:
+            self.wide_bytes += self._string_bytes
         if self._text is not None:
             self._last = _key_text(self._text)
             self._text = None
         return close + 1
 
     def _keep(self, chunk: bytes, start: int, stop: int) -> None:
+        """Account for string content `chunk[start:stop]`: its size, whether it is wide, a key's text."""
+        self._string_bytes += stop - start
+        if not self._string_wide and ((chunk.find(b"\\", start, stop) >= 0 and  # memchr first: fast
+                                       chunk.find(b"\\u", start, stop) >= 0) or
+                                      (not self._ascii_chunk and not chunk[start:stop].isascii())):
+            self._string_wide = True
+        if self._string_wide and self.wide_bytes + self._string_bytes > MAX_WIDE_TEXT:
+            raise RequestBoundError(413, self.field, f"the request body holds more than {MAX_WIDE_TEXT} bytes of "
+                                                     "strings with non-ASCII characters or \\u escapes; the limit "
+                                                     f"is {MAX_WIDE_TEXT} (images are plain base64)",
+                                    "PayloadTooLarge")
         if self._text is None:
             return
         if len(self._text) + stop - start > _KEY_BYTES:
@@ -159,6 +194,27 @@ class JsonShape:
         if self.depth > self.max_depth:
             raise RequestBoundError(422, self.field, f"the request body nests arrays and objects more than "
                                                      f"{self.max_depth} levels deep; the limit is {self.max_depth}")
+
+
+def _backslash_run(chunk: bytes, low: int, high: int) -> int:
+    """How many backslashes end `chunk[low:high]` (galloping back with C-speed counts, then bisecting)."""
+    if high <= low or chunk[high - 1] != _BACKSLASH:
+        return 0
+    inside, size = 1, 2  # chunk[high - inside:high] is all backslashes
+    while size <= high - low and chunk.count(b"\\", high - size, high) == size:
+        inside, size = size, size * 2
+    if size > high - low:
+        if chunk.count(b"\\", low, high) == high - low:
+            return high - low
+        size = high - low
+    outside = size  # chunk[high - outside:high] is not all backslashes
+    while outside - inside > 1:
+        middle = (inside + outside) // 2
+        if chunk.count(b"\\", high - middle, high) == middle:
+            inside = middle
+        else:
+            outside = middle
+    return inside
 
 
 def _key_text(raw: bytearray) -> str | None:
@@ -280,10 +336,9 @@ def check_images(data: Any, bounds: RequestBounds) -> None:
     for path, text in strings(data):
         try:
             size = image_size(text)
-        except Image.DecompressionBombError:
-            raise RequestBoundError(422, path, "the image is too large to decode (over the limit of "
-                                               f"{Image.MAX_IMAGE_PIXELS} pixels)") from None
-        if size is None:
+        except Image.DecompressionBombError:  # over Pillow's limit: no decoder reads it
+            continue
+        if size is None or size[0] * size[1] > bounds.max_image_pixels:
             continue
         count += 1
         total += size[0] * size[1]

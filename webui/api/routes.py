@@ -359,7 +359,8 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         max_body_bytes = getattr(settings, "max_upload_bytes", MAX_BODY_BYTES)
     route_class = _route_class(max_body_bytes, settings.api_auth_pairs(), login_throttle(easel.extras),
                                lambda: RequestBounds(settings.user.max_request_pixels,
-                                                     settings.user.max_request_images))
+                                                     settings.user.max_request_images,
+                                                     settings.user.limits().max_pixels * 4))
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], route_class=route_class)
 
     # Helpers over this Easel ---------------------------------------------------------------------------
