@@ -96,7 +96,7 @@ def add_routes(api: ExtensionAPI, controlnet: "ControlNet") -> None:
                 return _error(422, f"controlnet_input_images[{i}]", "is empty")
             decoded.append(image)
 
-        def run() -> list[Image.Image]:  # on the worker, like a generation: annotators share the device
+        def run() -> list[Image.Image]:  # on the worker: one detection at a time, behind the bounded queue
             return [controlnet.preprocessors.run(module, image, int(options["resolution"]), options["threshold_a"],
                                                  options["threshold_b"]) for image in decoded]
 
