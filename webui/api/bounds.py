@@ -287,7 +287,8 @@ def _open_size(data: bytes) -> tuple[int, int]:
 def image_size(text: str) -> tuple[int, int] | None:
     """The size an image field would decode to, read from its header; None when it is not an image Easel reads.
 
-    Raises `Image.DecompressionBombError` for an image Pillow refuses to open at all."""
+    Raises `Image.DecompressionBombError` for an image Pillow refuses to open at all (or its warning, where the
+    warnings filter makes that an error)."""
     try:
         head = _head(text)
         if head is None:  # a prefix too hidden in whitespace to judge: look at all of it
@@ -336,8 +337,8 @@ def check_images(data: Any, bounds: RequestBounds) -> None:
     for path, text in strings(data):
         try:
             size = image_size(text)
-        except Image.DecompressionBombError:  # over Pillow's limit: no decoder reads it
-            continue
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # over Pillow's limit (the warning
+            continue  # is an error while another thread's decoder has made it one): no decoder reads it
         if size is None or size[0] * size[1] > bounds.max_image_pixels:
             continue
         count += 1
