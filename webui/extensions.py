@@ -5,10 +5,10 @@ types it passes around; this module is its implementation. An extension is a fol
 `extension.json` manifest (`{"name": ..., "version": ..., "description": ..., "api_version": 1,
 "entry": "extension.py"}`) and an entry module that defines `setup(api: ExtensionAPI) -> None`. Through `api`
 it can add a UI tab or an accordion to a mode's tab, change requests before generation, post-process images
-after, add API routes and API scripts, add samplers, add preprocessors and read settings. It can also take
-per-request arguments (the API's `alwayson_scripts`, its accordion's controls) and wrap each diffusers
-pipeline call a mode makes (swap the pipeline, add call arguments), which is how the bundled ControlNet
-extension works. `API_VERSION` changes only when something here breaks; an extension that asks for another
+after, add API routes and API scripts, run work on the worker that owns the device, add samplers, add
+preprocessors and read settings. It can also take per-request arguments (the API's `alwayson_scripts`, its
+accordion's controls) and wrap each diffusers pipeline call a mode makes (swap the pipeline, add call
+arguments), which is how the bundled ControlNet extension works. `API_VERSION` changes only when something here breaks; an extension that asks for another
 version is refused with a message instead of failing later.
 
 Loading is isolated: an extension that raises during import or `setup` is recorded with its error and every
