@@ -150,20 +150,24 @@ def test_crop_is_taken_before_upscaling_and_matches_cover_then_crop(make_easel, 
     assert seen[0] == (2, 2) and all(h == w for h, w in seen), seen  # the 2x2 crop, never a 2x600 strip
 
 
-def test_a_model_pass_never_overshoots_far_past_the_target(esrgan_dir):
+def test_a_model_pass_never_makes_more_than_the_limit(esrgan_dir):
     upscalers = Upscalers([esrgan_dir], tile=512, tile_overlap=0)
     model = upscalers._load(upscalers.find("2x-tiny"))
     seen = []
     handle = model.model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
     try:
-        # 100x10 -> 20x20 would run the model on 100x10 and make 200x20 (10x the target): it runs on 10x10 instead
-        assert upscalers.upscale(gradient(100, 10), "2x-tiny", (20, 20)).size == (20, 20)
+        # 100x10 -> 20x20 would run the model on 100x10 and make 200x20 = 4000 px: over a 1600 px limit, it runs
+        # on 10x10 instead and lands on the target
+        assert upscalers.upscale(gradient(100, 10), "2x-tiny", (20, 20), max_pixels=1600).size == (20, 20)
         assert seen == [(10, 10)]
         seen.clear()
-        assert upscalers.upscale(gradient(30, 20), "2x-tiny", (40, 40)).size == (40, 40)  # 60x40: within 4x
-        assert seen == [(20, 30)]
+        assert upscalers.upscale(gradient(30, 20), "2x-tiny", (40, 40), max_pixels=2400).size == (40, 40)
+        assert seen == [(20, 30)]  # 60x40 = 2400: within the limit, the model sees the whole image
         seen.clear()
-        upscalers.upscale(gradient(30, 20), "2x-tiny", (40, 40), max_pixels=1600)  # a tighter limit
+        upscalers.upscale(gradient(30, 20), "2x-tiny", (40, 40), max_pixels=1000)  # below the target: the target
         assert seen == [(20, 20)]
+        seen.clear()
+        upscalers.upscale(gradient(100, 10), "2x-tiny", (20, 20))  # no limit (the hires fix): as it always was
+        assert seen == [(10, 100)]
     finally:
         handle.remove()
