@@ -5,10 +5,10 @@ types it passes around; this module is its implementation. An extension is a fol
 `extension.json` manifest (`{"name": ..., "version": ..., "description": ..., "api_version": 1,
 "entry": "extension.py"}`) and an entry module that defines `setup(api: ExtensionAPI) -> None`. Through `api`
 it can add a UI tab or an accordion to a mode's tab, change requests before generation, post-process images
-after, add API routes and API scripts, add samplers, add preprocessors and read settings. It can also take
-per-request arguments (the API's `alwayson_scripts`, its accordion's controls) and wrap each diffusers
-pipeline call a mode makes (swap the pipeline, add call arguments), which is how the bundled ControlNet
-extension works. `API_VERSION` changes only when something here breaks; an extension that asks for another
+after, add API routes and API scripts, run work on the worker that owns the device, add samplers, add
+preprocessors and read settings. It can also take per-request arguments (the API's `alwayson_scripts`, its
+accordion's controls) and wrap each diffusers pipeline call a mode makes (swap the pipeline, add call
+arguments), which is how the bundled ControlNet extension works. `API_VERSION` changes only when something here breaks; an extension that asks for another
 version is refused with a message instead of failing later.
 
 Everything an extension contributes (tabs, accordions, hooks, pipeline wrappers, routes, scripts, request
@@ -305,6 +305,23 @@ class ExtensionAPI:
         fails the job with its message (a `ValueError` whose message starts with `field: ` is the client's
         mistake, a 4xx in the API)."""
         self._staged.pipeline_wrappers.append(wrapper)
+
+    def run_on_worker(self, call: Callable[[], Any], source: str = "api") -> Any:
+        """Run `call()` on the worker that owns the device, queued behind the jobs before it like a generation,
+        and return what it returns (re-raising what it raised). Work that runs a model or needs much memory
+        outside a generation (a preprocessor's detection, say) goes through here so it never races a job.
+        Blocks until done; a full queue raises `QueueFullError` (the API answers 503 with Retry-After), and an
+        interrupted call raises RuntimeError."""
+        from webui.engine.tasks import CallTask
+        from webui.engine.worker import JobState
+
+        job = self._easel.engine.submit(CallTask(call=call, label=self.name), source=source)
+        job.wait()
+        if job.state == JobState.FAILED and job.exception is not None:
+            raise job.exception
+        if job.state != JobState.DONE or job.result is None:
+            raise RuntimeError(f"{self.name}: the job was {job.state.value} ({job.error or 'no result'})")
+        return job.result.info.get("value")
 
     def add_sampler(self, name: str, scheduler_class: str, overrides: dict[str, Any] | None = None) -> None:
         """Offer a diffusers scheduler under a sampler name for SD-family models (SD 1.x, SD 2.x, SDXL).

@@ -38,6 +38,8 @@ class UserSettings:
     max_batch_count: int = 100
     max_prompt_chars: int = 8000
     max_images: int = 200  # batch size x batch count per request
+    max_request_pixels: int = 8 * 2048 * 2048  # all images one API request carries (and Extras makes), in pixels
+    max_request_images: int = 100  # images one API request carries
     queue_size: int = 64
     save_images: bool = True
     builtin_plan_layout: bool = True  # the built-in model plans its layouts (and redraws objects) as its config says
@@ -72,6 +74,9 @@ class UserSettings:
             raise ValueError("queue_size: must be at least 1")
         if self.lora_max_rank < 1:
             raise ValueError("lora_max_rank: must be at least 1")
+        for name in ("max_request_pixels", "max_request_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
         if self.max_side < 64 or self.max_side % 8:
             raise ValueError("max_side: must be a multiple of 8 and at least 64")
 

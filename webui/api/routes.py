@@ -23,8 +23,9 @@ import os
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, Iterator
 
 from fastapi import APIRouter, Body, FastAPI, Request, Response
 from fastapi.exceptions import FastAPIError, RequestValidationError
@@ -32,9 +33,19 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from webui import __version__
+from webui.api.bounds import (
+    IMAGE_FORMATS,
+    JsonShape,
+    RequestBoundError,
+    RequestBounds,
+    base64_bytes,
+    check_images,
+    is_json,
+)
 from webui.api.compat import (
     LATENT_UPSCALE_MODES,
     add_docs,
@@ -66,7 +77,6 @@ from webui.security import LOGIN_CHECKED, LoginThrottle, check_basic_auth, login
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 
 # AUTOMATIC1111's k-diffusion aliases, so clients that send them find the sampler.
 SAMPLER_ALIASES: dict[str, list[str]] = {
@@ -142,8 +152,8 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
                                                   "field": first["field"], "errors": problems})
 
 
-def _route_class(max_body_bytes: int, logins: list[tuple[str, str]],
-                 throttle: LoginThrottle | None = None) -> type[APIRoute]:
+def _route_class(max_body_bytes: int, logins: list[tuple[str, str]], throttle: LoginThrottle | None = None,
+                 bounds: Callable[[], RequestBounds] | None = None) -> type[APIRoute]:
     """Routes that check logins and the body size, and turn every error into the JSON above.
 
     Done per route rather than as app middleware or exception handlers, because the Gradio app has already
@@ -157,7 +167,7 @@ def _route_class(max_body_bytes: int, logins: list[tuple[str, str]],
             async def guarded(request: Request) -> Response:
                 try:
                     check_login(request, logins, throttle)
-                    await read_body(request, max_body_bytes)
+                    await read_body(request, max_body_bytes, bounds() if bounds is not None else None)
                     return await handler(request)
                 except RequestValidationError as exc:
                     return validation_response(exc)
@@ -209,46 +219,74 @@ def check_login(request: Request, logins: list[tuple[str, str]], throttle: Login
         raise ApiError(refusal.status, None, refusal.message, refusal.kind, refusal.headers)
 
 
-async def read_body(request: Request, limit: int) -> None:
-    """Read the body, refusing it once it passes `limit` bytes, and leave it cached for the handler."""
+async def read_body(request: Request, limit: int, bounds: RequestBounds | None = None) -> None:
+    """Read the body and leave it cached for the handler, refusing it once it passes `limit` bytes.
+
+    A JSON body is also held to `webui.api.bounds`: its shape while it streams in, then (with `bounds`) the
+    number and total pixels of the images it carries, read from their headers before any is decoded."""
     if request.method not in ("POST", "PUT", "PATCH"):
         return
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "body", f"the request body is {int(declared)} bytes; the limit is {limit}",
                        "PayloadTooLarge")
+    shape = JsonShape() if is_json(request.headers.get("content-type")) else None
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise ApiError(413, "body", f"the request body exceeds the limit of {limit} bytes", "PayloadTooLarge")
-        chunks.append(chunk)
-    request._body = b"".join(chunks)  # where Starlette's Request.body() keeps the body it has read
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise ApiError(413, "body", f"the request body exceeds the limit of {limit} bytes",
+                               "PayloadTooLarge")
+            if shape is not None:
+                shape.feed(chunk)
+            chunks.append(chunk)
+        request._body = b"".join(chunks)  # where Starlette's Request.body() keeps the body it has read
+        del chunks
+        if shape is not None and bounds is not None and request._body:
+            try:
+                data = await request.json()  # kept by Starlette: FastAPI's handler does not parse it again
+            except (ValueError, RecursionError):
+                return  # FastAPI answers malformed JSON itself
+            await run_in_threadpool(check_images, data, bounds)
+    except RequestBoundError as exc:
+        raise ApiError(exc.status, exc.field, exc.message, exc.kind) from None
 
 
 # Images -----------------------------------------------------------------------------------------------
-def decode_image(data: Any, field_name: str, max_pixels: int) -> Image.Image:
-    """A base64 image (optionally a data: URL), its size checked before its pixels are decoded."""
+def decode_image(data: Any, field_name: str, max_pixels: int, load: bool = True) -> Image.Image:
+    """A base64 image (optionally a data: URL), its size checked before its pixels are decoded.
+
+    With `load=False` only the header is read: call `load_image` before using the pixels."""
     if not isinstance(data, str) or not data.strip():
         raise ApiError(422, field_name, "must be a base64-encoded image")
-    text = data.strip()
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    text = "".join(text.split())
-    text += "=" * (-len(text) % 4)
     try:
-        raw = base64.b64decode(text, validate=True)
+        raw = base64_bytes(data)
     except (binascii.Error, ValueError):
         raise ApiError(422, field_name, "is not valid base64") from None
+    with _decoding_errors(field_name):
+        image = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ApiError(422, field_name, f"image is {width}x{height}; the limit is {max_pixels} pixels")
+    return load_image(image, field_name) if load else image
+
+
+def load_image(image: Image.Image, field_name: str) -> Image.Image:
+    """Decode the pixels of an image `decode_image(..., load=False)` opened; a corrupt one is a 422."""
+    with _decoding_errors(field_name):
+        image.load()
+    return image
+
+
+@contextmanager
+def _decoding_errors(field_name: str) -> Iterator[None]:
+    """Pillow's refusals as 422s naming the field."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ApiError(422, field_name, f"image is {width}x{height}; the limit is {max_pixels} pixels")
-            image.load()
+            yield
     except ApiError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -258,7 +296,6 @@ def decode_image(data: Any, field_name: str, max_pixels: int) -> Image.Image:
         raise ApiError(422, field_name, f"is not an image Easel can read ({', '.join(IMAGE_FORMATS)})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ApiError(422, field_name, f"the image could not be decoded ({exc})") from None
-    return image
 
 
 def check_mask(mask: Image.Image | None, invert: bool) -> None:
@@ -323,7 +360,10 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
     defaults = ApiDefaults()
     if max_body_bytes is None:
         max_body_bytes = getattr(settings, "max_upload_bytes", MAX_BODY_BYTES)
-    route_class = _route_class(max_body_bytes, settings.api_auth_pairs(), login_throttle(easel.extras))
+    route_class = _route_class(max_body_bytes, settings.api_auth_pairs(), login_throttle(easel.extras),
+                               lambda: RequestBounds(settings.user.max_request_pixels,
+                                                     settings.user.max_request_images,
+                                                     settings.user.limits().max_pixels * 4))
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], route_class=route_class)
 
     # Helpers over this Easel ---------------------------------------------------------------------------
@@ -829,8 +869,15 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
                                    crop=bool(body.upscaling_crop), upscaler_2=second,
                                    upscaler_2_visibility=visibility, save_images=bool(body.save_images))
                     for image in images]
-        for request in requests:  # every image checked before any is queued
+        for request in requests:  # every image checked before any is queued (or decoded: only headers are read)
             request.validate(settings.user.limits())
+        budget = settings.user.max_request_pixels
+        total = sum(image.width * image.height for image in images) + \
+            sum(width * height for width, height in (request.output_size() for request in requests))
+        if total > budget:
+            raise ApiError(422, "upscaling_resize_w" if by_size else "upscaling_resize",
+                           f"the images and their results would add up to {total} pixels; the limit is {budget} "
+                           "pixels per request (max_request_pixels)")
         return requests
 
     async def run_upscales(requests: list[UpscaleRequest]) -> list[tuple[Image.Image, str]]:
@@ -859,8 +906,10 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         return await API_LANE.run(lambda: {"html_info": text, "image": encode_png(result, text)})
 
     def single_image_requests(body: ExtrasSingleImageRequest) -> tuple[Image.Image, list[UpscaleRequest] | None]:
-        image = decode_image(body.image, "image", max_image_pixels())
-        return image, upscale_requests(body, [image])
+        image = decode_image(body.image, "image", max_image_pixels(), load=False)
+        requests = upscale_requests(body, [image])
+        load_image(image, "image")
+        return image, requests
 
     @router.post("/extra-batch-images")
     async def extra_batch_images(body: ExtrasBatchImagesRequest) -> dict[str, Any]:
@@ -879,9 +928,12 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         if len(body.imageList) > limit:
             raise ApiError(422, "imageList", f"at most {limit} images at once (the batch count limit), got "
                                              f"{len(body.imageList)}")
-        images = [decode_image(item.data, f"imageList.{index}.data", max_image_pixels())
+        images = [decode_image(item.data, f"imageList.{index}.data", max_image_pixels(), load=False)
                   for index, item in enumerate(body.imageList)]
-        return images, upscale_requests(body, images)
+        requests = upscale_requests(body, images)
+        for index, image in enumerate(images):
+            load_image(image, f"imageList.{index}.data")
+        return images, requests
 
     @router.get("/extensions")
     def extensions() -> list[dict[str, Any]]:

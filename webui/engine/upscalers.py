@@ -5,8 +5,10 @@ loads one model at a time and runs it tile by tile, so a large image needs littl
 itself, without running code from it (`webui.model_manager.weights`: safetensors, or a pickle through the
 weights-only unpickler; TorchScript archives are refused unread), and hands spandrel only the tensors, from
 which it recognises ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT and the other single-image super-resolution
-architectures. A file that is refused or is no upscaler raises `UpscalerLoadError` naming it. A model scales by its own factor; `upscale` repeats it until the image
-reaches the target size, then resizes to the exact size with Lanczos. Hires fix, the Extras tab and
+architectures. A file that is refused or is no upscaler raises `UpscalerLoadError` naming it. A model scales by
+its own factor; `upscale` repeats it until the image reaches the target size, then resizes to the exact size with
+Lanczos (for Extras, a pass that would make more than the per-image limit is made on the image shrunk to land on
+the target). Hires fix, the Extras tab and
 `/sdapi/v1/extra-single-image` all go through here, on the worker thread that owns the device.
 
 AUTOMATIC1111's latent upscalers ("Latent", "Latent (bicubic)", ...) are accepted for hires fix so clients
@@ -145,8 +147,14 @@ class Upscalers:
         return self.find(name).name
 
     # Upscaling (worker thread) ---------------------------------------------------------------------
-    def upscale(self, image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
-        """`image` resized to `size` by the named upscaler ("None" and latent names: plain resampling)."""
+    def upscale(self, image: Image.Image, name: str, size: tuple[int, int],
+                max_pixels: int | None = None) -> Image.Image:
+        """`image` resized to `size` by the named upscaler ("None" and latent names: plain resampling).
+
+        With `max_pixels` (the Extras tab and API pass the per-image limit), a model's pass makes at most that
+        many pixels, or the target's when that is more: before a pass that would make more, the image is first
+        resized so that the pass lands on the target size (an image just under the target would otherwise
+        become scale² times its size first)."""
         key = str(name).strip()
         if key in ("", NONE):
             return image.resize(size, Image.LANCZOS) if image.size != size else image
@@ -155,14 +163,20 @@ class Upscalers:
         entry = self.find(key)
         if entry.kind == "builtin":
             return image.resize(size, BUILTIN_FILTERS[entry.name])
-        return self._upscale_with_model(image, entry, size)
+        return self._upscale_with_model(image, entry, size, max(max_pixels, size[0] * size[1]) if max_pixels else None)
 
-    def _upscale_with_model(self, image: Image.Image, entry: UpscalerEntry, size: tuple[int, int]) -> Image.Image:
+    def _upscale_with_model(self, image: Image.Image, entry: UpscalerEntry, size: tuple[int, int],
+                            max_pixels: int | None) -> Image.Image:
         model = self._load(entry)
         current = image.convert("RGB")
         for _ in range(MAX_PASSES):
             if current.width >= size[0] and current.height >= size[1]:
                 break
+            scale = max(1, int(model.scale))
+            if max_pixels is not None and current.width * scale * current.height * scale > max_pixels:
+                # shrink first, so the pass makes about the target size and not up to scale² times more
+                current = current.resize((max(1, -(-size[0] // scale)), max(1, -(-size[1] // scale))),
+                                         Image.LANCZOS)
             current = self._run_model(model, current)
             if model.scale <= 1:
                 break
