@@ -123,7 +123,7 @@ def parse_forwarded_allow_ips(text: str | None) -> list[str]:
 
 def forwarded_allow_ips(settings: "Settings") -> str:
     """uvicorn's `forwarded_allow_ips` for these settings: the flag's proxies, or "" (believe no one)."""
-    return ",".join(getattr(settings, "forwarded_allow_ips", []) or [])
+    return ",".join(settings.forwarded_allow_ips)
 
 
 def _is_ip(text: str) -> bool:
@@ -171,10 +171,10 @@ def policy_from_settings(settings: "Settings") -> GuardPolicy:
     if settings.listen:
         name = socket.gethostname().lower().rstrip(".")
         machine = (name, f"{name}.local") if name else ()
-    return GuardPolicy(allowed_hosts=tuple(getattr(settings, "allowed_hosts", []) or []), machine_names=machine,
+    return GuardPolicy(allowed_hosts=tuple(settings.allowed_hosts), machine_names=machine,
                        share=settings.share,
-                       cors_origins=tuple(normalize_origin(o) or o for o in getattr(settings, "cors_allow_origins", [])),
-                       cors_regex=parse_cors_regex(getattr(settings, "cors_allow_origins_regex", None)))
+                       cors_origins=tuple(normalize_origin(o) or o for o in settings.cors_allow_origins),
+                       cors_regex=parse_cors_regex(settings.cors_allow_origins_regex))
 
 
 def split_host(value: str) -> tuple[str, int | None] | None:

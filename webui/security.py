@@ -3,13 +3,17 @@
 Logins come from `--gradio-auth user:pass[,user2:pass2]` and `--gradio-auth-path FILE` (the same format, one or
 more per line); they protect the UI and, unless `--api-auth` gives the API its own, the API too. Passwords are
 compared in constant time (over every known pair, on SHA-256 digests, so neither content nor length leaks) and
-never appear in a message or a log line. `LoginThrottle` counts failed logins per client address and makes an
-address wait, doubling each time, once it has failed a few times; `LoginThrottleMiddleware` applies it to
-Gradio's `/login` form, the API applies it itself. `check_basic_auth` is the API's HTTP Basic check, used by its
-routes and by `ApiLoginMiddleware`, which guards every path under `/sdapi/` and `/easel/` whoever mounted it. `launch_warnings` is the start-up policy: a public link
-(`--share`) without logins refuses to start unless `--share-insecure` says so; `--listen` without logins starts
-with a warning. `resolve_inside` turns a user-supplied name into a path only when it stays inside its folder, and
-`served_paths` says which folders Gradio may send files from (outputs) and which never (models, settings).
+never appear in a message or a log line. `LoginThrottle` counts failed logins per (client address, user name)
+and per user name, and makes an address that keeps failing for a name wait, doubling each time, without ever
+refusing an address that has not failed itself; `LoginThrottleMiddleware` applies it to Gradio's `/login` form,
+the API applies it itself. The client address is the connection's, or with `--forwarded-allow-ips` the one the
+named proxies give in `X-Forwarded-For` (uvicorn reads it). `check_basic_auth` is the API's HTTP Basic check, used
+by its routes and by `ApiLoginMiddleware`, which guards every path under `/sdapi/` and `/easel/` whoever mounted
+it, and the API's documentation (`/docs`, `/redoc`, `/openapi.json`). `launch_warnings` is the start-up policy:
+a public link (`--share`) without logins refuses to start unless `--share-insecure` says so; `--listen` without
+logins starts with a warning. `resolve_inside` turns a user-supplied name into a path only when it stays inside
+its folder, and `served_paths` says which folders Gradio may send files from (outputs) and which never (models,
+settings).
 Nothing here imports torch, diffusers or Gradio.
 """
 from __future__ import annotations
