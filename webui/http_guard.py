@@ -8,11 +8,12 @@ layers too, see `webui.app.gradio_app`):
    page's site. Accepted: `localhost`, any IP address (a page cannot be rebound to an address), the machine's
    name with `--listen`, `*.gradio.live` with `--share`, and the names given with `--allowed-hosts`.
 2. **Origin.** A request carrying an `Origin` that is neither Easel's own (same host and port as the `Host`
-   header) nor allowed with `--cors-allow-origins` / `--cors-allow-origins-regex` gets a 403, whatever its
-   method and content type: a page on another site can make the browser send a form or a `text/plain` POST
-   without asking first, and this refuses it. `Origin: null` (sandboxed frames, files) is never accepted. A
-   POST, PUT, PATCH or DELETE without an `Origin` is checked by its `Referer` the same way. Requests with
-   neither header (scripts, API clients, `curl`) are not cross-site requests from a browser and pass.
+   header, or a name given with `--allowed-hosts`, for a proxy that changes the `Host`) nor allowed with
+   `--cors-allow-origins` / `--cors-allow-origins-regex` gets a 403, whatever its method and content type: a
+   page on another site can make the browser send a form or a `text/plain` POST without asking first, and this
+   refuses it. `Origin: null` (sandboxed frames, files) is never accepted. A POST, PUT, PATCH or DELETE without
+   an `Origin` is checked by its `Referer` the same way. Requests with neither header (scripts, API clients,
+   `curl`) are not cross-site requests from a browser and pass.
 3. **CORS.** Only the allowed origins get `Access-Control-Allow-*` headers (with credentials); those headers are
    removed from every other answer, whatever an inner layer added, so no other origin, and never `null`, can
    read an answer.
@@ -165,6 +166,16 @@ class GuardPolicy:
             return True
         return bool(self.cors_regex is not None and self.cors_regex.fullmatch(origin.strip()))
 
+    def own_name(self, url: str) -> bool:
+        """True when `url` (an Origin or a Referer) is on a name given with `--allowed-hosts` (not `*`): Easel's own
+        page behind a reverse proxy that sends Easel another `Host`."""
+        try:
+            name = (urlsplit(url.strip()).hostname or "").lower().rstrip(".")
+        except ValueError:
+            return False
+        return bool(name) and any(name == allowed or (allowed.startswith("*.") and name.endswith(allowed[1:]))
+                                  for allowed in self.allowed_hosts if allowed != "*")
+
 
 def policy_from_settings(settings: "Settings") -> GuardPolicy:
     machine: tuple[str, ...] = ()
@@ -247,7 +258,8 @@ class HttpGuard:
                                     "or under another name, start it with --allowed-hosts NAME")
         origin = headers.get("origin")
         if origin is not None:
-            if (host is None or not same_origin(origin, host)) and not self.policy.origin_allowed(origin):
+            if (host is None or not same_origin(origin, host)) and not self.policy.own_name(origin) \
+                    and not self.policy.origin_allowed(origin):
                 return 403, "ForeignOrigin", (f"requests from the web page at {origin[:100]!r} are refused: only "
                                               "this Easel's own page and the origins given with "
                                               "--cors-allow-origins may send them")
@@ -259,7 +271,8 @@ class HttpGuard:
                 site = f"{parts.scheme}://{parts.netloc}"
             except ValueError:
                 site = referer
-            if (host is None or not same_origin(referer, host)) and not self.policy.origin_allowed(site):
+            if (host is None or not same_origin(referer, host)) and not self.policy.own_name(site) \
+                    and not self.policy.origin_allowed(site):
                 return 403, "ForeignOrigin", (f"requests from the web page at {site[:100]!r} are refused: only this "
                                               "Easel's own page and the origins given with --cors-allow-origins "
                                               "may send them")

@@ -379,5 +379,8 @@ def test_forwarded_for_is_believed_only_from_the_proxies_named(serve_module) -> 
                      timeout=10).status_code == 200
     refused = httpx.post(f"{url}/sdapi/v1/interrupt", headers={"Origin": "http://evil.example"}, timeout=10)
     assert refused.status_code == 403 and cors_headers(refused) == []
+    own = httpx.post(f"{url}/sdapi/v1/interrupt", headers={"Origin": "https://easel.example.com"},
+                     auth=("alice", SECRET), timeout=10)  # Easel's page behind a proxy that sends another Host
+    assert own.status_code == 200 and cors_headers(own) == []
     for path in ("/docs", "/openapi.json", "/redoc"):
         assert httpx.get(f"{url}{path}", timeout=10).status_code == 401, path
