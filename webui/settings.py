@@ -1,7 +1,8 @@
 """Command-line flags, persisted settings and folder paths, as one validated object.
 
 Flags keep AUTOMATIC1111's names (`--port`, `--listen`, `--share`, `--gradio-auth`, `--api`, `--nowebui`,
-`--ckpt-dir`, `--lora-dir`, `--vae-dir`, `--data-dir`, `--medvram`, `--lowvram`, ...). The user settings that the
+`--ckpt-dir`, `--lora-dir`, `--vae-dir`, `--data-dir`, `--medvram`, `--lowvram`, `--cors-allow-origins`, ...).
+A `Settings` printed in a log masks the logins (`webui.redact`). The user settings that the
 Settings tab edits are stored as JSON in `<data dir>/config.json`; a corrupt file is kept aside as
 `config.json.bak` and replaced by defaults, and the reason is reported to the user.
 """
