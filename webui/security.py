@@ -7,13 +7,12 @@ never appear in a message or a log line. `LoginThrottle` counts failed logins pe
 and per user name, and makes an address that keeps failing for a name wait, doubling each time, without ever
 refusing an address that has not failed itself; `LoginThrottleMiddleware` applies it to Gradio's `/login` form,
 the API applies it itself. The client address is the connection's, or with `--forwarded-allow-ips` the one the
-named proxies give in `X-Forwarded-For` (uvicorn reads it). `check_basic_auth` is the API's HTTP Basic check, used
-by its routes and by `ApiLoginMiddleware`, which guards every path under `/sdapi/` and `/easel/` whoever mounted
-it, and the API's documentation (`/docs`, `/redoc`, `/openapi.json`). `launch_warnings` is the start-up policy:
-a public link (`--share`) without logins refuses to start unless `--share-insecure` says so; `--listen` without
-logins starts with a warning. `resolve_inside` turns a user-supplied name into a path only when it stays inside
-its folder, and `served_paths` says which folders Gradio may send files from (outputs) and which never (models,
-settings).
+named proxies give in `X-Forwarded-For` (uvicorn reads it). `ApiLoginMiddleware` also guards the API's
+documentation (`/docs`, `/redoc`, `/openapi.json`). `check_basic_auth` is the API's HTTP Basic check, used by its
+routes and by `ApiLoginMiddleware`, which guards every path under `/sdapi/` and `/easel/` whoever mounted it. `launch_warnings` is the start-up policy: a public link
+(`--share`) without logins refuses to start unless `--share-insecure` says so; `--listen` without logins starts
+with a warning. `resolve_inside` turns a user-supplied name into a path only when it stays inside its folder, and
+`served_paths` says which folders Gradio may send files from (outputs) and which never (models, settings).
 Nothing here imports torch, diffusers or Gradio.
 """
 from __future__ import annotations
