@@ -196,7 +196,10 @@ def test_apply_and_restart(make_easel, data_dir):
     try:
         handler = next(f.fn for f in blocks.fns.values() if f.name == "on_apply_restart")
         names, enabled = enabled_choices(easel)
-        *_, message = handler([n for n in enabled if n != "good"])
+        with pytest.raises(Exception, match="token: this action must come from Easel's own page"):
+            handler([n for n in enabled if n != "good"], "a forged token")
+        assert not restarted.is_set() and "good" not in easel.settings.user.disabled_extensions
+        *_, message = handler([n for n in enabled if n != "good"], easel.page_token())
         assert "Restarting" in message and restarted.wait(10)
         assert json.loads(easel.settings.config_path.read_text())["disabled_extensions"] == ["good"]
         assert any(f.js and "location.reload" in f.js for f in blocks.fns.values())

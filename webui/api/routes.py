@@ -71,6 +71,7 @@ from webui.engine.upscalers import NONE, UpscalerNotFoundError
 from webui.engine.worker import Job, JobResult, JobState, QueueFullError
 from webui.infotext import parse_infotext, png_bytes, read_png_parameters
 from webui.model_manager.errors import ModelLoadError, ModelNotFoundError
+from webui.redact import answer_folders, public_path, redact_paths
 from webui.requests import GenerationRequest, Img2ImgRequest, InpaintRequest, RequestError, Txt2ImgRequest
 from webui.security import LOGIN_CHECKED, LoginThrottle, check_basic_auth, login_throttle
 
@@ -153,8 +154,10 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
 
 
 def _route_class(max_body_bytes: int, logins: list[tuple[str, str]], throttle: LoginThrottle | None = None,
-                 bounds: Callable[[], RequestBounds] | None = None) -> type[APIRoute]:
-    """Routes that check logins and the body size, and turn every error into the JSON above.
+                 bounds: Callable[[], RequestBounds] | None = None, shown: Callable[[str], str] = str
+                 ) -> type[APIRoute]:
+    """Routes that check logins, the body size and its shape (`bounds`), and turn every error into the JSON above
+    (its message passed through `shown`, which takes this machine's folders out of it).
 
     Done per route rather than as app middleware or exception handlers, because the Gradio app has already
     started when the API is added to it.
@@ -172,18 +175,18 @@ def _route_class(max_body_bytes: int, logins: list[tuple[str, str]], throttle: L
                 except RequestValidationError as exc:
                     return validation_response(exc)
                 except ApiError as exc:
-                    return error_response(exc.status, exc.kind, exc.message, exc.field, exc.headers)
+                    return error_response(exc.status, exc.kind, shown(exc.message), exc.field, exc.headers)
                 except RequestError as exc:
-                    return error_response(422, "RequestError", exc.message, exc.field)
+                    return error_response(422, "RequestError", shown(exc.message), exc.field)
                 except QueueFullError as exc:
                     return error_response(503, "QueueFull", str(exc), None, {"Retry-After": "5"})
                 except HTTPException as exc:  # FastAPI's own refusals, e.g. a body that is not UTF-8 JSON
                     message = exc.detail if isinstance(exc.detail, str) else "the request was refused"
-                    return error_response(exc.status_code, "BadRequest", message,
+                    return error_response(exc.status_code, "BadRequest", shown(message),
                                           "body" if exc.status_code < 500 else None, exc.headers)
                 except Exception as exc:  # noqa: BLE001 - the one place internal failures become a 500
                     log.exception("API %s %s failed", request.method, request.url.path)
-                    return error_response(500, type(exc).__name__, str(exc) or type(exc).__name__, None)
+                    return error_response(500, type(exc).__name__, shown(str(exc) or type(exc).__name__), None)
 
             return guarded
 
@@ -360,10 +363,18 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
     defaults = ApiDefaults()
     if max_body_bytes is None:
         max_body_bytes = getattr(settings, "max_upload_bytes", MAX_BODY_BYTES)
+    folders = answer_folders(settings)  # paths in answers are relative to these (never absolute)
+
+    def shown(path: Any) -> str | None:
+        return public_path(path, folders)
+
+    def redact(text: str) -> str:
+        return redact_paths(text, folders)
+
     route_class = _route_class(max_body_bytes, settings.api_auth_pairs(), login_throttle(easel.extras),
                                lambda: RequestBounds(settings.user.max_request_pixels,
                                                      settings.user.max_request_images,
-                                                     settings.user.limits().max_pixels * 4))
+                                                     settings.user.limits().max_pixels * 4), redact)
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], route_class=route_class)
 
     # Helpers over this Easel ---------------------------------------------------------------------------
@@ -607,7 +618,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
             "is_using_inpainting_conditioning": False,
             "version": f"Easel {__version__}",
             "interrupted": job.state == JobState.INTERRUPTED,
-            "paths": [str(p) for p in result.paths],
+            "paths": [public_path(p, [settings.data_dir]) for p in result.paths],
         }
 
     # Generation ----------------------------------------------------------------------------------------
@@ -627,7 +638,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
     def sd_models() -> list[dict[str, Any]]:
         return [{"title": e.title, "model_name": e.name, "hash": e.short_hash,
                  "sha256": manager.hashes.cached_sha256(e.path) if e.kind != "hub" else None,
-                 "filename": str(e.path), "config": None}
+                 "filename": shown(e.path), "config": None}
                 for e in manager.checkpoints() if e.supported]
 
     @router.post("/refresh-checkpoints")
@@ -640,7 +651,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
 
     @router.get("/sd-vae")
     def sd_vae() -> list[dict[str, Any]]:
-        return [{"model_name": v.name, "filename": str(getattr(v, "path", ""))} for v in manager.vaes()]
+        return [{"model_name": v.name, "filename": shown(getattr(v, "path", None)) or ""} for v in manager.vaes()]
 
     @router.get("/samplers")
     def samplers() -> list[dict[str, Any]]:
@@ -659,7 +670,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
     @router.get("/upscalers")
     def upscalers() -> list[dict[str, Any]]:
         """None, Lanczos and Nearest, then the ESRGAN-family models in models/ESRGAN (and --esrgan-models-path)."""
-        return upscaler_info(engine.upscalers.entries())
+        return upscaler_info(engine.upscalers.entries(), shown)
 
     @router.get("/latent-upscale-modes")
     def latent_upscale_modes() -> list[dict[str, Any]]:
@@ -694,15 +705,15 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
             "sd_vae": vae,
             "CLIP_stop_at_last_layers": clip_skip,
             "samples_save": user.save_images,
-            "outdir_samples": str(settings.outputs_dir),
+            "outdir_samples": public_path(settings.outputs_dir, [settings.data_dir]),
             "show_progress_every_n_steps": user.live_preview_every,
             "live_previews_enable": user.live_preview_every > 0,
             "sd_checkpoint_cache": user.ram_cache_size,
             "samples_format": "png",
             "enable_pnginfo": True,
-            "outdir_txt2img_samples": str(settings.outputs_dir / "txt2img-images"),
-            "outdir_img2img_samples": str(settings.outputs_dir / "img2img-images"),
-            "outdir_extras_samples": str(settings.outputs_dir / "extras-images"),
+            "outdir_txt2img_samples": public_path(settings.outputs_dir / "txt2img-images", [settings.data_dir]),
+            "outdir_img2img_samples": public_path(settings.outputs_dir / "img2img-images", [settings.data_dir]),
+            "outdir_extras_samples": public_path(settings.outputs_dir / "extras-images", [settings.data_dir]),
             "eta_noise_seed_delta": 0,
             "ESRGAN_tile": engine.upscalers.tile,
             "ESRGAN_tile_overlap": engine.upscalers.tile_overlap,
@@ -754,15 +765,18 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         return {
             "port": settings.port, "listen": settings.listen, "share": settings.share, "api": settings.api,
             "nowebui": settings.nowebui, "gradio_auth": "(set)" if settings.gradio_auth else None,
-            "data_dir": str(settings.data_dir), "ckpt_dir": [str(p) for p in settings.ckpt_dirs],
-            "lora_dir": [str(p) for p in settings.lora_dirs], "vae_dir": [str(p) for p in settings.vae_dirs],
+            "data_dir": shown(settings.data_dir), "ckpt_dir": [shown(p) for p in settings.ckpt_dirs],
+            "lora_dir": [shown(p) for p in settings.lora_dirs], "vae_dir": [shown(p) for p in settings.vae_dirs],
             "device": settings.device, "precision": settings.precision, "medvram": settings.medvram,
             "lowvram": settings.lowvram,
             "enable_insecure_extension_access": settings.enable_insecure_extension_access,
             "allow_hub_downloads": settings.allow_hub_downloads,
-            "esrgan_models_path": [str(p) for p in settings.esrgan_dirs],
-            "controlnet_dir": [str(p) for p in settings.controlnet_dirs],
-            "embeddings_dir": [str(p) for p in settings.embedding_dirs],
+            "esrgan_models_path": [shown(p) for p in settings.esrgan_dirs],
+            "controlnet_dir": [shown(p) for p in settings.controlnet_dirs],
+            "embeddings_dir": [shown(p) for p in settings.embedding_dirs],
+            "api_auth": "(set)" if settings.api_auth else None,
+            "cors_allow_origins": ",".join(settings.cors_allow_origins) or None,
+            "cors_allow_origins_regex": settings.cors_allow_origins_regex,
         }
 
     # Progress and control ------------------------------------------------------------------------------
@@ -807,7 +821,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
     # LoRAs, embeddings, memory, checkpoint unloading ------------------------------------------------------
     @router.get("/loras")
     def loras() -> list[dict[str, Any]]:
-        return lora_info(manager.loras())
+        return lora_info(manager.loras(), shown)
 
     @router.post("/refresh-loras")
     def refresh_loras() -> None:
@@ -815,7 +829,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
 
     @router.get("/embeddings")
     def embeddings() -> dict[str, Any]:
-        return embeddings_info(manager.embeddings(), manager.embedding_model())
+        return embeddings_info(manager.embeddings(), manager.embedding_model(), redact)
 
     @router.post("/refresh-embeddings")
     def refresh_embeddings() -> None:
@@ -938,7 +952,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
     @router.get("/extensions")
     def extensions() -> list[dict[str, Any]]:
         """The installed extensions: name, version, enabled (for the next start), status and load error."""
-        return extension_info(easel.extension_statuses())
+        return extension_info(easel.extension_statuses(), redact)
 
     # PNG info ------------------------------------------------------------------------------------------
     @router.post("/png-info")
