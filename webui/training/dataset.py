@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,15 +120,27 @@ def read_caption(image: Path, trigger: str) -> str:
     return " ".join(text.replace("[trigger]", trigger).split())
 
 
+def pixel_limit() -> int:
+    """Pixels one image may have: the training limit, or less where the app's decoding limit (Pillow's, which
+    refuses images over twice `Image.MAX_IMAGE_PIXELS`) is lower."""
+    decodable = Image.MAX_IMAGE_PIXELS
+    return MAX_IMAGE_PIXELS if decodable is None else min(MAX_IMAGE_PIXELS, 2 * int(decodable))
+
+
 def read_size(path: Path) -> tuple[int, int]:
     """(width, height) from the image's header; nothing is decoded."""
+    limit = pixel_limit()
     try:
         with Image.open(path) as image:
             size = image.size
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # refused by the decoding limit, which reports only the pixels
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        what = f"{int(pixels.group(1)):,} pixels" if pixels else "the image"
+        raise DatasetError(path, f"{what} is over the limit of {limit:,} pixels per image") from exc
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise DatasetError(path, f"unreadable image ({type(exc).__name__}: {exc})") from exc
-    if size[0] * size[1] > MAX_IMAGE_PIXELS:
-        raise DatasetError(path, f"{size[0]}x{size[1]} is over the limit of {MAX_IMAGE_PIXELS:,} pixels per image")
+    if size[0] * size[1] > limit:
+        raise DatasetError(path, f"{size[0]}x{size[1]} is over the limit of {limit:,} pixels per image")
     return size
 
 
