@@ -45,7 +45,7 @@ def run_family(builder, tmp_path: Path, prompt_kwargs: dict | None = None) -> No
 
 def test_sd1_lora_loads_in_diffusers(tmp_path: Path) -> None:
     from tests.tiny_models import make_tiny_sd1
-    from webui.training.trainer import read_metadata
+    from webui.model_manager.lora_writer import read_metadata
 
     run_family(make_tiny_sd1, tmp_path)
     meta = read_metadata(tmp_path / "models" / "Lora" / "out" / "fam.safetensors")
@@ -75,7 +75,7 @@ def test_sd1_single_file_checkpoint_as_base(tmp_path: Path) -> None:
     import shutil
 
     from tests.tiny_models import make_tiny_sd1, save_sd1_single_file
-    from webui.training.trainer import read_metadata
+    from webui.model_manager.lora_writer import read_metadata
 
     folder = make_tiny_sd1(tmp_path / "folder")
     checkpoints = tmp_path / "models" / "Stable-diffusion"

@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from tests.security.conftest import Payload
+from webui.model_manager.identify import Arch
 from webui.training.config import ConfigError, TrainConfig, config_from_dict
 from webui.training.folders import TrainingFolders
 from webui.training.trainer import TrainEvent, base_hash, train
@@ -240,7 +241,8 @@ def test_adapters_disabled_gives_the_base_prediction(tiny_easel_dir: Path, model
                                                      tmp_path: Path) -> None:
     """Inside `adapters_disabled` the LoRA-carrying transformer computes exactly the base model; outside, it doesn't."""
     from webui.builtin.pipeline import EaselPipeline
-    from webui.training.trainer import adapters_disabled, add_lora, load_lora_state
+    from webui.training.objectives import adapters_disabled
+    from webui.training.trainer import add_lora, load_lora_state
 
     result = train(make_config(tiny_easel_dir, dataset_dir, "out"), search_dirs=models)
     tensors, _ = read(result.path)
@@ -252,7 +254,7 @@ def test_adapters_disabled_gives_the_base_prediction(tiny_easel_dir: Path, model
     source = torch.randn(2, 4, 64, 64, generator=gen)  # [2,4,64,64]
     with torch.no_grad():
         base = pipe.transformer(x_t, t, text, mask, source)
-        add_lora(pipe.transformer, config, "easel")
+        add_lora(pipe.transformer, config, Arch.EASEL)
         load_lora_state(pipe.transformer, {k.removeprefix("transformer."): v for k, v in tensors.items()})
         with adapters_disabled(pipe.transformer):
             off = pipe.transformer(x_t, t, text, mask, source)
@@ -266,12 +268,13 @@ def test_prior_preservation_keeps_the_base_tasks(tiny_easel_dir: Path, models: l
     """The preservation term is zero for a fresh LoRA (lora_B = 0), and training with it keeps the LoRA's change
     to the base model's own tasks (text-to-image, edits, inpainting) smaller than training without it."""
     from webui.builtin.pipeline import EaselPipeline
-    from webui.training.trainer import EaselObjective, add_lora, load_lora_state
+    from webui.training.objectives import EaselObjective
+    from webui.training.trainer import add_lora, load_lora_state
 
     def preservation_error(path: Path | None) -> float:
         pipe = EaselPipeline.from_pretrained(str(tiny_easel_dir))
         objective = EaselObjective(pipe, torch.device("cpu"))
-        add_lora(pipe.transformer, make_config(tiny_easel_dir, dataset_dir, "x"), "easel")
+        add_lora(pipe.transformer, make_config(tiny_easel_dir, dataset_dir, "x"), Arch.EASEL)
         if path is not None:
             tensors, _ = read(path)
             load_lora_state(pipe.transformer, {k.removeprefix("transformer."): v for k, v in tensors.items()})
@@ -292,7 +295,7 @@ def test_prior_preservation_keeps_the_base_tasks(tiny_easel_dir: Path, models: l
 def test_preservation_batch_size_sets_the_term_batch(tiny_easel_dir: Path, models: list[Path], dataset_dir: Path,
                                                      tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from webui.training.trainer import EaselObjective
+    from webui.training.objectives import EaselObjective
 
     sizes: list[int] = []
     original = EaselObjective.preservation_loss
@@ -309,11 +312,12 @@ def test_differential_preservation_swaps_the_trigger(dataset_dir: Path, tmp_path
     word, on their own training images noised, and pulls the LoRA's prediction towards the base model's (LoRA off)
     for them; captions without the trigger are left out, and a fresh LoRA (lora_B = 0) gives zero."""
     from tests.builtin.conftest import make_tiny_pipeline
-    from webui.training.trainer import EaselObjective, add_lora
+    from webui.training.objectives import EaselObjective
+    from webui.training.trainer import add_lora
 
     pipe = make_tiny_pipeline(self_condition=True)
     objective = EaselObjective(pipe, torch.device("cpu"))
-    add_lora(pipe.transformer, make_config("easel-shapes", dataset_dir, "x"), "easel")
+    add_lora(pipe.transformer, make_config("easel-shapes", dataset_dir, "x"), Arch.EASEL)
     pixels = torch.rand(3, 3, 64, 64) * 2 - 1  # [3,3,64,64]
     prompts = ["a red zork on a blue background", "a green square", "a zork in the top left"]
     words = ("circle", "plus sign")
@@ -360,7 +364,8 @@ def test_differential_preservation_keeps_the_swapped_prompts(tiny_easel_dir: Pat
     trigger swapped out less than trained without it."""
     from webui.builtin.pipeline import EaselPipeline
     from webui.training.dataset import load_dataset
-    from webui.training.trainer import EaselObjective, add_lora, load_lora_state
+    from webui.training.objectives import EaselObjective
+    from webui.training.trainer import add_lora, load_lora_state
 
     config = make_config(tiny_easel_dir, dataset_dir, "x")
     prompts, pixels = load_dataset(config.dataset, config.resolution, config.trigger).batch(
@@ -370,7 +375,7 @@ def test_differential_preservation_keeps_the_swapped_prompts(tiny_easel_dir: Pat
     def swapped_error(path: Path) -> float:
         pipe = EaselPipeline.from_pretrained(str(tiny_easel_dir))
         objective = EaselObjective(pipe, torch.device("cpu"))
-        add_lora(pipe.transformer, config, "easel")
+        add_lora(pipe.transformer, config, Arch.EASEL)
         tensors, _ = read(path)
         load_lora_state(pipe.transformer, {k.removeprefix("transformer."): v for k, v in tensors.items()})
         with torch.no_grad():
@@ -390,11 +395,12 @@ def test_prior_preservation_self_conditioned_reads_the_base_prediction(dataset_d
     """For a self-conditioned model, some preservation groups are run as the sampler runs the model after its
     first step: the base model's own first prediction as x0_prev, given to both the base and the LoRA pass."""
     from tests.builtin.conftest import make_tiny_pipeline
-    from webui.training.trainer import EaselObjective, add_lora
+    from webui.training.objectives import EaselObjective
+    from webui.training.trainer import add_lora
 
     pipe = make_tiny_pipeline(self_condition=True)
     objective = EaselObjective(pipe, torch.device("cpu"))
-    add_lora(pipe.transformer, make_config("easel-shapes", dataset_dir, "x"), "easel")
+    add_lora(pipe.transformer, make_config("easel-shapes", dataset_dir, "x"), Arch.EASEL)
     with torch.no_grad():  # a LoRA that acts (lora_B is zero when fresh)
         for name, p in pipe.transformer.named_parameters():
             if ".lora_B." in name:
@@ -429,11 +435,12 @@ def test_concept_loss_self_conditioned_reads_the_previous_step(dataset_dir: Path
     step: x0_prev is the LoRA-carrying model's own prediction of the same image and noise one step noisier
     (t + SELF_COND_LAG), detached; the other steps run without x0_prev."""
     from tests.builtin.conftest import make_tiny_pipeline
-    from webui.training.trainer import EaselObjective, add_lora
+    from webui.training.objectives import EaselObjective
+    from webui.training.trainer import add_lora
 
     pipe = make_tiny_pipeline(self_condition=True)
     objective = EaselObjective(pipe, torch.device("cpu"))
-    add_lora(pipe.transformer, make_config("easel-shapes", dataset_dir, "x"), "easel")
+    add_lora(pipe.transformer, make_config("easel-shapes", dataset_dir, "x"), Arch.EASEL)
     calls: list[tuple] = []
 
     def record(module, args, kwargs, output):
