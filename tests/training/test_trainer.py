@@ -2,6 +2,8 @@
 samples."""
 from __future__ import annotations
 
+import base64
+import io
 import threading
 from pathlib import Path
 
@@ -60,7 +62,12 @@ def test_builtin_lora_file_layout_and_metadata(tiny_easel_dir: Path, models: lis
     assert meta["easel_trigger"] == "zork"
     assert (meta["ss_network_dim"], meta["ss_network_alpha"], meta["ss_steps"], meta["ss_num_train_images"]) == \
         ("4", "2", str(STEPS), "3")
-    assert meta["ss_base_model_version"] == "easel"
+    assert meta["ss_base_model_version"] == "easel" and meta["modelspec.architecture"] == "easel-shapes/lora"
+    assert "easel_alpha_folded" not in meta  # the built-in model's alpha is read from ss_network_alpha
+    with Image.open(io.BytesIO(base64.b64decode(meta["modelspec.thumbnail"].removeprefix("data:image/png;base64,")))
+                    ) as thumbnail, Image.open(config.samples_dir / "step000004_0.png") as last_sample:
+        assert thumbnail.size == last_sample.size  # the latest sample (64x64: under the thumbnail's 256)
+        assert np.array_equal(np.asarray(thumbnail.convert("RGB")), np.asarray(last_sample.convert("RGB")))
     kinds = [e.kind for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("step") == STEPS
     samples = [p for e in events if e.kind == "sample" for p in e.samples]
@@ -100,6 +107,7 @@ def test_resume_continues_from_the_saved_step(tiny_easel_dir: Path, models: list
     straight = train(make_config(tiny_easel_dir, dataset_dir, "a"), search_dirs=models)
     first = train(make_config(tiny_easel_dir, dataset_dir, "b", steps=2), search_dirs=models)
     assert first.step == 2
+    started_at = read(first.path)[1]["ss_training_started_at"]
     events: list[TrainEvent] = []
     resumed = train(make_config(tiny_easel_dir, dataset_dir, "b"), on_event=events.append, search_dirs=models)
     assert events[0].kind == "start" and events[0].step == 2 and "resuming at step 2" in events[0].message
@@ -109,7 +117,7 @@ def test_resume_continues_from_the_saved_step(tiny_easel_dir: Path, models: list
     assert resumed.losses == pytest.approx(straight.losses, rel=1e-4, abs=1e-5)
     a, _ = read(straight.path)
     b, meta = read(resumed.path)
-    assert meta["ss_steps"] == str(STEPS)
+    assert meta["ss_steps"] == str(STEPS) and meta["ss_training_started_at"] == started_at  # the first run's
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="different rank") as info:

@@ -196,6 +196,7 @@ def bundled_state(words: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tenso
 
 def load_lora_state(denoiser: torch.nn.Module, state: dict[str, torch.Tensor],
                     words: dict[str, torch.nn.Parameter] | None = None) -> None:
+    """Put saved adapter weights (and learned word vectors) back: resuming a run."""
     from peft.utils import set_peft_model_state_dict
 
     from webui.builtin.lora import bundle_key
@@ -213,7 +214,6 @@ def load_lora_state(denoiser: torch.nn.Module, state: dict[str, torch.Tensor],
     if unexpected:
         raise ConfigError("output_name", f"the resume state does not fit this model ({unexpected[0]} ...); "
                                          "delete the .state.pt file or choose another output_name")
-
 
 
 def lora_tensors(state: dict[str, torch.Tensor], objective: Objective, arch: Arch, config: TrainConfig
