@@ -100,8 +100,8 @@ def test_an_unsupported_architecture_is_refused_naming_base_model(tmp_path: Path
 
 @pytest.mark.parametrize(("class_name", "expected"), [
     ("StableDiffusionInpaintPipeline", "base is an inpainting model (SD 1.x); LoRA training needs a text-to-image"),
-    ("StableDiffusionXLImg2ImgPipeline", "base is a StableDiffusionXLImg2ImgPipeline pipeline; LoRA training of "
-                                         "this architecture needs StableDiffusionPipeline or StableDiffusionXLPipeline"),
+    ("StableDiffusionXLImg2ImgPipeline", "base is a StableDiffusionXLImg2ImgPipeline pipeline; LoRA training of this "
+                                         "architecture needs StableDiffusionPipeline or StableDiffusionXLPipeline"),
 ])
 def test_pipelines_the_objective_cannot_train_are_refused_before_loading(class_name: str, expected: str,
                                                                           tmp_path: Path) -> None:

@@ -6,8 +6,8 @@
   - SD 1.x / 2.x / SDXL: noise (epsilon) or v-prediction, as the scheduler's config says, on VAE latents;
   - SD3, Flux.1, Z-Image: rectified flow (velocity noise - x0) on VAE latents, logit-normal noise levels.
 `objective_for(entry)` picks the one for a catalogue entry, or raises a ConfigError naming `base_model` and
-listing the supported architectures. Each objective also names its denoiser (the module the LoRA goes on), the layers a
-LoRA targets by default, and the pipeline classes it can train (text-to-image ones).
+listing the supported architectures. Each objective also names its denoiser (the module the LoRA goes on), the
+layers a LoRA targets by default, and the pipeline classes it can train (text-to-image ones).
 """
 from __future__ import annotations
 
@@ -340,8 +340,6 @@ class ZImageObjective(Objective):
         return F.mse_loss(pred, noise - x0)
 
 
-
-
 OBJECTIVES: dict[Arch, type[Objective]] = {
     Arch.EASEL: EaselObjective, Arch.SD1: StableDiffusionObjective, Arch.SD2: StableDiffusionObjective,
     Arch.SDXL: StableDiffusionObjective, Arch.SD3: SD3Objective, Arch.FLUX: FluxObjective, Arch.ZIMAGE: ZImageObjective,
@@ -358,8 +356,10 @@ def objective_class(arch: Arch, variant: str, base_model: str) -> type[Objective
     there is none (another architecture, an inpainting or editing model)."""
     cls = OBJECTIVES.get(arch)
     if cls is None:
-        raise ConfigError("base_model", f"{base_model} is a {ARCH_LABELS.get(arch, arch.value)} model; LoRA training "
-                                        f"supports {supported_architectures()}")
+        label = ARCH_LABELS.get(arch, arch.value)
+        article = "an" if label[:1].lower() in "aeiou" else "a"
+        raise ConfigError("base_model", f"{base_model} is {article} {label} model; LoRA training supports "
+                                        f"{supported_architectures()}")
     if variant in UNTRAINABLE_VARIANTS:
         raise ConfigError("base_model", f"{base_model} is {UNTRAINABLE_VARIANTS[variant]} "
                                         f"({ARCH_LABELS[arch]}); LoRA training needs a text-to-image model")
