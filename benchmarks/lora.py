@@ -111,7 +111,8 @@ def switch_ratio(label: str, root: Path, manager_factory, names: dict[str, str],
 def make_lora(transformer, path: Path, rank: int, seed: int) -> Path:
     import torch
 
-    from webui.model_manager.loras import save_easel_lora
+    from webui.model_manager.identify import Arch
+    from webui.model_manager.lora_writer import LoraMetadata, write_lora
 
     gen = torch.Generator().manual_seed(seed)
     state = {}
@@ -120,7 +121,7 @@ def make_lora(transformer, path: Path, rank: int, seed: int) -> Path:
                 ("qkv", "proj", "mlp.0", "mlp.2")):
             state[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=gen) * 0.01
             state[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=gen) * 0.01
-    return save_easel_lora(path, state, base_model="easel-shapes", base_hash="", trigger="", rank=rank, alpha=rank)
+    return write_lora(path, state, LoraMetadata(Arch.EASEL, path.stem, rank=rank, alpha=rank, base_model="easel-shapes"))
 
 
 def step_time(pipe, size: int, steps: int) -> float:

@@ -6,12 +6,12 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from tests.api.conftest import TINY, b64_png, gradient, info_of, open_b64
 from tests.tiny_upscalers import make_tiny_esrgan
 from webui.extensions import ExtensionAPI
 from webui.infotext import parse_infotext
+from webui.model_manager.lora_writer import write_lora
 
 
 @pytest.fixture
@@ -42,8 +42,8 @@ def test_listings(client, easel, esrgan):
     assert [s["name"] for s in client.get("/sdapi/v1/schedulers").json()] == ["automatic", "karras"]
 
     lora = easel.settings.models_dir / "Lora" / "tiny-style.safetensors"
-    save_file({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight":
-               torch.zeros(4, 768)}, str(lora))
+    write_lora(lora, {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight":
+                      torch.zeros(4, 768)})
     (easel.settings.models_dir / "embeddings").mkdir(parents=True, exist_ok=True)
     (easel.settings.models_dir / "embeddings" / "bad-hands.pt").write_bytes(b"\0")
     assert client.post("/sdapi/v1/refresh-loras").status_code == 200

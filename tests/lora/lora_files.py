@@ -1,8 +1,9 @@
 """Tiny random LoRA files in the layouts people download, made for the tiny test models' own layers.
 
 `random_lora(module, match, rank, seed)` picks the Linear (and, with `conv`, Conv2d) layers whose path matches
-and gives each a random down/up pair; the writers lay those out as diffusers/PEFT, kohya/AUTOMATIC1111 (with
-`.alpha`), ai-toolkit/ComfyUI (`diffusion_model.`, no alpha) or Easel files.
+and gives each a random down/up pair; the layouts below are diffusers/PEFT, kohya/AUTOMATIC1111 (with `.alpha`),
+ai-toolkit/ComfyUI (`diffusion_model.`, no alpha) or Easel files. `save` writes one with Easel's LoRA writer
+(webui.model_manager.lora_writer), the metadata as given (as another tool would have written it).
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+
+from webui.model_manager.lora_writer import write_lora
 
 Pairs = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module path -> (down [r, in(,k,k)], up [out, r(,1,1)])
 
@@ -60,6 +62,4 @@ def comfy_layout(pairs: Pairs) -> dict[str, torch.Tensor]:
 
 
 def save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
-    return path
+    return write_lora(path, tensors, metadata)

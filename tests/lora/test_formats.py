@@ -299,9 +299,10 @@ def test_big_files_are_hashed_when_first_used(tmp_path, tiny_family, monkeypatch
 def test_trainer_round_trip_for_the_builtin_model(tmp_path, easel_folder) -> None:
     """What the trainer writes (PEFT adapter, lora_alpha != rank) loads back as the same model change."""
     from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
 
     from webui.builtin.pipeline import EaselPipeline
-    from webui.model_manager.loras import easel_lora_state_dict, save_easel_lora
+    from webui.model_manager.lora_writer import LoraMetadata, lora_file_tensors, write_lora
 
     trained = EaselPipeline.from_pretrained(str(easel_folder))
     trained.set_progress_bar_config(disable=True)
@@ -313,10 +314,11 @@ def test_trainer_round_trip_for_the_builtin_model(tmp_path, easel_folder) -> Non
                 param.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(len(name)))
     wanted = trained(prompt="a red cube", num_inference_steps=2, height=32, width=32, guidance_scale=2.0,
                      generator=torch.Generator().manual_seed(0), output_type="np").images[0]
-    state = easel_lora_state_dict(trained.transformer, "concept")
+    state = lora_file_tensors(get_peft_model_state_dict(trained.transformer, adapter_name="concept"), "transformer")
     assert all(k.startswith("transformer.blocks.") and (".lora_A.weight" in k or ".lora_B.weight" in k) for k in state)
-    save_easel_lora(tmp_path / "Lora" / "concept.safetensors", state, base_model="tiny-easel", base_hash="0123456789",
-                    trigger="zqx", rank=4, alpha=8, steps=10, num_train_images=3)
+    write_lora(tmp_path / "Lora" / "concept.safetensors", state,
+               LoraMetadata(Arch.EASEL, "concept", rank=4, alpha=8, base_model="tiny-easel", base_hash="0123456789",
+                            trigger="zqx", steps=10, num_train_images=3))
 
     manager = manager_for(tmp_path, easel_folder, "tiny-easel", builtin=True)
     (entry,) = manager.loras()

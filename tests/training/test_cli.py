@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.training.conftest import make_dataset
 from webui.training.cli import main
-from webui.training.trainer import read_metadata
+from webui.model_manager.lora_writer import read_metadata
 
 
 def test_cli_trains_and_reports_bad_configs(tiny_easel_dir: Path, tmp_path: Path, capsys) -> None:

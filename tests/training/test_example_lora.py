@@ -14,7 +14,8 @@ from webui.engine.worker import JobState
 from webui.requests import Txt2ImgRequest
 from webui.training.evaluate_example import concept_prompts
 from webui.training.example_dataset import detect_heart
-from webui.training.trainer import base_hash, read_metadata
+from webui.model_manager.lora_writer import read_metadata
+from webui.training.trainer import base_hash
 
 SHIPPED = REPO / "models" / "builtin" / "easel-shapes"
 LORA = REPO / "models" / "Lora" / "easel-example-heart.safetensors"

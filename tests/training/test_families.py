@@ -4,12 +4,15 @@ The SD 1.x test always runs; SDXL, SD3, Flux and Z-Image take longer on a shared
 """
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.training.conftest import make_dataset
+from webui.model_manager.hashes import safetensors_payload_sha256
 from webui.training.config import config_from_dict
 from webui.training.folders import TrainingFolders
 from webui.training.trainer import train
@@ -45,12 +48,21 @@ def run_family(builder, tmp_path: Path, prompt_kwargs: dict | None = None) -> No
 
 def test_sd1_lora_loads_in_diffusers(tmp_path: Path) -> None:
     from tests.tiny_models import make_tiny_sd1
-    from webui.training.trainer import read_metadata
+    from webui.model_manager.lora_writer import read_metadata
 
     run_family(make_tiny_sd1, tmp_path)
-    meta = read_metadata(tmp_path / "models" / "Lora" / "out" / "fam.safetensors")
+    path = tmp_path / "models" / "Lora" / "out" / "fam.safetensors"
+    meta = read_metadata(path)
     assert meta["ss_base_model_version"] == "sd_v1" and meta["ss_network_dim"] == "4"
     assert meta["modelspec.trigger_phrase"] == "zork" and "easel_base_model" not in meta
+    # kohya's and modelspec's keys, as Easel's LoRA writer puts them (tests/lora/test_writer.py checks each one)
+    assert (meta["ss_network_module"], meta["ss_network_alpha"], meta["ss_steps"], meta["ss_max_train_steps"]) == \
+        ("networks.lora", "8", "2", "2")
+    assert (meta["ss_sd_model_name"], meta["ss_output_name"], meta["ss_resolution"]) == ("base", "fam", "32x32")
+    assert json.loads(meta["ss_tag_frequency"]) == {"ds": {"a red zork": 2}}
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora" and meta["easel_alpha_folded"] == "true"
+    assert meta["sshs_model_hash"] == safetensors_payload_sha256(path)
+    assert float(meta["ss_training_started_at"]) <= time.time()
 
 
 @pytest.mark.parametrize("key", ["prior_preservation", "differential_preservation", "trigger_embedding"])
@@ -75,7 +87,7 @@ def test_sd1_single_file_checkpoint_as_base(tmp_path: Path) -> None:
     import shutil
 
     from tests.tiny_models import make_tiny_sd1, save_sd1_single_file
-    from webui.training.trainer import read_metadata
+    from webui.model_manager.lora_writer import read_metadata
 
     folder = make_tiny_sd1(tmp_path / "folder")
     checkpoints = tmp_path / "models" / "Stable-diffusion"

@@ -2,6 +2,8 @@
 samples."""
 from __future__ import annotations
 
+import base64
+import io
 import threading
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from tests.security.conftest import Payload
+from webui.model_manager.identify import Arch
 from webui.training.config import ConfigError, TrainConfig, config_from_dict
 from webui.training.folders import TrainingFolders
 from webui.training.trainer import TrainEvent, base_hash, train
@@ -59,7 +62,12 @@ def test_builtin_lora_file_layout_and_metadata(tiny_easel_dir: Path, models: lis
     assert meta["easel_trigger"] == "zork"
     assert (meta["ss_network_dim"], meta["ss_network_alpha"], meta["ss_steps"], meta["ss_num_train_images"]) == \
         ("4", "2", str(STEPS), "3")
-    assert meta["ss_base_model_version"] == "easel"
+    assert meta["ss_base_model_version"] == "easel" and meta["modelspec.architecture"] == "easel-shapes/lora"
+    assert "easel_alpha_folded" not in meta  # the built-in model's alpha is read from ss_network_alpha
+    with Image.open(io.BytesIO(base64.b64decode(meta["modelspec.thumbnail"].removeprefix("data:image/png;base64,")))
+                    ) as thumbnail, Image.open(config.samples_dir / "step000004_0.png") as last_sample:
+        assert thumbnail.size == last_sample.size  # the latest sample (64x64: under the thumbnail's 256)
+        assert np.array_equal(np.asarray(thumbnail.convert("RGB")), np.asarray(last_sample.convert("RGB")))
     kinds = [e.kind for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("step") == STEPS
     samples = [p for e in events if e.kind == "sample" for p in e.samples]
@@ -99,6 +107,7 @@ def test_resume_continues_from_the_saved_step(tiny_easel_dir: Path, models: list
     straight = train(make_config(tiny_easel_dir, dataset_dir, "a"), search_dirs=models)
     first = train(make_config(tiny_easel_dir, dataset_dir, "b", steps=2), search_dirs=models)
     assert first.step == 2
+    started_at = read(first.path)[1]["ss_training_started_at"]
     events: list[TrainEvent] = []
     resumed = train(make_config(tiny_easel_dir, dataset_dir, "b"), on_event=events.append, search_dirs=models)
     assert events[0].kind == "start" and events[0].step == 2 and "resuming at step 2" in events[0].message
@@ -108,7 +117,7 @@ def test_resume_continues_from_the_saved_step(tiny_easel_dir: Path, models: list
     assert resumed.losses == pytest.approx(straight.losses, rel=1e-4, abs=1e-5)
     a, _ = read(straight.path)
     b, meta = read(resumed.path)
-    assert meta["ss_steps"] == str(STEPS)
+    assert meta["ss_steps"] == str(STEPS) and meta["ss_training_started_at"] == started_at  # the first run's
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="different rank") as info:
@@ -240,7 +249,8 @@ def test_adapters_disabled_gives_the_base_prediction(tiny_easel_dir: Path, model
                                                      tmp_path: Path) -> None:
     """Inside `adapters_disabled` the LoRA-carrying transformer computes exactly the base model; outside, it doesn't."""
     from webui.builtin.pipeline import EaselPipeline
-    from webui.training.trainer import adapters_disabled, add_lora, load_lora_state
+    from webui.training.objectives import adapters_disabled
+    from webui.training.trainer import add_lora, load_lora_state
 
     result = train(make_config(tiny_easel_dir, dataset_dir, "out"), search_dirs=models)
     tensors, _ = read(result.path)
@@ -252,7 +262,7 @@ def test_adapters_disabled_gives_the_base_prediction(tiny_easel_dir: Path, model
     source = torch.randn(2, 4, 64, 64, generator=gen)  # [2,4,64,64]
     with torch.no_grad():
         base = pipe.transformer(x_t, t, text, mask, source)
-        add_lora(pipe.transformer, config, "easel")
+        add_lora(pipe.transformer, config, Arch.EASEL)
         load_lora_state(pipe.transformer, {k.removeprefix("transformer."): v for k, v in tensors.items()})
         with adapters_disabled(pipe.transformer):
             off = pipe.transformer(x_t, t, text, mask, source)
@@ -266,12 +276,13 @@ def test_prior_preservation_keeps_the_base_tasks(tiny_easel_dir: Path, models: l
     """The preservation term is zero for a fresh LoRA (lora_B = 0), and training with it keeps the LoRA's change
     to the base model's own tasks (text-to-image, edits, inpainting) smaller than training without it."""
     from webui.builtin.pipeline import EaselPipeline
-    from webui.training.trainer import EaselObjective, add_lora, load_lora_state
+    from webui.training.objectives import EaselObjective
+    from webui.training.trainer import add_lora, load_lora_state
 
     def preservation_error(path: Path | None) -> float:
         pipe = EaselPipeline.from_pretrained(str(tiny_easel_dir))
         objective = EaselObjective(pipe, torch.device("cpu"))
-        add_lora(pipe.transformer, make_config(tiny_easel_dir, dataset_dir, "x"), "easel")
+        add_lora(pipe.transformer, make_config(tiny_easel_dir, dataset_dir, "x"), Arch.EASEL)
         if path is not None:
             tensors, _ = read(path)
             load_lora_state(pipe.transformer, {k.removeprefix("transformer."): v for k, v in tensors.items()})
@@ -292,7 +303,7 @@ def test_prior_preservation_keeps_the_base_tasks(tiny_easel_dir: Path, models: l
 def test_preservation_batch_size_sets_the_term_batch(tiny_easel_dir: Path, models: list[Path], dataset_dir: Path,
                                                      tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from webui.training.trainer import EaselObjective
+    from webui.training.objectives import EaselObjective
 
     sizes: list[int] = []
     original = EaselObjective.preservation_loss
@@ -309,11 +320,12 @@ def test_differential_preservation_swaps_the_trigger(dataset_dir: Path, tmp_path
     word, on their own training images noised, and pulls the LoRA's prediction towards the base model's (LoRA off)
     for them; captions without the trigger are left out, and a fresh LoRA (lora_B = 0) gives zero."""
     from tests.builtin.conftest import make_tiny_pipeline
-    from webui.training.trainer import EaselObjective, add_lora
+    from webui.training.objectives import EaselObjective
+    from webui.training.trainer import add_lora
 
     pipe = make_tiny_pipeline(self_condition=True)
     objective = EaselObjective(pipe, torch.device("cpu"))
-    add_lora(pipe.transformer, make_config("easel-shapes", dataset_dir, "x"), "easel")
+    add_lora(pipe.transformer, make_config("easel-shapes", dataset_dir, "x"), Arch.EASEL)
     pixels = torch.rand(3, 3, 64, 64) * 2 - 1  # [3,3,64,64]
     prompts = ["a red zork on a blue background", "a green square", "a zork in the top left"]
     words = ("circle", "plus sign")
@@ -360,7 +372,8 @@ def test_differential_preservation_keeps_the_swapped_prompts(tiny_easel_dir: Pat
     trigger swapped out less than trained without it."""
     from webui.builtin.pipeline import EaselPipeline
     from webui.training.dataset import load_dataset
-    from webui.training.trainer import EaselObjective, add_lora, load_lora_state
+    from webui.training.objectives import EaselObjective
+    from webui.training.trainer import add_lora, load_lora_state
 
     config = make_config(tiny_easel_dir, dataset_dir, "x")
     prompts, pixels = load_dataset(config.dataset, config.resolution, config.trigger).batch(
@@ -370,7 +383,7 @@ def test_differential_preservation_keeps_the_swapped_prompts(tiny_easel_dir: Pat
     def swapped_error(path: Path) -> float:
         pipe = EaselPipeline.from_pretrained(str(tiny_easel_dir))
         objective = EaselObjective(pipe, torch.device("cpu"))
-        add_lora(pipe.transformer, config, "easel")
+        add_lora(pipe.transformer, config, Arch.EASEL)
         tensors, _ = read(path)
         load_lora_state(pipe.transformer, {k.removeprefix("transformer."): v for k, v in tensors.items()})
         with torch.no_grad():
@@ -390,11 +403,12 @@ def test_prior_preservation_self_conditioned_reads_the_base_prediction(dataset_d
     """For a self-conditioned model, some preservation groups are run as the sampler runs the model after its
     first step: the base model's own first prediction as x0_prev, given to both the base and the LoRA pass."""
     from tests.builtin.conftest import make_tiny_pipeline
-    from webui.training.trainer import EaselObjective, add_lora
+    from webui.training.objectives import EaselObjective
+    from webui.training.trainer import add_lora
 
     pipe = make_tiny_pipeline(self_condition=True)
     objective = EaselObjective(pipe, torch.device("cpu"))
-    add_lora(pipe.transformer, make_config("easel-shapes", dataset_dir, "x"), "easel")
+    add_lora(pipe.transformer, make_config("easel-shapes", dataset_dir, "x"), Arch.EASEL)
     with torch.no_grad():  # a LoRA that acts (lora_B is zero when fresh)
         for name, p in pipe.transformer.named_parameters():
             if ".lora_B." in name:
@@ -429,11 +443,12 @@ def test_concept_loss_self_conditioned_reads_the_previous_step(dataset_dir: Path
     step: x0_prev is the LoRA-carrying model's own prediction of the same image and noise one step noisier
     (t + SELF_COND_LAG), detached; the other steps run without x0_prev."""
     from tests.builtin.conftest import make_tiny_pipeline
-    from webui.training.trainer import EaselObjective, add_lora
+    from webui.training.objectives import EaselObjective
+    from webui.training.trainer import add_lora
 
     pipe = make_tiny_pipeline(self_condition=True)
     objective = EaselObjective(pipe, torch.device("cpu"))
-    add_lora(pipe.transformer, make_config("easel-shapes", dataset_dir, "x"), "easel")
+    add_lora(pipe.transformer, make_config("easel-shapes", dataset_dir, "x"), Arch.EASEL)
     calls: list[tuple] = []
 
     def record(module, args, kwargs, output):

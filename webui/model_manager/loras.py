@@ -455,28 +455,3 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
 
-
-# ==================================================================================== writing (trainer)
-def easel_lora_state_dict(transformer: torch.nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """An adapter on the built-in model's transformer in Easel's file layout:
-    `transformer.<module path>.lora_A.weight` [rank, in] / `.lora_B.weight` [out, rank], unscaled (alpha goes in
-    the metadata as ss_network_alpha)."""
-    from peft.utils import get_peft_model_state_dict
-
-    state = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
-    return {f"transformer.{k}": v.detach().to("cpu").contiguous() for k, v in state.items()}
-
-
-def save_easel_lora(path: Path, state: dict[str, torch.Tensor], *, base_model: str, base_hash: str,
-                    trigger: str = "", rank: int, alpha: float, steps: int = 0, num_train_images: int = 0,
-                    extra: dict[str, str] | None = None) -> Path:
-    """Write a LoRA for the built-in model with the metadata Easel lists (and AUTOMATIC1111 shows)."""
-    from safetensors.torch import save_file
-
-    metadata = {"easel_base_model": base_model, "easel_base_hash": base_hash, "easel_trigger": trigger,
-                "ss_network_dim": str(rank), "ss_network_alpha": str(alpha), "ss_steps": str(steps),
-                "ss_num_train_images": str(num_train_images), "ss_base_model_version": "easel",
-                "ss_output_name": Path(path).stem, **(extra or {})}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata)
-    return Path(path)
