@@ -44,7 +44,7 @@ class Server:
         return self.easel.settings.outputs_dir
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # Playwright's sync API holds an event loop on this thread until it stops
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium is not installed: apt-get update && apt-get install -y chromium")
