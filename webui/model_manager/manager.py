@@ -35,10 +35,9 @@ from webui.model_manager.embeddings import (EMBEDDING_ARCHS, AppliedEmbedding, E
                                             own_tokenizers, placeholder_tokens, read_vectors)
 from webui.model_manager.errors import ModelLoadError, ModelNotFoundError
 from webui.model_manager.hashes import SHORT_HASH_LENGTH, HashCache
-from webui.model_manager.identify import Arch, identify_file, identify_folder
+from webui.model_manager.identify import Arch, identify_file
 from webui.model_manager.lora_files import LoraEntry, identify_lora, preview_image
-from webui.model_manager.loading import (MODES, LoadContext, Loaded, load_builtin, load_folder, load_hub,
-                                         load_single_file, load_vae, mode_pipelines)
+from webui.model_manager.loading import MODES, LoadContext, Loaded, load_checkpoint, load_vae, mode_pipelines
 from webui.model_manager.loras import AppliedLora, LoraError, LoraOptions, LoraStack
 from webui.model_manager.segmenters import LoadedSegmenter, SegmenterEntry, load_segmenter
 
@@ -328,15 +327,7 @@ class ModelManager:
     def _load_pipeline(self, entry: CheckpointEntry) -> Loaded:
         context = LoadContext(dtype=self.dtype, clip_tokenizer=self._clip_tokenizer,
                               family_folders=self.catalogue.family_folders, allow_hub=self.allow_hub)
-        if entry.kind == "hub":
-            return load_hub(entry.name, context)
-        if entry.kind == "folder":
-            if not (entry.path / "model_index.json").is_file():
-                raise ModelLoadError(f"cannot load {entry.path}: the folder is gone or has no model_index.json")
-            if entry.builtin or entry.arch == Arch.EASEL:
-                return load_builtin(entry.path, context)
-            return load_folder(entry.path, identify_folder(entry.path), context)
-        return load_single_file(entry.path, identify_file(entry.path), context)
+        return load_checkpoint(entry, context)
 
     def _clip_tokenizer(self, pad_token: str) -> Any:
         if pad_token not in self._tokenizers:
