@@ -120,10 +120,7 @@ def job_failure(job: Job, what: str, field_name: str | None = None) -> ApiError:
         return ApiError(404, field_name, str(exc), "NotFound")
     if isinstance(exc, ModelLoadError):  # a broken, truncated or mismatched file: the message names it
         return ApiError(422, field_name or "sd_model_checkpoint", str(exc), "ModelLoadError")
-    if isinstance(exc, ValueError):
-        name, sep, message = str(exc).partition(": ")
-        if sep and name.replace("_", "").isalnum():
-            return ApiError(422, name, message, "RequestError")
+    if isinstance(exc, ValueError):  # other bad input found while running: about the field the route names
         return ApiError(422, field_name, str(exc), "RequestError")
     return ApiError(500, None, f"{what}: {job.error or 'unknown error'}", "JobFailed")
 

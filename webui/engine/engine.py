@@ -23,7 +23,7 @@ from webui.extensions import PipelineWrapper, Registry
 from webui.infotext import format_infotext
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import ModelManager
-from webui.requests import GenerationRequest, validate_request
+from webui.requests import GenerationRequest, RequestError, validate_request
 from webui.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class Engine:
     def queue_load(self, checkpoint: str, vae: str | None = None, source: str = "ui") -> Job:
         """Queue a model switch behind any running generation; the caller waits (`Job.wait_async` on a loop)."""
         if not checkpoint:
-            raise ValueError("checkpoint: pick a checkpoint to load")
+            raise RequestError("checkpoint", "pick a checkpoint to load")
         return self.worker.submit(LoadRequest(checkpoint, vae), source)
 
     # Running (worker thread) ---------------------------------------------------------------------
