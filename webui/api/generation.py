@@ -31,7 +31,7 @@ from webui.api.schemas import (
 )
 from webui.api.threads import API_LANE
 from webui.engine.worker import Job, JobResult, JobState
-from webui.infotext import parse_infotext
+from webui.infotext import written_text
 from webui.redact import public_path
 from webui.requests import GenerationRequest, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 
@@ -154,6 +154,7 @@ def generation_router(api: ApiContext) -> APIRouter:
             part = job.result or JobResult()
             result.images += part.images
             result.infotexts += part.infotexts
+            result.parameters += part.parameters
             result.seeds += part.seeds
             result.paths += part.paths
             result.info = result.info or dict(part.info)
@@ -200,7 +201,7 @@ def generation_router(api: ApiContext) -> APIRouter:
         """AUTOMATIC1111's `info` object for a finished job."""
         count = len(result.images)
         seeds = list(result.seeds)
-        parsed = parse_infotext(result.infotexts[0]) if result.infotexts else {}
+        params = result.parameters[0] if result.parameters else {}  # what the first infotext was written from
         denoising = getattr(request, "denoising_strength", None)
         if isinstance(request, Txt2ImgRequest):
             denoising = request.hr_denoising_strength if request.enable_hr else None
@@ -217,7 +218,7 @@ def generation_router(api: ApiContext) -> APIRouter:
             "subseed_strength": 0,
             "width": request.width,
             "height": request.height,
-            "sampler_name": parsed.get("Sampler", request.sampler),
+            "sampler_name": params.get("Sampler") or request.sampler,
             "cfg_scale": request.cfg_scale,
             "steps": request.steps,
             "batch_size": request.batch_size,
@@ -230,7 +231,8 @@ def generation_router(api: ApiContext) -> APIRouter:
             "seed_resize_from_w": -1,
             "seed_resize_from_h": -1,
             "denoising_strength": denoising,
-            "extra_generation_params": {k: v for k, v in parsed.items() if k not in INFO_CORE_KEYS},
+            "extra_generation_params": {k: written_text(v) for k, v in params.items()
+                                        if k not in INFO_CORE_KEYS and v is not None and v != ""},
             "index_of_first_image": 0,
             "infotexts": list(result.infotexts),
             "styles": [],

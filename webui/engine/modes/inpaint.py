@@ -67,15 +67,8 @@ def run(ctx: ModeContext, request: InpaintRequest) -> list[Generated]:
                                    callback_on_step_end=ctx.callback(loaded.arch, total), output_type="pil").images
         return [postprocess(img, original, blend, box) for img in images]
 
-    # 4. Paste back through the blurred mask.
-    extra = {"Sampler": ctx.sampler_used(request, loaded.arch), "Denoising strength": strength,
-             "Mask blur": request.mask_blur, "Masked content": request.inpainting_fill,
-             "Inpaint area": "Only masked" if request.inpaint_full_res else "Whole picture",
-             "Masked area padding": request.inpaint_full_res_padding if request.inpaint_full_res else None,
-             "Mask mode": "Inpaint not masked" if request.inpainting_mask_invert else None}
-    for side in ("left", "right", "top", "bottom"):
-        value = getattr(request, f"outpaint_{side}")
-        extra[f"Outpaint {side}"] = value or None
+    # 4. Paste back through the blurred mask. The infotext records the strength the run used.
+    extra = {"Sampler": ctx.sampler_used(request, loaded.arch), "Denoising strength": strength}
     return run_batches(ctx, request, loaded, call, extra)
 
 
