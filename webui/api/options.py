@@ -2,8 +2,8 @@
 
 `POST /options` checks every value before it changes anything. `sd_model_checkpoint` queues a model switch (and
 awaits it), `sd_vae` and `CLIP_stop_at_last_layers` apply to this client's later requests, and the options that are
-Easel settings (`samples_save`, `show_progress_every_n_steps`) are changed and persisted the way the Settings
-tab changes them. Other AUTOMATIC1111 options are accepted and ignored (logged). Paths in the answers are
+Easel settings (`samples_save`, `show_progress_every_n_steps`) go through `webui.settings.apply_changes`, the
+path the Settings tab takes: the same checks and messages, the same atomic write of config.json. Other AUTOMATIC1111 options are accepted and ignored (logged). Paths in the answers are
 relative to Easel's folders.
 """
 from __future__ import annotations
@@ -18,16 +18,24 @@ from webui.api.errors import ApiError, job_failure
 from webui.api.threads import API_LANE
 from webui.engine.worker import JobState
 from webui.redact import public_path
+from webui.settings import apply_changes
 
 log = logging.getLogger(__name__)
 
 
-def flag(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if value in (0, 1):
-        return bool(value)
-    raise ApiError(422, name, f"must be true or false, got {value!r}")
+# AUTOMATIC1111 options that are Easel user settings: option name -> setting key.
+SETTING_OPTIONS = {"samples_save": "save_images", "show_progress_every_n_steps": "live_preview_every"}
+OPTION_NAMES = {key: option for option, key in SETTING_OPTIONS.items()}
+
+
+def setting_value(option: str, value: Any) -> Any:
+    """An option's value as the setting takes it: AUTOMATIC1111's -1 for the preview period means no previews."""
+    if option == "show_progress_every_n_steps" and not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        try:
+            return 0 if float(value) == -1 else value
+        except ValueError:
+            return value
+    return value
 
 
 def options_router(api: ApiContext) -> APIRouter:
@@ -83,11 +91,13 @@ def options_router(api: ApiContext) -> APIRouter:
         clip_skip = whole_number(body["CLIP_stop_at_last_layers"], "CLIP_stop_at_last_layers", 1, 12) \
             if "CLIP_stop_at_last_layers" in body else None
         vae = check_vae(body["sd_vae"], "sd_vae") if "sd_vae" in body else None
-        save = flag(body["samples_save"], "samples_save") if "samples_save" in body else None
-        preview = whole_number(body["show_progress_every_n_steps"], "show_progress_every_n_steps", -1) \
-            if "show_progress_every_n_steps" in body else None
-        ignored = sorted(set(body) - {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", "samples_save",
-                                      "show_progress_every_n_steps"})
+        changes = {key: setting_value(option, body[option]) for option, key in SETTING_OPTIONS.items()
+                   if option in body}
+        if changes:  # checked, written and made current as the Settings tab does, or nothing changes
+            _, errors = apply_changes(settings, changes, easel.sampler_choices(None))
+            if errors:
+                raise ApiError(422, OPTION_NAMES.get(errors[0].key, errors[0].key), errors[0].message)
+        ignored = sorted(set(body) - {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", *SETTING_OPTIONS})
         if ignored:
             log.info("API options not supported by Easel, ignored: %s", ", ".join(ignored))
         with defaults.lock:
@@ -95,12 +105,6 @@ def options_router(api: ApiContext) -> APIRouter:
                 defaults.clip_skip = clip_skip
             if vae is not None:
                 defaults.vae = vae
-        if save is not None or preview is not None:
-            if save is not None:
-                settings.user.save_images = save
-            if preview is not None:
-                settings.user.live_preview_every = max(0, preview)
-            settings.save_user_settings()
         return entry
 
     @router.get("/cmd-flags")
