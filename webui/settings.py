@@ -127,7 +127,7 @@ def coerce_setting(f: dataclasses.Field, value: Any) -> Any:
 _CHANGES = threading.Lock()  # one change at a time: read, check, write, make current
 
 
-def apply_changes(settings: "Settings", changes: dict[str, Any], samplers: Collection[str] | None = None
+def apply_changes(settings: Settings, changes: dict[str, Any], samplers: Collection[str] | None = None
                   ) -> tuple[UserSettings, list[SettingError]]:
     """The one way user settings change: check `changes` ({key: value}) against the current settings, and only
     when every value is good write config.json (atomically) and make them current.
@@ -136,14 +136,11 @@ def apply_changes(settings: "Settings", changes: dict[str, Any], samplers: Colle
     `samplers` (the names this Easel offers), a new `default_sampler` must be one of them.
     """
     fields = {f.name: f for f in dataclasses.fields(UserSettings)}
-    unknown = [SettingError(key, "is not a setting") for key in changes if key not in fields]
     with _CHANGES:
         current = settings.user
-        if unknown:
-            return current, unknown
         new = dataclasses.replace(current, **{key: coerce_setting(fields[key], value)
-                                              for key, value in changes.items()})
-        errors = new.problems()
+                                              for key, value in changes.items() if key in fields})
+        errors = [SettingError(key, "is not a setting") for key in changes if key not in fields] + new.problems()
         if samplers is not None and "default_sampler" in changes and \
                 not any(error.key == "default_sampler" for error in errors) and new.default_sampler not in samplers:
             errors.append(SettingError("default_sampler", f"unknown sampler {new.default_sampler!r}"))
