@@ -2,7 +2,8 @@
 LoRAs, upscalers, API scripts, and the OpenAPI page.
 
 They shape Easel's own state into the JSON AUTOMATIC1111 answers with, so existing clients read it unchanged.
-Where something cannot be used, the answer says why (an embedding listed as skipped carries its reason).
+Where something cannot be used, the answer says why (an embedding listed as skipped carries its reason). The
+AUTOMATIC1111 names clients send for samplers and schedules are listed here too.
 """
 from __future__ import annotations
 
