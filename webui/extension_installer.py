@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from webui.extensions import MANIFEST, LoadedExtension, Manifest, discover
-from webui.settings import Settings
+from webui.settings import Settings, apply_changes
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +173,10 @@ def set_enabled(settings: Settings, enabled: dict[str, bool]) -> list[str]:
     for name, on in enabled.items():
         if not on and name not in disabled:
             disabled.append(name)
-    settings.user.disabled_extensions = sorted(disabled)
-    settings.save_user_settings()
-    return settings.user.disabled_extensions
+    new, errors = apply_changes(settings, {"disabled_extensions": sorted(disabled)})
+    if errors:
+        raise errors[0]
+    return new.disabled_extensions
 
 
 def install(settings: Settings, source: str, name: str | None = None) -> Path:

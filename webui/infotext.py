@@ -9,6 +9,11 @@ that read it:
 
 The prompt may span lines; the negative prompt starts at the line beginning "Negative prompt:"; the last line
 holds `key: value` pairs separated by commas, where values containing a comma, colon or quote are JSON-quoted.
+
+The pairs of a generated image come from its request's field declarations (`FieldSpec.infotext`, with how each
+value is written): `generation_parameters` puts AUTOMATIC1111's leading keys first, then the request's other
+declared fields in declaration order, then what only the run knows (LoRA hashes, a planned prompt, ...), then
+the version. The same declarations let `request_updates` restore a request from a text.
 """
 from __future__ import annotations
 
@@ -20,11 +25,15 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
+from webui import __version__
 from webui.requests import GenerationRequest, InpaintRequest, Txt2ImgRequest, field_specs
 
 PARAMETERS_KEY = "parameters"
 _PAIR = re.compile(r'\s*([\w][\w \-/+.()]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 _NEGATIVE = "Negative prompt:"
+
+# AUTOMATIC1111 writes these keys first, in this order; a request's other declared keys follow.
+LEADING_KEYS = ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model hash", "Model", "VAE", "Clip skip")
 
 
 def quote(value: Any) -> str:
@@ -53,6 +62,45 @@ def format_infotext(prompt: str, negative_prompt: str, params: dict[str, Any]) -
     pairs = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None and v != "")
     lines.append(pairs)
     return "\n".join(lines)
+
+
+def declared_parameters(request: Any) -> dict[str, Any]:
+    """{infotext key: value as written} for every field of `request` whose declaration names an infotext key, in
+    declaration order; a field whose `infotext_when` attribute is false is left out."""
+    params: dict[str, Any] = {}
+    for f in dataclasses.fields(request):
+        s = f.metadata.get("spec")
+        if s is None or s.infotext is None or (s.infotext_when and not getattr(request, s.infotext_when)):
+            continue
+        value = getattr(request, f.name)
+        params[s.infotext] = s.infotext_value(value) if s.infotext_value else value
+    return params
+
+
+def generation_parameters(request: GenerationRequest, actual: dict[str, Any]) -> dict[str, Any]:
+    """The ordered parameters of one generated image.
+
+    `actual` holds what only the run knows: the seed drawn, the sampler used, the model loaded and its hash, a
+    strength the mode changed, LoRA hashes, a planned prompt. Where it has a key the request declares, its value is
+    written in that key's place; its other keys follow the declared ones. Floats are written as AUTOMATIC1111 does
+    (7.0 as 7, at most four decimals). None and "" values are left out when the text is formatted.
+    """
+    values = {**declared_parameters(request), "Size": f"{request.width}x{request.height}", **actual}
+    params = {key: values.get(key) for key in LEADING_KEYS}
+    params.update((key, value) for key, value in values.items() if key not in params)
+    params["Version"] = f"Easel {__version__}"
+    return {key: number(value) if isinstance(value, float) else value for key, value in params.items()}
+
+
+def number(value: float) -> float | int:
+    """A float as the infotext writes it: whole numbers without decimals, others to four places."""
+    return int(value) if float(value).is_integer() else round(float(value), 4)
+
+
+def written_text(value: Any) -> str:
+    """A parameter's value as a reader of the text gets it back (`parse_infotext`)."""
+    text = str(value)
+    return text if quote(text) != text else text.strip()
 
 
 def parse_infotext(text: str) -> dict[str, str]:

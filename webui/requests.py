@@ -1,8 +1,9 @@
 """Typed generation requests, one declaration per field.
 
 Every field carries a `FieldSpec` in its dataclass metadata: the label the UI shows, the key it has in the
-AUTOMATIC1111 infotext, the name it has in the `/sdapi/v1` API and its limits. The UI, the API and the
-infotext reader all read these declarations, so a field is added in one place. `validate_request` checks a
+AUTOMATIC1111 infotext (and how its value is written there), the name it has in the `/sdapi/v1` API and its
+limits. The UI, the API, the infotext writer and the infotext reader all read these declarations, so a field is
+added in one place. `validate_request` checks a
 request against the limits of the running settings and raises `RequestError` naming the field.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from PIL import Image
 
@@ -37,6 +38,29 @@ class FieldSpec:
     step: float | None = None
     choices: tuple[str, ...] | None = None
     limit: str | None = None  # name of the Limits attribute giving the maximum instead of `maximum`
+    infotext_value: Callable[[Any], Any] | None = None  # the value as the infotext writes it; None leaves it out
+    infotext_when: str | None = None  # a request attribute that must be true for the field to be written
+
+
+def or_none(value: Any) -> Any:
+    """Written only when set: 0 and "" leave the key out."""
+    return value or None
+
+
+def unless_automatic(name: str) -> str | None:
+    return None if name in ("", "Automatic", "None") else name
+
+
+def above_one(value: int) -> int | None:
+    return value if value > 1 else None
+
+
+def inpaint_area(only_masked: bool) -> str:
+    return "Only masked" if only_masked else "Whole picture"
+
+
+def mask_mode(invert: bool) -> str | None:
+    return "Inpaint not masked" if invert else None
 
 
 def spec(default: Any, label: str, **kwargs: Any) -> Any:
@@ -76,8 +100,8 @@ class GenerationRequest:
 
     prompt: str = spec("", "Prompt", api="prompt", limit="max_prompt_chars")
     negative_prompt: str = spec("", "Negative prompt", api="negative_prompt", limit="max_prompt_chars")
-    checkpoint: str = spec("", "Checkpoint", infotext="Model")
-    vae: str = spec("Automatic", "VAE", infotext="VAE")
+    checkpoint: str = spec("", "Checkpoint", infotext="Model", infotext_value=or_none)
+    vae: str = spec("Automatic", "VAE", infotext="VAE", infotext_value=unless_automatic)
     sampler: str = spec(SAMPLE_NAMES_DEFAULT, "Sampling method", infotext="Sampler", api="sampler_name")
     steps: int = spec(20, "Sampling steps", infotext="Steps", api="steps", minimum=1, limit="max_steps", step=1)
     cfg_scale: float = spec(7.0, "CFG Scale", infotext="CFG scale", api="cfg_scale", minimum=0.0, maximum=30.0, step=0.5)
@@ -86,7 +110,8 @@ class GenerationRequest:
     height: int = spec(512, "Height", api="height", minimum=64, limit="max_side", step=8)
     batch_size: int = spec(1, "Batch size", api="batch_size", minimum=1, limit="max_batch_size", step=1)
     batch_count: int = spec(1, "Batch count", api="n_iter", minimum=1, limit="max_batch_count", step=1)
-    clip_skip: int = spec(1, "Clip skip", infotext="Clip skip", api="clip_skip", minimum=1, maximum=12, step=1)
+    clip_skip: int = spec(1, "Clip skip", infotext="Clip skip", api="clip_skip", minimum=1, maximum=12, step=1,
+                          infotext_value=above_one)
     # Per-request arguments of extensions, by extension name (the API's `alwayson_scripts`); read-only.
     extension_args: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -99,12 +124,21 @@ class GenerationRequest:
 @dataclass(frozen=True)
 class Txt2ImgRequest(GenerationRequest):
     enable_hr: bool = spec(False, "Hires. fix", api="enable_hr")
-    hr_scale: float = spec(2.0, "Upscale by", infotext="Hires upscale", api="hr_scale", minimum=1.0, maximum=4.0, step=0.05)
-    hr_upscaler: str = spec("Lanczos", "Upscaler", infotext="Hires upscaler", api="hr_upscaler")
-    hr_second_pass_steps: int = spec(0, "Hires steps", infotext="Hires steps", api="hr_second_pass_steps", minimum=0, limit="max_steps", step=1)
-    hr_denoising_strength: float = spec(0.7, "Denoising strength", infotext="Denoising strength", api="denoising_strength", minimum=0.0, maximum=1.0, step=0.01)
+    # written in the infotext only when the hires fix runs (`hires`)
+    hr_scale: float = spec(2.0, "Upscale by", infotext="Hires upscale", api="hr_scale", minimum=1.0, maximum=4.0, step=0.05,
+                           infotext_when="hires")
+    hr_upscaler: str = spec("Lanczos", "Upscaler", infotext="Hires upscaler", api="hr_upscaler", infotext_when="hires")
+    hr_second_pass_steps: int = spec(0, "Hires steps", infotext="Hires steps", api="hr_second_pass_steps", minimum=0, limit="max_steps", step=1,
+                                     infotext_when="hires", infotext_value=or_none)
+    hr_denoising_strength: float = spec(0.7, "Denoising strength", infotext="Denoising strength", api="denoising_strength", minimum=0.0, maximum=1.0, step=0.01,
+                                        infotext_when="hires")
 
     mode: Mode = "txt2img"
+
+    @property
+    def hires(self) -> bool:
+        """The hires fix runs: asked for, with a scale above 1."""
+        return self.enable_hr and self.hr_scale > 1.0
 
 
 @dataclass(frozen=True)
@@ -121,13 +155,14 @@ class InpaintRequest(Img2ImgRequest):
     mask: Image.Image | None = image_field("Mask", api="mask")
     mask_blur: int = spec(4, "Mask blur", infotext="Mask blur", api="mask_blur", minimum=0, maximum=64, step=1)
     inpainting_fill: str = spec("original", "Masked content", infotext="Masked content", api="inpainting_fill", choices=INPAINT_FILLS)
-    inpaint_full_res: bool = spec(False, "Only masked", infotext="Inpaint area", api="inpaint_full_res")
-    inpaint_full_res_padding: int = spec(32, "Only masked padding, pixels", infotext="Masked area padding", api="inpaint_full_res_padding", minimum=0, maximum=256, step=4)
-    inpainting_mask_invert: bool = spec(False, "Inpaint not masked", infotext="Mask mode", api="inpainting_mask_invert")
-    outpaint_left: int = spec(0, "Extend left", infotext="Outpaint left", minimum=0, limit="max_side", step=8)
-    outpaint_right: int = spec(0, "Extend right", infotext="Outpaint right", minimum=0, limit="max_side", step=8)
-    outpaint_top: int = spec(0, "Extend top", infotext="Outpaint top", minimum=0, limit="max_side", step=8)
-    outpaint_bottom: int = spec(0, "Extend bottom", infotext="Outpaint bottom", minimum=0, limit="max_side", step=8)
+    inpaint_full_res: bool = spec(False, "Only masked", infotext="Inpaint area", api="inpaint_full_res", infotext_value=inpaint_area)
+    inpaint_full_res_padding: int = spec(32, "Only masked padding, pixels", infotext="Masked area padding", api="inpaint_full_res_padding", minimum=0, maximum=256, step=4,
+                                         infotext_when="inpaint_full_res")
+    inpainting_mask_invert: bool = spec(False, "Inpaint not masked", infotext="Mask mode", api="inpainting_mask_invert", infotext_value=mask_mode)
+    outpaint_left: int = spec(0, "Extend left", infotext="Outpaint left", minimum=0, limit="max_side", step=8, infotext_value=or_none)
+    outpaint_right: int = spec(0, "Extend right", infotext="Outpaint right", minimum=0, limit="max_side", step=8, infotext_value=or_none)
+    outpaint_top: int = spec(0, "Extend top", infotext="Outpaint top", minimum=0, limit="max_side", step=8, infotext_value=or_none)
+    outpaint_bottom: int = spec(0, "Extend bottom", infotext="Outpaint bottom", minimum=0, limit="max_side", step=8, infotext_value=or_none)
 
     mode: Mode = "inpaint"
 

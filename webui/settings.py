@@ -4,7 +4,10 @@ Flags keep AUTOMATIC1111's names (`--port`, `--listen`, `--share`, `--gradio-aut
 `--ckpt-dir`, `--lora-dir`, `--vae-dir`, `--data-dir`, `--medvram`, `--lowvram`, `--cors-allow-origins`, ...).
 A `Settings` printed in a log masks the logins (`webui.redact`). The user settings that the
 Settings tab edits are stored as JSON in `<data dir>/config.json`; a corrupt file is kept aside as
-`config.json.bak` and replaced by defaults, and the reason is reported to the user.
+`config.json.bak` and replaced by defaults, and the reason is reported to the user. Every change to them, from
+the Settings tab, `POST /sdapi/v1/options` or the Extensions tab, goes through `apply_changes`: the values are
+checked together (a `SettingError` names each bad key and nothing changes), then written to config.json
+atomically, then made current.
 """
 from __future__ import annotations
 
@@ -13,9 +16,10 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from webui.requests import Limits
 
@@ -23,6 +27,16 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_MODELS_DIR = ROOT / "models" / "builtin"
+
+
+class SettingError(ValueError):
+    """A user setting given a value it cannot take. `key` names it as config.json and the Settings tab do."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.field = key
+        self.message = message
 
 
 @dataclass
@@ -57,29 +71,84 @@ class UserSettings:
                       self.max_batch_count, self.max_prompt_chars, self.max_images)
 
     def validate(self) -> None:
+        """Raise the first `SettingError` (a ValueError naming the key), if any."""
+        problems = self.problems()
+        if problems:
+            raise problems[0]
+
+    def problems(self) -> list[SettingError]:
+        """Every key with a value it cannot take (one error per key), in field order, types before ranges."""
+        found: dict[str, SettingError] = {}
+
+        def refuse(key: str, message: str) -> None:
+            found.setdefault(key, SettingError(key, message))
+
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(f.default, bool):
                 if not isinstance(value, bool):
-                    raise ValueError(f"{f.name}: must be true or false, got {value!r}")
+                    refuse(f.name, f"must be true or false, got {value!r}")
             elif isinstance(f.default, int):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ValueError(f"{f.name}: must be a whole number >= 0, got {value!r}")
+                    refuse(f.name, f"must be a whole number >= 0, got {value!r}")
             elif isinstance(f.default, str) and not isinstance(value, str):
-                raise ValueError(f"{f.name}: must be text, got {value!r}")
-        if not isinstance(self.disabled_extensions, list) or not all(isinstance(x, str) for x in self.disabled_extensions):
-            raise ValueError("disabled_extensions: must be a list of extension names")
-        if self.ram_cache_size < 1:
-            raise ValueError("ram_cache_size: must be at least 1")
-        if self.queue_size < 1:  # a queue.Queue of size 0 would hold any number of jobs
-            raise ValueError("queue_size: must be at least 1")
-        if self.lora_max_rank < 1:
-            raise ValueError("lora_max_rank: must be at least 1")
-        for name in ("max_request_pixels", "max_request_images"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be at least 1")
-        if self.max_side < 64 or self.max_side % 8:
-            raise ValueError("max_side: must be a multiple of 8 and at least 64")
+                refuse(f.name, f"must be text, got {value!r}")
+        extensions = self.disabled_extensions
+        if not isinstance(extensions, list) or not all(isinstance(name, str) for name in extensions):
+            refuse("disabled_extensions", "must be a list of extension names")
+        minimums = {"ram_cache_size": 1, "queue_size": 1,  # a queue.Queue of size 0 would hold any number of jobs
+                    "lora_max_rank": 1, "max_request_pixels": 1, "max_request_images": 1}
+        for name, lowest in minimums.items():
+            if name not in found and getattr(self, name) < lowest:
+                refuse(name, f"must be at least {lowest}")
+        if "max_side" not in found and (self.max_side < 64 or self.max_side % 8):
+            refuse("max_side", "must be a multiple of 8 and at least 64")
+        return list(found.values())
+
+
+def coerce_setting(f: dataclasses.Field, value: Any) -> Any:
+    """A value as the controls and clients send it, in the setting's own type where that is unambiguous: a
+    whole-number float or numeric text for a number (a number box gives 4.0; clients send "4"), 0 or 1 for a
+    flag, a tuple for a list. Anything else is left for `UserSettings.problems` to refuse."""
+    if isinstance(f.default, bool):
+        return bool(value) if not isinstance(value, bool) and isinstance(value, (int, float)) and value in (0, 1) \
+            else value
+    if isinstance(f.default, int) and not isinstance(value, bool):
+        try:
+            number = float(value) if isinstance(value, (float, str)) else None
+        except ValueError:
+            return value
+        return int(number) if number is not None and number.is_integer() else value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+_CHANGES = threading.Lock()  # one change at a time: read, check, write, make current
+
+
+def apply_changes(settings: Settings, changes: dict[str, Any], samplers: Collection[str] | None = None
+                  ) -> tuple[UserSettings, list[SettingError]]:
+    """The one way user settings change: check `changes` ({key: value}) against the current settings, and only
+    when every value is good write config.json (atomically) and make them current.
+
+    Returns (the settings now current, the errors): with any error, one per bad key, nothing has changed. With
+    `samplers` (the names this Easel offers), a new `default_sampler` must be one of them.
+    """
+    fields = {f.name: f for f in dataclasses.fields(UserSettings)}
+    with _CHANGES:
+        current = settings.user
+        new = dataclasses.replace(current, **{key: coerce_setting(fields[key], value)
+                                              for key, value in changes.items() if key in fields})
+        errors = [SettingError(key, "is not a setting") for key in changes if key not in fields] + new.problems()
+        if samplers is not None and "default_sampler" in changes and \
+                not any(error.key == "default_sampler" for error in errors) and new.default_sampler not in samplers:
+            errors.append(SettingError("default_sampler", f"unknown sampler {new.default_sampler!r}"))
+        if errors:
+            return current, errors
+        settings.write_user_settings(new)
+        settings.user = new
+        return new, []
 
 
 @dataclass
@@ -242,10 +311,15 @@ class Settings:
             log.warning(self.load_message)
 
     def save_user_settings(self) -> None:
-        self.user.validate()
+        """Write the current user settings to config.json (changes go through `apply_changes`)."""
+        self.write_user_settings(self.user)
+
+    def write_user_settings(self, user: UserSettings) -> None:
+        """Write `user` to config.json atomically: a temporary file beside it, then renamed over it."""
+        user.validate()
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.config_path.with_name(self.config_path.name + ".tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(self.user), indent=2), encoding="utf-8")
+        tmp.write_text(json.dumps(dataclasses.asdict(user), indent=2), encoding="utf-8")
         os.replace(tmp, self.config_path)
 
 

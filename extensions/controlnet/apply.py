@@ -280,7 +280,9 @@ class ControlNetRunner:
             seen[str(item.entry.path)] = copy + 1
             try:
                 nets.append(self.models.load(item.entry, device, dtype, copy))
-            except ValueError as exc:  # refused (code in the file, pickle-only folder) or not a ControlNet
+            except RequestError as exc:  # not a ControlNet Easel runs, or a pickle-only folder
+                raise RequestError(f"{FIELD}.args[{item.index}].model", exc.message) from None
+            except ModelFileError as exc:  # refused (code in the file) or not weights; the reader names it "model"
                 raise RequestError(f"{FIELD}.args[{item.index}].model", str(exc).removeprefix("model: ")) from None
         multi = len(nets) > 1
         if multi:

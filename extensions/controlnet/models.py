@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from webui.extension_api import pickle_folder_reason, pickle_weights_in, read_state_dict
+from webui.extension_api import RequestError, pickle_folder_reason, pickle_weights_in, read_state_dict
 
 log = logging.getLogger("easel.extensions.controlnet")
 
@@ -199,21 +199,22 @@ class ControlNetModels:
             config = json.loads((entry.path / "config.json").read_text(encoding="utf-8"))
             cls_name = config.get("_class_name", "ControlNetModel")
             if cls_name not in FOLDER_CLASSES:
-                raise ValueError(f"model: {entry.name} is a {cls_name}; Easel runs ControlNetModel, "
-                                 "FluxControlNetModel and ZImageControlNetModel folders")
+                raise RequestError("model", f"{entry.name} is a {cls_name}; Easel runs ControlNetModel, "
+                                            "FluxControlNetModel and ZImageControlNetModel folders")
             cls = getattr(diffusers, cls_name)
             pickled = pickle_weights_in(entry.path)
             if pickled:
-                raise ValueError(f"model: {entry.name} is not loaded: {pickle_folder_reason(entry.path, pickled)}")
+                raise RequestError("model", f"{entry.name} is not loaded: "
+                                            f"{pickle_folder_reason(entry.path, pickled)}")
             return cls.from_pretrained(str(entry.path), torch_dtype=dtype, local_files_only=True,
                                        use_safetensors=True)
         if family in ("flux", "zimage"):
-            raise ValueError(f"model: {entry.name} is a {FAMILY_LABELS[family]} ControlNet in one file; Easel loads "
-                             "those from a diffusers folder (config.json beside the weights)")
+            raise RequestError("model", f"{entry.name} is a {FAMILY_LABELS[family]} ControlNet in one file; "
+                                        "Easel loads those from a diffusers folder (config.json beside the weights)")
         yaml = entry.path.with_suffix(".yaml")
         if not yaml.is_file() and family not in SINGLE_FILE_CONFIGS:
-            raise ValueError(f"model: cannot tell which model family {entry.path.name} is for; put its .yaml "
-                             f"config beside it ({yaml.name}) or use a diffusers folder with a config.json")
+            raise RequestError("model", f"cannot tell which model family {entry.path.name} is for; put its .yaml "
+                                        f"config beside it ({yaml.name}) or use a diffusers folder with a config.json")
         # diffusers gets the tensors, never the file: a pickle is read here with the weights-only unpickler
         source: Any = str(entry.path) if entry.path.suffix.lower() == ".safetensors" else \
             read_state_dict(entry.path, "model")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from webui.extension_api import ExtensionAPI, ModelFileError
+from webui.extension_api import ExtensionAPI, ModelFileError, RequestError
 
 from .preprocessors import MODULES, AnnotatorMissingError
 from .units import MAX_UNITS, decode_image
@@ -89,9 +89,8 @@ def add_routes(api: ExtensionAPI, controlnet: "ControlNet") -> None:
         for i, data in enumerate(images):  # every image read (its size checked first) before any work is queued
             try:
                 image = decode_image(data, f"controlnet_input_images[{i}]", controlnet.max_pixels())
-            except ValueError as exc:
-                field, _, message = str(exc).partition(": ")
-                return _error(422, field, message)
+            except RequestError as exc:
+                return _error(422, exc.field, exc.message)
             if image is None:
                 return _error(422, f"controlnet_input_images[{i}]", "is empty")
             decoded.append(image)

@@ -21,6 +21,8 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
+from webui.extension_api import RequestError
+
 BALANCED = "Balanced"
 PROMPT_MORE_IMPORTANT = "My prompt is more important"
 CONTROLNET_MORE_IMPORTANT = "ControlNet is more important"
@@ -119,7 +121,7 @@ def decode_image(data: Any, key: str, max_pixels: int) -> Image.Image | None:
 
         array = np.asarray(data)
         if array.ndim not in (2, 3) or array.dtype != np.uint8:
-            raise ValueError(f"{key}: an image array must be HxW or HxWxC bytes, got {array.shape} {array.dtype}")
+            raise RequestError(key, f"an image array must be HxW or HxWxC bytes, got {array.shape} {array.dtype}")
         image = Image.fromarray(array)
     elif isinstance(data, str):
         text = data.strip()
@@ -130,20 +132,20 @@ def decode_image(data: Any, key: str, max_pixels: int) -> Image.Image | None:
         try:
             raw = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
-            raise ValueError(f"{key}: is not valid base64") from None
+            raise RequestError(key, "is not valid base64") from None
         try:
             image = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
-                raise ValueError(f"{key}: image is {width}x{height}; the limit is {max_pixels} pixels")
+                raise RequestError(key, f"image is {width}x{height}; the limit is {max_pixels} pixels")
             image.load()
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, EOFError):
-            raise ValueError(f"{key}: is not an image Easel can read ({', '.join(IMAGE_FORMATS)})") from None
+            raise RequestError(key, f"is not an image Easel can read ({', '.join(IMAGE_FORMATS)})") from None
     else:
-        raise ValueError(f"{key}: must be a base64-encoded image, got {type(data).__name__}")
+        raise RequestError(key, f"must be a base64-encoded image, got {type(data).__name__}")
     width, height = image.size
     if width * height > max_pixels:
-        raise ValueError(f"{key}: image is {width}x{height}; the limit is {max_pixels} pixels")
+        raise RequestError(key, f"image is {width}x{height}; the limit is {max_pixels} pixels")
     return image
 
 

@@ -2,13 +2,13 @@
 LoRAs, upscalers, API scripts, and the OpenAPI page.
 
 They shape Easel's own state into the JSON AUTOMATIC1111 answers with, so existing clients read it unchanged.
-Where something cannot be used, the answer says why (an embedding listed as skipped carries its reason).
+Where something cannot be used, the answer says why (an embedding listed as skipped carries its reason). The
+AUTOMATIC1111 names clients send for samplers and schedules are listed here too.
 """
 from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any, Callable
 
 from fastapi import FastAPI
@@ -16,6 +16,32 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 log = logging.getLogger(__name__)
+
+# AUTOMATIC1111's k-diffusion aliases, so clients that send them find the sampler.
+SAMPLER_ALIASES: dict[str, list[str]] = {
+    "Euler a": ["k_euler_a", "k_euler_ancestral"],
+    "Euler": ["k_euler"],
+    "LMS": ["k_lms"],
+    "LMS Karras": ["k_lms_ka"],
+    "Heun": ["k_heun"],
+    "DPM2": ["k_dpm_2"],
+    "DPM2 a": ["k_dpm_2_a"],
+    "DPM++ 2M": ["k_dpmpp_2m"],
+    "DPM++ 2M Karras": ["k_dpmpp_2m_ka"],
+    "DPM++ 2M SDE": ["k_dpmpp_2m_sde"],
+    "DPM++ 2M SDE Karras": ["k_dpmpp_2m_sde_ka"],
+    "DPM++ SDE": ["k_dpmpp_sde"],
+    "DPM++ SDE Karras": ["k_dpmpp_sde_ka"],
+    "DDIM": ["ddim"],
+    "PLMS": ["plms"],
+    "UniPC": ["unipc"],
+    "DEIS": ["deis"],
+}
+
+# AUTOMATIC1111's schedule types. Easel follows "karras" where the sampler has a Karras variant; the others
+# run the sampler's own schedule.
+A1111_SCHEDULERS = ("automatic", "uniform", "karras", "exponential", "polyexponential", "sgm_uniform",
+                    "kl_optimal", "align_your_steps", "simple", "normal", "ddim", "beta")
 
 LATENT_UPSCALE_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
                         "Latent (nearest)", "Latent (nearest-exact)")

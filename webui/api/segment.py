@@ -16,9 +16,10 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Body
-from fastapi.routing import APIRoute
 
-from webui.api.routes import ApiError, decode_image, encode_png, job_failure
+from webui.api.context import ApiContext
+from webui.api.errors import ApiError, job_failure
+from webui.api.images import decode_image, encode_png
 from webui.api.threads import API_LANE
 from webui.engine.worker import JobResult, JobState
 from webui.model_manager.errors import ModelNotFoundError
@@ -57,10 +58,10 @@ def request_from_body(body: Any, max_pixels: int) -> SegmentRequest:
     return SegmentRequest(image=image, **values)
 
 
-def segment_router(easel: Any, route_class: type[APIRoute]) -> APIRouter:
+def segment_router(api: ApiContext) -> APIRouter:
     """The /easel/v1 segmentation routes over this Easel's engine and model manager."""
-    manager, engine, settings = easel.manager, easel.engine, easel.settings
-    router = APIRouter(prefix="/easel/v1", tags=["easel"], route_class=route_class)
+    easel, manager, engine, settings = api.easel, api.manager, api.engine, api.settings
+    router = api.router("/easel/v1", ["easel"])
 
     def check_model(name: str) -> None:
         """404 for a model that is not installed, 422 for one that cannot segment."""

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from webui.requests import RequestError
+
 DEFAULT_THRESHOLD = 0.4
 SAM3_INSTANCE_SCORE = 0.3
 
@@ -66,4 +68,4 @@ def probabilities(kind: str, model: Any, processor: Any, image: Image.Image, que
         return clipseg_probabilities(model, processor, image, queries, device)
     if kind == "sam3":
         return sam3_probabilities(model, processor, image, queries, device)
-    raise ValueError(f"model: unknown segmenter kind {kind!r}; expected clipseg or sam3")
+    raise RequestError("model", f"unknown segmenter kind {kind!r}; expected clipseg or sam3")

@@ -154,7 +154,8 @@ class ModeContext:
             return current.name
         usable = [c for c in self.manager.checkpoints() if c.supported]
         if not usable:
-            raise ValueError("checkpoint: no model is installed; put a .safetensors file in models/Stable-diffusion")
+            raise RequestError("checkpoint", "no model is installed; put a .safetensors file in "
+                                             "models/Stable-diffusion")
         return usable[0].name
 
     def callback(self, arch: Arch, total_steps: int) -> Callable:

@@ -20,10 +20,10 @@ from webui.engine.tasks import EngineTask
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job, JobResult, Worker
 from webui.extensions import PipelineWrapper, Registry
-from webui.infotext import format_infotext
+from webui.infotext import format_infotext, generation_parameters
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import ModelManager
-from webui.requests import GenerationRequest, validate_request
+from webui.requests import GenerationRequest, RequestError, validate_request
 from webui.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class Engine:
     def queue_load(self, checkpoint: str, vae: str | None = None, source: str = "ui") -> Job:
         """Queue a model switch behind any running generation; the caller waits (`Job.wait_async` on a loop)."""
         if not checkpoint:
-            raise ValueError("checkpoint: pick a checkpoint to load")
+            raise RequestError("checkpoint", "pick a checkpoint to load")
         return self.worker.submit(LoadRequest(checkpoint, vae), source)
 
     # Running (worker thread) ---------------------------------------------------------------------
@@ -129,9 +129,10 @@ class Engine:
         result = JobResult()
         entry = self.manager.current()
         for item in generated:
-            text = self.infotext(request, item, entry)
+            text, params = self.infotext(request, item, entry)
             result.images.append(item.image)
             result.infotexts.append(text)
+            result.parameters.append(params)
             result.seeds.append(item.seed)
             if item.payload:
                 result.info.setdefault("items", []).append(item.payload)
@@ -146,31 +147,21 @@ class Engine:
         job.update(result=result)
         return result
 
-    def infotext(self, request: Any, item: Generated, entry: Any) -> str:
-        """AUTOMATIC1111's parameters text for one image."""
+    def infotext(self, request: Any, item: Generated, entry: Any) -> tuple[str, dict[str, Any]]:
+        """AUTOMATIC1111's parameters text for one image, and the parameters it was written from.
+
+        A generation's parameters are its request's declared fields with what the run used in their place: the
+        image's seed, the model loaded (and its hash), and the mode's own entries (`item.extra`: the sampler used,
+        LoRA hashes, ...)."""
         if not isinstance(request, GenerationRequest):
             params = {"Seed": item.seed, **item.extra, "Version": f"Easel {__version__}"}
             # a segmentation image's first line is its own query (one image per query line)
-            return format_infotext(str(item.extra.get("Query", getattr(request, "query", ""))), "", params)
-        params: dict[str, Any] = {
-            "Steps": request.steps,
-            "Sampler": item.extra.pop("Sampler", request.sampler),
-            "CFG scale": _number(request.cfg_scale),
-            "Seed": item.seed,
-            "Size": f"{request.width}x{request.height}",
-            "Model hash": entry.short_hash if entry else None,
-            "Model": entry.name if entry else request.checkpoint or None,
-            "VAE": request.vae if request.vae not in ("", "Automatic", "None") else None,
-            "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
-        }
-        for key, value in item.extra.items():
-            params[key] = _number(value) if isinstance(value, float) else value
-        params["Version"] = f"Easel {__version__}"
-        return format_infotext(request.prompt, request.negative_prompt, params)
-
-
-def _number(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else round(float(value), 4)
+            return format_infotext(str(item.extra.get("Query", getattr(request, "query", ""))), "", params), params
+        actual: dict[str, Any] = {"Seed": item.seed, "Model hash": entry.short_hash if entry else None}
+        if entry is not None:
+            actual["Model"] = entry.name
+        params = generation_parameters(request, {**actual, **item.extra})
+        return format_infotext(request.prompt, request.negative_prompt, params), params
 
 
 def request_with(request: GenerationRequest, **changes: Any) -> GenerationRequest:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
+from webui.requests import RequestError
+
 
 def resize_image(image: Image.Image, width: int, height: int, mode: str = "Just resize") -> Image.Image:
     """Resize to width x height: stretch, cover-and-crop, or fit-and-fill the borders with stretched edges."""
@@ -19,7 +21,7 @@ def resize_image(image: Image.Image, width: int, height: int, mode: str = "Just 
         canvas = image.resize((width, height), Image.LANCZOS).filter(ImageFilter.GaussianBlur(8))
         canvas.paste(inner, ((width - w) // 2, (height - h) // 2))
         return canvas
-    raise ValueError(f"resize_mode: unknown mode {mode!r}; choose Just resize, Crop and resize or Resize and fill")
+    raise RequestError("resize_mode", f"unknown mode {mode!r}; choose Just resize, Crop and resize or Resize and fill")
 
 
 def mask_to_l(mask: Image.Image) -> Image.Image:

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from webui.requests import RequestError
+
 log = logging.getLogger(__name__)
 
 NONE = "None"
@@ -73,7 +75,7 @@ def target_size(size: tuple[int, int], scale: float | None, width: int | None = 
     if width and height:
         return int(width), int(height)
     if scale is None or scale <= 0:
-        raise ValueError(f"upscaling_resize: the scale must be above 0, got {scale}")
+        raise RequestError("upscaling_resize", f"the scale must be above 0, got {scale}")
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 

@@ -48,6 +48,7 @@ class JobResult:
     seeds: list[int] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    parameters: list[dict[str, Any]] = field(default_factory=list)  # what each infotext was written from
 
 
 class Job:

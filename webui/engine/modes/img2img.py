@@ -4,13 +4,13 @@ from __future__ import annotations
 from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches
 from webui.engine.images import resize_image
 from webui.engine.samplers import steps_for_strength
-from webui.requests import Img2ImgRequest
+from webui.requests import Img2ImgRequest, RequestError
 
 
 def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
     # 1. Check and prepare the input image at the requested size.
     if request.init_image is None:
-        raise ValueError("init_images: an input image is required")
+        raise RequestError("init_images", "an input image is required")
     init = resize_image(request.init_image, request.width, request.height, request.resize_mode)
 
     # 2. Load and encode.
@@ -26,5 +26,5 @@ def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
                                  strength=run_strength, num_inference_steps=schedule, generator=gens,
                                  callback_on_step_end=ctx.callback(loaded.arch, total), output_type="pil").images
 
-    extra = {"Sampler": ctx.sampler_used(request, loaded.arch), "Denoising strength": strength}
+    extra = {"Sampler": ctx.sampler_used(request, loaded.arch)}
     return run_batches(ctx, request, loaded, call, extra)

@@ -11,13 +11,13 @@ from PIL import Image, ImageFilter, ImageOps
 from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches
 from webui.engine.images import binarize, extend_canvas, fill_masked, mask_to_l, masked_bbox, paste_back, resize_image
 from webui.engine.samplers import steps_for_strength
-from webui.requests import InpaintRequest
+from webui.requests import InpaintRequest, RequestError
 
 
 def prepare(request: InpaintRequest) -> tuple[Image.Image, Image.Image]:
     """The source image at its working size and the (unblurred) binary repaint mask, outpainting applied."""
     if request.init_image is None:
-        raise ValueError("init_images: an input image is required")
+        raise RequestError("init_images", "an input image is required")
     image = resize_image(request.init_image, request.width, request.height, request.resize_mode)
     mask = None
     if request.mask is not None:
@@ -35,7 +35,7 @@ def run(ctx: ModeContext, request: InpaintRequest) -> list[Generated]:
     # 1. Prepare image and mask.
     original, mask = prepare(request)
     if mask.getbbox() is None:
-        raise ValueError("mask: the mask is empty; paint the area to repaint")
+        raise RequestError("mask", "the mask is empty; paint the area to repaint")
     blend = mask.filter(ImageFilter.GaussianBlur(request.mask_blur)) if request.mask_blur else mask
     blend = Image.composite(blend, Image.new("L", mask.size, 0), blend)  # keep outside exactly 0
     source = fill_masked(original, mask, request.inpainting_fill)
@@ -67,15 +67,8 @@ def run(ctx: ModeContext, request: InpaintRequest) -> list[Generated]:
                                    callback_on_step_end=ctx.callback(loaded.arch, total), output_type="pil").images
         return [postprocess(img, original, blend, box) for img in images]
 
-    # 4. Paste back through the blurred mask.
-    extra = {"Sampler": ctx.sampler_used(request, loaded.arch), "Denoising strength": strength,
-             "Mask blur": request.mask_blur, "Masked content": request.inpainting_fill,
-             "Inpaint area": "Only masked" if request.inpaint_full_res else "Whole picture",
-             "Masked area padding": request.inpaint_full_res_padding if request.inpaint_full_res else None,
-             "Mask mode": "Inpaint not masked" if request.inpainting_mask_invert else None}
-    for side in ("left", "right", "top", "bottom"):
-        value = getattr(request, f"outpaint_{side}")
-        extra[f"Outpaint {side}"] = value or None
+    # 4. Paste back through the blurred mask. The infotext records the strength the run used.
+    extra = {"Sampler": ctx.sampler_used(request, loaded.arch), "Denoising strength": strength}
     return run_batches(ctx, request, loaded, call, extra)
 
 

@@ -23,7 +23,7 @@ from webui.engine.mask_extraction import (HIGHLIGHT_COLOURS, MaskResult, MaskSet
 from webui.engine.segment_prompts import EASEL_HIGHLIGHTS, build_prompt, template_for
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import ModelManager
-from webui.requests import SegmentRequest
+from webui.requests import RequestError, SegmentRequest
 
 EDIT_FAMILIES = "the built-in model, Qwen-Image-Edit (Plus), FLUX.1 Kontext or InstructPix2Pix"
 
@@ -53,8 +53,8 @@ def default_model(manager: ModelManager) -> str:
     segmenters = manager.segmenters()
     if segmenters:
         return segmenters[0].label
-    raise ValueError(f"model: no model can segment; install {EDIT_FAMILIES}, or put a CLIPSeg folder in "
-                     "models/clipseg")
+    raise RequestError("model", f"no model can segment; install {EDIT_FAMILIES}, or put a CLIPSeg folder in "
+                                "models/clipseg")
 
 
 def working_size(arch: Arch, image: Image.Image) -> tuple[int, int]:
@@ -73,7 +73,7 @@ EDIT_PIPELINES = ("EaselPipeline", "QwenImageEditPipeline", "QwenImageEditPlusPi
 def check_can_edit(pipe: Any) -> None:
     name = type(pipe).__name__
     if name not in EDIT_PIPELINES:
-        raise ValueError(f"model: {name} cannot edit images; pick {EDIT_FAMILIES}, or a CLIPSeg model")
+        raise RequestError("model", f"{name} cannot edit images; pick {EDIT_FAMILIES}, or a CLIPSeg model")
 
 
 def edit_arguments(pipe: Any, source: Image.Image, prompt: str, steps: int, cfg_scale: float) -> dict[str, Any]:
@@ -96,10 +96,10 @@ def edit_arguments(pipe: Any, source: Image.Image, prompt: str, steps: int, cfg_
 
 def check_highlight(pipe_class: str, highlight: str) -> tuple[int, int, int]:
     if highlight not in HIGHLIGHT_COLOURS:
-        raise ValueError(f"highlight: must be one of {', '.join(HIGHLIGHT_COLOURS)}; got {highlight!r}")
+        raise RequestError("highlight", f"must be one of {', '.join(HIGHLIGHT_COLOURS)}; got {highlight!r}")
     if pipe_class == "EaselPipeline" and highlight not in EASEL_HIGHLIGHTS:
-        raise ValueError(f"highlight: the built-in model paints only {' or '.join(EASEL_HIGHLIGHTS)}; "
-                         f"got {highlight!r}")
+        raise RequestError("highlight", f"the built-in model paints only {' or '.join(EASEL_HIGHLIGHTS)}; "
+                                        f"got {highlight!r}")
     return HIGHLIGHT_COLOURS[highlight]
 
 
@@ -152,7 +152,7 @@ def segment_with_probabilities(source: Image.Image, queries: list[str], probs: n
 def run(ctx: ModeContext, request: SegmentRequest) -> list[Generated]:
     # 1. Check inputs and pick the model.
     if request.image is None:
-        raise ValueError("image: an image to segment is required")
+        raise RequestError("image", "an image to segment is required")
     source = request.image.convert("RGB")
     queries = request.queries
     name = request.checkpoint or default_model(ctx.manager)
@@ -165,7 +165,7 @@ def run(ctx: ModeContext, request: SegmentRequest) -> list[Generated]:
     segmenter_entry = ctx.manager.find_segmenter(name)
     if segmenter_entry is not None:
         if request.highlight not in HIGHLIGHT_COLOURS:
-            raise ValueError(f"highlight: must be one of {', '.join(HIGHLIGHT_COLOURS)}")
+            raise RequestError("highlight", f"must be one of {', '.join(HIGHLIGHT_COLOURS)}")
         loaded = ctx.manager.get_segmenter(segmenter_entry.name)
         job.update(step=0, total_steps=1)
         probs = probabilities(segmenter_entry.kind, loaded.model, loaded.processor, source, queries, loaded.device)

@@ -13,7 +13,7 @@ from webui.requests import RequestError, Txt2ImgRequest
 
 def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
     # 1. Check the upscaler, load the pipeline for this checkpoint (a fresh scheduler for this job).
-    hires = request.enable_hr and request.hr_scale > 1.0
+    hires = request.hires
     if hires:
         check_upscaler(ctx, request.hr_upscaler)
     loaded = ctx.load(request, "txt2img")
@@ -40,10 +40,6 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
         return images
 
     # 3. Run the batches.
-    if hires:
-        extra.update({"Hires upscale": request.hr_scale, "Hires upscaler": request.hr_upscaler,
-                      "Hires steps": request.hr_second_pass_steps or None,
-                      "Denoising strength": request.hr_denoising_strength})
     generated = run_batches(ctx, request, loaded, call, extra)
     for item, text in zip(generated, planned):
         if text:

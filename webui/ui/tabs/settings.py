@@ -1,7 +1,8 @@
 """The Settings tab: edit the persisted user settings (`UserSettings`), validated before they are saved.
 
-Apply builds a new `UserSettings` from the controls, validates it (an error names the field), stores it in
-the running settings and writes `config.json`. Limits take effect at once: the generation tabs' sliders
+Apply hands the controls' values to `webui.settings.apply_changes`, the one path every settings change takes
+(the API's options too): it checks them (an error names the key and nothing changes), writes `config.json` and
+makes them current. Limits take effect at once: the generation tabs' sliders
 get their new maxima. If `config.json` could not be read at start, the reason is shown at the top.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from webui.settings import UserSettings
+from webui.settings import UserSettings, apply_changes
 from webui.ui.bridge import guard
 from webui.ui.context import UIContext
 
@@ -57,27 +58,11 @@ def label(name: str) -> str:
 
 
 def apply_values(ui: UIContext, values: dict[str, Any]) -> UserSettings:
-    """Validate `values` as user settings, make them current and save them; ValueError names a bad field."""
-    settings = ui.easel.settings
-    current = settings.user
-    changes: dict[str, Any] = {}
-    for f in dataclasses.fields(UserSettings):
-        if f.name not in values:
-            continue
-        value = values[f.name]
-        if isinstance(f.default, bool):
-            value = bool(value)
-        elif isinstance(f.default, int) and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        changes[f.name] = value
-    new = dataclasses.replace(current, **changes)
-    new.validate()
-    if new.default_sampler not in ui.easel.sampler_choices(None):
-        raise ValueError(f"default_sampler: unknown sampler {new.default_sampler!r}")
-    settings.user = new
-    settings.save_user_settings()
+    """Validate `values` as user settings, make them current and save them (`webui.settings.apply_changes`, the
+    path the API's options take too); a bad value raises its `SettingError`, naming the key, and changes nothing."""
+    new, errors = apply_changes(ui.easel.settings, values, ui.easel.sampler_choices(None))
+    if errors:
+        raise errors[0]
     return new
 
 

@@ -1,0 +1,279 @@
+"""Generation routes: `POST /sdapi/v1/txt2img` and `POST /sdapi/v1/img2img` (inpainting when a mask is sent).
+
+A body becomes the same typed request the UI builds (`webui.requests`), every value checked before it is queued;
+an installed API script (`script_name`) may turn it into several. The handlers are `async`: they check the body and
+decode its images on the API's lane of threads, submit, and `await` the jobs without holding a thread, so a full
+queue answers 503 at once and `/progress` keeps answering. `override_settings` apply to this request only, unless
+`override_settings_restore_afterwards` is false. The answer's `info` is built from the finished job: its request,
+its images' seeds and the parameters their infotext was written from.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from webui import __version__
+from webui.api.compat import A1111_SCHEDULERS, SAMPLER_ALIASES
+from webui.api.context import ApiContext, whole_number
+from webui.api.errors import ApiError, job_failure
+from webui.api.images import check_mask, decode_image, encode_png
+from webui.api.schemas import (
+    StableDiffusionImg2ImgProcessingAPI,
+    StableDiffusionTxt2ImgProcessingAPI,
+    body_parameters,
+    request_values,
+)
+from webui.api.threads import API_LANE
+from webui.engine.worker import Job, JobResult, JobState
+from webui.infotext import written_text
+from webui.redact import public_path
+from webui.requests import GenerationRequest, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
+
+log = logging.getLogger(__name__)
+
+INFO_CORE_KEYS = {"Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size", "Model hash",
+                  "Model", "VAE", "Clip skip", "Version"}
+
+
+def generation_router(api: ApiContext) -> APIRouter:
+    """The txt2img and img2img routes over `api`'s Easel."""
+    easel, manager, engine, settings, defaults = api.easel, api.manager, api.engine, api.settings, api.defaults
+    find_checkpoint, check_vae, check_upscaler = api.find_checkpoint, api.check_vae, api.check_upscaler
+    load_model, max_image_pixels = api.load_model, api.max_image_pixels
+    router = api.router()
+
+    def choose_sampler(body: BaseModel, arch: Any) -> str:
+        """The sampler name for this model, from sampler_name / sampler_index and AUTOMATIC1111's scheduler."""
+        field_name = "sampler_name" if body.sampler_name else "sampler_index"
+        requested = str(body.sampler_name or body.sampler_index or "Euler").strip()
+        names = easel.registry.samplers.names(arch)
+        lowered = {n.lower(): n for n in names}
+        lowered.update({alias: n for n, aliases in SAMPLER_ALIASES.items() for alias in aliases if n in names})
+        name = lowered.get(requested.lower(), requested)
+        schedule = (body.scheduler or "").strip().lower().replace(" ", "_")
+        if schedule and schedule not in A1111_SCHEDULERS:
+            raise ApiError(422, "scheduler", f"unknown scheduler {body.scheduler!r}; choose one of "
+                                             f"{', '.join(A1111_SCHEDULERS)}")
+        if schedule == "karras" and not name.endswith("Karras") and f"{name} Karras" in names:
+            name = f"{name} Karras"
+        try:
+            easel.registry.samplers.resolve(name, arch)
+        except ValueError:
+            raise ApiError(422, field_name, f"unknown sampler {requested!r}; choose one of {', '.join(names)}") from None
+        return name
+
+    def build_request(body: BaseModel, cls: type[GenerationRequest]) -> tuple[GenerationRequest, Any]:
+        """The typed request for an API body, every value checked before it is queued."""
+        override = body.override_settings or {}
+        entry = find_checkpoint(override.get("sd_model_checkpoint"), "sd_model_checkpoint")
+        values = request_values(body, cls, lambda data, name: decode_image(data, name, max_image_pixels()))
+        values["checkpoint"] = entry.name
+        values["sampler"] = choose_sampler(body, entry.arch)
+        with defaults.lock:
+            clip_skip, vae = defaults.clip_skip, defaults.vae
+        if "clip_skip" not in body.model_fields_set or body.clip_skip is None:
+            values["clip_skip"] = clip_skip
+        if "CLIP_stop_at_last_layers" in override:
+            values["clip_skip"] = whole_number(override["CLIP_stop_at_last_layers"], "CLIP_stop_at_last_layers", 1, 12)
+        values["vae"] = check_vae(override["sd_vae"], "sd_vae") if "sd_vae" in override else vae
+        if cls is Txt2ImgRequest:
+            apply_hires_size(body, values)
+            if values.get("enable_hr"):
+                values["hr_upscaler"] = check_upscaler(values.get("hr_upscaler", "Lanczos"), "hr_upscaler", True)
+        if cls is InpaintRequest:
+            if "mask_blur" not in body.model_fields_set and (body.mask_blur_x or body.mask_blur_y):
+                values["mask_blur"] = max(body.mask_blur_x or 0, body.mask_blur_y or 0)
+            check_mask(values.get("mask"), bool(values.get("inpainting_mask_invert")))
+        values["extension_args"] = easel.registry.parse_request_args(body.alwayson_scripts)
+        api_cls = API_REQUEST_TYPES[cls]
+        request = api_cls(**values, save_images=bool(body.save_images))
+        return request, entry
+
+    def apply_hires_size(body: BaseModel, values: dict[str, Any]) -> None:
+        """hr_resize_x/y (a target size) become the scale that reaches it."""
+        rx, ry = body.hr_resize_x or 0, body.hr_resize_y or 0
+        if rx > 0 or ry > 0:
+            width, height = values.get("width", 512), values.get("height", 512)
+            if not width or not height:
+                return
+            values["hr_scale"] = max(rx / width, ry / height)
+
+    def script_requests(body: BaseModel, request: GenerationRequest) -> list[GenerationRequest]:
+        """The request(s) an installed API script makes of this one (`script_name`, `script_args`)."""
+        name = (body.script_name or "").strip()
+        if not name:
+            return [request]
+        mode = "txt2img" if isinstance(request, Txt2ImgRequest) else "img2img"
+        script = easel.registry.scripts.get(name.lower())
+        if script is None or mode not in script.modes:
+            known = [s.name for s in easel.registry.scripts.values() if mode in s.modes]
+            raise ApiError(422, "script_name", f"no {mode} script named {name!r}; installed: "
+                                               f"{', '.join(known) or 'none'}")
+        try:
+            made = script.run(request, list(body.script_args or []))
+        except (ValueError, TypeError) as exc:
+            raise ApiError(422, "script_args", f"{script.name}: {exc}") from None
+        made = request if made is None else made
+        items = made if isinstance(made, list) else [made]
+        if not items or not all(isinstance(item, GenerationRequest) for item in items):
+            raise ApiError(500, "script_name", f"the script {script.name!r} (extension {script.extension}) did "
+                                               "not return a request or a list of requests", "ScriptFailed")
+        return items
+
+    def prepare(body: BaseModel, cls: type[GenerationRequest]) -> tuple[GenerationRequest, Any, list[Any], Any]:
+        """(request, checkpoint entry, the requests to queue, the model loaded now): the CPU part, on a lane thread
+        (images are decoded here, and the model manager may be busy loading)."""
+        request, entry = build_request(body, cls)
+        return request, entry, script_requests(body, request), manager.current()
+
+    async def run(body: BaseModel, cls: type[GenerationRequest], include_images: bool = False) -> dict[str, Any]:
+        request, entry, items, previous = await API_LANE.run(prepare, body, cls)
+        jobs = [engine.submit(item, source="api") for item in items]
+        for job in jobs:
+            log.info("API %s job %s queued at %d", request.mode, job.id, engine.worker.position(job))
+        for job in jobs:
+            await job.wait_async()
+        await after_overrides(body, entry, previous)
+        return await API_LANE.run(generation_response, body, request, entry,
+                                  jobs[0] if len(jobs) == 1 else merged(request, jobs), include_images)
+
+    def merged(request: GenerationRequest, jobs: list[Job]) -> Job:
+        """One finished job holding every image of a script's jobs (the first failure, if any)."""
+        failed = next((job for job in jobs if job.state == JobState.FAILED), None)
+        if failed is not None:
+            return failed
+        combined = Job(request, "api")
+        result = JobResult()
+        for job in jobs:
+            part = job.result or JobResult()
+            result.images += part.images
+            result.infotexts += part.infotexts
+            result.parameters += part.parameters
+            result.seeds += part.seeds
+            result.paths += part.paths
+            result.info = result.info or dict(part.info)
+        interrupted = any(job.state == JobState.INTERRUPTED for job in jobs)
+        combined.update(result=result, started=jobs[0].started, finished=jobs[-1].finished,
+                        state=JobState.INTERRUPTED if interrupted else JobState.DONE)
+        return combined
+
+    async def after_overrides(body: BaseModel, entry: Any, previous: Any) -> None:
+        """override_settings_restore_afterwards: put the model back (true, the default) or keep the overrides for
+        later requests (false)."""
+        override = body.override_settings or {}
+        if not override:
+            return
+        if body.override_settings_restore_afterwards is False:
+            await API_LANE.run(keep_overrides, override)
+            return
+        if "sd_model_checkpoint" in override and previous is not None and previous.name != entry.name:
+            with defaults.lock:
+                vae_now = defaults.vae
+            job = await load_model(previous.name, vae_now)
+            if job.state == JobState.FAILED:
+                log.warning("API could not restore the model %s after an override: %s", previous.name, job.error)
+
+    def keep_overrides(override: dict[str, Any]) -> None:
+        with defaults.lock:
+            if "CLIP_stop_at_last_layers" in override:
+                defaults.clip_skip = whole_number(override["CLIP_stop_at_last_layers"],
+                                                   "CLIP_stop_at_last_layers", 1, 12)
+            if "sd_vae" in override:
+                defaults.vae = check_vae(override["sd_vae"], "sd_vae")
+
+    def generation_response(body: BaseModel, request: GenerationRequest, entry: Any, job: Job,
+                            include_images: bool) -> dict[str, Any]:
+        if job.state == JobState.FAILED:
+            raise job_failure(job, "generation failed")
+        result = job.result or JobResult()
+        images = [encode_png(img, text) for img, text in zip(result.images, result.infotexts)] \
+            if body.send_images is not False else []
+        info = generation_info(request, entry, job, result)
+        return {"images": images, "parameters": body_parameters(body, include_images), "info": json.dumps(info)}
+
+    def generation_info(request: GenerationRequest, entry: Any, job: Job, result: JobResult) -> dict[str, Any]:
+        """AUTOMATIC1111's `info` object for a finished job."""
+        count = len(result.images)
+        seeds = list(result.seeds)
+        params = result.parameters[0] if result.parameters else {}  # what the first infotext was written from
+        denoising = getattr(request, "denoising_strength", None)
+        if isinstance(request, Txt2ImgRequest):
+            denoising = request.hr_denoising_strength if request.enable_hr else None
+        started = job.started or job.created
+        return {
+            "prompt": request.prompt,
+            "all_prompts": [request.prompt] * count,
+            "negative_prompt": request.negative_prompt,
+            "all_negative_prompts": [request.negative_prompt] * count,
+            "seed": seeds[0] if seeds else request.seed,
+            "all_seeds": seeds,
+            "subseed": -1,
+            "all_subseeds": [-1] * count,
+            "subseed_strength": 0,
+            "width": request.width,
+            "height": request.height,
+            "sampler_name": params.get("Sampler") or request.sampler,
+            "cfg_scale": request.cfg_scale,
+            "steps": request.steps,
+            "batch_size": request.batch_size,
+            "restore_faces": False,
+            "face_restoration_model": None,
+            "sd_model_name": result.info.get("model") or entry.name,
+            "sd_model_hash": result.info.get("model_hash") or entry.short_hash,
+            "sd_vae_name": None if request.vae in ("", "Automatic", "None") else request.vae,
+            "sd_vae_hash": None,
+            "seed_resize_from_w": -1,
+            "seed_resize_from_h": -1,
+            "denoising_strength": denoising,
+            "extra_generation_params": {k: written_text(v) for k, v in params.items()
+                                        if k not in INFO_CORE_KEYS and v is not None and v != ""},
+            "index_of_first_image": 0,
+            "infotexts": list(result.infotexts),
+            "styles": [],
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)),
+            "clip_skip": request.clip_skip,
+            "is_using_inpainting_conditioning": False,
+            "version": f"Easel {__version__}",
+            "interrupted": job.state == JobState.INTERRUPTED,
+            "paths": [public_path(p, [settings.data_dir]) for p in result.paths],
+        }
+
+    @router.post("/txt2img")
+    async def txt2img(body: StableDiffusionTxt2ImgProcessingAPI) -> dict[str, Any]:  # type: ignore[valid-type]
+        return await run(body, Txt2ImgRequest)
+
+    @router.post("/img2img")
+    async def img2img(body: StableDiffusionImg2ImgProcessingAPI) -> dict[str, Any]:  # type: ignore[valid-type]
+        if not body.init_images or not body.init_images[0]:
+            raise ApiError(422, "init_images", "an input image is required (a list of base64 images)")
+        cls = InpaintRequest if body.mask else Img2ImgRequest
+        return await run(body, cls, include_images=bool(body.include_init_images))
+
+    return router
+
+
+@dataclass(frozen=True)
+class ApiTxt2ImgRequest(Txt2ImgRequest):
+    """A txt2img request from the API; like AUTOMATIC1111, images are saved only when asked."""
+
+    save_images: bool = False
+
+
+@dataclass(frozen=True)
+class ApiImg2ImgRequest(Img2ImgRequest):
+    save_images: bool = False
+
+
+@dataclass(frozen=True)
+class ApiInpaintRequest(InpaintRequest):
+    save_images: bool = False
+
+
+API_REQUEST_TYPES: dict[type, type] = {Txt2ImgRequest: ApiTxt2ImgRequest, Img2ImgRequest: ApiImg2ImgRequest,
+                                       InpaintRequest: ApiInpaintRequest}

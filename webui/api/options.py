@@ -1,0 +1,129 @@
+"""Options routes: `GET/POST /sdapi/v1/options` and `GET /sdapi/v1/cmd-flags`.
+
+`POST /options` checks every value before it changes anything. `sd_model_checkpoint` queues a model switch (and
+awaits it), `sd_vae` and `CLIP_stop_at_last_layers` apply to this client's later requests, and the options that are
+Easel settings (`samples_save`, `show_progress_every_n_steps`) go through `webui.settings.apply_changes`, the
+path the Settings tab takes: the same checks and messages, the same atomic write of config.json. Other AUTOMATIC1111 options are accepted and ignored (logged). Paths in the answers are
+relative to Easel's folders.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Body
+
+from webui.api.context import ApiContext, whole_number
+from webui.api.errors import ApiError, job_failure
+from webui.api.threads import API_LANE
+from webui.engine.worker import JobState
+from webui.redact import public_path
+from webui.settings import apply_changes
+
+log = logging.getLogger(__name__)
+
+
+# AUTOMATIC1111 options that are Easel user settings: option name -> setting key.
+SETTING_OPTIONS = {"samples_save": "save_images", "show_progress_every_n_steps": "live_preview_every"}
+OPTION_NAMES = {key: option for option, key in SETTING_OPTIONS.items()}
+
+
+def setting_value(option: str, value: Any) -> Any:
+    """An option's value as the setting takes it: AUTOMATIC1111's -1 for the preview period means no previews."""
+    if option == "show_progress_every_n_steps" and not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        try:
+            return 0 if float(value) == -1 else value
+        except ValueError:
+            return value
+    return value
+
+
+def options_router(api: ApiContext) -> APIRouter:
+    """The options and command-line flag routes over `api`'s Easel."""
+    easel, manager, engine, settings, defaults = api.easel, api.manager, api.engine, api.settings, api.defaults
+    find_checkpoint, check_vae, load_model, shown = api.find_checkpoint, api.check_vae, api.load_model, api.shown
+    router = api.router()
+
+    @router.get("/options")
+    def get_options() -> dict[str, Any]:
+        current = manager.current()
+        with defaults.lock:
+            clip_skip, vae = defaults.clip_skip, defaults.vae
+        user = settings.user
+        return {
+            "sd_model_checkpoint": current.title if current is not None else easel.default_checkpoint() or None,
+            "sd_checkpoint_hash": current.short_hash if current is not None else None,
+            "sd_vae": vae,
+            "CLIP_stop_at_last_layers": clip_skip,
+            "samples_save": user.save_images,
+            "outdir_samples": public_path(settings.outputs_dir, [settings.data_dir]),
+            "show_progress_every_n_steps": user.live_preview_every,
+            "live_previews_enable": user.live_preview_every > 0,
+            "sd_checkpoint_cache": user.ram_cache_size,
+            "samples_format": "png",
+            "enable_pnginfo": True,
+            "outdir_txt2img_samples": public_path(settings.outputs_dir / "txt2img-images", [settings.data_dir]),
+            "outdir_img2img_samples": public_path(settings.outputs_dir / "img2img-images", [settings.data_dir]),
+            "outdir_extras_samples": public_path(settings.outputs_dir / "extras-images", [settings.data_dir]),
+            "eta_noise_seed_delta": 0,
+            "ESRGAN_tile": engine.upscalers.tile,
+            "ESRGAN_tile_overlap": engine.upscalers.tile_overlap,
+            "upscaler_for_img2img": None,
+            "disabled_extensions": list(user.disabled_extensions),
+            "sd_lora": "None",
+        }
+
+    @router.post("/options")
+    async def set_options(body: dict[str, Any] = Body(...)) -> None:
+        entry = await API_LANE.run(apply_options, body)
+        if entry is not None:
+            with defaults.lock:
+                vae_now = defaults.vae
+            job = await load_model(entry.name, vae_now)
+            if job.state == JobState.FAILED:
+                raise job_failure(job, "loading the model failed", "sd_model_checkpoint")
+            log.info("API switched the model to %s", entry.name)
+
+    def apply_options(body: dict[str, Any]) -> Any:
+        """Check every value first, so a bad one changes nothing; set them; the checkpoint entry to load, if any."""
+        entry = find_checkpoint(body["sd_model_checkpoint"], "sd_model_checkpoint") \
+            if body.get("sd_model_checkpoint") else None
+        clip_skip = whole_number(body["CLIP_stop_at_last_layers"], "CLIP_stop_at_last_layers", 1, 12) \
+            if "CLIP_stop_at_last_layers" in body else None
+        vae = check_vae(body["sd_vae"], "sd_vae") if "sd_vae" in body else None
+        changes = {key: setting_value(option, body[option]) for option, key in SETTING_OPTIONS.items()
+                   if option in body}
+        if changes:  # checked, written and made current as the Settings tab does, or nothing changes
+            _, errors = apply_changes(settings, changes, easel.sampler_choices(None))
+            if errors:
+                raise ApiError(422, OPTION_NAMES.get(errors[0].key, errors[0].key), errors[0].message)
+        ignored = sorted(set(body) - {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", *SETTING_OPTIONS})
+        if ignored:
+            log.info("API options not supported by Easel, ignored: %s", ", ".join(ignored))
+        with defaults.lock:
+            if clip_skip is not None:
+                defaults.clip_skip = clip_skip
+            if vae is not None:
+                defaults.vae = vae
+        return entry
+
+    @router.get("/cmd-flags")
+    def cmd_flags() -> dict[str, Any]:
+        return {
+            "port": settings.port, "listen": settings.listen, "share": settings.share, "api": settings.api,
+            "nowebui": settings.nowebui, "gradio_auth": "(set)" if settings.gradio_auth else None,
+            "data_dir": shown(settings.data_dir), "ckpt_dir": [shown(p) for p in settings.ckpt_dirs],
+            "lora_dir": [shown(p) for p in settings.lora_dirs], "vae_dir": [shown(p) for p in settings.vae_dirs],
+            "device": settings.device, "precision": settings.precision, "medvram": settings.medvram,
+            "lowvram": settings.lowvram,
+            "enable_insecure_extension_access": settings.enable_insecure_extension_access,
+            "allow_hub_downloads": settings.allow_hub_downloads,
+            "esrgan_models_path": [shown(p) for p in settings.esrgan_dirs],
+            "controlnet_dir": [shown(p) for p in settings.controlnet_dirs],
+            "embeddings_dir": [shown(p) for p in settings.embedding_dirs],
+            "api_auth": "(set)" if settings.api_auth else None,
+            "cors_allow_origins": ",".join(settings.cors_allow_origins) or None,
+            "cors_allow_origins_regex": settings.cors_allow_origins_regex,
+        }
+
+    return router
