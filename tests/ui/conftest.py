@@ -146,16 +146,6 @@ class StubEasel:
     def segment_template(self, model: str | None) -> str:
         return "highlight {query} in {colour}" if self._arch(model) == "easel" else ""
 
-    def page_token(self) -> str:
-        from webui.http_guard import action_token
-
-        return action_token(self.extras)
-
-    def check_page_token(self, token: Any) -> None:
-        from webui.http_guard import check_action_token
-
-        check_action_token(self.extras, token)
-
     @staticmethod
     def png_info(image: Image.Image) -> tuple[str, dict[str, str]]:
         text = read_png_parameters(image) or ""
