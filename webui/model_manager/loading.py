@@ -26,7 +26,8 @@ from typing import Any, Callable
 import torch
 
 from webui.model_manager.errors import ModelLoadError
-from webui.model_manager.identify import ARCH_LABELS, Arch, Identification, header_shapes
+from webui.model_manager.identify import (ARCH_LABELS, Arch, Identification, header_shapes, identify_file,
+                                          identify_folder)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,19 @@ def sidecar_config(path: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------------ folders
+def load_checkpoint(entry: Any, ctx: LoadContext) -> Loaded:
+    """A catalogue's CheckpointEntry from the hub, its diffusers or built-in folder, or its single file."""
+    if entry.kind == "hub":
+        return load_hub(entry.name, ctx)
+    if entry.kind == "folder":
+        if not (entry.path / "model_index.json").is_file():
+            raise ModelLoadError(f"cannot load {entry.path}: the folder is gone or has no model_index.json")
+        if entry.builtin or entry.arch == Arch.EASEL:
+            return load_builtin(entry.path, ctx)
+        return load_folder(entry.path, identify_folder(entry.path), ctx)
+    return load_single_file(entry.path, identify_file(entry.path), ctx)
+
+
 def load_folder(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
     from diffusers import DiffusionPipeline
 
