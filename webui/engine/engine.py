@@ -15,7 +15,7 @@ from PIL import Image
 from webui import __version__
 from webui.engine.context import Generated, ModeContext
 from webui.engine.outputs import mode_folder, save_image
-from webui.engine.tasks import EngineTask
+from webui.engine.tasks import EngineTask, UnloadRequest
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job, JobResult, Worker
 from webui.extensions import PipelineWrapper
@@ -45,10 +45,11 @@ class Engine:
         self.manager = manager
         self.worker = Worker(self.run_job, queue_size=settings.user.queue_size)
         self.upscalers = Upscalers([settings.models_dir / "ESRGAN", *settings.esrgan_dirs], manager.device,
-                                   manager.dtype)
+                                   manager.dtype, memory=manager.memory)
         self.before_generate: list[Callable[[Any], Any]] = []
         self.after_generate: list[Callable[[Any, list[Generated]], list[Generated] | None]] = []
         self.pipeline_wrappers: list[PipelineWrapper] = []  # extensions' wrappers around each pipeline call
+        self.adapter_sources: list[Callable[[Any], Any]] = []  # extensions': the adapters a request needs loaded
 
     def start(self) -> None:
         self.worker.start()
@@ -79,8 +80,22 @@ class Engine:
         job.wait(timeout)
         return job
 
+    def unload(self, checkpoint: str | None = None, source: str = "ui", wait: bool = True,
+               timeout: float | None = None) -> Job:
+        """Queue unloading one checkpoint (None: every model of every kind) behind any running job, so a job
+        never loses its model while it runs; wait for it unless `wait` is False."""
+        job = self.submit(UnloadRequest(checkpoint=checkpoint or None), source)
+        if wait:
+            job.wait(timeout)
+        return job
+
     # Running (worker thread) ---------------------------------------------------------------------
     def run_job(self, job: Job) -> JobResult:
+        """Run one job with the models it uses pinned in memory until it ends."""
+        with self.manager.memory.job():
+            return self._run(job)
+
+    def _run(self, job: Job) -> JobResult:
         request = job.request
         if isinstance(request, EngineTask):  # upscaling, unloading: no extension hooks
             return request.run(self, job)
@@ -93,15 +108,20 @@ class Engine:
             request = hook(request) or request
         mode = importlib.import_module(MODES[request.mode])
         ctx = ModeContext(self.manager, job, self.settings.user.live_preview_every, self.upscalers,
-                          plan_layout=self.settings.user.builtin_plan_layout)
-        ctx.pipeline_wrappers = list(self.pipeline_wrappers)
+                          plan_layout=self.settings.user.builtin_plan_layout,
+                          pipeline_wrappers=list(self.pipeline_wrappers), adapter_sources=list(self.adapter_sources))
         generated: list[Generated] = mode.run(ctx, request)
         for hook in self.after_generate:
             generated = hook(request, generated) or generated
         result = JobResult()
-        entry = self.manager.current()
+        # the model that ran, as the mode returned it (or, when no image came out, the one it loaded)
+        ran = next((item for item in generated if item.model), None)
+        model, model_hash = (ran.model, ran.model_hash) if ran is not None else (
+            (ctx.loaded.entry.name, ctx.loaded.entry.short_hash) if ctx.loaded is not None else (None, None))
         for item in generated:
-            text = self.infotext(request, item, entry)
+            if item.model is None:  # an image an extension's hook made
+                item.model, item.model_hash = model, model_hash
+            text = self.infotext(request, item)
             result.images.append(item.image)
             result.infotexts.append(text)
             result.seeds.append(item.seed)
@@ -113,13 +133,12 @@ class Engine:
                 result.paths.append(path)
                 if isinstance(item.payload.get("mask"), Image.Image):
                     item.payload["mask"].save(path.with_name(path.stem + "-mask.png"))
-        result.info |= {"seeds": result.seeds, "model": entry.name if entry else None,
-                       "model_hash": entry.short_hash if entry else None}
+        result.info |= {"seeds": result.seeds, "model": model, "model_hash": model_hash}
         job.update(result=result)
         return result
 
-    def infotext(self, request: Any, item: Generated, entry: Any) -> str:
-        """AUTOMATIC1111's parameters text for one image."""
+    def infotext(self, request: Any, item: Generated) -> str:
+        """AUTOMATIC1111's parameters text for one image (`item.model` is the model that made it)."""
         if not isinstance(request, GenerationRequest):
             params = {"Seed": item.seed, **item.extra, "Version": f"Easel {__version__}"}
             # a segmentation image's first line is its own query (one image per query line)
@@ -130,8 +149,8 @@ class Engine:
             "CFG scale": _number(request.cfg_scale),
             "Seed": item.seed,
             "Size": f"{request.width}x{request.height}",
-            "Model hash": entry.short_hash if entry else None,
-            "Model": entry.name if entry else request.checkpoint or None,
+            "Model hash": item.model_hash,
+            "Model": item.model or request.checkpoint or None,
             "VAE": request.vae if request.vae not in ("", "Automatic", "None") else None,
             "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         }

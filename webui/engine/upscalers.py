@@ -1,7 +1,7 @@
 """Upscalers: Lanczos and Nearest built in, ESRGAN-family models from `models/ESRGAN/` through spandrel.
 
 `Upscalers` lists what is installed (built-ins first, then every model file in the upscaler folders by name),
-loads one model at a time through spandrel (which recognises ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT and the
+loads models through spandrel (which recognises ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT and the
 other single-image super-resolution architectures from the weights alone) and runs it tile by tile, so a
 large image needs little memory. A model scales by its own factor; `upscale` repeats it until the image
 reaches the target size, then resizes to the exact size with Lanczos. Hires fix, the Extras tab and
@@ -34,6 +34,7 @@ LATENT_FILTERS: dict[str, Image.Resampling] = {
 }
 MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
 MAX_PASSES = 4
+UPSCALER = "upscaler"  # their kind in the memory cache
 _SCALE_IN_NAME = re.compile(r"(?:^|[^0-9a-z])(?:x(\d)(?!\d)|(\d)x)", re.IGNORECASE)  # "x4plus", "4x-", "2xNomos"
 
 
@@ -74,7 +75,7 @@ class Upscalers:
     the worker thread."""
 
     def __init__(self, dirs: list[Path], device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 tile: int = 192, tile_overlap: int = 16) -> None:
+                 tile: int = 192, tile_overlap: int = 16, memory: Any = None) -> None:
         if tile < 16 or tile_overlap < 0 or tile_overlap * 2 >= tile:
             raise ValueError(f"tile: needs tile >= 16 and 0 <= overlap < tile / 2, got {tile} and {tile_overlap}")
         self.dirs = [Path(d) for d in dirs]
@@ -84,7 +85,11 @@ class Upscalers:
         self.tile_overlap = tile_overlap
         self._lock = threading.Lock()
         self._entries: list[UpscalerEntry] | None = None
-        self._loaded: tuple[Path, float, Any] | None = None  # (path, mtime, spandrel descriptor)
+        if memory is None:  # the model manager's memory cache, where every loaded model is held (engine.py)
+            from webui.model_manager.memory import MemoryCache
+
+            memory = MemoryCache(device)
+        self.memory = memory  # loaded models by (path, mtime, dtype), as kind "upscaler"
 
     # Listing ---------------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -165,9 +170,11 @@ class Upscalers:
     def _load(self, entry: UpscalerEntry) -> Any:
         assert entry.path is not None
         mtime = entry.path.stat().st_mtime
-        if self._loaded is not None and self._loaded[0] == entry.path and self._loaded[1] == mtime:
-            return self._loaded[2]
-        self.unload()
+        key = (str(entry.path), mtime, str(self.dtype))
+        found = self.memory.get(UPSCALER, key)
+        if found is not None:
+            return found
+        self.memory.clear(UPSCALER, where=lambda held: held[0] == key[0])  # an older version of the file
         from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
 
         try:
@@ -184,12 +191,12 @@ class Upscalers:
             dtype = torch.float32
         model.to(self.device).to(dtype).eval()
         log.info("upscaler %s loaded (%s, %dx)", entry.name, model.architecture.name, model.scale)
-        self._loaded = (entry.path, mtime, model)
+        self.memory.add(UPSCALER, key, model, name=entry.name)
         return model
 
     def unload(self) -> None:
-        """Forget the loaded model (its memory is freed with the next collection)."""
-        self._loaded = None
+        """Forget the loaded models."""
+        self.memory.clear(UPSCALER)
 
     def _run_model(self, model: Any, image: Image.Image) -> Image.Image:
         array = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3) in [0, 1]
