@@ -7,8 +7,9 @@ types it passes around; this module is its implementation. An extension is a fol
 it can add a UI tab or an accordion to a mode's tab, change requests before generation, post-process images
 after, add API routes and API scripts, add samplers, add preprocessors and read settings. It can also take
 per-request arguments (the API's `alwayson_scripts`, its accordion's controls) and wrap each diffusers
-pipeline call a mode makes (swap the pipeline, add call arguments), which is how the bundled ControlNet
-extension works. `API_VERSION` changes only when something here breaks; an extension that asks for another
+pipeline call a mode makes (swap the pipeline, add call arguments), and declare adapter models (ControlNets,
+...) a request needs, loaded with the checkpoint in one call and held in Easel's one memory cache, which is how
+the bundled ControlNet extension works. `API_VERSION` changes only when something here breaks; an extension that asks for another
 version is refused with a message instead of failing later.
 
 Loading is isolated: an extension that raises during import or `setup` is recorded with its error and every
@@ -270,6 +271,43 @@ class ExtensionAPI:
         mistake, a 4xx in the API)."""
         self._easel.engine.pipeline_wrappers.append(wrapper)
 
+    def add_adapter(self, kind: str, wanted: Callable[[Any], Any], load: Callable[[Any, Any], Any]) -> None:
+        """Declare a kind of adapter model (a ControlNet; an IP-Adapter, ...) that requests run with.
+
+        `wanted(request)` returns the `AdapterSpec(kind, name, weight, copy)`s a request needs (none: an empty
+        list); they join the job's one load call, and the model manager calls `load(spec, loaded)` with the
+        loaded checkpoint (`.pipe`, `.arch`, `.entry`) once per spec and job. Load through `api.memory` so the
+        model counts against the memory budgets, is pinned while the job runs and leaves on Unload. A
+        `ValueError` from either fails the job with its message (`field: ...` is the client's mistake, a 4xx).
+        """
+        kind = kind.strip()
+        if not kind:
+            raise ValueError("kind: an adapter kind needs a name")
+        loaders = self._easel.manager.adapter_loaders
+        if kind in loaders:
+            raise ValueError(f"kind: {kind!r} adapters are already declared")
+        loaders[kind] = load
+        self._easel.engine.adapter_sources.append(self._adapters_of(kind, wanted))
+
+    @staticmethod
+    def _adapters_of(kind: str, wanted: Callable[[Any], Any]) -> Callable[[Any], list[Any]]:
+        def adapters(request: Any) -> list[Any]:
+            specs = list(wanted(request) or ())
+            wrong = [spec for spec in specs if getattr(spec, "kind", None) != kind]
+            if wrong:
+                raise TypeError(f"{kind} adapters: wanted() returned {wrong[0]!r}, not AdapterSpec({kind!r}, ...)")
+            return specs
+
+        return adapters
+
+    @property
+    def memory(self) -> Any:
+        """Easel's one memory cache (`webui.model_manager.memory.MemoryCache`): hold every model you load there
+        (`memory.get(kind, key)`, `memory.add(kind, key, model, name=...)`, `memory.clear(kind)`), so it counts
+        against the user's RAM and VRAM budgets, is shown in the Models tab and `/sdapi/v1/memory`, is pinned
+        while the job using it runs and leaves on Unload."""
+        return self._easel.manager.memory
+
     def add_sampler(self, name: str, scheduler_class: str, overrides: dict[str, Any] | None = None) -> None:
         """Offer a diffusers scheduler under a sampler name for SD-family models (SD 1.x, SD 2.x, SDXL).
 
@@ -370,7 +408,8 @@ class _Contributions:
         self.dicts = {name: dict(getattr(registry, name)) for name in ("preprocessors", "scripts", "request_args")}
         engine = easel.engine
         self.hooks = {name: list(getattr(engine, name))
-                      for name in ("before_generate", "after_generate", "pipeline_wrappers")}
+                      for name in ("before_generate", "after_generate", "pipeline_wrappers", "adapter_sources")}
+        self.adapter_loaders = dict(easel.manager.adapter_loaders)
         self.samplers = dict(SAMPLER_OWNERS)
 
     def restore(self) -> None:
@@ -384,6 +423,8 @@ class _Contributions:
             target.update(items)
         for name, items in self.hooks.items():
             getattr(self.easel.engine, name)[:] = items
+        self.easel.manager.adapter_loaders.clear()
+        self.easel.manager.adapter_loaders.update(self.adapter_loaders)
         for sampler in set(SAMPLER_OWNERS) - set(self.samplers):
             DIFFUSION_SAMPLERS.pop(sampler, None)
             SAMPLER_OWNERS.pop(sampler, None)
