@@ -390,8 +390,8 @@ class ModelManager:
         held = self.memory.find(PIPELINE, name)
         return held.value if held is not None else None
 
-    def _on_device(self, slot: Slot) -> bool:
-        held = self.memory.find(PIPELINE, slot.name)
+    def _on_device(self, slot: Slot | None) -> bool:
+        held = self.memory.find(PIPELINE, slot.name) if slot is not None else None
         return held is not None and held.tier == "device"
 
     def _use(self, name: str) -> Slot | None:
