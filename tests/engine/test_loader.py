@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from tests.lora.lora_files import kohya_layout, random_lora, save
 from tests.tiny_models import save_vae_single_file
+from webui.engine.samplers import make_scheduler
 from webui.engine.worker import JobState
 from webui.infotext import parse_infotext
 from webui.model_manager.spec import AdapterSpec, LoadSpec, LoadSpecError
@@ -58,7 +59,7 @@ SPEC = LoadSpec("tiny-sd1", "txt2img", vae="zqvae", loras=(("zqlora", 0.8),), em
 
 def test_the_same_spec_twice_does_nothing_the_second_time(easel) -> None:
     manager = easel.manager
-    first = manager.load(SPEC)
+    first = manager.load(SPEC, make_scheduler)
     assert [(lo.name, lo.weight) for lo in first.loras] == [("zqlora", 0.8)]
     assert [e.name for e in first.embeddings] == ["zqemb"] and first.embeddings[0].tokens
     probe = first.adapters[AdapterSpec("probe", "p1")]
@@ -70,7 +71,7 @@ def test_the_same_spec_twice_does_nothing_the_second_time(easel) -> None:
     state = (dict(manager.stats), stack.stats["loads"], len(first.pipe.tokenizer), manager.memory_report()["held"])
     memory_stats = {k: v for k, v in manager.memory.stats.items() if k != "hits"}
 
-    second = manager.load(SPEC)
+    second = manager.load(SPEC, make_scheduler)
     assert second.pipe is first.pipe and (second.pipe.unet, second.pipe.vae, second.pipe.text_encoder) == modules
     after = (dict(manager.stats), stack.stats["loads"], len(second.pipe.tokenizer), manager.memory_report()["held"])
     assert after[0] == {**state[0], "cache_hits": state[0]["cache_hits"] + 1}  # no disk load, no VAE read
@@ -85,9 +86,9 @@ def test_a_job_makes_one_load_call_per_pipeline_call(easel) -> None:
     manager, specs = easel.manager, []
     load = manager.load
 
-    def recorded(spec: LoadSpec):
+    def recorded(spec: LoadSpec, factory=None):
         specs.append(spec)
-        return load(spec)
+        return load(spec, factory)
 
     manager.load = recorded
     request = Txt2ImgRequest(prompt="a zqemb house <lora:zqlora:0.8>", negative_prompt="blurry", vae="zqvae",
@@ -118,6 +119,8 @@ def test_what_cannot_be_used_is_an_error_on_the_field_that_names_it(easel) -> No
                                                    **SMALL), timeout=120)
         assert job.state == JobState.FAILED and isinstance(job.exception, RequestError), job.error
         assert job.exception.field == field and words in str(job.exception)
+    with pytest.raises(ValueError, match="sampler: 'Euler' asked for, but no scheduler factory"):
+        easel.manager.load(LoadSpec("tiny-sd1", sampler="Euler"))
     with pytest.raises(ValueError, match="adapters: no loader for 'ip-adapter'"):
         easel.manager.load(LoadSpec("tiny-sd1", adapters=(AdapterSpec("ip-adapter", "x"),)))
 

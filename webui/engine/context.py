@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from webui.engine.prompts import encode_sd, encode_sdxl, extract_loras, strip_emphasis
-from webui.engine.samplers import resolve_sampler
+from webui.engine.samplers import make_scheduler, resolve_sampler
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job
 from webui.extensions import PipelineCall, PipelineWrapper
@@ -99,7 +99,7 @@ class ModeContext:
         that names it."""
         spec = self.load_spec(request, mode)
         try:
-            loaded = self.manager.load(spec)
+            loaded = self.manager.load(spec, make_scheduler)
         except LoadSpecError as exc:
             if exc.part == "embeddings":
                 prompt, _ = extract_loras(request.prompt)

@@ -61,6 +61,7 @@ Mode = Literal["txt2img", "img2img", "inpaint", "edit"]
 AUTOMATIC_VAE = ("", "automatic", "none")
 PIPELINE, VAE = "pipeline", "vae"  # kinds this manager holds in `memory` (and segmenters.SEGMENTER)
 AdapterLoader = Callable[[AdapterSpec, "LoadedPipeline"], Any]
+SchedulerFactory = Callable[[str, Arch, Any], Any]  # (sampler name, family, base config) -> a fresh scheduler
 
 
 @dataclass
@@ -309,13 +310,16 @@ class ModelManager:
             self._apply_vae(slot, vae)
             return self._result(slot, mode)
 
-    def load(self, spec: LoadSpec) -> LoadedPipeline:
+    def load(self, spec: LoadSpec, make_scheduler: SchedulerFactory | None = None) -> LoadedPipeline:
         """The pipeline for everything `spec` asks for, ready to run: checkpoint in the mode with the VAE (`get`),
-        exactly the spec's LoRAs active, its embeddings added, a fresh scheduler for its sampler, its adapters
-        loaded by their kind's loader. The same spec twice loads, moves and changes nothing the second time.
+        exactly the spec's LoRAs active, its embeddings added, a fresh scheduler for its sampler (made by
+        `make_scheduler`, the engine's sampler table), its adapters loaded by their kind's loader. The same spec
+        twice loads, moves and changes nothing the second time.
 
         Raises LoadSpecError for a LoRA or an embedding that cannot be used, ModelNotFoundError / ModelLoadError
         for the checkpoint or VAE, ValueError for an unknown sampler or adapter kind."""
+        if spec.sampler and make_scheduler is None:
+            raise ValueError(f"sampler: {spec.sampler!r} asked for, but no scheduler factory was given")
         loaded = self.get(spec.checkpoint, spec.mode, spec.vae)  # type: ignore[arg-type]
         with self._lock:
             try:
@@ -329,9 +333,7 @@ class ModelManager:
                 slot.measured_for = state
                 self.memory.remeasure(PIPELINE, slot.name)
             adapters = {adapter: self._load_adapter(adapter, loaded) for adapter in spec.adapters}
-            if spec.sampler:  # a fresh scheduler per job (webui.engine.samplers owns the sampler names)
-                from webui.engine.samplers import make_scheduler
-
+            if spec.sampler and make_scheduler is not None:  # a fresh one per job: schedulers keep per-run state
                 loaded.pipe.scheduler = make_scheduler(spec.sampler, loaded.arch, loaded.pipe.scheduler.config)
         return dataclasses.replace(loaded, loras=tuple(loras), embeddings=tuple(embeddings), adapters=adapters)
 
