@@ -105,7 +105,7 @@ def main() -> None:
             os.environ["OMP_WAIT_POLICY"] = policy
             print(f"other work keeps this CPU busy: OMP_WAIT_POLICY={policy} (set it yourself to choose)", flush=True)
     if command == "train-builtin":
-        from webui.builtin.train import main as train_builtin
+        from webui.builtin_lab.train import main as train_builtin
 
         sys.exit(train_builtin(args[1:]))
     if command == "train":

@@ -33,7 +33,7 @@ def worker(kernel: str, steps: int, threads: int) -> None:
     import torch.nn.functional as F  # the fused kernel, for the "sdpa" variant
 
     from webui.builtin import model as M
-    from webui.builtin import train as T
+    from webui.builtin_lab import train as T
 
     torch.set_num_threads(threads)
     if kernel == "sdpa":

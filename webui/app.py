@@ -10,14 +10,14 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from PIL import Image
 
 from webui.engine.engine import Engine
-from webui.engine.samplers import all_sampler_names, sampler_names
 from webui.extensions import LoadedExtension, Registry, load_extensions
 from webui.infotext import parse_infotext, read_png_parameters
 from webui.model_manager.identify import Arch
@@ -37,7 +37,7 @@ class Easel:
     settings: Settings
     manager: ModelManager
     engine: Engine
-    registry: Registry = field(default_factory=Registry)
+    registry: Registry  # this Easel's samplers, hooks and extension contributions (shared with its engine)
     extensions: list[LoadedExtension] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -62,10 +62,9 @@ class Easel:
             return None
 
     def sampler_choices(self, checkpoint: str | None = None) -> list[str]:
-        if not checkpoint:
-            return all_sampler_names()
-        arch = self.arch_of(checkpoint)
-        return sampler_names(arch) if arch else all_sampler_names()
+        samplers = self.registry.samplers
+        arch = self.arch_of(checkpoint) if checkpoint else None
+        return samplers.names(arch) if arch else samplers.all_names()
 
     def default_sampler(self, checkpoint: str | None = None) -> str:
         choices = self.sampler_choices(checkpoint)
@@ -104,12 +103,17 @@ class Easel:
         return {Arch.EASEL: 64, Arch.SD1: 512, Arch.SD2: 768}.get(arch, 1024) if arch else 512
 
     def convert_checkpoint(self, checkpoint: str) -> Path:
-        """Convert a listed pickle checkpoint to .safetensors beside it (tensors only, see
-        webui.model_manager.convert), rescan, and return the new file. ValueError says why not."""
-        from webui.model_manager.convert import convert_checkpoint
+        """Convert a listed pickle checkpoint to .safetensors beside it, or a diffusers folder's pickle `.bin`
+        weights to the safetensors files diffusers reads (tensors only, see webui.model_manager.convert), rescan,
+        and return the new file (the folder). ValueError says why not."""
+        from webui.model_manager.convert import convert_checkpoint, convert_folder
         from webui.model_manager.identify import PICKLE_SUFFIXES
 
         entry = self.manager.find_checkpoint(checkpoint)
+        if entry.kind == "folder" and not entry.builtin:  # a diffusers folder whose weights are pickle .bin files
+            convert_folder(entry.path)
+            self.manager.refresh()
+            return entry.path
         if entry.kind != "file" or entry.path.suffix.lower() not in PICKLE_SUFFIXES:
             raise ValueError(f"checkpoint: {entry.name} is not a pickle checkpoint; only {', '.join(PICKLE_SUFFIXES)} "
                              "files need converting")
@@ -140,6 +144,18 @@ class Easel:
         from webui.extension_installer import install_blocked_reason
 
         return install_blocked_reason(self.settings)
+
+    def page_token(self) -> str:
+        """This process's token for actions that run code, carried by the page (see webui.http_guard)."""
+        from webui.http_guard import action_token
+
+        return action_token(self.extras)
+
+    def check_page_token(self, token: Any) -> None:
+        """ValueError (naming `token`) unless `token` is this process's page token."""
+        from webui.http_guard import check_action_token
+
+        check_action_token(self.extras, token)
 
     def install_extension(self, source: str, name: str | None = None) -> Path:
         """Install from a git URL or a local folder into `<data dir>/extensions`; it loads at the next start."""
@@ -179,7 +195,7 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
         hash_cache_path=settings.hash_cache_path,
         segmentation_dirs=[settings.models_dir / "clipseg", settings.models_dir / "segmentation"],
         embedding_dirs=settings.all_embedding_dirs(), controlnet_dirs=settings.all_controlnet_dirs(),
-        upscaler_dirs=settings.all_upscaler_dirs(),
+        upscaler_dirs=settings.all_upscaler_dirs(), allow_hub=settings.allow_hub_downloads,
     )
     manager.memory.budgets = lambda: budgets_for(  # read when models come and go: Settings changes apply at once
         manager.device, settings.user.ram_budget_mb, settings.user.vram_budget_mb)
@@ -188,12 +204,13 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
         compile=settings.user.compile_denoiser, keep_loaded=settings.user.lora_keep_loaded)
     if settings.resolved_device() == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-    engine = Engine(settings, manager)
-    easel = Easel(settings, manager, engine)
-    from webui.training.service import TrainingService  # LoRA training for the Train tab (no torch at import)
+    registry = Registry()  # built-in samplers; extensions add to it below
+    engine = Engine(settings, manager, registry)
+    easel = Easel(settings, manager, engine, registry)
+    from webui.training.folders import TrainingFolders  # LoRA training for the Train tab (no torch at import)
+    from webui.training.service import TrainingService
 
-    easel.extras["training"] = TrainingService(
-        settings.data_dir, search_dirs=[*settings.builtin_dirs(), *settings.diffusers_dirs(), settings.models_dir])
+    easel.extras["training"] = TrainingService(TrainingFolders.of_settings(settings))
     if with_extensions:
         easel.extensions = load_extensions(easel, settings.extension_dirs(),
                                            set(settings.user.disabled_extensions), easel.registry)
@@ -223,6 +240,7 @@ def create_server(easel: Easel, block: bool = True) -> tuple[Any, str]:
 
     Raises `webui.security.InsecureLaunchError` before anything listens when `--share` would publish Easel
     without logins; logs the other policy warnings (`--listen` without logins, `--share-insecure`)."""
+    from webui.http_guard import forwarded_allow_ips
     from webui.security import launch_warnings
 
     settings = easel.settings
@@ -236,9 +254,10 @@ def create_server(easel: Easel, block: bool = True) -> tuple[Any, str]:
 
         from webui.api.routes import create_api
 
-        app = fastapi.FastAPI(title="Easel API", middleware=api_login_middleware(easel))
+        app = fastapi.FastAPI(title="Easel API", middleware=[guard_middleware(easel), *api_login_middleware(easel)])
         create_api(app, easel)
-        config = uvicorn.Config(app, host=host, port=settings.port, log_level="warning")
+        config = uvicorn.Config(app, host=host, port=settings.port, log_level="warning", proxy_headers=True,
+                                forwarded_allow_ips=forwarded_allow_ips(settings))
         server = uvicorn.Server(config)
         url = f"http://{host}:{settings.port}"
         if block:
@@ -254,10 +273,11 @@ def create_server(easel: Easel, block: bool = True) -> tuple[Any, str]:
     unreachable = share_server_problem() if settings.share else None
     # Gradio's own "is localhost reachable" check gives the page 3 s and otherwise refuses to start; on a busy
     # 2-core machine the first render of Easel's UI can take longer, so Easel checks with more patience itself.
-    app, local_url, share_url = blocks.launch(server_name=host, server_port=settings.port,
-                                              share=settings.share and unreachable is None,
-                                              prevent_thread_lock=True, _frontend=False, **login_kwargs(easel),
-                                              **launch_kwargs(easel))
+    with uvicorn_forwarded_allow_ips(forwarded_allow_ips(settings)):
+        app, local_url, share_url = blocks.launch(server_name=host, server_port=settings.port,
+                                                  share=settings.share and unreachable is None,
+                                                  prevent_thread_lock=True, _frontend=False, _app=gradio_app(easel),
+                                                  **login_kwargs(easel), **launch_kwargs(easel))
     if not local_url_answers(local_url):
         log.warning("Easel's page at %s did not answer within %d s; if the browser cannot open it, check proxy "
                     "settings (localhost must not go through a proxy)", local_url, LOCAL_CHECK_SECONDS)
@@ -303,25 +323,67 @@ def share_server_problem(timeout: float = SHARE_PROBE_SECONDS) -> str | None:
 
 
 def login_kwargs(easel: Easel) -> dict[str, Any]:
-    """Gradio's `auth` (checked in constant time) and the middleware that slows down guessing, when the UI has
-    logins; the middleware asking for HTTP Basic on `/sdapi/*` and `/easel/*`, when the API has logins."""
-    from starlette.middleware import Middleware
-
-    from webui.security import LoginThrottleMiddleware, check_password, login_throttle
+    """Gradio's `auth` (checked in constant time), when the UI has logins."""
+    from webui.security import check_password
 
     logins = easel.settings.auth_pairs()
-    throttle = login_throttle(easel.extras)
-    middleware = api_login_middleware(easel)
-    kwargs: dict[str, Any] = {}
-    if logins:
-        def auth(user: str, password: str) -> bool:
-            return check_password(user, password, logins)
+    if not logins:
+        return {}
 
-        kwargs.update(auth=auth, auth_message="Log in to Easel")
-        middleware.append(Middleware(LoginThrottleMiddleware, throttle=throttle))
-    if middleware:
-        kwargs["app_kwargs"] = {"middleware": middleware}
-    return kwargs
+    def auth(user: str, password: str) -> bool:
+        return check_password(user, password, logins)
+
+    return {"auth": auth, "auth_message": "Log in to Easel"}
+
+
+def guard_middleware(easel: Easel) -> Any:
+    """`webui.http_guard.HttpGuard` over these settings: the Host and Origin checks, CORS, Lax cookies."""
+    from starlette.middleware import Middleware
+
+    from webui.http_guard import HttpGuard, policy_from_settings
+
+    return Middleware(HttpGuard, policy=policy_from_settings(easel.settings))
+
+
+def gradio_app(easel: Easel) -> Any:
+    """The FastAPI app Gradio serves the UI (and the API) from, with Easel's middleware: `HttpGuard` around
+    everything, Gradio's own layers included (its CORS layer would otherwise answer cross-origin requests
+    before Easel sees them); inside, HTTP Basic on the API and the login throttle.
+
+    Gradio takes a ready-made app through `launch(_app=...)`, as its own `gradio.Server` does; `App` is a
+    FastAPI app, and `build_middleware_stack` is Starlette's place for what wraps the whole stack."""
+    from gradio.routes import App, ORJSONResponse
+    from starlette.middleware import Middleware
+
+    from webui.security import LoginThrottleMiddleware, login_throttle
+
+    guard = guard_middleware(easel)
+
+    class EaselApp(App):
+        def build_middleware_stack(self) -> Any:
+            return guard.cls(super().build_middleware_stack(), *guard.args, **guard.kwargs)
+
+    middleware = api_login_middleware(easel)
+    if easel.settings.auth_pairs():
+        middleware.append(Middleware(LoginThrottleMiddleware, throttle=login_throttle(easel.extras)))
+    return EaselApp(middleware=middleware, default_response_class=ORJSONResponse)
+
+
+@contextmanager
+def uvicorn_forwarded_allow_ips(value: str) -> Iterator[None]:
+    """Tell the uvicorn server Gradio starts which proxies' `X-Forwarded-For` to believe (`--forwarded-allow-ips`;
+    none by default, where uvicorn alone would believe any program on this machine). Gradio builds the uvicorn
+    configuration without that argument, so it goes through uvicorn's `FORWARDED_ALLOW_IPS` variable, set only
+    while the server is created."""
+    before = os.environ.get("FORWARDED_ALLOW_IPS")
+    os.environ["FORWARDED_ALLOW_IPS"] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("FORWARDED_ALLOW_IPS", None)
+        else:
+            os.environ["FORWARDED_ALLOW_IPS"] = before
 
 
 def api_login_middleware(easel: Easel) -> list[Any]:
@@ -342,16 +404,29 @@ def limit_image_decoding(settings: Settings) -> None:
     Image.MAX_IMAGE_PIXELS = settings.user.limits().max_pixels * 4
 
 
-def restart_process() -> None:
-    """Replace this process by a fresh Easel started with the same command line, so every module, extension
-    and model is loaded anew (the Extensions tab's "Apply and restart"). Only `main` offers it: tests and
-    embedding programs never have their process replaced."""
+def restart_command() -> list[str]:
+    """The command line this process was started with (what a restart runs again)."""
     import sys
 
-    command = [sys.executable, *sys.orig_argv[1:]]
-    log.warning("restarting Easel: %s", " ".join(command))
+    return [sys.executable, *sys.orig_argv[1:]]
+
+
+def replace_process(command: list[str]) -> None:
     logging.shutdown()
-    os.execv(sys.executable, command)
+    os.execv(command[0], command)
+
+
+def restart_process(command: list[str] | None = None,
+                    execute: Callable[[list[str]], None] = replace_process) -> None:
+    """Replace this process by a fresh Easel started with the same command line, so every module, extension
+    and model is loaded anew (the Extensions tab's "Apply and restart"). Only `main` offers it: tests and
+    embedding programs never have their process replaced. The log line shows the command with its logins
+    masked (`webui.redact.redact_argv`)."""
+    from webui.redact import redact_argv
+
+    command = command or restart_command()
+    log.warning("restarting Easel: %s", " ".join(redact_argv(command)))
+    execute(command)
 
 
 def main(argv: list[str] | None = None) -> None:

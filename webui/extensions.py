@@ -5,15 +5,20 @@ types it passes around; this module is its implementation. An extension is a fol
 `extension.json` manifest (`{"name": ..., "version": ..., "description": ..., "api_version": 1,
 "entry": "extension.py"}`) and an entry module that defines `setup(api: ExtensionAPI) -> None`. Through `api`
 it can add a UI tab or an accordion to a mode's tab, change requests before generation, post-process images
-after, add API routes and API scripts, add samplers, add preprocessors and read settings. It can also take
-per-request arguments (the API's `alwayson_scripts`, its accordion's controls) and wrap each diffusers
-pipeline call a mode makes (swap the pipeline, add call arguments), and declare adapter models (ControlNets,
-...) a request needs, loaded with the checkpoint in one call and held in Easel's one memory cache, which is how
-the bundled ControlNet extension works. `API_VERSION` changes only when something here breaks; an extension that asks for another
-version is refused with a message instead of failing later.
+after, add API routes and API scripts, run work on the worker that owns the device, add samplers, add
+preprocessors and read settings. It can also take per-request arguments (the API's `alwayson_scripts`, its
+accordion's controls), wrap each diffusers pipeline call a mode makes (swap the pipeline, add call arguments), and
+declare adapter models (ControlNets, ...) a request needs, loaded with the checkpoint in one call and held in
+Easel's one memory cache, which is how the bundled ControlNet extension works. `API_VERSION` changes only when
+something here breaks; an extension that asks for another version is refused with a message instead of
+failing later.
 
-Loading is isolated: an extension that raises during import or `setup` is recorded with its error and every
-other extension and Easel itself go on.
+Everything an extension contributes (tabs, accordions, hooks, pipeline wrappers, routes, scripts, request
+arguments, preprocessors, samplers, adapter kinds) goes into the `Registry` of the Easel that loaded it, never
+into module state: two Easels in one process see only their own extensions. Loading is isolated: `setup(api)` adds to a
+staged registry that is merged into the Easel's only once it returned, so an extension that raises during
+import or `setup` leaves nothing behind; it is recorded with its error and every other extension and Easel
+itself go on.
 """
 from __future__ import annotations
 
@@ -23,9 +28,13 @@ import json
 import logging
 import sys
 import traceback
+from collections import ChainMap
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from webui.engine.samplers import Samplers
 
 if TYPE_CHECKING:
     from webui.app import Easel
@@ -41,9 +50,6 @@ RESERVED_ROUTE_NAMES = frozenset({
     "config", "info", "queue", "upload", "login", "logout", "theme.css", "heartbeat", "manifest.json", "svelte",
     "custom_component", "proxy", "stream", "monitoring", "favicon.ico", "user", "token", "app_id", "startup-events",
 })
-# Samplers extensions added (name -> extension). The sampler table is shared by the process, so an extension
-# set up again (a second Easel in the same process) may replace its own samplers but no one else's.
-SAMPLER_OWNERS: dict[str, str] = {}
 # Extra folders the launch flags add to each kind of model folder (see `ExtensionAPI.model_folders`).
 MODEL_FOLDER_FLAGS = {"Stable-diffusion": "ckpt_dirs", "Lora": "lora_dirs", "VAE": "vae_dirs",
                       "ControlNet": "controlnet_dirs", "ESRGAN": "esrgan_dirs"}
@@ -143,17 +149,50 @@ class ScriptContribution:
     extension: str = ""
 
 
-@dataclass
+@dataclass(eq=False)
 class Registry:
-    """Everything extensions contributed; the UI and API read it when they are built."""
+    """One Easel's samplers and everything its extensions contributed.
+
+    `webui.app.build` makes one per Easel and hands it to the engine (which runs the hooks and pipeline wrappers
+    and builds schedulers from `samplers` on each job), the API and the UI (which read the rest when they are
+    built and on each request). `samplers` starts with the built-in ones. The engine also reads the adapter kinds
+    on each job: it asks `adapter_sources` what a request needs and hands `adapter_loaders` to the model manager.
+    """
 
     tabs: list[UIContribution] = field(default_factory=list)
     accordions: list[UIContribution] = field(default_factory=list)
     routes: list[RouteContribution] = field(default_factory=list)
+    before_generate: list[Callable[[Any], Any]] = field(default_factory=list)
+    after_generate: list[Callable[[Any, list[Any]], list[Any] | None]] = field(default_factory=list)
+    pipeline_wrappers: list[PipelineWrapper] = field(default_factory=list)
     preprocessors: dict[str, Callable[..., Any]] = field(default_factory=dict)
     scripts: dict[str, ScriptContribution] = field(default_factory=dict)  # by lower-case name
     request_args: dict[str, Callable[[Any], Any]] = field(default_factory=dict)  # extension name -> parser
+    samplers: Samplers = field(default_factory=Samplers)
+    # adapter models (ControlNets, ...): each kind's `wanted(request) -> [AdapterSpec]`, and kind -> `load(spec, loaded)`
+    adapter_sources: list[Callable[[Any], list[Any]]] = field(default_factory=list)
+    adapter_loaders: dict[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
     runtime_errors: dict[str, str] = field(default_factory=dict)  # extension name -> its last hook failure
+
+    _LISTS = ("tabs", "accordions", "routes", "before_generate", "after_generate", "pipeline_wrappers",
+              "adapter_sources")
+    _DICTS = ("preprocessors", "scripts", "request_args", "adapter_loaders")
+
+    def merge(self, staged: "Registry") -> None:
+        """Add what one extension's setup put into `staged` (see `load_extensions`). Names are checked first,
+        so a clash (a ValueError) changes nothing."""
+        taken = sorted(staged.scripts.keys() & self.scripts.keys())
+        if taken:
+            raise ValueError(f"name: a script named {taken[0]!r} is already registered by "
+                             f"{self.scripts[taken[0]].extension}")
+        kinds = sorted(staged.adapter_loaders.keys() & self.adapter_loaders.keys())
+        if kinds:
+            raise ValueError(f"kind: {kinds[0]!r} adapters are already declared")
+        self.samplers.merge(staged.samplers)
+        for name in self._LISTS:
+            getattr(self, name).extend(getattr(staged, name))
+        for name in self._DICTS:
+            getattr(self, name).update(getattr(staged, name))
 
     def parse_request_args(self, scripts: Mapping[str, Any] | None) -> dict[str, Any]:
         """`request.extension_args` from AUTOMATIC1111's `alwayson_scripts` form or an accordion's values.
@@ -182,20 +221,26 @@ class Registry:
 
 
 class ExtensionAPI:
-    """What an extension's `setup(api)` receives."""
+    """What an extension's `setup(api)` receives.
+
+    Contributions go to `staged` (while `load_extensions` runs setup, a registry of this extension's own that
+    is merged into `registry` once setup returned) or, without one, straight into `registry`, the Easel's;
+    names are checked against both."""
 
     version = API_VERSION
 
-    def __init__(self, easel: "Easel", registry: Registry, name: str, folder: Path) -> None:
+    def __init__(self, easel: "Easel", registry: Registry, name: str, folder: Path,
+                 staged: Registry | None = None) -> None:
         self._easel = easel
         self._registry = registry
+        self._staged = staged if staged is not None else registry
         self.name = name
         self.folder = folder
         self.log = logging.getLogger(f"easel.extensions.{name}")
 
     def add_tab(self, title: str, build: Callable[[], None]) -> None:
         """Add a top-level UI tab; `build()` creates Gradio components inside it."""
-        self._registry.tabs.append(UIContribution(title, build, None, self.name))
+        self._staged.tabs.append(UIContribution(title, build, None, self.name))
 
     def add_accordion(self, mode: str, title: str, build: Callable[[], ExtensionInputs | None]) -> None:
         """Add an accordion to a mode's tab ("txt2img", "img2img", "inpaint", "segment").
@@ -205,7 +250,7 @@ class ExtensionAPI:
         """
         if mode not in ("txt2img", "img2img", "inpaint", "segment"):
             raise ValueError(f"mode: unknown tab {mode!r}")
-        self._registry.accordions.append(UIContribution(title, build, mode, self.name))
+        self._staged.accordions.append(UIContribution(title, build, mode, self.name))
 
     def before_generate(self, hook: Callable[[Any], Any]) -> None:
         """`hook(request) -> request | None` runs on the worker before each job; return a changed request.
@@ -214,13 +259,13 @@ class ExtensionAPI:
         client's mistake, a 4xx in the API). Any other exception is logged, recorded as this extension's
         error (the Extensions tab shows it) and the job goes on with the request unchanged.
         """
-        self._easel.engine.before_generate.append(self._isolated(hook, "before_generate"))
+        self._staged.before_generate.append(self._isolated(hook, "before_generate"))
 
     def after_generate(self, hook: Callable[[Any, list[Any]], list[Any] | None]) -> None:
         """`hook(request, generated) -> generated | None`; each item has `.image`, `.seed`, `.extra`.
 
         Failures are handled as for `before_generate`: the images are kept as they were."""
-        self._easel.engine.after_generate.append(self._isolated(hook, "after_generate"))
+        self._staged.after_generate.append(self._isolated(hook, "after_generate"))
 
     def _isolated(self, hook: Callable[..., Any], kind: str) -> Callable[..., Any]:
         """`hook` wrapped so that a crash in it (not a ValueError) is logged and recorded, never fatal."""
@@ -249,7 +294,7 @@ class ExtensionAPI:
             prefixes.append(f"/{self.name}/")
         if not any(path.startswith(prefix) for prefix in prefixes):
             raise ValueError(f"path: extension routes must start with {' or '.join(prefixes)}")
-        self._registry.routes.append(RouteContribution(path, endpoint, methods or ["GET"], self.name))
+        self._staged.routes.append(RouteContribution(path, endpoint, methods or ["GET"], self.name))
 
     def add_request_args(self, parse: Callable[[Any], Any]) -> None:
         """Take per-request arguments under this extension's name.
@@ -261,7 +306,7 @@ class ExtensionAPI:
         `request.extension_args["<name>"]`. Requests made in code may carry unparsed arguments there, so hooks
         should accept both.
         """
-        self._registry.request_args[self.name] = parse
+        self._staged.request_args[self.name] = parse
 
     def wrap_pipeline(self, wrapper: PipelineWrapper) -> None:
         """Run `wrapper(call, run)` around every diffusers pipeline call the txt2img, img2img and inpaint modes
@@ -269,7 +314,24 @@ class ExtensionAPI:
         `from_pipe`) and other call arguments. A wrapper with nothing to do returns `run(call)`; one that raises
         fails the job with its message (a `ValueError` whose message starts with `field: ` is the client's
         mistake, a 4xx in the API)."""
-        self._easel.engine.pipeline_wrappers.append(wrapper)
+        self._staged.pipeline_wrappers.append(wrapper)
+
+    def run_on_worker(self, call: Callable[[], Any], source: str = "api") -> Any:
+        """Run `call()` on the worker that owns the device, queued behind the jobs before it like a generation,
+        and return what it returns (re-raising what it raised). Work that runs a model or needs much memory
+        outside a generation (a preprocessor's detection, say) goes through here so it never races a job.
+        Blocks until done; a full queue raises `QueueFullError` (the API answers 503 with Retry-After), and an
+        interrupted call raises RuntimeError."""
+        from webui.engine.tasks import CallTask
+        from webui.engine.worker import JobState
+
+        job = self._easel.engine.submit(CallTask(call=call, label=self.name), source=source)
+        job.wait()
+        if job.state == JobState.FAILED and job.exception is not None:
+            raise job.exception
+        if job.state != JobState.DONE or job.result is None:
+            raise RuntimeError(f"{self.name}: the job was {job.state.value} ({job.error or 'no result'})")
+        return job.result.info.get("value")
 
     def add_adapter(self, kind: str, wanted: Callable[[Any], Any], load: Callable[[Any, Any], Any]) -> None:
         """Declare a kind of adapter model (a ControlNet; an IP-Adapter, ...) that requests run with.
@@ -283,11 +345,10 @@ class ExtensionAPI:
         kind = kind.strip()
         if not kind:
             raise ValueError("kind: an adapter kind needs a name")
-        loaders = self._easel.manager.adapter_loaders
-        if kind in loaders:
+        if kind in self._staged.adapter_loaders or kind in self._registry.adapter_loaders:
             raise ValueError(f"kind: {kind!r} adapters are already declared")
-        loaders[kind] = load
-        self._easel.engine.adapter_sources.append(self._adapters_of(kind, wanted))
+        self._staged.adapter_loaders[kind] = load
+        self._staged.adapter_sources.append(self._adapters_of(kind, wanted))
 
     @staticmethod
     def _adapters_of(kind: str, wanted: Callable[[Any], Any]) -> Callable[[Any], list[Any]]:
@@ -313,24 +374,11 @@ class ExtensionAPI:
 
         `scheduler_class` names a class in `diffusers` ("EulerDiscreteScheduler"); each job builds a fresh one
         from the model's own scheduler config with `overrides` applied. The name appears in every sampler list
-        (UI, `/sdapi/v1/samplers`) and works in requests and infotext. Raises ValueError for an unknown class
-        or a name Easel or another extension already uses.
+        (UI, `/sdapi/v1/samplers`) of this Easel and works in its requests and infotext. Raises ValueError for
+        an unknown class or a name Easel or another extension already uses.
         """
-        import diffusers
-
-        from webui.engine.samplers import DIFFUSION_SAMPLERS, EASEL_SAMPLERS
-
-        name = name.strip()
-        if not name:
-            raise ValueError("name: a sampler needs a name")
-        owner = SAMPLER_OWNERS.get(name)
-        if (name in DIFFUSION_SAMPLERS or name in EASEL_SAMPLERS) and owner != self.name:
-            raise ValueError(f"name: a sampler named {name!r} already exists"
-                             f"{f' (added by the extension {owner})' if owner else ''}")
-        if not scheduler_class.endswith("Scheduler") or not hasattr(diffusers, scheduler_class):
-            raise ValueError(f"scheduler_class: diffusers has no scheduler {scheduler_class!r}")
-        DIFFUSION_SAMPLERS[name] = (scheduler_class, dict(overrides or {}))
-        SAMPLER_OWNERS[name] = self.name
+        self._registry.samplers.check_free(name.strip(), self.name)
+        self._staged.samplers.add(name, scheduler_class, overrides, self.name)
 
     def add_preprocessor(self, name: str, fn: Callable[..., Any]) -> None:
         """Register an image preprocessor (PIL image in, PIL image out) by name.
@@ -338,13 +386,11 @@ class ExtensionAPI:
         It may take keyword options: `resolution` (the working size of its shorter side), `threshold_a` and
         `threshold_b` (each preprocessor's own two parameters, as in AUTOMATIC1111's ControlNet).
         """
-        self._registry.preprocessors[name] = fn
+        self._staged.preprocessors[name] = fn
 
     def preprocessors(self) -> Mapping[str, Callable[..., Any]]:
         """Every preprocessor registered so far, by name (read-only)."""
-        from types import MappingProxyType
-
-        return MappingProxyType(self._registry.preprocessors)
+        return MappingProxyType(ChainMap(self._staged.preprocessors, self._registry.preprocessors))
 
     def add_script(self, name: str, run: Callable[[Any, list[Any]], Any],
                    modes: tuple[str, ...] = ("txt2img", "img2img"), args: tuple[str, ...] = ()) -> None:
@@ -355,10 +401,17 @@ class ExtensionAPI:
         unknown = [m for m in modes if m not in ("txt2img", "img2img")]
         if unknown:
             raise ValueError(f"modes: scripts run in txt2img and img2img, not {', '.join(unknown)}")
-        if key in self._registry.scripts:
-            raise ValueError(f"name: a script named {name!r} is already registered by "
-                             f"{self._registry.scripts[key].extension}")
-        self._registry.scripts[key] = ScriptContribution(key, run, tuple(modes), tuple(args), self.name)
+        taken = self._staged.scripts.get(key) or self._registry.scripts.get(key)
+        if taken is not None:
+            raise ValueError(f"name: a script named {name!r} is already registered by {taken.extension}")
+        self._staged.scripts[key] = ScriptContribution(key, run, tuple(modes), tuple(args), self.name)
+
+    def _commit(self) -> None:
+        """Merge what setup staged into the Easel's registry (raising ValueError on a name clash, which changes
+        nothing); anything the extension adds later goes straight there."""
+        if self._staged is not self._registry:
+            self._registry.merge(self._staged)
+            self._staged = self._registry
 
     def setting(self, key: str) -> Any:
         """Read one user setting (see the Settings tab), e.g. `api.setting("save_images")`; the value is
@@ -369,6 +422,11 @@ class ExtensionAPI:
             raise KeyError(f"unknown setting {key!r}; settings are: {', '.join(known)}")
         value = getattr(user, key)
         return list(value) if isinstance(value, list) else value
+
+    def hub_downloads_allowed(self) -> bool:
+        """Whether Easel was started with `--allow-hub-downloads`; without it an extension fetches nothing from
+        the Hugging Face hub and says which file to put where instead."""
+        return bool(getattr(self._easel.settings, "allow_hub_downloads", False))
 
     def model_folders(self, kind: str) -> list[Path]:
         """Folders holding one kind of model: `models/<kind>/` in the data folder, then the extra folders given
@@ -398,46 +456,14 @@ def discover(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
 
-class _Contributions:
-    """What the registry and the engine hold before one extension's setup, so a failing setup leaves nothing
-    behind (no half-registered hooks of an extension listed as failed)."""
-
-    def __init__(self, easel: "Easel", registry: Registry) -> None:
-        self.easel, self.registry = easel, registry
-        self.lists = {name: list(getattr(registry, name)) for name in ("tabs", "accordions", "routes")}
-        self.dicts = {name: dict(getattr(registry, name)) for name in ("preprocessors", "scripts", "request_args")}
-        engine = easel.engine
-        self.hooks = {name: list(getattr(engine, name))
-                      for name in ("before_generate", "after_generate", "pipeline_wrappers", "adapter_sources")}
-        self.adapter_loaders = dict(easel.manager.adapter_loaders)
-        self.samplers = dict(SAMPLER_OWNERS)
-
-    def restore(self) -> None:
-        from webui.engine.samplers import DIFFUSION_SAMPLERS
-
-        for name, items in self.lists.items():
-            getattr(self.registry, name)[:] = items
-        for name, items in self.dicts.items():
-            target = getattr(self.registry, name)
-            target.clear()
-            target.update(items)
-        for name, items in self.hooks.items():
-            getattr(self.easel.engine, name)[:] = items
-        self.easel.manager.adapter_loaders.clear()
-        self.easel.manager.adapter_loaders.update(self.adapter_loaders)
-        for sampler in set(SAMPLER_OWNERS) - set(self.samplers):
-            DIFFUSION_SAMPLERS.pop(sampler, None)
-            SAMPLER_OWNERS.pop(sampler, None)
-
-
 def load_extensions(easel: "Easel", folders: list[Path], disabled: set[str], registry: Registry) -> list[LoadedExtension]:
-    """Import and set up every enabled extension; a failing one is recorded, never fatal, and what it registered
-    before failing is taken back."""
+    """Import and set up every enabled extension into `registry` (the Easel's). Each `setup(api)` adds to a
+    staged registry of its own, merged into `registry` only when setup returned; a failing extension is
+    recorded with its error, never fatal, and leaves nothing behind."""
     results: list[LoadedExtension] = []
     for folder in [p for base in folders for p in discover(base)]:
         item = LoadedExtension(folder.name, folder, None, folder.name not in disabled)
         results.append(item)
-        before: _Contributions | None = None
         module_name = ""
         try:
             item.manifest = Manifest.read(folder)
@@ -462,15 +488,14 @@ def load_extensions(easel: "Easel", folders: list[Path], disabled: set[str], reg
             spec.loader.exec_module(module)
             if not callable(getattr(module, "setup", None)):
                 raise AttributeError("the entry module has no setup(api) function")
-            before = _Contributions(easel, registry)
-            module.setup(ExtensionAPI(easel, registry, item.name, folder))
+            api = ExtensionAPI(easel, registry, item.name, folder, staged=Registry())
+            module.setup(api)
+            api._commit()
             item.loaded = True
             log.info("extension %s %s loaded", item.name, item.manifest.version)
         except Exception as exc:  # noqa: BLE001 - one extension must never stop Easel
             item.error = f"{exc.__class__.__name__}: {exc}"
             log.warning("extension %s failed to load: %s\n%s", folder.name, item.error, traceback.format_exc())
-            if before is not None:
-                before.restore()
             if module_name:
                 sys.modules.pop(module_name, None)
     return results

@@ -8,10 +8,15 @@ request against the limits of the running settings and raises `RequestError` nam
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from webui.engine.samplers import Samplers
+    from webui.model_manager.identify import Arch
 
 Mode = Literal["txt2img", "img2img", "inpaint", "segment"]
 
@@ -182,9 +187,15 @@ def check_fields(request: Any, limits: Limits, skip: tuple[str, ...] = ()) -> No
             check_field(f, getattr(request, f.name), limits)
 
 
-def validate_request(request: GenerationRequest, limits: Limits) -> None:
-    """Raise RequestError naming the first field that is of the wrong type or outside its limits."""
+def validate_request(request: GenerationRequest, limits: Limits, samplers: Samplers | None = None,
+                     arch: Arch | None = None) -> None:
+    """Raise RequestError naming the first field that is of the wrong type or outside its limits.
+
+    With `samplers` (the Easel's, `easel.registry.samplers`) and the model family the request will run on, the
+    sampler is checked too: one this Easel does not offer for that family is refused on `sampler_name`."""
     check_fields(request, limits)
+    if samplers is not None and arch is not None:
+        samplers.resolve(request.sampler, arch)
     for side in ("width", "height"):
         if getattr(request, side) % 8:
             raise RequestError(side, f"must be a multiple of 8, got {getattr(request, side)}")
@@ -220,6 +231,29 @@ def validate_request(request: GenerationRequest, limits: Limits) -> None:
 DEFAULT_SEGMENT_TEMPLATE = ("Given the following instructions: {query}; please perform referring segmentation on this "
                             "image. Paint the referred object {colour}.")
 HIGHLIGHTS = ("magenta", "cyan", "lime")
+_TEMPLATE_PART = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+
+
+def fill_segment_template(template: str, query: str, colour: str) -> str:
+    """A segmentation prompt template filled in: `{query}` (exactly once) and `{colour}` are replaced as they are,
+    `{{` and `}}` stand for braces, and anything else in braces is refused (RequestError naming `template`).
+
+    The template never goes through `str.format`, whose format specs would let a short template allocate
+    hundreds of megabytes (`{query:>300000000}`) or read attributes (`{query.__class__}`).
+    """
+    fields = [match.group(1) for match in _TEMPLATE_PART.finditer(template) if match.group(1) is not None]
+    unknown = next((name for name in fields if name not in ("query", "colour")), None)
+    if unknown is not None:
+        shown = unknown if len(unknown) <= 40 else unknown[:40] + "..."
+        raise RequestError("template", f"only {{query}} and {{colour}} may appear in braces, not {{{shown}}}; "
+                                       "write {{ and }} for literal braces")
+    if _TEMPLATE_PART.sub("", template).count("{") or _TEMPLATE_PART.sub("", template).count("}"):
+        raise RequestError("template", "has an unmatched brace; write {{ and }} for literal braces")
+    if fields.count("query") != 1:
+        raise RequestError("template", "must contain {query} once (and may name the colour with {colour})")
+    values = {"query": query, "colour": colour}
+    return _TEMPLATE_PART.sub(lambda match: values[match.group(1)] if match.group(1) is not None
+                              else match.group(0)[0], template)
 
 
 @dataclass(frozen=True)
@@ -265,10 +299,4 @@ class SegmentRequest:
             raise RequestError("query", f"{len(self.queries)} queries; the limit is {self.MAX_QUERIES} at once")
         check_fields(self, limits)
         if self.template:
-            if "{query}" not in self.template:
-                raise RequestError("template", "must contain {query} (and may name the colour with {colour})")
-            try:
-                self.template.format(query="", colour="")
-            except (KeyError, IndexError, ValueError) as exc:
-                raise RequestError("template", f"only {{query}} and {{colour}} may appear in braces ({exc!r}); "
-                                               "write {{ and }} for literal braces") from None
+            fill_segment_template(self.template, "", "")

@@ -1,7 +1,8 @@
 """Command-line flags, persisted settings and folder paths, as one validated object.
 
 Flags keep AUTOMATIC1111's names (`--port`, `--listen`, `--share`, `--gradio-auth`, `--api`, `--nowebui`,
-`--ckpt-dir`, `--lora-dir`, `--vae-dir`, `--data-dir`, `--medvram`, `--lowvram`, ...). The user settings that the
+`--ckpt-dir`, `--lora-dir`, `--vae-dir`, `--data-dir`, `--medvram`, `--lowvram`, `--cors-allow-origins`, ...).
+A `Settings` printed in a log masks the logins (`webui.redact`). The user settings that the
 Settings tab edits are stored as JSON in `<data dir>/config.json`; a corrupt file is kept aside as
 `config.json.bak` and replaced by defaults, and the reason is reported to the user.
 """
@@ -42,6 +43,8 @@ class UserSettings:
     max_batch_count: int = 100
     max_prompt_chars: int = 8000
     max_images: int = 200  # batch size x batch count per request
+    max_request_pixels: int = 8 * 2048 * 2048  # all images one API request carries (and Extras makes), in pixels
+    max_request_images: int = 100  # images one API request carries
     queue_size: int = 64
     save_images: bool = True
     builtin_plan_layout: bool = True  # the built-in model plans its layouts (and redraws objects) as its config says
@@ -72,8 +75,13 @@ class UserSettings:
             raise ValueError("disabled_extensions: must be a list of extension names")
         if self.ram_cache_size < 1:
             raise ValueError("ram_cache_size: must be at least 1")
+        if self.queue_size < 1:  # a queue.Queue of size 0 would hold any number of jobs
+            raise ValueError("queue_size: must be at least 1")
         if self.lora_max_rank < 1:
             raise ValueError("lora_max_rank: must be at least 1")
+        for name in ("max_request_pixels", "max_request_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
         if self.max_side < 64 or self.max_side % 8:
             raise ValueError("max_side: must be a multiple of 8 and at least 64")
 
@@ -101,12 +109,24 @@ class Settings:
     api_auth: str | None = None  # logins for the API only; None = the UI's logins
     share_insecure: bool = False  # allow --share without logins
     enable_insecure_extension_access: bool = False  # allow installing extensions while reachable beyond localhost
+    allow_hub_downloads: bool = False  # "org/repo" names in requests may be fetched from the Hugging Face hub
     controlnet_dirs: list[Path] = field(default_factory=list)
     esrgan_dirs: list[Path] = field(default_factory=list)
     embedding_dirs: list[Path] = field(default_factory=list)  # --embeddings-dir
     max_upload_bytes: int = 64 * 1024 * 1024  # largest file uploaded to the UI, and largest API request body
+    allowed_hosts: list[str] = field(default_factory=list)  # --allowed-hosts: more Host names Easel answers to
+    cors_allow_origins: list[str] = field(default_factory=list)  # --cors-allow-origins: pages that may call Easel
+    cors_allow_origins_regex: str | None = None  # --cors-allow-origins-regex
+    forwarded_allow_ips: list[str] = field(default_factory=list)  # proxies whose X-Forwarded-For is believed
     user: UserSettings = field(default_factory=UserSettings)
     load_message: str | None = None  # what happened when config.json was read, if worth telling
+
+    def __repr__(self) -> str:
+        """The settings with the logins masked (`webui.redact`), so a dump in a log shows no password."""
+        from webui.redact import redact_mapping
+
+        values = redact_mapping({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        return f"Settings({', '.join(f'{key}={value!r}' for key, value in values.items())})"
 
     # Folders -----------------------------------------------------------------------------------
     @property
@@ -246,6 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share-insecure", action="store_true", help="allow --share without logins (not recommended)")
     p.add_argument("--enable-insecure-extension-access", action="store_true",
                    help="allow installing extensions from the UI even with --listen or --share")
+    p.add_argument("--allow-hub-downloads", action="store_true",
+                   help="let requests name Hugging Face repositories (org/repo) to download, and fetch missing "
+                        "companions and annotators; off by default: only models in Easel's folders are used")
+    p.add_argument("--allowed-hosts", default=None, metavar="HOST[,HOST]",
+                   help="more host names Easel answers to (behind a reverse proxy): name, *.domain or *")
+    p.add_argument("--cors-allow-origins", default=None, metavar="ORIGIN[,ORIGIN]",
+                   help="web pages on other origins allowed to call Easel, e.g. http://localhost:3000")
+    p.add_argument("--cors-allow-origins-regex", default=None, metavar="REGEX",
+                   help="a regular expression for more allowed origins (matched against the whole origin)")
+    p.add_argument("--forwarded-allow-ips", default=None, metavar="IP[,IP]",
+                   help="reverse proxies whose X-Forwarded-For header gives the client's address")
     p.add_argument("--api", action="store_true", help="serve the AUTOMATIC1111-compatible API at /sdapi/v1")
     p.add_argument("--nowebui", action="store_true", help="serve the API only, no UI")
     p.add_argument("--data-dir", type=Path, default=None, help="where settings, outputs and user models live")
@@ -266,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    from webui.http_guard import (parse_allowed_hosts, parse_cors_origins, parse_cors_regex,
+                                  parse_forwarded_allow_ips)
+
+    parse_cors_regex(args.cors_allow_origins_regex)  # a bad expression stops the start, naming the flag
     s = Settings(
         port=args.port, listen=args.listen, share=args.share, gradio_auth=args.gradio_auth,
         api=args.api or args.nowebui, nowebui=args.nowebui,
@@ -276,9 +311,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         gradio_auth_path=args.gradio_auth_path.resolve() if args.gradio_auth_path else None,
         api_auth=args.api_auth, share_insecure=args.share_insecure,
         enable_insecure_extension_access=args.enable_insecure_extension_access,
+        allow_hub_downloads=args.allow_hub_downloads,
         controlnet_dirs=[p.resolve() for p in args.controlnet_dir],
         embedding_dirs=[p.resolve() for p in args.embeddings_dir],
         esrgan_dirs=[p.resolve() for p in args.esrgan_models_path],
+        allowed_hosts=parse_allowed_hosts(args.allowed_hosts),
+        cors_allow_origins=parse_cors_origins(args.cors_allow_origins),
+        cors_allow_origins_regex=args.cors_allow_origins_regex or None,
+        forwarded_allow_ips=parse_forwarded_allow_ips(args.forwarded_allow_ips),
     )
     s.api_auth_pairs()  # fail early on a malformed --gradio-auth, --gradio-auth-path file or --api-auth
     s.load_user_settings()

@@ -15,7 +15,7 @@ from webui.extension_api import AdapterSpec, ExtensionAPI
 
 from .apply import ControlNetRunner
 from .models import ControlNetModels
-from .preprocessors import ANNOTATOR_FOLDER, MODULES, Preprocessors
+from .preprocessors import ANNOTATOR_FOLDER, MODULES, Preprocessors, hub_offline
 from .units import ControlUnit, parse_units
 
 MODES = ("txt2img", "img2img", "inpaint")
@@ -28,7 +28,8 @@ class ControlNet:
         self.api = api
         self.models = ControlNetModels(folders=lambda: api.model_folders("ControlNet"), file_hash=api.file_hash,
                                        memory=api.memory)
-        self.preprocessors = Preprocessors([folder / ANNOTATOR_FOLDER for folder in api.model_folders("ControlNet")])
+        self.preprocessors = Preprocessors([folder / ANNOTATOR_FOLDER for folder in api.model_folders("ControlNet")],
+                                           offline=lambda: hub_offline() or not api.hub_downloads_allowed())
         self.runner = ControlNetRunner(self.models, self.preprocessors, self.parse, api.name)
 
     def max_pixels(self) -> int:
@@ -52,14 +53,18 @@ class ControlNet:
         return specs
 
     def load_adapter(self, spec: AdapterSpec, loaded: Any) -> Any:
-        """One ControlNet for the loaded checkpoint, on its device and in its dtype; None for a model made for
-        another family (the runner then names the unit and both families)."""
+        """One ControlNet for the loaded checkpoint, on its device and in its dtype. None for a model made for
+        another family, or one whose file is refused or holds no ControlNet: the runner, which knows the unit,
+        then fails the job on that unit's field (`alwayson_scripts.controlnet.args[i].model`)."""
         entry = self.models.find(spec.name)
-        if self.models.family(entry) != loaded.arch.value:
+        try:
+            if self.models.family(entry) != loaded.arch.value:
+                return None
+            pipe = loaded.pipe
+            denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+            return self.models.load(entry, pipe._execution_device, denoiser.dtype, spec.copy)
+        except ValueError:  # ModelFileError (code in the file, a pickle-only folder) or not a ControlNet
             return None
-        pipe = loaded.pipe
-        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-        return self.models.load(entry, pipe._execution_device, denoiser.dtype, spec.copy)
 
 
 def setup(api: ExtensionAPI) -> None:

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from webui.extension_api import PipelineCall, RequestError
+from webui.extension_api import ModelFileError, PipelineCall, RequestError
 
 from .models import FAMILY_LABELS, ControlNetEntry, ControlNetModels
 from .preprocessors import Preprocessors
@@ -214,7 +214,10 @@ class ControlNetRunner:
         for unit in units:
             i = unit.index
             entry = self.models.find(unit.model)
-            family = self.models.family(entry)
+            try:
+                family = self.models.family(entry)  # reads a pickle file's tensors only; refuses anything else
+            except ModelFileError as exc:
+                raise RequestError(f"{FIELD}.args[{i}].model", str(exc).removeprefix("model: ")) from None
             if family != call.arch:
                 raise RequestError(f"{FIELD}.args[{i}].model",
                                    f"{entry.name} is a ControlNet for {FAMILY_LABELS.get(family, family)}, but the "
@@ -248,7 +251,10 @@ class ControlNetRunner:
             if cached is not None and cached[0] is source:
                 control = cached[1]
             else:
-                control = self.control_map(unit, source, size)
+                try:
+                    control = self.control_map(unit, source, size)
+                except ModelFileError as exc:  # an annotator file that was refused or is not weights
+                    raise RequestError(f"{FIELD}.args[{i}].module", str(exc)) from None
                 self._maps[key] = (source, control)
             prepared.append(PreparedUnit(i, unit, self.models.find(unit.model), control))
         return prepared
@@ -272,7 +278,10 @@ class ControlNetRunner:
         for item in prepared:  # the same model twice gets a second copy, so each unit's hook acts on its own
             copy = seen.get(str(item.entry.path), 0)
             seen[str(item.entry.path)] = copy + 1
-            nets.append(self.models.load(item.entry, device, dtype, copy))
+            try:
+                nets.append(self.models.load(item.entry, device, dtype, copy))
+            except ValueError as exc:  # refused (code in the file, pickle-only folder) or not a ControlNet
+                raise RequestError(f"{FIELD}.args[{item.index}].model", str(exc).removeprefix("model: ")) from None
         multi = len(nets) > 1
         if multi:
             controlnet = (diffusers.FluxMultiControlNetModel(nets) if group == "flux"

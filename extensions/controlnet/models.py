@@ -4,10 +4,13 @@ A model is a diffusers folder (`config.json` + weights; `ControlNetModel` for SD
 `FluxControlNetModel`, `ZImageControlNetModel`) or a single SD-family file (`.safetensors`, `.pth`, `.pt`,
 `.ckpt`, `.bin`) in AUTOMATIC1111's layout or diffusers'. A single file loads with the `.yaml` of the same name
 beside it when there is one (as AUTOMATIC1111 ships them), else with the config under `configs/` matching its
-cross-attention width (768 SD 1.x, 1024 SD 2.x, 2048 SDXL). Folders named `annotators` hold preprocessor
-weights and are skipped. Titles are AUTOMATIC1111's: `name [first 8 hex of the SHA-256]`. Loaded models are held
-in Easel's one memory cache (`api.memory`, by file, dtype, device and copy) and count against its budgets with
-every other model; consecutive generations do not read them again.
+cross-attention width (768 SD 1.x, 1024 SD 2.x, 2048 SDXL). Files are read without running code from them:
+pickle files through the weights-only unpickler (TorchScript archives refused unread) and handed to diffusers as
+tensors, folders with `use_safetensors=True` (a folder with only pickle weights is refused, naming the files).
+Folders named `annotators` hold preprocessor weights and are skipped. Titles are AUTOMATIC1111's: `name [first 8
+hex of the SHA-256]`. Loaded models are held in Easel's one memory cache (`api.memory`, by file, dtype, device and
+copy) and count against its budgets with every other model; consecutive generations do not read them again, and
+Unload frees them.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from webui.extension_api import pickle_folder_reason, pickle_weights_in, read_state_dict
 
 log = logging.getLogger("easel.extensions.controlnet")
 
@@ -75,10 +80,7 @@ def file_keys_and_width(path: Path) -> tuple[set[str], int | None]:
             width = next((handle.get_slice(k).get_shape()[1] for k in sorted(keys) if k.endswith("attn2.to_k.weight")),
                          None)
         return keys, width
-    import torch
-
-    state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = read_state_dict(path, "model", mmap=True)  # tensors only; raises UnsafeModelFileError otherwise
     keys = set(state)
     width = next((state[k].shape[1] for k in sorted(keys) if k.endswith("attn2.to_k.weight")), None)
     return keys, width
@@ -202,16 +204,23 @@ class ControlNetModels:
                 raise ValueError(f"model: {entry.name} is a {cls_name}; Easel runs ControlNetModel, "
                                  "FluxControlNetModel and ZImageControlNetModel folders")
             cls = getattr(diffusers, cls_name)
-            return cls.from_pretrained(str(entry.path), torch_dtype=dtype, local_files_only=True)
+            pickled = pickle_weights_in(entry.path)
+            if pickled:
+                raise ValueError(f"model: {entry.name} is not loaded: {pickle_folder_reason(entry.path, pickled)}")
+            return cls.from_pretrained(str(entry.path), torch_dtype=dtype, local_files_only=True,
+                                       use_safetensors=True)
         if family in ("flux", "zimage"):
             raise ValueError(f"model: {entry.name} is a {FAMILY_LABELS[family]} ControlNet in one file; Easel loads "
                              "those from a diffusers folder (config.json beside the weights)")
         yaml = entry.path.with_suffix(".yaml")
-        if yaml.is_file():
-            return diffusers.ControlNetModel.from_single_file(str(entry.path), original_config=str(yaml),
-                                                              torch_dtype=dtype, local_files_only=True)
-        if family not in SINGLE_FILE_CONFIGS:
+        if not yaml.is_file() and family not in SINGLE_FILE_CONFIGS:
             raise ValueError(f"model: cannot tell which model family {entry.path.name} is for; put its .yaml "
                              f"config beside it ({yaml.name}) or use a diffusers folder with a config.json")
-        return diffusers.ControlNetModel.from_single_file(str(entry.path), config=str(SINGLE_FILE_CONFIGS[family]),
+        # diffusers gets the tensors, never the file: a pickle is read here with the weights-only unpickler
+        source: Any = str(entry.path) if entry.path.suffix.lower() == ".safetensors" else \
+            read_state_dict(entry.path, "model")
+        if yaml.is_file():
+            return diffusers.ControlNetModel.from_single_file(source, original_config=str(yaml),
+                                                              torch_dtype=dtype, local_files_only=True)
+        return diffusers.ControlNetModel.from_single_file(source, config=str(SINGLE_FILE_CONFIGS[family]),
                                                           torch_dtype=dtype, local_files_only=True)

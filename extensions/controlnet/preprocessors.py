@@ -2,8 +2,10 @@
 
 Each `Module` names the annotator weights it needs. Those load from `annotators/` inside a ControlNet model
 folder (`models/ControlNet/annotators/`), where AUTOMATIC1111 users can copy the files from
-huggingface.co/lllyasviel/Annotators; when a file is missing and Easel is online it is downloaded there, and
-when Easel is offline (`HF_HUB_OFFLINE=1`) `AnnotatorMissingError` says exactly which file to put where.
+huggingface.co/lllyasviel/Annotators; when a file is missing, Easel was started with `--allow-hub-downloads` and
+is online, it is downloaded there; otherwise `AnnotatorMissingError` says exactly which file to put where. Before
+controlnet-aux opens them, every weights file is checked to hold only tensors (TorchScript archives and pickles
+needing other objects are refused with `UnsafeModelFileError`, naming the file), so nothing in it runs.
 canny, shuffle, tile_resample, lineart_standard, invert and none need no weights. Loaded annotators are kept
 (per name) and run on the CPU, so previewing a map never competes with the worker for the GPU.
 
@@ -23,6 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
+
+from webui.extension_api import check_weights_file
 
 log = logging.getLogger("easel.extensions.controlnet")
 
@@ -279,8 +283,8 @@ class Preprocessors:
         if self.offline():
             raise AnnotatorMissingError(
                 f"preprocessor {module.name} needs {' and '.join(missing)} in {target} (from "
-                f"huggingface.co/{ANNOTATOR_REPO}); Easel is offline (HF_HUB_OFFLINE), so put the "
-                f"file{'s' if len(missing) > 1 else ''} there by hand")
+                f"huggingface.co/{ANNOTATOR_REPO}); Easel does not download it (offline, or started without "
+                f"--allow-hub-downloads), so put the file{'s' if len(missing) > 1 else ''} there by hand")
         from huggingface_hub import hf_hub_download
 
         target.mkdir(parents=True, exist_ok=True)
@@ -296,6 +300,8 @@ class Preprocessors:
                 import controlnet_aux  # imported on first use: it takes seconds and loads timm
 
                 folder = str(self.weights_folder(module)) if module is not None and module.files else ""
+                for name in module.files if module is not None else ():
+                    check_weights_file(Path(folder) / name, f"preprocessor {module.name}")  # tensors only
                 self._detectors[key] = factory(controlnet_aux, folder)
             return self._detectors[key]
 

@@ -2,9 +2,9 @@
 
 `GET /controlnet/version`, `GET /controlnet/model_list` (titles `name [hash]`), `GET /controlnet/module_list`
 (names and, per module, whether it needs weights and its sliders), `GET /controlnet/settings` and
-`POST /controlnet/detect` (run a preprocessor on base64 images, return the maps as base64 PNGs). Errors answer
-with Easel's API error body (`error`, `detail`, `field`): 422 for bad input, 404 when a preprocessor's weights
-are missing.
+`POST /controlnet/detect` (run a preprocessor on at most `MAX_UNITS` base64 images, on the worker like a
+generation, and return the maps as base64 PNGs). Errors answer with Easel's API error body (`error`, `detail`,
+`field`): 422 for bad input, 404 when a preprocessor's weights are missing, 503 when the queue is full.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from webui.extension_api import ExtensionAPI
+from webui.extension_api import ExtensionAPI, ModelFileError
 
 from .preprocessors import MODULES, AnnotatorMissingError
-from .units import decode_image
+from .units import MAX_UNITS, decode_image
 
 if TYPE_CHECKING:
     from . import ControlNet
@@ -66,6 +66,9 @@ def add_routes(api: ExtensionAPI, controlnet: "ControlNet") -> None:
         images = body.get("controlnet_input_images", body.get("controlnet_images"))
         if not isinstance(images, list) or not images:
             return _error(422, "controlnet_input_images", "send a list of base64-encoded images")
+        if len(images) > MAX_UNITS:
+            return _error(422, "controlnet_input_images", f"at most {MAX_UNITS} images in one detect call, got "
+                                                          f"{len(images)}")
         try:
             module = controlnet.preprocessors.find(str(body.get("controlnet_module", "none")))
         except LookupError as exc:
@@ -82,8 +85,8 @@ def add_routes(api: ExtensionAPI, controlnet: "ControlNet") -> None:
             options[option] = value
         if not 64 <= int(options["resolution"]) <= 4096:
             return _error(422, "controlnet_processor_res", "must be between 64 and 4096")
-        maps = []
-        for i, data in enumerate(images):
+        decoded = []
+        for i, data in enumerate(images):  # every image read (its size checked first) before any work is queued
             try:
                 image = decode_image(data, f"controlnet_input_images[{i}]", controlnet.max_pixels())
             except ValueError as exc:
@@ -91,13 +94,19 @@ def add_routes(api: ExtensionAPI, controlnet: "ControlNet") -> None:
                 return _error(422, field, message)
             if image is None:
                 return _error(422, f"controlnet_input_images[{i}]", "is empty")
-            try:
-                detected = controlnet.preprocessors.run(module, image, int(options["resolution"]),
-                                                        options["threshold_a"], options["threshold_b"])
-            except AnnotatorMissingError as exc:
-                return _error(404, "controlnet_module", str(exc), "NotFound")
-            maps.append(encode_png(detected))
-        return {"images": maps, "info": "Success"}
+            decoded.append(image)
+
+        def run() -> list[Image.Image]:  # on the worker: one detection at a time, behind the bounded queue
+            return [controlnet.preprocessors.run(module, image, int(options["resolution"]), options["threshold_a"],
+                                                 options["threshold_b"]) for image in decoded]
+
+        try:
+            detected = api.run_on_worker(run)
+        except AnnotatorMissingError as exc:
+            return _error(404, "controlnet_module", str(exc), "NotFound")
+        except ModelFileError as exc:  # an annotator file refused (code in it) or not weights
+            return _error(422, "controlnet_module", str(exc))
+        return {"images": [encode_png(image) for image in detected], "info": "Success"}
 
     api.add_route(f"{base}/version", version)
     api.add_route(f"{base}/model_list", model_list)

@@ -40,6 +40,7 @@ HIGH_RES_ONLY = "High res only"
 HR_OPTIONS = (BOTH_PASSES, LOW_RES_ONLY, HIGH_RES_ONLY)  # which txt2img pass a unit steers when hires fix is on
 
 DEFAULT_PROCESSOR_RES = 512
+MAX_UNITS = 10  # units in one request (sd-webui-controlnet's largest unit count), and images in one detect call
 MAX_WEIGHT = 10.0
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 
@@ -239,6 +240,9 @@ def parse_units(raw: Any, find_module: Callable[[str], str], find_model: Callabl
         raw = [raw]
     if not isinstance(raw, (list, tuple)):
         raise ValueError(f"args: must be a list of ControlNet units, got {type(raw).__name__}")
+    if len(raw) > MAX_UNITS:
+        raise ValueError(f"args: at most {MAX_UNITS} ControlNet units in one request (disabled ones included), "
+                         f"got {len(raw)}")
     units = [parse_unit(item, i, find_module, find_model, max_pixels) for i, item in enumerate(raw)]
     return [unit for unit in units if unit.enabled]
 

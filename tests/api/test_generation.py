@@ -51,7 +51,7 @@ def test_images_are_saved_only_when_asked(client, easel):
     data = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "seed": 5, "save_images": True, **TINY}).json()
     saved = list(outputs.glob("txt2img-images/*/*.png"))
     assert len(saved) == 1 and saved[0].name.endswith("-5.png")
-    assert info_of(data)["paths"] == [str(saved[0])]
+    assert info_of(data)["paths"] == [saved[0].relative_to(easel.settings.data_dir).as_posix()]
     assert Image.open(saved[0]).info["parameters"] == info_of(data)["infotexts"][0]
 
 

@@ -284,18 +284,19 @@ def test_segment_tab_masks_and_sends_to_inpaint(browser, make_easel, tmp_path: P
             blocks.close()
 
 
-def test_train_tab_trains_and_shows_a_single_sample_whole(page, tmp_path: Path) -> None:
+def test_train_tab_trains_and_shows_a_single_sample_whole(page, server, tmp_path: Path) -> None:
     """A config loaded from a YAML file trains a LoRA on a tiny built-in model; its one sample image is shown
-    whole inside the samples gallery (not cut off below the gallery's fold)."""
+    whole inside the samples gallery (not cut off below the gallery's fold). The model, the dataset and the
+    LoRA are in the server's folders, where training may read and write (models/diffusers, data/, models/Lora)."""
     from tests.builtin.conftest import make_tiny_pipeline
     from tests.training.conftest import make_dataset
 
-    base = tmp_path / "tiny-easel"
-    make_tiny_pipeline().save_pretrained(str(base))
-    dataset = make_dataset(tmp_path / "dataset")
+    settings = server.easel.settings
+    make_tiny_pipeline().save_pretrained(str(settings.models_dir / "diffusers" / "tiny-easel"))
+    make_dataset(settings.data_dir / "data" / "dataset")
     config = tmp_path / "tab.yaml"
-    config.write_text(f"base_model: {base}\ndataset: {dataset}\ntrigger: zork\noutput_name: tab-lora\n"
-                      f"output_dir: {tmp_path / 'out'}\nsteps: 2\nbatch_size: 2\nrank: 4\n"
+    config.write_text("base_model: tiny-easel\ndataset: data/dataset\ntrigger: zork\noutput_name: tab-lora\n"
+                      "steps: 2\nbatch_size: 2\nrank: 4\n"
                       "sample_prompts: [\"a red [trigger]\"]\nsample_steps: 2\n", encoding="utf-8")
     open_tab(page, "train")
     with page.expect_file_chooser() as chooser:
@@ -304,6 +305,6 @@ def test_train_tab_trains_and_shows_a_single_sample_whole(page, tmp_path: Path) 
     expect(page.locator("#train_config")).to_contain_text("tab-lora")
     page.click("#train_start")
     expect(page.locator("#train_status")).to_contain_text("finished at step 2/2", timeout=120_000)
-    assert (tmp_path / "out" / "tab-lora.safetensors").is_file()
+    assert (settings.models_dir / "Lora" / "tab-lora.safetensors").is_file()
     expect(page.locator("#train_samples .thumbnail-item").first).to_be_visible()
     assert_shown_whole(page, "train_samples", 100)

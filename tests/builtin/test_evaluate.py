@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from webui.builtin import data as D
-from webui.builtin import evaluate as E
+from webui.builtin_lab import evaluate as E
 
 
 def test_detector_is_at_least_98_percent_accurate_on_rendered_scenes() -> None:

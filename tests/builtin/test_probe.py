@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from webui.builtin import data as D
-from webui.builtin import probe as P
+from webui.builtin_lab import probe as P
 
 
 def test_probe_counts_what_the_prediction_shows() -> None:

@@ -1,13 +1,17 @@
-"""Training: deterministic batches, a few steps that export a loadable pipeline, resume from the state dir."""
+"""Training: deterministic batches, a few steps that export a loadable pipeline, resume from the state dir (read
+weights-only: a state file that would run code is refused)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 
-from webui.builtin import train
+from webui.builtin.objective import velocity_loss
+from tests.security.conftest import Payload
+from webui.builtin_lab import train
 
 TINY = ["--hidden", "32", "--depth", "1", "--heads", "2", "--text-dim", "32", "--text-depth", "1",
         "--bottleneck", "8", "--batch-size", "4", "--threads", "1"]
@@ -42,6 +46,35 @@ def test_train_exports_and_resumes(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "out2" / "training.json").read_text())["step"] == 4
 
 
+def test_a_state_file_that_would_run_code_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A state.pt shaped like the trainer's but carrying an object whose unpickling creates a file: the run stops
+    with an error naming the file and the object, the file is never created, nothing is trained or exported, and
+    the state stays as it was."""
+    out, state, marker = tmp_path / "out", tmp_path / "state", tmp_path / "pwned.txt"
+    state.mkdir()
+    torch.save({"net": {}, "ema": {}, "opt": {}, "step": 5, "elapsed_s": 1.0, "warm_from": 0, "hparams": {},
+                "payload": Payload(marker)}, state / "state.pt")
+    saved = (state / "state.pt").read_bytes()
+    with caplog.at_level(logging.ERROR, logger=train.logger.name):
+        assert train.main(["--out", str(out), "--state-dir", str(state), "--max-steps", "1", *TINY]) == 2
+    assert not marker.exists()
+    assert f"{state / 'state.pt'}: refused" in caplog.text and "(io.open)" in caplog.text
+    assert "weights_only" not in caplog.text  # no advice to turn the check off
+    assert not out.exists() and not (state / "loss.csv").exists()
+    assert (state / "state.pt").read_bytes() == saved
+
+
+def test_unreadable_or_foreign_state_files_are_errors_naming_the_file(tmp_path: Path) -> None:
+    truncated, foreign = tmp_path / "truncated.pt", tmp_path / "foreign.pt"
+    train.save_state(truncated, {"net": {"w": torch.zeros(64)}, "step": 1})
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    with pytest.raises(train.StateError, match="truncated.pt: not a readable training state"):
+        train.load_state(truncated)
+    train.save_state(foreign, {"net": {"w": torch.zeros(2)}, "step": 1})  # tensors and plain data, not all of it
+    with pytest.raises(train.StateError, match=r"foreign.pt: not a training state of this trainer \(no ema, opt"):
+        train.load_state(foreign)
+
+
 def test_resume_from_weights_without_a_pixel_decoder_adds_one(tmp_path: Path) -> None:
     """Weights trained without the decoder continue with one; the architecture comes from the weights' config."""
     from webui.builtin.pipeline import EaselPipeline
@@ -58,28 +91,6 @@ def test_resume_from_weights_without_a_pixel_decoder_adds_one(tmp_path: Path) ->
     assert pipe.transformer.config.hidden_size == 32 and pipe.transformer.config.pixel_decoder == 4
     hparams = json.loads((new / "training.json").read_text())["hparams"]
     assert hparams["hidden"] == 32 and hparams["pixel_decoder"] == 4
-
-
-def test_velocity_loss_is_the_x0_error_over_the_clamped_t() -> None:
-    """Predicted and true velocity divide by the same max(t, min_t): an exact x0 costs nothing at any t, and
-    below min_t an x0 error weighs 1 / min_t^2, not 1 / t^2."""
-    g = torch.Generator().manual_seed(0)
-    x0, eps = torch.rand(1, 3, 8, 8, generator=g) * 2 - 1, torch.randn(1, 3, 8, 8, generator=g)
-    for t in (1e-4, 0.05, 0.5):
-        tt = torch.tensor([t])
-        x_t = (1 - t) * x0 + t * eps
-        assert float(train.velocity_loss(x0.clone(), x0, tt, min_t=0.1)) == 0.0
-        if t >= 0.1:  # above the clamp it is the usual velocity error against eps - x0
-            v_hat = (x_t - (x0 + 0.01)) / t
-            expected = float(((v_hat - (eps - x0)) ** 2).mean())
-        else:
-            expected = (0.01 / 0.1) ** 2
-        assert abs(float(train.velocity_loss(x0 + 0.01, x0, tt, min_t=0.1)) - expected) < 1e-6 * max(1, expected)
-    samples = train.sample_t(20_000, torch.Generator().manual_seed(1))
-    assert 0 < float(samples.min()) and float(samples.max()) < 1
-    # T_MEAN 0.8, T_STD 1.5 (plus 5% from U(0.9, 1)): about 13% below 0.3 and 15% above 0.93
-    assert 0.10 < float((samples < 0.3).float().mean()) < 0.16
-    assert 0.11 < float((samples > 0.93).float().mean()) < 0.18
 
 
 def test_caption_labels_say_what_the_caption_names() -> None:
@@ -215,8 +226,8 @@ def test_object_weight_map_counts_objects_and_their_outline_more() -> None:
     miss_object, miss_background = x0.clone(), x0.clone()
     miss_object[0, :, 8, 8] = 1.0
     miss_background[0, :, 0, 0] = 1.0
-    assert float(train.velocity_loss(miss_object, x0, t, weight=w)) > \
-        4.9 * float(train.velocity_loss(miss_background, x0, t, weight=w))
+    assert float(velocity_loss(miss_object, x0, t, weight=w)) > \
+        4.9 * float(velocity_loss(miss_background, x0, t, weight=w))
 
 
 def test_edit_foreground_is_what_the_edit_changes() -> None:

@@ -1,4 +1,6 @@
-"""The worker: one job at a time in order, failures and interrupts leave it healthy, a full queue refuses."""
+"""The worker: one job at a time in order, failures and interrupts leave it healthy, a full queue refuses, and
+jobs can be awaited on an event loop without a thread each."""
+import asyncio
 import threading
 
 import pytest
@@ -84,4 +86,64 @@ def test_interrupting_a_queued_job_skips_it():
     worker.interrupt(queued.id)
     gate.set()
     assert queued.wait(10) and queued.state == JobState.INTERRUPTED
+    worker.stop()
+
+
+def test_jobs_are_awaited_on_an_event_loop_without_a_thread_each():
+    """A hundred coroutines await queued jobs: no thread is started for them, each wakes when its own job ends
+    (resolved from the worker thread), and update watchers see every step's change."""
+    gate = threading.Event()
+    worker = Worker(make_runner([], gate), queue_size=200)
+    worker.start()
+    threads_before = threading.active_count()
+
+    async def main() -> tuple[list[bool], list[int], int]:
+        jobs = [worker.submit(f"job {n}") for n in range(100)]
+        waits = [asyncio.create_task(job.wait_async()) for job in jobs]
+        seen: list[int] = []
+
+        async def watch(job) -> None:
+            version = -1
+            while not job.finished_state:
+                version = await job.wait_for_update_async(version)
+                seen.append(version)
+
+        watcher = asyncio.create_task(watch(jobs[0]))
+        await asyncio.sleep(0)  # every waiter registers
+        threads_waiting = threading.active_count()
+        assert not any(task.done() for task in waits)
+        gate.set()
+        ended = await asyncio.wait_for(asyncio.gather(*waits), 30)
+        await watcher
+        assert [job.state for job in jobs] == [JobState.DONE] * 100
+        assert all(not job._async_waiters for job in jobs)  # noqa: SLF001 - nothing left registered
+        return ended, seen, threads_waiting
+
+    ended, seen, threads_waiting = asyncio.run(main())
+    assert ended == [True] * 100
+    assert threads_waiting == threads_before
+    assert seen and seen[-1] >= 2  # running, then done: each change woke the watcher
+    worker.stop()
+
+
+def test_an_awaited_job_times_out_and_a_cancelled_wait_leaves_the_job_running():
+    gate = threading.Event()
+    worker = Worker(make_runner([], gate))
+    worker.start()
+
+    async def main() -> None:
+        job = worker.submit("a")
+        assert await job.wait_async(timeout=0.05) is False  # still held by the gate
+        assert await job.wait_for_update_async(job.version, timeout=0.05) == job.version
+        task = asyncio.create_task(job.wait_async())
+        await asyncio.sleep(0)
+        assert len(job._async_waiters) == 1  # noqa: SLF001
+        task.cancel()  # what a client that goes away does to its handler
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not job._async_waiters  # noqa: SLF001
+        gate.set()
+        assert await asyncio.wait_for(job.wait_async(), 10) and job.state == JobState.DONE
+
+    asyncio.run(main())
     worker.stop()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from webui.engine.worker import JobState
-from webui.extensions import API_VERSION, Registry, load_extensions
+from webui.extensions import API_VERSION, load_extensions
 from webui.infotext import parse_infotext
 from webui.requests import Txt2ImgRequest
 
@@ -49,13 +49,14 @@ def test_good_bad_and_wrong_version_extensions(make_easel, tmp_path):
     write_extension(root, "future", "def setup(api):\n    pass\n", {"name": "future", "api_version": API_VERSION + 1})
     write_extension(root, "off", "def setup(api):\n    raise AssertionError('must not run')\n")
     easel = make_easel()
-    registry = Registry()
+    registry = easel.registry
     loaded = {e.name: e for e in load_extensions(easel, [root], {"off"}, registry)}
     assert loaded["good"].loaded and loaded["good"].error is None
     assert not loaded["broken"].loaded and "boom at import" in loaded["broken"].error
     assert not loaded["future"].loaded and "API version" in loaded["future"].error
     assert not loaded["off"].enabled and loaded["off"].error is None
-    assert [t.title for t in registry.tabs] == ["Hello"] and registry.routes[0].path == "/extensions/good/ping"
+    assert [t.title for t in registry.tabs if t.extension == "good"] == ["Hello"]
+    assert [r.path for r in registry.routes if r.extension == "good"] == ["/extensions/good/ping"]
 
     job = easel.engine.generate(Txt2ImgRequest(prompt="a cat", width=64, height=64, steps=2, checkpoint="tiny-sd1"),
                                 timeout=120)
@@ -123,8 +124,6 @@ def test_manifest_problems_are_clear_load_errors(make_easel, tmp_path):
 
 
 def test_a_setup_that_fails_halfway_leaves_nothing_behind(make_easel, tmp_path):
-    from webui.engine.samplers import DIFFUSION_SAMPLERS
-
     root = tmp_path / "exts"
     write_extension(root, "halfway", """
         def setup(api):
@@ -146,46 +145,45 @@ def test_a_setup_that_fails_halfway_leaves_nothing_behind(make_easel, tmp_path):
     easel = make_easel()
     registry = easel.registry
     before = (len(registry.tabs), len(registry.accordions), len(registry.routes), dict(registry.preprocessors),
-              dict(registry.scripts), dict(registry.request_args), list(easel.engine.before_generate),
-              list(easel.engine.after_generate), list(easel.engine.pipeline_wrappers))
+              dict(registry.scripts), dict(registry.request_args), list(registry.before_generate),
+              list(registry.after_generate), list(registry.pipeline_wrappers), registry.samplers.all_names())
     loaded = {e.folder.name: e for e in load_extensions(easel, [root], set(), registry)}
     assert "setup gave up" in loaded["halfway"].error
     assert loaded["twin-a"].loaded and "already loaded from" in loaded["twin-b"].error
     registry.preprocessors.pop("twin")
     after = (len(registry.tabs), len(registry.accordions), len(registry.routes), dict(registry.preprocessors),
-             dict(registry.scripts), dict(registry.request_args), list(easel.engine.before_generate),
-             list(easel.engine.after_generate), list(easel.engine.pipeline_wrappers))
-    assert after == before and "Euler (half)" not in DIFFUSION_SAMPLERS
+             dict(registry.scripts), dict(registry.request_args), list(registry.before_generate),
+             list(registry.after_generate), list(registry.pipeline_wrappers), registry.samplers.all_names())
+    assert after == before and "Euler (half)" not in registry.samplers.all_names()
     job = easel.engine.generate(Txt2ImgRequest(prompt="mine", width=64, height=64, steps=2, checkpoint="tiny-sd1"),
                                 timeout=120)
     assert parse_infotext(job.result.infotexts[0])["Prompt"] == "mine"
 
 
 def test_api_checks_what_extensions_register(make_easel, tmp_path):
-    from webui.engine.samplers import DIFFUSION_SAMPLERS
-    from webui.extensions import SAMPLER_OWNERS, ExtensionAPI
+    from webui.extensions import ExtensionAPI, Registry
 
     easel = make_easel()
     api = ExtensionAPI(easel, easel.registry, "checks", tmp_path)
-    other = ExtensionAPI(easel, easel.registry, "other", tmp_path)
-    try:
-        api.add_sampler("Euler (checks)", "EulerDiscreteScheduler", {"timestep_spacing": "trailing"})
-        api.add_sampler("Euler (checks)", "EulerDiscreteScheduler")  # set up again: its own name is fine
-        for call, message in ((lambda: other.add_sampler("Euler (checks)", "EulerDiscreteScheduler"), "checks"),
-                              (lambda: api.add_sampler("DDIM", "DDIMScheduler"), "already exists"),
-                              (lambda: api.add_sampler("Mine", "NoSuchScheduler"), "scheduler_class"),
-                              (lambda: api.add_accordion("extras", "x", lambda: None), "mode"),
-                              (lambda: api.add_route("/sdapi/v1/mine", lambda: {}), "path"),
-                              (lambda: api.add_script("s", lambda r, a: r, modes=("inpaint",)), "modes")):
-            with pytest.raises(ValueError, match=message):
-                call()
-        assert "Euler (checks)" in easel.sampler_choices(None)
-        assert api.setting("save_images") is easel.settings.user.save_images
-        with pytest.raises(KeyError, match="unknown setting 'nope'.*save_images"):
-            api.setting("nope")
-    finally:
-        DIFFUSION_SAMPLERS.pop("Euler (checks)", None)
-        SAMPLER_OWNERS.pop("Euler (checks)", None)
+    other = ExtensionAPI(easel, easel.registry, "other", tmp_path, staged=Registry())  # as during its setup
+    api.add_sampler("Euler (checks)", "EulerDiscreteScheduler", {"timestep_spacing": "trailing"})
+    api.add_sampler("Euler (checks)", "EulerDiscreteScheduler")  # its own name again: replaced
+    api.add_script("sweep", lambda r, a: r)
+    for call, message in ((lambda: other.add_sampler("Euler (checks)", "EulerDiscreteScheduler"), "checks"),
+                          (lambda: other.add_script("Sweep", lambda r, a: r), "already registered by checks"),
+                          (lambda: api.add_sampler("DDIM", "DDIMScheduler"), "already exists"),
+                          (lambda: api.add_sampler(" ", "DDIMScheduler"), "name: a sampler needs a name"),
+                          (lambda: api.add_sampler("Mine", "NoSuchScheduler"), "scheduler_class"),
+                          (lambda: api.add_accordion("extras", "x", lambda: None), "mode"),
+                          (lambda: api.add_route("/sdapi/v1/mine", lambda: {}), "path"),
+                          (lambda: api.add_script("s", lambda r, a: r, modes=("inpaint",)), "modes")):
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert "Euler (checks)" in easel.sampler_choices(None)
+    assert easel.registry.samplers.added() == {"Euler (checks)": ("checks", "EulerDiscreteScheduler", {})}
+    assert api.setting("save_images") is easel.settings.user.save_images
+    with pytest.raises(KeyError, match="unknown setting 'nope'.*save_images"):
+        api.setting("nope")
 
 
 # The example extension of docs/EXTENSIONS.md -----------------------------------------------------------
@@ -196,15 +194,9 @@ EXAMPLE = REPO / "docs" / "examples" / "hello"
 @pytest.fixture
 def hello(make_easel):
     """An Easel with exactly the guide's example extension loaded from docs/examples/hello."""
-    from webui.engine.samplers import DIFFUSION_SAMPLERS
-    from webui.extensions import SAMPLER_OWNERS
-
     easel = make_easel()
     easel.extensions = load_extensions(easel, [EXAMPLE.parent], set(), easel.registry)
-    yield easel
-    for name in [n for n, owner in SAMPLER_OWNERS.items() if owner == "hello"]:
-        DIFFUSION_SAMPLERS.pop(name, None)
-        SAMPLER_OWNERS.pop(name, None)
+    return easel
 
 
 def test_the_guide_shows_the_tested_example_verbatim():
@@ -220,7 +212,6 @@ def test_the_guide_example_extension_uses_every_hook(hello):
 
     from tests.api.conftest import b64_png, gradient, open_b64
     from webui.api.routes import create_api
-    from webui.engine.samplers import make_scheduler
     from webui.model_manager.identify import Arch
 
     easel = hello
@@ -263,7 +254,8 @@ def test_the_guide_example_extension_uses_every_hook(hello):
         assert bad_script.status_code == 422 and bad_script.json()["field"] == "script_args"
 
     # The sampler is the scheduler it names, with its settings; the preprocessor inverts.
-    scheduler = make_scheduler("Euler (trailing)", Arch.SD1, easel.manager.get("tiny-sd1", "txt2img").pipe.scheduler.config)
+    config = easel.manager.get("tiny-sd1", "txt2img").pipe.scheduler.config
+    scheduler = easel.registry.samplers.make_scheduler("Euler (trailing)", Arch.SD1, config)
     assert type(scheduler).__name__ == "EulerDiscreteScheduler" and scheduler.config.timestep_spacing == "trailing"
     source = gradient(8, 8)
     inverted = easel.registry.preprocessors["hello_invert"](source, resolution=512)

@@ -14,12 +14,13 @@ from safetensors.torch import save_file
 
 from tests.lora.lora_files import kohya_layout, random_lora, save
 from tests.tiny_models import save_vae_single_file
-from webui.engine.samplers import make_scheduler
+from webui.engine.samplers import Samplers
 from webui.engine.worker import JobState
 from webui.infotext import parse_infotext
 from webui.model_manager.spec import AdapterSpec, LoadSpec, LoadSpecError
 from webui.requests import RequestError, Txt2ImgRequest
 
+make_scheduler = Samplers().make_scheduler  # the built-in samplers' scheduler factory
 SMALL = {"width": 64, "height": 64, "steps": 2, "sampler": "Euler", "seed": 7}
 UNET_ATTENTION = r"attn[12]\.to_(q|k|v|out\.0)$"
 
@@ -48,7 +49,7 @@ def easel(make_easel, tmp_path: Path, tiny_sd1_dir: Path):
             memory.add("probe", spec.name, found, name=spec.name)
         return found
 
-    easel.manager.adapter_loaders["probe"] = load_probe
+    easel.registry.adapter_loaders["probe"] = load_probe  # as `api.add_adapter` declares a kind
     easel.probe_reads = reads
     return easel
 
@@ -59,7 +60,7 @@ SPEC = LoadSpec("tiny-sd1", "txt2img", vae="zqvae", loras=(("zqlora", 0.8),), em
 
 def test_the_same_spec_twice_does_nothing_the_second_time(easel) -> None:
     manager = easel.manager
-    first = manager.load(SPEC, make_scheduler)
+    first = manager.load(SPEC, make_scheduler, easel.registry.adapter_loaders)
     assert [(lo.name, lo.weight) for lo in first.loras] == [("zqlora", 0.8)]
     assert [e.name for e in first.embeddings] == ["zqemb"] and first.embeddings[0].tokens
     probe = first.adapters[AdapterSpec("probe", "p1")]
@@ -71,7 +72,7 @@ def test_the_same_spec_twice_does_nothing_the_second_time(easel) -> None:
     state = (dict(manager.stats), stack.stats["loads"], len(first.pipe.tokenizer), manager.memory_report()["held"])
     memory_stats = {k: v for k, v in manager.memory.stats.items() if k != "hits"}
 
-    second = manager.load(SPEC, make_scheduler)
+    second = manager.load(SPEC, make_scheduler, easel.registry.adapter_loaders)
     assert second.pipe is first.pipe and (second.pipe.unet, second.pipe.vae, second.pipe.text_encoder) == modules
     after = (dict(manager.stats), stack.stats["loads"], len(second.pipe.tokenizer), manager.memory_report()["held"])
     assert after[0] == {**state[0], "cache_hits": state[0]["cache_hits"] + 1}  # no disk load, no VAE read
@@ -86,9 +87,9 @@ def test_a_job_makes_one_load_call_per_pipeline_call(easel) -> None:
     manager, specs = easel.manager, []
     load = manager.load
 
-    def recorded(spec: LoadSpec, factory=None):
+    def recorded(spec: LoadSpec, factory=None, loaders=None):
         specs.append(spec)
-        return load(spec, factory)
+        return load(spec, factory, loaders)
 
     manager.load = recorded
     request = Txt2ImgRequest(prompt="a zqemb house <lora:zqlora:0.8>", negative_prompt="blurry", vae="zqvae",

@@ -82,9 +82,15 @@ def test_euler_a_on_a_flow_model_reproduces_from_the_seed(make_easel, tmp_path, 
 
 def test_unknown_sampler_fails_with_a_named_field(make_easel):
     easel = make_easel()
-    job = easel.engine.generate(Txt2ImgRequest(prompt="x", **{**SMALL, "sampler": "Nope"}), timeout=60)
+    # No model loaded and none named: the family is known only once the job loads one, so the job fails.
+    job = easel.engine.generate(Txt2ImgRequest(prompt="x", **{**SMALL, "sampler": "Nope", "checkpoint": ""}),
+                                timeout=60)
     assert job.state == JobState.FAILED and "sampler_name" in job.error and "Euler a" in job.error
     assert easel.engine.worker.alive
+    # A named checkpoint: the request is refused before it is queued.
+    with pytest.raises(RequestError, match="sampler_name: unknown sampler 'Nope' for sd1 models.*Euler a"):
+        easel.engine.submit(Txt2ImgRequest(prompt="x", **{**SMALL, "sampler": "Nope"}))
+    assert easel.engine.worker.queue_length() == 0
 
 
 def test_hires_fix_doubles_size(make_easel):

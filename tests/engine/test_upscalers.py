@@ -8,7 +8,7 @@ from PIL import Image
 
 from tests.api.conftest import gradient
 from tests.tiny_upscalers import make_tiny_esrgan
-from webui.engine.tasks import UpscaleRequest
+from webui.engine.tasks import UpscaleRequest, cover_box
 from webui.engine.upscalers import UpscalerNotFoundError, Upscalers, run_tiled, scale_from_name
 from webui.engine.worker import JobState
 from webui.infotext import parse_infotext
@@ -122,3 +122,52 @@ def test_hires_fix_with_an_esrgan_model(make_easel, esrgan_dir):
     wrong = easel.engine.generate(request.replace(hr_upscaler="R-ESRGAN 4x+"), timeout=60)
     assert wrong.state == JobState.FAILED
     assert isinstance(wrong.exception, RequestError) and wrong.exception.field == "hr_upscaler"
+
+
+def test_crop_is_taken_before_upscaling_and_matches_cover_then_crop(make_easel, esrgan_dir):
+    assert cover_box((8, 1024), (1024, 1024)) == (0, 508, 8, 516)  # never a 1024x131072 intermediate
+    assert cover_box((32, 24), (40, 40)) == (4, 0, 28, 24) and cover_box((40, 40), (40, 40)) == (0, 0, 40, 40)
+    easel = make_easel()
+    easel.engine.upscalers.dirs = [esrgan_dir]
+    easel.engine.upscalers.refresh()
+    source = gradient(32, 24)
+    job = easel.engine.generate(UpscaleRequest(image=source, upscaler="Lanczos", width=40, height=40, crop=True,
+                                               save_images=False), timeout=60)
+    assert job.state == JobState.DONE, job.error
+    # the same picture as covering 40x40 (53x40) and cropping the overflow evenly, to within resampling
+    cover = source.convert("RGB").resize((53, 40), Image.LANCZOS).crop((6, 0, 46, 40))
+    made = torch.tensor(list(job.result.images[0].tobytes()), dtype=torch.float)
+    assert (made - torch.tensor(list(cover.tobytes()), dtype=torch.float)).abs().mean() < 6
+    seen = []
+    model = easel.engine.upscalers._load(easel.engine.upscalers.find("2x-tiny"))
+    handle = model.model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    try:
+        job = easel.engine.generate(UpscaleRequest(image=gradient(2, 600), upscaler="2x-tiny", width=64, height=64,
+                                                   crop=True, save_images=False), timeout=60)
+    finally:
+        handle.remove()
+    assert job.state == JobState.DONE and job.result.images[0].size == (64, 64)
+    assert seen[0] == (2, 2) and all(h == w for h, w in seen), seen  # the 2x2 crop, never a 2x600 strip
+
+
+def test_a_model_pass_never_makes_more_than_the_limit(esrgan_dir):
+    upscalers = Upscalers([esrgan_dir], tile=512, tile_overlap=0)
+    model = upscalers._load(upscalers.find("2x-tiny"))
+    seen = []
+    handle = model.model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    try:
+        # 100x10 -> 20x20 would run the model on 100x10 and make 200x20 = 4000 px: over a 1600 px limit, it runs
+        # on 10x10 instead and lands on the target
+        assert upscalers.upscale(gradient(100, 10), "2x-tiny", (20, 20), max_pixels=1600).size == (20, 20)
+        assert seen == [(10, 10)]
+        seen.clear()
+        assert upscalers.upscale(gradient(30, 20), "2x-tiny", (40, 40), max_pixels=2400).size == (40, 40)
+        assert seen == [(20, 30)]  # 60x40 = 2400: within the limit, the model sees the whole image
+        seen.clear()
+        upscalers.upscale(gradient(30, 20), "2x-tiny", (40, 40), max_pixels=1000)  # below the target: the target
+        assert seen == [(20, 20)]
+        seen.clear()
+        upscalers.upscale(gradient(100, 10), "2x-tiny", (20, 20))  # no limit (the hires fix): as it always was
+        assert seen == [(10, 100)]
+    finally:
+        handle.remove()

@@ -159,6 +159,9 @@ def test_unknown_names_raise_errors_naming_the_field(tmp_path: Path) -> None:
         empty.find_checkpoint("x")
     with pytest.raises(ModelNotFoundError, match=r"the LoRA folders \(models/Lora\) are empty$"):
         empty.find_lora("x")
+    with pytest.raises(ModelNotFoundError, match="--allow-hub-downloads"):  # hub ids only with the flag
+        empty.find_checkpoint("some-org/some-model")
+    empty.allow_hub = True
     hub = empty.find_checkpoint("some-org/some-model")  # an id that matches nothing local: a Hub repository
     assert (hub.kind, hub.name, hub.supported) == ("hub", "some-org/some-model", True)
 

@@ -257,9 +257,13 @@ def test_unsupported_and_unknown_requests(world, tiny) -> None:
         manager.get("old", "txt2img")
     with pytest.raises(ModelNotFoundError):
         manager.get("nothing-like-this", "txt2img")
+    # A hub id is only a hub id with --allow-hub-downloads; without it, it is a name like any other.
+    with pytest.raises(ModelNotFoundError, match="--allow-hub-downloads"):
+        manager.get("some-org/some-repo", "txt2img")
+    hub = world.manager(allow_hub=True)
     with pytest.raises(ModelLoadError, match="offline"):
-        manager.get("some-org/some-repo", "txt2img")  # a hub id; tests run with HF_HUB_OFFLINE=1
-    assert manager.find_checkpoint("some-org/some-repo").kind == "hub"
+        hub.get("some-org/some-repo", "txt2img")  # tests run with HF_HUB_OFFLINE=1
+    assert hub.find_checkpoint("some-org/some-repo").kind == "hub"
 
 
 def test_vae_override_and_restore(world, tiny) -> None:

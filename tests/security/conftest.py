@@ -6,6 +6,7 @@ under uvicorn), built over the tiny SD 1.x model by the root `make_easel` fixtur
 from __future__ import annotations
 
 import builtins
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -69,6 +70,34 @@ def serve(make_easel) -> Iterator[Callable[..., tuple[Any, str]]]:
     yield start
     for easel in started:
         stop_server(easel)
+
+
+@pytest.fixture(scope="module")
+def serve_module(tmp_path_factory, tiny_sd1_dir) -> Iterator[Callable[..., tuple[Any, str]]]:
+    """serve_module(**settings) -> (easel, base URL): like `serve`, but the server (over its own data folder with
+    the tiny model) lasts for the whole test module, for tests that share one server's setup."""
+    from webui.app import build, create_server
+    from webui.settings import Settings
+
+    started: list[Any] = []
+
+    def start(**kwargs: Any) -> tuple[Any, str]:
+        root = tmp_path_factory.mktemp("easel")
+        models = root / "data" / "models" / "diffusers"
+        models.mkdir(parents=True)
+        shutil.copytree(tiny_sd1_dir, models / "tiny-sd1")
+        settings = Settings(data_dir=root / "data", device="cpu", precision="full", builtin_dir=root / "no-builtin",
+                            port=free_port(), **kwargs)
+        easel = build(settings)
+        easel.engine.start()
+        started.append(easel)
+        _, url = create_server(easel, block=False)
+        return easel, url.rstrip("/")
+
+    yield start
+    for easel in started:
+        stop_server(easel)
+        easel.engine.stop()
 
 
 class Payload:

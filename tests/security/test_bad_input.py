@@ -5,6 +5,7 @@ model names are in tests/api/test_errors.py; test_fuzz.py sends random bodies.)
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 
@@ -31,6 +32,11 @@ CASES = [
     ({"prompt": "p" * 51}, "prompt", "50"),
     ({"negative_prompt": "n" * 51}, "negative_prompt", "50"),
 ]
+
+
+async def drain(stream) -> None:
+    async for _ in stream:
+        pass
 
 
 def png_b64(size: tuple[int, int], mode: str = "RGB") -> str:
@@ -70,8 +76,7 @@ def test_settings_limits_reach_the_page_as_readable_messages(make_easel) -> None
         values = {**defaults, component["width"]: 64, component["height"]: 64, component["steps"]: 1}
         values.update({component[name]: value for name, value in changes.items() if name in component})
         with pytest.raises(gr.Error) as caught:
-            for _ in generate(values):
-                pass
+            asyncio.run(drain(generate(values)))  # the Generate handler is an async generator
         message = str(caught.value.message)
         assert field in message and words in message, (changes, message)
         assert "Traceback" not in message and "Unexpected error" not in message, message

@@ -1,5 +1,6 @@
-"""Logins: --gradio-auth, --gradio-auth-path and --api-auth; constant-time checks; guessers slowed per address;
-every API route (/sdapi, /easel, extension routes) behind the login; passwords never in a log or a response."""
+"""Logins: --gradio-auth, --gradio-auth-path and --api-auth; constant-time checks; guessers slowed per address and
+user name; every API route (/sdapi, /easel, extension routes) behind the login; passwords never in a log or a
+response."""
 from __future__ import annotations
 
 import base64
@@ -113,7 +114,24 @@ def test_throttle_remembers_a_bounded_number_of_addresses() -> None:
     for i in range(10):
         throttle.failed(f"10.0.0.{i}")
     assert throttle.retry_after("10.0.0.9") > 0 and throttle.retry_after("10.0.0.0") == 0
-    assert len(throttle._seen) == 3
+    assert len(throttle.pairs.records) == 3
+
+
+def test_throttle_counts_per_address_and_user_name() -> None:
+    """A guesser slows down only its own (address, name); past `user_free_failures` for one name, every address
+    that has failed for it waits too, but an address that never failed for it is never refused."""
+    now = [0.0]
+    throttle = LoginThrottle(free_failures=2, user_free_failures=5, clock=lambda: now[0])
+    for _ in range(3):
+        throttle.failed("10.0.0.1", "ann")
+    assert throttle.retry_after("10.0.0.1", "ann") == 1.0
+    assert throttle.retry_after("10.0.0.1", "bob") == 0 and throttle.retry_after("10.0.0.2", "ann") == 0
+    for i in range(2, 5):
+        throttle.failed(f"10.0.0.{i}", "ann")  # the name's 6th failure overall
+    assert throttle.retry_after("10.0.0.3", "ann") == 1.0  # it failed for ann: it waits for the name
+    assert throttle.retry_after("10.0.0.9", "ann") == 0  # never failed: never refused
+    throttle.succeeded("10.0.0.3", "ann")
+    assert throttle.retry_after("10.0.0.3", "ann") == 0
 
 
 # The API -------------------------------------------------------------------------------------------------------
@@ -141,7 +159,7 @@ def test_every_api_route_needs_the_login(api_client) -> None:
         assert response.status_code == 401, (method, path, response.status_code)
         assert response.headers["www-authenticate"].startswith("Basic")
         assert _call(client, method, path, basic("ann", "wrong")).status_code in (401, 429), path
-        easel.extras["login_throttle"].succeeded("testclient")
+        easel.extras["login_throttle"].succeeded("testclient", "ann")
     assert client.get("/sdapi/v1/options", headers=basic("ann", SECRET)).status_code == 200
 
 
@@ -178,21 +196,22 @@ def test_repeated_api_failures_from_one_address_are_slowed_down(api_client) -> N
     throttle = easel.extras["login_throttle"]
     statuses = [client.get("/sdapi/v1/options", headers=basic("ann", f"guess{i}")).status_code for i in range(6)]
     assert statuses[:5] == [401] * 5 and statuses[5] == 401  # the sixth failure starts the wait
-    blocked = client.get("/sdapi/v1/options", headers=basic("ann", "pw"))  # even the right password waits
+    blocked = client.get("/sdapi/v1/options", headers=basic("ann", "pw"))  # this name from this address waits
     assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) >= 1
     assert "too many failed logins" in blocked.json()["detail"]
     malformed = client.get("/sdapi/v1/options", headers={"Authorization": "Basic %%%"})
-    assert malformed.status_code == 429
-    throttle._seen["testclient"].blocked_until = 0  # the wait is over
+    assert malformed.status_code == 401  # no user name in it: counted apart from ann's
+    throttle.pairs.records[("testclient", "ann")].blocked_until = 0  # the wait is over
+    throttle.users.records["ann"].blocked_until = 0
     assert client.get("/sdapi/v1/options", headers=basic("ann", "pw")).status_code == 200
-    assert throttle.retry_after("testclient") == 0 and "testclient" not in throttle._seen
+    assert throttle.retry_after("testclient", "ann") == 0 and ("testclient", "ann") not in throttle.pairs.records
 
 
 def test_missing_credentials_are_not_counted_as_guesses(api_client) -> None:
     easel, client = api_client(gradio_auth="ann:pw")
     for _ in range(10):
         assert client.get("/sdapi/v1/options").status_code == 401
-    assert "testclient" not in easel.extras["login_throttle"]._seen
+    assert not easel.extras["login_throttle"].pairs.records
 
 
 # The UI login over HTTP, and passwords in logs --------------------------------------------------------------
@@ -208,11 +227,11 @@ def test_ui_login_is_slowed_down_per_address_and_passwords_never_logged(serve, c
     assert httpx.post(f"{url}/login", data={"username": "ann", "password": "guess-5"}, timeout=10).status_code == 400
     blocked = httpx.post(f"{url}/login", data={"username": "ann", "password": SECRET}, timeout=10)
     assert blocked.status_code == 429 and "too many failed logins" in blocked.json()["detail"]
-    easel.extras["login_throttle"]._seen["127.0.0.1"].blocked_until = 0
+    easel.extras["login_throttle"].pairs.records[("127.0.0.1", "ann")].blocked_until = 0
     with httpx.Client(timeout=30) as browser:
         assert browser.post(f"{url}/login", data={"username": "ann", "password": SECRET}).status_code == 200
         assert browser.get(f"{url}/config").status_code == 200  # the session cookie works
-    assert "127.0.0.1" not in easel.extras["login_throttle"]._seen
+    assert ("127.0.0.1", "ann") not in easel.extras["login_throttle"].pairs.records
     api = httpx.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "after login", **TINY}, auth=("ann", SECRET),
                      timeout=120)
     assert api.status_code == 200
@@ -248,6 +267,6 @@ def test_any_route_under_sdapi_or_easel_needs_the_login(make_easel, flags) -> No
         assert httpx.get(f"{url}/easel/v1/plain", auth=("ann", SECRET), timeout=10).json() == {"plain": True}
         assert httpx.get(f"{url}/sdapi/v1/plain-too", auth=("ann", SECRET), timeout=10).json() == {"plain": True}
         throttle = easel.extras["login_throttle"]
-        assert "127.0.0.1" not in throttle._seen  # the success cleared the one failure
+        assert ("127.0.0.1", "ann") not in throttle.pairs.records  # the success cleared the one failure
     finally:
         stop_server(easel)

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from webui.builtin import data as D
-from webui.builtin import evaluate_segmentation as E
+from webui.builtin_lab import evaluate_segmentation as E
 
 
 def test_cases_cover_every_kind_with_true_masks():

@@ -3,6 +3,8 @@ defaults, model switching, a segmentation streamed through the engine queue, mes
 errors as gr.Error, and sending the mask to Inpaint (where it becomes the inpainting mask) or the cutout on."""
 from __future__ import annotations
 
+import asyncio
+
 import gradio as gr
 import numpy as np
 import pytest
@@ -14,6 +16,15 @@ from webui.ui.bridge import guard
 from webui.ui.context import UIContext
 from webui.ui.controls import build_request
 from webui.ui.tabs import img2img, inpaint, segment
+
+
+def collect(stream) -> list:
+    """Every update of an async stream (the tab's handlers are async generators), in order."""
+
+    async def drain() -> list:
+        return [update async for update in stream]
+
+    return asyncio.run(drain())
 
 
 class Slot:
@@ -58,7 +69,7 @@ def slot_tab(tab):
 
 def final(ui, tab, request: SegmentRequest) -> tuple[dict, segment.SegmentTab]:
     slots = slot_tab(tab)
-    updates = list(segment.stream_segmentation(ui, slots, request))
+    updates = collect(segment.stream_segmentation(ui, slots, request))
     assert updates[0][slots.job] and "easel-progress" in updates[0][slots.progress]
     return {slot.name: value for slot, value in updates[-1].items()}, slots
 
@@ -116,11 +127,11 @@ def test_errors_reach_the_browser_as_one_line(tab_ui):
     failing = segment.segment_request(values(tab, image=scene_image()[0], query="the star", highlight="lime",
                                              steps=1))
     with pytest.raises(gr.Error) as caught:
-        list(guard(segment.stream_segmentation)(ui, slots, failing))
+        collect(guard(segment.stream_segmentation)(ui, slots, failing))
     assert caught.value.message.startswith("highlight:") and "Traceback" not in caught.value.message
     empty = segment.segment_request(values(tab, image=scene_image()[0], query=" "))
     with pytest.raises(gr.Error) as caught:
-        list(guard(segment.stream_segmentation)(ui, slots, empty))
+        collect(guard(segment.stream_segmentation)(ui, slots, empty))
     assert caught.value.message.startswith("query:")
     with pytest.raises(gr.Error, match="press Segment first"):
         guard(segment.inpaint_updates)(ui, segment.empty_state(), None, None, None)

@@ -1,4 +1,8 @@
-"""Fixtures for LoRA training tests: a tiny built-in model saved as a folder, and small datasets."""
+"""Fixtures for LoRA training tests: a tiny built-in model saved as a folder, and small datasets.
+
+Training reads and writes only inside its folders (webui/training/folders.py), so the tests do too: a test's data
+folder is `tmp_path`, its datasets are under `tmp_path/data/`, its LoRAs under `tmp_path/models/Lora/`, and the
+tiny model is named from its own folder, passed as a model folder."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,6 +21,13 @@ def tiny_easel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def models(tiny_easel_dir: Path) -> list[Path]:
+    """The folder that holds the tiny built-in model, as a model folder (the way --ckpt-dir adds one): training
+    looks base models up by name in the model folders only."""
+    return [tiny_easel_dir.parent]
+
+
 def make_dataset(folder: Path, n: int = 3, size: tuple[int, int] = (64, 64), caption: str = "a red [trigger]"
                  ) -> Path:
     """`n` coloured images with captions, different per index."""
@@ -32,4 +43,5 @@ def make_dataset(folder: Path, n: int = 3, size: tuple[int, int] = (64, 64), cap
 
 @pytest.fixture
 def dataset_dir(tmp_path: Path) -> Path:
-    return make_dataset(tmp_path / "dataset")
+    """A dataset in the data folder `tmp_path` (datasets live in a data folder's data/)."""
+    return make_dataset(tmp_path / "data" / "dataset")

@@ -10,7 +10,15 @@ from webui.training.config import ConfigError, TrainConfig, config_from_dict, co
 BASE = {"base_model": "easel-shapes", "dataset": "data/ds"}
 
 
-def test_yaml_round_trip_resolves_paths(tmp_path: Path) -> None:
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A data folder with the dataset folder `data/ds` (datasets must exist, inside data/)."""
+    (tmp_path / "data" / "ds").mkdir(parents=True)
+    return tmp_path
+
+
+def test_yaml_round_trip_resolves_paths(home: Path) -> None:
+    tmp_path = home
     path = tmp_path / "c.yaml"
     path.write_text("base_model: easel-shapes\ndataset: data/ds\ntrigger: zork\nrank: 4\nalpha: 2\n"
                     "learning_rate: 1e-4\nresolution: [64, [96, 64]]\nsample_prompts: [\"a [trigger]\"]\n")
@@ -61,25 +69,25 @@ def test_yaml_round_trip_resolves_paths(tmp_path: Path) -> None:
     ({"base_model": ""}, "base_model"),
     ({"dataset": None}, "dataset"),
 ])
-def test_errors_name_the_field(changes: dict, field: str) -> None:
+def test_errors_name_the_field(changes: dict, field: str, home: Path) -> None:
     data = {**BASE, **changes}
     if data.get("dataset") is None:
         data.pop("dataset")
     with pytest.raises(ConfigError) as info:
-        config_from_dict(data)
+        config_from_dict(data, base_dir=home)
     assert info.value.field == field
     assert str(info.value).startswith(f"{field}:")
 
 
-def test_optional_optimizers_need_their_packages() -> None:
+def test_optional_optimizers_need_their_packages(home: Path) -> None:
     import importlib.util
 
     for name, package in (("adamw8bit", "bitsandbytes"), ("prodigy", "prodigyopt")):
         if importlib.util.find_spec(package) is not None:
-            config_from_dict({**BASE, "optimizer": name})
+            config_from_dict({**BASE, "optimizer": name}, base_dir=home)
             continue
         with pytest.raises(ConfigError, match=package) as info:
-            config_from_dict({**BASE, "optimizer": name})
+            config_from_dict({**BASE, "optimizer": name}, base_dir=home)
         assert info.value.field == "optimizer"
 
 

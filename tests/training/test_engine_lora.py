@@ -10,17 +10,22 @@ import pytest
 
 from tests.training.conftest import make_dataset
 from webui.training.config import config_from_dict
+from webui.training.folders import TrainingFolders
 from webui.training.trainer import train
 
 loras = pytest.importorskip("webui.model_manager.loras")
 
 
-def trained(base: Path, dataset: Path, out: Path, name: str, size: int) -> Path:
-    config = config_from_dict({"base_model": str(base), "dataset": str(dataset), "trigger": "zork",
-                               "output_dir": str(out), "output_name": name, "steps": 3, "batch_size": 2,
+def trained(easel, base: str, name: str, size: int) -> Path:
+    """Train `name` on the model `base` of this Easel, from a dataset in its data folder's data/, into its
+    models/Lora (the folders the Train tab uses)."""
+    folders = TrainingFolders.of_settings(easel.settings)
+    make_dataset(easel.settings.data_dir / "data" / name, size=(size, size))
+    config = config_from_dict({"base_model": base, "dataset": f"data/{name}", "trigger": "zork",
+                               "output_name": name, "steps": 3, "batch_size": 2,
                                "rank": 4, "alpha": 4, "learning_rate": 5e-2, "resolution": [size],
-                               "caption_dropout": 0.0})
-    return train(config).path
+                               "caption_dropout": 0.0}, folders=folders)
+    return train(config, search_dirs=list(folders.models)).path
 
 
 def generate(easel, prompt: str, checkpoint: str, size: int) -> np.ndarray:
@@ -50,13 +55,12 @@ def test_builtin_lora_through_the_engine(make_easel, tiny_easel_dir: Path, tmp_p
     builtin = tmp_path / "builtin"
     shutil.copytree(tiny_easel_dir, builtin / "tiny-easel")
     easel = make_easel(builtin_dir=builtin, install_sd1=False)
-    trained(builtin / "tiny-easel", make_dataset(tmp_path / "ds"), easel.settings.models_dir / "Lora",
-            "easel-zork", 64)
+    path = trained(easel, "tiny-easel", "easel-zork", 64)
+    assert path == easel.settings.models_dir / "Lora" / "easel-zork.safetensors"
     check(easel, "tiny-easel", "easel-zork", 64)
 
 
 def test_sd1_lora_through_the_engine(make_easel, tmp_path: Path) -> None:
     easel = make_easel()
-    base = easel.settings.models_dir / "diffusers" / "tiny-sd1"
-    trained(base, make_dataset(tmp_path / "ds", size=(32, 32)), easel.settings.models_dir / "Lora", "sd-zork", 32)
+    trained(easel, "tiny-sd1", "sd-zork", 32)
     check(easel, "tiny-sd1", "sd-zork", 64)

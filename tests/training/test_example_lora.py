@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not (SHIPPED / "model_index.json").is_file() or 
                                 reason="the built-in model or the example LoRA is not in models/")
 
 
-def test_trained_on_the_shipped_weights() -> None:
+def test_trained_on_the_shipped_weights(tmp_path: Path) -> None:
     from safetensors import safe_open
 
     from webui.training.config import load_config
@@ -31,7 +31,8 @@ def test_trained_on_the_shipped_weights() -> None:
     meta = read_metadata(LORA)
     assert meta["easel_trigger"] == "heart"
     assert meta["easel_base_hash"] == base_hash(SHIPPED), "retrain the example LoRA on the current built-in model"
-    config = load_config(REPO / "docs" / "examples" / "lora-builtin.yaml", base_dir=REPO)
+    (tmp_path / "data" / "lora-example-heart").mkdir(parents=True)  # the config's dataset folder must exist
+    config = load_config(REPO / "docs" / "examples" / "lora-builtin.yaml", base_dir=tmp_path)
     assert meta["ss_steps"] == str(config.steps), "retrain the example LoRA with its config"
     with safe_open(str(LORA), "pt") as f:  # the config learns a vector for the trigger; the file carries it
         assert ("bundle_emb.heart.string_to_param.*" in f.keys()) == config.trigger_embedding

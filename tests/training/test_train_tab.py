@@ -11,10 +11,11 @@ from tests.training.conftest import make_dataset
 
 
 @pytest.fixture
-def train_ui(make_easel):
+def train_ui(make_easel, tiny_easel_dir: Path):
+    """The UI of an Easel whose built-in model folder holds the tiny model (named `tiny-easel` in configs)."""
     from webui.ui.app import build_ui
 
-    easel = make_easel(install_sd1=False)
+    easel = make_easel(install_sd1=False, builtin_dir=tiny_easel_dir.parent)
     blocks, ui = build_ui(easel)
     yield blocks, ui
     ui.easel.extras["training"].cancel()
@@ -29,17 +30,18 @@ def handler(blocks, name: str):
     return found[0].fn
 
 
-def config_text(base: Path, dataset: Path, steps: int = 3) -> str:
-    return (f"base_model: {base}\ndataset: {dataset}\ntrigger: zork\noutput_name: tab-lora\nsteps: {steps}\n"
+def config_text(dataset: str, steps: int = 3) -> str:
+    """A config for the tiny model; `dataset` is a path inside the data folder's data/ (`data/ds`)."""
+    return (f"base_model: tiny-easel\ndataset: {dataset}\ntrigger: zork\noutput_name: tab-lora\nsteps: {steps}\n"
             "batch_size: 2\nrank: 4\nresolution: [64]\nsample_prompts: [\"a [trigger]\"]\nsample_every: 2\n"
             "sample_steps: 2\n")
 
 
-def test_start_runs_in_the_background_and_reports(train_ui, tiny_easel_dir: Path, tmp_path: Path) -> None:
+def test_start_runs_in_the_background_and_reports(train_ui) -> None:
     blocks, ui = train_ui
     service = ui.easel.extras["training"]
-    dataset = make_dataset(tmp_path / "ds")
-    handler(blocks, "on_start")(config_text(tiny_easel_dir, dataset))
+    make_dataset(ui.easel.settings.data_dir / "data" / "ds")
+    handler(blocks, "on_start")(config_text("data/ds"))
     assert service.wait(300)
     progress, status, frame, samples, timer = handler(blocks, "on_tick")()
     assert "3 / 3 steps (100%)" in progress
@@ -55,23 +57,23 @@ def test_start_runs_in_the_background_and_reports(train_ui, tiny_easel_dir: Path
     assert len(components["train_samples"].postprocess(samples).root) == 2
 
 
-def test_cancel_stops_and_mistakes_are_readable(train_ui, tiny_easel_dir: Path, tmp_path: Path) -> None:
+def test_cancel_stops_and_mistakes_are_readable(train_ui) -> None:
     blocks, ui = train_ui
     service = ui.easel.extras["training"]
+    data = ui.easel.settings.data_dir / "data"
+    (data / "empty").mkdir(parents=True)
     with pytest.raises(gr.Error, match="rank: must be at least 1"):
-        handler(blocks, "on_start")("base_model: x\ndataset: y\nrank: 0\n")
-    empty = tmp_path / "empty"
-    empty.mkdir()
+        handler(blocks, "on_start")("base_model: tiny-easel\ndataset: data/empty\nrank: 0\n")
     with pytest.raises(gr.Error, match="no images"):
-        handler(blocks, "on_start")(config_text(tiny_easel_dir, empty))
-    dataset = make_dataset(tmp_path / "ds")
+        handler(blocks, "on_start")(config_text("data/empty"))
+    dataset = make_dataset(data / "ds")
     (dataset / "img1.txt").unlink()
     with pytest.raises(gr.Error, match="img1.png: caption missing"):
-        handler(blocks, "on_start")(config_text(tiny_easel_dir, dataset))
+        handler(blocks, "on_start")(config_text("data/ds"))
     (dataset / "img1.txt").write_text("a [trigger]")
-    handler(blocks, "on_start")(config_text(tiny_easel_dir, dataset, steps=500))
+    handler(blocks, "on_start")(config_text("data/ds", steps=500))
     with pytest.raises(gr.Error, match="already training"):
-        handler(blocks, "on_start")(config_text(tiny_easel_dir, dataset, steps=500))
+        handler(blocks, "on_start")(config_text("data/ds", steps=500))
     handler(blocks, "on_cancel")()
     assert service.wait(120)
     status = service.status()

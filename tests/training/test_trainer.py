@@ -1,4 +1,5 @@
-"""The training loop on the tiny built-in model: the file layout and metadata, resume, cancel, samples."""
+"""The training loop on the tiny built-in model: the file layout and metadata, resume (weights-only), cancel,
+samples."""
 from __future__ import annotations
 
 import threading
@@ -10,17 +11,23 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from webui.training.config import ConfigError, config_from_dict
+from tests.security.conftest import Payload
+from webui.training.config import ConfigError, TrainConfig, config_from_dict
+from webui.training.folders import TrainingFolders
 from webui.training.trainer import TrainEvent, base_hash, train
 
 STEPS = 4
 
 
-def make_config(base: Path, dataset: Path, out: Path, **changes):
-    data = {"base_model": str(base), "dataset": str(dataset), "trigger": "zork", "output_dir": str(out),
+def make_config(base: Path | str, dataset: Path, out: str, **changes) -> TrainConfig:
+    """A config in the test's data folder (the dataset's grandparent: datasets live in its data/): the LoRA goes
+    to models/Lora/<out>; the base model is named, looked up in its own folder (a model folder, as --ckpt-dir
+    adds one) or, for a name, in the data folder's model folders and the built-in one."""
+    name, model_dirs = (base.name, [base.parent]) if isinstance(base, Path) else (base, [])
+    data = {"base_model": name, "dataset": str(dataset), "trigger": "zork", "output_dir": f"models/Lora/{out}",
             "output_name": "tiny", "steps": STEPS, "batch_size": 2, "rank": 4, "alpha": 2, "learning_rate": 1e-2,
             "caption_dropout": 0.0, **changes}
-    return config_from_dict(data)
+    return config_from_dict(data, folders=TrainingFolders.under(dataset.parent.parent, model_dirs=model_dirs))
 
 
 def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -28,12 +35,13 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
 
 
-def test_builtin_lora_file_layout_and_metadata(tiny_easel_dir: Path, dataset_dir: Path, tmp_path: Path) -> None:
+def test_builtin_lora_file_layout_and_metadata(tiny_easel_dir: Path, models: list[Path], dataset_dir: Path,
+                                               tmp_path: Path) -> None:
     events: list[TrainEvent] = []
-    config = make_config(tiny_easel_dir, dataset_dir, tmp_path / "out", sample_prompts=["a red [trigger]"],
+    config = make_config(tiny_easel_dir, dataset_dir, "out", sample_prompts=["a red [trigger]"],
                          sample_every=2, sample_steps=2)
-    result = train(config, on_event=events.append)
-    assert result.path == tmp_path / "out" / "tiny.safetensors" and result.path.is_file()
+    result = train(config, on_event=events.append, search_dirs=models)
+    assert result.path == tmp_path / "models" / "Lora" / "out" / "tiny.safetensors" and result.path.is_file()
     assert result.step == STEPS and not result.cancelled and len(result.losses) == STEPS
     tensors, meta = read(result.path)
     from webui.builtin.pipeline import EaselPipeline
@@ -60,13 +68,14 @@ def test_builtin_lora_file_layout_and_metadata(tiny_easel_dir: Path, dataset_dir
     assert config.state_path.is_file()
 
 
-def test_trained_lora_changes_the_builtin_output(tiny_easel_dir: Path, dataset_dir: Path, tmp_path: Path) -> None:
+def test_trained_lora_changes_the_builtin_output(tiny_easel_dir: Path, models: list[Path], dataset_dir: Path,
+                                                 tmp_path: Path) -> None:
     """Applied as PEFT adapters with alpha / rank folded in (what Easel's loader does), the LoRA changes images."""
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 
     from webui.builtin.pipeline import EaselPipeline
 
-    result = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "out"))
+    result = train(make_config(tiny_easel_dir, dataset_dir, "out"), search_dirs=models)
     tensors, meta = read(result.path)
     scale = float(meta["ss_network_alpha"]) / int(meta["ss_network_dim"])
     inner = {k.removeprefix("transformer."): (v * scale if ".lora_B." in k else v) for k, v in tensors.items()}
@@ -85,12 +94,13 @@ def test_trained_lora_changes_the_builtin_output(tiny_easel_dir: Path, dataset_d
     assert (after - before).abs().max() > 1e-4
 
 
-def test_resume_continues_from_the_saved_step(tiny_easel_dir: Path, dataset_dir: Path, tmp_path: Path) -> None:
-    straight = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "a"))
-    first = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "b", steps=2))
+def test_resume_continues_from_the_saved_step(tiny_easel_dir: Path, models: list[Path], dataset_dir: Path,
+                                              tmp_path: Path) -> None:
+    straight = train(make_config(tiny_easel_dir, dataset_dir, "a"), search_dirs=models)
+    first = train(make_config(tiny_easel_dir, dataset_dir, "b", steps=2), search_dirs=models)
     assert first.step == 2
     events: list[TrainEvent] = []
-    resumed = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "b"), on_event=events.append)
+    resumed = train(make_config(tiny_easel_dir, dataset_dir, "b"), on_event=events.append, search_dirs=models)
     assert events[0].kind == "start" and events[0].step == 2 and "resuming at step 2" in events[0].message
     assert [e.step for e in events if e.kind == "step"] == [3, 4]
     assert resumed.step == STEPS and len(resumed.losses) == STEPS
@@ -102,11 +112,28 @@ def test_resume_continues_from_the_saved_step(tiny_easel_dir: Path, dataset_dir:
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="different rank") as info:
-        train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "b", rank=8, steps=6))
+        train(make_config(tiny_easel_dir, dataset_dir, "b", rank=8, steps=6), search_dirs=models)
     assert info.value.field == "output_name"
 
 
-def test_trigger_embedding_learns_a_vector_bundled_in_the_file(tiny_easel_dir: Path, dataset_dir: Path,
+def test_a_resume_state_that_would_run_code_is_refused(tiny_easel_dir: Path, models: list[Path], dataset_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """A resume state beside the LoRA that carries an object whose unpickling creates a file: training stops with
+    an error on output_name naming the state, the file is never created and no LoRA is written."""
+    config = make_config(tiny_easel_dir, dataset_dir, "refused")
+    marker = tmp_path / "pwned.txt"
+    config.output_dir.mkdir(parents=True)
+    torch.save({"version": 1, "lora": {}, "optimizer": {}, "step": 1, "losses": [], "payload": Payload(marker)},
+               config.state_path)
+    with pytest.raises(ConfigError, match="was refused") as info:
+        train(config, search_dirs=models)
+    assert info.value.field == "output_name" and str(config.state_path) in str(info.value)
+    assert "weights_only" not in str(info.value)  # no advice to turn the check off
+    assert not marker.exists() and not config.output_path.exists()
+
+
+def test_trigger_embedding_learns_a_vector_bundled_in_the_file(tiny_easel_dir: Path, models: list[Path],
+                                                               dataset_dir: Path,
                                                                tmp_path: Path, monkeypatch) -> None:
     """`trigger_embedding: true` trains a vector for the trigger word with the LoRA (at `trigger_embedding_lr`),
     starting from what the word reads now (`<unk>`: the word is new to the model); the file bundles it under
@@ -120,9 +147,9 @@ def test_trigger_embedding_learns_a_vector_bundled_in_the_file(tiny_easel_dir: P
     optimizers: list[torch.optim.Optimizer] = []
     make_optimizer = trainer.make_optimizer
     monkeypatch.setattr(trainer, "make_optimizer", lambda *a: optimizers.append(make_optimizer(*a)) or optimizers[-1])
-    config = make_config(tiny_easel_dir, dataset_dir, tmp_path / "a", trigger_embedding=True,
+    config = make_config(tiny_easel_dir, dataset_dir, "a", trigger_embedding=True,
                          trigger_embedding_lr=3e-2, sample_prompts=["a red [trigger]"], sample_steps=2)
-    straight = train(config, on_event=events.append)
+    straight = train(config, on_event=events.append, search_dirs=models)
     assert [group["lr"] for group in optimizers[0].param_groups] == pytest.approx([1e-2, 3e-2])
     assert "learned vector for 'zork'" in events[0].message
     tensors, meta = read(straight.path)
@@ -154,17 +181,18 @@ def test_trigger_embedding_learns_a_vector_bundled_in_the_file(tiny_easel_dir: P
     assert np.abs(draw(scaled) - saved).max() <= 1
     assert np.abs(draw({k: v for k, v in scaled.items() if k != key}) - saved).max() > 1
     # resume: the vector and its optimizer state continue
-    train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "b", trigger_embedding=True, trigger_embedding_lr=3e-2,
-                      steps=2))
-    resumed = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "b", trigger_embedding=True,
-                                trigger_embedding_lr=3e-2))
+    train(make_config(tiny_easel_dir, dataset_dir, "b", trigger_embedding=True, trigger_embedding_lr=3e-2,
+                      steps=2), search_dirs=models)
+    resumed = train(make_config(tiny_easel_dir, dataset_dir, "b", trigger_embedding=True,
+                                trigger_embedding_lr=3e-2), search_dirs=models)
     assert resumed.losses == pytest.approx(straight.losses, rel=1e-4, abs=1e-5)
     torch.testing.assert_close(read(resumed.path)[0][key], tensors[key], rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="different trigger_embedding"):
-        train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "b", steps=6))
+        train(make_config(tiny_easel_dir, dataset_dir, "b", steps=6), search_dirs=models)
 
 
-def test_cancel_stops_within_a_step_and_saves(tiny_easel_dir: Path, dataset_dir: Path, tmp_path: Path) -> None:
+def test_cancel_stops_within_a_step_and_saves(tiny_easel_dir: Path, models: list[Path], dataset_dir: Path,
+                                              tmp_path: Path) -> None:
     cancel = threading.Event()
     steps_seen: list[int] = []
 
@@ -174,41 +202,50 @@ def test_cancel_stops_within_a_step_and_saves(tiny_easel_dir: Path, dataset_dir:
             if event.step == 2:
                 cancel.set()
 
-    config = make_config(tiny_easel_dir, dataset_dir, tmp_path / "out", steps=50)
-    result = train(config, on_event=on_event, cancel=cancel)
+    config = make_config(tiny_easel_dir, dataset_dir, "out", steps=50)
+    result = train(config, on_event=on_event, cancel=cancel, search_dirs=models)
     assert result.cancelled and result.step == 2 and steps_seen == [1, 2]
     assert result.path.is_file() and config.state_path.is_file()
     _, meta = read(result.path)
     assert meta["ss_steps"] == "2"
     cancel.set()
-    again = train(config, cancel=cancel)  # cancelled before its first step: nothing changes
+    again = train(config, cancel=cancel, search_dirs=models)  # cancelled before its first step: no change
     assert again.cancelled and again.step == 2
 
 
-def test_bad_dataset_or_base_model_fails_early(tiny_easel_dir: Path, dataset_dir: Path, tmp_path: Path) -> None:
+def test_bad_dataset_or_base_model_fails_early(tiny_easel_dir: Path, models: list[Path], dataset_dir: Path,
+                                               tmp_path: Path) -> None:
     from webui.training.dataset import DatasetError
 
-    (tmp_path / "empty").mkdir()
+    (tmp_path / "data" / "empty").mkdir()
     with pytest.raises(DatasetError, match="no images"):
-        train(make_config(tiny_easel_dir, tmp_path / "empty", tmp_path / "out"))
-    with pytest.raises(ConfigError, match="not found") as info:
-        train(make_config("no-such-model", dataset_dir, tmp_path / "out"), search_dirs=[tmp_path])
+        train(make_config(tiny_easel_dir, tmp_path / "data" / "empty", "out"), search_dirs=models)
+    # the base model is looked up by name in the model folders, when the config is read and again by the trainer
+    with pytest.raises(ConfigError, match="must be the name of a model") as info:
+        make_config("no-such-model", dataset_dir, "out")
     assert info.value.field == "base_model"
-    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="must be the name of a model") as info:
+        train(make_config(tiny_easel_dir, dataset_dir, "out"), search_dirs=[tmp_path / "models" / "diffusers"])
+    assert info.value.field == "base_model"
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "model.safetensors").write_bytes(b"x")
     with pytest.raises(ConfigError) as info:
-        train(make_config("model", dataset_dir, tmp_path / "out"), search_dirs=[tmp_path])
+        train(make_config(checkpoints / "model", dataset_dir, "out"), search_dirs=[checkpoints])
     assert info.value.field == "base_model" and "model.safetensors" in str(info.value)
+    assert not (tmp_path / "models" / "Lora").exists()  # refused before anything was written
 
 
-def test_adapters_disabled_gives_the_base_prediction(tiny_easel_dir: Path, dataset_dir: Path, tmp_path: Path) -> None:
+def test_adapters_disabled_gives_the_base_prediction(tiny_easel_dir: Path, models: list[Path], dataset_dir: Path,
+                                                     tmp_path: Path) -> None:
     """Inside `adapters_disabled` the LoRA-carrying transformer computes exactly the base model; outside, it doesn't."""
     from webui.builtin.pipeline import EaselPipeline
     from webui.training.trainer import adapters_disabled, add_lora, load_lora_state
 
-    result = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "out"))
+    result = train(make_config(tiny_easel_dir, dataset_dir, "out"), search_dirs=models)
     tensors, _ = read(result.path)
     pipe = EaselPipeline.from_pretrained(str(tiny_easel_dir))
-    config = make_config(tiny_easel_dir, dataset_dir, tmp_path / "out")
+    config = make_config(tiny_easel_dir, dataset_dir, "out")
     gen = torch.Generator().manual_seed(0)
     x_t, t = torch.randn(2, 3, 64, 64, generator=gen), torch.tensor([0.3, 0.8])  # [2,3,64,64], [2]
     text, mask = pipe.text_encoder.encode(["a red circle", "make the circle blue"])
@@ -224,7 +261,8 @@ def test_adapters_disabled_gives_the_base_prediction(tiny_easel_dir: Path, datas
     assert (on - base).abs().max() > 1e-4
 
 
-def test_prior_preservation_keeps_the_base_tasks(tiny_easel_dir: Path, dataset_dir: Path, tmp_path: Path) -> None:
+def test_prior_preservation_keeps_the_base_tasks(tiny_easel_dir: Path, models: list[Path], dataset_dir: Path,
+                                                 tmp_path: Path) -> None:
     """The preservation term is zero for a fresh LoRA (lora_B = 0), and training with it keeps the LoRA's change
     to the base model's own tasks (text-to-image, edits, inpainting) smaller than training without it."""
     from webui.builtin.pipeline import EaselPipeline
@@ -233,7 +271,7 @@ def test_prior_preservation_keeps_the_base_tasks(tiny_easel_dir: Path, dataset_d
     def preservation_error(path: Path | None) -> float:
         pipe = EaselPipeline.from_pretrained(str(tiny_easel_dir))
         objective = EaselObjective(pipe, torch.device("cpu"))
-        add_lora(pipe.transformer, make_config(tiny_easel_dir, dataset_dir, tmp_path / "x"), "easel")
+        add_lora(pipe.transformer, make_config(tiny_easel_dir, dataset_dir, "x"), "easel")
         if path is not None:
             tensors, _ = read(path)
             load_lora_state(pipe.transformer, {k.removeprefix("transformer."): v for k, v in tensors.items()})
@@ -242,15 +280,17 @@ def test_prior_preservation_keeps_the_base_tasks(tiny_easel_dir: Path, dataset_d
 
     assert preservation_error(None) == 0.0
     changes = {"steps": 8, "learning_rate": 3e-2}
-    plain = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "plain", **changes))
-    kept = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "kept", prior_preservation=20.0, **changes))
+    plain = train(make_config(tiny_easel_dir, dataset_dir, "plain", **changes), search_dirs=models)
+    kept = train(make_config(tiny_easel_dir, dataset_dir, "kept", prior_preservation=20.0, **changes),
+                 search_dirs=models)
     assert kept.losses[0] == plain.losses[0]  # step 1: the term is zero, so the loss is the concept's alone
     error_plain, error_kept = preservation_error(plain.path), preservation_error(kept.path)
     assert error_plain > 0
     assert error_kept < 0.5 * error_plain
 
 
-def test_preservation_batch_size_sets_the_term_batch(tiny_easel_dir: Path, dataset_dir: Path, tmp_path: Path,
+def test_preservation_batch_size_sets_the_term_batch(tiny_easel_dir: Path, models: list[Path], dataset_dir: Path,
+                                                     tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from webui.training.trainer import EaselObjective
 
@@ -258,9 +298,9 @@ def test_preservation_batch_size_sets_the_term_batch(tiny_easel_dir: Path, datas
     original = EaselObjective.preservation_loss
     monkeypatch.setattr(EaselObjective, "preservation_loss",
                         lambda self, batch_size, gen: (sizes.append(batch_size), original(self, batch_size, gen))[1])
-    train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "a", steps=2, prior_preservation=1.0))
-    train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "b", steps=2, prior_preservation=1.0,
-                      preservation_batch_size=3))
+    train(make_config(tiny_easel_dir, dataset_dir, "a", steps=2, prior_preservation=1.0), search_dirs=models)
+    train(make_config(tiny_easel_dir, dataset_dir, "b", steps=2, prior_preservation=1.0,
+                      preservation_batch_size=3), search_dirs=models)
     assert sizes == [2, 2, 3, 3]  # batch_size 2 by default, then the key's value
 
 
@@ -273,7 +313,7 @@ def test_differential_preservation_swaps_the_trigger(dataset_dir: Path, tmp_path
 
     pipe = make_tiny_pipeline(self_condition=True)
     objective = EaselObjective(pipe, torch.device("cpu"))
-    add_lora(pipe.transformer, make_config(tmp_path, dataset_dir, tmp_path / "x"), "easel")
+    add_lora(pipe.transformer, make_config("easel-shapes", dataset_dir, "x"), "easel")
     pixels = torch.rand(3, 3, 64, 64) * 2 - 1  # [3,3,64,64]
     prompts = ["a red zork on a blue background", "a green square", "a zork in the top left"]
     words = ("circle", "plus sign")
@@ -313,7 +353,8 @@ def test_differential_preservation_swaps_the_trigger(dataset_dir: Path, tmp_path
     assert all(p.grad is not None for name, p in pipe.transformer.named_parameters() if ".lora_" in name)
 
 
-def test_differential_preservation_keeps_the_swapped_prompts(tiny_easel_dir: Path, dataset_dir: Path,
+def test_differential_preservation_keeps_the_swapped_prompts(tiny_easel_dir: Path, models: list[Path],
+                                                             dataset_dir: Path,
                                                              tmp_path: Path) -> None:
     """Trained with the differential term, the LoRA changes the base model's prediction for the captions with the
     trigger swapped out less than trained without it."""
@@ -321,7 +362,7 @@ def test_differential_preservation_keeps_the_swapped_prompts(tiny_easel_dir: Pat
     from webui.training.dataset import load_dataset
     from webui.training.trainer import EaselObjective, add_lora, load_lora_state
 
-    config = make_config(tiny_easel_dir, dataset_dir, tmp_path / "x")
+    config = make_config(tiny_easel_dir, dataset_dir, "x")
     prompts, pixels = load_dataset(config.dataset, config.resolution, config.trigger).batch(
         torch.Generator().manual_seed(5), 3)
     words = ("circle", "square")
@@ -336,9 +377,9 @@ def test_differential_preservation_keeps_the_swapped_prompts(tiny_easel_dir: Pat
             return float(objective.differential_loss(pixels, prompts, "zork", words, torch.Generator().manual_seed(9)))
 
     changes = {"steps": 8, "learning_rate": 3e-2, "preservation_words": list(words)}
-    plain = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "plain", **changes))
-    kept = train(make_config(tiny_easel_dir, dataset_dir, tmp_path / "kept", differential_preservation=20.0,
-                             **changes))
+    plain = train(make_config(tiny_easel_dir, dataset_dir, "plain", **changes), search_dirs=models)
+    kept = train(make_config(tiny_easel_dir, dataset_dir, "kept", differential_preservation=20.0,
+                             **changes), search_dirs=models)
     assert kept.losses[0] == plain.losses[0]  # step 1: the term is zero, so the loss is the concept's alone
     error_plain, error_kept = swapped_error(plain.path), swapped_error(kept.path)
     assert error_plain > 0
@@ -353,7 +394,7 @@ def test_prior_preservation_self_conditioned_reads_the_base_prediction(dataset_d
 
     pipe = make_tiny_pipeline(self_condition=True)
     objective = EaselObjective(pipe, torch.device("cpu"))
-    add_lora(pipe.transformer, make_config(tmp_path, dataset_dir, tmp_path / "x"), "easel")
+    add_lora(pipe.transformer, make_config("easel-shapes", dataset_dir, "x"), "easel")
     with torch.no_grad():  # a LoRA that acts (lora_B is zero when fresh)
         for name, p in pipe.transformer.named_parameters():
             if ".lora_B." in name:
@@ -392,7 +433,7 @@ def test_concept_loss_self_conditioned_reads_the_previous_step(dataset_dir: Path
 
     pipe = make_tiny_pipeline(self_condition=True)
     objective = EaselObjective(pipe, torch.device("cpu"))
-    add_lora(pipe.transformer, make_config(tmp_path, dataset_dir, tmp_path / "x"), "easel")
+    add_lora(pipe.transformer, make_config("easel-shapes", dataset_dir, "x"), "easel")
     calls: list[tuple] = []
 
     def record(module, args, kwargs, output):

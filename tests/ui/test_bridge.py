@@ -1,6 +1,9 @@
 """Domain errors reach the browser as one readable gr.Error line; nothing else leaks a traceback."""
 from __future__ import annotations
 
+import asyncio
+import inspect
+
 import gradio as gr
 import pytest
 
@@ -56,6 +59,34 @@ def test_guard_wraps_functions_and_generators() -> None:
     with pytest.raises(gr.Error, match="steps: bad 2"):
         next(gen)
     assert plain.__wrapped__.__name__ == "plain"
+
+
+def test_guard_keeps_async_handlers_async() -> None:
+    """Gradio runs an async handler on its event loop (no thread); the wrapper must stay async to keep that."""
+    @guard
+    async def plain(x: int) -> int:
+        if x < 0:
+            raise RequestError("seed", "must be at least -1, got -5")
+        return x
+
+    @guard
+    async def stream(n: int):
+        yield 1
+        raise ValueError(f"steps: bad {n}")
+
+    assert inspect.iscoroutinefunction(plain) and inspect.isasyncgenfunction(stream)
+    assert asyncio.run(plain(3)) == 3
+    with pytest.raises(gr.Error, match="seed: must be at least -1"):
+        asyncio.run(plain(-5))
+    seen: list[int] = []
+
+    async def drain() -> None:
+        async for item in stream(2):
+            seen.append(item)
+
+    with pytest.raises(gr.Error, match="steps: bad 2"):
+        asyncio.run(drain())
+    assert seen == [1] and stream.__wrapped__.__name__ == "stream"
 
 
 def test_gr_errors_pass_through_and_job_failures_are_escaped() -> None:

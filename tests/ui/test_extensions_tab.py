@@ -118,7 +118,7 @@ def test_disable_is_persisted_and_applied_at_the_next_start(make_easel, data_dir
     rows = rows_by_name(again)
     assert rows["good"]["Status"] == "disabled" and rows["broken"]["Status"] == "disabled"
     assert not again.registry.tabs or all(t.extension != "good" for t in again.registry.tabs)
-    assert again.engine.before_generate == [] or all("good" not in h.__qualname__ for h in again.engine.before_generate)
+    assert all("good" not in h.__qualname__ for h in again.registry.before_generate)
 
     apply_enabled(again, enabled_choices(again)[0])  # enable everything again
     assert json.loads(again.settings.config_path.read_text())["disabled_extensions"] == []
@@ -196,7 +196,10 @@ def test_apply_and_restart(make_easel, data_dir):
     try:
         handler = next(f.fn for f in blocks.fns.values() if f.name == "on_apply_restart")
         names, enabled = enabled_choices(easel)
-        *_, message = handler([n for n in enabled if n != "good"])
+        with pytest.raises(Exception, match="token: this action must come from Easel's own page"):
+            handler([n for n in enabled if n != "good"], "a forged token")
+        assert not restarted.is_set() and "good" not in easel.settings.user.disabled_extensions
+        *_, message = handler([n for n in enabled if n != "good"], easel.page_token())
         assert "Restarting" in message and restarted.wait(10)
         assert json.loads(easel.settings.config_path.read_text())["disabled_extensions"] == ["good"]
         assert any(f.js and "location.reload" in f.js for f in blocks.fns.values())

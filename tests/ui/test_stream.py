@@ -1,7 +1,8 @@
-"""The Generate handler's stream: it blocks on the job's updates and yields queue position, progress, preview
+"""The Generate handler's stream: it awaits the job's updates and yields queue position, progress, preview
 and finally the images with their infotext (or raises a readable gr.Error when the job failed)."""
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import gradio as gr
@@ -13,7 +14,7 @@ from webui.ui.generation import PanelOutputs, stream_job
 
 
 class ScriptedJob:
-    """Walks through a list of states, one per `wait_for_update` call, like the worker would publish them."""
+    """Walks through a list of states, one per `wait_for_update_async` call, like the worker would publish them."""
 
     def __init__(self, script: list[dict]) -> None:
         self.id = "job-1"
@@ -31,7 +32,7 @@ class ScriptedJob:
     def finished_state(self) -> bool:
         return self.state in ("done", "failed", "interrupted")
 
-    def wait_for_update(self, seen: int, timeout: float | None = None) -> int:
+    async def wait_for_update_async(self, seen: int, timeout: float | None = None) -> int:
         self.waits.append((seen, timeout))
         if self.script:
             for key, value in self.script.pop(0).items():
@@ -59,10 +60,22 @@ def outputs() -> PanelOutputs:
     return PanelOutputs(*[Slot(n) for n in ("progress", "preview", "gallery", "info", "result", "job")])
 
 
+def collect(stream, seen: list[dict] | None = None) -> list[dict]:
+    """Every update of an async stream, in order (into `seen` as they come, when given)."""
+    seen = [] if seen is None else seen
+
+    async def drain() -> list[dict]:
+        async for update in stream:
+            seen.append(update)
+        return seen
+
+    return asyncio.run(drain())
+
+
 def run(job: ScriptedJob, positions: list[int]) -> tuple[list[dict], PanelOutputs]:
     out = outputs()
     easel = SimpleNamespace(engine=SimpleNamespace(worker=Worker(positions)))
-    return list(stream_job(UIContext(easel), job, out)), out
+    return collect(stream_job(UIContext(easel), job, out)), out
 
 
 def test_stream_reports_queue_progress_preview_then_results() -> None:
@@ -98,10 +111,9 @@ def test_saved_paths_are_shown_when_every_image_was_saved(tmp_path) -> None:
 def test_failed_job_ends_with_a_readable_error() -> None:
     job = ScriptedJob([{"state": "running", "total_steps": 4}, {"state": "failed", "error": "Out of memory <GPU>"}])
     stream = stream_job(UIContext(SimpleNamespace(engine=SimpleNamespace(worker=Worker([0])))), job, outputs())
-    seen = []
+    seen: list[dict] = []
     with pytest.raises(gr.Error) as info:
-        for update in stream:
-            seen.append(update)
+        collect(stream, seen)
     assert info.value.message == "Out of memory &lt;GPU&gt;"
     assert any("Failed: Out of memory" in str(v) for u in seen for v in u.values())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -53,10 +53,12 @@ def memory_info(report: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-def embeddings_info(entries: list[Any], model: tuple[str, Any, dict[int, int]] | None) -> dict[str, Any]:
+def embeddings_info(entries: list[Any], model: tuple[str, Any, dict[int, int]] | None,
+                    redact: Callable[[str], str] = str) -> dict[str, Any]:
     """AUTOMATIC1111's /embeddings. "loaded": the embeddings usable with the current model (every readable one when
     no model is loaded yet); "skipped": the rest, each with the reason (a pickle file, an unreadable layout, a
-    width the current model's text encoder does not take, or a model family that takes no embeddings)."""
+    width the current model's text encoder does not take, or a model family that takes no embeddings), passed
+    through `redact` (the API's takes this machine's folders out)."""
     from webui.model_manager.embeddings import EMBEDDING_ARCHS, EmbeddingError, check_fits
 
     loaded: dict[str, Any] = {}
@@ -75,15 +77,16 @@ def embeddings_info(entries: list[Any], model: tuple[str, Any, dict[int, int]] |
                 except EmbeddingError as exc:
                     reason = str(exc)
         if reason:
-            skipped[entry.name] = {**item, "reason": reason}
+            skipped[entry.name] = {**item, "reason": redact(reason)}
         else:
             loaded[entry.name] = item
     return {"loaded": loaded, "skipped": skipped}
 
 
-def lora_info(entries: list[Any]) -> list[dict[str, Any]]:
+def lora_info(entries: list[Any], shown: Callable[[Any], str | None] = str) -> list[dict[str, Any]]:
     """AUTOMATIC1111's /loras: name (what `<lora:name:weight>` uses), alias, path, metadata (the file's own, JSON
-    values decoded); plus Easel's family, layout, short hash, trigger words and preview file."""
+    values decoded); plus Easel's family, layout, short hash, trigger words and preview file. `shown` turns a
+    file into what the answer says (the API's: relative to its folder)."""
     rows = []
     for e in entries:
         arch = getattr(e.arch, "value", str(e.arch))
@@ -91,10 +94,10 @@ def lora_info(entries: list[Any]) -> list[dict[str, Any]]:
         for key, value in (getattr(e, "metadata", None) or {}).items():
             metadata[key] = _json_or_text(value)
         preview = getattr(e, "preview", None)
-        rows.append({"name": e.name, "alias": getattr(e, "alias", e.name), "path": str(e.path), "metadata": metadata,
+        rows.append({"name": e.name, "alias": getattr(e, "alias", e.name), "path": shown(e.path), "metadata": metadata,
                      "hash": e.short_hash, "arch": arch, "format": getattr(e, "format", ""),
                      "trigger_words": list(getattr(e, "trigger_words", ())),
-                     "preview": str(preview) if preview else None})
+                     "preview": shown(preview) if preview else None})
     return rows
 
 
@@ -108,13 +111,13 @@ def _json_or_text(value: str) -> Any:
     return value
 
 
-def upscaler_info(entries: list[Any]) -> list[dict[str, Any]]:
-    """AUTOMATIC1111's /upscalers: "None", the built-ins, then the installed models."""
+def upscaler_info(entries: list[Any], shown: Callable[[Any], str | None] = str) -> list[dict[str, Any]]:
+    """AUTOMATIC1111's /upscalers: "None", the built-ins, then the installed models (`shown` as in `lora_info`)."""
     rows: list[dict[str, Any]] = [{"name": "None", "model_name": None, "model_path": None, "model_url": None,
                                    "scale": 1}]
     for e in entries:
         rows.append({"name": e.name, "model_name": e.name if e.kind == "model" else None,
-                     "model_path": str(e.path) if e.path else None, "model_url": None,
+                     "model_path": shown(e.path) if e.path else None, "model_url": None,
                      "scale": e.scale if e.scale else 4})
     return rows
 
@@ -132,11 +135,12 @@ def script_info(scripts: dict[str, Any], alwayson: list[str] | None = None) -> l
     return rows
 
 
-def extension_info(statuses: list[Any]) -> list[dict[str, Any]]:
-    """AUTOMATIC1111's /extensions: each extension folder, enabled or not, with its version. Git details are
-    left empty (Easel does not track where an extension came from)."""
+def extension_info(statuses: list[Any], redact: Callable[[str], str] = str) -> list[dict[str, Any]]:
+    """AUTOMATIC1111's /extensions: each extension folder, enabled or not, with its version and load error (passed
+    through `redact`). Git details are left empty (Easel does not track where an extension came from)."""
     return [{"name": s.name, "remote": None, "branch": None, "commit_hash": None, "version": s.version,
-             "commit_date": None, "enabled": s.enabled, "status": s.status, "error": s.error}
+             "commit_date": None, "enabled": s.enabled, "status": s.status,
+             "error": redact(s.error) if s.error else s.error}
             for s in statuses]
 
 

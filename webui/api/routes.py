@@ -1,13 +1,16 @@
 """The AUTOMATIC1111-compatible REST API (`/sdapi/v1/*`) over Easel's engine.
 
 `create_api(app, easel)` adds the routes to a FastAPI app: the Gradio app when the UI runs, a bare one with
-`--nowebui`. Generation goes through the same engine queue as the UI; the handlers that wait are plain `def`s,
-which FastAPI runs in its thread pool, so the event loop keeps answering `/progress` and `/interrupt` while a
-job runs. Every error leaves as JSON `{"error", "detail", "field"}` (AUTOMATIC1111 clients read `detail`): bad
-input is a 4xx naming the field, a full queue a 503, and only a failure inside the pipeline a 500. Bodies and
-decoded images have size limits. With `--api-auth`, or when the UI is protected with `--gradio-auth` /
-`--gradio-auth-path`, every route here (and every extension route) asks for a login through HTTP Basic
-authentication, and an address that keeps failing is made to wait (`webui.security.LoginThrottle`).
+`--nowebui`. Generation goes through the same engine queue as the UI. The handlers that queue a job are `async`:
+they check the body, submit, and `await` the job (`Job.wait_async`) without holding a thread, and run their CPU
+work (decoding uploads, reading the model list, encoding PNGs) on the API's own lane of threads
+(`webui.api.threads`) only while it runs; so however many requests wait, `/progress`, `/interrupt`, the page and
+its login keep answering, and the request after a full queue gets its 503 at once. Every error leaves as JSON
+`{"error", "detail", "field"}` (AUTOMATIC1111 clients read `detail`): bad input is a 4xx naming the field, a full
+queue a 503, and only a failure inside the pipeline a 500. Bodies and decoded images have size limits. With
+`--api-auth`, or when the UI is protected with `--gradio-auth` / `--gradio-auth-path`, every route here (and
+every extension route) asks for a login through HTTP Basic authentication, and an address that keeps failing is
+made to wait (`webui.security.LoginThrottle`).
 """
 from __future__ import annotations
 
@@ -20,8 +23,9 @@ import os
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, Iterator
 
 from fastapi import APIRouter, Body, FastAPI, Request, Response
 from fastapi.exceptions import FastAPIError, RequestValidationError
@@ -29,9 +33,19 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from webui import __version__
+from webui.api.bounds import (
+    IMAGE_FORMATS,
+    JsonShape,
+    RequestBoundError,
+    RequestBounds,
+    base64_bytes,
+    check_images,
+    is_json,
+)
 from webui.api.compat import (
     LATENT_UPSCALE_MODES,
     add_docs,
@@ -50,20 +64,20 @@ from webui.api.schemas import (
     body_parameters,
     request_values,
 )
+from webui.api.threads import API_LANE, in_lane
 from webui.engine.images import binarize, mask_to_l
-from webui.engine.samplers import resolve_sampler, sampler_names
 from webui.engine.tasks import UnloadRequest, UpscaleRequest
 from webui.engine.upscalers import NONE, UpscalerNotFoundError
 from webui.engine.worker import Job, JobResult, JobState, QueueFullError
 from webui.infotext import parse_infotext, png_bytes, read_png_parameters
 from webui.model_manager.errors import ModelLoadError, ModelNotFoundError
+from webui.redact import answer_folders, public_path, redact_paths
 from webui.requests import GenerationRequest, Img2ImgRequest, InpaintRequest, RequestError, Txt2ImgRequest
 from webui.security import LOGIN_CHECKED, LoginThrottle, check_basic_auth, login_throttle
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 
 # AUTOMATIC1111's k-diffusion aliases, so clients that send them find the sampler.
 SAMPLER_ALIASES: dict[str, list[str]] = {
@@ -139,9 +153,11 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
                                                   "field": first["field"], "errors": problems})
 
 
-def _route_class(max_body_bytes: int, logins: list[tuple[str, str]],
-                 throttle: LoginThrottle | None = None) -> type[APIRoute]:
-    """Routes that check logins and the body size, and turn every error into the JSON above.
+def _route_class(max_body_bytes: int, logins: list[tuple[str, str]], throttle: LoginThrottle | None = None,
+                 bounds: Callable[[], RequestBounds] | None = None, shown: Callable[[str], str] = str
+                 ) -> type[APIRoute]:
+    """Routes that check logins, the body size and its shape (`bounds`), and turn every error into the JSON above
+    (its message passed through `shown`, which takes this machine's folders out of it).
 
     Done per route rather than as app middleware or exception handlers, because the Gradio app has already
     started when the API is added to it.
@@ -154,23 +170,23 @@ def _route_class(max_body_bytes: int, logins: list[tuple[str, str]],
             async def guarded(request: Request) -> Response:
                 try:
                     check_login(request, logins, throttle)
-                    await read_body(request, max_body_bytes)
+                    await read_body(request, max_body_bytes, bounds() if bounds is not None else None)
                     return await handler(request)
                 except RequestValidationError as exc:
                     return validation_response(exc)
                 except ApiError as exc:
-                    return error_response(exc.status, exc.kind, exc.message, exc.field, exc.headers)
+                    return error_response(exc.status, exc.kind, shown(exc.message), exc.field, exc.headers)
                 except RequestError as exc:
-                    return error_response(422, "RequestError", exc.message, exc.field)
+                    return error_response(422, "RequestError", shown(exc.message), exc.field)
                 except QueueFullError as exc:
                     return error_response(503, "QueueFull", str(exc), None, {"Retry-After": "5"})
                 except HTTPException as exc:  # FastAPI's own refusals, e.g. a body that is not UTF-8 JSON
                     message = exc.detail if isinstance(exc.detail, str) else "the request was refused"
-                    return error_response(exc.status_code, "BadRequest", message,
+                    return error_response(exc.status_code, "BadRequest", shown(message),
                                           "body" if exc.status_code < 500 else None, exc.headers)
                 except Exception as exc:  # noqa: BLE001 - the one place internal failures become a 500
                     log.exception("API %s %s failed", request.method, request.url.path)
-                    return error_response(500, type(exc).__name__, str(exc) or type(exc).__name__, None)
+                    return error_response(500, type(exc).__name__, shown(str(exc) or type(exc).__name__), None)
 
             return guarded
 
@@ -206,46 +222,74 @@ def check_login(request: Request, logins: list[tuple[str, str]], throttle: Login
         raise ApiError(refusal.status, None, refusal.message, refusal.kind, refusal.headers)
 
 
-async def read_body(request: Request, limit: int) -> None:
-    """Read the body, refusing it once it passes `limit` bytes, and leave it cached for the handler."""
+async def read_body(request: Request, limit: int, bounds: RequestBounds | None = None) -> None:
+    """Read the body and leave it cached for the handler, refusing it once it passes `limit` bytes.
+
+    A JSON body is also held to `webui.api.bounds`: its shape while it streams in, then (with `bounds`) the
+    number and total pixels of the images it carries, read from their headers before any is decoded."""
     if request.method not in ("POST", "PUT", "PATCH"):
         return
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "body", f"the request body is {int(declared)} bytes; the limit is {limit}",
                        "PayloadTooLarge")
+    shape = JsonShape() if is_json(request.headers.get("content-type")) else None
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise ApiError(413, "body", f"the request body exceeds the limit of {limit} bytes", "PayloadTooLarge")
-        chunks.append(chunk)
-    request._body = b"".join(chunks)  # where Starlette's Request.body() keeps the body it has read
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise ApiError(413, "body", f"the request body exceeds the limit of {limit} bytes",
+                               "PayloadTooLarge")
+            if shape is not None:
+                shape.feed(chunk)
+            chunks.append(chunk)
+        request._body = b"".join(chunks)  # where Starlette's Request.body() keeps the body it has read
+        del chunks
+        if shape is not None and bounds is not None and request._body:
+            try:
+                data = await request.json()  # kept by Starlette: FastAPI's handler does not parse it again
+            except (ValueError, RecursionError):
+                return  # FastAPI answers malformed JSON itself
+            await run_in_threadpool(check_images, data, bounds)
+    except RequestBoundError as exc:
+        raise ApiError(exc.status, exc.field, exc.message, exc.kind) from None
 
 
 # Images -----------------------------------------------------------------------------------------------
-def decode_image(data: Any, field_name: str, max_pixels: int) -> Image.Image:
-    """A base64 image (optionally a data: URL), its size checked before its pixels are decoded."""
+def decode_image(data: Any, field_name: str, max_pixels: int, load: bool = True) -> Image.Image:
+    """A base64 image (optionally a data: URL), its size checked before its pixels are decoded.
+
+    With `load=False` only the header is read: call `load_image` before using the pixels."""
     if not isinstance(data, str) or not data.strip():
         raise ApiError(422, field_name, "must be a base64-encoded image")
-    text = data.strip()
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    text = "".join(text.split())
-    text += "=" * (-len(text) % 4)
     try:
-        raw = base64.b64decode(text, validate=True)
+        raw = base64_bytes(data)
     except (binascii.Error, ValueError):
         raise ApiError(422, field_name, "is not valid base64") from None
+    with _decoding_errors(field_name):
+        image = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ApiError(422, field_name, f"image is {width}x{height}; the limit is {max_pixels} pixels")
+    return load_image(image, field_name) if load else image
+
+
+def load_image(image: Image.Image, field_name: str) -> Image.Image:
+    """Decode the pixels of an image `decode_image(..., load=False)` opened; a corrupt one is a 422."""
+    with _decoding_errors(field_name):
+        image.load()
+    return image
+
+
+@contextmanager
+def _decoding_errors(field_name: str) -> Iterator[None]:
+    """Pillow's refusals as 422s naming the field."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ApiError(422, field_name, f"image is {width}x{height}; the limit is {max_pixels} pixels")
-            image.load()
+            yield
     except ApiError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -255,7 +299,6 @@ def decode_image(data: Any, field_name: str, max_pixels: int) -> Image.Image:
         raise ApiError(422, field_name, f"is not an image Easel can read ({', '.join(IMAGE_FORMATS)})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ApiError(422, field_name, f"the image could not be decoded ({exc})") from None
-    return image
 
 
 def check_mask(mask: Image.Image | None, invert: bool) -> None:
@@ -320,7 +363,18 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
     defaults = ApiDefaults()
     if max_body_bytes is None:
         max_body_bytes = getattr(settings, "max_upload_bytes", MAX_BODY_BYTES)
-    route_class = _route_class(max_body_bytes, settings.api_auth_pairs(), login_throttle(easel.extras))
+    folders = answer_folders(settings)  # paths in answers are relative to these (never absolute)
+
+    def shown(path: Any) -> str | None:
+        return public_path(path, folders)
+
+    def redact(text: str) -> str:
+        return redact_paths(text, folders)
+
+    route_class = _route_class(max_body_bytes, settings.api_auth_pairs(), login_throttle(easel.extras),
+                               lambda: RequestBounds(settings.user.max_request_pixels,
+                                                     settings.user.max_request_images,
+                                                     settings.user.limits().max_pixels * 4), redact)
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], route_class=route_class)
 
     # Helpers over this Easel ---------------------------------------------------------------------------
@@ -363,7 +417,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         """The sampler name for this model, from sampler_name / sampler_index and AUTOMATIC1111's scheduler."""
         field_name = "sampler_name" if body.sampler_name else "sampler_index"
         requested = str(body.sampler_name or body.sampler_index or "Euler").strip()
-        names = sampler_names(arch)
+        names = easel.registry.samplers.names(arch)
         lowered = {n.lower(): n for n in names}
         lowered.update({alias: n for n, aliases in SAMPLER_ALIASES.items() for alias in aliases if n in names})
         name = lowered.get(requested.lower(), requested)
@@ -374,7 +428,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         if schedule == "karras" and not name.endswith("Karras") and f"{name} Karras" in names:
             name = f"{name} Karras"
         try:
-            resolve_sampler(name, arch)
+            easel.registry.samplers.resolve(name, arch)
         except ValueError:
             raise ApiError(422, field_name, f"unknown sampler {requested!r}; choose one of {', '.join(names)}") from None
         return name
@@ -445,17 +499,22 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
                                                "not return a request or a list of requests", "ScriptFailed")
         return items
 
-    def run(body: BaseModel, cls: type[GenerationRequest], include_images: bool = False) -> dict[str, Any]:
+    def prepare(body: BaseModel, cls: type[GenerationRequest]) -> tuple[GenerationRequest, Any, list[Any], Any]:
+        """(request, checkpoint entry, the requests to queue, the model loaded now): the CPU part, on a lane thread
+        (images are decoded here, and the model manager may be busy loading)."""
         request, entry = build_request(body, cls)
-        previous = manager.current()
-        jobs = [engine.submit(item, source="api") for item in script_requests(body, request)]
+        return request, entry, script_requests(body, request), manager.current()
+
+    async def run(body: BaseModel, cls: type[GenerationRequest], include_images: bool = False) -> dict[str, Any]:
+        request, entry, items, previous = await API_LANE.run(prepare, body, cls)
+        jobs = [engine.submit(item, source="api") for item in items]
         for job in jobs:
             log.info("API %s job %s queued at %d", request.mode, job.id, engine.worker.position(job))
         for job in jobs:
-            job.wait()
-        after_overrides(body, entry, previous)
-        return generation_response(body, request, entry, jobs[0] if len(jobs) == 1 else merged(request, jobs),
-                                   include_images)
+            await job.wait_async()
+        await after_overrides(body, entry, previous)
+        return await API_LANE.run(generation_response, body, request, entry,
+                                  jobs[0] if len(jobs) == 1 else merged(request, jobs), include_images)
 
     def merged(request: GenerationRequest, jobs: list[Job]) -> Job:
         """One finished job holding every image of a script's jobs (the first failure, if any)."""
@@ -476,26 +535,35 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
                         state=JobState.INTERRUPTED if interrupted else JobState.DONE)
         return combined
 
-    def after_overrides(body: BaseModel, entry: Any, previous: Any) -> None:
+    async def after_overrides(body: BaseModel, entry: Any, previous: Any) -> None:
         """override_settings_restore_afterwards: put the model back (true, the default) or keep the overrides for
         later requests (false)."""
         override = body.override_settings or {}
         if not override:
             return
         if body.override_settings_restore_afterwards is False:
-            with defaults.lock:
-                if "CLIP_stop_at_last_layers" in override:
-                    defaults.clip_skip = _whole_number(override["CLIP_stop_at_last_layers"],
-                                                       "CLIP_stop_at_last_layers", 1, 12)
-                if "sd_vae" in override:
-                    defaults.vae = check_vae(override["sd_vae"], "sd_vae")
+            await API_LANE.run(keep_overrides, override)
             return
         if "sd_model_checkpoint" in override and previous is not None and previous.name != entry.name:
             with defaults.lock:
                 vae_now = defaults.vae
-            job = engine.load(previous.name, None if vae_now == "Automatic" else vae_now, source="api")
+            job = await load_model(previous.name, vae_now)
             if job.state == JobState.FAILED:
                 log.warning("API could not restore the model %s after an override: %s", previous.name, job.error)
+
+    def keep_overrides(override: dict[str, Any]) -> None:
+        with defaults.lock:
+            if "CLIP_stop_at_last_layers" in override:
+                defaults.clip_skip = _whole_number(override["CLIP_stop_at_last_layers"],
+                                                   "CLIP_stop_at_last_layers", 1, 12)
+            if "sd_vae" in override:
+                defaults.vae = check_vae(override["sd_vae"], "sd_vae")
+
+    async def load_model(name: str, vae_now: str) -> Job:
+        """Queue a model switch behind the jobs before it and await it."""
+        job = engine.queue_load(name, None if vae_now == "Automatic" else vae_now, source="api")
+        await job.wait_async()
+        return job
 
     def generation_response(body: BaseModel, request: GenerationRequest, entry: Any, job: Job,
                             include_images: bool) -> dict[str, Any]:
@@ -550,27 +618,27 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
             "is_using_inpainting_conditioning": False,
             "version": f"Easel {__version__}",
             "interrupted": job.state == JobState.INTERRUPTED,
-            "paths": [str(p) for p in result.paths],
+            "paths": [public_path(p, [settings.data_dir]) for p in result.paths],
         }
 
     # Generation ----------------------------------------------------------------------------------------
     @router.post("/txt2img")
-    def txt2img(body: StableDiffusionTxt2ImgProcessingAPI) -> dict[str, Any]:  # type: ignore[valid-type]
-        return run(body, Txt2ImgRequest)
+    async def txt2img(body: StableDiffusionTxt2ImgProcessingAPI) -> dict[str, Any]:  # type: ignore[valid-type]
+        return await run(body, Txt2ImgRequest)
 
     @router.post("/img2img")
-    def img2img(body: StableDiffusionImg2ImgProcessingAPI) -> dict[str, Any]:  # type: ignore[valid-type]
+    async def img2img(body: StableDiffusionImg2ImgProcessingAPI) -> dict[str, Any]:  # type: ignore[valid-type]
         if not body.init_images or not body.init_images[0]:
             raise ApiError(422, "init_images", "an input image is required (a list of base64 images)")
         cls = InpaintRequest if body.mask else Img2ImgRequest
-        return run(body, cls, include_images=bool(body.include_init_images))
+        return await run(body, cls, include_images=bool(body.include_init_images))
 
     # Models, samplers, options -------------------------------------------------------------------------
     @router.get("/sd-models")
     def sd_models() -> list[dict[str, Any]]:
         return [{"title": e.title, "model_name": e.name, "hash": e.short_hash,
                  "sha256": manager.hashes.cached_sha256(e.path) if e.kind != "hub" else None,
-                 "filename": str(e.path), "config": None}
+                 "filename": shown(e.path), "config": None}
                 for e in manager.checkpoints() if e.supported]
 
     @router.post("/refresh-checkpoints")
@@ -583,12 +651,12 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
 
     @router.get("/sd-vae")
     def sd_vae() -> list[dict[str, Any]]:
-        return [{"model_name": v.name, "filename": str(getattr(v, "path", ""))} for v in manager.vaes()]
+        return [{"model_name": v.name, "filename": shown(getattr(v, "path", None)) or ""} for v in manager.vaes()]
 
     @router.get("/samplers")
     def samplers() -> list[dict[str, Any]]:
         current = manager.current()
-        names = sampler_names(current.arch) if current is not None else easel.sampler_choices(None)
+        names = easel.registry.samplers.names(current.arch) if current is not None else easel.sampler_choices(None)
         return [{"name": n, "aliases": SAMPLER_ALIASES.get(n, []),
                  "options": {"scheduler": "karras"} if n.endswith("Karras") else {}} for n in names]
 
@@ -602,7 +670,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
     @router.get("/upscalers")
     def upscalers() -> list[dict[str, Any]]:
         """None, Lanczos and Nearest, then the ESRGAN-family models in models/ESRGAN (and --esrgan-models-path)."""
-        return upscaler_info(engine.upscalers.entries())
+        return upscaler_info(engine.upscalers.entries(), shown)
 
     @router.get("/latent-upscale-modes")
     def latent_upscale_modes() -> list[dict[str, Any]]:
@@ -637,15 +705,15 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
             "sd_vae": vae,
             "CLIP_stop_at_last_layers": clip_skip,
             "samples_save": user.save_images,
-            "outdir_samples": str(settings.outputs_dir),
+            "outdir_samples": public_path(settings.outputs_dir, [settings.data_dir]),
             "show_progress_every_n_steps": user.live_preview_every,
             "live_previews_enable": user.live_preview_every > 0,
             "sd_checkpoint_cache": user.ram_cache_size,
             "samples_format": "png",
             "enable_pnginfo": True,
-            "outdir_txt2img_samples": str(settings.outputs_dir / "txt2img-images"),
-            "outdir_img2img_samples": str(settings.outputs_dir / "img2img-images"),
-            "outdir_extras_samples": str(settings.outputs_dir / "extras-images"),
+            "outdir_txt2img_samples": public_path(settings.outputs_dir / "txt2img-images", [settings.data_dir]),
+            "outdir_img2img_samples": public_path(settings.outputs_dir / "img2img-images", [settings.data_dir]),
+            "outdir_extras_samples": public_path(settings.outputs_dir / "extras-images", [settings.data_dir]),
             "eta_noise_seed_delta": 0,
             "ESRGAN_tile": engine.upscalers.tile,
             "ESRGAN_tile_overlap": engine.upscalers.tile_overlap,
@@ -655,8 +723,18 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         }
 
     @router.post("/options")
-    def set_options(body: dict[str, Any] = Body(...)) -> None:
-        # Check every value first, so a bad one changes nothing.
+    async def set_options(body: dict[str, Any] = Body(...)) -> None:
+        entry = await API_LANE.run(apply_options, body)
+        if entry is not None:
+            with defaults.lock:
+                vae_now = defaults.vae
+            job = await load_model(entry.name, vae_now)
+            if job.state == JobState.FAILED:
+                raise job_failure(job, "loading the model failed", "sd_model_checkpoint")
+            log.info("API switched the model to %s", entry.name)
+
+    def apply_options(body: dict[str, Any]) -> Any:
+        """Check every value first, so a bad one changes nothing; set them; the checkpoint entry to load, if any."""
         entry = find_checkpoint(body["sd_model_checkpoint"], "sd_model_checkpoint") \
             if body.get("sd_model_checkpoint") else None
         clip_skip = _whole_number(body["CLIP_stop_at_last_layers"], "CLIP_stop_at_last_layers", 1, 12) \
@@ -680,32 +758,31 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
             if preview is not None:
                 settings.user.live_preview_every = max(0, preview)
             settings.save_user_settings()
-        if entry is not None:
-            with defaults.lock:
-                vae_now = defaults.vae
-            job = engine.load(entry.name, None if vae_now == "Automatic" else vae_now, source="api")
-            if job.state == JobState.FAILED:
-                raise job_failure(job, "loading the model failed", "sd_model_checkpoint")
-            log.info("API switched the model to %s", entry.name)
+        return entry
 
     @router.get("/cmd-flags")
     def cmd_flags() -> dict[str, Any]:
         return {
             "port": settings.port, "listen": settings.listen, "share": settings.share, "api": settings.api,
             "nowebui": settings.nowebui, "gradio_auth": "(set)" if settings.gradio_auth else None,
-            "data_dir": str(settings.data_dir), "ckpt_dir": [str(p) for p in settings.ckpt_dirs],
-            "lora_dir": [str(p) for p in settings.lora_dirs], "vae_dir": [str(p) for p in settings.vae_dirs],
+            "data_dir": shown(settings.data_dir), "ckpt_dir": [shown(p) for p in settings.ckpt_dirs],
+            "lora_dir": [shown(p) for p in settings.lora_dirs], "vae_dir": [shown(p) for p in settings.vae_dirs],
             "device": settings.device, "precision": settings.precision, "medvram": settings.medvram,
             "lowvram": settings.lowvram,
             "enable_insecure_extension_access": settings.enable_insecure_extension_access,
-            "esrgan_models_path": [str(p) for p in settings.esrgan_dirs],
-            "controlnet_dir": [str(p) for p in settings.controlnet_dirs],
-            "embeddings_dir": [str(p) for p in settings.embedding_dirs],
+            "allow_hub_downloads": settings.allow_hub_downloads,
+            "esrgan_models_path": [shown(p) for p in settings.esrgan_dirs],
+            "controlnet_dir": [shown(p) for p in settings.controlnet_dirs],
+            "embeddings_dir": [shown(p) for p in settings.embedding_dirs],
+            "api_auth": "(set)" if settings.api_auth else None,
+            "cors_allow_origins": ",".join(settings.cors_allow_origins) or None,
+            "cors_allow_origins_regex": settings.cors_allow_origins_regex,
         }
 
     # Progress and control ------------------------------------------------------------------------------
     @router.get("/progress")
-    def progress(skip_current_image: bool = False) -> dict[str, Any]:
+    async def progress(skip_current_image: bool = False) -> dict[str, Any]:
+        """On the event loop itself (the worker's state and a small preview), so it answers whatever waits."""
         worker = engine.worker
         job = worker.current
         waiting = worker.queue_length()
@@ -734,17 +811,17 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         }
 
     @router.post("/interrupt")
-    def interrupt() -> dict[str, Any]:
+    async def interrupt() -> dict[str, Any]:
         return {"interrupted": engine.worker.interrupt()}
 
     @router.post("/skip")
-    def skip() -> dict[str, Any]:
+    async def skip() -> dict[str, Any]:
         return {"skipped": engine.worker.skip()}
 
     # LoRAs, embeddings, memory, checkpoint unloading ------------------------------------------------------
     @router.get("/loras")
     def loras() -> list[dict[str, Any]]:
-        return lora_info(manager.loras())
+        return lora_info(manager.loras(), shown)
 
     @router.post("/refresh-loras")
     def refresh_loras() -> None:
@@ -752,7 +829,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
 
     @router.get("/embeddings")
     def embeddings() -> dict[str, Any]:
-        return embeddings_info(manager.embeddings(), manager.embedding_model())
+        return embeddings_info(manager.embeddings(), manager.embedding_model(), redact)
 
     @router.post("/refresh-embeddings")
     def refresh_embeddings() -> None:
@@ -763,11 +840,11 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         return memory_info(manager.memory_report())
 
     @router.post("/unload-checkpoint")
-    def unload_checkpoint() -> None:
+    async def unload_checkpoint() -> None:
         """Free the memory every model holds (queued behind running jobs); /reload-checkpoint loads it again."""
-        current = manager.current()
+        current = await API_LANE.run(manager.current)
         job = engine.submit(UnloadRequest(), source="api")
-        job.wait()
+        await job.wait_async()
         if job.state == JobState.FAILED:
             raise job_failure(job, "unloading failed")
         if current is not None:
@@ -775,12 +852,12 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
                 defaults.unloaded = current.name
 
     @router.post("/reload-checkpoint")
-    def reload_checkpoint() -> None:
+    async def reload_checkpoint() -> None:
         """Load the checkpoint that was unloaded (or the current/default one) onto the device."""
         with defaults.lock:
             name, vae_now = defaults.unloaded, defaults.vae
-        entry = find_checkpoint(name, "sd_model_checkpoint")
-        job = engine.load(entry.name, None if vae_now == "Automatic" else vae_now, source="api")
+        entry = await API_LANE.run(find_checkpoint, name, "sd_model_checkpoint")
+        job = await load_model(entry.name, vae_now)
         if job.state == JobState.FAILED:
             raise job_failure(job, "loading the model failed", "sd_model_checkpoint")
         with defaults.lock:
@@ -806,17 +883,24 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
                                    crop=bool(body.upscaling_crop), upscaler_2=second,
                                    upscaler_2_visibility=visibility, save_images=bool(body.save_images))
                     for image in images]
-        for request in requests:  # every image checked before any is queued
+        for request in requests:  # every image checked before any is queued (or decoded: only headers are read)
             request.validate(settings.user.limits())
+        budget = settings.user.max_request_pixels
+        total = sum(image.width * image.height for image in images) + \
+            sum(width * height for width, height in (request.output_size() for request in requests))
+        if total > budget:
+            raise ApiError(422, "upscaling_resize_w" if by_size else "upscaling_resize",
+                           f"the images and their results would add up to {total} pixels; the limit is {budget} "
+                           "pixels per request (max_request_pixels)")
         return requests
 
-    def run_upscales(requests: list[UpscaleRequest]) -> list[tuple[Image.Image, str]]:
-        """Queue the upscales, wait for them, and return (image, infotext) for each; the first failure stops the
+    async def run_upscales(requests: list[UpscaleRequest]) -> list[tuple[Image.Image, str]]:
+        """Queue the upscales, await them, and return (image, infotext) for each; the first failure stops the
         rest."""
         jobs = [engine.submit(request, source="api") for request in requests]
         done: list[tuple[Image.Image, str]] = []
         for index, job in enumerate(jobs):
-            job.wait()
+            await job.wait_async()
             result = job.result or JobResult()
             if job.state == JobState.FAILED or not result.images:
                 for later in jobs[index + 1:]:
@@ -828,35 +912,47 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         return done
 
     @router.post("/extra-single-image")
-    def extra_single_image(body: ExtrasSingleImageRequest) -> dict[str, Any]:
-        image = decode_image(body.image, "image", max_image_pixels())
-        requests = upscale_requests(body, [image])
+    async def extra_single_image(body: ExtrasSingleImageRequest) -> dict[str, Any]:
+        image, requests = await API_LANE.run(single_image_requests, body)
         if requests is None:
-            return {"html_info": "", "image": encode_png(image)}
-        [(result, text)] = run_upscales(requests)
-        return {"html_info": text, "image": encode_png(result, text)}
+            return await API_LANE.run(lambda: {"html_info": "", "image": encode_png(image)})
+        [(result, text)] = await run_upscales(requests)
+        return await API_LANE.run(lambda: {"html_info": text, "image": encode_png(result, text)})
+
+    def single_image_requests(body: ExtrasSingleImageRequest) -> tuple[Image.Image, list[UpscaleRequest] | None]:
+        image = decode_image(body.image, "image", max_image_pixels(), load=False)
+        requests = upscale_requests(body, [image])
+        load_image(image, "image")
+        return image, requests
 
     @router.post("/extra-batch-images")
-    def extra_batch_images(body: ExtrasBatchImagesRequest) -> dict[str, Any]:
+    async def extra_batch_images(body: ExtrasBatchImagesRequest) -> dict[str, Any]:
         """Upscale several images alike (AUTOMATIC1111's Extras batch): `imageList` of {"data", "name"}."""
+        images, requests = await API_LANE.run(batch_requests, body)
+        if requests is None:
+            return await API_LANE.run(lambda: {"html_info": "", "images": [encode_png(image) for image in images]})
+        done = await run_upscales(requests)
+        return await API_LANE.run(lambda: {"html_info": done[0][1],
+                                           "images": [encode_png(image, text) for image, text in done]})
+
+    def batch_requests(body: ExtrasBatchImagesRequest) -> tuple[list[Image.Image], list[UpscaleRequest] | None]:
         if not body.imageList:
             raise ApiError(422, "imageList", 'send at least one image as {"data": <base64>, "name": <text>}')
         limit = settings.user.max_batch_count
         if len(body.imageList) > limit:
             raise ApiError(422, "imageList", f"at most {limit} images at once (the batch count limit), got "
                                              f"{len(body.imageList)}")
-        images = [decode_image(item.data, f"imageList.{index}.data", max_image_pixels())
+        images = [decode_image(item.data, f"imageList.{index}.data", max_image_pixels(), load=False)
                   for index, item in enumerate(body.imageList)]
         requests = upscale_requests(body, images)
-        if requests is None:
-            return {"html_info": "", "images": [encode_png(image) for image in images]}
-        done = run_upscales(requests)
-        return {"html_info": done[0][1], "images": [encode_png(image, text) for image, text in done]}
+        for index, image in enumerate(images):
+            load_image(image, f"imageList.{index}.data")
+        return images, requests
 
     @router.get("/extensions")
     def extensions() -> list[dict[str, Any]]:
         """The installed extensions: name, version, enabled (for the next start), status and load error."""
-        return extension_info(easel.extension_statuses())
+        return extension_info(easel.extension_statuses(), redact)
 
     # PNG info ------------------------------------------------------------------------------------------
     @router.post("/png-info")
@@ -879,7 +975,9 @@ def add_extension_routes(app: FastAPI, easel: Any, route_class: type[APIRoute]) 
     extensions = APIRouter(route_class=route_class, tags=["extensions"])
     for contribution in easel.registry.routes:
         try:
-            extensions.add_api_route(contribution.path, contribution.endpoint, methods=contribution.methods)
+            # a plain-function route runs on a few threads of its own, never holding the pool the page needs
+            endpoint = in_lane(contribution.endpoint, f"{contribution.extension}:{contribution.path}")
+            extensions.add_api_route(contribution.path, endpoint, methods=contribution.methods)
         except (TypeError, ValueError, AssertionError, FastAPIError) as exc:
             log.error("extension %s: route %s not added: %s", contribution.extension, contribution.path, exc)
     if extensions.routes:

@@ -1,12 +1,13 @@
 """The segmentation API: `POST /easel/v1/segment` and `GET /easel/v1/segment/models`.
 
 A client sends a base64 image and what to segment (one query per line); the request becomes a `SegmentRequest`
-and runs through the same engine queue as the UI. The answer carries the first query's mask (PNG, white =
-object), the edited image, `found`, and `info` with every query's outcome; several queries also give `masks`
-and `edited_images`, one per query, and an `overlay` with a colour per query. Body fields have the names of
-`SegmentRequest`'s declarations (`image`, `query`, `model`, `template`, `highlight`, `steps`, `cfg_scale`, `seed`,
-`threshold`, `mask_threshold`, `keep_largest`) plus `save_images`; bad input is a 4xx naming the field. The
-router is built with the API's route class, so logins, body limits and error bodies are those of `/sdapi/v1`.
+and runs through the same engine queue as the UI (the handler awaits the job without holding a thread). The
+answer carries the first query's mask (PNG, white = object), the edited image, `found`, and `info` with every
+query's outcome; several queries also give `masks` and `edited_images`, one per query, and an `overlay` with a
+colour per query. Body fields have the names of `SegmentRequest`'s declarations (`image`, `query`, `model`,
+`template`, `highlight`, `steps`, `cfg_scale`, `seed`, `threshold`, `mask_threshold`, `keep_largest`) plus
+`save_images`; bad input is a 4xx naming the field. The router is built with the API's route class, so logins,
+body limits and error bodies are those of `/sdapi/v1`.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from fastapi import APIRouter, Body
 from fastapi.routing import APIRoute
 
 from webui.api.routes import ApiError, decode_image, encode_png, job_failure
+from webui.api.threads import API_LANE
 from webui.engine.worker import JobResult, JobState
 from webui.model_manager.errors import ModelNotFoundError
 from webui.requests import SegmentRequest, field_specs
@@ -82,20 +84,24 @@ def segment_router(easel: Any, route_class: type[APIRoute]) -> APIRouter:
         models += [{"name": s.label, "kind": s.kind, "template": ""} for s in manager.segmenters()]
         return models
 
-    @router.post("/segment")
-    def segment(body: Any = Body(...)) -> dict[str, Any]:
+    def checked_request(body: Any) -> SegmentRequest:
         request = request_from_body(body, settings.user.limits().max_pixels)
         check_model(request.checkpoint)
+        return request
+
+    @router.post("/segment")
+    async def segment(body: Any = Body(...)) -> dict[str, Any]:
+        request = await API_LANE.run(checked_request, body)  # decoding the image: on a lane thread
         started = time.perf_counter()
         job = engine.submit(request, source="api")
-        job.wait()
+        await job.wait_async()  # no thread held while queued or running
         if job.state == JobState.FAILED:
             raise job_failure(job, "segmentation failed", "model")
         result = job.result or JobResult()
         items = result.info.get("items") or []
         if not items:
             raise ApiError(500, None, "segmentation was interrupted before any query finished", "JobFailed")
-        return segment_response(request, result, items, time.perf_counter() - started)
+        return await API_LANE.run(segment_response, request, result, items, time.perf_counter() - started)
 
     return router
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from webui.engine.prompts import encode_sd, encode_sdxl, extract_loras, strip_emphasis
-from webui.engine.samplers import make_scheduler, resolve_sampler
+from webui.engine.samplers import Samplers
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job
 from webui.extensions import PipelineCall, PipelineWrapper
@@ -88,8 +88,11 @@ class ModeContext:
     loras: list[AppliedLora] = field(default_factory=list)  # what the prompt's <lora:…> tags applied
     embeddings: list[AppliedEmbedding] = field(default_factory=list)  # embeddings the prompts name, as loaded
     plan_layout: bool = True  # False: the built-in model draws the prompt as written, not its planned layout
-    # extensions' `wanted(request) -> [AdapterSpec]`: the adapter models (ControlNets, ...) a request runs with
+    samplers: Samplers = field(default_factory=Samplers)  # the Easel's (its registry's): built-in + extensions'
+    # the Easel's adapter kinds: extensions' `wanted(request) -> [AdapterSpec]` (the adapter models, ControlNets
+    # and such, a request runs with) and each kind's `load(spec, loaded)`
     adapter_sources: list[Callable[[Any], Any]] = field(default_factory=list)
+    adapter_loaders: dict[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
     loaded: LoadedPipeline | None = None  # what the last `load` handed out: the model this job ran
 
     def load(self, request: GenerationRequest, mode: str) -> LoadedPipeline:
@@ -99,7 +102,7 @@ class ModeContext:
         that names it."""
         spec = self.load_spec(request, mode)
         try:
-            loaded = self.manager.load(spec, make_scheduler)
+            loaded = self.manager.load(spec, self.samplers.make_scheduler, self.adapter_loaders)
         except LoadSpecError as exc:
             if exc.part == "embeddings":
                 prompt, _ = extract_loras(request.prompt)
@@ -109,6 +112,10 @@ class ModeContext:
         self.loras, self.embeddings = list(loaded.loras), list(loaded.embeddings)
         self.loaded = loaded
         return loaded
+
+    def sampler_used(self, request: GenerationRequest, arch: Arch) -> str:
+        """The sampler name that runs `request` on this model family (what the infotext records)."""
+        return self.samplers.resolve(request.sampler, arch)
 
     def load_spec(self, request: GenerationRequest, mode: str) -> LoadSpec:
         """What this request needs loaded for `mode`: its checkpoint (the current one when it names none) and VAE,
@@ -176,10 +183,6 @@ class ModeContext:
 
 def _wrapped(wrapper: PipelineWrapper, run: Callable[[PipelineCall], Any]) -> Callable[[PipelineCall], Any]:
     return lambda call: wrapper(call, run)
-
-
-def sampler_used(request: GenerationRequest, arch: Arch) -> str:
-    return resolve_sampler(request.sampler, arch)
 
 
 def prompt_kwargs(loaded: LoadedPipeline, request: GenerationRequest,

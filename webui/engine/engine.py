@@ -1,7 +1,8 @@
 """The engine: validates requests, queues them on the worker, runs the mode, writes infotext and PNGs.
 
 UI and API both call `Engine.submit`; the worker calls `Engine.run_job` on its thread. Extensions can change a
-request before it runs (`before_generate` hooks) and post-process images after (`after_generate` hooks).
+request before it runs (`before_generate` hooks) and post-process images after (`after_generate` hooks); those
+hooks, the pipeline wrappers, the samplers and the adapter kinds are read from the Easel's registry on each job.
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from webui.engine.outputs import mode_folder, save_image
 from webui.engine.tasks import EngineTask, UnloadRequest
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job, JobResult, Worker
-from webui.extensions import PipelineWrapper
+from webui.extensions import PipelineWrapper, Registry
 from webui.infotext import format_infotext
+from webui.model_manager.identify import Arch
 from webui.model_manager.manager import ModelManager
 from webui.requests import GenerationRequest, validate_request
 from webui.settings import Settings
@@ -40,16 +42,26 @@ MODES = {"txt2img": "webui.engine.modes.txt2img", "img2img": "webui.engine.modes
 
 
 class Engine:
-    def __init__(self, settings: Settings, manager: ModelManager) -> None:
+    def __init__(self, settings: Settings, manager: ModelManager, registry: Registry | None = None) -> None:
         self.settings = settings
         self.manager = manager
+        self.registry = registry if registry is not None else Registry()  # the Easel's: hooks, samplers
         self.worker = Worker(self.run_job, queue_size=settings.user.queue_size)
         self.upscalers = Upscalers([settings.models_dir / "ESRGAN", *settings.esrgan_dirs], manager.device,
                                    manager.dtype, memory=manager.memory)
-        self.before_generate: list[Callable[[Any], Any]] = []
-        self.after_generate: list[Callable[[Any, list[Generated]], list[Generated] | None]] = []
-        self.pipeline_wrappers: list[PipelineWrapper] = []  # extensions' wrappers around each pipeline call
-        self.adapter_sources: list[Callable[[Any], Any]] = []  # extensions': the adapters a request needs loaded
+
+    # The extensions' hooks this engine runs: the registry's own lists.
+    @property
+    def before_generate(self) -> list[Callable[[Any], Any]]:
+        return self.registry.before_generate
+
+    @property
+    def after_generate(self) -> list[Callable[[Any, list[Generated]], list[Generated] | None]]:
+        return self.registry.after_generate
+
+    @property
+    def pipeline_wrappers(self) -> list[PipelineWrapper]:
+        return self.registry.pipeline_wrappers
 
     def start(self) -> None:
         self.worker.start()
@@ -61,10 +73,21 @@ class Engine:
     def submit(self, request: Any, source: str = "ui") -> Job:
         """Validate (raising RequestError naming the field) and queue a request."""
         if isinstance(request, GenerationRequest):
-            validate_request(request, self.settings.user.limits())
+            validate_request(request, self.settings.user.limits(), self.registry.samplers,
+                             self.arch_of(request.checkpoint))
         elif hasattr(request, "validate"):
             request.validate(self.settings.user.limits())
         return self.worker.submit(request, source)
+
+    def arch_of(self, checkpoint: str) -> Arch | None:
+        """The model family a request for `checkpoint` ("" for the current model) will run on, where that is known
+        before the job runs; None otherwise (the job then finds out)."""
+        try:
+            entry = self.manager.find_checkpoint(checkpoint) if checkpoint else self.manager.current()
+        except LookupError:
+            return None
+        arch = getattr(entry, "arch", None)
+        return arch if isinstance(arch, Arch) and arch != Arch.UNKNOWN else None
 
     def generate(self, request: Any, source: str = "api", timeout: float | None = None) -> Job:
         job = self.submit(request, source)
@@ -74,16 +97,20 @@ class Engine:
     def load(self, checkpoint: str, vae: str | None = None, source: str = "ui",
              timeout: float | None = None) -> Job:
         """Queue a model switch behind any running generation and wait for it."""
-        if not checkpoint:
-            raise ValueError("checkpoint: pick a checkpoint to load")
-        job = self.worker.submit(LoadRequest(checkpoint, vae), source)
+        job = self.queue_load(checkpoint, vae, source)
         job.wait(timeout)
         return job
+
+    def queue_load(self, checkpoint: str, vae: str | None = None, source: str = "ui") -> Job:
+        """Queue a model switch behind any running generation; the caller waits (`Job.wait_async` on a loop)."""
+        if not checkpoint:
+            raise ValueError("checkpoint: pick a checkpoint to load")
+        return self.worker.submit(LoadRequest(checkpoint, vae), source)
 
     def unload(self, checkpoint: str | None = None, source: str = "ui", wait: bool = True,
                timeout: float | None = None) -> Job:
         """Queue unloading one checkpoint (None: every model of every kind) behind any running job, so a job
-        never loses its model while it runs; wait for it unless `wait` is False."""
+        never loses its model while it runs; wait for it unless `wait` is False (`Job.wait_async` on a loop)."""
         job = self.submit(UnloadRequest(checkpoint=checkpoint or None), source)
         if wait:
             job.wait(timeout)
@@ -108,8 +135,10 @@ class Engine:
             request = hook(request) or request
         mode = importlib.import_module(MODES[request.mode])
         ctx = ModeContext(self.manager, job, self.settings.user.live_preview_every, self.upscalers,
-                          plan_layout=self.settings.user.builtin_plan_layout,
-                          pipeline_wrappers=list(self.pipeline_wrappers), adapter_sources=list(self.adapter_sources))
+                          plan_layout=self.settings.user.builtin_plan_layout, samplers=self.registry.samplers,
+                          pipeline_wrappers=list(self.pipeline_wrappers),
+                          adapter_sources=list(self.registry.adapter_sources),
+                          adapter_loaders=dict(self.registry.adapter_loaders))
         generated: list[Generated] = mode.run(ctx, request)
         for hook in self.after_generate:
             generated = hook(request, generated) or generated

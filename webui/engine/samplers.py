@@ -1,21 +1,26 @@
-"""AUTOMATIC1111 sampler names mapped to diffusers schedulers.
+"""AUTOMATIC1111 sampler names mapped to diffusers schedulers, and `Samplers`, one Easel's table of them.
 
 Users pick samplers by the names they know ("DPM++ 2M Karras"); each generation gets a fresh scheduler built
 from the loaded pipeline's own scheduler config, so jobs never share scheduler state. Flow-matching models
 (SD3, Flux, Z-Image, Qwen-Image, Easel's built-in model) have their own, shorter list.
+
+The tables below are the built-in samplers and never change. Each Easel holds a `Samplers` (in its registry,
+`easel.registry.samplers`) that starts from them and gains the samplers its extensions add; the engine, the
+request checks, the API and the UI all ask that object, so two Easels in one process never see each other's.
 """
 from __future__ import annotations
 
-from typing import Any
-
-import diffusers
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from webui.model_manager.identify import Arch
+from webui.requests import RequestError
 
 FLOW_ARCHS = {Arch.SD3, Arch.FLUX, Arch.ZIMAGE, Arch.QWEN, Arch.EASEL}
 
-# name -> (scheduler class name, config overrides)
-DIFFUSION_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
+SamplerTable = Mapping[str, tuple[str, Mapping[str, Any]]]  # name -> (scheduler class name, config overrides)
+
+DIFFUSION_SAMPLERS: SamplerTable = MappingProxyType({
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),
     "Euler": ("EulerDiscreteScheduler", {}),
     "LMS": ("LMSDiscreteScheduler", {}),
@@ -33,67 +38,113 @@ DIFFUSION_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "PLMS": ("PNDMScheduler", {"skip_prk_steps": True}),
     "UniPC": ("UniPCMultistepScheduler", {}),
     "DEIS": ("DEISMultistepScheduler", {}),
-}
+})
 
-FLOW_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
+FLOW_SAMPLERS: SamplerTable = MappingProxyType({
     "Euler": ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": False}),
     "Euler a": ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}),
-}
+})
 
 # Heun needs a pipeline that passes neither custom sigmas nor mu; Easel's own pipeline does.
-EASEL_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
+EASEL_SAMPLERS: SamplerTable = MappingProxyType({
     **FLOW_SAMPLERS,
     "Heun": ("FlowMatchHeunDiscreteScheduler", {}),
-}
+})
 
 
-def sampler_table(arch: Arch | None) -> dict[str, tuple[str, dict[str, Any]]]:
-    if arch == Arch.EASEL:
-        return EASEL_SAMPLERS
-    if arch in FLOW_ARCHS:
-        return FLOW_SAMPLERS
-    return DIFFUSION_SAMPLERS
+class Samplers:
+    """One Easel's samplers: the built-in tables, plus those its extensions added (for the SD family).
 
-
-def sampler_names(arch: Arch | None = None) -> list[str]:
-    """Names offered for a model family (all diffusion samplers when no family is given)."""
-    if arch is None:
-        return list(DIFFUSION_SAMPLERS)
-    return list(sampler_table(arch))
-
-
-def all_sampler_names() -> list[str]:
-    return list(dict.fromkeys([*DIFFUSION_SAMPLERS, *EASEL_SAMPLERS]))
-
-
-def resolve_sampler(name: str, arch: Arch) -> str:
-    """The sampler name that will run for `arch`; raises ValueError naming the choices when none fits.
-
-    Schedule suffixes (" Karras") from other tools are dropped for flow models, whose schedules are fixed.
+    `add` puts one in and `merge` takes over another table's additions (an extension's, once its setup
+    succeeded); nothing else changes it, and nothing here is shared between Easels.
     """
-    table = sampler_table(arch)
-    if name in table:
-        return name
-    if arch in FLOW_ARCHS:
-        base = name.replace(" Karras", "").strip()
-        if base in table:
-            return base
-        if base.startswith(("DPM", "UniPC", "DDIM", "LMS", "DEIS", "PLMS")):
-            return "Euler"
-    raise ValueError(f"sampler_name: unknown sampler {name!r} for {arch.value} models; choose one of {', '.join(table)}")
 
+    def __init__(self) -> None:
+        self.diffusion: dict[str, tuple[str, Mapping[str, Any]]] = dict(DIFFUSION_SAMPLERS)
+        self.flow: dict[str, tuple[str, Mapping[str, Any]]] = dict(FLOW_SAMPLERS)
+        self.easel: dict[str, tuple[str, Mapping[str, Any]]] = dict(EASEL_SAMPLERS)
+        self.owners: dict[str, str] = {}  # sampler name -> the extension that added it
 
-def make_scheduler(name: str, arch: Arch, base_config: Any) -> Any:
-    """A fresh scheduler for one job, built from the pipeline's scheduler config."""
-    resolved = resolve_sampler(name, arch)
-    class_name, overrides = sampler_table(arch)[resolved]
-    cls = getattr(diffusers, class_name)
-    config = dict(base_config)
-    if class_name in ("DPMSolverSinglestepScheduler",) and config.get("algorithm_type") not in (None, "dpmsolver++"):
-        config["algorithm_type"] = "dpmsolver++"
-    if class_name == "DPMSolverMultistepScheduler" and config.get("algorithm_type") not in (None, "dpmsolver++", "sde-dpmsolver++"):
-        config["algorithm_type"] = "dpmsolver++"
-    return cls.from_config(config, **overrides)
+    def table(self, arch: Arch | None) -> Mapping[str, tuple[str, Mapping[str, Any]]]:
+        if arch == Arch.EASEL:
+            return self.easel
+        if arch in FLOW_ARCHS:
+            return self.flow
+        return self.diffusion
+
+    def names(self, arch: Arch | None = None) -> list[str]:
+        """Names offered for a model family (all diffusion samplers when no family is given)."""
+        return list(self.table(arch))
+
+    def all_names(self) -> list[str]:
+        return list(dict.fromkeys([*self.diffusion, *self.easel]))
+
+    def resolve(self, name: str, arch: Arch) -> str:
+        """The sampler name that will run for `arch`; raises RequestError on `sampler_name` naming the choices
+        when none fits.
+
+        Schedule suffixes (" Karras") from other tools are dropped for flow models, whose schedules are fixed.
+        """
+        table = self.table(arch)
+        if name in table:
+            return name
+        if arch in FLOW_ARCHS:
+            base = name.replace(" Karras", "").strip()
+            if base in table:
+                return base
+            if base.startswith(("DPM", "UniPC", "DDIM", "LMS", "DEIS", "PLMS")):
+                return "Euler"
+        raise RequestError("sampler_name", f"unknown sampler {name!r} for {arch.value} models; choose one of "
+                                           f"{', '.join(table)}")
+
+    def make_scheduler(self, name: str, arch: Arch, base_config: Any) -> Any:
+        """A fresh scheduler for one job, built from the pipeline's scheduler config."""
+        import diffusers
+
+        class_name, overrides = self.table(arch)[self.resolve(name, arch)]
+        cls = getattr(diffusers, class_name)
+        config = dict(base_config)
+        algorithm = config.get("algorithm_type")
+        if class_name == "DPMSolverSinglestepScheduler" and algorithm not in (None, "dpmsolver++"):
+            config["algorithm_type"] = "dpmsolver++"
+        if class_name == "DPMSolverMultistepScheduler" and algorithm not in (None, "dpmsolver++", "sde-dpmsolver++"):
+            config["algorithm_type"] = "dpmsolver++"
+        return cls.from_config(config, **overrides)
+
+    def check_free(self, name: str, owner: str) -> None:
+        """Raise ValueError on `name` when a built-in sampler or another extension's already uses it."""
+        taken_by = self.owners.get(name)
+        if (name in self.diffusion or name in self.easel) and taken_by != owner:
+            raise ValueError(f"name: a sampler named {name!r} already exists"
+                             f"{f' (added by the extension {taken_by})' if taken_by else ''}")
+
+    def add(self, name: str, scheduler_class: str, overrides: Mapping[str, Any] | None, owner: str) -> None:
+        """Offer a diffusers scheduler under `name` for SD-family models, on behalf of the extension `owner`
+        (which may replace its own). Raises ValueError naming the argument that is wrong."""
+        import diffusers
+
+        name = name.strip()
+        if not name:
+            raise ValueError("name: a sampler needs a name")
+        self.check_free(name, owner)
+        if not scheduler_class.endswith("Scheduler") or not hasattr(diffusers, scheduler_class):
+            raise ValueError(f"scheduler_class: diffusers has no scheduler {scheduler_class!r}")
+        self.diffusion[name] = (scheduler_class, MappingProxyType(dict(overrides or {})))
+        self.owners[name] = owner
+
+    def added(self) -> dict[str, tuple[str, str, Mapping[str, Any]]]:
+        """What extensions added: name -> (extension, scheduler class name, overrides)."""
+        return {name: (owner, *self.diffusion[name]) for name, owner in self.owners.items()}
+
+    def merge(self, other: "Samplers") -> None:
+        """Take over the samplers extensions added to `other`; checks every name first, so a clash (a
+        ValueError) changes nothing."""
+        incoming = other.added()
+        for name, (owner, _, _) in incoming.items():
+            self.check_free(name, owner)
+        for name, (owner, class_name, overrides) in incoming.items():
+            self.diffusion[name] = (class_name, overrides)
+            self.owners[name] = owner
 
 
 def steps_for_strength(steps: int, strength: float) -> tuple[int, float]:

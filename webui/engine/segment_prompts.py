@@ -1,9 +1,9 @@
 """Prompts for segmentation as editing: one template per editing-pipeline family, and the query clean-up each needs.
 
-A template has `{query}` (what to segment) and `{colour}` (the highlight colour's name). The built-in model was
-trained on "highlight {ref} in {h}" with magenta or cyan, its referents always starting with "the" (see
-`webui.builtin.data`), so its template is exactly that form and queries are given the article they were trained
-with. Every other family gets the Ming models' referring-segmentation instruction with the colour named. This
+A template has `{query}` (what to segment, once) and `{colour}` (the highlight colour's name), replaced as they
+are (`webui.requests.fill_segment_template`, never `str.format`). The built-in model was trained on "highlight
+{ref} in {h}" with magenta or cyan, its referents always starting with "the" (see `webui.builtin.data`), so its
+template is exactly that form and queries are given the article they were trained with. Every other family gets the Ming models' referring-segmentation instruction with the colour named. This
 module imports no torch, so the UI can show the templates through the app's helpers.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from webui.builtin.data import HIGHLIGHTS as EASEL_HIGHLIGHT_COLOURS
-from webui.requests import DEFAULT_SEGMENT_TEMPLATE
+from webui.requests import DEFAULT_SEGMENT_TEMPLATE, fill_segment_template
 
 EASEL_TEMPLATE = "highlight {query} in {colour}"
 TEMPLATES: dict[str, str] = {
@@ -45,4 +45,4 @@ def build_prompt(pipe_class: str, template: str | None, query: str, colour: str)
     text = template or template_for(pipe_class)
     if pipe_class == "EaselPipeline":
         query = easel_query(query)
-    return text.format(query=query, colour=colour)
+    return fill_segment_template(text, query, colour)

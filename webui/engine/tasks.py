@@ -1,21 +1,22 @@
 """Jobs that are not generations but must run on the worker that owns the device.
 
 An `EngineTask` is queued like a generation request (`Engine.submit`) so it never races one: upscaling an
-image (the Extras tab and `/sdapi/v1/extra-single-image`) and unloading every model from memory. Each task
-validates itself before it is queued and runs itself on the worker (`run(engine, job)`); extension hooks
-(`before_generate`, `after_generate`) do not see tasks.
+image (the Extras tab and `/sdapi/v1/extra-single-image`), unloading every model from memory, and an extension's
+own work on the device (`CallTask`, through `ExtensionAPI.run_on_worker`). Each task validates itself before
+it is queued and runs itself on the worker (`run(engine, job)`); extension hooks (`before_generate`,
+`after_generate`) do not see tasks.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from PIL import Image
 
 from webui import __version__
 from webui.engine.outputs import mode_folder, save_image
-from webui.engine.upscalers import NONE, target_size
+from webui.engine.upscalers import NONE, UpscalerLoadError, target_size
 from webui.engine.worker import Job, JobResult, release_memory
 from webui.infotext import format_infotext
 from webui.requests import Limits, RequestError
@@ -91,10 +92,10 @@ class UpscaleRequest(EngineTask):
         image = self.image.convert("RGB")
         size = self.output_size()
         job.update(step=0, total_steps=2 if self.upscaler_2_visibility > 0 else 1)
-        first = self._upscaled(engine, image, self.upscaler, size)
+        first = self._upscaled(engine, image, self.upscaler, size, "upscaler_1")
         job.update(step=1)
         if self.upscaler_2 != NONE and self.upscaler_2_visibility > 0:
-            second = self._upscaled(engine, image, self.upscaler_2, size)
+            second = self._upscaled(engine, image, self.upscaler_2, size, "upscaler_2")
             first = Image.blend(first, second, self.upscaler_2_visibility)
             job.update(step=2)
         params: dict[str, Any] = {
@@ -112,17 +113,38 @@ class UpscaleRequest(EngineTask):
         job.update(result=result)
         return result
 
-    def _upscaled(self, engine: "Engine", image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
+    def _upscaled(self, engine: "Engine", image: Image.Image, name: str, size: tuple[int, int],
+                  field_name: str) -> Image.Image:
+        try:
+            return self._upscaled_by(engine, image, name, size)
+        except UpscalerLoadError as exc:  # a refused or broken model file: the client's choice, named
+            raise RequestError(field_name, str(exc)) from None
+
+    def _upscaled_by(self, engine: "Engine", image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
         if name == NONE:
             return image.resize(size, Image.LANCZOS)
         if self.crop and self.width and self.height:
-            # cover the target box keeping the aspect ratio, then crop the overflow evenly
-            ratio = max(size[0] / image.width, size[1] / image.height)
-            cover = (max(size[0], round(image.width * ratio)), max(size[1], round(image.height * ratio)))
-            big = engine.upscalers.upscale(image, name, cover)
-            left, top = (big.width - size[0]) // 2, (big.height - size[1]) // 2
-            return big.crop((left, top, left + size[0], top + size[1]))
-        return engine.upscalers.upscale(image, name, size)
+            # crop the overflow first, so nothing larger than the result is ever made (an 8x1024 image filling
+            # 1024x1024 would otherwise be upscaled to 1024x131072 before its crop)
+            image = image.crop(cover_box(image.size, size))
+        return engine.upscalers.upscale(image, name, size, engine.settings.user.limits().max_pixels * 4)
+
+
+@dataclass(frozen=True)
+class CallTask(EngineTask):
+    """An extension's work that runs a model outside a generation (ControlNet's `/controlnet/detect`), queued so
+    it never races a job for the device or the memory. `call()`'s return value ends up in `result.info["value"]`."""
+
+    call: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
+    label: str = ""  # who asked, for the log and the progress route
+    mode: str = "extension"
+
+    def run(self, engine: "Engine", job: Job) -> JobResult:
+        assert self.call is not None
+        job.update(step=0, total_steps=1)
+        result = JobResult(info={"value": self.call()})
+        job.update(step=1, result=result)
+        return result
 
 
 @dataclass(frozen=True)
@@ -150,6 +172,17 @@ class UnloadRequest(EngineTask):
         result = JobResult(info={"unloaded": unloaded})
         job.update(result=result)
         return result
+
+
+def cover_box(source: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The centred box of `source` with `target`'s aspect ratio: what is left of the source once scaling it to
+    cover `target` and cropping the overflow evenly."""
+    width, height = source
+    ratio = max(target[0] / width, target[1] / height)  # the scale that covers the target
+    crop_w = min(width, max(1, round(target[0] / ratio)))
+    crop_h = min(height, max(1, round(target[1] / ratio)))
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return left, top, left + crop_w, top + crop_h
 
 
 def _number(value: float) -> float | int:

@@ -1,10 +1,14 @@
 """Upscalers: Lanczos and Nearest built in, ESRGAN-family models from `models/ESRGAN/` through spandrel.
 
 `Upscalers` lists what is installed (built-ins first, then every model file in the upscaler folders by name),
-loads models through spandrel (which recognises ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT and the
-other single-image super-resolution architectures from the weights alone) and runs it tile by tile, so a
-large image needs little memory. A model scales by its own factor; `upscale` repeats it until the image
-reaches the target size, then resizes to the exact size with Lanczos. Hires fix, the Extras tab and
+loads models (held, like every loaded model, in the model manager's memory cache) and runs them tile by tile, so
+a large image needs little memory. Easel reads the file itself, without running code from it
+(`webui.model_manager.weights`: safetensors, or a pickle through the weights-only unpickler; TorchScript archives
+are refused unread), and hands spandrel only the tensors, from which it recognises ESRGAN, Real-ESRGAN, SwinIR,
+DAT, HAT and the other single-image super-resolution architectures. A file that is refused or is no upscaler
+raises `UpscalerLoadError` naming it. A model scales by its own factor; `upscale` repeats it until the image
+reaches the target size, then resizes to the exact size with Lanczos (for Extras, a pass that would make more than
+the per-image limit is made on the image shrunk to land on the target). Hires fix, the Extras tab and
 `/sdapi/v1/extra-single-image` all go through here, on the worker thread that owns the device.
 
 AUTOMATIC1111's latent upscalers ("Latent", "Latent (bicubic)", ...) are accepted for hires fix so clients
@@ -40,6 +44,10 @@ _SCALE_IN_NAME = re.compile(r"(?:^|[^0-9a-z])(?:x(\d)(?!\d)|(\d)x)", re.IGNORECA
 
 class UpscalerNotFoundError(LookupError):
     """No upscaler has this name; the message lists the installed ones."""
+
+
+class UpscalerLoadError(ValueError):
+    """An upscaler's file was refused or is not an upscaler; the message names the file (not the field)."""
 
 
 @dataclass(frozen=True)
@@ -144,8 +152,14 @@ class Upscalers:
         return self.find(name).name
 
     # Upscaling (worker thread) ---------------------------------------------------------------------
-    def upscale(self, image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
-        """`image` resized to `size` by the named upscaler ("None" and latent names: plain resampling)."""
+    def upscale(self, image: Image.Image, name: str, size: tuple[int, int],
+                max_pixels: int | None = None) -> Image.Image:
+        """`image` resized to `size` by the named upscaler ("None" and latent names: plain resampling).
+
+        With `max_pixels` (the Extras tab and API pass the per-image limit), a model's pass makes at most that
+        many pixels, or the target's when that is more: before a pass that would make more, the image is first
+        resized so that the pass lands on the target size (an image just under the target would otherwise
+        become scale² times its size first)."""
         key = str(name).strip()
         if key in ("", NONE):
             return image.resize(size, Image.LANCZOS) if image.size != size else image
@@ -154,14 +168,20 @@ class Upscalers:
         entry = self.find(key)
         if entry.kind == "builtin":
             return image.resize(size, BUILTIN_FILTERS[entry.name])
-        return self._upscale_with_model(image, entry, size)
+        return self._upscale_with_model(image, entry, size, max(max_pixels, size[0] * size[1]) if max_pixels else None)
 
-    def _upscale_with_model(self, image: Image.Image, entry: UpscalerEntry, size: tuple[int, int]) -> Image.Image:
+    def _upscale_with_model(self, image: Image.Image, entry: UpscalerEntry, size: tuple[int, int],
+                            max_pixels: int | None) -> Image.Image:
         model = self._load(entry)
         current = image.convert("RGB")
         for _ in range(MAX_PASSES):
             if current.width >= size[0] and current.height >= size[1]:
                 break
+            scale = max(1, int(model.scale))
+            if max_pixels is not None and current.width * scale * current.height * scale > max_pixels:
+                # shrink first, so the pass makes about the target size and not up to scale² times more
+                current = current.resize((max(1, -(-size[0] // scale)), max(1, -(-size[1] // scale))),
+                                         Image.LANCZOS)
             current = self._run_model(model, current)
             if model.scale <= 1:
                 break
@@ -177,14 +197,25 @@ class Upscalers:
         self.memory.clear(UPSCALER, where=lambda held: held[0] == key[0])  # an older version of the file
         from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
 
+        from webui.model_manager.weights import ModelFileError, read_weights
+
         try:
-            model = ModelLoader(device="cpu").load_from_file(entry.path)
+            state = read_weights(entry.path)  # tensors only: nothing in the file runs
+        except ModelFileError as exc:
+            raise UpscalerLoadError(str(exc)) from None
+        if not isinstance(state, dict):
+            raise UpscalerLoadError(f"{entry.path.name}: holds a {type(state).__name__}, not a dictionary of tensors")
+        try:
+            model = ModelLoader(device="cpu").load_from_state_dict(state)
         except UnsupportedModelError:
-            raise ValueError(f"upscaler: {entry.path.name} is not a model architecture spandrel knows "
-                             "(ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT, ...)") from None
+            raise UpscalerLoadError(f"{entry.path.name} is not a model architecture spandrel knows "
+                                    "(ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT, ...)") from None
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as exc:
+            raise UpscalerLoadError(f"{entry.path.name}: its weights do not fit the architecture they look like "
+                                    f"({type(exc).__name__}: {str(exc).strip()[:200]})") from None
         if not isinstance(model, ImageModelDescriptor) or model.input_channels != 3:
-            raise ValueError(f"upscaler: {entry.path.name} is a {model.architecture.name} model, not an RGB "
-                             "image upscaler")
+            raise UpscalerLoadError(f"{entry.path.name} is a {model.architecture.name} model, not an RGB image "
+                                    "upscaler")
         dtype = self.dtype
         if (dtype == torch.float16 and not model.supports_half) or \
            (dtype == torch.bfloat16 and not model.supports_bfloat16):

@@ -2,11 +2,13 @@
 
 UI and API submit requests here; the worker takes them in order from a bounded queue and calls the runner it
 was built with. A job publishes its progress (step, total, a preview image) and ends as done, failed or
-interrupted. Watchers block on the job's condition variable (`wait_for_update`) instead of polling, and a
-failure inside a job never stops the worker.
+interrupted. Watchers block on the job's condition variable (`wait`, `wait_for_update`) instead of polling;
+code on an event loop awaits the same changes (`wait_async`, `wait_for_update_async`) without holding a thread:
+the worker resolves their futures with `loop.call_soon_threadsafe`. A failure inside a job never stops the worker.
 """
 from __future__ import annotations
 
+import asyncio
 import enum
 import itertools
 import logging
@@ -73,6 +75,7 @@ class Job:
         self.skip_requested = False
         self.version = 0
         self._cond = threading.Condition()
+        self._async_waiters: list[_AsyncWaiter] = []  # futures on event loops, resolved from `update`
 
     # Publishing (worker side) ---------------------------------------------------------------------
     def update(self, **changes: Any) -> None:
@@ -81,6 +84,12 @@ class Job:
                 setattr(self, key, value)
             self.version += 1
             self._cond.notify_all()
+            woken, kept = [], []
+            for waiter in self._async_waiters:  # every change wakes update watchers; the end wakes everyone
+                (kept if waiter.ends_only and not self.finished_state else woken).append(waiter)
+            self._async_waiters = kept
+        for waiter in woken:
+            waiter.wake()
 
     # Watching (UI / API side) ---------------------------------------------------------------------
     @property
@@ -98,6 +107,39 @@ class Job:
             self._cond.wait_for(lambda: self.version != seen_version or self.finished_state, timeout=timeout)
             return self.version
 
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """`wait` for code on an event loop: no thread is held while the job waits or runs; False on timeout.
+
+        Cancelling the awaiting task (a client that went away) stops the waiting, never the job."""
+        return await self._await(lambda: self.finished_state, ends_only=True, timeout=timeout)
+
+    async def wait_for_update_async(self, seen_version: int, timeout: float | None = None) -> int:
+        """`wait_for_update` for code on an event loop; returns the version the job is at."""
+        await self._await(lambda: self.version != seen_version or self.finished_state, ends_only=False,
+                          timeout=timeout)
+        return self.version
+
+    async def _await(self, ready: Callable[[], bool], ends_only: bool, timeout: float | None) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            with self._cond:
+                if ready():
+                    return True
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    return False
+                waiter = _AsyncWaiter(loop, loop.create_future(), ends_only)
+                self._async_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter.future, left)
+            except TimeoutError:
+                pass  # checked again above
+            finally:
+                with self._cond:
+                    if waiter in self._async_waiters:
+                        self._async_waiters.remove(waiter)
+
     @property
     def progress(self) -> float:
         if self.state == JobState.DONE:
@@ -110,6 +152,27 @@ class Job:
     def check_interrupt(self) -> None:
         if self.interrupt_requested:
             raise JobInterrupted()
+
+
+@dataclass(eq=False)
+class _AsyncWaiter:
+    """One coroutine waiting on a job: its loop, the future it awaits, and whether only the end wakes it."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+    ends_only: bool
+
+    def wake(self) -> None:
+        """Resolve the future on its own loop (called from the worker thread, or from the loop itself)."""
+        try:
+            self.loop.call_soon_threadsafe(_resolve, self.future)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a waiter that timed out or was cancelled has a finished future already
+        future.set_result(None)
 
 
 Runner = Callable[[Job], JobResult]

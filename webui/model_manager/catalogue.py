@@ -27,7 +27,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from webui.model_manager.embeddings import EmbeddingEntry, names_in, scan_embeddings, word_pattern
 from webui.model_manager.errors import ModelNotFoundError
@@ -91,7 +91,8 @@ class Catalogue:
                  vae_dirs: Sequence[Path] = (), lora_dirs: Sequence[Path] = (), builtin_dirs: Sequence[Path] = (),
                  embedding_dirs: Sequence[Path] = (), segmentation_dirs: Sequence[Path] = (),
                  controlnet_dirs: Sequence[Path] = (), upscaler_dirs: Sequence[Path] = (),
-                 hashes: HashCache | None = None) -> None:
+                 hashes: HashCache | None = None, allow_hub: bool = False) -> None:
+        self.allow_hub = allow_hub  # --allow-hub-downloads: "org/repo" names may be fetched from the hub
         self.checkpoint_dirs = [Path(p) for p in checkpoint_dirs]
         self.diffusers_dirs = [Path(p) for p in diffusers_dirs]
         self.vae_dirs = [Path(p) for p in vae_dirs]
@@ -113,7 +114,7 @@ class Catalogue:
         self._segmenters: list[SegmenterEntry] = []
         self._controlnets: list[ModelFile] = []
         self._upscalers: list[ModelFile] = []
-        self._idents: dict[tuple[str, int, int], Identification] = {}
+        self._idents: dict[tuple[Any, ...], Identification] = {}
         self._scanned = False
 
     # ================================================================================== scanning
@@ -167,9 +168,11 @@ class Catalogue:
     def _identify(self, path: Path, folder: bool) -> Identification:
         try:
             stat = (path / "model_index.json").stat() if folder else path.stat()
+            key: tuple[Any, ...] = (str(path), stat.st_size, stat.st_mtime_ns)
+            if folder:  # converting a component's weights changes its folder, not model_index.json
+                key += tuple(sorted((p.name, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_dir()))
         except OSError as exc:
             return Identification(Arch.UNKNOWN, f"cannot read: {exc.strerror or exc}")
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
         found = self._idents.get(key)
         if found is None:
             found = identify_folder(path) if folder else identify_file(path)
@@ -313,7 +316,8 @@ class Catalogue:
     # ================================================================================== lookups
     def find_checkpoint(self, query: str) -> CheckpointEntry:
         """By name, title ("name [hash]"), short or full hash, file name, or path; an "org/repo" id that
-        matches nothing local is returned as a hub entry. Raises ModelNotFoundError listing close names."""
+        matches nothing local is returned as a hub entry when hub downloads are allowed (`allow_hub`). Raises
+        ModelNotFoundError listing close names."""
         self._ensure_scanned()
         text = (query or "").strip()
         if not text:
@@ -324,13 +328,17 @@ class Catalogue:
             return found
         names = [e.name for e in entries]
         typo_of = difflib.get_close_matches(text, names, n=5, cutoff=0.8)
-        if _HUB_ID.match(text) and not typo_of and not Path(text).exists():
+        hub_id = _HUB_ID.match(text) and not typo_of and not Path(text).exists()
+        if hub_id and self.allow_hub:
             return CheckpointEntry(name=text, title=text, path=Path(text), kind="hub", arch=Arch.UNKNOWN,
                                    supported=True, reason="Hugging Face repository id (needs a connection once)",
                                    short_hash=None)
         close = typo_of or difflib.get_close_matches(text, names, n=5, cutoff=0.4)
         hint = f"; close names: {', '.join(close)}" if close else (
             f"; available: {', '.join(names[:10])}" if names else "; no checkpoints are installed")
+        if hub_id:
+            hint += ("; Hugging Face repository ids are downloaded only when Easel is started with "
+                     "--allow-hub-downloads")
         raise ModelNotFoundError(f"checkpoint {text!r} not found{hint}")
 
     def _match(self, text: str, entries: list[CheckpointEntry]) -> CheckpointEntry | None:

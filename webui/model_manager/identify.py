@@ -6,7 +6,8 @@ loads: Stable Diffusion 1.x / 2.x / XL in the original (LDM, AUTOMATIC1111) layo
 Z-Image and Qwen-Image transformers (original or diffusers key names, with or without a
 `model.diffusion_model.` prefix). Files that are something else (a VAE, a LoRA, a ControlNet, a text encoder,
 an unsupported model) come back with a reason a person can act on. Pickle checkpoints (.ckpt/.pt/.bin/.pth)
-are never opened. For a diffusers folder, `model_index.json` names the pipeline class; SD 1.x and 2.x share
+are never opened, and a diffusers folder whose weights are only pickle `.bin` files is not supported (the
+reason names the files and offers the converter). For a diffusers folder, `model_index.json` names the pipeline class; SD 1.x and 2.x share
 one class and are told apart by the text encoder (OpenAI CLIP uses quick_gelu, OpenCLIP gelu) or the UNet's
 cross-attention width.
 """
@@ -20,8 +21,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")
+from webui.model_manager.weights import (PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, pickle_folder_reason,
+                                         pickle_weights_in, pipeline_components)
 PICKLE_REASON = ("pickle checkpoint: not loaded, because unpickling can run code hidden in the file; convert it to "
                  ".safetensors (Models tab, Convert to safetensors; or python -m webui.model_manager.convert FILE), "
                  "which reads only its tensors")
@@ -406,7 +407,13 @@ def identify_folder(path: Path) -> Identification:
     variant = "edit" if editing or "Edit" in class_name else "inpaint" if "Inpaint" in class_name else ""
     if arch != Arch.EASEL:
         denoiser = "unet" if (path / "unet").is_dir() else "transformer"
-        weights = [p for p in (path / denoiser).glob("*") if p.suffix in (".safetensors", ".bin")]
+        weights = [p for p in (path / denoiser).glob("*") if p.suffix.lower() in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES]
         if not weights:
             return Identification(arch, f"{label} folder without weights in {denoiser}/", variant, False, "diffusers")
+    # the SD 1.x/2.x safety checker is never loaded (see loading.load_folder), so its weights do not matter
+    components = [c for c in pipeline_components(path, index) if c != "safety_checker"]
+    pickled = pickle_weights_in(path, components)
+    if pickled:
+        return Identification(arch, f"{label} diffusers folder ({class_name}): {pickle_folder_reason(path, pickled)}",
+                              variant, False, "diffusers")
     return Identification(arch, f"{label} diffusers folder ({class_name})", variant, True, "diffusers")

@@ -12,7 +12,11 @@
   config of a companion: the `<stem>.config/` folder, else a diffusers folder of the same family among the
   scanned ones, else the official hub repository (only when online). The text encoders and VAE come from the
   same companion.
-* Hub ids ("org/repo") load with `from_pretrained` and need a connection the first time.
+* Hub ids ("org/repo") load with `from_pretrained` and need a connection the first time; Easel fetches
+  anything from the hub (a hub id, a transformer file's companion) only when started with
+  `--allow-hub-downloads` (`LoadContext.allow_hub`).
+* No weights are unpickled: folders and hub repositories load with `use_safetensors=True`, and a diffusers
+  folder whose weights are only pickle `.bin` files is refused with a message offering the converter.
 * Modes share weights: the txt2img / img2img / inpaint pipelines are made with `AutoPipelineFor*.from_pipe`.
 """
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 from webui.model_manager.errors import ModelLoadError
 from webui.model_manager.identify import (ARCH_LABELS, Arch, Identification, header_shapes, identify_file,
                                           identify_folder)
+from webui.model_manager.weights import pickle_folder_reason, pickle_weights_in, pipeline_components
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +103,7 @@ class LoadContext:
     clip_tokenizer: Callable[[str], Any]  # pad token -> CLIPTokenizer
     family_folders: Callable[[Arch], list[Path]]  # supported diffusers folders of a family, in preference order
     hub_offline: Callable[[], bool] = field(default=lambda: _hub_offline())
+    allow_hub: bool = False  # --allow-hub-downloads: hub ids and companions may be fetched (when online)
 
 
 @dataclass
@@ -151,12 +157,15 @@ def load_checkpoint(entry: Any, ctx: LoadContext) -> Loaded:
 def load_folder(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
     from diffusers import DiffusionPipeline
 
-    kwargs: dict[str, Any] = {**dtype_kwargs(ctx.dtype), "local_files_only": True}
+    kwargs: dict[str, Any] = {**dtype_kwargs(ctx.dtype), "local_files_only": True, "use_safetensors": True}
     index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
     if "safety_checker" in index:  # Easel never runs the SD 1.x/2.x safety checker; skip its 1.2 GB
         kwargs.update(safety_checker=None, requires_safety_checker=False)
         if "feature_extractor" in index:
             kwargs["feature_extractor"] = None
+    pickled = pickle_weights_in(path, [c for c in pipeline_components(path, index) if c not in kwargs])
+    if pickled:  # the folder changed since it was identified: still never unpickle
+        raise ModelLoadError(f"cannot load {path.name}: {pickle_folder_reason(path, pickled)}")
     try:
         pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
     except Exception as exc:  # diffusers raises many types (OSError, ValueError, KeyError, safetensors errors)
@@ -182,11 +191,14 @@ def load_hub(repo_id: str, ctx: LoadContext) -> Loaded:
 
     from webui.model_manager.identify import arch_from_class_name
 
+    if not ctx.allow_hub:
+        raise ModelLoadError(f"{repo_id} looks like a Hugging Face repository id, but Easel downloads from the hub "
+                             "only when started with --allow-hub-downloads, and has no local checkpoint of that name")
     if ctx.hub_offline():
         raise ModelLoadError(f"{repo_id} looks like a Hugging Face repository id, but Easel is offline "
                              "(HF_HUB_OFFLINE=1) and has no local checkpoint of that name")
     try:
-        pipe = DiffusionPipeline.from_pretrained(repo_id, **dtype_kwargs(ctx.dtype))
+        pipe = DiffusionPipeline.from_pretrained(repo_id, **dtype_kwargs(ctx.dtype), use_safetensors=True)
     except Exception as exc:  # network, auth and format errors all mean "could not load this repo"
         raise ModelLoadError(f"could not load hub repository {repo_id}: {_cause(exc)}") from exc
     text_config = getattr(getattr(pipe, "text_encoder", None), "config", None)
@@ -258,11 +270,13 @@ def _companion(path: Path, ident: Identification, ctx: LoadContext) -> tuple[str
     if folders:
         return str(folders[0]), True
     repo = family.hub_repo(ident.variant)
-    if ctx.hub_offline():
+    if ctx.hub_offline() or not ctx.allow_hub:
+        how = "go online so Easel can fetch" if ctx.allow_hub else "start Easel with --allow-hub-downloads (and " \
+            "online) so it can fetch"
         raise ModelLoadError(
-            f"{path} holds only the {ARCH_LABELS[ident.arch]} transformer; its text encoders and VAE come from a "
-            f"diffusers folder of the same family. Put one (e.g. a download of {repo}) in a diffusers models "
-            f"folder, or a '{path.stem}.config' folder beside the file, or go online so Easel can fetch {repo}")
+            f"{path.name} holds only the {ARCH_LABELS[ident.arch]} transformer; its text encoders and VAE come from "
+            f"a diffusers folder of the same family. Put one (e.g. a download of {repo}) in a diffusers models "
+            f"folder, or a '{path.stem}.config' folder beside the file, or {how} {repo}")
     return repo, False
 
 
@@ -313,7 +327,7 @@ def load_transformer_single_file(path: Path, ident: Identification, ctx: LoadCon
     try:
         transformer = _load_transformer(path, ident, source, local, ctx.dtype)
         pipe = DiffusionPipeline.from_pretrained(source, transformer=transformer, **dtype_kwargs(ctx.dtype),
-                                                 local_files_only=local)
+                                                 local_files_only=local, use_safetensors=True)
     except ModelLoadError:
         raise
     except Exception as exc:  # any failure here means this file (with that companion) does not load
@@ -339,7 +353,8 @@ def load_vae(path: Path, current_vae: Any, config_source: str | None, dtype: tor
     cls = type(current_vae)
     try:
         if path.is_dir():
-            return cls.from_pretrained(str(path), **dtype_kwargs(dtype), local_files_only=True).eval()
+            return cls.from_pretrained(str(path), **dtype_kwargs(dtype), local_files_only=True,
+                                       use_safetensors=True).eval()
         keys = header_shapes(path)
         state_prefix = next((p for p in ("first_stage_model.", "vae.") if all(k.startswith(p) for k in keys)), "")
         diffusers_layout = any(k[len(state_prefix):].startswith("encoder.down_blocks.") for k in keys)

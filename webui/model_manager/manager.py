@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -110,6 +110,7 @@ class ModelManager:
     segmentation_dirs = _OnCatalogue()
     embedding_dirs = _OnCatalogue()
     hashes = _OnCatalogue()
+    allow_hub = _OnCatalogue()  # --allow-hub-downloads: "org/repo" names may be fetched from the hub
 
     def __init__(self, *, checkpoint_dirs: list[Path], diffusers_dirs: list[Path], vae_dirs: list[Path],
                  lora_dirs: list[Path], builtin_dirs: list[Path], device: str = "cpu",
@@ -117,7 +118,7 @@ class ModelManager:
                  offload: Offload = "none", hash_cache_path: Path | None = None,
                  cache_dir: Path | None = None, segmentation_dirs: list[Path] | None = None,
                  embedding_dirs: list[Path] | None = None, controlnet_dirs: list[Path] | None = None,
-                 upscaler_dirs: list[Path] | None = None,
+                 upscaler_dirs: list[Path] | None = None, allow_hub: bool = False,
                  memory_budgets: Budgets | Callable[[], Budgets] | None = None) -> None:
         if offload not in ("none", "model", "sequential"):
             raise ValueError(f"offload must be 'none', 'model' or 'sequential', got {offload!r}")
@@ -125,7 +126,7 @@ class ModelManager:
             checkpoint_dirs=checkpoint_dirs, diffusers_dirs=diffusers_dirs, vae_dirs=vae_dirs, lora_dirs=lora_dirs,
             builtin_dirs=builtin_dirs, segmentation_dirs=segmentation_dirs or [], embedding_dirs=embedding_dirs or [],
             controlnet_dirs=controlnet_dirs or [], upscaler_dirs=upscaler_dirs or [],
-            hashes=HashCache(hash_cache_path))
+            hashes=HashCache(hash_cache_path), allow_hub=allow_hub)
         self.device = device
         self.dtype = dtype
         self.cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir(hash_cache_path)
@@ -137,7 +138,6 @@ class ModelManager:
         self._placement = PipelinePlacement(device, offload)
         self._active: Slot | None = None  # the checkpoint used last
         self._lock = threading.RLock()  # guards loading
-        self.adapter_loaders: dict[str, AdapterLoader] = {}  # kind -> load(spec, loaded), e.g. ControlNet's
         self._lora_stacks: weakref.WeakKeyDictionary[torch.nn.Module, LoraStack] = weakref.WeakKeyDictionary()
         # per checkpoint, keyed by its first text encoder: which embeddings it holds
         self._embedding_states: weakref.WeakKeyDictionary[torch.nn.Module, EmbeddingState] = weakref.WeakKeyDictionary()
@@ -310,11 +310,13 @@ class ModelManager:
             self._apply_vae(slot, vae)
             return self._result(slot, mode)
 
-    def load(self, spec: LoadSpec, make_scheduler: SchedulerFactory | None = None) -> LoadedPipeline:
+    def load(self, spec: LoadSpec, make_scheduler: SchedulerFactory | None = None,
+             adapter_loaders: Mapping[str, AdapterLoader] | None = None) -> LoadedPipeline:
         """The pipeline for everything `spec` asks for, ready to run: checkpoint in the mode with the VAE (`get`),
         exactly the spec's LoRAs active, its embeddings added, a fresh scheduler for its sampler (made by
-        `make_scheduler`, the engine's sampler table), its adapters loaded by their kind's loader. The same spec
-        twice loads, moves and changes nothing the second time.
+        `make_scheduler`, the Easel's samplers), its adapters loaded by their kind's loader in `adapter_loaders`
+        (kind -> `load(spec, loaded)`, the Easel's registry: ControlNet declares one). The same spec twice loads,
+        moves and changes nothing the second time.
 
         Raises LoadSpecError for a LoRA or an embedding that cannot be used, ModelNotFoundError / ModelLoadError
         for the checkpoint or VAE, ValueError for an unknown sampler or adapter kind."""
@@ -332,7 +334,8 @@ class ModelManager:
             if slot is not None and slot.measured_for != state:  # LoRA layers and embedding rows take memory
                 slot.measured_for = state
                 self.memory.remeasure(PIPELINE, slot.name)
-            adapters = {adapter: self._load_adapter(adapter, loaded) for adapter in spec.adapters}
+            adapters = {adapter: self._load_adapter(adapter, loaded, adapter_loaders or {})
+                        for adapter in spec.adapters}
             if spec.sampler and make_scheduler is not None:  # a fresh one per job: schedulers keep per-run state
                 loaded.pipe.scheduler = make_scheduler(spec.sampler, loaded.arch, loaded.pipe.scheduler.config)
         return dataclasses.replace(loaded, loras=tuple(loras), embeddings=tuple(embeddings), adapters=adapters)
@@ -349,10 +352,11 @@ class ModelManager:
                 raise LoadSpecError("embeddings", name, str(exc)) from None
         return applied
 
-    def _load_adapter(self, adapter: AdapterSpec, loaded: LoadedPipeline) -> Any:
-        loader = self.adapter_loaders.get(adapter.kind)
+    @staticmethod
+    def _load_adapter(adapter: AdapterSpec, loaded: LoadedPipeline, loaders: Mapping[str, AdapterLoader]) -> Any:
+        loader = loaders.get(adapter.kind)
         if loader is None:
-            known = ", ".join(sorted(self.adapter_loaders)) or "none"
+            known = ", ".join(sorted(loaders)) or "none"
             raise ValueError(f"adapters: no loader for {adapter.kind!r} adapters (known: {known})")
         return loader(adapter, loaded)
 
@@ -366,7 +370,8 @@ class ModelManager:
         self.memory.make_room_for(PIPELINE, keep=[self._active.name] if self._active is not None else [])
         log.info("loading %s (%s)", entry.name, entry.path)
         loaded = load_checkpoint(entry, LoadContext(dtype=self.dtype, clip_tokenizer=self._clip_tokenizer,
-                                                    family_folders=self.catalogue.family_folders))
+                                                    family_folders=self.catalogue.family_folders,
+                                                    allow_hub=self.allow_hub))
         self.stats["disk_loads"] += 1
         entry = self.catalogue.with_hash(entry)
         arch = loaded.arch if entry.arch == Arch.UNKNOWN else entry.arch

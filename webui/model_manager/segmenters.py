@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from webui.model_manager.errors import ModelLoadError
+from webui.model_manager.weights import pickle_folder_reason, pickle_weights_in
 
 if TYPE_CHECKING:
     import torch
@@ -98,20 +99,26 @@ def _candidate_folders(root: Path) -> list[Path]:
 
 
 def load_segmenter(entry: SegmenterEntry, device: str, dtype: torch.dtype) -> LoadedSegmenter:
-    """Model and processor of `entry` from its folder (never from the hub). Raises ModelLoadError naming it."""
+    """Model and processor of `entry` from its folder (never from the hub, never from pickle weights). Raises
+    ModelLoadError naming it."""
     import torch
 
+    pickled = pickle_weights_in(entry.path)
+    if pickled:
+        raise ModelLoadError(f"cannot load the {KIND_LABELS[entry.kind]} model {entry.name}: "
+                             f"{pickle_folder_reason(entry.path, pickled)}")
     try:
         if entry.kind == "clipseg":
             from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
             processor = CLIPSegProcessor.from_pretrained(str(entry.path), local_files_only=True)
-            model = CLIPSegForImageSegmentation.from_pretrained(str(entry.path), local_files_only=True)
+            model = CLIPSegForImageSegmentation.from_pretrained(str(entry.path), local_files_only=True,
+                                                                use_safetensors=True)
         else:
             from transformers import Sam3Model, Sam3Processor
 
             processor = Sam3Processor.from_pretrained(str(entry.path), local_files_only=True)
-            model = Sam3Model.from_pretrained(str(entry.path), local_files_only=True)
+            model = Sam3Model.from_pretrained(str(entry.path), local_files_only=True, use_safetensors=True)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as exc:
         raise ModelLoadError(f"could not load the {KIND_LABELS[entry.kind]} model {entry.path}: "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}") from exc

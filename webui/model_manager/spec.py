@@ -1,8 +1,9 @@
 """What a job needs loaded, as one value: the engine fills a `LoadSpec` and `ModelManager.load(spec)` hands back the
 pipeline ready to run (checkpoint in the mode, VAE, exactly these LoRAs, the embeddings added, a fresh scheduler
 for the sampler, the adapter models loaded). Asking for the same spec twice loads, moves and changes nothing the
-second time. Adapters are small `AdapterSpec` values whose `kind` picks the loader registered for it
-(`ModelManager.adapter_loaders`; ControlNet registers one), so new adapter kinds plug in without changing this.
+second time. Adapters are small `AdapterSpec` values whose `kind` picks the loader declared for it (the Easel's
+`Registry.adapter_loaders`, handed to `load`; ControlNet declares one), so new adapter kinds plug in without changing
+this.
 Importing this module imports no torch.
 """
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """`python3 launch.py train config.yaml`: train a LoRA from a YAML config (docs/TRAINING.md), with a progress bar.
 
 Options override single keys (`--steps 50`, `--output-name test`); `--fresh` ignores a saved state and starts
-over. Relative paths in the config are taken from `--data-dir` (Easel's data folder, where `models/` lives).
+over. The config's paths follow the same rules as in the Train tab (webui/training/folders.py): relative to
+`--data-dir` (Easel's data folder, where `models/` lives), the dataset inside its `data/`, the LoRA inside
+`models/Lora`, the base model by name. An existing LoRA of the output name that has no resume state beside it is
+kept and the run saves as `<name>-1` ...; `--replace` replaces it instead (the owner's explicit choice).
 Ctrl+C stops after the current step and saves, so the same command resumes. Exit status: 0 done, 1 stopped or
 failed, 2 a bad config or dataset (the message names the field or the file).
 """
@@ -28,6 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--fresh", action="store_true", help="ignore a saved state and start from step 0")
+    p.add_argument("--replace", action="store_true",
+                   help="replace an existing <output_name>.safetensors that has no resume state beside it (without "
+                        "this the run saves as <output_name>-1, -2, ...)")
     return p.parse_args(argv)
 
 
@@ -36,14 +42,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from webui.training.config import ConfigError, load_config
     from webui.training.dataset import DatasetError
-    from webui.training.trainer import TrainEvent, TrainingError, default_search_dirs, train
+    from webui.training.folders import TrainingFolders
+    from webui.training.trainer import TrainEvent, TrainingError, train
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     overrides = {k: v for k, v in (("steps", args.steps), ("output_name", args.output_name),
                                    ("threads", args.threads), ("device", args.device)) if v is not None}
+    folders = TrainingFolders.under(args.data_dir)
     try:
-        config = load_config(args.config, overrides, base_dir=args.data_dir)
+        config = load_config(args.config, overrides, folders=folders)
     except ConfigError as exc:
         print(f"launch.py train: bad config: {exc}", file=sys.stderr)
         return 2
@@ -66,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             bar.write(f"step {event.step}: saved {event.path}")
 
     try:
-        result = train(config, on_event=on_event, cancel=cancel,
-                       search_dirs=default_search_dirs(args.data_dir / "models"), resume=not args.fresh)
+        result = train(config, on_event=on_event, cancel=cancel, search_dirs=list(folders.models),
+                       resume=not args.fresh, replace=args.replace)
     except (ConfigError, DatasetError) as exc:
         bar.close()
         print(f"launch.py train: {exc}", file=sys.stderr)

@@ -5,7 +5,7 @@
 Three numbers, each with and without the LoRA on the same seeds: the concept detector's accuracy on rendered
 truth (`example_dataset.validate_detector`); the share of images prompted with the trigger word ("a red heart on
 a blue background", ...) in which the detector finds the concept; and the built-in model's own evaluation
-(webui/builtin/evaluate.py, prompts without the trigger) so a drop in its scores shows.
+(webui/builtin_lab/evaluate.py, prompts without the trigger) so a drop in its scores shows.
 The LoRA is applied the way Easel's loader applies a built-in-model LoRA: PEFT adapters on the transformer
 with alpha / rank folded into lora_B.
 """
@@ -51,7 +51,7 @@ def concept_prompts(n: int, seed: int, trigger: str) -> list[str]:
 
 
 def concept_rate(pipe, n: int, seed: int, trigger: str, steps: int, guidance: float) -> float:
-    from webui.builtin.evaluate import Runner
+    from webui.builtin_lab.evaluate import Runner
     from webui.training.example_dataset import detect_heart
 
     images = Runner(pipe, steps, guidance, 16, seed)(concept_prompts(n, seed, trigger))
@@ -61,7 +61,7 @@ def concept_rate(pipe, n: int, seed: int, trigger: str, steps: int, guidance: fl
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from webui.builtin.evaluate import evaluate
+    from webui.builtin_lab.evaluate import evaluate
     from webui.builtin.pipeline import EaselPipeline
     from webui.training.example_dataset import validate_detector
 

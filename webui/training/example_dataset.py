@@ -10,7 +10,7 @@ not ten: from ten, a LoRA draws the heart mostly for the colour pairs it was sho
 prompts against 92% of its training captions), from thirty for 85% (74% with prior preservation; docs/BENCHMARKS.md).
 
 `detect_heart(image)` is a classical detector for the concept: foreground components against the border's
-background colour, cut to the pixels at least half covered by the object (as in webui/builtin/evaluate.py), each
+background colour, cut to the pixels at least half covered by the object (as in webui/builtin_lab/evaluate.py), each
 normalised to its bounding box and matched against templates of the seven shapes
 (`classify_component`), a match below MIN_MATCH counting as no shape (blobs are not hearts); `validate_detector`
 measures it on rendered scenes whose truth is known.
@@ -180,7 +180,7 @@ def shapes_in(image: np.ndarray) -> list[str]:
     """The shape of every object found in the image (holes kept: a ring's hole tells it from a circle)."""
     from scipy import ndimage
 
-    from webui.builtin.evaluate import background_color, coverage
+    from webui.builtin_lab.evaluate import background_color, coverage
 
     img = image.astype(np.float32)
     bg_name, bg = background_color(image)

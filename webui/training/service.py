@@ -1,9 +1,11 @@
 """Training in the running app: one LoRA run at a time on a background thread, watched by the Train tab.
 
-`TrainingService.start(yaml_text)` checks the config, the base model and the dataset right away (so mistakes come
-back to the caller as `ConfigError` / `DatasetError`, naming the field or the file), then trains on its own
-thread. The thread is not the generation worker: generation keeps working while a LoRA trains, on a CPU both
-share its cores, on a GPU its memory. The trainer loads its own copy of the base model, so the pipelines the
+`TrainingService.start(yaml_text)` first refuses a second run while one is training, then checks the config (its
+paths confined to the training folders, its sizes within their limits), the base model, the output name and the
+dataset's files, captions and image headers (so mistakes come back to the caller as `ConfigError` /
+`DatasetError`, naming the field or the file), then reads the images and trains on a thread of its own. The
+thread is not the generation worker: generation keeps working while a LoRA trains, on a CPU both share its
+cores, on a GPU its memory. The trainer loads its own copy of the base model, so the pipelines the
 worker has loaded are never touched. `status()` is a snapshot for polling (step, loss history, sample images,
 the last message, an error); `cancel()` stops the run before its next step and saves, so starting the same
 config again resumes. Importing this module loads nothing heavy; torch comes in when a run starts.
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from webui.training.config import TrainConfig, config_from_yaml
+from webui.training.folders import TrainingFolders
 
 if TYPE_CHECKING:
     from webui.training.trainer import TrainEvent
@@ -48,37 +51,44 @@ class TrainingStatus:
 class TrainingService:
     """One background LoRA run at a time (see the module docstring)."""
 
-    def __init__(self, data_dir: Path, search_dirs: list[Path] | None = None, set_threads: bool = False) -> None:
-        self.data_dir = Path(data_dir)
-        self.search_dirs = search_dirs
+    def __init__(self, folders: TrainingFolders, set_threads: bool = False) -> None:
+        self.folders = folders  # where configs may read and write (webui/training/folders.py)
         self.set_threads = set_threads  # the app keeps its own thread count unless asked
         self._lock = threading.Lock()
         self._status = TrainingStatus()
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
+        self._starting = False  # a start is checking its config; a second one is refused meanwhile
 
     # ------------------------------------------------------------------------------------------ control
     def parse(self, yaml_text: str) -> TrainConfig:
-        return config_from_yaml(yaml_text, base_dir=self.data_dir)
+        return config_from_yaml(yaml_text, folders=self.folders)
 
     def start(self, yaml_text: str) -> TrainConfig:
-        """Check everything that can be checked now, then train in the background."""
-        from webui.training.dataset import load_dataset
-        from webui.training.trainer import default_search_dirs, resolve_base_model
+        """Refuse while a run trains; check everything that can be checked without decoding the images; then
+        read the dataset and train in the background."""
+        from webui.training.dataset import scan_dataset
+        from webui.training.trainer import claim_output
 
-        config = self.parse(yaml_text)
-        search = [*(self.search_dirs or []), *default_search_dirs(self.data_dir / "models")]
-        resolve_base_model(config.base_model, search)
-        dataset = load_dataset(config.dataset, config.resolution, config.trigger)
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
+            if self._starting or (self._thread is not None and self._thread.is_alive()):
                 raise TrainingBusyError("a LoRA is already training; cancel it or wait for it to finish")
-            self._cancel = threading.Event()
-            self._status = TrainingStatus(running=True, total=config.steps, config=config,
-                                          message=f"loading {config.base_model} ({len(dataset)} images)")
-            self._thread = threading.Thread(target=self._run, args=(config, search, self._cancel),
-                                            name="easel-lora-training", daemon=True)
-            self._thread.start()
+            self._starting = True
+        try:
+            config, renamed = claim_output(self.parse(yaml_text))
+            entries = scan_dataset(config.dataset, config.resolution, config.trigger)
+            message = f"loading {config.base_model} ({len(entries)} images)"
+            with self._lock:
+                self._cancel = threading.Event()
+                self._status = TrainingStatus(running=True, total=config.steps, config=config,
+                                              message=f"{renamed}; {message}" if renamed else message)
+                self._thread = threading.Thread(target=self._run, args=(config, list(self.folders.models),
+                                                                         self._cancel),
+                                                name="easel-lora-training", daemon=True)
+                self._thread.start()
+        finally:
+            with self._lock:
+                self._starting = False
         return config
 
     def cancel(self) -> bool:

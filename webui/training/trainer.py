@@ -3,7 +3,7 @@
 `train(config, on_event=..., cancel=...)` reads the dataset, loads the base model (a diffusers folder, the
 built-in model included), puts a PEFT LoRA on its denoiser (the UNet or transformer; text encoders stay frozen)
 and trains it with the objective the model was trained with:
-  - the built-in model (pixel space, x0 prediction): the flow-matching velocity loss of webui/builtin/train.py;
+  - the built-in model (pixel space, x0 prediction): the flow-matching velocity loss of webui/builtin/objective.py;
   - SD 1.x / 2.x / SDXL: noise (epsilon) or v-prediction, as the scheduler's config says, on VAE latents;
   - SD3, Flux.1, Z-Image: rectified flow (velocity noise - x0) on VAE latents, logit-normal noise levels.
 Each step's randomness (batch, caption dropout, noise, noise level) comes from a generator seeded by
@@ -24,23 +24,25 @@ import json
 import logging
 import math
 import os
+import pickle
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from dataclasses import replace as replace_fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from webui.training.config import FIELDS, ConfigError, TrainConfig, trigger_pattern
+from webui.training.config import FIELDS, ConfigError, TrainConfig, base_model_path, trigger_pattern
 from webui.training.dataset import load_dataset
+from webui.training.folders import TrainingFolders, claim_output_name, output_owner
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 STATE_VERSION = 1
 WARMUP_FRACTION = 0.05
 SAMPLE_SEED_OFFSET = 1000
@@ -77,28 +79,15 @@ class TrainResult:
 
 # ============================================================================================ base models
 def default_search_dirs(models_dir: Path | None = None) -> list[Path]:
-    models = Path(models_dir) if models_dir is not None else Path("models")
-    return [models / "builtin", REPO / "models" / "builtin", models / "diffusers", models / "Stable-diffusion",
-            models]
+    """The model folders of a data folder (`models_dir` is its models/; default: the current folder's)."""
+    data_dir = Path(models_dir).parent if models_dir is not None else Path.cwd()
+    return list(TrainingFolders.under(data_dir).models)
 
 
 def resolve_base_model(name: str, search_dirs: list[Path]) -> Path:
-    """A path as given, else `name` looked up in the model folders: a diffusers folder (model_index.json) or a
+    """`name` looked up in the model folders, and only there: a diffusers folder (model_index.json) or a
     single-file SD 1.x/2.x/SDXL/SD3/Flux/Z-Image checkpoint (`.safetensors`, the extension may be left out)."""
-    candidates = [Path(name)] + [d / name for d in search_dirs]
-    for path in candidates:
-        if (path / "model_index.json").is_file():
-            return path
-        for file in (path, path.with_name(path.name + ".safetensors")):
-            if file.is_file():
-                if file.suffix.lower() != ".safetensors":
-                    raise ConfigError("base_model", f"{file} is not a .safetensors checkpoint or a diffusers folder")
-                return file
-        if path.is_dir():
-            raise ConfigError("base_model", f"{path} has no model_index.json (not a diffusers folder)")
-    looked = ", ".join(str(d) for d in search_dirs)
-    raise ConfigError("base_model", f"{name!r} not found (looked for a folder or .safetensors file of that name "
-                                    f"in {looked})")
+    return base_model_path(name, search_dirs)
 
 
 def base_hash(path: Path) -> str:
@@ -162,7 +151,8 @@ def load_base(path: Path, search_dirs: list[Path] | None = None) -> tuple[Any, s
     else:
         from diffusers import DiffusionPipeline
 
-        kwargs: dict[str, Any] = {**dtype_kwargs(torch.float32), "local_files_only": True}
+        kwargs: dict[str, Any] = {**dtype_kwargs(torch.float32), "local_files_only": True,
+                                  "use_safetensors": True}  # never unpickle a .bin
         if "safety_checker" in index:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
             if "feature_extractor" in index:
@@ -264,7 +254,7 @@ class Objective:
 
 
 class EaselObjective(Objective):
-    """The built-in model: x0 prediction in pixel space, loss on the implied velocity (webui/builtin/train.py)."""
+    """The built-in model: x0 prediction in pixel space, loss on the implied velocity (webui/builtin/objective.py)."""
 
     has_preservation = True
     # A self-conditioned model reads x0_prev on every sampling step after the first, so a LoRA's concept has to be
@@ -283,7 +273,7 @@ class EaselObjective(Objective):
 
     def noised(self, x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_t [B,3,H,W], t [B], eps [B,3,H,W]): x0 [B,3,H,W] (on the device) noised at training noise levels."""
-        from webui.builtin.train import sample_t
+        from webui.builtin.objective import sample_t
 
         eps = torch.randn(x0.shape, generator=gen).to(self.device)  # [B,3,H,W]
         t = sample_t(x0.shape[0], gen).to(self.device)  # [B]
@@ -322,7 +312,7 @@ class EaselObjective(Objective):
             return encoder(ids, mask), mask
 
     def loss(self, pixels: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
-        from webui.builtin.train import velocity_loss
+        from webui.builtin.objective import velocity_loss
 
         x0 = pixels.to(self.device)  # [B,3,H,W] in [-1,1]
         x_t, t, eps = self.noised(x0, gen)
@@ -342,10 +332,10 @@ class EaselObjective(Objective):
         same input; a self-conditioned model reads the base model's first prediction as x0_prev on the base
         trainer's share of the groups, as it does while sampling. Zero while the LoRA changes nothing; it pulls back
         whatever the LoRA changes on the base's tasks, conditioned ones included."""
-        from webui.builtin.train import SELF_COND_P, make_batch
+        from webui.builtin.objective import SELF_COND_P, task_batch
 
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-        batch = make_batch(seed, 0, batch_size)
+        batch = task_batch(seed, 0, batch_size)
         groups = [(batch.gen_prompts, batch.gen_target, None),
                   (batch.cond_prompts, batch.cond_target, batch.cond_source)]
         losses, sizes = [], []
@@ -377,7 +367,7 @@ class EaselObjective(Objective):
         """Velocity error of the LoRA-carrying model against the base model (LoRA off) on x0 [B,3,H,W] noised as
         in training, for `prompts` and the optional edit/inpaint source [B,4,H,W]. On a self-conditioned model a
         share `self_cond_p` of the calls give both passes the base model's first prediction as x0_prev."""
-        from webui.builtin.train import velocity_loss
+        from webui.builtin.objective import velocity_loss
 
         x_t, t, _ = self.noised(x0, gen)  # [B,3,H,W], [B]
         text, mask = self.encode_text(prompts)
@@ -526,7 +516,7 @@ def lora_state(denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def bundled_state(words: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
     """Learned word vectors under AUTOMATIC1111's key for an embedding bundled in a LoRA."""
-    from webui.builtin.pipeline import bundle_key
+    from webui.builtin.lora import bundle_key
 
     return {bundle_key(word): v.detach().to("cpu", torch.float32).contiguous() for word, v in words.items()}
 
@@ -535,7 +525,7 @@ def load_lora_state(denoiser: torch.nn.Module, state: dict[str, torch.Tensor],
                     words: dict[str, torch.nn.Parameter] | None = None) -> None:
     from peft.utils import set_peft_model_state_dict
 
-    from webui.builtin.pipeline import bundle_key
+    from webui.builtin.lora import bundle_key
 
     for word, vector in (words or {}).items():
         saved = state.get(bundle_key(word))
@@ -644,20 +634,31 @@ class _Run:
     samples: list[Path] = field(default_factory=list)
 
 
+def claim_output(config: TrainConfig, replace: bool = False) -> tuple[TrainConfig, str]:
+    """The config with the output name this run may write (webui/training/folders.py: its own file, or
+    `<name>-1`, ... beside someone else's), and a note when the name changed."""
+    name, note = claim_output_name(config.output_dir, config.output_name, replace)
+    return (config if name == config.output_name else replace_fields(config, output_name=name)), note
+
+
 def train(config: TrainConfig, *, on_event: Callable[[TrainEvent], None] | None = None,
           cancel: threading.Event | None = None, search_dirs: list[Path] | None = None,
-          resume: bool = True, set_threads: bool = True) -> TrainResult:
+          resume: bool = True, set_threads: bool = True, replace: bool = False) -> TrainResult:
     """Train the LoRA `config` describes (see the module docstring); returns where it was written.
 
-    `set_threads` applies `config.threads` to torch's (process-wide) thread pool: right for the CLI; the app
-    passes False so generation keeps its own setting."""
+    The base model is looked up by name in `search_dirs` (default: the current folder's model folders) only.
+    An existing `<output_name>.safetensors` without its resume state is kept and the run saves under the next
+    free name, unless `replace` (the command line's --replace). `set_threads` applies `config.threads` to
+    torch's (process-wide) thread pool: right for the CLI; the app passes False so generation keeps its own
+    setting."""
     emit = on_event or (lambda event: None)
     cancel = cancel or threading.Event()
 
-    # 1. check inputs: the dataset and the base model, before anything heavy
-    dataset = load_dataset(config.dataset, config.resolution, config.trigger)
+    # 1. check inputs: the base model, the output name, the dataset, before anything heavy
     search = search_dirs or default_search_dirs()
     base = resolve_base_model(config.base_model, search)
+    config, renamed = claim_output(config, replace)
+    dataset = load_dataset(config.dataset, config.resolution, config.trigger)
     if set_threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
@@ -691,10 +692,15 @@ def train(config: TrainConfig, *, on_event: Callable[[TrainEvent], None] | None 
     message = f"{family} base {base.name} [{short_hash}], {len(dataset)} images, {n_trainable:,} LoRA parameters"
     if objective.words:
         message += f" (a learned vector for {config.trigger!r} included)"
+    if renamed:
+        message = f"{renamed}; {message}"
     emit(TrainEvent("start", run.step, config.steps, message=message + (f"; resuming at step {run.step}"
                                                                         if run.step else "")))
 
     def save(kind: str) -> Path:
+        if not replace and output_owner(config.output_dir, config.output_name) == "taken":  # appeared meanwhile
+            raise TrainingError(f"{config.output_path} appeared while training and is not this run's; it was kept "
+                                "(start again to save under the next free name)")
         state = lora_state(denoiser)
         state.update(bundled_state(objective.words))
         meta = lora_metadata(config, family, base, short_hash, run.step, len(dataset))
@@ -790,8 +796,12 @@ def _save_state(config: TrainConfig, state: dict[str, torch.Tensor], optimizer: 
 
 def _restore(config: TrainConfig, denoiser: torch.nn.Module, optimizer: torch.optim.Optimizer,
              words: dict[str, torch.nn.Parameter] | None = None) -> _Run:
-    try:
+    try:  # the weights-only unpickler rebuilds tensors and plain data only: a state file cannot run code
         payload = torch.load(config.state_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # an object it may not rebuild, or not a PyTorch file at all
+        raise ConfigError("output_name", f"the resume state {config.state_path} was refused: it holds more than the "
+                                         "tensors and plain data this trainer writes, and loading other objects "
+                                         "could run code; delete it to start over") from None
     except Exception as exc:  # torch.load raises many types for a damaged file
         raise ConfigError("output_name", f"cannot read the resume state {config.state_path} ({exc}); delete it "
                                          "to start over") from exc

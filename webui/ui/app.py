@@ -1,7 +1,8 @@
 """Assemble the Gradio UI: the model pickers on top, then one tab per entry of `TABS`.
 
 `create_ui(easel)` builds the `gr.Blocks`; `launch_kwargs(easel)` gives what Gradio 6 takes at `launch()`
-(theme, CSS, the Ctrl+Enter script, the outputs folder the gallery serves from). A tab is a function
+(theme, CSS, the Ctrl+Enter script, the outputs folder the gallery serves from, how many events Gradio handles at
+once). A tab is a function
 `build(ui: UIContext) -> None` that opens its own `gr.Tab`; adding a tab is adding it to `TABS`. Tabs and
 accordions that extensions registered (`easel.registry`) are added after ours; one that fails to build is
 logged and left out.
@@ -39,6 +40,7 @@ TABS: list[TabBuilder] = [
 ]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+OTHER_EVENTS = 40  # events Gradio can handle at once besides Generate / Segment streams waiting on their jobs
 REFRESH = "\u21BB"  # ↻
 
 
@@ -152,4 +154,17 @@ def launch_kwargs(easel: "Easel") -> dict[str, Any]:
         "blocked_paths": blocked,
         "max_file_size": easel.settings.max_upload_bytes,
         "show_error": True,
+        "max_threads": gradio_slots(easel.settings.user.queue_size),
     }
+
+
+def gradio_slots(queue_size: int) -> int:
+    """Gradio's `max_threads`: how many events its queue handles at once, and the size of the thread pool its
+    plain handlers run on.
+
+    Generate and Segment are async: while their job waits they hold no thread, but each keeps one of these slots,
+    and at most `queue_size` + 1 jobs are queued or running (the next one is refused at once); the other
+    `OTHER_EVENTS` slots stay for every other button, the Interrupt buttons included. Any number but Gradio's
+    default of 40 also gives Gradio a pool of its own, so its handlers never take the 40 threads Starlette's
+    routes share (the login page, the theme, the API's plain routes)."""
+    return queue_size + 1 + OTHER_EVENTS

@@ -1,15 +1,16 @@
 """The one boundary where domain errors become messages in the browser.
 
 Domain code raises precise exceptions (`RequestError`, other `ValueError`s, `LookupError`, the engine's
-`QueueFullError`, the model manager's `ModelLoadError`); `guard` wraps every UI handler, plain or generator,
-and turns them into `gr.Error` with the exception's own message. Anything unexpected is logged with its
-traceback on the server and shown to the user as one readable line, never as a traceback.
+`QueueFullError`, the model manager's `ModelLoadError`); `guard` wraps every UI handler, plain, async or
+generator, and turns them into `gr.Error` with the exception's own message. Anything unexpected is logged with
+its traceback on the server and shown to the user as one readable line, never as a traceback.
 
 The engine and model manager are not imported here (they pull in torch); their exceptions are recognised
 by class name anywhere in the exception's class hierarchy.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import inspect
@@ -63,7 +64,34 @@ def to_gr_error(exc: BaseException) -> gr.Error:
 
 
 def guard(fn: F) -> F:
-    """Wrap a handler (function or generator) so every exception reaches the browser as a gr.Error."""
+    """Wrap a handler (function, coroutine, generator or async generator) so every exception reaches the browser
+    as a gr.Error. The wrapper is of the same kind, so Gradio runs an async one on its event loop (no thread)."""
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def async_gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                async with contextlib.aclosing(fn(*args, **kwargs)) as stream:
+                    async for item in stream:
+                        yield item
+            except gr.Error:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this is the UI boundary
+                raise to_gr_error(exc) from exc
+
+        return async_gen_wrapper  # type: ignore[return-value]
+
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this is the UI boundary
+                raise to_gr_error(exc) from exc
+
+        return async_wrapper  # type: ignore[return-value]
+
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -3,8 +3,9 @@
 `build_panel` lays out one tab: prompt and buttons on top, generation controls on the left (with slots for
 the tab's own inputs and options), results on the right (progress bar, live preview, gallery, parameters
 text, "Send to" buttons). Its Generate handler builds the typed request from the tab's `ControlSet`, submits
-it to the engine and streams the job: it blocks on `Job.wait_for_update` and yields the queue position,
-progress and preview as they change, then the saved images and their infotext.
+it to the engine and streams the job: an async generator, it awaits `Job.wait_for_update_async` (no thread is
+held while the job waits or runs, however many tabs are waiting) and yields the queue position, progress and
+preview as they change, then the saved images and their infotext.
 
 `send_updates` fills a generation tab from a parameters text (and an image): it is what "Send to" does from
 a gallery and from PNG Info.
@@ -15,8 +16,9 @@ import html
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, AsyncIterator, Callable
 
+import anyio.to_thread
 import gradio as gr
 from PIL import Image
 
@@ -164,9 +166,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
     outputs = PanelOutputs(progress, preview, gallery, info, result, job_id)
     tab = GenerationTab(mode, request_cls, controls)
 
-    # Generate: a generator that streams the job's progress.
-    @guard
-    def on_generate(by_component: dict) -> Iterator[dict]:
+    def submit_request(by_component: dict) -> Any:
         values = controls.field_values(by_component)
         if finalize is not None:
             values = finalize(values)
@@ -175,8 +175,15 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
             raw = {name: inputs.to_args(*[by_component.get(c) for c in inputs.components])
                    for name, inputs in extension_inputs}
             request = request.replace(extension_args=easel.registry.parse_request_args(raw))
-        job = easel.engine.submit(request, source="ui")
-        yield from stream_job(ui, job, outputs)
+        return easel.engine.submit(request, source="ui")
+
+    # Generate: an async generator that streams the job's progress. Building the request (images, masks) runs
+    # on a thread for its own duration; waiting for the job holds none.
+    @guard
+    async def on_generate(by_component: dict) -> AsyncIterator[dict]:
+        job = await anyio.to_thread.run_sync(submit_request, by_component)
+        async for update in stream_job(ui, job, outputs):
+            yield update
 
     extension_components = {c for _, inputs in extension_inputs for c in inputs.components}
     generate.click(on_generate, inputs=controls.components() | extension_components,
@@ -265,8 +272,9 @@ def _shared(component: Any, name: str) -> Any:
 
 
 # Streaming a job -----------------------------------------------------------------------------------
-def stream_job(ui: UIContext, job: Any, out: PanelOutputs) -> Iterator[dict]:
-    """Yield UI updates while `job` waits and runs; end with its images and infotext."""
+async def stream_job(ui: UIContext, job: Any, out: PanelOutputs) -> AsyncIterator[dict]:
+    """Yield UI updates while `job` waits and runs; end with its images and infotext. The queue position is
+    looked at every half second (other jobs move it); the job's own changes wake the stream at once."""
     worker = ui.easel.engine.worker
     yield {out.job: job.id, out.preview: gr.Image(value=None, visible=False),
            out.progress: status_html(job, worker.position(job))}
@@ -288,7 +296,7 @@ def stream_job(ui: UIContext, job: Any, out: PanelOutputs) -> Iterator[dict]:
             yield updates
         if done:
             break
-        version = job.wait_for_update(version, timeout=0.5)
+        version = await job.wait_for_update_async(version, timeout=0.5)
 
     result = job.result
     images = list(result.images) if result else []

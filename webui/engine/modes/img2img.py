@@ -1,7 +1,7 @@
 """img2img: an input image, noised to the denoising strength, denoised towards the prompt."""
 from __future__ import annotations
 
-from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches, sampler_used
+from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches
 from webui.engine.images import resize_image
 from webui.engine.samplers import steps_for_strength
 from webui.requests import Img2ImgRequest
@@ -26,5 +26,5 @@ def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
                                  strength=run_strength, num_inference_steps=schedule, generator=gens,
                                  callback_on_step_end=ctx.callback(loaded.arch, total), output_type="pil").images
 
-    extra = {"Sampler": sampler_used(request, loaded.arch), "Denoising strength": strength}
+    extra = {"Sampler": ctx.sampler_used(request, loaded.arch), "Denoising strength": strength}
     return run_batches(ctx, request, loaded, call, extra)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from PIL import Image, ImageFilter, ImageOps
 
-from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches, sampler_used
+from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches
 from webui.engine.images import binarize, extend_canvas, fill_masked, mask_to_l, masked_bbox, paste_back, resize_image
 from webui.engine.samplers import steps_for_strength
 from webui.requests import InpaintRequest
@@ -68,7 +68,7 @@ def run(ctx: ModeContext, request: InpaintRequest) -> list[Generated]:
         return [postprocess(img, original, blend, box) for img in images]
 
     # 4. Paste back through the blurred mask.
-    extra = {"Sampler": sampler_used(request, loaded.arch), "Denoising strength": strength,
+    extra = {"Sampler": ctx.sampler_used(request, loaded.arch), "Denoising strength": strength,
              "Mask blur": request.mask_blur, "Masked content": request.inpainting_fill,
              "Inpaint area": "Only masked" if request.inpaint_full_res else "Whole picture",
              "Masked area padding": request.inpaint_full_res_padding if request.inpaint_full_res else None,

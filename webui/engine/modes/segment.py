@@ -20,7 +20,6 @@ from webui.engine.clipseg import probabilities
 from webui.engine.context import Generated, ModeContext, generators, resolve_seed
 from webui.engine.mask_extraction import (HIGHLIGHT_COLOURS, MaskResult, MaskSettings, clean_mask, cutout,
                                           extract_mask, keep_largest, overlay)
-from webui.engine.samplers import make_scheduler
 from webui.engine.segment_prompts import EASEL_HIGHLIGHTS, build_prompt, template_for
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import ModelManager
@@ -177,7 +176,8 @@ def run(ctx: ModeContext, request: SegmentRequest) -> list[Generated]:
         model_name, method = segmenter_entry.name, segmenter_entry.label.rsplit("(", 1)[1].rstrip(")")
         model_hash, template = None, ""
     else:  # one call: the checkpoint's edit pipeline, on its base weights (no LoRA), with a fresh Euler scheduler
-        loaded_pipe = ctx.manager.load(LoadSpec(name, "edit", sampler="Euler"), make_scheduler)
+        loaded_pipe = ctx.manager.load(LoadSpec(name, "edit", sampler="Euler"),
+                                       make_scheduler=ctx.samplers.make_scheduler)
         ctx.loaded = loaded_pipe
         pipe = loaded_pipe.pipe
         pipe_class = type(pipe).__name__

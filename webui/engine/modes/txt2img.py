@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches, sampler_used
-from webui.engine.upscalers import UpscalerNotFoundError
+from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches
+from webui.engine.upscalers import UpscalerLoadError, UpscalerNotFoundError
 from webui.engine.samplers import steps_for_strength
 from webui.model_manager.identify import Arch
 from webui.requests import RequestError, Txt2ImgRequest
@@ -17,7 +17,7 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
     if hires:
         check_upscaler(ctx, request.hr_upscaler)
     loaded = ctx.load(request, "txt2img")
-    extra = {"Sampler": sampler_used(request, loaded.arch)}
+    extra = {"Sampler": ctx.sampler_used(request, loaded.arch)}
 
     # 2. Encode the prompt once for every batch.
     prompt_args = prompt_kwargs(loaded, request, ctx.embeddings)
@@ -67,7 +67,10 @@ def check_upscaler(ctx: ModeContext, name: str) -> None:
 def upscale(ctx: ModeContext, image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
     if ctx.upscalers is None:
         return image.resize(size, Image.LANCZOS)
-    return ctx.upscalers.upscale(image, name, size)
+    try:
+        return ctx.upscalers.upscale(image, name, size)
+    except UpscalerLoadError as exc:  # a refused or broken model file
+        raise RequestError("hr_upscaler", str(exc)) from None
 
 
 def second_pass(ctx: ModeContext, request: Txt2ImgRequest, images: list[Image.Image], gens) -> list[Image.Image]:

@@ -7,8 +7,11 @@ restart" also restarts Easel with the same command line (when it was started by 
 `easel.extras["restart"]`) once no job is running or waiting; the page reloads when Easel is back. Installing
 takes a git URL or a local folder and puts the extension into `<data dir>/extensions`; it runs someone else's
 code inside Easel, so the form says so, and it is turned off while Easel is reachable from other machines
-(`--listen`, `--share`) unless `--enable-insecure-extension-access` was given. Everything it shows comes from
-the `Easel` object when the tab is opened or a button is pressed; nothing is read while the UI is built.
+(`--listen`, `--share`) unless `--enable-insecure-extension-access` was given. Installing, Apply and "Apply
+and restart" also need this process's page token (`Easel.page_token`), which the page carries in a hidden
+field: a request forged by another site, which cannot read the page, is refused even without a login.
+Everything it shows comes from the `Easel` object when the tab is opened or a button is pressed; nothing is read
+while the UI is built.
 """
 from __future__ import annotations
 
@@ -111,6 +114,8 @@ def install_status(easel: Any) -> tuple[str, bool]:
 def build(ui: UIContext) -> None:
     easel = ui.easel
     with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions") as tab:
+        token = gr.Textbox(easel.page_token(), visible="hidden", label="Page token", interactive=False,
+                           elem_id="extensions_token")
         with gr.Tab("Installed", id="extensions_installed"):
             table = gr.Dataframe(headers=HEADERS, datatype=["str"] * len(HEADERS), interactive=False,
                                  label="Extensions", elem_id="extensions_table", wrap=True,
@@ -147,18 +152,21 @@ def build(ui: UIContext) -> None:
                 gr.Button(interactive=allowed))
 
     @guard
-    def on_apply(checked: list[str] | None) -> tuple[Any, ...]:
+    def on_apply(checked: list[str] | None, page_token: str | None) -> tuple[Any, ...]:
+        easel.check_page_token(page_token)
         message = apply_enabled(easel, checked)
         return (*snapshot(), message)
 
     @guard
-    def on_apply_restart(checked: list[str] | None) -> tuple[Any, ...]:
+    def on_apply_restart(checked: list[str] | None, page_token: str | None) -> tuple[Any, ...]:
+        easel.check_page_token(page_token)
         apply_enabled(easel, checked)
         schedule_restart(easel)
         return (*snapshot(), "Restarting Easel; this page reloads when it is back.")
 
     @guard
-    def on_install(where: str | None, folder_name: str | None) -> tuple[Any, ...]:
+    def on_install(where: str | None, folder_name: str | None, page_token: str | None) -> tuple[Any, ...]:
+        easel.check_page_token(page_token)
         message = install(easel, where, folder_name)
         gr.Info(message.replace("`", ""))
         return (*snapshot(), message, "")
@@ -166,7 +174,7 @@ def build(ui: UIContext) -> None:
     shown = [table, enabled, blocked, source, name, install_button]
     tab.select(on_show, inputs=None, outputs=shown, show_progress="hidden")
     check.click(on_show, inputs=None, outputs=shown, show_progress="hidden")
-    apply.click(on_apply, inputs=enabled, outputs=[table, enabled, status], show_progress="hidden")
-    apply_restart.click(on_apply_restart, inputs=enabled, outputs=[table, enabled, status],
+    apply.click(on_apply, inputs=[enabled, token], outputs=[table, enabled, status], show_progress="hidden")
+    apply_restart.click(on_apply_restart, inputs=[enabled, token], outputs=[table, enabled, status],
                         show_progress="hidden").success(None, js=RELOAD_JS)
-    install_button.click(on_install, inputs=[source, name], outputs=[table, enabled, installed, source])
+    install_button.click(on_install, inputs=[source, name, token], outputs=[table, enabled, installed, source])

@@ -17,8 +17,9 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, AsyncIterator
 
+import anyio.to_thread
 import gradio as gr
 from PIL import Image
 
@@ -145,10 +146,12 @@ def final_updates(tab: SegmentTab, job: Any, state: dict[str, Any]) -> dict[Any,
     }
 
 
-def stream_segmentation(ui: UIContext, tab: SegmentTab, request: SegmentRequest) -> Iterator[dict[Any, Any]]:
-    """Queue `request`, yield its queue position and progress, then every output (or raise a gr.Error)."""
+async def stream_segmentation(ui: UIContext, tab: SegmentTab,
+                              request: SegmentRequest) -> AsyncIterator[dict[Any, Any]]:
+    """Queue `request`, yield its queue position and progress, then every output (or raise a gr.Error). Waiting
+    for the job holds no thread; the results (masks written as files) are gathered on one."""
     worker = ui.easel.engine.worker
-    job = ui.easel.engine.submit(request, source="ui")
+    job = await anyio.to_thread.run_sync(lambda: ui.easel.engine.submit(request, source="ui"))
     yield {tab.job: job.id, tab.progress: status_html(job, worker.position(job)), tab.message: ""}
     version, last = -1, ""
     while not job.finished_state:
@@ -156,8 +159,8 @@ def stream_segmentation(ui: UIContext, tab: SegmentTab, request: SegmentRequest)
         if status != last:
             last = status
             yield {tab.progress: status}
-        version = job.wait_for_update(version, timeout=0.5)
-    state = results_state(job)
+        version = await job.wait_for_update_async(version, timeout=0.5)
+    state = await anyio.to_thread.run_sync(results_state, job)
     yield final_updates(tab, job, state)
     if str(getattr(job.state, "value", job.state)) == "failed":
         raise job_failed(job.error)
@@ -301,9 +304,10 @@ def build_tab(ui: UIContext) -> SegmentTab:
     outputs = [progress, message, show, edited, mask, overlay, cutout, mask_files, info, state, job]
 
     @guard
-    def on_segment(by_component: dict) -> Iterator[dict]:
+    async def on_segment(by_component: dict) -> AsyncIterator[dict]:
         request = segment_request(controls.field_values(by_component))
-        yield from stream_segmentation(ui, tab, request)
+        async for update in stream_segmentation(ui, tab, request):
+            yield update
 
     run.click(on_segment, inputs=controls.components(), outputs=outputs, concurrency_limit=None,
               show_progress="hidden")

@@ -28,6 +28,8 @@ LABELS = {
     "max_batch_size": "Largest batch size",
     "max_batch_count": "Largest batch count",
     "max_images": "Most images per request (batch size x batch count)",
+    "max_request_pixels": "API: most pixels of all images one request sends (Extras: with its results)",
+    "max_request_images": "API: most images one request sends",
     "max_prompt_chars": "Longest prompt, characters",
     "queue_size": "Jobs the queue holds",
     "save_images": "Save every image to outputs/",
@@ -44,7 +46,8 @@ LABELS = {
 GROUPS = {
     "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits", "builtin_plan_layout"),
     "Memory and queue": ("ram_cache_size", "ram_budget_mb", "vram_budget_mb", "queue_size"),
-    "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_images", "max_prompt_chars"),
+    "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_images", "max_prompt_chars",
+               "max_request_pixels", "max_request_images"),
     "LoRAs": ("lora_fuse", "lora_hotswap", "lora_max_rank", "lora_keep_loaded", "compile_denoiser"),
     "Extensions": ("disabled_extensions",),
 }

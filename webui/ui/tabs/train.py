@@ -1,12 +1,14 @@
 """The Train tab: train a LoRA from a YAML config, watch its progress, loss curve and sample images.
 
 The config is the same YAML the CLI reads (`python3 launch.py train config.yaml`, docs/TRAINING.md): typed in
-the editor, loaded from a file, or started from the built-in example. Start checks the config, the base model
-and the dataset at once (a mistake names the field or the file), then the run trains on a background thread
-of its own (`easel.extras["training"]`, a `webui.training.service.TrainingService`), beside the generation
-worker: generating keeps working while a LoRA trains, more slowly, since both share the CPU or GPU. A timer
-polls the run once a second while it runs: progress bar, status line, loss curve, sample images. Cancel stops
-after the current step and saves; pressing Start with the same config resumes from that save.
+the editor, loaded from a file, or started from the built-in example; its paths must stay inside the training
+folders (dataset in data/, LoRA in models/Lora, base model by name). Start refuses while a LoRA trains, then
+checks the config, the base model, the output name and the dataset's files at once (a mistake names the field
+or the file), then the run reads its images and trains on a background thread of its own
+(`easel.extras["training"]`, a `webui.training.service.TrainingService`), beside the generation worker:
+generating keeps working while a LoRA trains, more slowly, since both share the CPU or GPU. A timer polls the
+run once a second while it runs: progress bar, status line, loss curve, sample images. Cancel stops after the
+current step and saves; pressing Start with the same config resumes from that save.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ another. The probe prints, per noise level, how far the two predictions lie apar
 the absolute difference, on the -1..1 scale) and in how many predictions the detector finds the object the caption
 asked for. A model that draws what it is told finds the swapped-in shape about as often as the true one.
 
-    python -m webui.builtin.probe --model models/builtin/easel-shapes [--n 32] [--t 0.4 0.6 0.8]
+    python -m webui.builtin_lab.probe --model models/builtin/easel-shapes [--n 32] [--t 0.4 0.6 0.8]
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from webui.builtin import data as D
-from webui.builtin import evaluate as E
+from webui.builtin_lab import evaluate as E
 
 SHAPE_SWAP = {"circle": "square", "square": "star", "triangle": "circle", "star": "circle", "cross": "ring",
               "ring": "cross"}
@@ -77,7 +77,7 @@ def probe(transformer, text_encoder, n: int = 32, ts: tuple[float, ...] = (0.4, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m webui.builtin.probe", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m webui.builtin_lab.probe", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--n", type=int, default=32)
     p.add_argument("--t", type=float, nargs="+", default=[0.4, 0.6, 0.8])

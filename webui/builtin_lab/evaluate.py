@@ -8,7 +8,7 @@ ratio); its position is the 3x3 grid cell of its centroid. `validate_detector` c
 `highlight_mask` reads a segmentation-as-editing result back into a mask (pixels that changed from the source
 towards the highlight colour). `evaluate` runs the model on held-out prompts of each kind and reports:
 
-    python -m webui.builtin.evaluate --model models/builtin/easel-shapes --n 200
+    python -m webui.builtin_lab.evaluate --model models/builtin/easel-shapes --n 200
 """
 
 from __future__ import annotations
@@ -402,7 +402,7 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    p = argparse.ArgumentParser(prog="python -m webui.builtin.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m webui.builtin_lab.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=Path("models/builtin/easel-shapes"))
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)

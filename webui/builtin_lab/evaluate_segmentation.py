@@ -10,7 +10,7 @@ a present object), cumulative IoU (RefCOCO's cIoU), the share of present objects
 objects answered with found = false, and the median seconds per segmentation. A CLIPSeg folder (`--clipseg`, or
 the first one in models/clipseg) is scored on the same cases as a baseline when present.
 
-    python -m webui.builtin.evaluate_segmentation --model models/builtin/easel-shapes --n 100
+    python -m webui.builtin_lab.evaluate_segmentation --model models/builtin/easel-shapes --n 100
 """
 from __future__ import annotations
 
@@ -201,7 +201,7 @@ def markdown(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    p = argparse.ArgumentParser(prog="python -m webui.builtin.evaluate_segmentation",
+    p = argparse.ArgumentParser(prog="python -m webui.builtin_lab.evaluate_segmentation",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=Path("models/builtin/easel-shapes"))
     p.add_argument("--n", type=int, default=100, help="cases in all, the four kinds in turn")

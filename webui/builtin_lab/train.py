@@ -1,19 +1,20 @@
 """Train Easel's built-in model from scratch on procedural scenes (one command, reproducible, resumable).
 
-    python -m webui.builtin.train --out models/builtin/easel-shapes --state-dir ~/.cache/easel/train-builtin \
+    python -m webui.builtin_lab.train --out models/builtin/easel-shapes --state-dir ~/.cache/easel/train-builtin \
         --seed 0 --hours 3
 
 Every batch is a pure function of (seed, step), so a run resumed from its state directory continues exactly as
-if uninterrupted. The full state (weights, EMA, optimizer, step, elapsed time) is saved atomically every few
-minutes; the shippable pipeline folder (EMA weights in fp16 safetensors) is written to --out every few more.
+if uninterrupted. The full state (weights, EMA, optimizer, step, elapsed time: tensors and plain data only) is saved
+atomically every few minutes and read back with PyTorch's weights-only unpickler, so a state file cannot run code;
+the shippable pipeline folder (EMA weights in fp16 safetensors) is written to --out every few more minutes.
 `--resume-from-weights` starts from the shipped weights with a fresh optimizer when the state directory is gone.
-Objective: x_t = (1 - t) x0 + t eps; the model predicts x0; the loss is on the implied velocity
-v = (x_t - x0_hat) / max(t, 0.1) against (x_t - x0) / max(t, 0.1) (= eps - x0 above 0.1), with logit-normal t
-(plus 5% near t = 1) and 10% empty prompts for guidance. An auxiliary loss asks the text encoder's pooled features
-for what a text-to-image caption says: the background colour (or that none is named) and how many objects of
-each colour and shape it names. A second one (the label map) asks the image tokens of a middle block, in text-to-image
-examples, which object's shape and colour covers each 4x4-pixel cell: at high noise the image cannot show that yet,
-so the tokens have to take it from the caption.
+Objective (webui/builtin/objective.py, which the LoRA trainer shares): x_t = (1 - t) x0 + t eps; the model predicts
+x0; the loss is on the implied velocity v = (x_t - x0_hat) / max(t, MIN_T) against (x_t - x0) / max(t, MIN_T)
+(= eps - x0 above MIN_T), with logit-normal t (plus 5% near t = 1) and 10% empty prompts for guidance. An auxiliary
+loss asks the text encoder's pooled features for what a text-to-image caption says: the background colour (or that
+none is named) and how many objects of each colour and shape it names. A second one (the label map) asks the image
+tokens of a middle block, in text-to-image examples, which object's shape and colour covers each 4x4-pixel cell: at
+high noise the image cannot show that yet, so the tokens have to take it from the caption.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import json
 import logging
 import math
 import os
+import pickle
+import re
 import shutil
 import signal
 import time
@@ -36,19 +39,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from webui.builtin import data as D
+from webui.builtin.objective import (MIN_T, SELF_COND_P, T_MEAN, T_STD, TaskBatch, draw_examples, group_examples,
+                                     sample_t, stack, velocity_loss)
 
 logger = logging.getLogger(__name__)
 
-TEXT_DROP = 0.1
-# t ~ logit-normal(mean, std) (t = 1 is pure noise). Scenes of flat colours are visible through a lot of noise: the
-# mean of ~3000 background pixels names the background's colour up to t/(1-t) ~ 13-40 (t ~ 0.93-0.97), a medium
-# object's ~200 pixels show it up to t/(1-t) ~ 3-10 (t ~ 0.75-0.9), and only an outline (which shape) needs
-# t/(1-t) < ~2. So the prompt decides the picture at logit(t) ~ 1-3.5: weights trained with (0.5, 1), which puts 6% of
-# draws above logit 2.6, predicted the same colours at t = 1 with the prompt as without it (x0 error 0.41 vs 0.42;
-# naming the background alone would give 0.19). (1.5, 1.5) puts 23% there but left the mid range, where objects
-# take shape, undertrained (no objects drawn after 3484 steps); the shipped weights use (0.8, 1.5): 12% above
-# logit 2.6, 13% below t = 0.3, the rest between.
-T_MEAN, T_STD = 0.8, 1.5
 # The sampler spends its steps where training did: the exported scheduler's shift maps uniform steps u to
 # t = s u / (1 + (s - 1) u), which moves logit(t) up by log(s).
 SAMPLE_SHIFT = 3.0
@@ -68,21 +63,12 @@ N_AUX = len(D.COLORS) + 1 + N_LABELS - 1  # the head's outputs: background logit
 MAP_WEIGHT = 0.0
 MAP_CELL = 4
 MAP_CLASSES = (1 + len(D.SHAPES), len(D.COLORS))  # shape classes, colour classes per cell
-T_HIGH = 0.05  # share of t drawn from U(0.9, 1): sampling starts at pure noise, which the logit-normal rarely reaches
-# The velocity loss is the x0 error over t^2, so nearly clean samples weigh most; both the predicted and the true
-# velocity divide by max(t, MIN_T). (Weights trained up to step 10851 used eps - x0 as the target while dividing the
-# prediction by the clamped t: below the clamp that target is off by (MIN_T - t) / MIN_T * (eps - x0), and a batch
-# of t in [0.02, 0.1] gave a gradient 20-30 times that of a batch at mid-range t.) MIN_T = 0.45 bounds the weight at
-# about 5 (like Min-SNR-5): nearly clean samples, whose error is tiny anyway, no longer outweigh the noise levels
-# where objects take shape (lower object and background error at every t <= 0.85 after 1500 steps than with 0.1).
-MIN_T = 0.45
 # Object weighting: the diffusion loss counts pixels on and near objects (and, in edits, what the edit changes)
 # 1 + OBJECT_WEIGHT times, renormalised per image. Objects cover 5-15% of a scene; trained without it, the model drew
 # only backgrounds at step 1500 and blobs of roughly the right colour at step 10851.
 OBJECT_WEIGHT = 4.0
 OBJECT_GROW = 2  # pixels of background around an object that count as part of it
 SELF_COND = True  # self-conditioning (--self-cond): the model reads its previous x0 prediction
-SELF_COND_P = 0.5  # self-conditioned models: share of steps whose x0_prev is a detached prediction (else zeros)
 BLUR_P = 0.0  # share of examples with t >= BLUR_MIN_T whose noisy input is made from a blurred x0 (0 = off)
 BLUR_MIN_T = 0.6
 BLUR_SIGMAS = (1.0, 2.0, 3.0, 4.0)  # Gaussian blur radii in pixels, one drawn per blurred example
@@ -90,14 +76,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
-class Batch:
-    """Examples of one step split into plain generation (no source) and conditioned (edit/inpaint) groups."""
+class Batch(TaskBatch):
+    """A step's examples (objective.TaskBatch) with the training-only targets of the text-to-image group."""
 
-    gen_prompts: list[str]
-    gen_target: torch.Tensor  # [Bg,3,H,W] in [-1,1]
-    cond_prompts: list[str]
-    cond_target: torch.Tensor  # [Bc,3,H,W]
-    cond_source: torch.Tensor  # [Bc,4,H,W]
     gen_aux: torch.Tensor | None = None  # [Bg,1+colours+shapes]: caption_labels of each gen example
     gen_map: torch.Tensor | None = None  # [Bg,2,H/MAP_CELL,W/MAP_CELL] int64: label_map of each gen example
     gen_fg: torch.Tensor | None = None  # [Bg,1,H,W] in [0,1]: the objects' coverage of each gen example's pixels
@@ -135,34 +116,18 @@ def label_map(ex: D.Example, cell: int = MAP_CELL) -> np.ndarray:
 
 
 def make_batch(seed: int, step: int, batch_size: int, split: str = "train") -> Batch:
-    """The batch of `step`: examples step*batch_size ... (step+1)*batch_size-1 of the split."""
-    gen_p, gen_t, gen_a, gen_m, gen_f, cond_p, cond_t, cond_s = [], [], [], [], [], [], [], []
-    for i in range(batch_size):
-        rng = D.example_rng(seed, step * batch_size + i, split)
-        # a fixed split (first half text-to-image, second half edits) keeps tensor shapes constant per step
-        task = "txt2img" if i < batch_size // 2 else rng.choices(D.EDIT_TASKS, weights=D.TASK_WEIGHTS[1:])[0]
-        ex = D.sample_example(rng, task)
-        dropped = rng.random() < TEXT_DROP
-        prompt = "" if dropped else ex.prompt
-        arrays = D.to_tensors(ex)
-        if "source" in arrays:
-            cond_p.append(prompt)
-            cond_t.append(arrays["target"])
-            cond_s.append(arrays["source"])
-        else:
-            gen_p.append(prompt)
-            gen_t.append(arrays["target"])
-            gen_a.append(caption_labels(ex, dropped))
-            gen_m.append(label_map(ex))
-            gen_f.append(np.max(np.stack(ex.info["masks"]), axis=0)[None])  # [1,H,W]: every scene has an object
-
-    def stack(xs: list[np.ndarray], c: int) -> torch.Tensor:
-        return torch.from_numpy(np.stack(xs)) if xs else torch.zeros(0, c, D.SIZE, D.SIZE)
-
-    aux = torch.from_numpy(np.stack(gen_a)) if gen_a else torch.zeros(0, N_LABELS)
-    maps = torch.from_numpy(np.stack(gen_m)) if gen_m else torch.zeros(0, 2, D.SIZE // MAP_CELL, D.SIZE // MAP_CELL,
-                                                                          dtype=torch.int64)
-    return Batch(gen_p, stack(gen_t, 3), cond_p, stack(cond_t, 3), stack(cond_s, 4), aux, maps, stack(gen_f, 1))
+    """The batch of `step`: examples step*batch_size ... (step+1)*batch_size-1 of the split (objective.task_batch),
+    with the auxiliary targets of its text-to-image examples."""
+    drawn = draw_examples(seed, step, batch_size, split)
+    tasks = group_examples(drawn)
+    gen = [(ex, dropped) for ex, dropped in drawn if ex.source is None]  # the generation group, in its order
+    aux = torch.from_numpy(np.stack([caption_labels(ex, dropped) for ex, dropped in gen])) if gen \
+        else torch.zeros(0, N_LABELS)
+    maps = torch.from_numpy(np.stack([label_map(ex) for ex, _ in gen])) if gen \
+        else torch.zeros(0, 2, D.SIZE // MAP_CELL, D.SIZE // MAP_CELL, dtype=torch.int64)
+    fg = stack([np.max(np.stack(ex.info["masks"]), axis=0)[None] for ex, _ in gen], 1)  # [1,H,W] each
+    return Batch(tasks.gen_prompts, tasks.gen_target, tasks.cond_prompts, tasks.cond_target, tasks.cond_source,
+                 aux, maps, fg)
 
 
 class BatchStream(torch.utils.data.IterableDataset):
@@ -214,24 +179,6 @@ def build_net(args: argparse.Namespace) -> Net:
                                    pixel_decoder=args.pixel_decoder, self_condition=args.self_cond)
     map_block = min(args.depth - 1, args.depth // 2) if args.map_weight > 0 else None
     return Net(transformer, text_encoder, args.text_dim, map_block)
-
-
-def sample_t(batch: int, gen: torch.Generator, t_mean: float = T_MEAN, t_std: float = T_STD) -> torch.Tensor:
-    """Noise levels for one group: logit-normal, with a T_HIGH share from U(0.9, 1). [B] on the CPU."""
-    t = torch.sigmoid(torch.randn(batch, generator=gen) * t_std + t_mean)  # [B]
-    high = torch.rand(batch, generator=gen) < T_HIGH  # [B]
-    return torch.where(high, 0.9 + 0.1 * torch.rand(batch, generator=gen), t)  # [B]
-
-
-def velocity_loss(x0_hat: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, min_t: float = MIN_T,
-                  weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean squared error of the velocity implied by an x0 prediction, (x_t - x0_hat) / max(t, min_t), against the
-    true one, (x_t - x0) / max(t, min_t) (= eps - x0 for t >= min_t). Dividing both by the same clamped t keeps the
-    target unbiased below min_t: the loss is the x0 error times 1 / max(t, min_t)^2. Images [B,3,H,W]; t [B];
-    weight [B,1,H,W] (per-pixel, see object_weight_map) or None."""
-    tb = t[:, None, None, None].clamp(min=min_t)  # [B,1,1,1]
-    err = ((x0.float() - x0_hat.float()) / tb) ** 2  # [B,3,H,W]
-    return (err * weight).mean() if weight is not None else err.mean()
 
 
 def object_weight_map(fg: torch.Tensor, k: float, grow: int = OBJECT_GROW) -> torch.Tensor:
@@ -436,15 +383,48 @@ def export_pipeline(net: Net, out: Path, info: dict, shift: float = SAMPLE_SHIFT
     shutil.rmtree(old, ignore_errors=True)
 
 
+STATE_KEYS = ("net", "ema", "opt", "step", "elapsed_s", "hparams")
+
+
+class StateError(ValueError):
+    """The training state was not read; the message names the file and says why."""
+
+
 def save_state(path: Path, payload: dict) -> None:
+    """Write the training state atomically (a temporary file, then a rename). It holds state dicts, numbers,
+    strings, lists and dicts only, which `load_state` reads back with PyTorch's weights-only unpickler."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
 
 
+def load_state(path: Path) -> dict:
+    """The state `save_state` wrote, read with PyTorch's weights-only unpickler (`torch.load(weights_only=True)`),
+    which rebuilds tensors and plain data and refuses every other object, so a state file cannot run code when a
+    run resumes from it. Raises StateError naming the file when it is refused, unreadable or not a training state."""
+    start_over = "delete it, or pass another --state-dir, to start over"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported (?:global: GLOBAL ([\w.]+)|operand \d+|class ([\w.]+))", str(exc))
+        if found is None:
+            raise StateError(f"{path}: not a readable training state; {start_over}") from None
+        what = found.group(1) or found.group(2) or "an unsupported operation"
+        raise StateError(f"{path}: refused. It holds Python objects other than tensors and plain data ({what}), "
+                         f"which could run code when loaded, so it was not read; {start_over}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "no detail"
+        raise StateError(f"{path}: not a readable training state ({type(exc).__name__}: {detail}); "
+                         f"{start_over}") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise StateError(f"{path}: not a training state of this trainer (no {', '.join(missing)}); {start_over}")
+    return state
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m webui.builtin.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m webui.builtin_lab.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=REPO / "models" / "builtin" / "easel-shapes")
     p.add_argument("--state-dir", type=Path, default=Path("~/.cache/easel/train-builtin").expanduser())
     p.add_argument("--seed", type=int, default=0)
@@ -520,11 +500,16 @@ def main(argv: list[str] | None = None) -> int:
     step, elapsed = 0, 0.0
     warm_from = 0  # the step the learning-rate warmup counts from (a fresh optimizer warms up again)
     if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        try:
+            state = load_state(state_path)
+        except StateError as exc:
+            logger.error("%s", exc)
+            return 2
         arch = state["hparams"]
         for k in ("hidden", "depth", "heads", "patch", "bottleneck", "text_dim", "text_depth", "batch_size"):
             setattr(args, k.replace("-", "_"), arch[k])
-        args.source_residual = arch.get("source_residual", args.source_residual)  # a state saved before this option existed: the command line decides
+        # a state saved before this option existed: the command line decides
+        args.source_residual = arch.get("source_residual", args.source_residual)
         args.pixel_decoder = arch.get("pixel_decoder", 0)
         args.self_cond = arch.get("self_cond", False)
         if not any(k.startswith("map_head.") for k in state["net"]):  # a state saved before the label map existed
