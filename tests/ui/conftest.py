@@ -100,6 +100,16 @@ class StubEasel:
         self.registry = SimpleNamespace(tabs=[], accordions=[])
         self.extensions: list[Any] = []
 
+    def page_token(self) -> str:
+        from webui.http_guard import action_token
+
+        return action_token(self.extras)
+
+    def check_page_token(self, token: Any) -> None:
+        from webui.http_guard import check_action_token
+
+        check_action_token(self.extras, token)
+
     def _arch(self, checkpoint: str | None) -> str | None:
         return next((e.arch for e in self.manager.entries if e.name == checkpoint), None)
 
