@@ -169,7 +169,7 @@ class Registry:
     scripts: dict[str, ScriptContribution] = field(default_factory=dict)  # by lower-case name
     request_args: dict[str, Callable[[Any], Any]] = field(default_factory=dict)  # extension name -> parser
     samplers: Samplers = field(default_factory=Samplers)
-    # adapter models (ControlNets, ...): each kind's `wanted(request) -> [AdapterSpec]`, and kind -> `load(spec, loaded)`
+    # adapter models (ControlNets, ...): each kind's `wanted(request) -> [AdapterSpec]`; kind -> `load(spec, loaded)`
     adapter_sources: list[Callable[[Any], list[Any]]] = field(default_factory=list)
     adapter_loaders: dict[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
     runtime_errors: dict[str, str] = field(default_factory=dict)  # extension name -> its last hook failure
