@@ -22,6 +22,7 @@ from webui.extensions import LoadedExtension, Registry, load_extensions
 from webui.infotext import parse_infotext, read_png_parameters
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import CheckpointEntry, LoraOptions, ModelManager
+from webui.model_manager.memory import budgets_for
 from webui.settings import Settings, build_parser, settings_from_args
 
 log = logging.getLogger("easel")
@@ -196,6 +197,8 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
         embedding_dirs=settings.all_embedding_dirs(), controlnet_dirs=settings.all_controlnet_dirs(),
         upscaler_dirs=settings.all_upscaler_dirs(), allow_hub=settings.allow_hub_downloads,
     )
+    manager.memory.budgets = lambda: budgets_for(  # read when models come and go: Settings changes apply at once
+        manager.device, settings.user.ram_budget_mb, settings.user.vram_budget_mb)
     manager.lora_options = lambda: LoraOptions(  # read per generation: the Settings tab replaces settings.user
         fuse=settings.user.lora_fuse, hotswap=settings.user.lora_hotswap, max_rank=settings.user.lora_max_rank,
         compile=settings.user.compile_denoiser, keep_loaded=settings.user.lora_keep_loaded)

@@ -7,13 +7,15 @@ types it passes around; this module is its implementation. An extension is a fol
 it can add a UI tab or an accordion to a mode's tab, change requests before generation, post-process images
 after, add API routes and API scripts, run work on the worker that owns the device, add samplers, add
 preprocessors and read settings. It can also take per-request arguments (the API's `alwayson_scripts`, its
-accordion's controls) and wrap each diffusers pipeline call a mode makes (swap the pipeline, add call
-arguments), which is how the bundled ControlNet extension works. `API_VERSION` changes only when something here breaks; an extension that asks for another
-version is refused with a message instead of failing later.
+accordion's controls), wrap each diffusers pipeline call a mode makes (swap the pipeline, add call arguments), and
+declare adapter models (ControlNets, ...) a request needs, loaded with the checkpoint in one call and held in
+Easel's one memory cache, which is how the bundled ControlNet extension works. `API_VERSION` changes only when
+something here breaks; an extension that asks for another version is refused with a message instead of
+failing later.
 
 Everything an extension contributes (tabs, accordions, hooks, pipeline wrappers, routes, scripts, request
-arguments, preprocessors, samplers) goes into the `Registry` of the Easel that loaded it, never into module
-state: two Easels in one process see only their own extensions. Loading is isolated: `setup(api)` adds to a
+arguments, preprocessors, samplers, adapter kinds) goes into the `Registry` of the Easel that loaded it, never
+into module state: two Easels in one process see only their own extensions. Loading is isolated: `setup(api)` adds to a
 staged registry that is merged into the Easel's only once it returned, so an extension that raises during
 import or `setup` leaves nothing behind; it is recorded with its error and every other extension and Easel
 itself go on.
@@ -153,7 +155,8 @@ class Registry:
 
     `webui.app.build` makes one per Easel and hands it to the engine (which runs the hooks and pipeline wrappers
     and builds schedulers from `samplers` on each job), the API and the UI (which read the rest when they are
-    built and on each request). `samplers` starts with the built-in ones.
+    built and on each request). `samplers` starts with the built-in ones. The engine also reads the adapter kinds
+    on each job: it asks `adapter_sources` what a request needs and hands `adapter_loaders` to the model manager.
     """
 
     tabs: list[UIContribution] = field(default_factory=list)
@@ -166,10 +169,14 @@ class Registry:
     scripts: dict[str, ScriptContribution] = field(default_factory=dict)  # by lower-case name
     request_args: dict[str, Callable[[Any], Any]] = field(default_factory=dict)  # extension name -> parser
     samplers: Samplers = field(default_factory=Samplers)
+    # adapter models (ControlNets, ...): each kind's `wanted(request) -> [AdapterSpec]`; kind -> `load(spec, loaded)`
+    adapter_sources: list[Callable[[Any], list[Any]]] = field(default_factory=list)
+    adapter_loaders: dict[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
     runtime_errors: dict[str, str] = field(default_factory=dict)  # extension name -> its last hook failure
 
-    _LISTS = ("tabs", "accordions", "routes", "before_generate", "after_generate", "pipeline_wrappers")
-    _DICTS = ("preprocessors", "scripts", "request_args")
+    _LISTS = ("tabs", "accordions", "routes", "before_generate", "after_generate", "pipeline_wrappers",
+              "adapter_sources")
+    _DICTS = ("preprocessors", "scripts", "request_args", "adapter_loaders")
 
     def merge(self, staged: "Registry") -> None:
         """Add what one extension's setup put into `staged` (see `load_extensions`). Names are checked first,
@@ -178,6 +185,9 @@ class Registry:
         if taken:
             raise ValueError(f"name: a script named {taken[0]!r} is already registered by "
                              f"{self.scripts[taken[0]].extension}")
+        kinds = sorted(staged.adapter_loaders.keys() & self.adapter_loaders.keys())
+        if kinds:
+            raise ValueError(f"kind: {kinds[0]!r} adapters are already declared")
         self.samplers.merge(staged.samplers)
         for name in self._LISTS:
             getattr(self, name).extend(getattr(staged, name))
@@ -322,6 +332,42 @@ class ExtensionAPI:
         if job.state != JobState.DONE or job.result is None:
             raise RuntimeError(f"{self.name}: the job was {job.state.value} ({job.error or 'no result'})")
         return job.result.info.get("value")
+
+    def add_adapter(self, kind: str, wanted: Callable[[Any], Any], load: Callable[[Any, Any], Any]) -> None:
+        """Declare a kind of adapter model (a ControlNet; an IP-Adapter, ...) that requests run with.
+
+        `wanted(request)` returns the `AdapterSpec(kind, name, weight, copy)`s a request needs (none: an empty
+        list); they join the job's one load call, and the model manager calls `load(spec, loaded)` with the
+        loaded checkpoint (`.pipe`, `.arch`, `.entry`) once per spec and job. Load through `api.memory` so the
+        model counts against the memory budgets, is pinned while the job runs and leaves on Unload. A
+        `ValueError` from either fails the job with its message (`field: ...` is the client's mistake, a 4xx).
+        """
+        kind = kind.strip()
+        if not kind:
+            raise ValueError("kind: an adapter kind needs a name")
+        if kind in self._staged.adapter_loaders or kind in self._registry.adapter_loaders:
+            raise ValueError(f"kind: {kind!r} adapters are already declared")
+        self._staged.adapter_loaders[kind] = load
+        self._staged.adapter_sources.append(self._adapters_of(kind, wanted))
+
+    @staticmethod
+    def _adapters_of(kind: str, wanted: Callable[[Any], Any]) -> Callable[[Any], list[Any]]:
+        def adapters(request: Any) -> list[Any]:
+            specs = list(wanted(request) or ())
+            wrong = [spec for spec in specs if getattr(spec, "kind", None) != kind]
+            if wrong:
+                raise TypeError(f"{kind} adapters: wanted() returned {wrong[0]!r}, not AdapterSpec({kind!r}, ...)")
+            return specs
+
+        return adapters
+
+    @property
+    def memory(self) -> Any:
+        """Easel's one memory cache (`webui.model_manager.memory.MemoryCache`): hold every model you load there
+        (`memory.get(kind, key)`, `memory.add(kind, key, model, name=...)`, `memory.clear(kind)`), so it counts
+        against the user's RAM and VRAM budgets, is shown in the Models tab and `/sdapi/v1/memory`, is pinned
+        while the job using it runs and leaves on Unload."""
+        return self._easel.manager.memory
 
     def add_sampler(self, name: str, scheduler_class: str, overrides: dict[str, Any] | None = None) -> None:
         """Offer a diffusers scheduler under a sampler name for SD-family models (SD 1.x, SD 2.x, SDXL).

@@ -43,7 +43,11 @@ class SettingError(ValueError):
 class UserSettings:
     """Settings a user changes in the Settings tab; persisted to config.json."""
 
-    ram_cache_size: int = 2  # pipelines kept in RAM
+    ram_cache_size: int = 2  # checkpoints kept loaded (on the device or in RAM)
+    # Memory budgets for every loaded model (checkpoints, VAEs, segmenters, upscalers, ControlNets), in MiB;
+    # 0 = automatic: RAM half of the machine's memory, the GPU 60% of its memory (see webui.model_manager.memory).
+    ram_budget_mb: int = 0
+    vram_budget_mb: int = 0
     live_preview_every: int = 4  # steps between preview images; 0 = off
     default_sampler: str = "Euler a"
     max_side: int = 2048

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from webui.extension_api import ExtensionAPI
+from webui.extension_api import AdapterSpec, ExtensionAPI
 
 from .apply import ControlNetRunner
 from .models import ControlNetModels
@@ -26,7 +26,8 @@ class ControlNet:
 
     def __init__(self, api: ExtensionAPI) -> None:
         self.api = api
-        self.models = ControlNetModels(folders=lambda: api.model_folders("ControlNet"), file_hash=api.file_hash)
+        self.models = ControlNetModels(folders=lambda: api.model_folders("ControlNet"), file_hash=api.file_hash,
+                                       memory=api.memory)
         self.preprocessors = Preprocessors([folder / ANNOTATOR_FOLDER for folder in api.model_folders("ControlNet")],
                                            offline=lambda: hub_offline() or not api.hub_downloads_allowed())
         self.runner = ControlNetRunner(self.models, self.preprocessors, self.parse, api.name)
@@ -39,12 +40,39 @@ class ControlNet:
         return parse_units(raw, self.preprocessors.find, lambda query: self.models.find(query).name,
                            self.max_pixels())
 
+    def adapters(self, request: Any) -> list[AdapterSpec]:
+        """The ControlNet models a request's enabled units use, for the job's one load call (a model two units
+        use is loaded twice, so each unit's control-mode hook acts on its own copy)."""
+        copies: dict[str, int] = {}
+        specs = []
+        for unit in self.runner.units(request):
+            entry = self.models.find(unit.model)
+            copy = copies.get(str(entry.path), 0)
+            copies[str(entry.path)] = copy + 1
+            specs.append(AdapterSpec("controlnet", entry.name, float(unit.weight), copy))
+        return specs
+
+    def load_adapter(self, spec: AdapterSpec, loaded: Any) -> Any:
+        """One ControlNet for the loaded checkpoint, on its device and in its dtype. None for a model made for
+        another family, or one whose file is refused or holds no ControlNet: the runner, which knows the unit,
+        then fails the job on that unit's field (`alwayson_scripts.controlnet.args[i].model`)."""
+        entry = self.models.find(spec.name)
+        try:
+            if self.models.family(entry) != loaded.arch.value:
+                return None
+            pipe = loaded.pipe
+            denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+            return self.models.load(entry, pipe._execution_device, denoiser.dtype, spec.copy)
+        except ValueError:  # ModelFileError (code in the file, a pickle-only folder) or not a ControlNet
+            return None
+
 
 def setup(api: ExtensionAPI) -> None:
     from . import routes, ui
 
     controlnet = ControlNet(api)
     api.add_request_args(controlnet.parse)
+    api.add_adapter("controlnet", controlnet.adapters, controlnet.load_adapter)
     api.wrap_pipeline(controlnet.runner)
     api.after_generate(controlnet.runner.after_generate)
     for name in MODULES:

@@ -8,15 +8,15 @@ cross-attention width (768 SD 1.x, 1024 SD 2.x, 2048 SDXL). Files are read witho
 pickle files through the weights-only unpickler (TorchScript archives refused unread) and handed to diffusers as
 tensors, folders with `use_safetensors=True` (a folder with only pickle weights is refused, naming the files).
 Folders named `annotators` hold preprocessor weights and are skipped. Titles are AUTOMATIC1111's: `name [first 8
-hex of the SHA-256]`. Loaded models stay in a small cache (by file, dtype and device) so consecutive generations
-do not read them again.
+hex of the SHA-256]`. Loaded models are held in Easel's one memory cache (`api.memory`, by file, dtype, device and
+copy) and count against its budgets with every other model; consecutive generations do not read them again, and
+Unload frees them.
 """
 from __future__ import annotations
 
 import json
 import logging
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +33,7 @@ SINGLE_FILE_CONFIGS: dict[str, Path] = {"sd1": CONFIGS / "sd15", "sd2": CONFIGS 
 FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1", "zimage": "Z-Image",
                  "unknown": "an unknown model family"}
 FOLDER_CLASSES = {"ControlNetModel": None, "FluxControlNetModel": "flux", "ZImageControlNetModel": "zimage"}
-CACHE_SIZE = 3
+KIND = "controlnet"  # their kind in the memory cache
 HASH_LENGTH = 8
 
 
@@ -98,14 +98,20 @@ def file_family(path: Path) -> str:
 
 @dataclass
 class ControlNetModels:
-    """The installed ControlNet models of some folders, and a cache of loaded ones."""
+    """The installed ControlNet models of some folders; loaded ones are held in `memory`."""
 
     folders: Callable[[], list[Path]]
     file_hash: Callable[[Path], str]
+    memory: Any = None  # Easel's MemoryCache (`api.memory`); None: one of its own
     _entries: dict[str, ControlNetEntry] = field(default_factory=dict)
     _families: dict[tuple[str, int], str] = field(default_factory=dict)
-    _loaded: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def __post_init__(self) -> None:
+        if self.memory is None:
+            from webui.extension_api import MemoryCache
+
+            self.memory = MemoryCache()
 
     # Listing ---------------------------------------------------------------------------------------------------
     def scan(self) -> list[ControlNetEntry]:
@@ -176,19 +182,15 @@ class ControlNetModels:
         another instance of the same model (two units using one model each get their own)."""
         key = (str(entry.path), str(dtype), str(device), copy)
         with self._lock:
-            if key in self._loaded:
-                self._loaded.move_to_end(key)
-                return self._loaded[key]
-            model = self._read(entry, dtype).to(device=device, dtype=dtype).eval()
-            model.requires_grad_(False)
-            self._loaded[key] = model
-            while len(self._loaded) > CACHE_SIZE:
-                self._loaded.popitem(last=False)
+            model = self.memory.get(KIND, key)
+            if model is None:
+                model = self._read(entry, dtype).to(device=device, dtype=dtype).eval()
+                model.requires_grad_(False)
+                self.memory.add(KIND, key, model, name=entry.name if not copy else f"{entry.name} (copy {copy + 1})")
             return model
 
     def clear(self) -> None:
-        with self._lock:
-            self._loaded.clear()
+        self.memory.clear(KIND)
 
     def _read(self, entry: ControlNetEntry, dtype: Any) -> Any:
         import diffusers

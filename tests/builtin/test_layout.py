@@ -92,29 +92,29 @@ def test_the_pipeline_plans_txt2img_from_each_images_generator(tmp_path) -> None
 
     pipe = make_tiny_pipeline()
     kw = dict(num_inference_steps=2, height=32, width=32, output_type="np")
-    plain = pipe("a red circle", generator=_gen(1), **kw).images
-    assert pipe.planned_prompts == ["a red circle"]  # off unless the model's config or the call turns it on
-    planned = pipe("a red circle", generator=_gen(1), plan_layout=True, **kw).images
-    first = list(pipe.planned_prompts)
+    out = pipe("a red circle", generator=_gen(1), **kw)
+    plain = out.images
+    assert out.planned_prompts == ["a red circle"]  # off unless the model's config or the call turns it on
+    out = pipe("a red circle", generator=_gen(1), plan_layout=True, **kw)
+    planned, first = out.images, out.planned_prompts
     assert _cells(first[0])[0] is not None
-    again = pipe("a red circle", generator=_gen(1), plan_layout=True, **kw).images
-    np.testing.assert_array_equal(planned, again)
-    assert pipe.planned_prompts == first and np.abs(planned - plain).max() > 1e-4
+    again = pipe("a red circle", generator=_gen(1), plan_layout=True, **kw)
+    np.testing.assert_array_equal(planned, again.images)
+    assert again.planned_prompts == first and np.abs(planned - plain).max() > 1e-4
+    assert not hasattr(pipe, "planned_prompts")  # what a call drew comes back with its output, not on the pipeline
     # the plan is drawn after the noise: a prompt it leaves alone gives exactly the unplanned image
     np.testing.assert_array_equal(pipe("a dog", generator=_gen(1), plan_layout=True, **kw).images,
                                   pipe("a dog", generator=_gen(1), **kw).images)
     # one plan per image, each from its own generator (a batch equals the images made one by one)
-    pipe(["a blue star"] * 6, generator=[_gen(s) for s in range(6)], plan_layout=True, **kw)
-    batch = list(pipe.planned_prompts)
-    singles = [pipe("a blue star", generator=_gen(s), plan_layout=True, **kw) and pipe.planned_prompts[0]
-               for s in range(6)]
+    batch = pipe(["a blue star"] * 6, generator=[_gen(s) for s in range(6)], plan_layout=True, **kw).planned_prompts
+    singles = [pipe("a blue star", generator=_gen(s), plan_layout=True, **kw).planned_prompts[0] for s in range(6)]
     assert batch == singles and len(set(batch)) > 1
     # img2img, inpainting and edits keep their prompt
     src = np.zeros((32, 32, 3), np.uint8)
-    pipe("a red circle", image=src, strength=0.5, generator=_gen(1), plan_layout=True, **kw)
-    assert pipe.planned_prompts == ["a red circle"]
-    pipe("add a red circle", source_image=src, generator=_gen(1), plan_layout=True, **kw)
-    assert pipe.planned_prompts == ["add a red circle"]
+    out = pipe("a red circle", image=src, strength=0.5, generator=_gen(1), plan_layout=True, **kw)
+    assert out.planned_prompts == ["a red circle"]
+    out = pipe("add a red circle", source_image=src, generator=_gen(1), plan_layout=True, **kw)
+    assert out.planned_prompts == ["add a red circle"]
     # the model's default is saved in model_index.json
     on = EaselPipeline(pipe.transformer, pipe.text_encoder, pipe.scheduler, plan_layout=True)
     on.save_pretrained(tmp_path / "easel")
@@ -133,10 +133,11 @@ def test_redraw_repaints_only_each_planned_objects_box_and_only_for_two_or_more(
     pipe = make_tiny_pipeline()
     kw = dict(num_inference_steps=2, output_type="np", plan_layout=True)
     prompt = "a red circle to the left of a blue star"
-    scene = pipe([prompt] * 2, generator=[_gen(4), _gen(5)], redraw_objects=False, **kw).images
-    planned = list(pipe.planned_prompts)
-    redrawn = pipe([prompt] * 2, generator=[_gen(4), _gen(5)], redraw_objects=True, **kw).images
-    assert pipe.planned_prompts == planned  # the redraw passes do not replace what the scene was drawn from
+    out = pipe([prompt] * 2, generator=[_gen(4), _gen(5)], redraw_objects=False, **kw)
+    scene, planned = out.images, out.planned_prompts
+    out = pipe([prompt] * 2, generator=[_gen(4), _gen(5)], redraw_objects=True, **kw)
+    redrawn = out.images
+    assert out.planned_prompts == planned  # the redraw passes do not replace what the scene was drawn from
     for i, s in enumerate((4, 5)):
         seed = int(torch.randint(0, 2**62, (1,), generator=_after_noise(s)))  # the draw the pipeline plans from
         objects = [o.obj for o in plan(prompt, random.Random(seed)).objects]

@@ -78,6 +78,7 @@ def test_a_setup_that_raises_after_adding_a_sampler_and_a_hook_registers_neither
         def setup(api):
             api.add_sampler("Euler (quitter)", "EulerDiscreteScheduler", {"timestep_spacing": "trailing"})
             api.before_generate(lambda request: request.replace(prompt="hijacked"))
+            api.add_adapter("quitter", lambda request: [], lambda spec, loaded: None)
             raise RuntimeError("quitter gave up")
     """, {"name": "quitter", "version": "0.1"})
     write_extension(data / "extensions", "stayer", """
@@ -92,6 +93,8 @@ def test_a_setup_that_raises_after_adding_a_sampler_and_a_hook_registers_neither
     assert "Euler (quitter)" not in easel.sampler_choices(None) and "Euler (stayer)" in easel.sampler_choices(None)
     assert all("quitter" not in hook.__qualname__ for hook in easel.registry.before_generate)
     assert set(easel.registry.samplers.added()) == {"Euler (stayer)"}
+    assert "quitter" not in easel.registry.adapter_loaders
+    assert len(easel.registry.adapter_sources) == len(easel.registry.adapter_loaders)  # no stray `wanted`
 
     with api_client(easel) as client:
         listed = {e["name"]: e for e in client.get("/sdapi/v1/extensions").json()}
@@ -104,6 +107,58 @@ def test_a_setup_that_raises_after_adding_a_sampler_and_a_hook_registers_neither
         response = client.post("/sdapi/v1/txt2img", json={"prompt": "mine", "seed": 1, **TINY})
         assert response.status_code == 200, response.text
         assert parse_infotext(open_b64(response.json()["images"][0]).info["parameters"])["Prompt"] == "mine"
+
+
+ADDS_PROBE = """
+    import torch
+    from webui.extension_api import AdapterSpec
+
+    def setup(api):
+        api.loads = []
+
+        def wanted(request):
+            return [AdapterSpec("probe", "p1")] if "probe" in request.prompt else []
+
+        def load(spec, loaded):
+            found = api.memory.get("probe", spec.name)
+            if found is None:
+                api.loads.append((spec.name, loaded.arch.value))
+                found = torch.nn.Linear(4, 4)
+                api.memory.add("probe", spec.name, found, name=spec.name)
+            return found
+
+        api.add_adapter("probe", wanted, load)
+        LOADED.append(api)
+
+    LOADED = []
+"""
+
+
+def test_an_adapter_kind_reaches_only_its_easel_and_a_second_declaration_is_refused(make_easel, tmp_path):
+    import sys
+
+    root = tmp_path / "exts"
+    write_extension(root, "probe", ADDS_PROBE, {"name": "probe"})
+    write_extension(root, "probe-again", """
+        def setup(api):
+            api.add_adapter("probe", lambda request: [], lambda spec, loaded: None)
+    """, {"name": "probe-again"})
+    with_ext, without = make_easel(), make_easel()
+    loaded = {e.name: e for e in load_extensions(with_ext, [root], set(), with_ext.registry)}
+    assert loaded["probe"].loaded and not loaded["probe-again"].loaded
+    assert "kind: 'probe' adapters are already declared" in loaded["probe-again"].error
+    assert "probe" in with_ext.registry.adapter_loaders and "probe" not in without.registry.adapter_loaders
+    api = sys.modules["easel_extension_probe"].LOADED[-1]
+
+    request = Txt2ImgRequest(prompt="a probe house", seed=2, checkpoint="tiny-sd1", **TINY)
+    for _ in range(2):  # loaded once in the job's one load call, held in the shared memory cache after
+        job = with_ext.engine.generate(request, timeout=120)
+        assert job.state == JobState.DONE, job.error
+    assert api.loads == [("p1", "sd1")]
+    assert [h["name"] for h in with_ext.manager.memory_report()["held"] if h["kind"] == "probe"] == ["p1"]
+    job = without.engine.generate(request, timeout=120)
+    assert job.state == JobState.DONE, job.error
+    assert not [h for h in without.manager.memory_report()["held"] if h["kind"] == "probe"]
 
 
 def test_flow_models_keep_their_own_list_and_schedule_suffixes(make_easel, tmp_path):

@@ -27,6 +27,7 @@ import inspect
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -43,6 +44,14 @@ from webui.builtin.text import EaselTextEncoder
 logger = logging.getLogger(__name__)
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor | list | tuple
+
+
+@dataclass
+class EaselPipelineOutput(ImagePipelineOutput):
+    """The images, and per image the prompt as the model read it: with its planned layout written in where the
+    layout was planned, else the prompt as given."""
+
+    planned_prompts: list[str] = field(default_factory=list)
 
 
 def settle_background(redrawn: torch.Tensor, before: torch.Tensor, mask: torch.Tensor, tolerance: float = 35.0,
@@ -158,7 +167,6 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
         self._interrupt = False
         self._guidance_scale = 1.0
         self._num_timesteps = 0
-        self.planned_prompts: list[str] = []  # the last call's prompts as the model read them (layout planned)
 
     @property
     def guidance_scale(self) -> float:
@@ -306,7 +314,7 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: list[str] | None = None,
                  guidance_interval: tuple[float, float] | None = None, plan_layout: bool | None = None,
-                 redraw_objects: bool | None = None) -> ImagePipelineOutput | tuple:
+                 redraw_objects: bool | None = None) -> EaselPipelineOutput | tuple:
         # 1. check inputs
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         self.check_inputs(height, width, strength, image, mask_image, source_image, num_inference_steps,
@@ -404,9 +412,8 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
                                   guidance_scale=guidance_scale, guidance_interval=guidance_interval,
                                   callback_on_step_end=callback_on_step_end,
                                   callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
-        self.planned_prompts = planned
         images = self.postprocess(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
-        return ImagePipelineOutput(images=images)
+        return EaselPipelineOutput(images=images, planned_prompts=planned)

@@ -19,11 +19,11 @@ from webui.engine.samplers import Samplers
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job
 from webui.extensions import PipelineCall, PipelineWrapper
-from webui.model_manager.embeddings import EMBEDDING_ARCHS, AppliedEmbedding, EmbeddingError
+from webui.model_manager.embeddings import EMBEDDING_ARCHS, AppliedEmbedding
 from webui.model_manager.embeddings import expand as expand_embeddings
 from webui.model_manager.identify import Arch
-from webui.model_manager.errors import ModelNotFoundError
-from webui.model_manager.manager import AppliedLora, LoadedPipeline, LoraError, ModelManager
+from webui.model_manager.manager import AppliedLora, LoadedPipeline, ModelManager
+from webui.model_manager.spec import AdapterSpec, LoadSpec, LoadSpecError
 from webui.requests import GenerationRequest, RequestError
 
 log = logging.getLogger(__name__)
@@ -35,12 +35,14 @@ _SD_LATENT_RGB = torch.tensor([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173],
 
 @dataclass
 class Generated:
-    """One finished image and the infotext entries that only the mode knows."""
+    """One finished image, the infotext entries that only the mode knows, and the model that made it."""
 
     image: Image.Image
     seed: int
     extra: dict[str, Any] = field(default_factory=dict)  # infotext entries
     payload: dict[str, Any] = field(default_factory=dict)  # other outputs (masks, flags) for the UI and API
+    model: str | None = None  # the checkpoint (or segmenter) that ran
+    model_hash: str | None = None  # its short hash, where it has one
 
 
 def resolve_seed(seed: int) -> int:
@@ -87,45 +89,48 @@ class ModeContext:
     embeddings: list[AppliedEmbedding] = field(default_factory=list)  # embeddings the prompts name, as loaded
     plan_layout: bool = True  # False: the built-in model draws the prompt as written, not its planned layout
     samplers: Samplers = field(default_factory=Samplers)  # the Easel's (its registry's): built-in + extensions'
+    # the Easel's adapter kinds: extensions' `wanted(request) -> [AdapterSpec]` (the adapter models, ControlNets
+    # and such, a request runs with) and each kind's `load(spec, loaded)`
+    adapter_sources: list[Callable[[Any], Any]] = field(default_factory=list)
+    adapter_loaders: dict[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
+    loaded: LoadedPipeline | None = None  # what the last `load` handed out: the model this job ran
 
     def load(self, request: GenerationRequest, mode: str) -> LoadedPipeline:
-        """The pipeline for this request and mode, with exactly the prompt's LoRAs active and the embeddings its
-        prompts name added."""
-        loaded = self.manager.get(request.checkpoint or self.default_checkpoint(), mode,
-                                  None if request.vae in ("", "Automatic", "None") else request.vae)
-        self.apply_loras(loaded, request)
-        self.apply_embeddings(loaded, request)
-        loaded.pipe.scheduler = self.samplers.make_scheduler(request.sampler, loaded.arch,
-                                                             loaded.pipe.scheduler.config)
+        """The pipeline for this request and mode, ready to run, from the model manager's one call (`LoadSpec`):
+        exactly the prompt's LoRAs active, the embeddings its prompts name added, a fresh scheduler, the adapters
+        the extensions say it needs loaded. A LoRA or an embedding that cannot be used is an error on the field
+        that names it."""
+        spec = self.load_spec(request, mode)
+        try:
+            loaded = self.manager.load(spec, self.samplers.make_scheduler, self.adapter_loaders)
+        except LoadSpecError as exc:
+            if exc.part == "embeddings":
+                prompt, _ = extract_loras(request.prompt)
+                negative_only = exc.name not in {e.name for e in self.manager.embeddings_in(prompt)}
+                raise RequestError("negative_prompt" if negative_only else "prompt", str(exc)) from None
+            raise RequestError("prompt", str(exc)) from None
+        self.loras, self.embeddings = list(loaded.loras), list(loaded.embeddings)
+        self.loaded = loaded
         return loaded
 
     def sampler_used(self, request: GenerationRequest, arch: Arch) -> str:
         """The sampler name that runs `request` on this model family (what the infotext records)."""
         return self.samplers.resolve(request.sampler, arch)
 
-    def apply_loras(self, loaded: LoadedPipeline, request: GenerationRequest) -> None:
-        """Reconcile the model's LoRAs with the prompt's `<lora:name:weight>` tags (none: the base model)."""
+    def load_spec(self, request: GenerationRequest, mode: str) -> LoadSpec:
+        """What this request needs loaded for `mode`: its checkpoint (the current one when it names none) and VAE,
+        the prompt's `<lora:name:weight>` tags, the embeddings the prompt and negative prompt use as words (SD
+        1.x/2.x and SDXL take them; other families read the name as plain text), the sampler, and the adapters."""
         _, tags = extract_loras(request.prompt)
-        try:
-            self.loras = self.manager.apply_loras(loaded, [(tag.name, tag.weight) for tag in tags])
-        except (ModelNotFoundError, LoraError) as exc:
-            raise RequestError("prompt", str(exc)) from None
-
-    def apply_embeddings(self, loaded: LoadedPipeline, request: GenerationRequest) -> None:
-        """Add the textual-inversion embeddings whose names the prompt or negative prompt use as words (SD 1.x/2.x
-        and SDXL; other families read the name as plain text). One that does not fit the model is an error on
-        the field that names it."""
-        self.embeddings = []
-        found: dict[str, AppliedEmbedding] = {}
+        embeddings: dict[str, None] = {}
         for field_name in ("prompt", "negative_prompt"):
             text, _ = extract_loras(getattr(request, field_name))
-            try:
-                applied = self.manager.apply_embeddings(loaded, self.manager.embeddings_in(text))
-            except EmbeddingError as exc:
-                raise RequestError(field_name, str(exc)) from None
-            for embedding in applied:
-                found.setdefault(embedding.name, embedding)
-        self.embeddings = list(found.values())
+            embeddings.update((entry.name, None) for entry in self.manager.embeddings_in(text))
+        adapters: list[AdapterSpec] = [spec for wanted in self.adapter_sources for spec in wanted(request) or ()]
+        return LoadSpec(checkpoint=request.checkpoint or self.default_checkpoint(), mode=mode,
+                        vae=None if request.vae in ("", "Automatic", "None") else request.vae,
+                        loras=tuple((tag.name, float(tag.weight)) for tag in tags), embeddings=tuple(embeddings),
+                        sampler=request.sampler, adapters=tuple(adapters))
 
     def network_infotext(self) -> dict[str, Any]:
         """`Lora hashes: "name: hash, …"` for the LoRAs this job used, `TI hashes: "name: hash, …"` for its
@@ -218,7 +223,8 @@ def run_batches(ctx: ModeContext, request: GenerationRequest, loaded: LoadedPipe
         seeds = [first_seed + batch * request.batch_size + i for i in range(request.batch_size)]
         images = call(generators(seeds), request.batch_size)
         entries = {**(extra or {}), **ctx.network_infotext()}
-        results.extend(Generated(img, seed, dict(entries)) for img, seed in zip(images, seeds))
+        results.extend(Generated(img, seed, dict(entries), model=loaded.entry.name, model_hash=loaded.entry.short_hash)
+                       for img, seed in zip(images, seeds))
         if job.interrupt_requested:
             break
     return results

@@ -2,7 +2,7 @@
 
 UI and API both call `Engine.submit`; the worker calls `Engine.run_job` on its thread. Extensions can change a
 request before it runs (`before_generate` hooks) and post-process images after (`after_generate` hooks); those
-hooks, the pipeline wrappers and the samplers are read from the Easel's registry on each job.
+hooks, the pipeline wrappers, the samplers and the adapter kinds are read from the Easel's registry on each job.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from PIL import Image
 from webui import __version__
 from webui.engine.context import Generated, ModeContext
 from webui.engine.outputs import mode_folder, save_image
-from webui.engine.tasks import EngineTask
+from webui.engine.tasks import EngineTask, UnloadRequest
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job, JobResult, Worker
 from webui.extensions import PipelineWrapper, Registry
@@ -48,7 +48,7 @@ class Engine:
         self.registry = registry if registry is not None else Registry()  # the Easel's: hooks, samplers
         self.worker = Worker(self.run_job, queue_size=settings.user.queue_size)
         self.upscalers = Upscalers([settings.models_dir / "ESRGAN", *settings.esrgan_dirs], manager.device,
-                                   manager.dtype)
+                                   manager.dtype, memory=manager.memory)
 
     # The extensions' hooks this engine runs: the registry's own lists.
     @property
@@ -107,8 +107,22 @@ class Engine:
             raise RequestError("checkpoint", "pick a checkpoint to load")
         return self.worker.submit(LoadRequest(checkpoint, vae), source)
 
+    def unload(self, checkpoint: str | None = None, source: str = "ui", wait: bool = True,
+               timeout: float | None = None) -> Job:
+        """Queue unloading one checkpoint (None: every model of every kind) behind any running job, so a job
+        never loses its model while it runs; wait for it unless `wait` is False (`Job.wait_async` on a loop)."""
+        job = self.submit(UnloadRequest(checkpoint=checkpoint or None), source)
+        if wait:
+            job.wait(timeout)
+        return job
+
     # Running (worker thread) ---------------------------------------------------------------------
     def run_job(self, job: Job) -> JobResult:
+        """Run one job with the models it uses pinned in memory until it ends."""
+        with self.manager.memory.job():
+            return self._run(job)
+
+    def _run(self, job: Job) -> JobResult:
         request = job.request
         if isinstance(request, EngineTask):  # upscaling, unloading: no extension hooks
             return request.run(self, job)
@@ -121,15 +135,22 @@ class Engine:
             request = hook(request) or request
         mode = importlib.import_module(MODES[request.mode])
         ctx = ModeContext(self.manager, job, self.settings.user.live_preview_every, self.upscalers,
-                          plan_layout=self.settings.user.builtin_plan_layout, samplers=self.registry.samplers)
-        ctx.pipeline_wrappers = list(self.pipeline_wrappers)
+                          plan_layout=self.settings.user.builtin_plan_layout, samplers=self.registry.samplers,
+                          pipeline_wrappers=list(self.pipeline_wrappers),
+                          adapter_sources=list(self.registry.adapter_sources),
+                          adapter_loaders=dict(self.registry.adapter_loaders))
         generated: list[Generated] = mode.run(ctx, request)
         for hook in self.after_generate:
             generated = hook(request, generated) or generated
         result = JobResult()
-        entry = self.manager.current()
+        # the model that ran, as the mode returned it (or, when no image came out, the one it loaded)
+        ran = next((item for item in generated if item.model), None)
+        model, model_hash = (ran.model, ran.model_hash) if ran is not None else (
+            (ctx.loaded.entry.name, ctx.loaded.entry.short_hash) if ctx.loaded is not None else (None, None))
         for item in generated:
-            text, params = self.infotext(request, item, entry)
+            if item.model is None:  # an image an extension's hook made
+                item.model, item.model_hash = model, model_hash
+            text, params = self.infotext(request, item)
             result.images.append(item.image)
             result.infotexts.append(text)
             result.parameters.append(params)
@@ -142,24 +163,23 @@ class Engine:
                 result.paths.append(path)
                 if isinstance(item.payload.get("mask"), Image.Image):
                     item.payload["mask"].save(path.with_name(path.stem + "-mask.png"))
-        result.info |= {"seeds": result.seeds, "model": entry.name if entry else None,
-                       "model_hash": entry.short_hash if entry else None}
+        result.info |= {"seeds": result.seeds, "model": model, "model_hash": model_hash}
         job.update(result=result)
         return result
 
-    def infotext(self, request: Any, item: Generated, entry: Any) -> tuple[str, dict[str, Any]]:
+    def infotext(self, request: Any, item: Generated) -> tuple[str, dict[str, Any]]:
         """AUTOMATIC1111's parameters text for one image, and the parameters it was written from.
 
         A generation's parameters are its request's declared fields with what the run used in their place: the
-        image's seed, the model loaded (and its hash), and the mode's own entries (`item.extra`: the sampler used,
-        LoRA hashes, ...)."""
+        image's seed, the model that made it (`item.model`, and its hash), and the mode's own entries
+        (`item.extra`: the sampler used, LoRA hashes, ...)."""
         if not isinstance(request, GenerationRequest):
             params = {"Seed": item.seed, **item.extra, "Version": f"Easel {__version__}"}
             # a segmentation image's first line is its own query (one image per query line)
             return format_infotext(str(item.extra.get("Query", getattr(request, "query", ""))), "", params), params
-        actual: dict[str, Any] = {"Seed": item.seed, "Model hash": entry.short_hash if entry else None}
-        if entry is not None:
-            actual["Model"] = entry.name
+        actual: dict[str, Any] = {"Seed": item.seed, "Model hash": item.model_hash}
+        if item.model:
+            actual["Model"] = item.model
         params = generation_parameters(request, {**actual, **item.extra})
         return format_infotext(request.prompt, request.negative_prompt, params), params
 

@@ -149,17 +149,27 @@ class CallTask(EngineTask):
 
 @dataclass(frozen=True)
 class UnloadRequest(EngineTask):
-    """Drop every checkpoint and the upscaler model from memory (AUTOMATIC1111's unload-checkpoint)."""
+    """Drop one checkpoint, or (None) every model of every kind from memory: checkpoints, VAEs, segmenters,
+    upscalers, ControlNets (AUTOMATIC1111's unload-checkpoint). Queued like a job, so a running job keeps its
+    model until it ends."""
 
+    checkpoint: str | None = None
     mode: str = "unload"
 
     def run(self, engine: "Engine", job: Job) -> JobResult:
         current = engine.manager.current()
-        engine.manager.unload()
-        engine.upscalers.unload()
+        if self.checkpoint:
+            entry = engine.manager.find_checkpoint(self.checkpoint)
+            unloaded = entry.name if entry.name in engine.manager.loaded_names() else None
+            engine.manager.unload(entry.name)
+        else:
+            engine.manager.unload()  # the one memory cache: the upscalers' and the extensions' models too
+            engine.upscalers.unload()
+            unloaded = current.name if current else None
         release_memory()
-        log.info("unloaded every model%s", f" (was using {current.name})" if current else "")
-        result = JobResult(info={"unloaded": current.name if current else None})
+        log.info("unloaded %s", f"checkpoint {self.checkpoint}" if self.checkpoint else
+                 "every model" + (f" (was using {current.name})" if current else ""))
+        result = JobResult(info={"unloaded": unloaded})
         job.update(result=result)
         return result
 

@@ -1,14 +1,14 @@
 """Upscalers: Lanczos and Nearest built in, ESRGAN-family models from `models/ESRGAN/` through spandrel.
 
 `Upscalers` lists what is installed (built-ins first, then every model file in the upscaler folders by name),
-loads one model at a time and runs it tile by tile, so a large image needs little memory. Easel reads the file
-itself, without running code from it (`webui.model_manager.weights`: safetensors, or a pickle through the
-weights-only unpickler; TorchScript archives are refused unread), and hands spandrel only the tensors, from
-which it recognises ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT and the other single-image super-resolution
-architectures. A file that is refused or is no upscaler raises `UpscalerLoadError` naming it. A model scales by
-its own factor; `upscale` repeats it until the image reaches the target size, then resizes to the exact size with
-Lanczos (for Extras, a pass that would make more than the per-image limit is made on the image shrunk to land on
-the target). Hires fix, the Extras tab and
+loads models (held, like every loaded model, in the model manager's memory cache) and runs them tile by tile, so
+a large image needs little memory. Easel reads the file itself, without running code from it
+(`webui.model_manager.weights`: safetensors, or a pickle through the weights-only unpickler; TorchScript archives
+are refused unread), and hands spandrel only the tensors, from which it recognises ESRGAN, Real-ESRGAN, SwinIR,
+DAT, HAT and the other single-image super-resolution architectures. A file that is refused or is no upscaler
+raises `UpscalerLoadError` naming it. A model scales by its own factor; `upscale` repeats it until the image
+reaches the target size, then resizes to the exact size with Lanczos (for Extras, a pass that would make more than
+the per-image limit is made on the image shrunk to land on the target). Hires fix, the Extras tab and
 `/sdapi/v1/extra-single-image` all go through here, on the worker thread that owns the device.
 
 AUTOMATIC1111's latent upscalers ("Latent", "Latent (bicubic)", ...) are accepted for hires fix so clients
@@ -40,6 +40,7 @@ LATENT_FILTERS: dict[str, Image.Resampling] = {
 }
 MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
 MAX_PASSES = 4
+UPSCALER = "upscaler"  # their kind in the memory cache
 _SCALE_IN_NAME = re.compile(r"(?:^|[^0-9a-z])(?:x(\d)(?!\d)|(\d)x)", re.IGNORECASE)  # "x4plus", "4x-", "2xNomos"
 
 
@@ -84,7 +85,7 @@ class Upscalers:
     the worker thread."""
 
     def __init__(self, dirs: list[Path], device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 tile: int = 192, tile_overlap: int = 16) -> None:
+                 tile: int = 192, tile_overlap: int = 16, memory: Any = None) -> None:
         if tile < 16 or tile_overlap < 0 or tile_overlap * 2 >= tile:
             raise ValueError(f"tile: needs tile >= 16 and 0 <= overlap < tile / 2, got {tile} and {tile_overlap}")
         self.dirs = [Path(d) for d in dirs]
@@ -94,7 +95,11 @@ class Upscalers:
         self.tile_overlap = tile_overlap
         self._lock = threading.Lock()
         self._entries: list[UpscalerEntry] | None = None
-        self._loaded: tuple[Path, float, Any] | None = None  # (path, mtime, spandrel descriptor)
+        if memory is None:  # the model manager's memory cache, where every loaded model is held (engine.py)
+            from webui.model_manager.memory import MemoryCache
+
+            memory = MemoryCache(device)
+        self.memory = memory  # loaded models by (path, mtime, dtype), as kind "upscaler"
 
     # Listing ---------------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -187,9 +192,11 @@ class Upscalers:
     def _load(self, entry: UpscalerEntry) -> Any:
         assert entry.path is not None
         mtime = entry.path.stat().st_mtime
-        if self._loaded is not None and self._loaded[0] == entry.path and self._loaded[1] == mtime:
-            return self._loaded[2]
-        self.unload()
+        key = (str(entry.path), mtime, str(self.dtype))
+        found = self.memory.get(UPSCALER, key)
+        if found is not None:
+            return found
+        self.memory.clear(UPSCALER, where=lambda held: held[0] == key[0])  # an older version of the file
         from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
 
         from webui.model_manager.weights import ModelFileError, read_weights
@@ -217,12 +224,12 @@ class Upscalers:
             dtype = torch.float32
         model.to(self.device).to(dtype).eval()
         log.info("upscaler %s loaded (%s, %dx)", entry.name, model.architecture.name, model.scale)
-        self._loaded = (entry.path, mtime, model)
+        self.memory.add(UPSCALER, key, model, name=entry.name)
         return model
 
     def unload(self) -> None:
-        """Forget the loaded model (its memory is freed with the next collection)."""
-        self._loaded = None
+        """Forget the loaded models."""
+        self.memory.clear(UPSCALER)
 
     def _run_model(self, model: Any, image: Image.Image) -> Image.Image:
         array = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3) in [0, 1]

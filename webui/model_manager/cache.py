@@ -1,18 +1,16 @@
-"""Loaded pipelines: an LRU of them in RAM, and exactly one (the active one) on the device.
+"""Loaded checkpoints (`Slot`) and how their weights move between the CPU and the device.
 
 Each cached checkpoint is a `Slot`: its base pipeline, the per-mode pipelines made from it with `from_pipe`
 (they share every module, so the weights exist once), the VAE it currently uses, and where its configs came
-from. `PipelineCache` keeps slots in least-recently-used order, evicts the oldest one that is not active when
-it is full, and moves weights: activating a slot moves the previously active one back to the CPU and this one
-to the device (nothing to move on a CPU device). With CPU offload (CUDA only) the accelerate hooks take the
-place of the move. Eviction drops every reference the cache holds, runs the garbage collector and empties the
-CUDA cache, so the memory really comes back.
+from. Which slots stay loaded, and where, is the memory policy's (webui.model_manager.memory); `PipelinePlacement`
+does the moving when it decides: to the device, or back to the CPU (nothing to move on a CPU device). With CPU
+offload (CUDA only) the accelerate hooks take the place of the move. `release_memory` runs the garbage collector
+and empties the CUDA cache, so dropped weights really give their memory back.
 """
 from __future__ import annotations
 
 import gc
 import logging
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
@@ -39,6 +37,7 @@ class Slot:
     vae_name: str | None = None  # None: the checkpoint's own VAE
     offloaded: bool = False
     results: dict[str, Any] = field(default_factory=dict)  # mode -> LoadedPipeline handed out
+    measured_for: Any = None  # the LoRAs and embeddings its size was last measured with
 
     def all_pipes(self) -> list[Any]:
         unique: dict[int, Any] = {id(self.base): self.base}
@@ -68,85 +67,51 @@ def tensor_bytes(pipes: list[Any]) -> dict[str, int]:
     return totals
 
 
-class PipelineCache:
-    """LRU of `Slot`s with at most `capacity` entries and one active slot on `device`."""
+def slot_bytes(slot: Slot) -> int:
+    """Bytes of a checkpoint's own weights: every module of its pipelines and its own VAE, without a VAE from the
+    VAE folders that replaces it (held as its own entry)."""
+    from webui.model_manager.memory import module_bytes
 
-    def __init__(self, capacity: int, device: str, offload: Offload = "none") -> None:
-        if capacity < 1:
-            raise ValueError(f"ram_cache_size must be at least 1, got {capacity}")
-        self.capacity = capacity
+    override = None if slot.base is None or slot.vae_name is None else getattr(slot.base, "vae", None)
+    modules = {id(m): m for pipe in slot.all_pipes() for m in modules_of(pipe) if m is not override}
+    if isinstance(slot.own_vae, torch.nn.Module):
+        modules.setdefault(id(slot.own_vae), slot.own_vae)
+    return module_bytes(list(modules.values()))
+
+
+def slot_report(slot: Slot, tier: str, size: int, active: bool) -> dict[str, Any]:
+    """One checkpoint for the memory report: where its tensors are (bytes in RAM, on the device), its tier."""
+    by_device = tensor_bytes(slot.all_pipes())
+    on_cpu = by_device.get("cpu", 0) + by_device.get("meta", 0)
+    entry = slot.entry
+    return {"name": entry.name, "title": entry.title, "arch": slot.arch.value, "active": active,
+            "vae": slot.vae_name or "Automatic", "modes": sorted(m for m in slot.pipes if m not in slot.unavailable),
+            "ram_bytes": on_cpu, "device_bytes": sum(v for k, v in by_device.items() if k not in ("cpu", "meta")),
+            "tier": tier, "bytes": size}
+
+
+class PipelinePlacement:
+    """Moves a slot's weights to the device or back to the CPU, with or without CPU offload."""
+
+    def __init__(self, device: str, offload: Offload = "none") -> None:
         self.device = device
         self.offload: Offload = offload if self.device_is_accelerator else "none"
         if offload != "none" and not self.device_is_accelerator:
             log.info("CPU offload %r ignored: it only applies to a CUDA device, not %s", offload, device)
-        self._slots: OrderedDict[str, Slot] = OrderedDict()
-        self.active: Slot | None = None
-        self.evictions = 0
 
     @property
     def device_is_accelerator(self) -> bool:
         return torch.device(self.device).type == "cuda"
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._slots
+    def place(self, slot: Slot, tier: str) -> None:
+        """Put the slot where the memory policy wants it: "device" (ready to run) or "ram"."""
+        if tier == "device":
+            self._to_device(slot)
+        else:
+            self._to_ram(slot)
 
-    def __len__(self) -> int:
-        return len(self._slots)
-
-    def __iter__(self) -> Iterator[Slot]:
-        return iter(list(self._slots.values()))
-
-    def get(self, name: str) -> Slot | None:
-        """The slot, marked most recently used; None when not cached."""
-        slot = self._slots.get(name)
-        if slot is not None:
-            self._slots.move_to_end(name)
-        return slot
-
-    def make_room(self, incoming: int = 1) -> None:
-        """Evict least-recently-used inactive slots until `incoming` more fit (the active one is kept)."""
-        while len(self._slots) + incoming > self.capacity:
-            victim = next((s for s in self._slots.values() if s is not self.active), None)
-            if victim is None:
-                return
-            self.evict(victim.name)
-
-    def add(self, slot: Slot) -> None:
-        self._slots[slot.name] = slot
-        self._slots.move_to_end(slot.name)
-        while len(self._slots) > self.capacity:
-            victim = next((s for s in self._slots.values() if s is not slot and s is not self.active), None)
-            if victim is None:
-                victim = next(s for s in self._slots.values() if s is not slot)
-            self.evict(victim.name)
-
-    def evict(self, name: str) -> None:
-        slot = self._slots.pop(name, None)
-        if slot is None:
-            return
-        log.info("unloading %s", name)
-        if slot is self.active:
-            self._deactivate(slot)
-            self.active = None
-        slot.pipes.clear()
-        slot.results.clear()
-        slot.base = slot.own_vae = None
-        self.evictions += 1
-        release_memory()
-
-    def clear(self) -> None:
-        for name in list(self._slots):
-            self.evict(name)
-
-    # ----------------------------------------------------------------------------------------- device
-    def activate(self, slot: Slot) -> None:
-        """Make `slot` the one on the device (no work when it already is)."""
-        if self.active is slot:
-            return
-        if self.active is not None:
-            self._deactivate(self.active)
-        self.active = slot
-        if not self.device_is_accelerator:
+    def _to_device(self, slot: Slot) -> None:
+        if not self.device_is_accelerator or slot.base is None:
             return
         if self.offload == "none":
             slot.base.to(self.device)
@@ -157,7 +122,7 @@ class PipelineCache:
                 slot.base.enable_sequential_cpu_offload(device=self.device)
             slot.offloaded = True
 
-    def _deactivate(self, slot: Slot) -> None:
+    def _to_ram(self, slot: Slot) -> None:
         if not self.device_is_accelerator or slot.base is None:
             return
         if self.offload == "none":
@@ -167,9 +132,9 @@ class PipelineCache:
         # sequential offload keeps weights on the CPU already; only one submodule visits the device at a time
         release_memory(collect=False)
 
-    def place_module(self, slot: Slot, module: torch.nn.Module) -> None:
+    def place_module(self, slot: Slot, module: torch.nn.Module, on_device: bool) -> None:
         """Put a module that joined `slot` (e.g. a VAE) where the slot's other modules are."""
-        if slot is not self.active or not self.device_is_accelerator:
+        if not on_device or not self.device_is_accelerator:
             return
         if self.offload == "none":
             module.to(self.device)
@@ -180,13 +145,12 @@ class PipelineCache:
         else:  # model offload: re-create the hooks so the new module is part of the offload sequence
             slot.base.remove_all_hooks()
             slot.offloaded = False
-            self.active = None
-            self.activate(slot)
+            self._to_device(slot)
 
     @contextmanager
-    def hooks_lifted(self, slot: Slot | None) -> Iterator[None]:
+    def hooks_lifted(self, slot: Slot | None, on_device: bool) -> Iterator[None]:
         """Take the CPU-offload hooks off `slot` while its modules change shape (new embedding rows), and put them
-        back afterwards; nothing to do without offload."""
+        back afterwards when it is on the device; nothing to do without offload."""
         if slot is None or not slot.offloaded:
             yield
             return
@@ -195,9 +159,8 @@ class PipelineCache:
         try:
             yield
         finally:
-            if self.active is slot:
-                self.active = None
-                self.activate(slot)
+            if on_device:
+                self._to_device(slot)
 
 
 def release_memory(collect: bool = True) -> None:

@@ -3,11 +3,18 @@
 What exists on disk (listings, names, titles, hashes, lookups) is the catalogue's (webui.model_manager.catalogue,
 `manager.catalogue`); the manager keeps the listing methods callers know as thin delegations to it.
 
-`ModelManager.get(checkpoint, mode, vae)` reconciles what is wanted with what is loaded. Asking for the same
-thing twice does nothing the second time; another mode of the same checkpoint is a `from_pipe` view of the same
-weights; a checkpoint in the RAM cache is moved to the device, never reread from disk; a VAE from the VAE folders
-replaces the checkpoint's own and is undone when a later request asks for "Automatic". The built-in model is one
-`EaselPipeline` for every mode. A checkpoint is hashed when it is first loaded, so its title gains its hash then.
+`ModelManager.load(spec)` is the engine's one call: a `LoadSpec` (webui.model_manager.spec) says what a job needs
+(checkpoint, mode, VAE, LoRAs, embeddings, sampler, adapters such as ControlNets) and the answer is the pipeline
+ready to run, with what was applied. `get(checkpoint, mode, vae)` is its first step: it reconciles what is wanted
+with what is loaded. Asking for the same thing twice does nothing the second time; another mode of the same
+checkpoint is a `from_pipe` view of the same weights; a checkpoint held in RAM is moved to the device, never reread
+from disk; a VAE from the VAE folders replaces the checkpoint's own and is undone when a later request asks for
+"Automatic". The built-in model is one `EaselPipeline` for every mode. A checkpoint is hashed when it is first
+loaded, so its title gains its hash then.
+
+Everything loaded (checkpoints, their VAEs, segmenters, and through `memory` the engine's upscalers and the
+extensions' ControlNets) is held by one `MemoryCache` (webui.model_manager.memory): byte budgets for the device
+and for RAM, least recently used first out, the running job's models pinned.
 
 LoRAs (`apply_loras`) are named adapters on the loaded denoiser (webui.model_manager.loras). Textual-inversion
 embeddings (webui.model_manager.embeddings): `apply_embeddings` adds the ones a prompt names to the loaded
@@ -20,14 +27,14 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from webui.model_manager.cache import Offload, PipelineCache, Slot, release_memory, tensor_bytes
+from webui.model_manager.cache import Offload, PipelinePlacement, Slot, slot_bytes, slot_report
 from webui.model_manager.catalogue import Catalogue, CheckpointEntry, VaeEntry
 from webui.model_manager.clip_tokenizer import load_clip_tokenizer
 from webui.model_manager.embeddings import (EMBEDDING_ARCHS, AppliedEmbedding, EmbeddingEntry, EmbeddingError,
@@ -37,28 +44,38 @@ from webui.model_manager.errors import ModelLoadError, ModelNotFoundError
 from webui.model_manager.hashes import SHORT_HASH_LENGTH, HashCache
 from webui.model_manager.identify import Arch, identify_file
 from webui.model_manager.lora_files import LoraEntry, identify_lora, preview_image
-from webui.model_manager.loading import MODES, LoadContext, Loaded, load_checkpoint, load_vae, mode_pipelines
+from webui.model_manager.loading import MODES, LoadContext, load_checkpoint, load_vae, mode_pipelines
 from webui.model_manager.loras import AppliedLora, LoraError, LoraOptions, LoraStack
-from webui.model_manager.segmenters import LoadedSegmenter, SegmenterEntry, load_segmenter
+from webui.model_manager.memory import Budgets, MemoryCache, process_memory
+from webui.model_manager.segmenters import LoadedSegmenter, SegmenterEntry, hold_segmenter
+from webui.model_manager.spec import AdapterSpec, LoadSpec, LoadSpecError
 
 __all__ = ["Mode", "Catalogue", "CheckpointEntry", "VaeEntry", "LoraEntry", "LoadedPipeline", "ModelManager",
            "ModelNotFoundError", "ModelLoadError", "identify_lora", "SegmenterEntry", "LoadedSegmenter",
-           "AppliedLora", "LoraError", "LoraOptions", "EmbeddingEntry", "AppliedEmbedding", "EmbeddingError"]
+           "AppliedLora", "LoraError", "LoraOptions", "EmbeddingEntry", "AppliedEmbedding", "EmbeddingError",
+           "LoadSpec", "AdapterSpec", "LoadSpecError", "MemoryCache", "Budgets"]
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["txt2img", "img2img", "inpaint", "edit"]
 AUTOMATIC_VAE = ("", "automatic", "none")
+PIPELINE, VAE = "pipeline", "vae"  # kinds this manager holds in `memory` (and segmenters.SEGMENTER)
+AdapterLoader = Callable[[AdapterSpec, "LoadedPipeline"], Any]
+SchedulerFactory = Callable[[str, Arch, Any], Any]  # (sampler name, family, base config) -> a fresh scheduler
 
 
 @dataclass
 class LoadedPipeline:
-    """What `get` hands the engine. `pipe` shares its weights with the other modes of the same checkpoint."""
+    """What `get` and `load` hand the engine. `pipe` shares its weights with the other modes of the same
+    checkpoint. From `load`, also what was applied for the spec: LoRAs, embeddings, adapter models by spec."""
 
     pipe: Any  # diffusers.DiffusionPipeline
     entry: CheckpointEntry
     arch: Arch
     mode: Mode
+    loras: tuple[AppliedLora, ...] = ()
+    embeddings: tuple[AppliedEmbedding, ...] = ()
+    adapters: dict[AdapterSpec, Any] = dataclasses.field(default_factory=dict)
 
 
 def _default_cache_dir(hash_cache_path: Path | None) -> Path:
@@ -101,7 +118,8 @@ class ModelManager:
                  offload: Offload = "none", hash_cache_path: Path | None = None,
                  cache_dir: Path | None = None, segmentation_dirs: list[Path] | None = None,
                  embedding_dirs: list[Path] | None = None, controlnet_dirs: list[Path] | None = None,
-                 upscaler_dirs: list[Path] | None = None, allow_hub: bool = False) -> None:
+                 upscaler_dirs: list[Path] | None = None, allow_hub: bool = False,
+                 memory_budgets: Budgets | Callable[[], Budgets] | None = None) -> None:
         if offload not in ("none", "model", "sequential"):
             raise ValueError(f"offload must be 'none', 'model' or 'sequential', got {offload!r}")
         self.catalogue = Catalogue(
@@ -113,9 +131,13 @@ class ModelManager:
         self.dtype = dtype
         self.cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir(hash_cache_path)
         self.stats: dict[str, int] = {"disk_loads": 0, "cache_hits": 0, "evictions": 0, "vae_loads": 0}
-        self._cache = PipelineCache(ram_cache_size, device, offload)
-        self._lock = threading.RLock()  # guards the cache and loading
-        self._segmenter: LoadedSegmenter | None = None  # at most one loaded; they are small and rarely swapped
+        if ram_cache_size < 1:
+            raise ValueError(f"ram_cache_size must be at least 1, got {ram_cache_size}")
+        # every loaded model; at most ram_cache_size checkpoints; budgets None = automatic for this machine
+        self.memory = MemoryCache(device, memory_budgets, count_limits={PIPELINE: ram_cache_size})
+        self._placement = PipelinePlacement(device, offload)
+        self._active: Slot | None = None  # the checkpoint used last
+        self._lock = threading.RLock()  # guards loading
         self._lora_stacks: weakref.WeakKeyDictionary[torch.nn.Module, LoraStack] = weakref.WeakKeyDictionary()
         # per checkpoint, keyed by its first text encoder: which embeddings it holds
         self._embedding_states: weakref.WeakKeyDictionary[torch.nn.Module, EmbeddingState] = weakref.WeakKeyDictionary()
@@ -181,7 +203,7 @@ class ModelManager:
         Raises ModelNotFoundError for an unknown name and LoraError for one that does not fit the model."""
         entries = [(self.catalogue.find_lora(name), float(weight)) for name, weight in wanted]
         with self._lock:
-            slot = self._cache.get(loaded.entry.name)
+            slot = self._slot(loaded.entry.name)
             pipe = slot.base if slot is not None and hasattr(slot.base, "load_lora_weights") else loaded.pipe
             denoiser = _denoiser_of(pipe)
             if denoiser is None:
@@ -225,7 +247,7 @@ class ModelManager:
             check_fits(entry, widths, loaded.arch, loaded.entry.name)
         applied = []
         with self._lock:
-            slot = self._cache.get(loaded.entry.name)
+            slot = self._slot(loaded.entry.name)
             if slot is None or not any(p is loaded.pipe for p in slot.all_pipes()):
                 slot = None
             pipes = slot.all_pipes() if slot is not None else [loaded.pipe]
@@ -244,7 +266,7 @@ class ModelManager:
                         own_tokenizers(pipes, loaded.arch)
                         state = self._embedding_states.setdefault(key, EmbeddingState())
                     tokens = placeholder_tokens(sha, entry.vectors)
-                    with self._cache.hooks_lifted(slot):
+                    with self._placement.hooks_lifted(slot, self._on_device(slot)):
                         add_embedding(pipes, loaded.arch, vectors, tokens)
                     state.tokens[sha] = tokens
                     log.info("embedding %s (%d vectors) added to %s", entry.name, entry.vectors, loaded.entry.name)
@@ -255,29 +277,23 @@ class ModelManager:
         """The active checkpoint's name, family and text-encoder widths (what an embedding must match, see
         `embeddings.encoder_widths`); None when no checkpoint is loaded."""
         with self._lock:
-            slot = self._cache.active
+            slot = self._active
             if slot is None or slot.base is None:
                 return None
             return slot.entry.name, slot.arch, encoder_widths(slot.base, slot.arch)
 
     # ================================================================================== segmenters
     def get_segmenter(self, name: str) -> LoadedSegmenter:
-        """The loaded segmenter `name`, loading it (and dropping the one loaded before) when needed."""
+        """The loaded segmenter `name` (held by the memory policy like every model), loading it when needed."""
         entry = self.catalogue.find_segmenter(name)
         if entry is None:
             known = [e.name for e in self.catalogue.segmenters()]
             hint = f"; available: {', '.join(known)}" if known else "; put a CLIPSeg folder in models/clipseg"
             raise ModelNotFoundError(f"segmentation model {name!r} not found{hint}")
         with self._lock:
-            if self._segmenter is not None and self._segmenter.entry == entry:
-                self.stats["cache_hits"] += 1
-                return self._segmenter
-            self._segmenter = None
-            release_memory()
-            log.info("loading segmenter %s (%s)", entry.name, entry.path)
-            self._segmenter = load_segmenter(entry, self.device, self.dtype)
-            self.stats["disk_loads"] += 1
-            return self._segmenter
+            segmenter, loaded_now = hold_segmenter(self.memory, entry, self.device, self.dtype)
+            self.stats["disk_loads" if loaded_now else "cache_hits"] += 1
+            return segmenter
 
     # ================================================================================== loading
     def get(self, checkpoint: str, mode: Mode, vae: str | None = None) -> LoadedPipeline:
@@ -286,14 +302,63 @@ class ModelManager:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         entry = self.catalogue.find_checkpoint(checkpoint)
         with self._lock:
-            slot = self._cache.get(entry.name)
+            slot = self._use(entry.name)
             if slot is None:
                 slot = self._load(entry)
             else:
                 self.stats["cache_hits"] += 1
-            self._cache.activate(slot)
             self._apply_vae(slot, vae)
             return self._result(slot, mode)
+
+    def load(self, spec: LoadSpec, make_scheduler: SchedulerFactory | None = None,
+             adapter_loaders: Mapping[str, AdapterLoader] | None = None) -> LoadedPipeline:
+        """The pipeline for everything `spec` asks for, ready to run: checkpoint in the mode with the VAE (`get`),
+        exactly the spec's LoRAs active, its embeddings added, a fresh scheduler for its sampler (made by
+        `make_scheduler`, the Easel's samplers), its adapters loaded by their kind's loader in `adapter_loaders`
+        (kind -> `load(spec, loaded)`, the Easel's registry: ControlNet declares one). The same spec twice loads,
+        moves and changes nothing the second time.
+
+        Raises LoadSpecError for a LoRA or an embedding that cannot be used, ModelNotFoundError / ModelLoadError
+        for the checkpoint or VAE, ValueError for an unknown sampler or adapter kind."""
+        if spec.sampler and make_scheduler is None:
+            raise ValueError(f"sampler: {spec.sampler!r} asked for, but no scheduler factory was given")
+        loaded = self.get(spec.checkpoint, spec.mode, spec.vae)  # type: ignore[arg-type]
+        with self._lock:
+            try:
+                loras = self.apply_loras(loaded, spec.loras)
+            except (ModelNotFoundError, LoraError) as exc:
+                raise LoadSpecError("loras", "", str(exc)) from None
+            embeddings = self._spec_embeddings(loaded, spec.embeddings)
+            slot = self._slot(loaded.entry.name)
+            state = (tuple((lo.name, lo.weight) for lo in loras), tuple(e.name for e in embeddings))
+            if slot is not None and slot.measured_for != state:  # LoRA layers and embedding rows take memory
+                slot.measured_for = state
+                self.memory.remeasure(PIPELINE, slot.name)
+            adapters = {adapter: self._load_adapter(adapter, loaded, adapter_loaders or {})
+                        for adapter in spec.adapters}
+            if spec.sampler and make_scheduler is not None:  # a fresh one per job: schedulers keep per-run state
+                loaded.pipe.scheduler = make_scheduler(spec.sampler, loaded.arch, loaded.pipe.scheduler.config)
+        return dataclasses.replace(loaded, loras=tuple(loras), embeddings=tuple(embeddings), adapters=adapters)
+
+    def _spec_embeddings(self, loaded: LoadedPipeline, names: Sequence[str]) -> list[AppliedEmbedding]:
+        by_name = {entry.name: entry for entry in self.catalogue.embeddings()} if names else {}
+        applied = []
+        for name in names:
+            if name not in by_name:
+                raise LoadSpecError("embeddings", name, f"embedding {name!r} is not installed (any more); refresh")
+            try:
+                applied += self.apply_embeddings(loaded, [by_name[name]])
+            except EmbeddingError as exc:
+                raise LoadSpecError("embeddings", name, str(exc)) from None
+        return applied
+
+    @staticmethod
+    def _load_adapter(adapter: AdapterSpec, loaded: LoadedPipeline, loaders: Mapping[str, AdapterLoader]) -> Any:
+        loader = loaders.get(adapter.kind)
+        if loader is None:
+            known = ", ".join(sorted(loaders)) or "none"
+            raise ValueError(f"adapters: no loader for {adapter.kind!r} adapters (known: {known})")
+        return loader(adapter, loaded)
 
     def _load(self, entry: CheckpointEntry) -> Slot:
         if not entry.supported:
@@ -302,10 +367,11 @@ class ModelManager:
             ident = identify_file(entry.path)  # the file may have changed since the scan
             if not ident.supported:
                 raise ModelLoadError(f"cannot load {entry.path}: {ident.reason}")
-        self._cache.make_room(1)
-        self.stats["evictions"] = self._cache.evictions
+        self.memory.make_room_for(PIPELINE, keep=[self._active.name] if self._active is not None else [])
         log.info("loading %s (%s)", entry.name, entry.path)
-        loaded = self._load_pipeline(entry)
+        loaded = load_checkpoint(entry, LoadContext(dtype=self.dtype, clip_tokenizer=self._clip_tokenizer,
+                                                    family_folders=self.catalogue.family_folders,
+                                                    allow_hub=self.allow_hub))
         self.stats["disk_loads"] += 1
         entry = self.catalogue.with_hash(entry)
         arch = loaded.arch if entry.arch == Arch.UNKNOWN else entry.arch
@@ -320,14 +386,46 @@ class ModelManager:
         slot = Slot(name=entry.name, entry=entry, arch=arch, base=loaded.pipe, pipes=pipes,
                     unavailable=unavailable, config_source=loaded.config_source,
                     own_vae=getattr(loaded.pipe, "vae", None))
-        self._cache.add(slot)
-        self.stats["evictions"] = self._cache.evictions
+        self._demote_others(slot.name)
+        self.memory.add(PIPELINE, slot.name, slot, name=entry.name, tier="ram", place=self._placement.place,
+                        measure=slot_bytes, on_drop=self._dropped)
+        self._active = slot
         return slot
 
-    def _load_pipeline(self, entry: CheckpointEntry) -> Loaded:
-        context = LoadContext(dtype=self.dtype, clip_tokenizer=self._clip_tokenizer,
-                              family_folders=self.catalogue.family_folders, allow_hub=self.allow_hub)
-        return load_checkpoint(entry, context)
+    def _slot(self, name: str) -> Slot | None:
+        """The held slot, without using it."""
+        held = self.memory.find(PIPELINE, name)
+        return held.value if held is not None else None
+
+    def _on_device(self, slot: Slot | None) -> bool:
+        held = self.memory.find(PIPELINE, slot.name) if slot is not None else None
+        return held is not None and held.tier == "device"
+
+    def _use(self, name: str) -> Slot | None:
+        """The held slot, now the active one and on the device (pinned while a job runs); None when not held."""
+        if self.memory.find(PIPELINE, name) is None:
+            return None
+        self._demote_others(name)
+        slot = self.memory.get(PIPELINE, name)
+        self._active = slot
+        return slot
+
+    def _demote_others(self, name: str) -> None:
+        """With CPU offload, one checkpoint at a time has its hooks on the device (their memory use is not its
+        weights' size): the others go back to RAM first."""
+        if self._placement.offload != "none":
+            for held in self.memory.entries(PIPELINE):
+                if held.key != name:
+                    self.memory.demote(PIPELINE, held.key)
+
+    def _dropped(self, slot: Slot) -> None:
+        """The memory policy let a checkpoint go: forget every reference to its weights."""
+        if self._active is slot:
+            self._active = None
+        slot.pipes.clear()
+        slot.results.clear()
+        slot.base = slot.own_vae = None
+        self.stats["evictions"] += 1
 
     def _clip_tokenizer(self, pad_token: str) -> Any:
         if pad_token not in self._tokenizers:
@@ -361,64 +459,48 @@ class ModelManager:
             module = load_vae(entry.path, slot.own_vae, slot.config_source, self.dtype)
             self.stats["vae_loads"] += 1
             log.info("using VAE %s for %s", entry.name, slot.name)
-        previous = slot.base.vae
+        previous, previous_name = slot.base.vae, slot.vae_name
         for pipe in slot.all_pipes():
             pipe.vae = module
         slot.vae_name = wanted
-        self._cache.place_module(slot, module)
-        if previous is slot.own_vae and self._cache.device_is_accelerator and self._cache.offload == "none":
+        if previous_name is not None:  # the VAE that was in use is no longer referenced
+            self.memory.drop(VAE, (slot.name, previous_name))
+        if wanted is not None:
+            self.memory.add(VAE, (slot.name, wanted), module, name=wanted, parent=(PIPELINE, slot.name))
+        self._placement.place_module(slot, module, self._on_device(slot))
+        if previous is slot.own_vae and self._placement.device_is_accelerator and self._placement.offload == "none":
             previous.to("cpu")  # kept in RAM for when "Automatic" is asked for again
-        elif previous is not slot.own_vae:
-            previous = None  # the override VAE that was in use is no longer referenced
-            release_memory()
 
     # ================================================================================== state
     def current(self) -> CheckpointEntry | None:
         with self._lock:
-            active = self._cache.active
+            active = self._active
             return active.entry if active is not None else None
 
     def unload(self, name: str | None = None) -> None:
-        """Drop one checkpoint (by any name `find_checkpoint` accepts) or, with None, everything."""
+        """Drop one checkpoint (by any name `find_checkpoint` accepts) or, with None, every model of every kind."""
         with self._lock:
             if name is None:
-                self._cache.clear()
-                self._segmenter = None
+                self.memory.clear()
             else:
-                key = name if name in self._cache else self.catalogue.find_checkpoint(name).name
-                self._cache.evict(key)
-            self.stats["evictions"] = self._cache.evictions
+                key = name if self.memory.find(PIPELINE, name) else self.catalogue.find_checkpoint(name).name
+                self.memory.drop(PIPELINE, key)
 
     def loaded_names(self) -> list[str]:
         """Cached checkpoints, least recently used first."""
-        with self._lock:
-            return [slot.name for slot in self._cache]
+        return [str(held.key) for held in self.memory.entries(PIPELINE)]
 
     def memory_report(self) -> dict[str, Any]:
-        """Loaded models with their parameter bytes (RAM vs device), plus process and CUDA totals."""
+        """Loaded checkpoints with their parameter bytes (where their tensors are: RAM vs device), every held model
+        with its kind, tier and bytes ("held"), the budgets, plus process and CUDA totals."""
         with self._lock:
-            models = []
-            ram = device_bytes = 0
-            for slot in self._cache:
-                by_device = tensor_bytes(slot.all_pipes())
-                on_cpu = by_device.get("cpu", 0) + by_device.get("meta", 0)
-                elsewhere = sum(v for k, v in by_device.items() if k not in ("cpu", "meta"))
-                ram += on_cpu
-                device_bytes += elsewhere
-                entry: CheckpointEntry = slot.entry
-                models.append({"name": entry.name, "title": entry.title, "arch": slot.arch.value,
-                               "active": slot is self._cache.active, "vae": slot.vae_name or "Automatic",
-                               "modes": sorted(m for m in slot.pipes if m not in slot.unavailable),
-                               "ram_bytes": on_cpu, "device_bytes": elsewhere})
-            report: dict[str, Any] = {
-                "device": self.device, "dtype": str(self.dtype).removeprefix("torch."),
-                "offload": self._cache.offload, "ram_cache_size": self._cache.capacity, "loaded": models,
-                "ram_bytes": ram, "device_bytes": device_bytes, "process_rss_bytes": _rss_bytes(),
-            }
-            if torch.cuda.is_available() and self._cache.device_is_accelerator:
-                report["cuda_allocated_bytes"] = int(torch.cuda.memory_allocated())
-                report["cuda_reserved_bytes"] = int(torch.cuda.memory_reserved())
-            return report
+            models = [slot_report(held.value, held.tier, held.bytes, held.value is self._active)
+                      for held in self.memory.entries(PIPELINE)]
+            return {"device": self.device, "dtype": str(self.dtype).removeprefix("torch."),
+                    "offload": self._placement.offload, "ram_cache_size": self.memory.count_limits[PIPELINE],
+                    "loaded": models, "ram_bytes": sum(m["ram_bytes"] for m in models),
+                    "device_bytes": sum(m["device_bytes"] for m in models), **self.memory.report(),
+                    **process_memory(self._placement.device_is_accelerator)}
 
 
 # ====================================================================================== helpers
@@ -428,14 +510,3 @@ def _denoiser_of(pipe: Any) -> torch.nn.Module | None:
         if isinstance(module, torch.nn.Module):
             return module
     return None
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SEGMENTER = "segmenter"  # their kind in the memory cache
+
 SegmenterKind = Literal["clipseg", "sam3"]
 KIND_LABELS: dict[str, str] = {"clipseg": "CLIPSeg", "sam3": "SAM 3"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -124,3 +126,26 @@ def load_segmenter(entry: SegmenterEntry, device: str, dtype: torch.dtype) -> Lo
     model_dtype = dtype if device != "cpu" else torch.float32
     model = model.to(device=device, dtype=model_dtype).eval()
     return LoadedSegmenter(entry, model, processor, device)
+
+
+def hold_segmenter(memory: Any, entry: SegmenterEntry, device: str, dtype: torch.dtype) -> tuple[LoadedSegmenter, bool]:
+    """The segmenter from the memory cache (webui.model_manager.memory), loading and adding it when it is not
+    there; True when it was loaded now."""
+    found = memory.get(SEGMENTER, entry)
+    if found is not None:
+        return found, False
+    log.info("loading segmenter %s (%s)", entry.name, entry.path)
+    segmenter = load_segmenter(entry, device, dtype)
+
+    def place(held: LoadedSegmenter, tier: str) -> None:
+        if memory.device_is_accelerator:
+            held.model.to(device if tier == "device" else "cpu")
+
+    memory.add(SEGMENTER, entry, segmenter, name=entry.label, place=place, measure=lambda held: _bytes(held.model))
+    return segmenter, True
+
+
+def _bytes(model: Any) -> int:
+    from webui.model_manager.memory import model_bytes
+
+    return model_bytes(model)

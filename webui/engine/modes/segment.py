@@ -23,6 +23,7 @@ from webui.engine.mask_extraction import (HIGHLIGHT_COLOURS, MaskResult, MaskSet
 from webui.engine.segment_prompts import EASEL_HIGHLIGHTS, build_prompt, template_for
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import ModelManager
+from webui.model_manager.spec import LoadSpec
 from webui.requests import RequestError, SegmentRequest
 
 EDIT_FAMILIES = "the built-in model, Qwen-Image-Edit (Plus), FLUX.1 Kontext or InstructPix2Pix"
@@ -173,15 +174,15 @@ def run(ctx: ModeContext, request: SegmentRequest) -> list[Generated]:
         results = segment_with_probabilities(source, queries, probs, request.mask_threshold, request.highlight,
                                              settings)
         model_name, method = segmenter_entry.name, segmenter_entry.label.rsplit("(", 1)[1].rstrip(")")
-        template = ""
-    else:
-        loaded_pipe = ctx.manager.get(name, "edit")
-        ctx.manager.apply_loras(loaded_pipe, [])  # a segmentation edit runs on the base weights
+        model_hash, template = None, ""
+    else:  # one call: the checkpoint's edit pipeline, on its base weights (no LoRA), with a fresh Euler scheduler
+        loaded_pipe = ctx.manager.load(LoadSpec(name, "edit", sampler="Euler"),
+                                       make_scheduler=ctx.samplers.make_scheduler)
+        ctx.loaded = loaded_pipe
         pipe = loaded_pipe.pipe
         pipe_class = type(pipe).__name__
         check_can_edit(pipe)
         check_highlight(pipe_class, request.highlight)
-        pipe.scheduler = ctx.samplers.make_scheduler("Euler", loaded_pipe.arch, pipe.scheduler.config)
         template = request.template or template_for(pipe_class)
         results = []
         for index, query in enumerate(queries):
@@ -193,7 +194,7 @@ def run(ctx: ModeContext, request: SegmentRequest) -> list[Generated]:
                                          callback=ctx.callback(loaded_pipe.arch, request.steps)))
             if job.interrupt_requested:
                 break
-        model_name, method = loaded_pipe.entry.name, "generative"
+        model_name, model_hash, method = loaded_pipe.entry.name, loaded_pipe.entry.short_hash, "generative"
 
     # 3. Outputs: the edit (saved with its infotext), the mask, the cutout; one overlay for all queries.
     generated = []
@@ -206,7 +207,7 @@ def run(ctx: ModeContext, request: SegmentRequest) -> list[Generated]:
         generated.append(Generated(r.edited, seed, extra, {
             "query": r.query, "found": r.found, "message": r.message, "mask": mask_image,
             "cutout": cutout(source, r.mask), "prompt": r.prompt, "changed_share": round(r.changed_share, 4),
-            "model": model_name, "method": method}))
+            "model": model_name, "method": method}, model=model_name, model_hash=model_hash))
     if generated:
         generated[0].payload["overlay"] = overlay(source, [r.mask for r in results])
     return generated

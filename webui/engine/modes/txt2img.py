@@ -17,7 +17,6 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
     if hires:
         check_upscaler(ctx, request.hr_upscaler)
     loaded = ctx.load(request, "txt2img")
-    pipe = loaded.pipe
     extra = {"Sampler": ctx.sampler_used(request, loaded.arch)}
 
     # 2. Encode the prompt once for every batch.
@@ -28,13 +27,14 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
     planned: list[str | None] = []  # per image: the prompt with the built-in model's planned layout, if it has one
 
     def call(gens, batch_size):
-        images = ctx.call_pipeline(loaded, request, "txt2img", **prompt_args, width=request.width,
-                                   height=request.height, num_inference_steps=request.steps,
-                                   num_images_per_prompt=batch_size, generator=gens,
-                                   callback_on_step_end=ctx.callback(loaded.arch, request.steps),
-                                   output_type="pil").images
-        if loaded.arch == Arch.EASEL:
-            planned.extend(p if p != prompt_args["prompt"] else None for p in pipe.planned_prompts[:len(images)])
+        out = ctx.call_pipeline(loaded, request, "txt2img", **prompt_args, width=request.width,
+                                height=request.height, num_inference_steps=request.steps,
+                                num_images_per_prompt=batch_size, generator=gens,
+                                callback_on_step_end=ctx.callback(loaded.arch, request.steps), output_type="pil")
+        images = out.images
+        if loaded.arch == Arch.EASEL:  # the built-in model's output says what it drew
+            drawn = list(getattr(out, "planned_prompts", None) or [None] * len(images))[:len(images)]
+            planned.extend(p if p != prompt_args["prompt"] else None for p in drawn)
         if hires and not ctx.job.interrupt_requested and not ctx.job.skip_requested:
             images = second_pass(ctx, request, images, gens)
         return images

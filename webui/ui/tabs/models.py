@@ -1,9 +1,11 @@
-"""The Models tab: installed checkpoints with family, short hash, support and load state; LoRAs and VAEs.
+"""The Models tab: installed checkpoints with family, short hash, support and load state; what is held in memory;
+LoRAs and VAEs.
 
-Load and Unload go through the model manager (which keeps one pipeline on the device and an LRU in RAM);
-"Compute hash" hashes a checkpoint once and caches it on disk; "Convert to safetensors" turns a pickle checkpoint
-(which Easel never loads) into a .safetensors file beside it, reading only its tensors; the memory line is the
-manager's report.
+Load and Unload are jobs on the worker's queue, like the API's: an Unload asked for while a job runs waits for it to
+end, then the model leaves. "Compute hash" hashes a checkpoint once and caches it on disk; "Convert to
+safetensors" turns a pickle checkpoint (which Easel never loads) into a .safetensors file beside it, reading only
+its tensors. The memory line and the "Held in memory" table are the model manager's report: every loaded model
+(checkpoints, VAEs, segmenters, upscalers, ControlNets) with its kind, where it is (device or RAM) and its size.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from webui.ui.bridge import guard
 from webui.ui.context import UIContext
 
 HEADERS = ["Name", "Family", "Hash", "Status", "Loaded"]
+HELD_HEADERS = ["Kind", "Name", "Where", "Size", "In use"]
+WHERE = {"device": "on device", "ram": "in RAM"}
 
 
 def family(entry: Any) -> str:
@@ -23,15 +27,14 @@ def family(entry: Any) -> str:
     return f"{arch} ({variant})" if variant else arch
 
 
-def checkpoint_rows(ui: UIContext) -> list[list[str]]:
+def checkpoint_rows(ui: UIContext, report: dict[str, Any] | None = None) -> list[list[str]]:
     manager = ui.easel.manager
-    current = manager.current()
-    loaded = set(manager.loaded_names())
+    report = manager.memory_report() if report is None else report
+    tiers = {m["name"]: m.get("tier", "ram") for m in report.get("loaded") or []}
     rows = []
     for entry in manager.checkpoints():
         status = entry.reason if entry.supported else f"not supported: {entry.reason}"
-        state = "on device" if current is not None and entry.name == current.name else (
-            "in RAM" if entry.name in loaded else "")
+        state = WHERE.get(tiers.get(entry.name, ""), "")
         rows.append([entry.name, family(entry), entry.short_hash or "", status, state])
     return rows
 
@@ -54,6 +57,13 @@ def human_bytes(count: float) -> str:
     return f"{count:.1f} GiB"
 
 
+def held_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Every model held in memory, least recently used first: kind, name, where, size, pinned by the running job."""
+    return [[h["kind"], h["name"] + (f" (for {h['part_of']})" if h.get("part_of") else ""),
+             WHERE.get(h["tier"], h["tier"]), human_bytes(h["bytes"]), "yes" if h.get("pinned") else ""]
+            for h in report.get("held") or []]
+
+
 def memory_text(report: dict[str, Any]) -> str:
     """The manager's memory report in two short lines."""
     loaded = report.get("loaded") or []
@@ -61,6 +71,10 @@ def memory_text(report: dict[str, Any]) -> str:
             f"{len(loaded)}/{report.get('ram_cache_size', '?')} models cached",
             f"weights in RAM {human_bytes(report.get('ram_bytes', 0))}",
             f"on device {human_bytes(report.get('device_bytes', 0))}"]
+    tiers, budgets = report.get("tiers"), report.get("budgets")
+    if tiers and budgets:
+        head.append(f"held: device tier {human_bytes(tiers['device'])} of {human_bytes(budgets['device'])}, "
+                    f"RAM tier {human_bytes(tiers['ram'])} of {human_bytes(budgets['ram'])}")
     if "process_rss_bytes" in report:
         head.append(f"process {human_bytes(report['process_rss_bytes'])}")
     if "cuda_allocated_bytes" in report:
@@ -70,10 +84,15 @@ def memory_text(report: dict[str, Any]) -> str:
     return " · ".join(head) + ("\n" + " · ".join(models) if models else "")
 
 
-def ensure_idle(ui: UIContext, action: str) -> None:
-    """Loading or unloading while a job runs would pull weights from under it."""
-    if ui.easel.engine.worker.current is not None:
-        raise ValueError(f"a generation is running; {action} when it has finished")
+def unload(ui: UIContext, selected: str | None, wait: bool = True) -> Any:
+    """Queue unloading a checkpoint behind any running job (the job keeps its model until it ends) and, unless
+    `wait` is False, wait for it; returns the job. ValueError names what went wrong."""
+    if not selected:
+        raise ValueError("checkpoint: pick a checkpoint to unload")
+    job = ui.easel.engine.unload(selected, source="ui", wait=wait)
+    if wait and job.error:
+        raise ValueError(f"checkpoint: {selected} could not be unloaded: {job.error}")
+    return job
 
 
 def build(ui: UIContext) -> None:
@@ -91,6 +110,8 @@ def build(ui: UIContext) -> None:
         memory = gr.Textbox(label="Memory in use", interactive=False, elem_id="models_memory", lines=2)
         table = gr.Dataframe(headers=HEADERS, datatype=["str"] * len(HEADERS), interactive=False,
                              label="Checkpoints", elem_id="models_table", wrap=True)
+        held = gr.Dataframe(headers=HELD_HEADERS, datatype=["str"] * len(HELD_HEADERS), interactive=False,
+                            label="Held in memory", elem_id="models_held", wrap=True)
         with gr.Row(equal_height=False):
             loras = gr.Dataframe(headers=["LoRA", "Family", "Hash", "Trigger words"], datatype=["str"] * 4,
                                  interactive=False, label="LoRAs", elem_id="models_loras", min_width=200)
@@ -100,10 +121,11 @@ def build(ui: UIContext) -> None:
     def snapshot(selected: str | None = None) -> tuple[Any, ...]:
         names = [e.name for e in easel.manager.checkpoints()]
         value = selected if selected in names else (names[0] if names else None)
-        return (checkpoint_rows(ui), memory_text(easel.manager.memory_report()), lora_rows(easel.manager.loras()),
+        report = easel.manager.memory_report()
+        return (checkpoint_rows(ui, report), memory_text(report), held_rows(report), lora_rows(easel.manager.loras()),
                 name_rows(easel.manager.vaes()), gr.Dropdown(choices=names, value=value))
 
-    outputs = [table, memory, loras, vaes, pick]
+    outputs = [table, memory, held, loras, vaes, pick]
 
     @guard
     def on_show(selected: str | None) -> tuple[Any, ...]:
@@ -126,10 +148,7 @@ def build(ui: UIContext) -> None:
 
     @guard
     def on_unload(selected: str | None) -> tuple[Any, ...]:
-        if not selected:
-            raise ValueError("checkpoint: pick a checkpoint to unload")
-        ensure_idle(ui, "unload the model")
-        easel.manager.unload(selected)
+        unload(ui, selected)
         return snapshot(selected)
 
     @guard

@@ -18,7 +18,9 @@ from webui.ui.bridge import guard
 from webui.ui.context import UIContext
 
 LABELS = {
-    "ram_cache_size": "Models kept in RAM",
+    "ram_cache_size": "Checkpoints kept loaded",
+    "ram_budget_mb": "RAM for loaded models, MiB (0 = automatic: half the machine's memory)",
+    "vram_budget_mb": "GPU memory for loaded models, MiB (0 = automatic: 60% of the GPU's)",
     "live_preview_every": "Live preview every N steps (0 = off)",
     "default_sampler": "Default sampler",
     "max_side": "Largest width or height, pixels",
@@ -44,7 +46,7 @@ LABELS = {
 }
 GROUPS = {
     "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits", "builtin_plan_layout"),
-    "Memory and queue": ("ram_cache_size", "queue_size"),
+    "Memory and queue": ("ram_cache_size", "ram_budget_mb", "vram_budget_mb", "queue_size"),
     "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_images", "max_prompt_chars",
                "max_request_pixels", "max_request_images"),
     "LoRAs": ("lora_fuse", "lora_hotswap", "lora_max_rank", "lora_keep_loaded", "compile_denoiser"),
