@@ -19,6 +19,9 @@ into module state: two Easels in one process see only their own extensions. Load
 staged registry that is merged into the Easel's only once it returned, so an extension that raises during
 import or `setup` leaves nothing behind; it is recorded with its error and every other extension and Easel
 itself go on.
+
+About 500 lines: the whole surface extensions see (`ExtensionAPI`), its registry and the loader that stages and
+merges contributions, kept together so the contract is read in one place.
 """
 from __future__ import annotations
 

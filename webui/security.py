@@ -16,6 +16,9 @@ with a warning. `resolve_inside` turns a user-supplied name into a path only whe
 "outside" and "missing", so it reveals nothing beyond them), and `served_paths` says which folders Gradio may send
 files from (outputs) and which never (models, settings).
 Nothing here imports torch, diffusers or Gradio.
+
+Over 500 lines on purpose: the login checks, the throttle and the path confinement are read together when
+the threat model changes, and each part is short.
 """
 from __future__ import annotations
 

@@ -7,6 +7,9 @@ turns a seed into one training example of a task: text-to-image (a caption), an 
 remove, add, highlight = segmentation as editing, including queries for absent objects) or inpainting. Every
 function here is deterministic given its `random.Random`; `example_rng(seed, index, split)` keeps the training
 and held-out splits in disjoint seed ranges.
+
+Just over 500 lines: the world (palette, shapes, rendering, words) and its tasks share one set of constants and
+are kept in one place so the renderer and the captions cannot drift apart.
 """
 
 from __future__ import annotations
