@@ -37,6 +37,38 @@ def wait_until_up(url: str, path: str = "/sdapi/v1/sd-models", timeout: float = 
     raise AssertionError(f"{url}{path} did not come up")
 
 
+def infotext_of(image_b64: str) -> dict[str, str]:
+    """The parameters of a base64 PNG an API answer carries."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from webui.infotext import parse_infotext, read_png_parameters
+
+    return parse_infotext(read_png_parameters(Image.open(io.BytesIO(base64.b64decode(image_b64)))) or "")
+
+
+def ui_generate(url: str, auth: tuple[str, str] | None = None, timeout: float = 300) -> Callable[[str, int], str]:
+    """The txt2img tab's Generate button through Gradio's queue (logged in with `auth`): generate(prompt, seed) ->
+    the Parameters text. A busy CPU answers slowly, hence the long timeout."""
+    from gradio_client import Client
+
+    client = Client(url, auth=auth, verbose=False, httpx_kwargs={"timeout": timeout})
+    endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/on_generate"]
+    by_label = {p["label"]: p["parameter_name"] for p in endpoint["parameters"]}
+    labels = [r.get("label") for r in endpoint["returns"]]
+
+    def generate(prompt: str, seed: int) -> str:
+        values = {"Checkpoint": "tiny-sd1", "Prompt": prompt, "Seed": seed, "Sampling steps": 1, "Width": 64,
+                  "Height": 64, "Batch count": 1, "Batch size": 1}
+        arguments = {p["parameter_name"]: None for p in endpoint["parameters"] if not p["parameter_has_default"]}
+        arguments.update({by_label[label]: value for label, value in values.items()})  # e.g. an extension's image
+        return client.predict(**arguments, api_name="/on_generate")[labels.index("Parameters")]
+
+    return generate
+
+
 def one_worker_thread(easel) -> None:
     """Run the worker's torch ops on one thread: on a CPU shared with other work, two intra-op threads that wait
     for each other make every tiny job several times slower."""

@@ -9,8 +9,6 @@ from both sides too.
 """
 from __future__ import annotations
 
-import base64
-import io
 import json
 import threading
 import time
@@ -18,10 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from PIL import Image
 
-from tests.security.conftest import one_worker_thread, wait_until_up
-from webui.infotext import parse_infotext, read_png_parameters
+from tests.security.conftest import infotext_of, one_worker_thread, ui_generate, wait_until_up
+from webui.infotext import parse_infotext
 from webui.requests import Txt2ImgRequest
 from webui.settings import UserSettings
 
@@ -29,31 +26,6 @@ pytestmark = pytest.mark.slow
 
 CLIENTS, PER_CLIENT = 16, 5
 ONE_STEP = {"width": 64, "height": 64, "steps": 1}
-
-
-def infotext_of(image_b64: str) -> dict[str, str]:
-    image = Image.open(io.BytesIO(base64.b64decode(image_b64)))
-    return parse_infotext(read_png_parameters(image) or "")
-
-
-def ui_generate(url: str):
-    """A Gradio client for the txt2img tab's Generate button: generate(prompt, seed) -> the Parameters text."""
-    from gradio_client import Client
-
-    client = Client(url, verbose=False, httpx_kwargs={"timeout": 300})  # a busy CPU answers slowly
-    endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/on_generate"]
-    by_label = {p["label"]: p["parameter_name"] for p in endpoint["parameters"]}
-    labels = [r.get("label") for r in endpoint["returns"]]
-
-    def generate(prompt: str, seed: int) -> str:
-        values = {"Checkpoint": "tiny-sd1", "Prompt": prompt, "Seed": seed, "Sampling steps": 1, "Width": 64,
-                  "Height": 64, "Batch count": 1, "Batch size": 1}
-        arguments = {p["parameter_name"]: None for p in endpoint["parameters"] if not p["parameter_has_default"]}
-        arguments.update({by_label[label]: value for label, value in values.items()})  # e.g. an extension's image
-        outputs = client.predict(**arguments, api_name="/on_generate")
-        return outputs[labels.index("Parameters")]
-
-    return generate
 
 
 def test_sixteen_clients_each_get_their_own_images(serve) -> None:

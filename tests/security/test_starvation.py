@@ -11,8 +11,6 @@ The worker is held by a `before_generate` hook blocked on an event, never by sle
 """
 from __future__ import annotations
 
-import base64
-import io
 import json
 import sys
 import threading
@@ -22,13 +20,13 @@ from typing import Any, Callable
 
 import httpx
 import pytest
-from PIL import Image
 
-from tests.security.conftest import free_port, one_worker_thread, stop_server, wait_until_up
+from tests.security.conftest import (free_port, infotext_of, one_worker_thread, stop_server, ui_generate,
+                                     wait_until_up)
 from webui.api.threads import ROUTE_THREADS
 from webui.engine.worker import Job, JobState
 from webui.extensions import RouteContribution
-from webui.infotext import parse_infotext, read_png_parameters
+from webui.infotext import parse_infotext
 from webui.settings import UserSettings
 
 pytestmark = pytest.mark.slow
@@ -58,29 +56,6 @@ def threads_waiting_on_jobs() -> int:
     return count
 
 
-def infotext_of(image_b64: str) -> dict[str, str]:
-    return parse_infotext(read_png_parameters(Image.open(io.BytesIO(base64.b64decode(image_b64)))) or "")
-
-
-def ui_generate(url: str) -> Callable[[str, int], str]:
-    """The txt2img tab's Generate button through Gradio's queue, logged in: generate(prompt, seed) -> Parameters."""
-    from gradio_client import Client
-
-    client = Client(url, auth=LOGIN, verbose=False, httpx_kwargs={"timeout": 600})
-    endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/on_generate"]
-    by_label = {p["label"]: p["parameter_name"] for p in endpoint["parameters"]}
-    labels = [r.get("label") for r in endpoint["returns"]]
-
-    def generate(prompt: str, seed: int) -> str:
-        values = {"Checkpoint": "tiny-sd1", "Prompt": prompt, "Seed": seed, "Sampling steps": 1, "Width": 64,
-                  "Height": 64, "Batch count": 1, "Batch size": 1}
-        arguments = {p["parameter_name"]: None for p in endpoint["parameters"] if not p["parameter_has_default"]}
-        arguments.update({by_label[label]: value for label, value in values.items()})
-        return client.predict(**arguments, api_name="/on_generate")[labels.index("Parameters")]
-
-    return generate
-
-
 def test_waiting_requests_leave_the_server_answering(serve) -> None:
     easel, url = serve(api=True, gradio_auth=f"ann:{SECRET}",
                        user=UserSettings(queue_size=QUEUED, live_preview_every=0))
@@ -96,7 +71,7 @@ def test_waiting_requests_leave_the_server_answering(serve) -> None:
     wait_until_up(url, auth=LOGIN)
     blocks = easel.extras["blocks"]  # Gradio's own pool, and a slot for every job a full queue holds plus 40
     assert blocks.max_threads == QUEUED + 1 + 40 and blocks.limiter is not None
-    generators = [ui_generate(url) for _ in range(UI_CLIENTS + 1)]  # logged in before the load starts
+    generators = [ui_generate(url, LOGIN, timeout=600) for _ in range(UI_CLIENTS + 1)]  # logged in before the load starts
     worker = easel.engine.worker
 
     def post(prompt: str, seed: int, timeout: httpx.Timeout | float = 600) -> httpx.Response:
