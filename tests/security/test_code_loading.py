@@ -10,8 +10,6 @@ marker file is never created. Hub downloads are off unless Easel is started with
 """
 from __future__ import annotations
 
-import base64
-import io
 import json
 import shutil
 from pathlib import Path
@@ -25,7 +23,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.api.conftest import gradient
+from tests.api.conftest import b64_png, gradient, open_b64
 from tests.controlnet.conftest import shapes, tiny_sd1_controlnet  # noqa: F401 - the fixture, for this module
 from tests.security.conftest import TINY, Payload, one_worker_thread
 from tests.tiny_upscalers import make_tiny_esrgan
@@ -68,18 +66,6 @@ def write_pickle(path: Path, marker: Path, tensors: dict[str, torch.Tensor]) -> 
     torch.save({"params_ema": tensors, "payload": Payload(marker)}, str(path))
     assert not marker.exists()
     return path
-
-
-def b64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def decoded(data: str) -> Image.Image:
-    image = Image.open(io.BytesIO(base64.b64decode(data)))
-    image.load()
-    return image
 
 
 def assert_refused(response: httpx.Response, field: str, file_name: str) -> None:
@@ -126,7 +112,7 @@ def upscaler_server(serve, tmp_path):
 def test_code_running_upscalers_are_refused_everywhere(upscaler_server) -> None:
     easel, url, marker, evil = upscaler_server
     api = f"{url}/sdapi/v1"
-    image = b64(gradient(16, 16))
+    image = b64_png(gradient(16, 16))
     for name, path in evil.items():
         single = httpx.post(f"{api}/extra-single-image", json={"image": image, "upscaler_1": name,
                                                                 "upscaling_resize": 2}, timeout=120)
@@ -156,13 +142,13 @@ def test_code_running_upscalers_are_refused_everywhere(upscaler_server) -> None:
     done = httpx.post(f"{api}/extra-single-image", json={"image": image, "upscaler_1": "2x-tensors",
                                                           "upscaling_resize": 2}, timeout=120)
     assert done.status_code == 200, done.text
-    upscaled = decoded(done.json()["image"])
+    upscaled = open_b64(done.json()["image"])
     assert upscaled.size == (32, 32)
     assert upscaled.tobytes() != gradient(16, 16).resize((32, 32), Image.LANCZOS).tobytes()  # the model ran
     hires = httpx.post(f"{api}/txt2img", json={"prompt": "a cat", **TINY, "enable_hr": True, "hr_scale": 2,
                                                "hr_upscaler": "2x-tensors", "hr_second_pass_steps": 1}, timeout=300)
     assert hires.status_code == 200, hires.text
-    assert decoded(hires.json()["images"][0]).size == (128, 128)
+    assert open_b64(hires.json()["images"][0]).size == (128, 128)
     assert not marker.exists()
 
 
@@ -224,13 +210,13 @@ def test_a_diffusers_folder_with_only_pickle_weights_is_refused_then_converts(ap
         response = client.post("/sdapi/v1/txt2img", json={"prompt": "a cat", "seed": 5, **TINY,
                                                           "override_settings": {"sd_model_checkpoint": name}})
         assert response.status_code == 200, response.text
-        images.append(np.asarray(decoded(response.json()["images"][0])))
+        images.append(np.asarray(open_b64(response.json()["images"][0])))
     assert np.array_equal(images[0], images[1])
     assert not marker.exists()
 
 
 def unit(**changes: Any) -> dict[str, Any]:
-    return {"enabled": True, "image": b64(shapes()), "module": "none", "model": "tiny-canny", "weight": 1.0,
+    return {"enabled": True, "image": b64_png(shapes()), "module": "none", "model": "tiny-canny", "weight": 1.0,
             "guidance_start": 0.0, "guidance_end": 1.0, "control_mode": "Balanced", "resize_mode": "Crop and Resize",
             "processor_res": 64, "pixel_perfect": False, **changes}
 
@@ -277,7 +263,7 @@ def test_controlnet_models_and_annotators_with_code_are_refused(serve, tiny_sd1_
         assert file_name in body["detail"] and ("refused" in body["detail"] or "pickle" in body["detail"]), body
     for module, file_name in (("lineart_anime", "netG.pth"), ("mlsd", "mlsd_large_512_fp32.pth")):
         detected = httpx.post(f"{url}/controlnet/detect", json={"controlnet_module": module,
-                                                                 "controlnet_input_images": [b64(shapes())]},
+                                                                 "controlnet_input_images": [b64_png(shapes())]},
                               timeout=120)
         assert_refused(detected, "controlnet_module", file_name)
         assert_refused(txt2img(module=module), "alwayson_scripts.controlnet.args[0].module", file_name)
@@ -286,8 +272,8 @@ def test_controlnet_models_and_annotators_with_code_are_refused(serve, tiny_sd1_
     # The tensors-only .pth ControlNet steers the image exactly as the same weights in their folder do.
     from_folder, from_pth = txt2img(), txt2img(model="tiny-tensors")
     assert from_folder.status_code == 200 and from_pth.status_code == 200, (from_folder.text, from_pth.text)
-    assert np.array_equal(np.asarray(decoded(from_folder.json()["images"][0])),
-                          np.asarray(decoded(from_pth.json()["images"][0])))
+    assert np.array_equal(np.asarray(open_b64(from_folder.json()["images"][0])),
+                          np.asarray(open_b64(from_pth.json()["images"][0])))
     assert not marker.exists()
 
 
@@ -308,7 +294,7 @@ def test_hub_ids_need_allow_hub_downloads(api_client, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
     missing = client.post("/controlnet/detect", json={"controlnet_module": "mlsd",
-                                                      "controlnet_input_images": [b64(shapes())]})
+                                                      "controlnet_input_images": [b64_png(shapes())]})
     assert missing.status_code == 404 and missing.json()["field"] == "controlnet_module"
     assert "--allow-hub-downloads" in missing.json()["detail"]
     assert not list((easel.settings.models_dir / "ControlNet").rglob("*.pth"))
