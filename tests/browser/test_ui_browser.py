@@ -146,6 +146,9 @@ def test_models_tab_hashes_and_loads(page, server) -> None:
     expect(table).to_contain_text("on device", timeout=60_000)
     expect(page.locator("#models_memory textarea")).to_have_value(re.compile(r"1/2 models cached"))
     page.screenshot(path=str(SHOTS / "models-loaded-desktop.png"), full_page=True)
+    page.click("#models_unload_all")
+    expect(page.locator("#models_memory textarea")).to_have_value(re.compile(r"0/2 models cached"), timeout=60_000)
+    assert server.easel.manager.memory_report()["held"] == []
 
 
 def test_settings_apply_validates_and_persists(page, server) -> None:

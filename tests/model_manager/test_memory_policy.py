@@ -138,8 +138,16 @@ def test_every_kind_is_counted_by_the_memory_route(make_easel, tmp_path, tiny_sd
     assert kinds["controlnet"]["name"] == "tiny-canny" and kinds["upscaler"]["name"] == "2x-tiny"
     assert report["tiers"]["device"] + report["tiers"]["ram"] == sum(h["bytes"] for h in report["held"])
     assert report["budgets"]["ram"] > 0 and report["budgets"]["device"] > 0
-    # Unload frees every kind, ControlNet included
-    assert easel.engine.unload().state == JobState.DONE
+    # The Models tab's "Unload all" (a job on the worker queue, like the API's unload) frees every kind
+    from webui.ui.app import build_ui
+    from webui.ui.tabs.models import unload_all
+
+    blocks, ui = build_ui(easel)
+    try:
+        job = unload_all(ui)
+    finally:
+        blocks.close()
+    assert job.state == JobState.DONE and job.source == "ui"
     assert easel.manager.memory_report()["held"] == []
 
 

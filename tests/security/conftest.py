@@ -6,8 +6,10 @@ under uvicorn), built over the tiny SD 1.x model by the root `make_easel` fixtur
 from __future__ import annotations
 
 import builtins
+import os
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -16,6 +18,41 @@ import httpx
 import pytest
 
 TINY = {"width": 64, "height": 64, "steps": 2}
+
+_RECORDERS: list[tuple[frozenset[str], list[str]]] = []  # (audit events, paths seen) of each recording test
+
+
+def _audit(event: str, args: tuple, recorders=_RECORDERS, fsdecode=os.fsdecode,
+           pathlike=(str, bytes, os.PathLike)) -> None:
+    # Everything it uses is bound here: at interpreter exit the module's globals are already cleared.
+    if recorders and args and isinstance(args[0], pathlike):
+        for events, paths in recorders:
+            if event in events:
+                paths.append(fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed; this one only records while a test asks it to
+
+
+def _recording(*events: str) -> Iterator[list[str]]:
+    entry: tuple[frozenset[str], list[str]] = (frozenset(events), [])
+    _RECORDERS.append(entry)
+    try:
+        yield entry[1]
+    finally:
+        _RECORDERS.remove(entry)
+
+
+@pytest.fixture
+def opened() -> Iterator[list[str]]:
+    """Paths opened while the test runs."""
+    yield from _recording("open")
+
+
+@pytest.fixture
+def touched() -> Iterator[list[str]]:
+    """Paths opened or listed while the test runs."""
+    yield from _recording("open", "os.scandir", "os.listdir")
 
 
 def free_port() -> int:
@@ -86,34 +123,42 @@ def stop_server(easel: Any) -> None:
         blocks.close()
 
 
-@pytest.fixture
-def serve(make_easel) -> Iterator[Callable[..., tuple[Any, str]]]:
-    """serve(**settings) -> (easel, base URL): a running server on a free loopback port, stopped afterwards."""
-    from webui.app import create_server
+class _Servers:
+    """Starts servers over Easels made by `make(**settings)` and stops every one it started."""
 
-    started: list[Any] = []
+    def __init__(self, make: Callable[..., Any]) -> None:
+        self.make = make
+        self.started: list[Any] = []
 
-    def start(**kwargs: Any) -> tuple[Any, str]:
-        easel = make_easel(port=free_port(), **kwargs)
-        started.append(easel)
+    def __call__(self, **kwargs: Any) -> tuple[Any, str]:
+        from webui.app import create_server
+
+        easel = self.make(**kwargs)
+        self.started.append(easel)
         _, url = create_server(easel, block=False)
         return easel, url.rstrip("/")
 
-    yield start
-    for easel in started:
-        stop_server(easel)
+    def stop_all(self) -> None:
+        for easel in self.started:
+            stop_server(easel)
+
+
+@pytest.fixture
+def serve(make_easel) -> Iterator[Callable[..., tuple[Any, str]]]:
+    """serve(**settings) -> (easel, base URL): a running server on a free loopback port, stopped afterwards."""
+    servers = _Servers(lambda **kwargs: make_easel(port=free_port(), **kwargs))
+    yield servers
+    servers.stop_all()
 
 
 @pytest.fixture(scope="module")
 def serve_module(tmp_path_factory, tiny_sd1_dir) -> Iterator[Callable[..., tuple[Any, str]]]:
     """serve_module(**settings) -> (easel, base URL): like `serve`, but the server (over its own data folder with
     the tiny model) lasts for the whole test module, for tests that share one server's setup."""
-    from webui.app import build, create_server
+    from webui.app import build
     from webui.settings import Settings
 
-    started: list[Any] = []
-
-    def start(**kwargs: Any) -> tuple[Any, str]:
+    def make(**kwargs: Any) -> Any:
         root = tmp_path_factory.mktemp("easel")
         models = root / "data" / "models" / "diffusers"
         models.mkdir(parents=True)
@@ -122,14 +167,11 @@ def serve_module(tmp_path_factory, tiny_sd1_dir) -> Iterator[Callable[..., tuple
                             port=free_port(), **kwargs)
         easel = build(settings)
         easel.engine.start()
-        started.append(easel)
-        _, url = create_server(easel, block=False)
-        return easel, url.rstrip("/")
+        return easel
 
-    yield start
-    for easel in started:
-        stop_server(easel)
-        easel.engine.stop()
+    servers = _Servers(make)
+    yield servers
+    servers.stop_all()
 
 
 class Payload:

@@ -12,7 +12,6 @@ import logging
 import os
 import time
 import weakref
-from pathlib import Path
 
 import pytest
 import torch

@@ -8,7 +8,6 @@ helper for code that must turn a user-supplied name into a path, is checked on i
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,26 +15,6 @@ import pytest
 from tests.security.conftest import TINY
 from webui.security import resolve_inside
 
-_OPENED: list[str] = []
-_RECORDING = [False]
-
-
-def _audit(event: str, args: tuple, recording=_RECORDING, opened=_OPENED, fsdecode=os.fsdecode,
-           pathlike=(str, bytes, os.PathLike)) -> None:
-    # Everything it uses is bound here: at interpreter exit the module's globals are already cleared.
-    if recording[0] and event == "open" and args and isinstance(args[0], pathlike):
-        opened.append(fsdecode(args[0]))
-
-
-sys.addaudithook(_audit)  # audit hooks cannot be removed; this one only records while a test asks it to
-
-
-@pytest.fixture
-def opened():
-    _OPENED.clear()
-    _RECORDING[0] = True
-    yield _OPENED
-    _RECORDING[0] = False
 
 
 def hostile_names(outside: Path, data: Path) -> list[str]:

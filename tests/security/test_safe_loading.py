@@ -10,7 +10,6 @@ the command line.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 import torch

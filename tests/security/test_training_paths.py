@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import struct
-import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,29 +28,6 @@ from tests.training.conftest import make_dataset
 from webui.security import PathRefused, resolve_in_roots
 from webui.training.config import ConfigError, config_from_dict, config_from_yaml
 from webui.training.folders import TrainingFolders
-
-_TOUCHED: list[str] = []
-_RECORDING = [False]
-
-
-def _audit(event: str, args: tuple, recording=_RECORDING, touched=_TOUCHED, fsdecode=os.fsdecode,
-           pathlike=(str, bytes, os.PathLike)) -> None:
-    # Everything it uses is bound here: at interpreter exit the module's globals are already cleared.
-    if recording[0] and event in ("open", "os.scandir", "os.listdir") and args and isinstance(args[0], pathlike):
-        touched.append(fsdecode(args[0]))
-
-
-sys.addaudithook(_audit)  # audit hooks cannot be removed; this one only records while a test asks it to
-
-
-@pytest.fixture
-def touched():
-    """Paths opened or listed while the test runs."""
-    _TOUCHED.clear()
-    _RECORDING[0] = True
-    yield _TOUCHED
-    _RECORDING[0] = False
-
 
 def under(paths: list[str], folder: Path) -> list[str]:
     root = str(folder.resolve())

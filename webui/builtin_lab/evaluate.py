@@ -96,20 +96,28 @@ def classify_shape(alpha: np.ndarray) -> tuple[str, float]:
     return ("square" if fill > 0.59 else "triangle"), radius_px  # square ~0.65-0.70, triangle ~0.44-0.53
 
 
-def detect(image: np.ndarray) -> tuple[str, list[Detection]]:
-    """(background colour name, objects) of an RGB uint8 image [H,W,3]."""
+def foreground_components(image: np.ndarray, min_area: int = MIN_AREA
+                          ) -> tuple[np.ndarray, str, np.ndarray, list[np.ndarray]]:
+    """(float image, background colour name, background RGB, components) of an RGB uint8 image [H,W,3]: each
+    component a boolean mask [H,W] of connected pixels far from the background, at least `min_area` of them."""
     from scipy import ndimage
 
     img = image.astype(np.float32)
     bg_name, bg = background_color(image)
     dist = np.linalg.norm(img - bg[None, None], axis=-1)  # [H,W]
     labels, n = ndimage.label(dist > FOREGROUND_DISTANCE)
+    components = [comp for comp in (labels == k for k in range(1, n + 1)) if comp.sum() >= min_area]
+    return img, bg_name, bg, components
+
+
+def detect(image: np.ndarray) -> tuple[str, list[Detection]]:
+    """(background colour name, objects) of an RGB uint8 image [H,W,3]."""
+    from scipy import ndimage
+
+    img, bg_name, bg, components = foreground_components(image)
     found = []
-    for k in range(1, n + 1):
-        comp = labels == k
+    for comp in components:
         area = int(comp.sum())
-        if area < MIN_AREA:
-            continue
         color, alpha = coverage(img, comp, bg_name, bg)
         shape, radius = classify_shape(alpha)
         filled = ndimage.binary_fill_holes(comp)

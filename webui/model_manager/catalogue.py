@@ -251,6 +251,13 @@ class Catalogue:
             self._embeddings_by_name.setdefault(entry.name.lower(), entry)
 
     # ================================================================================== listings
+    def _snapshot(self, attribute: str) -> list[Any]:
+        """A copy of one of the scanned lists (named by its attribute), scanning first when nothing was scanned
+        yet (a scan replaces the lists, so they are looked up after it)."""
+        self._ensure_scanned()
+        with self._lock:
+            return list(getattr(self, attribute))
+
     def checkpoints(self) -> list[CheckpointEntry]:
         """Built-in model(s) first, then the rest by name; unsupported ones are included with their reason."""
         self._ensure_scanned()
@@ -266,21 +273,15 @@ class Catalogue:
 
     def vaes(self) -> list[VaeEntry]:
         """VAE files and diffusers VAE folders, by name."""
-        self._ensure_scanned()
-        with self._lock:
-            return list(self._vaes)
+        return self._snapshot("_vaes")
 
     def loras(self) -> list[LoraEntry]:
         """LoRA files, by name (any case)."""
-        self._ensure_scanned()
-        with self._lock:
-            return list(self._loras)
+        return self._snapshot("_loras")
 
     def embeddings(self) -> list[EmbeddingEntry]:
         """Every file in the embeddings folders, usable or not (with the reason), by name."""
-        self._ensure_scanned()
-        with self._lock:
-            return list(self._embeddings)
+        return self._snapshot("_embeddings")
 
     def embeddings_in(self, text: str) -> list[EmbeddingEntry]:
         """The usable embeddings whose names stand as words in `text` (any case), in order of first appearance."""
@@ -291,21 +292,15 @@ class Catalogue:
 
     def segmenters(self) -> list[SegmenterEntry]:
         """Text-prompted segmenters (CLIPSeg, SAM 3) found in the segmentation folders."""
-        self._ensure_scanned()
-        with self._lock:
-            return list(self._segmenters)
+        return self._snapshot("_segmenters")
 
     def controlnets(self) -> list[ModelFile]:
         """ControlNet files and folders, by name (any case)."""
-        self._ensure_scanned()
-        with self._lock:
-            return list(self._controlnets)
+        return self._snapshot("_controlnets")
 
     def upscalers(self) -> list[ModelFile]:
         """Upscaler (ESRGAN-family) model files, by name (any case)."""
-        self._ensure_scanned()
-        with self._lock:
-            return list(self._upscalers)
+        return self._snapshot("_upscalers")
 
     def family_folders(self, arch: Arch) -> list[Path]:
         """Supported diffusers folders of one family (where a single file's missing components can come from)."""

@@ -178,19 +178,11 @@ def classify_component(mask: np.ndarray) -> tuple[str, float]:
 
 def shapes_in(image: np.ndarray) -> list[str]:
     """The shape of every object found in the image (holes kept: a ring's hole tells it from a circle)."""
-    from scipy import ndimage
+    from webui.builtin_lab.evaluate import coverage, foreground_components
 
-    from webui.builtin_lab.evaluate import background_color, coverage
-
-    img = image.astype(np.float32)
-    bg_name, bg = background_color(image)
-    dist = np.linalg.norm(img - bg[None, None], axis=-1)  # [H,W]
-    labels, n = ndimage.label(dist > FOREGROUND_DISTANCE)
+    img, bg_name, bg, components = foreground_components(image, MIN_AREA)
     found = []
-    for k in range(1, n + 1):
-        comp = labels == k
-        if comp.sum() < MIN_AREA:
-            continue
+    for comp in components:
         # the object is the pixels at least half covered, as the templates are cut: a faint halo around a
         # generated shape is far enough from the background to join the component but is not part of the shape
         _, alpha = coverage(img, comp, bg_name, bg)

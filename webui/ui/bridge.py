@@ -15,7 +15,7 @@ import functools
 import html
 import inspect
 import logging
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import gradio as gr
 
@@ -63,56 +63,47 @@ def to_gr_error(exc: BaseException) -> gr.Error:
                                 "Details are in the server log."), print_exception=False)
 
 
+@contextlib.contextmanager
+def _ui_boundary() -> Iterator[None]:
+    """Turn any exception raised inside into the gr.Error the browser shows (gr.Error passes unchanged)."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except Exception as exc:  # noqa: BLE001 - this is the UI boundary
+        raise to_gr_error(exc) from exc
+
+
 def guard(fn: F) -> F:
     """Wrap a handler (function, coroutine, generator or async generator) so every exception reaches the browser
     as a gr.Error. The wrapper is of the same kind, so Gradio runs an async one on its event loop (no thread)."""
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def async_gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
+            with _ui_boundary():
                 async with contextlib.aclosing(fn(*args, **kwargs)) as stream:
                     async for item in stream:
                         yield item
-            except gr.Error:
-                raise
-            except Exception as exc:  # noqa: BLE001 - this is the UI boundary
-                raise to_gr_error(exc) from exc
-
         return async_gen_wrapper  # type: ignore[return-value]
 
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
+            with _ui_boundary():
                 return await fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except Exception as exc:  # noqa: BLE001 - this is the UI boundary
-                raise to_gr_error(exc) from exc
-
         return async_wrapper  # type: ignore[return-value]
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
+            with _ui_boundary():
                 yield from fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except Exception as exc:  # noqa: BLE001 - this is the UI boundary
-                raise to_gr_error(exc) from exc
-
         return gen_wrapper  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with _ui_boundary():
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except Exception as exc:  # noqa: BLE001 - this is the UI boundary
-            raise to_gr_error(exc) from exc
-
     return wrapper  # type: ignore[return-value]
 
 

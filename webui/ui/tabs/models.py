@@ -89,9 +89,19 @@ def unload(ui: UIContext, selected: str | None, wait: bool = True) -> Any:
     `wait` is False, wait for it; returns the job. ValueError names what went wrong."""
     if not selected:
         raise ValueError("checkpoint: pick a checkpoint to unload")
+    return _queue_unload(ui, selected, wait)
+
+
+def unload_all(ui: UIContext, wait: bool = True) -> Any:
+    """Queue unloading every model of every kind (checkpoints, VAEs, segmenters, upscalers, ControlNets), as the
+    API's unload-checkpoint does, behind any running job; returns the job."""
+    return _queue_unload(ui, None, wait)
+
+
+def _queue_unload(ui: UIContext, selected: str | None, wait: bool) -> Any:
     job = ui.easel.engine.unload(selected, source="ui", wait=wait)
     if wait and job.error:
-        raise ValueError(f"checkpoint: {selected} could not be unloaded: {job.error}")
+        raise ValueError(f"checkpoint: {selected or 'the loaded models'} could not be unloaded: {job.error}")
     return job
 
 
@@ -104,6 +114,7 @@ def build(ui: UIContext) -> None:
                                elem_id="models_pick", scale=3, min_width=200)
             load = gr.Button("Load", variant="primary", elem_id="models_load", scale=0, min_width=80)
             unload = gr.Button("Unload", elem_id="models_unload", scale=0, min_width=80)
+            unload_every = gr.Button("Unload all", elem_id="models_unload_all", scale=0, min_width=100)
             compute = gr.Button("Compute hash", elem_id="models_hash", scale=0, min_width=140)
             convert = gr.Button("Convert to safetensors", elem_id="models_convert", scale=0, min_width=180)
             rescan = gr.Button("Rescan folders", elem_id="models_refresh", scale=0, min_width=140)
@@ -152,6 +163,12 @@ def build(ui: UIContext) -> None:
         return snapshot(selected)
 
     @guard
+    def on_unload_all(selected: str | None) -> tuple[Any, ...]:
+        unload_all(ui)
+        gr.Info("Unloaded every model")
+        return snapshot(selected)
+
+    @guard
     def on_hash(selected: str | None) -> tuple[Any, ...]:
         if not selected:
             raise ValueError("checkpoint: pick a checkpoint to hash")
@@ -166,7 +183,8 @@ def build(ui: UIContext) -> None:
         gr.Info(f"Converted {selected} to {target.name} (tensors only); it can be loaded now")
         return snapshot(selected)
 
-    for button, handler in ((rescan, on_rescan), (load, on_load), (unload, on_unload), (compute, on_hash),
+    for button, handler in ((rescan, on_rescan), (load, on_load), (unload, on_unload), (unload_every, on_unload_all),
+                            (compute, on_hash),
                             (convert, on_convert)):
         button.click(handler, inputs=pick, outputs=outputs)
     tab.select(on_show, inputs=pick, outputs=outputs, show_progress="hidden")
