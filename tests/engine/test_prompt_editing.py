@@ -164,3 +164,37 @@ def test_builtin_model_switches_prompts_per_step(builtin_pipe):
     halfway = run_builtin(builtin_pipe, "[a red circle:a blue square:1]")
     assert not np.array_equal(halfway, red) and not np.array_equal(halfway, blue)
     np.testing.assert_array_equal(run_builtin(builtin_pipe, "[a red circle|a blue square]"), halfway)
+
+
+# ------------------------------------------------------------------------------------ SDXL
+def test_sdxl_switches_both_encoders_states_and_the_pooled_embedding(tmp_path):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from tests.tiny_models import make_tiny_sdxl
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(make_tiny_sdxl(tmp_path / "xl")))
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    pipe.unet.register_forward_pre_hook(lambda module, args, kwargs: seen.append(
+        (kwargs["encoder_hidden_states"].clone(), kwargs["added_cond_kwargs"]["text_embeds"].clone())),
+        with_kwargs=True)
+
+    def run(prompt: str) -> np.ndarray:
+        loaded = SimpleNamespace(arch=Arch.SDXL, pipe=pipe)
+        request = SimpleNamespace(prompt=prompt, negative_prompt="", cfg_scale=5.0, clip_skip=1)
+        cond = conditioning(loaded, request, 2, PromptCache())
+        return pipe(**cond.kwargs, num_inference_steps=2, width=64, height=64, output_type="np",
+                    generator=torch.Generator().manual_seed(2),
+                    callback_on_step_end=cond.callback(lambda *args: {})).images[0]
+
+    blue = run("a blue square")
+    np.testing.assert_array_equal(run("[a red circle:a blue square:0]"), blue)
+    seen.clear()
+    run("[a red circle:a blue square:1]")
+    red_xl, blue_xl, empty_xl = (encode_text(pipe, text, 1, True) for text in ("a red circle", "a blue square", ""))
+    for (states, pooled), expected in zip(seen, (red_xl, blue_xl)):
+        torch.testing.assert_close(states[1], expected.states[0])  # row 0: the negative prompt
+        torch.testing.assert_close(pooled[1], expected.pooled[0])
+        torch.testing.assert_close(pooled[0], empty_xl.pooled[0])
+    assert len(seen) == 2

@@ -130,6 +130,12 @@ def chunk_tokens(tokenizer, prompt: str) -> list[tuple[list[int], list[float]]]:
     return chunks
 
 
+def _weighted_tokens(tokenizer, prompt: str) -> tuple[list[int], list[float]]:
+    """All the prompt's token ids and their weights, in order (its chunks joined)."""
+    chunks = chunk_tokens(tokenizer, prompt)
+    return [i for ids, _ in chunks for i in ids], [w for _, ws in chunks for w in ws]
+
+
 def _rows(tokenizer, chunks: list[tuple[list[int], list[float]]], n_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunks as rows of max_length ids, each wrapped in BOS/EOS and padded; empty rows up to `n_chunks`."""
     length = tokenizer.model_max_length
