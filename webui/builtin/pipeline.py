@@ -151,7 +151,7 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
     """Pixel-space x0-predicting diffusion transformer; see the module docstring for the modes."""
 
     model_cpu_offload_seq = "text_encoder->transformer"
-    _callback_tensor_inputs = ["latents"]
+    _callback_tensor_inputs = ["latents", "text", "text_mask"]  # a callback may hand back new text features
 
     def __init__(self, transformer: EaselTransformer, text_encoder: EaselTextEncoder,
                  scheduler: FlowMatchEulerDiscreteScheduler, guidance_interval: list[float] | None = None,
@@ -401,7 +401,10 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
                     scope = locals()
                     kwargs = {k: scope[k] for k in tensor_inputs}
                     outputs = callback_on_step_end(self, i, t, kwargs)
-                    latents = outputs.pop("latents", latents) if outputs else latents
+                    if outputs:  # text [(2)B,L,dim] and text_mask [(2)B,L]: negative rows first when guiding
+                        latents = outputs.pop("latents", latents)
+                        text = outputs.pop("text", text)
+                        text_mask = outputs.pop("text_mask", text_mask)
                 progress.update()
 
         # 4. postprocess: paste the original back outside the inpainting mask (or redraw planned objects), convert

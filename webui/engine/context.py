@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from webui.engine.prompts import encode_sd, encode_sdxl, extract_loras, strip_emphasis
+from webui.engine.conditioning import Conditioning, PromptCache, conditioning
+from webui.engine.prompts import extract_loras
 from webui.engine.samplers import Samplers
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job
 from webui.extensions import PipelineCall, PipelineWrapper
-from webui.model_manager.embeddings import EMBEDDING_ARCHS, AppliedEmbedding
-from webui.model_manager.embeddings import expand as expand_embeddings
+from webui.model_manager.embeddings import AppliedEmbedding
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import AppliedLora, LoadedPipeline, ModelManager
 from webui.model_manager.spec import AdapterSpec, LoadSpec, LoadSpecError
@@ -94,6 +94,7 @@ class ModeContext:
     adapter_sources: list[Callable[[Any], Any]] = field(default_factory=list)
     adapter_loaders: dict[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
     loaded: LoadedPipeline | None = None  # what the last `load` handed out: the model this job ran
+    prompt_cache: PromptCache = field(default_factory=PromptCache)  # this job's encoded prompts
 
     def load(self, request: GenerationRequest, mode: str) -> LoadedPipeline:
         """The pipeline for this request and mode, ready to run, from the model manager's one call (`LoadSpec`):
@@ -112,6 +113,14 @@ class ModeContext:
         self.loras, self.embeddings = list(loaded.loras), list(loaded.embeddings)
         self.loaded = loaded
         return loaded
+
+    def prompts(self, loaded: LoadedPipeline, request: GenerationRequest, steps: int,
+                first_pass_steps: int | None = None) -> Conditioning:
+        """The request's prompts for a pass of `steps` sampling steps on `loaded`: `.kwargs` for the pipeline
+        call and `.callback(progress)` for its `callback_on_step_end` (switching prompts where the prompt edits
+        or alternates). Each distinct prompt is encoded once per job. `first_pass_steps`: this is a hires fix
+        pass after a first pass of that many steps."""
+        return conditioning(loaded, request, steps, self.prompt_cache, self.embeddings, first_pass_steps)
 
     def sampler_used(self, request: GenerationRequest, arch: Arch) -> str:
         """The sampler name that runs `request` on this model family (what the infotext records)."""
@@ -188,25 +197,11 @@ def _wrapped(wrapper: PipelineWrapper, run: Callable[[PipelineCall], Any]) -> Ca
 
 def prompt_kwargs(loaded: LoadedPipeline, request: GenerationRequest,
                   embeddings: list[AppliedEmbedding] | None = None) -> dict[str, Any]:
-    """Prompt and guidance arguments in the form each model family's pipeline takes. `embeddings` (the context's,
-    after `load`) turn their names into their tokens for the CLIP families."""
-    arch, pipe = loaded.arch, loaded.pipe
-    prompt, _ = extract_loras(request.prompt)  # <lora:…> tags choose adapters; they are not text to encode
-    negative, _ = extract_loras(request.negative_prompt)
-    if embeddings and arch in EMBEDDING_ARCHS:
-        prompt, negative = expand_embeddings(prompt, embeddings), expand_embeddings(negative, embeddings)
-    if arch in (Arch.SD1, Arch.SD2):
-        return {**encode_sd(pipe, prompt, negative, request.clip_skip), "guidance_scale": request.cfg_scale}
-    if arch == Arch.SDXL:
-        return {**encode_sdxl(pipe, prompt, negative, request.clip_skip), "guidance_scale": request.cfg_scale}
-    plain, plain_negative = strip_emphasis(prompt), strip_emphasis(negative)
-    if arch == Arch.FLUX:
-        return {"prompt": plain, "guidance_scale": request.cfg_scale}
-    if arch == Arch.QWEN:
-        return {"prompt": plain, "negative_prompt": plain_negative or " ", "true_cfg_scale": request.cfg_scale}
-    if arch == Arch.SD3:
-        return {"prompt": plain, "negative_prompt": plain_negative, "guidance_scale": request.cfg_scale}
-    return {"prompt": plain, "negative_prompt": plain_negative, "guidance_scale": request.cfg_scale}
+    """Prompt and guidance arguments in the form each model family's pipeline takes, for the prompts of the first
+    step (`ModeContext.prompts` also switches them step by step). `embeddings` (the context's, after `load`) turn
+    their names into their tokens for the CLIP families."""
+    return conditioning(loaded, request, max(1, int(getattr(request, "steps", 1) or 1)), PromptCache(),
+                        embeddings).kwargs
 
 
 def run_batches(ctx: ModeContext, request: GenerationRequest, loaded: LoadedPipeline,

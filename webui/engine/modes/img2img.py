@@ -1,7 +1,7 @@
 """img2img: an input image, noised to the denoising strength, denoised towards the prompt."""
 from __future__ import annotations
 
-from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches
+from webui.engine.context import Generated, ModeContext, run_batches
 from webui.engine.images import resize_image
 from webui.engine.samplers import steps_for_strength
 from webui.requests import Img2ImgRequest, RequestError
@@ -15,16 +15,18 @@ def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
 
     # 2. Load and encode.
     loaded = ctx.load(request, "img2img")
-    prompt_args = prompt_kwargs(loaded, request, ctx.embeddings)
     strength = request.denoising_strength
     schedule, run_strength = steps_for_strength(request.steps, strength)  # at least one step
     total = max(1, int(schedule * run_strength))
+    prompts = ctx.prompts(loaded, request, total)  # prompt edits count the steps that run
+    prompt_args = prompts.kwargs
 
     # 3. Run.
     def call(gens, batch_size):
         return ctx.call_pipeline(loaded, request, "img2img", **prompt_args, image=[init] * batch_size,
                                  strength=run_strength, num_inference_steps=schedule, generator=gens,
-                                 callback_on_step_end=ctx.callback(loaded.arch, total), output_type="pil").images
+                                 callback_on_step_end=prompts.callback(ctx.callback(loaded.arch, total)),
+                                 output_type="pil").images
 
     extra = {"Sampler": ctx.sampler_used(request, loaded.arch)}
     return run_batches(ctx, request, loaded, call, extra)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from PIL import Image, ImageFilter, ImageOps
 
-from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches
+from webui.engine.context import Generated, ModeContext, run_batches
 from webui.engine.images import binarize, extend_canvas, fill_masked, mask_to_l, masked_bbox, paste_back, resize_image
 from webui.engine.samplers import steps_for_strength
 from webui.requests import InpaintRequest, RequestError
@@ -56,15 +56,17 @@ def run(ctx: ModeContext, request: InpaintRequest) -> list[Generated]:
 
     # 3. Run the pipeline.
     loaded = ctx.load(request, "inpaint")
-    prompt_args = prompt_kwargs(loaded, request, ctx.embeddings)
     schedule, run_strength = steps_for_strength(request.steps, strength)  # at least one step
     total = max(1, int(schedule * run_strength))
+    prompts = ctx.prompts(loaded, request, total)  # prompt edits count the steps that run
+    prompt_args = prompts.kwargs
 
     def call(gens, batch_size):
         images = ctx.call_pipeline(loaded, request, "inpaint", **prompt_args, image=[work_image] * batch_size,
                                    mask_image=[work_mask] * batch_size, strength=run_strength, width=work_w,
                                    height=work_h, num_inference_steps=schedule, generator=gens,
-                                   callback_on_step_end=ctx.callback(loaded.arch, total), output_type="pil").images
+                                   callback_on_step_end=prompts.callback(ctx.callback(loaded.arch, total)),
+                                   output_type="pil").images
         return [postprocess(img, original, blend, box) for img in images]
 
     # 4. Paste back through the blurred mask. The infotext records the strength the run used.

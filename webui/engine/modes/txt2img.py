@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches
+from webui.engine.context import Generated, ModeContext, run_batches
 from webui.engine.upscalers import UpscalerLoadError, UpscalerNotFoundError
 from webui.engine.samplers import steps_for_strength
 from webui.model_manager.identify import Arch
@@ -19,8 +19,9 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
     loaded = ctx.load(request, "txt2img")
     extra = {"Sampler": ctx.sampler_used(request, loaded.arch)}
 
-    # 2. Encode the prompt once for every batch.
-    prompt_args = prompt_kwargs(loaded, request, ctx.embeddings)
+    # 2. Encode the prompts (each prompt of a schedule) once for every batch.
+    prompts = ctx.prompts(loaded, request, request.steps)
+    prompt_args = prompts.kwargs
     if loaded.arch == Arch.EASEL and not ctx.plan_layout:
         prompt_args["plan_layout"] = False  # on: the model's own default (model_index.json)
 
@@ -30,7 +31,8 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
         out = ctx.call_pipeline(loaded, request, "txt2img", **prompt_args, width=request.width,
                                 height=request.height, num_inference_steps=request.steps,
                                 num_images_per_prompt=batch_size, generator=gens,
-                                callback_on_step_end=ctx.callback(loaded.arch, request.steps), output_type="pil")
+                                callback_on_step_end=prompts.callback(ctx.callback(loaded.arch, request.steps)),
+                                output_type="pil")
         images = out.images
         if loaded.arch == Arch.EASEL:  # the built-in model's output says what it drew
             drawn = list(getattr(out, "planned_prompts", None) or [None] * len(images))[:len(images)]
@@ -78,8 +80,9 @@ def second_pass(ctx: ModeContext, request: Txt2ImgRequest, images: list[Image.Im
     steps = request.hr_second_pass_steps or request.steps
     steps, strength = steps_for_strength(steps, request.hr_denoising_strength)  # at least one step
     total = max(1, int(steps * strength))
-    out = ctx.call_pipeline(loaded, request, "img2img", **prompt_kwargs(loaded, request, ctx.embeddings),
+    prompts = ctx.prompts(loaded, request, total, first_pass_steps=request.steps)  # the schedule goes on
+    out = ctx.call_pipeline(loaded, request, "img2img", **prompts.kwargs,
                             image=upscaled, strength=strength, num_inference_steps=steps,
                             generator=[g.manual_seed(g.initial_seed()) for g in gens],
-                            callback_on_step_end=ctx.callback(loaded.arch, total), output_type="pil")
+                            callback_on_step_end=prompts.callback(ctx.callback(loaded.arch, total)), output_type="pil")
     return out.images
