@@ -112,14 +112,13 @@ def wire_styles(ui: UIContext, widgets: StyleWidgets, prompt: Any, negative_prom
                           outputs=[widgets.selected, widgets.name], show_progress="hidden")
 
     @guard
-    def on_pick(name: str | None) -> tuple[Any, Any]:
-        style = store.get(name or "")
+    def on_pick(evt: gr.SelectData) -> tuple[Any, Any]:
+        style = store.get(str(evt.value or ""))
         if style is None:  # a new name: keep what is typed in the boxes
             return gr.skip(), gr.skip()
         return style.prompt, style.negative_prompt
 
-    widgets.name.select(on_pick, inputs=[widgets.name], outputs=[widgets.prompt, widgets.negative],
-                        show_progress="hidden")
+    widgets.name.select(on_pick, inputs=None, outputs=[widgets.prompt, widgets.negative], show_progress="hidden")
     widgets.copy.click(lambda text, negative: (text or "", negative or ""), inputs=[prompt, negative_prompt],
                        outputs=[widgets.prompt, widgets.negative], show_progress="hidden")
 
