@@ -25,7 +25,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from webui.requests import RequestError
 
@@ -236,13 +236,17 @@ def _replace_with(path: Path, data: bytes) -> None:
 class StyleStore:
     """The styles of one folder (`styles.csv` and the other `styles*.csv` files), read again when they change."""
 
-    def __init__(self, folder: Path, max_chars: int = 8000) -> None:
+    def __init__(self, folder: Path, max_chars: int | Callable[[], int] = 8000) -> None:
         self.folder = Path(folder)
-        self.max_chars = max_chars  # longest prompt or negative text a style may hold
+        self._max_chars = max_chars  # longest text a style may hold (a callable: the settings' current limit)
         self._lock = threading.RLock()
         self._signature: tuple = ()
         self._files: list[StyleFile] = []
         self._styles: dict[str, PromptStyle] = {}
+
+    @property
+    def max_chars(self) -> int:
+        return self._max_chars() if callable(self._max_chars) else self._max_chars
 
     @property
     def path(self) -> Path:

@@ -26,7 +26,8 @@ def test_a_style_with_the_placeholder_wraps_the_prompt_and_one_without_is_append
     assert merge_prompt("masterpiece", "") == "masterpiece"
     assert merge_prompt("", "a cat") == "a cat"
     assert merge_prompt("{prompt} and {prompt}", "x") == "x and x"
-    styles = [PromptStyle("frame", "photo of {prompt}", "blurry"), PromptStyle("finish", "film grain", "{prompt}, ugly")]
+    styles = [PromptStyle("frame", "photo of {prompt}", "blurry"),
+              PromptStyle("finish", "film grain", "{prompt}, ugly")]
     # applied in order, each to the result of the one before
     assert apply_styles("a dog", "", styles) == ("photo of a dog, film grain", "blurry, ugly")
     assert apply_styles("a dog", "lowres", styles[::-1]) == ("photo of a dog, film grain", "lowres, ugly, blurry")

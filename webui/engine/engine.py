@@ -54,7 +54,7 @@ class Engine:
         self.upscalers = Upscalers([settings.models_dir / "ESRGAN", *settings.esrgan_dirs], manager.device,
                                    manager.dtype, memory=manager.memory)
         # prompt styles: styles.csv and the other styles*.csv in the data dir
-        self.styles = StyleStore(settings.data_dir, settings.user.limits().max_prompt_chars)
+        self.styles = StyleStore(settings.data_dir, lambda: settings.user.limits().max_prompt_chars)
 
     # The extensions' hooks this engine runs: the registry's own lists.
     @property

@@ -18,7 +18,7 @@ from webui.ui.bridge import guard
 from webui.ui.context import UIContext
 from webui.ui.controls import Control
 
-REFRESH = "\U0001f504"  # 🔄
+REFRESH = "\u21bb"  # ↻ (renders without an emoji font)
 
 
 @dataclass
