@@ -24,6 +24,7 @@ from webui.model_manager.identify import Arch
 from webui.model_manager.manager import CheckpointEntry, LoraOptions, ModelManager
 from webui.model_manager.memory import budgets_for
 from webui.settings import Settings, build_parser, settings_from_args
+from webui.styles import StyleStore
 
 log = logging.getLogger("easel")
 
@@ -42,6 +43,11 @@ class Easel:
     extras: dict[str, Any] = field(default_factory=dict)
 
     # Read-only helpers the UI and API share (so ui/ never touches torch or diffusers) ------------
+    @property
+    def styles(self) -> StyleStore:
+        """The prompt styles (styles.csv and the other styles*.csv in the data dir) the engine applies."""
+        return self.engine.styles
+
     def checkpoint_entries(self) -> list[CheckpointEntry]:
         return self.manager.checkpoints()
 

@@ -21,15 +21,19 @@ import dataclasses
 import io
 import json
 import re
-from typing import Any
+from typing import Any, Iterable
 
 from PIL import Image, PngImagePlugin
 
 from webui import __version__
 from webui.requests import GenerationRequest, InpaintRequest, Txt2ImgRequest, field_specs
+from webui.styles import PromptStyle, extract_styles
 
 PARAMETERS_KEY = "parameters"
-_PAIR = re.compile(r'\s*([\w][\w \-/+.()]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+# key: value, where the value is a JSON-quoted text, a JSON list written unquoted (`Styles array: ["a", "b"]`) or
+# plain text up to the next comma
+_PAIR = re.compile(r'\s*([\w][\w \-/+.()]*?):\s*("(?:\\.|[^\\"])*"|\[(?:"(?:\\.|[^\\"])*"|[^\]"])*\](?=\s*(?:,|$))|[^,]*)(?:,|$)')
+STYLES_KEY = "Styles array"
 _NEGATIVE = "Negative prompt:"
 
 # AUTOMATIC1111 writes these keys first, in this order; a request's other declared keys follow.
@@ -184,7 +188,46 @@ def relink_loras(prompt: str, hashes: dict[str, str], local: dict[str, str]) -> 
     return _LORA_TAG.sub(swap, prompt)
 
 
+def style_names(value: Any) -> list[str] | None:
+    """The names of a `Styles array` value (a JSON list, as text or already decoded), or None when it is not one."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    if isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value):
+        return list(value)
+    return None
+
+
+def split_styles(params: dict[str, Any], known: Iterable[PromptStyle] = ()) -> dict[str, Any]:
+    """Parsed infotext with `Styles array` as a list of style names, as AUTOMATIC1111's readers get it.
+
+    Easel writes the prompts as typed and the styles' names as a JSON list; that list is decoded. A text another
+    tool wrote (AUTOMATIC1111 writes the prompts with the styles' texts in them, and no names) has the `known`
+    styles found in its prompts taken back out, and their names listed; nothing is changed when none is found."""
+    result = dict(params)
+    if STYLES_KEY in params:
+        names = style_names(params[STYLES_KEY])
+        if names is None:
+            result.pop(STYLES_KEY)
+        else:
+            result[STYLES_KEY] = names
+        return result
+    if str(params.get("Version", "")).startswith("Easel"):
+        return result
+    names, prompt, negative = extract_styles(params.get("Prompt", ""), params.get("Negative prompt", ""), known)
+    if names:
+        result.update({STYLES_KEY: names, "Prompt": prompt, "Negative prompt": negative})
+    return result
+
+
 def _convert(value: str, default: Any) -> Any:
+    if isinstance(default, tuple):
+        names = style_names(value)
+        if names is None:
+            raise ValueError(f"not a list of names: {value!r}")
+        return tuple(names)
     if isinstance(default, bool):
         return value.strip().lower() in ("true", "1", "yes", "on")
     if isinstance(default, int):
@@ -195,11 +238,15 @@ def _convert(value: str, default: Any) -> Any:
 
 
 def request_updates(params: dict[str, str], cls: type[GenerationRequest] = Txt2ImgRequest,
-                    local_loras: dict[str, str] | None = None) -> dict[str, Any]:
+                    local_loras: dict[str, str] | None = None,
+                    known_styles: Iterable[PromptStyle] = ()) -> dict[str, Any]:
     """Field values of `cls` restored from parsed infotext (unknown keys are ignored, bad values skipped).
 
     The prompt keeps its `<lora:name:weight>` tags, so the same LoRAs apply again; with `local_loras` (short hash ->
-    installed name) a tag whose LoRA is installed here under another name is pointed at it by its hash."""
+    installed name) a tag whose LoRA is installed here under another name is pointed at it by its hash. Styles come
+    back from `Styles array`, or, in another tool's text, from the `known_styles` found in its prompts
+    (`split_styles`)."""
+    params = split_styles(params, known_styles)
     prompt = params.get("Prompt", "")
     if local_loras:
         prompt = relink_loras(prompt, lora_hashes(params), local_loras)
@@ -218,6 +265,8 @@ def request_updates(params: dict[str, str], cls: type[GenerationRequest] = Txt2I
     schedule = params.get("Schedule type", "")
     if "sampler" in updates and schedule and schedule not in ("Automatic", "Uniform") and schedule not in updates["sampler"]:
         updates["sampler"] = f"{updates['sampler']} {schedule}"
+    if "styles" in defaults:  # a text without styles clears a selection
+        updates["styles"] = tuple(updates.get("styles", ()))
     if issubclass(cls, Txt2ImgRequest):
         updates["enable_hr"] = "Hires upscale" in params or "Hires resize" in params
     if issubclass(cls, InpaintRequest):

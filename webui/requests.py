@@ -9,6 +9,7 @@ request against the limits of the running settings and raises `RequestError` nam
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal
@@ -63,6 +64,11 @@ def mask_mode(invert: bool) -> str | None:
     return "Inpaint not masked" if invert else None
 
 
+def styles_json(names: tuple[str, ...]) -> str | None:
+    """`Styles array` as the infotext writes it: a JSON list of names, left out when there are none."""
+    return json.dumps(list(names), ensure_ascii=False) if names else None
+
+
 def spec(default: Any, label: str, **kwargs: Any) -> Any:
     """A dataclass field with its FieldSpec."""
     return field(default=default, metadata={"spec": FieldSpec(label, **kwargs)})
@@ -100,6 +106,8 @@ class GenerationRequest:
 
     prompt: str = spec("", "Prompt", api="prompt", limit="max_prompt_chars")
     negative_prompt: str = spec("", "Negative prompt", api="negative_prompt", limit="max_prompt_chars")
+    # prompt styles (webui.styles) applied to the prompts when the job runs; the infotext keeps the prompts as typed
+    styles: tuple[str, ...] = spec((), "Styles", infotext="Styles array", api="styles", infotext_value=styles_json)
     checkpoint: str = spec("", "Checkpoint", infotext="Model", infotext_value=or_none)
     vae: str = spec("Automatic", "VAE", infotext="VAE", infotext_value=unless_automatic)
     sampler: str = spec(SAMPLE_NAMES_DEFAULT, "Sampling method", infotext="Sampler", api="sampler_name")
@@ -191,7 +199,10 @@ def check_field(f: dataclasses.Field, value: Any, limits: Limits) -> None:
     """Raise RequestError when one declared field has the wrong type or is outside its limits."""
     s: FieldSpec = f.metadata["spec"]
     name = s.api or f.name
-    if isinstance(f.default, str):
+    if isinstance(f.default, tuple):  # a list of names (styles)
+        if not isinstance(value, (tuple, list)) or not all(isinstance(item, str) for item in value):
+            raise RequestError(name, f"must be a list of names, got {value!r}"[:200])
+    elif isinstance(f.default, str):
         if not isinstance(value, str):
             raise RequestError(name, f"must be text, got {type(value).__name__}")
         top = _limit(s, limits)

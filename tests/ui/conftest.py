@@ -16,6 +16,7 @@ from PIL import Image
 
 from webui.infotext import parse_infotext, read_png_parameters
 from webui.settings import Settings, UserSettings
+from webui.styles import StyleStore
 
 DIFFUSION = ["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC"]
 FLOW = ["Euler", "Euler a", "Heun"]
@@ -98,6 +99,7 @@ class StubEasel:
         self.engine = StubEngine()
         self.extras: dict[str, Any] = {}
         self.registry = SimpleNamespace(tabs=[], accordions=[])
+        self.styles = StyleStore(self.settings.data_dir)  # as Easel's: styles*.csv in the data dir
         self.extensions: list[Any] = []
 
     def page_token(self) -> str:  # as Easel's: the process's token for actions that run code

@@ -21,7 +21,7 @@ from webui.api.threads import API_LANE
 from webui.engine.tasks import UpscaleRequest
 from webui.engine.upscalers import NONE
 from webui.engine.worker import JobResult, JobState
-from webui.infotext import parse_infotext, read_png_parameters
+from webui.infotext import parse_infotext, read_png_parameters, split_styles
 
 
 class ExtrasBatchImage(BaseModel):
@@ -133,6 +133,8 @@ def extras_router(api: ApiContext) -> APIRouter:
         image = decode_image(body.image, "image", max_image_pixels())
         text = read_png_parameters(image) or ""
         items = {k: v for k, v in image.info.items() if isinstance(v, str) and k != "parameters"}
-        return {"info": text, "items": items, "parameters": parse_infotext(text) if text else {}}
+        # `Styles array` as a list of names, as AUTOMATIC1111 answers it (its texts: found in the prompts)
+        parameters = split_styles(parse_infotext(text), api.easel.styles.styles()) if text else {}
+        return {"info": text, "items": items, "parameters": parameters}
 
     return router

@@ -206,11 +206,12 @@ def generation_router(api: ApiContext) -> APIRouter:
         if isinstance(request, Txt2ImgRequest):
             denoising = request.hr_denoising_strength if request.enable_hr else None
         started = job.started or job.created
+        styled = result.info.get("styled") or {}  # the prompts with the request's styles applied
         return {
             "prompt": request.prompt,
-            "all_prompts": [request.prompt] * count,
+            "all_prompts": [styled.get("prompt", request.prompt)] * count,
             "negative_prompt": request.negative_prompt,
-            "all_negative_prompts": [request.negative_prompt] * count,
+            "all_negative_prompts": [styled.get("negative_prompt", request.negative_prompt)] * count,
             "seed": seeds[0] if seeds else request.seed,
             "all_seeds": seeds,
             "subseed": -1,
@@ -235,7 +236,7 @@ def generation_router(api: ApiContext) -> APIRouter:
                                         if k not in INFO_CORE_KEYS and v is not None and v != ""},
             "index_of_first_image": 0,
             "infotexts": list(result.infotexts),
-            "styles": [],
+            "styles": list(request.styles),
             "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)),
             "clip_skip": request.clip_skip,
             "is_using_inpainting_conditioning": False,

@@ -9,6 +9,7 @@ adds the routers built from it, one module per concern:
     models.py       checkpoints, VAEs, samplers, upscalers, scripts, LoRAs, embeddings, extensions, memory,
                     unloading and reloading the checkpoint
     extras.py       extra-single-image, extra-batch-images, png-info
+    styles.py       prompt-styles
     progress.py     progress, interrupt, skip
     segment.py      /easel/v1/segment
 
@@ -44,6 +45,7 @@ from webui.api.models import models_router
 from webui.api.options import options_router
 from webui.api.progress import progress_router
 from webui.api.segment import segment_router
+from webui.api.styles import styles_router
 from webui.api.threads import in_lane
 from webui.redact import answer_folders, redact_paths
 from webui.security import login_throttle
@@ -68,7 +70,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
                                                          settings.user.limits().max_pixels * 4),
                                    lambda text: redact_paths(text, folders))
     api = ApiContext(easel, route_class, folders)
-    for build in (generation_router, models_router, options_router, progress_router, extras_router):
+    for build in (generation_router, models_router, options_router, progress_router, extras_router, styles_router):
         app.include_router(build(api))
     app.include_router(segment_router(api))
     add_extension_routes(app, easel, route_class)

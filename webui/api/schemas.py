@@ -29,6 +29,7 @@ API_OVERRIDES: dict[str, tuple[Any, Any]] = {
     "inpaint_full_res": (bool | None, True),  # AUTOMATIC1111 sends 0/1; pydantic reads both as bool
     "inpaint_full_res_padding": (int | None, 0),
     "inpainting_mask_invert": (bool | None, False),
+    "styles": (list[str] | None, None),  # prompt style names (GET /prompt-styles), applied in order
 }
 
 IMAGE_FIELDS = ("init_images", "mask")
@@ -49,7 +50,6 @@ class _ApiBody(BaseModel):
     script_args: list[Any] | None = Field(None, description="The script's arguments, in order (GET /script-info)")
     send_images: bool | None = Field(True, description="Return the images in the response")
     save_images: bool | None = Field(False, description="Also save the images under outputs/")
-    styles: list[str] | None = None  # accepted for compatibility; Easel has no prompt styles
     alwayson_scripts: dict[str, Any] | None = Field(
         None, description='Arguments for extensions, by name: {"ControlNet": {"args": [unit, ...]}}')
 
@@ -168,6 +168,8 @@ def request_values(body: BaseModel, cls: type, decode_image: Callable[[Any, str]
             values[name] = decode_image(items[0], s.api)
         elif s.choices:
             values[name] = _choice(value, s)
+        elif isinstance(value, list):
+            values[name] = tuple(value)
         else:
             values[name] = value
     return values

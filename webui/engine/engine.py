@@ -25,6 +25,7 @@ from webui.model_manager.identify import Arch
 from webui.model_manager.manager import ModelManager
 from webui.requests import GenerationRequest, RequestError, validate_request
 from webui.settings import Settings
+from webui.styles import StyleStore, merge_prompt
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ class LoadRequest:
     vae: str | None = None
     mode: str = "load"
 
+
+# The prompt fields styles apply to, where a request has them: (name, whether it is a negative prompt).
+STYLED_PROMPTS = (("prompt", False), ("negative_prompt", True), ("hr_prompt", False), ("hr_negative_prompt", True))
 
 MODES = {"txt2img": "webui.engine.modes.txt2img", "img2img": "webui.engine.modes.img2img",
          "inpaint": "webui.engine.modes.inpaint", "segment": "webui.engine.modes.segment"}
@@ -49,6 +53,8 @@ class Engine:
         self.worker = Worker(self.run_job, queue_size=settings.user.queue_size)
         self.upscalers = Upscalers([settings.models_dir / "ESRGAN", *settings.esrgan_dirs], manager.device,
                                    manager.dtype, memory=manager.memory)
+        # prompt styles: styles.csv and the other styles*.csv in the data dir
+        self.styles = StyleStore(settings.data_dir, lambda: settings.user.limits().max_prompt_chars)
 
     # The extensions' hooks this engine runs: the registry's own lists.
     @property
@@ -75,6 +81,7 @@ class Engine:
         if isinstance(request, GenerationRequest):
             validate_request(request, self.settings.user.limits(), self.registry.samplers,
                              self.arch_of(request.checkpoint))
+            self.styled(request)  # every style it names exists, and the prompts stay within the limit
         elif hasattr(request, "validate"):
             request.validate(self.settings.user.limits())
         return self.worker.submit(request, source)
@@ -116,6 +123,27 @@ class Engine:
             job.wait(timeout)
         return job
 
+    def styled(self, request: GenerationRequest) -> GenerationRequest:
+        """`request` with its styles applied to its prompts (itself when it names none). RequestError on `styles`
+        for a style no style file has, or when a styled prompt exceeds the prompt length limit."""
+        if not request.styles:
+            return request
+        styles = self.styles.resolve(tuple(request.styles))
+        changes: dict[str, str] = {}
+        for name, negative in STYLED_PROMPTS:
+            text = getattr(request, name, None)
+            if not isinstance(text, str) or (name not in ("prompt", "negative_prompt") and not text):
+                continue  # an empty second-pass prompt means "the first pass's", which is styled already
+            for style in styles:
+                text = merge_prompt(style.negative_prompt if negative else style.prompt, text)
+            changes[name] = text
+        limit = self.settings.user.limits().max_prompt_chars
+        for name, text in changes.items():
+            if len(text) > limit:
+                raise RequestError("styles", f"with the styles applied, {name} is {len(text)} characters long; "
+                                             f"the limit is {limit}")
+        return request_with(request, **changes)
+
     # Running (worker thread) ---------------------------------------------------------------------
     def run_job(self, job: Job) -> JobResult:
         """Run one job with the models it uses pinned in memory until it ends."""
@@ -133,13 +161,15 @@ class Engine:
             return result
         for hook in self.before_generate:
             request = hook(request) or request
+        # the mode gets the prompts with the styles applied; the infotext and the hooks keep them as typed
+        styled = self.styled(request) if isinstance(request, GenerationRequest) else request
         mode = importlib.import_module(MODES[request.mode])
         ctx = ModeContext(self.manager, job, self.settings.user.live_preview_every, self.upscalers,
                           plan_layout=self.settings.user.builtin_plan_layout, samplers=self.registry.samplers,
                           pipeline_wrappers=list(self.pipeline_wrappers),
                           adapter_sources=list(self.registry.adapter_sources),
                           adapter_loaders=dict(self.registry.adapter_loaders))
-        generated: list[Generated] = mode.run(ctx, request)
+        generated: list[Generated] = mode.run(ctx, styled)
         for hook in self.after_generate:
             generated = hook(request, generated) or generated
         result = JobResult()
@@ -164,6 +194,8 @@ class Engine:
                 if isinstance(item.payload.get("mask"), Image.Image):
                     item.payload["mask"].save(path.with_name(path.stem + "-mask.png"))
         result.info |= {"seeds": result.seeds, "model": model, "model_hash": model_hash}
+        if styled is not request:
+            result.info["styled"] = {"prompt": styled.prompt, "negative_prompt": styled.negative_prompt}
         job.update(result=result)
         return result
 

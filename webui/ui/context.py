@@ -29,6 +29,7 @@ class GenerationTab:
     image_input: Any = None  # the component a sent image lands in (None for txt2img)
     receive_image: Callable[["Image.Image"], Any] | None = None  # image → value for image_input
     reveal: dict[str, Any] = field(default_factory=dict)  # field name → accordion to open when it is set
+    styles: Any = None  # its prompt style components (webui.ui.styles.StyleWidgets)
 
 
 @dataclass

@@ -221,9 +221,10 @@ def build_request(cls: type[GenerationRequest], values: dict[str, Any]) -> Gener
     return cls(**kwargs)
 
 
-def infotext_values(text: str, cls: type[GenerationRequest]) -> dict[str, Any]:
-    """Field values of `cls` restored from a parameters text (Easel's or AUTOMATIC1111's)."""
-    return request_updates(parse_infotext(text), cls) if text and text.strip() else {}
+def infotext_values(text: str, cls: type[GenerationRequest], known_styles: Iterable[Any] = ()) -> dict[str, Any]:
+    """Field values of `cls` restored from a parameters text (Easel's or AUTOMATIC1111's); `known_styles` are
+    found in the prompts of a text that has no `Styles array` (`webui.infotext.split_styles`)."""
+    return request_updates(parse_infotext(text), cls, known_styles=known_styles) if text and text.strip() else {}
 
 
 def only(values: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:

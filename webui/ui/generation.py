@@ -27,6 +27,8 @@ from webui.ui.bridge import guard, job_failed
 from webui.ui.context import GenerationTab, UIContext
 from webui.ui.controls import ControlSet, build_request, field_control, infotext_values
 from webui.ui.lora_picker import build_lora_picker
+from webui.ui.styles import (StyleWidgets, build_style_buttons, build_style_editor, missing_styles, styles_control,
+                             wire_styles)
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +109,17 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
             prompt = controls.add(field_control(request_cls, "prompt", limits, lines=3, max_lines=12,
                                                 show_label=False, placeholder="Prompt (Ctrl+Enter to generate)",
                                                 elem_classes="easel-prompt"))
-            controls.add(field_control(request_cls, "negative_prompt", limits, lines=1, max_lines=8,
-                                       show_label=False, placeholder="Negative prompt",
-                                       elem_classes="easel-prompt"))
+            negative_prompt = controls.add(field_control(request_cls, "negative_prompt", limits, lines=1, max_lines=8,
+                                                         show_label=False, placeholder="Negative prompt",
+                                                         elem_classes="easel-prompt"))
         with gr.Column(scale=1, min_width=150, elem_classes="easel-actions"):
             generate = gr.Button("Generate", variant="primary", elem_id=f"{mode}_generate", size="lg",
                                  elem_classes="easel-generate")
             with gr.Row(elem_classes="easel-stop-row"):
                 interrupt = gr.Button("Interrupt", size="sm", elem_id=f"{mode}_interrupt", min_width=60)
                 skip = gr.Button("Skip", size="sm", elem_id=f"{mode}_skip", min_width=60)
+            styles = controls.add(styles_control(ui, mode))  # prompt styles: the selection, apply, refresh
+            style_apply, style_refresh = build_style_buttons(mode)
 
     with gr.Row(equal_height=False, elem_classes="easel-main-row"):
         with gr.Column(scale=1, min_width=300, elem_classes="easel-settings"):
@@ -146,6 +150,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                 options(controls)
             if mode in ("txt2img", "img2img", "inpaint"):
                 build_lora_picker(ui, mode, prompt)
+            style_editor = build_style_editor(ui, mode)
             extension_inputs = build_extension_accordions(ui, mode)
 
         with gr.Column(scale=1, min_width=300, elem_classes="easel-results"):
@@ -165,6 +170,8 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
     job_id = gr.State(None)
     outputs = PanelOutputs(progress, preview, gallery, info, result, job_id)
     tab = GenerationTab(mode, request_cls, controls)
+    tab.styles = StyleWidgets(mode, styles, style_apply, style_refresh, *style_editor)
+    wire_styles(ui, tab.styles, prompt, negative_prompt)
 
     def submit_request(by_component: dict) -> Any:
         values = controls.field_values(by_component)
@@ -367,8 +374,9 @@ def send_updates(ui: UIContext, target: str, text: str, image: Image.Image | Non
     """Component updates that fill generation tab `target` from a parameters text and an image."""
     easel = ui.easel
     tab = ui.generation[target]
-    values = infotext_values(text, tab.request_cls)
-    notes: list[str] = []
+    values = infotext_values(text, tab.request_cls, easel.styles.styles())
+    notes: list[str] = [f"style {name!r} is not in the style files here; it was left out"
+                        for name in missing_styles(ui, values.get("styles", ()))]
     updates: dict[Any, Any] = {ui.tabs: gr.Tabs(selected=target)}
 
     wanted = values.pop("checkpoint", None)
