@@ -75,3 +75,15 @@ def test_a_second_draw_continues_the_stream() -> None:
     assert first.dtype == np.float32
     big = PhiloxRandn(0).randn((4, 64, 64))
     assert abs(float(big.mean())) < 0.05 and abs(float(big.std()) - 1.0) < 0.05
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device to compare with")
+@pytest.mark.parametrize("seed,shape", [(0, (1, 4, 64, 64)), (1234567890123, (2, 4, 128, 128)), (42, (3, 5))])
+def test_randn_equals_torch_on_this_cuda_device(seed, shape) -> None:
+    import torch
+
+    rng = PhiloxRandn(seed)
+    generator = torch.Generator("cuda").manual_seed(seed)
+    for _ in range(2):  # a second draw continues both streams alike
+        expected = torch.randn(shape, generator=generator, device="cuda").cpu().numpy()
+        np.testing.assert_allclose(rng.randn(shape), expected, atol=2e-6, rtol=0)
