@@ -186,15 +186,16 @@ def test_api_txt2img_honours_the_variation_fields(make_easel) -> None:
 
 
 # Other families -------------------------------------------------------------------------------------------------------
-def test_sdxl_variation(make_easel, tmp_path: Path, tmp_path_factory) -> None:
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_sd2_and_sdxl_variation(make_easel, tmp_path: Path, tmp_path_factory, family) -> None:
     import shutil
 
-    from tests.tiny_models import make_tiny_sdxl
+    from tests import tiny_models
 
-    sdxl = make_tiny_sdxl(tmp_path_factory.mktemp("seeds-sdxl") / "tiny-sdxl")
-    shutil.copytree(sdxl, tmp_path / "data" / "models" / "diffusers" / "tiny-sdxl")
+    folder = getattr(tiny_models, f"make_tiny_{family}")(tmp_path_factory.mktemp(f"seeds-{family}") / f"tiny-{family}")
+    shutil.copytree(folder, tmp_path / "data" / "models" / "diffusers" / f"tiny-{family}")
     easel = make_easel(install_sd1=False)
-    xl = dict(checkpoint="tiny-sdxl")
+    xl = dict(checkpoint=f"tiny-{family}")
     plain, other = image(easel, seed=5, **xl), image(easel, seed=9, **xl)
     assert np.array_equal(image(easel, seed=5, subseed=9, subseed_strength=1.0, **xl), other)
     half = image(easel, seed=5, subseed=9, subseed_strength=0.5, **xl)
