@@ -262,6 +262,10 @@ def request_updates(params: dict[str, str], cls: type[GenerationRequest] = Txt2I
         match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", params["Size"])
         if match:
             updates["width"], updates["height"] = int(match.group(1)), int(match.group(2))
+    if "Seed resize from" in params:
+        match = re.fullmatch(r"\s*(-?\d+)\s*x\s*(-?\d+)\s*", params["Seed resize from"])
+        if match:
+            updates["seed_resize_from_w"], updates["seed_resize_from_h"] = int(match.group(1)), int(match.group(2))
     schedule = params.get("Schedule type", "")
     if "sampler" in updates and schedule and schedule not in ("Automatic", "Uniform") and schedule not in updates["sampler"]:
         updates["sampler"] = f"{updates['sampler']} {schedule}"

@@ -120,10 +120,27 @@ class GenerationRequest:
     batch_count: int = spec(1, "Batch count", api="n_iter", minimum=1, limit="max_batch_count", step=1)
     clip_skip: int = spec(1, "Clip skip", infotext="Clip skip", api="clip_skip", minimum=1, maximum=12, step=1,
                           infotext_value=above_one)
+    # Variation seed: its noise mixed into the seed's (spherical interpolation) by `subseed_strength`; the seed's
+    # noise drawn at `seed_resize_from_w` x `_h` (0 or -1 = the image's own size) and placed at the image's centre.
+    # The infotext's "Seed resize from: WxH" is written and read as one key (webui.infotext).
+    subseed: int = spec(-1, "Variation seed", infotext="Variation seed", api="subseed", minimum=-1,
+                        maximum=2**32 - 1, infotext_when="variation")
+    subseed_strength: float = spec(0.0, "Variation strength", infotext="Variation seed strength",
+                                   api="subseed_strength", minimum=0.0, maximum=1.0, step=0.01,
+                                   infotext_when="variation")
+    seed_resize_from_w: int = spec(0, "Resize seed from width", api="seed_resize_from_w", minimum=-1,
+                                   limit="max_side", step=8)
+    seed_resize_from_h: int = spec(0, "Resize seed from height", api="seed_resize_from_h", minimum=-1,
+                                   limit="max_side", step=8)
     # Per-request arguments of extensions, by extension name (the API's `alwayson_scripts`); read-only.
     extension_args: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     mode: Mode = "txt2img"
+
+    @property
+    def variation(self) -> bool:
+        """A variation seed is mixed in."""
+        return self.subseed_strength > 0
 
     def replace(self, **changes: Any) -> "GenerationRequest":
         return dataclasses.replace(self, **changes)

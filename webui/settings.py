@@ -25,6 +25,8 @@ from webui.requests import Limits
 
 log = logging.getLogger(__name__)
 
+RNG_SOURCES = ("CPU", "GPU", "NV")  # "Random number generator source" (webui.engine.noise)
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_MODELS_DIR = ROOT / "models" / "builtin"
 
@@ -61,6 +63,7 @@ class UserSettings:
     max_request_images: int = 100  # images one API request carries
     queue_size: int = 64
     save_images: bool = True
+    randn_source: str = "CPU"  # starting noise: CPU (torch's CPU generator), GPU (the device's), NV (CUDA's, on the CPU)
     builtin_plan_layout: bool = True  # the built-in model plans its layouts (and redraws objects) as its config says
     filename_digits: int = 5
     disabled_extensions: list[str] = field(default_factory=list)
@@ -105,6 +108,8 @@ class UserSettings:
         for name, lowest in minimums.items():
             if name not in found and getattr(self, name) < lowest:
                 refuse(name, f"must be at least {lowest}")
+        if "randn_source" not in found and self.randn_source not in RNG_SOURCES:
+            refuse("randn_source", f"must be one of {', '.join(RNG_SOURCES)}; got {self.randn_source!r}")
         if "max_side" not in found and (self.max_side < 64 or self.max_side % 8):
             refuse("max_side", "must be a multiple of 8 and at least 64")
         return list(found.values())

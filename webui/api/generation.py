@@ -207,6 +207,10 @@ def generation_router(api: ApiContext) -> APIRouter:
             denoising = request.hr_denoising_strength if request.enable_hr else None
         started = job.started or job.created
         styled = result.info.get("styled") or {}  # the prompts with the request's styles applied
+        # the variation seeds the images were made with, where a variation was mixed in (AUTOMATIC1111: -1 = none)
+        subseeds = [p["Variation seed"] for p in result.parameters if p.get("Variation seed") is not None]
+        resized = str(params.get("Seed resize from") or "")
+        resize_w, resize_h = (int(v) for v in resized.split("x")) if "x" in resized else (-1, -1)
         return {
             "prompt": request.prompt,
             "all_prompts": [styled.get("prompt", request.prompt)] * count,
@@ -214,9 +218,9 @@ def generation_router(api: ApiContext) -> APIRouter:
             "all_negative_prompts": [styled.get("negative_prompt", request.negative_prompt)] * count,
             "seed": seeds[0] if seeds else request.seed,
             "all_seeds": seeds,
-            "subseed": -1,
-            "all_subseeds": [-1] * count,
-            "subseed_strength": 0,
+            "subseed": subseeds[0] if subseeds else -1,
+            "all_subseeds": subseeds or [-1] * count,
+            "subseed_strength": params.get("Variation seed strength") or 0,
             "width": request.width,
             "height": request.height,
             "sampler_name": params.get("Sampler") or request.sampler,
@@ -229,8 +233,8 @@ def generation_router(api: ApiContext) -> APIRouter:
             "sd_model_hash": result.info.get("model_hash") or entry.short_hash,
             "sd_vae_name": None if request.vae in ("", "Automatic", "None") else request.vae,
             "sd_vae_hash": None,
-            "seed_resize_from_w": -1,
-            "seed_resize_from_h": -1,
+            "seed_resize_from_w": resize_w,
+            "seed_resize_from_h": resize_h,
             "denoising_strength": denoising,
             "extra_generation_params": {k: written_text(v) for k, v in params.items()
                                         if k not in INFO_CORE_KEYS and v is not None and v != ""},

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 # AUTOMATIC1111 options that are Easel user settings: option name -> setting key.
-SETTING_OPTIONS = {"samples_save": "save_images", "show_progress_every_n_steps": "live_preview_every"}
+SETTING_OPTIONS = {"samples_save": "save_images", "show_progress_every_n_steps": "live_preview_every",
+                   "randn_source": "randn_source"}
 OPTION_NAMES = {key: option for option, key in SETTING_OPTIONS.items()}
 
 
@@ -66,6 +67,7 @@ def options_router(api: ApiContext) -> APIRouter:
             "outdir_img2img_samples": public_path(settings.outputs_dir / "img2img-images", [settings.data_dir]),
             "outdir_extras_samples": public_path(settings.outputs_dir / "extras-images", [settings.data_dir]),
             "eta_noise_seed_delta": 0,
+            "randn_source": user.randn_source,
             "ESRGAN_tile": engine.upscalers.tile,
             "ESRGAN_tile_overlap": engine.upscalers.tile_overlap,
             "upscaler_for_img2img": None,

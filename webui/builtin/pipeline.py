@@ -314,7 +314,8 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: list[str] | None = None,
                  guidance_interval: tuple[float, float] | None = None, plan_layout: bool | None = None,
-                 redraw_objects: bool | None = None) -> EaselPipelineOutput | tuple:
+                 redraw_objects: bool | None = None, latents: torch.Tensor | None = None
+                 ) -> EaselPipelineOutput | tuple:
         # 1. check inputs
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         self.check_inputs(height, width, strength, image, mask_image, source_image, num_inference_steps,
@@ -336,7 +337,12 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
         dtype = self.transformer.dtype
 
         # 2. prepare the noise, text (its layout planned first in txt2img), conditioning images
-        noise = randn_tensor((batch, 3, height, width), generator=generator, device=device, dtype=torch.float32)
+        if latents is not None:  # the caller's starting noise; the generators still serve the later draws
+            if tuple(latents.shape) != (batch, 3, height, width):
+                raise ValueError(f"latents have shape {tuple(latents.shape)}; expected {(batch, 3, height, width)}")
+            noise = latents.to(device=device, dtype=torch.float32)  # [B,3,H,W]
+        else:
+            noise = randn_tensor((batch, 3, height, width), generator=generator, device=device, dtype=torch.float32)
         plans = None
         if self.switch("plan_layout", plan_layout) and image is None and source_image is None:
             plans = self.plan_layouts(prompts, generator)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from webui.engine.conditioning import Conditioning, PromptCache, conditioning
 from webui.engine.prompts import extract_loras
+from webui.engine.noise import NoisePlan
 from webui.engine.samplers import Samplers
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job
@@ -95,6 +96,7 @@ class ModeContext:
     adapter_loaders: dict[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
     loaded: LoadedPipeline | None = None  # what the last `load` handed out: the model this job ran
     prompt_cache: PromptCache = field(default_factory=PromptCache)  # this job's encoded prompts
+    randn_source: str = "CPU"  # where starting noise comes from: CPU, GPU or NV (webui.engine.noise)
 
     def load(self, request: GenerationRequest, mode: str) -> LoadedPipeline:
         """The pipeline for this request and mode, ready to run, from the model manager's one call (`LoadSpec`):
@@ -205,21 +207,32 @@ def prompt_kwargs(loaded: LoadedPipeline, request: GenerationRequest,
 
 
 def run_batches(ctx: ModeContext, request: GenerationRequest, loaded: LoadedPipeline,
-                call: Callable[[list[torch.Generator], int], list[Image.Image]],
-                extra: dict[str, Any] | None = None) -> list[Generated]:
-    """Run `batch_count` batches of `batch_size` images with consecutive seeds (seed, seed+1, ...)."""
+                call: Callable[..., list[Image.Image]],
+                extra: dict[str, Any] | None = None, noise: NoisePlan | None = None) -> list[Generated]:
+    """Run `batch_count` batches of `batch_size` images with consecutive seeds (seed, seed+1, ...) and variation
+    seeds (subseed, subseed+1, ...). `call(generators, batch_size)` runs one batch; with a `noise` plan it is
+    called as `call(generators, batch_size, latents)` with the batch's starting noise."""
     job = ctx.job
     first_seed = resolve_seed(request.seed)
+    first_subseed = resolve_seed(request.subseed)
     results: list[Generated] = []
     job.update(batch_total=request.batch_count)
     for batch in range(request.batch_count):
         job.check_interrupt()
         job.update(batch_index=batch, skip_requested=False)
-        seeds = [first_seed + batch * request.batch_size + i for i in range(request.batch_size)]
-        images = call(generators(seeds), request.batch_size)
+        first = batch * request.batch_size
+        seeds = [first_seed + first + i for i in range(request.batch_size)]
+        subseeds = [first_subseed + first + i for i in range(request.batch_size)]
+        gens = generators(seeds)
+        if noise is None:
+            images = call(gens, request.batch_size)
+        else:
+            latents = noise.latents(seeds, subseeds, gens, request.width, request.height)  # [B,C,h,w]
+            images = call(gens, request.batch_size, latents)
         entries = {**(extra or {}), **ctx.network_infotext()}
-        results.extend(Generated(img, seed, dict(entries), model=loaded.entry.name, model_hash=loaded.entry.short_hash)
-                       for img, seed in zip(images, seeds))
+        results.extend(Generated(img, seed, {**entries, **(noise.infotext(subseed) if noise else {})},
+                                 model=loaded.entry.name, model_hash=loaded.entry.short_hash)
+                       for img, seed, subseed in zip(images, seeds, subseeds))
         if job.interrupt_requested:
             break
     return results

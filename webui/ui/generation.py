@@ -29,6 +29,7 @@ from webui.ui.controls import ControlSet, build_request, field_control, infotext
 from webui.ui.lora_picker import build_lora_picker
 from webui.ui.styles import (StyleWidgets, build_style_buttons, build_style_editor, missing_styles, styles_control,
                              wire_styles)
+from webui.ui.seed_extra import build_seed_extra
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,8 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                                  min_width=40)
                 recycle = gr.Button(RECYCLE, elem_id=f"{mode}_reuse_seed", elem_classes="easel-tool", scale=0,
                                     min_width=40)
+            # variation seeds and seed resize: txt2img builds its starting noise (webui.engine.noise)
+            seed_extra = build_seed_extra(controls, request_cls, limits, mode) if mode == "txt2img" else {}
             if options is not None:
                 options(controls)
             if mode in ("txt2img", "img2img", "inpaint"):
@@ -172,6 +175,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
     tab = GenerationTab(mode, request_cls, controls)
     tab.styles = StyleWidgets(mode, styles, style_apply, style_refresh, *style_editor)
     wire_styles(ui, tab.styles, prompt, negative_prompt)
+    tab.reveal.update(seed_extra)
 
     def submit_request(by_component: dict) -> Any:
         values = controls.field_values(by_component)
@@ -405,7 +409,7 @@ def send_updates(ui: UIContext, target: str, text: str, image: Image.Image | Non
     updates.update(tab.controls.ui_updates(values))
     for name, accordion in tab.reveal.items():
         if values.get(name):
-            updates[accordion] = gr.Accordion(open=True)
+            updates[accordion] = True if isinstance(accordion, gr.Checkbox) else gr.Accordion(open=True)
     for note in notes:
         gr.Warning(note[:1].upper() + note[1:])
     return updates

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from webui.engine.context import Generated, ModeContext, run_batches
 from webui.engine.images import resize_image
+from webui.engine.noise import refuse_variation
 from webui.engine.samplers import steps_for_strength
 from webui.requests import Img2ImgRequest, RequestError
 
@@ -12,6 +13,7 @@ def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
     if request.init_image is None:
         raise RequestError("init_images", "an input image is required")
     init = resize_image(request.init_image, request.width, request.height, request.resize_mode)
+    refuse_variation(request, "img2img")
 
     # 2. Load and encode.
     loaded = ctx.load(request, "img2img")

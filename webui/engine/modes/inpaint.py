@@ -10,6 +10,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 from webui.engine.context import Generated, ModeContext, run_batches
 from webui.engine.images import binarize, extend_canvas, fill_masked, mask_to_l, masked_bbox, paste_back, resize_image
+from webui.engine.noise import refuse_variation
 from webui.engine.samplers import steps_for_strength
 from webui.requests import InpaintRequest, RequestError
 
@@ -33,6 +34,7 @@ def prepare(request: InpaintRequest) -> tuple[Image.Image, Image.Image]:
 
 def run(ctx: ModeContext, request: InpaintRequest) -> list[Generated]:
     # 1. Prepare image and mask.
+    refuse_variation(request, "inpaint")
     original, mask = prepare(request)
     if mask.getbbox() is None:
         raise RequestError("mask", "the mask is empty; paint the area to repaint")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from PIL import Image
 
 from webui.engine.context import Generated, ModeContext, run_batches
+from webui.engine.noise import noise_plan
 from webui.engine.upscalers import UpscalerLoadError, UpscalerNotFoundError
 from webui.engine.samplers import steps_for_strength
 from webui.model_manager.identify import Arch
@@ -27,10 +28,14 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
 
     planned: list[str | None] = []  # per image: the prompt with the built-in model's planned layout, if it has one
 
-    def call(gens, batch_size):
+    # the starting noise, where the request asks for a variation seed, a seed resize or another RNG source
+    noise = noise_plan(request, loaded.arch, loaded.pipe, ctx.randn_source)
+
+    def call(gens, batch_size, latents=None):
+        noise_args = {} if latents is None else {"latents": latents}
         out = ctx.call_pipeline(loaded, request, "txt2img", **prompt_args, width=request.width,
                                 height=request.height, num_inference_steps=request.steps,
-                                num_images_per_prompt=batch_size, generator=gens,
+                                num_images_per_prompt=batch_size, generator=gens, **noise_args,
                                 callback_on_step_end=prompts.callback(ctx.callback(loaded.arch, request.steps)),
                                 output_type="pil")
         images = out.images
@@ -42,7 +47,7 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
         return images
 
     # 3. Run the batches.
-    generated = run_batches(ctx, request, loaded, call, extra)
+    generated = run_batches(ctx, request, loaded, call, extra, noise)
     for item, text in zip(generated, planned):
         if text:
             item.extra["Planned prompt"] = text  # what the model drew: the prompt with positions written in

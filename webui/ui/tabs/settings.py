@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from webui.settings import UserSettings, apply_changes
+from webui.settings import RNG_SOURCES, UserSettings, apply_changes
 from webui.ui.bridge import guard
 from webui.ui.context import UIContext
 
@@ -34,6 +34,7 @@ LABELS = {
     "max_prompt_chars": "Longest prompt, characters",
     "queue_size": "Jobs the queue holds",
     "save_images": "Save every image to outputs/",
+    "randn_source": "Random number generator source (NV: the noise an NVIDIA GPU gives, on any device)",
     "builtin_plan_layout": "Built-in model: give objects the prompt places nowhere a position before drawing, "
                            "and redraw each of several objects alone (recorded as \"Planned prompt\")",
     "filename_digits": "Digits in image file numbers",
@@ -45,7 +46,8 @@ LABELS = {
     "compile_denoiser": "Compile the UNet/transformer (with hot-swap)",
 }
 GROUPS = {
-    "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits", "builtin_plan_layout"),
+    "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits", "randn_source",
+                   "builtin_plan_layout"),
     "Memory and queue": ("ram_cache_size", "ram_budget_mb", "vram_budget_mb", "queue_size"),
     "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_images", "max_prompt_chars",
                "max_request_pixels", "max_request_images"),
@@ -143,6 +145,8 @@ def _control(ui: UIContext, name: str, default: Any, value: Any) -> Any:
         return gr.CheckboxGroup(choices=names, value=list(value), visible=bool(names), **kwargs)
     if isinstance(default, bool):
         return gr.Checkbox(value=value, **kwargs)
+    if name == "randn_source":
+        return gr.Dropdown(choices=list(RNG_SOURCES), value=value, **kwargs)
     if name == "default_sampler":
         return gr.Dropdown(choices=ui.easel.sampler_choices(None), value=value, **kwargs)
     if isinstance(default, int):
