@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from PIL import Image
 
+from webui.engine.prompt_schedule import MAX_BRACKET_DEPTH, bracket_depth
+
 if TYPE_CHECKING:
     from webui.engine.samplers import Samplers
     from webui.model_manager.identify import Arch
@@ -257,6 +259,11 @@ def validate_request(request: GenerationRequest, limits: Limits, samplers: Sampl
     With `samplers` (the Easel's, `easel.registry.samplers`) and the model family the request will run on, the
     sampler is checked too: one this Easel does not offer for that family is refused on `sampler_name`."""
     check_fields(request, limits)
+    for name, api_name in (("prompt", "prompt"), ("negative_prompt", "negative_prompt"), ("hr_prompt", "hr_prompt"),
+                           ("hr_negative_prompt", "hr_negative_prompt")):
+        depth = bracket_depth(getattr(request, name, "") or "")
+        if depth > MAX_BRACKET_DEPTH:
+            raise RequestError(api_name, f"square brackets are nested {depth} deep; the limit is {MAX_BRACKET_DEPTH}")
     if samplers is not None and arch is not None:
         samplers.resolve(request.sampler, arch)
     for side in ("width", "height"):

@@ -117,3 +117,20 @@ def test_infotext_keeps_the_syntax_as_typed():
     updates = request_updates(parse_infotext(pasted))
     assert updates["prompt"] == "masterpiece, [red:blue:10] car, [[sky]], [day|night]"
     assert updates["negative_prompt"] == "[ugly::0.3]"
+
+
+def test_brackets_nested_too_deep_are_refused_naming_the_field() -> None:
+    from webui.engine.prompt_schedule import MAX_BRACKET_DEPTH, bracket_depth
+    from webui.requests import Limits, RequestError, Txt2ImgRequest, validate_request
+
+    deep = "[" * 3000 + "a:b:1" + "]" * 3000  # within the prompt length limit; would exhaust the parser's stack
+    assert bracket_depth(deep) == 3000 and bracket_depth("\\[" * 50) == 0
+    for field in ("prompt", "negative_prompt"):
+        with pytest.raises(RequestError, match=f"nested 3000 deep; the limit is {MAX_BRACKET_DEPTH}") as caught:
+            validate_request(Txt2ImgRequest(**{field: deep}, width=64, height=64), Limits())
+        assert caught.value.field == field
+    with pytest.raises(ValueError, match="nested 3000 deep"):
+        build_schedule(deep, 20)
+    nested = "[" * MAX_BRACKET_DEPTH + "x" + "]" * MAX_BRACKET_DEPTH  # at the limit: parsed as emphasis
+    validate_request(Txt2ImgRequest(prompt=nested, width=64, height=64), Limits())
+    assert build_schedule(nested, 4).entries == ((4, nested),)

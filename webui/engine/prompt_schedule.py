@@ -36,6 +36,27 @@ class _Alternate:
 # A node is a str (text as typed), an _Edit or an _Alternate; a sequence of nodes is a tuple.
 
 
+MAX_BRACKET_DEPTH = 32  # square brackets nested deeper than this are refused (the parser recurses per level)
+
+
+def bracket_depth(text: str) -> int:
+    """How deep square brackets nest in `text` (escaped ones do not count)."""
+    depth = deepest = 0
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == "]" and depth:
+            depth -= 1
+        i += 1
+    return deepest
+
+
 def _closing(text: str, start: int) -> int:
     """The index of the `]` matching the `[` at `start`, or -1 when it is never closed."""
     depth, i = 0, start
@@ -197,6 +218,9 @@ class PromptSchedule:
 def build_schedule(text: str, steps: int, first_pass_steps: int | None = None) -> PromptSchedule:
     """The prompt of each of `steps` steps, as (last step, prompt) entries; equal neighbours are merged."""
     steps = max(1, int(steps))
+    if bracket_depth(text) > MAX_BRACKET_DEPTH:
+        raise ValueError(f"prompt: square brackets are nested {bracket_depth(text)} deep; the limit is "
+                         f"{MAX_BRACKET_DEPTH}")
     nodes = _parse(text)
     if all(isinstance(n, str) for n in nodes):
         return PromptSchedule(((steps, text),))
