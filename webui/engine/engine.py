@@ -136,6 +136,7 @@ class Engine:
         mode = importlib.import_module(MODES[request.mode])
         ctx = ModeContext(self.manager, job, self.settings.user.live_preview_every, self.upscalers,
                           plan_layout=self.settings.user.builtin_plan_layout, samplers=self.registry.samplers,
+                          flow_shift=self.settings.user.flow_shift,
                           pipeline_wrappers=list(self.pipeline_wrappers),
                           adapter_sources=list(self.registry.adapter_sources),
                           adapter_loaders=dict(self.registry.adapter_loaders))

@@ -26,5 +26,5 @@ def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
                                  strength=run_strength, num_inference_steps=schedule, generator=gens,
                                  callback_on_step_end=ctx.callback(loaded.arch, total), output_type="pil").images
 
-    extra = {"Sampler": ctx.sampler_used(request, loaded.arch)}
+    extra = ctx.sampling_infotext(request, loaded.arch)
     return run_batches(ctx, request, loaded, call, extra)

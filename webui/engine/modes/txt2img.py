@@ -17,7 +17,7 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
     if hires:
         check_upscaler(ctx, request.hr_upscaler)
     loaded = ctx.load(request, "txt2img")
-    extra = {"Sampler": ctx.sampler_used(request, loaded.arch)}
+    extra = ctx.sampling_infotext(request, loaded.arch)
 
     # 2. Encode the prompt once for every batch.
     prompt_args = prompt_kwargs(loaded, request, ctx.embeddings)

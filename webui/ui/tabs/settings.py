@@ -23,6 +23,7 @@ LABELS = {
     "vram_budget_mb": "GPU memory for loaded models, MiB (0 = automatic: 60% of the GPU's)",
     "live_preview_every": "Live preview every N steps (0 = off)",
     "default_sampler": "Default sampler",
+    "flow_shift": "Timestep shift for flow-matching models (SD3, Flux, Z-Image, Qwen-Image, built-in; 0 = the model's own)",
     "max_side": "Largest width or height, pixels",
     "max_pixels": "Largest image, pixels (width × height)",
     "max_steps": "Most sampling steps",
@@ -45,7 +46,8 @@ LABELS = {
     "compile_denoiser": "Compile the UNet/transformer (with hot-swap)",
 }
 GROUPS = {
-    "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits", "builtin_plan_layout"),
+    "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits", "builtin_plan_layout",
+                   "flow_shift"),
     "Memory and queue": ("ram_cache_size", "ram_budget_mb", "vram_budget_mb", "queue_size"),
     "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_images", "max_prompt_chars",
                "max_request_pixels", "max_request_images"),
@@ -145,6 +147,8 @@ def _control(ui: UIContext, name: str, default: Any, value: Any) -> Any:
         return gr.Checkbox(value=value, **kwargs)
     if name == "default_sampler":
         return gr.Dropdown(choices=ui.easel.sampler_choices(None), value=value, **kwargs)
+    if isinstance(default, float):
+        return gr.Number(value=value, minimum=0, maximum=100, step=0.1, **kwargs)
     if isinstance(default, int):
         return gr.Number(value=value, precision=0, **kwargs)
     return gr.Textbox(value=str(value), **kwargs)
