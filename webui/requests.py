@@ -252,6 +252,9 @@ def validate_request(request: GenerationRequest, limits: Limits, samplers: Sampl
     if samplers is not None and arch is not None:
         samplers.resolve(request.sampler, arch)
         samplers.check_schedule(request.sampler, request.scheduler, arch)
+        if request.tiling and getattr(arch, "value", arch) == "easel":
+            raise RequestError("tiling", "the built-in model draws pixels with a transformer that has no padded "
+                                         "convolutions, so it cannot tile; turn tiling off")
     for side in ("width", "height"):
         if getattr(request, side) % 8:
             raise RequestError(side, f"must be a multiple of 8, got {getattr(request, side)}")

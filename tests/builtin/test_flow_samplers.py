@@ -41,6 +41,8 @@ def test_each_flow_sampler_runs_on_the_builtin_model_and_others_are_refused(make
             assert "sampler_name" in response.text and "Euler, Euler a, Heun, DPM++ 2M, UniPC" in response.text
         response = client.post("/sdapi/v1/txt2img", json={**BODY, "sampler_name": "Euler", "scheduler": "karras"})
         assert response.status_code == 422 and "scheduler" in response.text
+        response = client.post("/sdapi/v1/txt2img", json={**BODY, "sampler_name": "Euler", "tiling": True})
+        assert response.status_code == 422 and "tiling" in response.text
 
 
 def test_timestep_shift_setting_changes_the_image_and_is_recorded(make_easel, builtin_root: Path) -> None:

@@ -17,8 +17,8 @@ from PIL import Image
 from webui.infotext import parse_infotext, read_png_parameters
 from webui.settings import Settings, UserSettings
 
-DIFFUSION = ["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC"]
-FLOW = ["Euler", "Euler a", "Heun"]
+DIFFUSION = ["Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC"]
+FLOW = ["Euler", "Euler a", "Heun", "DPM++ 2M", "UniPC"]
 
 
 @dataclass

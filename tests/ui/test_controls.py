@@ -142,7 +142,7 @@ def test_infotext_values_from_an_automatic1111_text() -> None:
     assert values["prompt"] == "a lighthouse at dusk, (dramatic sky:1.2)"
     assert values["negative_prompt"] == "blurry, lowres"
     assert values["steps"] == 31 and values["cfg_scale"] == 6.5 and values["seed"] == 1234567890
-    assert values["sampler"] == "DPM++ 2M Karras"
+    assert values["sampler"] == "DPM++ 2M" and values["scheduler"] == "Karras"
     assert (values["width"], values["height"]) == (640, 448)
     assert values["clip_skip"] == 2 and values["enable_hr"] is True and values["hr_scale"] == 1.5
     assert values["hr_second_pass_steps"] == 12 and values["hr_denoising_strength"] == 0.45
@@ -161,7 +161,8 @@ def test_send_to_txt2img_fills_every_control(built_ui) -> None:
     assert updates[c["steps"]] == 31 and updates[c["cfg_scale"]] == 6.5 and updates[c["seed"]] == 1234567890
     assert updates[c["width"]] == 640 and updates[c["height"]] == 448 and updates[c["clip_skip"]] == 2
     sampler = updates[c["sampler"]]
-    assert sampler.value == "DPM++ 2M Karras" and ("DDIM", "DDIM") in sampler.choices
+    assert sampler.value == "DPM++ 2M" and ("DDIM", "DDIM") in sampler.choices
+    assert updates[c["scheduler"]] == "Karras"  # the schedule type's own dropdown
     assert updates[c["enable_hr"]] is True and updates[c["hr_scale"]] == 1.5
     assert updates[c["hr_second_pass_steps"]] == 12 and updates[c["hr_denoising_strength"]] == 0.45
     assert updates[c["hr_upscaler"]] == "Lanczos"  # AUTOMATIC1111's "Latent" is not one of ours
