@@ -78,6 +78,27 @@ def test_each_schedule_type_gives_the_sigmas_of_its_formula(schedule):
     assert got == pytest.approx(expected(schedule, STEPS), rel=2e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("sampler", ["Euler a", "LMS", "DPM++ 2M", "DPM++ SDE"])
+def test_other_samplers_step_through_the_same_sigmas_and_survive_long_schedules(sampler):
+    import torch
+
+    for schedule in ("Karras", "KL Optimal", "Beta"):
+        scheduler = Samplers().make_scheduler(sampler, Arch.SD1, SD_CONFIG, schedule)
+        scheduler.set_timesteps(STEPS)
+        assert scheduler.sigmas.numpy().astype(np.float64) == pytest.approx(expected(schedule, STEPS), rel=2e-5)
+    scheduler = Samplers().make_scheduler(sampler, Arch.SD1, SD_CONFIG, "Beta")
+    scheduler.set_timesteps(150)  # Beta repeats training sigmas at 150 steps: the repeats are dropped
+    sigmas = scheduler.sigmas.numpy()
+    assert len(sigmas) < 151 and (np.diff(sigmas) < 0).all()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 8, 8, generator=generator) * scheduler.init_noise_sigma
+    extra = {"generator": generator} if sampler in ("Euler a", "DPM++ SDE") else {}
+    for t in scheduler.timesteps:
+        scheduler.scale_model_input(x, t)  # as a pipeline does before each step
+        x = scheduler.step(0.1 * torch.randn(1, 4, 8, 8, generator=generator), t, x, **extra).prev_sample
+    assert torch.isfinite(x).all()
+
+
 def test_schedule_types_differ_and_align_your_steps_uses_the_published_list_at_11_steps():
     curves = {label: tuple(np.round(euler_sigmas(label), 4)) for label in SCHEDULE_LABELS if label != "Automatic"}
     assert curves["Polyexponential"] == curves["Exponential"]  # rho 1 makes them one curve, as their formulas say

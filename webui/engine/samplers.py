@@ -61,8 +61,9 @@ EASEL_SAMPLERS: SamplerTable = MappingProxyType({n: FLOW_SAMPLERS[n] for n in FL
 # How a schedule reaches each diffusers scheduler: custom sigmas, custom (training) timesteps, the scheduler's own
 # sigma table replaced after it set its timesteps, or (only Karras and Exponential) its own config flags.
 _BY_SIGMAS = {"EulerDiscreteScheduler"}
-_BY_TIMESTEPS = {"DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "HeunDiscreteScheduler"}
-_BY_TABLE = {"EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler"}
+_BY_TIMESTEPS = {"HeunDiscreteScheduler"}
+_BY_TABLE = {"EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler", "DPMSolverMultistepScheduler",
+             "DPMSolverSinglestepScheduler"}
 _FLAGS = {"Karras": "use_karras_sigmas", "Exponential": "use_exponential_sigmas"}
 
 
@@ -167,11 +168,12 @@ class Samplers:
                     config.pop(key, None)
                 return flow_solver(cls).from_config(config, **overrides)
             return cls.from_config(config, **overrides)
+        if label == "Automatic":  # the scheduler exactly as the model's config (and the sampler) make it
+            return cls.from_config(config, **overrides)
         for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
-            config.pop(flag, None)
-        if label == "Automatic" or (label in _FLAGS and class_name not in _BY_SIGMAS | _BY_TIMESTEPS | _BY_TABLE):
-            if label in _FLAGS:
-                overrides[_FLAGS[label]] = True
+            config.pop(flag, None)  # the schedule type decides the sigmas, not the model's config
+        if label in _FLAGS and class_name not in _BY_SIGMAS | _BY_TIMESTEPS | _BY_TABLE:
+            overrides[_FLAGS[label]] = True  # DPM2, DPM2 a, UniPC, DEIS: their own Karras / exponential sigmas
             return cls.from_config(config, **overrides)
         way = "sigmas" if class_name in _BY_SIGMAS else "timesteps" if class_name in _BY_TIMESTEPS else "table"
         scheduler = scheduled(cls).from_config(config, **overrides)

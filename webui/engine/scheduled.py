@@ -3,9 +3,9 @@ the sigmas flow pipelines pass.
 
 `scheduled(cls)` is a subclass of a diffusers scheduler whose `set_timesteps(n)` computes the n-step schedule
 named by `easel_schedule` from the scheduler's own training noise levels and hands it over the way that scheduler
-takes one: custom `sigmas` (Euler), custom training `timesteps` (DPM++, Heun; each sigma's continuous timestep,
-rounded where the scheduler only takes whole ones), or its sigma table replaced once it set its own (Euler a,
-LMS). A call that already names sigmas or timesteps runs unchanged. Pipelines keep calling `set_timesteps(n)`,
+takes one: custom `sigmas` (Euler), custom training `timesteps` (Heun: each sigma's continuous timestep), or its
+sigma table replaced once it set its own for that many steps (Euler a, LMS, the DPM++ samplers; their timesteps,
+which only condition the model, rounded where the scheduler keeps whole ones). A call that already names sigmas or timesteps runs unchanged. Pipelines keep calling `set_timesteps(n)`,
 so img2img's strength cuts the computed schedule as it cuts the default one.
 
 `flow_solver(cls)` lets DPM++ 2M and UniPC (with flow sigmas) run in pipelines that pass their own `sigmas` and
@@ -38,19 +38,21 @@ def scheduled(cls: type) -> type:
             return cls.set_timesteps(self, num_inference_steps, device, *args, **kwargs)
         label, way, sdxl = schedule
         table = training_sigmas(self.alphas_cumprod.cpu().numpy())
-        sigmas = schedule_sigmas(label, int(num_inference_steps), table, sdxl)  # (n + 1,), descending
-        if way == "sigmas":
-            return cls.set_timesteps(self, device=device, sigmas=sigmas.tolist(), **kwargs)
+        sigmas = decreasing(schedule_sigmas(label, int(num_inference_steps), table, sdxl))  # (n + 1,)
+        steps = len(sigmas) - 1
         timesteps = sigma_to_t(sigmas[:-1], table)  # (n,)
-        if way == "timesteps":
-            whole = "int" in str(inspect.signature(cls.set_timesteps).parameters["timesteps"].annotation) and \
-                cls.__name__.startswith("DPMSolver")
-            steps = np.round(timesteps).astype(np.int64) if whole else timesteps.astype(np.float32)
-            return cls.set_timesteps(self, device=device, timesteps=steps.tolist(), **kwargs)
-        cls.set_timesteps(self, num_inference_steps, device, **kwargs)  # "table": then replace what it set
-        where = self.sigmas.device
-        self.sigmas = torch.from_numpy(sigmas.astype(np.float32)).to(where)
-        self.timesteps = torch.from_numpy(timesteps.astype(np.float32)).to(device=device)
+        if way == "sigmas":
+            cls.set_timesteps(self, device=device, sigmas=sigmas.tolist(), **kwargs)
+        elif way == "timesteps":
+            cls.set_timesteps(self, device=device, timesteps=timesteps.astype(np.float32).tolist(), **kwargs)
+        else:  # "table": let the scheduler set up for this many steps, then give it these sigmas
+            cls.set_timesteps(self, steps, device, **kwargs)
+            kind = self.timesteps.dtype
+            values = np.round(timesteps) if not kind.is_floating_point else timesteps
+            self.sigmas = torch.from_numpy(sigmas.astype(np.float32)).to(self.sigmas.device)
+            self.timesteps = torch.from_numpy(values).to(device=device or self.timesteps.device, dtype=kind)
+        if hasattr(self, "set_begin_index"):
+            self.set_begin_index(0)  # step from the first sigma, even where timesteps repeat; img2img moves it
         return None
 
     set_timesteps.__signature__ = inspect.signature(cls.set_timesteps)  # type: ignore[attr-defined]
@@ -58,6 +60,16 @@ def scheduled(cls: type) -> type:
                                       "__module__": __name__, "__doc__": cls.__doc__})
     _SCHEDULED[cls] = sub
     return sub
+
+
+def decreasing(sigmas: np.ndarray) -> np.ndarray:
+    """The sigmas without repeats: at high step counts Beta, Simple and DDIM land on one training sigma more than
+    once, and a step between two equal sigmas does nothing in theory and divides by zero in the solvers."""
+    kept = [sigmas[0]]
+    for value in sigmas[1:]:
+        if value < kept[-1]:
+            kept.append(value)
+    return np.asarray(kept, dtype=np.float64)
 
 
 def flow_solver(cls: type) -> type:
