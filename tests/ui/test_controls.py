@@ -43,6 +43,20 @@ def test_default_controls_build_the_declared_defaults(built_ui, mode: str) -> No
     assert request.sampler == "Euler a"
 
 
+def test_every_generation_tab_has_the_schedule_type_and_tiling(built_ui) -> None:
+    from webui.requests import SCHEDULE_LABELS
+
+    _, ui = built_ui
+    for mode in ("txt2img", "img2img", "inpaint"):
+        controls = ui.generation[mode].controls
+        schedule = controls["scheduler"]
+        assert schedule.label == "Schedule type" and schedule.value == "Automatic"
+        assert [choice for choice, _ in schedule.choices] == list(SCHEDULE_LABELS)
+        assert controls["tiling"].label == "Tiling" and controls["tiling"].value is False
+        values = controls.field_values({**defaults_by_component(controls), schedule: "Beta", controls["tiling"]: True})
+        assert values["scheduler"] == "Beta" and values["tiling"] is True
+
+
 def _pick_handler(blocks, ui):
     """The function Gradio runs when the user picks a checkpoint in the dropdown."""
     for fn in blocks.fns.values():
