@@ -26,7 +26,15 @@ from typing import Any, Iterable
 from PIL import Image, PngImagePlugin
 
 from webui import __version__
-from webui.requests import GenerationRequest, InpaintRequest, Txt2ImgRequest, field_specs
+from webui.requests import (
+    SCHEDULE_LABELS,
+    SCHEDULE_TYPES,
+    GenerationRequest,
+    InpaintRequest,
+    Txt2ImgRequest,
+    field_specs,
+    split_legacy,
+)
 from webui.styles import PromptStyle, extract_styles
 
 PARAMETERS_KEY = "parameters"
@@ -37,7 +45,7 @@ STYLES_KEY = "Styles array"
 _NEGATIVE = "Negative prompt:"
 
 # AUTOMATIC1111 writes these keys first, in this order; a request's other declared keys follow.
-LEADING_KEYS = ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model hash", "Model", "VAE", "Clip skip")
+LEADING_KEYS = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model", "VAE", "Clip skip")
 
 
 def quote(value: Any) -> str:
@@ -237,6 +245,25 @@ def _convert(value: str, default: Any) -> Any:
     return value
 
 
+def restore_schedule(updates: dict[str, Any]) -> None:
+    """The schedule type as its own field: an older sampler name that carried it ("DPM++ 2M Karras") is split
+    into the sampler and the schedule; a schedule type Easel does not know is left out."""
+    if "scheduler" in updates:
+        known = {label.lower(): label for label in SCHEDULE_LABELS}
+        known.update((name, label) for name, label in SCHEDULE_TYPES)
+        label = known.get(str(updates["scheduler"]).strip().lower())
+        if label is None:
+            updates.pop("scheduler")
+        else:
+            updates["scheduler"] = label
+    if "sampler" in updates:
+        base, schedule = split_legacy(updates["sampler"])
+        if schedule is not None:
+            updates["sampler"] = base
+            if updates.get("scheduler", "Automatic") == "Automatic":
+                updates["scheduler"] = schedule
+
+
 def request_updates(params: dict[str, str], cls: type[GenerationRequest] = Txt2ImgRequest,
                     local_loras: dict[str, str] | None = None,
                     known_styles: Iterable[PromptStyle] = ()) -> dict[str, Any]:
@@ -266,9 +293,7 @@ def request_updates(params: dict[str, str], cls: type[GenerationRequest] = Txt2I
         match = re.fullmatch(r"\s*(-?\d+)\s*x\s*(-?\d+)\s*", params["Seed resize from"])
         if match:
             updates["seed_resize_from_w"], updates["seed_resize_from_h"] = int(match.group(1)), int(match.group(2))
-    schedule = params.get("Schedule type", "")
-    if "sampler" in updates and schedule and schedule not in ("Automatic", "Uniform") and schedule not in updates["sampler"]:
-        updates["sampler"] = f"{updates['sampler']} {schedule}"
+    restore_schedule(updates)
     if "styles" in defaults:  # a text without styles clears a selection
         updates["styles"] = tuple(updates.get("styles", ()))
     if issubclass(cls, Txt2ImgRequest):

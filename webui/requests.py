@@ -27,6 +27,23 @@ Mode = Literal["txt2img", "img2img", "inpaint", "segment"]
 SAMPLE_NAMES_DEFAULT = "Euler a"
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
 INPAINT_FILLS = ("fill", "original", "latent noise", "latent nothing")
+# Schedule types as AUTOMATIC1111 >= 1.9 names them: (API name, label). "Automatic" is the sampler's own schedule.
+SCHEDULE_TYPES: tuple[tuple[str, str], ...] = (
+    ("automatic", "Automatic"), ("uniform", "Uniform"), ("karras", "Karras"), ("exponential", "Exponential"),
+    ("polyexponential", "Polyexponential"), ("sgm_uniform", "SGM Uniform"), ("kl_optimal", "KL Optimal"),
+    ("align_your_steps", "Align Your Steps"), ("simple", "Simple"), ("normal", "Normal"), ("ddim", "DDIM"),
+    ("beta", "Beta"))
+SCHEDULE_LABELS = tuple(label for _, label in SCHEDULE_TYPES)
+# Older names that carried the schedule in the sampler's name ("DPM++ 2M Karras"): still accepted everywhere.
+LEGACY_SCHEDULE_SUFFIXES = {" Karras": "Karras", " Exponential": "Exponential"}
+
+
+def split_legacy(name: str) -> tuple[str, str | None]:
+    """("DPM++ 2M", "Karras") for "DPM++ 2M Karras"; (name, None) for a name with no schedule in it."""
+    for suffix, schedule in LEGACY_SCHEDULE_SUFFIXES.items():
+        if name.endswith(suffix):
+            return name[: -len(suffix)].strip(), schedule
+    return name, None
 
 
 @dataclass(frozen=True)
@@ -113,6 +130,9 @@ class GenerationRequest:
     checkpoint: str = spec("", "Checkpoint", infotext="Model", infotext_value=or_none)
     vae: str = spec("Automatic", "VAE", infotext="VAE", infotext_value=unless_automatic)
     sampler: str = spec(SAMPLE_NAMES_DEFAULT, "Sampling method", infotext="Sampler", api="sampler_name")
+    scheduler: str = spec("Automatic", "Schedule type", infotext="Schedule type", api="scheduler",
+                          choices=SCHEDULE_LABELS, infotext_value=unless_automatic)
+    tiling: bool = spec(False, "Tiling", infotext="Tiling", api="tiling", infotext_value=or_none)
     steps: int = spec(20, "Sampling steps", infotext="Steps", api="steps", minimum=1, limit="max_steps", step=1)
     cfg_scale: float = spec(7.0, "CFG Scale", infotext="CFG scale", api="cfg_scale", minimum=0.0, maximum=30.0, step=0.5)
     seed: int = spec(-1, "Seed", infotext="Seed", api="seed", minimum=-1, maximum=2**32 - 1)
@@ -266,6 +286,10 @@ def validate_request(request: GenerationRequest, limits: Limits, samplers: Sampl
             raise RequestError(api_name, f"square brackets are nested {depth} deep; the limit is {MAX_BRACKET_DEPTH}")
     if samplers is not None and arch is not None:
         samplers.resolve(request.sampler, arch)
+        samplers.check_schedule(request.sampler, request.scheduler, arch)
+        if request.tiling and getattr(arch, "value", arch) == "easel":
+            raise RequestError("tiling", "the built-in model draws pixels with a transformer that has no padded "
+                                         "convolutions, so it cannot tile; turn tiling off")
     for side in ("width", "height"):
         if getattr(request, side) % 8:
             raise RequestError(side, f"must be a multiple of 8, got {getattr(request, side)}")

@@ -64,6 +64,8 @@ class UserSettings:
     queue_size: int = 64
     save_images: bool = True
     randn_source: str = "CPU"  # starting noise: CPU (torch's CPU generator), GPU (the device's), NV (CUDA's, on the CPU)
+    # Flow-matching models (SD3, Flux, Z-Image, Qwen-Image, built-in): timestep shift; 0 = each model's own
+    flow_shift: float = 0.0
     builtin_plan_layout: bool = True  # the built-in model plans its layouts (and redraws objects) as its config says
     filename_digits: int = 5
     disabled_extensions: list[str] = field(default_factory=list)
@@ -98,6 +100,9 @@ class UserSettings:
             elif isinstance(f.default, int):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     refuse(f.name, f"must be a whole number >= 0, got {value!r}")
+            elif isinstance(f.default, float):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+                    refuse(f.name, f"must be a number from 0 to 100, got {value!r}")
             elif isinstance(f.default, str) and not isinstance(value, str):
                 refuse(f.name, f"must be text, got {value!r}")
         extensions = self.disabled_extensions
@@ -122,6 +127,11 @@ def coerce_setting(f: dataclasses.Field, value: Any) -> Any:
     if isinstance(f.default, bool):
         return bool(value) if not isinstance(value, bool) and isinstance(value, (int, float)) and value in (0, 1) \
             else value
+    if isinstance(f.default, float) and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
     if isinstance(f.default, int) and not isinstance(value, bool):
         try:
             number = float(value) if isinstance(value, (float, str)) else None

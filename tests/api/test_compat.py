@@ -39,7 +39,9 @@ def test_listings(client, easel, esrgan):
     model = upscalers[-1]
     assert model["scale"] == 2 and model["model_path"] == "2x-tiny.safetensors"
     assert {"name": "Latent"} in client.get("/sdapi/v1/latent-upscale-modes").json()
-    assert [s["name"] for s in client.get("/sdapi/v1/schedulers").json()] == ["automatic", "karras"]
+    assert [s["name"] for s in client.get("/sdapi/v1/schedulers").json()] == [
+        "automatic", "uniform", "karras", "exponential", "polyexponential", "sgm_uniform", "kl_optimal",
+        "align_your_steps", "simple", "normal", "ddim", "beta"]
 
     lora = easel.settings.models_dir / "Lora" / "tiny-style.safetensors"
     write_lora(lora, {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight":

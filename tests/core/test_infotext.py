@@ -32,7 +32,7 @@ def test_request_updates_from_automatic1111():
     updates = request_updates(parse_infotext(A1111_TEXT), Txt2ImgRequest)
     assert updates["steps"] == 28 and updates["cfg_scale"] == 6.5 and updates["seed"] == 3344556677
     assert updates["width"] == 512 and updates["height"] == 768
-    assert updates["sampler"] == "DPM++ 2M Karras"
+    assert updates["sampler"] == "DPM++ 2M" and updates["scheduler"] == "Karras"  # the schedule is its own field
     assert updates["clip_skip"] == 2
     assert updates["enable_hr"] is True and updates["hr_scale"] == 2.0 and updates["hr_second_pass_steps"] == 10
     assert updates["checkpoint"] == "v1-5-pruned-emaonly"

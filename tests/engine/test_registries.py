@@ -170,7 +170,8 @@ def test_flow_models_keep_their_own_list_and_schedule_suffixes(make_easel, tmp_p
     easel = make_easel()
     load_extensions(easel, [root], set(), easel.registry)
     samplers = easel.registry.samplers
-    assert samplers.names(Arch.FLUX) == list(FLOW_SAMPLERS)
-    assert samplers.resolve("Euler a Karras", Arch.SD3) == "Euler a" and samplers.resolve("DPM++ 2M", Arch.FLUX) == "Euler"
+    assert samplers.names(Arch.FLUX) == ["Euler", "Euler a", "DPM++ 2M", "UniPC"]
+    assert samplers.names(Arch.SD3) == list(FLOW_SAMPLERS)
+    assert samplers.resolve("Euler a Karras", Arch.SD3) == "Euler a" and samplers.resolve("DPM++ 2M", Arch.FLUX) == "DPM++ 2M"
     with pytest.raises(RequestError, match="unknown sampler 'DDPM \\(ext\\)' for flux models; choose one of Euler"):
         samplers.resolve("DDPM (ext)", Arch.FLUX)

@@ -18,8 +18,8 @@ from webui.infotext import parse_infotext, read_png_parameters
 from webui.settings import Settings, UserSettings
 from webui.styles import StyleStore
 
-DIFFUSION = ["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC"]
-FLOW = ["Euler", "Euler a", "Heun"]
+DIFFUSION = ["Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC"]
+FLOW = ["Euler", "Euler a", "Heun", "DPM++ 2M", "UniPC"]
 
 
 @dataclass

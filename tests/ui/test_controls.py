@@ -43,6 +43,20 @@ def test_default_controls_build_the_declared_defaults(built_ui, mode: str) -> No
     assert request.sampler == "Euler a"
 
 
+def test_every_generation_tab_has_the_schedule_type_and_tiling(built_ui) -> None:
+    from webui.requests import SCHEDULE_LABELS
+
+    _, ui = built_ui
+    for mode in ("txt2img", "img2img", "inpaint"):
+        controls = ui.generation[mode].controls
+        schedule = controls["scheduler"]
+        assert schedule.label == "Schedule type" and schedule.value == "Automatic"
+        assert [choice for choice, _ in schedule.choices] == list(SCHEDULE_LABELS)
+        assert controls["tiling"].label == "Tiling" and controls["tiling"].value is False
+        values = controls.field_values({**defaults_by_component(controls), schedule: "Beta", controls["tiling"]: True})
+        assert values["scheduler"] == "Beta" and values["tiling"] is True
+
+
 def _pick_handler(blocks, ui):
     """The function Gradio runs when the user picks a checkpoint in the dropdown."""
     for fn in blocks.fns.values():
@@ -147,7 +161,7 @@ def test_infotext_values_from_an_automatic1111_text() -> None:
     assert values["prompt"] == "a lighthouse at dusk, (dramatic sky:1.2)"
     assert values["negative_prompt"] == "blurry, lowres"
     assert values["steps"] == 31 and values["cfg_scale"] == 6.5 and values["seed"] == 1234567890
-    assert values["sampler"] == "DPM++ 2M Karras"
+    assert values["sampler"] == "DPM++ 2M" and values["scheduler"] == "Karras"
     assert (values["width"], values["height"]) == (640, 448)
     assert values["clip_skip"] == 2 and values["enable_hr"] is True and values["hr_scale"] == 1.5
     assert values["hr_second_pass_steps"] == 12 and values["hr_denoising_strength"] == 0.45
@@ -166,7 +180,8 @@ def test_send_to_txt2img_fills_every_control(built_ui) -> None:
     assert updates[c["steps"]] == 31 and updates[c["cfg_scale"]] == 6.5 and updates[c["seed"]] == 1234567890
     assert updates[c["width"]] == 640 and updates[c["height"]] == 448 and updates[c["clip_skip"]] == 2
     sampler = updates[c["sampler"]]
-    assert sampler.value == "DPM++ 2M Karras" and ("DDIM", "DDIM") in sampler.choices
+    assert sampler.value == "DPM++ 2M" and ("DDIM", "DDIM") in sampler.choices
+    assert updates[c["scheduler"]] == "Karras"  # the schedule type's own dropdown
     assert updates[c["enable_hr"]] is True and updates[c["hr_scale"]] == 1.5
     assert updates[c["hr_second_pass_steps"]] == 12 and updates[c["hr_denoising_strength"]] == 0.45
     assert updates[c["hr_upscaler"]] == "Lanczos"  # AUTOMATIC1111's "Latent" is not one of ours

@@ -22,26 +22,27 @@ SAMPLER_ALIASES: dict[str, list[str]] = {
     "Euler a": ["k_euler_a", "k_euler_ancestral"],
     "Euler": ["k_euler"],
     "LMS": ["k_lms"],
-    "LMS Karras": ["k_lms_ka"],
     "Heun": ["k_heun"],
     "DPM2": ["k_dpm_2"],
     "DPM2 a": ["k_dpm_2_a"],
     "DPM++ 2M": ["k_dpmpp_2m"],
-    "DPM++ 2M Karras": ["k_dpmpp_2m_ka"],
     "DPM++ 2M SDE": ["k_dpmpp_2m_sde"],
-    "DPM++ 2M SDE Karras": ["k_dpmpp_2m_sde_ka"],
     "DPM++ SDE": ["k_dpmpp_sde"],
-    "DPM++ SDE Karras": ["k_dpmpp_sde_ka"],
     "DDIM": ["ddim"],
     "PLMS": ["plms"],
     "UniPC": ["unipc"],
     "DEIS": ["deis"],
 }
 
-# AUTOMATIC1111's schedule types. Easel follows "karras" where the sampler has a Karras variant; the others
-# run the sampler's own schedule.
-A1111_SCHEDULERS = ("automatic", "uniform", "karras", "exponential", "polyexponential", "sgm_uniform",
-                    "kl_optimal", "align_your_steps", "simple", "normal", "ddim", "beta")
+def scheduler_info() -> list[dict[str, Any]]:
+    """AUTOMATIC1111's /schedulers: each schedule type with its API name, label, rho and whether its formula needs
+    the model's own noise levels."""
+    from webui.engine.schedules import DEFAULT_RHO, NEEDS_MODEL
+    from webui.requests import SCHEDULE_TYPES
+
+    return [{"name": name, "label": label, "aliases": None, "default_rho": DEFAULT_RHO.get(label, -1),
+             "need_inner_model": label in NEEDS_MODEL} for name, label in SCHEDULE_TYPES]
+
 
 LATENT_UPSCALE_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
                         "Latent (nearest)", "Latent (nearest-exact)")

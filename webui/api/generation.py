@@ -19,7 +19,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from webui import __version__
-from webui.api.compat import A1111_SCHEDULERS, SAMPLER_ALIASES
+from webui.api.compat import SAMPLER_ALIASES
 from webui.api.context import ApiContext, whole_number
 from webui.api.errors import ApiError, job_failure
 from webui.api.images import check_mask, decode_image, encode_png
@@ -33,7 +33,8 @@ from webui.api.threads import API_LANE
 from webui.engine.worker import Job, JobResult, JobState
 from webui.infotext import written_text
 from webui.redact import public_path
-from webui.requests import GenerationRequest, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
+from webui.engine.samplers import FLOW_ARCHS
+from webui.requests import GenerationRequest, Img2ImgRequest, InpaintRequest, Txt2ImgRequest, split_legacy
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +49,28 @@ def generation_router(api: ApiContext) -> APIRouter:
     load_model, max_image_pixels = api.load_model, api.max_image_pixels
     router = api.router()
 
-    def choose_sampler(body: BaseModel, arch: Any) -> str:
-        """The sampler name for this model, from sampler_name / sampler_index and AUTOMATIC1111's scheduler."""
+    def choose_sampler(body: BaseModel, arch: Any, values: dict[str, Any]) -> str:
+        """The sampler name for this model, from sampler_name / sampler_index (AUTOMATIC1111's aliases and older
+        names with the schedule in them, "DPM++ 2M Karras", accepted); checks `scheduler` for it."""
         field_name = "sampler_name" if body.sampler_name else "sampler_index"
         requested = str(body.sampler_name or body.sampler_index or "Euler").strip()
-        names = easel.registry.samplers.names(arch)
+        samplers = easel.registry.samplers
+        names = samplers.names(arch)
         lowered = {n.lower(): n for n in names}
         lowered.update({alias: n for n, aliases in SAMPLER_ALIASES.items() for alias in aliases if n in names})
-        name = lowered.get(requested.lower(), requested)
-        schedule = (body.scheduler or "").strip().lower().replace(" ", "_")
-        if schedule and schedule not in A1111_SCHEDULERS:
-            raise ApiError(422, "scheduler", f"unknown scheduler {body.scheduler!r}; choose one of "
-                                             f"{', '.join(A1111_SCHEDULERS)}")
-        if schedule == "karras" and not name.endswith("Karras") and f"{name} Karras" in names:
-            name = f"{name} Karras"
+        base, legacy = split_legacy(requested)
+        name = lowered.get(requested.lower()) or lowered.get(base.lower(), requested)
+        if legacy and name in names and values.get("scheduler", "Automatic") == "Automatic" and arch not in FLOW_ARCHS:
+            values["scheduler"] = legacy
         try:
-            easel.registry.samplers.resolve(name, arch)
+            samplers.resolve(name, arch)
         except ValueError:
-            raise ApiError(422, field_name, f"unknown sampler {requested!r}; choose one of {', '.join(names)}") from None
+            raise ApiError(422, field_name, f"{arch.value} models cannot run the sampler {requested!r}; choose one "
+                                            f"of {', '.join(names)}") from None
+        try:
+            samplers.check_schedule(name, values.get("scheduler", "Automatic"), arch)
+        except ValueError as exc:
+            raise ApiError(422, "scheduler", getattr(exc, "message", str(exc))) from None
         return name
 
     def build_request(body: BaseModel, cls: type[GenerationRequest]) -> tuple[GenerationRequest, Any]:
@@ -74,7 +79,7 @@ def generation_router(api: ApiContext) -> APIRouter:
         entry = find_checkpoint(override.get("sd_model_checkpoint"), "sd_model_checkpoint")
         values = request_values(body, cls, lambda data, name: decode_image(data, name, max_image_pixels()))
         values["checkpoint"] = entry.name
-        values["sampler"] = choose_sampler(body, entry.arch)
+        values["sampler"] = choose_sampler(body, entry.arch, values)
         with defaults.lock:
             clip_skip, vae = defaults.clip_skip, defaults.vae
         if "clip_skip" not in body.model_fields_set or body.clip_skip is None:

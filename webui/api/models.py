@@ -17,6 +17,7 @@ from webui.api.compat import (
     extension_info,
     lora_info,
     memory_info,
+    scheduler_info,
     script_info,
     upscaler_info,
 )
@@ -57,15 +58,12 @@ def models_router(api: ApiContext) -> APIRouter:
     def samplers() -> list[dict[str, Any]]:
         current = manager.current()
         names = easel.registry.samplers.names(current.arch) if current is not None else easel.sampler_choices(None)
-        return [{"name": n, "aliases": SAMPLER_ALIASES.get(n, []),
-                 "options": {"scheduler": "karras"} if n.endswith("Karras") else {}} for n in names]
+        return [{"name": n, "aliases": SAMPLER_ALIASES.get(n, []), "options": {}} for n in names]
 
     @router.get("/schedulers")
     def schedulers() -> list[dict[str, Any]]:
-        return [{"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": -1,
-                 "need_inner_model": False},
-                {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0,
-                 "need_inner_model": False}]
+        """The schedule types (`scheduler` in txt2img and img2img); which sampler runs which, a 422 says."""
+        return scheduler_info()
 
     @router.get("/upscalers")
     def upscalers() -> list[dict[str, Any]]:

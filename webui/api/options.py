@@ -2,7 +2,7 @@
 
 `POST /options` checks every value before it changes anything. `sd_model_checkpoint` queues a model switch (and
 awaits it), `sd_vae` and `CLIP_stop_at_last_layers` apply to this client's later requests, and the options that are
-Easel settings (`samples_save`, `show_progress_every_n_steps`) go through `webui.settings.apply_changes`, the
+Easel settings (`samples_save`, `show_progress_every_n_steps`, `flow_shift`) go through `webui.settings.apply_changes`, the
 path the Settings tab takes: the same checks and messages, the same atomic write of config.json. Other AUTOMATIC1111 options are accepted and ignored (logged). Paths in the answers are
 relative to Easel's folders.
 """
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 # AUTOMATIC1111 options that are Easel user settings: option name -> setting key.
 SETTING_OPTIONS = {"samples_save": "save_images", "show_progress_every_n_steps": "live_preview_every",
-                   "randn_source": "randn_source"}
+                   "randn_source": "randn_source",
+                   "flow_shift": "flow_shift"}
 OPTION_NAMES = {key: option for option, key in SETTING_OPTIONS.items()}
 
 
@@ -73,6 +74,7 @@ def options_router(api: ApiContext) -> APIRouter:
             "upscaler_for_img2img": None,
             "disabled_extensions": list(user.disabled_extensions),
             "sd_lora": "None",
+            "flow_shift": user.flow_shift,  # flow-matching models' timestep shift; 0 = each model's own
         }
 
     @router.post("/options")

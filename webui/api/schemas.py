@@ -4,7 +4,7 @@ Every generation field is declared once, in `webui/requests.py`, with the name i
 (`FieldSpec.api`); the pydantic bodies here are generated from those declarations, so a field added there
 appears in the API by itself. Where AUTOMATIC1111's API uses another type or default than the UI (steps 50,
 integer resize and fill modes, "only masked" on by default), `API_OVERRIDES` says so. The fields only
-AUTOMATIC1111 clients send (`override_settings`, `send_images`, `sampler_index`, `scheduler`, ...) are declared
+AUTOMATIC1111 clients send (`override_settings`, `send_images`, `sampler_index`, ...) are declared
 on the base models; any other field is accepted and ignored, as AUTOMATIC1111 does. `request_values` turns a
 parsed body into the field values of a request class, raising `RequestError` naming the API field.
 """
@@ -41,7 +41,6 @@ class _ApiBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     sampler_index: str | None = Field("Euler", description="Sampler used when sampler_name is absent")
-    scheduler: str | None = Field(None, description="Noise schedule: automatic or karras")
     override_settings: dict[str, Any] | None = Field(
         None, description="sd_model_checkpoint, sd_vae and CLIP_stop_at_last_layers for this request only")
     override_settings_restore_afterwards: bool | None = Field(
@@ -138,8 +137,9 @@ def _choice(value: Any, s: FieldSpec) -> str:
             return s.choices[value]
         raise RequestError(s.api, f"must be one of {numbered}; got {value}")
     if isinstance(value, str):
+        wanted = value.strip().lower().replace("_", " ")
         for choice in s.choices:
-            if choice.lower() == value.strip().lower():
+            if choice.lower() == wanted:
                 return choice
     raise RequestError(s.api, f"must be one of {numbered}; got {value!r}")
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from PIL import Image
 from webui.engine.conditioning import Conditioning, PromptCache, conditioning
 from webui.engine.prompts import extract_loras
 from webui.engine.noise import NoisePlan
-from webui.engine.samplers import Samplers
+from webui.engine.samplers import FLOW_ARCHS, Samplers
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job
 from webui.extensions import PipelineCall, PipelineWrapper
@@ -88,6 +89,7 @@ class ModeContext:
     pipeline_wrappers: list[PipelineWrapper] = field(default_factory=list)  # extensions', around each pipeline call
     loras: list[AppliedLora] = field(default_factory=list)  # what the prompt's <lora:…> tags applied
     embeddings: list[AppliedEmbedding] = field(default_factory=list)  # embeddings the prompts name, as loaded
+    flow_shift: float = 0.0  # the setting: flow models' timestep shift (0 = each model's own)
     plan_layout: bool = True  # False: the built-in model draws the prompt as written, not its planned layout
     samplers: Samplers = field(default_factory=Samplers)  # the Easel's (its registry's): built-in + extensions'
     # the Easel's adapter kinds: extensions' `wanted(request) -> [AdapterSpec]` (the adapter models, ControlNets
@@ -128,6 +130,16 @@ class ModeContext:
         """The sampler name that runs `request` on this model family (what the infotext records)."""
         return self.samplers.resolve(request.sampler, arch)
 
+    def sampling_infotext(self, request: GenerationRequest, arch: Arch) -> dict[str, Any]:
+        """`Sampler`, and `Schedule type` when it is not the sampler's own, as the infotext records them."""
+        entries: dict[str, Any] = {"Sampler": self.samplers.resolve(request.sampler, arch)}
+        schedule = self.samplers.check_schedule(request.sampler, getattr(request, "scheduler", "Automatic"), arch)
+        if schedule != "Automatic":
+            entries["Schedule type"] = schedule
+        if self.flow_shift > 0 and arch in FLOW_ARCHS:
+            entries["Shift"] = self.flow_shift
+        return entries
+
     def load_spec(self, request: GenerationRequest, mode: str) -> LoadSpec:
         """What this request needs loaded for `mode`: its checkpoint (the current one when it names none) and VAE,
         the prompt's `<lora:name:weight>` tags, the embeddings the prompt and negative prompt use as words (SD
@@ -141,7 +153,8 @@ class ModeContext:
         return LoadSpec(checkpoint=request.checkpoint or self.default_checkpoint(), mode=mode,
                         vae=None if request.vae in ("", "Automatic", "None") else request.vae,
                         loras=tuple((tag.name, float(tag.weight)) for tag in tags), embeddings=tuple(embeddings),
-                        sampler=request.sampler, adapters=tuple(adapters))
+                        sampler=request.sampler, schedule=getattr(request, "scheduler", "Automatic"),
+                        shift=self.flow_shift, adapters=tuple(adapters))
 
     def network_infotext(self) -> dict[str, Any]:
         """`Lora hashes: "name: hash, …"` for the LoRAs this job used, `TI hashes: "name: hash, …"` for its
@@ -157,7 +170,8 @@ class ModeContext:
         """`loaded.pipe(**kwargs)`, run through the extensions' pipeline wrappers (the first registered outermost)."""
         def innermost(call: PipelineCall) -> Any:
             seed_global_generator(call.kwargs.get("generator"))
-            return call.pipe(**call.kwargs)
+            with seamless(call.pipe, bool(getattr(request, "tiling", False))):
+                return call.pipe(**call.kwargs)
 
         run: Callable[[PipelineCall], Any] = innermost
         for wrapper in reversed(self.pipeline_wrappers):
@@ -191,6 +205,30 @@ class ModeContext:
             return {}
 
         return on_step_end
+
+
+@contextmanager
+def seamless(pipe: Any, tiling: bool) -> Iterator[None]:
+    """With `tiling`, circular padding in every Conv2d of the pipeline's denoiser and VAE while the block runs, so
+    the image wraps around (its left edge continues its right, its top its bottom); the layers' own padding modes
+    are put back afterwards, whatever happens, since the pipeline is shared by the jobs that follow."""
+    if not tiling:
+        yield
+        return
+    changed: list[tuple[torch.nn.Conv2d, str]] = []
+    for part in ("unet", "transformer", "vae"):
+        module = getattr(pipe, part, None)
+        if not isinstance(module, torch.nn.Module):
+            continue
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.Conv2d) and layer.padding_mode != "circular":
+                changed.append((layer, layer.padding_mode))
+                layer.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for layer, mode in changed:
+            layer.padding_mode = mode
 
 
 def _wrapped(wrapper: PipelineWrapper, run: Callable[[PipelineCall], Any]) -> Callable[[PipelineCall], Any]:

@@ -167,6 +167,7 @@ class Engine:
         ctx = ModeContext(self.manager, job, self.settings.user.live_preview_every, self.upscalers,
                           plan_layout=self.settings.user.builtin_plan_layout, samplers=self.registry.samplers,
                           randn_source=self.settings.user.randn_source,
+                          flow_shift=self.settings.user.flow_shift,
                           pipeline_wrappers=list(self.pipeline_wrappers),
                           adapter_sources=list(self.registry.adapter_sources),
                           adapter_loaders=dict(self.registry.adapter_loaders))

@@ -64,7 +64,8 @@ Mode = Literal["txt2img", "img2img", "inpaint", "edit"]
 AUTOMATIC_VAE = ("", "automatic", "none")
 PIPELINE, VAE = "pipeline", "vae"  # kinds this manager holds in `memory` (and segmenters.SEGMENTER)
 AdapterLoader = Callable[[AdapterSpec, "LoadedPipeline"], Any]
-SchedulerFactory = Callable[[str, Arch, Any], Any]  # (sampler name, family, base config) -> a fresh scheduler
+# (sampler name, family, base config, schedule type, flow shift) -> a fresh scheduler
+SchedulerFactory = Callable[[str, Arch, Any, str, float], Any]
 
 
 @dataclass
@@ -340,7 +341,8 @@ class ModelManager:
             adapters = {adapter: self._load_adapter(adapter, loaded, adapter_loaders or {})
                         for adapter in spec.adapters}
             if spec.sampler and make_scheduler is not None:  # a fresh one per job: schedulers keep per-run state
-                loaded.pipe.scheduler = make_scheduler(spec.sampler, loaded.arch, loaded.pipe.scheduler.config)
+                loaded.pipe.scheduler = make_scheduler(spec.sampler, loaded.arch, loaded.pipe.scheduler.config,
+                                                       spec.schedule, spec.shift)
         return dataclasses.replace(loaded, loras=tuple(loras), embeddings=tuple(embeddings), adapters=adapters)
 
     def _spec_embeddings(self, loaded: LoadedPipeline, names: Sequence[str]) -> list[AppliedEmbedding]:

@@ -33,7 +33,9 @@ class LoadSpec:
     vae: str | None = None  # a VAE's name; None (or "Automatic") is the checkpoint's own
     loras: tuple[tuple[str, float], ...] = ()  # (name, weight): exactly these are active, () = the base model
     embeddings: tuple[str, ...] = ()  # textual-inversion embeddings the prompts name
-    sampler: str = ""  # AUTOMATIC1111's sampler name, schedule included ("DPM++ 2M Karras"); "" keeps the scheduler
+    sampler: str = ""  # AUTOMATIC1111's sampler name ("DPM++ 2M"; older "DPM++ 2M Karras"); "" keeps the scheduler
+    schedule: str = "Automatic"  # the schedule type the sampler runs ("Karras", ...); Automatic = its own
+    shift: float = 0.0  # flow models' timestep shift; 0 = the model's own
     adapters: tuple[AdapterSpec, ...] = ()
 
 

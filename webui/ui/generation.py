@@ -130,6 +130,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                 controls.add(field_control(request_cls, "sampler", limits, kind="dropdown",
                                            choices=easel.sampler_choices(checkpoint),
                                            value=easel.default_sampler(checkpoint), min_width=140))
+                controls.add(field_control(request_cls, "scheduler", limits, kind="dropdown", min_width=140))
                 controls.add(field_control(request_cls, "steps", limits, min_width=140))
             with gr.Row():
                 controls.add(field_control(request_cls, "width", limits, value=size, min_width=140))
@@ -141,6 +142,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                 controls.add(field_control(request_cls, "cfg_scale", limits, value=easel.default_cfg(checkpoint),
                                            min_width=140))
                 controls.add(field_control(request_cls, "clip_skip", limits, min_width=140))
+            controls.add(field_control(request_cls, "tiling", limits))
             with gr.Row(elem_classes="easel-seed-row"):
                 seed = controls.add(field_control(request_cls, "seed", limits, kind="number", min_width=120, scale=4))
                 dice = gr.Button(DICE, elem_id=f"{mode}_random_seed", elem_classes="easel-tool", scale=0,

@@ -30,5 +30,5 @@ def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
                                  callback_on_step_end=prompts.callback(ctx.callback(loaded.arch, total)),
                                  output_type="pil").images
 
-    extra = {"Sampler": ctx.sampler_used(request, loaded.arch)}
+    extra = ctx.sampling_infotext(request, loaded.arch)
     return run_batches(ctx, request, loaded, call, extra)

@@ -72,7 +72,7 @@ def run(ctx: ModeContext, request: InpaintRequest) -> list[Generated]:
         return [postprocess(img, original, blend, box) for img in images]
 
     # 4. Paste back through the blurred mask. The infotext records the strength the run used.
-    extra = {"Sampler": ctx.sampler_used(request, loaded.arch), "Denoising strength": strength}
+    extra = {**ctx.sampling_infotext(request, loaded.arch), "Denoising strength": strength}
     return run_batches(ctx, request, loaded, call, extra)
 
 

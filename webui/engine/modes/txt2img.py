@@ -18,7 +18,7 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
     if hires:
         check_upscaler(ctx, request.hr_upscaler)
     loaded = ctx.load(request, "txt2img")
-    extra = {"Sampler": ctx.sampler_used(request, loaded.arch)}
+    extra = ctx.sampling_infotext(request, loaded.arch)
 
     # 2. Encode the prompts (each prompt of a schedule) once for every batch.
     prompts = ctx.prompts(loaded, request, request.steps)

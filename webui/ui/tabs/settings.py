@@ -23,6 +23,7 @@ LABELS = {
     "vram_budget_mb": "GPU memory for loaded models, MiB (0 = automatic: 60% of the GPU's)",
     "live_preview_every": "Live preview every N steps (0 = off)",
     "default_sampler": "Default sampler",
+    "flow_shift": "Timestep shift for flow-matching models (SD3, Flux, Z-Image, Qwen-Image, built-in; 0 = the model's own)",
     "max_side": "Largest width or height, pixels",
     "max_pixels": "Largest image, pixels (width × height)",
     "max_steps": "Most sampling steps",
@@ -47,7 +48,7 @@ LABELS = {
 }
 GROUPS = {
     "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits", "randn_source",
-                   "builtin_plan_layout"),
+                   "builtin_plan_layout", "flow_shift"),
     "Memory and queue": ("ram_cache_size", "ram_budget_mb", "vram_budget_mb", "queue_size"),
     "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_images", "max_prompt_chars",
                "max_request_pixels", "max_request_images"),
@@ -149,6 +150,8 @@ def _control(ui: UIContext, name: str, default: Any, value: Any) -> Any:
         return gr.Dropdown(choices=list(RNG_SOURCES), value=value, **kwargs)
     if name == "default_sampler":
         return gr.Dropdown(choices=ui.easel.sampler_choices(None), value=value, **kwargs)
+    if isinstance(default, float):
+        return gr.Number(value=value, minimum=0, maximum=100, step=0.1, **kwargs)
     if isinstance(default, int):
         return gr.Number(value=value, precision=0, **kwargs)
     return gr.Textbox(value=str(value), **kwargs)
