@@ -24,6 +24,10 @@ Mode = Literal["txt2img", "img2img", "inpaint", "segment"]
 SAMPLE_NAMES_DEFAULT = "Euler a"
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
 INPAINT_FILLS = ("fill", "original", "latent noise", "latent nothing")
+SAME_SAMPLER = "Use same sampler"  # hires fix: the first pass's sampler, schedule, checkpoint
+SAME_SCHEDULER = "Use same scheduler"
+SAME_CHECKPOINT = "Use same checkpoint"
+NO_REFINER = "None"
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,33 @@ def unless_automatic(name: str) -> str | None:
 
 def above_one(value: int) -> int | None:
     return value if value > 1 else None
+
+
+# Schedule types, as AUTOMATIC1111 labels them (its API also takes the lower-case names: "sgm_uniform").
+SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
+                  "Align Your Steps", "Simple", "Normal", "DDIM", "Beta")
+
+
+def schedule_label(value: str, field_name: str) -> str:
+    """A schedule type by label or AUTOMATIC1111 name, as its label; "" and "Use same scheduler" stay as they are.
+    Anything else is a RequestError on `field_name` listing the types."""
+    if value in ("", SAME_SCHEDULER):
+        return value
+    key = str(value).strip().lower().replace(" ", "_")
+    for label in SCHEDULE_TYPES:
+        if label.lower().replace(" ", "_") == key:
+            return label
+    raise RequestError(field_name, f"unknown schedule type {value!r}; choose one of {', '.join(SCHEDULE_TYPES)} "
+                                   f"or {SAME_SCHEDULER!r}")
+
+
+def unless_same(value: str) -> str | None:
+    """Hires sampler, schedule and checkpoint: written only when the second pass uses its own."""
+    return None if value in ("", SAME_SAMPLER, SAME_SCHEDULER, SAME_CHECKPOINT) else value
+
+
+def unless_no_refiner(name: str) -> str | None:
+    return None if name in ("", NO_REFINER) else name
 
 
 def inpaint_area(only_masked: bool) -> str:
@@ -132,6 +163,22 @@ class Txt2ImgRequest(GenerationRequest):
                                      infotext_when="hires", infotext_value=or_none)
     hr_denoising_strength: float = spec(0.7, "Denoising strength", infotext="Denoising strength", api="denoising_strength", minimum=0.0, maximum=1.0, step=0.01,
                                         infotext_when="hires")
+    # the second pass's own sampler, schedule, checkpoint and prompts (the defaults: the first pass's)
+    hr_checkpoint_name: str = spec(SAME_CHECKPOINT, "Hires checkpoint", infotext="Hires checkpoint", api="hr_checkpoint_name",
+                                   infotext_when="hires", infotext_value=unless_same)
+    hr_sampler_name: str = spec(SAME_SAMPLER, "Hires sampling method", infotext="Hires sampler", api="hr_sampler_name",
+                                infotext_when="hires", infotext_value=unless_same)
+    hr_scheduler: str = spec(SAME_SCHEDULER, "Hires schedule type", infotext="Hires schedule type", api="hr_scheduler",
+                             infotext_when="hires", infotext_value=unless_same)
+    hr_prompt: str = spec("", "Hires prompt", infotext="Hires prompt", api="hr_prompt", limit="max_prompt_chars",
+                          infotext_when="hires", infotext_value=or_none)
+    hr_negative_prompt: str = spec("", "Hires negative prompt", infotext="Hires negative prompt", api="hr_negative_prompt",
+                                   limit="max_prompt_chars", infotext_when="hires", infotext_value=or_none)
+    # the last part of the steps on another checkpoint ("None": no refiner)
+    refiner_checkpoint: str = spec(NO_REFINER, "Refiner checkpoint", infotext="Refiner", api="refiner_checkpoint",
+                                   infotext_when="refiner", infotext_value=unless_no_refiner)
+    refiner_switch_at: float = spec(0.8, "Refiner switch at", infotext="Refiner switch at", api="refiner_switch_at",
+                                    minimum=0.01, maximum=1.0, step=0.01, infotext_when="refiner")
 
     mode: Mode = "txt2img"
 
@@ -140,14 +187,28 @@ class Txt2ImgRequest(GenerationRequest):
         """The hires fix runs: asked for, with a scale above 1."""
         return self.enable_hr and self.hr_scale > 1.0
 
+    @property
+    def refiner(self) -> bool:
+        """A refiner takes over before the last step."""
+        return self.refiner_checkpoint not in ("", NO_REFINER) and self.refiner_switch_at < 1.0
+
 
 @dataclass(frozen=True)
 class Img2ImgRequest(GenerationRequest):
     init_image: Image.Image | None = image_field("Image", api="init_images")
     denoising_strength: float = spec(0.75, "Denoising strength", infotext="Denoising strength", api="denoising_strength", minimum=0.0, maximum=1.0, step=0.01)
     resize_mode: str = spec("Just resize", "Resize mode", api="resize_mode", choices=RESIZE_MODES)
+    refiner_checkpoint: str = spec(NO_REFINER, "Refiner checkpoint", infotext="Refiner", api="refiner_checkpoint",
+                                   infotext_when="refiner", infotext_value=unless_no_refiner)
+    refiner_switch_at: float = spec(0.8, "Refiner switch at", infotext="Refiner switch at", api="refiner_switch_at",
+                                    minimum=0.01, maximum=1.0, step=0.01, infotext_when="refiner")
 
     mode: Mode = "img2img"
+
+    @property
+    def refiner(self) -> bool:
+        """A refiner takes over before the last step."""
+        return self.refiner_checkpoint not in ("", NO_REFINER) and self.refiner_switch_at < 1.0
 
 
 @dataclass(frozen=True)
@@ -246,6 +307,11 @@ def validate_request(request: GenerationRequest, limits: Limits, samplers: Sampl
         if max(out_w, out_h) > limits.max_side or out_w * out_h > limits.max_pixels:
             raise RequestError("hr_scale", f"the upscaled size {out_w}x{out_h} exceeds the limits ({limits.max_side} "
                                            f"per side, {limits.max_pixels} pixels)")
+    if isinstance(request, Txt2ImgRequest):
+        schedule_label(request.hr_scheduler, "hr_scheduler")
+    if isinstance(request, InpaintRequest) and request.refiner:
+        raise RequestError("refiner_checkpoint", "a refiner is not available for inpainting; leave it at "
+                                                 f"{NO_REFINER!r}")
     if isinstance(request, Img2ImgRequest) and request.init_image is None:
         raise RequestError("init_images", "an input image is required")
     if isinstance(request, Img2ImgRequest) and request.init_image is not None:
