@@ -178,7 +178,7 @@ class Txt2ImgRequest(GenerationRequest):
     refiner_checkpoint: str = spec(NO_REFINER, "Refiner checkpoint", infotext="Refiner", api="refiner_checkpoint",
                                    infotext_when="refiner", infotext_value=unless_no_refiner)
     refiner_switch_at: float = spec(0.8, "Refiner switch at", infotext="Refiner switch at", api="refiner_switch_at",
-                                    minimum=0.01, maximum=1.0, step=0.01, infotext_when="refiner")
+                                    minimum=0.0, maximum=1.0, step=0.01, infotext_when="refiner")
 
     mode: Mode = "txt2img"
 
@@ -201,7 +201,7 @@ class Img2ImgRequest(GenerationRequest):
     refiner_checkpoint: str = spec(NO_REFINER, "Refiner checkpoint", infotext="Refiner", api="refiner_checkpoint",
                                    infotext_when="refiner", infotext_value=unless_no_refiner)
     refiner_switch_at: float = spec(0.8, "Refiner switch at", infotext="Refiner switch at", api="refiner_switch_at",
-                                    minimum=0.01, maximum=1.0, step=0.01, infotext_when="refiner")
+                                    minimum=0.0, maximum=1.0, step=0.01, infotext_when="refiner")
 
     mode: Mode = "img2img"
 
@@ -309,6 +309,9 @@ def validate_request(request: GenerationRequest, limits: Limits, samplers: Sampl
                                            f"per side, {limits.max_pixels} pixels)")
     if isinstance(request, Txt2ImgRequest):
         schedule_label(request.hr_scheduler, "hr_scheduler")
+    if getattr(request, "refiner", False) and request.refiner_switch_at <= 0:  # type: ignore[attr-defined]
+        raise RequestError("refiner_switch_at", "must be above 0 with a refiner (the fraction of the steps the "
+                                                "base model runs), got 0")
     if isinstance(request, InpaintRequest) and request.refiner:
         raise RequestError("refiner_checkpoint", "a refiner is not available for inpainting; leave it at "
                                                  f"{NO_REFINER!r}")
