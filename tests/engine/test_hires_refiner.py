@@ -180,3 +180,41 @@ def test_hires_and_refiner_keys_round_trip_through_png_info(easel):
         assert updates[name] == getattr(request, name), name
     again = run(easel, Txt2ImgRequest(**{**updates, "seed": 11, "checkpoint": "tiny-sd1"}))
     assert np.array_equal(pixels(result.images[0]), pixels(again.images[0]))
+
+
+def test_sdxl_refiner_single_file_hands_over_mid_schedule(make_easel, tmp_path, tmp_path_factory):
+    """An SDXL refiner as one original-layout file (second text encoder only) loads, refines an SDXL base through
+    denoising_end / denoising_start, is refused as a txt2img model and as the refiner of an SD 1.x model."""
+    from tests.tiny_models import make_tiny_sdxl, make_tiny_sdxl_refiner, save_sdxl_refiner_single_file
+    from webui.model_manager.identify import identify_file
+
+    root = tmp_path_factory.mktemp("sdxl")
+    base = make_tiny_sdxl(root / "tiny-sdxl")
+    refiner = make_tiny_sdxl_refiner(root / "tiny-refiner", seed=3)
+    models = tmp_path / "data" / "models"
+    shutil.copytree(base, models / "diffusers" / "tiny-sdxl")
+    (models / "Stable-diffusion").mkdir(parents=True, exist_ok=True)
+    path = save_sdxl_refiner_single_file(refiner, models / "Stable-diffusion" / "tiny-refiner.safetensors")
+    shutil.copytree(refiner, path.with_name("tiny-refiner.config"))  # the tiny sizes (full-size ones are shipped)
+    ident = identify_file(path)
+    assert ident.supported and ident.variant == "refiner", ident.reason
+    easel = make_easel()
+    xl = dict(SMALL, checkpoint="tiny-sdxl", steps=4)
+    plain = run(easel, Txt2ImgRequest(prompt="a red circle", **xl))
+    at_one = run(easel, Txt2ImgRequest(prompt="a red circle", **xl, refiner_checkpoint="tiny-refiner",
+                                       refiner_switch_at=1.0))
+    assert np.array_equal(pixels(plain.images[0]), pixels(at_one.images[0]))
+    refined = run(easel, Txt2ImgRequest(prompt="a red circle", **xl, refiner_checkpoint="tiny-refiner",
+                                        refiner_switch_at=0.5))
+    assert not np.array_equal(pixels(plain.images[0]), pixels(refined.images[0]))
+    params = parse_infotext(refined.infotexts[0])
+    assert params["Refiner"].startswith("tiny-refiner [") and params["Refiner switch at"] == "0.5"
+    assert params["Model"] == "tiny-sdxl"
+    with_hires = run(easel, Txt2ImgRequest(prompt="a red circle", **xl, **HIRES, hr_upscaler="Latent",
+                                           refiner_checkpoint="tiny-refiner", refiner_switch_at=0.5))
+    assert with_hires.images[0].size == (128, 128)
+    as_base = failure(easel, Txt2ImgRequest(prompt="x", **dict(xl, checkpoint="tiny-refiner")))
+    assert "only refines" in str(as_base)
+    wrong = failure(easel, Txt2ImgRequest(prompt="x", **SMALL, refiner_checkpoint="tiny-refiner",
+                                          refiner_switch_at=0.5))
+    assert isinstance(wrong, RequestError) and wrong.field == "refiner_checkpoint"
