@@ -28,6 +28,9 @@ SAME_SAMPLER = "Use same sampler"  # hires fix: the first pass's sampler, schedu
 SAME_SCHEDULER = "Use same scheduler"
 SAME_CHECKPOINT = "Use same checkpoint"
 NO_REFINER = "None"
+# Hires fix's latent upscalers: they resize the first pass's latents (webui.engine.upscalers.upscale_latents).
+LATENT_UPSCALERS = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                    "Latent (nearest)", "Latent (nearest-exact)")
 
 
 @dataclass(frozen=True)

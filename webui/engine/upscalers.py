@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from webui.requests import RequestError
+from webui.requests import LATENT_UPSCALERS, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,7 @@ LATENT_MODES: dict[str, tuple[str, bool]] = {
     "latent (bicubic antialiased)": ("bicubic", True), "latent (nearest)": ("nearest", False),
     "latent (nearest-exact)": ("nearest-exact", False),
 }
-LATENT_NAMES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
-                "Latent (nearest)", "Latent (nearest-exact)")
+LATENT_NAMES = LATENT_UPSCALERS
 MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
 MAX_PASSES = 4
 UPSCALER = "upscaler"  # their kind in the memory cache

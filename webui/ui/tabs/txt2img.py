@@ -6,8 +6,8 @@ from typing import Any
 
 import gradio as gr
 
-from webui.requests import (NO_REFINER, SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER, SCHEDULE_TYPES,
-                            Txt2ImgRequest)
+from webui.requests import (LATENT_UPSCALERS, NO_REFINER, SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER,
+                            SCHEDULE_TYPES, Txt2ImgRequest)
 from webui.ui.context import UIContext
 from webui.ui.controls import ControlSet, field_control
 from webui.ui.generation import build_panel
@@ -17,13 +17,14 @@ UPSCALERS = ["Lanczos", "Nearest"]
 
 def known_upscaler(name: str, choices: list[str] | None = None) -> str:
     """An upscaler Easel has, for a name from an infotext (other tools' upscalers become Lanczos)."""
-    return next((u for u in (choices or UPSCALERS) if u.lower() == str(name).lower()), UPSCALERS[0])
+    return next((u for u in (choices or [*LATENT_UPSCALERS, *UPSCALERS]) if u.lower() == str(name).lower()),
+                UPSCALERS[0])
 
 
 def upscaler_choices(ui: UIContext) -> list[str]:
     """The latent upscalers, Lanczos, Nearest and the installed upscaler models."""
     upscalers = getattr(ui.easel.engine, "upscalers", None)
-    return upscalers.hires_names() if upscalers is not None else UPSCALERS
+    return upscalers.hires_names() if upscalers is not None else [*LATENT_UPSCALERS, *UPSCALERS]
 
 
 def refiner_accordion(ui: UIContext, controls: ControlSet, cls: type, prefix: str) -> gr.Accordion:
