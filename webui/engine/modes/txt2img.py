@@ -66,7 +66,7 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
         stopped = ctx.job.interrupt_requested or ctx.job.skip_requested
         if hires and not stopped:
             images = second_pass(ctx, second, images, gens, extra if second_entry is not None else None)
-        elif latent_hires:
+        elif isinstance(images, torch.Tensor):  # stopped before the second pass: the latents as they are
             images = decode_latents(base, images)
         return images
 
