@@ -28,7 +28,7 @@ from webui.model_manager.clip_tokenizer import EOS_TOKEN, byte_symbols, write_cl
 
 __all__ = [
     "make_tiny_sd1", "make_tiny_sd2", "make_tiny_sdxl", "make_tiny_sd3", "make_tiny_flux", "make_tiny_zimage",
-    "make_tiny_qwenimage", "save_sd1_single_file", "save_sd2_single_file", "save_sdxl_single_file", "save_vae_single_file", "save_zimage_single_file",
+    "make_tiny_qwenimage", "make_tiny_sdxl_refiner", "save_sdxl_refiner_single_file", "save_sd1_single_file", "save_sd2_single_file", "save_sdxl_single_file", "save_vae_single_file", "save_zimage_single_file",
     "make_header_only_safetensors", "tiny_clip_tokenizer", "tiny_t5_tokenizer", "tiny_qwen_tokenizer",
     "TINY_BUILDERS", "make_tiny_instruct_pix2pix", "make_tiny_flux_kontext", "make_tiny_qwenimage_edit",
     "make_tiny_clipseg", "EDIT_BUILDERS",
@@ -188,6 +188,35 @@ def make_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
         tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
     _save(pipe, folder)
     _remove_tree(folder / "_tokenizer_src")
+    _remove_tree(folder / "_tokenizer_2_src")
+    return folder
+
+
+def make_tiny_sdxl_refiner(folder: Path, seed: int = 0) -> Path:
+    """Tiny SDXL refiner: the img2img pipeline with only the second (OpenCLIP-like, 64 wide) text encoder, and a
+    UNet whose time ids carry the aesthetic score (5 ids instead of 6), as stabilityai's refiner is built."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection
+
+    folder = Path(folder)
+    tokenizer_2 = tiny_clip_tokenizer(folder / "_tokenizer_2_src", pad_token="!")
+    with _seeded(seed):
+        unet = UNet2DConditionModel(
+            sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=5 * 8 + 32,
+            cross_attention_dim=64, norm_num_groups=8)
+    with _seeded(seed + 2):
+        text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(tokenizer_2, 64, 32, "gelu")).eval()
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=_sd_vae(seed + 3, scaling_factor=0.13025), text_encoder=None, text_encoder_2=text_encoder_2,
+        tokenizer=None, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False)
+    _save(pipe, folder)
     _remove_tree(folder / "_tokenizer_2_src")
     return folder
 
@@ -507,6 +536,18 @@ def save_sdxl_single_file(folder: Path, path: Path) -> Path:
     tensors.update(_prefixed(vae_to_original(vae, vae_config), "first_stage_model."))
     tensors.update(clip_to_original(text, "conditioner.embedders.0.transformer."))
     tensors.update(open_clip_to_original(text_2, "conditioner.embedders.1.model."))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return Path(path)
+
+
+def save_sdxl_refiner_single_file(folder: Path, path: Path) -> Path:
+    """A tiny SDXL refiner folder as one original-layout .safetensors (conditioner.embedders.0 = OpenCLIP only)."""
+    unet, unet_config = _component(folder, "unet")
+    vae, vae_config = _component(folder, "vae")
+    text_2, _ = _component(folder, "text_encoder_2")
+    tensors = _prefixed(unet_to_original(unet, unet_config), "model.diffusion_model.")
+    tensors.update(_prefixed(vae_to_original(vae, vae_config), "first_stage_model."))
+    tensors.update(open_clip_to_original(text_2, "conditioner.embedders.0.model."))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     return Path(path)
 

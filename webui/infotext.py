@@ -167,6 +167,7 @@ def png_bytes(image: Image.Image, text: str | None) -> bytes:
     return buffer.getvalue()
 
 
+_CHECKPOINT_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]\s*$")
 _LORA_TAG = re.compile(r"<(lora|lyco):([^:>]+)((?::[^>]*)?)>", re.IGNORECASE)
 
 
@@ -298,6 +299,9 @@ def request_updates(params: dict[str, str], cls: type[GenerationRequest] = Txt2I
         updates["styles"] = tuple(updates.get("styles", ()))
     if issubclass(cls, Txt2ImgRequest):
         updates["enable_hr"] = "Hires upscale" in params or "Hires resize" in params
+    for name in ("hr_checkpoint_name", "refiner_checkpoint"):  # "name [hash]" as AUTOMATIC1111 writes them
+        if isinstance(updates.get(name), str):
+            updates[name] = _CHECKPOINT_HASH.sub("", updates[name]).strip()
     if issubclass(cls, InpaintRequest):
         if "Inpaint area" in params:
             updates["inpaint_full_res"] = params["Inpaint area"].lower().startswith("only masked")

@@ -46,6 +46,15 @@ def split_legacy(name: str) -> tuple[str, str | None]:
     return name, None
 
 
+SAME_SAMPLER = "Use same sampler"  # hires fix: the first pass's sampler, schedule, checkpoint
+SAME_SCHEDULER = "Use same scheduler"
+SAME_CHECKPOINT = "Use same checkpoint"
+NO_REFINER = "None"
+# Hires fix's latent upscalers: they resize the first pass's latents (webui.engine.upscalers.upscale_latents).
+LATENT_UPSCALERS = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                    "Latent (nearest)", "Latent (nearest-exact)")
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     """How one request field appears in the UI, the infotext and the API, and its limits."""
@@ -73,6 +82,28 @@ def unless_automatic(name: str) -> str | None:
 
 def above_one(value: int) -> int | None:
     return value if value > 1 else None
+
+
+def schedule_label(value: str, field_name: str) -> str:
+    """A schedule type by label or AUTOMATIC1111 name, as its label; "" and "Use same scheduler" stay as they are.
+    Anything else is a RequestError on `field_name` listing the types."""
+    if value in ("", SAME_SCHEDULER):
+        return value
+    key = str(value).strip().lower().replace(" ", "_")
+    for name, label in SCHEDULE_TYPES:
+        if key in (name, label.lower().replace(" ", "_")):
+            return label
+    raise RequestError(field_name, f"unknown schedule type {value!r}; choose one of {', '.join(SCHEDULE_LABELS)} "
+                                   f"or {SAME_SCHEDULER!r}")
+
+
+def unless_same(value: str) -> str | None:
+    """Hires sampler, schedule and checkpoint: written only when the second pass uses its own."""
+    return None if value in ("", SAME_SAMPLER, SAME_SCHEDULER, SAME_CHECKPOINT) else value
+
+
+def unless_no_refiner(name: str) -> str | None:
+    return None if name in ("", NO_REFINER) else name
 
 
 def inpaint_area(only_masked: bool) -> str:
@@ -179,6 +210,22 @@ class Txt2ImgRequest(GenerationRequest):
                                      infotext_when="hires", infotext_value=or_none)
     hr_denoising_strength: float = spec(0.7, "Denoising strength", infotext="Denoising strength", api="denoising_strength", minimum=0.0, maximum=1.0, step=0.01,
                                         infotext_when="hires")
+    # the second pass's own sampler, schedule, checkpoint and prompts (the defaults: the first pass's)
+    hr_checkpoint_name: str = spec(SAME_CHECKPOINT, "Hires checkpoint", infotext="Hires checkpoint", api="hr_checkpoint_name",
+                                   infotext_when="hires", infotext_value=unless_same)
+    hr_sampler_name: str = spec(SAME_SAMPLER, "Hires sampling method", infotext="Hires sampler", api="hr_sampler_name",
+                                infotext_when="hires", infotext_value=unless_same)
+    hr_scheduler: str = spec(SAME_SCHEDULER, "Hires schedule type", infotext="Hires schedule type", api="hr_scheduler",
+                             infotext_when="hires", infotext_value=unless_same)
+    hr_prompt: str = spec("", "Hires prompt", infotext="Hires prompt", api="hr_prompt", limit="max_prompt_chars",
+                          infotext_when="hires", infotext_value=or_none)
+    hr_negative_prompt: str = spec("", "Hires negative prompt", infotext="Hires negative prompt", api="hr_negative_prompt",
+                                   limit="max_prompt_chars", infotext_when="hires", infotext_value=or_none)
+    # the last part of the steps on another checkpoint ("None": no refiner)
+    refiner_checkpoint: str = spec(NO_REFINER, "Refiner checkpoint", infotext="Refiner", api="refiner_checkpoint",
+                                   infotext_when="refiner", infotext_value=unless_no_refiner)
+    refiner_switch_at: float = spec(0.8, "Refiner switch at", infotext="Refiner switch at", api="refiner_switch_at",
+                                    minimum=0.0, maximum=1.0, step=0.01, infotext_when="refiner")
 
     mode: Mode = "txt2img"
 
@@ -187,14 +234,28 @@ class Txt2ImgRequest(GenerationRequest):
         """The hires fix runs: asked for, with a scale above 1."""
         return self.enable_hr and self.hr_scale > 1.0
 
+    @property
+    def refiner(self) -> bool:
+        """A refiner takes over before the last step."""
+        return self.refiner_checkpoint not in ("", NO_REFINER) and self.refiner_switch_at < 1.0
+
 
 @dataclass(frozen=True)
 class Img2ImgRequest(GenerationRequest):
     init_image: Image.Image | None = image_field("Image", api="init_images")
     denoising_strength: float = spec(0.75, "Denoising strength", infotext="Denoising strength", api="denoising_strength", minimum=0.0, maximum=1.0, step=0.01)
     resize_mode: str = spec("Just resize", "Resize mode", api="resize_mode", choices=RESIZE_MODES)
+    refiner_checkpoint: str = spec(NO_REFINER, "Refiner checkpoint", infotext="Refiner", api="refiner_checkpoint",
+                                   infotext_when="refiner", infotext_value=unless_no_refiner)
+    refiner_switch_at: float = spec(0.8, "Refiner switch at", infotext="Refiner switch at", api="refiner_switch_at",
+                                    minimum=0.0, maximum=1.0, step=0.01, infotext_when="refiner")
 
     mode: Mode = "img2img"
+
+    @property
+    def refiner(self) -> bool:
+        """A refiner takes over before the last step."""
+        return self.refiner_checkpoint not in ("", NO_REFINER) and self.refiner_switch_at < 1.0
 
 
 @dataclass(frozen=True)
@@ -305,6 +366,14 @@ def validate_request(request: GenerationRequest, limits: Limits, samplers: Sampl
         if max(out_w, out_h) > limits.max_side or out_w * out_h > limits.max_pixels:
             raise RequestError("hr_scale", f"the upscaled size {out_w}x{out_h} exceeds the limits ({limits.max_side} "
                                            f"per side, {limits.max_pixels} pixels)")
+    if isinstance(request, Txt2ImgRequest):
+        schedule_label(request.hr_scheduler, "hr_scheduler")
+    if getattr(request, "refiner", False) and request.refiner_switch_at <= 0:  # type: ignore[attr-defined]
+        raise RequestError("refiner_switch_at", "must be above 0 with a refiner (the fraction of the steps the "
+                                                "base model runs), got 0")
+    if isinstance(request, InpaintRequest) and request.refiner:
+        raise RequestError("refiner_checkpoint", "a refiner is not available for inpainting; leave it at "
+                                                 f"{NO_REFINER!r}")
     if isinstance(request, Img2ImgRequest) and request.init_image is None:
         raise RequestError("init_images", "an input image is required")
     if isinstance(request, Img2ImgRequest) and request.init_image is not None:

@@ -92,6 +92,9 @@ def test_every_declared_field_has_a_control(built_ui) -> None:
                 continue
             if mode != "txt2img" and name in VARIATION_FIELDS:  # only txt2img builds its noise (engine/noise.py)
                 continue
+            if mode == "inpaint" and name in ("refiner_checkpoint", "refiner_switch_at"):
+                assert name not in names  # inpainting takes no refiner (the engine refuses one)
+                continue
             assert name in names, f"{mode} has no control for {name}"
 
 
@@ -184,8 +187,29 @@ def test_send_to_txt2img_fills_every_control(built_ui) -> None:
     assert updates[c["scheduler"]] == "Karras"  # the schedule type's own dropdown
     assert updates[c["enable_hr"]] is True and updates[c["hr_scale"]] == 1.5
     assert updates[c["hr_second_pass_steps"]] == 12 and updates[c["hr_denoising_strength"]] == 0.45
-    assert updates[c["hr_upscaler"]] == "Lanczos"  # AUTOMATIC1111's "Latent" is not one of ours
+    assert updates[c["hr_upscaler"]] == "Latent"  # a latent upscaler, as in AUTOMATIC1111
     assert updates[tab.reveal["enable_hr"]].open is True
+    assert "refiner_checkpoint" not in tab.reveal or tab.reveal["refiner_checkpoint"] not in updates
+
+
+def test_send_to_txt2img_restores_hires_and_refiner_keys(built_ui) -> None:
+    _, ui = built_ui
+    tab = ui.generation["txt2img"]
+    c = tab.controls
+    text = A1111_TEXT.replace("Version: v1.10.1", 'Hires sampler: DDIM, Hires schedule type: Karras, '
+                              'Hires prompt: "a boat, at sea", Hires negative prompt: fog, '
+                              'Hires checkpoint: "tiny-sd1 [0123456789]", Refiner: "tiny-sd1 [0123456789]", '
+                              'Refiner switch at: 0.6, Version: v1.10.1')
+    updates = send_updates(ui, "txt2img", text, None, "tiny-sd1")
+    assert updates[c["hr_sampler_name"]] == "DDIM" and updates[c["hr_scheduler"]] == "Karras"
+    assert updates[c["hr_prompt"]] == "a boat, at sea" and updates[c["hr_negative_prompt"]] == "fog"
+    assert updates[c["hr_checkpoint_name"]] == "tiny-sd1" and updates[c["refiner_checkpoint"]] == "tiny-sd1"
+    assert updates[c["refiner_switch_at"]] == 0.6 and updates[tab.reveal["refiner_checkpoint"]].open is True
+    assert c["hr_upscaler"].choices[0] == ("Latent", "Latent")
+    img2img = ui.generation["img2img"]
+    updates = send_updates(ui, "img2img", text, None, "tiny-sd1")
+    assert updates[img2img.controls["refiner_checkpoint"]] == "tiny-sd1"
+    assert updates[img2img.controls["refiner_switch_at"]] == 0.6
 
 
 def test_send_to_inpaint_fills_mask_fields_and_image(built_ui) -> None:

@@ -30,11 +30,13 @@ from webui.api.schemas import (
     request_values,
 )
 from webui.api.threads import API_LANE
+from webui.engine.refiner import same_latent_space
 from webui.engine.worker import Job, JobResult, JobState
 from webui.infotext import written_text
 from webui.redact import public_path
 from webui.engine.samplers import FLOW_ARCHS
-from webui.requests import GenerationRequest, Img2ImgRequest, InpaintRequest, Txt2ImgRequest, split_legacy
+from webui.requests import (NO_REFINER, SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER, GenerationRequest,
+                            Img2ImgRequest, InpaintRequest, Txt2ImgRequest, schedule_label, split_legacy)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,9 @@ def generation_router(api: ApiContext) -> APIRouter:
             apply_hires_size(body, values)
             if values.get("enable_hr"):
                 values["hr_upscaler"] = check_upscaler(values.get("hr_upscaler", "Lanczos"), "hr_upscaler", True)
+            check_hires_fields(values, entry)
+        if cls is not InpaintRequest:
+            check_refiner(values, entry)
         if cls is InpaintRequest:
             if "mask_blur" not in body.model_fields_set and (body.mask_blur_x or body.mask_blur_y):
                 values["mask_blur"] = max(body.mask_blur_x or 0, body.mask_blur_y or 0)
@@ -99,6 +104,33 @@ def generation_router(api: ApiContext) -> APIRouter:
         api_cls = API_REQUEST_TYPES[cls]
         request = api_cls(**values, save_images=bool(body.save_images))
         return request, entry
+
+    def check_hires_fields(values: dict[str, Any], entry: Any) -> None:
+        """The hires checkpoint installed, its sampler by AUTOMATIC1111's names and aliases, its schedule type."""
+        values["hr_scheduler"] = schedule_label(values.get("hr_scheduler", SAME_SCHEDULER), "hr_scheduler")
+        arch = entry.arch
+        checkpoint = values.get("hr_checkpoint_name", SAME_CHECKPOINT)
+        if checkpoint not in ("", SAME_CHECKPOINT):
+            hires_entry = find_checkpoint(checkpoint, "hr_checkpoint_name")
+            values["hr_checkpoint_name"], arch = hires_entry.name, hires_entry.arch
+        sampler = values.get("hr_sampler_name", SAME_SAMPLER)
+        if sampler not in ("", SAME_SAMPLER):
+            names = easel.registry.samplers.names(arch)
+            lowered = {n.lower(): n for n in names}
+            lowered.update({alias: n for n, aliases in SAMPLER_ALIASES.items() for alias in aliases if n in names})
+            values["hr_sampler_name"] = lowered.get(sampler.strip().lower(), sampler)
+
+    def check_refiner(values: dict[str, Any], entry: Any) -> None:
+        """A refiner installed and of the base's latent space (SD 1.x/2.x, SDXL), or a 422 naming it."""
+        name = values.get("refiner_checkpoint", NO_REFINER)
+        if name in ("", NO_REFINER) or float(values.get("refiner_switch_at", 0.8) or 0) >= 1.0:
+            return
+        refiner = find_checkpoint(name, "refiner_checkpoint")
+        if not same_latent_space(entry.arch, refiner.arch):
+            raise ApiError(422, "refiner_checkpoint", f"{refiner.name} ({refiner.arch.value}) cannot refine "
+                                                      f"{entry.name} ({entry.arch.value}): a refiner needs a model "
+                                                      "of the same latent space (SD 1.x with SD 2.x, SDXL with SDXL)")
+        values["refiner_checkpoint"] = refiner.name
 
     def apply_hires_size(body: BaseModel, values: dict[str, Any]) -> None:
         """hr_resize_x/y (a target size) become the scale that reaches it."""

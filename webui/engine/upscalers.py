@@ -11,8 +11,10 @@ reaches the target size, then resizes to the exact size with Lanczos (for Extras
 the per-image limit is made on the image shrunk to land on the target). Hires fix, the Extras tab and
 `/sdapi/v1/extra-single-image` all go through here, on the worker thread that owns the device.
 
-AUTOMATIC1111's latent upscalers ("Latent", "Latent (bicubic)", ...) are accepted for hires fix so clients
-that send them work: Easel upscales in pixel space with the same interpolation.
+The latent upscalers of hires fix ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic
+antialiased)", "Latent (nearest)", "Latent (nearest-exact)") resize the first pass's latents themselves
+(`upscale_latents`), so the image is never decoded between the passes. Outside hires fix (Extras), their names
+resize in pixel space with the matching interpolation.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from webui.requests import RequestError
+from webui.requests import LATENT_UPSCALERS, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,13 @@ LATENT_FILTERS: dict[str, Image.Resampling] = {
     "latent (bicubic antialiased)": Image.BICUBIC, "latent (nearest)": Image.NEAREST,
     "latent (nearest-exact)": Image.NEAREST,
 }
+# name (lower case) -> (torch interpolation mode, antialias)
+LATENT_MODES: dict[str, tuple[str, bool]] = {
+    "latent": ("bilinear", False), "latent (antialiased)": ("bilinear", True), "latent (bicubic)": ("bicubic", False),
+    "latent (bicubic antialiased)": ("bicubic", True), "latent (nearest)": ("nearest", False),
+    "latent (nearest-exact)": ("nearest-exact", False),
+}
+LATENT_NAMES = LATENT_UPSCALERS
 MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
 MAX_PASSES = 4
 UPSCALER = "upscaler"  # their kind in the memory cache
@@ -68,6 +77,21 @@ def scale_from_name(name: str) -> int | None:
     if match is None:
         return None
     return int(match.group(1) or match.group(2))
+
+
+def is_latent(name: str) -> bool:
+    """A latent upscaler: hires fix resizes the latents, not the decoded image."""
+    return str(name).strip().lower() in LATENT_MODES
+
+
+def upscale_latents(latents: torch.Tensor, name: str, size: tuple[int, int]) -> torch.Tensor:
+    """Latents (B, C, h, w) resized to `size` = (width, height) in latent cells with the named latent upscaler's
+    interpolation."""
+    mode, antialias = LATENT_MODES[str(name).strip().lower()]
+    width, height = size
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    return torch.nn.functional.interpolate(latents, size=(height, width), mode=mode, antialias=antialias,
+                                           **kwargs)  # (B, C, height, width)
 
 
 def target_size(size: tuple[int, int], scale: float | None, width: int | None = None,
@@ -134,6 +158,10 @@ class Upscalers:
     def names(self) -> list[str]:
         return [e.name for e in self.entries()]
 
+    def hires_names(self) -> list[str]:
+        """What hires fix offers: the latent upscalers, then Lanczos, Nearest and the installed models."""
+        return [*LATENT_NAMES, *self.names()]
+
     def find(self, name: str) -> UpscalerEntry:
         """By name (any case) or model file name; raises UpscalerNotFoundError listing the choices."""
         wanted = str(name).strip()
@@ -148,9 +176,13 @@ class Upscalers:
                                     f"(put ESRGAN-family models in {self.dirs[0] if self.dirs else 'models/ESRGAN'})")
 
     def check_hires(self, name: str) -> str:
-        """The name to use for hires fix, accepting AUTOMATIC1111's latent names and "None" (= Lanczos)."""
-        if str(name).strip().lower() in LATENT_FILTERS or str(name).strip() in ("", NONE):
-            return str(name).strip() or NONE
+        """The name to use for hires fix: an installed upscaler, a latent upscaler (its listed spelling) or "None"
+        (= Lanczos)."""
+        key = str(name).strip()
+        if key.lower() in LATENT_MODES:
+            return next(n for n in LATENT_NAMES if n.lower() == key.lower())
+        if key in ("", NONE):
+            return NONE
         return self.find(name).name
 
     # Upscaling (worker thread) ---------------------------------------------------------------------

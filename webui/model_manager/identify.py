@@ -161,8 +161,12 @@ def _identify_ldm_unet(shapes: dict[str, tuple[int, ...]]) -> Identification:
         first_is_openclip = any(k.startswith("conditioner.embedders.0.model.") for k in keys)
         has_second = any(k.startswith("conditioner.embedders.1.") for k in keys)
         if (first_is_openclip and not has_second) or (label is not None and label[1] == 2560):
-            return Identification(arch, "SDXL refiner: single-file refiners are not supported; use the diffusers "
-                                        "folder of the refiner", "refiner", False, "original")
+            if not first_is_openclip or not has_vae:
+                return Identification(arch, "SDXL refiner without its text encoder or VAE weights; Easel needs the "
+                                            "full checkpoint", "refiner", False, "original")
+            return Identification(arch, "SDXL refiner (original layout: one OpenCLIP text encoder, "
+                                        "conditioner.embedders.0.model.*): refines SDXL images", "refiner", True,
+                                  "original")
         has_text = any(k.startswith("conditioner.embedders.0.transformer.") for k in keys) and has_second
         evidence = "conditioner.embedders.* text encoders, label_emb"
     elif any(k.startswith("cond_stage_model.model.") for k in keys) or context == 1024:
@@ -405,6 +409,8 @@ def identify_folder(path: Path) -> Identification:
         return Identification(arch, f"{label} pipeline {class_name}: this kind of pipeline is not supported",
                               class_name, False, "diffusers")
     variant = "edit" if editing or "Edit" in class_name else "inpaint" if "Inpaint" in class_name else ""
+    if arch == Arch.SDXL and index.get("requires_aesthetics_score") and not (index.get("text_encoder") or [None])[0]:
+        variant = "refiner"  # an SDXL refiner: the second text encoder only, aesthetic-score time ids
     if arch != Arch.EASEL:
         denoiser = "unet" if (path / "unet").is_dir() else "transformer"
         weights = [p for p in (path / denoiser).glob("*") if p.suffix.lower() in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES]

@@ -216,7 +216,7 @@ def shipped_config(arch: Arch, variant: str) -> Path:
     if arch == Arch.SD2:  # v-prediction 768 unless it is the (epsilon, 512) inpainting model
         return CONFIGS_DIR / ("sd2-base" if variant == "inpaint" else "sd2")
     if arch == Arch.SDXL:
-        return CONFIGS_DIR / "sdxl"
+        return CONFIGS_DIR / ("sdxl-refiner" if variant == "refiner" else "sdxl")
     raise ValueError(f"no shipped config for {arch.value}")
 
 
@@ -235,12 +235,14 @@ def _tokenizer_kwargs(config: Path, ctx: LoadContext) -> dict[str, Any]:
 
 
 def load_sd_single_file(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
-    from diffusers import (StableDiffusionInpaintPipeline, StableDiffusionPipeline,
+    from diffusers import (StableDiffusionInpaintPipeline, StableDiffusionPipeline, StableDiffusionXLImg2ImgPipeline,
                            StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline)
 
     config = sidecar_config(path) or shipped_config(ident.arch, ident.variant)
     inpaint = ident.variant == "inpaint"
-    if ident.arch == Arch.SDXL:
+    if ident.arch == Arch.SDXL and ident.variant == "refiner":  # no first text encoder: an img2img pipeline
+        cls = StableDiffusionXLImg2ImgPipeline
+    elif ident.arch == Arch.SDXL:
         cls = StableDiffusionXLInpaintPipeline if inpaint else StableDiffusionXLPipeline
     else:
         cls = StableDiffusionInpaintPipeline if inpaint else StableDiffusionPipeline
@@ -389,6 +391,10 @@ def mode_pipelines(base: Any, arch: Arch, variant: str) -> tuple[dict[str, Any],
     for mode, factory in factories.items():
         if variant == "edit":
             reasons[mode] = f"{type(base).__name__} is an editing model: use it in the Segment tab"
+            continue
+        if variant == "refiner" and mode != "img2img":
+            reasons[mode] = ("an SDXL refiner only refines: pick it as the refiner of an SDXL model (or use it in "
+                             "img2img)")
             continue
         if variant == "inpaint" and mode != "inpaint":
             reasons[mode] = "an inpainting checkpoint only works in inpaint mode"

@@ -1,30 +1,49 @@
-"""txt2img: prompt → images, with optional hires fix (upscale with the chosen upscaler, then a second denoising
-pass)."""
+"""txt2img: prompt → images, with an optional refiner (the last part of the steps on another checkpoint) and an
+optional hires fix (upscale with the chosen upscaler, or resize the latents, then a second denoising pass with
+its own sampler, schedule, prompts and checkpoint if asked)."""
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from PIL import Image
 
 from webui.engine.context import Generated, ModeContext, run_batches
 from webui.engine.noise import noise_plan
-from webui.engine.upscalers import UpscalerLoadError, UpscalerNotFoundError
+from webui.engine.refiner import (base_arguments, check_latent_space, check_refiner, decode_latents, find_checkpoint,
+                                  load_keeping, refine, title)
 from webui.engine.samplers import steps_for_strength
+from webui.engine.upscalers import UpscalerLoadError, UpscalerNotFoundError, is_latent, upscale_latents
+from webui.model_manager.catalogue import CheckpointEntry
 from webui.model_manager.identify import Arch
-from webui.requests import RequestError, Txt2ImgRequest
-
+from webui.requests import (SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER, RequestError, Txt2ImgRequest,
+                             schedule_label, split_legacy)
 
 def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
-    # 1. Check the upscaler, load the pipeline for this checkpoint (a fresh scheduler for this job).
+    # 1. Check the upscaler, load the pipeline for this checkpoint (a fresh scheduler for this job), check the
+    #    refiner and the hires pass's checkpoint and sampler against its family.
     hires = request.hires
     if hires:
         check_upscaler(ctx, request.hr_upscaler)
     loaded = ctx.load(request, "txt2img")
-    extra = ctx.sampling_infotext(request, loaded.arch)
+    extra: dict[str, Any] = ctx.sampling_infotext(request, loaded.arch)
+    refiner = check_refiner(ctx, request, loaded.arch)
+    if refiner is not None:
+        extra["Refiner"] = title(refiner)
+    latent_hires = hires and is_latent(request.hr_upscaler)
+    if latent_hires and loaded.arch not in (Arch.SD1, Arch.SD2, Arch.SDXL):
+        raise RequestError("hr_upscaler", f"latent upscalers work on SD 1.x, SD 2.x and SDXL models, not "
+                                          f"{loaded.arch.value}; pick Lanczos or an upscaler model")
+    second, second_entry = hires_request(ctx, request, loaded.arch) if hires else (request, None)
+    if hires:
+        extra.update(hires_infotext(ctx, request, second, second_entry, loaded.arch))
 
     # 2. Encode the prompts (each prompt of a schedule) once for every batch.
     prompts = ctx.prompts(loaded, request, request.steps)
     prompt_args = prompts.kwargs
     if loaded.arch == Arch.EASEL and not ctx.plan_layout:
         prompt_args["plan_layout"] = False  # on: the model's own default (model_index.json)
+    other_models = refiner is not None or second_entry is not None
 
     planned: list[str | None] = []  # per image: the prompt with the built-in model's planned layout, if it has one
 
@@ -33,17 +52,29 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
 
     def call(gens, batch_size, latents=None):
         noise_args = {} if latents is None else {"latents": latents}
-        out = ctx.call_pipeline(loaded, request, "txt2img", **prompt_args, width=request.width,
+        base = ctx.load(request, "txt2img") if other_models else loaded  # back on the device after another model
+        latents_out = refiner is not None or latent_hires
+        out = ctx.call_pipeline(base, request, "txt2img", **prompt_args, width=request.width,
                                 height=request.height, num_inference_steps=request.steps,
                                 num_images_per_prompt=batch_size, generator=gens, **noise_args,
-                                callback_on_step_end=prompts.callback(ctx.callback(loaded.arch, request.steps)),
-                                output_type="pil")
+                                callback_on_step_end=prompts.callback(ctx.callback(base.arch, request.steps)),
+                                output_type="latent" if latents_out else "pil",
+                                **(base_arguments(base, request) if refiner is not None else {}))
         images = out.images
-        if loaded.arch == Arch.EASEL:  # the built-in model's output says what it drew
+        if base.arch == Arch.EASEL:  # the built-in model's output says what it drew
             drawn = list(getattr(out, "planned_prompts", None) or [None] * len(images))[:len(images)]
             planned.extend(p if p != prompt_args["prompt"] else None for p in drawn)
-        if hires and not ctx.job.interrupt_requested and not ctx.job.skip_requested:
-            images = second_pass(ctx, request, images, gens)
+        stopped = ctx.job.interrupt_requested or ctx.job.skip_requested
+        if refiner is not None and not stopped:
+            images = refine(ctx, request, refiner, base, images, request.steps, gens,
+                            "latent" if latent_hires else "pil", extra)
+        elif refiner is not None:
+            images = decode_latents(base, images)
+        stopped = ctx.job.interrupt_requested or ctx.job.skip_requested
+        if hires and not stopped:
+            images = second_pass(ctx, second, images, gens, extra if second_entry is not None else None)
+        elif isinstance(images, torch.Tensor):  # stopped before the second pass: the latents as they are
+            images = decode_latents(base, images)
         return images
 
     # 3. Run the batches.
@@ -76,18 +107,82 @@ def upscale(ctx: ModeContext, image: Image.Image, name: str, size: tuple[int, in
         raise RequestError("hr_upscaler", str(exc)) from None
 
 
-def second_pass(ctx: ModeContext, request: Txt2ImgRequest, images: list[Image.Image], gens) -> list[Image.Image]:
-    """Upscale in pixel space (Lanczos, Nearest or an ESRGAN-family model), then denoise again with img2img
-    sharing the same weights."""
+def hires_request(ctx: ModeContext, request: Txt2ImgRequest,
+                  base: Arch) -> tuple[Txt2ImgRequest, CheckpointEntry | None]:
+    """The request the second pass runs: the hires prompts, sampler (with its schedule) and checkpoint where they
+    are set, the first pass's otherwise. Checked here: the checkpoint exists and, for a latent upscaler, shares
+    the base's latent space; the sampler runs on that checkpoint's family."""
+    changes: dict[str, Any] = {}
+    if request.hr_prompt:
+        changes["prompt"] = request.hr_prompt
+    if request.hr_negative_prompt:
+        changes["negative_prompt"] = request.hr_negative_prompt
+    entry = None
+    arch = base
+    if request.hr_checkpoint_name not in ("", SAME_CHECKPOINT):
+        entry = find_checkpoint(ctx, request.hr_checkpoint_name, "hr_checkpoint_name")
+        if is_latent(request.hr_upscaler):
+            check_latent_space(base, entry, "hr_checkpoint_name", "a latent upscaler")
+        changes["checkpoint"], changes["vae"], arch = entry.name, "Automatic", entry.arch
+    own_sampler = request.hr_sampler_name not in ("", SAME_SAMPLER)
+    sampler = request.hr_sampler_name if own_sampler else request.sampler
+    sampler, legacy_schedule = split_legacy(sampler)  # "DPM++ 2M Karras": the sampler and its schedule
+    schedule = schedule_label(request.hr_scheduler, "hr_scheduler")
+    own_schedule = schedule not in ("", SAME_SCHEDULER)
+    if own_schedule:
+        changes["scheduler"] = schedule
+    elif legacy_schedule and own_sampler:
+        changes["scheduler"] = legacy_schedule
+    try:
+        changes["sampler"] = ctx.samplers.resolve(sampler, arch)
+    except RequestError as exc:
+        field_name = "hr_sampler_name" if own_sampler else ("hr_checkpoint_name" if entry else exc.field)
+        raise RequestError(field_name, exc.message) from None
+    try:
+        ctx.samplers.check_schedule(changes["sampler"], changes.get("scheduler", request.scheduler), arch)
+    except RequestError as exc:
+        field_name = "hr_scheduler" if own_schedule else ("hr_sampler_name" if own_sampler else "hr_checkpoint_name")
+        raise RequestError(field_name, exc.message) from None
+    return request.replace(**changes), entry  # type: ignore[return-value]
+
+
+def hires_infotext(ctx: ModeContext, request: Txt2ImgRequest, second: Txt2ImgRequest,
+                   entry: CheckpointEntry | None, base: Arch) -> dict[str, Any]:
+    """The hires keys only the run knows: the sampler the second pass ran and its checkpoint as "name [hash]"."""
+    extra: dict[str, Any] = {}
+    if request.hr_sampler_name not in ("", SAME_SAMPLER) or second.sampler != ctx.sampler_used(request, base):
+        extra["Hires sampler"] = second.sampler
+    if entry is not None:
+        extra["Hires checkpoint"] = title(entry)  # with its hash once the second pass has loaded it
+    return extra
+
+
+def second_pass(ctx: ModeContext, request: Txt2ImgRequest, images: Any, gens,
+                own_checkpoint: dict[str, Any] | None = None) -> list[Image.Image]:
+    """Upscale, then denoise again with img2img (the first pass's weights, or the hires checkpoint's).
+
+    `images` are PIL images, upscaled in pixel space (Lanczos, Nearest or an ESRGAN-family model), or, for a latent
+    upscaler, the first pass's latents (B, 4, h, w), resized as latents and handed to img2img undecoded.
+    `own_checkpoint`: the infotext entries, when the request names the hires checkpoint (the job's LoRAs stay those
+    of the first pass; `Hires checkpoint: name [hash]` is written there)."""
     width, height = hires_size(request)
-    upscaled = [upscale(ctx, img, request.hr_upscaler, (width, height)) for img in images]
-    loaded = ctx.load(request, "img2img")
+    if isinstance(images, torch.Tensor):
+        cell = max(1, request.width // images.shape[-1])  # pixels per latent cell: the VAE's scale factor
+        upscaled: Any = upscale_latents(images, request.hr_upscaler, (width // cell, height // cell))
+        count = images.shape[0]
+    else:
+        upscaled = [upscale(ctx, img, request.hr_upscaler, (width, height)) for img in images]
+        count = len(upscaled)
+    loaded = load_keeping(ctx, request, "img2img") if own_checkpoint is not None else ctx.load(request, "img2img")
+    if own_checkpoint is not None:
+        own_checkpoint["Hires checkpoint"] = title(loaded.entry)
     steps = request.hr_second_pass_steps or request.steps
     steps, strength = steps_for_strength(steps, request.hr_denoising_strength)  # at least one step
     total = max(1, int(steps * strength))
     prompts = ctx.prompts(loaded, request, total, first_pass_steps=request.steps)  # the schedule goes on
     out = ctx.call_pipeline(loaded, request, "img2img", **prompts.kwargs,
                             image=upscaled, strength=strength, num_inference_steps=steps,
-                            generator=[g.manual_seed(g.initial_seed()) for g in gens],
-                            callback_on_step_end=prompts.callback(ctx.callback(loaded.arch, total)), output_type="pil")
+                            num_images_per_prompt=count, generator=[g.manual_seed(g.initial_seed()) for g in gens],
+                            callback_on_step_end=prompts.callback(ctx.callback(loaded.arch, total)),
+                            output_type="pil")
     return out.images

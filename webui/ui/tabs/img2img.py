@@ -11,11 +11,13 @@ from webui.ui.bridge import guard
 from webui.ui.context import UIContext
 from webui.ui.controls import Control, ControlSet, field_control
 from webui.ui.generation import build_panel, snap_size
+from webui.ui.tabs.txt2img import refiner_accordion
 
 
 def build(ui: UIContext) -> None:
     limits = ui.limits
     slots: dict[str, Any] = {}
+    reveal: dict[str, Any] = {}
 
     def source(controls: ControlSet) -> None:
         image = gr.Image(label="Image", type="pil", image_mode="RGB", sources=["upload", "clipboard"],
@@ -26,9 +28,11 @@ def build(ui: UIContext) -> None:
     def options(controls: ControlSet) -> None:
         controls.add(field_control(Img2ImgRequest, "denoising_strength", limits))
         controls.add(field_control(Img2ImgRequest, "resize_mode", limits))
+        reveal["refiner_checkpoint"] = refiner_accordion(ui, controls, Img2ImgRequest, "img2img")
 
     with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
         tab, _ = build_panel(ui, "img2img", Img2ImgRequest, source=source, options=options)
+    tab.reveal.update(reveal)
     tab.image_input = slots["image"]
     tab.receive_image = lambda image: image
     wire_size_from_image(ui, slots["image"], tab.controls)
