@@ -35,19 +35,23 @@ def test_without_a_loaded_model_the_requested_one_is_written() -> None:
 
 
 VARIATION = dict(subseed=77, subseed_strength=0.25)  # written only with a strength above 0
+REFINER = dict(refiner_checkpoint="r", refiner_switch_at=0.6)  # written only with a refiner named
+HIRES_OWN = dict(hr_checkpoint_name="h", hr_sampler_name="DPM++ 2M", hr_scheduler="Karras", hr_prompt="hp, [x:y:2]",
+                 hr_negative_prompt="hn")  # written only where the second pass has its own
 
 REQUESTS = [
     Txt2ImgRequest(prompt="a\nb", negative_prompt="c", checkpoint="m", vae="v", sampler="DDIM", steps=12,
                    cfg_scale=6.5, seed=9, **VARIATION, width=64, height=96, clip_skip=2, enable_hr=True, hr_scale=1.5,
                    hr_upscaler="Nearest", hr_second_pass_steps=3, hr_denoising_strength=0.4,
-                   styles=("ink", 'film "grain", 35mm: warm'), scheduler="Karras", tiling=True),
+                   styles=("ink", 'film "grain", 35mm: warm'), scheduler="Karras", tiling=True, **REFINER,
+                   **HIRES_OWN),
     Img2ImgRequest(prompt="p", checkpoint="m", vae="v", seed=1, denoising_strength=0.35, clip_skip=3, styles=("a",),
-                   **VARIATION, scheduler="Align Your Steps", tiling=True),
+                   **VARIATION, scheduler="Align Your Steps", tiling=True, **REFINER),
     InpaintRequest(prompt="p", checkpoint="m", vae="v", seed=2, clip_skip=2, styles=("b", "a"), **VARIATION,
                    denoising_strength=0.6, mask_blur=8, inpainting_fill="fill",
                    inpaint_full_res=True, inpaint_full_res_padding=16, inpainting_mask_invert=True,
                    outpaint_left=8, outpaint_right=16, outpaint_top=24, outpaint_bottom=32, scheduler="SGM Uniform",
-                   tiling=True),
+                   tiling=True, **REFINER),
 ]
 
 
