@@ -21,6 +21,7 @@ from webui.engine.worker import Job
 from webui.extensions import PipelineCall, PipelineWrapper
 from webui.model_manager.embeddings import EMBEDDING_ARCHS, AppliedEmbedding
 from webui.model_manager.embeddings import expand as expand_embeddings
+from webui.model_manager.defaults import entry_defaults, size_plan
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import AppliedLora, LoadedPipeline, ModelManager
 from webui.model_manager.spec import AdapterSpec, LoadSpec, LoadSpecError
@@ -200,13 +201,36 @@ def prompt_kwargs(loaded: LoadedPipeline, request: GenerationRequest,
     if arch == Arch.SDXL:
         return {**encode_sdxl(pipe, prompt, negative, request.clip_skip), "guidance_scale": request.cfg_scale}
     plain, plain_negative = strip_emphasis(prompt), strip_emphasis(negative)
-    if arch == Arch.FLUX:
-        return {"prompt": plain, "guidance_scale": request.cfg_scale}
+    if arch == Arch.FLUX:  # the distilled guidance is embedded; a CFG scale above 1 adds true CFG on top
+        args: dict[str, Any] = {"prompt": plain, "guidance_scale": request.distilled_cfg_scale}
+        if request.cfg_scale > 1:
+            args.update(negative_prompt=plain_negative or " ", true_cfg_scale=request.cfg_scale)
+        return args
     if arch == Arch.QWEN:
         return {"prompt": plain, "negative_prompt": plain_negative or " ", "true_cfg_scale": request.cfg_scale}
     if arch == Arch.SD3:
         return {"prompt": plain, "negative_prompt": plain_negative, "guidance_scale": request.cfg_scale}
     return {"prompt": plain, "negative_prompt": plain_negative, "guidance_scale": request.cfg_scale}
+
+
+def render_size(loaded: LoadedPipeline, request: GenerationRequest) -> tuple[int, int] | None:
+    """The size this model renders the request at when it differs from the asked one (the image is then resized
+    to the asked size); None renders as asked. RequestError on `width` when the model refuses the size."""
+    return size_plan(entry_defaults(loaded.entry), request.width, request.height)
+
+
+def resized(images: list[Image.Image], width: int, height: int) -> list[Image.Image]:
+    return [img if img.size == (width, height) else img.resize((width, height), Image.LANCZOS) for img in images]
+
+
+def distilled_guidance(loaded: LoadedPipeline) -> bool:
+    """The model embeds a distilled guidance scale (Flux.1 dev; not schnell)."""
+    denoiser = getattr(loaded.pipe, "transformer", None)
+    return loaded.arch == Arch.FLUX and bool(getattr(getattr(denoiser, "config", None), "guidance_embeds", False))
+
+
+def guidance_infotext(loaded: LoadedPipeline, request: GenerationRequest) -> dict[str, Any]:
+    return {"Distilled CFG Scale": request.distilled_cfg_scale} if distilled_guidance(loaded) else {}
 
 
 def run_batches(ctx: ModeContext, request: GenerationRequest, loaded: LoadedPipeline,
@@ -222,7 +246,7 @@ def run_batches(ctx: ModeContext, request: GenerationRequest, loaded: LoadedPipe
         job.update(batch_index=batch, skip_requested=False)
         seeds = [first_seed + batch * request.batch_size + i for i in range(request.batch_size)]
         images = call(generators(seeds), request.batch_size)
-        entries = {**(extra or {}), **ctx.network_infotext()}
+        entries = {**guidance_infotext(loaded, request), **(extra or {}), **ctx.network_infotext()}
         results.extend(Generated(img, seed, dict(entries), model=loaded.entry.name, model_hash=loaded.entry.short_hash)
                        for img, seed in zip(images, seeds))
         if job.interrupt_requested:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from webui.engine.context import Generated, ModeContext, prompt_kwargs, run_batches
+from webui.engine.context import Generated, ModeContext, prompt_kwargs, render_size, resized, run_batches
 from webui.engine.upscalers import UpscalerLoadError, UpscalerNotFoundError
 from webui.engine.samplers import steps_for_strength
 from webui.model_manager.identify import Arch
@@ -18,6 +18,10 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
         check_upscaler(ctx, request.hr_upscaler)
     loaded = ctx.load(request, "txt2img")
     extra = {"Sampler": ctx.sampler_used(request, loaded.arch)}
+    own = render_size(loaded, request)  # a size the model cannot draw: its own size, then resized
+    width, height = own or (request.width, request.height)
+    if own:
+        extra["Rendered size"] = f"{width}x{height}"
 
     # 2. Encode the prompt once for every batch.
     prompt_args = prompt_kwargs(loaded, request, ctx.embeddings)
@@ -27,11 +31,11 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
     planned: list[str | None] = []  # per image: the prompt with the built-in model's planned layout, if it has one
 
     def call(gens, batch_size):
-        out = ctx.call_pipeline(loaded, request, "txt2img", **prompt_args, width=request.width,
-                                height=request.height, num_inference_steps=request.steps,
+        out = ctx.call_pipeline(loaded, request, "txt2img", **prompt_args, width=width, height=height,
+                                num_inference_steps=request.steps,
                                 num_images_per_prompt=batch_size, generator=gens,
                                 callback_on_step_end=ctx.callback(loaded.arch, request.steps), output_type="pil")
-        images = out.images
+        images = resized(out.images, request.width, request.height)
         if loaded.arch == Arch.EASEL:  # the built-in model's output says what it drew
             drawn = list(getattr(out, "planned_prompts", None) or [None] * len(images))[:len(images)]
             planned.extend(p if p != prompt_args["prompt"] else None for p in drawn)
