@@ -217,3 +217,42 @@ def test_a_field_neither_easel_nor_a1111_has_is_a_422_naming_it(client) -> None:
     assert answer.json()["field"] == "cfg_sclae" and "unknown field" in answer.json()["detail"]
     wrong_endpoint = client.post("/sdapi/v1/txt2img", json={"prompt": "a cat", **TINY, "mask_round": True})
     assert wrong_endpoint.status_code == 422 and "field of img2img" in wrong_endpoint.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def tiny_flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_models import make_tiny_flux
+
+    return make_tiny_flux(tmp_path_factory.mktemp("flux") / "tiny-flux")
+
+
+def test_flux_dev_runs_at_cfg_1_with_distilled_guidance_and_schnell_without(make_easel, tiny_flux_dir: Path) -> None:
+    from webui.infotext import parse_infotext, request_updates
+    from webui.requests import Txt2ImgRequest
+
+    easel = make_easel(install_sd1=False)
+    diffusers = easel.settings.data_dir / "models" / "diffusers"
+    shutil.copytree(tiny_flux_dir, diffusers / "tiny-flux")
+    shutil.copytree(tiny_flux_dir, diffusers / "tiny-schnell")
+    config_path = diffusers / "tiny-schnell" / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["guidance_embeds"] = False
+    config_path.write_text(json.dumps(config))
+    easel.manager.refresh()
+    small = {"prompt": "a cat", "seed": 5, **TINY}
+    with api_client(easel) as client:
+        dev = client.post("/sdapi/v1/txt2img", json={**small, "override_settings": {"sd_model_checkpoint": "tiny-flux"}})
+        assert dev.status_code == 200, dev.text
+        text = parameters_of(dev.json())
+        assert "CFG scale: 1," in text and "Distilled CFG Scale: 3.5" in text and "Sampler: Euler," in text
+        assert request_updates(parse_infotext(text), Txt2ImgRequest)["distilled_cfg_scale"] == 3.5
+        stronger = client.post("/sdapi/v1/txt2img", json={**small, "distilled_cfg_scale": 9, "override_settings": {
+            "sd_model_checkpoint": "tiny-flux"}})
+        assert "Distilled CFG Scale: 9" in parameters_of(stronger.json())
+        assert stronger.json()["images"][0] != dev.json()["images"][0], "the distilled guidance reaches the model"
+
+        schnell = client.post("/sdapi/v1/txt2img", json={**small, "override_settings": {
+            "sd_model_checkpoint": "tiny-schnell"}})
+        assert schnell.status_code == 200, schnell.text
+        assert info_of(schnell.json())["cfg_scale"] == 1
+        assert "Distilled CFG Scale" not in parameters_of(schnell.json())
