@@ -81,6 +81,8 @@ def test_picking_a_model_sets_its_defaults_except_the_fields_the_user_edited(bui
     assert values["txt2img:width"] == gr.skip() and values["img2img:cfg_scale"] == gr.skip()
     assert values["txt2img:height"] == 512 and values["txt2img:cfg_scale"] == 7.0 and values["img2img:width"] == 512
     assert values["txt2img:distilled_cfg_scale"] == gr.skip(), "models without distilled guidance leave it alone"
+    again = on_pick("tiny-sd1", set(), "tiny-sd1")  # the model the controls were set for: nothing changes
+    assert all(v == gr.skip() for v in again[:-1]) and again[-1] == "tiny-sd1"
 
 
 def test_every_declared_field_has_a_control(built_ui) -> None:

@@ -144,11 +144,11 @@ def wire_header(ui: UIContext, refresh: Any) -> None:
                         show_progress="hidden", queue=False)
 
     @guard
-    def on_pick(checkpoint: str | None, edited: set[str]) -> list[Any]:
+    def on_pick(checkpoint: str | None, edited: set[str], sized_for: str | None = None) -> list[Any]:
         values = model_default_values(easel, checkpoint)
         updates: list[Any] = []
         for mode, name, _ in targets:
-            if f"{mode}:{name}" in edited or name not in values:
+            if checkpoint == sized_for or f"{mode}:{name}" in edited or name not in values:
                 updates.append(gr.skip())
             elif name == "sampler":
                 updates.append(gr.Dropdown(choices=easel.sampler_choices(checkpoint), value=values[name]))
@@ -156,8 +156,9 @@ def wire_header(ui: UIContext, refresh: Any) -> None:
                 updates.append(values[name])
         return [*updates, checkpoint]
 
-    # Only a user's pick sets the defaults; "Send to" sets the checkpoint together with its own values.
-    ui.checkpoint.input(on_pick, inputs=[ui.checkpoint, touched],
+    # Only a user's pick of another checkpoint sets the defaults (picking the one the controls were set for again
+    # changes nothing); "Send to" sets the checkpoint together with its own values.
+    ui.checkpoint.input(on_pick, inputs=[ui.checkpoint, touched, ui.sized_for],
                         outputs=[*(component for _, _, component in targets), ui.sized_for], show_progress="hidden")
 
 
