@@ -19,9 +19,9 @@ from webui.engine.samplers import Samplers
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job
 from webui.extensions import PipelineCall, PipelineWrapper
+from webui.model_manager.defaults import entry_defaults, size_plan
 from webui.model_manager.embeddings import EMBEDDING_ARCHS, AppliedEmbedding
 from webui.model_manager.embeddings import expand as expand_embeddings
-from webui.model_manager.defaults import entry_defaults, size_plan
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import AppliedLora, LoadedPipeline, ModelManager
 from webui.model_manager.spec import AdapterSpec, LoadSpec, LoadSpecError

@@ -21,9 +21,9 @@ from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job, JobResult, Worker
 from webui.extensions import PipelineWrapper, Registry
 from webui.infotext import format_infotext, generation_parameters
+from webui.model_manager.defaults import entry_defaults, size_plan
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import ModelManager
-from webui.model_manager.defaults import entry_defaults, size_plan
 from webui.requests import GenerationRequest, RequestError, validate_request
 from webui.settings import Settings
 
