@@ -37,8 +37,8 @@ class A1111Field:
                 if isinstance(ok, bool) and isinstance(value, int) and value in (0, 1) and bool(value) == ok:
                     return True  # AUTOMATIC1111 clients send 0/1 for booleans
                 continue
-            if isinstance(ok, (int, float)) and isinstance(value, (int, float)) and float(ok) == float(value):
-                return True
+            if isinstance(ok, (int, float)) and isinstance(value, (int, float)) and ok == value:
+                return True  # exact for ints and floats alike (2 == 2.0), and no overflow on huge JSON numbers
             if type(ok) is type(value) and ok == value:
                 return True
         return False
