@@ -110,7 +110,7 @@ class GenerationRequest:
     sampler: str = spec(SAMPLE_NAMES_DEFAULT, "Sampling method", infotext="Sampler", api="sampler_name")
     steps: int = spec(20, "Sampling steps", infotext="Steps", api="steps", minimum=1, limit="max_steps", step=1)
     cfg_scale: float = spec(7.0, "CFG Scale", infotext="CFG scale", api="cfg_scale", minimum=0.0, maximum=30.0, step=0.5)
-    # the guidance a guidance-distilled model (Flux.1 dev) embeds; written in the infotext only for such models
+    # the guidance a distilled model (Flux.1 dev) embeds; the infotext has it only for such models
     distilled_cfg_scale: float = spec(3.5, "Distilled CFG Scale", infotext="Distilled CFG Scale",
                                       api="distilled_cfg_scale", minimum=0.0, maximum=30.0, step=0.1,
                                       infotext_value=written_by_mode)

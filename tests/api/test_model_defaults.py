@@ -241,7 +241,8 @@ def test_flux_dev_runs_at_cfg_1_with_distilled_guidance_and_schnell_without(make
     easel.manager.refresh()
     small = {"prompt": "a cat", "seed": 5, **TINY}
     with api_client(easel) as client:
-        dev = client.post("/sdapi/v1/txt2img", json={**small, "override_settings": {"sd_model_checkpoint": "tiny-flux"}})
+        dev = client.post("/sdapi/v1/txt2img", json={**small, "override_settings": {
+            "sd_model_checkpoint": "tiny-flux"}})
         assert dev.status_code == 200, dev.text
         text = parameters_of(dev.json())
         assert "CFG scale: 1," in text and "Distilled CFG Scale: 3.5" in text and "Sampler: Euler," in text

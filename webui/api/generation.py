@@ -7,8 +7,9 @@ queue answers 503 at once and `/progress` keeps answering. A field the client di
 default (`webui.model_manager.defaults`: size, steps, CFG, sampler, distilled guidance); a field AUTOMATIC1111 has and
 Easel does not honour passes only at its default (`webui.api.a1111_fields`). `override_settings` apply to this
 request only, unless `override_settings_restore_afterwards` is false: afterwards the model loaded before is loaded
-again, or, when none was loaded yet, the override model is unloaded so the default stays the default. The answer's `info` is built from the finished job: its request,
-its images' seeds and the parameters their infotext was written from.
+again, or, when none was loaded yet, the override model is unloaded so the default stays the default. The answer's
+`info` is built from the finished job: its request, its images' seeds and the parameters their infotext was written
+from.
 """
 from __future__ import annotations
 

@@ -5,9 +5,10 @@ Each family has its defaults (`FAMILY_DEFAULTS`), refined by what the files say:
 guidance embedding (`guidance_embeds` false in `transformer/config.json`, no `guidance_in.*` tensors in a single
 file) is schnell, 4 steps without guidance; the built-in model's own size is its transformer's `sample_size`. A model
 folder may declare its own defaults in an `easel_defaults` object of its `model_index.json` or in a `defaults.json`
-inside it (read last, so it wins); a single-file checkpoint in a `<file name without suffix>.defaults.json` beside it. Declared keys (`width`, `height`,
-`steps`, `cfg_scale`, `sampler`, `distilled_cfg_scale`, `min_side`, `max_side`, `outside`) replace the family's;
-unknown keys and values of the wrong kind are ignored with a log line, so a bad file never stops a model loading.
+inside it (read last, so it wins); a single-file checkpoint in a `<file name without suffix>.defaults.json` beside
+it. Declared keys (`width`, `height`, `steps`, `cfg_scale`, `sampler`, `distilled_cfg_scale`, `min_side`,
+`max_side`, `outside`) replace the family's; unknown keys and values of the wrong kind are ignored with a log line,
+so a bad file never stops a model loading.
 
 `outside` says what a size outside [`min_side`, `max_side`] does: "allow" runs it as asked, "resize" renders at
 the model's own size (the asked aspect ratio kept) and resizes the image to the asked size, "refuse" is a
