@@ -20,6 +20,7 @@ from PIL import Image
 from webui.engine.engine import Engine
 from webui.extensions import LoadedExtension, Registry, load_extensions
 from webui.infotext import parse_infotext, read_png_parameters
+from webui.model_manager.defaults import ModelDefaults, entry_defaults
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import CheckpointEntry, LoraOptions, ModelManager
 from webui.model_manager.memory import budgets_for
@@ -73,9 +74,24 @@ class Easel:
         return samplers.names(arch) if arch else samplers.all_names()
 
     def default_sampler(self, checkpoint: str | None = None) -> str:
+        """The model's own default sampler where it declares one (flow models: Euler), else the setting's."""
         choices = self.sampler_choices(checkpoint)
+        own = self.model_defaults(checkpoint).sampler if checkpoint else None
+        if own in choices:
+            return str(own)
         preferred = self.settings.user.default_sampler
         return preferred if preferred in choices else choices[0]
+
+    def model_defaults(self, checkpoint: str | None = None) -> ModelDefaults:
+        """Size, steps, CFG, sampler and distilled guidance the checkpoint runs at (webui.model_manager.defaults)."""
+        name = checkpoint or self.default_checkpoint()
+        try:
+            entry = self.manager.find_checkpoint(name) if name else None
+        except LookupError:
+            entry = None
+        if entry is None or entry.arch == Arch.UNKNOWN:
+            return ModelDefaults()
+        return entry_defaults(entry)
 
     def vae_choices(self) -> list[str]:
         return ["Automatic", *[v.name for v in self.manager.vaes()]]
@@ -100,13 +116,12 @@ class Easel:
         return template_for("EaselPipeline" if self.arch_of(model) == Arch.EASEL else "")
 
     def default_cfg(self, checkpoint: str | None = None) -> float:
-        """The CFG scale a model family is meant to run at: 4 for the built-in model, AUTOMATIC1111's 7 otherwise."""
-        arch = self.arch_of(checkpoint or self.default_checkpoint())
-        return 4.0 if arch == Arch.EASEL else 7.0
+        """The CFG scale the model is meant to run at (4 for the built-in model, 1 for Flux, 7 for SD 1.x ...)."""
+        return self.model_defaults(checkpoint).cfg_scale
 
     def default_size(self, checkpoint: str | None = None) -> int:
-        arch = self.arch_of(checkpoint or self.default_checkpoint())
-        return {Arch.EASEL: 64, Arch.SD1: 512, Arch.SD2: 768}.get(arch, 1024) if arch else 512
+        """The model's own width (its default square size)."""
+        return self.model_defaults(checkpoint).width
 
     def convert_checkpoint(self, checkpoint: str) -> Path:
         """Convert a listed pickle checkpoint to .safetensors beside it, or a diffusers folder's pickle `.bin`

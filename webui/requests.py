@@ -106,6 +106,11 @@ def unless_no_refiner(name: str) -> str | None:
     return None if name in ("", NO_REFINER) else name
 
 
+def written_by_mode(value: Any) -> None:
+    """Never written from the request: the mode writes the key where the model uses the value."""
+    return None
+
+
 def inpaint_area(only_masked: bool) -> str:
     return "Only masked" if only_masked else "Whole picture"
 
@@ -166,6 +171,10 @@ class GenerationRequest:
     tiling: bool = spec(False, "Tiling", infotext="Tiling", api="tiling", infotext_value=or_none)
     steps: int = spec(20, "Sampling steps", infotext="Steps", api="steps", minimum=1, limit="max_steps", step=1)
     cfg_scale: float = spec(7.0, "CFG Scale", infotext="CFG scale", api="cfg_scale", minimum=0.0, maximum=30.0, step=0.5)
+    # the guidance a distilled model (Flux.1 dev) embeds; the infotext has it only for such models
+    distilled_cfg_scale: float = spec(3.5, "Distilled CFG Scale", infotext="Distilled CFG Scale",
+                                      api="distilled_cfg_scale", minimum=0.0, maximum=30.0, step=0.1,
+                                      infotext_value=written_by_mode)
     seed: int = spec(-1, "Seed", infotext="Seed", api="seed", minimum=-1, maximum=2**32 - 1)
     width: int = spec(512, "Width", api="width", minimum=64, limit="max_side", step=8)
     height: int = spec(512, "Height", api="height", minimum=64, limit="max_side", step=8)

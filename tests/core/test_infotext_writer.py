@@ -8,7 +8,7 @@ import pytest
 
 from webui import __version__
 from webui.infotext import format_infotext, generation_parameters, parse_infotext, request_updates
-from webui.requests import Img2ImgRequest, InpaintRequest, Txt2ImgRequest, field_specs
+from webui.requests import Img2ImgRequest, InpaintRequest, Txt2ImgRequest, field_specs, written_by_mode
 
 VERSION = f"Easel {__version__}"
 
@@ -59,10 +59,19 @@ REQUESTS = [
 def test_every_declared_key_is_written_and_read_back(request_) -> None:
     text = written(request_)
     params = parse_infotext(text)
-    declared = {s.infotext for s in field_specs(type(request_)).values() if s.infotext}
+    by_mode = {s.infotext for s in field_specs(type(request_)).values() if s.infotext_value is written_by_mode}
+    declared = {s.infotext for s in field_specs(type(request_)).values() if s.infotext} - by_mode
     assert declared <= set(params), declared - set(params)
+    assert not by_mode & set(params), "keys only the run writes (where the model uses them) are not written here"
     restored = request_updates(params, type(request_))
     for name, s in field_specs(type(request_)).items():
-        if s.infotext:
+        if s.infotext and s.infotext not in by_mode:
             assert restored[name] == getattr(request_, name), name
     assert dataclasses.replace(request_, **restored) == request_
+
+
+def test_the_distilled_guidance_the_run_writes_is_read_back() -> None:
+    request = Txt2ImgRequest(prompt="x", cfg_scale=1.0, distilled_cfg_scale=2.5, seed=3)
+    text = written(request, {"Distilled CFG Scale": request.distilled_cfg_scale})
+    assert "CFG scale: 1, Seed: 3, Size: 512x512, Distilled CFG Scale: 2.5" in text
+    assert request_updates(parse_infotext(text))["distilled_cfg_scale"] == 2.5

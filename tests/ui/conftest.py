@@ -138,6 +138,12 @@ class StubEasel:
     def default_cfg(self, checkpoint: str | None = None) -> float:
         return 4.0 if self._arch(checkpoint or self.default_checkpoint()) == "easel" else 7.0
 
+    def model_defaults(self, checkpoint: str | None = None) -> SimpleNamespace:
+        """As Easel's (webui.model_manager.defaults.ModelDefaults): the built-in model 64 px at CFG 4, others 512."""
+        size = self.default_size(checkpoint)
+        return SimpleNamespace(width=size, height=size, steps=20, cfg_scale=self.default_cfg(checkpoint),
+                               sampler=None, distilled_cfg_scale=None)
+
     def segment_model_choices(self) -> list[str]:
         return [e.name for e in self.manager.edit_checkpoints()]
 

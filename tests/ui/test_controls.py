@@ -65,18 +65,38 @@ def _pick_handler(blocks, ui):
     raise AssertionError("no handler for picking a checkpoint")
 
 
-def test_picking_a_model_of_another_family_sets_its_size_and_cfg(built_ui) -> None:
+def _input_handler(blocks, component):
+    for fn in blocks.fns.values():
+        if any(target == (component._id, "input") for target in fn.targets):
+            return fn.fn
+    raise AssertionError("no input handler")
+
+
+def test_picking_a_model_sets_its_defaults_except_the_fields_the_user_edited(built_ui) -> None:
+    from webui.ui.app import DEFAULTED_FIELDS
+
     blocks, ui = built_ui
-    n_tabs = len(ui.generation)
+    keys = [f"{tab.mode}:{name}" for tab in ui.generation.values() for name in DEFAULTED_FIELDS
+            if name in tab.controls]
     assert ui.generation["txt2img"].controls["cfg_scale"].value == 7.0  # tiny-sd1 is the default
     on_pick = _pick_handler(blocks, ui)
-    out = on_pick("easel-shapes", "tiny-sd1")  # widths and heights, CFG scales, then the remembered checkpoint
-    sizes, cfgs, remembered = out[:2 * n_tabs], out[2 * n_tabs:3 * n_tabs], out[-1]
-    assert sizes == [64] * (2 * n_tabs) and cfgs == [4.0] * n_tabs and remembered == "easel-shapes"
-    out = on_pick("tiny-sd1", "easel-shapes")
-    assert out[:2 * n_tabs] == [512] * (2 * n_tabs) and out[2 * n_tabs:3 * n_tabs] == [7.0] * n_tabs
-    out = on_pick("tiny-sd1", "tiny-sd1")  # same family: what the user set stays
-    assert all(v == gr.skip() for v in out[:-1]) and out[-1] == "tiny-sd1"
+    out = on_pick("easel-shapes", set())  # each tab's defaulted fields, then the remembered checkpoint
+    values = dict(zip(keys, out[:-1]))
+    assert out[-1] == "easel-shapes"
+    assert all(values[f"{mode}:{side}"] == 64 for mode in ui.generation for side in ("width", "height"))
+    assert all(values[f"{mode}:cfg_scale"] == 4.0 and values[f"{mode}:steps"] == 20 for mode in ui.generation)
+    assert values["txt2img:sampler"].value == "Euler a" and values["txt2img:sampler"].choices
+
+    # the fields a user edited in this browser tab keep their values; the others follow the model
+    edited = _input_handler(blocks, ui.generation["txt2img"].controls["width"])(set())
+    edited = _input_handler(blocks, ui.generation["img2img"].controls["cfg_scale"])(edited)
+    assert edited == {"txt2img:width", "img2img:cfg_scale"}
+    values = dict(zip(keys, on_pick("tiny-sd1", edited)[:-1]))
+    assert values["txt2img:width"] == gr.skip() and values["img2img:cfg_scale"] == gr.skip()
+    assert values["txt2img:height"] == 512 and values["txt2img:cfg_scale"] == 7.0 and values["img2img:width"] == 512
+    assert values["txt2img:distilled_cfg_scale"] == gr.skip(), "models without distilled guidance leave it alone"
+    again = on_pick("tiny-sd1", set(), "tiny-sd1")  # the model the controls were set for: nothing changes
+    assert all(v == gr.skip() for v in again[:-1]) and again[-1] == "tiny-sd1"
 
 
 VARIATION_FIELDS = ("subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h")

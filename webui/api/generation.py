@@ -3,9 +3,13 @@
 A body becomes the same typed request the UI builds (`webui.requests`), every value checked before it is queued;
 an installed API script (`script_name`) may turn it into several. The handlers are `async`: they check the body and
 decode its images on the API's lane of threads, submit, and `await` the jobs without holding a thread, so a full
-queue answers 503 at once and `/progress` keeps answering. `override_settings` apply to this request only, unless
-`override_settings_restore_afterwards` is false. The answer's `info` is built from the finished job: its request,
-its images' seeds and the parameters their infotext was written from.
+queue answers 503 at once and `/progress` keeps answering. A field the client did not send takes the model's own
+default (`webui.model_manager.defaults`: size, steps, CFG, sampler, distilled guidance); a field AUTOMATIC1111 has and
+Easel does not honour passes only at its default (`webui.api.a1111_fields`). `override_settings` apply to this
+request only, unless `override_settings_restore_afterwards` is false: afterwards the model loaded before is loaded
+again, or, when none was loaded yet, the override model is unloaded so the default stays the default. The answer's
+`info` is built from the finished job: its request, its images' seeds and the parameters their infotext was written
+from.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from webui import __version__
+from webui.api.a1111_fields import check_extra_fields
 from webui.api.compat import SAMPLER_ALIASES
 from webui.api.context import ApiContext, whole_number
 from webui.api.errors import ApiError, job_failure
@@ -28,11 +33,13 @@ from webui.api.schemas import (
     StableDiffusionTxt2ImgProcessingAPI,
     body_parameters,
     request_values,
+    sent_fields,
 )
 from webui.api.threads import API_LANE
 from webui.engine.refiner import same_latent_space
 from webui.engine.worker import Job, JobResult, JobState
 from webui.infotext import written_text
+from webui.model_manager.defaults import ModelDefaults, entry_defaults
 from webui.redact import public_path
 from webui.engine.samplers import FLOW_ARCHS
 from webui.requests import (NO_REFINER, SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER, GenerationRequest,
@@ -51,11 +58,13 @@ def generation_router(api: ApiContext) -> APIRouter:
     load_model, max_image_pixels = api.load_model, api.max_image_pixels
     router = api.router()
 
-    def choose_sampler(body: BaseModel, arch: Any, values: dict[str, Any]) -> str:
+    def choose_sampler(body: BaseModel, arch: Any, values: dict[str, Any], own: str | None = None) -> str:
         """The sampler name for this model, from sampler_name / sampler_index (AUTOMATIC1111's aliases and older
-        names with the schedule in them, "DPM++ 2M Karras", accepted); checks `scheduler` for it."""
+        names with the schedule in them, "DPM++ 2M Karras", accepted), or `own` (the model's default sampler) when
+        the client sent neither; checks `scheduler` for it."""
         field_name = "sampler_name" if body.sampler_name else "sampler_index"
-        requested = str(body.sampler_name or body.sampler_index or "Euler").strip()
+        fallback = body.sampler_index if "sampler_index" in sent_fields(body) else (own or body.sampler_index)
+        requested = str(body.sampler_name or fallback or "Euler").strip()
         samplers = easel.registry.samplers
         names = samplers.names(arch)
         lowered = {n.lower(): n for n in names}
@@ -77,11 +86,15 @@ def generation_router(api: ApiContext) -> APIRouter:
 
     def build_request(body: BaseModel, cls: type[GenerationRequest]) -> tuple[GenerationRequest, Any]:
         """The typed request for an API body, every value checked before it is queued."""
+        check_extra_fields("txt2img" if cls is Txt2ImgRequest else "img2img", set(type(body).model_fields),
+                           body.model_extra)
         override = body.override_settings or {}
         entry = find_checkpoint(override.get("sd_model_checkpoint"), "sd_model_checkpoint")
         values = request_values(body, cls, lambda data, name: decode_image(data, name, max_image_pixels()))
+        own = entry_defaults(entry)
+        values.update(omitted_defaults(body, own))
         values["checkpoint"] = entry.name
-        values["sampler"] = choose_sampler(body, entry.arch, values)
+        values["sampler"] = choose_sampler(body, entry.arch, values, own.sampler)
         with defaults.lock:
             clip_skip, vae = defaults.clip_skip, defaults.vae
         if "clip_skip" not in body.model_fields_set or body.clip_skip is None:
@@ -132,6 +145,14 @@ def generation_router(api: ApiContext) -> APIRouter:
                                                       "of the same latent space (SD 1.x with SD 2.x, SDXL with SDXL)")
         values["refiner_checkpoint"] = refiner.name
 
+    def omitted_defaults(body: BaseModel, own: ModelDefaults) -> dict[str, Any]:
+        """The model's defaults for the fields the client did not send (size, steps, CFG, distilled guidance)."""
+        sent = sent_fields(body)
+        values = {"width": own.width, "height": own.height, "steps": own.steps, "cfg_scale": own.cfg_scale}
+        if own.distilled_cfg_scale is not None:
+            values["distilled_cfg_scale"] = own.distilled_cfg_scale
+        return {name: value for name, value in values.items() if name not in sent}
+
     def apply_hires_size(body: BaseModel, values: dict[str, Any]) -> None:
         """hr_resize_x/y (a target size) become the scale that reaches it."""
         rx, ry = body.hr_resize_x or 0, body.hr_resize_y or 0
@@ -166,8 +187,9 @@ def generation_router(api: ApiContext) -> APIRouter:
     def prepare(body: BaseModel, cls: type[GenerationRequest]) -> tuple[GenerationRequest, Any, list[Any], Any]:
         """(request, checkpoint entry, the requests to queue, the model loaded now): the CPU part, on a lane thread
         (images are decoded here, and the model manager may be busy loading)."""
+        before = manager.current()
         request, entry = build_request(body, cls)
-        return request, entry, script_requests(body, request), manager.current()
+        return request, entry, script_requests(body, request), before or easel.default_checkpoint() or None
 
     async def run(body: BaseModel, cls: type[GenerationRequest], include_images: bool = False) -> dict[str, Any]:
         request, entry, items, previous = await API_LANE.run(prepare, body, cls)
@@ -209,7 +231,16 @@ def generation_router(api: ApiContext) -> APIRouter:
         if body.override_settings_restore_afterwards is False:
             await API_LANE.run(keep_overrides, override)
             return
-        if "sd_model_checkpoint" in override and previous is not None and previous.name != entry.name:
+        if "sd_model_checkpoint" not in override or previous is None:
+            return
+        if isinstance(previous, str):  # nothing was loaded before: restore that (the default stays the default)
+            if previous != entry.name:
+                job = engine.unload(entry.name, source="api", wait=False)
+                await job.wait_async()
+                if job.state == JobState.FAILED:
+                    log.warning("API could not unload the override model %s: %s", entry.name, job.error)
+            return
+        if previous.name != entry.name:
             with defaults.lock:
                 vae_now = defaults.vae
             job = await load_model(previous.name, vae_now)

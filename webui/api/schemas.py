@@ -4,9 +4,11 @@ Every generation field is declared once, in `webui/requests.py`, with the name i
 (`FieldSpec.api`); the pydantic bodies here are generated from those declarations, so a field added there
 appears in the API by itself. Where AUTOMATIC1111's API uses another type or default than the UI (steps 50,
 integer resize and fill modes, "only masked" on by default), `API_OVERRIDES` says so. The fields only
-AUTOMATIC1111 clients send (`override_settings`, `send_images`, `sampler_index`, ...) are declared
-on the base models; any other field is accepted and ignored, as AUTOMATIC1111 does. `request_values` turns a
-parsed body into the field values of a request class, raising `RequestError` naming the API field.
+AUTOMATIC1111 clients send (`override_settings`, `send_images`, `sampler_index`, `scheduler`, ...) are declared
+on the base models. Any other field is kept as an extra and checked by `webui.api.a1111_fields` before the request
+is built: an AUTOMATIC1111 field Easel does not honour passes only at its default, anything else is a 422 naming
+it. `request_values` turns a parsed body into the field values of a request class, raising `RequestError` naming
+the API field; `sent_fields` says which fields a client actually sent (the others take the model's defaults).
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ IMAGE_FIELDS = ("init_images", "mask")
 class _ApiBody(BaseModel):
     """What every generation body shares beyond the declared request fields."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # extras are checked against webui.api.a1111_fields, never dropped
 
     sampler_index: str | None = Field("Euler", description="Sampler used when sampler_name is absent")
     override_settings: dict[str, Any] | None = Field(
@@ -173,6 +175,11 @@ def request_values(body: BaseModel, cls: type, decode_image: Callable[[Any, str]
         else:
             values[name] = value
     return values
+
+
+def sent_fields(body: BaseModel) -> set[str]:
+    """The fields a client sent with a value (null counts as not sent, as AUTOMATIC1111 reads it)."""
+    return {name for name in body.model_fields_set if getattr(body, name, None) is not None}
 
 
 def body_parameters(body: BaseModel, include_images: bool = False) -> dict[str, Any]:

@@ -168,8 +168,10 @@ def conditioning(loaded: Any, request: Any, steps: int, cache: PromptCache,
     if arch == Arch.EASEL:
         return _builtin_conditioning(loaded, positive, negatives, cache, guidance)
     plain, plain_negative = strip_emphasis(positive.at(0)), strip_emphasis(negatives.at(0))
-    if arch == Arch.FLUX:
-        kwargs = {"prompt": plain, "guidance_scale": guidance}
+    if arch == Arch.FLUX:  # the distilled guidance is embedded; a CFG scale above 1 adds true CFG on top
+        kwargs = {"prompt": plain, "guidance_scale": request.distilled_cfg_scale}
+        if guidance > 1:
+            kwargs.update(negative_prompt=plain_negative or " ", true_cfg_scale=guidance)
     elif arch == Arch.QWEN:
         kwargs = {"prompt": plain, "negative_prompt": plain_negative or " ", "true_cfg_scale": guidance}
     else:

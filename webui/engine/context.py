@@ -22,6 +22,7 @@ from webui.engine.samplers import FLOW_ARCHS, Samplers
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job
 from webui.extensions import PipelineCall, PipelineWrapper
+from webui.model_manager.defaults import entry_defaults, size_plan
 from webui.model_manager.embeddings import AppliedEmbedding
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import AppliedLora, LoadedPipeline, ModelManager
@@ -244,6 +245,26 @@ def prompt_kwargs(loaded: LoadedPipeline, request: GenerationRequest,
                         embeddings).kwargs
 
 
+def render_size(loaded: LoadedPipeline, request: GenerationRequest) -> tuple[int, int] | None:
+    """The size this model renders the request at when it differs from the asked one (the image is then resized
+    to the asked size); None renders as asked. RequestError on `width` when the model refuses the size."""
+    return size_plan(entry_defaults(loaded.entry), request.width, request.height)
+
+
+def resized(images: list[Image.Image], width: int, height: int) -> list[Image.Image]:
+    return [img if img.size == (width, height) else img.resize((width, height), Image.LANCZOS) for img in images]
+
+
+def distilled_guidance(loaded: LoadedPipeline) -> bool:
+    """The model embeds a distilled guidance scale (Flux.1 dev; not schnell)."""
+    denoiser = getattr(loaded.pipe, "transformer", None)
+    return loaded.arch == Arch.FLUX and bool(getattr(getattr(denoiser, "config", None), "guidance_embeds", False))
+
+
+def guidance_infotext(loaded: LoadedPipeline, request: GenerationRequest) -> dict[str, Any]:
+    return {"Distilled CFG Scale": request.distilled_cfg_scale} if distilled_guidance(loaded) else {}
+
+
 def run_batches(ctx: ModeContext, request: GenerationRequest, loaded: LoadedPipeline,
                 call: Callable[..., list[Image.Image]],
                 extra: dict[str, Any] | None = None, noise: NoisePlan | None = None) -> list[Generated]:
@@ -267,7 +288,7 @@ def run_batches(ctx: ModeContext, request: GenerationRequest, loaded: LoadedPipe
         else:
             latents = noise.latents(seeds, subseeds, gens, request.width, request.height)  # [B,C,h,w]
             images = call(gens, request.batch_size, latents)
-        entries = {**(extra or {}), **ctx.network_infotext()}
+        entries = {**guidance_infotext(loaded, request), **(extra or {}), **ctx.network_infotext()}
         results.extend(Generated(img, seed, {**entries, **(noise.infotext(subseed) if noise else {})},
                                  model=loaded.entry.name, model_hash=loaded.entry.short_hash)
                        for img, seed, subseed in zip(images, seeds, subseeds))

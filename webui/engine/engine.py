@@ -21,6 +21,7 @@ from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job, JobResult, Worker
 from webui.extensions import PipelineWrapper, Registry
 from webui.infotext import format_infotext, generation_parameters
+from webui.model_manager.defaults import entry_defaults, size_plan
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import ModelManager
 from webui.requests import GenerationRequest, RequestError, validate_request
@@ -82,9 +83,19 @@ class Engine:
             validate_request(request, self.settings.user.limits(), self.registry.samplers,
                              self.arch_of(request.checkpoint))
             self.styled(request)  # every style it names exists, and the prompts stay within the limit
+            self.check_size(request)
         elif hasattr(request, "validate"):
             request.validate(self.settings.user.limits())
         return self.worker.submit(request, source)
+
+    def check_size(self, request: GenerationRequest) -> None:
+        """RequestError on `width` before queueing when the model refuses the asked size (its declared range)."""
+        try:
+            entry = self.manager.find_checkpoint(request.checkpoint) if request.checkpoint else self.manager.current()
+        except LookupError:
+            return
+        if entry is not None and isinstance(getattr(entry, "arch", None), Arch):
+            size_plan(entry_defaults(entry), request.width, request.height)
 
     def arch_of(self, checkpoint: str) -> Arch | None:
         """The model family a request for `checkpoint` ("" for the current model) will run on, where that is known

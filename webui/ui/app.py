@@ -91,13 +91,30 @@ def build_header(ui: UIContext) -> Any:
     return refresh
 
 
+# The fields a checkpoint pick sets to the model's defaults (webui.model_manager.defaults), unless the user edited them.
+DEFAULTED_FIELDS = ("sampler", "steps", "width", "height", "cfg_scale", "distilled_cfg_scale")
+
+
+def model_default_values(easel: Any, checkpoint: str | None) -> dict[str, Any]:
+    """The value each of DEFAULTED_FIELDS takes for `checkpoint` (distilled guidance only for models that have it)."""
+    own = easel.model_defaults(checkpoint)
+    values: dict[str, Any] = {"sampler": easel.default_sampler(checkpoint), "steps": own.steps, "width": own.width,
+                              "height": own.height, "cfg_scale": own.cfg_scale}
+    if own.distilled_cfg_scale is not None:
+        values["distilled_cfg_scale"] = own.distilled_cfg_scale
+    return values
+
+
 def wire_header(ui: UIContext, refresh: Any) -> None:
-    """Refresh rescans the model folders; a checkpoint change updates each tab's samplers and sizes."""
+    """Refresh rescans the model folders; a checkpoint change updates each tab's samplers, and a user's pick sets
+    each tab's size, steps, CFG scale, sampler and distilled guidance to the model's defaults, except the ones the
+    user edited in this browser tab (`touched`: "mode:field" names, set by each control's `input` event)."""
     easel = ui.easel
     tabs = list(ui.generation.values())
     samplers = [tab.controls["sampler"] for tab in tabs]
-    sizes = [tab.controls[side] for tab in tabs for side in ("width", "height")]
-    cfgs = [tab.controls["cfg_scale"] for tab in tabs]
+    distilled = [tab.controls["distilled_cfg_scale"] for tab in tabs if "distilled_cfg_scale" in tab.controls]
+    targets = [(tab.mode, name, tab.controls[name]) for tab in tabs for name in DEFAULTED_FIELDS if name in tab.controls]
+    touched = gr.State(set())
 
     @guard
     def on_refresh(current: str | None) -> tuple[Any, Any]:
@@ -108,26 +125,41 @@ def wire_header(ui: UIContext, refresh: Any) -> None:
 
     refresh.click(on_refresh, inputs=ui.checkpoint, outputs=[ui.checkpoint, ui.vae], show_progress="hidden")
 
+    # Any change of checkpoint (a pick, "Send to"): the samplers this family offers (a value it cannot run falls back
+    # to the model's default; a valid one is left as it is) and whether the model takes a distilled guidance.
     @guard
     def on_checkpoint(checkpoint: str | None, *current: str | None) -> list[Any]:
         choices = easel.sampler_choices(checkpoint)
         fallback = easel.default_sampler(checkpoint)
-        return [gr.Dropdown(choices=choices, value=value if value in choices else fallback) for value in current]
+        has_distilled = easel.model_defaults(checkpoint).distilled_cfg_scale is not None
+        return ([gr.Dropdown(choices=choices) if value in choices else gr.Dropdown(choices=choices, value=fallback)
+                 for value in current] + [gr.Slider(visible=has_distilled)] * len(distilled))
 
-    ui.checkpoint.change(on_checkpoint, inputs=[ui.checkpoint, *samplers], outputs=samplers, show_progress="hidden")
+    ui.checkpoint.change(on_checkpoint, inputs=[ui.checkpoint, *samplers], outputs=[*samplers, *distilled],
+                         show_progress="hidden")
+
+    for mode, name, component in targets:
+        key = f"{mode}:{name}"
+        component.input(lambda edited, key=key: edited | {key}, inputs=touched, outputs=touched,
+                        show_progress="hidden", queue=False)
 
     @guard
-    def on_pick(checkpoint: str | None, sized_for: str | None) -> list[Any]:
-        size, cfg = easel.default_size(checkpoint), easel.default_cfg(checkpoint)
-        same_size = bool(sized_for) and size == easel.default_size(sized_for)
-        same_cfg = bool(sized_for) and cfg == easel.default_cfg(sized_for)
-        return ([gr.skip() if same_size else size] * len(sizes)  # same family default: keep what the user set
-                + [gr.skip() if same_cfg else cfg] * len(cfgs) + [checkpoint])
+    def on_pick(checkpoint: str | None, edited: set[str], sized_for: str | None = None) -> list[Any]:
+        values = model_default_values(easel, checkpoint)
+        updates: list[Any] = []
+        for mode, name, _ in targets:
+            if checkpoint == sized_for or f"{mode}:{name}" in edited or name not in values:
+                updates.append(gr.skip())
+            elif name == "sampler":
+                updates.append(gr.Dropdown(choices=easel.sampler_choices(checkpoint), value=values[name]))
+            else:
+                updates.append(values[name])
+        return [*updates, checkpoint]
 
-    # Only a user's pick resets the sizes and CFG scales (and only when the model's defaults differ); "Send to"
-    # sets the checkpoint together with its own values.
-    ui.checkpoint.input(on_pick, inputs=[ui.checkpoint, ui.sized_for], outputs=[*sizes, *cfgs, ui.sized_for],
-                        show_progress="hidden")
+    # Only a user's pick of another checkpoint sets the defaults (picking the one the controls were set for again
+    # changes nothing); "Send to" sets the checkpoint together with its own values.
+    ui.checkpoint.input(on_pick, inputs=[ui.checkpoint, touched, ui.sized_for],
+                        outputs=[*(component for _, _, component in targets), ui.sized_for], show_progress="hidden")
 
 
 def theme() -> gr.themes.Base:

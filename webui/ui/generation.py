@@ -100,7 +100,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
     """
     easel, limits = ui.easel, ui.limits
     checkpoint = easel.default_checkpoint()
-    size = easel.default_size(checkpoint)
+    own = easel.model_defaults(checkpoint)  # size, steps, CFG, distilled guidance the model runs at
     controls = ControlSet(request_cls)
     controls.add(_shared(ui.checkpoint, "checkpoint"))
     controls.add(_shared(ui.vae, "vae"))
@@ -131,16 +131,18 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                                            choices=easel.sampler_choices(checkpoint),
                                            value=easel.default_sampler(checkpoint), min_width=140))
                 controls.add(field_control(request_cls, "scheduler", limits, kind="dropdown", min_width=140))
-                controls.add(field_control(request_cls, "steps", limits, min_width=140))
+                controls.add(field_control(request_cls, "steps", limits, value=own.steps, min_width=140))
             with gr.Row():
-                controls.add(field_control(request_cls, "width", limits, value=size, min_width=140))
-                controls.add(field_control(request_cls, "height", limits, value=size, min_width=140))
+                controls.add(field_control(request_cls, "width", limits, value=own.width, min_width=140))
+                controls.add(field_control(request_cls, "height", limits, value=own.height, min_width=140))
             with gr.Row():
                 controls.add(field_control(request_cls, "batch_count", limits, min_width=140))
                 controls.add(field_control(request_cls, "batch_size", limits, min_width=140))
             with gr.Row():
-                controls.add(field_control(request_cls, "cfg_scale", limits, value=easel.default_cfg(checkpoint),
-                                           min_width=140))
+                controls.add(field_control(request_cls, "cfg_scale", limits, value=own.cfg_scale, min_width=140))
+                controls.add(field_control(request_cls, "distilled_cfg_scale", limits, min_width=140,
+                                           value=own.distilled_cfg_scale,
+                                           visible=own.distilled_cfg_scale is not None))
                 controls.add(field_control(request_cls, "clip_skip", limits, min_width=140))
             controls.add(field_control(request_cls, "tiling", limits))
             with gr.Row(elem_classes="easel-seed-row"):

@@ -2,7 +2,7 @@
 part of the steps on a refiner checkpoint (`webui.engine.refiner`)."""
 from __future__ import annotations
 
-from webui.engine.context import Generated, ModeContext, run_batches
+from webui.engine.context import Generated, ModeContext, render_size, resized, run_batches
 from webui.engine.images import resize_image
 from webui.engine.noise import refuse_variation
 from webui.engine.refiner import base_arguments, check_refiner, decode_latents, refine, title
@@ -11,14 +11,16 @@ from webui.requests import Img2ImgRequest, RequestError
 
 
 def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
-    # 1. Check and prepare the input image at the requested size.
+    # 1. Check the input image.
     if request.init_image is None:
         raise RequestError("init_images", "an input image is required")
-    init = resize_image(request.init_image, request.width, request.height, request.resize_mode)
     refuse_variation(request, "img2img")
 
-    # 2. Load and encode.
+    # 2. Load and encode; a size the model cannot draw is rendered at its own size, then resized.
     loaded = ctx.load(request, "img2img")
+    own = render_size(loaded, request)
+    width, height = own or (request.width, request.height)
+    init = resize_image(request.init_image, width, height, request.resize_mode)
     strength = request.denoising_strength
     schedule, run_strength = steps_for_strength(request.steps, strength)  # at least one step
     total = max(1, int(schedule * run_strength))
@@ -36,12 +38,16 @@ def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
                                 output_type="latent" if refiner is not None else "pil",
                                 **(base_arguments(base, request) if refiner is not None else {}))
         if refiner is None:
-            return out.images
-        if ctx.job.interrupt_requested or ctx.job.skip_requested:
-            return decode_latents(base, out.images)
-        return refine(ctx, request, refiner, base, out.images, schedule, gens, "pil", extra)
+            images = out.images
+        elif ctx.job.interrupt_requested or ctx.job.skip_requested:
+            images = decode_latents(base, out.images)
+        else:
+            images = refine(ctx, request, refiner, base, out.images, schedule, gens, "pil", extra)
+        return resized(images, request.width, request.height)
 
     extra = ctx.sampling_infotext(request, loaded.arch)
     if refiner is not None:
         extra["Refiner"] = title(refiner)
+    if own:
+        extra["Rendered size"] = f"{width}x{height}"
     return run_batches(ctx, request, loaded, call, extra)

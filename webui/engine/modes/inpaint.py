@@ -12,6 +12,8 @@ from webui.engine.context import Generated, ModeContext, run_batches
 from webui.engine.images import binarize, extend_canvas, fill_masked, mask_to_l, masked_bbox, paste_back, resize_image
 from webui.engine.noise import refuse_variation
 from webui.engine.samplers import steps_for_strength
+from webui.model_manager.defaults import entry_defaults, size_plan
+from webui.model_manager.manager import LoadedPipeline
 from webui.requests import InpaintRequest, RequestError
 
 
@@ -54,10 +56,12 @@ def run(ctx: ModeContext, request: InpaintRequest) -> list[Generated]:
         work_size = source.size
         work_image, work_mask = source, mask
     work_w, work_h = (work_size[0] // 8) * 8, (work_size[1] // 8) * 8
+    loaded = ctx.load(request, "inpaint")
+    own = work_size_plan(loaded, work_w, work_h)  # a size the model cannot draw: its own size, pasted back resized
+    work_w, work_h = own or (work_w, work_h)
     work_image, work_mask = work_image.resize((work_w, work_h)), work_mask.resize((work_w, work_h), Image.NEAREST)
 
     # 3. Run the pipeline.
-    loaded = ctx.load(request, "inpaint")
     schedule, run_strength = steps_for_strength(request.steps, strength)  # at least one step
     total = max(1, int(schedule * run_strength))
     prompts = ctx.prompts(loaded, request, total)  # prompt edits count the steps that run
@@ -73,7 +77,14 @@ def run(ctx: ModeContext, request: InpaintRequest) -> list[Generated]:
 
     # 4. Paste back through the blurred mask. The infotext records the strength the run used.
     extra = {**ctx.sampling_infotext(request, loaded.arch), "Denoising strength": strength}
+    if own:
+        extra["Rendered size"] = f"{work_w}x{work_h}"
     return run_batches(ctx, request, loaded, call, extra)
+
+
+def work_size_plan(loaded: LoadedPipeline, width: int, height: int) -> tuple[int, int] | None:
+    """The size the model renders a work area at when it cannot draw the asked one (None: as asked)."""
+    return size_plan(entry_defaults(loaded.entry), width, height)
 
 
 def postprocess(generated: Image.Image, original: Image.Image, blend: Image.Image,

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from webui.engine.context import Generated, ModeContext, run_batches
+from webui.engine.context import Generated, ModeContext, render_size, resized, run_batches
 from webui.engine.noise import noise_plan
 from webui.engine.refiner import (base_arguments, check_latent_space, check_refiner, decode_latents, find_checkpoint,
                                   load_keeping, refine, title)
@@ -37,6 +37,14 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
     second, second_entry = hires_request(ctx, request, loaded.arch) if hires else (request, None)
     if hires:
         extra.update(hires_infotext(ctx, request, second, second_entry, loaded.arch))
+    own = render_size(loaded, request)  # a size the model cannot draw: its own size, then resized
+    width, height = own or (request.width, request.height)
+    if own:
+        extra["Rendered size"] = f"{width}x{height}"
+    drawn_request = request.replace(width=width, height=height) if own else request
+    if own and hires:  # the second pass enlarges what the model drew; the result is resized to the asked size
+        second = second.replace(width=width, height=height)
+    final_size = hires_size(request) if hires else (request.width, request.height)
 
     # 2. Encode the prompts (each prompt of a schedule) once for every batch.
     prompts = ctx.prompts(loaded, request, request.steps)
@@ -48,14 +56,14 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
     planned: list[str | None] = []  # per image: the prompt with the built-in model's planned layout, if it has one
 
     # the starting noise, where the request asks for a variation seed, a seed resize or another RNG source
-    noise = noise_plan(request, loaded.arch, loaded.pipe, ctx.randn_source)
+    noise = noise_plan(drawn_request, loaded.arch, loaded.pipe, ctx.randn_source)
 
     def call(gens, batch_size, latents=None):
         noise_args = {} if latents is None else {"latents": latents}
         base = ctx.load(request, "txt2img") if other_models else loaded  # back on the device after another model
         latents_out = refiner is not None or latent_hires
-        out = ctx.call_pipeline(base, request, "txt2img", **prompt_args, width=request.width,
-                                height=request.height, num_inference_steps=request.steps,
+        out = ctx.call_pipeline(base, request, "txt2img", **prompt_args, width=width, height=height,
+                                num_inference_steps=request.steps,
                                 num_images_per_prompt=batch_size, generator=gens, **noise_args,
                                 callback_on_step_end=prompts.callback(ctx.callback(base.arch, request.steps)),
                                 output_type="latent" if latents_out else "pil",
@@ -75,10 +83,10 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
             images = second_pass(ctx, second, images, gens, extra if second_entry is not None else None)
         elif isinstance(images, torch.Tensor):  # stopped before the second pass: the latents as they are
             images = decode_latents(base, images)
-        return images
+        return resized(images, *final_size) if own else images
 
     # 3. Run the batches.
-    generated = run_batches(ctx, request, loaded, call, extra, noise)
+    generated = run_batches(ctx, drawn_request, loaded, call, extra, noise)  # the noise at the drawn size
     for item, text in zip(generated, planned):
         if text:
             item.extra["Planned prompt"] = text  # what the model drew: the prompt with positions written in
