@@ -58,3 +58,23 @@ def test_timestep_shift_setting_changes_the_image_and_is_recorded(make_easel, bu
         bad = client.post("/sdapi/v1/options", json={"flow_shift": -1})
         assert bad.status_code == 422 and "flow_shift" in bad.text
     assert UserSettings().flow_shift == 0.0
+
+
+def test_img2img_and_inpaint_batches_on_the_builtin_model(make_easel, builtin_root: Path) -> None:
+    """A batch of two from one input image: two images, each its own seed."""
+    from tests.api.conftest import b64_png
+    from PIL import Image
+
+    easel = make_easel(builtin_dir=builtin_root, install_sd1=False)
+    source = b64_png(Image.new("RGB", (64, 64), (200, 40, 40)))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    with api_client(easel) as client:
+        for extra in ({}, {"mask": b64_png(mask)}):
+            body = {**BODY, "sampler_name": "Euler", "init_images": [source], "denoising_strength": 0.7,
+                    "batch_size": 2, **extra}
+            response = client.post("/sdapi/v1/img2img", json=body)
+            assert response.status_code == 200, response.text
+            data = response.json()
+            assert len(data["images"]) == 2 and data["images"][0] != data["images"][1]
+            assert info_of(data)["all_seeds"] == [7, 8]

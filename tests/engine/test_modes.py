@@ -188,3 +188,19 @@ def test_model_switch_is_a_queued_job(make_easel):
     assert isinstance(missing.exception, LookupError)
     assert easel.manager.current().name == "tiny-sd1"  # what was loaded stays loaded
     assert easel.engine.worker.alive
+
+
+def test_img2img_and_inpaint_make_a_whole_batch(make_easel):
+    """batch_size images from one input: each its own seed, the first equal to the same seed run alone."""
+    easel = make_easel()
+    source = Image.new("RGB", (64, 64), (90, 140, 200))
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((16, 16, 48, 48), fill=255)
+    for cls, extra in ((Img2ImgRequest, {}), (InpaintRequest, {"mask": mask})):
+        request = cls(prompt="a red circle", seed=21, batch_size=2, init_image=source, denoising_strength=0.6,
+                      **extra, **SMALL)
+        result = run(easel, request)
+        assert result.seeds == [21, 22] and len(result.images) == 2, cls.__name__
+        assert not np.array_equal(pixels(result.images[0]), pixels(result.images[1]))
+        alone = run(easel, request.replace(batch_size=1)).images[0]
+        assert np.abs(pixels(alone) - pixels(result.images[0])).max() <= 3  # batched-arithmetic rounding only

@@ -32,8 +32,9 @@ def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
     # 3. Run (with a refiner: the base hands its latents over undecoded).
     def call(gens, batch_size):
         base = ctx.load(request, "img2img") if refiner is not None else loaded
-        out = ctx.call_pipeline(base, request, "img2img", **prompt_args, image=[init] * batch_size,
-                                strength=run_strength, num_inference_steps=schedule, generator=gens,
+        out = ctx.call_pipeline(base, request, "img2img", **prompt_args, image=[init],
+                                num_images_per_prompt=batch_size, strength=run_strength,
+                                num_inference_steps=schedule, generator=gens,
                                 callback_on_step_end=prompts.callback(ctx.callback(base.arch, total)),
                                 output_type="latent" if refiner is not None else "pil",
                                 **(base_arguments(base, request) if refiner is not None else {}))

@@ -68,8 +68,9 @@ def run(ctx: ModeContext, request: InpaintRequest) -> list[Generated]:
     prompt_args = prompts.kwargs
 
     def call(gens, batch_size):
-        images = ctx.call_pipeline(loaded, request, "inpaint", **prompt_args, image=[work_image] * batch_size,
-                                   mask_image=[work_mask] * batch_size, strength=run_strength, width=work_w,
+        images = ctx.call_pipeline(loaded, request, "inpaint", **prompt_args, image=[work_image],
+                                   mask_image=[work_mask], num_images_per_prompt=batch_size,
+                                   strength=run_strength, width=work_w,
                                    height=work_h, num_inference_steps=schedule, generator=gens,
                                    callback_on_step_end=prompts.callback(ctx.callback(loaded.arch, total)),
                                    output_type="pil").images
