@@ -19,7 +19,7 @@ import json
 import string
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -502,54 +502,41 @@ def save_vae_single_file(folder: Path, path: Path, prefix: str = "") -> Path:
     return Path(path)
 
 
-def save_sd1_single_file(folder: Path, path: Path) -> Path:
-    """A tiny SD 1.x folder as one AUTOMATIC1111-style .safetensors (CLIP text encoder under cond_stage_model.)."""
+def _save_checkpoint_file(folder: Path, path: Path, encoders: list[tuple[str, Any, str]]) -> Path:
+    """A tiny pipeline folder as one original-layout .safetensors: the UNet under model.diffusion_model., the VAE
+    under first_stage_model., and each (text encoder component, converter, key prefix) of `encoders`."""
     unet, unet_config = _component(folder, "unet")
     vae, vae_config = _component(folder, "vae")
-    text, _ = _component(folder, "text_encoder")
     tensors = _prefixed(unet_to_original(unet, unet_config), "model.diffusion_model.")
     tensors.update(_prefixed(vae_to_original(vae, vae_config), "first_stage_model."))
-    tensors.update(clip_to_original(text, "cond_stage_model.transformer."))
+    for component, convert, prefix in encoders:
+        text, _ = _component(folder, component)
+        tensors.update(convert(text, prefix))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     return Path(path)
+
+
+def save_sd1_single_file(folder: Path, path: Path) -> Path:
+    """A tiny SD 1.x folder as one AUTOMATIC1111-style .safetensors (CLIP text encoder under cond_stage_model.)."""
+    return _save_checkpoint_file(folder, path, [("text_encoder", clip_to_original, "cond_stage_model.transformer.")])
 
 
 def save_sd2_single_file(folder: Path, path: Path) -> Path:
     """A tiny SD 2.x folder as one original-layout .safetensors (OpenCLIP text encoder under cond_stage_model.model.)."""
-    unet, unet_config = _component(folder, "unet")
-    vae, vae_config = _component(folder, "vae")
-    text, _ = _component(folder, "text_encoder")
-    tensors = _prefixed(unet_to_original(unet, unet_config), "model.diffusion_model.")
-    tensors.update(_prefixed(vae_to_original(vae, vae_config), "first_stage_model."))
-    tensors.update(open_clip_to_original(text, "cond_stage_model.model."))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
-    return Path(path)
+    return _save_checkpoint_file(folder, path, [("text_encoder", open_clip_to_original, "cond_stage_model.model.")])
 
 
 def save_sdxl_single_file(folder: Path, path: Path) -> Path:
     """A tiny SDXL folder as one original-layout .safetensors (conditioner.embedders.0 = CLIP, .1 = OpenCLIP)."""
-    unet, unet_config = _component(folder, "unet")
-    vae, vae_config = _component(folder, "vae")
-    text, _ = _component(folder, "text_encoder")
-    text_2, _ = _component(folder, "text_encoder_2")
-    tensors = _prefixed(unet_to_original(unet, unet_config), "model.diffusion_model.")
-    tensors.update(_prefixed(vae_to_original(vae, vae_config), "first_stage_model."))
-    tensors.update(clip_to_original(text, "conditioner.embedders.0.transformer."))
-    tensors.update(open_clip_to_original(text_2, "conditioner.embedders.1.model."))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
-    return Path(path)
+    return _save_checkpoint_file(folder, path, [
+        ("text_encoder", clip_to_original, "conditioner.embedders.0.transformer."),
+        ("text_encoder_2", open_clip_to_original, "conditioner.embedders.1.model.")])
 
 
 def save_sdxl_refiner_single_file(folder: Path, path: Path) -> Path:
     """A tiny SDXL refiner folder as one original-layout .safetensors (conditioner.embedders.0 = OpenCLIP only)."""
-    unet, unet_config = _component(folder, "unet")
-    vae, vae_config = _component(folder, "vae")
-    text_2, _ = _component(folder, "text_encoder_2")
-    tensors = _prefixed(unet_to_original(unet, unet_config), "model.diffusion_model.")
-    tensors.update(_prefixed(vae_to_original(vae, vae_config), "first_stage_model."))
-    tensors.update(open_clip_to_original(text_2, "conditioner.embedders.0.model."))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
-    return Path(path)
+    return _save_checkpoint_file(folder, path,
+                                 [("text_encoder_2", open_clip_to_original, "conditioner.embedders.0.model.")])
 
 
 def save_zimage_single_file(folder: Path, path: Path, prefix: str = "model.diffusion_model.") -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 _NUMBER = re.compile(r"\s*(\d+\.?\d*|\.\d+)\s*")
 
@@ -39,39 +40,38 @@ class _Alternate:
 MAX_BRACKET_DEPTH = 32  # square brackets nested deeper than this are refused (the parser recurses per level)
 
 
-def bracket_depth(text: str) -> int:
-    """How deep square brackets nest in `text` (escaped ones do not count)."""
-    depth = deepest = 0
-    i = 0
+def _brackets(text: str, start: int = 0) -> Iterator[tuple[int, str]]:
+    """(index, "[" or "]") of each square bracket from `start` on that no backslash escapes."""
+    i = start
     while i < len(text):
         c = text[i]
         if c == "\\":
             i += 2
             continue
+        if c in "[]":
+            yield i, c
+        i += 1
+
+
+def bracket_depth(text: str) -> int:
+    """How deep square brackets nest in `text` (escaped ones do not count)."""
+    depth = deepest = 0
+    for _, c in _brackets(text):
         if c == "[":
             depth += 1
             deepest = max(deepest, depth)
-        elif c == "]" and depth:
+        elif depth:
             depth -= 1
-        i += 1
     return deepest
 
 
 def _closing(text: str, start: int) -> int:
     """The index of the `]` matching the `[` at `start`, or -1 when it is never closed."""
-    depth, i = 0, start
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "[":
-            depth += 1
-        elif c == "]":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
+    depth = 0
+    for i, c in _brackets(text, start):
+        depth += 1 if c == "[" else -1
+        if depth == 0:
+            return i
     return -1
 
 
