@@ -163,20 +163,13 @@ def make_tiny_sd2(folder: Path, seed: int = 0) -> Path:
 
 def make_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
     """Tiny SDXL: two text encoders of different widths (32 and 64, like CLIP-L vs bigG) and text_time embeds."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     folder = Path(folder)
     tokenizer = tiny_clip_tokenizer(folder / "_tokenizer_src")
     tokenizer_2 = tiny_clip_tokenizer(folder / "_tokenizer_2_src", pad_token="!")
-    with _seeded(seed):
-        unet = UNet2DConditionModel(
-            sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
-            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-            transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=6 * 8 + 32,
-            cross_attention_dim=32 + 64, norm_num_groups=8)
+    unet = _sdxl_unet(seed, time_ids=6, layers=(1, 2), cross_attention_dim=32 + 64)
     with _seeded(seed + 1):
         text_encoder = CLIPTextModel(_clip_text_config(tokenizer, 32)).eval()
     with _seeded(seed + 2):
@@ -192,22 +185,30 @@ def make_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def make_tiny_sdxl_refiner(folder: Path, seed: int = 0) -> Path:
-    """Tiny SDXL refiner: the img2img pipeline with only the second (OpenCLIP-like, 64 wide) text encoder, and a
-    UNet whose time ids carry the aesthetic score (5 ids instead of 6), as stabilityai's refiner is built."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModelWithProjection
+def _sdxl_unet(seed: int, time_ids: int, layers: tuple[int, int], cross_attention_dim: int) -> Any:
+    """A tiny SDXL-shaped UNet: `time_ids` added time ids (6 for the base, 5 with the refiner's aesthetic score),
+    pooled text 32 wide."""
+    from diffusers import UNet2DConditionModel
 
-    folder = Path(folder)
-    tokenizer_2 = tiny_clip_tokenizer(folder / "_tokenizer_2_src", pad_token="!")
     with _seeded(seed):
-        unet = UNet2DConditionModel(
+        return UNet2DConditionModel(
             sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
             use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-            transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=5 * 8 + 32,
-            cross_attention_dim=64, norm_num_groups=8)
+            transformer_layers_per_block=layers, projection_class_embeddings_input_dim=time_ids * 8 + 32,
+            cross_attention_dim=cross_attention_dim, norm_num_groups=8)
+
+
+def make_tiny_sdxl_refiner(folder: Path, seed: int = 0) -> Path:
+    """Tiny SDXL refiner: the img2img pipeline with only the second (OpenCLIP-like, 64 wide) text encoder, and a
+    UNet whose time ids carry the aesthetic score (5 ids instead of 6), as stabilityai's refiner is built."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    folder = Path(folder)
+    tokenizer_2 = tiny_clip_tokenizer(folder / "_tokenizer_2_src", pad_token="!")
+    unet = _sdxl_unet(seed, time_ids=5, layers=(1, 1), cross_attention_dim=64)
     with _seeded(seed + 2):
         text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(tokenizer_2, 64, 32, "gelu")).eval()
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
