@@ -27,6 +27,7 @@ from webui.model_manager.manager import LoadedPipeline
 from webui.requests import Img2ImgRequest, RequestError, Txt2ImgRequest
 
 SMALL = dict(width=64, height=64, steps=2, sampler="Euler", seed=11)
+API_SMALL = {**{k: v for k, v in SMALL.items() if k != "sampler"}, "sampler_name": "Euler"}
 SD1_WIDTH = 32  # the tiny SD 1.x text encoder's token width
 XL_WIDTHS = (32, 64)  # the tiny SDXL's clip_l and clip_g widths
 
@@ -239,10 +240,10 @@ def test_api_lists_what_fits_the_current_model(easel, tmp_path) -> None:
         assert listed["skipped"]["xlstyle"]["vectors"] == 2
         assert "64 wide" in listed["skipped"]["wide"]["reason"]
 
-        response = client.post("/sdapi/v1/txt2img", json={"prompt": "a (wide:1.1) cube", **SMALL})
+        response = client.post("/sdapi/v1/txt2img", json={"prompt": "a (wide:1.1) cube", **API_SMALL})
         assert response.status_code == 422 and response.json()["field"] == "prompt"
         assert "'wide'" in response.json()["detail"]
-        response = client.post("/sdapi/v1/txt2img", json={"prompt": "a red cube", "negative_prompt": "duo", **SMALL})
+        response = client.post("/sdapi/v1/txt2img", json={"prompt": "a red cube", "negative_prompt": "duo", **API_SMALL})
         assert response.status_code == 200 and "TI hashes" in response.json()["info"]
 
         write(easel.settings.models_dir / "embeddings" / "late.safetensors", {"emb_params": vectors(4, SD1_WIDTH, 7)})
