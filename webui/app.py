@@ -226,6 +226,9 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
     if settings.resolved_device() == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     registry = Registry()  # built-in samplers; extensions add to it below
+    from webui.engine.hypernetworks import Hypernetworks  # <hypernet:name:w> on SD 1.x, around each pipeline call
+
+    registry.pipeline_wrappers.append(Hypernetworks(settings.models_dir).wrapper)
     engine = Engine(settings, manager, registry)
     easel = Easel(settings, manager, engine, registry)
     from webui.training.folders import TrainingFolders  # LoRA training for the Train tab (no torch at import)

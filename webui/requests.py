@@ -355,10 +355,10 @@ def validate_request(request: GenerationRequest, limits: Limits, samplers: Sampl
         depth = bracket_depth(getattr(request, name, "") or "")
         if depth > MAX_BRACKET_DEPTH:
             raise RequestError(api_name, f"square brackets are nested {depth} deep; the limit is {MAX_BRACKET_DEPTH}")
-        hypernetworks = find_hypernetwork_tags(getattr(request, name, "") or "")
-        if hypernetworks:
-            raise RequestError(api_name, f"<hypernet:{hypernetworks[0]}:…>: hypernetworks are listed but not loaded "
-                                         "by Easel; remove the tag (a LoRA, <lora:name:weight>, is applied)")
+        if name.endswith("negative_prompt") and find_hypernetwork_tags(getattr(request, name, "") or ""):
+            raise RequestError(api_name, "<hypernet:…> tags apply from the prompt only (they change the model's "
+                                         "cross-attention for the whole image, both prompts alike); move it to "
+                                         "`prompt`")
     if samplers is not None and arch is not None:
         samplers.resolve(request.sampler, arch)
         samplers.check_schedule(request.sampler, request.scheduler, arch)

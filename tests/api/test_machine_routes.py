@@ -1,13 +1,11 @@
 """The AUTOMATIC1111 listing routes realesrgan-models, face-restorers, hypernetworks and sd-modules (shapes,
-relative paths, empty when nothing is installed), `<hypernet:…>` tags refused on the field that holds them, and
-the server routes: absent without --api-server-stop, behind the API's logins with it."""
+relative paths, empty when nothing is installed) and the server routes: absent without --api-server-stop, behind the API's logins with it."""
 from __future__ import annotations
 
 import pytest
 from safetensors.torch import save_file
 import torch
 
-from tests.api.conftest import TINY, b64_png, gradient
 from tests.conftest import api_client
 from tests.tiny_upscalers import make_tiny_esrgan
 
@@ -51,20 +49,6 @@ def test_listings_show_installed_files_in_automatic1111_shapes(client, easel, tm
     for route in ("realesrgan-models", "face-restorers", "hypernetworks", "sd-modules"):
         text = client.get(f"/sdapi/v1/{route}").text
         assert str(tmp_path) not in text and '"/' not in text, f"{route} shows an absolute path: {text}"
-
-
-@pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
-def test_a_hypernetwork_tag_is_refused_on_its_field(client, easel, field):
-    write_tensors(easel.settings.models_dir / "hypernetworks" / "anime.safetensors")
-    body = {"prompt": "a cat", "seed": 1, **TINY, field: "a cat <hypernet:anime:0.5>"}
-    response = client.post("/sdapi/v1/txt2img", json=body)
-    assert response.status_code == 422, response.text
-    answer = response.json()
-    assert answer["field"] == field
-    assert "hypernetworks are listed but not loaded" in answer["detail"] and "anime" in answer["detail"]
-    assert not list(easel.settings.outputs_dir.glob("**/*.png")), "nothing is generated"
-    response = client.post("/sdapi/v1/img2img", json={**body, "init_images": [b64_png(gradient())]})
-    assert response.status_code == 422 and response.json()["field"] == field, response.text
 
 
 def test_server_routes_are_absent_without_the_flag(client):

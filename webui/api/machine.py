@@ -48,7 +48,7 @@ def machine_router(api: ApiContext) -> APIRouter:
 
     @router.get("/hypernetworks")
     def hypernetworks() -> list[dict[str, Any]]:
-        """The files in models/hypernetworks (listed; a `<hypernet:…>` tag in a prompt is refused)."""
+        """The files in models/hypernetworks; `<hypernet:name:weight>` in a prompt applies one (SD 1.x)."""
         return hypernetwork_info(hypernetwork_files(models_dir), shown)
 
     @router.get("/sd-modules")

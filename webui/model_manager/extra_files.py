@@ -2,9 +2,8 @@
 
 `hypernetwork_files` finds the files in `models/hypernetworks/`, `face_restorer_files` those in `models/GFPGAN/`
 and `models/Codeformer/` (AUTOMATIC1111's folder names). Listing only reads folder entries, never a file's
-contents, so a pickle found here is never opened. `find_hypernetwork_tags` finds the `<hypernet:name:weight>`
-tags of a prompt: Easel lists hypernetworks but does not apply them, and a request whose prompt names one is
-refused on that field rather than having the tag read as words.
+contents, so a pickle found here is never opened. `find_hypernetwork_tags` finds the names the
+`<hypernet:name:weight>` tags of a text ask for (`webui.engine.hypernetworks` applies those of the prompt).
 """
 from __future__ import annotations
 
