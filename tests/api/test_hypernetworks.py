@@ -67,13 +67,27 @@ def test_hypernetwork_strength_changes_the_image_and_zero_is_plain(client, easel
     ({"prompt": "a ball <hypernet:old:1>"}, "prompt", "only from .safetensors"),
     ({"prompt": "a ball <hypernet:style:x>"}, "prompt", "must be a number"),
     ({"prompt": "a ball", "negative_prompt": "<hypernet:style:1>"}, "negative_prompt", "prompt only"),
+    ({"prompt": "a ball <hypernet:wide:1>"}, "prompt", "made for text widths [768]"),
 ])
 def test_hypernetwork_mistakes_are_422s_naming_the_field(client, easel, body, field, words):
     folder = easel.settings.models_dir / "hypernetworks"
     write_hypernetwork(folder / "style.safetensors")
+    write_hypernetwork(folder / "wide.safetensors", width=768)  # SD 1.x's real width, not the tiny model's
     (folder / "old.pt").write_bytes(b"\x80\x02}q\x00.")  # never unpickled
     response = client.post("/sdapi/v1/txt2img", json={"seed": 1, **TINY, **body})
     assert response.status_code == 422, response.text
     assert response.json()["field"] == field and words in response.json()["detail"], response.text
     response = client.post("/sdapi/v1/img2img", json={"seed": 1, **TINY, **body, "init_images": [b64_png(gradient())]})
     assert response.status_code == 422 and response.json()["field"] == field, response.text
+
+
+def test_a_hypernetwork_on_another_family_is_refused(client, easel):
+    from tests.tiny_models import make_tiny_sd2
+
+    write_hypernetwork(easel.settings.models_dir / "hypernetworks" / "style.safetensors")
+    make_tiny_sd2(easel.settings.models_dir / "diffusers" / "tiny-sd2")
+    client.post("/sdapi/v1/refresh-checkpoints")
+    response = client.post("/sdapi/v1/txt2img", json={
+        "prompt": "a ball <hypernet:style:1>", "seed": 1, **TINY, "override_settings": {"sd_model_checkpoint": "tiny-sd2"}})
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "prompt" and "SD 1.x models only" in response.json()["detail"]
