@@ -88,6 +88,7 @@ def test_a_hypernetwork_on_another_family_is_refused(client, easel):
     make_tiny_sd2(easel.settings.models_dir / "diffusers" / "tiny-sd2")
     client.post("/sdapi/v1/refresh-checkpoints")
     response = client.post("/sdapi/v1/txt2img", json={
-        "prompt": "a ball <hypernet:style:1>", "seed": 1, **TINY, "override_settings": {"sd_model_checkpoint": "tiny-sd2"}})
+        "prompt": "a ball <hypernet:style:1>", "seed": 1, **TINY,
+        "override_settings": {"sd_model_checkpoint": "tiny-sd2"}})
     assert response.status_code == 422, response.text
     assert response.json()["field"] == "prompt" and "SD 1.x models only" in response.json()["detail"]

@@ -1,8 +1,8 @@
 """The AUTOMATIC1111 listing routes realesrgan-models, face-restorers, hypernetworks and sd-modules (shapes,
-relative paths, empty when nothing is installed) and the server routes: absent without --api-server-stop, behind the API's logins with it."""
+relative paths, empty when nothing is installed) and the server routes: absent without --api-server-stop,
+behind the API's logins with it."""
 from __future__ import annotations
 
-import pytest
 from safetensors.torch import save_file
 import torch
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from webui.model_manager.extra_files import find_hypernetwork_tags, hypernetwork_files
+from webui.model_manager.extra_files import hypernetwork_files
 from webui.requests import RequestError
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def _mlp(layers: dict[int, dict[str, torch.Tensor]], activation: str, where: str
         weight, bias = tensors["weight"], tensors.get("bias")
         if weight.dim() == 2:  # (out, in)
             linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-            linear.load_state_dict({k: v for k, v in tensors.items()})
+            linear.load_state_dict(dict(tensors))
             modules.append(linear)
             if index != linears[-1]:
                 modules.append(ACTIVATIONS[activation]())
@@ -265,4 +265,4 @@ class Hypernetworks:
 
 
 __all__ = ["Hypernetworks", "HypernetworkError", "HypernetTag", "hypernet_tags", "load_hypernetwork",
-           "hypernetworks_applied", "find_hypernetwork_tags"]
+           "hypernetworks_applied"]
