@@ -226,6 +226,9 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
     if settings.resolved_device() == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     registry = Registry()  # built-in samplers; extensions add to it below
+    from webui.engine.hypernetworks import Hypernetworks  # <hypernet:name:w> on SD 1.x, around each pipeline call
+
+    registry.pipeline_wrappers.append(Hypernetworks(settings.models_dir).wrapper)
     engine = Engine(settings, manager, registry)
     easel = Easel(settings, manager, engine, registry)
     from webui.training.folders import TrainingFolders  # LoRA training for the Train tab (no torch at import)
@@ -281,11 +284,13 @@ def create_server(easel: Easel, block: bool = True) -> tuple[Any, str]:
                                 forwarded_allow_ips=forwarded_allow_ips(settings))
         server = uvicorn.Server(config)
         url = f"http://{host}:{settings.port}"
+        easel.extras["server"] = server
         if block:
+            control = server_control(easel)
+            control.on_stop(lambda: setattr(server, "should_exit", True))  # uvicorn's graceful shutdown
             server.run()
         else:
             threading.Thread(target=server.run, daemon=True).start()
-        easel.extras["server"] = server
         return app, url
 
     from webui.ui.app import create_ui, launch_kwargs
@@ -314,8 +319,25 @@ def create_server(easel: Easel, block: bool = True) -> tuple[Any, str]:
     easel.extras["share_url"] = share_url
     easel.extras["blocks"] = blocks
     if block:
-        blocks.block_thread()
+        wait_for_stop(server_control(easel), blocks)
     return app, local_url
+
+
+def server_control(easel: Easel) -> Any:
+    """The `webui.server_control.ServerControl` the API's server-stop and server-restart routes ask (made once)."""
+    from webui.server_control import ServerControl
+
+    return easel.extras.setdefault("server_control", ServerControl())
+
+
+def wait_for_stop(control: Any, blocks: Any) -> None:
+    """Keep the UI's server running until the API asks to stop or restart it (or Ctrl+C), then close it."""
+    try:
+        while control.wait(1.0) is None:
+            pass
+    except KeyboardInterrupt:
+        log.info("interrupted: closing the server")
+    blocks.close()
 
 
 def share_server_problem(timeout: float = SHARE_PROBE_SECONDS) -> str | None:
@@ -466,5 +488,10 @@ def main(argv: list[str] | None = None) -> None:
         log.warning(settings.load_message)
     easel = build(settings)
     easel.extras["restart"] = restart_process
+    control = server_control(easel)  # /sdapi/v1/server-stop and server-restart (--api-server-stop) ask it
     easel.engine.start()
     create_server(easel, block=True)
+    if control.command == "restart":
+        restart_process()
+    elif control.command == "stop":
+        log.info("Easel stopped as asked through the API")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 from PIL import Image
 
 from webui.engine.prompt_schedule import MAX_BRACKET_DEPTH, bracket_depth
+from webui.model_manager.extra_files import find_hypernetwork_tags
 
 if TYPE_CHECKING:
     from webui.engine.samplers import Samplers
@@ -354,6 +355,10 @@ def validate_request(request: GenerationRequest, limits: Limits, samplers: Sampl
         depth = bracket_depth(getattr(request, name, "") or "")
         if depth > MAX_BRACKET_DEPTH:
             raise RequestError(api_name, f"square brackets are nested {depth} deep; the limit is {MAX_BRACKET_DEPTH}")
+        if name.endswith("negative_prompt") and find_hypernetwork_tags(getattr(request, name, "") or ""):
+            raise RequestError(api_name, "<hypernet:…> tags apply from the prompt only (they change the model's "
+                                         "cross-attention for the whole image, both prompts alike); move it to "
+                                         "`prompt`")
     if samplers is not None and arch is not None:
         samplers.resolve(request.sampler, arch)
         samplers.check_schedule(request.sampler, request.scheduler, arch)

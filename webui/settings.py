@@ -202,6 +202,7 @@ class Settings:
     cors_allow_origins: list[str] = field(default_factory=list)  # --cors-allow-origins: pages that may call Easel
     cors_allow_origins_regex: str | None = None  # --cors-allow-origins-regex
     forwarded_allow_ips: list[str] = field(default_factory=list)  # proxies whose X-Forwarded-For is believed
+    api_server_stop: bool = False  # --api-server-stop: the API may stop, restart or kill the server
     user: UserSettings = field(default_factory=UserSettings)
     load_message: str | None = None  # what happened when config.json was read, if worth telling
 
@@ -368,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reverse proxies whose X-Forwarded-For header gives the client's address")
     p.add_argument("--api", action="store_true", help="serve the AUTOMATIC1111-compatible API at /sdapi/v1")
     p.add_argument("--nowebui", action="store_true", help="serve the API only, no UI")
+    p.add_argument("--api-server-stop", action="store_true",
+                   help="add /sdapi/v1/server-stop, server-restart and server-kill (behind the API's logins)")
     p.add_argument("--data-dir", type=Path, default=None, help="where settings, outputs and user models live")
     p.add_argument("--ckpt-dir", type=Path, action="append", default=[], help="extra checkpoint folder")
     p.add_argument("--lora-dir", type=Path, action="append", default=[], help="extra LoRA folder")
@@ -408,6 +411,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cors_allow_origins=parse_cors_origins(args.cors_allow_origins),
         cors_allow_origins_regex=args.cors_allow_origins_regex or None,
         forwarded_allow_ips=parse_forwarded_allow_ips(args.forwarded_allow_ips),
+        api_server_stop=args.api_server_stop,
     )
     s.api_auth_pairs()  # fail early on a malformed --gradio-auth, --gradio-auth-path file or --api-auth
     s.load_user_settings()

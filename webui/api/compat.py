@@ -1,5 +1,6 @@
 """Helpers for the AUTOMATIC1111 routes that describe the machine rather than generate: memory, embeddings,
-LoRAs, upscalers, API scripts, and the OpenAPI page.
+LoRAs, upscalers (and the Real-ESRGAN listing), face restorers, hypernetworks, separate modules, API scripts, and
+the OpenAPI page.
 
 They shape Easel's own state into the JSON AUTOMATIC1111 answers with, so existing clients read it unchanged.
 Where something cannot be used, the answer says why (an embedding listed as skipped carries its reason). The
@@ -187,3 +188,31 @@ def add_docs(app: FastAPI, title: str) -> None:
 
     app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)
     app.openapi_schema = None  # rebuilt on the next request, now with the API routes
+
+
+def realesrgan_info(entries: list[Any], shown: Callable[[Any], str | None] = str) -> list[dict[str, Any]]:
+    """AUTOMATIC1111's /realesrgan-models: the ESRGAN-family model upscalers (models/ESRGAN and
+    --esrgan-models-path; spandrel recognises Real-ESRGAN, ESRGAN, SwinIR, ...), with `shown` paths and each
+    model's own factor (the one its name announces until it is loaded; 4 when it announces none)."""
+    return [{"name": e.name, "path": shown(e.path), "scale": e.scale or 4} for e in entries if e.kind == "model"]
+
+
+def face_restorer_info(found: dict[str, list[Any]], shown: Callable[[Any], str | None] = str
+                       ) -> list[dict[str, Any]]:
+    """AUTOMATIC1111's /face-restorers: each restorer (GFPGAN, CodeFormer) that has a weights file, with its folder
+    as `cmd_dir`; Easel adds the files found (`shown`)."""
+    from webui.model_manager.extra_files import FACE_RESTORER_FOLDERS
+
+    return [{"name": name, "cmd_dir": FACE_RESTORER_FOLDERS[name], "files": [shown(path) for path in files]}
+            for name, files in found.items()]
+
+
+def hypernetwork_info(named: dict[str, Any], shown: Callable[[Any], str | None] = str) -> list[dict[str, Any]]:
+    """AUTOMATIC1111's /hypernetworks: name (what `<hypernet:name:weight>` names) and path (`shown`)."""
+    return [{"name": name, "path": shown(path)} for name, path in named.items()]
+
+
+def sd_module_info(vaes: list[Any], shown: Callable[[Any], str | None] = str) -> list[dict[str, Any]]:
+    """Forge's /sd-modules (model_name, filename): the modules Easel loads apart from a checkpoint, its VAEs
+    (text encoders come with their checkpoints)."""
+    return [{"model_name": v.name, "filename": shown(getattr(v, "path", None)) or ""} for v in vaes]

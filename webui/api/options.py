@@ -128,6 +128,7 @@ def options_router(api: ApiContext) -> APIRouter:
             "api_auth": "(set)" if settings.api_auth else None,
             "cors_allow_origins": ",".join(settings.cors_allow_origins) or None,
             "cors_allow_origins_regex": settings.cors_allow_origins_regex,
+            "api_server_stop": settings.api_server_stop,
         }
 
     return router

@@ -9,6 +9,8 @@ adds the routers built from it, one module per concern:
     models.py       checkpoints, VAEs, samplers, upscalers, scripts, LoRAs, embeddings, extensions, memory,
                     unloading and reloading the checkpoint
     extras.py       extra-single-image, extra-batch-images, png-info
+    machine.py      realesrgan-models, face-restorers, hypernetworks, sd-modules; server-stop, server-restart and
+                    server-kill with --api-server-stop
     styles.py       prompt-styles
     progress.py     progress, interrupt, skip
     segment.py      /easel/v1/segment
@@ -41,6 +43,7 @@ from webui.api.generation import (  # the API's request types are importable fro
     ApiTxt2ImgRequest,
     generation_router,
 )
+from webui.api.machine import machine_router
 from webui.api.models import models_router
 from webui.api.options import options_router
 from webui.api.progress import progress_router
@@ -70,7 +73,8 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
                                                          settings.user.limits().max_pixels * 4),
                                    lambda text: redact_paths(text, folders))
     api = ApiContext(easel, route_class, folders)
-    for build in (generation_router, models_router, options_router, progress_router, extras_router, styles_router):
+    for build in (generation_router, models_router, options_router, progress_router, extras_router, styles_router,
+                  machine_router):
         app.include_router(build(api))
     app.include_router(segment_router(api))
     add_extension_routes(app, easel, route_class)

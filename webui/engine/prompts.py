@@ -16,6 +16,7 @@ import torch
 
 _TOKEN = re.compile(r"\\\(|\\\)|\\\[|\\\]|\\\\|\\|\(|\[|:\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)|\)|\]|[^\\()\[\]:]+|:")
 _LORA = re.compile(r"<(lora|lyco):([^:>]+)(?::([+-]?(?:\d+\.?\d*|\.\d+)))?(?::[^>]*)?>", re.IGNORECASE)
+_HYPERNET = re.compile(r"<hypernet:[^>]*>", re.IGNORECASE)  # applied by webui.engine.hypernetworks, not words
 ROUND_UP = 1.1
 SQUARE_DOWN = 1 / 1.1
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
@@ -29,9 +30,10 @@ class LoraTag:
 
 
 def extract_loras(prompt: str) -> tuple[str, list[LoraTag]]:
-    """Remove `<lora:name:w>` tags from a prompt; return the cleaned prompt and the tags in order."""
+    """Remove `<lora:name:w>` tags (and `<hypernet:name:w>` tags, which `webui.engine.hypernetworks` applies)
+    from a prompt; return the cleaned prompt and the LoRA tags in order."""
     tags = [LoraTag(m.group(2).strip(), float(m.group(3)) if m.group(3) else 1.0) for m in _LORA.finditer(prompt)]
-    return _LORA.sub("", prompt), tags
+    return _HYPERNET.sub("", _LORA.sub("", prompt)), tags
 
 
 def parse_emphasis(text: str) -> list[tuple[str, float]]:
