@@ -292,6 +292,11 @@ class GalleryIndex:
         return ScanReport(added, len(fresh) - added, len(gone), time.perf_counter() - start)
 
     # Reading -----------------------------------------------------------------------------------------
+    @staticmethod
+    def query(**filters: Any) -> Query:
+        """A `Query` (for callers that do not import this module: the UI)."""
+        return Query(**filters)
+
     def count(self) -> int:
         with self._lock:
             return int(self._conn().execute("SELECT COUNT(*) FROM images").fetchone()[0])
