@@ -98,6 +98,26 @@ def main() -> None:
         print(f"without FTS5 (LIKE), words 'red circle': median {statistics.median(times):.1f} ms, "
               f"worst {max(times):.1f} ms")
         index.close()
+        thumbnails(Path(tmp))
+
+
+def thumbnails(tmp: Path) -> None:
+    """A page of 24 thumbnails of 1024x1024 PNGs (noise: the slowest to decode), made and then read back."""
+    import numpy as np
+
+    outputs = tmp / "thumb-outputs"
+    folder = outputs / "txt2img-images" / "2026-12-07"
+    folder.mkdir(parents=True)
+    noise = Image.fromarray((np.random.default_rng(0).random((1024, 1024, 3)) * 255).astype("uint8"))
+    for number in range(24):
+        noise.save(folder / f"{number:05d}-{number}.png")
+    index = GalleryIndex(outputs, tmp / "thumb-gallery")
+    index.rescan()
+    entries = index.search(per_page=24).items
+    first = timed_ms(lambda: [index.thumbnail(e) for e in entries])
+    again = timed_ms(lambda: [index.thumbnail(e) for e in entries])
+    print(f"a page of 24 thumbnails of 1024x1024 PNGs: first view {first:.0f} ms, again (cached) {again:.0f} ms")
+    index.close()
 
 
 if __name__ == "__main__":

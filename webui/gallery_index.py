@@ -17,6 +17,7 @@ Nothing here imports torch or Gradio.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import logging
 import os
 import re
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MASK_SUFFIX = "-mask.png"  # an inpaint image's mask, saved beside it: moved with it, not listed on its own
 MAX_PER_PAGE = 200
+THUMB_SIDE = 192  # thumbnails fit in a square this size
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _WORD = re.compile(r"\w+", re.UNICODE)
 _COLUMNS = ("path", "mode", "day", "mtime", "bytes", "width", "height", "prompt", "negative", "seed", "model",
@@ -386,6 +388,43 @@ class GalleryIndex:
         """A user-given name as the index stores it, refused when it would leave the outputs folder."""
         path = resolve_inside(self.outputs_dir, name, "image", follow_symlinks=False)
         return path.relative_to(Path(os.path.abspath(self.outputs_dir))).as_posix()
+
+    # Thumbnails ---------------------------------------------------------------------------------------
+    def thumbnail(self, entry: ImageEntry | str) -> Image.Image:
+        """A small copy of an indexed image, made once and then read from `thumbs/` (a changed file gets a new
+        one); an unreadable image gets a grey square."""
+        if isinstance(entry, str):
+            entry = self.get(entry)
+        return self._thumb(self.file(entry.path), f"{entry.path}|{entry.mtime}|{entry.bytes}")
+
+    def trash_thumbnail(self, trash_id: int) -> Image.Image:
+        path = self.trash_file(trash_id)
+        return self._thumb(path, f"trash|{path.name}")
+
+    def _thumb(self, source: Path, key: str) -> Image.Image:
+        name = hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()
+        cached = self.home / "thumbs" / name[:2] / f"{name}.webp"
+        try:
+            with Image.open(cached) as image:
+                image.load()
+                return image.copy()
+        except (OSError, ValueError):
+            pass
+        try:
+            with Image.open(source) as image:
+                image.draft("RGB", (THUMB_SIDE, THUMB_SIDE))
+                image.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+                small = image.convert("RGB")
+        except (OSError, ValueError, SyntaxError):
+            return Image.new("RGB", (THUMB_SIDE, THUMB_SIDE), (90, 90, 90))
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            temporary = cached.with_name(f".{uuid.uuid4().hex}.webp")
+            small.save(temporary, format="WEBP", quality=82)
+            os.replace(temporary, cached)
+        except OSError as exc:  # a full disk costs speed, never the page
+            log.info("image browser: could not cache a thumbnail (%s)", exc)
+        return small
 
     # Favourites -------------------------------------------------------------------------------------------
     def set_favourite(self, rel: str, favourite: bool = True) -> ImageEntry:

@@ -209,3 +209,23 @@ def test_a_link_pointing_out_is_neither_indexed_nor_served(world) -> None:
     with pytest.raises(ValueError, match="^image: "):
         index.delete("leak.png")
     assert secret.is_file() and (outputs / "leak.png").is_symlink()
+
+
+def test_thumbnails_are_made_once_and_remade_for_a_changed_file(world) -> None:
+    outputs, index = world
+    big = outputs / "txt2img-images/2026-12-05/00000-8.png"
+    big.parent.mkdir(parents=True)
+    Image.new("RGB", (800, 400), (0, 200, 0)).save(big)
+    index.rescan()
+    thumb = index.thumbnail("txt2img-images/2026-12-05/00000-8.png")
+    assert thumb.size == (192, 96) and thumb.getpixel((5, 5))[1] > 150
+    cached = list((index.home / "thumbs").rglob("*.webp"))
+    assert len(cached) == 1
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(cached[0])  # the cache is what a second call reads
+    assert index.thumbnail("txt2img-images/2026-12-05/00000-8.png").size == (8, 8)
+    Image.new("RGB", (400, 800), (0, 0, 200)).save(big)
+    os.utime(big, (1_900_000_000, 1_900_000_000))
+    index.rescan()
+    assert index.thumbnail("txt2img-images/2026-12-05/00000-8.png").size == (96, 192)
+    gone = index.delete("txt2img-images/2026-12-05/00000-8.png")
+    assert index.trash_thumbnail(gone.id).size == (96, 192)

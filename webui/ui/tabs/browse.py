@@ -11,14 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
-from PIL import Image
 
 from webui.ui.bridge import guard
 from webui.ui.context import UIContext
 from webui.ui.generation import load_image, wire_send
 
 PER_PAGE = 24
-THUMB = 192
 ALL = "All"
 IMAGES, TRASH = "Images", "Trash"
 TARGETS = {"txt2img": "Send to txt2img", "img2img": "Send to img2img", "inpaint": "Send to inpaint"}
@@ -29,17 +27,6 @@ def gallery_of(ui: UIContext) -> Any:
     if index is None:
         raise ValueError("image browser: this Easel keeps no image index")
     return index
-
-
-def thumbnail(path: Any) -> Image.Image:
-    """A small copy of the image at `path` for the thumbnail grid (a broken file gets a grey square)."""
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (THUMB, THUMB))
-            image.thumbnail((THUMB, THUMB), Image.Resampling.BILINEAR, reducing_gap=2.0)
-            return image.convert("RGB")
-    except (OSError, ValueError, SyntaxError):
-        return Image.new("RGB", (THUMB, THUMB), (90, 90, 90))
 
 
 def to_page(value: Any) -> int:
@@ -53,19 +40,19 @@ def to_page(value: Any) -> int:
 
 
 def load_page(ui: UIContext, view: str, words: str, seed: Any, model: str, mode: str, date_from: str, date_to: str,
-              favourites: bool, page: Any) -> tuple[list[tuple[Image.Image, str]], list[Any], str, int]:
+              favourites: bool, page: Any) -> tuple[list[tuple[Any, str]], list[Any], str, int]:
     """(thumbnails with captions, the key of each: a path or a trash id, status line, page shown)."""
     index = gallery_of(ui)
     number = to_page(page)
     if view == TRASH:
         found = index.trash(number, PER_PAGE)
-        items = [(thumbnail(index.trash_file(t.id)), t.original.rsplit("/", 1)[-1]) for t in found.items]
+        items = [(index.trash_thumbnail(t.id), t.original.rsplit("/", 1)[-1]) for t in found.items]
         keys: list[Any] = [t.id for t in found.items]
         what = "deleted image" if found.total == 1 else "deleted images"
     else:
         query = gallery_query(index, words, seed, model, mode, date_from, date_to, favourites)
         found = index.search(query, number, PER_PAGE)
-        items = [(thumbnail(index.outputs_dir / e.path), caption(e)) for e in found.items]
+        items = [(index.thumbnail(e), caption(e)) for e in found.items]
         keys = [e.path for e in found.items]
         what = "image" if found.total == 1 else "images"
     status = f"{found.total} {what} · page {found.page} of {found.pages}"
