@@ -290,6 +290,8 @@ class GalleryIndex:
                 db.execute("ROLLBACK")
                 raise
             self.last_scan = time.time()
+        for rel in [*gone, *(rel for rel, _ in fresh if rel in known)]:
+            self._forget_thumbnail(rel, *known[rel])
         added = sum(1 for rel, _ in fresh if rel not in known)
         return ScanReport(added, len(fresh) - added, len(gone), time.perf_counter() - start)
 
@@ -401,9 +403,16 @@ class GalleryIndex:
         path = self.trash_file(trash_id)
         return self._thumb(path, f"trash|{path.name}")
 
-    def _thumb(self, source: Path, key: str) -> Image.Image:
+    def _thumb_path(self, key: str) -> Path:
         name = hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()
-        cached = self.home / "thumbs" / name[:2] / f"{name}.webp"
+        return self.home / "thumbs" / name[:2] / f"{name}.webp"
+
+    def _forget_thumbnail(self, rel: str, mtime: float, size: int) -> None:
+        """Drop the cached thumbnail of a file that changed or left (a cache file of our own, never an image)."""
+        self._thumb_path(f"{rel}|{mtime}|{size}").unlink(missing_ok=True)
+
+    def _thumb(self, source: Path, key: str) -> Image.Image:
+        cached = self._thumb_path(key)
         try:
             with Image.open(cached) as image:
                 image.load()
@@ -457,6 +466,7 @@ class GalleryIndex:
             db.execute("DELETE FROM images WHERE path = ?", (entry.path,))
             db.execute("COMMIT")
             trash_id = int(cursor.lastrowid or 0)
+        self._forget_thumbnail(entry.path, entry.mtime, entry.bytes)
         return self.trashed(trash_id)
 
     def trashed(self, trash_id: int) -> TrashEntry:
@@ -509,6 +519,7 @@ class GalleryIndex:
             if mask and (self.trash_dir / mask).is_file():
                 shutil.move(resolve_inside(self.trash_dir, mask, "trash"), target.with_name(target.stem + MASK_SUFFIX))
             self._conn().execute("DELETE FROM trash WHERE id = ?", (entry.id,))
+            self._thumb_path(f"trash|{entry.stored}").unlink(missing_ok=True)
             self.record(target)
             rel = target.relative_to(self.outputs_dir.resolve()).as_posix()
             if entry.favourite:

@@ -227,5 +227,9 @@ def test_thumbnails_are_made_once_and_remade_for_a_changed_file(world) -> None:
     os.utime(big, (1_900_000_000, 1_900_000_000))
     index.rescan()
     assert index.thumbnail("txt2img-images/2026-12-05/00000-8.png").size == (96, 192)
+    assert len(list((index.home / "thumbs").rglob("*.webp"))) == 1  # the old one was dropped
     gone = index.delete("txt2img-images/2026-12-05/00000-8.png")
     assert index.trash_thumbnail(gone.id).size == (96, 192)
+    assert len(list((index.home / "thumbs").rglob("*.webp"))) == 1  # the trash's own
+    index.restore(gone.id)
+    assert list((index.home / "thumbs").rglob("*.webp")) == []
