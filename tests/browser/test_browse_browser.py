@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import SHOTS
+from tests.browser.conftest import DESKTOP, PHONE, SHOTS
 from tests.browser.helpers import fill_prompt, open_tab, pick_first_checkpoint, saved_pngs, set_number, wait_for_result
 from tests.core.test_gallery_index import write
 
@@ -52,6 +52,10 @@ def test_browse_search_send_delete_and_restore(copied_in, page, server) -> None:
     expect(page.locator("#browse_image img")).to_be_visible()
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "browse-search-desktop.png"), full_page=True)
+    page.set_viewport_size(PHONE)
+    expect(page.locator("#browse_gallery .thumbnail-item")).to_have_count(1)
+    page.screenshot(path=str(SHOTS / "browse-search-phone.png"), full_page=True)
+    page.set_viewport_size(DESKTOP)
 
     page.click("#browse_send_to_txt2img")
     expect(page.locator("button[role=tab][data-tab-id='txt2img']")).to_have_attribute("aria-selected", "true")
