@@ -42,6 +42,7 @@ class Easel:
     registry: Registry  # this Easel's samplers, hooks and extension contributions (shared with its engine)
     extensions: list[LoadedExtension] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    gallery: Any = None  # the image browser's index (webui.gallery_index.GalleryIndex), set by build()
 
     # Read-only helpers the UI and API share (so ui/ never touches torch or diffusers) ------------
     @property
@@ -231,6 +232,10 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
     registry.pipeline_wrappers.append(Hypernetworks(settings.models_dir).wrapper)
     engine = Engine(settings, manager, registry)
     easel = Easel(settings, manager, engine, registry)
+    from webui.gallery_index import GalleryIndex  # the image browser's index: opened on first use
+
+    easel.gallery = GalleryIndex(settings.outputs_dir, settings.data_dir / "gallery")
+    engine.saved_listeners.append(easel.gallery.record)
     from webui.training.folders import TrainingFolders  # LoRA training for the Train tab (no torch at import)
     from webui.training.service import TrainingService
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+from pathlib import Path
 from typing import Any, Callable
 
 from PIL import Image
@@ -56,6 +57,8 @@ class Engine:
                                    manager.dtype, memory=manager.memory)
         # prompt styles: styles.csv and the other styles*.csv in the data dir
         self.styles = StyleStore(settings.data_dir, lambda: settings.user.limits().max_prompt_chars)
+        # called with each image file saved under outputs/ (the image browser's index listens here)
+        self.saved_listeners: list[Callable[[Path], None]] = []
 
     # The extensions' hooks this engine runs: the registry's own lists.
     @property
@@ -206,11 +209,20 @@ class Engine:
                 result.paths.append(path)
                 if isinstance(item.payload.get("mask"), Image.Image):
                     item.payload["mask"].save(path.with_name(path.stem + "-mask.png"))
+                self.notify_saved(path)
         result.info |= {"seeds": result.seeds, "model": model, "model_hash": model_hash}
         if styled is not request:
             result.info["styled"] = {"prompt": styled.prompt, "negative_prompt": styled.negative_prompt}
         job.update(result=result)
         return result
+
+    def notify_saved(self, path: Path) -> None:
+        """Tell the listeners an image was saved; one that fails is logged and never fails the job."""
+        for listener in list(self.saved_listeners):
+            try:
+                listener(path)
+            except Exception:  # noqa: BLE001 - an index update must not lose a generated image
+                log.exception("a listener failed on the saved image %s", path.name)
 
     def infotext(self, request: Any, item: Generated) -> tuple[str, dict[str, Any]]:
         """AUTOMATIC1111's parameters text for one image, and the parameters it was written from.

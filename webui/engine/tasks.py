@@ -110,6 +110,7 @@ class UpscaleRequest(EngineTask):
         if self.save_images and engine.settings.user.save_images:
             folder = mode_folder(engine.settings.outputs_dir, self.mode)
             result.paths.append(save_image(first, folder, -1, text, engine.settings.user.filename_digits))
+            engine.notify_saved(result.paths[-1])
         job.update(result=result)
         return result
 

@@ -41,6 +41,7 @@ class UIContext:
     vae: Any = None
     generation: dict[str, GenerationTab] = field(default_factory=dict)
     segment_image: Any = None  # the Segment tab's image input, when that tab is built ("Send to Segment")
+    extras_image: Any = None  # the Extras tab's image input, when that tab is built ("Send to extras")
     _deferred: list[Callable[[], None]] = field(default_factory=list)
 
     @property

@@ -59,6 +59,7 @@ def build(ui: UIContext) -> None:
             with gr.Column(scale=1, min_width=300):
                 source = gr.Image(label="Image", type="pil", sources=["upload", "clipboard"], height=320,
                                   elem_id="extras_image")
+                ui.extras_image = source
                 with gr.Row():
                     upscaler = gr.Dropdown(choices=BUILTIN, value=BUILTIN[0], label="Upscaler",
                                            elem_id="extras_upscaler", scale=3, min_width=160)
