@@ -206,6 +206,8 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
     """Create the model manager, engine and extensions for these settings (no model is loaded yet)."""
     import torch
 
+    from webui.engine.detail_args import register as register_detail_args
+
     for sub in ("Stable-diffusion", "diffusers", "Lora", "VAE", "clipseg", "embeddings"):
         (settings.models_dir / sub).mkdir(parents=True, exist_ok=True)
     manager = ModelManager(
@@ -226,6 +228,7 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
     if settings.resolved_device() == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     registry = Registry()  # built-in samplers; extensions add to it below
+    register_detail_args(registry)  # the built-in detail fixer's `alwayson_scripts` arguments
     engine = Engine(settings, manager, registry)
     easel = Easel(settings, manager, engine, registry)
     from webui.training.folders import TrainingFolders  # LoRA training for the Train tab (no torch at import)

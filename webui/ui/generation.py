@@ -26,6 +26,7 @@ from webui.requests import GenerationRequest
 from webui.ui.bridge import guard, job_failed
 from webui.ui.context import GenerationTab, UIContext
 from webui.ui.controls import ControlSet, build_request, field_control, infotext_values
+from webui.ui.detail import build_detail_accordion
 from webui.ui.lora_picker import build_lora_picker
 from webui.ui.styles import (StyleWidgets, build_style_buttons, build_style_editor, missing_styles, styles_control,
                              wire_styles)
@@ -159,6 +160,8 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                 build_lora_picker(ui, mode, prompt)
             style_editor = build_style_editor(ui, mode)
             extension_inputs = build_extension_accordions(ui, mode)
+            if mode in ("txt2img", "img2img"):  # the built-in detail fixer feeds requests as accordions do
+                extension_inputs = [*build_detail_accordion(mode), *extension_inputs]
 
         with gr.Column(scale=1, min_width=300, elem_classes="easel-results"):
             progress = gr.HTML(status_html(None), elem_id=f"{mode}_progress", padding=False)
