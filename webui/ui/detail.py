@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from webui.infotext import parse_infotext
+
 DETAIL_NAME = "easel detail"  # the request-argument name the engine reads (webui.engine.detail_args)
 
 
@@ -22,9 +24,10 @@ class DetailInputs:
     to_args: Callable[..., Any]
 
 
-def build_detail_accordion(mode: str) -> list[tuple[str, DetailInputs]]:
-    """The accordion's controls as (argument name, inputs) for the generation panel."""
-    with gr.Accordion("Detail fixer", open=False, elem_id=f"{mode}_detail"):
+def build_detail_accordion(mode: str) -> tuple[list[tuple[str, DetailInputs]], dict[str, Any]]:
+    """The accordion's controls as (argument name, inputs) for the generation panel, and its components by name
+    (what "Send to" fills from an infotext, `detail_updates`)."""
+    with gr.Accordion("Detail fixer", open=False, elem_id=f"{mode}_detail") as accordion:
         enable = gr.Checkbox(False, label="Fix details after generating", elem_id=f"{mode}_detail_enable")
         query = gr.Textbox("face", label="Find (any words: face, hands, the red circle)", max_lines=1,
                            elem_id=f"{mode}_detail_query")
@@ -46,4 +49,27 @@ def build_detail_accordion(mode: str) -> list[tuple[str, DetailInputs]]:
         return {"query": find or "", "prompt": text or "", "negative_prompt": negative_text or "",
                 "denoising_strength": float(strength), "dilate_erode": int(grow), "mask_blur": int(feather)}
 
-    return [(DETAIL_NAME, DetailInputs([enable, query, prompt, negative, denoising, dilate, blur], to_args))]
+    components = {"accordion": accordion, "enable": enable, "query": query, "prompt": prompt,
+                  "negative_prompt": negative, "denoising": denoising, "dilate/erode": dilate, "mask blur": blur}
+    inputs = DetailInputs([enable, query, prompt, negative, denoising, dilate, blur], to_args)
+    return [(DETAIL_NAME, inputs)], components
+
+
+def detail_updates(components: dict[str, Any], text: str) -> dict[Any, Any]:
+    """Updates that fill the accordion from a parameters text's first pass (`Detail 1 …`), or untick it when the
+    text has none."""
+    if not components:
+        return {}
+    params = parse_infotext(text or "")
+    if "Detail 1 query" not in params:
+        return {components["enable"]: False}
+    updates: dict[Any, Any] = {components["enable"]: True, components["accordion"]: gr.Accordion(open=True)}
+    for key in ("query", "prompt", "negative prompt", "denoising", "dilate/erode", "mask blur"):
+        name = "negative_prompt" if key == "negative prompt" else key
+        value = params.get(f"Detail 1 {key}")
+        if value is None and key in ("prompt", "negative prompt"):
+            value = ""  # not written: the main prompt's
+        if value is None:
+            continue
+        updates[components[name]] = value if key in ("query", "prompt", "negative prompt") else float(value)
+    return updates
