@@ -48,6 +48,7 @@ def test_adetailer_keys_map_and_unknown_keys_are_named() -> None:
     assert passes == [DetailPass(query="face", prompt="a smile", denoising_strength=0.3, dilate_erode=-2,
                                  mask_blur=6, inpaint_width=128, inpaint_height=96)]  # ad_use_steps off: ignored
     assert parse_adetailer_args([False, False, {"ad_model": "hands"}]) == []
+    assert parse_adetailer_args([True, True, {"ad_model": "hands"}])[0].skip_img2img is True
     assert parse_adetailer_args({"ad_model": "the red circle"})[0].query == "the red circle"
     with pytest.raises(ValueError, match="ad_bogus"):
         parse_adetailer_args([True, False, {"ad_model": "face", "ad_bogus": 1}])
@@ -168,3 +169,28 @@ def test_adetailer_args_through_the_api_and_unknown_keys_422(seg_client) -> None
     bad = seg_client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"easel detail": {"args": [
         {"query": "face", "denoise": 0.3}]}}})
     assert bad.status_code == 422 and "denoise" in bad.text and "alwayson_scripts" in bad.text
+
+
+def test_img2img_runs_its_passes_and_skip_img2img_is_honoured(seg_easel) -> None:
+    from webui.engine.detail import split_regions
+    from webui.engine.mask_extraction import clean_mask
+    from webui.requests import Img2ImgRequest
+    from tests.segment.conftest import scene_image
+
+    source, _ = scene_image()
+    base = Img2ImgRequest(prompt="a red circle", init_image=source, denoising_strength=0.5, **SD)
+    plain, _ = generate(seg_easel, base)
+    probs = clipseg_probs(seg_easel, plain, "the circle")
+    threshold = float(np.quantile(probs, 0.8))
+    detail = {"query": "the circle", "finder": CLIPSEG_LABEL, "confidence": threshold, "max_regions": 1,
+              "dilate_erode": 0, "mask_blur": 0, "denoising_strength": 1.0, "padding": 4}
+    fixed, text = generate(seg_easel, with_detail(base, detail))
+    found = probs > threshold
+    [region] = split_regions(clean_mask(found, found), DetailPass(query="x", max_regions=1))
+    changed = (fixed != plain).any(axis=-1)
+    assert changed.any() and not changed[~region].any()
+    assert parse_infotext(text)["Detail 1 regions"] == "1"
+
+    skipped, text = generate(seg_easel, base.replace(extension_args={"ADetailer": [True, True, {
+        "ad_model": "the circle"}]}))
+    assert np.array_equal(skipped, plain) and "Detail 1" not in text

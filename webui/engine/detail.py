@@ -30,21 +30,22 @@ log = logging.getLogger(__name__)
 FINDER_SEED = 0  # generative finders use a fixed seed: the same image and query give the same mask
 
 
-def wanted(request: Any) -> tuple[list[DetailPass], bool]:
-    """The passes `request` asks for and whether ADetailer's skip-img2img switch is on."""
+def wanted(request: Any) -> list[DetailPass]:
+    """The passes `request` asks for in its mode (ADetailer's skip-img2img passes run after txt2img only)."""
     args = getattr(request, "extension_args", None) or {}
     if not isinstance(request, GenerationRequest) or not args:
-        return [], False
+        return []
     try:
-        return request_passes(args)
+        passes = request_passes(args)
+        return [p for p in passes if request.mode == "txt2img" or not p.skip_img2img]
     except ValueError as exc:
         raise RequestError("alwayson_scripts", str(exc)) from None
 
 
 def apply(ctx: ModeContext, request: GenerationRequest, generated: list[Generated]) -> list[Generated]:
     """Run the request's detail passes on each generated image (in place); the images' infotext records them."""
-    passes, skip_img2img = wanted(request)
-    if not passes or (skip_img2img and request.mode != "txt2img"):
+    passes = wanted(request)
+    if not passes:
         return generated
     for item in generated:
         for index, detail in enumerate(passes, start=1):

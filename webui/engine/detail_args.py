@@ -40,6 +40,7 @@ class DetailPass:
     max_regions: int = 0  # keep only the k largest regions (0 = all)
     min_ratio: float = 0.0  # regions smaller than this share of the image are skipped
     max_ratio: float = 1.0  # regions larger than this share are skipped
+    skip_img2img: bool = False  # run after txt2img only (ADetailer's switch)
 
 
 # (name, minimum, maximum) of the numeric fields, checked on every pass.
@@ -115,6 +116,10 @@ def make_pass(values: Mapping[str, Any], where: str = "") -> DetailPass:
                 checked[name] = _number(name, value)
             except ValueError as exc:
                 raise ValueError(f"{where}{exc}") from None
+        elif name == "skip_img2img":
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}{name}: expected true or false, got {value!r}")
+            checked[name] = value
         else:
             if not isinstance(value, str):
                 raise ValueError(f"{where}{name}: expected text, got {value!r}")
@@ -158,6 +163,7 @@ def parse_adetailer_args(raw: Any) -> list[DetailPass]:
         switches.append(items.pop(0))
     if switches and not switches[0]:
         return []
+    skip_img2img = len(switches) > 1 and switches[1]
     passes = []
     for index, item in enumerate(items):
         if isinstance(item, DetailPass):
@@ -180,26 +186,22 @@ def parse_adetailer_args(raw: Any) -> list[DetailPass]:
             if not item.get(switch, False):
                 for name in names:
                     values.pop(name, None)
-        passes.append(make_pass(values, f"pass {index + 1}: "))
+        passes.append(make_pass({**values, "skip_img2img": skip_img2img}, f"pass {index + 1}: "))
     if len(passes) > MAX_PASSES:
         raise ValueError(f"at most {MAX_PASSES} passes, got {len(passes)}")
     return passes
 
 
-def request_passes(extension_args: Mapping[str, Any]) -> tuple[list[DetailPass], bool]:
-    """The passes a request asks for (parsed here when the request was made in code), and whether ADetailer's
-    skip-img2img switch is on."""
+def request_passes(extension_args: Mapping[str, Any]) -> list[DetailPass]:
+    """The passes a request asks for (parsed here when the request was made in code)."""
     passes: list[DetailPass] = []
-    skip_img2img = False
     for key, value in extension_args.items():
         raw = value["args"] if isinstance(value, Mapping) and "args" in value else value
         if key.lower() == DETAIL_NAME:
             passes += parse_detail_args(raw)
         elif key.lower() == ADETAILER_NAME.lower():
-            items = list(raw) if isinstance(raw, (list, tuple)) else [raw]
-            skip_img2img = len(items) > 1 and items[0] is True and items[1] is True
             passes += parse_adetailer_args(raw)
-    return passes, skip_img2img
+    return passes
 
 
 # Infotext ---------------------------------------------------------------------------------------------------
