@@ -194,3 +194,24 @@ def test_img2img_runs_its_passes_and_skip_img2img_is_honoured(seg_easel) -> None
     skipped, text = generate(seg_easel, base.replace(extension_args={"ADetailer": [True, True, {
         "ad_model": "the circle"}]}))
     assert np.array_equal(skipped, plain) and "Detail 1" not in text
+
+
+def test_interrupting_a_pass_keeps_the_image_as_the_mode_made_it(seg_easel) -> None:
+    plain, _ = generate(seg_easel, Txt2ImgRequest(prompt="a red circle", **SD))
+
+    def interrupt_inpaint(call, run):
+        if call.task == "inpaint":  # the detail fixer's repaint: interrupt it while it runs
+            seg_easel.engine.worker.interrupt()
+        return run(call)
+
+    seg_easel.registry.pipeline_wrappers.append(interrupt_inpaint)
+    try:
+        detail = {"query": "the red circle", "finder": CLIPSEG_LABEL, "confidence": 0.0, "max_regions": 1,
+                  "steps": 2}
+        job = seg_easel.engine.generate(with_detail(Txt2ImgRequest(prompt="a red circle", **SD), detail),
+                                        timeout=300)
+    finally:
+        seg_easel.registry.pipeline_wrappers.remove(interrupt_inpaint)
+    assert job.state == JobState.INTERRUPTED and len(job.result.images) == 1
+    assert np.array_equal(np.asarray(job.result.images[0].convert("RGB")).astype(int), plain)
+    assert "Detail 1" not in job.result.infotexts[0]

@@ -22,6 +22,7 @@ from webui.engine.context import Generated, ModeContext
 from webui.engine.detail_args import DetailPass, pass_infotext, request_passes
 from webui.engine.images import masked_bbox, paste_back
 from webui.engine.mask_extraction import MaskSettings
+from webui.engine.worker import JobInterrupted
 from webui.model_manager.spec import LoadSpec
 from webui.requests import GenerationRequest, InpaintRequest, RequestError
 
@@ -49,9 +50,10 @@ def apply(ctx: ModeContext, request: GenerationRequest, generated: list[Generate
         return generated
     for item in generated:
         for index, detail in enumerate(passes, start=1):
-            if ctx.job.interrupt_requested:
+            try:
+                item.image, entries = run_pass(ctx, request, item, detail, index)
+            except JobInterrupted:  # interrupted: the images keep the passes that finished
                 return generated
-            item.image, entries = run_pass(ctx, request, item, detail, index)
             item.extra.update(entries)
     return generated
 
@@ -104,6 +106,7 @@ def grow(region: np.ndarray, pixels: int) -> np.ndarray:
 def run_pass(ctx: ModeContext, request: GenerationRequest, item: Generated, detail: DetailPass,
              index: int) -> tuple[Image.Image, dict[str, Any]]:
     """One pass on one image: the image with every region repainted, and the pass's infotext entries."""
+    ctx.job.check_interrupt()
     image = item.image.convert("RGB")
     mask, finder, message = find_mask(ctx, image, detail)
     regions = [r for r in (grow(region, detail.dilate_erode) for region in split_regions(mask, detail)) if r.any()]
@@ -136,8 +139,8 @@ def repaint(ctx: ModeContext, request: GenerationRequest, image: Image.Image, re
                            steps=detail.steps or request.steps,
                            cfg_scale=request.cfg_scale if detail.cfg_scale is None else detail.cfg_scale)
     made = inpaint.run(ctx, inner)
-    if not made:  # interrupted before the pipeline finished
-        return image
+    if not made or ctx.job.interrupt_requested or ctx.job.skip_requested:
+        raise JobInterrupted()  # the pipeline stopped early: its half-made patch is not used
     patch = made[0].image.convert("RGB").resize((crop_w, crop_h), Image.LANCZOS)
     full = image.copy()
     full.paste(patch, box[:2])
