@@ -215,3 +215,10 @@ def test_interrupting_a_pass_keeps_the_image_as_the_mode_made_it(seg_easel) -> N
     assert job.state == JobState.INTERRUPTED and len(job.result.images) == 1
     assert np.array_equal(np.asarray(job.result.images[0].convert("RGB")).astype(int), plain)
     assert "Detail 1" not in job.result.infotexts[0]
+
+
+def test_a_finder_that_cannot_segment_fails_the_job_naming_the_pass(seg_easel) -> None:
+    job = seg_easel.engine.generate(with_detail(Txt2ImgRequest(prompt="a red circle", **SD),
+                                                {"query": "face", "finder": "tiny-sd1"}), timeout=300)
+    assert job.state == JobState.FAILED
+    assert job.error.startswith("alwayson_scripts: detail pass 1: finder:") and "cannot edit" in job.error

@@ -108,7 +108,10 @@ def run_pass(ctx: ModeContext, request: GenerationRequest, item: Generated, deta
     """One pass on one image: the image with every region repainted, and the pass's infotext entries."""
     ctx.job.check_interrupt()
     image = item.image.convert("RGB")
-    mask, finder, message = find_mask(ctx, image, detail)
+    try:
+        mask, finder, message = find_mask(ctx, image, detail)
+    except RequestError as exc:  # the finder: none installed, or one that cannot segment
+        raise RequestError("alwayson_scripts", f"detail pass {index}: finder: {exc.message}") from None
     regions = [r for r in (grow(region, detail.dilate_erode) for region in split_regions(mask, detail)) if r.any()]
     if not regions:
         message = message if not mask.any() else "no region left after the size filters and dilation"
@@ -157,6 +160,5 @@ def common_fields(request: GenerationRequest) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(InpaintRequest)}
     values = {name: getattr(request, name) for name in SHARED if name in names and hasattr(request, name)}
     values["styles"] = ()  # the main prompts come styled already
-    values["extension_args"] = {key: value for key, value in (request.extension_args or {}).items()
-                                if key.lower() not in ("easel detail", "adetailer")}
+    values["extension_args"] = {}  # extensions' arguments (ControlNet images, ...) describe the whole canvas
     return values
