@@ -222,3 +222,16 @@ def test_a_finder_that_cannot_segment_fails_the_job_naming_the_pass(seg_easel) -
                                                 {"query": "face", "finder": "tiny-sd1"}), timeout=300)
     assert job.state == JobState.FAILED
     assert job.error.startswith("alwayson_scripts: detail pass 1: finder:") and "cannot edit" in job.error
+
+
+def test_passes_beyond_the_limits_are_refused_before_queueing(seg_easel) -> None:
+    from webui.requests import RequestError
+
+    limits = seg_easel.settings.user.limits()
+    request = with_detail(Txt2ImgRequest(prompt="a red circle", **SD),
+                          {"query": "face", "prompt": "x" * (limits.max_prompt_chars + 1)})
+    with pytest.raises(RequestError, match="detail pass 1: prompt"):
+        seg_easel.engine.submit(request)
+    with pytest.raises(RequestError, match="denoising_strength"):  # a request made in code is parsed too
+        seg_easel.engine.submit(with_detail(Txt2ImgRequest(prompt="x", **SD),
+                                            {"query": "face", "denoising_strength": 3}))

@@ -43,6 +43,20 @@ def wanted(request: Any) -> list[DetailPass]:
         raise RequestError("alwayson_scripts", str(exc)) from None
 
 
+def check(request: Any, limits: Any) -> None:
+    """Before queueing: the passes parse, and their prompts, steps and working size are within the limits."""
+    for index, detail in enumerate(wanted(request), start=1):
+        for name in ("prompt", "negative_prompt"):
+            if len(getattr(detail, name)) > limits.max_prompt_chars:
+                raise RequestError("alwayson_scripts", f"detail pass {index}: {name}: longer than "
+                                                       f"{limits.max_prompt_chars} characters")
+        if detail.steps > limits.max_steps or detail.finder_steps > limits.max_steps:
+            raise RequestError("alwayson_scripts", f"detail pass {index}: steps: at most {limits.max_steps}")
+        if max(detail.inpaint_width, detail.inpaint_height) > limits.max_side:
+            raise RequestError("alwayson_scripts", f"detail pass {index}: inpaint_width/inpaint_height: at most "
+                                                   f"{limits.max_side}")
+
+
 def apply(ctx: ModeContext, request: GenerationRequest, generated: list[Generated]) -> list[Generated]:
     """Run the request's detail passes on each generated image (in place); the images' infotext records them."""
     passes = wanted(request)

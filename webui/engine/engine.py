@@ -88,6 +88,7 @@ class Engine:
                              self.arch_of(request.checkpoint))
             self.styled(request)  # every style it names exists, and the prompts stay within the limit
             self.check_size(request)
+            detail.check(request, self.settings.user.limits())  # the detail fixer's passes, if any
         elif hasattr(request, "validate"):
             request.validate(self.settings.user.limits())
         return self.worker.submit(request, source)
