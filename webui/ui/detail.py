@@ -35,10 +35,10 @@ def build_detail_accordion(mode: str) -> tuple[list[tuple[str, DetailInputs]], d
                             elem_id=f"{mode}_detail_prompt")
         negative = gr.Textbox("", label="Negative prompt (empty: the main one)", lines=1, max_lines=4,
                               elem_id=f"{mode}_detail_negative")
+        denoising = gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="Denoising strength",
+                              elem_id=f"{mode}_detail_denoising")
         with gr.Row():
-            denoising = gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="Denoising strength",
-                                  elem_id=f"{mode}_detail_denoising")
-            dilate = gr.Slider(-64, 64, value=4, step=1, label="Mask dilation / erosion (px)",
+            dilate = gr.Slider(-64, 64, value=4, step=1, label="Dilate (+) / erode (−), px",
                                elem_id=f"{mode}_detail_dilate")
             blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur (px)", elem_id=f"{mode}_detail_blur")
 
