@@ -207,6 +207,8 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
     """Create the model manager, engine and extensions for these settings (no model is loaded yet)."""
     import torch
 
+    from webui.engine.detail_args import register as register_detail_args
+
     for sub in ("Stable-diffusion", "diffusers", "Lora", "VAE", "clipseg", "embeddings"):
         (settings.models_dir / sub).mkdir(parents=True, exist_ok=True)
     manager = ModelManager(
@@ -230,6 +232,7 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
     from webui.engine.hypernetworks import Hypernetworks  # <hypernet:name:w> on SD 1.x, around each pipeline call
 
     registry.pipeline_wrappers.append(Hypernetworks(settings.models_dir).wrapper)
+    register_detail_args(registry)  # the built-in detail fixer's `alwayson_scripts` arguments
     engine = Engine(settings, manager, registry)
     easel = Easel(settings, manager, engine, registry)
     from webui.gallery_index import GalleryIndex  # the image browser's index: opened on first use

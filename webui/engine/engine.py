@@ -1,7 +1,8 @@
 """The engine: validates requests, queues them on the worker, runs the mode, writes infotext and PNGs.
 
 UI and API both call `Engine.submit`; the worker calls `Engine.run_job` on its thread. Extensions can change a
-request before it runs (`before_generate` hooks) and post-process images after (`after_generate` hooks); those
+request before it runs (`before_generate` hooks) and post-process images after (`after_generate` hooks, which run
+after the built-in detail fixer, `webui.engine.detail`, when the request asks for it); those
 hooks, the pipeline wrappers, the samplers and the adapter kinds are read from the Easel's registry on each job.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from webui import __version__
+from webui.engine import detail
 from webui.engine.context import Generated, ModeContext
 from webui.engine.outputs import mode_folder, save_image
 from webui.engine.tasks import EngineTask, UnloadRequest
@@ -42,6 +44,8 @@ class LoadRequest:
 
 # The prompt fields styles apply to, where a request has them: (name, whether it is a negative prompt).
 STYLED_PROMPTS = (("prompt", False), ("negative_prompt", True), ("hr_prompt", False), ("hr_negative_prompt", True))
+
+DETAIL_MODES = ("txt2img", "img2img", "inpaint")  # the modes the detail fixer runs after
 
 MODES = {"txt2img": "webui.engine.modes.txt2img", "img2img": "webui.engine.modes.img2img",
          "inpaint": "webui.engine.modes.inpaint", "segment": "webui.engine.modes.segment"}
@@ -87,6 +91,7 @@ class Engine:
                              self.arch_of(request.checkpoint))
             self.styled(request)  # every style it names exists, and the prompts stay within the limit
             self.check_size(request)
+            detail.check(request, self.settings.user.limits())  # the detail fixer's passes, if any
         elif hasattr(request, "validate"):
             request.validate(self.settings.user.limits())
         return self.worker.submit(request, source)
@@ -186,6 +191,8 @@ class Engine:
                           adapter_sources=list(self.registry.adapter_sources),
                           adapter_loaders=dict(self.registry.adapter_loaders))
         generated: list[Generated] = mode.run(ctx, styled)
+        if request.mode in DETAIL_MODES:  # the detail fixer's passes, when the request asks for them
+            generated = detail.apply(ctx, styled, generated)
         for hook in self.after_generate:
             generated = hook(request, generated) or generated
         result = JobResult()

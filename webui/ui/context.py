@@ -30,6 +30,7 @@ class GenerationTab:
     receive_image: Callable[["Image.Image"], Any] | None = None  # image → value for image_input
     reveal: dict[str, Any] = field(default_factory=dict)  # field name → accordion to open when it is set
     styles: Any = None  # its prompt style components (webui.ui.styles.StyleWidgets)
+    detail: dict[str, Any] = field(default_factory=dict)  # the Detail fixer accordion's components by name
 
 
 @dataclass

@@ -26,6 +26,7 @@ from webui.requests import GenerationRequest
 from webui.ui.bridge import guard, job_failed
 from webui.ui.context import GenerationTab, UIContext
 from webui.ui.controls import ControlSet, build_request, field_control, infotext_values
+from webui.ui.detail import build_detail_accordion, detail_updates
 from webui.ui.lora_picker import build_lora_picker
 from webui.ui.styles import (StyleWidgets, build_style_buttons, build_style_editor, missing_styles, styles_control,
                              wire_styles)
@@ -159,6 +160,10 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                 build_lora_picker(ui, mode, prompt)
             style_editor = build_style_editor(ui, mode)
             extension_inputs = build_extension_accordions(ui, mode)
+            detail_components: dict[str, Any] = {}
+            if mode in ("txt2img", "img2img"):  # the built-in detail fixer feeds requests as accordions do
+                detail_inputs, detail_components = build_detail_accordion(mode)
+                extension_inputs = [*detail_inputs, *extension_inputs]
 
         with gr.Column(scale=1, min_width=300, elem_classes="easel-results"):
             progress = gr.HTML(status_html(None), elem_id=f"{mode}_progress", padding=False)
@@ -176,7 +181,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
     result = gr.State(empty_result())
     job_id = gr.State(None)
     outputs = PanelOutputs(progress, preview, gallery, info, result, job_id)
-    tab = GenerationTab(mode, request_cls, controls)
+    tab = GenerationTab(mode, request_cls, controls, detail=detail_components)
     tab.styles = StyleWidgets(mode, styles, style_apply, style_refresh, *style_editor)
     wire_styles(ui, tab.styles, prompt, negative_prompt)
     tab.reveal.update(seed_extra)
@@ -363,7 +368,8 @@ def wire_send(ui: UIContext, button: Any, target: str, inputs: list[Any],
     `pick` receives the values of `inputs` and returns (image or path or None, parameters text).
     """
     tab = ui.generation[target]
-    outputs = [ui.tabs, ui.checkpoint, ui.sized_for, *tab.controls.components(), *tab.reveal.values()]
+    outputs = [ui.tabs, ui.checkpoint, ui.sized_for, *tab.controls.components(), *tab.reveal.values(),
+               *tab.detail.values()]
     if tab.image_input is not None:
         outputs.append(tab.image_input)
     outputs = list(dict.fromkeys(outputs))
@@ -411,6 +417,7 @@ def send_updates(ui: UIContext, target: str, text: str, image: Image.Image | Non
         if "width" not in values:
             values["width"], values["height"] = snap_size(image.size, ui.limits.max_side)
     updates.update(tab.controls.ui_updates(values))
+    updates.update(detail_updates(tab.detail, text))  # the detail fixer's first pass, as the image records it
     for name, accordion in tab.reveal.items():
         if values.get(name):
             updates[accordion] = True if isinstance(accordion, gr.Checkbox) else gr.Accordion(open=True)
