@@ -237,3 +237,17 @@ def test_passes_beyond_the_limits_are_refused_before_queueing(seg_easel) -> None
     with pytest.raises(RequestError, match="denoising_strength"):  # a request made in code is parsed too
         seg_easel.engine.submit(with_detail(Txt2ImgRequest(prompt="x", **SD),
                                             {"query": "face", "denoising_strength": 3}))
+
+
+def test_a_pass_repaints_at_most_64_regions_largest_first() -> None:
+    from webui.engine.detail import MAX_REGIONS, split_regions
+
+    mask = np.zeros((100, 100), bool)
+    for k in range(100):  # 100 separate specks, the k-th one k+1 pixels long
+        row, col = (k // 10) * 10, (k % 10) * 10
+        mask[row, col:col + 1 + k % 9] = True
+    everything = split_regions(mask, DetailPass(query="x", max_regions=0))
+    assert len(everything) == MAX_REGIONS == 64
+    sizes = [int(r.sum()) for r in everything]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == 9
+    assert len(split_regions(mask, DetailPass(query="x", max_regions=3))) == 3

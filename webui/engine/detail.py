@@ -94,16 +94,19 @@ def find_mask(ctx: ModeContext, image: Image.Image, detail: DetailPass) -> tuple
     return result.mask, loaded_pipe.entry.name, result.message
 
 
+MAX_REGIONS = 64  # regions repainted per pass at most, also when a pass asks for all of them
+
+
 def split_regions(mask: np.ndarray, detail: DetailPass) -> list[np.ndarray]:
     """The mask's 8-connected regions [H, W] bool, largest first, within the pass's size ratios and count."""
     if not mask.any():
         return []
     labels, count = ndimage.label(mask, np.ones((3, 3)))
     sizes = ndimage.sum(mask, labels, range(1, count + 1))
-    order = sorted(range(count), key=lambda i: -sizes[i])
-    regions = [labels == i + 1 for i in order
-               if detail.min_ratio <= sizes[i] / mask.size <= detail.max_ratio]
-    return regions[:detail.max_regions] if detail.max_regions else regions
+    order = [i for i in sorted(range(count), key=lambda i: -sizes[i])
+             if detail.min_ratio <= sizes[i] / mask.size <= detail.max_ratio]
+    keep = min(detail.max_regions or MAX_REGIONS, MAX_REGIONS)  # 0 = all, up to the cap
+    return [labels == i + 1 for i in order[:keep]]
 
 
 def grow(region: np.ndarray, pixels: int) -> np.ndarray:

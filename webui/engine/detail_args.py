@@ -37,7 +37,7 @@ class DetailPass:
     finder: str = ""  # the model that finds regions: an edit-capable checkpoint or a segmenter ("" = default)
     finder_steps: int = 12  # steps of a generative (edit) finder
     confidence: float = 0.3  # probability threshold of CLIPSeg / SAM 3 finders
-    max_regions: int = 0  # keep only the k largest regions (0 = all)
+    max_regions: int = 0  # keep only the k largest regions (0 = all, at most 64: detail.MAX_REGIONS)
     min_ratio: float = 0.0  # regions smaller than this share of the image are skipped
     max_ratio: float = 1.0  # regions larger than this share are skipped
     skip_img2img: bool = False  # run after txt2img only (ADetailer's switch)
