@@ -228,6 +228,9 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
     registry = Registry()  # built-in samplers; extensions add to it below
     engine = Engine(settings, manager, registry)
     easel = Easel(settings, manager, engine, registry)
+    from webui.scripts import register_builtin_scripts  # X/Y/Z plot, prompt matrix, prompts from file
+
+    register_builtin_scripts(easel, registry)
     from webui.training.folders import TrainingFolders  # LoRA training for the Train tab (no torch at import)
     from webui.training.service import TrainingService
 

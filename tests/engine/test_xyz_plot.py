@@ -1,0 +1,121 @@
+"""X/Y/Z plot on the tiny SD 1.x model: the cells, their order and infotext, the grids and their files, a checkpoint
+axis loading each model once, the value syntax, and bad values named by axis."""
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+from PIL import Image
+
+from webui.engine.script_job import ScriptJob
+from webui.engine.worker import JobState
+from webui.infotext import parse_infotext, read_png_parameters
+from webui.requests import RequestError, Txt2ImgRequest
+from webui.scripts.values import float_values, int_values, split_values
+
+BASE = Txt2ImgRequest(prompt="a red ball", width=64, height=64, steps=2, seed=7, checkpoint="tiny-sd1")
+
+
+def plot_job(easel, request, args) -> ScriptJob:
+    job = easel.registry.scripts["x/y/z plot"].run(request, args)
+    assert isinstance(job, ScriptJob)
+    return job
+
+
+def test_value_syntax():
+    assert int_values("1-5") == [1, 2, 3, 4, 5]
+    assert int_values("1-5 (+2)") == [1, 3, 5]
+    assert int_values("10-1 (-3)") == [10, 7, 4, 1]
+    assert int_values("1-10 [5]") == [1, 3, 5, 7, 10]
+    assert int_values("3, 7, -1") == [3, 7, -1]
+    assert float_values("0.5-1.5 (+0.25)") == [0.5, 0.75, 1.0, 1.25, 1.5]
+    assert float_values("0-1 [3]") == [0.0, 0.5, 1.0]
+    assert float_values("7, 7.5") == [7.0, 7.5]
+    assert split_values('"a, b", c ,, d') == ["a, b", "c", "d"]
+    with pytest.raises(ValueError, match="'x' is not a whole number"):
+        int_values("1, x")
+    with pytest.raises(ValueError, match="never goes"):
+        int_values("1-5 (-1)")
+
+
+def test_two_by_two_grid_order_and_infotext(make_easel):
+    easel = make_easel()
+    job = plot_job(easel, BASE, ["Steps", "1, 2", [], "CFG Scale", "3, 7.5", [], "Nothing", "", [],
+                                 True, True, False, False, False, False, False, 0, False])
+    done = easel.engine.generate(job, source="ui", timeout=600)
+    assert done.state == JobState.DONE, done.error
+    result = done.result
+    assert len(result.images) == 5 and result.info["grids"] == 1
+    grid, cells = result.images[0], result.images[1:]
+    assert all(img.size == (64, 64) for img in cells)
+    # two columns and two rows of 64 px cells, plus the label bands above and to the left
+    assert grid.width > 128 and grid.height > 128 and (grid.width - 128) < 200 and (grid.height - 128) < 100
+    params = [parse_infotext(text) for text in result.infotexts[1:]]
+    assert [(p["Steps"], p["CFG scale"]) for p in params] == [("1", "3"), ("2", "3"), ("1", "7.5"), ("2", "7.5")]
+    assert {p["Seed"] for p in params} == {"7"}  # one seed for every cell
+    # the cells sit in the grid in that order: the bottom-right 64x64 block is the last image
+    right, bottom = grid.width, grid.height
+    assert list(grid.crop((right - 64, bottom - 64, right, bottom)).getdata()) == list(cells[3].convert("RGB").getdata())
+    assert list(grid.crop((right - 128, bottom - 128, right - 64, bottom - 64)).getdata()) == \
+        list(cells[0].convert("RGB").getdata())
+    grid_info = parse_infotext(result.infotexts[0])
+    assert grid_info["Script"] == "X/Y/Z plot" and grid_info["X Type"] == "Steps" and grid_info["X Values"] == "1, 2"
+    assert grid_info["Y Type"] == "CFG Scale" and grid_info["Steps"] == "1"
+    saved = result.paths[0]
+    assert saved.parent.parent.name == "txt2img-grids"
+    assert parse_infotext(read_png_parameters(Image.open(saved)))["Y Values"] == "3, 7.5"
+    assert all(p.parent.parent.name == "txt2img-images" for p in result.paths[1:]) and len(result.paths) == 5
+    # the progress counted the whole plot: four batches
+    assert done.batch_total == 4
+
+
+def test_two_by_two_by_two_with_a_checkpoint_axis_loads_each_once(make_easel, tiny_sd1_dir, tmp_path, caplog):
+    models = tmp_path / "data" / "models" / "diffusers"
+    models.mkdir(parents=True)
+    shutil.copytree(tiny_sd1_dir, models / "tiny-b")
+    easel = make_easel()
+    caplog.set_level(logging.INFO, logger="webui.model_manager.manager")
+    # the checkpoint is the X axis (the fastest-changing one in the grid), yet runs outermost
+    job = plot_job(easel, BASE, [11, "tiny-sd1, tiny-b", [], 4, "1-2", [], "Seed", "5, 6", [],
+                                 True, True, True, False, False, False, False, 2, False])
+    assert job.run_order() == [0, 2, 4, 6, 1, 3, 5, 7]
+    done = easel.engine.generate(job, source="ui", timeout=900)
+    assert done.state == JobState.DONE, done.error
+    loads = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loading ")]
+    assert [m.split()[1] for m in loads] == ["tiny-sd1", "tiny-b"]
+    result = done.result
+    assert result.info["grids"] == 3 and len(result.images) == 3 + 8  # the Z grid, its two sub-grids, the images
+    params = [parse_infotext(t) for t in result.infotexts[3:]]
+    assert [(p["Model"], p["Steps"], p["Seed"]) for p in params] == [
+        (m, s, seed) for seed in ("5", "6") for s in ("1", "2") for m in ("tiny-sd1", "tiny-b")]
+    main, first_sub = result.images[0], result.images[1]
+    assert main.width > 2 * first_sub.width  # two sub-grids side by side, with a margin
+    assert parse_infotext(result.infotexts[0])["Z Type"] == "Seed"
+    assert "Z Type" not in parse_infotext(result.infotexts[1])
+
+
+def test_bad_values_name_the_axis(make_easel):
+    easel = make_easel()
+    with pytest.raises(ValueError, match=r"X axis \(Steps\): 'many' is not a whole number"):
+        plot_job(easel, BASE, ["Steps", "1, many"])
+    with pytest.raises(ValueError, match="Y type: no txt2img axis named 'Colour'"):
+        plot_job(easel, BASE, ["Steps", "1", [], "Colour", "1"])
+    with pytest.raises(ValueError, match="'Sigma Churn' is not supported"):
+        plot_job(easel, BASE, ["Sigma Churn", "1"])
+    with pytest.raises(ValueError, match="no checkpoint named 'nope'"):
+        plot_job(easel, BASE, ["Checkpoint name", "nope"])
+    job = plot_job(easel, BASE, ["Steps", "1, 5000"])
+    with pytest.raises(RequestError) as caught:
+        easel.engine.submit(job)
+    assert caught.value.field == "script_args" and "Steps = 5000" in caught.value.message
+
+
+def test_prompt_sr_and_order(make_easel):
+    easel = make_easel()
+    job = plot_job(easel, BASE.replace(prompt="a red ball, sky, grass"),
+                   ["Prompt S/R", "red, blue", [], "Prompt order", "sky, grass"])
+    assert [r.prompt for r in job.requests] == ["a red ball, sky, grass", "a blue ball, sky, grass",
+                                                "a red ball, grass, sky", "a blue ball, grass, sky"]
+    with pytest.raises(ValueError, match="'green' is in neither"):
+        plot_job(easel, BASE, ["Prompt S/R", "green, blue"])

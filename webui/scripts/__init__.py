@@ -1,0 +1,36 @@
+"""Easel's built-in scripts (the Script dropdown and the API's `script_name`): X/Y/Z plot, Prompt matrix, Prompts
+from file or textbox. Each is registered in every Easel's registry like an extension's API script, under
+AUTOMATIC1111's name in lower case; a script returns a `ScriptJob` (webui.engine.script_job), which runs its
+generations as one job and draws its grids.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from webui.extensions import Registry, ScriptContribution
+
+BUILTIN = "builtin"
+# lower-case name (the API's script_name) -> the title the UI shows
+TITLES: dict[str, str] = {}
+
+
+def register_builtin_scripts(easel: Any, registry: Registry) -> None:
+    """Add the built-in scripts to `registry` (names clash with an extension's: the built-in one is kept)."""
+    from webui.scripts import xyz
+
+    plot = xyz.Plot(easel)
+    scripts = [(xyz.TITLE, lambda request, args: xyz.make_plot(plot, request, list(args)), xyz.ARG_LABELS)]
+    try:
+        from webui.scripts import prompt_matrix
+        scripts.append((prompt_matrix.TITLE, prompt_matrix.make_matrix, prompt_matrix.ARG_LABELS))
+    except ImportError:  # not built yet
+        pass
+    try:
+        from webui.scripts import prompts_from_file
+        scripts.append((prompts_from_file.TITLE, prompts_from_file.make_prompts, prompts_from_file.ARG_LABELS))
+    except ImportError:
+        pass
+    for title, run, labels in scripts:
+        key = title.lower()
+        TITLES[key] = title
+        registry.scripts[key] = ScriptContribution(key, run, ("txt2img", "img2img"), tuple(labels), BUILTIN)
