@@ -16,20 +16,12 @@ TITLES: dict[str, str] = {}
 
 def register_builtin_scripts(easel: Any, registry: Registry) -> None:
     """Add the built-in scripts to `registry` (names clash with an extension's: the built-in one is kept)."""
-    from webui.scripts import xyz
+    from webui.scripts import prompt_matrix, prompts_from_file, xyz
 
     plot = xyz.Plot(easel)
-    scripts = [(xyz.TITLE, lambda request, args: xyz.make_plot(plot, request, list(args)), xyz.ARG_LABELS)]
-    try:
-        from webui.scripts import prompt_matrix
-        scripts.append((prompt_matrix.TITLE, prompt_matrix.make_matrix, prompt_matrix.ARG_LABELS))
-    except ImportError:  # not built yet
-        pass
-    try:
-        from webui.scripts import prompts_from_file
-        scripts.append((prompts_from_file.TITLE, prompts_from_file.make_prompts, prompts_from_file.ARG_LABELS))
-    except ImportError:
-        pass
+    scripts = [(xyz.TITLE, lambda request, args: xyz.make_plot(plot, request, list(args)), xyz.ARG_LABELS),
+               (prompt_matrix.TITLE, prompt_matrix.make_matrix, prompt_matrix.ARG_LABELS),
+               (prompts_from_file.TITLE, prompts_from_file.make_prompts, prompts_from_file.ARG_LABELS)]
     for title, run, labels in scripts:
         key = title.lower()
         TITLES[key] = title
