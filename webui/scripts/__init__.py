@@ -22,7 +22,32 @@ def register_builtin_scripts(easel: Any, registry: Registry) -> None:
     scripts = [(xyz.TITLE, lambda request, args: xyz.make_plot(plot, request, list(args)), xyz.ARG_LABELS),
                (prompt_matrix.TITLE, prompt_matrix.make_matrix, prompt_matrix.ARG_LABELS),
                (prompts_from_file.TITLE, prompts_from_file.make_prompts, prompts_from_file.ARG_LABELS)]
+    choices = {xyz.TITLE: plot.choices}
     for title, run, labels in scripts:
         key = title.lower()
         TITLES[key] = title
-        registry.scripts[key] = ScriptContribution(key, run, ("txt2img", "img2img"), tuple(labels), BUILTIN)
+        registry.scripts[key] = ScriptContribution(key, run, ("txt2img", "img2img"), tuple(labels), BUILTIN,
+                                                   choices.get(title))
+
+
+def as_script_job(registry: Registry, name: str, request: Any, args: list[Any]) -> Any:
+    """The job a script makes of `request`: its own `ScriptJob`, or the request(s) it returns run as one job.
+    RequestError on `script_name` for an unknown script, on `script_args` when it refuses its arguments."""
+    from webui.engine.script_job import ScriptJob
+    from webui.requests import GenerationRequest, RequestError
+
+    script = registry.scripts.get(name.strip().lower())
+    if script is None:
+        raise RequestError("script_name", f"no script named {name!r}")
+    title = TITLES.get(script.name, script.name)
+    try:
+        made = script.run(request, list(args))
+    except (ValueError, TypeError) as exc:
+        raise RequestError("script_args", f"{title}: {exc}") from None
+    if isinstance(made, ScriptJob):
+        return made
+    items = [request] if made is None else made if isinstance(made, list) else [made]
+    if not items or not all(isinstance(item, GenerationRequest) for item in items):
+        raise RequestError("script_name", f"the script {title!r} did not return a request or a list of requests")
+    return ScriptJob(script=title, base=request, requests=tuple(items),
+                     labels=tuple(f"request {i + 1}" for i in range(len(items))), mode=request.mode)

@@ -102,6 +102,11 @@ class Plot:
         kind = TXT2IMG if mode == "txt2img" else IMG2IMG
         return [axis for axis in self.axes if axis.modes in (BOTH, kind)]
 
+    def choices(self, mode: str) -> dict[str, list[str]]:
+        """The axis types Easel runs, for the UI's X, Y and Z dropdowns (the API also takes the others' indices)."""
+        labels = [axis.label for axis in self.axes_for(mode) if axis.apply is not None]
+        return {"X type": labels, "Y type": labels, "Z type": labels}
+
     # Applying values ------------------------------------------------------------------------------------------
     @staticmethod
     def hires(apply: Apply) -> Apply:

@@ -27,6 +27,7 @@ from webui.ui.bridge import guard, job_failed
 from webui.ui.context import GenerationTab, UIContext
 from webui.ui.controls import ControlSet, build_request, field_control, infotext_values
 from webui.ui.lora_picker import build_lora_picker
+from webui.ui.scripts import build_script_picker
 from webui.ui.styles import (StyleWidgets, build_style_buttons, build_style_editor, missing_styles, styles_control,
                              wire_styles)
 from webui.ui.seed_extra import build_seed_extra
@@ -159,6 +160,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                 build_lora_picker(ui, mode, prompt)
             style_editor = build_style_editor(ui, mode)
             extension_inputs = build_extension_accordions(ui, mode)
+            scripts = build_script_picker(ui, mode) if mode in ("txt2img", "img2img") else None
 
         with gr.Column(scale=1, min_width=300, elem_classes="easel-results"):
             progress = gr.HTML(status_html(None), elem_id=f"{mode}_progress", padding=False)
@@ -190,6 +192,9 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
             raw = {name: inputs.to_args(*[by_component.get(c) for c in inputs.components])
                    for name, inputs in extension_inputs}
             request = request.replace(extension_args=easel.registry.parse_request_args(raw))
+        chosen = scripts.chosen(by_component) if scripts is not None else None
+        if chosen is not None:  # a script: its many generations as one job (grids first in the gallery)
+            return easel.engine.submit(easel.script_job(chosen[0], request, chosen[1]), source="ui")
         return easel.engine.submit(request, source="ui")
 
     # Generate: an async generator that streams the job's progress. Building the request (images, masks) runs
@@ -201,6 +206,8 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
             yield update
 
     extension_components = {c for _, inputs in extension_inputs for c in inputs.components}
+    if scripts is not None:
+        extension_components |= scripts.components()
     generate.click(on_generate, inputs=controls.components() | extension_components,
                    outputs=[progress, preview, gallery, info, result, job_id],
                    concurrency_limit=None, show_progress="hidden")
