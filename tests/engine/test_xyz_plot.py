@@ -11,7 +11,7 @@ from PIL import Image
 from webui.engine.script_job import ScriptJob
 from webui.engine.worker import JobState
 from webui.infotext import parse_infotext, read_png_parameters
-from webui.requests import RequestError, Txt2ImgRequest
+from webui.requests import Img2ImgRequest, RequestError, Txt2ImgRequest
 from webui.scripts.values import float_values, int_values, split_values
 
 BASE = Txt2ImgRequest(prompt="a red ball", width=64, height=64, steps=2, seed=7, checkpoint="tiny-sd1")
@@ -119,3 +119,79 @@ def test_prompt_sr_and_order(make_easel):
                                                 "a red ball, grass, sky", "a blue ball, grass, sky"]
     with pytest.raises(ValueError, match="'green' is in neither"):
         plot_job(easel, BASE, ["Prompt S/R", "green, blue"])
+
+
+def requests_of(easel, request, axis, values):
+    return plot_job(easel, request, [axis, values]).requests
+
+
+def test_each_axis_sets_its_field(make_easel):
+    easel = make_easel()
+    hires = BASE.replace(enable_hr=True)
+    assert [r.seed for r in requests_of(easel, BASE, "Seed", "1, 2")] == [1, 2]
+    assert [r.subseed for r in requests_of(easel, BASE, "Var. seed", "4, 5")] == [4, 5]
+    assert [r.subseed_strength for r in requests_of(easel, BASE, "Var. strength", "0-1 [3]")] == [0.0, 0.5, 1.0]
+    assert [r.hr_second_pass_steps for r in requests_of(easel, hires, "Hires steps", "1-3")] == [1, 2, 3]
+    assert [r.sampler for r in requests_of(easel, BASE, "Sampler", "euler a, DDIM")] == ["Euler a", "DDIM"]
+    assert [r.hr_sampler_name for r in requests_of(easel, hires, "Hires sampler", "Euler")] == ["Euler"]
+    assert [r.scheduler for r in requests_of(easel, BASE, "Schedule type", "Karras, Uniform")] == ["Karras",
+                                                                                                     "Uniform"]
+    assert [r.clip_skip for r in requests_of(easel, BASE, "Clip skip", "1, 2")] == [1, 2]
+    assert [r.hr_denoising_strength for r in requests_of(easel, hires, "Denoising", "0.3")] == [0.3]
+    assert [r.hr_upscaler for r in requests_of(easel, hires, "Hires upscaler", "latent, Lanczos")] == \
+        ["Latent", "Lanczos"]
+    assert [r.vae for r in requests_of(easel, BASE, "VAE", "Automatic, None")] == ["Automatic", "None"]
+    assert [r.styles for r in requests_of(easel, BASE.replace(styles=("a",)), "Styles", "b, c")] == \
+        [("a", "b"), ("a", "c")]
+    assert [r.refiner_checkpoint for r in requests_of(easel, BASE, "Refiner checkpoint", "None, tiny-sd1")] == \
+        ["None", "tiny-sd1"]
+    refined = BASE.replace(refiner_checkpoint="tiny-sd1")
+    assert [r.refiner_switch_at for r in requests_of(easel, refined, "Refiner switch at", "0.5, 0.7")] == [0.5, 0.7]
+    assert [(r.width, r.height) for r in requests_of(easel, BASE, "Size", "64x96, 128X64")] == [(64, 96), (128, 64)]
+    lora = BASE.replace(prompt="a cat <lora:ink:1>")
+    assert [r.prompt for r in requests_of(easel, lora, "LoRA weight", "0, 0.5")] == \
+        ["a cat <lora:ink:0>", "a cat <lora:ink:0.5>"]
+    assert [r.prompt for r in requests_of(easel, BASE, "LoRA weight", "ink:0.25")] == ["a red ball <lora:ink:0.25>"]
+    assert len(requests_of(easel, BASE, "Nothing", "")) == 1
+    img2img = plot_job(easel, Img2ImgRequest(prompt="x", width=64, height=64, steps=2, seed=1,
+                                             init_image=Image.new("RGB", (64, 64))), ["Denoising", "0.2, 0.4"])
+    assert [r.denoising_strength for r in img2img.requests] == [0.2, 0.4]
+    # hires settings while the hires fix is off, a switch point without a refiner: refused, naming the axis
+    with pytest.raises(ValueError, match="Hires steps: enable Hires. fix"):
+        requests_of(easel, BASE, "Hires steps", "2")
+    with pytest.raises(ValueError, match="Refiner switch at: pick a refiner"):
+        requests_of(easel, BASE, "Refiner switch at", "0.5")
+    with pytest.raises(ValueError, match="Size: 'big' is not a size"):
+        requests_of(easel, BASE, "Size", "big")
+    with pytest.raises(ValueError, match="LoRA weight: the prompt has no"):
+        requests_of(easel, BASE, "LoRA weight", "0.5")
+
+
+def test_seeds_fixed_kept_and_varied(make_easel):
+    easel = make_easel()
+    random_seed = BASE.replace(seed=-1)
+    fixed = plot_job(easel, random_seed, ["Steps", "1, 2"])
+    assert len({r.seed for r in fixed.requests}) == 1 and fixed.requests[0].seed >= 0
+    kept = plot_job(easel, random_seed, ["Steps", "1, 2", [], 0, "", [], 0, "", [], True, False, False, True])
+    assert [r.seed for r in kept.requests] == [-1, -1]
+    varied = plot_job(easel, BASE, ["Steps", "1, 2", [], "CFG Scale", "3, 4", [], 0, "", [], True, False, False,
+                                    False, True, True, False])
+    assert [r.seed for r in varied.requests] == [7, 8, 9, 10]
+
+
+def test_interrupt_keeps_the_cells_made(make_easel):
+    easel = make_easel()
+
+    def interrupt_at_the_third_cell(request):
+        if request.steps == 3:
+            easel.engine.worker.interrupt()  # the running job: the plot
+        return request
+
+    easel.registry.before_generate.append(interrupt_at_the_third_cell)
+    plot = plot_job(easel, BASE, ["Steps", "1, 2, 3, 4", [], 0, "", [], 0, "", [], True, True])
+    job = easel.engine.submit(plot, source="ui")
+    job.wait(600)
+    assert job.state == JobState.INTERRUPTED
+    result = job.result
+    assert result.info["grids"] == 1 and len(result.images) == 1 + 2  # the grid, then the two cells made
+    assert [parse_infotext(t)["Steps"] for t in result.infotexts[1:]] == ["1", "2"]

@@ -90,7 +90,7 @@ class Plot:
             Axis("Always discard next-to-last sigma", "str", None),
             Axis("SGM noise multiplier", "str", None),
             Axis("Refiner checkpoint", "str", self.refiner, cost=1.0),
-            Axis("Refiner switch at", "float", field("refiner_switch_at")),
+            Axis("Refiner switch at", "float", self.refiner_switch),
             Axis("RNG source", "str", None),
             # Easel's own
             Axis("Size", "str", self.size),
@@ -110,8 +110,11 @@ class Plot:
     # Applying values ------------------------------------------------------------------------------------------
     @staticmethod
     def hires(apply: Apply) -> Apply:
+        """An axis of the hires fix's second pass: refused while the fix is off (it would change nothing)."""
         def run(request: GenerationRequest, value: Any) -> dict[str, Any]:
-            return {**apply(request, value), "enable_hr": True}
+            if isinstance(request, Txt2ImgRequest) and not request.enable_hr:
+                raise ValueError("enable Hires. fix (enable_hr) to plot a hires setting")
+            return apply(request, value)
         return run
 
     @staticmethod
@@ -175,9 +178,16 @@ class Plot:
 
     @staticmethod
     def denoising(request: GenerationRequest, value: float) -> dict[str, Any]:
+        """img2img's denoising strength; txt2img's is the hires fix's."""
         if isinstance(request, Txt2ImgRequest):
-            return {"hr_denoising_strength": value, "enable_hr": True}
+            return Plot.hires(lambda r, v: {"hr_denoising_strength": v})(request, value)
         return {"denoising_strength": value}
+
+    @staticmethod
+    def refiner_switch(request: GenerationRequest, value: float) -> dict[str, Any]:
+        if getattr(request, "refiner_checkpoint", NO_REFINER) in ("", NO_REFINER):
+            raise ValueError("pick a refiner checkpoint to plot where it takes over")
+        return {"refiner_switch_at": value}
 
     @staticmethod
     def styles(request: GenerationRequest, value: str) -> dict[str, Any]:
@@ -331,7 +341,11 @@ def apply(axis: Axis, request: GenerationRequest, value: Any, values: list[Any])
         return {"prompt": request.prompt.replace(search, value),
                 "negative_prompt": request.negative_prompt.replace(search, value)}
     assert axis.apply is not None
-    return axis.apply(request, value)
+    try:
+        return axis.apply(request, value)
+    except ValueError as exc:
+        message = str(exc)
+        raise ValueError(message if message.startswith(axis.label) else f"{axis.label}: {message}") from None
 
 
 def random_if_unset(seed: int | None) -> int:
