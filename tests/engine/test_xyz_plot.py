@@ -195,3 +195,24 @@ def test_interrupt_keeps_the_cells_made(make_easel):
     result = job.result
     assert result.info["grids"] == 1 and len(result.images) == 1 + 2  # the grid, then the two cells made
     assert [parse_infotext(t)["Steps"] for t in result.infotexts[1:]] == ["1", "2"]
+
+
+def test_skip_ends_one_cell_and_the_plot_goes_on(make_easel):
+    easel = make_easel()
+
+    def skip_the_second_seed(call, run):
+        if call.request.seed == 2:
+            easel.engine.worker.skip()  # seen by the step callback after the first of the two steps
+        return run(call)
+
+    easel.registry.pipeline_wrappers.append(skip_the_second_seed)
+    plot = plot_job(easel, BASE, ["Seed", "1, 2, 3", [], 0, "", [], 0, "", [], True, True])
+    done = easel.engine.generate(plot, source="ui", timeout=600)
+    assert done.state == JobState.DONE and len(done.result.images) == 1 + 3
+    assert [parse_infotext(t)["Seed"] for t in done.result.infotexts[1:]] == ["1", "2", "3"]
+    easel.registry.pipeline_wrappers.clear()
+    whole = easel.engine.generate(BASE.replace(seed=2), source="ui", timeout=600)
+    skipped = done.result.images[2]
+    assert list(skipped.getdata()) != list(whole.result.images[0].getdata())  # stopped after one step
+    third = easel.engine.generate(BASE.replace(seed=3), source="ui", timeout=600)
+    assert list(done.result.images[3].getdata()) == list(third.result.images[0].getdata())  # not skipped
