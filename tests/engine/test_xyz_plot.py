@@ -216,3 +216,17 @@ def test_skip_ends_one_cell_and_the_plot_goes_on(make_easel):
     assert list(skipped.getdata()) != list(whole.result.images[0].getdata())  # stopped after one step
     third = easel.engine.generate(BASE.replace(seed=3), source="ui", timeout=600)
     assert list(done.result.images[3].getdata()) == list(third.result.images[0].getdata())  # not skipped
+
+
+def test_a_checkpoint_axis_lets_the_cache_limit_drop_the_models_it_is_done_with(make_easel, tiny_sd1_dir, tmp_path):
+    from webui.settings import UserSettings
+
+    models = tmp_path / "data" / "models" / "diffusers"
+    models.mkdir(parents=True)
+    shutil.copytree(tiny_sd1_dir, models / "tiny-b")
+    easel = make_easel(user=UserSettings(ram_cache_size=1))
+    job = plot_job(easel, BASE.replace(steps=1), ["Checkpoint name", "tiny-sd1, tiny-b"])
+    done = easel.engine.generate(job, source="ui", timeout=600)
+    assert done.state == JobState.DONE, done.error
+    # one checkpoint kept: the first was let go once its cells were made, not held to the end of the plot
+    assert easel.manager.loaded_names() == ["tiny-b"]

@@ -109,10 +109,15 @@ class ScriptJob(EngineTask):
         parts: list[JobResult | None] = [None] * len(self.requests)
         job.update(batch_total=sum(r.batch_count for r in self.requests), batch_index=0)
         offset = 0
+        group: tuple[str, str, str] | None = None
         for index in self.run_order():
             request = self.requests[index]
             if job.interrupt_requested:
                 break
+            models = (request.checkpoint, str(getattr(request, "refiner_checkpoint", "")), request.vae)
+            if group is not None and models != group:  # the earlier models are done with: let the budgets free them
+                engine.manager.memory.release_pins()
+            group = models
             cell = CellJob(job, request, offset)
             try:
                 parts[index] = engine.run_generation(cell)
@@ -122,6 +127,8 @@ class ScriptJob(EngineTask):
             except RequestError as exc:  # a value that fails only on this cell's model: name the cell
                 raise RequestError("script_args", f"{self.script}, {self.labels[index]}: {exc.field}: "
                                                   f"{exc.message}") from None
+            except LookupError as exc:  # a model a line or a value names that is not installed
+                raise RequestError("script_args", f"{self.script}, {self.labels[index]}: {exc}") from None
             offset += request.batch_count
 
         # 2. Draw and save the grids; the result holds them first, then the images.
