@@ -72,3 +72,32 @@ def test_prompts_from_file_errors_name_the_line(make_easel):
         run(BASE, [False, False, "start", "--steps ten"])
     with pytest.raises(ValueError, match="give at least one line"):
         run(BASE, [False, False, "end", "  \n"])
+
+
+def test_an_extension_script_from_the_ui_runs_as_one_job(make_easel, tmp_path):
+    from webui.extensions import ExtensionAPI
+    from webui.requests import RequestError
+
+    easel = make_easel()
+    api = ExtensionAPI(easel, easel.registry, "sweep", tmp_path)
+
+    def sweep(request, args):
+        if not args or not isinstance(args[0], list):
+            raise ValueError("args[0] must be a list of words")
+        return [request.replace(prompt=f"{request.prompt}, {word}") for word in args[0]]
+
+    api.add_script("Word sweep", sweep, args=("words",))
+    assert "Word sweep".lower() in easel.script_titles("img2img").values()
+    job = easel.script_job("word sweep", BASE, [["red", "blue"]])
+    assert isinstance(job, ScriptJob)
+    done = easel.engine.generate(job, source="ui", timeout=600)
+    assert done.state == JobState.DONE and done.batch_total == 2
+    assert [parse_infotext(t)["Prompt"] for t in done.result.infotexts] == ["a ball, red", "a ball, blue"]
+    with pytest.raises(RequestError) as bad:
+        easel.script_job("word sweep", BASE, ["red"])
+    assert bad.value.field == "script_args" and "args[0]" in bad.value.message
+    with pytest.raises(RequestError) as unknown:
+        easel.script_job("loopback wave", BASE, [])
+    assert unknown.value.field == "script_name"
+    with pytest.raises(ValueError, match="already registered"):
+        api.add_script("X/Y/Z plot", sweep)
