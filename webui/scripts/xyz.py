@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from webui.engine.script_job import GridPlan, ScriptJob, SuperGrid
-from webui.requests import (NO_REFINER, GenerationRequest, Img2ImgRequest, Txt2ImgRequest, schedule_label,
-                            split_legacy)
+from webui.requests import NO_REFINER, GenerationRequest, Txt2ImgRequest, schedule_label, split_legacy
 from webui.scripts.values import float_values, int_values, split_values
 
 TITLE = "X/Y/Z plot"
@@ -118,8 +117,8 @@ class Plot:
         return run
 
     @staticmethod
-    def prompt_sr(request: GenerationRequest, value: str, first: str = "") -> dict[str, Any]:
-        return {}  # replaced per plot (needs the axis's first value): see `Plot.cell`
+    def prompt_sr(request: GenerationRequest, value: str) -> dict[str, Any]:
+        return {}  # needs the axis's first value as well: done in `apply`
 
     @staticmethod
     def prompt_order(request: GenerationRequest, order: tuple[str, ...]) -> dict[str, Any]:
@@ -350,7 +349,3 @@ def apply(axis: Axis, request: GenerationRequest, value: Any, values: list[Any])
 
 def random_if_unset(seed: int | None) -> int:
     return random.randrange(2**32 - 1) if seed is None or int(seed) == -1 else int(seed)
-
-
-def is_plot_request(request: Any) -> bool:
-    return isinstance(request, (Txt2ImgRequest, Img2ImgRequest))
