@@ -69,6 +69,21 @@ class Easel:
         except LookupError:
             return None
 
+    def script_titles(self, mode: str) -> dict[str, str]:
+        """{title shown in the Script dropdown: script_name} of the scripts that run in `mode`."""
+        from webui.scripts import TITLES
+
+        kind = "txt2img" if mode == "txt2img" else "img2img"
+        return {TITLES.get(key, script.name): key for key, script in self.registry.scripts.items()
+                if kind in script.modes}
+
+    def script_job(self, name: str, request: Any, args: list[Any]) -> Any:
+        """What the Script dropdown queues for `request`: the script's job (a plot), or its requests run as one
+        job. RequestError on `script_args` when the script refuses its arguments."""
+        from webui.scripts import as_script_job
+
+        return as_script_job(self.registry, name, request, args)
+
     def sampler_choices(self, checkpoint: str | None = None) -> list[str]:
         samplers = self.registry.samplers
         arch = self.arch_of(checkpoint) if checkpoint else None
@@ -239,6 +254,10 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
 
     easel.gallery = GalleryIndex(settings.outputs_dir, settings.data_dir / "gallery")
     engine.saved_listeners.append(easel.gallery.record)
+
+    from webui.scripts import register_builtin_scripts  # X/Y/Z plot, prompt matrix, prompts from file
+
+    register_builtin_scripts(easel, registry)
     from webui.training.folders import TrainingFolders  # LoRA training for the Train tab (no torch at import)
     from webui.training.service import TrainingService
 

@@ -150,6 +150,8 @@ class ScriptContribution:
     modes: tuple[str, ...] = ("txt2img", "img2img")
     args: tuple[str, ...] = ()  # labels of the arguments, in order, for /sdapi/v1/script-info
     extension: str = ""
+    # mode -> {argument label: its choices} (the built-in X/Y/Z plot's axis lists), for the UI and script-info
+    choices: Callable[[str], dict[str, list[str]]] | None = None
 
 
 @dataclass(eq=False)

@@ -147,9 +147,11 @@ def test_script_name_and_script_args(client, easel, tmp_path):
 
     api.add_script("Prompt variations", variations, modes=("txt2img",), args=("words",))
     alwayson = sorted(name.lower() for name in easel.registry.request_args)  # bundled ControlNet, when loaded
-    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": ["prompt variations", *alwayson],
-                                                      "img2img": alwayson}
-    info = [row for row in client.get("/sdapi/v1/script-info").json() if not row["is_alwayson"]]
+    builtin = ["x/y/z plot", "prompt matrix", "prompts from file or textbox"]  # Easel's own (webui.scripts)
+    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [*builtin, "prompt variations", *alwayson],
+                                                      "img2img": [*builtin, *alwayson]}
+    info = [row for row in client.get("/sdapi/v1/script-info").json()
+            if not row["is_alwayson"] and row["name"] not in builtin]
     assert info == [{"name": "prompt variations", "is_alwayson": False, "is_img2img": False,
                      "args": [{"label": "words", "value": None, "minimum": None, "maximum": None, "step": None,
                                "choices": None}]}]
@@ -164,7 +166,7 @@ def test_script_name_and_script_args(client, easel, tmp_path):
     bad = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **TINY, "script_name": "prompt variations",
                                                  "script_args": ["nope"]})
     assert bad.status_code == 422 and bad.json()["field"] == "script_args" and "args[0]" in bad.json()["detail"]
-    missing = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **TINY, "script_name": "x/y/z plot"})
+    missing = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **TINY, "script_name": "loopback wave"})
     assert missing.status_code == 422 and missing.json()["field"] == "script_name"
     assert "prompt variations" in missing.json()["detail"]
     wrong_mode = client.post("/sdapi/v1/img2img", json={"init_images": [b64_png(gradient())], **TINY,

@@ -245,7 +245,7 @@ def test_the_guide_example_extension_uses_every_hook(hello):
         prompts = [parse_infotext(open_b64(i).info["parameters"])["Prompt"] for i in swept.json()["images"]]
         assert prompts == ["a cat, red", "a cat, blue"]
         assert client.get("/extensions/hello/stats").json()["images"] == 3
-        assert client.get("/sdapi/v1/scripts").json()["txt2img"][0] == "style sweep"  # then always-on scripts
+        assert client.get("/sdapi/v1/scripts").json()["txt2img"][3] == "style sweep"  # after the 3 built-in ones
         # Bad arguments are the client's mistake, named.
         bad = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"hello": {"args": [1]}}})
         assert bad.status_code == 422 and bad.json()["field"] == "alwayson_scripts.hello"

@@ -37,6 +37,7 @@ from webui.api.schemas import (
 )
 from webui.api.threads import API_LANE
 from webui.engine.refiner import same_latent_space
+from webui.engine.script_job import ScriptJob
 from webui.engine.worker import Job, JobResult, JobState
 from webui.infotext import written_text
 from webui.model_manager.defaults import ModelDefaults, entry_defaults
@@ -162,8 +163,9 @@ def generation_router(api: ApiContext) -> APIRouter:
                 return
             values["hr_scale"] = max(rx / width, ry / height)
 
-    def script_requests(body: BaseModel, request: GenerationRequest) -> list[GenerationRequest]:
-        """The request(s) an installed API script makes of this one (`script_name`, `script_args`)."""
+    def script_requests(body: BaseModel, request: GenerationRequest) -> list[GenerationRequest | ScriptJob]:
+        """The request(s) an installed API script makes of this one (`script_name`, `script_args`): requests, or
+        one script job (a plot: its grids first, then its images)."""
         name = (body.script_name or "").strip()
         if not name:
             return [request]
@@ -179,7 +181,7 @@ def generation_router(api: ApiContext) -> APIRouter:
             raise ApiError(422, "script_args", f"{script.name}: {exc}") from None
         made = request if made is None else made
         items = made if isinstance(made, list) else [made]
-        if not items or not all(isinstance(item, GenerationRequest) for item in items):
+        if not items or not all(isinstance(item, (GenerationRequest, ScriptJob)) for item in items):
             raise ApiError(500, "script_name", f"the script {script.name!r} (extension {script.extension}) did "
                                                "not return a request or a list of requests", "ScriptFailed")
         return items
@@ -306,7 +308,7 @@ def generation_router(api: ApiContext) -> APIRouter:
             "denoising_strength": denoising,
             "extra_generation_params": {k: written_text(v) for k, v in params.items()
                                         if k not in INFO_CORE_KEYS and v is not None and v != ""},
-            "index_of_first_image": 0,
+            "index_of_first_image": int(result.info.get("grids", 0)),
             "infotexts": list(result.infotexts),
             "styles": list(request.styles),
             "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)),

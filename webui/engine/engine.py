@@ -19,6 +19,7 @@ from webui import __version__
 from webui.engine import detail
 from webui.engine.context import Generated, ModeContext
 from webui.engine.outputs import mode_folder, save_image
+from webui.engine.script_job import ScriptJob
 from webui.engine.tasks import EngineTask, UnloadRequest
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job, JobResult, Worker
@@ -87,14 +88,32 @@ class Engine:
     def submit(self, request: Any, source: str = "ui") -> Job:
         """Validate (raising RequestError naming the field) and queue a request."""
         if isinstance(request, GenerationRequest):
-            validate_request(request, self.settings.user.limits(), self.registry.samplers,
-                             self.arch_of(request.checkpoint))
-            self.styled(request)  # every style it names exists, and the prompts stay within the limit
-            self.check_size(request)
-            detail.check(request, self.settings.user.limits())  # the detail fixer's passes, if any
+            self.check_generation(request)
+        elif isinstance(request, ScriptJob):
+            self.check_script(request)
         elif hasattr(request, "validate"):
             request.validate(self.settings.user.limits())
         return self.worker.submit(request, source)
+
+    def check_generation(self, request: GenerationRequest) -> None:
+        """RequestError naming the field when `request` cannot run."""
+        validate_request(request, self.settings.user.limits(), self.registry.samplers,
+                         self.arch_of(request.checkpoint))
+        self.styled(request)  # every style it names exists, and the prompts stay within the limit
+        self.check_size(request)
+        detail.check(request, self.settings.user.limits())  # the detail fixer's passes, if any
+
+    def check_script(self, job: ScriptJob) -> None:
+        """A script job's request as sent (errors name its field), then each request the script made of it
+        (errors name `script_args` and the cell: "X/Y/Z plot, Steps = 500: steps: ...")."""
+        if job.base is not None:
+            self.check_generation(job.base)
+        job.validate(self.settings.user.limits())
+        for request, label in zip(job.requests, job.labels):
+            try:
+                self.check_generation(request)
+            except RequestError as exc:
+                raise RequestError("script_args", f"{job.script}, {label}: {exc.field}: {exc.message}") from None
 
     def check_size(self, request: GenerationRequest) -> None:
         """RequestError on `width` before queueing when the model refuses the asked size (its declared range)."""
@@ -171,13 +190,19 @@ class Engine:
 
     def _run(self, job: Job) -> JobResult:
         request = job.request
-        if isinstance(request, EngineTask):  # upscaling, unloading: no extension hooks
+        if isinstance(request, EngineTask):  # upscaling, unloading, a script's plot: run by the task itself
             return request.run(self, job)
         if isinstance(request, LoadRequest):
             loaded = self.manager.get(request.checkpoint, "txt2img", request.vae)
             result = JobResult(info={"model": loaded.entry.name, "model_hash": loaded.entry.short_hash})
             job.update(result=result)
             return result
+        return self.run_generation(job)
+
+    def run_generation(self, job: Job) -> JobResult:
+        """One generation request (`job.request`) on the worker: the extensions' hooks, the mode, the infotext and
+        the saved PNGs; a script job runs each of its requests through here."""
+        request = job.request
         for hook in self.before_generate:
             request = hook(request) or request
         # the mode gets the prompts with the styles applied; the infotext and the hooks keep them as typed

@@ -215,7 +215,7 @@ class MemoryCache:
             held.bytes = self._measure(held)
             self._entries[held.id] = held
             self.stats["loads"] += 1
-            self._limit_count(kind, keep=held)
+            self._limit_count(kind, keep={held})
             self._use(held)
             return held
 
@@ -284,6 +284,13 @@ class MemoryCache:
                     held.pinned = False
                 self._make_room("device", 0, keep=used)
                 self._make_room("ram", 0, keep=used)
+
+    def release_pins(self) -> None:
+        """Within a job: stop pinning what it has used so far (a script job moving on to its next checkpoint), so
+        the budgets can make room from those models again; what it uses next is pinned as before."""
+        with self._lock:
+            for held in self._entries.values():
+                held.pinned = False
 
     # ------------------------------------------------------------------------------------------ reading
     def find(self, kind: str, key: Hashable) -> Held | None:

@@ -28,6 +28,7 @@ from webui.ui.context import GenerationTab, UIContext
 from webui.ui.controls import ControlSet, build_request, field_control, infotext_values
 from webui.ui.detail import build_detail_accordion, detail_updates
 from webui.ui.lora_picker import build_lora_picker
+from webui.ui.scripts import build_script_picker
 from webui.ui.styles import (StyleWidgets, build_style_buttons, build_style_editor, missing_styles, styles_control,
                              wire_styles)
 from webui.ui.seed_extra import build_seed_extra
@@ -164,6 +165,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
             if mode in ("txt2img", "img2img"):  # the built-in detail fixer feeds requests as accordions do
                 detail_inputs, detail_components = build_detail_accordion(mode)
                 extension_inputs = [*detail_inputs, *extension_inputs]
+            scripts = build_script_picker(ui, mode) if mode in ("txt2img", "img2img") else None
 
         with gr.Column(scale=1, min_width=300, elem_classes="easel-results"):
             progress = gr.HTML(status_html(None), elem_id=f"{mode}_progress", padding=False)
@@ -195,6 +197,9 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
             raw = {name: inputs.to_args(*[by_component.get(c) for c in inputs.components])
                    for name, inputs in extension_inputs}
             request = request.replace(extension_args=easel.registry.parse_request_args(raw))
+        chosen = scripts.chosen(by_component) if scripts is not None else None
+        if chosen is not None:  # a script: its many generations as one job (grids first in the gallery)
+            return easel.engine.submit(easel.script_job(chosen[0], request, chosen[1]), source="ui")
         return easel.engine.submit(request, source="ui")
 
     # Generate: an async generator that streams the job's progress. Building the request (images, masks) runs
@@ -206,6 +211,8 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
             yield update
 
     extension_components = {c for _, inputs in extension_inputs for c in inputs.components}
+    if scripts is not None:
+        extension_components |= scripts.components()
     generate.click(on_generate, inputs=controls.components() | extension_components,
                    outputs=[progress, preview, gallery, info, result, job_id],
                    concurrency_limit=None, show_progress="hidden")
