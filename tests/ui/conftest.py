@@ -144,6 +144,13 @@ class StubEasel:
         return SimpleNamespace(width=size, height=size, steps=20, cfg_scale=self.default_cfg(checkpoint),
                                sampler=None, distilled_cfg_scale=None)
 
+    def script_titles(self, mode: str) -> dict[str, str]:
+        """As Easel's: the Script dropdown's {title: script_name}; the stub has no scripts."""
+        return {}
+
+    def script_job(self, name: str, request: Any, args: list[Any]) -> Any:
+        raise ValueError(f"script_name: no script named {name!r} in this stub")
+
     def segment_model_choices(self) -> list[str]:
         return [e.name for e in self.manager.edit_checkpoints()]
 
