@@ -56,16 +56,20 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-@pytest.fixture
-def server(make_easel) -> Iterator[Server]:
+def serving(easel: Any) -> Iterator[Server]:
+    """The page and API of `easel` on its port while the caller's fixture lasts; closed afterwards."""
     from webui.app import create_server
 
-    easel = make_easel(port=free_port())
     _, url = create_server(easel, block=False)
     yield Server(easel, url)
     blocks = easel.extras.get("blocks")
     if blocks is not None:
         blocks.close()
+
+
+@pytest.fixture
+def server(make_easel) -> Iterator[Server]:
+    yield from serving(make_easel(port=free_port()))
 
 
 @pytest.fixture

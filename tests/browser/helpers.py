@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from playwright.sync_api import expect
 
 
@@ -34,6 +35,27 @@ def set_number(page: Any, elem_id: str, value: float | int) -> None:
 
 def fill_prompt(page: Any, mode: str, text: str) -> None:
     page.fill(f"#{mode}_prompt textarea", text)
+
+
+def tiny_txt2img(page: Any, prompt: str, seed: int, steps: int = 2, size: int = 64) -> str:
+    """Pick the first checkpoint and set a small txt2img job (prompt, size x size, steps, seed); its name."""
+    name = pick_first_checkpoint(page)
+    fill_prompt(page, "txt2img", prompt)
+    set_number(page, "txt2img_width", size)
+    set_number(page, "txt2img_height", size)
+    set_number(page, "txt2img_steps", steps)
+    page.fill("#txt2img_seed input", str(seed))
+    return name
+
+
+def generate_one(page: Any, outputs: Path, mode: str = "txt2img") -> tuple[Path, str]:
+    """Press Generate, wait for the result, and return the one PNG saved and its infotext."""
+    page.click(f"#{mode}_generate")
+    wait_for_result(page, mode)
+    files = saved_pngs(outputs, mode)
+    assert len(files) == 1, files
+    with Image.open(files[0]) as image:
+        return files[0], image.info["parameters"]
 
 
 def wait_for_result(page: Any, mode: str, timeout: float = 180_000) -> None:

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import DESKTOP, PHONE, SHOTS
-from tests.browser.helpers import fill_prompt, open_tab, pick_first_checkpoint, saved_pngs, set_number, wait_for_result
+from tests.browser.helpers import generate_one, open_tab, tiny_txt2img
 from tests.core.test_gallery_index import write
 
 pytestmark = pytest.mark.browser
@@ -26,15 +26,8 @@ def copied_in(tmp_path: Path) -> Path:
 
 
 def test_browse_search_send_delete_and_restore(copied_in, page, server) -> None:
-    pick_first_checkpoint(page)
-    fill_prompt(page, "txt2img", "a green moon")
-    set_number(page, "txt2img_width", 64)
-    set_number(page, "txt2img_height", 64)
-    set_number(page, "txt2img_steps", 2)
-    page.fill("#txt2img_seed input", "5")
-    page.click("#txt2img_generate")
-    wait_for_result(page, "txt2img")
-    [generated] = saved_pngs(server.outputs, "txt2img")
+    tiny_txt2img(page, "a green moon", seed=5)
+    generated, _ = generate_one(page, server.outputs)
 
     open_tab(page, "browse")
     expect(page.locator("#browse_status")).to_contain_text("4 images · page 1 of 1")

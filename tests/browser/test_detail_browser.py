@@ -7,54 +7,36 @@ import shutil
 from typing import Iterator
 
 import pytest
-from PIL import Image
 from playwright.sync_api import expect
 
-from tests.browser.conftest import SHOTS, Server, free_port
-from tests.browser.helpers import open_tab, pick_first_checkpoint, saved_pngs, set_number, wait_for_result
+from tests.browser.conftest import SHOTS, Server, free_port, serving
+from tests.browser.helpers import generate_one, open_tab, set_number, tiny_txt2img
 
 
 @pytest.fixture
 def server(make_easel, tmp_path, tmp_path_factory) -> Iterator[Server]:
     from tests.tiny_models import make_tiny_clipseg
-    from webui.app import create_server
 
     clipseg = make_tiny_clipseg(tmp_path_factory.mktemp("clipseg") / "tiny-clipseg")
     shutil.copytree(clipseg, tmp_path / "data" / "models" / "clipseg" / "tiny-clipseg")
-    easel = make_easel(port=free_port())
-    _, url = create_server(easel, block=False)
-    yield Server(easel, url)
-    blocks = easel.extras.get("blocks")
-    if blocks is not None:
-        blocks.close()
+    yield from serving(make_easel(port=free_port()))
 
 
 def test_detail_fixer_accordion_runs_a_pass_and_comes_back_from_png_info(page, server) -> None:
-    pick_first_checkpoint(page)
-    page.fill("#txt2img_prompt textarea", "a red circle")
-    set_number(page, "txt2img_width", 64)
-    set_number(page, "txt2img_height", 64)
-    set_number(page, "txt2img_steps", 2)
-    page.fill("#txt2img_seed input", "7")
+    tiny_txt2img(page, "a red circle", seed=7)
     page.click("#txt2img_detail")  # open the accordion
     page.click("#txt2img_detail_enable input[type=checkbox]")
     page.fill("#txt2img_detail_query input", "the red circle")
     set_number(page, "txt2img_detail_denoising", 0.5)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "txt2img-detail-fixer-desktop.png"), full_page=True)
-    page.click("#txt2img_generate")
-    wait_for_result(page, "txt2img")
-
-    files = saved_pngs(server.outputs, "txt2img")
-    assert len(files) == 1
-    with Image.open(files[0]) as image:
-        text = image.info["parameters"]
+    saved, text = generate_one(page, server.outputs)
     assert 'Detail 1 query: the red circle, Detail 1 denoising: 0.5' in text and "Detail 1 regions:" in text
 
     page.reload()
     page.wait_for_selector("#txt2img_generate")
     open_tab(page, "png_info")
-    page.set_input_files("#png_info_image input[type=file]", str(files[0]))
+    page.set_input_files("#png_info_image input[type=file]", str(saved))
     expect(page.locator("#png_info_text textarea")).to_have_value(text)
     page.click("#png_info_send_to_txt2img")
     expect(page.locator("button[role=tab][data-tab-id='txt2img']")).to_have_attribute("aria-selected", "true")

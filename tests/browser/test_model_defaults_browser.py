@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import Server, free_port
+from tests.browser.conftest import Server, free_port, serving
 from tests.browser.helpers import open_tab, set_number
 
 pytestmark = pytest.mark.browser
@@ -25,19 +25,13 @@ def declare(folder: Path, **defaults: Any) -> None:
 @pytest.fixture
 def server(make_easel) -> Iterator[Server]:
     """Two tiny SD 1.x checkpoints that declare different defaults."""
-    from webui.app import create_server
-
     easel = make_easel(port=free_port())
     diffusers = easel.settings.data_dir / "models" / "diffusers"
     shutil.copytree(diffusers / "tiny-sd1", diffusers / "tiny-sd1-wide")
     declare(diffusers / "tiny-sd1", width=96, height=96, steps=7, cfg_scale=3)
     declare(diffusers / "tiny-sd1-wide", width=128, height=80, steps=9, cfg_scale=5.5)
     easel.manager.refresh()
-    _, url = create_server(easel, block=False)
-    yield Server(easel, url)
-    blocks = easel.extras.get("blocks")
-    if blocks is not None:
-        blocks.close()
+    yield from serving(easel)
 
 
 def value_of(page: Any, elem_id: str) -> str:

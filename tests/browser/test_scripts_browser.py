@@ -7,7 +7,7 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from tests.browser.conftest import SHOTS
-from tests.browser.helpers import fill_prompt, pick_first_checkpoint, saved_pngs, set_number, wait_for_result
+from tests.browser.helpers import saved_pngs, tiny_txt2img, wait_for_result
 from webui.infotext import parse_infotext
 
 pytestmark = pytest.mark.browser
@@ -19,12 +19,7 @@ def choose(page, elem_id: str, option: str) -> None:
 
 
 def test_xyz_plot_from_the_script_dropdown(page, server) -> None:
-    pick_first_checkpoint(page)
-    fill_prompt(page, "txt2img", "a red cube")
-    set_number(page, "txt2img_width", 64)
-    set_number(page, "txt2img_height", 64)
-    set_number(page, "txt2img_steps", 2)
-    page.fill("#txt2img_seed input", "5")
+    tiny_txt2img(page, "a red cube", seed=5)
     expect(page.locator("#txt2img_xyz_x_values")).to_be_hidden()  # controls appear only once the script is picked
     choose(page, "txt2img_script", "X/Y/Z plot")
     expect(page.locator("#txt2img_xyz_x_values")).to_be_visible()

@@ -2,20 +2,14 @@
 infotext; then paste that image through PNG Info and see the controls filled and shown again."""
 from __future__ import annotations
 
-from PIL import Image
 from playwright.sync_api import expect
 
 from tests.browser.conftest import SHOTS
-from tests.browser.helpers import open_tab, pick_first_checkpoint, saved_pngs, set_number, wait_for_result
+from tests.browser.helpers import generate_one, open_tab, set_number, tiny_txt2img
 
 
 def test_extra_seed_controls_make_a_variation(page, server) -> None:
-    pick_first_checkpoint(page)
-    page.fill("#txt2img_prompt textarea", "a small red house")
-    set_number(page, "txt2img_width", 64)
-    set_number(page, "txt2img_height", 64)
-    set_number(page, "txt2img_steps", 2)
-    page.fill("#txt2img_seed input", "1234")
+    tiny_txt2img(page, "a small red house", seed=1234)
 
     expect(page.locator("#txt2img_subseed input")).to_be_hidden()
     page.click("#txt2img_subseed_show input[type=checkbox]")
@@ -27,13 +21,7 @@ def test_extra_seed_controls_make_a_variation(page, server) -> None:
     set_number(page, "txt2img_seed_resize_from_h", 32)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "txt2img-seed-extra-desktop.png"), full_page=True)
-    page.click("#txt2img_generate")
-    wait_for_result(page, "txt2img")
-
-    files = saved_pngs(server.outputs, "txt2img")
-    assert len(files) == 1
-    with Image.open(files[0]) as image:
-        text = image.info["parameters"]
+    saved, text = generate_one(page, server.outputs)
     assert "Seed: 1234," in text
     assert "Variation seed: 77, Variation seed strength: 0.5, Seed resize from: 96x32" in text
     expect(page.locator("#txt2img_info textarea")).to_have_value(text)
@@ -43,7 +31,7 @@ def test_extra_seed_controls_make_a_variation(page, server) -> None:
     page.wait_for_selector("#txt2img_generate")
     expect(page.locator("#txt2img_subseed input")).to_be_hidden()
     open_tab(page, "png_info")
-    page.set_input_files("#png_info_image input[type=file]", str(files[0]))
+    page.set_input_files("#png_info_image input[type=file]", str(saved))
     expect(page.locator("#png_info_text textarea")).to_have_value(text)
     page.click("#png_info_send_to_txt2img")
     expect(page.locator("button[role=tab][data-tab-id='txt2img']")).to_have_attribute("aria-selected", "true")

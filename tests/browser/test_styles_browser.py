@@ -11,7 +11,7 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from tests.browser.conftest import SHOTS
-from tests.browser.helpers import fill_prompt, open_tab, pick_first_checkpoint, saved_pngs, set_number, wait_for_result
+from tests.browser.helpers import fill_prompt, open_tab, saved_pngs, tiny_txt2img, wait_for_result
 from webui.infotext import parse_infotext
 from webui.styles import read_style_file
 
@@ -37,12 +37,7 @@ def choose(page, elem_id: str, option: str) -> None:
 
 
 def test_pick_a_style_generate_and_apply_it_to_the_prompt(styles_csv, page, server) -> None:
-    pick_first_checkpoint(page)
-    fill_prompt(page, "txt2img", "a red cube")
-    set_number(page, "txt2img_width", 64)
-    set_number(page, "txt2img_height", 64)
-    set_number(page, "txt2img_steps", 2)
-    page.fill("#txt2img_seed input", "5")
+    tiny_txt2img(page, "a red cube", seed=5)
     choose(page, "txt2img_styles", "ink")
     page.keyboard.press("Escape")
     expect(page.locator("#txt2img_styles")).to_contain_text("ink")

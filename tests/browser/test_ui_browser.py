@@ -17,19 +17,14 @@ from PIL import Image, ImageDraw, PngImagePlugin
 from playwright.sync_api import expect
 
 from tests.browser.conftest import DESKTOP, PHONE, SHOTS
-from tests.browser.helpers import (assert_shown_whole, draw_stroke, fill_prompt, open_tab, pick_first_checkpoint,
+from tests.browser.helpers import (assert_shown_whole, tiny_txt2img, draw_stroke, fill_prompt, open_tab, pick_first_checkpoint,
                                    saved_pngs, set_number, wait_for_result)
 
 pytestmark = pytest.mark.browser
 
 
 def test_txt2img_generates_and_saves_the_infotext(page, server) -> None:
-    name = pick_first_checkpoint(page)
-    fill_prompt(page, "txt2img", "a small red house")
-    set_number(page, "txt2img_width", 64)
-    set_number(page, "txt2img_height", 64)
-    set_number(page, "txt2img_steps", 3)
-    page.fill("#txt2img_seed input", "1234")
+    name = tiny_txt2img(page, "a small red house", seed=1234, steps=3)
     page.click("#txt2img_generate")
     wait_for_result(page, "txt2img")
 
