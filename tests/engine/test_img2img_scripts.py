@@ -131,3 +131,27 @@ def test_loopback_legacy_factor_and_bad_args(make_easel):
     with pytest.raises(RequestError) as caught:
         easel.engine.submit(script_job(easel, "loopback", BASE.replace(batch_count=100), [4, 0.5]))
     assert caught.value.field == "script_args" and "400 images" in caught.value.message
+
+
+def test_interrupt_keeps_the_loops_and_tiles_made(make_easel):
+    easel = make_easel()
+
+    def interrupt_at_seed_13(request):
+        if request.seed == 13:
+            easel.engine.worker.interrupt()  # the running job: the script's
+        return request
+
+    easel.registry.before_generate.append(interrupt_at_seed_13)
+    job = easel.engine.submit(script_job(easel, "loopback", BASE, [4, 0.2]), source="ui")
+    job.wait(600)
+    assert job.state == JobState.INTERRUPTED
+    assert job.result.info["grids"] == 1 and len(job.result.images) == 1 + 2  # the grid, the two loops made
+    assert [parse_infotext(t)["Loopback"] for t in job.result.infotexts[1:]] == ["1/4", "2/4"]
+    # SD upscale: tiles 0 and 1 made (seeds 11, 12); the rest keep the upscaled image
+    job = easel.engine.submit(script_job(easel, "sd upscale", BASE, [None, 16, "Lanczos", 2]), source="ui")
+    job.wait(600)
+    assert job.state == JobState.INTERRUPTED and len(job.result.images) == 1
+    out = pixels(job.result.images[0])
+    upscaled = pixels(gradient().resize((128, 128), Image.LANCZOS))
+    assert np.array_equal(out[64:, :], upscaled[64:, :])  # the bottom row of tiles was never repainted
+    assert not np.array_equal(out[:32, :32], upscaled[:32, :32])  # the first tile was

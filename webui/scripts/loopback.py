@@ -7,8 +7,9 @@ the denoising strength moving from the request's own towards a final strength al
 between 0.1 and 1).
 
 Each of batch count × batch size chains starts from the input image; the loops' seeds count up from the request's
-seed across every chain. The job returns a grid (one row per chain) and then every loop's image, each with its
-own infotext (its denoising strength, the loop number, the schedule).
+seed across every chain. Skip ends a loop early; the next starts from what it made. The job returns a grid (one
+row per chain) and then every loop's image, each with its own infotext (its denoising strength, the loop number,
+the schedule).
 """
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def make_loopback(request: GenerationRequest, args: list[Any]) -> ScriptJob:
         if index % loops == 0:  # a chain's first loop: the input image
             return planned
         before = parts[index - 1]
-        if before is None or not before.images:  # the loop before was skipped or interrupted: the chain ends
+        if before is None or not before.images:  # the loop before made no image: the chain ends
             return None
         changes: dict[str, Any] = {"init_image": before.images[0]}
         if isinstance(planned, InpaintRequest):

@@ -165,7 +165,7 @@ def make_sd_upscale(request: GenerationRequest, args: list[Any], upscalers: Any)
             first = next((r for r in results if r is not None and r.images), None)
             if first is None:
                 continue
-            # a tile that was skipped or not reached keeps the upscaled image there
+            # a tile not made (an interrupted job) keeps the upscaled image there
             tiles = [r.images[0] if r is not None and r.images else state["image"].crop(box(i))
                      for i, r in enumerate(results)]
             rows = [tiles[r * len(xs):(r + 1) * len(xs)] for r in range(len(ys))]
