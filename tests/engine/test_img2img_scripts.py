@@ -155,3 +155,16 @@ def test_interrupt_keeps_the_loops_and_tiles_made(make_easel):
     upscaled = pixels(gradient().resize((128, 128), Image.LANCZOS))
     assert np.array_equal(out[64:, :], upscaled[64:, :])  # the bottom row of tiles was never repainted
     assert not np.array_equal(out[:32, :32], upscaled[:32, :32])  # the first tile was
+
+
+def test_sd_upscale_with_an_esrgan_model(make_easel):
+    from tests.tiny_upscalers import make_tiny_esrgan
+
+    easel = make_easel()
+    make_tiny_esrgan(easel.settings.models_dir / "ESRGAN" / "2x-tiny.safetensors", scale=2)
+    easel.engine.upscalers.refresh()
+    job = script_job(easel, "sd upscale", BASE, [None, 32, 3, 2])  # 3: the first model, after None, Lanczos, Nearest
+    done = easel.engine.generate(job, source="ui", timeout=600)
+    assert done.state == JobState.DONE, done.error
+    assert done.result.images[0].size == (128, 128)
+    assert parse_infotext(done.result.infotexts[0])["SD upscale upscaler"] == "2x-tiny"

@@ -1,7 +1,7 @@
 """Easel's built-in scripts (the Script dropdown and the API's `script_name`): X/Y/Z plot, Prompt matrix, Prompts
 from file or textbox, and on img2img only SD upscale and Loopback. Each is registered in every Easel's registry like
-an extension's API script, under AUTOMATIC1111's name in lower case; a script returns a `ScriptJob` (webui.engine.script_job), which runs its
-generations as one job and draws its grids.
+an extension's API script, under AUTOMATIC1111's name in lower case; a script returns a `ScriptJob`
+(webui.engine.script_job), which runs its generations as one job and draws its grids.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The Script dropdown of the txt2img and img2img tabs: None, the built-in scripts (X/Y/Z plot, Prompt matrix,
-Prompts from file or textbox; on img2img SD upscale and Loopback) and the API scripts of extensions, each with its controls shown only while it is
-picked. The controls' values become the script's `script_args`, in the order the API takes them, so a plot made
-here and one made over the API are the same job.
+Prompts from file or textbox; on img2img SD upscale and Loopback) and the API scripts of extensions, each with its
+controls shown only while it is picked. The controls' values become the script's `script_args`, in the order the
+API takes them, so a plot made here and one made over the API are the same job.
 """
 from __future__ import annotations
 
