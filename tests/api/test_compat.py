@@ -148,10 +148,11 @@ def test_script_name_and_script_args(client, easel, tmp_path):
     api.add_script("Prompt variations", variations, modes=("txt2img",), args=("words",))
     alwayson = sorted(name.lower() for name in easel.registry.request_args)  # bundled ControlNet, when loaded
     builtin = ["x/y/z plot", "prompt matrix", "prompts from file or textbox"]  # Easel's own (webui.scripts)
+    img2img_only = ["sd upscale", "loopback"]
     assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [*builtin, "prompt variations", *alwayson],
-                                                      "img2img": [*builtin, *alwayson]}
+                                                      "img2img": [*builtin, *img2img_only, *alwayson]}
     info = [row for row in client.get("/sdapi/v1/script-info").json()
-            if not row["is_alwayson"] and row["name"] not in builtin]
+            if not row["is_alwayson"] and row["name"] not in builtin + img2img_only]
     assert info == [{"name": "prompt variations", "is_alwayson": False, "is_img2img": False,
                      "args": [{"label": "words", "value": None, "minimum": None, "maximum": None, "step": None,
                                "choices": None}]}]

@@ -122,7 +122,8 @@ def test_vae_flags_and_compat_routes(client, easel):
     assert flags["data_dir"] == easel.settings.data_dir.name and flags["nowebui"] is False  # never a full path
     alwayson = sorted(name.lower() for name in easel.registry.request_args)  # detail fixer, ControlNet, ...
     builtin = ["x/y/z plot", "prompt matrix", "prompts from file or textbox"]  # the built-in scripts come first
-    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": builtin + alwayson, "img2img": builtin + alwayson}
+    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [*builtin, *alwayson],
+                                                      "img2img": [*builtin, "sd upscale", "loopback", *alwayson]}
     assert "Lanczos" in [u["name"] for u in client.get("/sdapi/v1/upscalers").json()]
     assert client.post("/sdapi/v1/interrupt").json() == {"interrupted": False}
     assert client.post("/sdapi/v1/skip").json() == {"skipped": False}

@@ -50,3 +50,45 @@ def test_bad_script_args_name_the_axis(client):
     assert "Steps = 900" in too_many.json()["detail"]
     bad_type = client.post("/sdapi/v1/txt2img", json={**base, "script_args": xyz_args(99, "1")})
     assert bad_type.status_code == 422 and "X type: 99" in bad_type.json()["detail"]
+
+
+def test_sd_upscale_over_the_api(client):
+    listed = client.get("/sdapi/v1/scripts").json()
+    assert {"sd upscale", "loopback"} <= set(listed["img2img"]) and "sd upscale" not in listed["txt2img"]
+    body = {"init_images": [b64_png(gradient())], **TINY, "seed": 5, "denoising_strength": 0.5,
+            "script_name": "SD upscale", "script_args": ["", 16, 1, 2]}  # 1: Lanczos in AUTOMATIC1111's list
+    response = client.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert len(data["images"]) == 1 and info_of(data)["index_of_first_image"] == 0
+    image = open_b64(data["images"][0])
+    assert image.size == (128, 128)
+    assert parse_infotext(image.info["parameters"])["SD upscale upscaler"] == "Lanczos"
+    by_name = client.post("/sdapi/v1/img2img", json={**body, "script_args": ["", 16, "Nearest", 1.5]})
+    assert by_name.status_code == 200, by_name.text
+    assert open_b64(by_name.json()["images"][0]).size == (96, 96)
+    for args, words in ((["", 16, 9, 2], "index 9"), (["", 80, "Lanczos", 2], "Tile overlap"),
+                        (["", 16, "Lanczos", "big"], "Scale Factor")):
+        bad = client.post("/sdapi/v1/img2img", json={**body, "script_args": args})
+        assert bad.status_code == 422 and bad.json()["field"] == "script_args", bad.text
+        assert words in bad.json()["detail"]
+    txt = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **TINY, "script_name": "sd upscale",
+                                                 "script_args": ["", 16, 1, 2]})
+    assert txt.status_code == 422 and txt.json()["field"] == "script_name"
+
+
+def test_loopback_over_the_api(client):
+    body = {"init_images": [b64_png(gradient())], **TINY, "seed": 5, "denoising_strength": 0.5,
+            "script_name": "loopback", "script_args": [2, 0.3, "Linear", "None"]}
+    response = client.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    info = info_of(data)
+    assert len(data["images"]) == 3 and info["index_of_first_image"] == 1
+    assert open_b64(data["images"][0]).size == (128, 64)  # the grid: two loops side by side
+    loops = [parse_infotext(open_b64(image).info["parameters"]) for image in data["images"][1:]]
+    assert [(p["Denoising strength"], p["Loopback"], p["Seed"]) for p in loops] == [("0.5", "1/2", "5"),
+                                                                                    ("0.3", "2/2", "6")]
+    bad = client.post("/sdapi/v1/img2img", json={**body, "script_args": [2, 0.3, "Linear", "CLIP"]})
+    assert bad.status_code == 422 and bad.json()["field"] == "script_args"
+    assert "interrogat" in bad.json()["detail"]

@@ -199,9 +199,10 @@ class Engine:
             return result
         return self.run_generation(job)
 
-    def run_generation(self, job: Job) -> JobResult:
+    def run_generation(self, job: Job, save: bool = True, extra: dict[str, Any] | None = None) -> JobResult:
         """One generation request (`job.request`) on the worker: the extensions' hooks, the mode, the infotext and
-        the saved PNGs; a script job runs each of its requests through here."""
+        the saved PNGs; a script job runs each of its requests through here (`save` False: its images are not
+        saved, as SD upscale's tiles; `extra`: entries every image's infotext adds, as a loop's number)."""
         request = job.request
         for hook in self.before_generate:
             request = hook(request) or request
@@ -228,6 +229,8 @@ class Engine:
         for item in generated:
             if item.model is None:  # an image an extension's hook made
                 item.model, item.model_hash = model, model_hash
+            if extra:
+                item.extra = {**item.extra, **extra}
             text, params = self.infotext(request, item)
             result.images.append(item.image)
             result.infotexts.append(text)
@@ -235,7 +238,7 @@ class Engine:
             result.seeds.append(item.seed)
             if item.payload:
                 result.info.setdefault("items", []).append(item.payload)
-            if self.settings.user.save_images and getattr(request, "save_images", True):
+            if save and self.settings.user.save_images and getattr(request, "save_images", True):
                 folder = mode_folder(self.settings.outputs_dir, request.mode)
                 path = save_image(item.image, folder, item.seed, text, self.settings.user.filename_digits)
                 result.paths.append(path)

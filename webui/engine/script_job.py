@@ -7,6 +7,12 @@ its progress counts the whole plot: `batch_index`/`batch_total` run over every b
 stops the plot (the grid keeps the cells made so far); Skip ends the current image and goes on with the next.
 Then it draws its grids (`GridPlan`), saves them under `outputs/<mode>-grids/`, and returns the grids first, then
 the images when asked.
+
+A job whose requests depend on the images made before them (Loopback feeds each loop's image to the next; SD
+upscale crops its tiles from an image upscaled on the worker) sets `prepare`, which makes each request just
+before it runs from the results so far, and runs its requests in their own order. `finish` makes the job's own
+images from its requests' results (SD upscale's tiles blended into one picture); they are saved as generated
+images and returned after the grids.
 """
 from __future__ import annotations
 
@@ -14,11 +20,11 @@ import datetime as _dt
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from PIL import Image
 
-from webui.engine.outputs import save_image
+from webui.engine.outputs import mode_folder, save_image
 from webui.engine.tasks import EngineTask
 from webui.engine.worker import Job, JobInterrupted, JobResult
 from webui.infotext import format_infotext
@@ -69,6 +75,13 @@ class ScriptJob(EngineTask):
     draw_legend: bool = True
     margin: int = 0
     mode: str = "txt2img"
+    # (engine, index, the request as planned, the results so far) -> the request to run, or None to leave it out
+    prepare: Callable[..., GenerationRequest | None] | None = field(default=None, compare=False, repr=False)
+    # (engine, the results by request) -> the job's own images: (image, infotext, parameters, seed) each
+    finish: Callable[..., list[tuple[Image.Image, str, dict[str, Any], int]]] | None = \
+        field(default=None, compare=False, repr=False)
+    extras: tuple[tuple[tuple[str, Any], ...], ...] = ()  # per request: entries its images' infotext adds
+    save_parts: bool = True  # the requests' own images are saved (SD upscale's tiles are not)
 
     @property
     def save_images(self) -> bool:
@@ -90,7 +103,10 @@ class ScriptJob(EngineTask):
 
     def run_order(self) -> list[int]:
         """The requests' indices in the order they run: grouped by checkpoint (in the order each first appears),
-        then by refiner and VAE, so each model loads once; the plot's own order within a group."""
+        then by refiner and VAE, so each model loads once; the plot's own order within a group. A job that
+        prepares its requests from earlier results runs them in their own order."""
+        if self.prepare is not None:
+            return list(range(len(self.requests)))
         def first_seen(values: list[str]) -> dict[str, int]:
             seen: dict[str, int] = {}
             for value in values:
@@ -118,9 +134,19 @@ class ScriptJob(EngineTask):
             if group is not None and models != group:  # the earlier models are done with: let the budgets free them
                 engine.manager.memory.release_pins()
             group = models
+            if self.prepare is not None:
+                try:
+                    prepared = self.prepare(engine, index, request, parts)
+                except (ValueError, LookupError) as exc:  # an upscaler that will not load, ...
+                    raise RequestError("script_args", f"{self.script}: {exc}") from None
+                if prepared is None:  # nothing to build on (the image before it was skipped)
+                    offset += request.batch_count
+                    continue
+                request = prepared
             cell = CellJob(job, request, offset)
+            extra = dict(self.extras[index]) if index < len(self.extras) else None
             try:
-                parts[index] = engine.run_generation(cell)
+                parts[index] = engine.run_generation(cell, save=self.save_parts, extra=extra)
             except JobInterrupted:
                 parts[index] = cell.result
                 break
@@ -149,6 +175,15 @@ class ScriptJob(EngineTask):
                                                text, engine.settings.user.filename_digits))
                 engine.notify_saved(result.paths[-1])  # the image browser's index
         result.info["grids"] = len(result.images)
+        for image, text, params, seed in self.finish(engine, parts) if self.finish is not None else []:
+            result.images.append(image)
+            result.infotexts.append(text)
+            result.parameters.append(params)
+            result.seeds.append(seed)
+            if self.save_images and engine.settings.user.save_images:
+                result.paths.append(save_image(image, mode_folder(engine.settings.outputs_dir, self.mode), seed,
+                                               text, engine.settings.user.filename_digits))
+                engine.notify_saved(result.paths[-1])
         models = [p.info for p in parts if p is not None and p.info.get("model")]
         if self.include_images:
             for part in parts:

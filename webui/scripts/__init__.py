@@ -1,7 +1,7 @@
 """Easel's built-in scripts (the Script dropdown and the API's `script_name`): X/Y/Z plot, Prompt matrix, Prompts
-from file or textbox. Each is registered in every Easel's registry like an extension's API script, under
-AUTOMATIC1111's name in lower case; a script returns a `ScriptJob` (webui.engine.script_job), which runs its
-generations as one job and draws its grids.
+from file or textbox, and on img2img only SD upscale and Loopback. Each is registered in every Easel's registry like
+an extension's API script, under AUTOMATIC1111's name in lower case; a script returns a `ScriptJob`
+(webui.engine.script_job), which runs its generations as one job and draws its grids.
 """
 from __future__ import annotations
 
@@ -16,18 +16,23 @@ TITLES: dict[str, str] = {}
 
 def register_builtin_scripts(easel: Any, registry: Registry) -> None:
     """Add the built-in scripts to `registry` (names clash with an extension's: the built-in one is kept)."""
-    from webui.scripts import prompt_matrix, prompts_from_file, xyz
+    from webui.scripts import loopback, prompt_matrix, prompts_from_file, sd_upscale, xyz
 
     plot = xyz.Plot(easel)
     scripts = [(xyz.TITLE, lambda request, args: xyz.make_plot(plot, request, list(args)), xyz.ARG_LABELS),
                (prompt_matrix.TITLE, prompt_matrix.make_matrix, prompt_matrix.ARG_LABELS),
                (prompts_from_file.TITLE, prompts_from_file.make_prompts, prompts_from_file.ARG_LABELS)]
+    img2img_only = [
+        (sd_upscale.TITLE, lambda request, args: sd_upscale.make_sd_upscale(request, list(args),
+                                                                           easel.engine.upscalers),
+         sd_upscale.ARG_LABELS),
+        (loopback.TITLE, loopback.make_loopback, loopback.ARG_LABELS)]
     choices = {xyz.TITLE: plot.choices}
-    for title, run, labels in scripts:
-        key = title.lower()
-        TITLES[key] = title
-        registry.scripts[key] = ScriptContribution(key, run, ("txt2img", "img2img"), tuple(labels), BUILTIN,
-                                                   choices.get(title))
+    for modes, listed in ((("txt2img", "img2img"), scripts), (("img2img",), img2img_only)):
+        for title, run, labels in listed:
+            key = title.lower()
+            TITLES[key] = title
+            registry.scripts[key] = ScriptContribution(key, run, modes, tuple(labels), BUILTIN, choices.get(title))
 
 
 def as_script_job(registry: Registry, name: str, request: Any, args: list[Any]) -> Any:

@@ -1,7 +1,7 @@
 """The Script dropdown of the txt2img and img2img tabs: None, the built-in scripts (X/Y/Z plot, Prompt matrix,
-Prompts from file or textbox) and the API scripts of extensions, each with its controls shown only while it is
-picked. The controls' values become the script's `script_args`, in the order the API takes them, so a plot made
-here and one made over the API are the same job.
+Prompts from file or textbox; on img2img SD upscale and Loopback) and the API scripts of extensions, each with its
+controls shown only while it is picked. The controls' values become the script's `script_args`, in the order the
+API takes them, so a plot made here and one made over the API are the same job.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from webui.ui.context import UIContext
 
 NONE = "None"
 XYZ, MATRIX, FROM_FILE = "x/y/z plot", "prompt matrix", "prompts from file or textbox"
+SD_UPSCALE, LOOPBACK = "sd upscale", "loopback"
 
 
 @dataclass
@@ -104,6 +105,31 @@ def _from_file(mode: str) -> tuple[list[Any], Callable[..., list[Any]]]:
     return [iterate, same, position, text], lambda i, s, p, t: [bool(i), bool(s), p, t or ""]
 
 
+def _sd_upscale(mode: str, upscalers: list[str]) -> tuple[list[Any], Callable[..., list[Any]]]:
+    gr.Markdown("Upscales the image by the scale factor, then repaints it in tiles of the width and height set "
+                "above, blended where they overlap.")
+    with gr.Row():
+        overlap = gr.Slider(label="Tile overlap", minimum=0, maximum=256, step=16, value=64,
+                            elem_id=f"{mode}_sd_upscale_overlap")
+        scale = gr.Slider(label="Scale Factor", minimum=1, maximum=4, step=0.5, value=2,
+                          elem_id=f"{mode}_sd_upscale_scale")
+    choices = ["None", *upscalers]
+    upscaler = gr.Radio(choices, label="Upscaler", value="Lanczos" if "Lanczos" in choices else choices[0],
+                        elem_id=f"{mode}_sd_upscale_upscaler")
+    return [overlap, upscaler, scale], lambda o, u, s: [None, int(o or 0), u or "None", float(s or 1)]
+
+
+def _loopback(mode: str) -> tuple[list[Any], Callable[..., list[Any]]]:
+    with gr.Row():
+        loops = gr.Slider(label="Loops", minimum=1, maximum=32, step=1, value=4, elem_id=f"{mode}_loopback_loops")
+        final = gr.Slider(label="Final denoising strength", minimum=0, maximum=1, step=0.01, value=0.5,
+                          elem_id=f"{mode}_loopback_final")
+    curve = gr.Dropdown(label="Denoising strength curve", choices=["Aggressive", "Linear", "Lazy"], value="Linear",
+                        elem_id=f"{mode}_loopback_curve")
+    return [loops, final, curve], lambda n, f, c: [int(n or 1), float(f if f is not None else 0.5), c or "Linear",
+                                                   "None"]
+
+
 def _generic(mode: str, labels: tuple[str, ...]) -> tuple[list[Any], Callable[..., list[Any]]]:
     box = gr.Textbox(label="script_args (a JSON list)", value="[]",
                      placeholder=", ".join(labels) if labels else "[]")
@@ -136,6 +162,10 @@ def build_script_picker(ui: UIContext, mode: str) -> ScriptInputs:
                 inputs.controls[name] = _matrix(mode)
             elif name == FROM_FILE:
                 inputs.controls[name] = _from_file(mode)
+            elif name == SD_UPSCALE:
+                inputs.controls[name] = _sd_upscale(mode, easel.upscaler_choices())
+            elif name == LOOPBACK:
+                inputs.controls[name] = _loopback(mode)
             else:
                 inputs.controls[name] = _generic(mode, script.args)
         groups.append((title, group))
