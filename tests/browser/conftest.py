@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from playwright.sync_api import expect
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -76,6 +77,9 @@ def server(make_easel) -> Iterator[Server]:
 def page(browser, server: Server) -> Iterator[Any]:
     context = browser.new_context(viewport=DESKTOP)
     context.set_default_timeout(30_000)
+    # expect() waits 5 s by default: too short for a CI machine under load (a tab switch or an upload's size
+    # update there took longer); the same 30 s as the page's actions, still failing fast on a real miss
+    expect.set_options(timeout=30_000)
     tab = context.new_page()
     errors: list[str] = []
     tab.on("pageerror", lambda exc: errors.append(str(exc)))
