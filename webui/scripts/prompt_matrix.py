@@ -11,7 +11,7 @@ from typing import Any
 
 from webui.engine.script_job import GridPlan, ScriptJob
 from webui.requests import GenerationRequest
-from webui.scripts.xyz import MAX_MARGIN, random_if_unset
+from webui.scripts.xyz import grid_margin, random_if_unset
 
 TITLE = "Prompt matrix"
 ARG_LABELS = ("Put variable parts at start of prompt", "Use different seed for each picture", "Select prompt",
@@ -30,12 +30,7 @@ def make_matrix(request: GenerationRequest, args: list[Any]) -> ScriptJob:
     delimiter = str(delimiter).strip().lower()
     if delimiter not in ("comma", "space"):
         raise ValueError(f"Select joining char: 'comma' or 'space', got {delimiter!r}")
-    try:
-        margin = int(margin)
-    except (TypeError, ValueError):
-        raise ValueError(f"Grid margins: {margin!r} is not a whole number") from None
-    if not 0 <= margin <= MAX_MARGIN:
-        raise ValueError(f"Grid margins: must be between 0 and {MAX_MARGIN}, got {margin}")
+    margin = grid_margin(margin)
     field = "prompt" if prompt_type == "positive" else "negative_prompt"
     parts = [part.strip() for part in getattr(request, field).split("|")]
     base, options = parts[0], parts[1:]

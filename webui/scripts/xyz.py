@@ -278,12 +278,7 @@ def make_plot(plot: Plot, request: GenerationRequest, args: list[Any]) -> Script
     texts = [x_text, y_text, z_text]
     values = [plot.values(axis, text, listed, which) for axis, text, listed, which
               in zip(axes, texts, (x_list, y_list, z_list), "XYZ")]
-    try:
-        margin = int(margin)
-    except (TypeError, ValueError):
-        raise ValueError(f"Grid margins: {margin!r} is not a whole number") from None
-    if not 0 <= margin <= MAX_MARGIN:
-        raise ValueError(f"Grid margins: must be between 0 and {MAX_MARGIN}, got {margin}")
+    margin = grid_margin(margin)
     fixed: dict[str, str] = {}
     if not keep_random:  # one seed for every cell, so the axes are all that changes
         request = request.replace(seed=random_if_unset(request.seed), subseed=random_if_unset(request.subseed))
@@ -345,6 +340,17 @@ def apply(axis: Axis, request: GenerationRequest, value: Any, values: list[Any])
     except ValueError as exc:
         message = str(exc)
         raise ValueError(message if message.startswith(axis.label) else f"{axis.label}: {message}") from None
+
+
+def grid_margin(margin: Any) -> int:
+    """The "Grid margins (px)" argument as a whole number from 0 to MAX_MARGIN, or ValueError naming it."""
+    try:
+        margin = int(margin)
+    except (TypeError, ValueError):
+        raise ValueError(f"Grid margins: {margin!r} is not a whole number") from None
+    if not 0 <= margin <= MAX_MARGIN:
+        raise ValueError(f"Grid margins: must be between 0 and {MAX_MARGIN}, got {margin}")
+    return margin
 
 
 def random_if_unset(seed: int | None) -> int:
