@@ -163,27 +163,12 @@ class ScriptJob(EngineTask):
         shown = grids
         if self.super_grid is not None:
             shown = [self.draw_super(grids, engine)] + (grids if self.include_sub_grids else [])
-        for image, text, params, seed in shown:
-            if image is None:
-                continue
-            result.images.append(image)
-            result.infotexts.append(text)
-            result.parameters.append(params)
-            result.seeds.append(seed)
-            if self.save_images and engine.settings.user.save_images:
-                result.paths.append(save_image(image, grid_folder(engine.settings.outputs_dir, self.mode), seed,
-                                               text, engine.settings.user.filename_digits))
-                engine.notify_saved(result.paths[-1])  # the image browser's index
+        for made in shown:
+            if made[0] is not None:
+                self._add(result, engine, made, grid_folder(engine.settings.outputs_dir, self.mode))
         result.info["grids"] = len(result.images)
-        for image, text, params, seed in self.finish(engine, parts) if self.finish is not None else []:
-            result.images.append(image)
-            result.infotexts.append(text)
-            result.parameters.append(params)
-            result.seeds.append(seed)
-            if self.save_images and engine.settings.user.save_images:
-                result.paths.append(save_image(image, mode_folder(engine.settings.outputs_dir, self.mode), seed,
-                                               text, engine.settings.user.filename_digits))
-                engine.notify_saved(result.paths[-1])
+        for made in self.finish(engine, parts) if self.finish is not None else []:
+            self._add(result, engine, made, mode_folder(engine.settings.outputs_dir, self.mode))
         models = [p.info for p in parts if p is not None and p.info.get("model")]
         if self.include_images:
             for part in parts:
@@ -198,6 +183,18 @@ class ScriptJob(EngineTask):
                         "model_hash": models[0].get("model_hash") if models else None, "script": self.script}
         job.update(result=result)
         return result
+
+    def _add(self, result: JobResult, engine: Any, made: tuple, folder: Path) -> None:
+        """One (image, infotext, parameters, seed) of the job's own into `result`, saved in `folder` when saving
+        is on (and recorded in the image browser's index)."""
+        image, text, params, seed = made
+        result.images.append(image)
+        result.infotexts.append(text)
+        result.parameters.append(params)
+        result.seeds.append(seed)
+        if self.save_images and engine.settings.user.save_images:
+            result.paths.append(save_image(image, folder, seed, text, engine.settings.user.filename_digits))
+            engine.notify_saved(result.paths[-1])
 
     def draw(self, plan: GridPlan, parts: list[JobResult | None],
              engine: "Engine") -> tuple[Image.Image | None, str, dict[str, Any], int]:
