@@ -297,6 +297,9 @@ def request_updates(params: dict[str, str], cls: type[GenerationRequest] = Txt2I
     restore_schedule(updates)
     if "styles" in defaults:  # a text without styles clears a selection
         updates["styles"] = tuple(updates.get("styles", ()))
+    if "restore_faces" in defaults:  # "Face restoration: GFPGAN" (the restorer's name) means it was on
+        value = params.get("Face restoration", "").strip().lower()
+        updates["restore_faces"] = bool(value) and value not in ("false", "0", "no", "off", "none")
     if issubclass(cls, Txt2ImgRequest):
         updates["enable_hr"] = "Hires upscale" in params or "Hires resize" in params
     for name in ("hr_checkpoint_name", "refiner_checkpoint"):  # "name [hash]" as AUTOMATIC1111 writes them

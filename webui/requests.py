@@ -170,6 +170,10 @@ class GenerationRequest:
     scheduler: str = spec("Automatic", "Schedule type", infotext="Schedule type", api="scheduler",
                           choices=SCHEDULE_LABELS, infotext_value=unless_automatic)
     tiling: bool = spec(False, "Tiling", infotext="Tiling", api="tiling", infotext_value=or_none)
+    # GFPGAN or CodeFormer (the setting face_restoration_model) on the faces found (webui.engine.face_restore);
+    # the engine writes "Face restoration: <restorer>"
+    restore_faces: bool = spec(False, "Restore faces", infotext="Face restoration", api="restore_faces",
+                               infotext_value=written_by_mode)
     steps: int = spec(20, "Sampling steps", infotext="Steps", api="steps", minimum=1, limit="max_steps", step=1)
     cfg_scale: float = spec(7.0, "CFG Scale", infotext="CFG scale", api="cfg_scale", minimum=0.0, maximum=30.0, step=0.5)
     # the guidance a distilled model (Flux.1 dev) embeds; the infotext has it only for such models

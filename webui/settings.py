@@ -26,6 +26,7 @@ from webui.requests import Limits
 log = logging.getLogger(__name__)
 
 RNG_SOURCES = ("CPU", "GPU", "NV")  # "Random number generator source" (webui.engine.noise)
+FACE_RESTORERS = ("CodeFormer", "GFPGAN")  # face_restoration_model (webui.engine.face_restore)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_MODELS_DIR = ROOT / "models" / "builtin"
@@ -74,6 +75,12 @@ class UserSettings:
     lora_max_rank: int = 128  # hot-swap pads every LoRA to this rank
     lora_keep_loaded: int = 4  # unused LoRAs kept loaded (inactive) so switching back is instant; 0 = drop at once
     compile_denoiser: bool = False  # torch.compile the UNet/transformer once LoRAs are hot-swapped
+    # Face restoration (`restore_faces`): the restorer, CodeFormer's fidelity weight (0 = most restored, 1 = closest
+    # to the input), and how faces are found: the detail fixer's finder ("" = its default) and CLIPSeg/SAM threshold
+    face_restoration_model: str = "CodeFormer"
+    code_former_weight: float = 0.5
+    face_restoration_finder: str = ""
+    face_restoration_confidence: float = 0.3
 
     def limits(self) -> Limits:
         return Limits(self.max_side, self.max_pixels, self.max_steps, self.max_batch_size,
@@ -115,6 +122,12 @@ class UserSettings:
                 refuse(name, f"must be at least {lowest}")
         if "randn_source" not in found and self.randn_source not in RNG_SOURCES:
             refuse("randn_source", f"must be one of {', '.join(RNG_SOURCES)}; got {self.randn_source!r}")
+        if "face_restoration_model" not in found and self.face_restoration_model not in FACE_RESTORERS:
+            refuse("face_restoration_model", f"must be one of {', '.join(FACE_RESTORERS)}; got "
+                                             f"{self.face_restoration_model!r}")
+        for name in ("code_former_weight", "face_restoration_confidence"):
+            if name not in found and not 0 <= getattr(self, name) <= 1:
+                refuse(name, f"must be between 0 and 1, got {getattr(self, name)!r}")
         if "max_side" not in found and (self.max_side < 64 or self.max_side % 8):
             refuse("max_side", "must be a multiple of 8 and at least 64")
         return list(found.values())

@@ -194,8 +194,8 @@ def other_value(default: Any) -> Any:
 @pytest.mark.parametrize("endpoint", ["txt2img", "img2img"])
 def test_each_unhonoured_field_with_another_value_is_a_422_naming_it(client, endpoint: str) -> None:
     refused = unhonoured(endpoint, set(BODIES[endpoint].model_fields))
-    assert "restore_faces" in refused
-    honoured = {"styles", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "scheduler",
+    assert "restore_faces" not in refused
+    honoured = {"restore_faces", "styles", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "scheduler",
                 "tiling", "refiner_checkpoint", "refiner_switch_at", "distilled_cfg_scale"}
     if endpoint == "txt2img":
         honoured |= {"hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_checkpoint_name"}
@@ -213,8 +213,9 @@ def test_each_unhonoured_field_with_another_value_is_a_422_naming_it(client, end
         answer = client.post(f"/sdapi/v1/{endpoint}", json={**base, name: value})
         assert answer.status_code == 422, (name, value, answer.text)
         assert answer.json()["field"] == name and answer.json()["detail"].startswith(f"{name}: "), answer.text
-    faces = client.post(f"/sdapi/v1/{endpoint}", json={**base, "restore_faces": True})
-    assert "face restoration is not available" in faces.json()["detail"]
+    faces = client.post(f"/sdapi/v1/{endpoint}", json={**base, "restore_faces": True})  # no restorer installed
+    assert faces.status_code == 422 and faces.json()["field"] == "restore_faces", faces.text
+    assert "CodeFormer is not installed" in faces.json()["detail"] and "Codeformer" in faces.json()["detail"]
 
 
 def test_a_field_neither_easel_nor_a1111_has_is_a_422_naming_it(client) -> None:

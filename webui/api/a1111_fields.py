@@ -71,7 +71,7 @@ SHARED_FIELDS: dict[str, A1111Field] = {
     "cfg_scale": _field(7.0),
     "width": _field(512),
     "height": _field(512),
-    "restore_faces": _field(None, False, why="face restoration is not available"),
+    "restore_faces": _field(None, False, why="face restoration is not available"),  # honoured: a declared field
     "tiling": _field(None, False, why="seamless tiling is not available"),
     "do_not_save_samples": _field(False, True, why="the API saves images only when save_images is true"),
     "do_not_save_grid": _field(False, True, why="Easel makes no grids"),

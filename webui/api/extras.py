@@ -44,13 +44,16 @@ def extras_router(api: ApiContext) -> APIRouter:
 
     def upscale_requests(body: BaseModel, images: list[Image.Image]) -> list[UpscaleRequest] | None:
         """The upscale jobs an Extras body asks for, one per image (None: nothing to do, as in AUTOMATIC1111)."""
-        for name in ("gfpgan_visibility", "codeformer_visibility"):
-            if (getattr(body, name) or 0) > 0:
-                raise ApiError(422, name, "Easel has no face restoration; send 0")
+        faces = {name: float(getattr(body, name) or 0.0) for name in
+                 ("gfpgan_visibility", "codeformer_visibility", "codeformer_weight")}
+        for name, restorer in (("gfpgan_visibility", "GFPGAN"), ("codeformer_visibility", "CodeFormer")):
+            if faces[name] > 0:  # the restorer has a file (checked before any image is queued)
+                engine.face_restorers.check(restorer, name)
         first = check_upscaler(body.upscaler_1 or NONE, "upscaler_1") if (body.upscaler_1 or NONE) != NONE else NONE
         second = check_upscaler(body.upscaler_2 or NONE, "upscaler_2") if (body.upscaler_2 or NONE) != NONE else NONE
         visibility = float(body.extras_upscaler_2_visibility or 0.0)
-        if first == NONE and (second == NONE or visibility <= 0):
+        if first == NONE and (second == NONE or visibility <= 0) and \
+                faces["gfpgan_visibility"] <= 0 and faces["codeformer_visibility"] <= 0:
             return None
         by_size = body.resize_mode == 1
         if body.resize_mode not in (None, 0, 1):
@@ -59,7 +62,8 @@ def extras_router(api: ApiContext) -> APIRouter:
                                    width=int(body.upscaling_resize_w or 0) if by_size else 0,
                                    height=int(body.upscaling_resize_h or 0) if by_size else 0,
                                    crop=bool(body.upscaling_crop), upscaler_2=second,
-                                   upscaler_2_visibility=visibility, save_images=bool(body.save_images))
+                                   upscaler_2_visibility=visibility, save_images=bool(body.save_images),
+                                   upscale_first=bool(body.upscale_first), **faces)
                     for image in images]
         for request in requests:  # every image checked before any is queued (or decoded: only headers are read)
             request.validate(settings.user.limits())

@@ -114,10 +114,12 @@ class ExtrasSingleImageRequest(BaseModel):
     upscaler_1: str | None = Field("None", description="Upscaler name (GET /upscalers); None leaves the image as is")
     upscaler_2: str | None = Field("None", description="A second upscaler blended over the first")
     extras_upscaler_2_visibility: float | None = Field(0.0, description="Weight of upscaler_2, 0 to 1")
-    upscale_first: bool | None = Field(False, description="Accepted for compatibility (there is no face restoration)")
-    gfpgan_visibility: float | None = Field(0.0, description="Face restoration is not available: must be 0")
-    codeformer_visibility: float | None = Field(0.0, description="Face restoration is not available: must be 0")
-    codeformer_weight: float | None = Field(0.0, description="Accepted for compatibility")
+    upscale_first: bool | None = Field(False, description="Upscale before restoring faces (default: faces first)")
+    gfpgan_visibility: float | None = Field(0.0, description="GFPGAN on the faces found, blended by this weight, "
+                                                             "0 to 1 (0 = off; weights in models/GFPGAN)")
+    codeformer_visibility: float | None = Field(0.0, description="CodeFormer on the faces found, blended by this "
+                                                                 "weight, 0 to 1 (0 = off; weights in models/Codeformer)")
+    codeformer_weight: float | None = Field(0.0, description="CodeFormer's fidelity w, 0 to 1 (0 = most restored)")
     show_extras_results: bool | None = Field(True, description="Accepted for compatibility")
     save_images: bool | None = Field(False, description="Also save the result under outputs/extras-images")
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from webui import __version__
-from webui.engine import detail
+from webui.engine import detail, face_restore
 from webui.engine.context import Generated, ModeContext
 from webui.engine.outputs import mode_folder, save_image
 from webui.engine.script_job import ScriptJob
@@ -60,6 +60,9 @@ class Engine:
         self.worker = Worker(self.run_job, queue_size=settings.user.queue_size)
         self.upscalers = Upscalers([settings.models_dir / "ESRGAN", *settings.esrgan_dirs], manager.device,
                                    manager.dtype, memory=manager.memory)
+        # GFPGAN / CodeFormer from models/GFPGAN and models/Codeformer (`restore_faces`, the Extras tab)
+        self.face_restorers = face_restore.FaceRestorers(settings.models_dir, manager.device, manager.dtype,
+                                                         memory=manager.memory)
         # prompt styles: styles.csv and the other styles*.csv in the data dir
         self.styles = StyleStore(settings.data_dir, lambda: settings.user.limits().max_prompt_chars)
         # called with each image file saved under outputs/ (the image browser's index listens here)
@@ -102,6 +105,8 @@ class Engine:
         self.styled(request)  # every style it names exists, and the prompts stay within the limit
         self.check_size(request)
         detail.check(request, self.settings.user.limits())  # the detail fixer's passes, if any
+        if getattr(request, "restore_faces", False):  # the restorer the settings pick has a file
+            self.face_restorers.check(self.settings.user.face_restoration_model, "restore_faces")
 
     def check_script(self, job: ScriptJob) -> None:
         """A script job's request as sent (errors name its field), then each request the script made of it
@@ -216,7 +221,12 @@ class Engine:
                           pipeline_wrappers=list(self.pipeline_wrappers),
                           adapter_sources=list(self.registry.adapter_sources),
                           adapter_loaders=dict(self.registry.adapter_loaders))
+        restoring = request.mode in DETAIL_MODES and bool(getattr(styled, "restore_faces", False))
+        if restoring:  # loaded before generating, so a broken file costs no generation
+            face_restore.load_or_refuse(self.face_restorers, self.face_options().restorer, "restore_faces")
         generated: list[Generated] = mode.run(ctx, styled)
+        if restoring:  # before the detail fixer
+            generated = face_restore.apply(ctx, self.face_restorers, self.face_options(), generated)
         if request.mode in DETAIL_MODES:  # the detail fixer's passes, when the request asks for them
             generated = detail.apply(ctx, styled, generated)
         for hook in self.after_generate:
@@ -250,6 +260,12 @@ class Engine:
             result.info["styled"] = {"prompt": styled.prompt, "negative_prompt": styled.negative_prompt}
         job.update(result=result)
         return result
+
+    def face_options(self, restorer: str | None = None, visibility: float = 1.0) -> face_restore.FaceOptions:
+        """Face restoration as the settings say (restorer, CodeFormer weight, finder), with `visibility`."""
+        user = self.settings.user
+        return face_restore.FaceOptions(restorer or user.face_restoration_model, visibility, user.code_former_weight,
+                                        user.face_restoration_finder, user.face_restoration_confidence)
 
     def notify_saved(self, path: Path) -> None:
         """Tell the listeners an image was saved; one that fails is logged and never fails the job."""

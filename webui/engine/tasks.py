@@ -8,6 +8,7 @@ it is queued and runs itself on the worker (`run(engine, job)`); extension hooks
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -59,15 +60,36 @@ class UpscaleRequest(EngineTask):
     upscaler_2: str = NONE
     upscaler_2_visibility: float = 0.0
     save_images: bool = True
+    # face restoration (webui.engine.face_restore), GFPGAN then CodeFormer, each blended by its own visibility
+    # (0 = off), before upscaling unless `upscale_first`; CodeFormer's fidelity weight
+    gfpgan_visibility: float = 0.0
+    codeformer_visibility: float = 0.0
+    codeformer_weight: float = 0.5
+    upscale_first: bool = False
     mode: str = "extras"
+
+    @property
+    def upscaling(self) -> bool:
+        """Anything to upscale: a first upscaler, or a second one that shows."""
+        return self.upscaler.strip() != NONE or (self.upscaler_2.strip() != NONE and self.upscaler_2_visibility > 0)
+
+    @property
+    def restoring(self) -> list[tuple[str, float]]:
+        """(restorer, visibility) of each face restorer that runs, in order."""
+        return [(name, v) for name, v in (("GFPGAN", self.gfpgan_visibility),
+                                          ("CodeFormer", self.codeformer_visibility)) if v > 0]
 
     def validate(self, limits: Limits) -> None:
         if self.image is None:
             raise RequestError("image", "an image to upscale is required")
         if not isinstance(self.upscaler, str) or not self.upscaler.strip():
             raise RequestError("upscaler_1", "pick an upscaler")
-        if self.upscaler.strip() == NONE and (self.upscaler_2.strip() == NONE or self.upscaler_2_visibility <= 0):
-            raise RequestError("upscaler_1", "pick an upscaler (None leaves the image as it is)")
+        for name in ("gfpgan_visibility", "codeformer_visibility", "codeformer_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise RequestError(name, f"must be between 0 and 1, got {value!r}")
+        if not self.upscaling and not self.restoring:
+            raise RequestError("upscaler_1", "pick an upscaler (None leaves the image as it is) or a face restorer")
         if not 0.0 <= self.upscaler_2_visibility <= 1.0:
             raise RequestError("extras_upscaler_2_visibility", f"must be between 0 and 1, got {self.upscaler_2_visibility}")
         explicit = bool(self.width and self.height)
@@ -85,26 +107,37 @@ class UpscaleRequest(EngineTask):
 
     def output_size(self) -> tuple[int, int]:
         assert self.image is not None
+        if not self.upscaling:  # face restoration only: the image keeps its size
+            return self.image.size
         return target_size(self.image.size, self.scale, self.width or None, self.height or None)
 
     def run(self, engine: "Engine", job: Job) -> JobResult:
         assert self.image is not None
         image = self.image.convert("RGB")
         size = self.output_size()
-        job.update(step=0, total_steps=2 if self.upscaler_2_visibility > 0 else 1)
-        first = self._upscaled(engine, image, self.upscaler, size, "upscaler_1")
-        job.update(step=1)
-        if self.upscaler_2 != NONE and self.upscaler_2_visibility > 0:
-            second = self._upscaled(engine, image, self.upscaler_2, size, "upscaler_2")
-            first = Image.blend(first, second, self.upscaler_2_visibility)
-            job.update(step=2)
-        params: dict[str, Any] = {
-            "Postprocess upscale by": None if self.width and self.height else _number(self.scale),
-            "Postprocess upscale to": f"{size[0]}x{size[1]}" if self.width and self.height else None,
-            "Postprocess upscaler": self.upscaler,
-            "Postprocess upscaler 2": self.upscaler_2 if self.upscaler_2_visibility > 0 else None,
-            "Version": f"Easel {__version__}",
-        }
+        second_shows = self.upscaler_2 != NONE and self.upscaler_2_visibility > 0
+        job.update(step=0, total_steps=(1 + second_shows if self.upscaling else 0) + len(self.restoring))
+        params: dict[str, Any] = {}
+        if not self.upscale_first:
+            image, params = self._faces_restored(engine, job, image)
+        first = image
+        if self.upscaling:
+            first = self._upscaled(engine, image, self.upscaler, size, "upscaler_1")
+            job.update(step=job.step + 1)
+            if second_shows:
+                second = self._upscaled(engine, image, self.upscaler_2, size, "upscaler_2")
+                first = Image.blend(first, second, self.upscaler_2_visibility)
+                job.update(step=job.step + 1)
+            params |= {
+                "Postprocess upscale by": None if self.width and self.height else _number(self.scale),
+                "Postprocess upscale to": f"{size[0]}x{size[1]}" if self.width and self.height else None,
+                "Postprocess upscaler": self.upscaler,
+                "Postprocess upscaler 2": self.upscaler_2 if self.upscaler_2_visibility > 0 else None,
+            }
+        if self.upscale_first:
+            first, faces = self._faces_restored(engine, job, first)
+            params |= faces
+        params["Version"] = f"Easel {__version__}"
         text = format_infotext("", "", params).lstrip("\n")
         result = JobResult(images=[first], infotexts=[text], seeds=[-1])
         if self.save_images and engine.settings.user.save_images:
@@ -113,6 +146,31 @@ class UpscaleRequest(EngineTask):
             engine.notify_saved(result.paths[-1])
         job.update(result=result)
         return result
+
+    def _faces_restored(self, engine: "Engine", job: Job, image: Image.Image) -> tuple[Image.Image, dict[str, Any]]:
+        """The image after GFPGAN and CodeFormer (those with a visibility), and the infotext entries they add."""
+        from webui.engine.context import ModeContext
+        from webui.engine.face_restore import load_or_refuse, restore_faces
+
+        params: dict[str, Any] = {}
+        if not self.restoring:
+            return image, params
+        ctx = ModeContext(engine.manager, job, samplers=engine.registry.samplers)
+        for name, visibility in self.restoring:
+            field_name = f"{name.lower()}_visibility"
+            load_or_refuse(engine.face_restorers, name, field_name)
+            options = dataclasses.replace(engine.face_options(name, visibility), codeformer_weight=self.codeformer_weight)
+            try:
+                image, entries = restore_faces(ctx, engine.face_restorers, image, options)
+            except RequestError as exc:  # no face finder
+                raise RequestError(field_name, exc.message) from None
+            params[f"{name} visibility"] = _number(visibility)
+            if name == "CodeFormer":
+                params["CodeFormer weight"] = _number(self.codeformer_weight)
+            params |= {key.replace("Face restoration", name): value for key, value in entries.items()
+                       if key.startswith("Face restoration ")}
+            job.update(step=job.step + 1)
+        return image, params
 
     def _upscaled(self, engine: "Engine", image: Image.Image, name: str, size: tuple[int, int],
                   field_name: str) -> Image.Image:
