@@ -18,6 +18,7 @@ from webui.api.errors import ApiError, job_failure
 from webui.api.images import decode_image, encode_png, load_image
 from webui.api.schemas import ExtrasSingleImageRequest, PNGInfoRequest
 from webui.api.threads import API_LANE
+from webui.engine.face_restore import check_finder
 from webui.engine.tasks import UpscaleRequest
 from webui.engine.upscalers import NONE
 from webui.engine.worker import JobResult, JobState
@@ -47,8 +48,9 @@ def extras_router(api: ApiContext) -> APIRouter:
         faces = {name: float(getattr(body, name) or 0.0) for name in
                  ("gfpgan_visibility", "codeformer_visibility", "codeformer_weight")}
         for name, restorer in (("gfpgan_visibility", "GFPGAN"), ("codeformer_visibility", "CodeFormer")):
-            if faces[name] > 0:  # the restorer has a file (checked before any image is queued)
+            if faces[name] > 0:  # the restorer has a file and faces a finder (before any image is queued)
                 engine.face_restorers.check(restorer, name)
+                check_finder(api.manager, settings.user.face_restoration_finder, name)
         first = check_upscaler(body.upscaler_1 or NONE, "upscaler_1") if (body.upscaler_1 or NONE) != NONE else NONE
         second = check_upscaler(body.upscaler_2 or NONE, "upscaler_2") if (body.upscaler_2 or NONE) != NONE else NONE
         visibility = float(body.extras_upscaler_2_visibility or 0.0)

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 # AUTOMATIC1111 options that are Easel user settings: option name -> setting key.
 SETTING_OPTIONS = {"samples_save": "save_images", "show_progress_every_n_steps": "live_preview_every",
                    "randn_source": "randn_source",
-                   "flow_shift": "flow_shift"}
+                   "flow_shift": "flow_shift", "face_restoration_model": "face_restoration_model",
+                   "code_former_weight": "code_former_weight"}
 OPTION_NAMES = {key: option for option, key in SETTING_OPTIONS.items()}
 
 
@@ -75,6 +76,8 @@ def options_router(api: ApiContext) -> APIRouter:
             "disabled_extensions": list(user.disabled_extensions),
             "sd_lora": "None",
             "flow_shift": user.flow_shift,  # flow-matching models' timestep shift; 0 = each model's own
+            "face_restoration_model": user.face_restoration_model,  # restore_faces: CodeFormer or GFPGAN
+            "code_former_weight": user.code_former_weight,  # CodeFormer's fidelity w (0 = most restored)
         }
 
     @router.post("/options")

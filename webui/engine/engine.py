@@ -105,8 +105,9 @@ class Engine:
         self.styled(request)  # every style it names exists, and the prompts stay within the limit
         self.check_size(request)
         detail.check(request, self.settings.user.limits())  # the detail fixer's passes, if any
-        if getattr(request, "restore_faces", False):  # the restorer the settings pick has a file
+        if getattr(request, "restore_faces", False):  # the restorer the settings pick has a file, faces a finder
             self.face_restorers.check(self.settings.user.face_restoration_model, "restore_faces")
+            face_restore.check_finder(self.manager, self.settings.user.face_restoration_finder, "restore_faces")
 
     def check_script(self, job: ScriptJob) -> None:
         """A script job's request as sent (errors name its field), then each request the script made of it

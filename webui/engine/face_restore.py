@@ -126,6 +126,26 @@ class FaceRestorers:
         self.memory.clear(FACE_RESTORER)
 
 
+def check_finder(manager: Any, finder: str, field: str) -> None:
+    """RequestError on `field` when no model can find faces: the setting names none that is installed, or (left
+    empty) no edit-capable checkpoint and no segmenter is installed."""
+    from webui.engine.modes.segment import default_model
+
+    try:
+        name = finder or default_model(manager)
+    except RequestError as exc:
+        raise RequestError(field, f"faces are found by the detail fixer's finders, and {exc.message}") from None
+    if manager.find_segmenter(name) is not None:
+        return
+    try:
+        entry = manager.find_checkpoint(name)
+    except LookupError:
+        entry = None
+    if entry is None or not any(e.name == entry.name for e in manager.edit_checkpoints()):
+        raise RequestError(field, f"the face finder {name!r} (setting face_restoration_finder) is neither an "
+                                  "installed segmenter nor a checkpoint that can edit")
+
+
 # Running -------------------------------------------------------------------------------------------------------
 def load_or_refuse(restorers: FaceRestorers, name: str, field: str) -> Any:
     """The loaded restorer; RequestError on `field` naming the file and why when it cannot load."""
