@@ -208,14 +208,25 @@ class Easel:
 
     def upscale(self, image: Image.Image, upscaler: str, scale: float = 2.0, width: int = 0, height: int = 0,
                 crop: bool = True, upscaler_2: str = "None", upscaler_2_visibility: float = 0.0,
-                save_images: bool = True) -> Any:
-        """Queue an upscale on the worker (`webui.engine.tasks.UpscaleRequest`) and return its job."""
+                save_images: bool = True, gfpgan_visibility: float = 0.0, codeformer_visibility: float = 0.0,
+                codeformer_weight: float = 0.5) -> Any:
+        """Queue an upscale (and face restoration: GFPGAN, CodeFormer with their visibilities) on the worker
+        (`webui.engine.tasks.UpscaleRequest`) and return its job. RequestError naming the field when a restorer
+        asked for has no file, or nothing can find faces."""
+        from webui.engine.face_restore import check_finder
         from webui.engine.tasks import UpscaleRequest
 
+        for name, field_name, visibility in (("GFPGAN", "gfpgan_visibility", gfpgan_visibility),
+                                             ("CodeFormer", "codeformer_visibility", codeformer_visibility)):
+            if visibility > 0:
+                self.engine.face_restorers.check(name, field_name)
+                check_finder(self.manager, self.settings.user.face_restoration_finder, field_name)
         return self.engine.submit(UpscaleRequest(image=image, upscaler=upscaler, scale=scale, width=width,
                                                  height=height, crop=crop, upscaler_2=upscaler_2,
                                                  upscaler_2_visibility=upscaler_2_visibility,
-                                                 save_images=save_images), source="ui")
+                                                 save_images=save_images, gfpgan_visibility=gfpgan_visibility,
+                                                 codeformer_visibility=codeformer_visibility,
+                                                 codeformer_weight=codeformer_weight), source="ui")
 
 
 def build(settings: Settings, with_extensions: bool = True) -> Easel:

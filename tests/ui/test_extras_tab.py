@@ -73,3 +73,31 @@ def test_mistakes_name_the_control(extras_ui, values, field):
     blocks, _ = extras_ui
     with pytest.raises(gr.Error, match=field):
         handler(blocks, "on_upscale")(*values)
+
+
+def test_face_restoration_runs_from_the_tab_and_a_missing_restorer_names_its_slider(extras_ui):
+    """With no restorer installed the GFPGAN slider's field is named; with a tiny GFPGAN and a face finder (the
+    tiny CLIPSeg at threshold 0, which takes the whole image as one face) the faces are restored at scale 1."""
+    import dataclasses
+    import shutil
+
+    from tests.segment.conftest import CLIPSEG_LABEL
+    from tests.tiny_face_restorers import make_tiny_gfpgan
+    from tests.tiny_models import make_tiny_clipseg
+
+    blocks, ui = extras_ui
+    easel = ui.easel
+    with pytest.raises(gr.Error, match="gfpgan_visibility"):
+        handler(blocks, "on_upscale")(gradient(32, 32), "Lanczos", BY_SCALE, 1, None, None, True, "None", 0, 1, 0, 0.5)
+    make_tiny_gfpgan(easel.settings.models_dir / "GFPGAN" / "GFPGANv1.4.safetensors")
+    clipseg = make_tiny_clipseg(easel.settings.data_dir / "tmp-clipseg" / "tiny-clipseg")
+    shutil.copytree(clipseg, easel.settings.models_dir / "clipseg" / "tiny-clipseg")
+    easel.manager.refresh()
+    easel.settings.user = dataclasses.replace(easel.settings.user, face_restoration_finder=CLIPSEG_LABEL,
+                                              face_restoration_confidence=0.0)
+    source = gradient(32, 32)
+    image, info, _ = handler(blocks, "on_upscale")(source, "Lanczos", BY_SCALE, 1, None, None, True, "None", 0,
+                                                   1, 0, 0.5)
+    params = parse_infotext(info)
+    assert image.size == (32, 32) and image.tobytes() != source.convert("RGB").tobytes()
+    assert params["GFPGAN visibility"] == "1" and params["GFPGAN faces"] == "1"

@@ -24,6 +24,8 @@ def test_apply_saves_valid_settings(built_ui) -> None:
     ({"queue_size": None}, "queue_size"),
     ({"max_steps": -3}, "max_steps"),
     ({"default_sampler": "Nope"}, "default_sampler"),
+    ({"face_restoration_model": "RestoreFormer"}, "face_restoration_model"),
+    ({"code_former_weight": 1.5}, "code_former_weight"),
 ])
 def test_bad_values_name_the_field_and_change_nothing(built_ui, values: dict, field: str) -> None:
     _, ui = built_ui

@@ -146,7 +146,10 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                                            value=own.distilled_cfg_scale,
                                            visible=own.distilled_cfg_scale is not None))
                 controls.add(field_control(request_cls, "clip_skip", limits, min_width=140))
-            controls.add(field_control(request_cls, "tiling", limits))
+            with gr.Row():
+                controls.add(field_control(request_cls, "tiling", limits))
+                if mode in ("txt2img", "img2img", "inpaint"):  # GFPGAN / CodeFormer as Settings picks (face_restoration_model)
+                    controls.add(field_control(request_cls, "restore_faces", limits))
             with gr.Row(elem_classes="easel-seed-row"):
                 seed = controls.add(field_control(request_cls, "seed", limits, kind="number", min_width=120, scale=4))
                 dice = gr.Button(DICE, elem_id=f"{mode}_random_seed", elem_classes="easel-tool", scale=0,

@@ -1,4 +1,5 @@
-"""The Extras tab: upscale one image with a chosen upscaler, by a factor or to a width and height.
+"""The Extras tab: upscale one image with a chosen upscaler, by a factor or to a width and height, and restore
+its faces with GFPGAN and CodeFormer (each by its visibility; `webui.engine.face_restore`) before upscaling.
 
 The work is an upscale job on the engine's worker (`Easel.upscale`), queued behind any generation so it never
 races one for the device; the result is shown with its parameters and saved under `outputs/extras-images/`
@@ -30,18 +31,24 @@ class ExtrasResult:
 
 def upscale(ui: UIContext, image: Any, upscaler: str | None, resize: str, scale: float, width: float | None,
             height: float | None, crop: bool, upscaler_2: str | None, visibility: float,
+            gfpgan_visibility: float = 0.0, codeformer_visibility: float = 0.0, codeformer_weight: float = 0.5,
             timeout: float | None = None) -> ExtrasResult:
-    """Run one upscale job and wait for it; ValueError names the control that is wrong."""
+    """Run one upscale job (and the face restorers with a visibility) and wait for it; ValueError names the
+    control that is wrong."""
     if image is None:
         raise ValueError("image: drop an image to upscale")
-    if not upscaler or upscaler == NONE:
-        raise ValueError("upscaler_1: pick an upscaler")
+    restoring = (gfpgan_visibility or 0) > 0 or (codeformer_visibility or 0) > 0
+    if (not upscaler or upscaler == NONE) and not restoring:
+        raise ValueError("upscaler_1: pick an upscaler (or a face restorer's visibility)")
     by_size = resize == TO_SIZE
     w, h = (int(width or 0), int(height or 0)) if by_size else (0, 0)
     if by_size and (w < 1 or h < 1):
         raise ValueError("upscaling_resize_w: enter the width and height to scale to")
-    job = ui.easel.upscale(image, upscaler, float(scale), w, h, bool(crop), upscaler_2 or NONE,
-                           float(visibility or 0.0) if upscaler_2 and upscaler_2 != NONE else 0.0)
+    job = ui.easel.upscale(image, upscaler or NONE, float(scale), w, h, bool(crop), upscaler_2 or NONE,
+                           float(visibility or 0.0) if upscaler_2 and upscaler_2 != NONE else 0.0,
+                           gfpgan_visibility=float(gfpgan_visibility or 0.0),
+                           codeformer_visibility=float(codeformer_visibility or 0.0),
+                           codeformer_weight=float(codeformer_weight if codeformer_weight is not None else 0.5))
     if not job.wait(timeout):
         raise job_failed(f"the upscale did not finish within {timeout:.0f} s")
     if job.error:
@@ -77,6 +84,17 @@ def build(ui: UIContext) -> None:
                                              elem_id="extras_upscaler_2")
                     visibility = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Upscaler 2 visibility",
                                            elem_id="extras_visibility")
+                with gr.Accordion("Face restoration", open=False, elem_id="extras_faces"):
+                    gr.Markdown("GFPGAN and CodeFormer on the faces found (weights in `models/GFPGAN/` and "
+                                "`models/Codeformer/`; faces found as the detail fixer finds them), before "
+                                "upscaling. 0 = off. Scale 1 with Lanczos only restores faces.", elem_classes="easel-note")
+                    gfpgan = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="GFPGAN visibility",
+                                       elem_id="extras_gfpgan_visibility")
+                    codeformer = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="CodeFormer visibility",
+                                           elem_id="extras_codeformer_visibility")
+                    codeformer_weight = gr.Slider(0.0, 1.0, value=0.5, step=0.05,
+                                                  label="CodeFormer weight (0 = most restored, 1 = least)",
+                                                  elem_id="extras_codeformer_weight")
                 run = gr.Button("Upscale", variant="primary", elem_id="extras_run")
             with gr.Column(scale=1, min_width=300):
                 output = gr.Image(label="Result", type="pil", interactive=False, format="png", height=420,
@@ -103,7 +121,8 @@ def build(ui: UIContext) -> None:
     def on_rescan(first: str | None, second: str | None) -> tuple[Any, Any]:
         return choices(True, first, second)
 
-    run.click(on_upscale, inputs=[source, upscaler, resize, scale, width, height, crop, upscaler_2, visibility],
+    run.click(on_upscale, inputs=[source, upscaler, resize, scale, width, height, crop, upscaler_2, visibility,
+                                  gfpgan, codeformer, codeformer_weight],
               outputs=[output, info, saved])
     tab.select(on_show, inputs=[upscaler, upscaler_2], outputs=[upscaler, upscaler_2], show_progress="hidden")
     refresh.click(on_rescan, inputs=[upscaler, upscaler_2], outputs=[upscaler, upscaler_2], show_progress="hidden")

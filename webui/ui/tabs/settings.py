@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from webui.settings import RNG_SOURCES, UserSettings, apply_changes
+from webui.settings import FACE_RESTORERS, RNG_SOURCES, UserSettings, apply_changes
 from webui.ui.bridge import guard
 from webui.ui.context import UIContext
 
@@ -45,6 +45,10 @@ LABELS = {
     "lora_keep_loaded": "Unused LoRAs kept loaded, so switching back to them is instant (0 = drop at once)",
     "lora_max_rank": "Hot-swap: largest LoRA rank",
     "compile_denoiser": "Compile the UNet/transformer (with hot-swap)",
+    "face_restoration_model": "Face restoration model (\"Restore faces\"; weights in models/GFPGAN, models/Codeformer)",
+    "code_former_weight": "CodeFormer weight (0 = most restored, 1 = closest to the input)",
+    "face_restoration_finder": "Model that finds faces (empty = the detail fixer's default)",
+    "face_restoration_confidence": "Face finding threshold (CLIPSeg, SAM 3)",
 }
 GROUPS = {
     "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits", "randn_source",
@@ -52,6 +56,8 @@ GROUPS = {
     "Memory and queue": ("ram_cache_size", "ram_budget_mb", "vram_budget_mb", "queue_size"),
     "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_images", "max_prompt_chars",
                "max_request_pixels", "max_request_images"),
+    "Face restoration": ("face_restoration_model", "code_former_weight", "face_restoration_finder",
+                         "face_restoration_confidence"),
     "LoRAs": ("lora_fuse", "lora_hotswap", "lora_max_rank", "lora_keep_loaded", "compile_denoiser"),
     "Extensions": ("disabled_extensions",),
 }
@@ -148,6 +154,10 @@ def _control(ui: UIContext, name: str, default: Any, value: Any) -> Any:
         return gr.Checkbox(value=value, **kwargs)
     if name == "randn_source":
         return gr.Dropdown(choices=list(RNG_SOURCES), value=value, **kwargs)
+    if name == "face_restoration_model":
+        return gr.Dropdown(choices=list(FACE_RESTORERS), value=value, **kwargs)
+    if name in ("code_former_weight", "face_restoration_confidence"):
+        return gr.Slider(0.0, 1.0, value=value, step=0.01, **kwargs)
     if name == "default_sampler":
         return gr.Dropdown(choices=ui.easel.sampler_choices(None), value=value, **kwargs)
     if isinstance(default, float):
