@@ -120,3 +120,19 @@ def test_files_are_picked_by_name_and_broken_or_foreign_files_are_refused(tmp_pa
         restorers.load("CodeFormer")
     with pytest.raises(FaceModelError):
         load_face_model(evil)
+
+
+def test_the_xyz_face_restore_axis_sets_the_restorer_per_cell(make_easel) -> None:
+    from webui.requests import RequestError, Txt2ImgRequest
+
+    easel = make_easel()
+    base = Txt2ImgRequest(prompt="a face", width=64, height=64, steps=2, seed=7, checkpoint="tiny-sd1")
+    job = easel.registry.scripts["x/y/z plot"].run(base, ["Face restore", "GFPGAN, codeformer, false"])
+    assert [(r.restore_faces, r.face_restoration_model) for r in job.requests] == \
+        [(True, "GFPGAN"), (True, "CodeFormer"), (False, "")]
+    with pytest.raises(ValueError, match="Face restore: 'RestoreFormer' is not CodeFormer, GFPGAN"):
+        easel.registry.scripts["x/y/z plot"].run(base, ["Face restore", "RestoreFormer"])
+    with pytest.raises(RequestError) as caught:  # checked before queueing, naming the cell and the folder
+        easel.engine.submit(job)
+    assert caught.value.field == "script_args" and "GFPGAN is not installed" in caught.value.message
+    assert "models/GFPGAN/" in caught.value.message

@@ -80,6 +80,16 @@ def test_api_round_trip_lists_restorers_and_refuses_what_cannot_run(seg_easel) -
         assert answer.json()["images"][0] != plain["images"][0]
         png = client.post("/sdapi/v1/png-info", json={"image": answer.json()["images"][0]}).json()
         assert png["parameters"]["Face restoration"] == "CodeFormer"
+        one_off = client.post("/sdapi/v1/txt2img", json={**base, "restore_faces": True, "override_settings": {
+            "face_restoration_model": "gfpgan", "code_former_weight": 0.2}})
+        assert one_off.status_code == 200, one_off.text
+        assert "Face restoration: GFPGAN" in json.loads(one_off.json()["info"])["infotexts"][0]
+        assert client.get("/sdapi/v1/options").json()["face_restoration_model"] == "CodeFormer", "for one request"
+        for override, field in (({"face_restoration_model": "RestoreFormer"}, "face_restoration_model"),
+                                ({"code_former_weight": 3}, "code_former_weight")):
+            refused = client.post("/sdapi/v1/txt2img", json={**base, "restore_faces": True,
+                                                            "override_settings": override})
+            assert refused.status_code == 422 and refused.json()["field"] == field, refused.text
 
         bad = client.post("/sdapi/v1/options", json={"face_restoration_model": "RestoreFormer"})
         assert bad.status_code == 422 and bad.json()["field"] == "face_restoration_model"

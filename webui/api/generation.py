@@ -36,6 +36,7 @@ from webui.api.schemas import (
     sent_fields,
 )
 from webui.api.threads import API_LANE
+from webui.engine.face_restore import canonical_name
 from webui.engine.refiner import same_latent_space
 from webui.engine.script_job import ScriptJob
 from webui.engine.worker import Job, JobResult, JobState
@@ -103,6 +104,7 @@ def generation_router(api: ApiContext) -> APIRouter:
         if "CLIP_stop_at_last_layers" in override:
             values["clip_skip"] = whole_number(override["CLIP_stop_at_last_layers"], "CLIP_stop_at_last_layers", 1, 12)
         values["vae"] = check_vae(override["sd_vae"], "sd_vae") if "sd_vae" in override else vae
+        values.update(face_overrides(override))
         if cls is Txt2ImgRequest:
             apply_hires_size(body, values)
             if values.get("enable_hr"):
@@ -118,6 +120,22 @@ def generation_router(api: ApiContext) -> APIRouter:
         api_cls = API_REQUEST_TYPES[cls]
         request = api_cls(**values, save_images=bool(body.save_images))
         return request, entry
+
+    def face_overrides(override: dict[str, Any]) -> dict[str, Any]:
+        """override_settings' face_restoration_model and code_former_weight, as this request's own."""
+        found: dict[str, Any] = {}
+        if override.get("face_restoration_model") is not None:
+            name = canonical_name(override["face_restoration_model"])
+            if name is None:
+                raise ApiError(422, "face_restoration_model", "must be CodeFormer or GFPGAN, got "
+                                                              f"{override['face_restoration_model']!r}"[:200])
+            found["face_restoration_model"] = name
+        if override.get("code_former_weight") is not None:
+            weight = override["code_former_weight"]
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
+                raise ApiError(422, "code_former_weight", f"must be a number from 0 to 1, got {weight!r}"[:200])
+            found["code_former_weight"] = float(weight)
+        return found
 
     def check_hires_fields(values: dict[str, Any], entry: Any) -> None:
         """The hires checkpoint installed, its sampler by AUTOMATIC1111's names and aliases, its schedule type."""

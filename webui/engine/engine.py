@@ -106,7 +106,7 @@ class Engine:
         self.check_size(request)
         detail.check(request, self.settings.user.limits())  # the detail fixer's passes, if any
         if getattr(request, "restore_faces", False):  # the restorer the settings pick has a file, faces a finder
-            self.face_restorers.check(self.settings.user.face_restoration_model, "restore_faces")
+            self.face_restorers.check(self.face_options(request).restorer, "restore_faces")
             face_restore.check_finder(self.manager, self.settings.user.face_restoration_finder, "restore_faces")
 
     def check_script(self, job: ScriptJob) -> None:
@@ -224,10 +224,10 @@ class Engine:
                           adapter_loaders=dict(self.registry.adapter_loaders))
         restoring = request.mode in DETAIL_MODES and bool(getattr(styled, "restore_faces", False))
         if restoring:  # loaded before generating, so a broken file costs no generation
-            face_restore.load_or_refuse(self.face_restorers, self.face_options().restorer, "restore_faces")
+            face_restore.load_or_refuse(self.face_restorers, self.face_options(styled).restorer, "restore_faces")
         generated: list[Generated] = mode.run(ctx, styled)
         if restoring:  # before the detail fixer
-            generated = face_restore.apply(ctx, self.face_restorers, self.face_options(), generated)
+            generated = face_restore.apply(ctx, self.face_restorers, self.face_options(styled), generated)
         if request.mode in DETAIL_MODES:  # the detail fixer's passes, when the request asks for them
             generated = detail.apply(ctx, styled, generated)
         for hook in self.after_generate:
@@ -262,10 +262,14 @@ class Engine:
         job.update(result=result)
         return result
 
-    def face_options(self, restorer: str | None = None, visibility: float = 1.0) -> face_restore.FaceOptions:
-        """Face restoration as the settings say (restorer, CodeFormer weight, finder), with `visibility`."""
+    def face_options(self, request: Any = None, restorer: str | None = None,
+                     visibility: float = 1.0) -> face_restore.FaceOptions:
+        """Face restoration as the settings say (restorer, CodeFormer weight, finder), with `visibility`; a
+        request's own restorer and weight (override_settings, the X/Y/Z axis) win over the settings'."""
         user = self.settings.user
-        return face_restore.FaceOptions(restorer or user.face_restoration_model, visibility, user.code_former_weight,
+        restorer = restorer or getattr(request, "face_restoration_model", "") or user.face_restoration_model
+        weight = getattr(request, "code_former_weight", -1.0)
+        return face_restore.FaceOptions(restorer, visibility, user.code_former_weight if weight < 0 else weight,
                                         user.face_restoration_finder, user.face_restoration_confidence)
 
     def notify_saved(self, path: Path) -> None:

@@ -159,7 +159,8 @@ class UpscaleRequest(EngineTask):
         for name, visibility in self.restoring:
             field_name = f"{name.lower()}_visibility"
             load_or_refuse(engine.face_restorers, name, field_name)
-            options = dataclasses.replace(engine.face_options(name, visibility), codeformer_weight=self.codeformer_weight)
+            options = dataclasses.replace(engine.face_options(None, name, visibility),
+                                          codeformer_weight=self.codeformer_weight)
             try:
                 image, entries = restore_faces(ctx, engine.face_restorers, image, options)
             except RequestError as exc:  # no face finder

@@ -83,7 +83,7 @@ class Plot:
             Axis("VAE", "str", self.vae, cost=0.7),
             Axis("Styles", "str", self.styles),
             Axis("UniPC Order", "int", None),
-            Axis("Face restore", "str", None),
+            Axis("Face restore", "str", self.face_restore),
             Axis("Token merging ratio", "float", None),
             Axis("Token merging ratio high-res", "float", None),
             Axis("Always discard next-to-last sigma", "str", None),
@@ -192,6 +192,17 @@ class Plot:
     def styles(request: GenerationRequest, value: str) -> dict[str, Any]:
         names = tuple(name.strip() for name in value.split(",") if name.strip())
         return {"styles": tuple(request.styles) + names}
+
+    @staticmethod
+    def face_restore(request: GenerationRequest, value: str) -> dict[str, Any]:
+        """CodeFormer or GFPGAN: restore faces with it; true / false: with the settings' restorer, or not."""
+        key = str(value).strip().lower()
+        for name in ("CodeFormer", "GFPGAN"):
+            if key == name.lower():
+                return {"restore_faces": True, "face_restoration_model": name}
+        if key in ("true", "yes", "y", "1", "false", "no", "n", "0", "none", "off", "on"):
+            return {"restore_faces": key in ("true", "yes", "y", "1", "on")}
+        raise ValueError(f"Face restore: {value!r} is not CodeFormer, GFPGAN, true or false")
 
     @staticmethod
     def size(request: GenerationRequest, value: str) -> dict[str, Any]:
