@@ -174,10 +174,10 @@ class GenerationRequest:
     # the engine writes "Face restoration: <restorer>"
     restore_faces: bool = spec(False, "Restore faces", infotext="Face restoration", api="restore_faces",
                                infotext_value=written_by_mode)
-    # this request's restorer and CodeFormer weight ("" and -1: the settings'); the API's override_settings
-    # face_restoration_model / code_former_weight and the X/Y/Z plot's "Face restore" axis set them
-    face_restoration_model: str = spec("", "Face restoration model", choices=("", "CodeFormer", "GFPGAN"))
-    code_former_weight: float = spec(-1.0, "CodeFormer weight", minimum=-1.0, maximum=1.0)
+    # this request's restorer and CodeFormer weight ("" and -1: the settings', as the UI always uses); set, checked,
+    # by the API's override_settings face_restoration_model / code_former_weight and the X/Y/Z "Face restore" axis
+    face_restoration_model: str = ""
+    code_former_weight: float = -1.0
     steps: int = spec(20, "Sampling steps", infotext="Steps", api="steps", minimum=1, limit="max_steps", step=1)
     cfg_scale: float = spec(7.0, "CFG Scale", infotext="CFG scale", api="cfg_scale", minimum=0.0, maximum=30.0, step=0.5)
     # the guidance a distilled model (Flux.1 dev) embeds; the infotext has it only for such models
