@@ -96,7 +96,13 @@ def test_files_are_picked_by_name_and_broken_or_foreign_files_are_refused(tmp_pa
     make_tiny_gfpgan(models / "GFPGAN" / "GFPGANv1.4.safetensors")
     (models / "GFPGAN" / "detection_Resnet50_Final.pth").write_bytes(b"not read")  # a helper file beside it
     assert restorers.file_for("GFPGAN").name == "GFPGANv1.4.safetensors"
-    assert restorers.load("GFPGAN") is restorers.load("GFPGAN"), "loaded once, then from the memory cache"
+    loaded = restorers.load("GFPGAN")
+    assert restorers.load("GFPGAN") is loaded, "loaded once, then from the memory cache"
+    from webui.model_manager.memory import model_bytes
+
+    assert model_bytes(loaded) == sum(t.numel() * t.element_size()
+                                      for t in (*loaded.model.parameters(), *loaded.model.buffers()))
+    assert loaded.to("cpu") is loaded and loaded.device.type == "cpu"  # how the cache moves it between tiers
 
     (models / "Codeformer").mkdir()
     (models / "Codeformer" / "codeformer.safetensors").write_bytes(b"\x00garbage, not safetensors")

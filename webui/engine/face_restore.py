@@ -225,8 +225,7 @@ def restore_regions(image: Image.Image, regions: list[np.ndarray], model: Any, v
         alpha = feather(grown)[y0:y1, x0:x1, None] * float(visibility)  # (h, w, 1) in [0, 1]
         patch = result[y0:y1, x0:x1]
         result[y0:y1, x0:x1] = np.where(alpha > 0, patch * (1 - alpha) + restored * alpha, patch)
-    out = np.where(result == source, source, result.round().clip(0, 255))
-    return Image.fromarray(out.astype(np.uint8))
+    return Image.fromarray(result.round().clip(0, 255).astype(np.uint8))  # untouched pixels: exactly the input
 
 
 def restore_crop(model: Any, crop: Image.Image, codeformer_weight: float) -> np.ndarray:

@@ -38,13 +38,19 @@ class FaceModelError(ValueError):
 
 @dataclass
 class FaceModel:
-    """A loaded restorer: its kind, the square side it works at, and the network (eval mode, on its device)."""
+    """A loaded restorer: its kind, the square side it works at, and the network (eval mode, on its device). The
+    memory cache measures `model` and moves it between the device and RAM with `to`."""
 
     kind: str
     size: int
-    network: nn.Module
+    model: nn.Module
     device: torch.device
     dtype: torch.dtype
+
+    def to(self, device: str | torch.device) -> "FaceModel":
+        self.model.to(device)
+        self.device = torch.device(device)
+        return self
 
     @torch.inference_mode()
     def restore(self, faces: torch.Tensor, fidelity: float = 0.5) -> torch.Tensor:
@@ -52,9 +58,9 @@ class FaceModel:
         (0: the most restored, 1: the closest to the input); GFPGAN has none."""
         x = faces.to(self.device, self.dtype)
         if self.kind == "CodeFormer":
-            out = self.network(x, weight=float(fidelity))[0]
+            out = self.model(x, weight=float(fidelity))[0]
         else:
-            out = self.network(x, return_rgb=False, randomize_noise=False)[0]
+            out = self.model(x, return_rgb=False, randomize_noise=False)[0]
         return out.float().clamp(-1, 1)  # (B, 3, S, S)
 
 
@@ -180,12 +186,6 @@ def build_codeformer(state: dict[str, torch.Tensor]) -> tuple[nn.Module, int]:
     return network, img_size
 
 
-def _codeformer_base() -> type:
-    from spandrel_extra_arches.architectures.CodeFormer.__arch import codeformer
-
-    return codeformer.VQAutoEncoder
-
-
 class ScalableCodeFormer(nn.Module):
     """CodeFormer (a VQ autoencoder whose codes a transformer predicts from the degraded face, fused back with
     weight w) at any image size: spandrel_extra_arches' blocks and parameter names, sizes as arguments."""
@@ -196,8 +196,8 @@ class ScalableCodeFormer(nn.Module):
         super().__init__()
         from spandrel_extra_arches.architectures.CodeFormer.__arch import codeformer as cf
 
-        base = _codeformer_base()(img_size, nf, list(ch_mult), "nearest", res_blocks, list(attn_resolutions),
-                                  codebook_size, emb_dim)
+        base = cf.VQAutoEncoder(img_size, nf, list(ch_mult), "nearest", res_blocks, list(attn_resolutions),
+                                codebook_size, emb_dim)
         self.encoder, self.quantize, self.generator = base.encoder, base.quantize, base.generator
         self.emb_dim = emb_dim
         self.latent_side = img_size // 2 ** (len(ch_mult) - 1)
