@@ -195,14 +195,15 @@ def build_tab(ui: UIContext) -> EditTab:
             with gr.Column(scale=1, min_width=300, elem_classes="easel-results"):
                 progress = gr.HTML(status_html(None), elem_id="edit_progress", padding=False)
                 slider = gr.ImageSlider(label="Before / after", type="pil", format="png", interactive=False,
-                                        height=360, elem_id="edit_slider")
+                                        max_height=360, elem_id="edit_slider")
                 with gr.Row(elem_classes="easel-send-row"):
                     undo = gr.Button("Undo", size="sm", elem_id="edit_undo")
                     to_img2img = gr.Button("Send to img2img", size="sm", elem_id="edit_send_to_img2img")
                     to_inpaint = gr.Button("Send to Inpaint", size="sm", elem_id="edit_send_to_inpaint")
                     to_segment = gr.Button("Send to Segment", size="sm", elem_id="edit_send_to_segment")
-                gallery = gr.Gallery(label="History (each edit starts from the one before)", columns=6, height=130,
-                                     object_fit="contain", interactive=False, elem_id="edit_history")
+                gallery = gr.Gallery(label="History (each edit starts from the one before)", columns=6, height=190,
+                                     object_fit="contain", interactive=False, preview=False, allow_preview=False,
+                                     format="png", elem_id="edit_history")
                 info = gr.Textbox(label="Parameters", lines=2, max_lines=8, interactive=False, buttons=["copy"],
                                   elem_id="edit_info", elem_classes="easel-info")
         history = gr.State([])
