@@ -97,6 +97,12 @@ def test_bad_input_names_the_field(edit_client, edit_easel):
     single = bad(edit_client, {**ok, "images": [image], "steps": 1})
     assert single["field"] == "images" and "Qwen-Image-Edit Plus" in single["detail"]
     assert bad(edit_client, {**ok, "model": "no-such-model"}, 404)["field"] == "model"
+    assert bad(edit_client, {**ok, "model": 5})["field"] == "model"
+    assert bad(edit_client, {**ok, "instruction": ["a"]})["field"] == "instruction"
+    assert bad(edit_client, {**ok, "save_images": "yes"})["field"] == "save_images"
+    assert bad(edit_client, {**ok, "images": [5]})["field"] == "images[0]"
+    assert bad(edit_client, {**ok, "image_guidance": -1})["field"] == "image_guidance"
+    assert bad(edit_client, [ok])["field"] == "body"
     refused = bad(edit_client, {**ok, "model": "tiny-sd1"})
     assert refused["field"] == "model" and "cannot edit" in refused["detail"] and "easel-shapes" in refused["detail"]
     side = int(edit_easel.settings.user.limits().max_pixels ** 0.5) + 8

@@ -52,6 +52,8 @@ def request_from_body(body: Any, max_pixels: int) -> EditRequest:
         if name in INT_FIELDS and isinstance(value, float) and value.is_integer():
             value = int(value)  # 20.0 from a client that writes every number as a float
         values[name] = value
+    if not isinstance(values.get("checkpoint", ""), str):
+        raise ApiError(422, "model", f"must be a checkpoint name, got {type(values['checkpoint']).__name__}")
     if "save_images" in values and not isinstance(values["save_images"], bool):
         raise ApiError(422, "save_images", f"must be true or false, got {values['save_images']!r}")
     values.setdefault("save_images", False)  # like /sdapi/v1: the API saves only when asked
