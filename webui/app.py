@@ -260,6 +260,9 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
 
     registry.pipeline_wrappers.append(Hypernetworks(settings.models_dir).wrapper)
     register_detail_args(registry)  # the built-in detail fixer's `alwayson_scripts` arguments
+    from webui.engine.regional import register as register_regional
+
+    register_regional(registry)  # regional prompts: `alwayson_scripts["regional prompter"]`
     engine = Engine(settings, manager, registry)
     easel = Easel(settings, manager, engine, registry)
     from webui.gallery_index import GalleryIndex  # the image browser's index: opened on first use
