@@ -77,6 +77,13 @@ def test_edit_tab_one_edit_and_undo(browser, make_easel, builtin_root, tmp_path:
         expect(page.locator("#edit_slider img")).to_have_count(0)
         page.wait_for_timeout(800)
         page.screenshot(path=SHOT.format("undone"), full_page=False)
+        # The txt2img tab's regional prompts accordion opens and shows its controls.
+        page.click("button[role=tab][data-tab-id='txt2img']")
+        page.click("#txt2img_regional")
+        expect(page.locator("#txt2img_regional_prompts textarea")).to_be_visible()
+        page.locator("#txt2img_regional").scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
+        page.screenshot(path=SHOT.format("regional-accordion"), full_page=False)
         assert not errors, f"JavaScript errors in the page: {errors}"
     finally:
         context.close()

@@ -73,3 +73,24 @@ def test_bad_arguments_and_other_families_are_refused(edit_client):
     # SD 1.x cannot run them: refused while running, naming the field, not ignored.
     sd = refused(HALVES, override_settings={"sd_model_checkpoint": "tiny-sd1"}, steps=1, sampler_name="Euler a")
     assert "built-in model only" in sd["detail"] and "tiny-sd1" in sd["detail"]
+
+
+def test_the_txt2img_accordion_gives_the_same_arguments(edit_easel):
+    """The accordion's values, through the parser the API uses: ticked, two columns; unticked, nothing."""
+    import gradio as gr
+
+    from webui.ui.regional import REGIONAL_NAME, build_regional_accordion, region_prompts
+
+    with gr.Blocks() as blocks:
+        [(name, inputs)] = build_regional_accordion("txt2img")
+    blocks.close()
+    assert name == REGIONAL_NAME and len(inputs.components) == 5
+    assert region_prompts("a BREAK b\n\n c ") == ["a", "b", "c"]
+    args = inputs.to_args(True, "Columns", "1,3", "left one BREAK right one", 0.5)
+    parsed = edit_easel.registry.parse_request_args({REGIONAL_NAME: args})[REGIONAL_NAME]
+    assert [r.box for r in parsed.regions] == [(0.0, 0.0, 0.25, 1.0), (0.25, 0.0, 1.0, 1.0)]
+    assert [r.prompt for r in parsed.regions] == ["left one", "right one"] and parsed.base_weight == 0.5
+    rows = edit_easel.registry.parse_request_args({REGIONAL_NAME: inputs.to_args(True, "Rows", "1,1", "a\nb", 0)})
+    assert [r.box for r in rows[REGIONAL_NAME].regions] == [(0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 1.0)]
+    off = inputs.to_args(False, "Columns", "1,1", "", 0.2)
+    assert edit_easel.registry.parse_request_args({REGIONAL_NAME: off})[REGIONAL_NAME] is None
