@@ -94,3 +94,15 @@ def test_the_txt2img_accordion_gives_the_same_arguments(edit_easel):
     assert [r.box for r in rows[REGIONAL_NAME].regions] == [(0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 1.0)]
     off = inputs.to_args(False, "Columns", "1,1", "", 0.2)
     assert edit_easel.registry.parse_request_args({REGIONAL_NAME: off})[REGIONAL_NAME] is None
+
+
+def test_img2img_with_regions_is_refused_on_the_builtin_model_too(edit_client):
+    from tests.edit.conftest import b64_png, red_circle_scene
+
+    source, _, _ = red_circle_scene()
+    response = edit_client.post("/sdapi/v1/img2img", json={
+        "init_images": [b64_png(source)], "prompt": "a red circle", "steps": 2, "width": 64, "height": 64,
+        "alwayson_scripts": {"regional prompter": {"args": [HALVES]}}})
+    assert response.status_code == 422, response.text
+    data = response.json()
+    assert data["field"] == "alwayson_scripts.regional prompter" and "in img2img" in data["detail"]

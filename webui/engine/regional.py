@@ -4,8 +4,9 @@ Clients send `alwayson_scripts: {"regional prompter": {"args": [{"base_weight": 
 x1, y1], "prompt": "...", "weight": 1.0}, ...]}]}}` — boxes as fractions of the image (0..1, left/top first) —
 or the shortcut `{"divide": "columns" | "rows", "ratios": "1,1", "prompts": ["left ...", "right ..."]}` that
 splits the image into strips as Regional Prompter's grid does. The request's own prompt is the base prompt. On
-the built-in model txt2img runs through `webui.builtin.regional` (masked conditioning); every other family and
-task is refused with a RequestError naming `alwayson_scripts.regional prompter`, never silently ignored. The
+the built-in model a txt2img request's first pass runs through `webui.builtin.regional` (masked conditioning;
+its hires fix and detail fixer passes run on the base prompt); every other family, and img2img and inpainting
+requests, are refused with a RequestError naming `alwayson_scripts.regional prompter`, never silently ignored. The
 regions are written to the infotext as `Regional prompts` (JSON).
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ NAME = "regional prompter"
 FIELD = f"alwayson_scripts.{NAME}"
 MAX_REGIONS = 8
 MAX_WEIGHT = 10.0
-SUPPORTED = {("easel", "txt2img")}  # (family, task) pairs that run regional prompts
+SUPPORTED = {("easel", "txt2img")}  # (family, request mode) pairs that run regional prompts
 
 
 @dataclass(frozen=True)
@@ -135,10 +136,13 @@ def wrapper(call: Any, run: Callable[[Any], Any]) -> Any:
     regional = wanted(call.request)
     if regional is None:
         return run(call)
-    if (call.arch, call.task) not in SUPPORTED:
+    mode = getattr(call.request, "mode", call.task)
+    if (call.arch, mode) not in SUPPORTED:
         what = "the built-in model" if call.arch == "easel" else f"{call.checkpoint} ({call.arch})"
         raise RequestError(FIELD, f"regional prompts run in txt2img on the built-in model only; {what} cannot "
-                                  f"run them in {call.task}")
+                                  f"run them in {mode}")
+    if call.task != "txt2img":  # a later pass of a txt2img job (hires fix, detail fixer): the base prompt alone
+        return run(call)
     from webui.builtin.regional import regional_call
 
     return regional_call(call.pipe, call.kwargs.get("prompt", ""), list(regional.regions),
