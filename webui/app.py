@@ -123,6 +123,18 @@ class Easel:
             return current.name
         return choices[0] if choices else ""
 
+    def edit_model_choices(self) -> list[str]:
+        """What the Edit tab offers: the edit-capable checkpoints."""
+        return [e.name for e in self.manager.edit_checkpoints()]
+
+    def default_edit_model(self) -> str:
+        """The current checkpoint when it can edit, else the first edit-capable one ("" when none is installed)."""
+        choices = self.edit_model_choices()
+        current = self.manager.current()
+        if current is not None and current.name in choices:
+            return current.name
+        return choices[0] if choices else ""
+
     def segment_template(self, model: str | None) -> str:
         """The default prompt template of a Segment-tab model ("" for CLIPSeg / SAM 3, which take no prompt)."""
         from webui.engine.segment_prompts import template_for
@@ -259,6 +271,9 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
 
     registry.pipeline_wrappers.append(Hypernetworks(settings.models_dir).wrapper)
     register_detail_args(registry)  # the built-in detail fixer's `alwayson_scripts` arguments
+    from webui.engine.regional import register as register_regional
+
+    register_regional(registry)  # regional prompts: `alwayson_scripts["regional prompter"]`
     engine = Engine(settings, manager, registry)
     easel = Easel(settings, manager, engine, registry)
     from webui.gallery_index import GalleryIndex  # the image browser's index: opened on first use

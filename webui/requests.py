@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from webui.engine.samplers import Samplers
     from webui.model_manager.identify import Arch
 
-Mode = Literal["txt2img", "img2img", "inpaint", "segment"]
+Mode = Literal["txt2img", "img2img", "inpaint", "segment", "edit"]
 
 SAMPLE_NAMES_DEFAULT = "Euler a"
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
@@ -485,3 +485,54 @@ class SegmentRequest:
         check_fields(self, limits)
         if self.template:
             fill_segment_template(self.template, "", "")
+
+
+# Editing by instruction ----------------------------------------------------------------------------------
+MAX_EDIT_IMAGES = 3  # the source and up to two more reference images (Qwen-Image-Edit Plus takes several)
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """Edit an image by instruction ("make the red circle blue") with an edit-capable checkpoint.
+
+    `checkpoint` empty picks the current checkpoint when it can edit, else the first edit-capable one.
+    `references` are further input images for models that take several (Qwen-Image-Edit Plus). `mask` (white =
+    may change) keeps the edit inside it: outside, the result is the source image's pixels exactly.
+    `image_guidance` is InstructPix2Pix's image CFG scale; other families do not use it.
+    """
+
+    image: Image.Image | None = image_field("Image", api="image")
+    references: tuple[Image.Image, ...] = field(default=(), compare=False, repr=False)
+    mask: Image.Image | None = image_field("Mask", api="mask")
+    instruction: str = spec("", "Instruction", api="instruction", limit="max_prompt_chars")
+    checkpoint: str = spec("", "Model", infotext="Model", api="model")
+    steps: int = spec(20, "Steps", infotext="Steps", api="steps", minimum=1, limit="max_steps", step=1)
+    guidance: float = spec(4.0, "Guidance", infotext="CFG scale", api="guidance", minimum=0.0, maximum=30.0, step=0.5)
+    image_guidance: float = spec(1.5, "Image guidance (InstructPix2Pix)", infotext="Image CFG scale",
+                                 api="image_guidance", minimum=0.0, maximum=30.0, step=0.1)
+    seed: int = spec(0, "Seed", infotext="Seed", api="seed", minimum=-1, maximum=2**32 - 1)
+    save_images: bool = True
+
+    mode: Mode = "edit"
+
+    def validate(self, limits: Limits) -> None:
+        if self.image is None:
+            raise RequestError("image", "an image to edit is required")
+        for name, image in (("image", self.image), *(("images", r) for r in self.references)):
+            if not isinstance(image, Image.Image):
+                raise RequestError(name, f"must be an image, got {type(image).__name__}")
+            w, h = image.size
+            if w * h > limits.max_pixels:
+                raise RequestError(name, f"image is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels}")
+        if 1 + len(self.references) > MAX_EDIT_IMAGES:
+            raise RequestError("images", f"{1 + len(self.references)} images; the limit is {MAX_EDIT_IMAGES} "
+                                         "(the image to edit and up to two references)")
+        if not isinstance(self.instruction, str) or not self.instruction.strip():
+            raise RequestError("instruction", "type what to change, e.g. 'make the red circle blue'")
+        if self.mask is not None:
+            if not isinstance(self.mask, Image.Image):
+                raise RequestError("mask", f"must be an image, got {type(self.mask).__name__}")
+            if self.mask.convert("L").point(lambda v: 255 if v >= 128 else 0).getbbox() is None:
+                raise RequestError("mask", "the mask is empty (all black): nothing may change; paint the region "
+                                           "to edit in white, or send no mask")
+        check_fields(self, limits)

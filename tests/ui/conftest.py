@@ -161,6 +161,13 @@ class StubEasel:
     def segment_template(self, model: str | None) -> str:
         return "highlight {query} in {colour}" if self._arch(model) == "easel" else ""
 
+    def edit_model_choices(self) -> list[str]:
+        return [e.name for e in self.manager.edit_checkpoints()]
+
+    def default_edit_model(self) -> str:
+        choices = self.edit_model_choices()
+        return choices[0] if choices else ""
+
     @staticmethod
     def png_info(image: Image.Image) -> tuple[str, dict[str, str]]:
         text = read_png_parameters(image) or ""

@@ -14,6 +14,7 @@ adds the routers built from it, one module per concern:
     styles.py       prompt-styles
     progress.py     progress, interrupt, skip
     segment.py      /easel/v1/segment
+    edit.py         /easel/v1/edit
 
 then the routes extensions registered. Every route is built with one route class (`webui.api.errors`): it asks
 for a login with `--api-auth`, or when the UI is protected with `--gradio-auth` / `--gradio-auth-path` (an
@@ -35,6 +36,7 @@ from webui.api.bounds import RequestBounds
 from webui.api.compat import add_docs
 from webui.api.context import ApiContext
 from webui.api.errors import route_class as make_route_class
+from webui.api.edit import edit_router
 from webui.api.extras import extras_router
 from webui.api.generation import (  # the API's request types are importable from here too
     API_REQUEST_TYPES,
@@ -77,6 +79,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
                   machine_router):
         app.include_router(build(api))
     app.include_router(segment_router(api))
+    app.include_router(edit_router(api))
     add_extension_routes(app, easel, route_class)
     add_docs(app, "Easel")
 

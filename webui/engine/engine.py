@@ -49,7 +49,8 @@ STYLED_PROMPTS = (("prompt", False), ("negative_prompt", True), ("hr_prompt", Fa
 DETAIL_MODES = ("txt2img", "img2img", "inpaint")  # the modes the detail fixer runs after
 
 MODES = {"txt2img": "webui.engine.modes.txt2img", "img2img": "webui.engine.modes.img2img",
-         "inpaint": "webui.engine.modes.inpaint", "segment": "webui.engine.modes.segment"}
+         "inpaint": "webui.engine.modes.inpaint", "segment": "webui.engine.modes.segment",
+         "edit": "webui.engine.modes.edit"}
 
 
 class Engine:
@@ -289,7 +290,9 @@ class Engine:
         if not isinstance(request, GenerationRequest):
             params = {"Seed": item.seed, **item.extra, "Version": f"Easel {__version__}"}
             # a segmentation image's first line is its own query (one image per query line)
-            return format_infotext(str(item.extra.get("Query", getattr(request, "query", ""))), "", params), params
+            # an edit's first line is its instruction
+            first = item.extra.get("Query", getattr(request, "query", None) or getattr(request, "instruction", ""))
+            return format_infotext(str(first), "", params), params
         actual: dict[str, Any] = {"Seed": item.seed, "Model hash": item.model_hash}
         if item.model:
             actual["Model"] = item.model

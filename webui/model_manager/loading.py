@@ -390,7 +390,7 @@ def mode_pipelines(base: Any, arch: Arch, variant: str) -> tuple[dict[str, Any],
                  "inpaint": AutoPipelineForInpainting}
     for mode, factory in factories.items():
         if variant == "edit":
-            reasons[mode] = f"{type(base).__name__} is an editing model: use it in the Segment tab"
+            reasons[mode] = f"{type(base).__name__} is an editing model: use it in the Edit or Segment tab"
             continue
         if variant == "refiner" and mode != "img2img":
             reasons[mode] = ("an SDXL refiner only refines: pick it as the refiner of an SDXL model (or use it in "

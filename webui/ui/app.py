@@ -17,8 +17,8 @@ import gradio as gr
 
 from webui.ui.bridge import guard
 from webui.ui.context import UIContext
-from webui.ui.tabs import (browse, extensions, extras, img2img, inpaint, models, png_info, segment, settings, train,
-                           txt2img)
+from webui.ui.tabs import (browse, edit, extensions, extras, img2img, inpaint, models, png_info, segment, settings,
+                           train, txt2img)
 
 if TYPE_CHECKING:
     from webui.app import Easel
@@ -32,6 +32,7 @@ TABS: list[TabBuilder] = [
     img2img.build,
     inpaint.build,
     segment.build,
+    edit.build,
     extras.build,
     png_info.build,
     browse.build,

@@ -27,6 +27,7 @@ from webui.ui.bridge import guard, job_failed
 from webui.ui.context import GenerationTab, UIContext
 from webui.ui.controls import ControlSet, build_request, field_control, infotext_values
 from webui.ui.detail import build_detail_accordion, detail_updates
+from webui.ui.regional import build_regional_accordion
 from webui.ui.lora_picker import build_lora_picker
 from webui.ui.scripts import build_script_picker
 from webui.ui.styles import (StyleWidgets, build_style_buttons, build_style_editor, missing_styles, styles_control,
@@ -168,6 +169,8 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
             if mode in ("txt2img", "img2img"):  # the built-in detail fixer feeds requests as accordions do
                 detail_inputs, detail_components = build_detail_accordion(mode)
                 extension_inputs = [*detail_inputs, *extension_inputs]
+            if mode == "txt2img":  # regional prompts feed requests as accordions do
+                extension_inputs = [*build_regional_accordion(mode), *extension_inputs]
             scripts = build_script_picker(ui, mode) if mode in ("txt2img", "img2img") else None
 
         with gr.Column(scale=1, min_width=300, elem_classes="easel-results"):

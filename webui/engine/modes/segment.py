@@ -77,8 +77,9 @@ def check_can_edit(pipe: Any) -> None:
         raise RequestError("model", f"{name} cannot edit images; pick {EDIT_FAMILIES}, or a CLIPSeg model")
 
 
-def edit_arguments(pipe: Any, source: Image.Image, prompt: str, steps: int, cfg_scale: float) -> dict[str, Any]:
-    """Call arguments for each edit-capable pipeline family."""
+def edit_arguments(pipe: Any, source: Image.Image, prompt: str, steps: int, cfg_scale: float,
+                   image_cfg_scale: float = 1.5) -> dict[str, Any]:
+    """Call arguments for each edit-capable pipeline family (`image_cfg_scale`: InstructPix2Pix's image guidance)."""
     check_can_edit(pipe)
     name = type(pipe).__name__
     common = {"prompt": prompt, "num_inference_steps": steps}
@@ -92,7 +93,7 @@ def edit_arguments(pipe: Any, source: Image.Image, prompt: str, steps: int, cfg_
         return {**common, "image": source, "guidance_scale": cfg_scale, "width": source.width,
                 "height": source.height, "max_area": source.width * source.height, "_auto_resize": False}
     # StableDiffusionInstructPix2PixPipeline: the image guides as well as the text
-    return {**common, "image": source, "guidance_scale": cfg_scale, "image_guidance_scale": 1.5}
+    return {**common, "image": source, "guidance_scale": cfg_scale, "image_guidance_scale": image_cfg_scale}
 
 
 def check_highlight(pipe_class: str, highlight: str) -> tuple[int, int, int]:
