@@ -25,6 +25,7 @@ from webui.requests import Limits
 
 log = logging.getLogger(__name__)
 
+VAE_TILING_CHOICES = ("Automatic", "Always", "Never")  # the `vae_tiling` setting (webui.engine.tiling)
 RNG_SOURCES = ("CPU", "GPU", "NV")  # "Random number generator source" (webui.engine.noise)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +75,10 @@ class UserSettings:
     lora_max_rank: int = 128  # hot-swap pads every LoRA to this rank
     lora_keep_loaded: int = 4  # unused LoRAs kept loaded (inactive) so switching back is instant; 0 = drop at once
     compile_denoiser: bool = False  # torch.compile the UNet/transformer once LoRAs are hot-swapped
+    # VAE tiling and slicing (webui.engine.tiling): Automatic (above 1536x1536 pixels or with tiled diffusion),
+    # Always, Never; the tile in pixels (0 = the VAE's own, 512 for SD 1.x)
+    vae_tiling: str = "Automatic"
+    vae_tile_size: int = 0
 
     def limits(self) -> Limits:
         return Limits(self.max_side, self.max_pixels, self.max_steps, self.max_batch_size,
@@ -115,6 +120,10 @@ class UserSettings:
                 refuse(name, f"must be at least {lowest}")
         if "randn_source" not in found and self.randn_source not in RNG_SOURCES:
             refuse("randn_source", f"must be one of {', '.join(RNG_SOURCES)}; got {self.randn_source!r}")
+        if "vae_tiling" not in found and self.vae_tiling not in VAE_TILING_CHOICES:
+            refuse("vae_tiling", f"must be one of {', '.join(VAE_TILING_CHOICES)}; got {self.vae_tiling!r}")
+        if "vae_tile_size" not in found and self.vae_tile_size and (self.vae_tile_size < 64 or self.vae_tile_size % 8):
+            refuse("vae_tile_size", "must be 0 (the VAE's own) or a multiple of 8 from 64")
         if "max_side" not in found and (self.max_side < 64 or self.max_side % 8):
             refuse("max_side", "must be a multiple of 8 and at least 64")
         return list(found.values())

@@ -147,6 +147,13 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                                            visible=own.distilled_cfg_scale is not None))
                 controls.add(field_control(request_cls, "clip_skip", limits, min_width=140))
             controls.add(field_control(request_cls, "tiling", limits))
+            if mode in ("txt2img", "img2img"):  # denoise in overlapping latent tiles (webui.engine.tiling)
+                with gr.Accordion("Tiled Diffusion", open=False, elem_id=f"{mode}_tiled_diffusion"):
+                    controls.add(field_control(request_cls, "tiled_diffusion", limits))
+                    with gr.Row():
+                        for name in ("tiled_diffusion_tile_width", "tiled_diffusion_tile_height",
+                                     "tiled_diffusion_overlap"):
+                            controls.add(field_control(request_cls, name, limits, min_width=120))
             with gr.Row(elem_classes="easel-seed-row"):
                 seed = controls.add(field_control(request_cls, "seed", limits, kind="number", min_width=120, scale=4))
                 dice = gr.Button(DICE, elem_id=f"{mode}_random_seed", elem_classes="easel-tool", scale=0,
