@@ -119,7 +119,7 @@ def options_router(api: ApiContext) -> APIRouter:
             "data_dir": shown(settings.data_dir), "ckpt_dir": [shown(p) for p in settings.ckpt_dirs],
             "lora_dir": [shown(p) for p in settings.lora_dirs], "vae_dir": [shown(p) for p in settings.vae_dirs],
             "device": settings.device, "precision": settings.precision, "medvram": settings.medvram,
-            "lowvram": settings.lowvram,
+            "lowvram": settings.lowvram, "offload": settings.offload_flag,
             "enable_insecure_extension_access": settings.enable_insecure_extension_access,
             "allow_hub_downloads": settings.allow_hub_downloads,
             "esrgan_models_path": [shown(p) for p in settings.esrgan_dirs],

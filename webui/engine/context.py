@@ -180,6 +180,9 @@ class ModeContext:
                                   tile_options(request)) as notes:
                 result = call.pipe(**call.kwargs)
             self.memory_notes.update(notes)
+            offload = self.manager.offload_choice(loaded.entry.name) or "none"
+            if not offload.startswith("none"):  # how the weights visited the GPU: "model", "group", ...
+                self.memory_notes["Offload"] = offload.split(" ", 1)[0]
             return result
 
         run: Callable[[PipelineCall], Any] = innermost

@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from webui.model_manager.memory import OFFLOAD_CHOICES
 from webui.settings import RNG_SOURCES, VAE_TILING_CHOICES, UserSettings, apply_changes
 from webui.ui.bridge import guard
 from webui.ui.context import UIContext
@@ -47,12 +48,14 @@ LABELS = {
     "compile_denoiser": "Compile the UNet/transformer (with hot-swap)",
     "vae_tiling": "Tiled VAE: decode and encode in tiles (Automatic: above 1536×1536 pixels or with tiled diffusion)",
     "vae_tile_size": "Tiled VAE: tile size, pixels (0 = the VAE's own)",
+    "offload_mode": "GPU offload (auto: from free VRAM and model size; model = --medvram, sequential = --lowvram, "
+                    "group: layer by layer with CUDA streams); applies to checkpoints loaded next",
 }
 GROUPS = {
     "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits", "randn_source",
                    "builtin_plan_layout", "flow_shift"),
     "Memory and queue": ("ram_cache_size", "ram_budget_mb", "vram_budget_mb", "queue_size", "vae_tiling",
-                         "vae_tile_size"),
+                         "vae_tile_size", "offload_mode"),
     "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_images", "max_prompt_chars",
                "max_request_pixels", "max_request_images"),
     "LoRAs": ("lora_fuse", "lora_hotswap", "lora_max_rank", "lora_keep_loaded", "compile_denoiser"),
@@ -151,6 +154,8 @@ def _control(ui: UIContext, name: str, default: Any, value: Any) -> Any:
         return gr.Checkbox(value=value, **kwargs)
     if name == "randn_source":
         return gr.Dropdown(choices=list(RNG_SOURCES), value=value, **kwargs)
+    if name == "offload_mode":
+        return gr.Dropdown(choices=list(OFFLOAD_CHOICES), value=value, **kwargs)
     if name == "vae_tiling":
         return gr.Dropdown(choices=list(VAE_TILING_CHOICES), value=value, **kwargs)
     if name == "default_sampler":
