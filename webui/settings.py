@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection
 
-from webui.model_manager.memory import OFFLOAD_CHOICES
+from webui.model_manager.memory import OFFLOAD_CHOICES  # noqa: F401 (the Settings tab reads it here)
 from webui.requests import Limits
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 # AUTOMATIC1111 options that are Easel user settings: option name -> setting key.
 SETTING_OPTIONS = {"samples_save": "save_images", "show_progress_every_n_steps": "live_preview_every",
                    "randn_source": "randn_source",
-                   "flow_shift": "flow_shift"}
+                   "flow_shift": "flow_shift", "vae_tiling": "vae_tiling", "vae_tile_size": "vae_tile_size",
+                   "offload_mode": "offload_mode"}
 OPTION_NAMES = {key: option for option, key in SETTING_OPTIONS.items()}
 
 
@@ -75,6 +76,8 @@ def options_router(api: ApiContext) -> APIRouter:
             "disabled_extensions": list(user.disabled_extensions),
             "sd_lora": "None",
             "flow_shift": user.flow_shift,  # flow-matching models' timestep shift; 0 = each model's own
+            "vae_tiling": user.vae_tiling, "vae_tile_size": user.vae_tile_size,  # webui.engine.tiling
+            "offload_mode": user.offload_mode,  # webui.model_manager.memory.choose_offload
         }
 
     @router.post("/options")

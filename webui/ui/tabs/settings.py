@@ -13,8 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from webui.model_manager.memory import OFFLOAD_CHOICES
-from webui.settings import RNG_SOURCES, VAE_TILING_CHOICES, UserSettings, apply_changes
+from webui.settings import OFFLOAD_CHOICES, RNG_SOURCES, VAE_TILING_CHOICES, UserSettings, apply_changes
 from webui.ui.bridge import guard
 from webui.ui.context import UIContext
 
