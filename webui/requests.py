@@ -392,6 +392,9 @@ def validate_request(request: GenerationRequest, limits: Limits, samplers: Sampl
         if request.tiling and getattr(arch, "value", arch) == "easel":
             raise RequestError("tiling", "the built-in model draws pixels with a transformer that has no padded "
                                          "convolutions, so it cannot tile; turn tiling off")
+    if request.tiled_diffusion and request.tiling:
+        raise RequestError("tiled_diffusion", "tiled diffusion does not combine with seamless tiling (each tile "
+                                              "would wrap around on itself); turn one of them off")
     if request.tiled_diffusion and request.tiled_diffusion_overlap >= min(request.tiled_diffusion_tile_width,
                                                                           request.tiled_diffusion_tile_height):
         raise RequestError("tiled_diffusion_overlap", f"the overlap ({request.tiled_diffusion_overlap}) must be "

@@ -126,6 +126,9 @@ def test_tiled_diffusion_is_refused_where_the_denoiser_cannot_be_tiled() -> None
     with pytest.raises(RequestError) as caught:
         validate_request(Txt2ImgRequest(prompt="x", **{**TILES, "tiled_diffusion_overlap": 16}), Limits())
     assert caught.value.field == "tiled_diffusion_overlap" and "smaller than the tile" in caught.value.message
+    with pytest.raises(RequestError, match="does not combine with seamless tiling") as caught:
+        validate_request(Txt2ImgRequest(prompt="x", tiling=True, **TILES), Limits())
+    assert caught.value.field == "tiled_diffusion"
 
 
 def run(easel, request):
