@@ -109,29 +109,31 @@ def main() -> None:
     folder = make_small_sd1(Path(tempfile.mkdtemp(prefix="easel-bench-")) / "sd1")
     print(f"machine: {machine()}")
     print(f"image {args.size}x{args.size}, {args.steps} steps; tiled diffusion {args.tile}x{args.tile} latent cells, "
-          f"overlap {args.overlap}; VAE tiles {args.vae_tile} px")
-    rows = [spawn(folder, config, argv) for config in CPU_CONFIGS]
-    base = rows[0]
-    for row in rows:
+          f"overlap {args.overlap}; VAE tiles {args.vae_tile} px", flush=True)
+    base: dict = {}
+    for config in CPU_CONFIGS:  # each row printed as soon as it is measured
+        row = spawn(folder, config, argv)
         if "error" in row:
-            print(f"{row['config']:>28}: failed: {row['error']}")
+            print(f"{row['config']:>28}: failed: {row['error']}", flush=True)
             continue
+        base = base or row
         print(f"{row['config']:>28}: {row['seconds']:.2f} s/image ({row['seconds'] / base['seconds']:.2f}x), peak RAM "
               f"above the loaded pipeline {mib(row['peak_ram_above_loaded'])} "
-              f"({row['peak_ram_above_loaded'] / max(1, base['peak_ram_above_loaded']):.2f}x)")
+              f"({row['peak_ram_above_loaded'] / max(1, base['peak_ram_above_loaded']):.2f}x)", flush=True)
     import torch
 
     if not torch.cuda.is_available():
         print("offload modes: no CUDA device here (peak VRAM per mode is measured only on a GPU)")
         return
-    rows = [spawn(folder, f"offload {mode}", argv) for mode in OFFLOAD_MODES]
-    base = rows[0]
-    for row in rows:
+    base = {}
+    for mode in OFFLOAD_MODES:
+        row = spawn(folder, f"offload {mode}", argv)
         if "error" in row:
-            print(f"{row['config']:>28}: failed: {row['error']}")
+            print(f"{row['config']:>28}: failed: {row['error']}", flush=True)
             continue
+        base = base or row
         print(f"{row['config']:>28}: {row['seconds']:.2f} s/image ({row['seconds'] / base['seconds']:.2f}x), "
-              f"peak VRAM {mib(row['peak_vram'])} ({row['peak_vram'] / max(1, base['peak_vram']):.2f}x)")
+              f"peak VRAM {mib(row['peak_vram'])} ({row['peak_vram'] / max(1, base['peak_vram']):.2f}x)", flush=True)
 
 
 if __name__ == "__main__":

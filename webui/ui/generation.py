@@ -147,7 +147,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                                            visible=own.distilled_cfg_scale is not None))
                 controls.add(field_control(request_cls, "clip_skip", limits, min_width=140))
             controls.add(field_control(request_cls, "tiling", limits))
-            if mode in ("txt2img", "img2img"):  # denoise in overlapping latent tiles (webui.engine.tiling)
+            if mode in ("txt2img", "img2img", "inpaint"):  # denoise in overlapping latent tiles (webui.engine.tiling)
                 with gr.Accordion("Tiled Diffusion", open=False, elem_id=f"{mode}_tiled_diffusion"):
                     controls.add(field_control(request_cls, "tiled_diffusion", limits))
                     with gr.Row():
