@@ -139,7 +139,7 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return starts + [size - tile]
 
 
-def ramp(length: int, start: int, size: int, starts: list[int], overlap: int) -> torch.Tensor:
+def ramp(length: int, start: int, size: int, overlap: int) -> torch.Tensor:
     """One tile's weights along one side (length,): 1 inside, falling linearly across the overlap with the
     neighbouring tile on each side that has one (never to 0), flat at the image's border."""
     weights = torch.ones(length)
@@ -198,8 +198,8 @@ class TiledDenoiser(torch.nn.Module):
                     total = torch.zeros(out.shape[0], out.shape[1], height, width, device=out.device,
                                         dtype=torch.float32)
                 if self.blend:
-                    w = (ramp(th, top, height, rows, overlap)[:, None] *
-                         ramp(tw, left, width, cols, overlap)[None, :]).to(out.device)  # (th, tw)
+                    w = (ramp(th, top, height, overlap)[:, None] *
+                         ramp(tw, left, width, overlap)[None, :]).to(out.device)  # (th, tw)
                 else:
                     w = torch.ones(th, tw, device=out.device)
                 total[:, :, top:top + th, left:left + tw] += out.float() * w

@@ -104,7 +104,7 @@ class PipelinePlacement:
         if isinstance(offload, str) and offload not in OFFLOAD_CHOICES:
             raise ValueError(f"offload must be one of {', '.join(repr(c) for c in OFFLOAD_CHOICES)}, got {offload!r}")
         self.requested = offload
-        if offload not in ("auto", "none") and not self.device_is_accelerator:
+        if isinstance(offload, str) and offload not in ("auto", "none") and not self.device_is_accelerator:
             log.info("offload %r ignored: it only applies to a CUDA device, not %s", offload, device)
 
     @property

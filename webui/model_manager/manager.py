@@ -511,7 +511,8 @@ class ModelManager:
             models = [slot_report(held.value, held.tier, held.bytes, held.value is self._active)
                       for held in self.memory.entries(PIPELINE)]
             return {"device": self.device, "dtype": str(self.dtype).removeprefix("torch."),
-                    "offload": self._placement.offload, "offload_active": self.offload_choice(),
+                    "offload": self._placement.offload, "offload_active": self.offload_choice() or (
+                        None if self._placement.device_is_accelerator else "none (no GPU)"),
                     "ram_cache_size": self.memory.count_limits[PIPELINE],
                     "loaded": models, "ram_bytes": sum(m["ram_bytes"] for m in models),
                     "device_bytes": sum(m["device_bytes"] for m in models), **self.memory.report(),
