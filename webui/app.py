@@ -253,7 +253,7 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
         checkpoint_dirs=settings.checkpoint_dirs(), diffusers_dirs=settings.diffusers_dirs(),
         vae_dirs=settings.all_vae_dirs(), lora_dirs=settings.all_lora_dirs(), builtin_dirs=settings.builtin_dirs(),
         device=settings.resolved_device(), dtype=settings.resolved_dtype(),
-        ram_cache_size=settings.user.ram_cache_size, offload=settings.offload(),
+        ram_cache_size=settings.user.ram_cache_size, offload=settings.offload,  # read per checkpoint
         hash_cache_path=settings.hash_cache_path,
         segmentation_dirs=[settings.models_dir / "clipseg", settings.models_dir / "segmentation"],
         embedding_dirs=settings.all_embedding_dirs(), controlnet_dirs=settings.all_controlnet_dirs(),

@@ -47,6 +47,17 @@ def split_legacy(name: str) -> tuple[str, str | None]:
     return name, None
 
 
+# Families whose denoiser is a convolutional UNet: tiled diffusion (webui.engine.tiling) runs on these only.
+TILED_DIFFUSION_ARCHS = ("sd1", "sd2", "sdxl")
+
+
+def tiled_diffusion_refusal(family: str) -> str:
+    """Why tiled diffusion cannot run on `family` (an Arch value)."""
+    why = ("the built-in model draws pixels with attention over the whole image" if family == "easel"
+           else "its transformer takes the whole image's patches with their positions")
+    return f"tiled diffusion runs on SD 1.x, SD 2.x and SDXL models, not {family} ({why}); turn it off"
+
+
 SAME_SAMPLER = "Use same sampler"  # hires fix: the first pass's sampler, schedule, checkpoint
 SAME_SCHEDULER = "Use same scheduler"
 SAME_CHECKPOINT = "Use same checkpoint"
@@ -203,6 +214,19 @@ class GenerationRequest:
                                    limit="max_side", step=8)
     seed_resize_from_h: int = spec(0, "Resize seed from height", api="seed_resize_from_h", minimum=-1,
                                    limit="max_side", step=8)
+    # Tiled diffusion (MultiDiffusion, webui.engine.tiling): the latent denoised in overlapping tiles of these many
+    # latent cells (8 pixels each), blended across the overlap. The mode writes the infotext keys when it tiled.
+    tiled_diffusion: bool = spec(False, "Tiled Diffusion", infotext="Tiled Diffusion", api="tiled_diffusion",
+                                 infotext_value=written_by_mode)
+    tiled_diffusion_tile_width: int = spec(96, "Latent tile width", infotext="Tiled Diffusion tile width",
+                                           api="tiled_diffusion_tile_width", minimum=16, maximum=256, step=8,
+                                           infotext_value=written_by_mode)
+    tiled_diffusion_tile_height: int = spec(96, "Latent tile height", infotext="Tiled Diffusion tile height",
+                                            api="tiled_diffusion_tile_height", minimum=16, maximum=256, step=8,
+                                            infotext_value=written_by_mode)
+    tiled_diffusion_overlap: int = spec(48, "Latent tile overlap", infotext="Tiled Diffusion overlap",
+                                        api="tiled_diffusion_overlap", minimum=0, maximum=248, step=8,
+                                        infotext_value=written_by_mode)
     # Per-request arguments of extensions, by extension name (the API's `alwayson_scripts`); read-only.
     extension_args: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -370,9 +394,20 @@ def validate_request(request: GenerationRequest, limits: Limits, samplers: Sampl
     if samplers is not None and arch is not None:
         samplers.resolve(request.sampler, arch)
         samplers.check_schedule(request.sampler, request.scheduler, arch)
+        family = getattr(arch, "value", arch)
+        if request.tiled_diffusion and family not in TILED_DIFFUSION_ARCHS:
+            raise RequestError("tiled_diffusion", tiled_diffusion_refusal(family))
         if request.tiling and getattr(arch, "value", arch) == "easel":
             raise RequestError("tiling", "the built-in model draws pixels with a transformer that has no padded "
                                          "convolutions, so it cannot tile; turn tiling off")
+    if request.tiled_diffusion and request.tiling:
+        raise RequestError("tiled_diffusion", "tiled diffusion does not combine with seamless tiling (each tile "
+                                              "would wrap around on itself); turn one of them off")
+    if request.tiled_diffusion and request.tiled_diffusion_overlap >= min(request.tiled_diffusion_tile_width,
+                                                                          request.tiled_diffusion_tile_height):
+        raise RequestError("tiled_diffusion_overlap", f"the overlap ({request.tiled_diffusion_overlap}) must be "
+                                                      f"smaller than the tile ({request.tiled_diffusion_tile_width}x"
+                                                      f"{request.tiled_diffusion_tile_height} latent cells)")
     for side in ("width", "height"):
         if getattr(request, side) % 8:
             raise RequestError(side, f"must be a multiple of 8, got {getattr(request, side)}")

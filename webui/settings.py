@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection
 
+from webui.model_manager.memory import OFFLOAD_CHOICES  # noqa: F401 (the Settings tab reads it here)
 from webui.requests import Limits
 
 log = logging.getLogger(__name__)
 
+VAE_TILING_CHOICES = ("Automatic", "Always", "Never")  # the `vae_tiling` setting (webui.engine.tiling)
 RNG_SOURCES = ("CPU", "GPU", "NV")  # "Random number generator source" (webui.engine.noise)
 FACE_RESTORERS = ("CodeFormer", "GFPGAN")  # face_restoration_model (webui.engine.face_restore)
 
@@ -81,6 +83,13 @@ class UserSettings:
     code_former_weight: float = 0.5
     face_restoration_finder: str = ""
     face_restoration_confidence: float = 0.3
+    # VAE tiling and slicing (webui.engine.tiling): Automatic (above 1536x1536 pixels or with tiled diffusion),
+    # Always, Never; the tile in pixels (0 = the VAE's own, 512 for SD 1.x)
+    vae_tiling: str = "Automatic"
+    vae_tile_size: int = 0
+    # How a checkpoint runs on the GPU (webui.model_manager.memory.choose_offload): auto (from the free GPU memory
+    # and the model's size), none, model, sequential, group; --medvram, --lowvram and --offload override it
+    offload_mode: str = "auto"
 
     def limits(self) -> Limits:
         return Limits(self.max_side, self.max_pixels, self.max_steps, self.max_batch_size,
@@ -128,6 +137,12 @@ class UserSettings:
         for name in ("code_former_weight", "face_restoration_confidence"):
             if name not in found and not 0 <= getattr(self, name) <= 1:
                 refuse(name, f"must be between 0 and 1, got {getattr(self, name)!r}")
+        if "offload_mode" not in found and self.offload_mode not in OFFLOAD_CHOICES:
+            refuse("offload_mode", f"must be one of {', '.join(OFFLOAD_CHOICES)}; got {self.offload_mode!r}")
+        if "vae_tiling" not in found and self.vae_tiling not in VAE_TILING_CHOICES:
+            refuse("vae_tiling", f"must be one of {', '.join(VAE_TILING_CHOICES)}; got {self.vae_tiling!r}")
+        if "vae_tile_size" not in found and self.vae_tile_size and (self.vae_tile_size < 64 or self.vae_tile_size % 8):
+            refuse("vae_tile_size", "must be 0 (the VAE's own) or a multiple of 8 from 64")
         if "max_side" not in found and (self.max_side < 64 or self.max_side % 8):
             refuse("max_side", "must be a multiple of 8 and at least 64")
         return list(found.values())
@@ -201,6 +216,7 @@ class Settings:
     precision: str = "auto"
     medvram: bool = False
     lowvram: bool = False
+    offload_flag: str | None = None  # --offload: overrides the offload_mode setting (--medvram/--lowvram win)
     builtin_dir: Path = BUILTIN_MODELS_DIR
     gradio_auth_path: Path | None = None  # a file of user:pass lines (or comma-separated), added to --gradio-auth
     api_auth: str | None = None  # logins for the API only; None = the UI's logins
@@ -303,7 +319,12 @@ class Settings:
         return torch.float16 if device in ("cuda", "mps") else torch.float32
 
     def offload(self) -> str:
-        return "sequential" if self.lowvram else "model" if self.medvram else "none"
+        """The offload mode asked for: --lowvram (sequential), --medvram (model), --offload, else the setting."""
+        if self.lowvram:
+            return "sequential"
+        if self.medvram:
+            return "model"
+        return self.offload_flag or self.user.offload_mode
 
     def auth_pairs(self) -> list[tuple[str, str]]:
         """The UI's logins: `--gradio-auth user:pass[,user2:pass2]` plus those in the `--gradio-auth-path` file."""
@@ -396,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "full", "half", "bf16"], help="weights precision")
     p.add_argument("--medvram", action="store_true", help="offload idle model parts to the CPU")
     p.add_argument("--lowvram", action="store_true", help="offload layer by layer (slow, least VRAM)")
+    p.add_argument("--offload", choices=list(OFFLOAD_CHOICES), default=None,
+                   help="how checkpoints run on the GPU: auto (from free VRAM and model size), none, model "
+                        "(= --medvram), sequential (= --lowvram), group (layer by layer with CUDA streams)")
     p.add_argument("--exit", action="store_true", help="set up, then exit")
     p.add_argument("--skip-install", action="store_true", help="skip creating .venv and installing")
     return p
@@ -412,7 +436,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         data_dir=(args.data_dir or ROOT).resolve(),
         ckpt_dirs=[p.resolve() for p in args.ckpt_dir], lora_dirs=[p.resolve() for p in args.lora_dir],
         vae_dirs=[p.resolve() for p in args.vae_dir], device=args.device, precision=args.precision,
-        medvram=args.medvram, lowvram=args.lowvram,
+        medvram=args.medvram, lowvram=args.lowvram, offload_flag=getattr(args, "offload", None),
         gradio_auth_path=args.gradio_auth_path.resolve() if args.gradio_auth_path else None,
         api_auth=args.api_auth, share_insecure=args.share_insecure,
         enable_insecure_extension_access=args.enable_insecure_extension_access,

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 SETTING_OPTIONS = {"samples_save": "save_images", "show_progress_every_n_steps": "live_preview_every",
                    "randn_source": "randn_source",
                    "flow_shift": "flow_shift", "face_restoration_model": "face_restoration_model",
-                   "code_former_weight": "code_former_weight"}
+                   "code_former_weight": "code_former_weight",
+                   "vae_tiling": "vae_tiling", "vae_tile_size": "vae_tile_size",
+                   "offload_mode": "offload_mode"}
 OPTION_NAMES = {key: option for option, key in SETTING_OPTIONS.items()}
 
 
@@ -78,6 +80,8 @@ def options_router(api: ApiContext) -> APIRouter:
             "flow_shift": user.flow_shift,  # flow-matching models' timestep shift; 0 = each model's own
             "face_restoration_model": user.face_restoration_model,  # restore_faces: CodeFormer or GFPGAN
             "code_former_weight": user.code_former_weight,  # CodeFormer's fidelity w (0 = most restored)
+            "vae_tiling": user.vae_tiling, "vae_tile_size": user.vae_tile_size,  # webui.engine.tiling
+            "offload_mode": user.offload_mode,  # webui.model_manager.memory.choose_offload
         }
 
     @router.post("/options")
@@ -122,7 +126,7 @@ def options_router(api: ApiContext) -> APIRouter:
             "data_dir": shown(settings.data_dir), "ckpt_dir": [shown(p) for p in settings.ckpt_dirs],
             "lora_dir": [shown(p) for p in settings.lora_dirs], "vae_dir": [shown(p) for p in settings.vae_dirs],
             "device": settings.device, "precision": settings.precision, "medvram": settings.medvram,
-            "lowvram": settings.lowvram,
+            "lowvram": settings.lowvram, "offload": settings.offload_flag,
             "enable_insecure_extension_access": settings.enable_insecure_extension_access,
             "allow_hub_downloads": settings.allow_hub_downloads,
             "esrgan_models_path": [shown(p) for p in settings.esrgan_dirs],

@@ -19,6 +19,7 @@ from webui.engine.conditioning import Conditioning, PromptCache, conditioning
 from webui.engine.prompts import extract_loras
 from webui.engine.noise import NoisePlan
 from webui.engine.samplers import FLOW_ARCHS, Samplers
+from webui.engine.tiling import memory_tiling, tile_options
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job
 from webui.extensions import PipelineCall, PipelineWrapper
@@ -100,6 +101,9 @@ class ModeContext:
     loaded: LoadedPipeline | None = None  # what the last `load` handed out: the model this job ran
     prompt_cache: PromptCache = field(default_factory=PromptCache)  # this job's encoded prompts
     randn_source: str = "CPU"  # where starting noise comes from: CPU, GPU or NV (webui.engine.noise)
+    vae_tiling: str = "Automatic"  # the setting: when the VAE tiles and slices (webui.engine.tiling)
+    vae_tile_size: int = 0  # VAE tile, pixels; 0 = the VAE's own
+    memory_notes: dict[str, Any] = field(default_factory=dict)  # infotext of what tiling ran (Tiled VAE, ...)
 
     def load(self, request: GenerationRequest, mode: str) -> LoadedPipeline:
         """The pipeline for this request and mode, ready to run, from the model manager's one call (`LoadSpec`):
@@ -171,8 +175,15 @@ class ModeContext:
         """`loaded.pipe(**kwargs)`, run through the extensions' pipeline wrappers (the first registered outermost)."""
         def innermost(call: PipelineCall) -> Any:
             seed_global_generator(call.kwargs.get("generator"))
-            with seamless(call.pipe, bool(getattr(request, "tiling", False))):
-                return call.pipe(**call.kwargs)
+            with seamless(call.pipe, bool(getattr(request, "tiling", False))), \
+                    memory_tiling(call.pipe, loaded.arch.value, call.kwargs, self.vae_tiling, self.vae_tile_size,
+                                  tile_options(request)) as notes:
+                result = call.pipe(**call.kwargs)
+            self.memory_notes.update(notes)
+            offload = self.manager.offload_choice(loaded.entry.name) or "none"
+            if not offload.startswith("none"):  # how the weights visited the GPU: "model", "group", ...
+                self.memory_notes["Offload"] = offload.split(" ", 1)[0]
+            return result
 
         run: Callable[[PipelineCall], Any] = innermost
         for wrapper in reversed(self.pipeline_wrappers):
@@ -288,7 +299,8 @@ def run_batches(ctx: ModeContext, request: GenerationRequest, loaded: LoadedPipe
         else:
             latents = noise.latents(seeds, subseeds, gens, request.width, request.height)  # [B,C,h,w]
             images = call(gens, request.batch_size, latents)
-        entries = {**guidance_infotext(loaded, request), **(extra or {}), **ctx.network_infotext()}
+        entries = {**guidance_infotext(loaded, request), **(extra or {}), **ctx.network_infotext(),
+                   **ctx.memory_notes}
         results.extend(Generated(img, seed, {**entries, **(noise.infotext(subseed) if noise else {})},
                                  model=loaded.entry.name, model_hash=loaded.entry.short_hash)
                        for img, seed, subseed in zip(images, seeds, subseeds))

@@ -220,6 +220,7 @@ class Engine:
                           plan_layout=self.settings.user.builtin_plan_layout, samplers=self.registry.samplers,
                           randn_source=self.settings.user.randn_source,
                           flow_shift=self.settings.user.flow_shift,
+                          vae_tiling=self.settings.user.vae_tiling, vae_tile_size=self.settings.user.vae_tile_size,
                           pipeline_wrappers=list(self.pipeline_wrappers),
                           adapter_sources=list(self.registry.adapter_sources),
                           adapter_loaders=dict(self.registry.adapter_loaders))

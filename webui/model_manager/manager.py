@@ -119,13 +119,11 @@ class ModelManager:
     def __init__(self, *, checkpoint_dirs: list[Path], diffusers_dirs: list[Path], vae_dirs: list[Path],
                  lora_dirs: list[Path], builtin_dirs: list[Path], device: str = "cpu",
                  dtype: torch.dtype = torch.float32, ram_cache_size: int = 2,
-                 offload: Offload = "none", hash_cache_path: Path | None = None,
+                 offload: Offload | Callable[[], str] = "auto", hash_cache_path: Path | None = None,
                  cache_dir: Path | None = None, segmentation_dirs: list[Path] | None = None,
                  embedding_dirs: list[Path] | None = None, controlnet_dirs: list[Path] | None = None,
                  upscaler_dirs: list[Path] | None = None, allow_hub: bool = False,
                  memory_budgets: Budgets | Callable[[], Budgets] | None = None) -> None:
-        if offload not in ("none", "model", "sequential"):
-            raise ValueError(f"offload must be 'none', 'model' or 'sequential', got {offload!r}")
         self.catalogue = Catalogue(
             checkpoint_dirs=checkpoint_dirs, diffusers_dirs=diffusers_dirs, vae_dirs=vae_dirs, lora_dirs=lora_dirs,
             builtin_dirs=builtin_dirs, segmentation_dirs=segmentation_dirs or [], embedding_dirs=embedding_dirs or [],
@@ -418,9 +416,10 @@ class ModelManager:
     def _demote_others(self, name: str) -> None:
         """With CPU offload, one checkpoint at a time has its hooks on the device (their memory use is not its
         weights' size): the others go back to RAM first."""
-        if self._placement.offload != "none":
+        requested = self._placement.offload
+        if requested != "none":
             for held in self.memory.entries(PIPELINE):
-                if held.key != name:
+                if held.key != name and (requested != "auto" or held.value.offloaded):
                     self.memory.demote(PIPELINE, held.key)
 
     def _dropped(self, slot: Slot) -> None:
@@ -473,7 +472,7 @@ class ModelManager:
         if wanted is not None:
             self.memory.add(VAE, (slot.name, wanted), module, name=wanted, parent=(PIPELINE, slot.name))
         self._placement.place_module(slot, module, self._on_device(slot))
-        if previous is slot.own_vae and self._placement.device_is_accelerator and self._placement.offload == "none":
+        if previous is slot.own_vae and self._placement.device_is_accelerator and self._placement.mode(slot) == "none":
             previous.to("cpu")  # kept in RAM for when "Automatic" is asked for again
 
     # ================================================================================== state
@@ -495,6 +494,16 @@ class ModelManager:
         """Cached checkpoints, least recently used first."""
         return [str(held.key) for held in self.memory.entries(PIPELINE)]
 
+    def offload_choice(self, name: str | None = None) -> str | None:
+        """How the checkpoint `name` (None: the active one) runs on the device, as "mode (why)": "none (no GPU)"
+        on a CPU device; None when it is not loaded."""
+        with self._lock:
+            slot = self._active if name is None else self._slot(name)
+            if slot is None:
+                return None
+            choice = slot.offload or self._placement.decide(slot)
+            return choice.describe()
+
     def memory_report(self) -> dict[str, Any]:
         """Loaded checkpoints with their parameter bytes (where their tensors are: RAM vs device), every held model
         with its kind, tier and bytes ("held"), the budgets, plus process and CUDA totals."""
@@ -502,7 +511,9 @@ class ModelManager:
             models = [slot_report(held.value, held.tier, held.bytes, held.value is self._active)
                       for held in self.memory.entries(PIPELINE)]
             return {"device": self.device, "dtype": str(self.dtype).removeprefix("torch."),
-                    "offload": self._placement.offload, "ram_cache_size": self.memory.count_limits[PIPELINE],
+                    "offload": self._placement.offload, "offload_active": self.offload_choice() or (
+                        None if self._placement.device_is_accelerator else "none (no GPU)"),
+                    "ram_cache_size": self.memory.count_limits[PIPELINE],
                     "loaded": models, "ram_bytes": sum(m["ram_bytes"] for m in models),
                     "device_bytes": sum(m["device_bytes"] for m in models), **self.memory.report(),
                     **process_memory(self._placement.device_is_accelerator)}

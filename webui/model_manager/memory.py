@@ -11,6 +11,11 @@ can belong to another (`parent`: a VAE loaded for a checkpoint): they move and l
 
 On a CPU-only machine both tiers are CPU memory: the bookkeeping (tiers, bytes, least-recently-used order, pins)
 is the same and moving is a no-op. Importing this module imports no torch.
+
+How a checkpoint runs on the GPU is `choose_offload`'s: "none" (all its weights on the device), "model" (each
+model of the pipeline moves to the device when it runs: `--medvram`), "group" (the weights stay in RAM and go to
+the device layer by layer, the next one copied on a CUDA stream while the current one runs) or "sequential"
+(layer by layer without streams: `--lowvram`). "auto" decides from the free GPU memory and the model's bytes.
 """
 from __future__ import annotations
 
@@ -35,6 +40,59 @@ MIB = 1024 * 1024
 AUTO_RAM_SHARE = 0.5  # of the machine's memory
 AUTO_DEVICE_SHARE = 0.6  # of the GPU's memory (the rest is for activations)
 AUTO_CPU_DEVICE_SHARE = 0.25  # of the machine's memory, when the "device" is the CPU as well
+
+
+GIB = 1024 * MIB
+OFFLOAD_MODES = ("none", "model", "sequential", "group")
+OFFLOAD_CHOICES = ("auto", *OFFLOAD_MODES)  # the `offload_mode` setting and the --offload flag
+MIN_ACTIVATION_BYTES = GIB  # room kept free for activations, at least ...
+ACTIVATION_SHARE = 0.25  # ... or this share of the largest model of the pipeline (the denoiser)
+
+
+@dataclass(frozen=True)
+class OffloadChoice:
+    """How one checkpoint runs on the device, and why (for the Models tab, the log and the infotext)."""
+
+    mode: str  # one of OFFLOAD_MODES
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.mode} ({self.reason})"
+
+
+def human(size: int) -> str:
+    return f"{size / GIB:.1f} GiB" if size >= GIB else f"{size / MIB:.0f} MiB"
+
+
+def activation_bytes(largest_bytes: int) -> int:
+    return max(MIN_ACTIVATION_BYTES, int(largest_bytes * ACTIVATION_SHARE))
+
+
+def choose_offload(requested: str, free_bytes: int | None, model_bytes: int, largest_bytes: int,
+                   streams: bool = True) -> OffloadChoice:
+    """The offload mode for a checkpoint of `model_bytes` (its largest model, the denoiser, `largest_bytes`) with
+    `free_bytes` of GPU memory free (None: no GPU). `requested` is "auto" or a mode (a flag or the setting).
+
+    auto: "none" when all the weights and the room for activations fit; "model" when the largest model with that
+    room fits (one model on the device at a time); else "group" (layer by layer, prefetched on a CUDA stream), or
+    "sequential" without `streams`."""
+    if requested not in OFFLOAD_CHOICES:
+        raise ValueError(f"offload must be one of {', '.join(OFFLOAD_CHOICES)}, got {requested!r}")
+    if free_bytes is None:
+        return OffloadChoice("none", "no GPU")
+    if requested != "auto":
+        return OffloadChoice(requested, "as set")
+    room = activation_bytes(largest_bytes)
+    if model_bytes + room <= free_bytes:
+        return OffloadChoice("none", f"{human(model_bytes)} of weights and {human(room)} for activations fit "
+                                     f"{human(free_bytes)} free")
+    if largest_bytes + room <= free_bytes:
+        return OffloadChoice("model", f"{human(model_bytes)} of weights do not fit {human(free_bytes)} free; its "
+                                      f"largest model ({human(largest_bytes)}) does, one model at a time")
+    mode = "group" if streams else "sequential"
+    return OffloadChoice(mode, f"its largest model ({human(largest_bytes)}) and {human(room)} for activations do "
+                               f"not fit {human(free_bytes)} free: layer by layer"
+                               + (" with CUDA streams" if streams else ""))
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,13 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                 controls.add(field_control(request_cls, "tiling", limits))
                 if mode in ("txt2img", "img2img", "inpaint"):  # GFPGAN / CodeFormer as Settings picks (face_restoration_model)
                     controls.add(field_control(request_cls, "restore_faces", limits))
+            if mode in ("txt2img", "img2img", "inpaint"):  # denoise in overlapping latent tiles (webui.engine.tiling)
+                with gr.Accordion("Tiled Diffusion", open=False, elem_id=f"{mode}_tiled_diffusion"):
+                    controls.add(field_control(request_cls, "tiled_diffusion", limits))
+                    with gr.Row():
+                        for name in ("tiled_diffusion_tile_width", "tiled_diffusion_tile_height",
+                                     "tiled_diffusion_overlap"):
+                            controls.add(field_control(request_cls, name, limits, min_width=120))
             with gr.Row(elem_classes="easel-seed-row"):
                 seed = controls.add(field_control(request_cls, "seed", limits, kind="number", min_width=120, scale=4))
                 dice = gr.Button(DICE, elem_id=f"{mode}_random_seed", elem_classes="easel-tool", scale=0,

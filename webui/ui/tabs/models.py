@@ -75,6 +75,9 @@ def memory_text(report: dict[str, Any]) -> str:
     if tiers and budgets:
         head.append(f"held: device tier {human_bytes(tiers['device'])} of {human_bytes(budgets['device'])}, "
                     f"RAM tier {human_bytes(tiers['ram'])} of {human_bytes(budgets['ram'])}")
+    offload = report.get("offload_active") or report.get("offload")
+    if offload:
+        head.append(f"offload {offload}")
     if "process_rss_bytes" in report:
         head.append(f"process {human_bytes(report['process_rss_bytes'])}")
     if "cuda_allocated_bytes" in report:

@@ -13,7 +13,8 @@ from typing import Any
 
 import gradio as gr
 
-from webui.settings import FACE_RESTORERS, RNG_SOURCES, UserSettings, apply_changes
+from webui.settings import (FACE_RESTORERS, OFFLOAD_CHOICES, RNG_SOURCES, VAE_TILING_CHOICES, UserSettings,
+                            apply_changes)
 from webui.ui.bridge import guard
 from webui.ui.context import UIContext
 
@@ -49,11 +50,16 @@ LABELS = {
     "code_former_weight": "CodeFormer weight (0 = most restored, 1 = closest to the input)",
     "face_restoration_finder": "Model that finds faces (empty = the detail fixer's default)",
     "face_restoration_confidence": "Face finding threshold (CLIPSeg, SAM 3)",
+    "vae_tiling": "Tiled VAE: decode and encode in tiles (Automatic: above 1536×1536 pixels or with tiled diffusion)",
+    "vae_tile_size": "Tiled VAE: tile size, pixels (0 = the VAE's own)",
+    "offload_mode": "GPU offload (auto: from free VRAM and model size; model = --medvram, sequential = --lowvram, "
+                    "group: layer by layer with CUDA streams); applies to checkpoints loaded next",
 }
 GROUPS = {
     "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits", "randn_source",
                    "builtin_plan_layout", "flow_shift"),
-    "Memory and queue": ("ram_cache_size", "ram_budget_mb", "vram_budget_mb", "queue_size"),
+    "Memory and queue": ("ram_cache_size", "ram_budget_mb", "vram_budget_mb", "queue_size", "vae_tiling",
+                         "vae_tile_size", "offload_mode"),
     "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_images", "max_prompt_chars",
                "max_request_pixels", "max_request_images"),
     "Face restoration": ("face_restoration_model", "code_former_weight", "face_restoration_finder",
@@ -158,6 +164,10 @@ def _control(ui: UIContext, name: str, default: Any, value: Any) -> Any:
         return gr.Dropdown(choices=list(FACE_RESTORERS), value=value, **kwargs)
     if name in ("code_former_weight", "face_restoration_confidence"):
         return gr.Slider(0.0, 1.0, value=value, step=0.01, **kwargs)
+    if name == "offload_mode":
+        return gr.Dropdown(choices=list(OFFLOAD_CHOICES), value=value, **kwargs)
+    if name == "vae_tiling":
+        return gr.Dropdown(choices=list(VAE_TILING_CHOICES), value=value, **kwargs)
     if name == "default_sampler":
         return gr.Dropdown(choices=ui.easel.sampler_choices(None), value=value, **kwargs)
     if isinstance(default, float):
