@@ -6,7 +6,7 @@ textured backgrounds) and prompts from its held-out templates; images are read b
 runs twice: the **model alone** (no layout planning, no redraw) and the **shipped pipeline** (the model's
 `model_index.json` defaults: planning and redraw on). Inpainting, img2img and segmentation do not plan, so they
 run once. Segmentation is read out twice from the same edits: with the shipped read-out
-(`webui.engine.mask_extraction.extract_mask`, default settings) and with `snap_to_source` on top.
+(`webui.engine.mask_extraction.extract_mask`, default settings) and with its `snap_to_regions` setting.
 
     python -m webui.builtin_lab.evaluate_heldout --model models/builtin/easel-shapes --n 48
 """
@@ -136,22 +136,8 @@ def score_txt2img(images: list[np.ndarray], singles: list[dict], pairs: list[dic
             "pairs": ok_pairs / len(pairs), "counts": ok_counts / len(counts)}
 
 
-def snap_to_source(mask: np.ndarray, source: np.ndarray, share: float = 0.3) -> np.ndarray:
-    """A highlight read back as whole objects of the source: each connected region of the source that differs
-    from its background (as the detector finds them) and that the highlight covers for at least `share` of its
-    pixels is taken whole; highlighted pixels outside every such region are dropped. An empty mask stays empty."""
-    if not mask.any():
-        return mask
-    components = E.foreground_components(source, min_area=4)[3]
-    out = np.zeros_like(mask)
-    for comp in components:
-        if (mask & comp).sum() >= share * comp.sum():
-            out |= comp
-    return out
-
-
 def score_segmentation(cases: list[dict], images: list[np.ndarray]) -> dict:
-    from webui.engine.mask_extraction import extract_mask
+    from webui.engine.mask_extraction import MaskSettings, extract_mask
 
     magenta = (255, 0, 255)
     res: dict[str, list] = {"shipped": [], "snapped": [], "found": [], "absent_empty": []}
@@ -163,7 +149,8 @@ def score_segmentation(cases: list[dict], images: list[np.ndarray]) -> dict:
         truth = c["masks"][c["index"]] >= 0.5
         res["found"].append(r.found)
         res["shipped"].append(E.iou(r.mask, truth))
-        res["snapped"].append(E.iou(snap_to_source(r.mask, c["image"]) if r.found else r.mask, truth))
+        snapped = extract_mask(c["image"], img, magenta, MaskSettings(snap_to_regions=True))
+        res["snapped"].append(E.iou(snapped.mask, truth))
     mean = lambda v: float(statistics.fmean(v)) if v else None  # noqa: E731
     return {"seg_miou": mean(res["shipped"]), "seg_miou_snapped": mean(res["snapped"]),
             "seg_found": mean(res["found"]), "absent_empty": mean(res["absent_empty"]),
