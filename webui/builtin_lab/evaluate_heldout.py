@@ -127,7 +127,8 @@ def score_txt2img(images: list[np.ndarray], singles: list[dict], pairs: list[dic
         found = E.detect(next(it))[1]
         if len(found) == 2:
             ok_pairs += any((a.color, a.shape) == c["a"] and (b.color, b.shape) == c["b"] and
-                            W.relation_holds(c["relation"], (a.cx, a.cy), (b.cx, b.cy)) for a, b in (found, found[::-1]))
+                            W.relation_holds(c["relation"], (a.cx, a.cy), (b.cx, b.cy))
+                            for a, b in (found, found[::-1]))
     ok_counts = 0
     for c in counts:
         found = E.detect(next(it))[1]
@@ -164,7 +165,6 @@ def evaluate(pipe, n: int = 48, seed: int = 0, steps: int = 20, guidance: float 
              parts: tuple[str, ...] = ("alone", "pipeline", "edits")) -> dict:
     """The held-out scores. `parts`: "alone" (txt2img, no planning), "pipeline" (txt2img with the model's
     defaults), "edits" (inpaint, img2img, segmentation)."""
-    from webui.builtin.pipeline import EaselPipeline  # noqa: F401 - the pipe's class; the lab may import the app
     from webui.engine.segment_prompts import build_prompt
 
     results: dict = {"n": n, "seed": seed, "steps": steps, "guidance": guidance}
