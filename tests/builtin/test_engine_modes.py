@@ -84,6 +84,9 @@ def test_a_planned_layout_is_in_the_infotext_and_the_seed_repeats_it(make_easel,
     assert [parse_infotext(t)["Planned prompt"] for t in again.result.infotexts] == planned
     job = easel.engine.generate(Txt2ImgRequest(prompt="a dog", **COMMON), timeout=120)
     assert all("Planned prompt" not in parse_infotext(t) for t in job.result.infotexts)
+    # the words the model did not understand are named, per image, instead of silently drawing something else
+    assert all(parse_infotext(t)["Words not understood"] == "dog" for t in job.result.infotexts)
+    assert all("Words not understood" not in parse_infotext(t) for t in again.result.infotexts)
     # the setting turns it off: the prompt as written, as a model without planning draws it
     import dataclasses
 

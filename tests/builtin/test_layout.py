@@ -10,24 +10,32 @@ import torch
 
 from tests.builtin.conftest import make_tiny_pipeline
 from webui.builtin import data as D
-from webui.builtin.layout import parse, plan
+from webui.builtin.layout import parse, plan, read
 
 
 def _cells(prompt: str) -> list[str | None]:
     return [m.position for m in parse(prompt)[0]]
 
 
-def test_parse_finds_objects_sizes_positions_and_relations() -> None:
+def test_parse_finds_objects_counts_sizes_positions_and_relations() -> None:
     mentions, relations = parse("A picture of a Big grey plus sign in the top-left corner above the small violet "
                                 "hoop, two pink rings and a box on a blue background")
-    assert [(m.color, m.shape, m.size, m.position) for m in mentions] == [
-        ("gray", "cross", "large", "top left"), ("purple", "ring", "small", None)]
+    assert [(m.color, m.shape, m.size, m.position, m.count) for m in mentions] == [
+        ("gray", "cross", "large", "top left", 1), ("purple", "ring", "small", None, 1),
+        ("pink", "ring", None, None, 2), (None, "square", None, None, 1)]
     assert [(r.relation, r.a, r.b) for r in relations] == [("above", 0, 1)]
-    # a background's colour, plurals, other words and glued words are no objects
-    assert parse("two red circles over a blue background, a dog, redcircle, a red circles") == ([], [])
+    # a background's colour, other words and glued words are no objects
+    assert parse("a blue background, a dog, redcircle") == ([], [])
     # a colour and a word the built-in world does not know (a LoRA's trigger word) is one
     mentions, _ = parse("a red heart on a blue background")
     assert [(m.color, m.shape, m.position) for m in mentions] == [("red", "heart", None)]
+    # other words for positions, counts, relations and the background
+    reading = read("green backdrop with a pair of red circles, a blue star near the right edge beside a white box")
+    assert reading.background == "green"
+    assert [(m.color, m.shape, m.position, m.count) for m in reading.mentions] == [
+        ("red", "circle", None, 2), ("blue", "star", "right", 1), ("white", "square", None, 1)]
+    assert [(r.relation, r.a, r.b) for r in reading.relations] == [("next to", 1, 2)]
+    assert read("upper-left corner: 4 yellow rings, beautiful").unknown == ["beautiful"]
 
 
 def test_an_unplaced_object_gets_a_uniformly_drawn_cell_and_the_rest_of_the_prompt_stays() -> None:
@@ -42,15 +50,20 @@ def test_an_unplaced_object_gets_a_uniformly_drawn_cell_and_the_rest_of_the_prom
     assert plan(prompt, random.Random(7)).prompt == plan(prompt, random.Random(7)).prompt
 
 
-def test_named_positions_plurals_and_other_prompts_are_left_alone() -> None:
+def test_named_positions_are_kept_counts_become_objects_and_other_prompts_are_left_alone() -> None:
     rng = random.Random(0)
-    for prompt in ["a red circle in the top left", "two pink rings", "a dog on the beach", "",
-                   "a red background", "three green stars"]:
+    for prompt in ["a red circle in the top left", "a dog on the beach", "", "a red background"]:
         assert plan(prompt, rng).prompt == prompt
     # an unplaced object beside a placed one never takes its cell
     for s in range(50):
         cells = _cells(plan("a red circle in the center and a blue star", random.Random(s)).prompt)
         assert cells[0] == "center" and cells[1] not in (None, "center")
+    # a count becomes that many objects, each with its own cell
+    for prompt, k in (("two pink rings", 2), ("three green stars", 3), ("a pair of blue boxes", 2)):
+        planned = plan(prompt, random.Random(1))
+        mentions = parse(planned.prompt)[0]
+        assert len(planned.objects) == k == len(mentions) and all(m.count == 1 and m.position for m in mentions)
+        assert len({o.obj.position for o in planned.objects}) == k
 
 
 def test_a_relation_becomes_two_positions_for_which_it_holds_and_sizes_that_fit() -> None:
@@ -70,12 +83,13 @@ def test_a_relation_becomes_two_positions_for_which_it_holds_and_sizes_that_fit(
                 assert [parse(o.text)[0][0].shape for o in planned.objects] == ["triangle", "circle"]
                 a, b = (o.obj for o in planned.objects)
                 assert rel in D.relation(a, b) and D.fits(b, [a]), text
-    # chains hold too; a relation that cannot hold with the named position leaves the prompt as it was
+    # chains hold too; a relation that cannot hold with the named position is dropped, the position kept
     text = plan("a red circle left of a blue star left of a green ring", random.Random(3)).prompt
     cols = [D.POSITIONS[c][0] for c in _cells(text)]
-    assert cols == [0, 1, 2] and text.count(" and ") == 2
-    impossible = "a red circle above a blue star in the top left"
-    assert plan(impossible, random.Random(0)).prompt == impossible and plan(impossible, random.Random(0)).objects == []
+    assert cols == [0, 1, 2] and text.count(" and ") == 1 and text.count(", ") == 1
+    impossible = plan("a red circle above a blue star in the top left", random.Random(0))
+    assert [(o.obj.color, o.obj.shape) for o in impossible.objects] == [("red", "circle"), ("blue", "star")]
+    assert _cells(impossible.prompt)[1] == "top left" and _cells(impossible.prompt)[0] not in (None, "top left")
     # one object: no size is named, and the object is still listed for the pipeline
     single = plan("a red circle", random.Random(0))
     assert parse(single.prompt)[0][0].size is None and [o.text for o in single.objects] == ["a red circle"]

@@ -105,3 +105,24 @@ def test_change_threshold_is_respected(threshold):
     edited = src.copy()
     edited[circle] = MAGENTA
     assert extract_mask(src, edited, settings=MaskSettings(change_threshold=threshold)).found
+
+
+def test_snap_to_regions_reads_a_partial_or_spilling_highlight_as_the_whole_object():
+    """A model that paints only the upper half of the square and spills a few pixels onto the background answers,
+    with `snap_to_regions`, with exactly the square; without it, with what it painted. A highlight that covers too
+    little of any object is left as it is, and an absent answer stays empty."""
+    src, circle, square = scene()
+    edited = src.copy()
+    painted = square.copy()
+    painted[44:, :] = False  # half the square
+    painted[30:36, 40:46] = True  # a spill above it onto the background
+    edited[painted] = MAGENTA
+    plain = extract_mask(src, edited)
+    snapped = extract_mask(src, edited, settings=MaskSettings(snap_to_regions=True))
+    assert plain.found and iou(plain.mask, square) < 0.7
+    assert snapped.found and np.array_equal(snapped.mask, square)
+    speck = src.copy()
+    speck[36:40, 36:42] = MAGENTA  # 24 of the square's 256 pixels: under the default share of 0.3
+    kept = extract_mask(src, speck, settings=MaskSettings(snap_to_regions=True))
+    assert np.array_equal(kept.mask, extract_mask(src, speck).mask)
+    assert not extract_mask(src, src, settings=MaskSettings(snap_to_regions=True)).found

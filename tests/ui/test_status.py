@@ -31,3 +31,15 @@ def test_html_has_the_bar_and_escapes_text() -> None:
     assert 'style="width:25.0%"' in html and 'class="easel-progress running"' in html
     assert "&lt;b&gt;" in status_html(job("failed", error="<b>bad</b>"))
     assert "Ready" in status_html(None)
+
+
+def test_a_note_under_the_result_names_the_words_the_model_did_not_understand() -> None:
+    from webui.infotext import format_infotext
+    from webui.ui.generation import understanding_note
+
+    first = format_infotext("a dog <b>", "", {"Steps": 20, "Words not understood": "dog b"})
+    second = format_infotext("a dog and a cat", "", {"Steps": 20, "Words not understood": "dog cat"})
+    note = understanding_note([first, second])
+    assert "did not understand: dog, b, cat" in note and 'role="note"' in note
+    assert understanding_note([format_infotext("a red circle", "", {"Steps": 20})]) == ""
+    assert understanding_note([]) == ""

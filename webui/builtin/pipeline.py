@@ -36,7 +36,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from webui.builtin import data as D
-from webui.builtin.layout import Plan, plan, redraw_mask
+from webui.builtin.layout import Plan, plan, redraw_mask, unknown_words
 from webui.builtin.lora import EaselLoraLoaderMixin
 from webui.builtin.model import EaselTransformer
 from webui.builtin.text import EaselTextEncoder
@@ -52,6 +52,9 @@ class EaselPipelineOutput(ImagePipelineOutput):
     layout was planned, else the prompt as given."""
 
     planned_prompts: list[str] = field(default_factory=list)
+    # per image, the prompt's words the model did not understand: neither the layout planner (when it planned)
+    # nor the model's vocabulary (or an active LoRA's learned words) holds them, so they changed nothing
+    unknown_words: list[list[str]] = field(default_factory=list)
 
 
 def settle_background(redrawn: torch.Tensor, before: torch.Tensor, mask: torch.Tensor, tolerance: float = 35.0,
@@ -344,9 +347,13 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
         else:
             noise = randn_tensor((batch, 3, height, width), generator=generator, device=device, dtype=torch.float32)
         plans = None
+        learned = set(self.active_words() or {})
         if self.switch("plan_layout", plan_layout) and image is None and source_image is None:
             plans = self.plan_layouts(prompts, generator)
+            not_understood = [[w for w in p.unknown if w not in learned] for p in plans]
             prompts = [p.prompt for p in plans]
+        else:
+            not_understood = [unknown_words(p, learned) for p in prompts]
         planned = list(prompts)
         text, text_mask = self.encode_prompt(prompts, negatives, self.do_classifier_free_guidance)
         text = text.to(dtype)
@@ -425,4 +432,4 @@ class EaselPipeline(DiffusionPipeline, EaselLoraLoaderMixin):
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
-        return EaselPipelineOutput(images=images, planned_prompts=planned)
+        return EaselPipelineOutput(images=images, planned_prompts=planned, unknown_words=not_understood)

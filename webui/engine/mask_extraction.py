@@ -5,6 +5,9 @@ is where the edit changed the image *and* the result is close to that colour. Bo
 where distances follow perceived colour differences (ΔE, CIE76). Small specks are removed and holes closed
 by dropping tiny components and closing one-pixel gaps, optionally only the largest component is kept, and an edit that changed most of
 the image (a repainted scene rather than a highlighted object) is reported instead of returned as a mask.
+With `snap_to_regions`, a highlight is read back as whole regions of the source: an editing model that paints
+only part of an object, or spills past its edge, still answers with the object's own outline (see
+`snap_to_regions` for the rule and docs/SEGMENTATION.md for what it measured).
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ class MaskSettings:
     whole_image_share: float = 0.6  # changed share above which the edit is reported as a repaint
     clean: bool = True
     keep_largest: bool = False
+    snap_to_regions: bool = False  # replace the highlight by the source regions it covers (`snap_to_regions`)
+    snap_share: float = 0.3  # share of a region the highlight must cover for the region to be taken whole
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ def extract_mask(source: Image.Image | np.ndarray, edited: Image.Image | np.ndar
         mask = clean_mask(mask, changed)
     if settings.keep_largest:
         mask = keep_largest(mask)
+    if settings.snap_to_regions and mask.any():
+        mask = snap_to_regions(mask, src, settings.snap_share)
     if changed_share > settings.whole_image_share:
         empty = np.zeros_like(mask)
         return MaskResult(empty, False, changed_share,
@@ -110,6 +117,25 @@ def clean_mask(mask: np.ndarray, changed: np.ndarray) -> np.ndarray:
     mask = keep[labels]
     closed = ndimage.binary_closing(mask, np.ones((3, 3)))
     return mask | (closed & changed)
+
+
+def source_regions(source: np.ndarray, threshold: float = 20.0, min_pixels: int = 4) -> list[np.ndarray]:
+    """The source's objects as boolean masks [H, W]: 4-connected regions of pixels farther than `threshold` (ΔE)
+    from the background, the median of the border pixels, and holding at least `min_pixels` pixels."""
+    lab = srgb_to_lab(source)
+    border = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])  # [4S, 3]
+    foreground = delta_e(lab, np.median(border, axis=0)) > threshold  # [H, W]
+    labels, count = ndimage.label(foreground)
+    sizes = ndimage.sum(foreground, labels, range(1, count + 1))
+    return [labels == k + 1 for k in range(count) if sizes[k] >= min_pixels]
+
+
+def snap_to_regions(mask: np.ndarray, source: np.ndarray, share: float = 0.3) -> np.ndarray:
+    """A highlight mask [H, W] read as whole source regions (`source_regions`): each region it covers for at least
+    `share` of its pixels is taken whole, highlighted pixels outside every such region are dropped. When the
+    highlight covers no region that far, it is returned as it is."""
+    taken = [region for region in source_regions(source) if (mask & region).sum() >= share * region.sum()]
+    return np.logical_or.reduce(taken) if taken else mask
 
 
 def keep_largest(mask: np.ndarray) -> np.ndarray:

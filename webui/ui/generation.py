@@ -93,6 +93,21 @@ def status_html(job: Any | None, position: int = 0) -> str:
             f'<span>{html.escape(status_text(job, position))}</span></div>')
 
 
+def understanding_note(infotexts: list[str]) -> str:
+    """A short note for under the result naming the words the model did not understand (its infotext's "Words not
+    understood", written by models that report them), or "" when there are none."""
+    from webui.infotext import parse_infotext
+
+    words: list[str] = []
+    for text in infotexts:
+        words += parse_infotext(text).get("Words not understood", "").split()
+    words = list(dict.fromkeys(words))
+    if not words:
+        return ""
+    return (f'<div class="easel-note" role="note">The model did not understand: {html.escape(", ".join(words))} '
+            "(these words changed nothing in the image).</div>")
+
+
 # Layout --------------------------------------------------------------------------------------------
 def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], *, source: Slot | None = None,
                 options: Slot | None = None, finalize: Finalize | None = None) -> tuple[GenerationTab, PanelOutputs]:
@@ -344,7 +359,8 @@ async def stream_job(ui: UIContext, job: Any, out: PanelOutputs) -> AsyncIterato
     shown: list[Any] = paths if paths and len(paths) == len(images) else images
     state = {"images": shown, "infotexts": list(result.infotexts) if result else [],
              "seeds": list(result.seeds) if result else [], "selected": 0}
-    final = {out.progress: status_html(job), out.preview: gr.Image(value=None, visible=False), out.job: None}
+    final = {out.progress: status_html(job) + understanding_note(state["infotexts"]),
+             out.preview: gr.Image(value=None, visible=False), out.job: None}
     if images or _state(job) == "done":
         final.update({out.gallery: shown, out.result: state,
                       out.info: state["infotexts"][0] if state["infotexts"] else ""})

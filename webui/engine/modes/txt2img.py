@@ -54,6 +54,7 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
     other_models = refiner is not None or second_entry is not None
 
     planned: list[str | None] = []  # per image: the prompt with the built-in model's planned layout, if it has one
+    not_understood: list[list[str]] = []  # per image: the built-in model's words it did not understand
 
     # the starting noise, where the request asks for a variation seed, a seed resize or another RNG source
     noise = noise_plan(drawn_request, loaded.arch, loaded.pipe, ctx.randn_source)
@@ -72,6 +73,8 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
         if base.arch == Arch.EASEL:  # the built-in model's output says what it drew
             drawn = list(getattr(out, "planned_prompts", None) or [None] * len(images))[:len(images)]
             planned.extend(p if p != prompt_args["prompt"] else None for p in drawn)
+            words = list(getattr(out, "unknown_words", None) or [])
+            not_understood.extend((words + [[]] * len(images))[:len(images)])
         stopped = ctx.job.interrupt_requested or ctx.job.skip_requested
         if refiner is not None and not stopped:
             images = refine(ctx, request, refiner, base, images, request.steps, gens,
@@ -90,6 +93,9 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
     for item, text in zip(generated, planned):
         if text:
             item.extra["Planned prompt"] = text  # what the model drew: the prompt with positions written in
+    for item, words in zip(generated, not_understood):
+        if words:  # shown under the result and in the API's info: these words changed nothing
+            item.extra["Words not understood"] = " ".join(words)
     return generated
 
 
