@@ -1,0 +1,32 @@
+"""Tiny models of the other diffusers families, built once per session, and an Easel with them installed."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+
+def _built(factory: pytest.TempPathFactory, name: str, builder: Callable[..., Path]) -> Path:
+    return builder(factory.mktemp(name) / name)
+
+
+@pytest.fixture(scope="session")
+def tiny_dit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_families import make_tiny_dit
+
+    return _built(tmp_path_factory, "tiny-dit", make_tiny_dit)
+
+
+@pytest.fixture
+def family_easel(make_easel, tmp_path: Path) -> Callable:
+    """An Easel with the given tiny family folders installed in models/diffusers under their names."""
+    def build(**folders: Path):
+        diffusers_dir = tmp_path / "data" / "models" / "diffusers"
+        diffusers_dir.mkdir(parents=True, exist_ok=True)
+        for name, folder in folders.items():
+            shutil.copytree(folder, diffusers_dir / name.replace("_", "-"))
+        return make_easel(install_sd1=False)
+
+    return build
