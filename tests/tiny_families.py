@@ -8,7 +8,7 @@ a 2-step generation takes well under a second on a CPU. Tokenizers are the small
 from __future__ import annotations
 
 import json
-import shutil
+import string
 from pathlib import Path
 
 from tests.tiny_models import _save, _sd_vae, _seeded, _t5_encoder, tiny_t5_tokenizer
@@ -39,3 +39,100 @@ def _add_to_index(folder: Path, **entries: object) -> None:
     index = json.loads(index_path.read_text(encoding="utf-8"))
     index.update(entries)
     index_path.write_text(json.dumps(index, indent=2), encoding="utf-8")
+
+
+def _kl_vae(seed: int, blocks: int):
+    """An AutoencoderKL with `blocks` levels (scale factor 2**(blocks-1)) of 8 channels."""
+    from diffusers import AutoencoderKL
+
+    with _seeded(seed):
+        return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * blocks,
+                             up_block_types=("UpDecoderBlock2D",) * blocks, block_out_channels=(8,) * blocks,
+                             layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=32).eval()
+
+
+def make_tiny_pixart(folder: Path, seed: int = 0, sigma: bool = False) -> Path:
+    """A PixArt-α (or Σ) folder: a PixArt transformer with sample size 32 (so it has the 256-pixel resolution
+    bins), a tiny T5 encoder, an 8x VAE, DDIM."""
+    from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    tokenizer = tiny_t5_tokenizer()
+    with _seeded(seed):
+        transformer = PixArtTransformer2DModel(
+            sample_size=32, num_layers=1, patch_size=2, attention_head_dim=8, num_attention_heads=2,
+            caption_channels=32, in_channels=4, cross_attention_dim=16, out_channels=8, attention_bias=True,
+            activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+            norm_elementwise_affine=False, norm_eps=1e-6).eval()
+    cls = PixArtSigmaPipeline if sigma else PixArtAlphaPipeline
+    pipe = cls(tokenizer=tokenizer, text_encoder=_t5_encoder(tokenizer, 32, seed + 1), vae=_kl_vae(seed + 2, 4),
+               transformer=transformer, scheduler=DDIMScheduler())
+    return _save(pipe, folder)
+
+
+def tiny_gemma_tokenizer():
+    """A GemmaTokenizer over a small vocabulary: Gemma's special tokens, letters and word starts."""
+    from transformers import GemmaTokenizer
+
+    symbols = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>", "\u2581"]
+    chars = string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation + " \n"
+    symbols += ["\u2581" + c for c in string.ascii_lowercase] + list(chars)
+    vocab = {s: i for i, s in enumerate(dict.fromkeys(symbols))}
+    return GemmaTokenizer(vocab=vocab, merges=[])
+
+
+def make_tiny_sana(folder: Path, seed: int = 0) -> Path:
+    """A Sana folder: a Sana linear-attention transformer, a tiny Gemma 2 encoder, a 2x deep-compression
+    autoencoder (AutoencoderDC), flow-matching Euler."""
+    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    tokenizer = tiny_gemma_tokenizer()
+    with _seeded(seed):
+        transformer = SanaTransformer2DModel(
+            patch_size=1, in_channels=4, out_channels=4, num_layers=1, num_attention_heads=2, attention_head_dim=4,
+            num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=8,
+            sample_size=8).eval()  # a size without a bin table: draws the asked size
+    with _seeded(seed + 1):
+        vae = AutoencoderDC(
+            in_channels=3, latent_channels=4, attention_head_dim=2, encoder_block_types=("ResBlock", "EfficientViTBlock"),
+            decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 8),
+            decoder_block_out_channels=(8, 8), encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
+            encoder_layers_per_block=(1, 1), decoder_layers_per_block=[1, 1], downsample_block_type="conv",
+            upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu",
+            scaling_factor=0.41407).eval()
+    config = Gemma2Config(head_dim=16, hidden_size=8, intermediate_size=16, max_position_embeddings=8192,
+                          num_attention_heads=2, num_hidden_layers=1, num_key_value_heads=2,
+                          vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    with _seeded(seed + 2):
+        text_encoder = Gemma2Model(config).eval()
+    pipe = SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    return _save(pipe, folder)
+
+
+def make_tiny_amused(folder: Path, seed: int = 0) -> Path:
+    """An aMUSEd folder: a U-ViT over a 4x VQ-GAN's token grid (codebook of 8), a tiny CLIP text encoder with
+    projection, the aMUSEd masking scheduler."""
+    from diffusers import AmusedPipeline, AmusedScheduler, UVit2DModel, VQModel
+    from transformers import CLIPTextModelWithProjection
+
+    from tests.tiny_models import _clip_text_config, _remove_tree, tiny_clip_tokenizer
+
+    tokenizer = tiny_clip_tokenizer(Path(folder).parent / "_amused_tokenizer_src")
+    with _seeded(seed):
+        transformer = UVit2DModel(
+            hidden_size=8, use_bias=False, hidden_dropout=0.0, cond_embed_dim=8, micro_cond_encode_dim=2,
+            micro_cond_embed_dim=10, encoder_hidden_size=8, vocab_size=32, codebook_size=8, in_channels=8,
+            block_out_channels=8, num_res_blocks=1, downsample=True, upsample=True, block_num_heads=1,
+            num_hidden_layers=1, num_attention_heads=1, attention_dropout=0.0, intermediate_size=8,
+            layer_norm_eps=1e-06, ln_elementwise_affine=True).eval()
+        vqvae = VQModel(act_fn="silu", block_out_channels=[8, 8, 8], down_block_types=["DownEncoderBlock2D"] * 3,
+                        in_channels=3, latent_channels=8, layers_per_block=1, norm_num_groups=8, num_vq_embeddings=8,
+                        out_channels=3, sample_size=8, up_block_types=["UpDecoderBlock2D"] * 3,
+                        mid_block_add_attention=False, lookup_from_codebook=True).eval()
+        text_encoder = CLIPTextModelWithProjection(_clip_text_config(tokenizer, 8, 8)).eval()
+    pipe = AmusedPipeline(vqvae=vqvae, tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer,
+                          scheduler=AmusedScheduler(mask_token_id=31))
+    _save(pipe, folder)
+    _remove_tree(Path(folder).parent / "_amused_tokenizer_src")
+    return folder

@@ -30,3 +30,31 @@ def family_easel(make_easel, tmp_path: Path) -> Callable:
         return make_easel(install_sd1=False)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def tiny_pixart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_families import make_tiny_pixart
+
+    return _built(tmp_path_factory, "tiny-pixart", make_tiny_pixart)
+
+
+@pytest.fixture(scope="session")
+def tiny_pixart_sigma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_families import make_tiny_pixart
+
+    return make_tiny_pixart(tmp_path_factory.mktemp("tiny-pixart-sigma") / "tiny-pixart-sigma", sigma=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_sana_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_families import make_tiny_sana
+
+    return _built(tmp_path_factory, "tiny-sana", make_tiny_sana)
+
+
+@pytest.fixture(scope="session")
+def tiny_amused_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_families import make_tiny_amused
+
+    return _built(tmp_path_factory, "tiny-amused", make_tiny_amused)

@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from webui.engine.conditioning import Conditioning, PromptCache, conditioning
-from webui.engine.families import adapt_call
 from webui.engine.prompts import extract_loras
 from webui.engine.noise import NoisePlan
 from webui.engine.samplers import FLOW_ARCHS, Samplers
@@ -173,7 +172,7 @@ class ModeContext:
         def innermost(call: PipelineCall) -> Any:
             seed_global_generator(call.kwargs.get("generator"))
             with seamless(call.pipe, bool(getattr(request, "tiling", False))):
-                return call.pipe(**adapt_call(call.pipe, call.kwargs))  # PixArt, Sana, aMUSEd: their arguments
+                return call.pipe(**call.kwargs)
 
         run: Callable[[PipelineCall], Any] = innermost
         for wrapper in reversed(self.pipeline_wrappers):

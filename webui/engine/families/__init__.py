@@ -1,18 +1,16 @@
 """The generation modes of the other diffusers families (DiT, PixArt-α/Σ, Sana, aMUSEd, unCLIP, DeepFloyd IF).
 
-PixArt, Sana and aMUSEd run through the ordinary txt2img / img2img / inpaint modes: their pipelines take a prompt,
-a size and steps like the others, and `adapt_call` turns the modes' arguments into what each pipeline accepts
-(an older `callback` for the step callback, no size for aMUSEd's image modes). DiT (a class name, not a prompt),
-unCLIP (a prior, image variations) and DeepFloyd IF (a three-stage cascade) have their own runners.
+Each family has its own runner, since its pipeline's arguments differ from the latent diffusion ones the modes
+pass: DiT takes a class, not a prompt; PixArt and Sana draw at resolution bins; aMUSEd's scheduler takes one
+generator per call; unCLIP runs a prior or makes image variations; DeepFloyd IF is a three-stage cascade.
 
-`dispatch` is the one call the modes make: it refuses what a family cannot do, on the field that asks for it
-(hires fix, refiner, variation seeds, seamless tiling, LoRAs), then either runs the family's own runner or lets
-the mode go on.
+`dispatch` is the one call the txt2img, img2img and inpaint modes make: for these families it refuses what they
+cannot do, on the field that asks for it (hires fix, refiner, variation seeds, seamless tiling, LoRAs), then runs
+the family's runner; for every other family it returns None and the mode goes on.
 """
 from __future__ import annotations
 
 import importlib
-import inspect
 from typing import Any, Callable
 
 from webui.engine.prompts import extract_loras
@@ -21,8 +19,8 @@ from webui.model_manager.families import FAMILY_ARCHS
 from webui.model_manager.identify import ARCH_LABELS, Arch
 from webui.requests import NO_REFINER, GenerationRequest, RequestError
 
-OWN_RUNNERS = {Arch.DIT: "webui.engine.families.dit", Arch.UNCLIP: "webui.engine.families.unclip",
-               Arch.IF: "webui.engine.families.deepfloyd"}
+RUNNERS = {Arch.DIT: "dit", Arch.PIXART: "text", Arch.SANA: "text", Arch.AMUSED: "amused",
+           Arch.UNCLIP: "unclip", Arch.IF: "deepfloyd"}
 
 
 def family_of(ctx: Any, request: GenerationRequest) -> Arch | None:
@@ -63,10 +61,7 @@ def dispatch(ctx: Any, request: GenerationRequest, mode: str) -> list[Any] | Non
     if arch is None:
         return None
     check_request(request, arch)
-    module = OWN_RUNNERS.get(arch)
-    if module is None:
-        return None
-    return importlib.import_module(module).run(ctx, request, mode)
+    return importlib.import_module(f"webui.engine.families.{RUNNERS[arch]}").run(ctx, request, mode)
 
 
 # ------------------------------------------------------------------------------------------------ pipeline calls
@@ -81,23 +76,3 @@ def legacy_callback(pipe: Any, on_step_end: Callable[..., Any]) -> Callable[[int
 
     return callback
 
-
-def adapt_call(pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The mode's arguments as this family pipeline takes them (other pipelines: unchanged)."""
-    name = type(pipe).__name__
-    if not name.startswith(("PixArt", "Amused", "Sana")):
-        return kwargs
-    accepted = inspect.signature(type(pipe).__call__).parameters
-    adapted = dict(kwargs)
-    on_step_end = adapted.pop("callback_on_step_end", None)
-    if on_step_end is not None and "callback_on_step_end" in accepted:
-        adapted["callback_on_step_end"] = on_step_end
-    elif on_step_end is not None and "callback" in accepted:
-        adapted.update(callback=legacy_callback(pipe, on_step_end), callback_steps=1)
-    if name.startswith("Amused") and "image" in adapted:
-        adapted.pop("width", None)  # the image modes take the input image's size
-        adapted.pop("height", None)
-    unknown = [key for key in adapted if key not in accepted]
-    if unknown:  # a mode passing something this family cannot honour: a bug, not a user error
-        raise TypeError(f"{name} does not take {', '.join(unknown)}")
-    return adapted
