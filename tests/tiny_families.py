@@ -136,3 +136,77 @@ def make_tiny_amused(folder: Path, seed: int = 0) -> Path:
     _save(pipe, folder)
     _remove_tree(Path(folder).parent / "_amused_tokenizer_src")
     return folder
+
+
+def make_tiny_stable_unclip(folder: Path, seed: int = 0) -> Path:
+    """A Stable unCLIP (image variations) folder: a CLIP vision encoder with projection, its image normalizer and
+    noising scheduler, a UNet conditioned on the noised image embedding, a CLIP text encoder, a 2x VAE."""
+    from diffusers import (DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline, UNet2DConditionModel)
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+    from transformers import (CLIPImageProcessor, CLIPTextModel, CLIPVisionConfig,
+                              CLIPVisionModelWithProjection)
+
+    from tests.tiny_models import _clip_text_config, _remove_tree, tiny_clip_tokenizer
+
+    folder = Path(folder)
+    tokenizer = tiny_clip_tokenizer(folder.parent / "_unclip_tokenizer_src")
+    with _seeded(seed):
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=32, projection_dim=32, num_hidden_layers=1, num_attention_heads=4, image_size=32,
+            intermediate_size=37, patch_size=4)).eval()
+        unet = UNet2DConditionModel(
+            sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32, norm_num_groups=8, attention_head_dim=(2, 4), use_linear_projection=True,
+            class_embed_type="projection", projection_class_embeddings_input_dim=64, upcast_attention=True).eval()
+        text_encoder = CLIPTextModel(_clip_text_config(tokenizer, 32, act="gelu")).eval()
+    pipe = StableUnCLIPImg2ImgPipeline(
+        feature_extractor=CLIPImageProcessor(crop_size=32, size=32), image_encoder=image_encoder,
+        image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=32),
+        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"), tokenizer=tokenizer,
+        text_encoder=text_encoder, unet=unet, vae=_sd_vae(seed + 1),
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1))
+    _save(pipe, folder)
+    _remove_tree(folder.parent / "_unclip_tokenizer_src")
+    return folder
+
+
+def make_tiny_unclip(folder: Path, seed: int = 0) -> Path:
+    """An unCLIP (Karlo) folder: a CLIP text encoder with projection, a prior from text to image embedding, a
+    decoder drawing 32 px from it, and two super-resolution UNets to 64 px."""
+    from diffusers import PriorTransformer, UnCLIPPipeline, UnCLIPScheduler, UNet2DConditionModel, UNet2DModel
+    from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+    from transformers import CLIPTextModelWithProjection
+
+    from tests.tiny_models import _clip_text_config, _remove_tree, tiny_clip_tokenizer
+
+    folder = Path(folder)
+    tokenizer = tiny_clip_tokenizer(folder.parent / "_karlo_tokenizer_src")
+    with _seeded(seed):
+        text_encoder = CLIPTextModelWithProjection(_clip_text_config(tokenizer, 32, 32)).eval()
+        prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=32, num_layers=1).eval()
+        text_proj = UnCLIPTextProjModel(clip_embeddings_dim=32, time_embed_dim=64, cross_attention_dim=32).eval()
+        decoder = UNet2DConditionModel(
+            sample_size=32, in_channels=3, out_channels=6, down_block_types=("ResnetDownsampleBlock2D",
+                                                                             "SimpleCrossAttnDownBlock2D"),
+            up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+            mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=(16, 32), layers_per_block=1,
+            cross_attention_dim=32, attention_head_dim=4, resnet_time_scale_shift="scale_shift",
+            class_embed_type="identity", norm_num_groups=8).eval()
+        super_res = dict(sample_size=64, layers_per_block=1, down_block_types=("ResnetDownsampleBlock2D",) * 2,
+                         up_block_types=("ResnetUpsampleBlock2D",) * 2, block_out_channels=(16, 32), in_channels=6,
+                         out_channels=3, norm_num_groups=8)
+        super_res_first, super_res_last = UNet2DModel(**super_res).eval(), UNet2DModel(**super_res).eval()
+    pipe = UnCLIPPipeline(
+        prior=prior, decoder=decoder, text_encoder=text_encoder, tokenizer=tokenizer, text_proj=text_proj,
+        super_res_first=super_res_first, super_res_last=super_res_last,
+        prior_scheduler=UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample",
+                                        num_train_timesteps=1000, clip_sample_range=5.0),
+        decoder_scheduler=UnCLIPScheduler(variance_type="learned_range", prediction_type="epsilon",
+                                          num_train_timesteps=1000),
+        super_res_scheduler=UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="epsilon",
+                                            num_train_timesteps=1000))
+    _save(pipe, folder)
+    _remove_tree(folder.parent / "_karlo_tokenizer_src")
+    return folder

@@ -58,3 +58,17 @@ def tiny_amused_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_families import make_tiny_amused
 
     return _built(tmp_path_factory, "tiny-amused", make_tiny_amused)
+
+
+@pytest.fixture(scope="session")
+def tiny_stable_unclip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_families import make_tiny_stable_unclip
+
+    return _built(tmp_path_factory, "tiny-stable-unclip", make_tiny_stable_unclip)
+
+
+@pytest.fixture(scope="session")
+def tiny_unclip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_families import make_tiny_unclip
+
+    return _built(tmp_path_factory, "tiny-unclip", make_tiny_unclip)

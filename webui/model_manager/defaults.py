@@ -156,6 +156,10 @@ def defaults_for(arch: Arch, path: Path | None = None, variant: str = "", kind: 
             if isinstance(latent, int) and not isinstance(latent, bool) and latent >= 1:
                 side = latent * 2 ** (len(blocks) - 1)
                 base = dataclasses.replace(base, width=side, height=side, min_side=side, max_side=side)
+        if arch == Arch.UNCLIP and (path / "super_res_last").is_dir():  # Karlo draws its super-resolution size
+            side = _read_json(path / "super_res_last" / "config.json").get("sample_size")
+            if isinstance(side, int) and not isinstance(side, bool) and side >= 8:
+                base = dataclasses.replace(base, width=side, height=side, steps=25, cfg_scale=4.0)
         if arch == Arch.EASEL:
             size = _read_json(path / "transformer" / "config.json").get("sample_size")
             if isinstance(size, int) and not isinstance(size, bool) and size >= 8:

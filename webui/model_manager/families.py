@@ -108,11 +108,34 @@ def stage_folders(stage_one: Path) -> dict[str, Path | None]:
 
 # ------------------------------------------------------------------------------------------------ loading
 def load_kwargs(index: dict[str, Any]) -> dict[str, Any]:
-    """Extra `from_pretrained` arguments: DeepFloyd IF's safety checker and watermarker are not loaded."""
-    kwargs: dict[str, Any] = {}
-    if "watermarker" in index:
-        kwargs["watermarker"] = None
-    return kwargs
+    """Extra `from_pretrained` arguments: DeepFloyd IF's watermarker is not loaded."""
+    return {"watermarker": None} if "watermarker" in index else {}
+
+
+def load_unclip(path: Path, index: dict[str, Any], dtype_kwargs: dict[str, Any]) -> Any:
+    """An unCLIP (Karlo) pipeline built from its component folders: diffusers moved `UnCLIPTextProjModel` to its
+    deprecated pipelines, and `from_pretrained` no longer finds the class model_index.json names."""
+    import diffusers
+    import transformers
+    from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+
+    parts: dict[str, Any] = {}
+    for name, value in index.items():
+        if name.startswith("_") or not isinstance(value, list) or len(value) != 2:
+            continue
+        library, class_name = value
+        if class_name == "UnCLIPTextProjModel":
+            cls = UnCLIPTextProjModel
+        else:
+            cls = getattr(transformers if library == "transformers" else diffusers, class_name)
+        if class_name.endswith("Scheduler"):
+            parts[name] = cls.from_pretrained(str(path / name))
+        elif class_name.endswith(("Tokenizer", "TokenizerFast")):
+            parts[name] = cls.from_pretrained(str(path / name), local_files_only=True)
+        else:
+            parts[name] = cls.from_pretrained(str(path / name), **dtype_kwargs, local_files_only=True,
+                                              use_safetensors=True)
+    return diffusers.UnCLIPPipeline(**parts)
 
 
 def load_stages(pipe: Any, path: Path, dtype_kwargs: dict[str, Any]) -> dict[str, Any]:

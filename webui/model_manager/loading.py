@@ -169,7 +169,10 @@ def load_folder(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
     if pickled:  # the folder changed since it was identified: still never unpickle
         raise ModelLoadError(f"cannot load {path.name}: {pickle_folder_reason(path, pickled)}")
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
+        if index.get("_class_name") == "UnCLIPPipeline":  # its text projection class moved: built part by part
+            pipe = families.load_unclip(path, index, dtype_kwargs(ctx.dtype))
+        else:
+            pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
     except Exception as exc:  # diffusers raises many types (OSError, ValueError, KeyError, safetensors errors)
         raise ModelLoadError(f"could not load diffusers folder {path}: {_cause(exc)}") from exc
     if ident.arch == Arch.IF:  # the cascade's later stages, from the folders beside stage I

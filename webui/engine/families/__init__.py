@@ -58,6 +58,9 @@ def dispatch(ctx: Any, request: GenerationRequest, mode: str) -> list[Any] | Non
     """For a request on one of these families: check it, then run the family's own runner (its images) or return
     None for the mode to run it as usual. None at once for every other family."""
     arch = family_of(ctx, request)
+    if getattr(request, "noise_level", 0) and arch != Arch.UNCLIP:
+        raise RequestError("noise_level", "the noise level applies to Stable unCLIP image variations only; set it "
+                                          "to 0 for this model")
     if arch is None:
         return None
     check_request(request, arch)
