@@ -210,3 +210,67 @@ def make_tiny_unclip(folder: Path, seed: int = 0) -> Path:
     _save(pipe, folder)
     _remove_tree(folder.parent / "_karlo_tokenizer_src")
     return folder
+
+
+def _if_unet(seed: int, super_resolution: bool):
+    from diffusers import UNet2DConditionModel
+
+    extra = dict(class_embed_type="timestep", mid_block_scale_factor=1.414, time_embedding_act_fn="gelu",
+                 time_embedding_dim=32) if super_resolution else {}
+    with _seeded(seed):
+        return UNet2DConditionModel(
+            sample_size=32, layers_per_block=1, block_out_channels=(16, 32),
+            down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+            mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+            up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+            in_channels=6 if super_resolution else 3, out_channels=6, cross_attention_dim=32, encoder_hid_dim=32,
+            attention_head_dim=8, addition_embed_type="text", addition_embed_type_num_heads=2,
+            cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift", act_fn="gelu",
+            norm_num_groups=8, **extra).eval()
+
+
+def _if_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", thresholding=True,
+                         dynamic_thresholding_ratio=0.95, sample_max_value=1.0, prediction_type="epsilon",
+                         variance_type="learned_range")
+
+
+def make_tiny_deepfloyd_if(folder: Path, seed: int = 0) -> Path:
+    """DeepFloyd IF's three stages as three diffusers folders inside `folder` (stage_I: IFPipeline with a tiny
+    T5; stage_II: IFSuperResolutionPipeline, 4x; stage_III: StableDiffusionUpscalePipeline, 4x) — the layout of
+    a user who downloaded IF-I, IF-II and the x4 upscaler into one folder."""
+    from diffusers import (DDIMScheduler, DDPMScheduler, IFPipeline, IFSuperResolutionPipeline,
+                           StableDiffusionUpscalePipeline, UNet2DConditionModel)
+    from transformers import CLIPTextModel
+
+    from tests.tiny_models import _clip_text_config, _remove_tree, tiny_clip_tokenizer
+
+    folder = Path(folder)
+    tokenizer = tiny_t5_tokenizer()
+    text_encoder = _t5_encoder(tokenizer, 32, seed)
+    common = dict(safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False)
+    _save(IFPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=_if_unet(seed + 1, False),
+                     scheduler=_if_scheduler(), **common), folder / "stage_I")
+    noising = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    _save(IFSuperResolutionPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=_if_unet(seed + 2, True),
+                                    scheduler=_if_scheduler(), image_noising_scheduler=noising, **common),
+          folder / "stage_II")
+    clip_tokenizer = tiny_clip_tokenizer(folder / "_upscaler_tokenizer_src")
+    with _seeded(seed + 3):
+        unet = UNet2DConditionModel(
+            sample_size=32, in_channels=7, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32, norm_num_groups=8, attention_head_dim=(2, 4), use_linear_projection=True,
+            num_class_embeds=1000).eval()
+        clip = CLIPTextModel(_clip_text_config(clip_tokenizer, 32, act="gelu")).eval()
+    from tests.tiny_families import _kl_vae
+
+    upscaler = StableDiffusionUpscalePipeline(
+        vae=_kl_vae(seed + 4, 3), text_encoder=clip, tokenizer=clip_tokenizer, unet=unet,
+        low_res_scheduler=DDPMScheduler(), scheduler=DDIMScheduler(prediction_type="v_prediction"),
+        safety_checker=None, feature_extractor=None, watermarker=None, max_noise_level=350)
+    _save(upscaler, folder / "stage_III")
+    _remove_tree(folder / "_upscaler_tokenizer_src")
+    return folder

@@ -237,6 +237,12 @@ class Txt2ImgRequest(GenerationRequest):
     refiner_switch_at: float = spec(0.8, "Refiner switch at", infotext="Refiner switch at", api="refiner_switch_at",
                                     minimum=0.0, maximum=1.0, step=0.01, infotext_when="refiner")
 
+    # DeepFloyd IF's later stages (0 = as many as `steps`)
+    stage2_steps: int = spec(0, "Stage II steps", infotext="Stage II steps", api="stage2_steps", minimum=0,
+                             limit="max_steps", step=1, infotext_value=or_none)
+    stage3_steps: int = spec(0, "Upscaler steps", infotext="Stage III steps", api="stage3_steps", minimum=0,
+                             limit="max_steps", step=1, infotext_value=or_none)
+
     mode: Mode = "txt2img"
 
     @property

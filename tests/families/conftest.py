@@ -26,7 +26,7 @@ def family_easel(make_easel, tmp_path: Path) -> Callable:
         diffusers_dir = tmp_path / "data" / "models" / "diffusers"
         diffusers_dir.mkdir(parents=True, exist_ok=True)
         for name, folder in folders.items():
-            shutil.copytree(folder, diffusers_dir / name.replace("_", "-"))
+            shutil.copytree(folder, diffusers_dir / name.replace("_", "-"))  # tiny_dit -> tiny-dit
         return make_easel(install_sd1=False)
 
     return build
@@ -72,3 +72,10 @@ def tiny_unclip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_families import make_tiny_unclip
 
     return _built(tmp_path_factory, "tiny-unclip", make_tiny_unclip)
+
+
+@pytest.fixture(scope="session")
+def tiny_if_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_families import make_tiny_deepfloyd_if
+
+    return _built(tmp_path_factory, "tiny-if", make_tiny_deepfloyd_if)

@@ -61,6 +61,9 @@ def dispatch(ctx: Any, request: GenerationRequest, mode: str) -> list[Any] | Non
     if getattr(request, "noise_level", 0) and arch != Arch.UNCLIP:
         raise RequestError("noise_level", "the noise level applies to Stable unCLIP image variations only; set it "
                                           "to 0 for this model")
+    for name in ("stage2_steps", "stage3_steps"):
+        if getattr(request, name, 0) and arch != Arch.IF:
+            raise RequestError(name, "per-stage steps apply to DeepFloyd IF's cascade only; set them to 0")
     if arch is None:
         return None
     check_request(request, arch)
