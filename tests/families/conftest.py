@@ -22,12 +22,12 @@ def tiny_dit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def family_easel(make_easel, tmp_path: Path) -> Callable:
     """An Easel with the given tiny family folders installed in models/diffusers under their names."""
-    def build(**folders: Path):
+    def build(install_sd1: bool = False, **folders: Path):
         diffusers_dir = tmp_path / "data" / "models" / "diffusers"
         diffusers_dir.mkdir(parents=True, exist_ok=True)
         for name, folder in folders.items():
             shutil.copytree(folder, diffusers_dir / name.replace("_", "-"))  # tiny_dit -> tiny-dit
-        return make_easel(install_sd1=False)
+        return make_easel(install_sd1=install_sd1)
 
     return build
 

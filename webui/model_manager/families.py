@@ -185,3 +185,23 @@ def mode_pipelines(base: Any, arch: Arch, variant: str) -> tuple[dict[str, Any],
         reasons["img2img"] = f"{label} models run text → image only in Easel"
     reasons["inpaint"] = f"{label} models do not inpaint in Easel"
     return pipes, reasons
+
+
+# ------------------------------------------------------------------------------------------------ controls
+# Request fields that only some models use: the UI hides their controls and does not send them for others.
+FAMILY_ONLY_FIELDS = ("noise_level", "stage2_steps", "stage3_steps")
+UNUSED_BY_FAMILIES = ("clip_skip", "tiling", "scheduler")  # CLIP skip, seamless tiling, schedule types
+
+
+def hidden_fields(arch: Arch, variant: str = "") -> frozenset[str]:
+    """The request fields a model of this family does not use: its UI controls are hidden and not sent."""
+    if arch not in FAMILY_ARCHS:
+        return frozenset(FAMILY_ONLY_FIELDS)
+    hidden = set(UNUSED_BY_FAMILIES) | set(FAMILY_ONLY_FIELDS)
+    if arch == Arch.DIT or (arch == Arch.UNCLIP and variant != "stable"):
+        hidden.add("negative_prompt")  # class-conditional DiT and Karlo's prior take none
+    if arch == Arch.UNCLIP and variant == "stable":
+        hidden.discard("noise_level")
+    if arch == Arch.IF:
+        hidden -= {"stage2_steps", "stage3_steps"}
+    return frozenset(hidden)
