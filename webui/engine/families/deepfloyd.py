@@ -34,6 +34,10 @@ def run(ctx: ModeContext, request: GenerationRequest, mode: str) -> list[Generat
         if getattr(request, name) and (name == "stage2_steps" and "stage II" not in stages
                                        or name == "stage3_steps" and "upscaler" not in stages):
             raise RequestError(name, "this DeepFloyd IF model has no such stage beside it (see the Models tab)")
+    device = pipe._execution_device  # the model manager places stage I; the later stages follow it
+    for stage in stages.values():
+        if stage.device != device:
+            stage.to(device)
     prompt, negative = plain_prompts(request)
     width, height = request.width // factor, request.height // factor
     steps = [request.steps, request.stage2_steps or request.steps, request.stage3_steps or request.steps]
