@@ -94,7 +94,8 @@ def make_tiny_sana(folder: Path, seed: int = 0) -> Path:
             sample_size=8).eval()  # a size without a bin table: draws the asked size
     with _seeded(seed + 1):
         vae = AutoencoderDC(
-            in_channels=3, latent_channels=4, attention_head_dim=2, encoder_block_types=("ResBlock", "EfficientViTBlock"),
+            in_channels=3, latent_channels=4, attention_head_dim=2,
+            encoder_block_types=("ResBlock", "EfficientViTBlock"),
             decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 8),
             decoder_block_out_channels=(8, 8), encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
             encoder_layers_per_block=(1, 1), decoder_layers_per_block=[1, 1], downsample_block_type="conv",
@@ -156,7 +157,8 @@ def make_tiny_stable_unclip(folder: Path, seed: int = 0) -> Path:
             intermediate_size=37, patch_size=4)).eval()
         unet = UNet2DConditionModel(
             sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=32, norm_num_groups=8, attention_head_dim=(2, 4), use_linear_projection=True,
             class_embed_type="projection", projection_class_embeddings_input_dim=64, upcast_attention=True).eval()
         text_encoder = CLIPTextModel(_clip_text_config(tokenizer, 32, act="gelu")).eval()
@@ -261,7 +263,8 @@ def make_tiny_deepfloyd_if(folder: Path, seed: int = 0) -> Path:
     with _seeded(seed + 3):
         unet = UNet2DConditionModel(
             sample_size=32, in_channels=7, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=32, norm_num_groups=8, attention_head_dim=(2, 4), use_linear_projection=True,
             num_class_embeds=1000).eval()
         clip = CLIPTextModel(_clip_text_config(clip_tokenizer, 32, act="gelu")).eval()

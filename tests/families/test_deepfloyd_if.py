@@ -40,7 +40,8 @@ def test_the_cascade_runs_as_one_generation_from_one_folder(family_easel, tiny_i
     first = run(easel, request)
     assert first.images[0].size == (128, 128)
     params = parse_infotext(first.infotexts[0])
-    assert params["Stages"] == "8 → 32 → 128" and params["Stage II steps"] == "1" and params["Stage III steps"] == "2"
+    assert params["Stages"] == "8 → 32 → 128"
+    assert params["Stage II steps"] == "1" and params["Stage III steps"] == "2"
     again = run(easel, request)
     assert np.array_equal(np.asarray(again.images[0]), np.asarray(first.images[0]))
     error = failed(easel, request.replace(width=120))

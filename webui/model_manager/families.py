@@ -81,7 +81,8 @@ def identify_family_folder(path: Path, class_name: str, index: dict[str, Any]) -
     if family.arch == Arch.IF:
         stages = stage_folders(path)
         found = [name for name, folder in stages.items() if folder is not None]
-        detail += f"; later stages found: {', '.join(found)}" if found else "; no stage II folder beside it (64 px only)"
+        detail += (f"; later stages found: {', '.join(found)}" if found
+                   else "; no stage II folder beside it (stage I alone)")
     return Identification(family.arch, detail, family.variant, True, "diffusers")
 
 
