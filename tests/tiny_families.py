@@ -268,8 +268,6 @@ def make_tiny_deepfloyd_if(folder: Path, seed: int = 0) -> Path:
             cross_attention_dim=32, norm_num_groups=8, attention_head_dim=(2, 4), use_linear_projection=True,
             num_class_embeds=1000).eval()
         clip = CLIPTextModel(_clip_text_config(clip_tokenizer, 32, act="gelu")).eval()
-    from tests.tiny_families import _kl_vae
-
     upscaler = StableDiffusionUpscalePipeline(
         vae=_kl_vae(seed + 4, 3), text_encoder=clip, tokenizer=clip_tokenizer, unet=unet,
         low_res_scheduler=DDPMScheduler(), scheduler=DDIMScheduler(prediction_type="v_prediction"),
