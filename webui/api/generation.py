@@ -41,6 +41,7 @@ from webui.engine.script_job import ScriptJob
 from webui.engine.worker import Job, JobResult, JobState
 from webui.infotext import written_text
 from webui.model_manager.defaults import ModelDefaults, entry_defaults
+from webui.model_manager.families import FAMILY_ARCHS
 from webui.redact import public_path
 from webui.engine.samplers import FLOW_ARCHS
 from webui.requests import (NO_REFINER, SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER, GenerationRequest,
@@ -99,7 +100,8 @@ def generation_router(api: ApiContext) -> APIRouter:
         with defaults.lock:
             clip_skip, vae = defaults.clip_skip, defaults.vae
         if "clip_skip" not in body.model_fields_set or body.clip_skip is None:
-            values["clip_skip"] = clip_skip
+            # the families without CLIP skip (DiT, PixArt, ...) take the default, not the setting; one sent is checked
+            values["clip_skip"] = 1 if entry.arch in FAMILY_ARCHS else clip_skip
         if "CLIP_stop_at_last_layers" in override:
             values["clip_skip"] = whole_number(override["CLIP_stop_at_last_layers"], "CLIP_stop_at_last_layers", 1, 12)
         values["vae"] = check_vae(override["sd_vae"], "sd_vae") if "sd_vae" in override else vae

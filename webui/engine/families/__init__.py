@@ -10,6 +10,7 @@ the family's runner; for every other family it returns None and the mode goes on
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any, Callable
 
@@ -18,6 +19,22 @@ from webui.engine.worker import JobInterrupted
 from webui.model_manager.families import FAMILY_ARCHS
 from webui.model_manager.identify import ARCH_LABELS, Arch
 from webui.requests import NO_REFINER, GenerationRequest, RequestError
+
+# Request fields a family's runner does not read, per family (None: every family) and mode: a value other than the
+# field's declared default is refused on the field (the UI hides these controls and sends the default; the API
+# uses the default, not the settings' value, when the client leaves them out).
+UNUSED: tuple[tuple[str, Arch | None, str | None, str], ...] = (
+    ("clip_skip", None, None, "CLIP skip applies to the CLIP text encoders of Stable Diffusion models; {label} "
+                              "models have none to skip layers of: set it to 1"),
+    ("denoising_strength", Arch.UNCLIP, "img2img", "Stable unCLIP draws its variations from noise (the input "
+                                                   "image conditions it through its CLIP embedding, not its "
+                                                   "pixels), so the denoising strength does not apply: leave it at "
+                                                   "{default}, and use the noise level to vary more or less"),
+)
+
+
+class ImageSkipped(Exception):
+    """Skip was asked while a family's pipeline ran: that image (and the rest of its batch) ends, the job goes on."""
 
 RUNNERS = {Arch.DIT: "dit", Arch.PIXART: "text", Arch.SANA: "text", Arch.AMUSED: "amused",
            Arch.UNCLIP: "unclip", Arch.IF: "deepfloyd"}
@@ -48,6 +65,12 @@ def check_request(request: GenerationRequest, arch: Arch) -> None:
         raise RequestError("seed_resize_from_w", f"seed resize is not available for {label} models")
     if request.tiling:
         raise RequestError("tiling", f"seamless tiling is not available for {label} models")
+    for name, only, mode, message in UNUSED:
+        if only not in (None, arch) or mode not in (None, request.mode) or not hasattr(request, name):
+            continue
+        default = next(f.default for f in dataclasses.fields(request) if f.name == name)
+        if getattr(request, name) != default:
+            raise RequestError(name, message.format(label=label, default=default))
     _, tags = extract_loras(request.prompt)
     if tags:
         raise RequestError("prompt", f"<lora:{tags[0].name}:…>: Easel does not apply LoRAs to {label} models "
@@ -71,14 +94,31 @@ def dispatch(ctx: Any, request: GenerationRequest, mode: str) -> list[Any] | Non
 
 
 # ------------------------------------------------------------------------------------------------ pipeline calls
-def legacy_callback(pipe: Any, on_step_end: Callable[..., Any]) -> Callable[[int, Any, Any], None]:
+def legacy_callback(pipe: Any, on_step_end: Callable[..., Any], job: Any) -> Callable[[int, Any, Any], None]:
     """An older-style `callback(step, timestep, latents)` from a `callback_on_step_end`: progress and previews the
-    same; an interrupt or skip stops the pipeline at once (these pipelines read no interrupt flag)."""
+    same. These pipelines read no interrupt flag, so the pipeline is stopped at once by raising: JobInterrupted
+    for an interrupt (the job ends), ImageSkipped for a skip (`skippable` ends the image's batch, the job goes
+    on)."""
     def callback(step: int, timestep: Any, latents: Any) -> None:
         on_step_end(pipe, step, timestep, {"latents": latents})
         if getattr(pipe, "_interrupt", False):
             pipe._interrupt = False
-            raise JobInterrupted()
+            if job.interrupt_requested:
+                raise JobInterrupted()
+            raise ImageSkipped()
 
     return callback
+
+
+def skippable(call: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
+    """A batch call (`run_batches`' `call`) that a skip ends without failing: the images it made before the skip
+    are kept (a skipped image has no result: its pipeline stopped before decoding), and the next batch runs."""
+    def run(*args: Any) -> list[Any]:
+        done: list[Any] = []
+        try:
+            return call(*args, done=done)
+        except ImageSkipped:
+            return done
+
+    return run
 

@@ -12,7 +12,7 @@ from typing import Any
 from PIL import Image, ImageFilter
 
 from webui.engine.context import Generated, ModeContext, run_batches
-from webui.engine.families import legacy_callback
+from webui.engine.families import legacy_callback, skippable
 from webui.engine.families.text import plain_prompts, run as run_text
 from webui.engine.images import fill_masked, resize_image
 from webui.engine.samplers import steps_for_strength
@@ -55,19 +55,21 @@ def run(ctx: ModeContext, request: GenerationRequest, mode: str) -> list[Generat
     prompt, negative = plain_prompts(request)
     common = {"prompt": prompt, "negative_prompt": negative, "guidance_scale": request.cfg_scale,
               "num_inference_steps": steps, "strength": run_strength, "output_type": "pil",
-              "callback": legacy_callback(loaded.pipe, ctx.callback(loaded.arch, total)), "callback_steps": 1,
+              "callback": legacy_callback(loaded.pipe, ctx.callback(loaded.arch, total), ctx.job), "callback_steps": 1,
               **extra_args}
     extra = {**ctx.sampling_infotext(request, loaded.arch), "Denoising strength": strength}
 
     # 3. Run, one image per seed; inpaint pastes the result back through the mask.
-    def call(gens: list[Any], batch_size: int) -> list[Any]:
-        images = []
+    def finish(img: Image.Image) -> Image.Image:
+        if mode == "inpaint":
+            return postprocess(img, original, blend, None)
+        return img.resize((request.width, request.height), Image.LANCZOS) if img.size != (request.width,
+                                                                                          request.height) else img
+
+    def call(gens: list[Any], batch_size: int, done: list[Any]) -> list[Any]:
         for gen in gens:
             out = ctx.call_pipeline(loaded, request, mode, **common, generator=gen, num_images_per_prompt=1)
-            images += out.images
-        if mode == "inpaint":
-            return [postprocess(img, original, blend, None) for img in images]
-        return [img.resize((request.width, request.height), Image.LANCZOS) if img.size != (request.width,
-                request.height) else img for img in images]
+            done += [finish(img) for img in out.images]
+        return done
 
-    return run_batches(ctx, request, loaded, call, extra)
+    return run_batches(ctx, request, loaded, skippable(call), extra)

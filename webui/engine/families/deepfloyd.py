@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from webui.engine.context import Generated, ModeContext, run_batches
-from webui.engine.families import legacy_callback
+from webui.engine.families import legacy_callback, skippable
 from webui.engine.families.text import plain_prompts
 from webui.requests import GenerationRequest, RequestError
 
@@ -45,7 +45,7 @@ def run(ctx: ModeContext, request: GenerationRequest, mode: str) -> list[Generat
                              "Stages": " → ".join(f"{width * ENLARGES ** i}" for i in range(len(stages) + 1))}
 
     def callback(part: Any, total: int) -> Any:
-        return legacy_callback(part, ctx.callback(loaded.arch, total))
+        return legacy_callback(part, ctx.callback(loaded.arch, total), ctx.job)
 
     # 2. Run each image through the stages.
     def one(gen: Any) -> Any:
@@ -68,7 +68,9 @@ def run(ctx: ModeContext, request: GenerationRequest, mode: str) -> list[Generat
                          callback=callback(stage, steps[2]), callback_steps=1).images
         return pipe.numpy_to_pil((image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy())
 
-    def call(gens: list[Any], batch_size: int) -> list[Any]:
-        return [image for gen in gens for image in one(gen)]
+    def call(gens: list[Any], batch_size: int, done: list[Any]) -> list[Any]:
+        for gen in gens:
+            done += one(gen)
+        return done
 
-    return run_batches(ctx, request, loaded, call, extra)
+    return run_batches(ctx, request, loaded, skippable(call), extra)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from webui.engine.context import Generated, ModeContext, run_batches
+from webui.engine.families import legacy_callback, skippable
 from webui.engine.prompts import extract_loras, strip_emphasis
 from webui.model_manager.identify import Arch
 from webui.requests import GenerationRequest, RequestError
@@ -74,19 +75,16 @@ def run(ctx: ModeContext, request: GenerationRequest, mode: str) -> list[Generat
     if loaded.arch == Arch.SANA:
         common["callback_on_step_end"] = on_step_end
     else:
-        from webui.engine.families import legacy_callback
-
-        common.update(callback=legacy_callback(pipe, on_step_end), callback_steps=1)
+        common.update(callback=legacy_callback(pipe, on_step_end, ctx.job), callback_steps=1)
 
     # 3. Run the batches (aMUSEd: one call per image, each with its own seed's generator).
-    def call(gens: list[Any], batch_size: int) -> list[Any]:
+    def call(gens: list[Any], batch_size: int, done: list[Any]) -> list[Any]:
         if loaded.arch == Arch.AMUSED:
-            images = []
             for gen in gens:
-                images += ctx.call_pipeline(loaded, request, "txt2img", **common, generator=gen,
-                                            num_images_per_prompt=1).images
-            return images
+                done += ctx.call_pipeline(loaded, request, "txt2img", **common, generator=gen,
+                                          num_images_per_prompt=1).images
+            return done
         return ctx.call_pipeline(loaded, request, "txt2img", **common, generator=gens,
                                  num_images_per_prompt=batch_size).images
 
-    return run_batches(ctx, request, loaded, call, extra)
+    return run_batches(ctx, request, loaded, skippable(call), extra)

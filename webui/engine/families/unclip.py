@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from webui.engine.context import Generated, ModeContext, resized, run_batches
-from webui.engine.families import legacy_callback
+from webui.engine.families import legacy_callback, skippable
 from webui.engine.families.text import plain_prompts
 from webui.engine.images import resize_image
 from webui.requests import GenerationRequest, RequestError
@@ -46,17 +46,19 @@ def run(ctx: ModeContext, request: GenerationRequest, mode: str) -> list[Generat
                                 "guidance_scale": request.cfg_scale, "num_inference_steps": request.steps,
                                 "width": request.width, "height": request.height,
                                 "noise_level": request.noise_level,
-                                "callback": legacy_callback(loaded.pipe, ctx.callback(loaded.arch, request.steps)),
+                                "callback": legacy_callback(loaded.pipe, ctx.callback(loaded.arch, request.steps),
+                                                            ctx.job),
                                 "callback_steps": 1}
         extra["Image variations"] = f"noise level {request.noise_level}"
+        extra["Denoising strength"] = None  # it does not apply (refused unless left at its default): not written
     else:
         args = {"prompt": prompt, "prior_num_inference_steps": request.steps,
                 "decoder_num_inference_steps": request.steps, "super_res_num_inference_steps": request.steps,
                 "prior_guidance_scale": request.cfg_scale, "decoder_guidance_scale": request.cfg_scale}
 
     # 3. Run, one call per image.
-    def call(gens: list[Any], batch_size: int) -> list[Any]:
-        images = []
+    def call(gens: list[Any], batch_size: int, done: list[Any]) -> list[Any]:
+        images = done
         for gen in gens:
             ctx.job.update(step=0, total_steps=request.steps)
             images += ctx.call_pipeline(loaded, request, mode, **args, generator=gen, num_images_per_prompt=1,
@@ -65,4 +67,4 @@ def run(ctx: ModeContext, request: GenerationRequest, mode: str) -> list[Generat
             extra["Rendered size"] = f"{images[0].width}x{images[0].height}"
         return resized(images, request.width, request.height)
 
-    return run_batches(ctx, request, loaded, call, extra)
+    return run_batches(ctx, request, loaded, skippable(call), extra)

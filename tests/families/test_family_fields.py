@@ -1,0 +1,101 @@
+"""Fields the families' runners do not read are refused on the field, never ignored (CLIP skip everywhere, the
+denoising strength for Stable unCLIP's variations, which is then not written to the infotext either), while a
+default request still runs; and Skip ends only the current batch of a family's job, the next batch still runs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.api.conftest import b64_png
+from tests.conftest import api_client
+from webui.engine.worker import JobState
+from webui.infotext import parse_infotext
+from webui.requests import Img2ImgRequest, RequestError, Txt2ImgRequest
+
+
+def failed(easel, request):
+    try:
+        job = easel.engine.generate(request, timeout=300)
+    except RequestError as exc:
+        return exc
+    assert job.state == JobState.FAILED, job.state
+    return job.exception
+
+
+def test_clip_skip_is_refused_for_the_families_and_the_setting_does_not_break_a_default_request(family_easel,
+                                                                                                tiny_dit_dir):
+    easel = family_easel(tiny_dit=tiny_dit_dir)
+    request = Txt2ImgRequest(prompt="giant panda", checkpoint="tiny-dit", steps=2, seed=1, sampler="Default")
+    error = failed(easel, request.replace(clip_skip=2))
+    assert error.field == "clip_skip" and "set it to 1" in error.message
+    with api_client(easel) as client:
+        body = {"prompt": "giant panda", "steps": 2, "seed": 1,
+                "override_settings": {"sd_model_checkpoint": "tiny-dit"}}
+        response = client.post("/sdapi/v1/txt2img", json={**body, "clip_skip": 2})
+        assert response.status_code == 422 and "clip_skip" in response.text
+        response = client.post("/sdapi/v1/txt2img", json={**body, "clip_skip": 1})
+        assert response.status_code == 200, response.text
+        # the CLIP skip setting (2) is for the models that have one: a DiT request that leaves it out still runs
+        assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}).status_code == 200
+        response = client.post("/sdapi/v1/txt2img", json=body)
+        assert response.status_code == 200, response.text
+        assert "Clip skip" not in response.json()["info"]
+
+
+def test_stable_unclip_refuses_a_denoising_strength_and_does_not_record_one(family_easel, tiny_stable_unclip_dir):
+    easel = family_easel(tiny_stable_unclip=tiny_stable_unclip_dir)
+    image = Image.new("RGB", (64, 64), "navy")
+    request = Img2ImgRequest(prompt="", checkpoint="tiny-stable-unclip", steps=2, width=64, height=64, seed=2,
+                             sampler="Default", init_image=image)
+    error = failed(easel, request.replace(denoising_strength=0.3))
+    assert error.field == "denoising_strength" and "noise level" in error.message
+    job = easel.engine.generate(request, timeout=300)
+    assert job.state == JobState.DONE, job.error
+    params = parse_infotext(job.result.infotexts[0])
+    assert "Denoising strength" not in params and params["Image variations"] == "noise level 0"
+    with api_client(easel) as client:
+        body = {"init_images": [b64_png(image)], "prompt": "", "steps": 2, "width": 64, "height": 64,
+                "override_settings": {"sd_model_checkpoint": "tiny-stable-unclip"}}
+        response = client.post("/sdapi/v1/img2img", json={**body, "denoising_strength": 0.4})
+        assert response.status_code == 422 and "denoising_strength" in response.text
+        response = client.post("/sdapi/v1/img2img", json=body)
+        assert response.status_code == 200, response.text
+        assert "Denoising strength" not in response.json()["info"]
+
+
+SKIPPED = {  # family fixture, folder name, request
+    "pixart": ("tiny_pixart_dir", Txt2ImgRequest(prompt="a red circle", checkpoint="tiny-pixart", steps=2, width=64,
+                                                 height=64, seed=4, sampler="Default")),
+    "amused": ("tiny_amused_dir", Txt2ImgRequest(prompt="a red circle", checkpoint="tiny-amused", steps=2, width=64,
+                                                 height=64, seed=4, sampler="Default")),
+    "stable_unclip": ("tiny_stable_unclip_dir", Img2ImgRequest(prompt="", checkpoint="tiny-stable-unclip", steps=2,
+                                                               width=64, height=64, seed=4, sampler="Default",
+                                                               init_image=Image.new("RGB", (64, 64), "navy"))),
+    "if": ("tiny_if_dir", Txt2ImgRequest(prompt="a red circle", checkpoint="tiny-if/stage_I", steps=2, width=128,
+                                         height=128, seed=4, sampler="Default")),
+}
+
+
+@pytest.mark.parametrize("family", list(SKIPPED))
+def test_skip_ends_the_first_batch_and_the_job_goes_on(family_easel, request, family):
+    fixture, base = SKIPPED[family]
+    folder = request.getfixturevalue(fixture)
+    easel = family_easel(**{fixture.removesuffix("_dir"): folder})
+    calls: list[int] = []
+
+    def skip_the_first_batch(call, run):
+        calls.append(1)
+        if len(calls) == 1:
+            easel.engine.worker.skip()  # seen by the step callback at the first step of the first batch
+        return run(call)
+
+    easel.registry.pipeline_wrappers.append(skip_the_first_batch)
+    job = easel.engine.generate(base.replace(batch_count=2), timeout=300)
+    easel.registry.pipeline_wrappers.clear()
+    assert job.state == JobState.DONE, (job.state, job.error)
+    assert len(calls) == 2  # the second batch ran
+    assert [parse_infotext(t)["Seed"] for t in job.result.infotexts] == ["5"]  # the skipped image has none
+    second = easel.engine.generate(base.replace(seed=5), timeout=300)
+    assert second.state == JobState.DONE, second.error
+    assert np.array_equal(np.asarray(job.result.images[0]), np.asarray(second.result.images[0]))
