@@ -99,3 +99,42 @@ def test_skip_ends_the_first_batch_and_the_job_goes_on(family_easel, request, fa
     second = easel.engine.generate(base.replace(seed=5), timeout=300)
     assert second.state == JobState.DONE, second.error
     assert np.array_equal(np.asarray(job.result.images[0]), np.asarray(second.result.images[0]))
+
+
+def write_sana_lora(folder, path) -> None:
+    """A rank-4 LoRA on the tiny Sana transformer's attention, non-zero, saved as diffusers saves Sana LoRAs."""
+    import torch
+    from diffusers import SanaPipeline, SanaTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = SanaTransformer2DModel.from_pretrained(folder / "transformer")
+    torch.manual_seed(3)
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                       init_lora_weights=False))
+    layers = {k: v * 5 for k, v in get_peft_model_state_dict(transformer).items()}
+    SanaPipeline.save_lora_weights(path.parent, transformer_lora_layers=layers, weight_name=path.name)
+
+
+def test_sana_applies_loras_and_pixart_refuses_them(family_easel, tiny_sana_dir, tiny_pixart_dir, tmp_path):
+    easel = family_easel(tiny_sana=tiny_sana_dir, tiny_pixart=tiny_pixart_dir)
+    lora_dir = tmp_path / "data" / "models" / "Lora"
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    write_sana_lora(tiny_sana_dir, lora_dir / "tiny-sana-style.safetensors")
+    base = Txt2ImgRequest(prompt="a red circle", checkpoint="tiny-sana", steps=2, width=64, height=64, seed=3,
+                          sampler="Default")
+
+    def image(request):
+        job = easel.engine.generate(request, timeout=300)
+        assert job.state == JobState.DONE, job.error
+        return np.asarray(job.result.images[0]), parse_infotext(job.result.infotexts[0])
+
+    plain, plain_params = image(base)
+    styled, params = image(base.replace(prompt="a red circle <lora:tiny-sana-style:1>"))
+    assert not np.array_equal(styled, plain) and "tiny-sana-style" in params["Lora hashes"]
+    zero, _ = image(base.replace(prompt="a red circle <lora:tiny-sana-style:0>"))
+    assert np.array_equal(zero, plain)  # weight 0: the base model's image, bit for bit
+    again, again_params = image(base)
+    assert np.array_equal(again, plain) and "Lora hashes" not in again_params  # dropped when no longer asked for
+    error = failed(easel, base.replace(checkpoint="tiny-pixart", prompt="a red circle <lora:tiny-sana-style:1>"))
+    assert error.field == "prompt" and "no LoRA loader" in error.message

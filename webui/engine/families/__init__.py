@@ -5,7 +5,7 @@ pass: DiT takes a class, not a prompt; PixArt and Sana draw at resolution bins; 
 generator per call; unCLIP runs a prior or makes image variations; DeepFloyd IF is a three-stage cascade.
 
 `dispatch` is the one call the txt2img, img2img and inpaint modes make: for these families it refuses what they
-cannot do, on the field that asks for it (hires fix, refiner, variation seeds, seamless tiling, LoRAs), then runs
+cannot do, on the field that asks for it (hires fix, refiner, variation seeds, seamless tiling, LoRAs except on Sana, fields the runner does not read), then runs
 the family's runner; for every other family it returns None and the mode goes on.
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ UNUSED: tuple[tuple[str, Arch | None, str | None, str], ...] = (
 class ImageSkipped(Exception):
     """Skip was asked while a family's pipeline ran: that image (and the rest of its batch) ends, the job goes on."""
 
+LORA_ARCHS = frozenset({Arch.SANA})  # families whose pipelines load PEFT LoRAs (diffusers' SanaLoraLoaderMixin)
 RUNNERS = {Arch.DIT: "dit", Arch.PIXART: "text", Arch.SANA: "text", Arch.AMUSED: "amused",
            Arch.UNCLIP: "unclip", Arch.IF: "deepfloyd"}
 
@@ -72,9 +73,10 @@ def check_request(request: GenerationRequest, arch: Arch) -> None:
         if getattr(request, name) != default:
             raise RequestError(name, message.format(label=label, default=default))
     _, tags = extract_loras(request.prompt)
-    if tags:
+    if tags and arch not in LORA_ARCHS:
         raise RequestError("prompt", f"<lora:{tags[0].name}:…>: Easel does not apply LoRAs to {label} models "
-                                     "(see docs/FAMILIES.md); remove the tag")
+                                     "(diffusers has no LoRA loader for their pipelines; see docs/FAMILIES.md); "
+                                     "remove the tag")
 
 
 def dispatch(ctx: Any, request: GenerationRequest, mode: str) -> list[Any] | None:
