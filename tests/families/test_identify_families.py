@@ -52,5 +52,7 @@ def test_hidden_fields_per_family():
     assert "negative_prompt" in hidden_fields(Arch.DIT) and "clip_skip" in hidden_fields(Arch.DIT)
     assert "negative_prompt" not in hidden_fields(Arch.PIXART)
     assert "noise_level" not in hidden_fields(Arch.UNCLIP, "stable")
+    assert "denoising_strength" in hidden_fields(Arch.UNCLIP, "stable")  # sent as its default, which it accepts
+    assert "denoising_strength" not in hidden_fields(Arch.AMUSED) | hidden_fields(Arch.SD1)
     assert "negative_prompt" in hidden_fields(Arch.UNCLIP, "karlo")
     assert not {"stage2_steps", "stage3_steps"} & hidden_fields(Arch.IF)

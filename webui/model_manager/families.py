@@ -203,6 +203,7 @@ def hidden_fields(arch: Arch, variant: str = "") -> frozenset[str]:
         hidden.add("negative_prompt")  # class-conditional DiT and Karlo's prior take none
     if arch == Arch.UNCLIP and variant == "stable":
         hidden.discard("noise_level")
+        hidden.add("denoising_strength")  # its variations start from noise: the noise level varies them instead
     if arch == Arch.IF:
         hidden -= {"stage2_steps", "stage3_steps"}
     return frozenset(hidden)

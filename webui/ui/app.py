@@ -97,7 +97,7 @@ def build_header(ui: UIContext) -> Any:
 DEFAULTED_FIELDS = ("sampler", "steps", "width", "height", "cfg_scale", "distilled_cfg_scale")
 # controls shown or hidden with the checkpoint's family (Easel.hidden_fields)
 FAMILY_TOGGLED = ("negative_prompt", "clip_skip", "tiling", "scheduler", "noise_level", "stage2_steps",
-                  "stage3_steps")
+                  "stage3_steps", "denoising_strength")
 
 
 def model_default_values(easel: Any, checkpoint: str | None) -> dict[str, Any]:

@@ -5,8 +5,8 @@ pass: DiT takes a class, not a prompt; PixArt and Sana draw at resolution bins; 
 generator per call; unCLIP runs a prior or makes image variations; DeepFloyd IF is a three-stage cascade.
 
 `dispatch` is the one call the txt2img, img2img and inpaint modes make: for these families it refuses what they
-cannot do, on the field that asks for it (hires fix, refiner, variation seeds, seamless tiling, LoRAs except on Sana, fields the runner does not read), then runs
-the family's runner; for every other family it returns None and the mode goes on.
+cannot do, on the field that asks for it (hires fix, refiner, variation seeds, seamless tiling, LoRAs except on
+Sana, fields the runner does not read), then runs the family's runner; for every other family it returns None and the mode goes on.
 """
 from __future__ import annotations
 
