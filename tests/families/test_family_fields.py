@@ -138,3 +138,26 @@ def test_sana_applies_loras_and_pixart_refuses_them(family_easel, tiny_sana_dir,
     assert np.array_equal(again, plain) and "Lora hashes" not in again_params  # dropped when no longer asked for
     error = failed(easel, base.replace(checkpoint="tiny-pixart", prompt="a red circle <lora:tiny-sana-style:1>"))
     assert error.field == "prompt" and "no LoRA loader" in error.message
+
+
+def test_a_vae_is_refused_for_models_without_one_and_the_vae_setting_skips_them(family_easel, tiny_amused_dir,
+                                                                               tiny_sd1_dir):
+    from tests.tiny_models import save_vae_single_file
+
+    easel = family_easel(tiny_amused=tiny_amused_dir)
+    save_vae_single_file(tiny_sd1_dir, easel.settings.models_dir / "VAE" / "tiny-vae.safetensors")
+    request = Txt2ImgRequest(prompt="a red circle", checkpoint="tiny-amused", steps=2, width=64, height=64, seed=1,
+                             sampler="Default")
+    with api_client(easel) as client:
+        client.post("/sdapi/v1/refresh-checkpoints")
+        error = failed(easel, request.replace(vae="tiny-vae"))  # aMUSEd's VQ-GAN: nothing for it to replace
+        assert error.field == "vae" and "Automatic" in error.message
+        assert "vae" in easel.hidden_fields("tiny-amused")  # the UI does not send its VAE pick
+        body = {"prompt": "a red circle", "steps": 2, "width": 64, "height": 64,
+                "override_settings": {"sd_model_checkpoint": "tiny-amused"}}
+        assert client.post("/sdapi/v1/options", json={"sd_vae": "tiny-vae"}).status_code == 200
+        response = client.post("/sdapi/v1/txt2img", json=body)  # the VAE setting is for models that take one
+        assert response.status_code == 200, response.text
+        body["override_settings"]["sd_vae"] = "tiny-vae"
+        response = client.post("/sdapi/v1/txt2img", json=body)
+        assert response.status_code == 422 and "vae" in response.text

@@ -194,6 +194,12 @@ FAMILY_ONLY_FIELDS = ("noise_level", "stage2_steps", "stage3_steps")
 UNUSED_BY_FAMILIES = ("clip_skip", "tiling", "scheduler")  # CLIP skip, seamless tiling, schedule types
 
 
+def takes_vae(arch: Arch, variant: str = "") -> bool:
+    """A VAE from the VAE folders can replace this model's own: it has a Stable Diffusion-style autoencoder (not
+    aMUSEd's VQ-GAN, Sana's deep-compression autoencoder, or the pixel-space IF and Karlo)."""
+    return arch not in (Arch.AMUSED, Arch.SANA, Arch.IF) and not (arch == Arch.UNCLIP and variant != "stable")
+
+
 def hidden_fields(arch: Arch, variant: str = "") -> frozenset[str]:
     """The request fields a model of this family does not use: its UI controls are hidden and not sent."""
     if arch not in FAMILY_ARCHS:
@@ -206,4 +212,6 @@ def hidden_fields(arch: Arch, variant: str = "") -> frozenset[str]:
         hidden.add("denoising_strength")  # its variations start from noise: the noise level varies them instead
     if arch == Arch.IF:
         hidden -= {"stage2_steps", "stage3_steps"}
+    if not takes_vae(arch, variant):
+        hidden.add("vae")  # not sent: the request keeps "Automatic", the model's own
     return frozenset(hidden)

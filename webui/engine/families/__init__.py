@@ -6,7 +6,8 @@ generator per call; unCLIP runs a prior or makes image variations; DeepFloyd IF 
 
 `dispatch` is the one call the txt2img, img2img and inpaint modes make: for these families it refuses what they
 cannot do, on the field that asks for it (hires fix, refiner, variation seeds, seamless tiling, LoRAs except on
-Sana, fields the runner does not read), then runs the family's runner; for every other family it returns None and the mode goes on.
+Sana, a VAE where the model has none to replace, fields the runner does not read), then runs the family's runner;
+for every other family it returns None and the mode goes on.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any, Callable
 
 from webui.engine.prompts import extract_loras
 from webui.engine.worker import JobInterrupted
-from webui.model_manager.families import FAMILY_ARCHS
+from webui.model_manager.families import FAMILY_ARCHS, takes_vae
 from webui.model_manager.identify import ARCH_LABELS, Arch
 from webui.requests import NO_REFINER, GenerationRequest, RequestError
 
@@ -52,9 +53,12 @@ def family_of(ctx: Any, request: GenerationRequest) -> Arch | None:
     return entry.arch if entry.arch in FAMILY_ARCHS else None
 
 
-def check_request(request: GenerationRequest, arch: Arch) -> None:
+def check_request(request: GenerationRequest, arch: Arch, variant: str = "") -> None:
     """Refuse, on the field that asks for it, what the families' pipelines cannot do."""
     label = ARCH_LABELS[arch]
+    if request.vae.strip().lower() not in ("", "automatic", "none") and not takes_vae(arch, variant):
+        raise RequestError("vae", f"{label} models have no Stable Diffusion-style VAE for {request.vae!r} to "
+                                  "replace; pick Automatic")
     if getattr(request, "enable_hr", False):
         raise RequestError("enable_hr", f"hires fix runs on latent diffusion models, not on {label} models")
     refiner = getattr(request, "refiner_checkpoint", NO_REFINER)
@@ -91,7 +95,8 @@ def dispatch(ctx: Any, request: GenerationRequest, mode: str) -> list[Any] | Non
             raise RequestError(name, "per-stage steps apply to DeepFloyd IF's cascade only; set them to 0")
     if arch is None:
         return None
-    check_request(request, arch)
+    entry = ctx.manager.find_checkpoint(request.checkpoint or ctx.default_checkpoint())
+    check_request(request, arch, entry.variant)
     return importlib.import_module(f"webui.engine.families.{RUNNERS[arch]}").run(ctx, request, mode)
 
 
