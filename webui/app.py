@@ -98,6 +98,18 @@ class Easel:
         preferred = self.settings.user.default_sampler
         return preferred if preferred in choices else choices[0]
 
+    def hidden_fields(self, checkpoint: str | None = None) -> frozenset[str]:
+        """Request fields the checkpoint's family does not use (webui.model_manager.families): the UI hides their
+        controls and does not send them."""
+        from webui.model_manager.families import hidden_fields
+
+        name = checkpoint or self.default_checkpoint()
+        try:
+            entry = self.manager.find_checkpoint(name) if name else None
+        except LookupError:
+            entry = None
+        return hidden_fields(entry.arch, entry.variant) if entry is not None else hidden_fields(Arch.UNKNOWN)
+
     def model_defaults(self, checkpoint: str | None = None) -> ModelDefaults:
         """Size, steps, CFG, sampler and distilled guidance the checkpoint runs at (webui.model_manager.defaults)."""
         name = checkpoint or self.default_checkpoint()

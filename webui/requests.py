@@ -269,6 +269,12 @@ class Txt2ImgRequest(GenerationRequest):
     refiner_switch_at: float = spec(0.8, "Refiner switch at", infotext="Refiner switch at", api="refiner_switch_at",
                                     minimum=0.0, maximum=1.0, step=0.01, infotext_when="refiner")
 
+    # DeepFloyd IF's later stages (0 = as many as `steps`)
+    stage2_steps: int = spec(0, "Stage II steps", infotext="Stage II steps", api="stage2_steps", minimum=0,
+                             limit="max_steps", step=1, infotext_value=or_none)
+    stage3_steps: int = spec(0, "Upscaler steps", infotext="Stage III steps", api="stage3_steps", minimum=0,
+                             limit="max_steps", step=1, infotext_value=or_none)
+
     mode: Mode = "txt2img"
 
     @property
@@ -291,6 +297,9 @@ class Img2ImgRequest(GenerationRequest):
                                    infotext_when="refiner", infotext_value=unless_no_refiner)
     refiner_switch_at: float = spec(0.8, "Refiner switch at", infotext="Refiner switch at", api="refiner_switch_at",
                                     minimum=0.0, maximum=1.0, step=0.01, infotext_when="refiner")
+    # Stable unCLIP's image variations: how much noise is added to the input image's CLIP embedding (0 = none)
+    noise_level: int = spec(0, "Noise level", infotext="Noise level", api="noise_level", minimum=0, maximum=1000,
+                            step=10, infotext_value=or_none)
 
     mode: Mode = "img2img"
 

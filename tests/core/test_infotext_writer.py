@@ -44,14 +44,14 @@ REQUESTS = [
                    cfg_scale=6.5, seed=9, **VARIATION, width=64, height=96, clip_skip=2, enable_hr=True, hr_scale=1.5,
                    hr_upscaler="Nearest", hr_second_pass_steps=3, hr_denoising_strength=0.4,
                    styles=("ink", 'film "grain", 35mm: warm'), scheduler="Karras", tiling=True, **REFINER,
-                   **HIRES_OWN),
+                   **HIRES_OWN, stage2_steps=5, stage3_steps=6),
     Img2ImgRequest(prompt="p", checkpoint="m", vae="v", seed=1, denoising_strength=0.35, clip_skip=3, styles=("a",),
-                   **VARIATION, scheduler="Align Your Steps", tiling=True, **REFINER),
+                   **VARIATION, scheduler="Align Your Steps", tiling=True, **REFINER, noise_level=100),
     InpaintRequest(prompt="p", checkpoint="m", vae="v", seed=2, clip_skip=2, styles=("b", "a"), **VARIATION,
                    denoising_strength=0.6, mask_blur=8, inpainting_fill="fill",
                    inpaint_full_res=True, inpaint_full_res_padding=16, inpainting_mask_invert=True,
                    outpaint_left=8, outpaint_right=16, outpaint_top=24, outpaint_bottom=32, scheduler="SGM Uniform",
-                   tiling=True, **REFINER),
+                   tiling=True, **REFINER, noise_level=50),
 ]
 
 

@@ -144,6 +144,10 @@ class StubEasel:
         return SimpleNamespace(width=size, height=size, steps=20, cfg_scale=self.default_cfg(checkpoint),
                                sampler=None, distilled_cfg_scale=None)
 
+    def hidden_fields(self, checkpoint: str | None = None) -> frozenset[str]:
+        """As Easel's: the request fields the checkpoint's family does not use (the stub's: SD and built-in)."""
+        return frozenset({"noise_level", "stage2_steps", "stage3_steps"})
+
     def script_titles(self, mode: str) -> dict[str, str]:
         """As Easel's: the Script dropdown's {title: script_name}; the stub has no scripts."""
         return {}

@@ -42,6 +42,7 @@ from webui.engine.script_job import ScriptJob
 from webui.engine.worker import Job, JobResult, JobState
 from webui.infotext import written_text
 from webui.model_manager.defaults import ModelDefaults, entry_defaults
+from webui.model_manager.families import FAMILY_ARCHS, takes_vae
 from webui.redact import public_path
 from webui.engine.samplers import FLOW_ARCHS
 from webui.requests import (NO_REFINER, SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER, GenerationRequest,
@@ -100,10 +101,15 @@ def generation_router(api: ApiContext) -> APIRouter:
         with defaults.lock:
             clip_skip, vae = defaults.clip_skip, defaults.vae
         if "clip_skip" not in body.model_fields_set or body.clip_skip is None:
-            values["clip_skip"] = clip_skip
+            # the families without CLIP skip (DiT, PixArt, ...) take the default, not the setting; one sent is checked
+            values["clip_skip"] = 1 if entry.arch in FAMILY_ARCHS else clip_skip
         if "CLIP_stop_at_last_layers" in override:
             values["clip_skip"] = whole_number(override["CLIP_stop_at_last_layers"], "CLIP_stop_at_last_layers", 1, 12)
-        values["vae"] = check_vae(override["sd_vae"], "sd_vae") if "sd_vae" in override else vae
+        if "sd_vae" in override:
+            values["vae"] = check_vae(override["sd_vae"], "sd_vae")
+        else:  # the VAE setting is for the models that can take one (not aMUSEd, Sana, IF, Karlo)
+            own_vae_only = entry.arch in FAMILY_ARCHS and not takes_vae(entry.arch, entry.variant)
+            values["vae"] = "Automatic" if own_vae_only else vae
         values.update(face_overrides(override))
         if cls is Txt2ImgRequest:
             apply_hires_size(body, values)

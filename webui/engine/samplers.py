@@ -57,6 +57,10 @@ FLOW_FAMILY_SAMPLERS: Mapping[Arch, tuple[str, ...]] = MappingProxyType({
     Arch.EASEL: ("Euler", "Euler a", "Heun", "DPM++ 2M", "UniPC"),
 })
 EASEL_SAMPLERS: SamplerTable = MappingProxyType({n: FLOW_SAMPLERS[n] for n in FLOW_FAMILY_SAMPLERS[Arch.EASEL]})
+# DiT, PixArt, Sana, aMUSEd, unCLIP and DeepFloyd IF run the scheduler their folder names, fresh for each job: one
+# sampler, "Default" (its class name "" means the config's own `_class_name`).
+OWN_SCHEDULER_ARCHS = frozenset({Arch.DIT, Arch.PIXART, Arch.SANA, Arch.AMUSED, Arch.UNCLIP, Arch.IF})
+OWN_SCHEDULER: SamplerTable = MappingProxyType({"Default": ("", MappingProxyType({}))})
 
 # How a schedule reaches each diffusers scheduler: custom sigmas, custom (training) timesteps, the scheduler's own
 # sigma table replaced after it set its timesteps, or (only Karras and Exponential) its own config flags.
@@ -96,6 +100,8 @@ class Samplers:
     def table(self, arch: Arch | None) -> Mapping[str, tuple[str, Mapping[str, Any]]]:
         if arch == Arch.EASEL:
             return self.easel
+        if arch in OWN_SCHEDULER_ARCHS:
+            return OWN_SCHEDULER
         if arch in FLOW_ARCHS:
             return {name: self.flow[name] for name in FLOW_FAMILY_SAMPLERS.get(arch, tuple(self.flow))}
         return self.diffusion
@@ -134,7 +140,7 @@ class Samplers:
             raise RequestError("scheduler", f"unknown schedule type {wanted!r}; choose one of "
                                             f"{', '.join(SCHEDULE_LABELS)}")
         class_name = self.table(arch)[sampler][0]
-        usable = schedules_for(class_name, arch in FLOW_ARCHS)
+        usable = ("Automatic",) if arch in OWN_SCHEDULER_ARCHS else schedules_for(class_name, arch in FLOW_ARCHS)
         if wanted not in usable:
             raise RequestError("scheduler", f"the sampler {sampler} cannot run the schedule type {wanted} on "
                                             f"{arch.value} models; choose one of {', '.join(usable)}")
@@ -151,6 +157,8 @@ class Samplers:
         sampler = self.resolve(name, arch)
         label = self.check_schedule(name, schedule, arch)
         class_name, overrides = self.table(arch)[sampler]
+        if arch in OWN_SCHEDULER_ARCHS:  # the model's own scheduler, new
+            return getattr(diffusers, dict(base_config)["_class_name"]).from_config(base_config)
         cls = getattr(diffusers, class_name)
         config = dict(base_config)
         overrides = dict(overrides)

@@ -80,6 +80,13 @@ FAMILY_DEFAULTS: dict[Arch, ModelDefaults] = {
     Arch.ZIMAGE: ModelDefaults(1024, 1024, 8, 0.0, "Euler", None, 512, 2048),  # Turbo; its guidance adds w*(pos-neg)
     Arch.QWEN: ModelDefaults(1328, 1328, 30, 4.0, "Euler", None, 512, 2048),
     Arch.EASEL: ModelDefaults(64, 64, 20, 4.0, "Euler", None, 48, 128, "resize"),
+    # the other diffusers families run their own scheduler ("Default"); see docs/FAMILIES.md
+    Arch.DIT: ModelDefaults(256, 256, 25, 4.0, "Default", None, 256, 256, "resize"),  # its one size, from the config
+    Arch.PIXART: ModelDefaults(1024, 1024, 20, 4.5, "Default", None, 256, 2048),
+    Arch.SANA: ModelDefaults(1024, 1024, 20, 4.5, "Default", None, 256, 4096),
+    Arch.AMUSED: ModelDefaults(512, 512, 12, 10.0, "Default", None, 256, 1024),
+    Arch.UNCLIP: ModelDefaults(768, 768, 20, 10.0, "Default", None, 256, 1024),
+    Arch.IF: ModelDefaults(1024, 1024, 50, 7.0, "Default", None, 64, 1024),  # the final size; stage I draws 1/16
 }
 FLUX_SCHNELL = dataclasses.replace(FAMILY_DEFAULTS[Arch.FLUX], steps=4, distilled_cfg_scale=None)
 FALLBACK = ModelDefaults()
@@ -143,6 +150,16 @@ def defaults_for(arch: Arch, path: Path | None = None, variant: str = "", kind: 
     if path is not None and kind == "folder" and path.is_dir():
         variant = folder_variant(path, arch) or variant
         base = family_defaults(arch, variant)
+        if arch == Arch.DIT:  # DiT draws one size: its latent size times the VAE's scale (8 for SD's VAE)
+            latent = _read_json(path / "transformer" / "config.json").get("sample_size")
+            blocks = _read_json(path / "vae" / "config.json").get("block_out_channels") or [0] * 4
+            if isinstance(latent, int) and not isinstance(latent, bool) and latent >= 1:
+                side = latent * 2 ** (len(blocks) - 1)
+                base = dataclasses.replace(base, width=side, height=side, min_side=side, max_side=side)
+        if arch == Arch.UNCLIP and (path / "super_res_last").is_dir():  # Karlo draws its super-resolution size
+            side = _read_json(path / "super_res_last" / "config.json").get("sample_size")
+            if isinstance(side, int) and not isinstance(side, bool) and side >= 8:
+                base = dataclasses.replace(base, width=side, height=side, steps=25, cfg_scale=4.0)
         if arch == Arch.EASEL:
             size = _read_json(path / "transformer" / "config.json").get("sample_size")
             if isinstance(size, int) and not isinstance(size, bool) and size >= 8:

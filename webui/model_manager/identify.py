@@ -40,12 +40,20 @@ class Arch(str, Enum):
     ZIMAGE = "zimage"
     QWEN = "qwenimage"
     EASEL = "easel"
+    DIT = "dit"
+    PIXART = "pixart"
+    SANA = "sana"
+    AMUSED = "amused"
+    UNCLIP = "unclip"
+    IF = "deepfloyd_if"
     UNKNOWN = "unknown"
 
 
 ARCH_LABELS = {
     Arch.SD1: "SD 1.x", Arch.SD2: "SD 2.x", Arch.SDXL: "SDXL", Arch.SD3: "SD3", Arch.FLUX: "Flux.1",
     Arch.ZIMAGE: "Z-Image", Arch.QWEN: "Qwen-Image", Arch.EASEL: "Easel built-in", Arch.UNKNOWN: "unknown",
+    Arch.DIT: "DiT", Arch.PIXART: "PixArt", Arch.SANA: "Sana", Arch.AMUSED: "aMUSEd", Arch.UNCLIP: "unCLIP",
+    Arch.IF: "DeepFloyd IF",
 }
 
 
@@ -399,6 +407,11 @@ def identify_folder(path: Path) -> Identification:
     class_name = str(index.get("_class_name", "")) if isinstance(index, dict) else ""
     if not class_name:
         return unknown("model_index.json has no _class_name")
+    from webui.model_manager.families import identify_family_folder  # the other diffusers families
+
+    family = identify_family_folder(path, class_name, index)
+    if family is not None:
+        return family
     arch = arch_from_class_name(class_name, _read_json(path / "text_encoder" / "config.json"),
                                 _read_json(path / "unet" / "config.json"))
     if arch == Arch.UNKNOWN:

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from webui.model_manager import families
 from webui.model_manager.errors import ModelLoadError
 from webui.model_manager.identify import (ARCH_LABELS, Arch, Identification, header_shapes, identify_file,
                                           identify_folder)
@@ -163,13 +164,22 @@ def load_folder(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
         if "feature_extractor" in index:
             kwargs["feature_extractor"] = None
+    kwargs.update(families.load_kwargs(index))  # DeepFloyd IF: no watermarker
     pickled = pickle_weights_in(path, [c for c in pipeline_components(path, index) if c not in kwargs])
     if pickled:  # the folder changed since it was identified: still never unpickle
         raise ModelLoadError(f"cannot load {path.name}: {pickle_folder_reason(path, pickled)}")
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
+        if index.get("_class_name") == "UnCLIPPipeline":  # its text projection class moved: built part by part
+            pipe = families.load_unclip(path, index, dtype_kwargs(ctx.dtype))
+        else:
+            pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
     except Exception as exc:  # diffusers raises many types (OSError, ValueError, KeyError, safetensors errors)
         raise ModelLoadError(f"could not load diffusers folder {path}: {_cause(exc)}") from exc
+    if ident.arch == Arch.IF:  # the cascade's later stages, from the folders beside stage I
+        try:
+            pipe.easel_stages = families.load_stages(pipe, path, dtype_kwargs(ctx.dtype))
+        except Exception as exc:  # a broken stage folder: the cascade cannot run as one generation
+            raise ModelLoadError(f"could not load the DeepFloyd IF stages beside {path}: {_cause(exc)}") from exc
     return Loaded(pipe, ident.arch, str(path))
 
 
@@ -382,6 +392,10 @@ def mode_pipelines(base: Any, arch: Arch, variant: str) -> tuple[dict[str, Any],
     """Pipelines for each mode, sharing the base pipeline's modules; and why a mode is unavailable."""
     from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 
+    if arch in families.FAMILY_ARCHS:  # DiT, PixArt, Sana, aMUSEd, unCLIP, DeepFloyd IF: their own classes
+        pipes, reasons = families.mode_pipelines(base, arch, variant)
+        pipes.update({f"stage:{name}": stage for name, stage in getattr(base, "easel_stages", {}).items()})
+        return pipes, reasons
     pipes: dict[str, Any] = {"edit": base}  # the engine checks whether a pipeline class can edit
     reasons: dict[str, str] = {}
     if arch == Arch.EASEL:

@@ -338,7 +338,8 @@ class ModelManager:
                 self.memory.remeasure(PIPELINE, slot.name)
             adapters = {adapter: self._load_adapter(adapter, loaded, adapter_loaders or {})
                         for adapter in spec.adapters}
-            if spec.sampler and make_scheduler is not None:  # a fresh one per job: schedulers keep per-run state
+            if spec.sampler and make_scheduler is not None and hasattr(loaded.pipe, "scheduler"):
+                # a fresh one per job: schedulers keep per-run state (unCLIP's three have their own names)
                 loaded.pipe.scheduler = make_scheduler(spec.sampler, loaded.arch, loaded.pipe.scheduler.config,
                                                        spec.schedule, spec.shift)
         return dataclasses.replace(loaded, loras=tuple(loras), embeddings=tuple(embeddings), adapters=adapters)

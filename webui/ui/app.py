@@ -96,6 +96,9 @@ def build_header(ui: UIContext) -> Any:
 
 # The fields a checkpoint pick sets to the model's defaults (webui.model_manager.defaults), unless the user edited them.
 DEFAULTED_FIELDS = ("sampler", "steps", "width", "height", "cfg_scale", "distilled_cfg_scale")
+# controls shown or hidden with the checkpoint's family (Easel.hidden_fields)
+FAMILY_TOGGLED = ("negative_prompt", "clip_skip", "tiling", "scheduler", "noise_level", "stage2_steps",
+                  "stage3_steps", "denoising_strength")
 
 
 def model_default_values(easel: Any, checkpoint: str | None) -> dict[str, Any]:
@@ -117,6 +120,7 @@ def wire_header(ui: UIContext, refresh: Any) -> None:
     samplers = [tab.controls["sampler"] for tab in tabs]
     distilled = [tab.controls["distilled_cfg_scale"] for tab in tabs if "distilled_cfg_scale" in tab.controls]
     targets = [(tab.mode, name, tab.controls[name]) for tab in tabs for name in DEFAULTED_FIELDS if name in tab.controls]
+    toggled = [(name, tab.controls[name]) for tab in tabs for name in FAMILY_TOGGLED if name in tab.controls]
     touched = gr.State(set())
 
     @guard
@@ -135,10 +139,13 @@ def wire_header(ui: UIContext, refresh: Any) -> None:
         choices = easel.sampler_choices(checkpoint)
         fallback = easel.default_sampler(checkpoint)
         has_distilled = easel.model_defaults(checkpoint).distilled_cfg_scale is not None
+        hidden = easel.hidden_fields(checkpoint)  # controls the family does not use (DiT: no negative prompt)
         return ([gr.Dropdown(choices=choices) if value in choices else gr.Dropdown(choices=choices, value=fallback)
-                 for value in current] + [gr.Slider(visible=has_distilled)] * len(distilled))
+                 for value in current] + [gr.Slider(visible=has_distilled)] * len(distilled)
+                + [gr.update(visible=name not in hidden) for name, _ in toggled])
 
-    ui.checkpoint.change(on_checkpoint, inputs=[ui.checkpoint, *samplers], outputs=[*samplers, *distilled],
+    ui.checkpoint.change(on_checkpoint, inputs=[ui.checkpoint, *samplers],
+                         outputs=[*samplers, *distilled, *(component for _, component in toggled)],
                          show_progress="hidden")
 
     for mode, name, component in targets:

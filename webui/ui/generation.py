@@ -119,6 +119,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
     easel, limits = ui.easel, ui.limits
     checkpoint = easel.default_checkpoint()
     own = easel.model_defaults(checkpoint)  # size, steps, CFG, distilled guidance the model runs at
+    hidden = easel.hidden_fields(checkpoint)  # controls the model's family does not use: hidden, not sent
     controls = ControlSet(request_cls)
     controls.add(_shared(ui.checkpoint, "checkpoint"))
     controls.add(_shared(ui.vae, "vae"))
@@ -130,7 +131,8 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                                                 elem_classes="easel-prompt"))
             negative_prompt = controls.add(field_control(request_cls, "negative_prompt", limits, lines=1, max_lines=8,
                                                          show_label=False, placeholder="Negative prompt",
-                                                         elem_classes="easel-prompt"))
+                                                         elem_classes="easel-prompt",
+                                                         visible="negative_prompt" not in hidden))
         with gr.Column(scale=1, min_width=150, elem_classes="easel-actions"):
             generate = gr.Button("Generate", variant="primary", elem_id=f"{mode}_generate", size="lg",
                                  elem_classes="easel-generate")
@@ -148,7 +150,8 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                 controls.add(field_control(request_cls, "sampler", limits, kind="dropdown",
                                            choices=easel.sampler_choices(checkpoint),
                                            value=easel.default_sampler(checkpoint), min_width=140))
-                controls.add(field_control(request_cls, "scheduler", limits, kind="dropdown", min_width=140))
+                controls.add(field_control(request_cls, "scheduler", limits, kind="dropdown", min_width=140,
+                                           visible="scheduler" not in hidden))
                 controls.add(field_control(request_cls, "steps", limits, value=own.steps, min_width=140))
             with gr.Row():
                 controls.add(field_control(request_cls, "width", limits, value=own.width, min_width=140))
@@ -161,9 +164,10 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                 controls.add(field_control(request_cls, "distilled_cfg_scale", limits, min_width=140,
                                            value=own.distilled_cfg_scale,
                                            visible=own.distilled_cfg_scale is not None))
-                controls.add(field_control(request_cls, "clip_skip", limits, min_width=140))
+                controls.add(field_control(request_cls, "clip_skip", limits, min_width=140,
+                                           visible="clip_skip" not in hidden))
             with gr.Row():
-                controls.add(field_control(request_cls, "tiling", limits))
+                controls.add(field_control(request_cls, "tiling", limits, visible="tiling" not in hidden))
                 if mode in ("txt2img", "img2img", "inpaint"):  # GFPGAN / CodeFormer as Settings picks (face_restoration_model)
                     controls.add(field_control(request_cls, "restore_faces", limits))
             if mode in ("txt2img", "img2img", "inpaint"):  # denoise in overlapping latent tiles (webui.engine.tiling)
@@ -173,6 +177,12 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                         for name in ("tiled_diffusion_tile_width", "tiled_diffusion_tile_height",
                                      "tiled_diffusion_overlap"):
                             controls.add(field_control(request_cls, name, limits, min_width=120))
+            # fields only some families use (Stable unCLIP's noise level, DeepFloyd IF's stage steps)
+            family_fields = {"img2img": ("noise_level",), "inpaint": ("noise_level",),
+                             "txt2img": ("stage2_steps", "stage3_steps")}
+            with gr.Row():
+                for name in family_fields.get(mode, ()):
+                    controls.add(field_control(request_cls, name, limits, min_width=140, visible=name not in hidden))
             with gr.Row(elem_classes="easel-seed-row"):
                 seed = controls.add(field_control(request_cls, "seed", limits, kind="number", min_width=120, scale=4))
                 dice = gr.Button(DICE, elem_id=f"{mode}_random_seed", elem_classes="easel-tool", scale=0,
@@ -218,6 +228,8 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
 
     def submit_request(by_component: dict) -> Any:
         values = controls.field_values(by_component)
+        for name in easel.hidden_fields(values.get("checkpoint") or None):  # hidden controls are not sent
+            values.pop(name, None)
         if finalize is not None:
             values = finalize(values)
         request = build_request(request_cls, values)

@@ -2,6 +2,7 @@
 part of the steps on a refiner checkpoint (`webui.engine.refiner`)."""
 from __future__ import annotations
 
+from webui.engine import families
 from webui.engine.context import Generated, ModeContext, render_size, resized, run_batches
 from webui.engine.images import resize_image
 from webui.engine.noise import refuse_variation
@@ -11,6 +12,9 @@ from webui.requests import Img2ImgRequest, RequestError
 
 
 def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
+    family_images = families.dispatch(ctx, request, "img2img")  # DiT, unCLIP, IF run their own
+    if family_images is not None:
+        return family_images
     # 1. Check the input image.
     if request.init_image is None:
         raise RequestError("init_images", "an input image is required")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from PIL import Image, ImageFilter, ImageOps
 
+from webui.engine import families
 from webui.engine.context import Generated, ModeContext, run_batches
 from webui.engine.images import binarize, extend_canvas, fill_masked, mask_to_l, masked_bbox, paste_back, resize_image
 from webui.engine.noise import refuse_variation
@@ -35,6 +36,9 @@ def prepare(request: InpaintRequest) -> tuple[Image.Image, Image.Image]:
 
 
 def run(ctx: ModeContext, request: InpaintRequest) -> list[Generated]:
+    family_images = families.dispatch(ctx, request, "inpaint")  # DiT, unCLIP, IF run their own
+    if family_images is not None:
+        return family_images
     # 1. Prepare image and mask.
     refuse_variation(request, "inpaint")
     original, mask = prepare(request)

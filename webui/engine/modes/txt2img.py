@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from webui.engine import families
 from webui.engine.context import Generated, ModeContext, render_size, resized, run_batches
 from webui.engine.noise import noise_plan
 from webui.engine.refiner import (base_arguments, check_latent_space, check_refiner, decode_latents, find_checkpoint,
@@ -20,6 +21,9 @@ from webui.requests import (SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER, Reque
                              schedule_label, split_legacy)
 
 def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
+    family_images = families.dispatch(ctx, request, "txt2img")  # DiT, unCLIP, IF run their own
+    if family_images is not None:
+        return family_images
     # 1. Check the upscaler, load the pipeline for this checkpoint (a fresh scheduler for this job), check the
     #    refiner and the hires pass's checkpoint and sampler against its family.
     hires = request.hires
