@@ -33,6 +33,7 @@ from webui.model_manager.embeddings import EmbeddingEntry, names_in, scan_embedd
 from webui.model_manager.errors import ModelNotFoundError
 from webui.model_manager.folders import (ModelFile, model_files, pipeline_folders, relative_name, scan_controlnets,
                                          scan_upscalers, vae_folders)
+from webui.model_manager.gguf_files import GGUF_SUFFIXES
 from webui.model_manager.hashes import HashCache
 from webui.model_manager.identify import (PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, Arch, Identification,
                                           identify_file, identify_folder)
@@ -210,7 +211,7 @@ class Catalogue:
 
     def _scan_files(self) -> list[CheckpointEntry]:
         entries = []
-        suffixes = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+        suffixes = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES + GGUF_SUFFIXES
         for root in self.checkpoint_dirs:
             for path in sorted(model_files(root, suffixes)):
                 ident = self._identify(path, folder=False)

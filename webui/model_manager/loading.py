@@ -30,6 +30,9 @@ from typing import Any, Callable
 import torch
 
 from webui.model_manager.errors import ModelLoadError
+from webui.model_manager.flux_keys import flux_to_diffusers, is_original_flux
+from webui.model_manager.formats import load_gguf_denoiser, storage_dtype, upcast_layerwise
+from webui.model_manager.gguf_files import GGUF_SUFFIXES, gguf_shapes
 from webui.model_manager.identify import (ARCH_LABELS, Arch, Identification, header_shapes, identify_file,
                                           identify_folder)
 from webui.model_manager.weights import pickle_folder_reason, pickle_weights_in, pipeline_components
@@ -262,21 +265,25 @@ def load_sd_single_file(path: Path, ident: Identification, ctx: LoadContext) -> 
 
 
 # ------------------------------------------------------------------------------------------------ transformer files
+SD_HUB_REPOS = {Arch.SD1: "stable-diffusion-v1-5/stable-diffusion-v1-5", Arch.SD2: "stabilityai/stable-diffusion-2-1",
+                Arch.SDXL: "stabilityai/stable-diffusion-xl-base-1.0"}
+
+
 def _companion(path: Path, ident: Identification, ctx: LoadContext) -> tuple[str, bool]:
-    """(source, local) for the transformer config, text encoders and VAE of a transformer-only file."""
-    family = TRANSFORMER_FAMILIES[ident.arch]
+    """(source, local) for the denoiser config, text encoders and VAE of a transformer-only or UNet-only file."""
+    family = TRANSFORMER_FAMILIES.get(ident.arch)
     sidecar = sidecar_config(path)
     if sidecar is not None:
         return str(sidecar), True
     folders = ctx.family_folders(ident.arch)
     if folders:
         return str(folders[0]), True
-    repo = family.hub_repo(ident.variant)
+    repo = family.hub_repo(ident.variant) if family is not None else SD_HUB_REPOS[ident.arch]
     if ctx.hub_offline() or not ctx.allow_hub:
         how = "go online so Easel can fetch" if ctx.allow_hub else "start Easel with --allow-hub-downloads (and " \
             "online) so it can fetch"
         raise ModelLoadError(
-            f"{path.name} holds only the {ARCH_LABELS[ident.arch]} transformer; its text encoders and VAE come from "
+            f"{path.name} holds only the {ARCH_LABELS[ident.arch]} {'transformer' if family else 'UNet'}; its text encoders and VAE come from "
             f"a diffusers folder of the same family. Put one (e.g. a download of {repo}) in a diffusers models "
             f"folder, or a '{path.stem}.config' folder beside the file, or {how} {repo}")
     return repo, False
@@ -289,6 +296,18 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
+def denoiser_keys(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a transformer/UNet file (safetensors or GGUF), without a model prefix."""
+    if path.suffix.lower() in GGUF_SUFFIXES:
+        keys = gguf_shapes(path)[0]
+    else:
+        keys = header_shapes(path)
+    for prefix in _TRANSFORMER_PREFIXES:
+        if keys and all(k.startswith(prefix) for k in keys):
+            return {k[len(prefix):]: v for k, v in keys.items()}
+    return keys
+
+
 def _load_transformer(path: Path, ident: Identification, source: str, local: bool, dtype: torch.dtype) -> Any:
     import diffusers
     from accelerate import init_empty_weights
@@ -296,21 +315,20 @@ def _load_transformer(path: Path, ident: Identification, source: str, local: boo
 
     family = TRANSFORMER_FAMILIES[ident.arch]
     cls = getattr(diffusers, family.transformer_class)
-    keys = header_shapes(path)
-    stripped = keys
-    for prefix in _TRANSFORMER_PREFIXES:
-        if all(k.startswith(prefix) for k in keys):
-            stripped = {k[len(prefix):]: v for k, v in keys.items()}
-            break
-    overrides = family.layer_overrides(stripped)
-    if ident.layout == "original":
-        return cls.from_single_file(str(path), config=source, subfolder="transformer", **dtype_kwargs(dtype),
-                                    local_files_only=local, **overrides)
+    overrides = family.layer_overrides(denoiser_keys(path))
+    if ident.storage.startswith("GGUF"):
+        return load_gguf_denoiser(path, cls, source, "transformer", local, dtype, dtype_kwargs(dtype), overrides)
+    if ident.layout == "original" and ident.arch != Arch.FLUX:
+        model = cls.from_single_file(str(path), config=source, subfolder="transformer", **dtype_kwargs(dtype),
+                                     local_files_only=local, **overrides)
+        return _stored(model, ident, dtype)
     config = dict(cls.load_config(source, subfolder="transformer", local_files_only=local))
     config.update(overrides)
     with init_empty_weights():  # parameters on "meta": the file's tensors are assigned below, no random init
         model = cls.from_config(config)
     state = _strip_prefix(load_file(str(path)))
+    if is_original_flux(state):  # Easel's converter: any width (diffusers' assumes 3072)
+        state = flux_to_diffusers(state)
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
@@ -318,7 +336,13 @@ def _load_transformer(path: Path, ident: Identification, source: str, local: boo
                          f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
                          f"(e.g. {unexpected[:3]})")
     model.load_state_dict(state, strict=True, assign=True)
-    return model.to(dtype).eval()
+    return _stored(model.to(dtype).eval(), ident, dtype)
+
+
+def _stored(model: Any, ident: Identification, dtype: torch.dtype) -> Any:
+    """An fp8 file's model keeps fp8 weights, computed layer by layer in `dtype`."""
+    wanted = storage_dtype(ident.storage)
+    return upcast_layerwise(model, wanted, dtype) if wanted is not None else model
 
 
 def load_transformer_single_file(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
@@ -338,8 +362,39 @@ def load_transformer_single_file(path: Path, ident: Identification, ctx: LoadCon
     return Loaded(pipe, ident.arch, source)
 
 
+def load_unet_single_file(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
+    """An SD/SDXL UNet alone (safetensors, fp8 or GGUF; with or without the model.diffusion_model. prefix), the
+    rest of the pipeline from its companion."""
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    source, local = _companion(path, ident, ctx)
+    log.info("loading %s UNet from %s, other components from %s", ARCH_LABELS[ident.arch], path, source)
+    try:
+        if ident.storage.startswith("GGUF"):
+            unet = load_gguf_denoiser(path, UNet2DConditionModel, source, "unet", local, ctx.dtype,
+                                      dtype_kwargs(ctx.dtype), {})
+        else:
+            state = load_file(str(path))
+            if not all(k.startswith("model.diffusion_model.") for k in state):
+                state = {"model.diffusion_model." + k: v for k, v in state.items()}
+            unet = UNet2DConditionModel.from_single_file(state, config=source, subfolder="unet",
+                                                         local_files_only=local, **dtype_kwargs(ctx.dtype))
+            unet = _stored(unet.eval(), ident, ctx.dtype)
+        pipe = DiffusionPipeline.from_pretrained(source, unet=unet, **dtype_kwargs(ctx.dtype),
+                                                 local_files_only=local, use_safetensors=True)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # any failure here means this file (with that companion) does not load
+        raise ModelLoadError(f"could not load {path} as a {ARCH_LABELS[ident.arch]} UNet (other components from "
+                             f"{source}): {_cause(exc)}") from exc
+    return Loaded(pipe, ident.arch, source)
+
+
 def load_single_file(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
     if ident.arch in (Arch.SD1, Arch.SD2, Arch.SDXL):
+        if ident.denoiser_only:
+            return load_unet_single_file(path, ident, ctx)
         return load_sd_single_file(path, ident, ctx)
     if ident.arch in TRANSFORMER_FAMILIES:
         return load_transformer_single_file(path, ident, ctx)
