@@ -4,7 +4,7 @@ A `.gguf` file (the llama.cpp container) holds key/value metadata and a list of 
 F32/F16/BF16, or a block quantization (Q8_0: blocks of 32 int8 with one fp16 scale; Q4_0: 32 4-bit values and
 a scale; Q4_K/Q5_K/Q6_K: 256-value super-blocks with 6-bit sub-block scales and minimums). Community diffusion
 files (Flux, SD3, SDXL, Z-Image, Qwen-Image) keep the original model's key names (`double_blocks.0.img_attn.qkv
-.weight`, `input_blocks.0.0.weight`) and quantize the 2-D weights only; small and 1-D tensors stay F32/F16.
+.weight`, `input_blocks.0.0.weight`) and quantize the linear (2-D) weights; small, 1-D and convolution tensors stay F32/F16.
 
 `gguf_shapes` reads only the header (names, logical shapes in PyTorch order, types), which is what identification
 needs. `write_gguf` writes a state dict that way (used by the tests, the benchmark, and
@@ -113,8 +113,9 @@ def quantize_array(array: np.ndarray, qtype: str) -> tuple[np.ndarray, Any]:
 
 def write_gguf(state: dict[str, Any], path: Path, qtype: str = "Q8_0", arch: str = "",
                min_elements: int = QUANTIZE_MIN_ELEMENTS) -> Path:
-    """Write tensors (torch or numpy) as GGUF: weights with 2+ dimensions, at least `min_elements` values and
-    rows that divide into blocks in `qtype`; the rest in F32. Returns `path`."""
+    """Write tensors (torch or numpy) as GGUF: linear weights (2-D `*.weight`) with at least `min_elements`
+    values and rows that divide into blocks in `qtype`; the rest (biases, norms, convolutions, position tables)
+    in F32, which is what diffusers' GGUF loader can run. Returns `path`."""
     gguf = _gguf()
     if qtype not in WRITABLE_TYPES:
         raise GGUFError(f"qtype must be one of {', '.join(WRITABLE_TYPES)}, got {qtype!r}")
@@ -125,7 +126,8 @@ def write_gguf(state: dict[str, Any], path: Path, qtype: str = "Q8_0", arch: str
     block = gguf.GGML_QUANT_SIZES[kind][0]
     for name, value in state.items():
         array = value.detach().float().cpu().numpy() if hasattr(value, "detach") else np.asarray(value, np.float32)
-        wanted = qtype if (array.ndim >= 2 and array.size >= min_elements and array.shape[-1] % block == 0) else "F32"
+        linear = array.ndim == 2 and name.endswith(".weight")
+        wanted = qtype if (linear and array.size >= min_elements and array.shape[-1] % block == 0) else "F32"
         data, raw = quantize_array(array, wanted)
         writer.add_tensor(name, data, raw_dtype=raw)
     writer.write_header_to_file()

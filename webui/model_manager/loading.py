@@ -31,7 +31,8 @@ import torch
 
 from webui.model_manager.errors import ModelLoadError
 from webui.model_manager.flux_keys import flux_to_diffusers, is_original_flux
-from webui.model_manager.formats import load_gguf_denoiser, storage_dtype, upcast_layerwise
+from webui.model_manager.formats import (load_gguf_denoiser, pipeline_quantization, storage_dtype,
+                                         upcast_layerwise)
 from webui.model_manager.gguf_files import GGUF_SUFFIXES, gguf_shapes
 from webui.model_manager.identify import (ARCH_LABELS, Arch, Identification, header_shapes, identify_file,
                                           identify_folder)
@@ -107,6 +108,8 @@ class LoadContext:
     family_folders: Callable[[Arch], list[Path]]  # supported diffusers folders of a family, in preference order
     hub_offline: Callable[[], bool] = field(default=lambda: _hub_offline())
     allow_hub: bool = False  # --allow-hub-downloads: hub ids and companions may be fetched (when online)
+    storage: str = ""  # --precision fp8 / nf4 / int8 (webui.model_manager.formats)
+    components: Callable[[], list[Any]] = field(default=lambda: [])  # separate text encoder files on disk
 
 
 @dataclass
@@ -166,6 +169,9 @@ def load_folder(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
         if "feature_extractor" in index:
             kwargs["feature_extractor"] = None
+    quantization = pipeline_quantization(ctx.storage, ctx.dtype)  # --precision nf4 / int8 (CUDA only)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
     pickled = pickle_weights_in(path, [c for c in pipeline_components(path, index) if c not in kwargs])
     if pickled:  # the folder changed since it was identified: still never unpickle
         raise ModelLoadError(f"cannot load {path.name}: {pickle_folder_reason(path, pickled)}")
