@@ -6,6 +6,7 @@ run by a real ModelManager.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -196,13 +197,15 @@ def test_text_encoder_files_are_recognised_and_missing_parts_named(world, tiny) 
     manager = world.manager(checkpoint_dirs=[folder], text_encoder_dirs=[encoders])
     entry = manager.find_checkpoint("flux-Q8_0")
     needs = manager.catalogue.missing_components(entry)
-    assert needs == ["Flux.1 needs a CLIP-L text encoder in models/text_encoders/",
-                     "Flux.1 needs a T5-XXL text encoder in models/text_encoders/",
-                     "Flux.1 needs a 16-channel VAE (the Flux.1 ae.safetensors; SD3 and Z-Image use their own "
-                     "16-channel one) in models/VAE/"]
+    assert needs[:3] == ["Flux.1 needs a CLIP-L text encoder in models/text_encoders/",
+                         "Flux.1 needs a T5-XXL text encoder in models/text_encoders/",
+                         "Flux.1 needs a 16-channel VAE (the Flux.1 ae.safetensors; SD3 and Z-Image use their own "
+                         "16-channel one) in models/VAE/"]
+    assert "T5 tokenizer" in needs[3] and len(needs) == 4
     save_file(load_file(str(tiny["flux"] / "text_encoder" / "model.safetensors")), str(encoders / "clip_l.safetensors"))
     t5 = load_file(str(tiny["flux"] / "text_encoder_2" / "model.safetensors"))
     save_fp8(t5, encoders / "t5xxl_fp8_e4m3fn.safetensors")
+    shutil.copytree(tiny["flux"] / "tokenizer_2", encoders / "t5-tokenizer")
     make_header_only_safetensors(world.vae / "sdxl_vae.safetensors", {"decoder.conv_in.weight": (8, 4, 3, 3)})
     manager.refresh()
     assert len(manager.catalogue.missing_components(entry)) == 1  # a 4-channel VAE is not Flux's
@@ -212,3 +215,66 @@ def test_text_encoder_files_are_recognised_and_missing_parts_named(world, tiny) 
     assert kinds == {"clip_l": ("clip-l", ""), "t5xxl_fp8_e4m3fn": ("t5-xxl", "fp8 e4m3fn")}
     manager.refresh()
     assert manager.catalogue.missing_components(entry) == []
+
+
+def _separate_flux_files(world, tiny, folder: Path, encoders: Path, t5: bool = True) -> Path:
+    """A Flux GGUF transformer with a `.config/` folder of configs and tokenizers only (no weights), its CLIP-L
+    and T5 as separate files, and its VAE in the VAE folder: no diffusers folder anywhere."""
+    path = save_gguf(flux_folder_original_state(tiny["flux"]), folder / "flux-Q8_0.gguf", "Q8_0")
+    shutil.copytree(tiny["flux"], path.with_name(path.stem + ".config"), ignore=shutil.ignore_patterns("*.safetensors"))
+    encoders.mkdir(exist_ok=True)
+    save_file(load_file(str(tiny["flux"] / "text_encoder" / "model.safetensors")), str(encoders / "clip_l.safetensors"))
+    if t5:
+        save_file(load_file(str(tiny["flux"] / "text_encoder_2" / "model.safetensors")), str(encoders / "t5xxl.safetensors"))
+    save_file(load_file(str(tiny["flux"] / "vae" / "diffusion_pytorch_model.safetensors")), str(world.vae / "ae.safetensors"))
+    return path
+
+
+def test_flux_assembled_from_separate_files_matches_the_diffusers_folder(world, tiny) -> None:
+    folder, encoders = world.root / "diffusion_models", world.root / "text_encoders"
+    _separate_flux_files(world, tiny, folder, encoders)
+    manager = world.manager(checkpoint_dirs=[folder], text_encoder_dirs=[encoders])
+    assembled = manager.get("flux-Q8_0", "txt2img")
+    assert "GGUFLinear" in _linear_types(assembled.pipe.transformer)
+    clip = load_file(str(tiny["flux"] / "text_encoder" / "model.safetensors"))
+    assert all(torch.equal(assembled.pipe.text_encoder.state_dict()[k], v) for k, v in clip.items())
+    image = generate(assembled)
+    world.install_folder(tiny["flux"], "flux-base")  # the same model from its diffusers folder, same GGUF file
+    other = world.manager(checkpoint_dirs=[folder], text_encoder_dirs=[encoders], hash_cache_path=None)
+    shutil.rmtree(folder / "flux-Q8_0.config")
+    reference = generate(other.get("flux-Q8_0", "txt2img"))
+    assert np.allclose(image, reference, atol=1e-5)
+
+
+def test_assembly_names_the_missing_text_encoder(world, tiny) -> None:
+    from webui.model_manager.errors import ModelLoadError
+
+    folder, encoders = world.root / "diffusion_models", world.root / "text_encoders"
+    _separate_flux_files(world, tiny, folder, encoders, t5=False)
+    manager = world.manager(checkpoint_dirs=[folder], text_encoder_dirs=[encoders])
+    with pytest.raises(ModelLoadError) as caught:
+        manager.get("flux-Q8_0", "txt2img")
+    message = str(caught.value)
+    assert "T5-XXL text encoder in models/text_encoders/" in message and "CLIP-L" not in message
+
+
+def test_shipped_flux_config_describes_flux1() -> None:
+    """The configs/flux folder builds (on the meta device) a Flux.1 of the published sizes."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from webui.model_manager.loading import CONFIGS_DIR
+
+    config = CONFIGS_DIR / "flux"
+    with init_empty_weights():
+        transformer = FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(str(config / "transformer")))
+        t5 = T5EncoderModel(T5Config.from_pretrained(str(config / "text_encoder_2")))
+        clip = CLIPTextModel(CLIPTextConfig.from_pretrained(str(config / "text_encoder")))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(config / "vae")))
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    assert 11.8e9 < count(transformer) < 12.0e9  # Flux.1 [dev]: 11.9 B parameters
+    t5_count = sum(p.numel() for n, p in t5.named_parameters() if not n.startswith("encoder.embed_tokens."))
+    assert 4.7e9 < t5_count < 4.8e9  # the T5 v1.1 XXL encoder: 4.76 B (its embedding table counted once)
+    assert 1.2e8 < count(clip) < 1.3e8  # CLIP ViT-L/14 text tower: 123 M
+    assert 8.0e7 < count(vae) < 8.8e7 and vae.config.latent_channels == 16

@@ -29,14 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from webui.model_manager.components import ComponentFile, family_needs, scan_components
+from webui.model_manager.components import (FAMILY_TEXT_ENCODERS, ComponentFile, family_needs, scan_components,
+                                            t5_tokenizer_folders)
 from webui.model_manager.embeddings import EmbeddingEntry, names_in, scan_embeddings, word_pattern
 from webui.model_manager.errors import ModelNotFoundError
 from webui.model_manager.folders import (ModelFile, model_files, pipeline_folders, relative_name, scan_controlnets,
                                          scan_upscalers, vae_folders)
 from webui.model_manager.gguf_files import GGUF_SUFFIXES
 from webui.model_manager.hashes import HashCache
-from webui.model_manager.identify import (PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, Arch, Identification,
+from webui.model_manager.identify import (ARCH_LABELS, PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, Arch, Identification,
                                           identify_file, identify_folder)
 from webui.model_manager.lora_files import HASH_AT_SCAN_LIMIT, LORA_SUFFIXES, LoraEntry, describe_lora
 from webui.model_manager.segmenters import SegmenterEntry, scan_segmenters
@@ -320,7 +321,11 @@ class Catalogue:
             return []
         if self.family_folders(entry.arch) or entry.path.with_name(entry.path.stem + ".config").is_dir():
             return []
-        return family_needs(entry.arch, self.components(), [v.path for v in self.vaes() if v.kind == "file"])
+        needs = family_needs(entry.arch, self.components(), [v.path for v in self.vaes() if v.kind == "file"])
+        if "t5-xxl" in FAMILY_TEXT_ENCODERS.get(entry.arch, ()) and not t5_tokenizer_folders(self.text_encoder_dirs):
+            needs.append(f"{ARCH_LABELS[entry.arch]} needs the T5 tokenizer (spiece.model, e.g. the tokenizer_2 "
+                         "folder of FLUX.1-schnell) in a folder under models/text_encoders/")
+        return needs
 
     def family_folders(self, arch: Arch) -> list[Path]:
         """Supported diffusers folders of one family (where a single file's missing components can come from)."""

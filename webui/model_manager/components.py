@@ -99,6 +99,20 @@ def scan_components(roots: list[Path]) -> list[ComponentFile]:
     return sorted(found.values(), key=lambda c: c.name.lower())
 
 
+def t5_tokenizer_folders(roots: list[Path]) -> list[Path]:
+    """Folders under `roots` holding a T5 tokenizer: a `spiece.model`, or a tokenizer_config.json naming T5."""
+    found: list[Path] = []
+    for root in roots:
+        if not Path(root).is_dir():
+            continue
+        found += [p.parent for p in sorted(Path(root).rglob("spiece.model"))]
+        for settings in sorted(Path(root).rglob("tokenizer_config.json")):
+            text = settings.read_text(encoding="utf-8", errors="replace")
+            if '"T5Tokenizer' in text and settings.parent not in found:
+                found.append(settings.parent)
+    return found
+
+
 def vae_kind(path: Path) -> str:
     """"16", "4" (latent channels) or "3d" for a VAE file, "" when its header says nothing of it."""
     try:

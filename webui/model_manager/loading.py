@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from webui.model_manager.assemble import assemble, assembly_config
 from webui.model_manager.errors import ModelLoadError
 from webui.model_manager.flux_keys import flux_to_diffusers, is_original_flux
 from webui.model_manager.formats import (load_gguf_denoiser, pipeline_quantization, storage_dtype,
@@ -110,6 +111,8 @@ class LoadContext:
     allow_hub: bool = False  # --allow-hub-downloads: hub ids and companions may be fetched (when online)
     storage: str = ""  # --precision fp8 / nf4 / int8 (webui.model_manager.formats)
     components: Callable[[], list[Any]] = field(default=lambda: [])  # separate text encoder files on disk
+    vae_files: Callable[[], list[Path]] = field(default=lambda: [])  # VAE files (models/VAE)
+    text_encoder_dirs: list[Path] = field(default_factory=list)  # where a T5 tokenizer folder may be
 
 
 @dataclass
@@ -351,9 +354,43 @@ def _stored(model: Any, ident: Identification, dtype: torch.dtype) -> Any:
     return upcast_layerwise(model, wanted, dtype) if wanted is not None else model
 
 
+def _assembly(path: Path, ident: Identification, ctx: LoadContext) -> Path | None:
+    """The config folder to assemble `path` from separate files with, when no companion folder has weights."""
+    sidecar = sidecar_config(path)
+    if sidecar is not None and any(sidecar.glob("text_encoder*/*.safetensors")):
+        return None  # a complete companion beside the file
+    if ctx.family_folders(ident.arch):
+        return None
+    return assembly_config(path, ident.arch, CONFIGS_DIR)
+
+
+def _assemble(path: Path, ident: Identification, config: Path, ctx: LoadContext) -> Loaded:
+    def denoiser(source: str) -> Any:
+        return _load_transformer(path, ident, source, True, ctx.dtype)
+
+    def vae(file: Path, template: Any, source: str) -> Any:
+        return load_vae(file, template, source, ctx.dtype)
+
+    try:
+        pipe = assemble(path, ident, config, dtype=ctx.dtype, components=ctx.components(),
+                        vae_files=ctx.vae_files(), text_encoder_dirs=ctx.text_encoder_dirs,
+                        tokenizer_kwargs=_tokenizer_kwargs(config, ctx), load_denoiser=denoiser, load_vae=vae)
+    except ModelLoadError as exc:
+        repo = TRANSFORMER_FAMILIES[ident.arch].hub_repo(ident.variant)
+        raise ModelLoadError(f"{exc}. Or put a diffusers folder of the same family (e.g. a download of {repo}) in "
+                             f"models/diffusers, or a '{path.stem}.config' diffusers folder beside the file") from None
+    except Exception as exc:  # any failure here means these files do not make this model
+        raise ModelLoadError(f"could not assemble {path} as {ARCH_LABELS[ident.arch]} from separate files "
+                             f"(configs from {config}): {_cause(exc)}") from exc
+    return Loaded(pipe, ident.arch, str(config))
+
+
 def load_transformer_single_file(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
     from diffusers import DiffusionPipeline
 
+    config = _assembly(path, ident, ctx)
+    if config is not None and not (ctx.allow_hub and not ctx.hub_offline() and not ctx.components()):
+        return _assemble(path, ident, config, ctx)
     source, local = _companion(path, ident, ctx)
     log.info("loading %s transformer from %s, other components from %s", ARCH_LABELS[ident.arch], path, source)
     try:

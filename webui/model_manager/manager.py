@@ -160,6 +160,12 @@ class ModelManager:
     def checkpoints(self) -> list[CheckpointEntry]:
         return self.catalogue.checkpoints()
 
+    def _vae_files(self) -> list[Path]:
+        return [v.path for v in self.catalogue.vaes() if v.kind == "file"]
+
+    def missing_components(self, entry: CheckpointEntry) -> list[str]:
+        return self.catalogue.missing_components(entry)
+
     def edit_checkpoints(self) -> list[CheckpointEntry]:
         return self.catalogue.edit_checkpoints()
 
@@ -381,7 +387,9 @@ class ModelManager:
         loaded = load_checkpoint(entry, LoadContext(dtype=self.dtype, clip_tokenizer=self._clip_tokenizer,
                                                     family_folders=self.catalogue.family_folders,
                                                     allow_hub=self.allow_hub, storage=self.storage,
-                                                    components=self.catalogue.components))
+                                                    components=self.catalogue.components,
+                                                    vae_files=self._vae_files,
+                                                    text_encoder_dirs=self.catalogue.text_encoder_dirs))
         apply_storage(loaded.pipe, self.storage, self.dtype)
         self.stats["disk_loads"] += 1
         entry = self.catalogue.with_hash(entry)
