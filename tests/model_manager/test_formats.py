@@ -278,3 +278,12 @@ def test_shipped_flux_config_describes_flux1() -> None:
     assert 4.7e9 < t5_count < 4.8e9  # the T5 v1.1 XXL encoder: 4.76 B (its embedding table counted once)
     assert 1.2e8 < count(clip) < 1.3e8  # CLIP ViT-L/14 text tower: 123 M
     assert 8.0e7 < count(vae) < 8.8e7 and vae.config.latent_channels == 16
+
+
+def test_corrupt_and_truncated_gguf_files_are_listed_with_a_reason(tmp_path: Path) -> None:
+    (tmp_path / "garbage.gguf").write_bytes(b"not a gguf file at all" * 10)
+    good = save_gguf({"double_blocks.0.img_attn.qkv.weight": torch.randn(96, 32)}, tmp_path / "good.gguf")
+    (tmp_path / "cut.gguf").write_bytes(good.read_bytes()[:40])
+    for name in ("garbage.gguf", "cut.gguf"):
+        found = identify_file(tmp_path / name)
+        assert found.arch == Arch.UNKNOWN and not found.supported and "GGUF" in found.reason, found

@@ -43,10 +43,13 @@ def gguf_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str],
     gguf = _gguf()
     try:
         reader = gguf.GGUFReader(str(path))
-    except (ValueError, OSError, IndexError, KeyError) as exc:  # gguf-py raises these for bad magic / truncation
+    except Exception as exc:  # gguf-py raises many types (ValueError, IndexError, struct/numpy errors) on bad files
         raise GGUFError(f"not a readable GGUF file ({type(exc).__name__}: {exc})") from None
-    shapes = {t.name: tuple(int(d) for d in reversed([int(x) for x in t.shape])) for t in reader.tensors}
-    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    try:
+        shapes = {t.name: tuple(int(d) for d in reversed([int(x) for x in t.shape])) for t in reader.tensors}
+        types = {t.name: t.tensor_type.name for t in reader.tensors}
+    except Exception as exc:  # an unknown ggml type or a mangled tensor list
+        raise GGUFError(f"unreadable GGUF tensor list ({type(exc).__name__}: {exc})") from None
     arch = ""
     field = reader.get_field("general.architecture")
     if field is not None:
