@@ -73,8 +73,9 @@ def main() -> None:
     model = FluxTransformer2DModel(num_layers=args.double, num_single_layers=args.single, **FLUX_WIDTH).eval()
     torch.set_default_dtype(torch.float32)
     model.save_config(work / "transformer")
-    rows = {"bf16": (resident_bytes(model), *forward(model, batch))}
-    reference = rows["bf16"][2]
+    rows = {"bf16": (resident_bytes(model), *forward(model, batch))}  # format -> (bytes, output, seconds)
+    reference = rows["bf16"][1]
+    print(f"bf16: {rows['bf16'][0] / 2**20:.1f} MiB, {rows['bf16'][2]:.2f} s/forward", flush=True)
     params = sum(p.numel() for p in model.parameters())
     original = flux_original_state(model.state_dict())
     del model
@@ -84,6 +85,7 @@ def main() -> None:
         quantized = load_gguf_denoiser(path, FluxTransformer2DModel, str(work), "transformer", True, torch.bfloat16,
                                        dtype_kwargs(torch.bfloat16), {})
         rows[qtype] = (resident_bytes(quantized), *forward(quantized, batch))
+        print(f"{qtype}: {rows[qtype][0] / 2**20:.1f} MiB, {rows[qtype][2]:.2f} s/forward", flush=True)
         path.unlink()
         del quantized
         gc.collect()
