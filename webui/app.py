@@ -510,6 +510,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = settings_from_args(args)
         launch_warnings(settings)  # refuse an unprotected public link before anything is built
+        from webui.model_manager.formats import check_storage
+
+        check_storage(settings.weight_storage(), settings.resolved_device())  # --precision nf4/int8 need CUDA
     except (ValueError, InsecureLaunchError) as exc:  # messages name the flag, never a password
         log.error("Easel did not start: %s", exc)
         raise SystemExit(2) from None

@@ -61,3 +61,13 @@ def test_precision_flag_parses_and_picks_the_compute_dtype() -> None:
     assert Settings(precision="full").weight_storage() == ""
     assert any(p.name == "diffusion_models" for p in settings.checkpoint_dirs())
     assert [p.name for p in settings.text_encoder_dirs()] == ["text_encoders", "clip"]
+
+
+def test_bitsandbytes_precision_without_cuda_stops_the_launch_naming_the_flag(tmp_path: Path, caplog) -> None:
+    from webui.app import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--precision", "nf4", "--device", "cpu", "--data-dir", str(tmp_path), "--nowebui"])
+    assert stopped.value.code == 2
+    assert "--precision nf4" in caplog.text and "CUDA" in caplog.text
+    assert not (tmp_path / "models").exists()  # refused before anything was built
