@@ -26,7 +26,8 @@ from webui.model_manager.identify import ARCH_LABELS, Arch, Identification
 log = logging.getLogger(__name__)
 
 SHIPPED = {Arch.FLUX: "flux"}  # families with a config folder under configs/ for assembly
-_PREFIXES = ("text_encoders.clip_l.transformer.", "text_encoders.clip_g.transformer.", "text_encoders.t5xxl.transformer.",
+_PREFIXES = ("text_encoders.clip_l.transformer.", "text_encoders.clip_g.transformer.",
+             "text_encoders.t5xxl.transformer.",
              "cond_stage_model.transformer.", "transformer.")
 
 

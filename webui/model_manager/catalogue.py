@@ -97,7 +97,8 @@ class Catalogue:
                  vae_dirs: Sequence[Path] = (), lora_dirs: Sequence[Path] = (), builtin_dirs: Sequence[Path] = (),
                  embedding_dirs: Sequence[Path] = (), segmentation_dirs: Sequence[Path] = (),
                  controlnet_dirs: Sequence[Path] = (), upscaler_dirs: Sequence[Path] = (),
-                 text_encoder_dirs: Sequence[Path] = (), hashes: HashCache | None = None, allow_hub: bool = False) -> None:
+                 text_encoder_dirs: Sequence[Path] = (), hashes: HashCache | None = None,
+                 allow_hub: bool = False) -> None:
         self.allow_hub = allow_hub  # --allow-hub-downloads: "org/repo" names may be fetched from the hub
         self.checkpoint_dirs = [Path(p) for p in checkpoint_dirs]
         self.diffusers_dirs = [Path(p) for p in diffusers_dirs]
@@ -192,7 +193,8 @@ class Catalogue:
         return CheckpointEntry(name=name, title=title_of(name, short), path=path, kind=kind, arch=ident.arch,
                                supported=ident.supported, reason=ident.reason, short_hash=short,
                                variant=ident.variant, builtin=builtin, storage=ident.storage,
-                               denoiser_only=ident.denoiser_only or (kind == "file" and ident.arch in _TRANSFORMER_ARCHS))
+                               denoiser_only=ident.denoiser_only
+                               or (kind == "file" and ident.arch in _TRANSFORMER_ARCHS))
 
     def _scan_builtin(self) -> list[CheckpointEntry]:
         entries = []

@@ -4,7 +4,8 @@ A `.gguf` file (the llama.cpp container) holds key/value metadata and a list of 
 F32/F16/BF16, or a block quantization (Q8_0: blocks of 32 int8 with one fp16 scale; Q4_0: 32 4-bit values and
 a scale; Q4_K/Q5_K/Q6_K: 256-value super-blocks with 6-bit sub-block scales and minimums). Community diffusion
 files (Flux, SD3, SDXL, Z-Image, Qwen-Image) keep the original model's key names (`double_blocks.0.img_attn.qkv
-.weight`, `input_blocks.0.0.weight`) and quantize the linear (2-D) weights; small, 1-D and convolution tensors stay F32/F16.
+.weight`, `input_blocks.0.0.weight`) and quantize the linear (2-D) weights; small, 1-D and convolution
+tensors stay F32/F16.
 
 `gguf_shapes` reads only the header (names, logical shapes in PyTorch order, types), which is what identification
 needs. `write_gguf` writes a state dict that way (used by the tests, the benchmark, and

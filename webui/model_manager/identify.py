@@ -5,7 +5,9 @@ with its dtype, shape and byte range. The key names and shapes there are enough 
 loads: Stable Diffusion 1.x / 2.x / XL in the original (LDM, AUTOMATIC1111) layout, the SD3/3.5, Flux.1,
 Z-Image and Qwen-Image transformers (original or diffusers key names, with or without a
 `model.diffusion_model.` prefix). Files that are something else (a VAE, a LoRA, a ControlNet, a text encoder,
-an unsupported model) come back with a reason a person can act on. Pickle checkpoints (.ckpt/.pt/.bin/.pth)
+an unsupported model) come back with a reason a person can act on. `.gguf` files are read the same way from
+their tensor list (gguf_files.py); `storage` says when weights are GGUF blocks or fp8, `denoiser_only` when a
+file holds a transformer/UNet alone. Pickle checkpoints (.ckpt/.pt/.bin/.pth)
 are never opened, and a diffusers folder whose weights are only pickle `.bin` files is not supported (the
 reason names the files and offers the converter). For a diffusers folder, `model_index.json` names the pipeline class; SD 1.x and 2.x share
 one class and are told apart by the text encoder (OpenAI CLIP uses quick_gelu, OpenCLIP gelu) or the UNet's

@@ -11,7 +11,10 @@
   file (original key names through diffusers' converters, diffusers key names directly) with the transformer
   config of a companion: the `<stem>.config/` folder, else a diffusers folder of the same family among the
   scanned ones, else the official hub repository (only when online). The text encoders and VAE come from the
-  same companion.
+  same companion; without one, a Flux.1 file is assembled from separate text encoder and VAE files with the
+  shipped `configs/flux` (assemble.py). GGUF files keep their quantized blocks and fp8 files their fp8 weights
+  (formats.py); Flux files in the original key layout convert at any width (flux_keys.py). An SD/SDXL UNet alone
+  (models/unet) takes its text encoders and VAE from a companion the same way.
 * Hub ids ("org/repo") load with `from_pretrained` and need a connection the first time; Easel fetches
   anything from the hub (a hub id, a transformer file's companion) only when started with
   `--allow-hub-downloads` (`LoadContext.allow_hub`).
@@ -292,7 +295,8 @@ def _companion(path: Path, ident: Identification, ctx: LoadContext) -> tuple[str
         how = "go online so Easel can fetch" if ctx.allow_hub else "start Easel with --allow-hub-downloads (and " \
             "online) so it can fetch"
         raise ModelLoadError(
-            f"{path.name} holds only the {ARCH_LABELS[ident.arch]} {'transformer' if family else 'UNet'}; its text encoders and VAE come from "
+            f"{path.name} holds only the {ARCH_LABELS[ident.arch]} {'transformer' if family else 'UNet'}; its text "
+            f"encoders and VAE come from "
             f"a diffusers folder of the same family. Put one (e.g. a download of {repo}) in a diffusers models "
             f"folder, or a '{path.stem}.config' folder beside the file, or {how} {repo}")
     return repo, False
