@@ -259,7 +259,8 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
 
     from webui.engine.detail_args import register as register_detail_args
 
-    for sub in ("Stable-diffusion", "diffusers", "Lora", "VAE", "clipseg", "embeddings"):
+    for sub in ("Stable-diffusion", "diffusers", "Lora", "VAE", "clipseg", "embeddings", "diffusion_models",
+                "text_encoders"):
         (settings.models_dir / sub).mkdir(parents=True, exist_ok=True)
     manager = ModelManager(
         checkpoint_dirs=settings.checkpoint_dirs(), diffusers_dirs=settings.diffusers_dirs(),
@@ -270,6 +271,7 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
         segmentation_dirs=[settings.models_dir / "clipseg", settings.models_dir / "segmentation"],
         embedding_dirs=settings.all_embedding_dirs(), controlnet_dirs=settings.all_controlnet_dirs(),
         upscaler_dirs=settings.all_upscaler_dirs(), allow_hub=settings.allow_hub_downloads,
+        storage=settings.weight_storage(), text_encoder_dirs=settings.text_encoder_dirs(),
     )
     manager.memory.budgets = lambda: budgets_for(  # read when models come and go: Settings changes apply at once
         manager.device, settings.user.ram_budget_mb, settings.user.vram_budget_mb)
@@ -546,6 +548,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = settings_from_args(args)
         launch_warnings(settings)  # refuse an unprotected public link before anything is built
+        from webui.model_manager.formats import check_storage
+
+        check_storage(settings.weight_storage(), settings.resolved_device())  # --precision nf4/int8 need CUDA
     except (ValueError, InsecureLaunchError) as exc:  # messages name the flag, never a password
         log.error("Easel did not start: %s", exc)
         raise SystemExit(2) from None

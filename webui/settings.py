@@ -266,7 +266,13 @@ class Settings:
         return self.data_dir / "cache" / "hashes.json"
 
     def checkpoint_dirs(self) -> list[Path]:
-        return [self.models_dir / "Stable-diffusion", *self.ckpt_dirs]
+        """Full checkpoints, and transformer/UNet-only files (GGUF, fp8) in the folders Forge and ComfyUI use."""
+        return [self.models_dir / "Stable-diffusion", self.models_dir / "diffusion_models", self.models_dir / "unet",
+                *self.ckpt_dirs]
+
+    def text_encoder_dirs(self) -> list[Path]:
+        """Separate text encoder files (CLIP-L, CLIP-G, T5-XXL, Qwen), as Forge and ComfyUI keep them."""
+        return [self.models_dir / "text_encoders", self.models_dir / "clip"]
 
     def diffusers_dirs(self) -> list[Path]:
         return [self.models_dir / "diffusers"]
@@ -316,7 +322,13 @@ class Settings:
                  "bf16": torch.bfloat16}
         if self.precision in table:
             return table[self.precision]
+        if self.precision in ("fp8", "nf4", "int8"):  # stored compactly, computed in bf16 (fp16 on Apple GPUs)
+            return torch.float16 if device == "mps" else torch.bfloat16
         return torch.float16 if device in ("cuda", "mps") else torch.float32
+
+    def weight_storage(self) -> str:
+        """How the transformer/UNet is stored: "fp8", "nf4", "int8", or "" (in the compute dtype)."""
+        return self.precision if self.precision in ("fp8", "nf4", "int8") else ""
 
     def offload(self) -> str:
         """The offload mode asked for: --lowvram (sequential), --medvram (model), --offload, else the setting."""
@@ -414,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings-dir", type=Path, action="append", default=[],
                    help="extra textual-inversion embeddings folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--precision", default="auto", choices=["auto", "full", "half", "bf16"], help="weights precision")
+    p.add_argument("--precision", default="auto", choices=["auto", "full", "half", "bf16", "fp8", "nf4", "int8"],
+                   help="weights precision; fp8 stores the transformer/UNet in fp8 computed in bf16, nf4/int8 "
+                        "quantize it with bitsandbytes (CUDA only)")
     p.add_argument("--medvram", action="store_true", help="offload idle model parts to the CPU")
     p.add_argument("--lowvram", action="store_true", help="offload layer by layer (slow, least VRAM)")
     p.add_argument("--offload", choices=list(OFFLOAD_CHOICES), default=None,

@@ -50,10 +50,11 @@ class World:
     def manager(self, **kwargs):
         from webui.model_manager.manager import ModelManager
 
-        options = {"hash_cache_path": self.root / "hashes.json", "cache_dir": self.root / "cache"}
-        options.update(kwargs)
-        return ModelManager(checkpoint_dirs=[self.checkpoints], diffusers_dirs=[self.diffusers],
-                            vae_dirs=[self.vae], lora_dirs=[self.lora], builtin_dirs=[self.builtin], **options)
+        options = {"hash_cache_path": self.root / "hashes.json", "cache_dir": self.root / "cache",
+                   "checkpoint_dirs": [self.checkpoints], "diffusers_dirs": [self.diffusers], "vae_dirs": [self.vae],
+                   "lora_dirs": [self.lora], "builtin_dirs": [self.builtin]}
+        options.update(kwargs)  # a test may replace any folder list
+        return ModelManager(**options)
 
     def install_folder(self, source: Path, name: str) -> Path:
         return Path(shutil.copytree(source, self.diffusers / name))

@@ -82,7 +82,7 @@ CASES = {
                     "instruct-pix2pix", False),
     "sd2": ({**SD_COMMON, **SD2_TEXT}, Arch.SD2, "", True),
     "sd2-unet-only": ({U + "input_blocks.0.0.weight": (8, 4, 3, 3),
-                       U + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (8, 1024)}, Arch.SD2, "", False),
+                       U + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (8, 1024)}, Arch.SD2, "", True),
     "sdxl": ({**SD_COMMON, **SDXL_TEXT, U + "label_emb.0.0.weight": (8, 2816)}, Arch.SDXL, "", True),
     "sdxl-refiner": ({**SD_COMMON, "conditioner.embedders.0.model.positional_embedding": (77, 16),
                       U + "label_emb.0.0.weight": (8, 2560)}, Arch.SDXL, "refiner", True),

@@ -40,6 +40,9 @@ class StubManager:
     def checkpoints(self) -> list[StubEntry]:
         return list(self.entries)
 
+    def missing_components(self, entry: StubEntry) -> list[str]:
+        return []
+
     def current(self) -> StubEntry | None:
         return None
 

@@ -29,12 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from webui.model_manager.components import (FAMILY_TEXT_ENCODERS, ComponentFile, family_needs, scan_components,
+                                            t5_tokenizer_folders)
 from webui.model_manager.embeddings import EmbeddingEntry, names_in, scan_embeddings, word_pattern
 from webui.model_manager.errors import ModelNotFoundError
 from webui.model_manager.folders import (ModelFile, model_files, pipeline_folders, relative_name, scan_controlnets,
                                          scan_upscalers, vae_folders)
+from webui.model_manager.gguf_files import GGUF_SUFFIXES
 from webui.model_manager.hashes import HashCache
-from webui.model_manager.identify import (PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, Arch, Identification,
+from webui.model_manager.identify import (ARCH_LABELS, PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, Arch, Identification,
                                           identify_file, identify_folder)
 from webui.model_manager.lora_files import HASH_AT_SCAN_LIMIT, LORA_SUFFIXES, LoraEntry, describe_lora
 from webui.model_manager.segmenters import SegmenterEntry, scan_segmenters
@@ -45,6 +48,7 @@ __all__ = ["Catalogue", "CheckpointEntry", "VaeEntry", "LoraEntry", "EmbeddingEn
 log = logging.getLogger(__name__)
 
 Kind = Literal["file", "folder", "hub"]
+_TRANSFORMER_ARCHS = (Arch.SD3, Arch.FLUX, Arch.ZIMAGE, Arch.QWEN)  # their single files hold the transformer only
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TITLE_WITH_HASH = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9a-fA-F]{8,64})\]$")
 _HEX = re.compile(r"^[0-9a-fA-F]{8,64}$")
@@ -64,6 +68,8 @@ class CheckpointEntry:
     short_hash: str | None
     variant: str = ""
     builtin: bool = False
+    storage: str = ""  # "GGUF Q8_0", "fp8 e4m3fn", ... ("" = float weights)
+    denoiser_only: bool = False  # a transformer/UNet alone: text encoders and VAE come from elsewhere
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,8 @@ class Catalogue:
                  vae_dirs: Sequence[Path] = (), lora_dirs: Sequence[Path] = (), builtin_dirs: Sequence[Path] = (),
                  embedding_dirs: Sequence[Path] = (), segmentation_dirs: Sequence[Path] = (),
                  controlnet_dirs: Sequence[Path] = (), upscaler_dirs: Sequence[Path] = (),
-                 hashes: HashCache | None = None, allow_hub: bool = False) -> None:
+                 text_encoder_dirs: Sequence[Path] = (), hashes: HashCache | None = None,
+                 allow_hub: bool = False) -> None:
         self.allow_hub = allow_hub  # --allow-hub-downloads: "org/repo" names may be fetched from the hub
         self.checkpoint_dirs = [Path(p) for p in checkpoint_dirs]
         self.diffusers_dirs = [Path(p) for p in diffusers_dirs]
@@ -102,6 +109,7 @@ class Catalogue:
         self.segmentation_dirs = [Path(p) for p in segmentation_dirs]
         self.controlnet_dirs = [Path(p) for p in controlnet_dirs]
         self.upscaler_dirs = [Path(p) for p in upscaler_dirs]
+        self.text_encoder_dirs = [Path(p) for p in text_encoder_dirs]
         self.hashes = hashes if hashes is not None else HashCache(None)
         self._lock = threading.Lock()  # guards the listings below
         self._checkpoints: dict[str, CheckpointEntry] = {}
@@ -184,7 +192,9 @@ class Catalogue:
         short = self.hashes.cached_short_hash(path)
         return CheckpointEntry(name=name, title=title_of(name, short), path=path, kind=kind, arch=ident.arch,
                                supported=ident.supported, reason=ident.reason, short_hash=short,
-                               variant=ident.variant, builtin=builtin)
+                               variant=ident.variant, builtin=builtin, storage=ident.storage,
+                               denoiser_only=ident.denoiser_only
+                               or (kind == "file" and ident.arch in _TRANSFORMER_ARCHS))
 
     def _scan_builtin(self) -> list[CheckpointEntry]:
         entries = []
@@ -210,7 +220,7 @@ class Catalogue:
 
     def _scan_files(self) -> list[CheckpointEntry]:
         entries = []
-        suffixes = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+        suffixes = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES + GGUF_SUFFIXES
         for root in self.checkpoint_dirs:
             for path in sorted(model_files(root, suffixes)):
                 ident = self._identify(path, folder=False)
@@ -301,6 +311,23 @@ class Catalogue:
     def upscalers(self) -> list[ModelFile]:
         """Upscaler (ESRGAN-family) model files, by name (any case)."""
         return self._snapshot("_upscalers")
+
+    def components(self) -> list[ComponentFile]:
+        """Separate text encoder files (models/text_encoders, models/clip), identified from their headers."""
+        return scan_components(self.text_encoder_dirs)
+
+    def missing_components(self, entry: CheckpointEntry) -> list[str]:
+        """What a transformer/UNet-only checkpoint still lacks on disk, one sentence each (empty when complete
+        or when a diffusers folder of its family supplies the rest)."""
+        if entry.kind != "file" or not entry.supported or not entry.denoiser_only:
+            return []
+        if self.family_folders(entry.arch) or entry.path.with_name(entry.path.stem + ".config").is_dir():
+            return []
+        needs = family_needs(entry.arch, self.components(), [v.path for v in self.vaes() if v.kind == "file"])
+        if "t5-xxl" in FAMILY_TEXT_ENCODERS.get(entry.arch, ()) and not t5_tokenizer_folders(self.text_encoder_dirs):
+            needs.append(f"{ARCH_LABELS[entry.arch]} needs the T5 tokenizer (spiece.model, e.g. the tokenizer_2 "
+                         "folder of FLUX.1-schnell) in a folder under models/text_encoders/")
+        return needs
 
     def family_folders(self, arch: Arch) -> list[Path]:
         """Supported diffusers folders of one family (where a single file's missing components can come from)."""

@@ -5,7 +5,9 @@ with its dtype, shape and byte range. The key names and shapes there are enough 
 loads: Stable Diffusion 1.x / 2.x / XL in the original (LDM, AUTOMATIC1111) layout, the SD3/3.5, Flux.1,
 Z-Image and Qwen-Image transformers (original or diffusers key names, with or without a
 `model.diffusion_model.` prefix). Files that are something else (a VAE, a LoRA, a ControlNet, a text encoder,
-an unsupported model) come back with a reason a person can act on. Pickle checkpoints (.ckpt/.pt/.bin/.pth)
+an unsupported model) come back with a reason a person can act on. `.gguf` files are read the same way from
+their tensor list (gguf_files.py); `storage` says when weights are GGUF blocks or fp8, `denoiser_only` when a
+file holds a transformer/UNet alone. Pickle checkpoints (.ckpt/.pt/.bin/.pth)
 are never opened, and a diffusers folder whose weights are only pickle `.bin` files is not supported (the
 reason names the files and offers the converter). For a diffusers folder, `model_index.json` names the pipeline class; SD 1.x and 2.x share
 one class and are told apart by the text encoder (OpenAI CLIP uses quick_gelu, OpenCLIP gelu) or the UNet's
@@ -16,11 +18,12 @@ from __future__ import annotations
 import json
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from webui.model_manager.gguf_files import GGUF_SUFFIXES, GGUFError, gguf_shapes, main_quant_type
 from webui.model_manager.weights import (PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, pickle_folder_reason,
                                          pickle_weights_in, pipeline_components)
 PICKLE_REASON = ("pickle checkpoint: not loaded, because unpickling can run code hidden in the file; convert it to "
@@ -71,6 +74,8 @@ class Identification:
     variant: str = ""
     supported: bool = True
     layout: str = ""
+    storage: str = ""  # "" (float weights), "GGUF Q8_0", "fp8 e4m3fn", ...: how the file stores its weights
+    denoiser_only: bool = False  # a transformer/UNet alone: text encoders and VAE come from elsewhere
 
     def __post_init__(self) -> None:
         if self.arch == Arch.UNKNOWN and self.supported:
@@ -124,20 +129,61 @@ def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def identify_file(path: Path) -> Identification:
-    """Identify one checkpoint file from its name and safetensors header."""
+    """Identify one checkpoint file from its name and its safetensors or GGUF header."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
         return unknown(PICKLE_REASON)
+    if suffix in GGUF_SUFFIXES:
+        return _identify_gguf(path)
     if suffix not in SAFETENSORS_SUFFIXES:
-        return unknown(f"unsupported file type {suffix or '(none)'}; Easel loads .safetensors files")
+        return unknown(f"unsupported file type {suffix or '(none)'}; Easel loads .safetensors and .gguf files")
     try:
-        shapes = header_shapes(path)
+        header = read_safetensors_header(path)
     except HeaderError as exc:
         return unknown(f"not a valid safetensors file: {exc}")
     except OSError as exc:
         return unknown(f"cannot read file: {exc.strerror or exc}")
-    return identify_keys(shapes)
+    found = identify_keys({name: tuple(int(d) for d in info["shape"]) for name, info in header.items()})
+    storage = fp8_storage({name: (str(info.get("dtype", "")), _numel(info["shape"])) for name, info in header.items()})
+    return _with_storage(found, storage)
+
+
+def _numel(shape: list) -> int:
+    total = 1
+    for dim in shape:
+        total *= int(dim)
+    return total
+
+
+FP8_NAMES = {"F8_E4M3": "fp8 e4m3fn", "F8_E5M2": "fp8 e5m2"}  # safetensors dtype -> storage label
+
+
+def fp8_storage(tensors: dict[str, tuple[str, int]]) -> str:
+    """"fp8 e4m3fn" / "fp8 e5m2" when most of a file's values (name -> (dtype, element count)) are fp8, else ""."""
+    counts: dict[str, int] = {}
+    for dtype, size in tensors.values():
+        counts[dtype] = counts.get(dtype, 0) + size
+    fp8 = {d: n for d, n in counts.items() if d in FP8_NAMES}
+    if not fp8 or sum(fp8.values()) * 2 < sum(counts.values()):
+        return ""
+    return FP8_NAMES[max(fp8, key=fp8.__getitem__)]
+
+
+def _identify_gguf(path: Path) -> Identification:
+    try:
+        shapes, types, _ = gguf_shapes(path)
+    except GGUFError as exc:
+        return unknown(str(exc))
+    except OSError as exc:
+        return unknown(f"cannot read file: {exc.strerror or exc}")
+    return _with_storage(identify_keys(shapes), f"GGUF {main_quant_type(types)}".strip())
+
+
+def _with_storage(found: Identification, storage: str) -> Identification:
+    if not storage or found.arch == Arch.UNKNOWN:
+        return found
+    return replace(found, storage=storage, reason=f"{found.reason}; weights stored as {storage}")
 
 
 def identify_keys(shapes: dict[str, tuple[int, ...]]) -> Identification:
@@ -146,6 +192,8 @@ def identify_keys(shapes: dict[str, tuple[int, ...]]) -> Identification:
         return unknown("the file holds no tensors")
     if any(k.startswith(_UNET + "input_blocks.") for k in shapes):
         return _identify_ldm_unet(shapes)
+    if any(k.startswith("input_blocks.") for k in shapes) and "out.2.weight" in shapes:  # a UNet file alone
+        return _identify_ldm_unet({_UNET + k: v for k, v in shapes.items()})
     other = _identify_other_file(shapes)
     if other is not None:
         return other
@@ -195,6 +243,10 @@ def _identify_ldm_unet(shapes: dict[str, tuple[int, ...]]) -> Identification:
                                     "supported", f"{in_channels}ch", False, "original")
     else:
         variant = ""
+    if not has_text and not has_vae:  # a UNet alone (models/unet, GGUF): the rest comes from elsewhere
+        return Identification(arch, f"{label_text} UNet alone (original layout); its text encoders and VAE come "
+                                    f"from a {label_text} diffusers folder", variant, True, "original",
+                              denoiser_only=True)
     if not has_text:
         return Identification(arch, f"{label_text} UNet without text encoder weights in the file; Easel needs the "
                                     "full checkpoint", variant, False, "original")

@@ -11,7 +11,10 @@
   file (original key names through diffusers' converters, diffusers key names directly) with the transformer
   config of a companion: the `<stem>.config/` folder, else a diffusers folder of the same family among the
   scanned ones, else the official hub repository (only when online). The text encoders and VAE come from the
-  same companion.
+  same companion; without one, a Flux.1 file is assembled from separate text encoder and VAE files with the
+  shipped `configs/flux` (assemble.py). GGUF files keep their quantized blocks and fp8 files their fp8 weights
+  (formats.py); Flux files in the original key layout convert at any width (flux_keys.py). An SD/SDXL UNet alone
+  (models/unet) takes its text encoders and VAE from a companion the same way.
 * Hub ids ("org/repo") load with `from_pretrained` and need a connection the first time; Easel fetches
   anything from the hub (a hub id, a transformer file's companion) only when started with
   `--allow-hub-downloads` (`LoadContext.allow_hub`).
@@ -30,7 +33,12 @@ from typing import Any, Callable
 import torch
 
 from webui.model_manager import families
+from webui.model_manager.assemble import assemble, assembly_config
 from webui.model_manager.errors import ModelLoadError
+from webui.model_manager.flux_keys import flux_to_diffusers, is_original_flux
+from webui.model_manager.formats import (load_gguf_denoiser, pipeline_quantization, storage_dtype,
+                                         upcast_layerwise)
+from webui.model_manager.gguf_files import GGUF_SUFFIXES, gguf_shapes
 from webui.model_manager.identify import (ARCH_LABELS, Arch, Identification, header_shapes, identify_file,
                                           identify_folder)
 from webui.model_manager.weights import pickle_folder_reason, pickle_weights_in, pipeline_components
@@ -105,6 +113,10 @@ class LoadContext:
     family_folders: Callable[[Arch], list[Path]]  # supported diffusers folders of a family, in preference order
     hub_offline: Callable[[], bool] = field(default=lambda: _hub_offline())
     allow_hub: bool = False  # --allow-hub-downloads: hub ids and companions may be fetched (when online)
+    storage: str = ""  # --precision fp8 / nf4 / int8 (webui.model_manager.formats)
+    components: Callable[[], list[Any]] = field(default=lambda: [])  # separate text encoder files on disk
+    vae_files: Callable[[], list[Path]] = field(default=lambda: [])  # VAE files (models/VAE)
+    text_encoder_dirs: list[Path] = field(default_factory=list)  # where a T5 tokenizer folder may be
 
 
 @dataclass
@@ -165,6 +177,9 @@ def load_folder(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
         if "feature_extractor" in index:
             kwargs["feature_extractor"] = None
     kwargs.update(families.load_kwargs(index))  # DeepFloyd IF: no watermarker
+    quantization = pipeline_quantization(ctx.storage, ctx.dtype)  # --precision nf4 / int8 (CUDA only)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
     pickled = pickle_weights_in(path, [c for c in pipeline_components(path, index) if c not in kwargs])
     if pickled:  # the folder changed since it was identified: still never unpickle
         raise ModelLoadError(f"cannot load {path.name}: {pickle_folder_reason(path, pickled)}")
@@ -272,21 +287,26 @@ def load_sd_single_file(path: Path, ident: Identification, ctx: LoadContext) -> 
 
 
 # ------------------------------------------------------------------------------------------------ transformer files
+SD_HUB_REPOS = {Arch.SD1: "stable-diffusion-v1-5/stable-diffusion-v1-5", Arch.SD2: "stabilityai/stable-diffusion-2-1",
+                Arch.SDXL: "stabilityai/stable-diffusion-xl-base-1.0"}
+
+
 def _companion(path: Path, ident: Identification, ctx: LoadContext) -> tuple[str, bool]:
-    """(source, local) for the transformer config, text encoders and VAE of a transformer-only file."""
-    family = TRANSFORMER_FAMILIES[ident.arch]
+    """(source, local) for the denoiser config, text encoders and VAE of a transformer-only or UNet-only file."""
+    family = TRANSFORMER_FAMILIES.get(ident.arch)
     sidecar = sidecar_config(path)
     if sidecar is not None:
         return str(sidecar), True
     folders = ctx.family_folders(ident.arch)
     if folders:
         return str(folders[0]), True
-    repo = family.hub_repo(ident.variant)
+    repo = family.hub_repo(ident.variant) if family is not None else SD_HUB_REPOS[ident.arch]
     if ctx.hub_offline() or not ctx.allow_hub:
         how = "go online so Easel can fetch" if ctx.allow_hub else "start Easel with --allow-hub-downloads (and " \
             "online) so it can fetch"
         raise ModelLoadError(
-            f"{path.name} holds only the {ARCH_LABELS[ident.arch]} transformer; its text encoders and VAE come from "
+            f"{path.name} holds only the {ARCH_LABELS[ident.arch]} {'transformer' if family else 'UNet'}; its text "
+            f"encoders and VAE come from "
             f"a diffusers folder of the same family. Put one (e.g. a download of {repo}) in a diffusers models "
             f"folder, or a '{path.stem}.config' folder beside the file, or {how} {repo}")
     return repo, False
@@ -299,6 +319,18 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
+def denoiser_keys(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a transformer/UNet file (safetensors or GGUF), without a model prefix."""
+    if path.suffix.lower() in GGUF_SUFFIXES:
+        keys = gguf_shapes(path)[0]
+    else:
+        keys = header_shapes(path)
+    for prefix in _TRANSFORMER_PREFIXES:
+        if keys and all(k.startswith(prefix) for k in keys):
+            return {k[len(prefix):]: v for k, v in keys.items()}
+    return keys
+
+
 def _load_transformer(path: Path, ident: Identification, source: str, local: bool, dtype: torch.dtype) -> Any:
     import diffusers
     from accelerate import init_empty_weights
@@ -306,21 +338,20 @@ def _load_transformer(path: Path, ident: Identification, source: str, local: boo
 
     family = TRANSFORMER_FAMILIES[ident.arch]
     cls = getattr(diffusers, family.transformer_class)
-    keys = header_shapes(path)
-    stripped = keys
-    for prefix in _TRANSFORMER_PREFIXES:
-        if all(k.startswith(prefix) for k in keys):
-            stripped = {k[len(prefix):]: v for k, v in keys.items()}
-            break
-    overrides = family.layer_overrides(stripped)
-    if ident.layout == "original":
-        return cls.from_single_file(str(path), config=source, subfolder="transformer", **dtype_kwargs(dtype),
-                                    local_files_only=local, **overrides)
+    overrides = family.layer_overrides(denoiser_keys(path))
+    if ident.storage.startswith("GGUF"):
+        return load_gguf_denoiser(path, cls, source, "transformer", local, dtype, dtype_kwargs(dtype), overrides)
+    if ident.layout == "original" and ident.arch != Arch.FLUX:
+        model = cls.from_single_file(str(path), config=source, subfolder="transformer", **dtype_kwargs(dtype),
+                                     local_files_only=local, **overrides)
+        return _stored(model, ident, dtype)
     config = dict(cls.load_config(source, subfolder="transformer", local_files_only=local))
     config.update(overrides)
     with init_empty_weights():  # parameters on "meta": the file's tensors are assigned below, no random init
         model = cls.from_config(config)
     state = _strip_prefix(load_file(str(path)))
+    if is_original_flux(state):  # Easel's converter: any width (diffusers' assumes 3072)
+        state = flux_to_diffusers(state)
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
@@ -328,12 +359,52 @@ def _load_transformer(path: Path, ident: Identification, source: str, local: boo
                          f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
                          f"(e.g. {unexpected[:3]})")
     model.load_state_dict(state, strict=True, assign=True)
-    return model.to(dtype).eval()
+    return _stored(model.to(dtype).eval(), ident, dtype)
+
+
+def _stored(model: Any, ident: Identification, dtype: torch.dtype) -> Any:
+    """An fp8 file's model keeps fp8 weights, computed layer by layer in `dtype`."""
+    wanted = storage_dtype(ident.storage)
+    return upcast_layerwise(model, wanted, dtype) if wanted is not None else model
+
+
+def _assembly(path: Path, ident: Identification, ctx: LoadContext) -> Path | None:
+    """The config folder to assemble `path` from separate files with, when no companion folder has weights."""
+    sidecar = sidecar_config(path)
+    if sidecar is not None and any(sidecar.glob("text_encoder*/*.safetensors")):
+        return None  # a complete companion beside the file
+    if ctx.family_folders(ident.arch):
+        return None
+    return assembly_config(path, ident.arch, CONFIGS_DIR)
+
+
+def _assemble(path: Path, ident: Identification, config: Path, ctx: LoadContext) -> Loaded:
+    def denoiser(source: str) -> Any:
+        return _load_transformer(path, ident, source, True, ctx.dtype)
+
+    def vae(file: Path, template: Any, source: str) -> Any:
+        return load_vae(file, template, source, ctx.dtype)
+
+    try:
+        pipe = assemble(path, ident, config, dtype=ctx.dtype, components=ctx.components(),
+                        vae_files=ctx.vae_files(), text_encoder_dirs=ctx.text_encoder_dirs,
+                        tokenizer_kwargs=_tokenizer_kwargs(config, ctx), load_denoiser=denoiser, load_vae=vae)
+    except ModelLoadError as exc:
+        repo = TRANSFORMER_FAMILIES[ident.arch].hub_repo(ident.variant)
+        raise ModelLoadError(f"{exc}. Or put a diffusers folder of the same family (e.g. a download of {repo}) in "
+                             f"models/diffusers, or a '{path.stem}.config' diffusers folder beside the file") from None
+    except Exception as exc:  # any failure here means these files do not make this model
+        raise ModelLoadError(f"could not assemble {path} as {ARCH_LABELS[ident.arch]} from separate files "
+                             f"(configs from {config}): {_cause(exc)}") from exc
+    return Loaded(pipe, ident.arch, str(config))
 
 
 def load_transformer_single_file(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
     from diffusers import DiffusionPipeline
 
+    config = _assembly(path, ident, ctx)
+    if config is not None and not (ctx.allow_hub and not ctx.hub_offline() and not ctx.components()):
+        return _assemble(path, ident, config, ctx)
     source, local = _companion(path, ident, ctx)
     log.info("loading %s transformer from %s, other components from %s", ARCH_LABELS[ident.arch], path, source)
     try:
@@ -348,8 +419,39 @@ def load_transformer_single_file(path: Path, ident: Identification, ctx: LoadCon
     return Loaded(pipe, ident.arch, source)
 
 
+def load_unet_single_file(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
+    """An SD/SDXL UNet alone (safetensors, fp8 or GGUF; with or without the model.diffusion_model. prefix), the
+    rest of the pipeline from its companion."""
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    source, local = _companion(path, ident, ctx)
+    log.info("loading %s UNet from %s, other components from %s", ARCH_LABELS[ident.arch], path, source)
+    try:
+        if ident.storage.startswith("GGUF"):
+            unet = load_gguf_denoiser(path, UNet2DConditionModel, source, "unet", local, ctx.dtype,
+                                      dtype_kwargs(ctx.dtype), {})
+        else:
+            state = load_file(str(path))
+            if not all(k.startswith("model.diffusion_model.") for k in state):
+                state = {"model.diffusion_model." + k: v for k, v in state.items()}
+            unet = UNet2DConditionModel.from_single_file(state, config=source, subfolder="unet",
+                                                         local_files_only=local, **dtype_kwargs(ctx.dtype))
+            unet = _stored(unet.eval(), ident, ctx.dtype)
+        pipe = DiffusionPipeline.from_pretrained(source, unet=unet, **dtype_kwargs(ctx.dtype),
+                                                 local_files_only=local, use_safetensors=True)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # any failure here means this file (with that companion) does not load
+        raise ModelLoadError(f"could not load {path} as a {ARCH_LABELS[ident.arch]} UNet (other components from "
+                             f"{source}): {_cause(exc)}") from exc
+    return Loaded(pipe, ident.arch, source)
+
+
 def load_single_file(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
     if ident.arch in (Arch.SD1, Arch.SD2, Arch.SDXL):
+        if ident.denoiser_only:
+            return load_unet_single_file(path, ident, ctx)
         return load_sd_single_file(path, ident, ctx)
     if ident.arch in TRANSFORMER_FAMILIES:
         return load_transformer_single_file(path, ident, ctx)

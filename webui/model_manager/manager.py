@@ -44,6 +44,7 @@ from webui.model_manager.embeddings import (EMBEDDING_ARCHS, AppliedEmbedding, E
                                             EmbeddingState, add_embedding, check_fits, encoder_slots, encoder_widths,
                                             own_tokenizers, placeholder_tokens, read_vectors)
 from webui.model_manager.errors import ModelLoadError, ModelNotFoundError
+from webui.model_manager.formats import apply_storage, check_storage
 from webui.model_manager.hashes import SHORT_HASH_LENGTH, HashCache
 from webui.model_manager.identify import Arch, identify_file
 from webui.model_manager.lora_files import LoraEntry, identify_lora, preview_image
@@ -123,12 +124,15 @@ class ModelManager:
                  cache_dir: Path | None = None, segmentation_dirs: list[Path] | None = None,
                  embedding_dirs: list[Path] | None = None, controlnet_dirs: list[Path] | None = None,
                  upscaler_dirs: list[Path] | None = None, allow_hub: bool = False,
-                 memory_budgets: Budgets | Callable[[], Budgets] | None = None) -> None:
+                 memory_budgets: Budgets | Callable[[], Budgets] | None = None, storage: str = "",
+                 text_encoder_dirs: list[Path] | None = None) -> None:
+        check_storage(storage, device)  # --precision nf4/int8 without CUDA: say so now, naming the option
         self.catalogue = Catalogue(
             checkpoint_dirs=checkpoint_dirs, diffusers_dirs=diffusers_dirs, vae_dirs=vae_dirs, lora_dirs=lora_dirs,
             builtin_dirs=builtin_dirs, segmentation_dirs=segmentation_dirs or [], embedding_dirs=embedding_dirs or [],
             controlnet_dirs=controlnet_dirs or [], upscaler_dirs=upscaler_dirs or [],
-            hashes=HashCache(hash_cache_path), allow_hub=allow_hub)
+            text_encoder_dirs=text_encoder_dirs or [], hashes=HashCache(hash_cache_path), allow_hub=allow_hub)
+        self.storage = storage  # --precision fp8 / nf4 / int8: how every loaded transformer/UNet is stored
         self.device = device
         self.dtype = dtype
         self.cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir(hash_cache_path)
@@ -153,6 +157,12 @@ class ModelManager:
 
     def checkpoints(self) -> list[CheckpointEntry]:
         return self.catalogue.checkpoints()
+
+    def _vae_files(self) -> list[Path]:
+        return [v.path for v in self.catalogue.vaes() if v.kind == "file"]
+
+    def missing_components(self, entry: CheckpointEntry) -> list[str]:
+        return self.catalogue.missing_components(entry)
 
     def edit_checkpoints(self) -> list[CheckpointEntry]:
         return self.catalogue.edit_checkpoints()
@@ -375,7 +385,11 @@ class ModelManager:
         log.info("loading %s (%s)", entry.name, entry.path)
         loaded = load_checkpoint(entry, LoadContext(dtype=self.dtype, clip_tokenizer=self._clip_tokenizer,
                                                     family_folders=self.catalogue.family_folders,
-                                                    allow_hub=self.allow_hub))
+                                                    allow_hub=self.allow_hub, storage=self.storage,
+                                                    components=self.catalogue.components,
+                                                    vae_files=self._vae_files,
+                                                    text_encoder_dirs=self.catalogue.text_encoder_dirs))
+        apply_storage(loaded.pipe, self.storage, self.dtype)
         self.stats["disk_loads"] += 1
         entry = self.catalogue.with_hash(entry)
         arch = loaded.arch if entry.arch == Arch.UNKNOWN else entry.arch

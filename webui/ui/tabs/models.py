@@ -1,5 +1,6 @@
 """The Models tab: installed checkpoints with family, short hash, support and load state; what is held in memory;
-LoRAs and VAEs.
+LoRAs and VAEs. A transformer- or UNet-only file (GGUF, fp8; models/diffusion_models) whose text encoders or VAE
+are not on disk yet says what it still needs ("Flux.1 needs a T5-XXL text encoder in models/text_encoders/").
 
 Load and Unload are jobs on the worker's queue, like the API's: an Unload asked for while a job runs waits for it to
 end, then the model leaves. "Compute hash" hashes a checkpoint once and caches it on disk; "Convert to
@@ -34,6 +35,9 @@ def checkpoint_rows(ui: UIContext, report: dict[str, Any] | None = None) -> list
     rows = []
     for entry in manager.checkpoints():
         status = entry.reason if entry.supported else f"not supported: {entry.reason}"
+        needs = manager.missing_components(entry)  # a transformer/UNet-only file: the parts not on disk yet
+        if needs:
+            status = f"{status}. Incomplete: {'; '.join(needs)}"
         state = WHERE.get(tiers.get(entry.name, ""), "")
         rows.append([entry.name, family(entry), entry.short_hash or "", status, state])
     return rows
