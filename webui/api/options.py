@@ -41,44 +41,50 @@ def setting_value(option: str, value: Any) -> Any:
     return value
 
 
+def current_options(api: ApiContext) -> dict[str, Any]:
+    """Every option GET /sdapi/v1/options reports, with its value now."""
+    easel, manager, engine, settings, defaults = api.easel, api.manager, api.engine, api.settings, api.defaults
+    current = manager.current()
+    with defaults.lock:
+        clip_skip, vae = defaults.clip_skip, defaults.vae
+    user = settings.user
+    return {
+        "sd_model_checkpoint": current.title if current is not None else easel.default_checkpoint() or None,
+        "sd_checkpoint_hash": current.short_hash if current is not None else None,
+        "sd_vae": vae,
+        "CLIP_stop_at_last_layers": clip_skip,
+        "samples_save": user.save_images,
+        "outdir_samples": public_path(settings.outputs_dir, [settings.data_dir]),
+        "show_progress_every_n_steps": user.live_preview_every,
+        "live_previews_enable": user.live_preview_every > 0,
+        "sd_checkpoint_cache": user.ram_cache_size,
+        "samples_format": "png",
+        "enable_pnginfo": True,
+        "outdir_txt2img_samples": public_path(settings.outputs_dir / "txt2img-images", [settings.data_dir]),
+        "outdir_img2img_samples": public_path(settings.outputs_dir / "img2img-images", [settings.data_dir]),
+        "outdir_extras_samples": public_path(settings.outputs_dir / "extras-images", [settings.data_dir]),
+        "eta_noise_seed_delta": 0,
+        "randn_source": user.randn_source,
+        "ESRGAN_tile": engine.upscalers.tile,
+        "ESRGAN_tile_overlap": engine.upscalers.tile_overlap,
+        "upscaler_for_img2img": None,
+        "disabled_extensions": list(user.disabled_extensions),
+        "sd_lora": "None",
+        "flow_shift": user.flow_shift,  # flow-matching models' timestep shift; 0 = each model's own
+        "face_restoration_model": user.face_restoration_model,  # restore_faces: CodeFormer or GFPGAN
+        "code_former_weight": user.code_former_weight,  # CodeFormer's fidelity w (0 = most restored)
+    }
+
+
 def options_router(api: ApiContext) -> APIRouter:
     """The options and command-line flag routes over `api`'s Easel."""
-    easel, manager, engine, settings, defaults = api.easel, api.manager, api.engine, api.settings, api.defaults
+    easel, settings, defaults = api.easel, api.settings, api.defaults
     find_checkpoint, check_vae, load_model, shown = api.find_checkpoint, api.check_vae, api.load_model, api.shown
     router = api.router()
 
     @router.get("/options")
     def get_options() -> dict[str, Any]:
-        current = manager.current()
-        with defaults.lock:
-            clip_skip, vae = defaults.clip_skip, defaults.vae
-        user = settings.user
-        return {
-            "sd_model_checkpoint": current.title if current is not None else easel.default_checkpoint() or None,
-            "sd_checkpoint_hash": current.short_hash if current is not None else None,
-            "sd_vae": vae,
-            "CLIP_stop_at_last_layers": clip_skip,
-            "samples_save": user.save_images,
-            "outdir_samples": public_path(settings.outputs_dir, [settings.data_dir]),
-            "show_progress_every_n_steps": user.live_preview_every,
-            "live_previews_enable": user.live_preview_every > 0,
-            "sd_checkpoint_cache": user.ram_cache_size,
-            "samples_format": "png",
-            "enable_pnginfo": True,
-            "outdir_txt2img_samples": public_path(settings.outputs_dir / "txt2img-images", [settings.data_dir]),
-            "outdir_img2img_samples": public_path(settings.outputs_dir / "img2img-images", [settings.data_dir]),
-            "outdir_extras_samples": public_path(settings.outputs_dir / "extras-images", [settings.data_dir]),
-            "eta_noise_seed_delta": 0,
-            "randn_source": user.randn_source,
-            "ESRGAN_tile": engine.upscalers.tile,
-            "ESRGAN_tile_overlap": engine.upscalers.tile_overlap,
-            "upscaler_for_img2img": None,
-            "disabled_extensions": list(user.disabled_extensions),
-            "sd_lora": "None",
-            "flow_shift": user.flow_shift,  # flow-matching models' timestep shift; 0 = each model's own
-            "face_restoration_model": user.face_restoration_model,  # restore_faces: CodeFormer or GFPGAN
-            "code_former_weight": user.code_former_weight,  # CodeFormer's fidelity w (0 = most restored)
-        }
+        return current_options(api)
 
     @router.post("/options")
     async def set_options(body: dict[str, Any] = Body(...)) -> None:
