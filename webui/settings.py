@@ -67,6 +67,9 @@ class UserSettings:
     randn_source: str = "CPU"  # starting noise: CPU (torch's CPU generator), GPU (the device's), NV (CUDA's, on the CPU)
     # Flow-matching models (SD3, Flux, Z-Image, Qwen-Image, built-in): timestep shift; 0 = each model's own
     flow_shift: float = 0.0
+    # img2img and inpainting run exactly `steps` steps (a schedule 1 / denoising strength times as long), not
+    # steps x denoising strength of a `steps`-long schedule
+    img2img_fix_steps: bool = False
     builtin_plan_layout: bool = True  # the built-in model plans its layouts (and redraws objects) as its config says
     filename_digits: int = 5
     disabled_extensions: list[str] = field(default_factory=list)
@@ -161,8 +164,9 @@ _CHANGES = threading.Lock()  # one change at a time: read, check, write, make cu
 # Settings the engine reads for each job, so one request may carry its own values (the API's override_settings):
 # saving, previews, the noise source, the flow shift, the built-in model's layout plan, the face finder. Limits,
 # memory budgets and the like are the server's and never come from a request.
-PER_REQUEST_SETTINGS = ("save_images", "live_preview_every", "randn_source", "flow_shift", "builtin_plan_layout",
-                        "filename_digits", "face_restoration_finder", "face_restoration_confidence")
+PER_REQUEST_SETTINGS = ("save_images", "live_preview_every", "randn_source", "flow_shift", "img2img_fix_steps",
+                        "builtin_plan_layout", "filename_digits", "face_restoration_finder",
+                        "face_restoration_confidence")
 
 
 def checked_changes(current: UserSettings, changes: dict[str, Any], samplers: Collection[str] | None = None

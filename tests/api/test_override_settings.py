@@ -6,7 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.api.conftest import TINY, info_of
+from tests.api.conftest import TINY, b64_png, gradient, info_of
+from webui.engine.samplers import steps_for_strength
 
 BASE = {"prompt": "a red house", "seed": 7, "sampler_name": "Euler a", **TINY}
 
@@ -57,7 +58,7 @@ def test_fixed_and_current_values_are_accepted(client):
     ({"show_progress_every_n_steps": 2.5}, "show_progress_every_n_steps", "whole number"),
     ({"samples_format": "jpg"}, "samples_format", "PNG"),
     ({"eta_noise_seed_delta": 31337}, "eta_noise_seed_delta", "no offset"),
-    ({"img2img_fix_steps": True}, "img2img_fix_steps", "denoising strength"),
+    ({"img2img_fix_steps": "yes"}, "img2img_fix_steps", "true or false"),
     ({"enable_pnginfo": False}, "enable_pnginfo", "parameters"),
     ({"sd_checkpoint_cache": 99}, "sd_checkpoint_cache", "not applied per request"),
     ({"max_steps": 10000}, "max_steps", "not applied per request"),
@@ -95,3 +96,23 @@ def test_concurrent_requests_keep_their_own_overrides(client):
         wanted = nv if extra else plain
         assert answer.json()["images"][0] == wanted, extra
         assert ("RNG: NV" in info_of(answer.json())["infotexts"][0]) == bool(extra)
+
+
+def test_img2img_fix_steps_runs_the_steps_asked_for_one_request(client, easel):
+    assert steps_for_strength(2, 0.5) == (2, 0.5) and steps_for_strength(2, 0.5, exact=True) == (4, 0.5)
+    assert steps_for_strength(3, 0.3, exact=True)[0] == 10 and steps_for_strength(20, 0.75, exact=True)[0] == 27
+    body = {**BASE, "init_images": [b64_png(gradient())], "denoising_strength": 0.5}
+
+    def img2img(**extra):
+        answer = client.post("/sdapi/v1/img2img", json={**body, **extra})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["images"][0]
+
+    plain = img2img()  # one step of a two-step schedule
+    fixed = img2img(override_settings={"img2img_fix_steps": True})  # two steps of a four-step schedule
+    assert fixed != plain
+    assert easel.settings.user.img2img_fix_steps is False
+    assert client.get("/sdapi/v1/options").json()["img2img_fix_steps"] is False
+    assert img2img() == plain
+    assert client.post("/sdapi/v1/options", json={"img2img_fix_steps": True}).status_code == 200
+    assert img2img() == fixed

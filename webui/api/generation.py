@@ -6,8 +6,9 @@ decode its images on the API's lane of threads, submit, and `await` the jobs wit
 queue answers 503 at once and `/progress` keeps answering. A field the client did not send takes the model's own
 default (`webui.model_manager.defaults`: size, steps, CFG, sampler, distilled guidance); a field AUTOMATIC1111 has and
 Easel does not honour passes only at its default (`webui.api.a1111_fields`). `override_settings` apply to this
-request only (`webui.api.override_settings`: each key honoured or a 422 naming it), unless `override_settings_restore_afterwards` is false: afterwards the model loaded before is loaded
-again, or, when none was loaded yet, the override model is unloaded so the default stays the default. The answer's
+request only (`webui.api.override_settings`: each key honoured or a 422 naming it), unless
+`override_settings_restore_afterwards` is false: afterwards the model loaded before is loaded again, or, when none
+was loaded yet, the override model is unloaded so the default stays the default. The answer's
 `info` is built from the finished job: its request, its images' seeds and the parameters their infotext was written
 from.
 """

@@ -2,8 +2,8 @@
 
 `POST /options` checks every value before it changes anything. `sd_model_checkpoint` queues a model switch (and
 awaits it), `sd_vae` and `CLIP_stop_at_last_layers` apply to this client's later requests, and the options that are
-Easel settings (`samples_save`, `show_progress_every_n_steps`, `flow_shift`) go through `webui.settings.apply_changes`, the
-path the Settings tab takes: the same checks and messages, the same atomic write of config.json. Other AUTOMATIC1111 options are accepted and ignored (logged). Paths in the answers are
+Easel settings (`samples_save`, `show_progress_every_n_steps`, `randn_source`, `flow_shift`, `img2img_fix_steps`, the
+face restorer) go through `webui.settings.apply_changes`, the path the Settings tab takes: the same checks and messages, the same atomic write of config.json. Other AUTOMATIC1111 options are accepted and ignored (logged). Paths in the answers are
 relative to Easel's folders.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # AUTOMATIC1111 options that are Easel user settings: option name -> setting key.
 SETTING_OPTIONS = {"samples_save": "save_images", "show_progress_every_n_steps": "live_preview_every",
-                   "randn_source": "randn_source",
+                   "randn_source": "randn_source", "img2img_fix_steps": "img2img_fix_steps",
                    "flow_shift": "flow_shift", "face_restoration_model": "face_restoration_model",
                    "code_former_weight": "code_former_weight"}
 OPTION_NAMES = {key: option for option, key in SETTING_OPTIONS.items()}
@@ -64,6 +64,7 @@ def current_options(api: ApiContext) -> dict[str, Any]:
         "outdir_img2img_samples": public_path(settings.outputs_dir / "img2img-images", [settings.data_dir]),
         "outdir_extras_samples": public_path(settings.outputs_dir / "extras-images", [settings.data_dir]),
         "eta_noise_seed_delta": 0,
+        "img2img_fix_steps": user.img2img_fix_steps,  # img2img runs exactly `steps` steps (else steps x strength)
         "randn_source": user.randn_source,
         "ESRGAN_tile": engine.upscalers.tile,
         "ESRGAN_tile_overlap": engine.upscalers.tile_overlap,

@@ -39,7 +39,8 @@ REQUEST_KEYS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "fa
 # AUTOMATIC1111 option name -> the per-job setting it is (Easel's own names are accepted too)
 SETTING_KEYS = {"samples_save": "save_images", "show_progress_every_n_steps": "live_preview_every",
                 "live_previews_enable": "live_preview_every", "randn_source": "randn_source",
-                "flow_shift": "flow_shift", **{key: key for key in PER_REQUEST_SETTINGS}}
+                "flow_shift": "flow_shift", "img2img_fix_steps": "img2img_fix_steps",
+                **{key: key for key in PER_REQUEST_SETTINGS}}
 
 # options Easel has one behaviour for: the values that describe it, and why no other is possible
 FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
@@ -47,7 +48,6 @@ FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
     "enable_pnginfo": ((True,), "Easel always writes the parameters into its PNGs"),
     "eta_noise_seed_delta": ((0,), "Easel's samplers draw their per-step noise from each image's seed, with no "
                                    "offset"),
-    "img2img_fix_steps": ((False,), "img2img runs steps x denoising strength steps"),
     # Easel keeps no per-model VAE preference, so the selected VAE applies either way
     "sd_vae_overrides_per_model_preferences": ((True, False), "must be true or false"),
     "sd_lora": (("None", ""), "add LoRAs with <lora:name:weight> in the prompt"),
@@ -56,7 +56,7 @@ FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
 
 # shown when a key is unknown: the AUTOMATIC1111 names Easel applies per request
 HONOURED = (*REQUEST_KEYS, "samples_save", "randn_source", "show_progress_every_n_steps", "live_previews_enable",
-            "flow_shift", *FIXED)
+            "flow_shift", "img2img_fix_steps", *FIXED)
 
 
 @dataclass

@@ -100,6 +100,7 @@ class ModeContext:
     loaded: LoadedPipeline | None = None  # what the last `load` handed out: the model this job ran
     prompt_cache: PromptCache = field(default_factory=PromptCache)  # this job's encoded prompts
     randn_source: str = "CPU"  # where starting noise comes from: CPU, GPU or NV (webui.engine.noise)
+    fix_steps: bool = False  # the setting img2img_fix_steps: img2img and inpainting run exactly `steps` steps
 
     def load(self, request: GenerationRequest, mode: str) -> LoadedPipeline:
         """The pipeline for this request and mode, ready to run, from the model manager's one call (`LoadSpec`):

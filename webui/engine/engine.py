@@ -233,6 +233,7 @@ class Engine:
         ctx = ModeContext(self.manager, job, user.live_preview_every, self.upscalers,
                           plan_layout=user.builtin_plan_layout, samplers=self.registry.samplers,
                           randn_source=user.randn_source, flow_shift=user.flow_shift,
+                          fix_steps=user.img2img_fix_steps,
                           pipeline_wrappers=list(self.pipeline_wrappers),
                           adapter_sources=list(self.registry.adapter_sources),
                           adapter_loaders=dict(self.registry.adapter_loaders))
