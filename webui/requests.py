@@ -189,6 +189,9 @@ class GenerationRequest:
     # by the API's override_settings face_restoration_model / code_former_weight and the X/Y/Z "Face restore" axis
     face_restoration_model: str = ""
     code_former_weight: float = -1.0
+    # this request's own values of per-job settings (webui.settings.PER_REQUEST_SETTINGS), as (key, value) pairs:
+    # the API's override_settings (randn_source, samples_save, ...); () = the settings' values
+    setting_overrides: tuple[tuple[str, Any], ...] = ()
     steps: int = spec(20, "Sampling steps", infotext="Steps", api="steps", minimum=1, limit="max_steps", step=1)
     cfg_scale: float = spec(7.0, "CFG Scale", infotext="CFG scale", api="cfg_scale", minimum=0.0, maximum=30.0, step=0.5)
     # the guidance a distilled model (Flux.1 dev) embeds; the infotext has it only for such models

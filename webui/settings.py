@@ -69,6 +69,9 @@ class UserSettings:
     randn_source: str = "CPU"  # starting noise: CPU (torch's CPU generator), GPU (the device's), NV (CUDA's, on the CPU)
     # Flow-matching models (SD3, Flux, Z-Image, Qwen-Image, built-in): timestep shift; 0 = each model's own
     flow_shift: float = 0.0
+    # img2img and inpainting run exactly `steps` steps (a schedule 1 / denoising strength times as long), not
+    # steps x denoising strength of a `steps`-long schedule
+    img2img_fix_steps: bool = False
     builtin_plan_layout: bool = True  # the built-in model plans its layouts (and redraws objects) as its config says
     filename_digits: int = 5
     disabled_extensions: list[str] = field(default_factory=list)
@@ -173,6 +176,35 @@ def coerce_setting(f: dataclasses.Field, value: Any) -> Any:
 
 _CHANGES = threading.Lock()  # one change at a time: read, check, write, make current
 
+# Settings the engine reads for each job, so one request may carry its own values (the API's override_settings):
+# saving, previews, the noise source, the flow shift, the built-in model's layout plan, the face finder. Limits,
+# memory budgets and the like are the server's and never come from a request.
+PER_REQUEST_SETTINGS = ("save_images", "live_preview_every", "randn_source", "flow_shift", "img2img_fix_steps",
+                        "builtin_plan_layout", "filename_digits", "face_restoration_finder",
+                        "face_restoration_confidence")
+
+
+def checked_changes(current: UserSettings, changes: dict[str, Any], samplers: Collection[str] | None = None
+                    ) -> tuple[UserSettings, list[SettingError]]:
+    """(`current` with `changes` applied, the errors: one per bad key), checked as `apply_changes` checks them;
+    nothing is written or made current."""
+    fields = {f.name: f for f in dataclasses.fields(UserSettings)}
+    new = dataclasses.replace(current, **{key: coerce_setting(fields[key], value)
+                                          for key, value in changes.items() if key in fields})
+    errors = [SettingError(key, "is not a setting") for key in changes if key not in fields] + \
+        new.problems()
+    if samplers is not None and "default_sampler" in changes and \
+            not any(error.key == "default_sampler" for error in errors) and new.default_sampler not in samplers:
+        errors.append(SettingError("default_sampler", f"unknown sampler {new.default_sampler!r}"))
+    return new, errors
+
+
+def job_settings(current: UserSettings, overrides: Any) -> UserSettings:
+    """The settings one job runs with: `current` with a request's own values (`(key, value)` pairs) for the
+    per-request settings; other keys are ignored here (the API refuses them before a request is made)."""
+    own = {key: value for key, value in dict(overrides or ()).items() if key in PER_REQUEST_SETTINGS}
+    return dataclasses.replace(current, **own) if own else current
+
 
 def apply_changes(settings: Settings, changes: dict[str, Any], samplers: Collection[str] | None = None
                   ) -> tuple[UserSettings, list[SettingError]]:
@@ -182,15 +214,9 @@ def apply_changes(settings: Settings, changes: dict[str, Any], samplers: Collect
     Returns (the settings now current, the errors): with any error, one per bad key, nothing has changed. With
     `samplers` (the names this Easel offers), a new `default_sampler` must be one of them.
     """
-    fields = {f.name: f for f in dataclasses.fields(UserSettings)}
     with _CHANGES:
         current = settings.user
-        new = dataclasses.replace(current, **{key: coerce_setting(fields[key], value)
-                                              for key, value in changes.items() if key in fields})
-        errors = [SettingError(key, "is not a setting") for key in changes if key not in fields] + new.problems()
-        if samplers is not None and "default_sampler" in changes and \
-                not any(error.key == "default_sampler" for error in errors) and new.default_sampler not in samplers:
-            errors.append(SettingError("default_sampler", f"unknown sampler {new.default_sampler!r}"))
+        new, errors = checked_changes(current, changes, samplers)
         if errors:
             return current, errors
         settings.write_user_settings(new)

@@ -53,9 +53,12 @@ TXT2IMG_CASES = [
     ({"clip_skip": 13}, "clip_skip"),
     ({"enable_hr": True, "hr_scale": 9}, "hr_scale"),
     ({"denoising_strength": 3}, "denoising_strength"),
-    ({"override_settings": {"sd_model_checkpoint": "missing-model"}}, "sd_model_checkpoint"),
-    ({"override_settings": {"sd_vae": "missing.vae"}}, "sd_vae"),
-    ({"override_settings": {"CLIP_stop_at_last_layers": "two"}}, "CLIP_stop_at_last_layers"),
+    ({"override_settings": {"sd_model_checkpoint": "missing-model"}}, "override_settings.sd_model_checkpoint"),
+    ({"override_settings": {"sd_vae": "missing.vae"}}, "override_settings.sd_vae"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": "two"}}, "override_settings.CLIP_stop_at_last_layers"),
+    ({"override_settings": {"randn_source": "dice"}}, "override_settings.randn_source"),
+    ({"override_settings": {"samples_format": "jpg"}}, "override_settings.samples_format"),
+    ({"override_settings": {"no_such_option": 1}}, "override_settings.no_such_option"),
     ({"override_settings": "not a dict"}, "override_settings"),
 ]
 

@@ -62,7 +62,7 @@ def test_a_malicious_pickle_never_runs(evil) -> None:
                                                           "override_settings": {"sd_model_checkpoint": name}})
         assert response.status_code in (404, 422), (name, response.text)
     vae = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **TINY, "override_settings": {"sd_vae": "evil-vae"}})
-    assert vae.status_code == 404 and vae.json()["field"] == "sd_vae"
+    assert vae.status_code == 404 and vae.json()["field"] == "override_settings.sd_vae"
     for path in ("/sdapi/v1/sd-models", "/sdapi/v1/sd-vae", "/sdapi/v1/loras", "/sdapi/v1/embeddings",
                  "/sdapi/v1/options"):
         assert client.get(path).status_code == 200, path

@@ -85,8 +85,8 @@ def test_api_round_trip_lists_restorers_and_refuses_what_cannot_run(seg_easel) -
         assert one_off.status_code == 200, one_off.text
         assert "Face restoration: GFPGAN" in json.loads(one_off.json()["info"])["infotexts"][0]
         assert client.get("/sdapi/v1/options").json()["face_restoration_model"] == "CodeFormer", "for one request"
-        for override, field in (({"face_restoration_model": "RestoreFormer"}, "face_restoration_model"),
-                                ({"code_former_weight": 3}, "code_former_weight")):
+        for override, field in (({"face_restoration_model": "RestoreFormer"}, "override_settings.face_restoration_model"),
+                                ({"code_former_weight": 3}, "override_settings.code_former_weight")):
             refused = client.post("/sdapi/v1/txt2img", json={**base, "restore_faces": True,
                                                             "override_settings": override})
             assert refused.status_code == 422 and refused.json()["field"] == field, refused.text

@@ -6,8 +6,9 @@ decode its images on the API's lane of threads, submit, and `await` the jobs wit
 queue answers 503 at once and `/progress` keeps answering. A field the client did not send takes the model's own
 default (`webui.model_manager.defaults`: size, steps, CFG, sampler, distilled guidance); a field AUTOMATIC1111 has and
 Easel does not honour passes only at its default (`webui.api.a1111_fields`). `override_settings` apply to this
-request only, unless `override_settings_restore_afterwards` is false: afterwards the model loaded before is loaded
-again, or, when none was loaded yet, the override model is unloaded so the default stays the default. The answer's
+request only (`webui.api.override_settings`: each key honoured or a 422 naming it), unless
+`override_settings_restore_afterwards` is false: afterwards the model loaded before is loaded again, or, when none
+was loaded yet, the override model is unloaded so the default stays the default. The answer's
 `info` is built from the finished job: its request, its images' seeds and the parameters their infotext was written
 from.
 """
@@ -25,9 +26,11 @@ from pydantic import BaseModel
 from webui import __version__
 from webui.api.a1111_fields import check_extra_fields
 from webui.api.compat import SAMPLER_ALIASES
-from webui.api.context import ApiContext, whole_number
+from webui.api.context import ApiContext
 from webui.api.errors import ApiError, job_failure
 from webui.api.images import check_mask, decode_image, encode_png
+from webui.api.options import current_options
+from webui.api.override_settings import PREFIX, Overrides, kept_options, read_overrides
 from webui.api.schemas import (
     StableDiffusionImg2ImgProcessingAPI,
     StableDiffusionTxt2ImgProcessingAPI,
@@ -36,7 +39,6 @@ from webui.api.schemas import (
     sent_fields,
 )
 from webui.api.threads import API_LANE
-from webui.engine.face_restore import canonical_name
 from webui.engine.refiner import same_latent_space
 from webui.engine.script_job import ScriptJob
 from webui.engine.worker import Job, JobResult, JobState
@@ -44,6 +46,7 @@ from webui.infotext import written_text
 from webui.model_manager.defaults import ModelDefaults, entry_defaults
 from webui.model_manager.families import FAMILY_ARCHS, takes_vae
 from webui.redact import public_path
+from webui.settings import apply_changes
 from webui.engine.samplers import FLOW_ARCHS
 from webui.requests import (NO_REFINER, SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER, GenerationRequest,
                             Img2ImgRequest, InpaintRequest, Txt2ImgRequest, schedule_label, split_legacy)
@@ -91,8 +94,8 @@ def generation_router(api: ApiContext) -> APIRouter:
         """The typed request for an API body, every value checked before it is queued."""
         check_extra_fields("txt2img" if cls is Txt2ImgRequest else "img2img", set(type(body).model_fields),
                            body.model_extra)
-        override = body.override_settings or {}
-        entry = find_checkpoint(override.get("sd_model_checkpoint"), "sd_model_checkpoint")
+        found = read_overrides(body.override_settings, settings.user, current_options(api), check_vae)
+        entry = find_checkpoint(found.checkpoint, PREFIX + "sd_model_checkpoint")
         values = request_values(body, cls, lambda data, name: decode_image(data, name, max_image_pixels()))
         own = entry_defaults(entry)
         values.update(omitted_defaults(body, own))
@@ -103,14 +106,11 @@ def generation_router(api: ApiContext) -> APIRouter:
         if "clip_skip" not in body.model_fields_set or body.clip_skip is None:
             # the families without CLIP skip (DiT, PixArt, ...) take the default, not the setting; one sent is checked
             values["clip_skip"] = 1 if entry.arch in FAMILY_ARCHS else clip_skip
-        if "CLIP_stop_at_last_layers" in override:
-            values["clip_skip"] = whole_number(override["CLIP_stop_at_last_layers"], "CLIP_stop_at_last_layers", 1, 12)
-        if "sd_vae" in override:
-            values["vae"] = check_vae(override["sd_vae"], "sd_vae")
-        else:  # the VAE setting is for the models that can take one (not aMUSEd, Sana, IF, Karlo)
-            own_vae_only = entry.arch in FAMILY_ARCHS and not takes_vae(entry.arch, entry.variant)
-            values["vae"] = "Automatic" if own_vae_only else vae
-        values.update(face_overrides(override))
+        # the VAE setting is for the models that can take one (not aMUSEd, Sana, IF, Karlo)
+        own_vae_only = entry.arch in FAMILY_ARCHS and not takes_vae(entry.arch, entry.variant)
+        values["vae"] = "Automatic" if own_vae_only else vae
+        values.update(found.values)  # override_settings: clip skip, VAE, face restorer for this request
+        values["setting_overrides"] = found.setting_pairs()  # and the per-job settings
         if cls is Txt2ImgRequest:
             apply_hires_size(body, values)
             if values.get("enable_hr"):
@@ -125,23 +125,7 @@ def generation_router(api: ApiContext) -> APIRouter:
         values["extension_args"] = easel.registry.parse_request_args(body.alwayson_scripts)
         api_cls = API_REQUEST_TYPES[cls]
         request = api_cls(**values, save_images=bool(body.save_images))
-        return request, entry
-
-    def face_overrides(override: dict[str, Any]) -> dict[str, Any]:
-        """override_settings' face_restoration_model and code_former_weight, as this request's own."""
-        found: dict[str, Any] = {}
-        if override.get("face_restoration_model") is not None:
-            name = canonical_name(override["face_restoration_model"])
-            if name is None:
-                raise ApiError(422, "face_restoration_model", "must be CodeFormer or GFPGAN, got "
-                                                              f"{override['face_restoration_model']!r}"[:200])
-            found["face_restoration_model"] = name
-        if override.get("code_former_weight") is not None:
-            weight = override["code_former_weight"]
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
-                raise ApiError(422, "code_former_weight", f"must be a number from 0 to 1, got {weight!r}"[:200])
-            found["code_former_weight"] = float(weight)
-        return found
+        return request, entry, found
 
     def check_hires_fields(values: dict[str, Any], entry: Any) -> None:
         """The hires checkpoint installed, its sampler by AUTOMATIC1111's names and aliases, its schedule type."""
@@ -210,21 +194,22 @@ def generation_router(api: ApiContext) -> APIRouter:
                                                "not return a request or a list of requests", "ScriptFailed")
         return items
 
-    def prepare(body: BaseModel, cls: type[GenerationRequest]) -> tuple[GenerationRequest, Any, list[Any], Any]:
-        """(request, checkpoint entry, the requests to queue, the model loaded now): the CPU part, on a lane thread
-        (images are decoded here, and the model manager may be busy loading)."""
+    def prepare(body: BaseModel, cls: type[GenerationRequest]) -> tuple[GenerationRequest, Any, list[Any], Any,
+                                                                        Overrides]:
+        """(request, checkpoint entry, the requests to queue, the model loaded now, the overrides): the CPU part, on
+        a lane thread (images are decoded here, and the model manager may be busy loading)."""
         before = manager.current()
-        request, entry = build_request(body, cls)
-        return request, entry, script_requests(body, request), before or easel.default_checkpoint() or None
+        request, entry, found = build_request(body, cls)
+        return request, entry, script_requests(body, request), before or easel.default_checkpoint() or None, found
 
     async def run(body: BaseModel, cls: type[GenerationRequest], include_images: bool = False) -> dict[str, Any]:
-        request, entry, items, previous = await API_LANE.run(prepare, body, cls)
+        request, entry, items, previous, found = await API_LANE.run(prepare, body, cls)
         jobs = [engine.submit(item, source="api") for item in items]
         for job in jobs:
             log.info("API %s job %s queued at %d", request.mode, job.id, engine.worker.position(job))
         for job in jobs:
             await job.wait_async()
-        await after_overrides(body, entry, previous)
+        await after_overrides(body, entry, previous, found)
         return await API_LANE.run(generation_response, body, request, entry,
                                   jobs[0] if len(jobs) == 1 else merged(request, jobs), include_images)
 
@@ -248,14 +233,14 @@ def generation_router(api: ApiContext) -> APIRouter:
                         state=JobState.INTERRUPTED if interrupted else JobState.DONE)
         return combined
 
-    async def after_overrides(body: BaseModel, entry: Any, previous: Any) -> None:
+    async def after_overrides(body: BaseModel, entry: Any, previous: Any, found: Overrides) -> None:
         """override_settings_restore_afterwards: put the model back (true, the default) or keep the overrides for
         later requests (false)."""
         override = body.override_settings or {}
         if not override:
             return
         if body.override_settings_restore_afterwards is False:
-            await API_LANE.run(keep_overrides, override)
+            await API_LANE.run(keep_overrides, found)
             return
         if "sd_model_checkpoint" not in override or previous is None:
             return
@@ -273,13 +258,18 @@ def generation_router(api: ApiContext) -> APIRouter:
             if job.state == JobState.FAILED:
                 log.warning("API could not restore the model %s after an override: %s", previous.name, job.error)
 
-    def keep_overrides(override: dict[str, Any]) -> None:
+    def keep_overrides(found: Overrides) -> None:
+        """The overrides made the settings, as POST /options makes them (the model stays loaded)."""
         with defaults.lock:
-            if "CLIP_stop_at_last_layers" in override:
-                defaults.clip_skip = whole_number(override["CLIP_stop_at_last_layers"],
-                                                   "CLIP_stop_at_last_layers", 1, 12)
-            if "sd_vae" in override:
-                defaults.vae = check_vae(override["sd_vae"], "sd_vae")
+            if "clip_skip" in found.values:
+                defaults.clip_skip = found.values["clip_skip"]
+            if "vae" in found.values:
+                defaults.vae = found.values["vae"]
+        changes = kept_options(found)
+        if changes:  # checked when the request was made; checked again and written as the Settings tab does
+            _, errors = apply_changes(settings, changes, easel.sampler_choices(None))
+            if errors:
+                log.warning("API could not keep override_settings: %s", "; ".join(str(e) for e in errors))
 
     def generation_response(body: BaseModel, request: GenerationRequest, entry: Any, job: Job,
                             include_images: bool) -> dict[str, Any]:

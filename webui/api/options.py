@@ -2,8 +2,8 @@
 
 `POST /options` checks every value before it changes anything. `sd_model_checkpoint` queues a model switch (and
 awaits it), `sd_vae` and `CLIP_stop_at_last_layers` apply to this client's later requests, and the options that are
-Easel settings (`samples_save`, `show_progress_every_n_steps`, `flow_shift`) go through `webui.settings.apply_changes`, the
-path the Settings tab takes: the same checks and messages, the same atomic write of config.json. Other AUTOMATIC1111 options are accepted and ignored (logged). Paths in the answers are
+Easel settings (`samples_save`, `show_progress_every_n_steps`, `randn_source`, `flow_shift`, `img2img_fix_steps`, the
+face restorer) go through `webui.settings.apply_changes`, the path the Settings tab takes: the same checks and messages, the same atomic write of config.json. Other AUTOMATIC1111 options are accepted and ignored (logged). Paths in the answers are
 relative to Easel's folders.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # AUTOMATIC1111 options that are Easel user settings: option name -> setting key.
 SETTING_OPTIONS = {"samples_save": "save_images", "show_progress_every_n_steps": "live_preview_every",
-                   "randn_source": "randn_source",
+                   "randn_source": "randn_source", "img2img_fix_steps": "img2img_fix_steps",
                    "flow_shift": "flow_shift", "face_restoration_model": "face_restoration_model",
                    "code_former_weight": "code_former_weight",
                    "vae_tiling": "vae_tiling", "vae_tile_size": "vae_tile_size",
@@ -43,46 +43,53 @@ def setting_value(option: str, value: Any) -> Any:
     return value
 
 
+def current_options(api: ApiContext) -> dict[str, Any]:
+    """Every option GET /sdapi/v1/options reports, with its value now."""
+    easel, manager, engine, settings, defaults = api.easel, api.manager, api.engine, api.settings, api.defaults
+    current = manager.current()
+    with defaults.lock:
+        clip_skip, vae = defaults.clip_skip, defaults.vae
+    user = settings.user
+    return {
+        "sd_model_checkpoint": current.title if current is not None else easel.default_checkpoint() or None,
+        "sd_checkpoint_hash": current.short_hash if current is not None else None,
+        "sd_vae": vae,
+        "CLIP_stop_at_last_layers": clip_skip,
+        "samples_save": user.save_images,
+        "outdir_samples": public_path(settings.outputs_dir, [settings.data_dir]),
+        "show_progress_every_n_steps": user.live_preview_every,
+        "live_previews_enable": user.live_preview_every > 0,
+        "sd_checkpoint_cache": user.ram_cache_size,
+        "samples_format": "png",
+        "enable_pnginfo": True,
+        "outdir_txt2img_samples": public_path(settings.outputs_dir / "txt2img-images", [settings.data_dir]),
+        "outdir_img2img_samples": public_path(settings.outputs_dir / "img2img-images", [settings.data_dir]),
+        "outdir_extras_samples": public_path(settings.outputs_dir / "extras-images", [settings.data_dir]),
+        "eta_noise_seed_delta": 0,
+        "img2img_fix_steps": user.img2img_fix_steps,  # img2img runs exactly `steps` steps (else steps x strength)
+        "randn_source": user.randn_source,
+        "ESRGAN_tile": engine.upscalers.tile,
+        "ESRGAN_tile_overlap": engine.upscalers.tile_overlap,
+        "upscaler_for_img2img": None,
+        "disabled_extensions": list(user.disabled_extensions),
+        "sd_lora": "None",
+        "flow_shift": user.flow_shift,  # flow-matching models' timestep shift; 0 = each model's own
+        "face_restoration_model": user.face_restoration_model,  # restore_faces: CodeFormer or GFPGAN
+        "code_former_weight": user.code_former_weight,  # CodeFormer's fidelity w (0 = most restored)
+        "vae_tiling": user.vae_tiling, "vae_tile_size": user.vae_tile_size,  # webui.engine.tiling
+        "offload_mode": user.offload_mode,  # webui.model_manager.memory.choose_offload
+    }
+
+
 def options_router(api: ApiContext) -> APIRouter:
     """The options and command-line flag routes over `api`'s Easel."""
-    easel, manager, engine, settings, defaults = api.easel, api.manager, api.engine, api.settings, api.defaults
+    easel, settings, defaults = api.easel, api.settings, api.defaults
     find_checkpoint, check_vae, load_model, shown = api.find_checkpoint, api.check_vae, api.load_model, api.shown
     router = api.router()
 
     @router.get("/options")
     def get_options() -> dict[str, Any]:
-        current = manager.current()
-        with defaults.lock:
-            clip_skip, vae = defaults.clip_skip, defaults.vae
-        user = settings.user
-        return {
-            "sd_model_checkpoint": current.title if current is not None else easel.default_checkpoint() or None,
-            "sd_checkpoint_hash": current.short_hash if current is not None else None,
-            "sd_vae": vae,
-            "CLIP_stop_at_last_layers": clip_skip,
-            "samples_save": user.save_images,
-            "outdir_samples": public_path(settings.outputs_dir, [settings.data_dir]),
-            "show_progress_every_n_steps": user.live_preview_every,
-            "live_previews_enable": user.live_preview_every > 0,
-            "sd_checkpoint_cache": user.ram_cache_size,
-            "samples_format": "png",
-            "enable_pnginfo": True,
-            "outdir_txt2img_samples": public_path(settings.outputs_dir / "txt2img-images", [settings.data_dir]),
-            "outdir_img2img_samples": public_path(settings.outputs_dir / "img2img-images", [settings.data_dir]),
-            "outdir_extras_samples": public_path(settings.outputs_dir / "extras-images", [settings.data_dir]),
-            "eta_noise_seed_delta": 0,
-            "randn_source": user.randn_source,
-            "ESRGAN_tile": engine.upscalers.tile,
-            "ESRGAN_tile_overlap": engine.upscalers.tile_overlap,
-            "upscaler_for_img2img": None,
-            "disabled_extensions": list(user.disabled_extensions),
-            "sd_lora": "None",
-            "flow_shift": user.flow_shift,  # flow-matching models' timestep shift; 0 = each model's own
-            "face_restoration_model": user.face_restoration_model,  # restore_faces: CodeFormer or GFPGAN
-            "code_former_weight": user.code_former_weight,  # CodeFormer's fidelity w (0 = most restored)
-            "vae_tiling": user.vae_tiling, "vae_tile_size": user.vae_tile_size,  # webui.engine.tiling
-            "offload_mode": user.offload_mode,  # webui.model_manager.memory.choose_offload
-        }
+        return current_options(api)
 
     @router.post("/options")
     async def set_options(body: dict[str, Any] = Body(...)) -> None:

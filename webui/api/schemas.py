@@ -44,7 +44,8 @@ class _ApiBody(BaseModel):
 
     sampler_index: str | None = Field("Euler", description="Sampler used when sampler_name is absent")
     override_settings: dict[str, Any] | None = Field(
-        None, description="sd_model_checkpoint, sd_vae and CLIP_stop_at_last_layers for this request only")
+        None, description="Settings for this request only (sd_model_checkpoint, sd_vae, CLIP_stop_at_last_layers, "
+                          "samples_save, randn_source, ...; docs/API.md lists them); any other key is a 422")
     override_settings_restore_afterwards: bool | None = Field(
         True, description="False keeps the override_settings for later requests (and the model loaded)")
     script_name: str | None = Field(None, description="An installed API script to run (GET /scripts lists them)")

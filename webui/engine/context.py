@@ -104,6 +104,7 @@ class ModeContext:
     vae_tiling: str = "Automatic"  # the setting: when the VAE tiles and slices (webui.engine.tiling)
     vae_tile_size: int = 0  # VAE tile, pixels; 0 = the VAE's own
     memory_notes: dict[str, Any] = field(default_factory=dict)  # infotext of what tiling ran (Tiled VAE, ...)
+    fix_steps: bool = False  # the setting img2img_fix_steps: img2img and inpainting run exactly `steps` steps
 
     def load(self, request: GenerationRequest, mode: str) -> LoadedPipeline:
         """The pipeline for this request and mode, ready to run, from the model manager's one call (`LoadSpec`):

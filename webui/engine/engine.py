@@ -29,7 +29,7 @@ from webui.model_manager.defaults import entry_defaults, size_plan
 from webui.model_manager.identify import Arch
 from webui.model_manager.manager import ModelManager
 from webui.requests import GenerationRequest, RequestError, validate_request
-from webui.settings import Settings
+from webui.settings import Settings, checked_changes, job_settings
 from webui.styles import StyleStore, merge_prompt
 
 log = logging.getLogger(__name__)
@@ -103,12 +103,26 @@ class Engine:
         """RequestError naming the field when `request` cannot run."""
         validate_request(request, self.settings.user.limits(), self.registry.samplers,
                          self.arch_of(request.checkpoint))
+        self.check_overrides(request)
         self.styled(request)  # every style it names exists, and the prompts stay within the limit
         self.check_size(request)
         detail.check(request, self.settings.user.limits())  # the detail fixer's passes, if any
         if getattr(request, "restore_faces", False):  # the restorer the settings pick has a file, faces a finder
             self.face_restorers.check(self.face_options(request).restorer, "restore_faces")
-            face_restore.check_finder(self.manager, self.settings.user.face_restoration_finder, "restore_faces")
+            face_restore.check_finder(self.manager, self.user_settings(request).face_restoration_finder,
+                                      "restore_faces")
+
+    def check_overrides(self, request: GenerationRequest) -> None:
+        """RequestError naming the setting when a request's own setting values are ones the settings refuse."""
+        overrides = dict(request.setting_overrides)
+        if overrides:
+            _, errors = checked_changes(self.settings.user, overrides)
+            if errors:
+                raise RequestError(errors[0].key, errors[0].message)
+
+    def user_settings(self, request: Any) -> Any:
+        """The user settings a job runs with: the current ones, with the request's own per-job values."""
+        return job_settings(self.settings.user, getattr(request, "setting_overrides", ()))
 
     def check_script(self, job: ScriptJob) -> None:
         """A script job's request as sent (errors name its field), then each request the script made of it
@@ -216,11 +230,12 @@ class Engine:
         # the mode gets the prompts with the styles applied; the infotext and the hooks keep them as typed
         styled = self.styled(request) if isinstance(request, GenerationRequest) else request
         mode = importlib.import_module(MODES[request.mode])
-        ctx = ModeContext(self.manager, job, self.settings.user.live_preview_every, self.upscalers,
-                          plan_layout=self.settings.user.builtin_plan_layout, samplers=self.registry.samplers,
-                          randn_source=self.settings.user.randn_source,
-                          flow_shift=self.settings.user.flow_shift,
-                          vae_tiling=self.settings.user.vae_tiling, vae_tile_size=self.settings.user.vae_tile_size,
+        user = self.user_settings(request)  # the settings, with this request's own per-job values
+        ctx = ModeContext(self.manager, job, user.live_preview_every, self.upscalers,
+                          plan_layout=user.builtin_plan_layout, samplers=self.registry.samplers,
+                          randn_source=user.randn_source, flow_shift=user.flow_shift,
+                          fix_steps=user.img2img_fix_steps,
+                          vae_tiling=user.vae_tiling, vae_tile_size=user.vae_tile_size,
                           pipeline_wrappers=list(self.pipeline_wrappers),
                           adapter_sources=list(self.registry.adapter_sources),
                           adapter_loaders=dict(self.registry.adapter_loaders))
@@ -251,9 +266,9 @@ class Engine:
             result.seeds.append(item.seed)
             if item.payload:
                 result.info.setdefault("items", []).append(item.payload)
-            if save and self.settings.user.save_images and getattr(request, "save_images", True):
+            if save and user.save_images and getattr(request, "save_images", True):
                 folder = mode_folder(self.settings.outputs_dir, request.mode)
-                path = save_image(item.image, folder, item.seed, text, self.settings.user.filename_digits)
+                path = save_image(item.image, folder, item.seed, text, user.filename_digits)
                 result.paths.append(path)
                 if isinstance(item.payload.get("mask"), Image.Image):
                     item.payload["mask"].save(path.with_name(path.stem + "-mask.png"))
@@ -268,7 +283,7 @@ class Engine:
                      visibility: float = 1.0) -> face_restore.FaceOptions:
         """Face restoration as the settings say (restorer, CodeFormer weight, finder), with `visibility`; a
         request's own restorer and weight (override_settings, the X/Y/Z axis) win over the settings'."""
-        user = self.settings.user
+        user = self.user_settings(request)
         restorer = restorer or getattr(request, "face_restoration_model", "") or user.face_restoration_model
         weight = getattr(request, "code_former_weight", -1.0)
         return face_restore.FaceOptions(restorer, visibility, user.code_former_weight if weight < 0 else weight,

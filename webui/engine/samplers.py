@@ -11,6 +11,7 @@ request checks, the API and the UI all ask that object, so two Easels in one pro
 """
 from __future__ import annotations
 
+import math
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -224,14 +225,16 @@ class Samplers:
             self.owners[name] = owner
 
 
-def steps_for_strength(steps: int, strength: float) -> tuple[int, float]:
+def steps_for_strength(steps: int, strength: float, exact: bool = False) -> tuple[int, float]:
     """(num_inference_steps, strength) for an img2img-style call such that at least one step runs.
 
     diffusers runs `int(steps * strength)` steps of a `steps`-long schedule, none at all for 1 step at 0.75 or
     for a strength of 0 (and then fails). Like AUTOMATIC1111, Easel always runs at least one step: the schedule
-    is lengthened until one falls inside the strength, which is at least 0.01 (one step at the lowest noise)."""
+    is lengthened until one falls inside the strength, which is at least 0.01 (one step at the lowest noise).
+    `exact` (the setting img2img_fix_steps): the schedule is lengthened until `steps` steps run."""
     strength = max(0.01, float(strength))
-    total = max(1, int(steps))
-    while int(total * strength) < 1:
+    wanted = max(1, int(steps)) if exact else 1
+    total = max(1, int(steps), math.ceil(wanted / strength) if exact else 1)
+    while int(total * strength) < wanted:
         total += 1
     return total, strength

@@ -192,8 +192,9 @@ class ScriptJob(EngineTask):
         result.infotexts.append(text)
         result.parameters.append(params)
         result.seeds.append(seed)
-        if self.save_images and engine.settings.user.save_images:
-            result.paths.append(save_image(image, folder, seed, text, engine.settings.user.filename_digits))
+        user = engine.user_settings(self.base)  # the settings, with the request's own per-job values
+        if self.save_images and user.save_images:
+            result.paths.append(save_image(image, folder, seed, text, user.filename_digits))
             engine.notify_saved(result.paths[-1])
 
     def draw(self, plan: GridPlan, parts: list[JobResult | None],

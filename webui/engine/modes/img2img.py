@@ -26,7 +26,7 @@ def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
     width, height = own or (request.width, request.height)
     init = resize_image(request.init_image, width, height, request.resize_mode)
     strength = request.denoising_strength
-    schedule, run_strength = steps_for_strength(request.steps, strength)  # at least one step
+    schedule, run_strength = steps_for_strength(request.steps, strength, ctx.fix_steps)  # at least one step
     total = max(1, int(schedule * run_strength))
     prompts = ctx.prompts(loaded, request, total)  # prompt edits count the steps that run
     prompt_args = prompts.kwargs

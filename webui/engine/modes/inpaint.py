@@ -66,7 +66,7 @@ def run(ctx: ModeContext, request: InpaintRequest) -> list[Generated]:
     work_image, work_mask = work_image.resize((work_w, work_h)), work_mask.resize((work_w, work_h), Image.NEAREST)
 
     # 3. Run the pipeline.
-    schedule, run_strength = steps_for_strength(request.steps, strength)  # at least one step
+    schedule, run_strength = steps_for_strength(request.steps, strength, ctx.fix_steps)  # at least one step
     total = max(1, int(schedule * run_strength))
     prompts = ctx.prompts(loaded, request, total)  # prompt edits count the steps that run
     prompt_args = prompts.kwargs

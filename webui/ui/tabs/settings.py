@@ -40,6 +40,7 @@ LABELS = {
     "builtin_plan_layout": "Built-in model: give objects the prompt places nowhere a position before drawing, "
                            "and redraw each of several objects alone (recorded as \"Planned prompt\")",
     "filename_digits": "Digits in image file numbers",
+    "img2img_fix_steps": "img2img: run exactly the sampling steps asked (not steps x denoising strength)",
     "disabled_extensions": "Disabled extensions",
     "lora_fuse": "Fuse a LoRA set used twice in a row into the weights",
     "lora_hotswap": "Hot-swap LoRAs in place (for a compiled model)",
@@ -57,7 +58,7 @@ LABELS = {
 }
 GROUPS = {
     "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits", "randn_source",
-                   "builtin_plan_layout", "flow_shift"),
+                   "img2img_fix_steps", "builtin_plan_layout", "flow_shift"),
     "Memory and queue": ("ram_cache_size", "ram_budget_mb", "vram_budget_mb", "queue_size", "vae_tiling",
                          "vae_tile_size", "offload_mode"),
     "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_images", "max_prompt_chars",
