@@ -278,7 +278,7 @@ def run_batches(ctx: ModeContext, request: GenerationRequest, loaded: LoadedPipe
     job.update(batch_total=request.batch_count)
     for batch in range(request.batch_count):
         job.check_interrupt()
-        job.update(batch_index=batch, skip_requested=False)
+        job.update(batch_index=batch, step=0, skip_requested=False)  # together: the progress never jumps ahead
         first = batch * request.batch_size
         seeds = [first_seed + first + i for i in range(request.batch_size)]
         subseeds = [first_subseed + first + i for i in range(request.batch_size)]

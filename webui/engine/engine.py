@@ -19,7 +19,7 @@ from webui import __version__
 from webui.engine import detail
 from webui.engine.context import Generated, ModeContext
 from webui.engine.outputs import mode_folder, save_image
-from webui.engine.script_job import ScriptJob
+from webui.engine.script_job import CellJob, ScriptJob
 from webui.engine.tasks import EngineTask, UnloadRequest
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job, JobResult, Worker
@@ -209,7 +209,12 @@ class Engine:
         # the mode gets the prompts with the styles applied; the infotext and the hooks keep them as typed
         styled = self.styled(request) if isinstance(request, GenerationRequest) else request
         mode = importlib.import_module(MODES[request.mode])
-        ctx = ModeContext(self.manager, job, self.settings.user.live_preview_every, self.upscalers,
+        passes = detail.units(styled) if request.mode in DETAIL_MODES else 0
+        mode_job = job
+        if passes:  # the job's batches: the mode's, then the detail passes' (which the mode must not overwrite)
+            job.update(batch_total=request.batch_count + passes)
+            mode_job = CellJob(job, request, 0)
+        ctx = ModeContext(self.manager, mode_job, self.settings.user.live_preview_every, self.upscalers,
                           plan_layout=self.settings.user.builtin_plan_layout, samplers=self.registry.samplers,
                           randn_source=self.settings.user.randn_source,
                           flow_shift=self.settings.user.flow_shift,

@@ -3,7 +3,8 @@
 `ScriptJob` is queued like any request (`Engine.submit` checks every one of its requests first), so the worker
 stays the only place work runs. On the worker it runs its requests one after another through the engine's own
 generation path (extension hooks, the mode, infotext, saving), in an order that loads each checkpoint once, while
-its progress counts the whole plot: `batch_index`/`batch_total` run over every batch of every request. Interrupt
+its progress counts the whole plot: `batch_index`/`batch_total` run over every batch of every request (and the
+batches the detail fixer's passes add to it). Interrupt
 stops the plot (the grid keeps the cells made so far); Skip ends the current image and goes on with the next.
 Then it draws its grids (`GridPlan`), saves them under `outputs/<mode>-grids/`, and returns the grids first, then
 the images when asked.
@@ -122,8 +123,12 @@ class ScriptJob(EngineTask):
 
     def run(self, engine: "Engine", job: Job) -> JobResult:
         # 1. Run every request through the engine's generation path, the progress spanning them all.
+        from webui.engine.detail import units
+
         parts: list[JobResult | None] = [None] * len(self.requests)
-        job.update(batch_total=sum(r.batch_count for r in self.requests), batch_index=0)
+        # a request's batches, then its detail passes' (finding and repainting per image and pass)
+        batches = [r.batch_count + units(r) for r in self.requests]
+        job.update(batch_total=sum(batches), batch_index=0)
         offset = 0
         group: tuple[str, str, str] | None = None
         for index in self.run_order():
@@ -140,7 +145,7 @@ class ScriptJob(EngineTask):
                 except (ValueError, LookupError) as exc:  # an upscaler that will not load, ...
                     raise RequestError("script_args", f"{self.script}: {exc}") from None
                 if prepared is None:  # nothing to build on (the image before it was skipped)
-                    offset += request.batch_count
+                    offset += batches[index]
                     continue
                 request = prepared
             cell = CellJob(job, request, offset)
@@ -155,7 +160,7 @@ class ScriptJob(EngineTask):
                                                   f"{exc.message}") from None
             except LookupError as exc:  # a model a line or a value names that is not installed
                 raise RequestError("script_args", f"{self.script}, {self.labels[index]}: {exc}") from None
-            offset += request.batch_count
+            offset += batches[index]
 
         # 2. Draw and save the grids; the result holds them first, then the images.
         result = JobResult()

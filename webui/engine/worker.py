@@ -145,9 +145,8 @@ class Job:
     def progress(self) -> float:
         if self.state == JobState.DONE:
             return 1.0
-        if not self.total_steps:
-            return 0.0
-        per_batch = min(self.step, self.total_steps) / self.total_steps
+        # before its first step a batch counts as not begun (its place in the job still counts)
+        per_batch = min(self.step, self.total_steps) / self.total_steps if self.total_steps else 0.0
         return min(1.0, (self.batch_index + per_batch) / max(1, self.batch_total))
 
     def check_interrupt(self) -> None:
