@@ -28,10 +28,13 @@ class RecordingJob(Job):
     def __init__(self, request) -> None:
         super().__init__(request, "test")
         self.seen: list[tuple[float, int, int, int, int]] = []
+        self.stages: list[str] = []  # each stage once, in the order they came
 
     def update(self, **changes) -> None:
         super().update(**changes)
         self.seen.append((self.progress, self.batch_index, self.batch_total, self.step, self.total_steps))
+        if not self.stages or self.stages[-1] != self.stage:
+            self.stages.append(self.stage)
 
 
 def run_recorded(easel, request) -> RecordingJob:
@@ -69,6 +72,9 @@ def test_the_batches_count_every_pass_and_the_progress_only_goes_forward(seg_eas
     for repainting in (3, 7):  # one region, 2 inpainting steps at strength 1
         assert by_batch[repainting][-1] == (2, 2)
         assert [step for step, _ in by_batch[repainting]] == sorted(step for step, _ in by_batch[repainting])
+    per_image = ["Detail pass 1: finding 'the red circle'", "", "Detail pass 1: repainting 1 region", "",
+                 "Detail pass 2: finding 'a purple elephant'", ""]  # (nothing found: no repainting)
+    assert job.stages == [""] + per_image * 2  # what the status line and the API's textinfo add
     made = [p for p, batch, *_ in job.seen if batch < 2]
     assert max(made) <= 0.2, "the generation took the whole bar: the passes are not counted"
     assert max(p for p, *_ in job.seen) <= 1.0 and job.seen[-1][0] >= 0.9
@@ -112,7 +118,7 @@ def test_the_progress_route_reads_the_passes(seg_easel, seg_client) -> None:
     assert (state["job_count"], state["job_no"]) == (3, 2)  # the image, finding, repainting
     assert (state["sampling_step"], state["sampling_steps"]) == (0, 2)
     assert data["progress"] == pytest.approx(2 / 3, abs=1e-3) and data["eta_relative"] > 0
-    assert data["textinfo"] == "Batch 3 of 3, step 0 of 2"
+    assert data["textinfo"] == "Batch 3 of 3, step 0 of 2, Detail pass 1: repainting 1 region"
 
 
 def stop_at_repaint(easel, number: int, stop) -> object:

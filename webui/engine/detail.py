@@ -101,15 +101,18 @@ class PassJob(CellJob):
     region after region (`region` of `regions`), to one count. The inner generations' batch fields and their
     resetting of Skip do not reach the job (a Skip pressed during a pass ends the image's passes)."""
 
-    def __init__(self, parent: Job, request: Any, unit: int, regions: int = 1, per_region: int = 0) -> None:
+    def __init__(self, parent: Job, request: Any, unit: int, label: str, regions: int = 1,
+                 per_region: int = 0) -> None:
         super().__init__(parent, request, unit)
+        self.label = label  # the job's `stage` while this unit runs
         self.regions = max(1, regions)
         self.region = 0
         self.per_region = per_region  # the inner generation's step count (0: not known before it starts)
 
     def begin(self) -> None:
         """Publish this unit as the job's current batch, before its first step."""
-        self.parent.update(batch_index=self.offset, step=0, total_steps=self.regions * self.per_region)
+        self.parent.update(batch_index=self.offset, step=0, total_steps=self.regions * self.per_region,
+                           stage=self.label)
 
     def update(self, **changes: Any) -> None:
         for key in ("batch_index", "batch_total", "skip_requested"):
@@ -132,6 +135,7 @@ def running_as(ctx: ModeContext, unit: PassJob) -> Iterator[PassJob]:
         yield unit
     finally:
         ctx.job = outer
+        outer.update(stage="")
 
 
 # Finding -----------------------------------------------------------------------------------------------------
@@ -192,7 +196,7 @@ def run_pass(ctx: ModeContext, request: GenerationRequest, item: Generated, deta
     job = ctx.job
     job.check_interrupt()
     image = item.image.convert("RGB")
-    with running_as(ctx, PassJob(job, request, unit)):
+    with running_as(ctx, PassJob(job, request, unit, f"Detail pass {index}: finding {detail.query!r}")):
         try:
             mask, finder, message = find_mask(ctx, image, detail)
         except RequestError as exc:  # the finder: none installed, or one that cannot segment
@@ -203,7 +207,9 @@ def run_pass(ctx: ModeContext, request: GenerationRequest, item: Generated, deta
     if not regions:  # nothing to repaint: the next unit follows this one
         message = message if not mask.any() else "no region left after the size filters and dilation"
         return image, pass_infotext(index, detail, finder, 0, message)
-    with running_as(ctx, PassJob(job, request, unit + 1, len(regions), inpaint_steps(request, detail))) as repainting:
+    label = f"Detail pass {index}: repainting {len(regions)} region{'s' if len(regions) != 1 else ''}"
+    with running_as(ctx, PassJob(job, request, unit + 1, label, len(regions), inpaint_steps(request, detail))) \
+            as repainting:
         for number, region in enumerate(regions):
             job.check_interrupt()
             repainting.region = number

@@ -284,7 +284,7 @@ class CellJob(Job):
     def update(self, **changes: Any) -> None:
         forwarded: dict[str, Any] = {}
         for key, value in changes.items():
-            if key in ("step", "total_steps", "preview", "skip_requested", "interrupt_requested"):
+            if key in ("step", "total_steps", "preview", "stage", "skip_requested", "interrupt_requested"):
                 forwarded[key] = value
             elif key == "batch_index":
                 forwarded[key] = self.offset + value

@@ -74,6 +74,7 @@ class Job:
         self.finished: float | None = None
         self.interrupt_requested = False
         self.skip_requested = False
+        self.stage = ""  # what runs besides sampling the images ("Detail pass 1: finding 'face'"); "" otherwise
         self.version = 0
         self._cond = threading.Condition()
         self._async_waiters: list[_AsyncWaiter] = []  # futures on event loops, resolved from `update`
