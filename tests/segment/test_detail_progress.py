@@ -94,6 +94,18 @@ def test_a_pass_counts_the_steps_of_every_region_it_repaints(seg_easel) -> None:
     assert steps == sorted(steps) and set(steps) == set(range(7))  # region after region, one count
 
 
+def test_a_generative_finder_counts_its_steps(seg_easel) -> None:
+    base = {"checkpoint": "easel-shapes", "width": 64, "height": 64, "steps": 2, "seed": 3, "sampler": "Euler"}
+    detail = {"query": "the red circle", "finder_steps": 3, "steps": 2, "denoising_strength": 0.5}
+    job = run_recorded(seg_easel, with_detail(Txt2ImgRequest(prompt="a red circle", **base), detail))
+    assert parse_infotext(job.result.infotexts[0])["Detail 1 finder"] == "easel-shapes"
+    assert {seen[2] for seen in job.seen} == {3}
+    assert_forward(job)
+    finding = [(step, total) for _, batch, _, step, total in job.seen if batch == 1]
+    assert {total for _, total in finding if total} == {3} and finding[-1] == (3, 3)  # the edit's 3 steps
+    assert [step for step, _ in finding] == sorted(step for step, _ in finding)
+
+
 def test_the_progress_route_reads_the_passes(seg_easel, seg_client) -> None:
     inside, go = threading.Event(), threading.Event()
 
