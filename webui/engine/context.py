@@ -189,12 +189,15 @@ class ModeContext:
                                              "models/Stable-diffusion")
         return usable[0].name
 
-    def callback(self, arch: Arch, total_steps: int) -> Callable:
+    def callback(self, arch: Arch, total_steps: int, done: int = 0, overall: int = 0) -> Callable:
+        """The step callback of a pipeline call running `total_steps` steps. An image made in several passes
+        (base, refiner, hires fix) counts one step count, as AUTOMATIC1111 does: `overall` is every pass's steps,
+        this pass counts on from the `done` steps of the passes before it and stays within its own share."""
         job = self.job
-        job.update(step=0, total_steps=total_steps)
+        job.update(step=done, total_steps=overall or total_steps)
 
         def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            changes: dict[str, Any] = {"step": step + 1}
+            changes: dict[str, Any] = {"step": done + min(step + 1, total_steps) if overall else step + 1}
             every = self.preview_every
             if every and (step + 1) % every == 0 and "latents" in kwargs:
                 preview = latents_preview(kwargs["latents"], arch)
