@@ -195,3 +195,36 @@ def test_a_script_jobs_batches_count_its_requests_passes(seg_easel) -> None:
     assert {seen[2] for seen in job.seen} == {2 * (1 + 2)}  # per request: its image, finding, repainting
     assert_forward(job)
     assert sorted({seen[1] for seen in job.seen}) == list(range(6))
+
+
+def test_sd_upscale_runs_the_passes_once_on_the_upscaled_picture(seg_easel) -> None:
+    from PIL import Image
+
+    from webui.requests import Img2ImgRequest
+
+    init = Image.new("RGB", (64, 64), (200, 30, 30))
+    base = with_detail(Img2ImgRequest(prompt="a red circle", init_image=init, denoising_strength=0.5, **SD),
+                       EVERYWHERE)
+    plot = seg_easel.registry.scripts["sd upscale"].run(base, [None, 16, "Lanczos", 2])  # 128x128: 3x3 tiles
+    assert len(plot.requests) == 9
+    assert not any(request.extension_args for request in plot.requests), "a tile would run the passes"
+    repaints = []
+
+    def count_repaints(call, run):
+        if call.task == "inpaint":
+            repaints.append(call.kwargs["image"])
+        return run(call)
+
+    seg_easel.registry.pipeline_wrappers.append(count_repaints)
+    try:
+        job = run_recorded(seg_easel, plot)
+    finally:
+        seg_easel.registry.pipeline_wrappers.remove(count_repaints)
+    assert len(job.result.images) == 1 and job.result.images[0].size == (128, 128)
+    assert len(repaints) == 1, "the passes ran on each tile"  # the whole picture is one region, repainted once
+    params = parse_infotext(job.result.infotexts[0])
+    assert params["Detail 1 regions"] == "1" and params["SD upscale upscaler"] == "Lanczos"
+    assert {seen[2] for seen in job.seen} == {9 + 2}  # the tiles, then the picture's finding and repainting
+    assert_forward(job)
+    assert sorted({seen[1] for seen in job.seen}) == list(range(11))
+    assert job.stages[-2:] == ["Detail pass 1: repainting 1 region", ""]

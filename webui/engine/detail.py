@@ -73,18 +73,21 @@ def units(request: Any) -> int:
     return 2 * len(passes) * request.batch_size * request.batch_count if passes else 0
 
 
-def apply(ctx: ModeContext, request: GenerationRequest, generated: list[Generated]) -> list[Generated]:
+def apply(ctx: ModeContext, request: GenerationRequest, generated: list[Generated],
+          first: int | None = None) -> list[Generated]:
     """Run the request's detail passes on each generated image (in place); the images' infotext records them.
 
-    `ctx.job`'s batches count the mode's batches first (`request.batch_count`), then the passes' `units`."""
+    `ctx.job`'s batches count the mode's batches first (`request.batch_count`), then the passes' `units`; the
+    passes' first batch is `first` when given (images made otherwise: SD upscale's pictures)."""
     passes = wanted(request)
     if not passes:
         return generated
     job = ctx.job
+    start = request.batch_count if first is None else first
     for number, item in enumerate(generated):
         job.update(skip_requested=False)  # a Skip pressed before ended the image it was pressed on, not these passes
         for index, detail in enumerate(passes, start=1):
-            unit = request.batch_count + 2 * (number * len(passes) + index - 1)
+            unit = start + 2 * (number * len(passes) + index - 1)
             try:
                 item.image, entries = run_pass(ctx, request, item, detail, index, unit)
             except JobInterrupted:

@@ -214,13 +214,7 @@ class Engine:
         if passes:  # the job's batches: the mode's, then the detail passes' (which the mode must not overwrite)
             job.update(batch_total=request.batch_count + passes)
             mode_job = CellJob(job, request, 0)
-        ctx = ModeContext(self.manager, mode_job, self.settings.user.live_preview_every, self.upscalers,
-                          plan_layout=self.settings.user.builtin_plan_layout, samplers=self.registry.samplers,
-                          randn_source=self.settings.user.randn_source,
-                          flow_shift=self.settings.user.flow_shift,
-                          pipeline_wrappers=list(self.pipeline_wrappers),
-                          adapter_sources=list(self.registry.adapter_sources),
-                          adapter_loaders=dict(self.registry.adapter_loaders))
+        ctx = self.mode_context(mode_job)
         generated: list[Generated] = mode.run(ctx, styled)
         if request.mode in DETAIL_MODES:  # the detail fixer's passes, when the request asks for them
             generated = detail.apply(ctx, styled, generated)
@@ -255,6 +249,21 @@ class Engine:
             result.info["styled"] = {"prompt": styled.prompt, "negative_prompt": styled.negative_prompt}
         job.update(result=result)
         return result
+
+    def mode_context(self, job: Job) -> ModeContext:
+        """The context a mode (or the detail fixer) runs in, publishing its progress to `job`."""
+        return ModeContext(self.manager, job, self.settings.user.live_preview_every, self.upscalers,
+                           plan_layout=self.settings.user.builtin_plan_layout, samplers=self.registry.samplers,
+                           randn_source=self.settings.user.randn_source,
+                           flow_shift=self.settings.user.flow_shift,
+                           pipeline_wrappers=list(self.pipeline_wrappers),
+                           adapter_sources=list(self.registry.adapter_sources),
+                           adapter_loaders=dict(self.registry.adapter_loaders))
+
+    def run_detail(self, job: Job, request: GenerationRequest, generated: list[Generated]) -> list[Generated]:
+        """The request's detail passes on images made otherwise (SD upscale's blended pictures), in place; their
+        progress is `job`'s batches from 0 on (two per image and pass, `detail.units`)."""
+        return detail.apply(self.mode_context(job), self.styled(request), generated, first=0)
 
     def notify_saved(self, path: Path) -> None:
         """Tell the listeners an image was saved; one that fails is logged and never fails the job."""

@@ -78,9 +78,11 @@ class ScriptJob(EngineTask):
     mode: str = "txt2img"
     # (engine, index, the request as planned, the results so far) -> the request to run, or None to leave it out
     prepare: Callable[..., GenerationRequest | None] | None = field(default=None, compare=False, repr=False)
-    # (engine, the results by request) -> the job's own images: (image, infotext, parameters, seed) each
+    # (engine, the results by request, a job publishing as the batches after the requests') -> the job's own
+    # images: (image, infotext, parameters, seed) each
     finish: Callable[..., list[tuple[Image.Image, str, dict[str, Any], int]]] | None = \
         field(default=None, compare=False, repr=False)
+    finish_units: int = 0  # the progress units (batches) `finish` runs (SD upscale's detail passes)
     extras: tuple[tuple[tuple[str, Any], ...], ...] = ()  # per request: entries its images' infotext adds
     save_parts: bool = True  # the requests' own images are saved (SD upscale's tiles are not)
 
@@ -128,7 +130,7 @@ class ScriptJob(EngineTask):
         parts: list[JobResult | None] = [None] * len(self.requests)
         # a request's batches, then its detail passes' (finding and repainting per image and pass)
         batches = [r.batch_count + units(r) for r in self.requests]
-        job.update(batch_total=sum(batches), batch_index=0)
+        job.update(batch_total=sum(batches) + self.finish_units, batch_index=0)
         offset = 0
         group: tuple[str, str, str] | None = None
         for index in self.run_order():
@@ -172,7 +174,8 @@ class ScriptJob(EngineTask):
             if made[0] is not None:
                 self._add(result, engine, made, grid_folder(engine.settings.outputs_dir, self.mode))
         result.info["grids"] = len(result.images)
-        for made in self.finish(engine, parts) if self.finish is not None else []:
+        finishing = CellJob(job, self.base, sum(batches))
+        for made in self.finish(engine, parts, finishing) if self.finish is not None else []:
             self._add(result, engine, made, mode_folder(engine.settings.outputs_dir, self.mode))
         models = [p.info for p in parts if p is not None and p.info.get("model")]
         if self.include_images:
