@@ -82,3 +82,33 @@ def test_browse_search_send_delete_and_restore(copied_in, page, server) -> None:
     page.fill("#browse_search textarea", "")
     page.click("#browse_run")
     expect(page.locator("#browse_status")).to_contain_text("4 images · page 1 of 1")
+
+
+def test_browse_on_a_phone_shows_the_buttons_of_its_view_and_whole_date_hints(copied_in, page) -> None:
+    open_tab(page, "browse")  # (a phone folds the tab row into a menu)
+    expect(page.locator("#browse_status")).to_contain_text("3 images · page 1 of 1")
+    page.set_viewport_size(PHONE)
+    expect(page.locator("#browse_delete")).to_be_visible()
+    expect(page.locator("#browse_restore")).to_be_hidden()
+    for name in ("from", "to"):  # the hint is on one line (an <input>), whole: its text fits inside the box
+        box = page.locator(f"#browse_{name} input, #browse_{name} textarea").first
+        expect(box).to_be_visible()
+        assert box.evaluate("e => e.tagName") == "INPUT", name
+        room, needed = box.evaluate("""e => {
+            const style = getComputedStyle(e);
+            const context = document.createElement("canvas").getContext("2d");
+            context.font = style.font;
+            const room = e.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+            return [room, context.measureText(e.placeholder).width];
+        }""")
+        assert needed <= room, f"{name}: the hint needs {needed:.0f} px, the box has {room:.0f}"
+    favourites = page.locator("#browse_favourites").evaluate("e => e.getBoundingClientRect().width")
+    assert favourites >= 120, f"'Favourites only' squeezed into {favourites:.0f} px"
+    page.locator("#browse_from").screenshot(path="/tmp/rest34b-browse-date-phone.png")
+    page.screenshot(path="/tmp/rest34b-browse-images-phone.png", full_page=True)
+    page.locator("#browse_view label", has_text="Trash").click()
+    expect(page.locator("#browse_status")).to_contain_text("0 deleted images")
+    expect(page.locator("#browse_restore")).to_be_visible()
+    expect(page.locator("#browse_delete")).to_be_hidden()
+    expect(page.locator("#browse_favourite")).to_be_hidden()
+    page.screenshot(path="/tmp/rest34b-browse-trash-phone.png", full_page=True)

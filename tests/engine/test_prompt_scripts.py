@@ -40,6 +40,9 @@ def test_prompt_matrix_makes_every_combination(make_easel):
     assert result.paths[0].parent.parent.name == "txt2img-grids"
     with pytest.raises(ValueError, match="no '\\|' parts"):
         script(easel, "prompt matrix", BASE, [])
+    three = script(easel, "prompt matrix", BASE.replace(prompt="a ball | red | big | at night"), [])
+    assert len(three.requests) == 2 ** 3 and len({r.prompt for r in three.requests}) == 8  # every subset, once
+    assert three.grids[0].columns * 2 == len(three.grids[0].cells) == 8  # one grid of 4 x 2
 
 
 def test_prompts_from_file_per_line_options(make_easel):

@@ -93,6 +93,26 @@ def test_two_by_two_by_two_with_a_checkpoint_axis_loads_each_once(make_easel, ti
     assert main.width > 2 * first_sub.width  # two sub-grids side by side, with a margin
     assert parse_infotext(result.infotexts[0])["Z Type"] == "Seed"
     assert "Z Type" not in parse_infotext(result.infotexts[1])
+    # each sub-grid holds its Z value's four cells, row by row (X across, Y down), 2 px apart; the Z grid holds
+    # the two sub-grids side by side (2 px apart) under their titles
+    cells = result.images[3:]
+    for number, sub in enumerate(result.images[1:3]):
+        assert sub.size == (first_sub.width, first_sub.height)
+        for index in range(4):
+            row, column = divmod(index, 2)
+            x, y = sub.width - 64 - (1 - column) * 66, sub.height - 64 - (1 - row) * 66
+            assert pixels(sub.crop((x, y, x + 64, y + 64))) == pixels(cells[4 * number + index]), (number, index)
+    assert main.width == 2 * first_sub.width + 2 and main.height > first_sub.height
+    top = main.height - first_sub.height
+    assert pixels(main.crop((0, top, first_sub.width, main.height))) == pixels(result.images[1])
+    assert pixels(main.crop((first_sub.width + 2, top, main.width, main.height))) == pixels(result.images[2])
+    grid_params = [parse_infotext(t) for t in result.infotexts[:3]]
+    assert [p["Seed"] for p in grid_params] == ["5", "5", "6"]  # each grid: its first cell's infotext + the axes
+    assert all(p["X Type"] == "Checkpoint name" and p["Y Type"] == "Steps" for p in grid_params)
+
+
+def pixels(image: Image.Image) -> list:
+    return list(image.convert("RGB").getdata())
 
 
 def test_bad_values_name_the_axis(make_easel):

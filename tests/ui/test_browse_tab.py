@@ -112,3 +112,25 @@ def test_mistakes_name_the_field(browse_ui) -> None:
         handler(blocks, "browse_restore")({"kind": "image", "key": "x.png"}, *values())
     with pytest.raises(gr.Error, match="image: '../config.json' points outside outputs"):
         handler(blocks, "browse_delete")({"kind": "image", "key": "../config.json"}, *values())
+
+
+def test_delete_shows_in_the_images_view_and_restore_in_the_trash(browse_ui) -> None:
+    blocks, _ = browse_ui
+    delete, restore, favourite = (by_id(blocks, f"browse_{name}") for name in ("delete", "restore", "favourite"))
+    assert delete.visible and favourite.visible and not restore.visible  # the page opens on the Images view
+    handler(blocks, "tab_browse", "select")(*values())
+    switch = handler(blocks, "browse_view", "change")
+    *listing, shown_delete, shown_restore, shown_favourite = switch(*values(view=browse.TRASH))
+    assert listing[2] == "0 deleted images · page 1 of 1"  # the view's listing comes with the buttons
+    assert (shown_delete["visible"], shown_restore["visible"], shown_favourite["visible"]) == (False, True, False)
+    *listing, shown_delete, shown_restore, shown_favourite = switch(*values(view=browse.IMAGES))
+    assert listing[2] == "30 images · page 1 of 2"
+    assert (shown_delete["visible"], shown_restore["visible"], shown_favourite["visible"]) == (True, False, True)
+
+
+def test_the_date_boxes_hint_fits_one_line(browse_ui) -> None:
+    blocks, _ = browse_ui
+    for name in ("from", "to"):
+        box = by_id(blocks, f"browse_{name}")
+        assert box.max_lines == 1, "a many-line box wraps its hint on a phone"  # one line: an <input>
+        assert box.placeholder == "YYYY-MM-DD"

@@ -19,6 +19,10 @@ def test_queued_running_and_finished_lines() -> None:
     assert status_text(job("running", step=5, total_steps=20, progress=0.25), 0) == "Step 5/20 · 25%"
     assert (status_text(job("running", step=2, total_steps=4, batch_index=1, batch_total=3, progress=0.5), 0)
             == "Step 2/4 · batch 2/3 · 50%")
+    pass_ = dict(batch_index=2, batch_total=3, stage="Detail pass 1: repainting 2 regions")  # the detail fixer's
+    assert (status_text(job("running", step=3, total_steps=4, progress=0.92, **pass_), 0)
+            == "Step 3/4 · batch 3/3 · Detail pass 1: repainting 2 regions · 92%")
+    assert status_text(job("running", stage="Detail pass 1: finding 'face'"), 0) == "Detail pass 1: finding 'face'"
     done = job("done", finished=103.5, result=SimpleNamespace(images=[1, 2]))
     assert status_text(done, 0) == "Done: 2 images in 2.5 s"
     stopped = job("interrupted", step=7, total_steps=150, finished=102.0, result=SimpleNamespace(images=[1]))

@@ -45,7 +45,8 @@ def progress_router(api: ApiContext) -> APIRouter:
                       "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.started or job.created)),
                       "sampling_step": job.step, "sampling_steps": job.total_steps, "queue_length": waiting},
             "current_image": None if skip_current_image or preview is None else encode_png(preview),
-            "textinfo": f"Batch {job.batch_index + 1} of {job.batch_total}, step {job.step} of {job.total_steps}",
+            "textinfo": f"Batch {job.batch_index + 1} of {job.batch_total}, step {job.step} of {job.total_steps}"
+                        + (f", {job.stage}" if job.stage else ""),
             "current_task": job.id,
         }
 

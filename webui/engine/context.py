@@ -201,12 +201,15 @@ class ModeContext:
                                              "models/Stable-diffusion")
         return usable[0].name
 
-    def callback(self, arch: Arch, total_steps: int) -> Callable:
+    def callback(self, arch: Arch, total_steps: int, done: int = 0, overall: int = 0) -> Callable:
+        """The step callback of a pipeline call running `total_steps` steps. An image made in several passes
+        (base, refiner, hires fix) counts one step count, as AUTOMATIC1111 does: `overall` is every pass's steps,
+        this pass counts on from the `done` steps of the passes before it and stays within its own share."""
         job = self.job
-        job.update(step=0, total_steps=total_steps)
+        job.update(step=done, total_steps=overall or total_steps)
 
         def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            changes: dict[str, Any] = {"step": step + 1}
+            changes: dict[str, Any] = {"step": done + min(step + 1, total_steps) if overall else step + 1}
             every = self.preview_every
             if every and (step + 1) % every == 0 and "latents" in kwargs:
                 preview = latents_preview(kwargs["latents"], arch)
@@ -290,7 +293,7 @@ def run_batches(ctx: ModeContext, request: GenerationRequest, loaded: LoadedPipe
     job.update(batch_total=request.batch_count)
     for batch in range(request.batch_count):
         job.check_interrupt()
-        job.update(batch_index=batch, skip_requested=False)
+        job.update(batch_index=batch, step=0, skip_requested=False)  # together: the progress never jumps ahead
         first = batch * request.batch_size
         seeds = [first_seed + first + i for i in range(request.batch_size)]
         subseeds = [first_subseed + first + i for i in range(request.batch_size)]

@@ -6,12 +6,19 @@ generative segmentation, or CLIPSeg / SAM 3) → split it into connected regions
 crop at the working size with the pass's prompt, strength, steps and CFG, and blend it back through the blurred
 region mask at the image's own size. Where the blurred mask is 0 the pixels stay exactly as they were; a query that
 finds nothing leaves the image byte-identical and the infotext says so.
+
+Progress: the passes are counted in the job's batches (`batch_total`, the API's `job_count`) after the mode's own
+batches: two per image and pass, one for finding (the finder's steps) and one for repainting (every region's
+inpainting steps, region after region), so the bar goes on moving while the passes run and never goes back.
+Interrupt ends the job with the passes that finished; Skip ends the current image's passes (it keeps those that
+finished) and goes on with the next image.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -22,7 +29,9 @@ from webui.engine.context import Generated, ModeContext
 from webui.engine.detail_args import DetailPass, pass_infotext, request_passes
 from webui.engine.images import masked_bbox, paste_back
 from webui.engine.mask_extraction import MaskSettings
-from webui.engine.worker import JobInterrupted
+from webui.engine.samplers import steps_for_strength
+from webui.engine.script_job import CellJob
+from webui.engine.worker import Job, JobInterrupted
 from webui.model_manager.spec import LoadSpec
 from webui.requests import GenerationRequest, InpaintRequest, RequestError
 
@@ -57,19 +66,79 @@ def check(request: Any, limits: Any) -> None:
                                                    f"{limits.max_side}")
 
 
-def apply(ctx: ModeContext, request: GenerationRequest, generated: list[Generated]) -> list[Generated]:
-    """Run the request's detail passes on each generated image (in place); the images' infotext records them."""
+def units(request: Any) -> int:
+    """The progress units (batches) the request's passes add to its job: per image and pass, finding and
+    repainting."""
+    passes = wanted(request)
+    return 2 * len(passes) * request.batch_size * request.batch_count if passes else 0
+
+
+def apply(ctx: ModeContext, request: GenerationRequest, generated: list[Generated],
+          first: int | None = None) -> list[Generated]:
+    """Run the request's detail passes on each generated image (in place); the images' infotext records them.
+
+    `ctx.job`'s batches count the mode's batches first (`request.batch_count`), then the passes' `units`; the
+    passes' first batch is `first` when given (images made otherwise: SD upscale's pictures)."""
     passes = wanted(request)
     if not passes:
         return generated
-    for item in generated:
+    job = ctx.job
+    start = request.batch_count if first is None else first
+    for number, item in enumerate(generated):
+        job.update(skip_requested=False)  # a Skip pressed before ended the image it was pressed on, not these passes
         for index, detail in enumerate(passes, start=1):
+            unit = start + 2 * (number * len(passes) + index - 1)
             try:
-                item.image, entries = run_pass(ctx, request, item, detail, index)
-            except JobInterrupted:  # interrupted: the images keep the passes that finished
-                return generated
+                item.image, entries = run_pass(ctx, request, item, detail, index, unit)
+            except JobInterrupted:
+                if job.interrupt_requested:  # interrupted: the images keep the passes that finished
+                    return generated
+                break  # skipped: this image keeps the passes that finished; on with the next image
             item.extra.update(entries)
     return generated
+
+
+class PassJob(CellJob):
+    """One progress unit of a pass (its finding, or its repainting), run by the finder and the region inpaints as
+    if it were their own job: it publishes as batch `unit` of the job, and the region inpaints' steps add up,
+    region after region (`region` of `regions`), to one count. The inner generations' batch fields and their
+    resetting of Skip do not reach the job (a Skip pressed during a pass ends the image's passes)."""
+
+    def __init__(self, parent: Job, request: Any, unit: int, label: str, regions: int = 1,
+                 per_region: int = 0) -> None:
+        super().__init__(parent, request, unit)
+        self.label = label  # the job's `stage` while this unit runs
+        self.regions = max(1, regions)
+        self.region = 0
+        self.per_region = per_region  # the inner generation's step count (0: not known before it starts)
+
+    def begin(self) -> None:
+        """Publish this unit as the job's current batch, before its first step."""
+        self.parent.update(batch_index=self.offset, step=0, total_steps=self.regions * self.per_region,
+                           stage=self.label)
+
+    def update(self, **changes: Any) -> None:
+        for key in ("batch_index", "batch_total", "skip_requested"):
+            changes.pop(key, None)
+        if "total_steps" in changes:
+            self.per_region = int(changes["total_steps"])
+            changes["total_steps"] = self.per_region * self.regions
+        if "step" in changes:
+            changes["step"] = self.region * self.per_region + int(changes["step"])
+        super().update(**changes)
+
+
+@contextmanager
+def running_as(ctx: ModeContext, unit: PassJob) -> Iterator[PassJob]:
+    """`ctx` with `unit` as its job while the block runs (the step callbacks and inner modes publish to it)."""
+    outer = ctx.job
+    unit.begin()
+    ctx.job = unit
+    try:
+        yield unit
+    finally:
+        ctx.job = outer
+        outer.update(stage="")
 
 
 # Finding -----------------------------------------------------------------------------------------------------
@@ -83,14 +152,16 @@ def find_mask(ctx: ModeContext, image: Image.Image, detail: DetailPass) -> tuple
     entry = ctx.manager.find_segmenter(name)
     if entry is not None:
         loaded = ctx.manager.get_segmenter(entry.name)
+        ctx.job.update(step=0, total_steps=1)
         probs = probabilities(entry.kind, loaded.model, loaded.processor, source, [detail.query], loaded.device)
+        ctx.job.update(step=1)
         result = segment_with_probabilities(source, [detail.query], probs, detail.confidence, "magenta",
                                             MaskSettings())[0]
         return result.mask, entry.name, result.message
     loaded_pipe = ctx.manager.load(LoadSpec(name, "edit", sampler="Euler"), make_scheduler=ctx.samplers.make_scheduler)
     check_can_edit(loaded_pipe.pipe)
     result = segment_query(loaded_pipe.pipe, loaded_pipe.arch, source, detail.query, steps=detail.finder_steps,
-                           seed=FINDER_SEED)
+                           seed=FINDER_SEED, callback=ctx.callback(loaded_pipe.arch, detail.finder_steps))
     return result.mask, loaded_pipe.entry.name, result.message
 
 
@@ -120,22 +191,39 @@ def grow(region: np.ndarray, pixels: int) -> np.ndarray:
 
 
 # Repainting --------------------------------------------------------------------------------------------------
-def run_pass(ctx: ModeContext, request: GenerationRequest, item: Generated, detail: DetailPass,
-             index: int) -> tuple[Image.Image, dict[str, Any]]:
-    """One pass on one image: the image with every region repainted, and the pass's infotext entries."""
-    ctx.job.check_interrupt()
+def run_pass(ctx: ModeContext, request: GenerationRequest, item: Generated, detail: DetailPass, index: int,
+             unit: int) -> tuple[Image.Image, dict[str, Any]]:
+    """One pass on one image: the image with every region repainted, and the pass's infotext entries. The
+    finding publishes as the job's batch `unit`, the repainting as `unit + 1`. JobInterrupted when the job was
+    interrupted or the image skipped (the pass's half-made work is not used)."""
+    job = ctx.job
+    job.check_interrupt()
     image = item.image.convert("RGB")
-    try:
-        mask, finder, message = find_mask(ctx, image, detail)
-    except RequestError as exc:  # the finder: none installed, or one that cannot segment
-        raise RequestError("alwayson_scripts", f"detail pass {index}: finder: {exc.message}") from None
+    with running_as(ctx, PassJob(job, request, unit, f"Detail pass {index}: finding {detail.query!r}")):
+        try:
+            mask, finder, message = find_mask(ctx, image, detail)
+        except RequestError as exc:  # the finder: none installed, or one that cannot segment
+            raise RequestError("alwayson_scripts", f"detail pass {index}: finder: {exc.message}") from None
+    if job.interrupt_requested or job.skip_requested:
+        raise JobInterrupted()  # the finder stopped early: its mask is not used
     regions = [r for r in (grow(region, detail.dilate_erode) for region in split_regions(mask, detail)) if r.any()]
-    if not regions:
+    if not regions:  # nothing to repaint: the next unit follows this one
         message = message if not mask.any() else "no region left after the size filters and dilation"
-    for number, region in enumerate(regions):
-        ctx.job.check_interrupt()
-        image = repaint(ctx, request, image, region, detail, item.seed + number)
+        return image, pass_infotext(index, detail, finder, 0, message)
+    label = f"Detail pass {index}: repainting {len(regions)} region{'s' if len(regions) != 1 else ''}"
+    with running_as(ctx, PassJob(job, request, unit + 1, label, len(regions), inpaint_steps(request, detail))) \
+            as repainting:
+        for number, region in enumerate(regions):
+            job.check_interrupt()
+            repainting.region = number
+            image = repaint(ctx, request, image, region, detail, item.seed + number)
     return image, pass_infotext(index, detail, finder, len(regions), message)
+
+
+def inpaint_steps(request: GenerationRequest, detail: DetailPass) -> int:
+    """The steps one region's inpaint runs (as the inpaint mode counts them: the schedule times the strength)."""
+    schedule, strength = steps_for_strength(detail.steps or request.steps, detail.denoising_strength)
+    return max(1, int(schedule * strength))
 
 
 def repaint(ctx: ModeContext, request: GenerationRequest, image: Image.Image, region: np.ndarray,

@@ -204,6 +204,12 @@ def request_passes(extension_args: Mapping[str, Any]) -> list[DetailPass]:
     return passes
 
 
+def without_passes(extension_args: Mapping[str, Any]) -> dict[str, Any]:
+    """The extensions' arguments without the detail fixer's (for parts of an image, as SD upscale's tiles)."""
+    return {key: value for key, value in extension_args.items()
+            if key.lower() not in (DETAIL_NAME, ADETAILER_NAME.lower())}
+
+
 # Infotext ---------------------------------------------------------------------------------------------------
 INFOTEXT_KEYS = {"query": "query", "prompt": "prompt", "negative_prompt": "negative prompt",
                  "denoising_strength": "denoising", "dilate_erode": "dilate/erode", "mask_blur": "mask blur",

@@ -19,7 +19,7 @@ from webui import __version__
 from webui.engine import detail, face_restore
 from webui.engine.context import Generated, ModeContext
 from webui.engine.outputs import mode_folder, save_image
-from webui.engine.script_job import ScriptJob
+from webui.engine.script_job import CellJob, ScriptJob
 from webui.engine.tasks import EngineTask, UnloadRequest
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job, JobResult, Worker
@@ -231,14 +231,12 @@ class Engine:
         styled = self.styled(request) if isinstance(request, GenerationRequest) else request
         mode = importlib.import_module(MODES[request.mode])
         user = self.user_settings(request)  # the settings, with this request's own per-job values
-        ctx = ModeContext(self.manager, job, user.live_preview_every, self.upscalers,
-                          plan_layout=user.builtin_plan_layout, samplers=self.registry.samplers,
-                          randn_source=user.randn_source, flow_shift=user.flow_shift,
-                          fix_steps=user.img2img_fix_steps,
-                          vae_tiling=user.vae_tiling, vae_tile_size=user.vae_tile_size,
-                          pipeline_wrappers=list(self.pipeline_wrappers),
-                          adapter_sources=list(self.registry.adapter_sources),
-                          adapter_loaders=dict(self.registry.adapter_loaders))
+        passes = detail.units(styled) if request.mode in DETAIL_MODES else 0
+        mode_job = job
+        if passes:  # the job's batches: the mode's, then the detail passes' (which the mode must not overwrite)
+            job.update(batch_total=request.batch_count + passes)
+            mode_job = CellJob(job, request, 0)
+        ctx = self.mode_context(mode_job, request)
         restoring = request.mode in DETAIL_MODES and bool(getattr(styled, "restore_faces", False))
         if restoring:  # loaded before generating, so a broken file costs no generation
             face_restore.load_or_refuse(self.face_restorers, self.face_options(styled).restorer, "restore_faces")
@@ -288,6 +286,24 @@ class Engine:
         weight = getattr(request, "code_former_weight", -1.0)
         return face_restore.FaceOptions(restorer, visibility, user.code_former_weight if weight < 0 else weight,
                                         user.face_restoration_finder, user.face_restoration_confidence)
+
+    def mode_context(self, job: Job, request: Any = None) -> ModeContext:
+        """The context a mode (or the detail fixer) runs in, publishing its progress to `job`, with the settings as
+        `request` overrides them for its own job."""
+        user = self.user_settings(request)
+        return ModeContext(self.manager, job, user.live_preview_every, self.upscalers,
+                           plan_layout=user.builtin_plan_layout, samplers=self.registry.samplers,
+                           randn_source=user.randn_source, flow_shift=user.flow_shift,
+                           fix_steps=user.img2img_fix_steps,
+                           vae_tiling=user.vae_tiling, vae_tile_size=user.vae_tile_size,
+                           pipeline_wrappers=list(self.pipeline_wrappers),
+                           adapter_sources=list(self.registry.adapter_sources),
+                           adapter_loaders=dict(self.registry.adapter_loaders))
+
+    def run_detail(self, job: Job, request: GenerationRequest, generated: list[Generated]) -> list[Generated]:
+        """The request's detail passes on images made otherwise (SD upscale's blended pictures), in place; their
+        progress is `job`'s batches from 0 on (two per image and pass, `detail.units`)."""
+        return detail.apply(self.mode_context(job, request), self.styled(request), generated, first=0)
 
     def notify_saved(self, path: Path) -> None:
         """Tell the listeners an image was saved; one that fails is logged and never fails the job."""

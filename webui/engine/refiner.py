@@ -91,27 +91,41 @@ def base_arguments(loaded: LoadedPipeline, request: Any) -> dict[str, Any]:
     return {}
 
 
+def refiner_schedule(base: Arch, refiner: Arch, request: Any, steps: int) -> tuple[dict[str, Any], int]:
+    """The refiner call's schedule arguments for a base schedule of `steps`, and the steps it runs."""
+    switch = float(request.refiner_switch_at)
+    if base in HANDOVER_ARCHS and refiner in HANDOVER_ARCHS:
+        return {"denoising_start": switch, "num_inference_steps": steps}, max(1, steps - int(steps * switch))
+    length, strength = steps_for_strength(steps, 1.0 - switch)  # at least one step
+    return {"strength": strength, "num_inference_steps": length}, max(1, int(length * strength))
+
+
+def pass_steps(base: Arch, entry: CheckpointEntry, request: Any, steps: int, base_steps: int) -> tuple[int, int]:
+    """(the base's share, the refiner's) of the image's step count: a base that hands over mid-schedule stops
+    where the refiner's steps begin; otherwise it runs its `base_steps` and the refiner adds its own."""
+    _, refiner_steps = refiner_schedule(base, entry.arch, request, steps)
+    if base in HANDOVER_ARCHS and entry.arch in HANDOVER_ARCHS:
+        return max(1, base_steps - refiner_steps), refiner_steps
+    return base_steps, refiner_steps
+
+
 def refine(ctx: ModeContext, request: Any, entry: CheckpointEntry, base: LoadedPipeline, latents: torch.Tensor,
-           steps: int, gens: list[torch.Generator], output_type: str, extra: dict[str, Any]) -> Any:
+           steps: int, gens: list[torch.Generator], output_type: str, extra: dict[str, Any],
+           done: int = 0, overall: int = 0) -> Any:
     """The refiner's pass over the base's latents (B, 4, h, w); returns the pipeline's images (`output_type`) and
-    writes `Refiner: name [hash]` into the infotext entries `extra`."""
+    writes `Refiner: name [hash]` into the infotext entries `extra`. Its steps count on from `done` of the
+    image's `overall` steps (`ModeContext.callback`)."""
     from webui.engine.context import prompt_kwargs
 
     refined = refiner_request(request, entry)
     loaded = load_keeping(ctx, refined, "img2img")
     extra["Refiner"] = title(loaded.entry)  # its hash is known once it is loaded
-    switch = float(request.refiner_switch_at)
-    if base.arch in HANDOVER_ARCHS and loaded.arch in HANDOVER_ARCHS:
-        schedule: dict[str, Any] = {"denoising_start": switch, "num_inference_steps": steps}
-        total = max(1, steps - int(steps * switch))
-    else:
-        length, strength = steps_for_strength(steps, 1.0 - switch)  # at least one step
-        schedule = {"strength": strength, "num_inference_steps": length}
-        total = max(1, int(length * strength))
+    schedule, total = refiner_schedule(base.arch, loaded.arch, request, steps)
     out = ctx.call_pipeline(loaded, refined, "img2img", **prompt_kwargs(loaded, refined), image=latents,
                             num_images_per_prompt=latents.shape[0], **schedule,
                             generator=[g.manual_seed(g.initial_seed()) for g in gens],
-                            callback_on_step_end=ctx.callback(loaded.arch, total), output_type=output_type)
+                            callback_on_step_end=ctx.callback(loaded.arch, total, done, overall),
+                            output_type=output_type)
     return out.images
 
 

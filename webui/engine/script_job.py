@@ -3,7 +3,8 @@
 `ScriptJob` is queued like any request (`Engine.submit` checks every one of its requests first), so the worker
 stays the only place work runs. On the worker it runs its requests one after another through the engine's own
 generation path (extension hooks, the mode, infotext, saving), in an order that loads each checkpoint once, while
-its progress counts the whole plot: `batch_index`/`batch_total` run over every batch of every request. Interrupt
+its progress counts the whole plot: `batch_index`/`batch_total` run over every batch of every request (and the
+batches the detail fixer's passes add to it). Interrupt
 stops the plot (the grid keeps the cells made so far); Skip ends the current image and goes on with the next.
 Then it draws its grids (`GridPlan`), saves them under `outputs/<mode>-grids/`, and returns the grids first, then
 the images when asked.
@@ -77,9 +78,11 @@ class ScriptJob(EngineTask):
     mode: str = "txt2img"
     # (engine, index, the request as planned, the results so far) -> the request to run, or None to leave it out
     prepare: Callable[..., GenerationRequest | None] | None = field(default=None, compare=False, repr=False)
-    # (engine, the results by request) -> the job's own images: (image, infotext, parameters, seed) each
+    # (engine, the results by request, a job publishing as the batches after the requests') -> the job's own
+    # images: (image, infotext, parameters, seed) each
     finish: Callable[..., list[tuple[Image.Image, str, dict[str, Any], int]]] | None = \
         field(default=None, compare=False, repr=False)
+    finish_units: int = 0  # the progress units (batches) `finish` runs (SD upscale's detail passes)
     extras: tuple[tuple[tuple[str, Any], ...], ...] = ()  # per request: entries its images' infotext adds
     save_parts: bool = True  # the requests' own images are saved (SD upscale's tiles are not)
 
@@ -122,8 +125,12 @@ class ScriptJob(EngineTask):
 
     def run(self, engine: "Engine", job: Job) -> JobResult:
         # 1. Run every request through the engine's generation path, the progress spanning them all.
+        from webui.engine.detail import units
+
         parts: list[JobResult | None] = [None] * len(self.requests)
-        job.update(batch_total=sum(r.batch_count for r in self.requests), batch_index=0)
+        # a request's batches, then its detail passes' (finding and repainting per image and pass)
+        batches = [r.batch_count + units(r) for r in self.requests]
+        job.update(batch_total=sum(batches) + self.finish_units, batch_index=0)
         offset = 0
         group: tuple[str, str, str] | None = None
         for index in self.run_order():
@@ -140,7 +147,7 @@ class ScriptJob(EngineTask):
                 except (ValueError, LookupError) as exc:  # an upscaler that will not load, ...
                     raise RequestError("script_args", f"{self.script}: {exc}") from None
                 if prepared is None:  # nothing to build on (the image before it was skipped)
-                    offset += request.batch_count
+                    offset += batches[index]
                     continue
                 request = prepared
             cell = CellJob(job, request, offset)
@@ -155,7 +162,7 @@ class ScriptJob(EngineTask):
                                                   f"{exc.message}") from None
             except LookupError as exc:  # a model a line or a value names that is not installed
                 raise RequestError("script_args", f"{self.script}, {self.labels[index]}: {exc}") from None
-            offset += request.batch_count
+            offset += batches[index]
 
         # 2. Draw and save the grids; the result holds them first, then the images.
         result = JobResult()
@@ -167,7 +174,8 @@ class ScriptJob(EngineTask):
             if made[0] is not None:
                 self._add(result, engine, made, grid_folder(engine.settings.outputs_dir, self.mode))
         result.info["grids"] = len(result.images)
-        for made in self.finish(engine, parts) if self.finish is not None else []:
+        finishing = CellJob(job, self.base, sum(batches))
+        for made in self.finish(engine, parts, finishing) if self.finish is not None else []:
             self._add(result, engine, made, mode_folder(engine.settings.outputs_dir, self.mode))
         models = [p.info for p in parts if p is not None and p.info.get("model")]
         if self.include_images:
@@ -280,7 +288,7 @@ class CellJob(Job):
     def update(self, **changes: Any) -> None:
         forwarded: dict[str, Any] = {}
         for key, value in changes.items():
-            if key in ("step", "total_steps", "preview", "skip_requested", "interrupt_requested"):
+            if key in ("step", "total_steps", "preview", "stage", "skip_requested", "interrupt_requested"):
                 forwarded[key] = value
             elif key == "batch_index":
                 forwarded[key] = self.offset + value

@@ -74,6 +74,7 @@ class Job:
         self.finished: float | None = None
         self.interrupt_requested = False
         self.skip_requested = False
+        self.stage = ""  # what runs besides sampling the images ("Detail pass 1: finding 'face'"); "" otherwise
         self.version = 0
         self._cond = threading.Condition()
         self._async_waiters: list[_AsyncWaiter] = []  # futures on event loops, resolved from `update`
@@ -145,9 +146,8 @@ class Job:
     def progress(self) -> float:
         if self.state == JobState.DONE:
             return 1.0
-        if not self.total_steps:
-            return 0.0
-        per_batch = min(self.step, self.total_steps) / self.total_steps
+        # before its first step a batch counts as not begun (its place in the job still counts)
+        per_batch = min(self.step, self.total_steps) / self.total_steps if self.total_steps else 0.0
         return min(1.0, (self.batch_index + per_batch) / max(1, self.batch_total))
 
     def check_interrupt(self) -> None:

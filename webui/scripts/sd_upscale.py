@@ -10,6 +10,7 @@ overlap, the picture fades linearly from one to the other (first along each row,
 shows. Tile n of an upscale has the seed + n; with a batch count above 1, upscale k starts at the seed + k. The
 tiles run one at a time (batch size does not group them) and are neither saved nor returned: the job returns the
 blended picture(s), each with the first tile's infotext and the SD upscale entries, saved as img2img images.
+The detail fixer's passes (`alwayson_scripts`) run once on each blended picture, never on the tiles.
 """
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from webui.engine.script_job import MAX_GRID_PIXELS, ScriptJob
+from webui.engine.context import Generated
+from webui.engine.detail import units
+from webui.engine.detail_args import without_passes
+from webui.engine.script_job import MAX_GRID_PIXELS, ScriptJob, with_params
 from webui.requests import GenerationRequest, Img2ImgRequest, InpaintRequest
 from webui.scripts.xyz import random_if_unset
 
@@ -134,12 +138,13 @@ def make_sd_upscale(request: GenerationRequest, args: list[Any], upscalers: Any)
     seed = random_if_unset(request.seed)
     fixed = {"subseed": random_if_unset(request.subseed)} if request.variation else {}
     entries = (("SD upscale overlap", overlap), ("SD upscale upscaler", name))
+    tile_args = without_passes(request.extension_args)  # the detail passes run on the blended picture
     requests: list[GenerationRequest] = []
     labels: list[str] = []
     for upscale in range(request.batch_count):
         for tile in range(per_upscale):
             requests.append(request.replace(seed=seed + upscale + tile, batch_size=1, batch_count=1,
-                                            resize_mode="Just resize", **fixed))
+                                            resize_mode="Just resize", extension_args=tile_args, **fixed))
             labels.append(f"tile {tile + 1}" if request.batch_count == 1 else f"upscale {upscale + 1}, tile {tile + 1}")
     state: dict[str, Image.Image] = {}
 
@@ -156,7 +161,7 @@ def make_sd_upscale(request: GenerationRequest, args: list[Any], upscalers: Any)
     def prepare(engine: Any, index: int, planned: GenerationRequest, parts: list[Any]) -> GenerationRequest:
         return planned.replace(init_image=upscaled(engine).crop(box(index % per_upscale)))
 
-    def finish(engine: Any, parts: list[Any]) -> list[tuple[Image.Image, str, dict[str, Any], int]]:
+    def finish(engine: Any, parts: list[Any], job: Any) -> list[tuple[Image.Image, str, dict[str, Any], int]]:
         if "image" not in state:  # interrupted before the first tile
             return []
         made = []
@@ -172,8 +177,12 @@ def make_sd_upscale(request: GenerationRequest, args: list[Any], upscalers: Any)
             image = blend_tiles(size, xs, ys, rows)
             made.append((image, first.infotexts[0], first.parameters[0] if first.parameters else {},
                          first.seeds[0]))
-        return made
+        pictures = [Generated(image, seed) for image, _, _, seed in made]
+        engine.run_detail(job, request, pictures)  # the passes (if asked), recorded in the picture's infotext
+        return [(picture.image, *with_params(text, params, tuple(picture.extra.items())), seed)
+                for picture, (_, text, params, seed) in zip(pictures, made)]
 
     return ScriptJob(script=TITLE, base=request, requests=tuple(requests), labels=tuple(labels),
                      include_images=False, mode=request.mode, prepare=prepare, finish=finish,
-                     extras=(entries,) * len(requests), save_parts=False)
+                     extras=(entries,) * len(requests), save_parts=False,
+                     finish_units=units(request.replace(batch_size=1)))

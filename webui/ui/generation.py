@@ -69,10 +69,12 @@ def status_text(job: Any, position: int) -> str:
         return f"Waiting in queue: position {position}" if position else "Starting…"
     if state == "running":
         if not job.total_steps:
-            return "Loading the model…"
+            return getattr(job, "stage", "") or "Loading the model…"
         text = f"Step {min(job.step, job.total_steps)}/{job.total_steps}"
         if job.batch_total > 1:
             text += f" · batch {job.batch_index + 1}/{job.batch_total}"
+        if getattr(job, "stage", ""):  # the detail fixer's pass, ...
+            text += f" · {job.stage}"
         return text + f" · {job.progress:.0%}"
     elapsed = (job.finished or time.time()) - (job.started or job.created)
     count = len(job.result.images) if job.result else 0

@@ -74,7 +74,7 @@ def _xyz(mode: str, choices: dict[str, list[str]]) -> tuple[list[Any], Callable[
 
 def _matrix(mode: str) -> tuple[list[Any], Callable[..., list[Any]]]:
     gr.Markdown("Split the prompt with `|`: `a photo | in the rain | at night` makes every combination of the "
-                "parts after the first.")
+                "parts after the first.", elem_classes="easel-script-help")
     with gr.Row():
         at_start = gr.Checkbox(label="Put variable parts at start of prompt", value=False)
         different = gr.Checkbox(label="Use different seed for each picture", value=False)
@@ -107,7 +107,7 @@ def _from_file(mode: str) -> tuple[list[Any], Callable[..., list[Any]]]:
 
 def _sd_upscale(mode: str, upscalers: list[str]) -> tuple[list[Any], Callable[..., list[Any]]]:
     gr.Markdown("Upscales the image by the scale factor, then repaints it in tiles of the width and height set "
-                "above, blended where they overlap.")
+                "above, blended where they overlap.", elem_classes="easel-script-help")
     with gr.Row():
         overlap = gr.Slider(label="Tile overlap", minimum=0, maximum=256, step=16, value=64,
                             elem_id=f"{mode}_sd_upscale_overlap")

@@ -6,7 +6,7 @@ from webui.engine import families
 from webui.engine.context import Generated, ModeContext, render_size, resized, run_batches
 from webui.engine.images import resize_image
 from webui.engine.noise import refuse_variation
-from webui.engine.refiner import base_arguments, check_refiner, decode_latents, refine, title
+from webui.engine.refiner import base_arguments, check_refiner, decode_latents, pass_steps, refine, title
 from webui.engine.samplers import steps_for_strength
 from webui.requests import Img2ImgRequest, RequestError
 
@@ -32,6 +32,10 @@ def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
     prompt_args = prompts.kwargs
 
     refiner = check_refiner(ctx, request, loaded.arch)
+    # one step count per image over the base's and the refiner's passes
+    base_steps, refiner_steps = (pass_steps(loaded.arch, refiner, request, schedule, total)
+                                 if refiner is not None else (total, 0))
+    overall = base_steps + refiner_steps if refiner is not None else 0  # 0: one pass
 
     # 3. Run (with a refiner: the base hands its latents over undecoded).
     def call(gens, batch_size):
@@ -39,7 +43,7 @@ def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
         out = ctx.call_pipeline(base, request, "img2img", **prompt_args, image=[init],
                                 num_images_per_prompt=batch_size, strength=run_strength,
                                 num_inference_steps=schedule, generator=gens,
-                                callback_on_step_end=prompts.callback(ctx.callback(base.arch, total)),
+                                callback_on_step_end=prompts.callback(ctx.callback(base.arch, base_steps, 0, overall)),
                                 output_type="latent" if refiner is not None else "pil",
                                 **(base_arguments(base, request) if refiner is not None else {}))
         if refiner is None:
@@ -47,7 +51,8 @@ def run(ctx: ModeContext, request: Img2ImgRequest) -> list[Generated]:
         elif ctx.job.interrupt_requested or ctx.job.skip_requested:
             images = decode_latents(base, out.images)
         else:
-            images = refine(ctx, request, refiner, base, out.images, schedule, gens, "pil", extra)
+            images = refine(ctx, request, refiner, base, out.images, schedule, gens, "pil", extra,
+                            base_steps, overall)
         return resized(images, request.width, request.height)
 
     extra = ctx.sampling_infotext(request, loaded.arch)

@@ -12,7 +12,7 @@ from webui.engine import families
 from webui.engine.context import Generated, ModeContext, render_size, resized, run_batches
 from webui.engine.noise import noise_plan
 from webui.engine.refiner import (base_arguments, check_latent_space, check_refiner, decode_latents, find_checkpoint,
-                                  load_keeping, refine, title)
+                                  load_keeping, pass_steps, refine, title)
 from webui.engine.samplers import steps_for_strength
 from webui.engine.upscalers import UpscalerLoadError, UpscalerNotFoundError, is_latent, upscale_latents
 from webui.model_manager.catalogue import CheckpointEntry
@@ -56,6 +56,11 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
     if loaded.arch == Arch.EASEL and not ctx.plan_layout:
         prompt_args["plan_layout"] = False  # on: the model's own default (model_index.json)
     other_models = refiner is not None or second_entry is not None
+    # one step count per image over its passes (base, refiner, hires fix), as AUTOMATIC1111 counts them
+    base_steps, refiner_steps = (pass_steps(loaded.arch, refiner, request, request.steps, request.steps)
+                                 if refiner is not None else (request.steps, 0))
+    hires_steps = second_pass_steps(second)[2] if hires else 0
+    overall = base_steps + refiner_steps + hires_steps if refiner is not None or hires else 0  # 0: one pass
 
     planned: list[str | None] = []  # per image: the prompt with the built-in model's planned layout, if it has one
     not_understood: list[list[str]] = []  # per image: the built-in model's words it did not understand
@@ -70,7 +75,7 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
         out = ctx.call_pipeline(base, request, "txt2img", **prompt_args, width=width, height=height,
                                 num_inference_steps=request.steps,
                                 num_images_per_prompt=batch_size, generator=gens, **noise_args,
-                                callback_on_step_end=prompts.callback(ctx.callback(base.arch, request.steps)),
+                                callback_on_step_end=prompts.callback(ctx.callback(base.arch, base_steps, 0, overall)),
                                 output_type="latent" if latents_out else "pil",
                                 **(base_arguments(base, request) if refiner is not None else {}))
         images = out.images
@@ -82,12 +87,13 @@ def run(ctx: ModeContext, request: Txt2ImgRequest) -> list[Generated]:
         stopped = ctx.job.interrupt_requested or ctx.job.skip_requested
         if refiner is not None and not stopped:
             images = refine(ctx, request, refiner, base, images, request.steps, gens,
-                            "latent" if latent_hires else "pil", extra)
+                            "latent" if latent_hires else "pil", extra, base_steps, overall)
         elif refiner is not None:
             images = decode_latents(base, images)
         stopped = ctx.job.interrupt_requested or ctx.job.skip_requested
         if hires and not stopped:
-            images = second_pass(ctx, second, images, gens, extra if second_entry is not None else None)
+            images = second_pass(ctx, second, images, gens, extra if second_entry is not None else None,
+                                 base_steps + refiner_steps, overall)
         elif isinstance(images, torch.Tensor):  # stopped before the second pass: the latents as they are
             images = decode_latents(base, images)
         return resized(images, *final_size) if own else images
@@ -175,14 +181,23 @@ def hires_infotext(ctx: ModeContext, request: Txt2ImgRequest, second: Txt2ImgReq
     return extra
 
 
+def second_pass_steps(request: Txt2ImgRequest) -> tuple[int, float, int]:
+    """The hires pass's schedule length, strength and the steps it runs (at least one)."""
+    steps, strength = steps_for_strength(request.hr_second_pass_steps or request.steps,
+                                         request.hr_denoising_strength)
+    return steps, strength, max(1, int(steps * strength))
+
+
 def second_pass(ctx: ModeContext, request: Txt2ImgRequest, images: Any, gens,
-                own_checkpoint: dict[str, Any] | None = None) -> list[Image.Image]:
+                own_checkpoint: dict[str, Any] | None = None, done: int = 0,
+                overall: int = 0) -> list[Image.Image]:
     """Upscale, then denoise again with img2img (the first pass's weights, or the hires checkpoint's).
 
     `images` are PIL images, upscaled in pixel space (Lanczos, Nearest or an ESRGAN-family model), or, for a latent
     upscaler, the first pass's latents (B, 4, h, w), resized as latents and handed to img2img undecoded.
     `own_checkpoint`: the infotext entries, when the request names the hires checkpoint (the job's LoRAs stay those
-    of the first pass; `Hires checkpoint: name [hash]` is written there)."""
+    of the first pass; `Hires checkpoint: name [hash]` is written there). Its steps count on from `done` of the
+    image's `overall` steps (`ModeContext.callback`)."""
     width, height = hires_size(request)
     if isinstance(images, torch.Tensor):
         cell = max(1, request.width // images.shape[-1])  # pixels per latent cell: the VAE's scale factor
@@ -194,13 +209,11 @@ def second_pass(ctx: ModeContext, request: Txt2ImgRequest, images: Any, gens,
     loaded = load_keeping(ctx, request, "img2img") if own_checkpoint is not None else ctx.load(request, "img2img")
     if own_checkpoint is not None:
         own_checkpoint["Hires checkpoint"] = title(loaded.entry)
-    steps = request.hr_second_pass_steps or request.steps
-    steps, strength = steps_for_strength(steps, request.hr_denoising_strength)  # at least one step
-    total = max(1, int(steps * strength))
+    steps, strength, total = second_pass_steps(request)
     prompts = ctx.prompts(loaded, request, total, first_pass_steps=request.steps)  # the schedule goes on
     out = ctx.call_pipeline(loaded, request, "img2img", **prompts.kwargs,
                             image=upscaled, strength=strength, num_inference_steps=steps,
                             num_images_per_prompt=count, generator=[g.manual_seed(g.initial_seed()) for g in gens],
-                            callback_on_step_end=prompts.callback(ctx.callback(loaded.arch, total)),
+                            callback_on_step_end=prompts.callback(ctx.callback(loaded.arch, total, done, overall)),
                             output_type="pil")
     return out.images

@@ -109,8 +109,11 @@ def build(ui: UIContext) -> None:
             model = gr.Textbox(label="Model", elem_id="browse_model", scale=1, min_width=120)
             mode = gr.Dropdown(choices=[ALL], value=ALL, label="Mode", elem_id="browse_mode", scale=1, min_width=120)
         with gr.Row(equal_height=False):
-            date_from = gr.Textbox(label="From day", placeholder="YYYY-MM-DD", elem_id="browse_from", min_width=120)
-            date_to = gr.Textbox(label="To day", placeholder="YYYY-MM-DD", elem_id="browse_to", min_width=120)
+            # one line (an <input>; a many-line box wraps its hint), wide enough on a phone for the whole hint
+            date_from = gr.Textbox(label="From day", placeholder="YYYY-MM-DD", max_lines=1, elem_id="browse_from",
+                                   min_width=150)
+            date_to = gr.Textbox(label="To day", placeholder="YYYY-MM-DD", max_lines=1, elem_id="browse_to",
+                                 min_width=150)
             favourites = gr.Checkbox(label="Favourites only", elem_id="browse_favourites", min_width=120)
             view = gr.Radio([IMAGES, TRASH], value=IMAGES, label="View", elem_id="browse_view", min_width=160)
             run = gr.Button("Search", variant="primary", elem_id="browse_run", min_width=100)
@@ -136,7 +139,7 @@ def build(ui: UIContext) -> None:
                 with gr.Row(elem_classes="easel-send-row"):
                     favourite = gr.Button("\u2605 Favourite", size="sm", elem_id="browse_favourite")
                     delete = gr.Button("Delete", size="sm", variant="stop", elem_id="browse_delete")
-                    restore = gr.Button("Restore", size="sm", elem_id="browse_restore")
+                    restore = gr.Button("Restore", size="sm", elem_id="browse_restore", visible=False)  # Trash
         keys = gr.State([])
         selected = gr.State(None)
 
@@ -150,6 +153,14 @@ def build(ui: UIContext) -> None:
     @guard
     def on_search(*values: Any) -> tuple[Any, ...]:
         return listed(*values[:-1], 1)
+
+    @guard
+    def on_view(*values: Any) -> tuple[Any, ...]:
+        """The view's first page, and the buttons that apply to it: Delete and Favourite on images, Restore on
+        deleted ones."""
+        trash = values[0] == TRASH
+        return (*listed(*values[:-1], 1), gr.update(visible=not trash), gr.update(visible=trash),
+                gr.update(visible=not trash))
 
     @guard
     def on_page(*values: Any) -> tuple[Any, ...]:
@@ -206,7 +217,8 @@ def build(ui: UIContext) -> None:
 
     run.click(on_search, inputs=[*filters, page], outputs=listing, show_progress="hidden")
     words.submit(on_search, inputs=[*filters, page], outputs=listing, show_progress="hidden")
-    view.change(on_search, inputs=[*filters, page], outputs=listing, show_progress="hidden")
+    view.change(on_view, inputs=[*filters, page], outputs=[*listing, delete, restore, favourite],
+                show_progress="hidden")
     page.submit(on_page, inputs=[*filters, page], outputs=listing, show_progress="hidden")
     previous.click(on_previous, inputs=[*filters, page], outputs=listing, show_progress="hidden")
     following.click(on_next, inputs=[*filters, page], outputs=listing, show_progress="hidden")
