@@ -34,7 +34,7 @@ from PIL import Image
 from webui.extension_api import ModelFileError, PipelineCall, RequestError
 
 from .models import FAMILY_LABELS, ControlNetEntry, ControlNetModels
-from .preprocessors import Preprocessors
+from .preprocessors import COLORFIX_MODULES, INPAINT_MODULES, REFERENCE_MODULES, Preprocessors
 from .units import (BALANCED, CONTROLNET_MORE_IMPORTANT, CROP_AND_RESIZE, HIGH_RES_ONLY, JUST_RESIZE,
                     LOW_RES_ONLY, RESIZE_AND_FILL, ControlUnit)
 
@@ -68,8 +68,8 @@ class PreparedUnit:
 
     index: int
     unit: ControlUnit
-    entry: ControlNetEntry
-    control: Image.Image  # RGB, exactly the generation size
+    entry: ControlNetEntry | None  # None for a reference unit (no ControlNet model)
+    control: Any  # RGB PIL image at exactly the generation size; inpaint_only: a [1, 3, H, W] tensor
 
 
 # Control images --------------------------------------------------------------------------------------------------
@@ -125,6 +125,34 @@ def input_image(call: PipelineCall) -> Image.Image | None:
     image = call.kwargs.get("image")
     first = image[0] if isinstance(image, (list, tuple)) and image else image
     return first if isinstance(first, Image.Image) else None
+
+
+def inpaint_condition(control: Image.Image, mask: Image.Image) -> Any:
+    """An inpaint ControlNet's input: the image in 0..1 with the masked pixels (mask > 127) set to -1:
+    [1, 3, H, W] float32."""
+    import numpy as np
+    import torch
+
+    pixels = np.asarray(control.convert("RGB"), dtype=np.float32) / 255.0  # [H, W, 3]
+    pixels[np.asarray(mask) > 127] = -1.0
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None].contiguous()  # [1, 3, H, W]
+
+
+def color_fix(image: Image.Image, control: Image.Image, unit: ControlUnit) -> Image.Image:
+    """tile_colorfix: `image` with its low frequencies (Gaussian, sigma = Variation) replaced by the control
+    image's; `+sharp` adds Sharpness times the image's own high frequencies once more."""
+    import cv2
+    import numpy as np
+
+    sigma = 8.0 if unit.threshold_a is None else float(unit.threshold_a)
+    sharpness = 1.0 if unit.threshold_b is None else float(unit.threshold_b)
+    made = np.asarray(image.convert("RGB"), dtype=np.float32)  # [H, W, 3]
+    reference = np.asarray(fit_image(control, image.size, JUST_RESIZE), dtype=np.float32)
+    detail = made - cv2.GaussianBlur(made, (0, 0), sigma)
+    if unit.module.endswith("+sharp"):
+        detail = detail * (1.0 + sharpness)
+    fixed = cv2.GaussianBlur(reference, (0, 0), sigma) + detail
+    return Image.fromarray(np.clip(np.rint(fixed), 0, 255).astype(np.uint8))
 
 
 # Control-mode hooks ----------------------------------------------------------------------------------------------
@@ -213,6 +241,13 @@ class ControlNetRunner:
                                       f"{CHECKPOINT_LABELS.get(call.arch, call.arch)}; use txt2img or inpaint")
         for unit in units:
             i = unit.index
+            if unit.module in REFERENCE_MODULES or unit.module in INPAINT_MODULES:
+                if group not in ("sd", "sdxl"):
+                    raise RequestError(f"{FIELD}.args[{i}].module",
+                                       f"{unit.module} runs with SD 1.x, SD 2.x and SDXL checkpoints; {call.checkpoint} "
+                                       f"is {CHECKPOINT_LABELS.get(call.arch, call.arch)}")
+                if unit.module in REFERENCE_MODULES:
+                    continue
             entry = self.models.find(unit.model)
             try:
                 family = self.models.family(entry)  # reads a pickle file's tensors only; refuses anything else
@@ -229,6 +264,9 @@ class ControlNetRunner:
             if group == "zimage" and (unit.guidance_start > 0.0 or unit.guidance_end < 1.0):
                 raise RequestError(f"{FIELD}.args[{i}].guidance_start",
                                    "Z-Image ControlNets act on every step; send guidance_start 0 and guidance_end 1")
+        if sum(unit.module in REFERENCE_MODULES for unit in units) > 1:
+            second = [unit for unit in units if unit.module in REFERENCE_MODULES][1]
+            raise RequestError(f"{FIELD}.args[{second.index}].module", "one reference unit per generation")
         if group == "zimage" and len(units) > 1:
             raise RequestError(FIELD, "Z-Image takes one ControlNet unit at a time")
         return group
@@ -256,8 +294,23 @@ class ControlNetRunner:
                 except ModelFileError as exc:  # an annotator file that was refused or is not weights
                     raise RequestError(f"{FIELD}.args[{i}].module", str(exc)) from None
                 self._maps[key] = (source, control)
-            prepared.append(PreparedUnit(i, unit, self.models.find(unit.model), control))
+            if unit.module in INPAINT_MODULES:
+                control = inpaint_condition(control, self.inpaint_mask(call, unit, size))
+            entry = self.models.find(unit.model) if unit.model else None
+            prepared.append(PreparedUnit(i, unit, entry, control))
         return prepared
+
+    def inpaint_mask(self, call: PipelineCall, unit: ControlUnit, size: tuple[int, int]) -> Image.Image:
+        """inpaint_only's mask at `size`: the unit's own, else the inpaint tab's (white = repaint)."""
+        mask = unit.mask
+        if mask is None:
+            given = call.kwargs.get("mask_image")
+            mask = given[0] if isinstance(given, (list, tuple)) and given else given
+        if not isinstance(mask, Image.Image):
+            raise RequestError(f"{FIELD}.args[{unit.index}].mask",
+                               f"{unit.module} needs a mask: send the unit's mask (white = repaint) or inpaint "
+                               f"with a mask")
+        return fit_image(mask.convert("L").convert("RGB"), size, unit.resize_mode).convert("L")
 
     def control_map(self, unit: ControlUnit, source: Image.Image, size: tuple[int, int]) -> Image.Image:
         """The unit's preprocessor run on `source`, fitted to `size` by its resize mode."""
@@ -268,6 +321,27 @@ class ControlNetRunner:
 
     def run_units(self, call: PipelineCall, run: Callable[[PipelineCall], Any], group: str,
                   prepared: list[PreparedUnit]) -> Any:
+        pipe = call.pipe
+        reference = next((item for item in prepared if item.unit.module in REFERENCE_MODULES), None)
+        prepared = [item for item in prepared if item.unit.module not in REFERENCE_MODULES]
+        colorfix = [item for item in prepared if item.unit.module in COLORFIX_MODULES]
+        if reference is not None and reference.unit.weight > 0.0:
+            from .reference import make_state, reference_hooks
+
+            try:
+                state = make_state(pipe, reference.control, generation_size(call), reference.unit.module,
+                                   reference.unit.weight, 0.5 if reference.unit.threshold_a is None
+                                   else min(max(float(reference.unit.threshold_a), 0.0), 1.0))
+            except ValueError as exc:
+                raise RequestError(f"{FIELD}.args[{reference.index}].module", str(exc)) from None
+            with reference_hooks(pipe, state):
+                return self._run_controlnets(call, run, group, prepared, colorfix)
+        return self._run_controlnets(call, run, group, prepared, colorfix)
+
+    def _run_controlnets(self, call: PipelineCall, run: Callable[[PipelineCall], Any], group: str,
+                         prepared: list[PreparedUnit], colorfix: list[PreparedUnit]) -> Any:
+        if not prepared:  # reference units only: the checkpoint's own pipeline, its UNet hooked
+            return run(call)
         import diffusers
 
         pipe = call.pipe
@@ -325,10 +399,14 @@ class ControlNetRunner:
                                              lambda: bool(getattr(control_pipe, "do_classifier_free_guidance",
                                                                   False)))
                     handles.append(net.register_forward_hook(hook))
-            return run(call.replace(pipe=control_pipe, kwargs=kwargs))
+            output = run(call.replace(pipe=control_pipe, kwargs=kwargs))
         finally:
             for handle in handles:
                 handle.remove()
+        for item in colorfix:
+            if isinstance(getattr(output, "images", None), list) and kwargs.get("output_type", "pil") == "pil":
+                output.images = [color_fix(image, item.control, item.unit) for image in output.images]
+        return output
 
     # Infotext ------------------------------------------------------------------------------------------------
     def after_generate(self, request: Any, generated: list[Any]) -> list[Any] | None:
@@ -343,12 +421,12 @@ class ControlNetRunner:
             return None
         entries = {}
         for unit in units:
-            entry = self.models.find(unit.model)
+            title = self.models.title(self.models.find(unit.model)) if unit.model else "None"
             module = self.preprocessors.module(unit.module)
             thresholds = tuple(given if given is not None else (slider.value if slider is not None else None)
                                for given, slider in ((unit.threshold_a, module.threshold_a),
                                                      (unit.threshold_b, module.threshold_b)))
-            entries[unit.index] = infotext_value(unit, self.models.title(entry), thresholds)
+            entries[unit.index] = infotext_value(unit, title, thresholds)
         for item in generated:
             for i, text in entries.items():
                 item.extra[f"ControlNet {i}"] = text

@@ -23,6 +23,10 @@ from PIL import Image, UnidentifiedImageError
 
 from webui.extension_api import RequestError
 
+from .preprocessors import REFERENCE_MODULES
+
+MODEL_FREE_MODULES = REFERENCE_MODULES  # modules that run without a ControlNet model
+
 BALANCED = "Balanced"
 PROMPT_MORE_IMPORTANT = "My prompt is more important"
 CONTROLNET_MORE_IMPORTANT = "ControlNet is more important"
@@ -185,12 +189,19 @@ def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_mod
         raise ValueError(f"{at}.module: {exc}") from None
 
     model_name = raw.get("model", "")
-    if not isinstance(model_name, str) or model_name.strip() in ("", "None", "none"):
+    if module in MODEL_FREE_MODULES and (model_name is None or (isinstance(model_name, str) and model_name.strip()
+                                                                in ("", "None", "none"))):
+        model = ""  # a reference module steers the checkpoint's own UNet; it needs no ControlNet model
+    elif module in MODEL_FREE_MODULES:
+        raise ValueError(f"{at}.model: {module} uses no ControlNet model (it steers the checkpoint's own UNet); "
+                         f"send model \"None\", got {model_name!r}")
+    elif not isinstance(model_name, str) or model_name.strip() in ("", "None", "none"):
         raise ValueError(f"{at}.model: choose a ControlNet model (GET /controlnet/model_list lists them)")
-    try:
-        model = find_model(model_name.strip())
-    except LookupError as exc:
-        raise ValueError(f"{at}.model: {exc}") from None
+    else:
+        try:
+            model = find_model(model_name.strip())
+        except LookupError as exc:
+            raise ValueError(f"{at}.model: {exc}") from None
 
     weight = _number(raw.get("weight", 1.0), f"{at}.weight", 0.0, MAX_WEIGHT)
     start = _number(raw.get("guidance_start", 0.0), f"{at}.guidance_start", 0.0, 1.0)
