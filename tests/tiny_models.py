@@ -280,6 +280,28 @@ def make_tiny_flux(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def make_tiny_flux_tool(folder: Path, kind: str, seed: int = 0) -> Path:
+    """Tiny Flux.1 Fill (`kind="fill"`) or Depth/Canny (`kind="control"`): the tiny Flux with a transformer whose
+    input takes the packed latents plus the masked image and mask (fill: 16 + 16 + 4 * 2 * 2 = 48 channels) or plus
+    the packed control latents (control: 16 + 16 = 32), saved as FluxFillPipeline / FluxControlPipeline."""
+    from diffusers import FluxControlPipeline, FluxFillPipeline, FluxPipeline, FluxTransformer2DModel
+
+    folder = Path(folder)
+    base = FluxPipeline.from_pretrained(str(make_tiny_flux(folder.with_name(folder.name + "-base"), seed)))
+    in_channels = {"fill": 48, "control": 32}[kind]
+    with _seeded(seed + 10):
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=in_channels, out_channels=16, num_layers=1, num_single_layers=1,
+            attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+            guidance_embeds=True, axes_dims_rope=(4, 4, 8))
+    cls = FluxFillPipeline if kind == "fill" else FluxControlPipeline
+    components = {name: getattr(base, name) for name in ("scheduler", "vae", "text_encoder", "tokenizer",
+                                                         "text_encoder_2", "tokenizer_2")}
+    _save(cls(transformer=transformer, **components), folder)
+    _remove_tree(folder.with_name(folder.name + "-base"))
+    return folder
+
+
 def make_tiny_zimage(folder: Path, seed: int = 0) -> Path:
     """Tiny Z-Image: single-stream transformer with refiners, a Qwen3 text encoder and chat-template prompts."""
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel

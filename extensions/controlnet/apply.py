@@ -58,6 +58,7 @@ PIPELINES: dict[tuple[str, str], str] = {
     ("zimage", "txt2img"): "ZImageControlNetPipeline",
     ("zimage", "inpaint"): "ZImageControlNetInpaintPipeline",
 }
+FLUX_CONTROL_PIPELINES = ("FluxControlPipeline", "FluxControlImg2ImgPipeline", "FluxControlInpaintPipeline")
 GROUPS = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl", "flux": "flux", "zimage": "zimage"}
 CHECKPOINT_LABELS = {**FAMILY_LABELS, "sd3": "SD3", "qwenimage": "Qwen-Image", "easel": "the Easel built-in model"}
 
@@ -224,11 +225,46 @@ class ControlNetRunner:
         hires_on = bool(getattr(call.request, "enable_hr", False))
         skipped = HIGH_RES_ONLY if hires_on and not hires_pass else LOW_RES_ONLY if hires_pass else None
         units = [unit for unit in units if unit.hr_option != skipped]
+        kind = type(call.pipe).__name__
+        if kind in FLUX_CONTROL_PIPELINES:
+            return self.run_flux_control(call, run, units)
         if not units:
             return run(call)
+        if kind == "FluxFillPipeline":
+            raise RequestError(FIELD, f"{call.checkpoint} is a Flux.1 Fill checkpoint; it takes no ControlNet units")
         group = self.check_family(call, units)
         prepared = self.prepare(call, units)
         return self.run_units(call, run, group, prepared)
+
+    def run_flux_control(self, call: PipelineCall, run: Callable[[PipelineCall], Any],
+                         units: list[ControlUnit]) -> Any:
+        """A Flux.1 Depth/Canny checkpoint: its control image is the one unit's map (the unit has no model)."""
+        if not units:
+            raise RequestError(FIELD, f"{call.checkpoint} is a Flux.1 Depth/Canny checkpoint and needs a control "
+                                      f"image: send one ControlNet unit with model \"None\" and its image (or a "
+                                      f"preprocessor such as canny or depth_midas)")
+        if len(units) > 1:
+            raise RequestError(FIELD, f"{call.checkpoint} takes one control image: send one ControlNet unit")
+        unit = units[0]
+        at = f"{FIELD}.args[{unit.index}]"
+        checks = ((unit.model, "model", "the checkpoint is its own ControlNet; send model \"None\""),
+                  (unit.module in REFERENCE_MODULES + INPAINT_MODULES, "module",
+                   f"{unit.module} does not make a control image for a Flux.1 Depth/Canny checkpoint"),
+                  (unit.weight != 1.0, "weight", "the checkpoint's control has no weight; send 1"),
+                  (unit.control_mode != BALANCED, "control_mode", f"only {BALANCED!r}"),
+                  (unit.guidance_start > 0.0 or unit.guidance_end < 1.0, "guidance_start",
+                   "the checkpoint's control acts on every step; send guidance_start 0 and guidance_end 1"))
+        for failed, key, message in checks:
+            if failed:
+                raise RequestError(f"{at}.{key}", message)
+        prepared = self.prepare(call, units)[0]
+        kwargs = {**call.kwargs, "control_image": prepared.control}
+        if not kwargs.get("width"):
+            kwargs["width"], kwargs["height"] = generation_size(call)
+        output = run(call.replace(kwargs=kwargs))
+        if unit.module in COLORFIX_MODULES and kwargs.get("output_type", "pil") == "pil":
+            output.images = [color_fix(image, prepared.control, unit) for image in output.images]
+        return output
 
     def check_family(self, call: PipelineCall, units: list[ControlUnit]) -> str:
         """The pipeline group for this checkpoint; RequestError when a unit's model is for another family."""
@@ -248,6 +284,9 @@ class ControlNetRunner:
                                        f"is {CHECKPOINT_LABELS.get(call.arch, call.arch)}")
                 if unit.module in REFERENCE_MODULES:
                     continue
+            if not unit.model:
+                raise RequestError(f"{FIELD}.args[{i}].model",
+                                   "choose a ControlNet model (GET /controlnet/model_list lists them)")
             entry = self.models.find(unit.model)
             try:
                 family = self.models.family(entry)  # reads a pickle file's tensors only; refuses anything else

@@ -189,13 +189,14 @@ def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_mod
         raise ValueError(f"{at}.module: {exc}") from None
 
     model_name = raw.get("model", "")
-    if module in MODEL_FREE_MODULES and (model_name is None or (isinstance(model_name, str) and model_name.strip()
-                                                                in ("", "None", "none"))):
-        model = ""  # a reference module steers the checkpoint's own UNet; it needs no ControlNet model
+    if model_name is None or (isinstance(model_name, str) and model_name.strip() in ("", "None", "none")):
+        # No model: a reference unit, or the control image of a Flux.1 Depth/Canny checkpoint; any other use is
+        # refused when the job runs, where the checkpoint is known ("choose a ControlNet model").
+        model = ""
     elif module in MODEL_FREE_MODULES:
         raise ValueError(f"{at}.model: {module} uses no ControlNet model (it steers the checkpoint's own UNet); "
                          f"send model \"None\", got {model_name!r}")
-    elif not isinstance(model_name, str) or model_name.strip() in ("", "None", "none"):
+    elif not isinstance(model_name, str):
         raise ValueError(f"{at}.model: choose a ControlNet model (GET /controlnet/model_list lists them)")
     else:
         try:
