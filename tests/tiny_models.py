@@ -799,3 +799,38 @@ def controlnet_to_original(state: dict[str, torch.Tensor], config: dict,
             encoder[key] = value
     out.update(unet_to_original(encoder, {**config, "up_block_types": []}))
     return {prefix + key: value for key, value in out.items()}
+
+
+def make_tiny_sd3_controlnet(folder: Path, sd3_folder: Path, seed: int = 0) -> Path:
+    """A tiny random SD3ControlNetModel (diffusers folder) matching the transformer saved in `sd3_folder`."""
+    from diffusers import SD3ControlNetModel, SD3Transformer2DModel
+
+    transformer = SD3Transformer2DModel.from_pretrained(str(Path(sd3_folder) / "transformer"))
+    with _seeded(seed):
+        controlnet = SD3ControlNetModel.from_transformer(transformer, num_layers=1,
+                                                         num_extra_conditioning_channels=0,
+                                                         load_weights_from_transformer=False)
+        with torch.no_grad():
+            for param in controlnet.parameters():
+                param.normal_(0.0, 0.2)
+    folder = Path(folder)
+    controlnet.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def make_tiny_qwenimage_controlnet(folder: Path, qwen_folder: Path, seed: int = 0) -> Path:
+    """A tiny random QwenImageControlNetModel (diffusers folder) matching the transformer in `qwen_folder`."""
+    from diffusers import QwenImageControlNetModel, QwenImageTransformer2DModel
+
+    transformer = QwenImageTransformer2DModel.from_pretrained(str(Path(qwen_folder) / "transformer"))
+    config = transformer.config
+    with _seeded(seed):
+        controlnet = QwenImageControlNetModel.from_transformer(
+            transformer, num_layers=1, attention_head_dim=config.attention_head_dim,
+            num_attention_heads=config.num_attention_heads, load_weights_from_transformer=False)
+        with torch.no_grad():
+            for param in controlnet.parameters():
+                param.normal_(0.0, 0.2)
+    folder = Path(folder)
+    controlnet.save_pretrained(str(folder), safe_serialization=True)
+    return folder

@@ -11,14 +11,16 @@ built with `from_pipe` so it shares every weight of the loaded checkpoint:
     SDXL            StableDiffusionXLControlNetPipeline  StableDiffusionXLControlNetImg2ImgPipeline ...InpaintPipeline
     Flux.1          FluxControlNetPipeline               FluxControlNetImg2ImgPipeline             ...InpaintPipeline
     Z-Image         ZImageControlNetPipeline             (none in diffusers)                       ...InpaintPipeline
+    SD3             StableDiffusion3ControlNetPipeline   -                                         -
+    Qwen-Image      QwenImageControlNetPipeline          -                                         -
 
-Several units become a `MultiControlNetModel` (`FluxMultiControlNetModel` for Flux) with one weight and one
+Several units become a `MultiControlNetModel` (Flux, SD3 and Qwen-Image have their own) with one weight and one
 guidance window per unit. Control modes follow sd-webui-controlnet: "Balanced" adds the ControlNet's residuals at
 the unit's weight; "My prompt is more important" scales the residual of block i (counting from the first down
 block, the middle block last) by 0.825^(12 - i), so shallow blocks are weak and the middle one full; "ControlNet
 is more important" does the same and also leaves the unconditional half of classifier-free guidance without
 control, which lets the control map outweigh the prompt. Both are applied per unit with forward hooks on the
-ControlNet module (SD 1.x/2.x and SDXL; Flux and Z-Image take "Balanced" only).
+ControlNet module (SD 1.x/2.x and SDXL; the transformer families take "Balanced" only).
 """
 from __future__ import annotations
 
@@ -57,9 +59,15 @@ PIPELINES: dict[tuple[str, str], str] = {
     ("flux", "inpaint"): "FluxControlNetInpaintPipeline",
     ("zimage", "txt2img"): "ZImageControlNetPipeline",
     ("zimage", "inpaint"): "ZImageControlNetInpaintPipeline",
+    ("sd3", "txt2img"): "StableDiffusion3ControlNetPipeline",
+    ("qwen", "txt2img"): "QwenImageControlNetPipeline",
 }
+# Several units of one family: diffusers' container for their ControlNets.
+MULTI = {"flux": "FluxMultiControlNetModel", "sd3": "SD3MultiControlNetModel", "qwen": "QwenImageMultiControlNetModel"}
+BALANCED_ONLY = ("flux", "zimage", "sd3", "qwen")  # no per-block residuals to scale: "Balanced" only
 FLUX_CONTROL_PIPELINES = ("FluxControlPipeline", "FluxControlImg2ImgPipeline", "FluxControlInpaintPipeline")
-GROUPS = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl", "flux": "flux", "zimage": "zimage"}
+GROUPS = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl", "flux": "flux", "zimage": "zimage", "sd3": "sd3",
+          "qwenimage": "qwen"}
 CHECKPOINT_LABELS = {**FAMILY_LABELS, "sd3": "SD3", "qwenimage": "Qwen-Image", "easel": "the Easel built-in model"}
 
 
@@ -228,6 +236,7 @@ class ControlNetRunner:
         kind = type(call.pipe).__name__
         if kind in FLUX_CONTROL_PIPELINES:
             return self.run_flux_control(call, run, units)
+        units = [unit for unit in units if unit.weight > 0.0]  # weight 0: exactly the image without the unit
         if not units:
             return run(call)
         if kind == "FluxFillPipeline":
@@ -270,9 +279,13 @@ class ControlNetRunner:
         """The pipeline group for this checkpoint; RequestError when a unit's model is for another family."""
         group = GROUPS.get(call.arch)
         if group is None:
-            raise RequestError(FIELD, f"ControlNet runs with SD 1.x, SD 2.x, SDXL, Flux.1 and Z-Image checkpoints; "
-                                      f"{call.checkpoint} is {CHECKPOINT_LABELS.get(call.arch, call.arch)}")
+            raise RequestError(FIELD, f"ControlNet runs with SD 1.x, SD 2.x, SDXL, SD3, Flux.1, Z-Image and "
+                                      f"Qwen-Image checkpoints; {call.checkpoint} is "
+                                      f"{CHECKPOINT_LABELS.get(call.arch, call.arch)}")
         if (group, call.task) not in PIPELINES:
+            if group in ("sd3", "qwen"):  # diffusers' inpaint pipelines there need inpainting ControlNets
+                raise RequestError(FIELD, f"{CHECKPOINT_LABELS.get(call.arch, call.arch)} ControlNets run in "
+                                          f"txt2img only")
             raise RequestError(FIELD, f"diffusers has no {call.task} ControlNet pipeline for "
                                       f"{CHECKPOINT_LABELS.get(call.arch, call.arch)}; use txt2img or inpaint")
         for unit in units:
@@ -297,17 +310,18 @@ class ControlNetRunner:
                                    f"{entry.name} is a ControlNet for {FAMILY_LABELS.get(family, family)}, but the "
                                    f"checkpoint {call.checkpoint} is {CHECKPOINT_LABELS.get(call.arch, call.arch)}; "
                                    f"choose a ControlNet made for it")
-            if group in ("flux", "zimage") and unit.control_mode != BALANCED:
+            if group in BALANCED_ONLY and unit.control_mode != BALANCED:
                 raise RequestError(f"{FIELD}.args[{i}].control_mode",
-                                   f"{FAMILY_LABELS[group]} ControlNets take only {BALANCED!r}")
+                                   f"{FAMILY_LABELS[family]} ControlNets take only {BALANCED!r}")
             if group == "zimage" and (unit.guidance_start > 0.0 or unit.guidance_end < 1.0):
                 raise RequestError(f"{FIELD}.args[{i}].guidance_start",
                                    "Z-Image ControlNets act on every step; send guidance_start 0 and guidance_end 1")
         if sum(unit.module in REFERENCE_MODULES for unit in units) > 1:
             second = [unit for unit in units if unit.module in REFERENCE_MODULES][1]
             raise RequestError(f"{FIELD}.args[{second.index}].module", "one reference unit per generation")
-        if group == "zimage" and len(units) > 1:
-            raise RequestError(FIELD, "Z-Image takes one ControlNet unit at a time")
+        if group in ("zimage", "qwen") and len(units) > 1:  # diffusers runs one ControlNet there
+            raise RequestError(FIELD, f"{CHECKPOINT_LABELS.get(call.arch, call.arch)} takes one ControlNet unit at "
+                                      f"a time")
         return group
 
     def prepare(self, call: PipelineCall, units: list[ControlUnit]) -> list[PreparedUnit]:
@@ -399,8 +413,7 @@ class ControlNetRunner:
                 raise RequestError(f"{FIELD}.args[{item.index}].model", str(exc).removeprefix("model: ")) from None
         multi = len(nets) > 1
         if multi:
-            controlnet = (diffusers.FluxMultiControlNetModel(nets) if group == "flux"
-                          else diffusers.MultiControlNetModel(nets))
+            controlnet = getattr(diffusers, MULTI.get(group, "MultiControlNetModel"))(nets)
         else:
             controlnet = nets[0]
         if group == "zimage" and call.task == "inpaint" and \
