@@ -738,8 +738,9 @@ def make_tiny_sd_controlnet(folder: Path, sd_folder: Path, seed: int = 0) -> Pat
     return folder
 
 
-def make_tiny_flux_controlnet(folder: Path, flux_folder: Path, seed: int = 0) -> Path:
-    """A tiny random FluxControlNetModel (diffusers folder) matching the transformer saved in `flux_folder`."""
+def make_tiny_flux_controlnet(folder: Path, flux_folder: Path, seed: int = 0, num_mode: int | None = None) -> Path:
+    """A tiny random FluxControlNetModel (diffusers folder) matching the transformer saved in `flux_folder`;
+    `num_mode` makes it a union ControlNet with that many control types."""
     from diffusers import FluxControlNetModel, FluxTransformer2DModel
 
     transformer = FluxTransformer2DModel.from_pretrained(str(Path(flux_folder) / "transformer"))
@@ -747,6 +748,11 @@ def make_tiny_flux_controlnet(folder: Path, flux_folder: Path, seed: int = 0) ->
         controlnet = FluxControlNetModel.from_transformer(transformer, num_layers=1, num_single_layers=1,
                                                           attention_head_dim=16, num_attention_heads=2,
                                                           load_weights_from_transformer=False)
+        if num_mode:
+            controlnet = FluxControlNetModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                             attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                             pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 4, 8),
+                                             num_mode=num_mode)
         with torch.no_grad():
             for param in controlnet.parameters():
                 param.normal_(0.0, 0.2)

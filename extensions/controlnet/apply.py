@@ -164,6 +164,36 @@ def color_fix(image: Image.Image, control: Image.Image, unit: ControlUnit) -> Im
     return Image.fromarray(np.clip(np.rint(fixed), 0, 255).astype(np.uint8))
 
 
+# Flux.1 union ControlNets (InstantX / Shakker-Labs): the control type each number selects.
+FLUX_UNION_TYPES = ("canny", "tile", "depth", "blur", "pose", "gray", "low quality")
+
+
+def union_modes(prepared: list[PreparedUnit], nets: list[Any], group: str) -> list[int] | None:
+    """Each unit's control-type number for union ControlNets (None when no unit uses one); RequestError names a
+    unit whose type is missing, unknown, or given for a model that is not a union."""
+    modes: list[int] = []
+    any_union = False
+    for item, net in zip(prepared, nets):
+        count = getattr(net.config, "num_mode", None) if group == "flux" else None
+        wanted = item.unit.union_control_type
+        at = f"{FIELD}.args[{item.index}].union_control_type"
+        if not count:
+            if wanted is not None:
+                raise RequestError(at, f"{item.entry.name} is not a union ControlNet; leave union_control_type out")
+            modes.append(-1)
+            continue
+        any_union = True
+        names = FLUX_UNION_TYPES[:count]
+        choices = ", ".join(f"{i} = {name}" for i, name in enumerate(names))
+        if wanted is None:
+            raise RequestError(at, f"{item.entry.name} is a union ControlNet; choose its control type ({choices})")
+        index = int(wanted) if wanted.isdigit() else (names.index(wanted) if wanted in names else -1)
+        if not 0 <= index < count:
+            raise RequestError(at, f"unknown control type {wanted!r} for {item.entry.name}; choose {choices}")
+        modes.append(index)
+    return modes if any_union else None
+
+
 # Control-mode hooks ----------------------------------------------------------------------------------------------
 def soft_injection_factors(count: int) -> list[float]:
     """Per-residual scales for `count` residuals (down blocks first, middle block last)."""
@@ -434,6 +464,9 @@ class ControlNetRunner:
         if group != "zimage":
             kwargs["control_guidance_start"] = [item.unit.guidance_start for item in prepared]
             kwargs["control_guidance_end"] = [item.unit.guidance_end for item in prepared]
+        union = union_modes(prepared, nets, group)
+        if union is not None:
+            kwargs["control_mode"] = union if multi else union[0]
         accepted = inspect.signature(cls.__call__).parameters
         if "width" in accepted and "height" in accepted and not kwargs.get("width"):
             # Some ControlNet img2img pipelines (Flux's) default to their model's native size, not the image's.

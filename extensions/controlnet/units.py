@@ -70,6 +70,7 @@ class ControlUnit:
     control_mode: str = BALANCED
     pixel_perfect: bool = False
     hr_option: str = BOTH_PASSES
+    union_control_type: str | None = None  # a union ControlNet's control type (a name or its number), else None
     enabled: bool = True
     index: int = 0  # its place in the client's list (`args[index]`), kept when disabled units are dropped
 
@@ -240,7 +241,19 @@ def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_mod
                        guidance_start=start, guidance_end=end, control_mode=control_mode,
                        pixel_perfect=_flag(raw.get("pixel_perfect", False), f"{at}.pixel_perfect"),
                        hr_option=_choice(raw.get("hr_option", BOTH_PASSES), f"{at}.hr_option", HR_OPTIONS),
+                       union_control_type=_union_type(raw.get("union_control_type"), f"{at}.union_control_type"),
                        index=index)
+
+
+def _union_type(value: Any, key: str) -> str | None:
+    """A union ControlNet's control type: None or "Unknown" for none, else a name or a number (checked against the
+    model when the job runs)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "unknown")):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{key}: must be a control type name (such as \"canny\" or \"depth\") or its number, "
+                         f"got {value!r}")
+    return str(value).strip().lower()
 
 
 def parse_units(raw: Any, find_module: Callable[[str], str], find_model: Callable[[str], str],

@@ -48,3 +48,27 @@ def test_transformer_family_controlnet(make_easel, tmp_path, tmp_path_factory, f
     job = easel.engine.generate(edit.replace(extension_args=easel.registry.parse_request_args(
         {"controlnet": [unit(model=model, image=None)]})), timeout=120)
     assert isinstance(job.exception, RequestError) and "ControlNets run in txt2img only" in job.exception.message
+
+
+def test_flux_union_controlnet_selects_its_control_type(make_easel, tmp_path, tmp_path_factory):
+    from tests.tiny_models import make_tiny_flux, make_tiny_flux_controlnet
+
+    flux = make_tiny_flux(tmp_path_factory.mktemp("flux") / "tiny-flux")
+    models = tmp_path / "data" / "models"
+    shutil.copytree(flux, models / "diffusers" / "tiny-flux")
+    make_tiny_flux_controlnet(models / "ControlNet" / "flux-union", flux, seed=2, num_mode=7)
+    make_tiny_flux_controlnet(models / "ControlNet" / "flux-canny", flux, seed=2)
+    easel = make_easel(install_sd1=False)
+    request = Txt2ImgRequest(prompt="a house", seed=3, checkpoint="tiny-flux", **TINY)
+    canny = pixels(generate(easel, request, [unit(model="flux-union", union_control_type="canny")]).images[0])
+    as_number = pixels(generate(easel, request, [unit(model="flux-union", union_control_type=0)]).images[0])
+    depth = pixels(generate(easel, request, [unit(model="flux-union", union_control_type="depth")]).images[0])
+    assert np.array_equal(canny, as_number) and not np.array_equal(canny, depth)
+    for bad, text in ((unit(model="flux-union"), "is a union ControlNet; choose its control type (0 = canny"),
+                      (unit(model="flux-union", union_control_type="sketch"), "unknown control type 'sketch'"),
+                      (unit(model="flux-canny", union_control_type="depth"), "is not a union ControlNet")):
+        job = easel.engine.generate(request.replace(extension_args=easel.registry.parse_request_args(
+            {"controlnet": [bad]})), timeout=120)
+        assert isinstance(job.exception, RequestError), job.error
+        assert job.exception.field == "alwayson_scripts.controlnet.args[0].union_control_type"
+        assert text in job.exception.message
