@@ -166,6 +166,7 @@ def color_fix(image: Image.Image, control: Image.Image, unit: ControlUnit) -> Im
 
 # Flux.1 union ControlNets (InstantX / Shakker-Labs): the control type each number selects.
 FLUX_UNION_TYPES = ("canny", "tile", "depth", "blur", "pose", "gray", "low quality")
+UNION_ALIASES = {"openpose": "pose", "lq": "low quality"}  # sd-webui-controlnet's names for the same types
 
 
 def union_modes(prepared: list[PreparedUnit], nets: list[Any], group: str) -> list[int] | None:
@@ -187,6 +188,7 @@ def union_modes(prepared: list[PreparedUnit], nets: list[Any], group: str) -> li
         choices = ", ".join(f"{i} = {name}" for i, name in enumerate(names))
         if wanted is None:
             raise RequestError(at, f"{item.entry.name} is a union ControlNet; choose its control type ({choices})")
+        wanted = UNION_ALIASES.get(wanted, wanted)
         index = int(wanted) if wanted.isdigit() else (names.index(wanted) if wanted in names else -1)
         if not 0 <= index < count:
             raise RequestError(at, f"unknown control type {wanted!r} for {item.entry.name}; choose {choices}")
