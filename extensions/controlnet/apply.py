@@ -36,6 +36,7 @@ from PIL import Image
 from webui.extension_api import ModelFileError, PipelineCall, RequestError
 
 from .models import FAMILY_LABELS, ControlNetEntry, ControlNetModels
+from .conditions import FLUX_UNION_TYPES, UNION_ALIASES, color_fix, inpaint_condition
 from .preprocessors import COLORFIX_MODULES, INPAINT_MODULES, REFERENCE_MODULES, Preprocessors
 from .units import (BALANCED, CONTROLNET_MORE_IMPORTANT, CROP_AND_RESIZE, HIGH_RES_ONLY, JUST_RESIZE,
                     LOW_RES_ONLY, RESIZE_AND_FILL, ControlUnit)
@@ -134,39 +135,6 @@ def input_image(call: PipelineCall) -> Image.Image | None:
     image = call.kwargs.get("image")
     first = image[0] if isinstance(image, (list, tuple)) and image else image
     return first if isinstance(first, Image.Image) else None
-
-
-def inpaint_condition(control: Image.Image, mask: Image.Image) -> Any:
-    """An inpaint ControlNet's input: the image in 0..1 with the masked pixels (mask > 127) set to -1:
-    [1, 3, H, W] float32."""
-    import numpy as np
-    import torch
-
-    pixels = np.asarray(control.convert("RGB"), dtype=np.float32) / 255.0  # [H, W, 3]
-    pixels[np.asarray(mask) > 127] = -1.0
-    return torch.from_numpy(pixels).permute(2, 0, 1)[None].contiguous()  # [1, 3, H, W]
-
-
-def color_fix(image: Image.Image, control: Image.Image, unit: ControlUnit) -> Image.Image:
-    """tile_colorfix: `image` with its low frequencies (Gaussian, sigma = Variation) replaced by the control
-    image's; `+sharp` adds Sharpness times the image's own high frequencies once more."""
-    import cv2
-    import numpy as np
-
-    sigma = 8.0 if unit.threshold_a is None else float(unit.threshold_a)
-    sharpness = 1.0 if unit.threshold_b is None else float(unit.threshold_b)
-    made = np.asarray(image.convert("RGB"), dtype=np.float32)  # [H, W, 3]
-    reference = np.asarray(fit_image(control, image.size, JUST_RESIZE), dtype=np.float32)
-    detail = made - cv2.GaussianBlur(made, (0, 0), sigma)
-    if unit.module.endswith("+sharp"):
-        detail = detail * (1.0 + sharpness)
-    fixed = cv2.GaussianBlur(reference, (0, 0), sigma) + detail
-    return Image.fromarray(np.clip(np.rint(fixed), 0, 255).astype(np.uint8))
-
-
-# Flux.1 union ControlNets (InstantX / Shakker-Labs): the control type each number selects.
-FLUX_UNION_TYPES = ("canny", "tile", "depth", "blur", "pose", "gray", "low quality")
-UNION_ALIASES = {"openpose": "pose", "lq": "low quality"}  # sd-webui-controlnet's names for the same types
 
 
 def union_modes(prepared: list[PreparedUnit], nets: list[Any], group: str) -> list[int] | None:

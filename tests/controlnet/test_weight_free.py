@@ -49,25 +49,25 @@ def test_blur_gaussian_spreads_a_step_by_its_sigma(runner):
 
 
 def test_color_fix_takes_the_low_frequencies_of_the_control_image():
-    apply = extension_module("apply")
+    conditions = extension_module("conditions")
     units = extension_module("units")
     flat = Image.new("RGB", (64, 64), (90, 90, 90))  # no detail of its own
     control = shapes()
-    fixed = np.asarray(apply.color_fix(flat, control, units.ControlUnit(module="tile_colorfix", threshold_a=4.0)))
+    fixed = np.asarray(conditions.color_fix(flat, control, units.ControlUnit(module="tile_colorfix", threshold_a=4.0)))
     import cv2
 
     expected = np.rint(cv2.GaussianBlur(np.asarray(control, dtype=np.float32), (0, 0), 4.0))
     assert np.abs(fixed.astype(float) - expected).max() <= 1.0
-    sharp = apply.color_fix(shapes(), Image.new("RGB", (64, 64), (0, 0, 0)),
+    sharp = conditions.color_fix(shapes(), Image.new("RGB", (64, 64), (0, 0, 0)),
                             units.ControlUnit(module="tile_colorfix+sharp", threshold_a=4.0, threshold_b=1.0))
     assert np.asarray(sharp).std() > 0  # the image's own edges, doubled, on the black control's colours
 
 
 def test_inpaint_condition_marks_the_masked_pixels():
-    apply = extension_module("apply")
+    conditions = extension_module("conditions")
     mask = Image.new("L", (8, 8), 0)
     mask.paste(255, (0, 0, 4, 8))
-    condition = apply.inpaint_condition(Image.new("RGB", (8, 8), (255, 0, 51)), mask)
+    condition = conditions.inpaint_condition(Image.new("RGB", (8, 8), (255, 0, 51)), mask)
     assert tuple(condition.shape) == (1, 3, 8, 8)
     assert (condition[0, :, :, :4] == -1).all()
     assert condition[0, 0, 0, 7] == 1.0 and condition[0, 2, 0, 7] == pytest.approx(0.2)
@@ -101,7 +101,7 @@ def test_reference_only_changes_the_self_attention_outputs(tiny_sd1_dir):
     unet = pipe.unet
     attn1 = next(module for name, module in unet.named_modules() if name.endswith("attn1"))
     seen: list[torch.Tensor] = []
-    handle = attn1.register_forward_hook(lambda module, args, output: seen.append(output.detach().clone()))
+    attn1.register_forward_hook(lambda module, args, output: seen.append(output.detach().clone()))
     torch.manual_seed(0)
     sample = torch.randn(1, unet.config.in_channels, 8, 8)
     text = torch.randn(1, 4, unet.config.cross_attention_dim)
