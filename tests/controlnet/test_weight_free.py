@@ -154,3 +154,19 @@ def test_tile_colorfix_pulls_the_colours_towards_the_control_image(cn_easel):
     fixed = pixels(generate(cn_easel, txt2img(), [unit(image=red, module="tile_colorfix", threshold_a=8)]).images[0])
     assert np.abs(fixed.reshape(-1, 3).mean(0) - np.array([220, 30, 30])).max() < 12
     assert np.abs(plain.reshape(-1, 3).mean(0) - np.array([220, 30, 30])).max() > 30
+
+
+def test_reference_units_on_sdxl(make_easel, tmp_path, tmp_path_factory):
+    import shutil
+
+    from tests.tiny_models import make_tiny_sdxl
+    from webui.requests import Txt2ImgRequest
+
+    sdxl = make_tiny_sdxl(tmp_path_factory.mktemp("xl") / "tiny-sdxl")
+    shutil.copytree(sdxl, tmp_path / "data" / "models" / "diffusers" / "tiny-sdxl")
+    easel = make_easel(install_sd1=False)
+    request = Txt2ImgRequest(prompt="a house", seed=3, checkpoint="tiny-sdxl", **TINY)
+    plain = pixels(generate(easel, request).images[0])
+    for module in ("reference_only", "reference_adain+attn"):
+        assert not np.array_equal(pixels(generate(easel, request, [reference_unit(module=module)]).images[0]), plain)
+    assert np.array_equal(pixels(generate(easel, request, [reference_unit(weight=0)]).images[0]), plain)
