@@ -280,6 +280,28 @@ def make_tiny_flux(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def make_tiny_flux_tool(folder: Path, kind: str, seed: int = 0) -> Path:
+    """Tiny Flux.1 Fill (`kind="fill"`) or Depth/Canny (`kind="control"`): the tiny Flux with a transformer whose
+    input takes the packed latents plus the masked image and mask (fill: 16 + 16 + 4 * 2 * 2 = 48 channels) or plus
+    the packed control latents (control: 16 + 16 = 32), saved as FluxFillPipeline / FluxControlPipeline."""
+    from diffusers import FluxControlPipeline, FluxFillPipeline, FluxPipeline, FluxTransformer2DModel
+
+    folder = Path(folder)
+    base = FluxPipeline.from_pretrained(str(make_tiny_flux(folder.with_name(folder.name + "-base"), seed)))
+    in_channels = {"fill": 48, "control": 32}[kind]
+    with _seeded(seed + 10):
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=in_channels, out_channels=16, num_layers=1, num_single_layers=1,
+            attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+            guidance_embeds=True, axes_dims_rope=(4, 4, 8))
+    cls = FluxFillPipeline if kind == "fill" else FluxControlPipeline
+    components = {name: getattr(base, name) for name in ("scheduler", "vae", "text_encoder", "tokenizer",
+                                                         "text_encoder_2", "tokenizer_2")}
+    _save(cls(transformer=transformer, **components), folder)
+    _remove_tree(folder.with_name(folder.name + "-base"))
+    return folder
+
+
 def make_tiny_zimage(folder: Path, seed: int = 0) -> Path:
     """Tiny Z-Image: single-stream transformer with refiners, a Qwen3 text encoder and chat-template prompts."""
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
@@ -716,8 +738,9 @@ def make_tiny_sd_controlnet(folder: Path, sd_folder: Path, seed: int = 0) -> Pat
     return folder
 
 
-def make_tiny_flux_controlnet(folder: Path, flux_folder: Path, seed: int = 0) -> Path:
-    """A tiny random FluxControlNetModel (diffusers folder) matching the transformer saved in `flux_folder`."""
+def make_tiny_flux_controlnet(folder: Path, flux_folder: Path, seed: int = 0, num_mode: int | None = None) -> Path:
+    """A tiny random FluxControlNetModel (diffusers folder) matching the transformer saved in `flux_folder`;
+    `num_mode` makes it a union ControlNet with that many control types."""
     from diffusers import FluxControlNetModel, FluxTransformer2DModel
 
     transformer = FluxTransformer2DModel.from_pretrained(str(Path(flux_folder) / "transformer"))
@@ -725,6 +748,11 @@ def make_tiny_flux_controlnet(folder: Path, flux_folder: Path, seed: int = 0) ->
         controlnet = FluxControlNetModel.from_transformer(transformer, num_layers=1, num_single_layers=1,
                                                           attention_head_dim=16, num_attention_heads=2,
                                                           load_weights_from_transformer=False)
+        if num_mode:
+            controlnet = FluxControlNetModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                             attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                             pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 4, 8),
+                                             num_mode=num_mode)
         with torch.no_grad():
             for param in controlnet.parameters():
                 param.normal_(0.0, 0.2)
@@ -777,3 +805,38 @@ def controlnet_to_original(state: dict[str, torch.Tensor], config: dict,
             encoder[key] = value
     out.update(unet_to_original(encoder, {**config, "up_block_types": []}))
     return {prefix + key: value for key, value in out.items()}
+
+
+def make_tiny_sd3_controlnet(folder: Path, sd3_folder: Path, seed: int = 0) -> Path:
+    """A tiny random SD3ControlNetModel (diffusers folder) matching the transformer saved in `sd3_folder`."""
+    from diffusers import SD3ControlNetModel, SD3Transformer2DModel
+
+    transformer = SD3Transformer2DModel.from_pretrained(str(Path(sd3_folder) / "transformer"))
+    with _seeded(seed):
+        controlnet = SD3ControlNetModel.from_transformer(transformer, num_layers=1,
+                                                         num_extra_conditioning_channels=0,
+                                                         load_weights_from_transformer=False)
+        with torch.no_grad():
+            for param in controlnet.parameters():
+                param.normal_(0.0, 0.2)
+    folder = Path(folder)
+    controlnet.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def make_tiny_qwenimage_controlnet(folder: Path, qwen_folder: Path, seed: int = 0) -> Path:
+    """A tiny random QwenImageControlNetModel (diffusers folder) matching the transformer in `qwen_folder`."""
+    from diffusers import QwenImageControlNetModel, QwenImageTransformer2DModel
+
+    transformer = QwenImageTransformer2DModel.from_pretrained(str(Path(qwen_folder) / "transformer"))
+    config = transformer.config
+    with _seeded(seed):
+        controlnet = QwenImageControlNetModel.from_transformer(
+            transformer, num_layers=1, attention_head_dim=config.attention_head_dim,
+            num_attention_heads=config.num_attention_heads, load_weights_from_transformer=False)
+        with torch.no_grad():
+            for param in controlnet.parameters():
+                param.normal_(0.0, 0.2)
+    folder = Path(folder)
+    controlnet.save_pretrained(str(folder), safe_serialization=True)
+    return folder

@@ -46,6 +46,8 @@ class ControlNet:
         copies: dict[str, int] = {}
         specs = []
         for unit in self.runner.units(request):
+            if not unit.model:  # a reference unit: no ControlNet model
+                continue
             entry = self.models.find(unit.model)
             copy = copies.get(str(entry.path), 0)
             copies[str(entry.path)] = copy + 1

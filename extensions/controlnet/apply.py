@@ -11,14 +11,16 @@ built with `from_pipe` so it shares every weight of the loaded checkpoint:
     SDXL            StableDiffusionXLControlNetPipeline  StableDiffusionXLControlNetImg2ImgPipeline ...InpaintPipeline
     Flux.1          FluxControlNetPipeline               FluxControlNetImg2ImgPipeline             ...InpaintPipeline
     Z-Image         ZImageControlNetPipeline             (none in diffusers)                       ...InpaintPipeline
+    SD3             StableDiffusion3ControlNetPipeline   -                                         -
+    Qwen-Image      QwenImageControlNetPipeline          -                                         -
 
-Several units become a `MultiControlNetModel` (`FluxMultiControlNetModel` for Flux) with one weight and one
+Several units become a `MultiControlNetModel` (Flux, SD3 and Qwen-Image have their own) with one weight and one
 guidance window per unit. Control modes follow sd-webui-controlnet: "Balanced" adds the ControlNet's residuals at
 the unit's weight; "My prompt is more important" scales the residual of block i (counting from the first down
 block, the middle block last) by 0.825^(12 - i), so shallow blocks are weak and the middle one full; "ControlNet
 is more important" does the same and also leaves the unconditional half of classifier-free guidance without
 control, which lets the control map outweigh the prompt. Both are applied per unit with forward hooks on the
-ControlNet module (SD 1.x/2.x and SDXL; Flux and Z-Image take "Balanced" only).
+ControlNet module (SD 1.x/2.x and SDXL; the transformer families take "Balanced" only).
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ from PIL import Image
 from webui.extension_api import ModelFileError, PipelineCall, RequestError
 
 from .models import FAMILY_LABELS, ControlNetEntry, ControlNetModels
-from .preprocessors import Preprocessors
+from .conditions import FLUX_UNION_TYPES, UNION_ALIASES, color_fix, inpaint_condition
+from .preprocessors import COLORFIX_MODULES, INPAINT_MODULES, REFERENCE_MODULES, Preprocessors
 from .units import (BALANCED, CONTROLNET_MORE_IMPORTANT, CROP_AND_RESIZE, HIGH_RES_ONLY, JUST_RESIZE,
                     LOW_RES_ONLY, RESIZE_AND_FILL, ControlUnit)
 
@@ -57,8 +60,15 @@ PIPELINES: dict[tuple[str, str], str] = {
     ("flux", "inpaint"): "FluxControlNetInpaintPipeline",
     ("zimage", "txt2img"): "ZImageControlNetPipeline",
     ("zimage", "inpaint"): "ZImageControlNetInpaintPipeline",
+    ("sd3", "txt2img"): "StableDiffusion3ControlNetPipeline",
+    ("qwen", "txt2img"): "QwenImageControlNetPipeline",
 }
-GROUPS = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl", "flux": "flux", "zimage": "zimage"}
+# Several units of one family: diffusers' container for their ControlNets.
+MULTI = {"flux": "FluxMultiControlNetModel", "sd3": "SD3MultiControlNetModel", "qwen": "QwenImageMultiControlNetModel"}
+BALANCED_ONLY = ("flux", "zimage", "sd3", "qwen")  # no per-block residuals to scale: "Balanced" only
+FLUX_CONTROL_PIPELINES = ("FluxControlPipeline", "FluxControlImg2ImgPipeline", "FluxControlInpaintPipeline")
+GROUPS = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl", "flux": "flux", "zimage": "zimage", "sd3": "sd3",
+          "qwenimage": "qwen"}
 CHECKPOINT_LABELS = {**FAMILY_LABELS, "sd3": "SD3", "qwenimage": "Qwen-Image", "easel": "the Easel built-in model"}
 
 
@@ -68,8 +78,8 @@ class PreparedUnit:
 
     index: int
     unit: ControlUnit
-    entry: ControlNetEntry
-    control: Image.Image  # RGB, exactly the generation size
+    entry: ControlNetEntry | None  # None for a reference unit (no ControlNet model)
+    control: Any  # RGB PIL image at exactly the generation size; inpaint_only: a [1, 3, H, W] tensor
 
 
 # Control images --------------------------------------------------------------------------------------------------
@@ -125,6 +135,33 @@ def input_image(call: PipelineCall) -> Image.Image | None:
     image = call.kwargs.get("image")
     first = image[0] if isinstance(image, (list, tuple)) and image else image
     return first if isinstance(first, Image.Image) else None
+
+
+def union_modes(prepared: list[PreparedUnit], nets: list[Any], group: str) -> list[int] | None:
+    """Each unit's control-type number for union ControlNets (None when no unit uses one); RequestError names a
+    unit whose type is missing, unknown, or given for a model that is not a union."""
+    modes: list[int] = []
+    any_union = False
+    for item, net in zip(prepared, nets):
+        count = getattr(net.config, "num_mode", None) if group == "flux" else None
+        wanted = item.unit.union_control_type
+        at = f"{FIELD}.args[{item.index}].union_control_type"
+        if not count:
+            if wanted is not None:
+                raise RequestError(at, f"{item.entry.name} is not a union ControlNet; leave union_control_type out")
+            modes.append(-1)
+            continue
+        any_union = True
+        names = FLUX_UNION_TYPES[:count]
+        choices = ", ".join(f"{i} = {name}" for i, name in enumerate(names))
+        if wanted is None:
+            raise RequestError(at, f"{item.entry.name} is a union ControlNet; choose its control type ({choices})")
+        wanted = UNION_ALIASES.get(wanted, wanted)
+        index = int(wanted) if wanted.isdigit() else (names.index(wanted) if wanted in names else -1)
+        if not 0 <= index < count:
+            raise RequestError(at, f"unknown control type {wanted!r} for {item.entry.name}; choose {choices}")
+        modes.append(index)
+    return modes if any_union else None
 
 
 # Control-mode hooks ----------------------------------------------------------------------------------------------
@@ -196,23 +233,73 @@ class ControlNetRunner:
         hires_on = bool(getattr(call.request, "enable_hr", False))
         skipped = HIGH_RES_ONLY if hires_on and not hires_pass else LOW_RES_ONLY if hires_pass else None
         units = [unit for unit in units if unit.hr_option != skipped]
+        kind = type(call.pipe).__name__
+        if kind in FLUX_CONTROL_PIPELINES:
+            return self.run_flux_control(call, run, units)
+        units = [unit for unit in units if unit.weight > 0.0]  # weight 0: exactly the image without the unit
         if not units:
             return run(call)
+        if kind == "FluxFillPipeline":
+            raise RequestError(FIELD, f"{call.checkpoint} is a Flux.1 Fill checkpoint; it takes no ControlNet units")
         group = self.check_family(call, units)
         prepared = self.prepare(call, units)
         return self.run_units(call, run, group, prepared)
+
+    def run_flux_control(self, call: PipelineCall, run: Callable[[PipelineCall], Any],
+                         units: list[ControlUnit]) -> Any:
+        """A Flux.1 Depth/Canny checkpoint: its control image is the one unit's map (the unit has no model)."""
+        if not units:
+            raise RequestError(FIELD, f"{call.checkpoint} is a Flux.1 Depth/Canny checkpoint and needs a control "
+                                      f"image: send one ControlNet unit with model \"None\" and its image (or a "
+                                      f"preprocessor such as canny or depth_midas)")
+        if len(units) > 1:
+            raise RequestError(FIELD, f"{call.checkpoint} takes one control image: send one ControlNet unit")
+        unit = units[0]
+        at = f"{FIELD}.args[{unit.index}]"
+        checks = ((unit.model, "model", "the checkpoint is its own ControlNet; send model \"None\""),
+                  (unit.module in REFERENCE_MODULES + INPAINT_MODULES, "module",
+                   f"{unit.module} does not make a control image for a Flux.1 Depth/Canny checkpoint"),
+                  (unit.weight != 1.0, "weight", "the checkpoint's control has no weight; send 1"),
+                  (unit.control_mode != BALANCED, "control_mode", f"only {BALANCED!r}"),
+                  (unit.guidance_start > 0.0 or unit.guidance_end < 1.0, "guidance_start",
+                   "the checkpoint's control acts on every step; send guidance_start 0 and guidance_end 1"))
+        for failed, key, message in checks:
+            if failed:
+                raise RequestError(f"{at}.{key}", message)
+        prepared = self.prepare(call, units)[0]
+        kwargs = {**call.kwargs, "control_image": prepared.control}
+        if not kwargs.get("width"):
+            kwargs["width"], kwargs["height"] = generation_size(call)
+        output = run(call.replace(kwargs=kwargs))
+        if unit.module in COLORFIX_MODULES and kwargs.get("output_type", "pil") == "pil":
+            output.images = [color_fix(image, prepared.control, unit) for image in output.images]
+        return output
 
     def check_family(self, call: PipelineCall, units: list[ControlUnit]) -> str:
         """The pipeline group for this checkpoint; RequestError when a unit's model is for another family."""
         group = GROUPS.get(call.arch)
         if group is None:
-            raise RequestError(FIELD, f"ControlNet runs with SD 1.x, SD 2.x, SDXL, Flux.1 and Z-Image checkpoints; "
-                                      f"{call.checkpoint} is {CHECKPOINT_LABELS.get(call.arch, call.arch)}")
+            raise RequestError(FIELD, f"ControlNet runs with SD 1.x, SD 2.x, SDXL, SD3, Flux.1, Z-Image and "
+                                      f"Qwen-Image checkpoints; {call.checkpoint} is "
+                                      f"{CHECKPOINT_LABELS.get(call.arch, call.arch)}")
         if (group, call.task) not in PIPELINES:
+            if group in ("sd3", "qwen"):  # diffusers' inpaint pipelines there need inpainting ControlNets
+                raise RequestError(FIELD, f"{CHECKPOINT_LABELS.get(call.arch, call.arch)} ControlNets run in "
+                                          f"txt2img only")
             raise RequestError(FIELD, f"diffusers has no {call.task} ControlNet pipeline for "
                                       f"{CHECKPOINT_LABELS.get(call.arch, call.arch)}; use txt2img or inpaint")
         for unit in units:
             i = unit.index
+            if unit.module in REFERENCE_MODULES or unit.module in INPAINT_MODULES:
+                if group not in ("sd", "sdxl"):
+                    raise RequestError(f"{FIELD}.args[{i}].module",
+                                       f"{unit.module} runs with SD 1.x, SD 2.x and SDXL checkpoints; {call.checkpoint} "
+                                       f"is {CHECKPOINT_LABELS.get(call.arch, call.arch)}")
+                if unit.module in REFERENCE_MODULES:
+                    continue
+            if not unit.model:
+                raise RequestError(f"{FIELD}.args[{i}].model",
+                                   "choose a ControlNet model (GET /controlnet/model_list lists them)")
             entry = self.models.find(unit.model)
             try:
                 family = self.models.family(entry)  # reads a pickle file's tensors only; refuses anything else
@@ -223,14 +310,18 @@ class ControlNetRunner:
                                    f"{entry.name} is a ControlNet for {FAMILY_LABELS.get(family, family)}, but the "
                                    f"checkpoint {call.checkpoint} is {CHECKPOINT_LABELS.get(call.arch, call.arch)}; "
                                    f"choose a ControlNet made for it")
-            if group in ("flux", "zimage") and unit.control_mode != BALANCED:
+            if group in BALANCED_ONLY and unit.control_mode != BALANCED:
                 raise RequestError(f"{FIELD}.args[{i}].control_mode",
-                                   f"{FAMILY_LABELS[group]} ControlNets take only {BALANCED!r}")
+                                   f"{FAMILY_LABELS[family]} ControlNets take only {BALANCED!r}")
             if group == "zimage" and (unit.guidance_start > 0.0 or unit.guidance_end < 1.0):
                 raise RequestError(f"{FIELD}.args[{i}].guidance_start",
                                    "Z-Image ControlNets act on every step; send guidance_start 0 and guidance_end 1")
-        if group == "zimage" and len(units) > 1:
-            raise RequestError(FIELD, "Z-Image takes one ControlNet unit at a time")
+        if sum(unit.module in REFERENCE_MODULES for unit in units) > 1:
+            second = [unit for unit in units if unit.module in REFERENCE_MODULES][1]
+            raise RequestError(f"{FIELD}.args[{second.index}].module", "one reference unit per generation")
+        if group in ("zimage", "qwen") and len(units) > 1:  # diffusers runs one ControlNet there
+            raise RequestError(FIELD, f"{CHECKPOINT_LABELS.get(call.arch, call.arch)} takes one ControlNet unit at "
+                                      f"a time")
         return group
 
     def prepare(self, call: PipelineCall, units: list[ControlUnit]) -> list[PreparedUnit]:
@@ -256,8 +347,23 @@ class ControlNetRunner:
                 except ModelFileError as exc:  # an annotator file that was refused or is not weights
                     raise RequestError(f"{FIELD}.args[{i}].module", str(exc)) from None
                 self._maps[key] = (source, control)
-            prepared.append(PreparedUnit(i, unit, self.models.find(unit.model), control))
+            if unit.module in INPAINT_MODULES:
+                control = inpaint_condition(control, self.inpaint_mask(call, unit, size))
+            entry = self.models.find(unit.model) if unit.model else None
+            prepared.append(PreparedUnit(i, unit, entry, control))
         return prepared
+
+    def inpaint_mask(self, call: PipelineCall, unit: ControlUnit, size: tuple[int, int]) -> Image.Image:
+        """inpaint_only's mask at `size`: the unit's own, else the inpaint tab's (white = repaint)."""
+        mask = unit.mask
+        if mask is None:
+            given = call.kwargs.get("mask_image")
+            mask = given[0] if isinstance(given, (list, tuple)) and given else given
+        if not isinstance(mask, Image.Image):
+            raise RequestError(f"{FIELD}.args[{unit.index}].mask",
+                               f"{unit.module} needs a mask: send the unit's mask (white = repaint) or inpaint "
+                               f"with a mask")
+        return fit_image(mask.convert("L").convert("RGB"), size, unit.resize_mode).convert("L")
 
     def control_map(self, unit: ControlUnit, source: Image.Image, size: tuple[int, int]) -> Image.Image:
         """The unit's preprocessor run on `source`, fitted to `size` by its resize mode."""
@@ -268,6 +374,27 @@ class ControlNetRunner:
 
     def run_units(self, call: PipelineCall, run: Callable[[PipelineCall], Any], group: str,
                   prepared: list[PreparedUnit]) -> Any:
+        pipe = call.pipe
+        reference = next((item for item in prepared if item.unit.module in REFERENCE_MODULES), None)
+        prepared = [item for item in prepared if item.unit.module not in REFERENCE_MODULES]
+        colorfix = [item for item in prepared if item.unit.module in COLORFIX_MODULES]
+        if reference is not None and reference.unit.weight > 0.0:
+            from .reference import make_state, reference_hooks
+
+            try:
+                state = make_state(pipe, reference.control, generation_size(call), reference.unit.module,
+                                   reference.unit.weight, 0.5 if reference.unit.threshold_a is None
+                                   else min(max(float(reference.unit.threshold_a), 0.0), 1.0))
+            except ValueError as exc:
+                raise RequestError(f"{FIELD}.args[{reference.index}].module", str(exc)) from None
+            with reference_hooks(pipe, state):
+                return self._run_controlnets(call, run, group, prepared, colorfix)
+        return self._run_controlnets(call, run, group, prepared, colorfix)
+
+    def _run_controlnets(self, call: PipelineCall, run: Callable[[PipelineCall], Any], group: str,
+                         prepared: list[PreparedUnit], colorfix: list[PreparedUnit]) -> Any:
+        if not prepared:  # reference units only: the checkpoint's own pipeline, its UNet hooked
+            return run(call)
         import diffusers
 
         pipe = call.pipe
@@ -286,8 +413,7 @@ class ControlNetRunner:
                 raise RequestError(f"{FIELD}.args[{item.index}].model", str(exc).removeprefix("model: ")) from None
         multi = len(nets) > 1
         if multi:
-            controlnet = (diffusers.FluxMultiControlNetModel(nets) if group == "flux"
-                          else diffusers.MultiControlNetModel(nets))
+            controlnet = getattr(diffusers, MULTI.get(group, "MultiControlNetModel"))(nets)
         else:
             controlnet = nets[0]
         if group == "zimage" and call.task == "inpaint" and \
@@ -308,6 +434,9 @@ class ControlNetRunner:
         if group != "zimage":
             kwargs["control_guidance_start"] = [item.unit.guidance_start for item in prepared]
             kwargs["control_guidance_end"] = [item.unit.guidance_end for item in prepared]
+        union = union_modes(prepared, nets, group)
+        if union is not None:
+            kwargs["control_mode"] = union if multi else union[0]
         accepted = inspect.signature(cls.__call__).parameters
         if "width" in accepted and "height" in accepted and not kwargs.get("width"):
             # Some ControlNet img2img pipelines (Flux's) default to their model's native size, not the image's.
@@ -325,10 +454,14 @@ class ControlNetRunner:
                                              lambda: bool(getattr(control_pipe, "do_classifier_free_guidance",
                                                                   False)))
                     handles.append(net.register_forward_hook(hook))
-            return run(call.replace(pipe=control_pipe, kwargs=kwargs))
+            output = run(call.replace(pipe=control_pipe, kwargs=kwargs))
         finally:
             for handle in handles:
                 handle.remove()
+        for item in colorfix:
+            if isinstance(getattr(output, "images", None), list) and kwargs.get("output_type", "pil") == "pil":
+                output.images = [color_fix(image, item.control, item.unit) for image in output.images]
+        return output
 
     # Infotext ------------------------------------------------------------------------------------------------
     def after_generate(self, request: Any, generated: list[Any]) -> list[Any] | None:
@@ -343,12 +476,12 @@ class ControlNetRunner:
             return None
         entries = {}
         for unit in units:
-            entry = self.models.find(unit.model)
+            title = self.models.title(self.models.find(unit.model)) if unit.model else "None"
             module = self.preprocessors.module(unit.module)
             thresholds = tuple(given if given is not None else (slider.value if slider is not None else None)
                                for given, slider in ((unit.threshold_a, module.threshold_a),
                                                      (unit.threshold_b, module.threshold_b)))
-            entries[unit.index] = infotext_value(unit, self.models.title(entry), thresholds)
+            entries[unit.index] = infotext_value(unit, title, thresholds)
         for item in generated:
             for i, text in entries.items():
                 item.extra[f"ControlNet {i}"] = text

@@ -1,7 +1,7 @@
 """ControlNet models: find them in the ControlNet folders, tell their family, load them once, name them.
 
 A model is a diffusers folder (`config.json` + weights; `ControlNetModel` for SD 1.x/2.x/SDXL,
-`FluxControlNetModel`, `ZImageControlNetModel`) or a single SD-family file (`.safetensors`, `.pth`, `.pt`,
+`FluxControlNetModel`, `ZImageControlNetModel`, `SD3ControlNetModel`, `QwenImageControlNetModel`) or a single SD-family file (`.safetensors`, `.pth`, `.pt`,
 `.ckpt`, `.bin`) in AUTOMATIC1111's layout or diffusers'. A single file loads with the `.yaml` of the same name
 beside it when there is one (as AUTOMATIC1111 ships them), else with the config under `configs/` matching its
 cross-attention width (768 SD 1.x, 1024 SD 2.x, 2048 SDXL). Files are read without running code from them:
@@ -30,9 +30,10 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 # Single-file families by the width of their cross-attention (attn2.to_k takes [inner, width]).
 CROSS_ATTENTION_FAMILIES: dict[int, str] = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 SINGLE_FILE_CONFIGS: dict[str, Path] = {"sd1": CONFIGS / "sd15", "sd2": CONFIGS / "sd21", "sdxl": CONFIGS / "sdxl"}
-FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1", "zimage": "Z-Image",
-                 "unknown": "an unknown model family"}
-FOLDER_CLASSES = {"ControlNetModel": None, "FluxControlNetModel": "flux", "ZImageControlNetModel": "zimage"}
+FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux.1",
+                 "zimage": "Z-Image", "qwenimage": "Qwen-Image", "unknown": "an unknown model family"}
+FOLDER_CLASSES = {"ControlNetModel": None, "FluxControlNetModel": "flux", "ZImageControlNetModel": "zimage",
+                  "SD3ControlNetModel": "sd3", "QwenImageControlNetModel": "qwenimage"}
 KIND = "controlnet"  # their kind in the memory cache
 HASH_LENGTH = 8
 
@@ -201,8 +202,8 @@ class ControlNetModels:
             config = json.loads((entry.path / "config.json").read_text(encoding="utf-8"))
             cls_name = config.get("_class_name", "ControlNetModel")
             if cls_name not in FOLDER_CLASSES:
-                raise RequestError("model", f"{entry.name} is a {cls_name}; Easel runs ControlNetModel, "
-                                            "FluxControlNetModel and ZImageControlNetModel folders")
+                raise RequestError("model", f"{entry.name} is a {cls_name}; Easel runs "
+                                            f"{', '.join(FOLDER_CLASSES)} folders")
             cls = getattr(diffusers, cls_name)
             pickled = pickle_weights_in(entry.path)
             if pickled:
@@ -210,7 +211,7 @@ class ControlNetModels:
                                             f"{pickle_folder_reason(entry.path, pickled)}")
             return cls.from_pretrained(str(entry.path), torch_dtype=dtype, local_files_only=True,
                                        use_safetensors=True)
-        if family in ("flux", "zimage"):
+        if family in ("flux", "zimage", "sd3", "qwenimage"):
             raise RequestError("model", f"{entry.name} is a {FAMILY_LABELS[family]} ControlNet in one file; "
                                         "Easel loads those from a diffusers folder (config.json beside the weights)")
         yaml = entry.path.with_suffix(".yaml")

@@ -6,7 +6,8 @@ huggingface.co/lllyasviel/Annotators; when a file is missing, Easel was started 
 is online, it is downloaded there; otherwise `AnnotatorMissingError` says exactly which file to put where. Before
 controlnet-aux opens them, every weights file is checked to hold only tensors (TorchScript archives and pickles
 needing other objects are refused with `UnsafeModelFileError`, naming the file), so nothing in it runs.
-canny, shuffle, tile_resample, lineart_standard, invert and none need no weights. Loaded annotators are kept
+canny, shuffle, tile_resample, lineart_standard, recolor_luminance, recolor_intensity, blur_gaussian,
+tile_colorfix(+sharp), inpaint_only, the reference modules, invert and none need no weights. Loaded annotators are kept
 (per name) and run on the CPU, so previewing a map never competes with the worker for the GPU.
 
 Every preprocessor runs as `run(image, resolution=512, threshold_a=None, threshold_b=None) -> image`, the
@@ -141,6 +142,45 @@ def _lineart_standard(image: np.ndarray, resolution: int, a: float | None, b: fl
     return _pil_out(detector(image, detect_resolution=resolution, output_type="np"))
 
 
+_GAMMA = Slider("Gamma Correction", 1.0, 0.1, 2.0, 0.001)
+_BLUR_SIGMA = Slider("Sigma", 9.0, 0.01, 64.0, 0.01)
+_VARIATION = Slider("Variation", 8.0, 3.0, 32.0, 1.0)
+_SHARPNESS = Slider("Sharpness", 1.0, 0.0, 2.0, 0.01)
+_STYLE_FIDELITY = Slider("Style Fidelity (only for Balanced mode)", 0.5, 0.0, 1.0, 0.01)
+
+
+def _recolor(channel: Callable[[np.ndarray], np.ndarray]) -> Callable[..., np.ndarray]:
+    """A grey map of one brightness channel (uint8 HxW), raised to the gamma of threshold A."""
+
+    def run(image: np.ndarray, resolution: int, a: float | None, b: float | None, loader: Any) -> np.ndarray:
+        grey = channel(image).astype(np.float32) / 255.0  # HxW in 0..1
+        grey = np.power(grey, float(_value(a, _GAMMA)))
+        return _hwc3(np.clip(np.rint(grey * 255.0), 0, 255).astype(np.uint8))
+
+    return run
+
+
+def _luminance(image: np.ndarray) -> np.ndarray:
+    """CIELAB L* scaled to 0..255 (OpenCV's 8-bit L channel)."""
+    import cv2
+
+    return cv2.cvtColor(image, cv2.COLOR_RGB2LAB)[:, :, 0]
+
+
+def _intensity(image: np.ndarray) -> np.ndarray:
+    """HSV value: the largest of the three channels."""
+    return image.max(axis=2)
+
+
+def _blur_gaussian(image: np.ndarray, resolution: int, a: float | None, b: float | None,
+                   loader: Any) -> np.ndarray:
+    """The image blurred by a Gaussian of standard deviation threshold A (in pixels of the image)."""
+    import cv2
+
+    sigma = float(_value(a, _BLUR_SIGMA))
+    return cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
+
+
 # Modules with weights ------------------------------------------------------------------------------------------
 def _pretrained(class_name: str, **kwargs: Any) -> Callable[[Any, str], Any]:
     return lambda aux, folder: getattr(aux, class_name).from_pretrained(folder, **kwargs)
@@ -182,6 +222,22 @@ _add(Module("canny", _canny, threshold_a=_CANNY_LOW, threshold_b=_CANNY_HIGH))
 _add(Module("shuffle", _shuffle))
 _add(Module("tile_resample", _tile_resample, threshold_a=_TILE_RATE, uses_resolution=False))
 _add(Module("lineart_standard", _lineart_standard))
+_add(Module("recolor_luminance", _recolor(_luminance), threshold_a=_GAMMA, uses_resolution=False))
+_add(Module("recolor_intensity", _recolor(_intensity), threshold_a=_GAMMA, uses_resolution=False))
+_add(Module("blur_gaussian", _blur_gaussian, threshold_a=_BLUR_SIGMA, uses_resolution=False))
+# The tile colour fix: the map is the image; the generated images' low frequencies (a Gaussian of sigma
+# "Variation") are then replaced by the control image's (`+sharp` also sharpens by "Sharpness"); see apply.py.
+_add(Module("tile_colorfix", _none, threshold_a=_VARIATION, uses_resolution=False))
+_add(Module("tile_colorfix+sharp", _none, threshold_a=_VARIATION, threshold_b=_SHARPNESS, uses_resolution=False))
+# The unit's image with its mask goes to an inpaint ControlNet (masked pixels become -1); see apply.py.
+_add(Module("inpaint_only", _none, uses_resolution=False))
+# Reference modules need no ControlNet model: the map is the reference image, used by reference.py.
+_add(Module("reference_only", _none, threshold_a=_STYLE_FIDELITY, uses_resolution=False))
+_add(Module("reference_adain", _none, threshold_a=_STYLE_FIDELITY, uses_resolution=False))
+_add(Module("reference_adain+attn", _none, threshold_a=_STYLE_FIDELITY, uses_resolution=False))
+REFERENCE_MODULES = ("reference_only", "reference_adain", "reference_adain+attn")
+COLORFIX_MODULES = ("tile_colorfix", "tile_colorfix+sharp")
+INPAINT_MODULES = ("inpaint_only",)
 _add(Module("depth_midas", _weighted("midas", _pretrained("MidasDetector"), lambda d, im, r, a, b: d(
     im, a=_value(a, _MIDAS_A), bg_th=_value(b, _MIDAS_BG), detect_resolution=r, image_resolution=r,
     output_type="pil")), files=("dpt_hybrid-midas-501f0c75.pt",), threshold_a=_MIDAS_A, threshold_b=_MIDAS_BG))
@@ -227,7 +283,7 @@ ALIASES = {"depth": "depth_midas", "softedge": "softedge_hed", "scribble": "scri
            "lineart": "lineart_realistic", "hed": "softedge_hed", "hed_safe": "softedge_hedsafe",
            "pidinet": "softedge_pidinet", "pidinet_safe": "softedge_pidisafe", "fake_scribble": "scribble_hed",
            "pidinet_scribble": "scribble_pidinet", "openposev2": "openpose_full", "openpose_full_body": "openpose_full",
-           "tile": "tile_resample", "shuffle_content": "shuffle", "canny_edge": "canny"}
+           "tile": "tile_resample", "blur": "blur_gaussian", "shuffle_content": "shuffle", "canny_edge": "canny"}
 
 
 # Loading and running ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from webui.extension_api import ExtensionInputs
 
-from .preprocessors import MODULES, AnnotatorMissingError
+from .preprocessors import MODULES, REFERENCE_MODULES, AnnotatorMissingError
 from .routes import UI_UNITS
 from .units import BALANCED, CONTROL_MODES, CROP_AND_RESIZE, DEFAULT_PROCESSOR_RES, RESIZE_MODES
 
@@ -36,6 +36,8 @@ def units_from_values(*values: Any) -> list[dict[str, Any]]:
             if unit.get(key) is None:
                 unit[key] = -1
         unit["model"] = unit.get("model") or ""
+        if unit.get("module") in REFERENCE_MODULES:  # reference modules use no ControlNet model
+            unit["model"] = "None"
         units.append(unit)
     return units
 

@@ -23,6 +23,10 @@ from PIL import Image, UnidentifiedImageError
 
 from webui.extension_api import RequestError
 
+from .preprocessors import REFERENCE_MODULES
+
+MODEL_FREE_MODULES = REFERENCE_MODULES  # modules that run without a ControlNet model
+
 BALANCED = "Balanced"
 PROMPT_MORE_IMPORTANT = "My prompt is more important"
 CONTROLNET_MORE_IMPORTANT = "ControlNet is more important"
@@ -66,6 +70,7 @@ class ControlUnit:
     control_mode: str = BALANCED
     pixel_perfect: bool = False
     hr_option: str = BOTH_PASSES
+    union_control_type: str | None = None  # a union ControlNet's control type (a name or its number), else None
     enabled: bool = True
     index: int = 0  # its place in the client's list (`args[index]`), kept when disabled units are dropped
 
@@ -185,12 +190,20 @@ def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_mod
         raise ValueError(f"{at}.module: {exc}") from None
 
     model_name = raw.get("model", "")
-    if not isinstance(model_name, str) or model_name.strip() in ("", "None", "none"):
+    if model_name is None or (isinstance(model_name, str) and model_name.strip() in ("", "None", "none")):
+        # No model: a reference unit, or the control image of a Flux.1 Depth/Canny checkpoint; any other use is
+        # refused when the job runs, where the checkpoint is known ("choose a ControlNet model").
+        model = ""
+    elif module in MODEL_FREE_MODULES:
+        raise ValueError(f"{at}.model: {module} uses no ControlNet model (it steers the checkpoint's own UNet); "
+                         f"send model \"None\", got {model_name!r}")
+    elif not isinstance(model_name, str):
         raise ValueError(f"{at}.model: choose a ControlNet model (GET /controlnet/model_list lists them)")
-    try:
-        model = find_model(model_name.strip())
-    except LookupError as exc:
-        raise ValueError(f"{at}.model: {exc}") from None
+    else:
+        try:
+            model = find_model(model_name.strip())
+        except LookupError as exc:
+            raise ValueError(f"{at}.model: {exc}") from None
 
     weight = _number(raw.get("weight", 1.0), f"{at}.weight", 0.0, MAX_WEIGHT)
     start = _number(raw.get("guidance_start", 0.0), f"{at}.guidance_start", 0.0, 1.0)
@@ -228,7 +241,19 @@ def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_mod
                        guidance_start=start, guidance_end=end, control_mode=control_mode,
                        pixel_perfect=_flag(raw.get("pixel_perfect", False), f"{at}.pixel_perfect"),
                        hr_option=_choice(raw.get("hr_option", BOTH_PASSES), f"{at}.hr_option", HR_OPTIONS),
+                       union_control_type=_union_type(raw.get("union_control_type"), f"{at}.union_control_type"),
                        index=index)
+
+
+def _union_type(value: Any, key: str) -> str | None:
+    """A union ControlNet's control type: None or "Unknown" for none, else a name or a number (checked against the
+    model when the job runs)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "unknown")):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{key}: must be a control type name (such as \"canny\" or \"depth\") or its number, "
+                         f"got {value!r}")
+    return str(value).strip().lower()
 
 
 def parse_units(raw: Any, find_module: Callable[[str], str], find_model: Callable[[str], str],

@@ -446,6 +446,36 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+FLUX_TOOL_LABELS = {"fill": "Flux.1 Fill", "control": "Flux.1 Depth/Canny"}
+
+
+def flux_tool_variant(path: Path) -> str:
+    """"fill" or "control" for a Flux.1 Fill or Depth/Canny folder, told by its transformer's input channels: the
+    packed latents (4 x the VAE's latent channels; 64 for Flux.1) take twice as many with the control image's
+    latents beside them (Depth/Canny: 128), and also the packed mask (4 x the VAE's downscale squared) with the
+    masked image's (Fill: 64 + 64 + 256 = 384). "" for anything else."""
+    transformer = _read_json(path / "transformer" / "config.json")
+    vae = _read_json(path / "vae" / "config.json")
+    in_channels = transformer.get("in_channels")
+    latent = int(vae.get("latent_channels", 16)) * 4  # [C, 2, 2] patches
+    scale = 2 ** (len(vae.get("block_out_channels", (0, 0, 0, 0))) - 1)
+    if in_channels == 2 * latent + 4 * scale * scale:
+        return "fill"
+    if in_channels == 2 * latent:
+        return "control"
+    return ""
+
+
+def _flux_tool(path: Path, index: dict, class_name: str, variant: str) -> Identification:
+    label = FLUX_TOOL_LABELS[variant]
+    components = [c for c in pipeline_components(path, index) if c != "safety_checker"]
+    pickled = pickle_weights_in(path, components)
+    if pickled:
+        return Identification(Arch.FLUX, f"{label} diffusers folder ({class_name}): "
+                                         f"{pickle_folder_reason(path, pickled)}", variant, False, "diffusers")
+    return Identification(Arch.FLUX, f"{label} diffusers folder ({class_name})", variant, True, "diffusers")
+
+
 def identify_folder(path: Path) -> Identification:
     """Identify a diffusers folder from `model_index.json` and, for SD 1.x/2.x, its component configs."""
     path = Path(path)
@@ -470,6 +500,9 @@ def identify_folder(path: Path) -> Identification:
         return unknown(f"pipeline class {class_name} is not supported")
     label = ARCH_LABELS[arch]
     editing = class_name in EDIT_PIPELINES
+    tool = flux_tool_variant(path) if arch == Arch.FLUX and "ControlNet" not in class_name else ""
+    if tool:
+        return _flux_tool(path, index, class_name, tool)
     if arch != Arch.EASEL and not editing and any(part in class_name for part in _UNSUPPORTED_CLASS_PARTS):
         return Identification(arch, f"{label} pipeline {class_name}: this kind of pipeline is not supported",
                               class_name, False, "diffusers")

@@ -504,6 +504,8 @@ def mode_pipelines(base: Any, arch: Arch, variant: str) -> tuple[dict[str, Any],
         return {mode: base for mode in MODES}, reasons
     factories = {"txt2img": AutoPipelineForText2Image, "img2img": AutoPipelineForImage2Image,
                  "inpaint": AutoPipelineForInpainting}
+    if arch == Arch.FLUX and variant in FLUX_TOOL_PIPELINES:
+        return flux_tool_pipelines(base, variant)
     for mode, factory in factories.items():
         if variant == "edit":
             reasons[mode] = f"{type(base).__name__} is an editing model: use it in the Edit or Segment tab"
@@ -521,3 +523,27 @@ def mode_pipelines(base: Any, arch: Arch, variant: str) -> tuple[dict[str, Any],
             reasons[mode] = f"{type(base).__name__} has no {mode} pipeline ({_cause(exc)})"
     return pipes, reasons
 
+
+
+# Flux.1 Fill takes inpainting only; Flux.1 Depth/Canny every mode, each with a control image.
+FLUX_TOOL_PIPELINES: dict[str, dict[str, str]] = {
+    "fill": {"inpaint": "FluxFillPipeline"},
+    "control": {"txt2img": "FluxControlPipeline", "img2img": "FluxControlImg2ImgPipeline",
+                "inpaint": "FluxControlInpaintPipeline"},
+}
+
+
+def flux_tool_pipelines(base: Any, variant: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The mode pipelines of a Flux.1 Fill or Depth/Canny checkpoint, sharing `base`'s modules."""
+    import diffusers
+
+    pipes: dict[str, Any] = {"edit": base}
+    reasons: dict[str, str] = {}
+    wanted = FLUX_TOOL_PIPELINES[variant]
+    for mode in ("txt2img", "img2img", "inpaint"):
+        if mode not in wanted:
+            reasons[mode] = "a Flux.1 Fill checkpoint only inpaints: use it in the Inpaint tab (or img2img with a mask)"
+            continue
+        cls = getattr(diffusers, wanted[mode])
+        pipes[mode] = base if type(base) is cls else cls.from_pipe(base)
+    return pipes, reasons
