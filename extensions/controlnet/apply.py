@@ -176,6 +176,11 @@ class ControlNetRunner:
         self._maps: dict[tuple[Any, ...], tuple[Image.Image, Image.Image]] = {}
         self._maps_owner: Any = None
         self._lock = threading.Lock()
+        self.ip_title: Callable[[str], str] | None = None
+
+    def title_of(self, unit: ControlUnit) -> str:
+        """The infotext title of a unit's model ("name [hash]"); IP-Adapter units get theirs from `ip_title`."""
+        return self.ip_title(unit.model) if self.ip_title is not None else unit.model
 
     def units(self, request: Any) -> list[ControlUnit]:
         """The enabled units of a request (parsing them when code put raw arguments there)."""
@@ -195,8 +200,8 @@ class ControlNetRunner:
         hires_pass = getattr(call.request, "mode", "") == "txt2img" and call.task == "img2img"
         hires_on = bool(getattr(call.request, "enable_hr", False))
         skipped = HIGH_RES_ONLY if hires_on and not hires_pass else LOW_RES_ONLY if hires_pass else None
-        units = [unit for unit in units if unit.hr_option != skipped]
-        if not units:
+        units = [unit for unit in units if unit.hr_option != skipped and not unit.module.startswith("ip-adapter")]
+        if not units:  # IP-Adapter units run in their own wrapper (ipadapter.py)
             return run(call)
         group = self.check_family(call, units)
         prepared = self.prepare(call, units)
@@ -343,6 +348,9 @@ class ControlNetRunner:
             return None
         entries = {}
         for unit in units:
+            if unit.module.startswith("ip-adapter"):
+                entries[unit.index] = infotext_value(unit, self.title_of(unit), (None, None))
+                continue
             entry = self.models.find(unit.model)
             module = self.preprocessors.module(unit.module)
             thresholds = tuple(given if given is not None else (slider.value if slider is not None else None)

@@ -150,7 +150,7 @@ def decode_image(data: Any, key: str, max_pixels: int) -> Image.Image | None:
 
 
 # Parsing ---------------------------------------------------------------------------------------------------------
-def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_model: Callable[[str], str],
+def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_model: Callable[[str, str], str],
                max_pixels: int) -> ControlUnit:
     """One unit from its dictionary (or an already checked `ControlUnit`)."""
     if isinstance(raw, ControlUnit):
@@ -188,7 +188,7 @@ def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_mod
     if not isinstance(model_name, str) or model_name.strip() in ("", "None", "none"):
         raise ValueError(f"{at}.model: choose a ControlNet model (GET /controlnet/model_list lists them)")
     try:
-        model = find_model(model_name.strip())
+        model = find_model(model_name.strip(), module)  # the module tells a ControlNet from an IP-Adapter
     except LookupError as exc:
         raise ValueError(f"{at}.model: {exc}") from None
 
@@ -231,7 +231,7 @@ def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_mod
                        index=index)
 
 
-def parse_units(raw: Any, find_module: Callable[[str], str], find_model: Callable[[str], str],
+def parse_units(raw: Any, find_module: Callable[[str], str], find_model: Callable[[str, str], str],
                 max_pixels: int) -> list[ControlUnit]:
     """The enabled units of an `args` list (None or [] → none)."""
     if raw is None:
