@@ -54,3 +54,15 @@ def make_tiny_ip_adapter(path: Path, unet_dir: Path, embed_dim: int = 32, seed: 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in ip_adapter_state_dict(unet, embed_dim, seed).items()}, str(path))
     return path
+
+
+def make_tiny_t2i_adapter(folder: Path, seed: int = 0, channels: tuple[int, ...] = (16, 32)) -> Path:
+    """A diffusers T2I-Adapter folder whose feature maps fit the tiny SD 1.x UNet (channels per down block; the
+    first at half the image size, as the tiny VAE's latents are, each next one halved)."""
+    from diffusers import T2IAdapter
+
+    torch.manual_seed(seed)
+    adapter = T2IAdapter(in_channels=3, channels=list(channels), num_res_blocks=1, downscale_factor=2,
+                         adapter_type="full_adapter")
+    adapter.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -15,6 +15,7 @@ from webui.extension_api import AdapterSpec, ExtensionAPI
 
 from .apply import ControlNetRunner
 from .ipadapter import IPAdapterModels, IPAdapterRunner, is_ip_adapter
+from .t2iadapter import T2IAdapterRunner
 from .models import ControlNetModels
 from .preprocessors import ANNOTATOR_FOLDER, MODULES, Preprocessors, hub_offline
 from .units import ControlUnit, parse_units
@@ -36,6 +37,7 @@ class ControlNet:
                                          encoder_folders=lambda: api.model_folders("clip_vision"),
                                          file_hash=api.file_hash, memory=api.memory)
         self.ip_runner = IPAdapterRunner(self.ip_models, self.runner.units)
+        self.t2i_runner = T2IAdapterRunner(self.models, self.runner.units, self.runner.prepare)
         self.runner.ip_title = lambda name: self.ip_models.title(self.ip_models.find(name))
 
     def max_pixels(self) -> int:
@@ -88,6 +90,7 @@ def setup(api: ExtensionAPI) -> None:
     api.add_adapter("controlnet", controlnet.adapters, controlnet.load_adapter)
     api.wrap_pipeline(controlnet.runner)
     api.wrap_pipeline(controlnet.ip_runner)  # inside the ControlNet wrapper: it adapts the pipeline that runs
+    api.wrap_pipeline(controlnet.t2i_runner)
     api.after_generate(controlnet.runner.after_generate)
     for name in MODULES:
         api.add_preprocessor(name, controlnet.preprocessors.as_function(name))

@@ -35,6 +35,7 @@ from webui.extension_api import ModelFileError, PipelineCall, RequestError
 
 from .models import FAMILY_LABELS, ControlNetEntry, ControlNetModels
 from .preprocessors import Preprocessors
+from .t2iadapter import is_t2i_adapter
 from .units import (BALANCED, CONTROLNET_MORE_IMPORTANT, CROP_AND_RESIZE, HIGH_RES_ONLY, JUST_RESIZE,
                     LOW_RES_ONLY, RESIZE_AND_FILL, ControlUnit)
 
@@ -200,8 +201,9 @@ class ControlNetRunner:
         hires_pass = getattr(call.request, "mode", "") == "txt2img" and call.task == "img2img"
         hires_on = bool(getattr(call.request, "enable_hr", False))
         skipped = HIGH_RES_ONLY if hires_on and not hires_pass else LOW_RES_ONLY if hires_pass else None
-        units = [unit for unit in units if unit.hr_option != skipped and not unit.module.startswith("ip-adapter")]
-        if not units:  # IP-Adapter units run in their own wrapper (ipadapter.py)
+        units = [unit for unit in units if unit.hr_option != skipped and not unit.module.startswith("ip-adapter")
+                 and not is_t2i_adapter(self.models.find(unit.model))]
+        if not units:  # IP-Adapter and T2I-Adapter units run in their own wrappers (ipadapter.py, t2iadapter.py)
             return run(call)
         group = self.check_family(call, units)
         prepared = self.prepare(call, units)

@@ -32,7 +32,8 @@ CROSS_ATTENTION_FAMILIES: dict[int, str] = {768: "sd1", 1024: "sd2", 2048: "sdxl
 SINGLE_FILE_CONFIGS: dict[str, Path] = {"sd1": CONFIGS / "sd15", "sd2": CONFIGS / "sd21", "sdxl": CONFIGS / "sdxl"}
 FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1", "zimage": "Z-Image",
                  "unknown": "an unknown model family"}
-FOLDER_CLASSES = {"ControlNetModel": None, "FluxControlNetModel": "flux", "ZImageControlNetModel": "zimage"}
+FOLDER_CLASSES = {"ControlNetModel": None, "FluxControlNetModel": "flux", "ZImageControlNetModel": "zimage",
+                  "T2IAdapter": None}
 KIND = "controlnet"  # their kind in the memory cache
 HASH_LENGTH = 8
 
@@ -65,6 +66,8 @@ def folder_family(config: dict[str, Any]) -> str:
         return "unknown"
     if FOLDER_CLASSES[cls] is not None:
         return FOLDER_CLASSES[cls]  # type: ignore[return-value]
+    if cls == "T2IAdapter":  # T2I-Adapters (t2iadapter.py): SDXL's have their own adapter type
+        return "sdxl" if config.get("adapter_type") == "full_adapter_xl" else "sd1"
     if config.get("addition_embed_type") == "text_time":
         return "sdxl"
     return "sd2" if config.get("cross_attention_dim") == 1024 else "sd1"
@@ -202,7 +205,7 @@ class ControlNetModels:
             cls_name = config.get("_class_name", "ControlNetModel")
             if cls_name not in FOLDER_CLASSES:
                 raise RequestError("model", f"{entry.name} is a {cls_name}; Easel runs ControlNetModel, "
-                                            "FluxControlNetModel and ZImageControlNetModel folders")
+                                            "FluxControlNetModel, ZImageControlNetModel and T2IAdapter folders")
             cls = getattr(diffusers, cls_name)
             pickled = pickle_weights_in(entry.path)
             if pickled:
