@@ -76,6 +76,8 @@ def test_ip_adapter_changes_txt2img_and_weight_zero_restores_it_exactly(ip_easel
     assert not np.array_equal(late, plain) and not np.array_equal(late, pixels(prompted.images[0]))
     info = parse_infotext(prompted.infotexts[0])
     assert info["ControlNet 0"].startswith("Module: ip-adapter_clip_sd15, Model: tiny-ip [")
+    held = {entry.kind: entry.name for entry in ip_easel.manager.memory.entries()}  # under the memory policy
+    assert held.get("ipadapter") == "tiny-ip" and held.get("clip_vision") == "tiny-vit-h"
     two = pixels(generate(ip_easel, request, [unit(), unit(image=reference((30, 200, 60)), weight=0.5)]).images[0])
     assert not np.array_equal(two, pixels(prompted.images[0]))
 
@@ -132,3 +134,29 @@ def test_ip_adapter_units_through_the_api(ip_easel, tmp_path):
         shutil.rmtree(tmp_path / "data" / "models" / "clip_vision")
         unfit = error({})
         assert "alwayson_scripts.controlnet.args[0].model" in str(unfit) and "32-wide image embeddings" in str(unfit)
+
+
+def test_ip_adapter_on_sdxl_and_a_mismatched_adapter(make_easel, tmp_path, tmp_path_factory, tiny_ip_files):
+    import shutil
+
+    from tests.tiny_adapters import make_tiny_clip_vision, make_tiny_ip_adapter
+    from tests.tiny_models import make_tiny_sdxl
+
+    sdxl = make_tiny_sdxl(tmp_path_factory.mktemp("xl") / "tiny-sdxl")
+    models = tmp_path / "data" / "models"
+    shutil.copytree(sdxl, models / "diffusers" / "tiny-sdxl")
+    make_tiny_ip_adapter(models / "ipadapter" / "xl-ip.safetensors", sdxl / "unet", embed_dim=48, seed=8)
+    make_tiny_clip_vision(models / "clip_vision" / "tiny-bigg", seed=9, projection=48)
+    shutil.copy(tiny_ip_files[0], models / "ipadapter" / "tiny-ip.safetensors")  # made for the SD 1.x UNet
+    easel = make_easel(install_sd1=False)
+    request = Txt2ImgRequest(prompt="a house", seed=3, checkpoint="tiny-sdxl", **TINY)
+    plain = pixels(generate(easel, request).images[0])
+    prompted = pixels(generate(easel, request, [unit(module="ip-adapter_clip_sdxl", model="xl-ip")]).images[0])
+    assert np.abs(prompted - plain).mean() > 0.5
+    zero = generate(easel, request, [unit(module="ip-adapter_clip_sdxl", model="xl-ip", weight=0)]).images[0]
+    assert np.array_equal(pixels(zero), plain)
+    wrong = request.replace(extension_args=easel.registry.parse_request_args(
+        {"controlnet": {"args": [unit(module="ip-adapter_clip_sd15", model="tiny-ip")]}}))
+    job = easel.engine.generate(wrong, timeout=300)
+    assert job.error is not None and "alwayson_scripts.controlnet.args[0].model" in job.error
+    assert "tiny-ip is an IP-Adapter for a UNet with 32-wide cross-attention" in job.error
