@@ -316,6 +316,12 @@ class IPAdapterRunner:
         kwargs["callback_on_step_end"] = on_step_end
         kwargs["ip_adapter_image_embeds"] = embeds
         saved = (dict(unet.attn_processors), unet.encoder_hid_proj, unet.config.encoder_hid_dim_type)
+        custom = sorted({type(p).__name__ for name, p in saved[0].items() if name.endswith("attn2.processor")
+                         and type(p).__name__ not in ("AttnProcessor2_0", "AttnProcessor", "XFormersAttnProcessor")})
+        if custom:  # a hypernetwork (or another extension) already set the cross-attention; it would be lost
+            raise RequestError(FIELD, f"IP-Adapter units replace the UNet's cross-attention processors, which this "
+                                      f"request already changes ({', '.join(custom)}, e.g. a hypernetwork); "
+                                      f"run them in separate generations")
         try:
             # diffusers' IP-Adapter loader for a UNet: new cross-attention processors + the image projection
             unet._load_ip_adapter_weights(state_dicts, low_cpu_mem_usage=False)
