@@ -128,6 +128,13 @@ def test_ip_adapter_units_through_the_api(ip_easel, tmp_path):
         assert "args[0].weight" in str(error({"weight": "lots"}))
         no_image = error({"image": None})
         assert "alwayson_scripts.controlnet.args[0].image" in str(no_image)
+        # a hypernetwork changes the same cross-attention layers: refused by name rather than dropped
+        from tests.api.test_hypernetworks import write_hypernetwork
+
+        write_hypernetwork(ip_easel.settings.models_dir / "hypernetworks" / "style.safetensors")
+        both = client.post("/sdapi/v1/txt2img", json={
+            **body, "prompt": "a house <hypernet:style:1>", "alwayson_scripts": {"controlnet": {"args": [ip_unit]}}})
+        assert both.status_code == 422 and "hypernetwork" in both.text and "alwayson_scripts.controlnet" in both.text
         # an encoder that does not fit the adapter: the error names the unit's model and the width it needs
         import shutil
 
