@@ -293,7 +293,8 @@ class IPAdapterRunner:
         for unit, entry, info, encoder_entry, image in checked:
             state_dicts.append(self.models.load(entry, device, dtype))
             encoder = self.models.load_encoder(encoder_entry, device, dtype)
-            embeds.append(encode(encoder, [image], info.hidden_states, guided).to(device=device, dtype=dtype))
+            images = list(unit.references) or [image]  # several images: their tokens side by side
+            embeds.append(encode(encoder, images, info.hidden_states, guided).to(device=device, dtype=dtype))
 
         kwargs = dict(call.kwargs)
         steps = int(kwargs.get("num_inference_steps") or 1)

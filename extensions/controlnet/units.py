@@ -66,6 +66,7 @@ class ControlUnit:
     control_mode: str = BALANCED
     pixel_perfect: bool = False
     hr_option: str = BOTH_PASSES
+    references: tuple[Image.Image, ...] = ()  # IP-Adapter units given a list of images: all of them (`image` first)
     enabled: bool = True
     index: int = 0  # its place in the client's list (`args[index]`), kept when disabled units are dropped
 
@@ -168,6 +169,18 @@ def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_mod
         image_data = raw.get("input_image")
     mask_data = raw.get("mask", raw.get("mask_image"))
     image_key = f"{at}.image" if raw.get("image") not in (None, "") else f"{at}.input_image"
+    references: list[Image.Image] = []
+    if isinstance(image_data, (list, tuple)) and not hasattr(image_data, "__array__"):
+        # several reference images (IP-Adapter units; the module is checked below), each base64 or {"image": ...}
+        if not image_data or len(image_data) > MAX_UNITS:
+            raise ValueError(f"{image_key}: a list of images holds 1 to {MAX_UNITS} images, got {len(image_data)}")
+        for j, item in enumerate(image_data):
+            item = item.get("image") if isinstance(item, dict) else item
+            decoded = decode_image(item, f"{image_key}[{j}]", max_pixels)
+            if decoded is None:
+                raise ValueError(f"{image_key}[{j}]: is empty")
+            references.append(decoded)
+        image_data = references[0]
     if isinstance(image_data, dict):  # {"image": ..., "mask": ...}, as the sd-webui-controlnet UI sends it
         mask_data = image_data.get("mask", mask_data)
         image_data = image_data.get("image")
@@ -183,6 +196,10 @@ def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_mod
         module = find_module(module_name.strip())
     except LookupError as exc:
         raise ValueError(f"{at}.module: {exc}") from None
+
+    if len(references) > 1 and not module.startswith("ip-adapter"):
+        raise ValueError(f"{image_key}: several images are for IP-Adapter units (an ip-adapter_* module); "
+                         f"a {module} unit takes one image")
 
     model_name = raw.get("model", "")
     if not isinstance(model_name, str) or model_name.strip() in ("", "None", "none"):
@@ -228,7 +245,7 @@ def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_mod
                        guidance_start=start, guidance_end=end, control_mode=control_mode,
                        pixel_perfect=_flag(raw.get("pixel_perfect", False), f"{at}.pixel_perfect"),
                        hr_option=_choice(raw.get("hr_option", BOTH_PASSES), f"{at}.hr_option", HR_OPTIONS),
-                       index=index)
+                       references=tuple(references), index=index)
 
 
 def parse_units(raw: Any, find_module: Callable[[str], str], find_model: Callable[[str, str], str],

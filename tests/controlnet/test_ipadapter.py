@@ -123,6 +123,14 @@ def test_ip_adapter_units_through_the_api(ip_easel, tmp_path):
             assert answer.status_code == 422, answer.text
             return answer.json()
 
+        several = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [
+            {**ip_unit, "image": [b64(reference()), {"image": b64(reference((30, 200, 60)))}]}]}}})
+        assert several.status_code == 200, several.text
+        assert not np.array_equal(pixels(decoded(several.json()["images"][0])),
+                                  pixels(decoded(prompted.json()["images"][0])))  # the second image counts too
+        assert "args[0].image[1]" in str(error({"image": [b64(reference()), "not base64!"]}))
+        assert "several images are for IP-Adapter units" in str(
+            error({"image": [b64(reference())] * 2, "module": "canny", "model": "tiny-ip"}))
         missing = error({"model": "no-such-adapter"})
         assert "args[0].model" in str(missing) and "unknown IP-Adapter model 'no-such-adapter'" in str(missing)
         assert "args[0].weight" in str(error({"weight": "lots"}))
