@@ -56,13 +56,14 @@ def make_tiny_ip_adapter(path: Path, unet_dir: Path, embed_dim: int = 32, seed: 
     return path
 
 
-def make_tiny_t2i_adapter(folder: Path, seed: int = 0, channels: tuple[int, ...] = (16, 32)) -> Path:
-    """A diffusers T2I-Adapter folder whose feature maps fit the tiny SD 1.x UNet (channels per down block; the
-    first at half the image size, as the tiny VAE's latents are, each next one halved)."""
+def make_tiny_t2i_adapter(folder: Path, seed: int = 0, channels: tuple[int, ...] = (16, 32), xl: bool = False) -> Path:
+    """A diffusers T2I-Adapter folder whose feature maps fit a tiny UNet: for SD 1.x ("full_adapter") the first at
+    half the image size (the tiny VAE's latents), the next halved; for the tiny SDXL ("full_adapter_xl", which
+    keeps the size across its first two levels) both at a quarter, the size after SDXL's first down block."""
     from diffusers import T2IAdapter
 
     torch.manual_seed(seed)
-    adapter = T2IAdapter(in_channels=3, channels=list(channels), num_res_blocks=1, downscale_factor=2,
-                         adapter_type="full_adapter")
+    adapter = T2IAdapter(in_channels=3, channels=list(channels), num_res_blocks=1, downscale_factor=4 if xl else 2,
+                         adapter_type="full_adapter_xl" if xl else "full_adapter")
     adapter.save_pretrained(folder, safe_serialization=True)
     return folder

@@ -91,3 +91,19 @@ def test_t2i_adapter_for_another_family_is_refused_naming_the_unit(t2i_easel, tm
     job = t2i_easel.engine.generate(request, timeout=300)
     assert job.error is not None and "alwayson_scripts.controlnet.args[0].model" in job.error
     assert "T2I-Adapter for SDXL" in job.error
+
+
+def test_t2i_adapter_on_sdxl(make_easel, tmp_path, tmp_path_factory):
+    from tests.tiny_adapters import make_tiny_t2i_adapter
+    from tests.tiny_models import make_tiny_sdxl
+
+    sdxl = make_tiny_sdxl(tmp_path_factory.mktemp("xl") / "tiny-sdxl")
+    models = tmp_path / "data" / "models"
+    shutil.copytree(sdxl, models / "diffusers" / "tiny-sdxl")
+    make_tiny_t2i_adapter(models / "ControlNet" / "xl-t2i", seed=12, xl=True)
+    easel = make_easel(install_sd1=False)
+    request = Txt2ImgRequest(prompt="a house", seed=3, checkpoint="tiny-sdxl", **TINY)
+    plain = pixels(generate(easel, request).result.images[0])
+    adapted = pixels(generate(easel, request, [unit(model="xl-t2i")]).result.images[0])
+    assert np.abs(adapted - plain).mean() > 0.5
+    assert np.array_equal(pixels(generate(easel, request, [unit(model="xl-t2i", weight=0)]).result.images[0]), plain)
