@@ -14,6 +14,8 @@ from typing import Any
 from webui.extension_api import AdapterSpec, ExtensionAPI
 
 from .apply import ControlNetRunner
+from .ipadapter import IPAdapterModels, IPAdapterRunner, is_ip_adapter
+from .t2iadapter import T2IAdapterRunner
 from .models import ControlNetModels
 from .preprocessors import ANNOTATOR_FOLDER, MODULES, Preprocessors, hub_offline
 from .units import ControlUnit, parse_units
@@ -31,14 +33,25 @@ class ControlNet:
         self.preprocessors = Preprocessors([folder / ANNOTATOR_FOLDER for folder in api.model_folders("ControlNet")],
                                            offline=lambda: hub_offline() or not api.hub_downloads_allowed())
         self.runner = ControlNetRunner(self.models, self.preprocessors, self.parse, api.name)
+        self.ip_models = IPAdapterModels(folders=lambda: api.model_folders("ipadapter"),
+                                         encoder_folders=lambda: api.model_folders("clip_vision"),
+                                         file_hash=api.file_hash, memory=api.memory)
+        self.ip_runner = IPAdapterRunner(self.ip_models, self.runner.units)
+        self.t2i_runner = T2IAdapterRunner(self.models, self.runner.units, self.runner.prepare)
+        self.runner.ip_title = lambda name: self.ip_models.title(self.ip_models.find(name))
 
     def max_pixels(self) -> int:
         return int(self.api.setting("max_pixels")) * 4
 
     def parse(self, raw: Any) -> list[ControlUnit]:
         """Checked units from `alwayson_scripts.controlnet.args` (or the accordion); ValueError names `args[i].key`."""
-        return parse_units(raw, self.preprocessors.find, lambda query: self.models.find(query).name,
-                           self.max_pixels())
+        return parse_units(raw, self.preprocessors.find, self.find_model, self.max_pixels())
+
+    def find_model(self, query: str, module: str) -> str:
+        """A unit's model by any name: an IP-Adapter for the `ip-adapter_*` modules, else a ControlNet."""
+        if is_ip_adapter(module):
+            return self.ip_models.find(query).name
+        return self.models.find(query).name
 
     def adapters(self, request: Any) -> list[AdapterSpec]:
         """The ControlNet models a request's enabled units use, for the job's one load call (a model two units
@@ -46,7 +59,7 @@ class ControlNet:
         copies: dict[str, int] = {}
         specs = []
         for unit in self.runner.units(request):
-            if not unit.model:  # a reference unit: no ControlNet model
+            if not unit.model or is_ip_adapter(unit.module):  # reference units; IP-Adapters load into the UNet
                 continue
             entry = self.models.find(unit.model)
             copy = copies.get(str(entry.path), 0)
@@ -76,6 +89,8 @@ def setup(api: ExtensionAPI) -> None:
     api.add_request_args(controlnet.parse)
     api.add_adapter("controlnet", controlnet.adapters, controlnet.load_adapter)
     api.wrap_pipeline(controlnet.runner)
+    api.wrap_pipeline(controlnet.ip_runner)  # inside the ControlNet wrapper: it adapts the pipeline that runs
+    api.wrap_pipeline(controlnet.t2i_runner)
     api.after_generate(controlnet.runner.after_generate)
     for name in MODULES:
         api.add_preprocessor(name, controlnet.preprocessors.as_function(name))

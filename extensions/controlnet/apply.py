@@ -38,6 +38,7 @@ from webui.extension_api import ModelFileError, PipelineCall, RequestError
 from .models import FAMILY_LABELS, ControlNetEntry, ControlNetModels
 from .conditions import FLUX_UNION_TYPES, UNION_ALIASES, color_fix, inpaint_condition
 from .preprocessors import COLORFIX_MODULES, INPAINT_MODULES, REFERENCE_MODULES, Preprocessors
+from .t2iadapter import is_t2i_adapter
 from .units import (BALANCED, CONTROLNET_MORE_IMPORTANT, CROP_AND_RESIZE, HIGH_RES_ONLY, JUST_RESIZE,
                     LOW_RES_ONLY, RESIZE_AND_FILL, ControlUnit)
 
@@ -213,6 +214,11 @@ class ControlNetRunner:
         self._maps: dict[tuple[Any, ...], tuple[Image.Image, Image.Image]] = {}
         self._maps_owner: Any = None
         self._lock = threading.Lock()
+        self.ip_title: Callable[[str], str] | None = None
+
+    def title_of(self, unit: ControlUnit) -> str:
+        """The infotext title of a unit's model ("name [hash]"); IP-Adapter units get theirs from `ip_title`."""
+        return self.ip_title(unit.model) if self.ip_title is not None else unit.model
 
     def units(self, request: Any) -> list[ControlUnit]:
         """The enabled units of a request (parsing them when code put raw arguments there)."""
@@ -232,7 +238,9 @@ class ControlNetRunner:
         hires_pass = getattr(call.request, "mode", "") == "txt2img" and call.task == "img2img"
         hires_on = bool(getattr(call.request, "enable_hr", False))
         skipped = HIGH_RES_ONLY if hires_on and not hires_pass else LOW_RES_ONLY if hires_pass else None
-        units = [unit for unit in units if unit.hr_option != skipped]
+        # IP-Adapter and T2I-Adapter units run in their own wrappers (ipadapter.py, t2iadapter.py)
+        units = [unit for unit in units if unit.hr_option != skipped and not unit.module.startswith("ip-adapter")
+                 and not (unit.model and is_t2i_adapter(self.models.find(unit.model)))]
         kind = type(call.pipe).__name__
         if kind in FLUX_CONTROL_PIPELINES:
             return self.run_flux_control(call, run, units)
@@ -476,6 +484,9 @@ class ControlNetRunner:
             return None
         entries = {}
         for unit in units:
+            if unit.module.startswith("ip-adapter"):
+                entries[unit.index] = infotext_value(unit, self.title_of(unit), (None, None))
+                continue
             title = self.models.title(self.models.find(unit.model)) if unit.model else "None"
             module = self.preprocessors.module(unit.module)
             thresholds = tuple(given if given is not None else (slider.value if slider is not None else None)

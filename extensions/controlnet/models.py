@@ -33,7 +33,8 @@ SINGLE_FILE_CONFIGS: dict[str, Path] = {"sd1": CONFIGS / "sd15", "sd2": CONFIGS 
 FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux.1",
                  "zimage": "Z-Image", "qwenimage": "Qwen-Image", "unknown": "an unknown model family"}
 FOLDER_CLASSES = {"ControlNetModel": None, "FluxControlNetModel": "flux", "ZImageControlNetModel": "zimage",
-                  "SD3ControlNetModel": "sd3", "QwenImageControlNetModel": "qwenimage"}
+                  "SD3ControlNetModel": "sd3", "QwenImageControlNetModel": "qwenimage",
+                  "T2IAdapter": None}
 KIND = "controlnet"  # their kind in the memory cache
 HASH_LENGTH = 8
 
@@ -66,6 +67,8 @@ def folder_family(config: dict[str, Any]) -> str:
         return "unknown"
     if FOLDER_CLASSES[cls] is not None:
         return FOLDER_CLASSES[cls]  # type: ignore[return-value]
+    if cls == "T2IAdapter":  # T2I-Adapters (t2iadapter.py): SDXL's have their own adapter type
+        return "sdxl" if config.get("adapter_type") == "full_adapter_xl" else "sd1"
     if config.get("addition_embed_type") == "text_time":
         return "sdxl"
     return "sd2" if config.get("cross_attention_dim") == 1024 else "sd1"

@@ -52,7 +52,9 @@ def add_routes(api: ExtensionAPI, controlnet: "ControlNet") -> None:
 
     def model_list(update: bool = True) -> dict[str, Any]:
         entries = controlnet.models.scan() if update else controlnet.models.entries()
-        return {"model_list": [controlnet.models.title(entry) for entry in entries]}
+        adapters = controlnet.ip_models.scan()  # IP-Adapters, as sd-webui-controlnet lists them beside ControlNets
+        return {"model_list": [controlnet.models.title(entry) for entry in entries]
+                + [controlnet.ip_models.title(entry) for entry in adapters]}
 
     def module_list(alias_names: bool = False) -> dict[str, Any]:
         detail = {name: {"model_free": module.model_free, "sliders": module.sliders()}

@@ -63,7 +63,7 @@ def accordion_builder(controlnet: "ControlNet", mode: str) -> Callable[[], Exten
 
         components: list[Any] = []
         modules = list(MODULES)
-        models = [entry.name for entry in controlnet.models.scan()]
+        models = [entry.name for entry in controlnet.models.scan() + controlnet.ip_models.scan()]
         image_label = "Control image" if mode == "txt2img" else "Control image (empty: the input image)"
         with gr.Tabs():
             for index in range(UI_UNITS):
@@ -113,7 +113,7 @@ def accordion_builder(controlnet: "ControlNet", mode: str) -> Callable[[], Exten
 def _refreshed(controlnet: "ControlNet", current: str | None) -> Any:
     import gradio as gr
 
-    names = [entry.name for entry in controlnet.models.scan()]
+    names = [entry.name for entry in controlnet.models.scan() + controlnet.ip_models.scan()]
     return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
 
 

@@ -71,6 +71,7 @@ class ControlUnit:
     pixel_perfect: bool = False
     hr_option: str = BOTH_PASSES
     union_control_type: str | None = None  # a union ControlNet's control type (a name or its number), else None
+    references: tuple[Image.Image, ...] = ()  # IP-Adapter units given a list of images: all of them (`image` first)
     enabled: bool = True
     index: int = 0  # its place in the client's list (`args[index]`), kept when disabled units are dropped
 
@@ -155,7 +156,7 @@ def decode_image(data: Any, key: str, max_pixels: int) -> Image.Image | None:
 
 
 # Parsing ---------------------------------------------------------------------------------------------------------
-def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_model: Callable[[str], str],
+def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_model: Callable[[str, str], str],
                max_pixels: int) -> ControlUnit:
     """One unit from its dictionary (or an already checked `ControlUnit`)."""
     if isinstance(raw, ControlUnit):
@@ -173,6 +174,18 @@ def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_mod
         image_data = raw.get("input_image")
     mask_data = raw.get("mask", raw.get("mask_image"))
     image_key = f"{at}.image" if raw.get("image") not in (None, "") else f"{at}.input_image"
+    references: list[Image.Image] = []
+    if isinstance(image_data, (list, tuple)) and not hasattr(image_data, "__array__"):
+        # several reference images (IP-Adapter units; the module is checked below), each base64 or {"image": ...}
+        if not image_data or len(image_data) > MAX_UNITS:
+            raise ValueError(f"{image_key}: a list of images holds 1 to {MAX_UNITS} images, got {len(image_data)}")
+        for j, item in enumerate(image_data):
+            item = item.get("image") if isinstance(item, dict) else item
+            decoded = decode_image(item, f"{image_key}[{j}]", max_pixels)
+            if decoded is None:
+                raise ValueError(f"{image_key}[{j}]: is empty")
+            references.append(decoded)
+        image_data = references[0]
     if isinstance(image_data, dict):  # {"image": ..., "mask": ...}, as the sd-webui-controlnet UI sends it
         mask_data = image_data.get("mask", mask_data)
         image_data = image_data.get("image")
@@ -189,6 +202,10 @@ def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_mod
     except LookupError as exc:
         raise ValueError(f"{at}.module: {exc}") from None
 
+    if len(references) > 1 and not module.startswith("ip-adapter"):
+        raise ValueError(f"{image_key}: several images are for IP-Adapter units (an ip-adapter_* module); "
+                         f"a {module} unit takes one image")
+
     model_name = raw.get("model", "")
     if model_name is None or (isinstance(model_name, str) and model_name.strip() in ("", "None", "none")):
         # No model: a reference unit, or the control image of a Flux.1 Depth/Canny checkpoint; any other use is
@@ -201,7 +218,7 @@ def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_mod
         raise ValueError(f"{at}.model: choose a ControlNet model (GET /controlnet/model_list lists them)")
     else:
         try:
-            model = find_model(model_name.strip())
+            model = find_model(model_name.strip(), module)  # the module tells a ControlNet from an IP-Adapter
         except LookupError as exc:
             raise ValueError(f"{at}.model: {exc}") from None
 
@@ -242,7 +259,7 @@ def parse_unit(raw: Any, index: int, find_module: Callable[[str], str], find_mod
                        pixel_perfect=_flag(raw.get("pixel_perfect", False), f"{at}.pixel_perfect"),
                        hr_option=_choice(raw.get("hr_option", BOTH_PASSES), f"{at}.hr_option", HR_OPTIONS),
                        union_control_type=_union_type(raw.get("union_control_type"), f"{at}.union_control_type"),
-                       index=index)
+                       references=tuple(references), index=index)
 
 
 def _union_type(value: Any, key: str) -> str | None:
@@ -256,7 +273,7 @@ def _union_type(value: Any, key: str) -> str | None:
     return str(value).strip().lower()
 
 
-def parse_units(raw: Any, find_module: Callable[[str], str], find_model: Callable[[str], str],
+def parse_units(raw: Any, find_module: Callable[[str], str], find_model: Callable[[str, str], str],
                 max_pixels: int) -> list[ControlUnit]:
     """The enabled units of an `args` list (None or [] → none)."""
     if raw is None:

@@ -44,24 +44,27 @@ def test_folders_files_names_and_families(tmp_path):
     write_folder(root / "z-union", {"_class_name": "ZImageControlNetModel"})
     write_folder(root / "sd21-pose", {"_class_name": "ControlNetModel", "cross_attention_dim": 1024})
     write_folder(root / "t2i", {"_class_name": "T2IAdapter"})
+    write_folder(root / "t2i-xl", {"_class_name": "T2IAdapter", "adapter_type": "full_adapter_xl"})
+    write_folder(root / "sparse", {"_class_name": "SparseControlNetModel"})
     (root / "annotators").mkdir()
     (root / "annotators" / "body_pose_model.pth").write_bytes(b"")
     make_header_only_safetensors(extra / "control_v11p_sd15_lineart.safetensors",
                                  {"input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768)})
     found = make_models(root, extra, tmp_path / "missing")
     names = [entry.name for entry in found.scan()]
-    assert names == ["control_v11p_sd15_lineart", "flux-union", "sd15-canny", "sd21-pose", "t2i", "xl/depth",
-                     "z-union"]
+    assert names == ["control_v11p_sd15_lineart", "flux-union", "sd15-canny", "sd21-pose", "sparse", "t2i",
+                     "t2i-xl", "xl/depth", "z-union"]
     families = {entry.name: found.family(entry) for entry in found.entries()}
     assert families == {"control_v11p_sd15_lineart": "sd1", "flux-union": "flux", "sd15-canny": "sd1",
-                        "sd21-pose": "sd2", "t2i": "unknown", "xl/depth": "sdxl", "z-union": "zimage"}
+                        "sd21-pose": "sd2", "sparse": "unknown", "t2i": "sd1", "t2i-xl": "sdxl", "xl/depth": "sdxl",
+                        "z-union": "zimage"}
     assert found.find("control_v11p_sd15_lineart [01234567]").path.parent == extra
     assert found.find("DEPTH").name == "xl/depth" and found.find("control_v11p_sd15_lineart.safetensors").folder is False
     assert found.title(found.find("sd15-canny")) == "sd15-canny [01234567]"
     with pytest.raises(LookupError, match="unknown ControlNet model 'nope'; installed: control_v11p_sd15_lineart, "):
         found.find("nope")
-    with pytest.raises(ValueError, match="model: t2i is a T2IAdapter; Easel runs ControlNetModel"):
-        found.load(found.find("t2i"), "cpu", None)
+    with pytest.raises(ValueError, match="model: sparse is a SparseControlNetModel; Easel runs ControlNetModel"):
+        found.load(found.find("sparse"), "cpu", None)
 
 
 def test_a_single_file_of_no_known_family_asks_for_its_config(tmp_path):

@@ -37,7 +37,7 @@ def b64(image: Image.Image) -> str:
 
 
 def parse(raw):
-    def find_model(name: str) -> str:
+    def find_model(name: str, module: str = "none") -> str:
         if name.lower() not in ("tiny-canny", "tiny-canny [abcd1234]"):
             raise LookupError(f"unknown ControlNet model {name!r}; installed: tiny-canny")
         return "tiny-canny"
