@@ -525,6 +525,18 @@ def restart_process(command: list[str] | None = None,
     execute(command)
 
 
+def start_replicas(easel: Easel) -> Any:
+    """Generation on Ray replicas (`--workers`, `--ray-address`; docs/SCALING.md): the engine's worker becomes a
+    `webui.cluster.dispatcher.Dispatcher`. Ray is imported here only."""
+    from webui.cluster.dispatcher import start_cluster
+
+    try:
+        import ray  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(f"--workers / --ray-address need Ray: pip install -e .[cluster] ({exc})") from None
+    return start_cluster(easel.engine, easel.settings.workers, easel.settings.ray_address)
+
+
 def main(argv: list[str] | None = None) -> None:
     from webui.security import InsecureLaunchError, launch_warnings
 
@@ -542,6 +554,8 @@ def main(argv: list[str] | None = None) -> None:
     easel = build(settings)
     easel.extras["restart"] = restart_process
     control = server_control(easel)  # /sdapi/v1/server-stop and server-restart (--api-server-stop) ask it
+    if settings.workers or settings.ray_address:
+        start_replicas(easel)
     easel.engine.start()
     create_server(easel, block=True)
     if control.command == "restart":
