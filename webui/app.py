@@ -60,6 +60,9 @@ class Easel:
         current = self.manager.current()
         if current is not None:
             return current.name
+        switched = getattr(self.engine.worker, "current_checkpoint", None)  # with replicas: the last model switch
+        if switched:
+            return switched
         choices = self.checkpoint_choices()
         return choices[0] if choices else ""
 

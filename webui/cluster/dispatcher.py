@@ -2,8 +2,9 @@
 
 `Dispatcher` keeps the interface the UI and the API already call on `engine.worker` (`submit`, `position`,
 `queue_length`, `interrupt`, `skip`, `current`, `jobs`), so neither changes. Generation requests go to replicas
-(`webui.cluster.replica.Replica`, one Easel each); everything else (model switches are recorded, unloading,
-upscaling, scripts and extension calls) runs on the in-process worker thread as without a cluster.
+(`webui.cluster.replica.Replica`, one Easel each), and so do model switches (the checkpoint switched to becomes
+the one requests naming none run on); unloading runs on every replica; everything else (upscaling, scripts and
+extension calls) runs on the in-process worker thread as without a cluster.
 
 Routing: each replica has a lane (a FIFO of jobs assigned to it and one thread that runs them there one at a
 time). A job goes to the least loaded replica that already holds its checkpoint (and its LoRA set, where one
@@ -42,8 +43,11 @@ LORA_TAG = re.compile(r"<lora:([^:>]+)")
 
 
 def is_remote(request: Any) -> bool:
-    """Whether a replica runs `request`: a generation request (a script's job runs in-process)."""
-    return isinstance(request, GenerationRequest)
+    """Whether a replica runs `request`: a generation request or a model switch (a script's job, upscaling,
+    extension calls run in-process)."""
+    from webui.engine.engine import LoadRequest
+
+    return isinstance(request, (GenerationRequest, LoadRequest))
 
 
 def lora_set(request: Any) -> frozenset[str]:
@@ -130,6 +134,8 @@ class Dispatcher(Worker):
             self.unload_replicas(request.checkpoint, wait=False)
         if not is_remote(request):
             return super().submit(request, source)
+        if not isinstance(request, GenerationRequest):  # a model switch: loaded on a replica, the default after
+            self.current_checkpoint = request.checkpoint
         job = Job(self.prepared(request), source)
         job.attempts = 0  # type: ignore[attr-defined]
         with self._cond:
@@ -188,6 +194,8 @@ class Dispatcher(Worker):
     def prepared(self, request: GenerationRequest) -> GenerationRequest:
         """The request as a replica runs it: seeds drawn (a retry makes the same image) and the checkpoint named."""
         changes: dict[str, Any] = {}
+        if not isinstance(request, GenerationRequest):
+            return request
         for name in ("seed", "subseed"):
             value = getattr(request, name, None)
             if isinstance(value, int) and value < 0:
@@ -264,7 +272,7 @@ class Dispatcher(Worker):
                     self._cond.notify_all()
 
     def _run_remote(self, lane: Lane, job: Job) -> None:
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
         if job.interrupt_requested:
             job.update(state=JobState.INTERRUPTED, finished=time.time(), result=JobResult())
@@ -286,6 +294,12 @@ class Dispatcher(Worker):
                     lane.handle.interrupt.remote(job.id)
         except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
             self._replica_died(lane, job, exc)
+            return
+        except RayTaskError as exc:  # the replica raised: its own exception, without Ray's remote traceback
+            cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else RuntimeError(type(exc).__name__)
+            log.error("job %s failed on replica %d: %s", job.id, lane.index, exc)
+            job.exception = cause
+            job.update(state=JobState.FAILED, error=describe_error(cause), finished=time.time())
             return
         if end is None:
             raise RuntimeError(f"replica {lane.index} ended job {job.id} without an outcome")

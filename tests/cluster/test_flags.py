@@ -10,7 +10,7 @@ import pytest
 
 from webui.settings import build_parser, settings_from_args
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_flags_reach_the_settings(tmp_path: Path) -> None:
@@ -59,3 +59,20 @@ def test_without_the_flags_ray_is_not_imported(tmp_path: Path) -> None:
     assert answer["ray"] == [] and answer["worker"] == "Worker"
     [local] = answer["cluster"]["replicas"]  # the in-process worker, reported the same way
     assert local["id"] == "local" and local["alive"] is True and local["busy"] is False
+
+
+def test_cluster_route_asks_for_the_api_login(make_easel) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from webui.api.routes import create_api
+
+    easel = make_easel(api_auth="bob:pw")
+    app = FastAPI()
+    create_api(app, easel)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/easel/v1/cluster").status_code == 401
+        assert client.get("/easel/v1/cluster", auth=("bob", "wrong")).status_code == 401
+        ok = client.get("/easel/v1/cluster", auth=("bob", "pw"))
+    assert ok.status_code == 200
+    assert [r["id"] for r in ok.json()["replicas"]] == ["local"]

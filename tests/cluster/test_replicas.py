@@ -134,6 +134,22 @@ def test_interrupt_reaches_a_remote_job(cluster) -> None:
     assert (0, 2) <= (job.batch_index, job.step) < (7, 150)  # stopped on its way, not at the end
 
 
+def test_api_model_switch_and_txt2img_run_on_replicas(cluster) -> None:
+    from tests.api.conftest import TINY, info_of
+    from tests.conftest import api_client
+
+    easel, dispatcher = cluster
+    with api_client(easel) as client:
+        title = next(m["title"] for m in client.get("/sdapi/v1/sd-models").json() if m["model_name"] == B)
+        switched = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": title})
+        assert switched.status_code == 200, switched.text
+        answer = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "seed": 1, **TINY})
+    assert answer.status_code == 200, answer.text
+    assert info_of(answer.json())["sd_model_name"] == B  # the switched-to model, for a request naming none
+    assert easel.manager.loaded_names() == []  # nothing was loaded in this process
+    assert any(B in status["loaded"] for status in dispatcher.replica_statuses())
+
+
 def test_killed_replica_job_retried_with_identical_images(cluster) -> None:
     import torch
 
