@@ -215,6 +215,25 @@ class Easel:
 
         return install(self.settings, source, name)
 
+    @property
+    def clustered(self) -> bool:
+        """Whether generation runs on replicas (`--workers`, `--ray-address`; docs/SCALING.md)."""
+        return hasattr(self.engine.worker, "cluster")
+
+    def cluster_status(self) -> dict[str, Any]:
+        """`{"replicas": [...]}` as GET /easel/v1/cluster answers: each replica's report (it waits on them), or
+        without replicas the in-process worker as one entry, id "local"."""
+        import socket
+
+        worker = self.engine.worker
+        if self.clustered:
+            return worker.cluster()
+        job = worker.current
+        return {"replicas": [{"id": "local", "pid": os.getpid(), "node": socket.gethostname(),
+                              "device": self.manager.device, "loaded": self.manager.loaded_names(),
+                              "jobs_done": None, "busy": job is not None and not job.finished_state,
+                              "alive": worker.alive, "queued": worker.queue_length(), "restarts": 0}]}
+
     def upscaler_choices(self, rescan: bool = False) -> list[str]:
         """Lanczos, Nearest, then the models in models/ESRGAN (rescanning the folders first if asked)."""
         if rescan:

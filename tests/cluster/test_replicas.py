@@ -117,6 +117,11 @@ def test_cluster_route_reports_the_replicas(cluster) -> None:
     for replica in replicas:
         assert replica["pid"] != os.getpid() and replica["device"] == "cpu" and replica["alive"] is True
         assert replica["busy"] is False and replica["jobs_done"] >= 1 and replica["loaded"]
+    from webui.ui.tabs.models import replica_rows  # the Models tab's Cluster table, from the same report
+
+    rows = replica_rows(easel.cluster_status())
+    assert [(row[0], row[3], row[-1]) for row in rows] == [("replica-0", "cpu", "idle"), ("replica-1", "cpu", "idle")]
+    assert easel.clustered is True
 
 
 def test_interrupt_reaches_a_remote_job(cluster) -> None:

@@ -6,8 +6,6 @@ each replica's own report; without `--workers` / `--ray-address` the one in-proc
 """
 from __future__ import annotations
 
-import os
-import socket
 from typing import Any
 
 from fastapi import APIRouter
@@ -20,14 +18,7 @@ def cluster_router(api: ApiContext) -> APIRouter:
     router = api.router("/easel/v1", ["easel"])
 
     def cluster() -> dict[str, Any]:
-        worker = api.engine.worker
-        if hasattr(worker, "cluster"):
-            return worker.cluster()
-        job = worker.current
-        return {"replicas": [{"id": "local", "pid": os.getpid(), "node": socket.gethostname(),
-                              "device": api.manager.device, "loaded": api.manager.loaded_names(),
-                              "jobs_done": None, "busy": job is not None and not job.finished_state,
-                              "alive": worker.alive, "queued": worker.queue_length(), "restarts": 0}]}
+        return api.easel.cluster_status()
 
     router.add_api_route("/cluster", in_lane(cluster, "cluster"), methods=["GET"])
     return router
