@@ -37,6 +37,9 @@ def easel_over(data: Path, replicas: int):
 
     settings = Settings(data_dir=data, device="cpu", precision="full", builtin_dir=data / "none")
     easel = build(settings, with_extensions=False)
+    import torch
+
+    torch.set_num_threads(1)  # build() gives a CPU engine every core; here each engine gets one thread
     if replicas:
         start_cluster(easel.engine, workers=replicas, threads=1,
                       init_options={"num_cpus": max(2, replicas), "log_to_driver": False,
