@@ -296,7 +296,8 @@ class Dispatcher(Worker):
             self._replica_died(lane, job, exc)
             return
         except RayTaskError as exc:  # the replica raised: its own exception, without Ray's remote traceback
-            cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else RuntimeError(type(exc).__name__)
+            cause = getattr(exc, "cause", None)
+            cause = cause if isinstance(cause, BaseException) else RuntimeError(type(exc).__name__)
             log.error("job %s failed on replica %d: %s", job.id, lane.index, exc)
             job.exception = cause
             job.update(state=JobState.FAILED, error=describe_error(cause), finished=time.time())
