@@ -60,6 +60,9 @@ class Easel:
         current = self.manager.current()
         if current is not None:
             return current.name
+        switched = getattr(self.engine.worker, "current_checkpoint", None)  # with replicas: the last model switch
+        if switched:
+            return switched
         choices = self.checkpoint_choices()
         return choices[0] if choices else ""
 
@@ -223,6 +226,25 @@ class Easel:
         from webui.extension_installer import install
 
         return install(self.settings, source, name)
+
+    @property
+    def clustered(self) -> bool:
+        """Whether generation runs on replicas (`--workers`, `--ray-address`; docs/SCALING.md)."""
+        return hasattr(self.engine.worker, "cluster")
+
+    def cluster_status(self) -> dict[str, Any]:
+        """`{"replicas": [...]}` as GET /easel/v1/cluster answers: each replica's report (it waits on them), or
+        without replicas the in-process worker as one entry, id "local"."""
+        import socket
+
+        worker = self.engine.worker
+        if self.clustered:
+            return worker.cluster()
+        job = worker.current
+        return {"replicas": [{"id": "local", "pid": os.getpid(), "node": socket.gethostname(),
+                              "device": self.manager.device, "loaded": self.manager.loaded_names(),
+                              "jobs_done": None, "busy": job is not None and not job.finished_state,
+                              "alive": worker.alive, "queued": worker.queue_length(), "restarts": 0}]}
 
     def upscaler_choices(self, rescan: bool = False) -> list[str]:
         """Lanczos, Nearest, then the models in models/ESRGAN (rescanning the folders first if asked)."""
@@ -539,6 +561,18 @@ def restart_process(command: list[str] | None = None,
     execute(command)
 
 
+def start_replicas(easel: Easel) -> Any:
+    """Generation on Ray replicas (`--workers`, `--ray-address`; docs/SCALING.md): the engine's worker becomes a
+    `webui.cluster.dispatcher.Dispatcher`. Ray is imported here only."""
+    from webui.cluster.dispatcher import start_cluster
+
+    try:
+        import ray  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(f"--workers / --ray-address need Ray: pip install -e .[cluster] ({exc})") from None
+    return start_cluster(easel.engine, easel.settings.workers, easel.settings.ray_address)
+
+
 def main(argv: list[str] | None = None) -> None:
     from webui.security import InsecureLaunchError, launch_warnings
 
@@ -559,6 +593,8 @@ def main(argv: list[str] | None = None) -> None:
     easel = build(settings)
     easel.extras["restart"] = restart_process
     control = server_control(easel)  # /sdapi/v1/server-stop and server-restart (--api-server-stop) ask it
+    if settings.workers or settings.ray_address:
+        start_replicas(easel)
     easel.engine.start()
     create_server(easel, block=True)
     if control.command == "restart":

@@ -258,6 +258,8 @@ class Settings:
     cors_allow_origins_regex: str | None = None  # --cors-allow-origins-regex
     forwarded_allow_ips: list[str] = field(default_factory=list)  # proxies whose X-Forwarded-For is believed
     api_server_stop: bool = False  # --api-server-stop: the API may stop, restart or kill the server
+    workers: int = 0  # --workers: generation replicas on Ray (0: the in-process worker; docs/SCALING.md)
+    ray_address: str | None = None  # --ray-address: join this Ray cluster instead of starting one
     user: UserSettings = field(default_factory=UserSettings)
     load_message: str | None = None  # what happened when config.json was read, if worth telling
 
@@ -460,9 +462,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offload", choices=list(OFFLOAD_CHOICES), default=None,
                    help="how checkpoints run on the GPU: auto (from free VRAM and model size), none, model "
                         "(= --medvram), sequential (= --lowvram), group (layer by layer with CUDA streams)")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="run generation on N replicas on Ray (a local Ray instance unless --ray-address; one per "
+                        "GPU by default); needs the 'cluster' extra: pip install -e .[cluster]")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join an existing Ray cluster (ray start --head) for the generation replicas")
     p.add_argument("--exit", action="store_true", help="set up, then exit")
     p.add_argument("--skip-install", action="store_true", help="skip creating .venv and installing")
     return p
+
+
+def check_workers(value: int) -> int:
+    """--workers as given; ValueError naming the flag when it is negative."""
+    if value < 0:
+        raise ValueError(f"--workers must be 0 or more, got {value}")
+    return value
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -489,6 +503,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cors_allow_origins_regex=args.cors_allow_origins_regex or None,
         forwarded_allow_ips=parse_forwarded_allow_ips(args.forwarded_allow_ips),
         api_server_stop=args.api_server_stop,
+        workers=check_workers(getattr(args, "workers", 0)), ray_address=getattr(args, "ray_address", None) or None,
     )
     s.api_auth_pairs()  # fail early on a malformed --gradio-auth, --gradio-auth-path file or --api-auth
     s.load_user_settings()

@@ -15,6 +15,7 @@ adds the routers built from it, one module per concern:
     progress.py     progress, interrupt, skip
     segment.py      /easel/v1/segment
     edit.py         /easel/v1/edit
+    cluster.py      /easel/v1/cluster (the generation replicas with --workers / --ray-address)
 
 then the routes extensions registered. Every route is built with one route class (`webui.api.errors`): it asks
 for a login with `--api-auth`, or when the UI is protected with `--gradio-auth` / `--gradio-auth-path` (an
@@ -36,6 +37,7 @@ from webui.api.bounds import RequestBounds
 from webui.api.compat import add_docs
 from webui.api.context import ApiContext
 from webui.api.errors import route_class as make_route_class
+from webui.api.cluster import cluster_router
 from webui.api.edit import edit_router
 from webui.api.extras import extras_router
 from webui.api.generation import (  # the API's request types are importable from here too
@@ -80,6 +82,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
         app.include_router(build(api))
     app.include_router(segment_router(api))
     app.include_router(edit_router(api))
+    app.include_router(cluster_router(api))
     add_extension_routes(app, easel, route_class)
     add_docs(app, "Easel")
 

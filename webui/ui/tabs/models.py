@@ -1,6 +1,7 @@
 """The Models tab: installed checkpoints with family, short hash, support and load state; what is held in memory;
-LoRAs and VAEs. A transformer- or UNet-only file (GGUF, fp8; models/diffusion_models) whose text encoders or VAE
-are not on disk yet says what it still needs ("Flux.1 needs a T5-XXL text encoder in models/text_encoders/").
+LoRAs and VAEs; with generation replicas (docs/SCALING.md), a table of them. A transformer- or UNet-only file
+(GGUF, fp8; models/diffusion_models) whose text encoders or VAE are not on disk yet says what it still needs
+("Flux.1 needs a T5-XXL text encoder in models/text_encoders/").
 
 Load and Unload are jobs on the worker's queue, like the API's: an Unload asked for while a job runs waits for it to
 end, then the model leaves. "Compute hash" hashes a checkpoint once and caches it on disk; "Convert to
@@ -19,6 +20,7 @@ from webui.ui.context import UIContext
 
 HEADERS = ["Name", "Family", "Hash", "Status", "Loaded"]
 HELD_HEADERS = ["Kind", "Name", "Where", "Size", "In use"]
+REPLICA_HEADERS = ["Replica", "Node", "PID", "Device", "Loaded", "Jobs done", "State"]
 WHERE = {"device": "on device", "ram": "in RAM"}
 
 
@@ -66,6 +68,18 @@ def held_rows(report: dict[str, Any]) -> list[list[str]]:
     return [[h["kind"], h["name"] + (f" (for {h['part_of']})" if h.get("part_of") else ""),
              WHERE.get(h["tier"], h["tier"]), human_bytes(h["bytes"]), "yes" if h.get("pinned") else ""]
             for h in report.get("held") or []]
+
+
+def replica_rows(status: dict[str, Any]) -> list[list[str]]:
+    """The Replicas table: one row per generation replica (`Easel.cluster_status`, docs/SCALING.md)."""
+    rows = []
+    for r in status.get("replicas", []):
+        state = "not answering" if not r.get("alive") else ("busy" if r.get("busy") else "idle")
+        if r.get("queued"):
+            state += f", {r['queued']} waiting"
+        rows.append([str(r.get("id")), str(r.get("node")), str(r.get("pid")), str(r.get("device")),
+                     ", ".join(r.get("loaded") or []) or "-", str(r.get("jobs_done")), state])
+    return rows
 
 
 def memory_text(report: dict[str, Any]) -> str:
@@ -135,15 +149,20 @@ def build(ui: UIContext) -> None:
                                  interactive=False, label="LoRAs", elem_id="models_loras", min_width=200)
             vaes = gr.Dataframe(headers=["VAE"], datatype=["str"], interactive=False, label="VAEs",
                                 elem_id="models_vaes", min_width=200)
+        # generation replicas (--workers / --ray-address), shown only when Easel runs with them
+        replicas = gr.Dataframe(headers=REPLICA_HEADERS, datatype=["str"] * len(REPLICA_HEADERS), interactive=False,
+                                label="Cluster: generation replicas", elem_id="models_replicas", wrap=True,
+                                visible=easel.clustered)
 
     def snapshot(selected: str | None = None) -> tuple[Any, ...]:
         names = [e.name for e in easel.manager.checkpoints()]
         value = selected if selected in names else (names[0] if names else None)
         report = easel.manager.memory_report()
+        cluster = replica_rows(easel.cluster_status()) if easel.clustered else []
         return (checkpoint_rows(ui, report), memory_text(report), held_rows(report), lora_rows(easel.manager.loras()),
-                name_rows(easel.manager.vaes()), gr.Dropdown(choices=names, value=value))
+                name_rows(easel.manager.vaes()), gr.Dropdown(choices=names, value=value), cluster)
 
-    outputs = [table, memory, held, loras, vaes, pick]
+    outputs = [table, memory, held, loras, vaes, pick, replicas]
 
     @guard
     def on_show(selected: str | None) -> tuple[Any, ...]:
