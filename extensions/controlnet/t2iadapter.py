@@ -50,7 +50,7 @@ class T2IAdapterRunner:
 
     def adapter_units(self, call: PipelineCall) -> list[ControlUnit]:
         units = [u for u in self.units(call.request) if not is_ip_adapter(u.module)
-                 and is_t2i_adapter(self.models.find(u.model))]
+                 and u.model and is_t2i_adapter(self.models.find(u.model))]
         hires_pass = getattr(call.request, "mode", "") == "txt2img" and call.task == "img2img"
         hires_on = bool(getattr(call.request, "enable_hr", False))
         skipped = HIGH_RES_ONLY if hires_on and not hires_pass else LOW_RES_ONLY if hires_pass else None
