@@ -16,11 +16,12 @@ from typing import Any
 from fastapi import APIRouter, Body
 
 from webui.api.context import ApiContext
-from webui.api.errors import ApiError, job_failure
+from webui.api.easel_bodies import body_values, run_api_job
+from webui.api.errors import ApiError
 from webui.api.images import decode_image, encode_png
 from webui.api.threads import API_LANE
 from webui.engine.images import mask_to_l
-from webui.engine.worker import JobResult, JobState
+from webui.engine.worker import JobResult
 from webui.model_manager.errors import ModelNotFoundError
 from webui.requests import MAX_EDIT_IMAGES, EditRequest, RequestError, field_specs
 
@@ -44,19 +45,9 @@ def request_from_body(body: Any, max_pixels: int) -> EditRequest:
         raise ApiError(422, "image", "is required (a base64-encoded PNG or JPEG)")
     if not isinstance(body.get("instruction"), str) or not body["instruction"].strip():
         raise ApiError(422, "instruction", "is required: what to change (e.g. \"make the red circle blue\")")
-    values: dict[str, Any] = {}
-    for key, value in body.items():
-        if key in IMAGE_FIELDS or value is None:
-            continue
-        name = BODY_FIELDS.get(key, key)
-        if name in INT_FIELDS and isinstance(value, float) and value.is_integer():
-            value = int(value)  # 20.0 from a client that writes every number as a float
-        values[name] = value
-    if not isinstance(values.get("checkpoint", ""), str):
-        raise ApiError(422, "model", f"must be a checkpoint name, got {type(values['checkpoint']).__name__}")
-    if "save_images" in values and not isinstance(values["save_images"], bool):
-        raise ApiError(422, "save_images", f"must be true or false, got {values['save_images']!r}")
-    values.setdefault("save_images", False)  # like /sdapi/v1: the API saves only when asked
+    if body.get("model") is not None and not isinstance(body["model"], str):
+        raise ApiError(422, "model", f"must be a checkpoint name, got {type(body['model']).__name__}")
+    values = body_values(body, BODY_FIELDS, INT_FIELDS, IMAGE_FIELDS)
     image = decode_image(body["image"], "image", max_pixels)
     references = body.get("images") or []
     if not isinstance(references, list):
@@ -102,12 +93,7 @@ def edit_router(api: ApiContext) -> APIRouter:
     @router.post("/edit")
     async def edit(body: Any = Body(...)) -> dict[str, Any]:
         request = await API_LANE.run(checked_request, body)  # decoding the images: on a lane thread
-        started = time.perf_counter()
-        job = engine.submit(request, source="api")
-        await job.wait_async()  # no thread held while queued or running
-        if job.state == JobState.FAILED:
-            raise job_failure(job, "the edit failed", "model")
-        result = job.result or JobResult()
+        result, started = await run_api_job(engine, request, "the edit failed")
         if not result.images:
             raise ApiError(500, None, "the edit was interrupted before it finished", "JobFailed")
         return await API_LANE.run(edit_response, request, result, time.perf_counter() - started)

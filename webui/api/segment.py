@@ -18,10 +18,11 @@ from typing import Any
 from fastapi import APIRouter, Body
 
 from webui.api.context import ApiContext
-from webui.api.errors import ApiError, job_failure
+from webui.api.easel_bodies import body_values, run_api_job
+from webui.api.errors import ApiError
 from webui.api.images import decode_image, encode_png
 from webui.api.threads import API_LANE
-from webui.engine.worker import JobResult, JobState
+from webui.engine.worker import JobResult
 from webui.model_manager.errors import ModelNotFoundError
 from webui.requests import SegmentRequest, field_specs
 
@@ -43,17 +44,7 @@ def request_from_body(body: Any, max_pixels: int) -> SegmentRequest:
         raise ApiError(422, "image", "is required (a base64-encoded PNG)")
     if not isinstance(body.get("query"), str) or not body["query"].strip():
         raise ApiError(422, "query", "is required: what to segment, one query per line (e.g. \"the red circle\")")
-    values: dict[str, Any] = {}
-    for key, value in body.items():
-        if key == "image" or value is None:
-            continue
-        name = BODY_FIELDS.get(key, key)
-        if name in INT_FIELDS and isinstance(value, float) and value.is_integer():
-            value = int(value)  # 20.0 from a client that writes every number as a float
-        values[name] = value
-    if "save_images" in values and not isinstance(values["save_images"], bool):
-        raise ApiError(422, "save_images", f"must be true or false, got {values['save_images']!r}")
-    values.setdefault("save_images", False)  # like /sdapi/v1: the API saves only when asked
+    values = body_values(body, BODY_FIELDS, INT_FIELDS, ("image",))
     image = decode_image(body["image"], "image", max_pixels * 4)
     return SegmentRequest(image=image, **values)
 
@@ -93,12 +84,7 @@ def segment_router(api: ApiContext) -> APIRouter:
     @router.post("/segment")
     async def segment(body: Any = Body(...)) -> dict[str, Any]:
         request = await API_LANE.run(checked_request, body)  # decoding the image: on a lane thread
-        started = time.perf_counter()
-        job = engine.submit(request, source="api")
-        await job.wait_async()  # no thread held while queued or running
-        if job.state == JobState.FAILED:
-            raise job_failure(job, "segmentation failed", "model")
-        result = job.result or JobResult()
+        result, started = await run_api_job(engine, request, "segmentation failed")
         items = result.info.get("items") or []
         if not items:
             raise ApiError(500, None, "segmentation was interrupted before any query finished", "JobFailed")

@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from webui.engine.context import Generated, ModeContext, generators, resolve_seed
-from webui.engine.modes.segment import EDIT_FAMILIES, check_can_edit, edit_arguments, working_size
+from webui.engine.modes.segment import (EDIT_FAMILIES, check_can_edit, default_editor, edit_arguments,
+                                        working_size)
 from webui.model_manager.manager import ModelManager
 from webui.model_manager.spec import LoadSpec
 from webui.requests import EditRequest, RequestError
@@ -32,12 +33,9 @@ MULTI_IMAGE_FAMILIES = tuple(FAMILY_NAMES[c] for c in MULTI_IMAGE_PIPELINES)
 
 def default_model(manager: ModelManager) -> str:
     """The current checkpoint when it can edit, else the first edit-capable one."""
-    editors = manager.edit_checkpoints()
-    current = manager.current()
-    if current is not None and any(e.name == current.name for e in editors):
-        return current.name
-    if editors:
-        return editors[0].name
+    editor = default_editor(manager)
+    if editor is not None:
+        return editor
     raise RequestError("model", f"no installed checkpoint can edit images; install {EDIT_FAMILIES}")
 
 

@@ -43,14 +43,22 @@ class QueryResult:
 
 
 # Choosing the model ---------------------------------------------------------------------------------------
-def default_model(manager: ModelManager) -> str:
-    """The current checkpoint when it can edit, else the first edit-capable one, else the first segmenter."""
+def default_editor(manager: ModelManager) -> str | None:
+    """The current checkpoint when it can edit, else the first edit-capable one, else None."""
     editors = manager.edit_checkpoints()
     current = manager.current()
     if current is not None and any(e.name == current.name for e in editors):
         return current.name
     if editors:
         return editors[0].name
+    return None
+
+
+def default_model(manager: ModelManager) -> str:
+    """The current checkpoint when it can edit, else the first edit-capable one, else the first segmenter."""
+    editor = default_editor(manager)
+    if editor is not None:
+        return editor
     segmenters = manager.segmenters()
     if segmenters:
         return segmenters[0].label

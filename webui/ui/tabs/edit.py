@@ -18,11 +18,12 @@ import gradio as gr
 from PIL import Image
 
 from webui.requests import EditRequest
-from webui.ui.bridge import guard, job_failed
+from webui.ui.bridge import guard
 from webui.ui.context import UIContext
 from webui.ui.controls import Control, ControlSet, build_request, field_control
 from webui.ui.generation import load_image, send_updates, status_html
 from webui.ui.masks import layers_mask
+from webui.ui.tab_jobs import follow_job, raise_if_failed, send_targets, wire_interrupt, wire_refresh
 
 REFRESH = "\u21BB"  # ↻
 BRUSH_COLOR = "#ffffff"
@@ -105,16 +106,9 @@ async def stream_edit(ui: UIContext, tab: EditTab, request: EditRequest,
                       history: list[dict[str, Any]]) -> AsyncIterator[dict[Any, Any]]:
     """Queue `request`, yield its queue position and progress, then the result: a new history step, the slider,
     and the result as the editor's image (so the next edit starts from it); or raise a gr.Error."""
-    worker = ui.easel.engine.worker
     job = await anyio.to_thread.run_sync(lambda: ui.easel.engine.submit(request, source="ui"))
-    yield {tab.job: job.id, tab.progress: status_html(job, worker.position(job))}
-    version, last = -1, ""
-    while not job.finished_state:
-        status = status_html(job, worker.position(job))
-        if status != last:
-            last = status
-            yield {tab.progress: status}
-        version = await job.wait_for_update_async(version, timeout=0.5)
+    async for update in follow_job(ui, job, tab.progress, {tab.job: job.id}):
+        yield update
     step = step_of(job, request.image) if request.image is not None else None
     updates: dict[Any, Any] = {tab.progress: status_html(job), tab.job: None}
     if step is not None:
@@ -122,8 +116,7 @@ async def stream_edit(ui: UIContext, tab: EditTab, request: EditRequest,
         updates |= shown(tab, history)
         updates[tab.editor] = editor_value(step["result"])
     yield updates
-    if str(getattr(job.state, "value", job.state)) == "failed":
-        raise job_failed(job.error)
+    raise_if_failed(job)
 
 
 def undo_updates(tab: EditTab, history: list[dict[str, Any]]) -> dict[Any, Any]:
@@ -221,12 +214,7 @@ def build_tab(ui: UIContext) -> EditTab:
     run.click(on_edit, inputs={*controls.components(), history}, outputs=outputs, concurrency_limit=None,
               show_progress="hidden")
 
-    @guard
-    def on_interrupt(current: str | None) -> None:
-        if current:
-            easel.engine.worker.interrupt(current)
-
-    interrupt.click(on_interrupt, inputs=job, outputs=None, concurrency_limit=None, show_progress="hidden")
+    wire_interrupt(ui, interrupt, job)
 
     @guard
     def on_undo(current: list) -> dict:
@@ -234,14 +222,7 @@ def build_tab(ui: UIContext) -> EditTab:
 
     undo.click(on_undo, inputs=history, outputs=[slider, info, gallery, history, editor], show_progress="hidden")
 
-    @guard
-    def on_refresh(current: str | None) -> Any:
-        easel.manager.refresh()
-        choices = easel.edit_model_choices()
-        return gr.Dropdown(choices=choices, value=current if current in choices else
-                           (easel.default_edit_model() or None))
-
-    refresh.click(on_refresh, inputs=picker, outputs=picker, show_progress="hidden")
+    wire_refresh(ui, refresh, picker, easel.edit_model_choices, easel.default_edit_model)
 
     def sender(target: str) -> Any:
         @guard
@@ -255,11 +236,7 @@ def build_tab(ui: UIContext) -> EditTab:
             if target not in ui.generation:
                 button.visible = False
                 continue
-            other = ui.generation[target]
-            targets = [ui.tabs, ui.checkpoint, ui.sized_for, *other.controls.components(), *other.reveal.values()]
-            if other.image_input is not None:
-                targets.append(other.image_input)
-            targets = list(dict.fromkeys(t for t in targets if t is not None))
+            targets = list(dict.fromkeys(t for t in send_targets(ui, ui.generation[target]) if t is not None))
 
             button.click(sender(target), inputs=[history, ui.checkpoint], outputs=targets, show_progress="hidden")
         if ui.segment_image is None:

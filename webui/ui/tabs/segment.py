@@ -24,10 +24,11 @@ import gradio as gr
 from PIL import Image
 
 from webui.requests import SegmentRequest
-from webui.ui.bridge import guard, job_failed
+from webui.ui.bridge import guard
 from webui.ui.context import UIContext
 from webui.ui.controls import Control, ControlSet, build_request, field_control
 from webui.ui.generation import load_image, send_updates, status_html
+from webui.ui.tab_jobs import follow_job, raise_if_failed, send_targets, wire_interrupt, wire_refresh
 
 REFRESH = "\u21BB"  # ↻
 EXAMPLE_QUERIES = "the red circle\nthe star on the left"
@@ -150,20 +151,12 @@ async def stream_segmentation(ui: UIContext, tab: SegmentTab,
                               request: SegmentRequest) -> AsyncIterator[dict[Any, Any]]:
     """Queue `request`, yield its queue position and progress, then every output (or raise a gr.Error). Waiting
     for the job holds no thread; the results (masks written as files) are gathered on one."""
-    worker = ui.easel.engine.worker
     job = await anyio.to_thread.run_sync(lambda: ui.easel.engine.submit(request, source="ui"))
-    yield {tab.job: job.id, tab.progress: status_html(job, worker.position(job)), tab.message: ""}
-    version, last = -1, ""
-    while not job.finished_state:
-        status = status_html(job, worker.position(job))
-        if status != last:
-            last = status
-            yield {tab.progress: status}
-        version = await job.wait_for_update_async(version, timeout=0.5)
+    async for update in follow_job(ui, job, tab.progress, {tab.job: job.id, tab.message: ""}):
+        yield update
     state = await anyio.to_thread.run_sync(results_state, job)
     yield final_updates(tab, job, state)
-    if str(getattr(job.state, "value", job.state)) == "failed":
-        raise job_failed(job.error)
+    raise_if_failed(job)
 
 
 # Sending results on ----------------------------------------------------------------------------------
@@ -312,12 +305,7 @@ def build_tab(ui: UIContext) -> SegmentTab:
     run.click(on_segment, inputs=controls.components(), outputs=outputs, concurrency_limit=None,
               show_progress="hidden")
 
-    @guard
-    def on_interrupt(current: str | None) -> None:
-        if current:
-            easel.engine.worker.interrupt(current)
-
-    interrupt.click(on_interrupt, inputs=job, outputs=None, concurrency_limit=None, show_progress="hidden")
+    wire_interrupt(ui, interrupt, job)
 
     @guard
     def on_show(current: dict, query: str | None) -> tuple[Any, Any, Any, str]:
@@ -335,14 +323,7 @@ def build_tab(ui: UIContext) -> SegmentTab:
 
     picker.change(on_model, inputs=picker, outputs=[*generative, *segmenter_only], show_progress="hidden")
 
-    @guard
-    def on_refresh(current: str | None) -> Any:
-        easel.manager.refresh()
-        choices = easel.segment_model_choices()
-        return gr.Dropdown(choices=choices, value=current if current in choices else
-                           (easel.default_segment_model() or None))
-
-    refresh.click(on_refresh, inputs=picker, outputs=picker, show_progress="hidden")
+    wire_refresh(ui, refresh, picker, easel.segment_model_choices, easel.default_segment_model)
 
     def wire_send() -> None:
         for button, target in ((to_inpaint, "inpaint"), (to_img2img, "img2img")):
@@ -350,9 +331,7 @@ def build_tab(ui: UIContext) -> SegmentTab:
                 button.visible = False
                 continue
             other = ui.generation[target]
-            targets = [ui.tabs, ui.checkpoint, ui.sized_for, *other.controls.components(), *other.reveal.values()]
-            if other.image_input is not None:
-                targets.append(other.image_input)
+            targets = send_targets(ui, other)
             if "mask_upload" in other.controls and isinstance(other.controls["mask_upload"].parent, gr.Accordion):
                 targets.append(other.controls["mask_upload"].parent)
             targets = list(dict.fromkeys(targets))
