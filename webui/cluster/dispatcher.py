@@ -144,10 +144,7 @@ class Dispatcher(Worker):
             lane = self.route(job)
             self.assign(lane, job)
         with self._lock:
-            self.jobs[job.id] = job
-            if len(self.jobs) > self._history_limit:
-                for old in [j for j in self.jobs.values() if j.finished_state][: len(self.jobs) - self._history_limit]:
-                    self.jobs.pop(old.id, None)
+            self.remember(job)
         return job
 
     def position(self, job: Job) -> int:
@@ -170,25 +167,23 @@ class Dispatcher(Worker):
         """Stop one job by id (queued or running, here or on a replica), or with no id every running job."""
         targets = [self.jobs[job_id]] if job_id and job_id in self.jobs else self.running_jobs()
         stopped = super().interrupt(job_id) if (job_id is None or job_id in self.jobs) else False
-        for job in targets:
-            if job is not None and not job.finished_state:
-                job.update(interrupt_requested=True)
-                lane = self.lane_of(job)
-                if lane is not None:
-                    lane.handle.interrupt.remote(job.id)
-                stopped = True
-        return stopped
+        return self.signal(targets, "interrupt") or stopped
 
     def skip(self) -> bool:
         skipped = super().skip()
-        for job in self.running_jobs():
-            if not job.finished_state:
-                job.update(skip_requested=True)
+        return self.signal(self.running_jobs(), "skip") or skipped
+
+    def signal(self, jobs: list[Job | None], action: str) -> bool:
+        """Mark each unfinished job `<action>_requested` and tell its replica to `action` it; whether any was."""
+        signalled = False
+        for job in jobs:
+            if job is not None and not job.finished_state:
+                job.update(**{f"{action}_requested": True})
                 lane = self.lane_of(job)
                 if lane is not None:
-                    lane.handle.skip.remote(job.id)
-                skipped = True
-        return skipped
+                    getattr(lane.handle, action).remote(job.id)
+                signalled = True
+        return signalled
 
     # Routing -------------------------------------------------------------------------------------
     def prepared(self, request: GenerationRequest) -> GenerationRequest:

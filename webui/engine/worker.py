@@ -217,11 +217,15 @@ class Worker:
             except queue.Full:
                 raise QueueFullError(f"the queue is full ({self._queue.maxsize} jobs waiting); try again shortly") from None
             self._pending.append(job)
-            self.jobs[job.id] = job
-            if len(self.jobs) > self._history_limit:
-                for old in [j for j in self.jobs.values() if j.finished_state][: len(self.jobs) - self._history_limit]:
-                    self.jobs.pop(old.id, None)
+            self.remember(job)
         return job
+
+    def remember(self, job: Job) -> None:
+        """Keep `job` findable by id, dropping the oldest finished jobs past the history limit (hold `_lock`)."""
+        self.jobs[job.id] = job
+        if len(self.jobs) > self._history_limit:
+            for old in [j for j in self.jobs.values() if j.finished_state][: len(self.jobs) - self._history_limit]:
+                self.jobs.pop(old.id, None)
 
     def position(self, job: Job) -> int:
         """0 when running or finished, else 1-based place in the queue."""
