@@ -407,15 +407,47 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    p = argparse.ArgumentParser(prog="python -m webui.builtin_lab.evaluate", description=__doc__.split("\n")[0])
+def cli_parser(prog: str, description: str, n: int, n_help: str | None = None) -> argparse.ArgumentParser:
+    """An evaluation CLI's parser with the options every evaluation takes: --model, --n, --seed, --steps,
+    --guidance."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--model", type=Path, default=Path("models/builtin/easel-shapes"))
-    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--n", type=int, default=n, help=n_help)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=4.0)
+    return p
+
+
+def parse_cli(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The parsed arguments, with logging set up and torch limited to `--threads` threads."""
+    import torch
+
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def load_pipeline(model: Path):
+    """The built-in pipeline from `model`, its progress bar off."""
+    from webui.builtin.pipeline import EaselPipeline
+
+    pipe = EaselPipeline.from_pretrained(str(model))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def write_report(table: str, results: dict, path: Path) -> int:
+    """Print the table, write the results as JSON to `path`; the CLI's exit status."""
+    print(table)  # noqa: T201 - the CLI's output
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli_parser("python -m webui.builtin_lab.evaluate", __doc__.split("\n")[0], n=200)
     p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                    help="guide only at noise levels in [LOW, HIGH] (default: the model's own setting)")
     p.add_argument("--plan-layout", action=argparse.BooleanOptionalAction, default=None,
@@ -427,18 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=Path("outputs/builtin-eval.json"))
     p.add_argument("--validate-detector", type=int, default=300, help="ground-truth scenes to check first (0 = skip)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    torch.set_num_threads(args.threads)
-    from webui.builtin.pipeline import EaselPipeline
-
+    args = parse_cli(p, argv)
     results: dict = {}
     if args.validate_detector:
         results["detector_accuracy"] = validate_detector(args.validate_detector)
         logger.info("detector accuracy on %d rendered scenes: %.1f%%", args.validate_detector,
                     100 * results["detector_accuracy"])
-    pipe = EaselPipeline.from_pretrained(str(args.model))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline(args.model)
     info_path = args.model / "training.json"
     if info_path.exists():
         info = json.loads(info_path.read_text())
@@ -451,10 +478,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{100 * results['detector_accuracy']:.1f}%"
     if "model_step" in results:
         table += f"\nModel: step {results['model_step']}, training loss {results['model_loss']}"
-    print(table)  # noqa: T201 - the CLI's output
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    return 0
+    return write_report(table, results, args.json)
 
 
 if __name__ == "__main__":

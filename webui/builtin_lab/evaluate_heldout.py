@@ -13,8 +13,6 @@ run once. Segmentation is read out twice from the same edits: with the shipped r
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import random
 import statistics
@@ -259,30 +257,19 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    p = argparse.ArgumentParser(prog="python -m webui.builtin_lab.evaluate_heldout", description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, default=Path("models/builtin/easel-shapes"))
-    p.add_argument("--n", type=int, default=48, help="cases per task")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=4.0)
+    p = E.cli_parser("python -m webui.builtin_lab.evaluate_heldout", __doc__.split("\n")[0], n=48,
+                     n_help="cases per task")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--parts", nargs="+", default=["alone", "pipeline", "edits"],
                    choices=["alone", "pipeline", "edits"])
     p.add_argument("--validate-detector", type=int, default=200, help="held-out drawings to check first (0 = skip)")
     p.add_argument("--json", type=Path, default=Path("outputs/builtin-heldout-eval.json"))
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    torch.set_num_threads(args.threads)
-    from webui.builtin.pipeline import EaselPipeline
-
+    args = E.parse_cli(p, argv)
     results: dict = {}
     if args.validate_detector:
         results["detector_accuracy"] = validate_detector(args.validate_detector)
-    pipe = EaselPipeline.from_pretrained(str(args.model))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = E.load_pipeline(args.model)
     t0 = time.perf_counter()
     results.update(evaluate(pipe, args.n, args.seed, args.steps, args.guidance, args.batch, tuple(args.parts)))
     results["seconds"] = time.perf_counter() - t0
@@ -291,10 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         table += (f"\n\nDetector accuracy on {args.validate_detector} held-out drawings: "
                   f"{100 * results['detector_accuracy']:.1f}%")
     table += f"\nn = {args.n} per task, {args.steps} steps, guidance {args.guidance}, seed {args.seed}"
-    print(table)  # noqa: T201 - the CLI's output
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    return 0
+    return E.write_report(table, results, args.json)
 
 
 if __name__ == "__main__":
