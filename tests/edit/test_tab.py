@@ -4,61 +4,25 @@ history, a second edit starting from the first's result, Undo going back step by
 and errors."""
 from __future__ import annotations
 
-import asyncio
-
-import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests.edit.conftest import red_circle_scene
+from tests.tab_helpers import Slot, built_tabs, collect, values
 from webui.requests import RequestError
-from webui.ui.context import UIContext
-from webui.ui.tabs import edit, img2img, inpaint, segment
-
-
-def collect(stream) -> list:
-    async def drain() -> list:
-        return [update async for update in stream]
-
-    return asyncio.run(drain())
-
-
-class Slot:
-    """Stands in for an output component (hashable, like Gradio's)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
+from webui.ui.tabs import edit, segment
 
 
 @pytest.fixture
 def tab_ui(edit_easel):
-    from webui.ui.app import build_header
-
-    ui = UIContext(edit_easel)
-    with gr.Blocks() as blocks:
-        build_header(ui)
-        with gr.Tabs() as tabs:
-            ui.tabs = tabs
-            img2img.build(ui)
-            inpaint.build(ui)
-            segment.build_tab(ui)
-            tab = edit.build_tab(ui)
-        ui.finish()
-    yield ui, tab
-    blocks.close()
+    with built_tabs(edit_easel, segment.build_tab, edit.build_tab) as built:
+        yield built
 
 
 def slot_tab(tab):
     names = ("editor", "progress", "slider", "info", "gallery", "history", "job")
     return edit.EditTab(tab.controls, *[Slot(n) for n in names])
-
-
-def values(tab, **changes) -> dict:
-    by_component = {c.component: getattr(c.component, "value", None) for c in tab.controls.controls.values()}
-    out = tab.controls.field_values(by_component)
-    out.update(changes)
-    return out
 
 
 def same(a: Image.Image, b: Image.Image) -> bool:

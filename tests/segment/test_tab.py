@@ -3,61 +3,23 @@ defaults, model switching, a segmentation streamed through the engine queue, mes
 errors as gr.Error, and sending the mask to Inpaint (where it becomes the inpainting mask) or the cutout on."""
 from __future__ import annotations
 
-import asyncio
-
 import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests.segment.conftest import CLIPSEG_LABEL, scene_image
+from tests.tab_helpers import Slot, built_tabs, collect, values
 from webui.requests import RequestError, SegmentRequest
 from webui.ui.bridge import guard
-from webui.ui.context import UIContext
 from webui.ui.controls import build_request
-from webui.ui.tabs import img2img, inpaint, segment
-
-
-def collect(stream) -> list:
-    """Every update of an async stream (the tab's handlers are async generators), in order."""
-
-    async def drain() -> list:
-        return [update async for update in stream]
-
-    return asyncio.run(drain())
-
-
-class Slot:
-    """Stands in for an output component (hashable, like Gradio's)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
+from webui.ui.tabs import inpaint, segment
 
 
 @pytest.fixture
 def tab_ui(seg_easel):
-    """(ui, SegmentTab) with the header, img2img, Inpaint and Segment tabs built for the Easel."""
-    from webui.ui.app import build_header
-
-    ui = UIContext(seg_easel)
-    with gr.Blocks() as blocks:
-        build_header(ui)
-        with gr.Tabs() as tabs:
-            ui.tabs = tabs
-            img2img.build(ui)
-            inpaint.build(ui)
-            tab = segment.build_tab(ui)
-        ui.finish()
-    yield ui, tab
-    blocks.close()
-
-
-def values(tab, **changes) -> dict:
-    """The tab's field values as the controls hold them by default, with `changes`."""
-    by_component = {c.component: getattr(c.component, "value", None) for c in tab.controls.controls.values()}
-    out = tab.controls.field_values(by_component)
-    out.update(changes)
-    return out
+    with built_tabs(seg_easel, segment.build_tab) as built:
+        yield built
 
 
 def slot_tab(tab):
