@@ -7,16 +7,46 @@ from typing import Callable
 
 import pytest
 
+from webui.engine.worker import JobState
+from webui.requests import RequestError
 
-def _built(factory: pytest.TempPathFactory, name: str, builder: Callable[..., Path]) -> Path:
-    return builder(factory.mktemp(name) / name)
+
+def run(easel, request):
+    """The result of a request that must finish."""
+    job = easel.engine.generate(request, timeout=300)
+    assert job.state == JobState.DONE, job.error
+    return job.result
 
 
-@pytest.fixture(scope="session")
-def tiny_dit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tiny_families import make_tiny_dit
+def failed(easel, request):
+    """The RequestError a request ends with: refused when queued, or its job failed."""
+    try:
+        job = easel.engine.generate(request, timeout=300)
+    except RequestError as exc:
+        return exc
+    assert job.state == JobState.FAILED
+    return job.exception
 
-    return _built(tmp_path_factory, "tiny-dit", make_tiny_dit)
+
+def _tiny(fixture: str, folder: str, maker: str, **options) -> Callable:
+    """A session fixture: the tiny model `tests.tiny_families.<maker>` builds in a temporary `folder`."""
+    @pytest.fixture(scope="session", name=fixture)
+    def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        from tests import tiny_families
+
+        return getattr(tiny_families, maker)(tmp_path_factory.mktemp(folder) / folder, **options)
+
+    return built
+
+
+tiny_dit_dir = _tiny("tiny_dit_dir", "tiny-dit", "make_tiny_dit")
+tiny_pixart_dir = _tiny("tiny_pixart_dir", "tiny-pixart", "make_tiny_pixart")
+tiny_pixart_sigma_dir = _tiny("tiny_pixart_sigma_dir", "tiny-pixart-sigma", "make_tiny_pixart", sigma=True)
+tiny_sana_dir = _tiny("tiny_sana_dir", "tiny-sana", "make_tiny_sana")
+tiny_amused_dir = _tiny("tiny_amused_dir", "tiny-amused", "make_tiny_amused")
+tiny_stable_unclip_dir = _tiny("tiny_stable_unclip_dir", "tiny-stable-unclip", "make_tiny_stable_unclip")
+tiny_unclip_dir = _tiny("tiny_unclip_dir", "tiny-unclip", "make_tiny_unclip")
+tiny_if_dir = _tiny("tiny_if_dir", "tiny-if", "make_tiny_deepfloyd_if")
 
 
 @pytest.fixture
@@ -30,52 +60,3 @@ def family_easel(make_easel, tmp_path: Path) -> Callable:
         return make_easel(install_sd1=install_sd1)
 
     return build
-
-
-@pytest.fixture(scope="session")
-def tiny_pixart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tiny_families import make_tiny_pixart
-
-    return _built(tmp_path_factory, "tiny-pixart", make_tiny_pixart)
-
-
-@pytest.fixture(scope="session")
-def tiny_pixart_sigma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tiny_families import make_tiny_pixart
-
-    return make_tiny_pixart(tmp_path_factory.mktemp("tiny-pixart-sigma") / "tiny-pixart-sigma", sigma=True)
-
-
-@pytest.fixture(scope="session")
-def tiny_sana_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tiny_families import make_tiny_sana
-
-    return _built(tmp_path_factory, "tiny-sana", make_tiny_sana)
-
-
-@pytest.fixture(scope="session")
-def tiny_amused_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tiny_families import make_tiny_amused
-
-    return _built(tmp_path_factory, "tiny-amused", make_tiny_amused)
-
-
-@pytest.fixture(scope="session")
-def tiny_stable_unclip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tiny_families import make_tiny_stable_unclip
-
-    return _built(tmp_path_factory, "tiny-stable-unclip", make_tiny_stable_unclip)
-
-
-@pytest.fixture(scope="session")
-def tiny_unclip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tiny_families import make_tiny_unclip
-
-    return _built(tmp_path_factory, "tiny-unclip", make_tiny_unclip)
-
-
-@pytest.fixture(scope="session")
-def tiny_if_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tiny_families import make_tiny_deepfloyd_if
-
-    return _built(tmp_path_factory, "tiny-if", make_tiny_deepfloyd_if)

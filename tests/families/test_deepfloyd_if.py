@@ -8,24 +8,9 @@ import shutil
 import numpy as np
 
 from tests.conftest import api_client
-from webui.engine.worker import JobState
+from tests.families.conftest import failed, run
 from webui.infotext import parse_infotext
-from webui.requests import RequestError, Txt2ImgRequest
-
-
-def run(easel, request):
-    job = easel.engine.generate(request, timeout=300)
-    assert job.state == JobState.DONE, job.error
-    return job.result
-
-
-def failed(easel, request):
-    try:
-        job = easel.engine.generate(request, timeout=300)
-    except RequestError as exc:
-        return exc
-    assert job.state == JobState.FAILED
-    return job.exception
+from webui.requests import Txt2ImgRequest
 
 
 def test_the_cascade_runs_as_one_generation_from_one_folder(family_easel, tiny_if_dir):

@@ -7,25 +7,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tests.conftest import api_client
-from webui.engine.worker import JobState
+from tests.families.conftest import failed, run
 from webui.infotext import parse_infotext
-from webui.requests import Img2ImgRequest, InpaintRequest, RequestError, Txt2ImgRequest
-
-
-def run(easel, request):
-    job = easel.engine.generate(request, timeout=300)
-    assert job.state == JobState.DONE, job.error
-    return job.result
-
-
-def failed(easel, request):
-    """The RequestError a request ends with: refused when queued, or its job failed."""
-    try:
-        job = easel.engine.generate(request, timeout=300)
-    except RequestError as exc:
-        return exc
-    assert job.state == JobState.FAILED
-    return job.exception
+from webui.requests import Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 
 
 def pixels(image):

@@ -6,25 +6,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tests.conftest import api_client
+from tests.families.conftest import failed, run
 from tests.api.conftest import b64_png
-from webui.engine.worker import JobState
 from webui.infotext import parse_infotext
-from webui.requests import Img2ImgRequest, RequestError, Txt2ImgRequest
-
-
-def run(easel, request):
-    job = easel.engine.generate(request, timeout=300)
-    assert job.state == JobState.DONE, job.error
-    return job.result
-
-
-def failed(easel, request):
-    try:
-        job = easel.engine.generate(request, timeout=300)
-    except RequestError as exc:
-        return exc
-    assert job.state == JobState.FAILED
-    return job.exception
+from webui.requests import Img2ImgRequest, Txt2ImgRequest
 
 
 def source_image():
