@@ -14,17 +14,9 @@ SMALL = dict(width=64, height=64, steps=2, checkpoint="tiny-sd1", sampler="Euler
 HIRES = dict(enable_hr=True, hr_scale=2.0, hr_denoising_strength=0.6)
 
 
-@pytest.fixture(scope="module")
-def other_sd1_dir(tmp_path_factory):
-    from tests.tiny_models import make_tiny_sd1
-
-    return make_tiny_sd1(tmp_path_factory.mktemp("sd1b") / "tiny-sd1b", seed=5)
-
-
 @pytest.fixture
-def easel(make_easel, tmp_path, other_sd1_dir):
-    shutil.copytree(other_sd1_dir, tmp_path / "data" / "models" / "diffusers" / "tiny-sd1b")
-    return make_easel()
+def easel(two_sd1_easel):
+    return two_sd1_easel
 
 
 def run(easel, request):

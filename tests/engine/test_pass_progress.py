@@ -4,8 +4,6 @@ forward. Every state the job publishes is recorded by a job that keeps them, run
 worker runs a job. Tiny real SD 1.x models (two weight seeds installed as two checkpoints)."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 from PIL import Image
 
@@ -30,17 +28,9 @@ class RecordingJob(Job):
         self.seen.append((self.progress, self.batch_index, self.step, self.total_steps))
 
 
-@pytest.fixture(scope="module")
-def other_sd1_dir(tmp_path_factory):
-    from tests.tiny_models import make_tiny_sd1
-
-    return make_tiny_sd1(tmp_path_factory.mktemp("sd1b") / "tiny-sd1b", seed=5)
-
-
 @pytest.fixture
-def easel(make_easel, tmp_path, other_sd1_dir):
-    shutil.copytree(other_sd1_dir, tmp_path / "data" / "models" / "diffusers" / "tiny-sd1b")
-    return make_easel()
+def easel(two_sd1_easel):
+    return two_sd1_easel
 
 
 def run_recorded(easel, request) -> RecordingJob:
