@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
@@ -19,6 +20,20 @@ def shapes(width: int = 64, height: int = 64) -> Image.Image:
     draw.rectangle((width // 4, height // 4, width // 2, height * 3 // 4), fill=(255, 255, 255))
     draw.ellipse((width // 2 + 4, height // 8, width - 4, height // 2), fill=(128, 128, 128))
     return image
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    """RGB pixels as int16, so differences do not wrap."""
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def generate(easel, request, units=None):
+    """The result of `request` with ControlNet `units` (sd-webui-controlnet's args) when given; it must succeed."""
+    if units is not None:
+        request = request.replace(extension_args=easel.registry.parse_request_args({"ControlNet": {"args": units}}))
+    job = easel.engine.generate(request, timeout=300)
+    assert job.error is None, job.error
+    return job.result
 
 
 @pytest.fixture(scope="session")

@@ -8,21 +8,9 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from tests.controlnet.conftest import TINY, shapes
+from tests.controlnet.conftest import TINY, generate, pixels, shapes
 from webui.infotext import parse_infotext
 from webui.requests import Img2ImgRequest, InpaintRequest, RequestError, Txt2ImgRequest
-
-
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
-
-
-def generate(easel, request, units=None):
-    if units is not None:
-        request = request.replace(extension_args=easel.registry.parse_request_args({"ControlNet": {"args": units}}))
-    job = easel.engine.generate(request, timeout=300)
-    assert job.error is None, job.error
-    return job.result
 
 
 def unit(**changes):

@@ -11,14 +11,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import api_client
-from tests.controlnet.conftest import TINY, shapes
+from tests.controlnet.conftest import TINY, generate, pixels, shapes
 from tests.controlnet.test_api import b64, decoded
 from webui.infotext import parse_infotext
 from webui.requests import Img2ImgRequest, InpaintRequest, Txt2ImgRequest
-
-
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
 def reference(colour: tuple[int, int, int] = (220, 40, 40)) -> Image.Image:
@@ -49,14 +45,6 @@ def ip_easel(make_easel: Callable, tmp_path: Path, tiny_ip_files: tuple[Path, Pa
     easel = make_easel()
     assert {item.name: item for item in easel.extensions}["controlnet"].loaded
     return easel
-
-
-def generate(easel, request, units=None):
-    if units is not None:
-        request = request.replace(extension_args=easel.registry.parse_request_args({"ControlNet": {"args": units}}))
-    job = easel.engine.generate(request, timeout=300)
-    assert job.error is None, job.error
-    return job.result
 
 
 def unit(**changes):
