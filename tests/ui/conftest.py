@@ -118,6 +118,11 @@ class StubEasel:
     def _arch(self, checkpoint: str | None) -> str | None:
         return next((e.arch for e in self.manager.entries if e.name == checkpoint), None)
 
+    clustered = False  # as Easel's without --workers / --ray-address: no replicas table
+
+    def cluster_status(self) -> dict[str, Any]:
+        return {"replicas": []}
+
     def checkpoint_choices(self) -> list[str]:
         return [e.name for e in self.manager.entries if e.supported]
 
