@@ -60,3 +60,23 @@ def test_a_good_value_is_persisted_the_same_way(easel, client) -> None:
     assert client.post("/sdapi/v1/options", json={"show_progress_every_n_steps": -1}).status_code == 200
     assert settings.user.live_preview_every == 0  # AUTOMATIC1111's -1: no previews
     assert json.loads(settings.config_path.read_text())["live_preview_every"] == 0
+
+
+def test_options_posted_back_as_read_are_accepted_and_nothing_is_ignored(client) -> None:
+    """A client may post back the whole GET answer; a key Easel does not know, or a fixed option at another value,
+    is a 422 naming it and changes nothing else in the body."""
+    read = client.get("/sdapi/v1/options").json()
+    assert client.post("/sdapi/v1/options", json=read).status_code == 200
+
+    for key, value, says in [("not_an_option", 1, "not an option Easel knows"),
+                             ("samples_format", "jpg", "Easel saves PNG images only"),
+                             ("eta_noise_seed_delta", 31337, "only 0 is accepted"),
+                             ("ESRGAN_tile", read["ESRGAN_tile"] + 64, "not settable through the API")]:
+        response = client.post("/sdapi/v1/options", json={key: value, "samples_save": not read["samples_save"],
+                                                          "CLIP_stop_at_last_layers": 3})
+        assert response.status_code == 422, key
+        data = response.json()
+        assert data["field"] == key and says in data["detail"], data
+        after = client.get("/sdapi/v1/options").json()
+        assert after["samples_save"] == read["samples_save"]
+        assert after["CLIP_stop_at_last_layers"] == read["CLIP_stop_at_last_layers"]

@@ -3,7 +3,7 @@
 `POST /options` checks every value before it changes anything. `sd_model_checkpoint` queues a model switch (and
 awaits it), `sd_vae` and `CLIP_stop_at_last_layers` apply to this client's later requests, and the options that are
 Easel settings (`samples_save`, `show_progress_every_n_steps`, `randn_source`, `flow_shift`, `img2img_fix_steps`, the
-face restorer) go through `webui.settings.apply_changes`, the path the Settings tab takes: the same checks and messages, the same atomic write of config.json. Other AUTOMATIC1111 options are accepted and ignored (logged). Paths in the answers are
+face restorer) go through `webui.settings.apply_changes`, the path the Settings tab takes: the same checks and messages, the same atomic write of config.json. Other options are accepted at the value GET reports (a client may post back what it read), and any other key or value is a 422 naming it. Paths in the answers are
 relative to Easel's folders.
 """
 from __future__ import annotations
@@ -81,6 +81,29 @@ def current_options(api: ApiContext) -> dict[str, Any]:
     }
 
 
+def check_other_options(body: dict[str, Any], reported: dict[str, Any]) -> None:
+    """The keys of a POST /options body that are not applied above: accepted where they describe what Easel does
+    (a fixed option at its value, a reported option at its current value, so a client may post back what GET gave
+    it), else a 422 naming the key. Nothing is ignored silently."""
+    from webui.api.override_settings import FIXED, json_text, same, short
+
+    applied = {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", *SETTING_OPTIONS}
+    for key in sorted(set(body) - applied):
+        value = body[key]
+        if key in FIXED:
+            allowed, why = FIXED[key]
+            if not any(same(value, ok) for ok in allowed):
+                shown = " or ".join(json_text(ok) for ok in allowed)
+                raise ApiError(422, key, f"{why}; only {shown} is accepted, got {short(value)}")
+        elif key in reported:
+            if not same(value, reported[key]):
+                raise ApiError(422, key, f"not settable through the API (now {json_text(reported[key])}); "
+                                         f"got {short(value)}")
+        else:
+            raise ApiError(422, key, "not an option Easel knows; it sets these: "
+                                     f"{', '.join(sorted(applied))}")
+
+
 def options_router(api: ApiContext) -> APIRouter:
     """The options and command-line flag routes over `api`'s Easel."""
     easel, settings, defaults = api.easel, api.settings, api.defaults
@@ -111,13 +134,11 @@ def options_router(api: ApiContext) -> APIRouter:
         vae = check_vae(body["sd_vae"], "sd_vae") if "sd_vae" in body else None
         changes = {key: setting_value(option, body[option]) for option, key in SETTING_OPTIONS.items()
                    if option in body}
+        check_other_options(body, current_options(api))
         if changes:  # checked, written and made current as the Settings tab does, or nothing changes
             _, errors = apply_changes(settings, changes, easel.sampler_choices(None))
             if errors:
                 raise ApiError(422, OPTION_NAMES.get(errors[0].key, errors[0].key), errors[0].message)
-        ignored = sorted(set(body) - {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", *SETTING_OPTIONS})
-        if ignored:
-            log.info("API options not supported by Easel, ignored: %s", ", ".join(ignored))
         with defaults.lock:
             if clip_skip is not None:
                 defaults.clip_skip = clip_skip
