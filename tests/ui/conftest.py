@@ -153,8 +153,10 @@ class StubEasel:
                                sampler=None, distilled_cfg_scale=None)
 
     def hidden_fields(self, checkpoint: str | None = None) -> frozenset[str]:
-        """As Easel's: the request fields the checkpoint's family does not use (the stub's: SD and built-in)."""
-        return frozenset({"noise_level", "stage2_steps", "stage3_steps"})
+        """As Easel's: the request fields the checkpoint's family does not use (the stub's: SD and built-in, which
+        has no tiled diffusion)."""
+        builtin = self._arch(checkpoint or self.default_checkpoint()) == "easel"
+        return frozenset({"noise_level", "stage2_steps", "stage3_steps", *(("tiled_diffusion",) if builtin else ())})
 
     def script_titles(self, mode: str) -> dict[str, str]:
         """As Easel's: the Script dropdown's {title: script_name}; the stub has no scripts."""

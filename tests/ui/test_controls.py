@@ -300,3 +300,18 @@ def test_send_to_segment_opens_the_tab_with_the_selected_result(built_ui) -> Non
     assert updates[ui.segment_image] is second
     with pytest.raises(ValueError, match="no image to send"):
         segment_updates(ui, {"images": [], "infotexts": []})
+
+
+def test_the_tiled_diffusion_accordion_shows_only_for_models_that_can_tile(built_ui) -> None:
+    """Tiled diffusion is for Stable Diffusion UNets: its accordion hides on the built-in model, and its checkbox is
+    then not sent."""
+    blocks, ui = built_ui
+    panels = [tab.family_panels["tiled_diffusion"] for tab in ui.generation.values()]
+    assert len(panels) == 3 and all(panel.visible for panel in panels)  # tiny-sd1 is the default
+    change = next(fn for fn in blocks.fns.values() if any(target == (ui.checkpoint._id, "change")
+                                                         for target in fn.targets))
+    outputs = [block._id for block in change.outputs]
+    samplers = [tab.controls["sampler"].value for tab in ui.generation.values()]
+    for checkpoint, shown in (("easel-shapes", False), ("tiny-sd1", True)):
+        updates = dict(zip(outputs, change.fn(checkpoint, *samplers)))
+        assert all(updates[panel._id]["visible"] is shown for panel in panels), checkpoint

@@ -202,8 +202,12 @@ def takes_vae(arch: Arch, variant: str = "") -> bool:
 
 def hidden_fields(arch: Arch, variant: str = "") -> frozenset[str]:
     """The request fields a model of this family does not use: its UI controls are hidden and not sent."""
+    from webui.requests import TILED_DIFFUSION_ARCHS
+
+    # tiled diffusion: Stable Diffusion UNets only (the others attend across the whole image)
+    untiled = () if arch.value in TILED_DIFFUSION_ARCHS else ("tiled_diffusion",)
     if arch not in FAMILY_ARCHS:
-        return frozenset(FAMILY_ONLY_FIELDS)
+        return frozenset((*FAMILY_ONLY_FIELDS, *untiled))
     hidden = set(UNUSED_BY_FAMILIES) | set(FAMILY_ONLY_FIELDS)
     if arch == Arch.DIT or (arch == Arch.UNCLIP and variant != "stable"):
         hidden.add("negative_prompt")  # class-conditional DiT and Karlo's prior take none
@@ -214,4 +218,4 @@ def hidden_fields(arch: Arch, variant: str = "") -> frozenset[str]:
         hidden -= {"stage2_steps", "stage3_steps"}
     if not takes_vae(arch, variant):
         hidden.add("vae")  # not sent: the request keeps "Automatic", the model's own
-    return frozenset(hidden)
+    return frozenset(hidden | set(untiled))

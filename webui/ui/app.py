@@ -121,6 +121,7 @@ def wire_header(ui: UIContext, refresh: Any) -> None:
     distilled = [tab.controls["distilled_cfg_scale"] for tab in tabs if "distilled_cfg_scale" in tab.controls]
     targets = [(tab.mode, name, tab.controls[name]) for tab in tabs for name in DEFAULTED_FIELDS if name in tab.controls]
     toggled = [(name, tab.controls[name]) for tab in tabs for name in FAMILY_TOGGLED if name in tab.controls]
+    toggled += [(name, panel) for tab in tabs for name, panel in tab.family_panels.items()]
     touched = gr.State(set())
 
     @guard

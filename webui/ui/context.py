@@ -31,6 +31,8 @@ class GenerationTab:
     reveal: dict[str, Any] = field(default_factory=dict)  # field name → accordion to open when it is set
     styles: Any = None  # its prompt style components (webui.ui.styles.StyleWidgets)
     detail: dict[str, Any] = field(default_factory=dict)  # the Detail fixer accordion's components by name
+    # field name → the accordion holding it, shown only for families that use the field (Easel.hidden_fields)
+    family_panels: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

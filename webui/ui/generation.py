@@ -122,6 +122,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
     checkpoint = easel.default_checkpoint()
     own = easel.model_defaults(checkpoint)  # size, steps, CFG, distilled guidance the model runs at
     hidden = easel.hidden_fields(checkpoint)  # controls the model's family does not use: hidden, not sent
+    family_panels: dict[str, Any] = {}
     controls = ControlSet(request_cls)
     controls.add(_shared(ui.checkpoint, "checkpoint"))
     controls.add(_shared(ui.vae, "vae"))
@@ -173,7 +174,9 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                 if mode in ("txt2img", "img2img", "inpaint"):  # GFPGAN / CodeFormer as Settings picks (face_restoration_model)
                     controls.add(field_control(request_cls, "restore_faces", limits))
             if mode in ("txt2img", "img2img", "inpaint"):  # denoise in overlapping latent tiles (webui.engine.tiling)
-                with gr.Accordion("Tiled Diffusion", open=False, elem_id=f"{mode}_tiled_diffusion"):
+                with gr.Accordion("Tiled Diffusion", open=False, elem_id=f"{mode}_tiled_diffusion",
+                                  visible="tiled_diffusion" not in hidden) as tiled_panel:
+                    family_panels["tiled_diffusion"] = tiled_panel
                     controls.add(field_control(request_cls, "tiled_diffusion", limits))
                     with gr.Row():
                         for name in ("tiled_diffusion_tile_width", "tiled_diffusion_tile_height",
@@ -223,7 +226,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
     result = gr.State(empty_result())
     job_id = gr.State(None)
     outputs = PanelOutputs(progress, preview, gallery, info, result, job_id)
-    tab = GenerationTab(mode, request_cls, controls, detail=detail_components)
+    tab = GenerationTab(mode, request_cls, controls, detail=detail_components, family_panels=family_panels)
     tab.styles = StyleWidgets(mode, styles, style_apply, style_refresh, *style_editor)
     wire_styles(ui, tab.styles, prompt, negative_prompt)
     tab.reveal.update(seed_extra)
