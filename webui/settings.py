@@ -66,6 +66,7 @@ class UserSettings:
     max_request_images: int = 100  # images one API request carries
     queue_size: int = 64
     save_images: bool = True
+    enable_pnginfo: bool = True  # write the generation parameters into saved PNGs (and the API's images)
     randn_source: str = "CPU"  # starting noise: CPU (torch's CPU generator), GPU (the device's), NV (CUDA's, on the CPU)
     # Flow-matching models (SD3, Flux, Z-Image, Qwen-Image, built-in): timestep shift; 0 = each model's own
     flow_shift: float = 0.0
@@ -179,7 +180,7 @@ _CHANGES = threading.Lock()  # one change at a time: read, check, write, make cu
 # Settings the engine reads for each job, so one request may carry its own values (the API's override_settings):
 # saving, previews, the noise source, the flow shift, the built-in model's layout plan, the face finder. Limits,
 # memory budgets and the like are the server's and never come from a request.
-PER_REQUEST_SETTINGS = ("save_images", "live_preview_every", "randn_source", "flow_shift", "img2img_fix_steps",
+PER_REQUEST_SETTINGS = ("save_images", "enable_pnginfo", "live_preview_every", "randn_source", "flow_shift", "img2img_fix_steps",
                         "builtin_plan_layout", "filename_digits", "face_restoration_finder",
                         "face_restoration_confidence")
 

@@ -41,6 +41,27 @@ def test_samples_save_override_saves_or_not_for_that_request(client, easel):
     assert info_of(generate(client, save_images=True))["paths"] == []
 
 
+def test_enable_pnginfo_false_leaves_the_parameters_out_of_that_requests_pngs(client, easel):
+    import base64
+    import io
+
+    from PIL import Image
+
+    def parameters(b64: str) -> str | None:
+        return Image.open(io.BytesIO(base64.b64decode(b64))).info.get("parameters")
+
+    bare = generate(client, save_images=True, override_settings={"enable_pnginfo": False})
+    info = info_of(bare)
+    assert parameters(bare["images"][0]) is None and Image.open(easel.settings.data_dir / info["paths"][0]).info.get("parameters") is None
+    assert info["infotexts"][0].startswith("a red house")  # the info JSON still carries it
+    assert easel.settings.user.enable_pnginfo is True
+    plain = generate(client, save_images=True)
+    assert parameters(plain["images"][0]) == info_of(plain)["infotexts"][0]
+    assert Image.open(easel.settings.data_dir / info_of(plain)["paths"][0]).info["parameters"] == info_of(plain)["infotexts"][0]
+    assert client.post("/sdapi/v1/options", json={"enable_pnginfo": False}).status_code == 200
+    assert parameters(generate(client)["images"][0]) is None
+
+
 def test_fixed_and_current_values_are_accepted(client):
     options = client.get("/sdapi/v1/options").json()
     body = generate(client, override_settings={
@@ -59,7 +80,7 @@ def test_fixed_and_current_values_are_accepted(client):
     ({"samples_format": "jpg"}, "samples_format", "PNG"),
     ({"eta_noise_seed_delta": 31337}, "eta_noise_seed_delta", "no offset"),
     ({"img2img_fix_steps": "yes"}, "img2img_fix_steps", "true or false"),
-    ({"enable_pnginfo": False}, "enable_pnginfo", "parameters"),
+    ({"enable_pnginfo": "no"}, "enable_pnginfo", "true or false"),
     ({"sd_checkpoint_cache": 99}, "sd_checkpoint_cache", "not applied per request"),
     ({"max_steps": 10000}, "max_steps", "not applied per request"),
     ({"samples_save": False, "save_images": True}, "save_images", "override_settings.samples_save"),

@@ -276,7 +276,7 @@ def generation_router(api: ApiContext) -> APIRouter:
         if job.state == JobState.FAILED:
             raise job_failure(job, "generation failed")
         result = job.result or JobResult()
-        images = [encode_png(img, text) for img, text in zip(result.images, result.infotexts)] \
+        images = [encode_png(img, text if result.pnginfo else None) for img, text in zip(result.images, result.infotexts)] \
             if body.send_images is not False else []
         info = generation_info(request, entry, job, result)
         return {"images": images, "parameters": body_parameters(body, include_images), "info": json.dumps(info)}

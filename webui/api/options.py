@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 # AUTOMATIC1111 options that are Easel user settings: option name -> setting key.
-SETTING_OPTIONS = {"samples_save": "save_images", "show_progress_every_n_steps": "live_preview_every",
+SETTING_OPTIONS = {"samples_save": "save_images", "enable_pnginfo": "enable_pnginfo", "show_progress_every_n_steps": "live_preview_every",
                    "randn_source": "randn_source", "img2img_fix_steps": "img2img_fix_steps",
                    "flow_shift": "flow_shift", "face_restoration_model": "face_restoration_model",
                    "code_former_weight": "code_former_weight",
@@ -61,7 +61,7 @@ def current_options(api: ApiContext) -> dict[str, Any]:
         "live_previews_enable": user.live_preview_every > 0,
         "sd_checkpoint_cache": user.ram_cache_size,
         "samples_format": "png",
-        "enable_pnginfo": True,
+        "enable_pnginfo": user.enable_pnginfo,
         "outdir_txt2img_samples": public_path(settings.outputs_dir / "txt2img-images", [settings.data_dir]),
         "outdir_img2img_samples": public_path(settings.outputs_dir / "img2img-images", [settings.data_dir]),
         "outdir_extras_samples": public_path(settings.outputs_dir / "extras-images", [settings.data_dir]),

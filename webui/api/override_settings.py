@@ -9,7 +9,7 @@ The keys fall into five kinds:
   `samples_save`, `randn_source`, `show_progress_every_n_steps`, ...): the request carries them
   (`setting_overrides`), checked exactly as POST /options checks them; nothing global changes, so requests running
   side by side never see each other's values;
-- options whose value is fixed in Easel (`samples_format` png, `enable_pnginfo` true, `eta_noise_seed_delta` 0,
+- options whose value is fixed in Easel (`samples_format` png, `eta_noise_seed_delta` 0,
   ...): accepted at that value, a 422 saying why otherwise;
 - the other options GET /options reports (server state: the checkpoint cache, upscaler tiles, output folders):
   accepted at their current value, a 422 otherwise, as are Easel settings that are the server's (limits, memory);
@@ -39,13 +39,12 @@ REQUEST_KEYS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "fa
 # AUTOMATIC1111 option name -> the per-job setting it is (Easel's own names are accepted too)
 SETTING_KEYS = {"samples_save": "save_images", "show_progress_every_n_steps": "live_preview_every",
                 "live_previews_enable": "live_preview_every", "randn_source": "randn_source",
-                "flow_shift": "flow_shift", "img2img_fix_steps": "img2img_fix_steps",
+                "flow_shift": "flow_shift", "img2img_fix_steps": "img2img_fix_steps", "enable_pnginfo": "enable_pnginfo",
                 **{key: key for key in PER_REQUEST_SETTINGS}}
 
 # options Easel has one behaviour for: the values that describe it, and why no other is possible
 FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
     "samples_format": (("png",), "Easel saves PNG images only"),
-    "enable_pnginfo": ((True,), "Easel always writes the parameters into its PNGs"),
     "eta_noise_seed_delta": ((0,), "Easel's samplers draw their per-step noise from each image's seed, with no "
                                    "offset"),
     # Easel keeps no per-model VAE preference, so the selected VAE applies either way
@@ -56,7 +55,7 @@ FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
 
 # shown when a key is unknown: the AUTOMATIC1111 names Easel applies per request
 HONOURED = (*REQUEST_KEYS, "samples_save", "randn_source", "show_progress_every_n_steps", "live_previews_enable",
-            "flow_shift", "img2img_fix_steps", *FIXED)
+            "flow_shift", "img2img_fix_steps", "enable_pnginfo", *FIXED)
 
 
 @dataclass

@@ -266,11 +266,13 @@ class Engine:
                 result.info.setdefault("items", []).append(item.payload)
             if save and user.save_images and getattr(request, "save_images", True):
                 folder = mode_folder(self.settings.outputs_dir, request.mode)
-                path = save_image(item.image, folder, item.seed, text, user.filename_digits)
+                path = save_image(item.image, folder, item.seed, text if user.enable_pnginfo else None,
+                                  user.filename_digits)
                 result.paths.append(path)
                 if isinstance(item.payload.get("mask"), Image.Image):
                     item.payload["mask"].save(path.with_name(path.stem + "-mask.png"))
                 self.notify_saved(path)
+        result.pnginfo = user.enable_pnginfo
         result.info |= {"seeds": result.seeds, "model": model, "model_hash": model_hash}
         if styled is not request:
             result.info["styled"] = {"prompt": styled.prompt, "negative_prompt": styled.negative_prompt}

@@ -49,6 +49,7 @@ class JobResult:
     paths: list[Path] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     parameters: list[dict[str, Any]] = field(default_factory=list)  # what each infotext was written from
+    pnginfo: bool = True  # the job's PNGs carry their infotext (the enable_pnginfo setting)
 
 
 class Job:

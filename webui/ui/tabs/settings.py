@@ -36,6 +36,7 @@ LABELS = {
     "max_prompt_chars": "Longest prompt, characters",
     "queue_size": "Jobs the queue holds",
     "save_images": "Save every image to outputs/",
+    "enable_pnginfo": "Write the generation parameters into saved PNGs (and the API's images)",
     "randn_source": "Random number generator source (NV: the noise an NVIDIA GPU gives, on any device)",
     "builtin_plan_layout": "Built-in model: give objects the prompt places nowhere a position before drawing, "
                            "and redraw each of several objects alone (recorded as \"Planned prompt\")",
@@ -57,7 +58,7 @@ LABELS = {
                     "group: layer by layer with CUDA streams); applies to checkpoints loaded next",
 }
 GROUPS = {
-    "Generation": ("default_sampler", "live_preview_every", "save_images", "filename_digits", "randn_source",
+    "Generation": ("default_sampler", "live_preview_every", "save_images", "enable_pnginfo", "filename_digits", "randn_source",
                    "img2img_fix_steps", "builtin_plan_layout", "flow_shift"),
     "Memory and queue": ("ram_cache_size", "ram_budget_mb", "vram_budget_mb", "queue_size", "vae_tiling",
                          "vae_tile_size", "offload_mode"),
