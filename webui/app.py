@@ -282,7 +282,7 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
     from webui.engine.detail_args import register as register_detail_args
 
     for sub in ("Stable-diffusion", "diffusers", "Lora", "VAE", "clipseg", "embeddings", "diffusion_models",
-                "text_encoders"):
+                "text_encoders", "GAN"):
         (settings.models_dir / sub).mkdir(parents=True, exist_ok=True)
     manager = ModelManager(
         checkpoint_dirs=settings.checkpoint_dirs(), diffusers_dirs=settings.diffusers_dirs(),
@@ -294,6 +294,7 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
         embedding_dirs=settings.all_embedding_dirs(), controlnet_dirs=settings.all_controlnet_dirs(),
         upscaler_dirs=settings.all_upscaler_dirs(), allow_hub=settings.allow_hub_downloads,
         storage=settings.weight_storage(), text_encoder_dirs=settings.text_encoder_dirs(),
+        gan_dirs=settings.gan_dirs(),
     )
     manager.memory.budgets = lambda: budgets_for(  # read when models come and go: Settings changes apply at once
         manager.device, settings.user.ram_budget_mb, settings.user.vram_budget_mb)

@@ -80,13 +80,16 @@ class StyleGANPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def mapped(self, seeds: Sequence[int], class_index: int | None, psi: float) -> torch.Tensor:
-        """w for each seed, truncated by ψ: [B, num_ws, w_dim]."""
+        """w for each seed, truncated by ψ: [B, num_ws, w_dim]. One seed at a time, so an image does not depend on
+        the batch it is drawn in (batched kernels round differently)."""
         z = seed_latents(seeds, self.config_of.z_dim).to(self.device)
-        return self.generator.mapping(z, self.class_vector(class_index, len(seeds)), psi)
+        c = self.class_vector(class_index, 1)
+        return torch.cat([self.generator.mapping(row.unsqueeze(0), c, psi) for row in z])
 
     @torch.no_grad()
     def synthesize(self, ws: torch.Tensor) -> list[Image.Image]:
-        return to_images(self.generator.synthesis(ws))
+        """The images of ws [B, num_ws, w_dim], one sample at a time."""
+        return [image for row in ws for image in to_images(self.generator.synthesis(row.unsqueeze(0)))]
 
     @torch.no_grad()
     def __call__(self, seeds: Sequence[int], class_index: int | None = None, truncation_psi: float = 1.0
