@@ -53,6 +53,17 @@ class Easel:
     def checkpoint_entries(self) -> list[CheckpointEntry]:
         return self.manager.checkpoints()
 
+    def seed_walk(self, checkpoint: str, seeds: list[int], frames: int, truncation_psi: float = 1.0,
+                  class_label: int = -1, prompt: str = "", space: str = "z") -> Any:
+        """Queue a StyleGAN seed walk (webui.engine.families.stylegan.SeedWalkRequest) and return its job; its
+        result's `info["gif"]` is the GIF, `paths` where it was saved. RequestError names a wrong field."""
+        from webui.engine.families.stylegan import SeedWalkRequest
+
+        request = SeedWalkRequest(seeds=tuple(int(s) for s in seeds), frames=int(frames), checkpoint=checkpoint,
+                                  truncation_psi=float(truncation_psi), class_label=int(class_label), prompt=prompt,
+                                  space=space)
+        return self.engine.submit(request, source="ui")
+
     def checkpoint_choices(self) -> list[str]:
         return [c.name for c in self.manager.checkpoints() if c.supported]
 

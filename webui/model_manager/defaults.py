@@ -175,8 +175,8 @@ def defaults_for(arch: Arch, path: Path | None = None, variant: str = "", kind: 
     if arch == Arch.GAN:  # its one size, from the catalogue's variant "<generation>:<resolution>:<classes>"
         parts = variant.split(":")
         if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) >= 8:
-            side = int(parts[1])
-            base = dataclasses.replace(base, width=side, height=side, min_side=side, max_side=side)
+            side = int(parts[1])  # asked at least 64 (the smallest size a request takes), resized from its own
+            base = dataclasses.replace(base, width=max(64, side), height=max(64, side), min_side=side, max_side=side)
     if path is not None and kind == "file":
         beside = path.with_name(path.stem + ".defaults.json")
         if beside.is_file():

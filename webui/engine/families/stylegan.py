@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from webui import __version__
 from webui.engine.context import Generated, ModeContext, render_size, resized, run_batches
+from webui.engine.tasks import EngineTask
 from webui.engine.worker import Job, JobResult
 from webui.model_manager.identify import Arch
 from webui.requests import GenerationRequest, Limits, RequestError
@@ -96,7 +97,7 @@ def run(ctx: ModeContext, request: GenerationRequest, mode: str) -> list[Generat
 
 # ------------------------------------------------------------------------------------------------ seed walk
 @dataclass(frozen=True)
-class SeedWalkRequest:
+class SeedWalkRequest(EngineTask):
     """A GIF walking through `seeds` in latent space on a StyleGAN checkpoint ("" = the current one)."""
 
     seeds: tuple[int, ...] = (0, 1)
