@@ -154,7 +154,7 @@ class StubEasel:
 
     def hidden_fields(self, checkpoint: str | None = None) -> frozenset[str]:
         """As Easel's: the request fields the checkpoint's family does not use (the stub's: SD and built-in)."""
-        return frozenset({"noise_level", "stage2_steps", "stage3_steps"})
+        return frozenset({"noise_level", "stage2_steps", "stage3_steps", "truncation_psi", "class_label"})
 
     def script_titles(self, mode: str) -> dict[str, str]:
         """As Easel's: the Script dropdown's {title: script_name}; the stub has no scripts."""

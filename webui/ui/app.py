@@ -98,7 +98,7 @@ def build_header(ui: UIContext) -> Any:
 DEFAULTED_FIELDS = ("sampler", "steps", "width", "height", "cfg_scale", "distilled_cfg_scale")
 # controls shown or hidden with the checkpoint's family (Easel.hidden_fields)
 FAMILY_TOGGLED = ("negative_prompt", "clip_skip", "tiling", "scheduler", "noise_level", "stage2_steps",
-                  "stage3_steps", "denoising_strength")
+                  "stage3_steps", "denoising_strength", "steps", "cfg_scale", "truncation_psi", "class_label")
 
 
 def model_default_values(easel: Any, checkpoint: str | None) -> dict[str, Any]:
@@ -140,7 +140,9 @@ def wire_header(ui: UIContext, refresh: Any) -> None:
         fallback = easel.default_sampler(checkpoint)
         has_distilled = easel.model_defaults(checkpoint).distilled_cfg_scale is not None
         hidden = easel.hidden_fields(checkpoint)  # controls the family does not use (DiT: no negative prompt)
-        return ([gr.Dropdown(choices=choices) if value in choices else gr.Dropdown(choices=choices, value=fallback)
+        shown = "sampler" not in hidden  # StyleGAN has no sampler
+        return ([gr.Dropdown(choices=choices, visible=shown) if value in choices
+                 else gr.Dropdown(choices=choices, value=fallback, visible=shown)
                  for value in current] + [gr.Slider(visible=has_distilled)] * len(distilled)
                 + [gr.update(visible=name not in hidden) for name, _ in toggled])
 
