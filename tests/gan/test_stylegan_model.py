@@ -96,3 +96,10 @@ def test_tensors_that_do_not_fit_are_refused_naming_them(tmp_path):
     state.pop("synthesis.b4.conv1.noise_const")
     with pytest.raises(GeneratorFileError):
         load_generator(tiny_gan.save_safetensors(tmp_path / "bad2.safetensors", state))
+
+
+def test_a_stylegan_file_among_checkpoints_says_where_it_belongs(gan_files):
+    from webui.model_manager.identify import identify_file
+
+    found = identify_file(gan_files["sg3-t"])
+    assert not found.supported and "put it in models/GAN" in found.reason

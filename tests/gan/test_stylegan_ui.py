@@ -24,9 +24,8 @@ def test_stylegan_controls_generation_and_seed_walk_through_the_ui(gan_easel):
     tab = ui.generation["txt2img"]
     controls = tab.controls
 
-    change = [f for f in blocks.fns.values() if (ui.checkpoint._id, "change") in f.targets]
-    panel = next(f for f in change if tab.controls["sampler"] in f.outputs)
-    walk_toggle = next(f for f in change if blocks_by_id(blocks, "txt2img_seed_walk") in f.outputs)
+    panel = handler(blocks, ui.checkpoint, "change")
+    accordion = blocks_by_id(blocks, "txt2img_seed_walk")
     samplers = [t.controls["sampler"].value for t in ui.generation.values()]
     for checkpoint, gan, conditional in (("sg2-64", True, False), ("sg2-cond", True, True),
                                          ("tiny-sd1", False, False)):
@@ -35,7 +34,7 @@ def test_stylegan_controls_generation_and_seed_walk_through_the_ui(gan_easel):
             assert visible(updates[controls[name]]) is not gan, (checkpoint, name)
         assert visible(updates[controls["truncation_psi"]]) is gan
         assert visible(updates[controls["class_label"]]) is conditional
-        assert visible(walk_toggle.fn(checkpoint)) is gan
+        assert visible(updates[accordion]) is gan
 
     generate = handler(blocks, blocks_by_id(blocks, "txt2img_generate"), "click")
     values = {component: getattr(component, "value", None) for component in generate.inputs}

@@ -126,6 +126,10 @@ class StubEasel:
     def checkpoint_choices(self) -> list[str]:
         return [e.name for e in self.manager.entries if e.supported]
 
+    def seed_walk(self, checkpoint: str, seeds: list[int], frames: int, **options: Any) -> Any:
+        """As Easel's: a StyleGAN seed walk queued (the stub engine runs no jobs)."""
+        return self.engine.submit(("seed walk", checkpoint, tuple(seeds), frames, options), source="ui")
+
     def default_checkpoint(self) -> str:
         return self.checkpoint_choices()[0]
 

@@ -144,10 +144,11 @@ def wire_header(ui: UIContext, refresh: Any) -> None:
         return ([gr.Dropdown(choices=choices, visible=shown) if value in choices
                  else gr.Dropdown(choices=choices, value=fallback, visible=shown)
                  for value in current] + [gr.Slider(visible=has_distilled)] * len(distilled)
-                + [gr.update(visible=name not in hidden) for name, _ in toggled])
+                + [gr.update(visible=name not in hidden) for name, _ in toggled]
+                + [gr.update(visible="truncation_psi" not in hidden)] * len(ui.gan_only))
 
     ui.checkpoint.change(on_checkpoint, inputs=[ui.checkpoint, *samplers],
-                         outputs=[*samplers, *distilled, *(component for _, component in toggled)],
+                         outputs=[*samplers, *distilled, *(component for _, component in toggled), *ui.gan_only],
                          show_progress="hidden")
 
     for mode, name, component in targets:

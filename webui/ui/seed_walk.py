@@ -75,5 +75,4 @@ def build_seed_walk(ui: UIContext, controls: ControlSet) -> None:
         return str(path), f"{len(result.info['frames'])} frames · {result.info.get('infotext', '')}"
 
     button.click(on_walk, inputs=inputs, outputs=[output, note], show_progress="minimal")
-    ui.checkpoint.change(lambda checkpoint: gr.Accordion(visible=is_gan(easel, checkpoint)), inputs=ui.checkpoint,
-                         outputs=accordion, show_progress="hidden")
+    ui.gan_only.append(accordion)  # shown and hidden with the checkpoint (webui.ui.app.wire_header)
