@@ -103,3 +103,16 @@ def test_a_stylegan_file_among_checkpoints_says_where_it_belongs(gan_files):
 
     found = identify_file(gan_files["sg3-t"])
     assert not found.supported and "put it in models/GAN" in found.reason
+
+
+def test_an_nvlabs_network_pickle_is_refused_with_how_to_export_it(tmp_path):
+    """NVlabs pickles rebuild their networks through torch_utils.persistence (the classes' source code is inside):
+    the weights-only reader refuses the global unread, and the reason says how to export the tensors."""
+    # {"G_ema": torch_utils.persistence._reconstruct_persistent_obj({})}, protocol 2, as pickle.dump writes it
+    data = (b"\x80\x02}q\x00X\x05\x00\x00\x00G_emaq\x01ctorch_utils.persistence\n_reconstruct_persistent_obj\nq\x02"
+            b"}q\x03\x85q\x04Rq\x05s.")
+    path = tmp_path / "stylegan2-ffhq-256x256.pkl"
+    path.write_bytes(data)
+    with pytest.raises(GeneratorFileError) as refused:
+        describe(path)
+    assert "torch_utils.persistence" in str(refused.value) and "safetensors" in str(refused.value)
