@@ -1,5 +1,5 @@
-"""StyleGAN generator files: find the generator's tensors, tell StyleGAN2 from StyleGAN3, infer the architecture from the
-tensors' names and shapes, and build Easel's own network with them.
+"""StyleGAN generator files: find the generator's tensors, tell StyleGAN2 from StyleGAN3, infer the architecture from
+the tensors' names and shapes, and build Easel's own network with them.
 
 A file is a `.safetensors` (read with safetensors) or a pickle (`.pkl`, `.pt`, `.pth`), read only through
 `webui.model_manager.weights.read_pickle`, PyTorch's weights-only unpickler: tensors, numbers, strings and plain

@@ -87,8 +87,8 @@ class MappingNetwork(nn.Module):
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int = 1, down: int = 1,
               padding: tuple[int, int, int, int] = (0, 0, 0, 0), gain: float = 1.0) -> torch.Tensor:
     """Upsample by inserting up−1 zeros after each sample, pad (negative pads crop) by (x0, x1, y0, y1), convolve with
-    FIR filter `f` (1-D: applied along both axes; 2-D: as is; None: identity) scaled so the total gain is `gain`, and keep
-    every `down`-th sample. x: [B, C, H, W]."""
+    FIR filter `f` (1-D: applied along both axes; 2-D: as is; None: identity) scaled so the total gain is `gain`, and
+    keep every `down`-th sample. x: [B, C, H, W]."""
     if f is None:
         f = torch.ones(1, 1, dtype=x.dtype, device=x.device)
     batch, channels, height, width = x.shape

@@ -34,8 +34,9 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     omega = torch.acos((a_unit * b_unit).sum(dim=1, keepdim=True).clamp(-1, 1))  # [B, 1]
     sin = torch.sin(omega)
     straight = sin.abs() < 1e-6  # (anti)parallel: a straight line is as good
-    wa = torch.where(straight, 1 - t, torch.sin((1 - t) * omega) / sin.where(~straight, torch.ones_like(sin)))
-    wb = torch.where(straight, torch.full_like(sin, t), torch.sin(t * omega) / sin.where(~straight, torch.ones_like(sin)))
+    safe = sin.where(~straight, torch.ones_like(sin))
+    wa = torch.where(straight, torch.full_like(sin, 1 - t), torch.sin((1 - t) * omega) / safe)
+    wb = torch.where(straight, torch.full_like(sin, t), torch.sin(t * omega) / safe)
     return wa * a + wb * b
 
 

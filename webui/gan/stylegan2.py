@@ -157,7 +157,8 @@ class StyleGAN2(nn.Module):
 
 def config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> SG2Config:
     """The generator's hyper-parameters from its tensors' names and shapes (ValueError naming what is missing)."""
-    blocks = sorted(int(k.split(".")[1][1:]) for k in shapes if k.startswith("synthesis.b") and k.endswith(".torgb.weight"))
+    blocks = sorted(int(k.split(".")[1][1:]) for k in shapes
+                    if k.startswith("synthesis.b") and k.endswith(".torgb.weight"))
     if not blocks or blocks[0] != 4 or blocks != [2 ** i for i in range(2, 2 + len(blocks))]:
         raise ValueError("the synthesis blocks (synthesis.b4 … synthesis.bR, each with a torgb) are incomplete")
     if any(k.endswith(".skip.weight") for k in shapes):

@@ -113,7 +113,8 @@ class SeedWalkRequest(EngineTask):
 
     def validate(self, limits: Limits) -> None:
         if not 2 <= len(self.seeds) <= MAX_WALK_SEEDS:
-            raise RequestError("seeds", f"a seed walk passes through 2 to {MAX_WALK_SEEDS} seeds, got {len(self.seeds)}")
+            raise RequestError("seeds", f"a seed walk passes through 2 to {MAX_WALK_SEEDS} seeds, got "
+                                        f"{len(self.seeds)}")
         for seed in self.seeds:
             if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
                 raise RequestError("seeds", f"each seed is a whole number from 0 to {2**32 - 1}, got {seed!r}")
