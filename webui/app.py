@@ -53,6 +53,17 @@ class Easel:
     def checkpoint_entries(self) -> list[CheckpointEntry]:
         return self.manager.checkpoints()
 
+    def seed_walk(self, checkpoint: str, seeds: list[int], frames: int, truncation_psi: float = 1.0,
+                  class_label: int = -1, prompt: str = "", space: str = "z") -> Any:
+        """Queue a StyleGAN seed walk (webui.engine.families.stylegan.SeedWalkRequest) and return its job; its
+        result's `info["gif"]` is the GIF, `paths` where it was saved. RequestError names a wrong field."""
+        from webui.engine.families.stylegan import SeedWalkRequest
+
+        request = SeedWalkRequest(seeds=tuple(int(s) for s in seeds), frames=int(frames), checkpoint=checkpoint,
+                                  truncation_psi=float(truncation_psi), class_label=int(class_label), prompt=prompt,
+                                  space=space)
+        return self.engine.submit(request, source="ui")
+
     def checkpoint_choices(self) -> list[str]:
         return [c.name for c in self.manager.checkpoints() if c.supported]
 
@@ -282,7 +293,7 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
     from webui.engine.detail_args import register as register_detail_args
 
     for sub in ("Stable-diffusion", "diffusers", "Lora", "VAE", "clipseg", "embeddings", "diffusion_models",
-                "text_encoders"):
+                "text_encoders", "GAN"):
         (settings.models_dir / sub).mkdir(parents=True, exist_ok=True)
     manager = ModelManager(
         checkpoint_dirs=settings.checkpoint_dirs(), diffusers_dirs=settings.diffusers_dirs(),
@@ -294,6 +305,7 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
         embedding_dirs=settings.all_embedding_dirs(), controlnet_dirs=settings.all_controlnet_dirs(),
         upscaler_dirs=settings.all_upscaler_dirs(), allow_hub=settings.allow_hub_downloads,
         storage=settings.weight_storage(), text_encoder_dirs=settings.text_encoder_dirs(),
+        gan_dirs=settings.gan_dirs(),
     )
     manager.memory.budgets = lambda: budgets_for(  # read when models come and go: Settings changes apply at once
         manager.device, settings.user.ram_budget_mb, settings.user.vram_budget_mb)

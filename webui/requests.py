@@ -277,6 +277,12 @@ class Txt2ImgRequest(GenerationRequest):
                              limit="max_steps", step=1, infotext_value=or_none)
     stage3_steps: int = spec(0, "Upscaler steps", infotext="Stage III steps", api="stage3_steps", minimum=0,
                              limit="max_steps", step=1, infotext_value=or_none)
+    # StyleGAN generators (models/GAN): truncation towards the average w (1 = none), and the class a conditional
+    # generator draws (-1: the prompt names it by number); the mode writes both into the infotext
+    truncation_psi: float = spec(1.0, "Truncation ψ", infotext="Truncation psi", api="truncation_psi", minimum=-1.0,
+                                 maximum=2.0, step=0.05, infotext_value=written_by_mode)
+    class_label: int = spec(-1, "Class", infotext="Class", api="class_label", minimum=-1, maximum=99999, step=1,
+                            infotext_value=written_by_mode)
 
     mode: Mode = "txt2img"
 

@@ -321,6 +321,10 @@ class Settings:
     def all_upscaler_dirs(self) -> list[Path]:
         return [self.models_dir / "ESRGAN", *self.esrgan_dirs]
 
+    def gan_dirs(self) -> list[Path]:
+        """StyleGAN2/3 generator files (webui.gan)."""
+        return [self.models_dir / "GAN"]
+
     def served_paths(self) -> tuple[list[str], list[str]]:
         """(allowed, blocked) paths for Gradio's file routes: outputs yes; models, settings and logins never."""
         from webui.security import served_paths

@@ -48,7 +48,10 @@ def test_missing_or_pickle_weights_and_lone_stages_are_refused_with_a_reason(tmp
 
 
 def test_hidden_fields_per_family():
-    assert hidden_fields(Arch.SD1) == {"noise_level", "stage2_steps", "stage3_steps"}
+    assert hidden_fields(Arch.SD1) == {"noise_level", "stage2_steps", "stage3_steps", "truncation_psi", "class_label"}
+    gan = hidden_fields(Arch.GAN, "stylegan2:256:0")  # no steps, CFG, sampler or negative prompt; ψ shown
+    assert {"steps", "cfg_scale", "sampler", "negative_prompt", "class_label"} <= gan and "truncation_psi" not in gan
+    assert "class_label" not in hidden_fields(Arch.GAN, "stylegan3-t:256:10")  # a conditional generator's class
     assert "negative_prompt" in hidden_fields(Arch.DIT) and "clip_skip" in hidden_fields(Arch.DIT)
     assert "negative_prompt" not in hidden_fields(Arch.PIXART)
     assert "noise_level" not in hidden_fields(Arch.UNCLIP, "stable")

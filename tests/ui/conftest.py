@@ -126,6 +126,10 @@ class StubEasel:
     def checkpoint_choices(self) -> list[str]:
         return [e.name for e in self.manager.entries if e.supported]
 
+    def seed_walk(self, checkpoint: str, seeds: list[int], frames: int, **options: Any) -> Any:
+        """As Easel's: a StyleGAN seed walk queued (the stub engine runs no jobs)."""
+        return self.engine.submit(("seed walk", checkpoint, tuple(seeds), frames, options), source="ui")
+
     def default_checkpoint(self) -> str:
         return self.checkpoint_choices()[0]
 
@@ -156,7 +160,8 @@ class StubEasel:
         """As Easel's: the request fields the checkpoint's family does not use (the stub's: SD and built-in, which
         has no tiled diffusion)."""
         builtin = self._arch(checkpoint or self.default_checkpoint()) == "easel"
-        return frozenset({"noise_level", "stage2_steps", "stage3_steps", *(("tiled_diffusion",) if builtin else ())})
+        return frozenset({"noise_level", "stage2_steps", "stage3_steps", "truncation_psi", "class_label",
+                          *(("tiled_diffusion",) if builtin else ())})
 
     def script_titles(self, mode: str) -> dict[str, str]:
         """As Easel's: the Script dropdown's {title: script_name}; the stub has no scripts."""

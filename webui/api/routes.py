@@ -16,6 +16,7 @@ adds the routers built from it, one module per concern:
     segment.py      /easel/v1/segment
     edit.py         /easel/v1/edit
     cluster.py      /easel/v1/cluster (the generation replicas with --workers / --ray-address)
+    gan.py          /easel/v1/seed-walk (StyleGAN generators)
 
 then the routes extensions registered. Every route is built with one route class (`webui.api.errors`): it asks
 for a login with `--api-auth`, or when the UI is protected with `--gradio-auth` / `--gradio-auth-path` (an
@@ -40,6 +41,7 @@ from webui.api.errors import route_class as make_route_class
 from webui.api.cluster import cluster_router
 from webui.api.edit import edit_router
 from webui.api.extras import extras_router
+from webui.api.gan import gan_router
 from webui.api.generation import (  # the API's request types are importable from here too
     API_REQUEST_TYPES,
     ApiImg2ImgRequest,
@@ -83,6 +85,7 @@ def create_api(app: FastAPI, easel: Any, max_body_bytes: int | None = None) -> N
     app.include_router(segment_router(api))
     app.include_router(edit_router(api))
     app.include_router(cluster_router(api))
+    app.include_router(gan_router(api))
     add_extension_routes(app, easel, route_class)
     add_docs(app, "Easel")
 

@@ -60,7 +60,8 @@ FLOW_FAMILY_SAMPLERS: Mapping[Arch, tuple[str, ...]] = MappingProxyType({
 EASEL_SAMPLERS: SamplerTable = MappingProxyType({n: FLOW_SAMPLERS[n] for n in FLOW_FAMILY_SAMPLERS[Arch.EASEL]})
 # DiT, PixArt, Sana, aMUSEd, unCLIP and DeepFloyd IF run the scheduler their folder names, fresh for each job: one
 # sampler, "Default" (its class name "" means the config's own `_class_name`).
-OWN_SCHEDULER_ARCHS = frozenset({Arch.DIT, Arch.PIXART, Arch.SANA, Arch.AMUSED, Arch.UNCLIP, Arch.IF})
+# StyleGAN generators have no sampler at all: "Default" stands for their one forward pass.
+OWN_SCHEDULER_ARCHS = frozenset({Arch.DIT, Arch.PIXART, Arch.SANA, Arch.AMUSED, Arch.UNCLIP, Arch.IF, Arch.GAN})
 OWN_SCHEDULER: SamplerTable = MappingProxyType({"Default": ("", MappingProxyType({}))})
 
 # How a schedule reaches each diffusers scheduler: custom sigmas, custom (training) timesteps, the scheduler's own

@@ -98,7 +98,7 @@ class Catalogue:
                  embedding_dirs: Sequence[Path] = (), segmentation_dirs: Sequence[Path] = (),
                  controlnet_dirs: Sequence[Path] = (), upscaler_dirs: Sequence[Path] = (),
                  text_encoder_dirs: Sequence[Path] = (), hashes: HashCache | None = None,
-                 allow_hub: bool = False) -> None:
+                 allow_hub: bool = False, gan_dirs: Sequence[Path] = ()) -> None:
         self.allow_hub = allow_hub  # --allow-hub-downloads: "org/repo" names may be fetched from the hub
         self.checkpoint_dirs = [Path(p) for p in checkpoint_dirs]
         self.diffusers_dirs = [Path(p) for p in diffusers_dirs]
@@ -110,6 +110,7 @@ class Catalogue:
         self.controlnet_dirs = [Path(p) for p in controlnet_dirs]
         self.upscaler_dirs = [Path(p) for p in upscaler_dirs]
         self.text_encoder_dirs = [Path(p) for p in text_encoder_dirs]
+        self.gan_dirs = [Path(p) for p in gan_dirs]  # StyleGAN generators (models/GAN)
         self.hashes = hashes if hashes is not None else HashCache(None)
         self._lock = threading.Lock()  # guards the listings below
         self._checkpoints: dict[str, CheckpointEntry] = {}
@@ -131,8 +132,9 @@ class Catalogue:
         builtin = self._scan_builtin()
         folders = self._scan_folders(self.diffusers_dirs)
         files = self._scan_files()
+        gans = self._scan_gans()
         entries: dict[str, CheckpointEntry] = {}
-        for entry in [*builtin, *folders, *files]:
+        for entry in [*builtin, *folders, *files, *gans]:
             kept = entries.get(entry.name)
             if kept is not None and (kept.supported or not entry.supported):
                 log.warning("two checkpoints named %r: using %s, ignoring %s", entry.name, kept.path, entry.path)
@@ -226,6 +228,35 @@ class Catalogue:
                 ident = self._identify(path, folder=False)
                 entries.append(self._entry(relative_name(path, root, True), path, "file", ident))
         return entries
+
+    def _scan_gans(self) -> list[CheckpointEntry]:
+        """StyleGAN generator files (safetensors, tensors-only pickles) in the GAN folders."""
+        from webui.gan.build import GAN_SUFFIXES
+
+        entries = []
+        for root in self.gan_dirs:
+            for path in sorted(model_files(root, GAN_SUFFIXES)):
+                entries.append(self._entry(relative_name(path, root, True), path, "file", self._identify_gan(path)))
+        return entries
+
+    def _identify_gan(self, path: Path) -> Identification:
+        """What a file in a GAN folder is (webui.gan.build.describe), remembered per file size and mtime."""
+        from webui.gan.build import GeneratorFileError, describe
+
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            return Identification(Arch.UNKNOWN, f"cannot read: {exc.strerror or exc}")
+        key = ("gan", str(path), stat.st_size, stat.st_mtime_ns)
+        found = self._idents.get(key)
+        if found is None:
+            try:
+                info = describe(path)
+                found = Identification(Arch.GAN, info.label, info.variant, True, "nvlabs")
+            except GeneratorFileError as exc:
+                found = Identification(Arch.GAN, str(exc), "", False)
+            self._idents[key] = found
+        return found
 
     def _scan_vaes(self) -> list[VaeEntry]:
         found: dict[str, VaeEntry] = {}

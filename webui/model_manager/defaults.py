@@ -87,6 +87,8 @@ FAMILY_DEFAULTS: dict[Arch, ModelDefaults] = {
     Arch.AMUSED: ModelDefaults(512, 512, 12, 10.0, "Default", None, 256, 1024),
     Arch.UNCLIP: ModelDefaults(768, 768, 20, 10.0, "Default", None, 256, 1024),
     Arch.IF: ModelDefaults(1024, 1024, 50, 7.0, "Default", None, 64, 1024),  # the final size; stage I draws 1/16
+    # StyleGAN: no steps or CFG (the request's declared defaults, which its runner accepts); its one size, from its file
+    Arch.GAN: ModelDefaults(256, 256, 20, 7.0, "Default", None, 256, 256, "resize"),
 }
 FLUX_SCHNELL = dataclasses.replace(FAMILY_DEFAULTS[Arch.FLUX], steps=4, distilled_cfg_scale=None)
 FALLBACK = ModelDefaults()
@@ -170,6 +172,11 @@ def defaults_for(arch: Arch, path: Path | None = None, variant: str = "", kind: 
         beside = path / "defaults.json"
         return _declared(_read_json(beside), base, beside.name) if beside.is_file() else base
     base = family_defaults(arch, variant)
+    if arch == Arch.GAN:  # its one size, from the catalogue's variant "<generation>:<resolution>:<classes>"
+        parts = variant.split(":")
+        if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) >= 8:
+            side = int(parts[1])  # asked at least 64 (the smallest size a request takes), resized from its own
+            base = dataclasses.replace(base, width=max(64, side), height=max(64, side), min_side=side, max_side=side)
     if path is not None and kind == "file":
         beside = path.with_name(path.stem + ".defaults.json")
         if beside.is_file():

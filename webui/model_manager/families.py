@@ -48,7 +48,8 @@ STAGE_CLASSES = {
     "IFSuperResolutionPipeline": "DeepFloyd IF stage II (64 → 256 px)",
     "StableDiffusionUpscalePipeline": "an x4 upscaler (DeepFloyd IF stage III)",
 }
-FAMILY_ARCHS = frozenset(c.arch for c in FAMILY_CLASSES.values())
+# StyleGAN generators (models/GAN, webui.gan) run by the families' rules too: their own runner, fields refused
+FAMILY_ARCHS = frozenset({*(c.arch for c in FAMILY_CLASSES.values()), Arch.GAN})
 
 
 def _has_weights(folder: Path) -> bool:
@@ -167,6 +168,10 @@ def mode_pipelines(base: Any, arch: Arch, variant: str) -> tuple[dict[str, Any],
     label = ARCH_LABELS[arch]
     pipes: dict[str, Any] = {}
     reasons: dict[str, str] = {"edit": f"{label} models do not edit by instruction"}
+    if arch == Arch.GAN:
+        for mode in ("img2img", "inpaint"):
+            reasons[mode] = f"a StyleGAN generator draws from a seed only: use it in txt2img, not {mode}"
+        return {"txt2img": base}, reasons
     if arch == Arch.AMUSED:
         pipes["txt2img"] = diffusers.AmusedPipeline.from_pipe(base)
         pipes["img2img"] = diffusers.AmusedImg2ImgPipeline.from_pipe(base)
@@ -190,14 +195,17 @@ def mode_pipelines(base: Any, arch: Arch, variant: str) -> tuple[dict[str, Any],
 
 # ------------------------------------------------------------------------------------------------ controls
 # Request fields that only some models use: the UI hides their controls and does not send them for others.
-FAMILY_ONLY_FIELDS = ("noise_level", "stage2_steps", "stage3_steps")
+FAMILY_ONLY_FIELDS = ("noise_level", "stage2_steps", "stage3_steps", "truncation_psi", "class_label")
+# what a StyleGAN generator does not use: it draws in one forward pass from a seed (and a class)
+GAN_UNUSED = ("steps", "cfg_scale", "sampler", "negative_prompt", "vae", "denoising_strength")
 UNUSED_BY_FAMILIES = ("clip_skip", "tiling", "scheduler")  # CLIP skip, seamless tiling, schedule types
 
 
 def takes_vae(arch: Arch, variant: str = "") -> bool:
     """A VAE from the VAE folders can replace this model's own: it has a Stable Diffusion-style autoencoder (not
     aMUSEd's VQ-GAN, Sana's deep-compression autoencoder, or the pixel-space IF and Karlo)."""
-    return arch not in (Arch.AMUSED, Arch.SANA, Arch.IF) and not (arch == Arch.UNCLIP and variant != "stable")
+    return arch not in (Arch.AMUSED, Arch.SANA, Arch.IF, Arch.GAN) and not (arch == Arch.UNCLIP and
+                                                                             variant != "stable")
 
 
 def hidden_fields(arch: Arch, variant: str = "") -> frozenset[str]:
@@ -209,6 +217,11 @@ def hidden_fields(arch: Arch, variant: str = "") -> frozenset[str]:
     if arch not in FAMILY_ARCHS:
         return frozenset((*FAMILY_ONLY_FIELDS, *untiled))
     hidden = set(UNUSED_BY_FAMILIES) | set(FAMILY_ONLY_FIELDS)
+    if arch == Arch.GAN:
+        hidden = (hidden | set(GAN_UNUSED)) - {"truncation_psi"}
+        if variant.rsplit(":", 1)[-1] not in ("", "0"):  # a class-conditional generator ("<gen>:<res>:<classes>")
+            hidden.discard("class_label")
+        return frozenset(hidden | set(untiled))
     if arch == Arch.DIT or (arch == Arch.UNCLIP and variant != "stable"):
         hidden.add("negative_prompt")  # class-conditional DiT and Karlo's prior take none
     if arch == Arch.UNCLIP and variant == "stable":

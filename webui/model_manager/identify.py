@@ -49,6 +49,7 @@ class Arch(str, Enum):
     AMUSED = "amused"
     UNCLIP = "unclip"
     IF = "deepfloyd_if"
+    GAN = "stylegan"
     UNKNOWN = "unknown"
 
 
@@ -56,7 +57,7 @@ ARCH_LABELS = {
     Arch.SD1: "SD 1.x", Arch.SD2: "SD 2.x", Arch.SDXL: "SDXL", Arch.SD3: "SD3", Arch.FLUX: "Flux.1",
     Arch.ZIMAGE: "Z-Image", Arch.QWEN: "Qwen-Image", Arch.EASEL: "Easel built-in", Arch.UNKNOWN: "unknown",
     Arch.DIT: "DiT", Arch.PIXART: "PixArt", Arch.SANA: "Sana", Arch.AMUSED: "aMUSEd", Arch.UNCLIP: "unCLIP",
-    Arch.IF: "DeepFloyd IF",
+    Arch.IF: "DeepFloyd IF", Arch.GAN: "StyleGAN",
 }
 
 
@@ -271,6 +272,8 @@ def _identify_other_file(shapes: dict[str, tuple[int, ...]]) -> Identification |
     keys = list(shapes)
     if any(".lora_down." in k or ".lora_A." in k or k.startswith(("lora_unet_", "lora_te")) for k in keys):
         return unknown("this is a LoRA; put it in models/Lora")
+    if any(k.endswith("mapping.fc0.weight") for k in keys) and any(".synthesis." in f".{k}" for k in keys):
+        return unknown("this is a StyleGAN generator; put it in models/GAN")
     if any(k.startswith("control_model.") or k.startswith("controlnet_") for k in keys) or any(
             k.startswith(("control_layers.", "control_all_x_embedder.")) for k in keys):
         return unknown("this is a ControlNet, not a checkpoint")

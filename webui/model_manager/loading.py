@@ -158,6 +158,8 @@ def load_checkpoint(entry: Any, ctx: LoadContext) -> Loaded:
     """A catalogue's CheckpointEntry from the hub, its diffusers or built-in folder, or its single file."""
     if entry.kind == "hub":
         return load_hub(entry.name, ctx)
+    if entry.arch == Arch.GAN:  # models/GAN: Easel's own StyleGAN networks
+        return load_gan(entry.path, ctx)
     if entry.kind == "folder":
         if not (entry.path / "model_index.json").is_file():
             raise ModelLoadError(f"cannot load {entry.path}: the folder is gone or has no model_index.json")
@@ -209,6 +211,18 @@ def load_builtin(path: Path, ctx: LoadContext) -> Loaded:
     except Exception as exc:  # any failure inside the built-in model's loader is a load failure of that folder
         raise ModelLoadError(f"could not load the built-in model {path}: {_cause(exc)}") from exc
     return Loaded(pipe, Arch.EASEL, str(path))
+
+
+def load_gan(path: Path, ctx: LoadContext) -> Loaded:
+    """A StyleGAN2/3 generator file, run by Easel's own networks (webui.gan) in float32 (they are small, and their
+    clamps and filters were made for it)."""
+    from webui.gan.build import GeneratorFileError, load_generator
+    from webui.gan.pipeline import StyleGANPipeline
+
+    try:
+        return Loaded(StyleGANPipeline(load_generator(path)), Arch.GAN, None)
+    except GeneratorFileError as exc:
+        raise ModelLoadError(f"cannot load {path.name}: {exc}") from None
 
 
 def load_hub(repo_id: str, ctx: LoadContext) -> Loaded:

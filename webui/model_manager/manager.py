@@ -125,13 +125,14 @@ class ModelManager:
                  embedding_dirs: list[Path] | None = None, controlnet_dirs: list[Path] | None = None,
                  upscaler_dirs: list[Path] | None = None, allow_hub: bool = False,
                  memory_budgets: Budgets | Callable[[], Budgets] | None = None, storage: str = "",
-                 text_encoder_dirs: list[Path] | None = None) -> None:
+                 text_encoder_dirs: list[Path] | None = None, gan_dirs: list[Path] | None = None) -> None:
         check_storage(storage, device)  # --precision nf4/int8 without CUDA: say so now, naming the option
         self.catalogue = Catalogue(
             checkpoint_dirs=checkpoint_dirs, diffusers_dirs=diffusers_dirs, vae_dirs=vae_dirs, lora_dirs=lora_dirs,
             builtin_dirs=builtin_dirs, segmentation_dirs=segmentation_dirs or [], embedding_dirs=embedding_dirs or [],
             controlnet_dirs=controlnet_dirs or [], upscaler_dirs=upscaler_dirs or [],
-            text_encoder_dirs=text_encoder_dirs or [], hashes=HashCache(hash_cache_path), allow_hub=allow_hub)
+            text_encoder_dirs=text_encoder_dirs or [], hashes=HashCache(hash_cache_path), allow_hub=allow_hub,
+            gan_dirs=gan_dirs or [])
         self.storage = storage  # --precision fp8 / nf4 / int8: how every loaded transformer/UNet is stored
         self.device = device
         self.dtype = dtype
@@ -377,7 +378,7 @@ class ModelManager:
     def _load(self, entry: CheckpointEntry) -> Slot:
         if not entry.supported:
             raise ModelLoadError(f"cannot load {entry.path}: {entry.reason}")
-        if entry.kind == "file":
+        if entry.kind == "file" and entry.arch != Arch.GAN:  # a GAN file is checked as it is read (loading.load_gan)
             ident = identify_file(entry.path)  # the file may have changed since the scan
             if not ident.supported:
                 raise ModelLoadError(f"cannot load {entry.path}: {ident.reason}")

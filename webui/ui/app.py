@@ -98,7 +98,7 @@ def build_header(ui: UIContext) -> Any:
 DEFAULTED_FIELDS = ("sampler", "steps", "width", "height", "cfg_scale", "distilled_cfg_scale")
 # controls shown or hidden with the checkpoint's family (Easel.hidden_fields)
 FAMILY_TOGGLED = ("negative_prompt", "clip_skip", "tiling", "scheduler", "noise_level", "stage2_steps",
-                  "stage3_steps", "denoising_strength")
+                  "stage3_steps", "denoising_strength", "steps", "cfg_scale", "truncation_psi", "class_label")
 
 
 def model_default_values(easel: Any, checkpoint: str | None) -> dict[str, Any]:
@@ -141,12 +141,15 @@ def wire_header(ui: UIContext, refresh: Any) -> None:
         fallback = easel.default_sampler(checkpoint)
         has_distilled = easel.model_defaults(checkpoint).distilled_cfg_scale is not None
         hidden = easel.hidden_fields(checkpoint)  # controls the family does not use (DiT: no negative prompt)
-        return ([gr.Dropdown(choices=choices) if value in choices else gr.Dropdown(choices=choices, value=fallback)
+        shown = "sampler" not in hidden  # StyleGAN has no sampler
+        return ([gr.Dropdown(choices=choices, visible=shown) if value in choices
+                 else gr.Dropdown(choices=choices, value=fallback, visible=shown)
                  for value in current] + [gr.Slider(visible=has_distilled)] * len(distilled)
-                + [gr.update(visible=name not in hidden) for name, _ in toggled])
+                + [gr.update(visible=name not in hidden) for name, _ in toggled]
+                + [gr.update(visible="truncation_psi" not in hidden)] * len(ui.gan_only))
 
     ui.checkpoint.change(on_checkpoint, inputs=[ui.checkpoint, *samplers],
-                         outputs=[*samplers, *distilled, *(component for _, component in toggled)],
+                         outputs=[*samplers, *distilled, *(component for _, component in toggled), *ui.gan_only],
                          show_progress="hidden")
 
     for mode, name, component in targets:

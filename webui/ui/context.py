@@ -43,6 +43,7 @@ class UIContext:
     sized_for: Any = None  # gr.State: the checkpoint whose defaults (size, CFG) the controls were last set for
     vae: Any = None
     generation: dict[str, GenerationTab] = field(default_factory=dict)
+    gan_only: list[Any] = field(default_factory=list)  # shown for StyleGAN checkpoints only (the Seed walk accordion)
     segment_image: Any = None  # the Segment tab's image input, when that tab is built ("Send to Segment")
     extras_image: Any = None  # the Extras tab's image input, when that tab is built ("Send to extras")
     _deferred: list[Callable[[], None]] = field(default_factory=list)

@@ -152,10 +152,12 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
             with gr.Row():
                 controls.add(field_control(request_cls, "sampler", limits, kind="dropdown",
                                            choices=easel.sampler_choices(checkpoint),
-                                           value=easel.default_sampler(checkpoint), min_width=140))
+                                           value=easel.default_sampler(checkpoint), min_width=140,
+                                           visible="sampler" not in hidden))
                 controls.add(field_control(request_cls, "scheduler", limits, kind="dropdown", min_width=140,
                                            visible="scheduler" not in hidden))
-                controls.add(field_control(request_cls, "steps", limits, value=own.steps, min_width=140))
+                controls.add(field_control(request_cls, "steps", limits, value=own.steps, min_width=140,
+                                           visible="steps" not in hidden))
             with gr.Row():
                 controls.add(field_control(request_cls, "width", limits, value=own.width, min_width=140))
                 controls.add(field_control(request_cls, "height", limits, value=own.height, min_width=140))
@@ -163,7 +165,8 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                 controls.add(field_control(request_cls, "batch_count", limits, min_width=140))
                 controls.add(field_control(request_cls, "batch_size", limits, min_width=140))
             with gr.Row():
-                controls.add(field_control(request_cls, "cfg_scale", limits, value=own.cfg_scale, min_width=140))
+                controls.add(field_control(request_cls, "cfg_scale", limits, value=own.cfg_scale, min_width=140,
+                                           visible="cfg_scale" not in hidden))
                 controls.add(field_control(request_cls, "distilled_cfg_scale", limits, min_width=140,
                                            value=own.distilled_cfg_scale,
                                            visible=own.distilled_cfg_scale is not None))
@@ -182,9 +185,10 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
                         for name in ("tiled_diffusion_tile_width", "tiled_diffusion_tile_height",
                                      "tiled_diffusion_overlap"):
                             controls.add(field_control(request_cls, name, limits, min_width=120))
-            # fields only some families use (Stable unCLIP's noise level, DeepFloyd IF's stage steps)
+            # fields only some families use (Stable unCLIP's noise level, DeepFloyd IF's stage steps, StyleGAN's ψ and
+            # class)
             family_fields = {"img2img": ("noise_level",), "inpaint": ("noise_level",),
-                             "txt2img": ("stage2_steps", "stage3_steps")}
+                             "txt2img": ("stage2_steps", "stage3_steps", "truncation_psi", "class_label")}
             with gr.Row():
                 for name in family_fields.get(mode, ()):
                     controls.add(field_control(request_cls, name, limits, min_width=140, visible=name not in hidden))
@@ -233,8 +237,11 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
 
     def submit_request(by_component: dict) -> Any:
         values = controls.field_values(by_component)
-        for name in easel.hidden_fields(values.get("checkpoint") or None):  # hidden controls are not sent
+        hidden_now = easel.hidden_fields(values.get("checkpoint") or None)
+        for name in hidden_now:  # hidden controls are not sent
             values.pop(name, None)
+        if "sampler" in hidden_now:  # a model without samplers (StyleGAN): its own "Default", as the API's default
+            values["sampler"] = easel.default_sampler(values.get("checkpoint") or None)
         if finalize is not None:
             values = finalize(values)
         request = build_request(request_cls, values)

@@ -27,6 +27,10 @@ from webui.requests import NO_REFINER, GenerationRequest, RequestError
 UNUSED: tuple[tuple[str, Arch | None, str | None, str], ...] = (
     ("clip_skip", None, None, "CLIP skip applies to the CLIP text encoders of Stable Diffusion models; {label} "
                               "models have none to skip layers of: set it to 1"),
+    ("steps", Arch.GAN, None, "a StyleGAN generator draws an image in one forward pass: there are no steps; leave "
+                              "steps out (or at {default})"),
+    ("cfg_scale", Arch.GAN, None, "a StyleGAN generator has no classifier-free guidance; leave cfg_scale out (or at "
+                                  "{default}) and use the truncation ψ (truncation_psi) instead"),
     ("denoising_strength", Arch.UNCLIP, "img2img", "Stable unCLIP draws its variations from noise (the input "
                                                    "image conditions it through its CLIP embedding, not its "
                                                    "pixels), so the denoising strength does not apply: leave it at "
@@ -39,7 +43,7 @@ class ImageSkipped(Exception):
 
 LORA_ARCHS = frozenset({Arch.SANA})  # families whose pipelines load PEFT LoRAs (diffusers' SanaLoraLoaderMixin)
 RUNNERS = {Arch.DIT: "dit", Arch.PIXART: "text", Arch.SANA: "text", Arch.AMUSED: "amused",
-           Arch.UNCLIP: "unclip", Arch.IF: "deepfloyd"}
+           Arch.UNCLIP: "unclip", Arch.IF: "deepfloyd", Arch.GAN: "stylegan"}
 
 
 def family_of(ctx: Any, request: GenerationRequest) -> Arch | None:
@@ -93,6 +97,13 @@ def dispatch(ctx: Any, request: GenerationRequest, mode: str) -> list[Any] | Non
     for name in ("stage2_steps", "stage3_steps"):
         if getattr(request, name, 0) and arch != Arch.IF:
             raise RequestError(name, "per-stage steps apply to DeepFloyd IF's cascade only; set them to 0")
+    if arch != Arch.GAN:
+        if getattr(request, "truncation_psi", 1.0) != 1.0:
+            raise RequestError("truncation_psi", "the truncation ψ applies to StyleGAN generators (models/GAN) only; "
+                                                 "leave it at 1 for this model")
+        if getattr(request, "class_label", -1) != -1:
+            raise RequestError("class_label", "the class field applies to class-conditional StyleGAN generators "
+                                              "only; leave it at -1 (DiT reads its class from the prompt)")
     if arch is None:
         return None
     entry = ctx.manager.find_checkpoint(request.checkpoint or ctx.default_checkpoint())

@@ -11,6 +11,7 @@ from webui.requests import (LATENT_UPSCALERS, NO_REFINER, SAME_CHECKPOINT, SAME_
 from webui.ui.context import UIContext
 from webui.ui.controls import ControlSet, field_control
 from webui.ui.generation import build_panel
+from webui.ui.seed_walk import build_seed_walk
 
 UPSCALERS = ["Lanczos", "Nearest"]
 
@@ -71,6 +72,7 @@ def build(ui: UIContext) -> None:
                                            placeholder="Empty: the negative prompt above"))
         hires["enable_hr"] = accordion
         hires["refiner_checkpoint"] = refiner_accordion(ui, controls, Txt2ImgRequest, "txt2img")
+        build_seed_walk(ui, controls)  # StyleGAN generators only
 
     with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
         tab, _ = build_panel(ui, "txt2img", Txt2ImgRequest, options=options)
