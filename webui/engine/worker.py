@@ -250,10 +250,11 @@ class Worker:
                 stopped = True
         return stopped
 
-    def skip(self) -> bool:
-        """End the current image of the running job and go on with its next batch."""
+    def skip(self, job_id: str | None = None) -> bool:
+        """End the current image of the running job (only if it is `job_id`, when given) and go on with its next
+        batch."""
         job = self.current
-        if job is None or job.finished_state:
+        if job is None or job.finished_state or (job_id is not None and job.id != job_id):
             return False
         job.update(skip_requested=True)
         return True
