@@ -75,7 +75,6 @@ class Lane:
     def __init__(self, index: int) -> None:
         self.index = index
         self.serve_id: str | None = None  # the Serve replica's unique id (None: none in this lane now)
-        self.actor_name = ""
         self.info: dict[str, Any] = {}
         self.queue: collections.deque[Job] = collections.deque()  # sent, not started there
         self.running: Job | None = None
@@ -119,6 +118,8 @@ class Dispatcher(Worker):
         self._listeners = serve_router.LISTENERS
         self.current_checkpoint: str | None = None  # the model switch's choice, for requests naming none
         self.lanes: list[Lane] = []
+        self._lost: set[str] = set()  # Serve replicas seen to stop: never placed again, whatever Serve says
+        self._names: dict[str, str] = {}  # Serve replica id -> its actor's name
         self._listeners.append(self.replicas_changed)
         handle.status.remote().result(timeout_s=timeout)  # the handle's router starts and learns the replicas
         if not self.wait_replicas(wait_for, timeout):
@@ -128,22 +129,24 @@ class Dispatcher(Worker):
     def replicas_changed(self, replicas: list[tuple[str, str]]) -> None:
         """The router's news (on its event loop): a replica in a free lane for each new one, gone ones emptied."""
         with self._cond:
+            replicas = [(serve_id, name) for serve_id, name in replicas if serve_id not in self._lost]
+            self._names.update(replicas)
             current = dict(replicas)
             for lane in self.lanes:
                 if lane.serve_id is not None and lane.serve_id not in current:
                     log.info("%s (%s) left", lane.name, lane.serve_id)
                     lane.serve_id, lane.held = None, set()
             placed = {lane.serve_id for lane in self.lanes}
-            for serve_id, actor_name in replicas:
+            for serve_id, _ in replicas:
                 if serve_id in placed:
                     continue
                 lane = next((lane for lane in self.lanes if lane.serve_id is None), None)
                 if lane is None:
                     lane = Lane(len(self.lanes))
                     self.lanes.append(lane)
-                elif lane.info:  # a replacement (or a replica scaled up again) in an earlier replica's lane
+                else:  # a replacement (or a replica added again by autoscaling) in an earlier replica's lane
                     lane.restarts += 1
-                lane.serve_id, lane.actor_name, lane.held, lane.info = serve_id, actor_name, set(), {}
+                lane.serve_id, lane.held, lane.info = serve_id, set(), {}
                 log.info("%s is Serve replica %s", lane.name, serve_id)
             self._cond.notify_all()
 
@@ -436,9 +439,12 @@ class Dispatcher(Worker):
         """After `lane`'s replica was lost: route `job` again (counting an attempt if it had started there);
         whether it goes on."""
         log.warning("%s stopped during job %s (%s)", lane.name, job.id, exc)
-        self._kill(lane)
+        lost = getattr(job, "serve_id", None)
+        self._kill(self._names.get(lost or "", ""))
         with self._cond:
-            if lane.serve_id == getattr(job, "serve_id", None):
+            if lost:
+                self._lost.add(lost)
+            if lane.serve_id == lost:
                 lane.serve_id, lane.held = None, set()  # until Serve's replacement takes the lane
             if lane.running is job:
                 lane.running = None
@@ -459,10 +465,12 @@ class Dispatcher(Worker):
         log.info("job %s sent again, to %s", job.id, retry.name)
         return True
 
-    def _kill(self, lane: Lane) -> None:
-        """Make sure the lost replica's process is gone, so it can never finish a job as well."""
+    def _kill(self, actor_name: str) -> None:
+        """Make sure a lost replica's process is gone, so it can never finish a job as well."""
+        if not actor_name:
+            return
         try:
-            self._ray.kill(self._ray.get_actor(lane.actor_name, namespace="serve"), no_restart=True)
+            self._ray.kill(self._ray.get_actor(actor_name, namespace="serve"), no_restart=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
 
