@@ -41,6 +41,7 @@ def start_cluster(engine: Any, workers: int = 0, address: str | None = None, thr
     from ray.serve.config import RequestRouterConfig
 
     from webui.cluster.replica import Replica
+    from webui.cluster import serve_router
     from webui.cluster.serve_router import EaselRouter
 
     started = not ray.is_initialized()
@@ -70,6 +71,7 @@ def start_cluster(engine: Any, workers: int = 0, address: str | None = None, thr
         request_router_config=RequestRouterConfig(request_router_class=EaselRouter,
                                                   request_routing_stats_period_s=2.0),
         graceful_shutdown_timeout_s=DRAIN_S, health_check_period_s=2.0, **scaling)
+    serve_router.LATEST = []  # nothing known of this deployment's replicas yet
     serve.start(proxy_location="Disabled")
     handle = serve.run(deployment.bind(settings, threads), name=APP, route_prefix=None)
 

@@ -121,6 +121,7 @@ class Dispatcher(Worker):
         self._lost: set[str] = set()  # Serve replicas seen to stop: never placed again, whatever Serve says
         self._names: dict[str, str] = {}  # Serve replica id -> its actor's name
         self._listeners.append(self.replicas_changed)
+        self.replicas_changed(list(serve_router.LATEST))  # what the router knew before this listened
         handle.status.remote().result(timeout_s=timeout)  # the handle's router starts and learns the replicas
         if not self.wait_replicas(wait_for, timeout):
             raise RuntimeError(f"the replicas did not start within {timeout:.0f} s")
@@ -172,7 +173,7 @@ class Dispatcher(Worker):
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        for job in self.running_jobs():
+        for job in [job for job in list(self.jobs.values()) if not job.finished_state]:  # waiting ones too
             self.interrupt(job.id)
         if self.replicas_changed in self._listeners:
             self._listeners.remove(self.replicas_changed)

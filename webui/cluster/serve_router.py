@@ -9,7 +9,7 @@ says who it is when the job starts, so the dispatcher follows the job there.
 Serve builds the router in the process that holds the deployment's handle (the API process) from a pickled copy
 of this class, so the module-level `LISTENERS` are looked up in `sys.modules` at call time: each listener gets the
 replicas' `(unique id, full actor name)` whenever Serve's set of running replicas changes (started, replaced after
-a death, added or removed by autoscaling).
+a death, added or removed by autoscaling); `LATEST` keeps the last list.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 TARGET = "replica"  # the keyword argument naming the replica a call is for
 LISTENERS: list[Callable[[list[tuple[str, str]]], None]] = []  # called on the router's event loop: keep them short
+LATEST: list[tuple[str, str]] = []  # the replicas of the last update, for a listener that comes later
 
 
 class EaselRouter(RequestRouter):
@@ -41,8 +42,11 @@ class EaselRouter(RequestRouter):
 
     def update_replicas(self, replicas: list[RunningReplica]) -> Any:
         answer = super().update_replicas(replicas)
-        listeners = getattr(sys.modules.get(__name__), "LISTENERS", LISTENERS)
+        module = sys.modules.get(__name__)
+        listeners = getattr(module, "LISTENERS", LISTENERS)
         known = [(r.replica_id.unique_id, r.replica_id.to_full_id_str()) for r in replicas]
+        if module is not None:
+            module.LATEST = known
         for listener in list(listeners):
             try:
                 listener(known)
