@@ -6,7 +6,7 @@ switches, the scripts' jobs (X/Y/Z plot, SD upscale, loopback ...) and upscaling
 (`webui.cluster.replica.Replica`, one Easel each, the deployment's replicas); unloading runs on every replica;
 extension calls (`CallTask`) run on the in-process worker thread as without a cluster.
 
-Routing is Easel's own (Serve's multiplexed routing is best effort; see docs/SCALING.md): each replica has a
+Routing is Easel's own (`webui.cluster.lanes`; Serve's multiplexed routing is best effort, docs/SCALING.md): each replica has a
 lane (the jobs sent to it that have not started there, and the one running). A job goes to the least loaded
 replica that already holds its checkpoint (and its LoRA set, where one does), unless that replica has more than
 `AFFINITY_SLACK` jobs more than the least loaded one; otherwise to the least loaded replica (ties: the one
@@ -23,15 +23,14 @@ replica returns.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
-import re
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from webui.cluster.lanes import Lane, checkpoint_of, is_remote, lora_set, pick_lane
 from webui.engine.context import resolve_seed
 from webui.engine.script_job import ScriptJob
 from webui.engine.tasks import UnloadRequest, UpscaleRequest
@@ -41,58 +40,7 @@ from webui.requests import GenerationRequest, RequestError
 
 log = logging.getLogger(__name__)
 
-AFFINITY_SLACK = 1  # jobs a holding replica may have beyond the least loaded one and still be preferred
 CONTROL_CALLS = 8  # calls a replica answers besides its jobs (interrupt, skip, status, unload)
-LORA_TAG = re.compile(r"<lora:([^:>]+)")
-
-
-def is_remote(request: Any) -> bool:
-    """Whether a replica runs `request`: a generation, a model switch, a script's job or an upscale (extension
-    calls run in-process)."""
-    from webui.engine.engine import LoadRequest
-
-    return isinstance(request, (GenerationRequest, LoadRequest, ScriptJob, UpscaleRequest))
-
-
-def checkpoint_of(request: Any) -> str:
-    """The checkpoint a request runs on, for routing ("" for none: an upscale)."""
-    if isinstance(request, ScriptJob):
-        first = request.base or (request.requests[0] if request.requests else None)
-        return getattr(first, "checkpoint", "") or ""
-    return getattr(request, "checkpoint", "") or ""
-
-
-def lora_set(request: Any) -> frozenset[str]:
-    if isinstance(request, ScriptJob):
-        request = request.base
-    text = f"{getattr(request, 'prompt', '')} {getattr(request, 'hr_prompt', '') or ''}"
-    return frozenset(name.strip() for name in LORA_TAG.findall(text))
-
-
-class Lane:
-    """One replica position ("replica-0" ...): the Serve replica in it now, the jobs sent there, what it holds."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.serve_id: str | None = None  # the Serve replica's unique id (None: none in this lane now)
-        self.info: dict[str, Any] = {}
-        self.queue: collections.deque[Job] = collections.deque()  # sent, not started there
-        self.running: Job | None = None
-        self.held: set[str] = set()  # checkpoints loaded there (or assigned to load)
-        self.last_loras: dict[str, frozenset[str]] = {}
-        self.restarts = 0
-
-    @property
-    def alive(self) -> bool:
-        return self.serve_id is not None
-
-    @property
-    def name(self) -> str:
-        return f"replica-{self.index}"
-
-    @property
-    def load(self) -> int:
-        return len(self.queue) + (1 if self.running is not None else 0)
 
 
 class ReplicaLost(Exception):
@@ -273,18 +221,7 @@ class Dispatcher(Worker):
 
     def route(self, job: Job, exclude: tuple[Lane, ...] = ()) -> Lane:
         """The lane `job` goes to (called with `_cond` held)."""
-        alive = [lane for lane in self.lanes if lane.alive and lane not in exclude]
-        if not alive:
-            alive = [lane for lane in self.lanes if lane.alive] or list(self.lanes)
-        checkpoint = checkpoint_of(job.request)
-        loras = lora_set(job.request)
-        best = min(alive, key=lambda lane: (lane.load, len(lane.held), lane.index))
-        holders = [lane for lane in alive if checkpoint and checkpoint in lane.held]
-        if holders:
-            held = min(holders, key=lambda lane: (lane.load, lane.last_loras.get(checkpoint) != loras, lane.index))
-            if held.load <= best.load + AFFINITY_SLACK:
-                return held
-        return best
+        return pick_lane(self.lanes, job.request, exclude)
 
     def assign(self, lane: Lane, job: Job) -> None:
         """Put `job` on `lane` (called with `_cond` held)."""
