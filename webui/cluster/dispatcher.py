@@ -7,8 +7,8 @@ switches, the scripts' jobs (X/Y/Z plot, SD upscale, loopback ...) and upscaling
 extension calls (`CallTask`) run on the in-process worker thread as without a cluster.
 
 Routing is Easel's own (`webui.cluster.lanes`; Serve's multiplexed routing is best effort, docs/SCALING.md):
-each replica has a lane (the jobs sent to it that have not started there, and the one running). A job goes to the least loaded
-replica that already holds its checkpoint (and its LoRA set, where one does), unless that replica has more than
+each replica has a lane (the jobs sent to it that have not started there, and the one running). A job goes to
+the least loaded replica that already holds its checkpoint (and its LoRA set, where one does), unless that replica has more than
 `AFFINITY_SLACK` jobs more than the least loaded one; otherwise to the least loaded replica (ties: the one
 holding fewer checkpoints). The job is sent at once, through the deployment's handle, naming its replica (the
 router `webui.cluster.serve_router.EaselRouter` honours that): so every waiting job is a request Serve counts,
