@@ -7,13 +7,12 @@ switches, the scripts' jobs (X/Y/Z plot, SD upscale, loopback ...) and upscaling
 extension calls (`CallTask`) run on the in-process worker thread as without a cluster.
 
 Routing is Easel's own (`webui.cluster.lanes`; Serve's multiplexed routing is best effort, docs/SCALING.md):
-each replica has a lane (the jobs sent to it that have not started there, and the one running). A job goes to
-the least loaded replica that already holds its checkpoint (and its LoRA set, where one does), unless that replica has more than
-`AFFINITY_SLACK` jobs more than the least loaded one; otherwise to the least loaded replica (ties: the one
-holding fewer checkpoints). The job is sent at once, through the deployment's handle, naming its replica (the
-router `webui.cluster.serve_router.EaselRouter` honours that): so every waiting job is a request Serve counts,
-and Serve's autoscaling follows the queue's length. Random seeds are drawn here, before the job leaves, so a
-retry makes the same image.
+each replica has a lane (the jobs sent to it that have not started there, and the one running), and a job goes
+to the replica holding its checkpoint unless that one is more than a job behind, else to the least loaded. The
+job is sent at once, through the deployment's handle, naming its replica (the router
+`webui.cluster.serve_router.EaselRouter` honours that): so every waiting job is a request Serve counts, and
+Serve's autoscaling follows the queue's length. Random seeds are drawn here, before the job leaves, so a retry
+makes the same image.
 
 Faults: when a replica's process dies, the jobs sent to it end with Ray's actor error here. A job that had
 started there is retried once on another replica (a second death fails it with a message); a job that was only
