@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from webui.cluster.lanes import Lane, checkpoint_of, is_remote, lora_set, pick_lane
+from webui.cluster.lanes import AFFINITY_SLACK, Lane, checkpoint_of, is_remote, lora_set, pick_lane
 from webui.engine.context import resolve_seed
 from webui.engine.script_job import ScriptJob
 from webui.engine.tasks import UnloadRequest, UpscaleRequest
@@ -44,6 +44,10 @@ CONTROL_CALLS = 8  # calls a replica answers besides its jobs (interrupt, skip, 
 
 class ReplicaLost(Exception):
     """The replica a job was sent to stopped (its process died or cannot be reached)."""
+
+
+class Withdrawn(Exception):
+    """The replica a job was sent to gave it back before starting it (to move it to a less loaded one)."""
 
 
 class Dispatcher(Worker):
@@ -76,6 +80,7 @@ class Dispatcher(Worker):
     # The replicas Serve runs ---------------------------------------------------------------------
     def replicas_changed(self, replicas: list[tuple[str, str]]) -> None:
         """The router's news (on its event loop): a replica in a free lane for each new one, gone ones emptied."""
+        added = False
         with self._cond:
             replicas = [(serve_id, name) for serve_id, name in replicas if serve_id not in self._lost]
             self._names.update(replicas)
@@ -95,8 +100,28 @@ class Dispatcher(Worker):
                 else:  # a replacement (or a replica added again by autoscaling) in an earlier replica's lane
                     lane.restarts += 1
                 lane.serve_id, lane.held, lane.info = serve_id, set(), {}
+                added = True
                 log.info("%s is Serve replica %s", lane.name, serve_id)
             self._cond.notify_all()
+        if added and not self._stopping:
+            threading.Thread(target=self.rebalance, daemon=True, name="easel-rebalance").start()
+
+    def rebalance(self) -> None:
+        """Move jobs waiting on busy replicas to idler ones (a replica autoscaling added, a replacement): each
+        replica keeps at most `AFFINITY_SLACK` jobs more than an even share; the last waiting ones are taken back
+        (`Replica.withdraw`) and routed again when their replica gives them back."""
+        with self._cond:
+            alive = [lane for lane in self.lanes if lane.alive]
+            if len(alive) < 2:
+                return
+            share = -(-sum(lane.load for lane in alive) // len(alive))  # rounded up
+            moves = [(lane, job) for lane in alive
+                     for job in list(lane.queue)[::-1][:max(0, lane.load - share - AFFINITY_SLACK)]]
+        for lane, job in moves:
+            try:
+                self.call(lane, "withdraw", job.id).result(timeout_s=30)
+            except Exception:  # noqa: BLE001 - it stays where it is
+                log.warning("job %s could not be taken back from %s", job.id, lane.name)
 
     def wait_replicas(self, count: int, timeout: float) -> bool:
         """Wait until `count` replicas run (a replacement after a death, autoscaling); whether they do."""
@@ -260,6 +285,13 @@ class Dispatcher(Worker):
                 lost = self.lane_of(job) or lane
                 if not self._resend(lost, job, exc, started=getattr(job, "ran_on", None) is not None):
                     return
+            except Withdrawn:
+                with self._cond:
+                    if job in lane.queue:
+                        lane.queue.remove(job)
+                    moved = self.route(job, exclude=(lane,))
+                    self.assign(moved, job)
+                log.info("job %s moved from %s to %s", job.id, lane.name, moved.name)
             except Exception as exc:  # noqa: BLE001 - a job's failure must reach whoever waits on it
                 log.exception("job %s failed on %s", job.id, lane.name)
                 self._end(job, JobState.FAILED, exc)
@@ -299,6 +331,8 @@ class Dispatcher(Worker):
             raise ReplicaLost(f"{type(exc).__name__}: {exc}") from None
         if end is None:
             raise RuntimeError(f"{lane.name} ended job {job.id} without an outcome")
+        if end["state"] == "withdrawn":
+            raise Withdrawn()
         self._finish(self.lane_of(job) or lane, job, end)
 
     def _started(self, job: Job, serve_id: str) -> Lane:

@@ -8,7 +8,8 @@ the job starts (with this replica's id, so the dispatcher knows where it runs), 
 a new preview) each time the job changes, then one last item with the outcome (images, infotexts, parameters,
 seeds, info, and the outputs to write). PNGs are not written here: the engine's `outputs_recorder` takes each
 output the job would save (its folder under `outputs/`, seed, infotext, mask) and the API process writes them,
-so nothing is lost with a replica. `interrupt` and `skip` reach the job by its key. Every call carries
+so nothing is lost with a replica. `interrupt` and `skip` reach the job by its key; `withdraw` takes a job that
+has not started back (the dispatcher sends it to a replica autoscaling added). Every call carries
 `replica=` for the router (`webui.cluster.serve_router`); the methods ignore it. The replica keeps its own
 records (`status`): the jobs it finished, the checkpoint each ran on and whether it had to be loaded for it.
 """
@@ -27,6 +28,7 @@ from webui.requests import RequestError
 STARTED = "started"
 PROGRESS = "progress"
 END = "end"
+WITHDRAWN = "withdrawn"  # an END state: the job was taken back before it started
 WAIT_SECONDS = 30.0  # longest wait for a job's next change before looking again
 
 
@@ -50,6 +52,7 @@ class Replica:
         # the worker runs each job through `run_job`, which notes first whether its checkpoint was loaded already
         self.engine.worker = Worker(self.run_job, queue_size=settings.user.queue_size)
         self.had: dict[str, bool] = {}  # job id -> its checkpoint was loaded when it started
+        self.withdrawn: set[str] = set()  # keys of jobs taken back before they started (sent elsewhere)
         self.engine.start()
         self.jobs: dict[str, Any] = {}
         self.outputs: dict[str, list[dict[str, Any]]] = {}  # job id -> what it would have written
@@ -107,6 +110,9 @@ class Replica:
         try:
             while True:
                 seen = await job.wait_for_update_async(seen, timeout=WAIT_SECONDS)
+                if key in self.withdrawn:  # taken back before it started: the dispatcher sends it elsewhere
+                    yield {"kind": END, "state": WITHDRAWN}
+                    return
                 if not started and (job.state != JobState.QUEUED or job.finished_state):
                     started = True
                     yield {"kind": STARTED, "replica": self.id}
@@ -123,7 +129,9 @@ class Replica:
             yield self.outcome(key, job, checkpoint)
         finally:
             with self._lock:
-                self.jobs.pop(key, None)
+                if self.jobs.get(key) is job:  # (a job taken back and sent here again has a new entry)
+                    self.jobs.pop(key)
+                    self.withdrawn.discard(key)
                 self.outputs.pop(job.id, None)
                 self.had.pop(job.id, None)
 
@@ -160,6 +168,17 @@ class Replica:
         with self._lock:
             job = self.jobs.get(key)
         return job is not None and self.engine.worker.interrupt(job.id)
+
+    def withdraw(self, key: str, replica: str | None = None) -> bool:
+        """Take the job `key` back if it has not started here (its stream ends "withdrawn"); whether it was."""
+        with self._lock:
+            job = self.jobs.get(key)
+        if job is None or not self.engine.worker.withdraw(job):
+            return False
+        with self._lock:
+            self.withdrawn.add(key)
+        job.update()  # wake its stream
+        return True
 
     def skip(self, key: str, replica: str | None = None) -> bool:
         with self._lock:

@@ -250,6 +250,15 @@ class Worker:
                 stopped = True
         return stopped
 
+    def withdraw(self, job: Job) -> bool:
+        """Take a queued job back before it starts (it ends interrupted, without running, when its turn comes);
+        False once it has started or ended."""
+        with self._lock:
+            if job not in self._pending:
+                return False
+            job.update(interrupt_requested=True)
+            return True
+
     def skip(self, job_id: str | None = None) -> bool:
         """End the current image of the running job (only if it is `job_id`, when given) and go on with its next
         batch."""
