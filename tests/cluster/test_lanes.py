@@ -46,3 +46,33 @@ def test_the_same_lora_set_is_preferred_among_holders_and_lost_lanes_are_left_ou
     b.serve_id = None  # its replica stopped
     assert pick_lane([a, b], request("A", "a cube <lora:ink:0.8>")) is a
     assert pick_lane([a, b], request("A"), exclude=(a,)) is a  # nothing else runs: excluded or not
+
+
+def test_a_queued_job_taken_back_ends_without_running_and_a_started_one_cannot_be() -> None:
+    import threading
+
+    from webui.engine.worker import JobResult, JobState, Worker
+
+    release, ran = threading.Event(), []
+
+    def runner(job: Job) -> JobResult:
+        ran.append(job.id)
+        release.wait(60)
+        return JobResult()
+
+    worker = Worker(runner)
+    worker.start()
+    try:
+        first = worker.submit(request("A"))
+        second = worker.submit(request("A"))
+        version = 0
+        while first.state == JobState.QUEUED:
+            version = first.wait_for_update(version, timeout=30)
+        assert worker.withdraw(first) is False  # running: it stays
+        assert worker.withdraw(second) is True
+        release.set()
+        assert first.wait(30) and second.wait(30)
+    finally:
+        worker.stop()
+    assert (first.state, second.state) == (JobState.DONE, JobState.INTERRUPTED)
+    assert ran == [first.id]  # the taken-back job never ran
