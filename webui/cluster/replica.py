@@ -1,5 +1,5 @@
 """One generation replica: its own Easel (model manager, memory policy, engine and worker thread), deployed as a
-Ray Serve replica (`webui.cluster.dispatcher.start_cluster` makes the deployment; this module imports no Ray at
+Ray Serve replica (`webui.cluster.deployment.start_cluster` makes the deployment; this module imports no Ray at
 import time).
 
 The dispatcher in the API process calls `generate(key, request, source, replica=...)`, an async generator: it
