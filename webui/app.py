@@ -575,14 +575,15 @@ def restart_process(command: list[str] | None = None,
 
 def start_replicas(easel: Easel) -> Any:
     """Generation on Ray replicas (`--workers`, `--ray-address`; docs/SCALING.md): the engine's worker becomes a
-    `webui.cluster.dispatcher.Dispatcher`. Ray is imported here only."""
-    from webui.cluster.dispatcher import start_cluster
+    `webui.cluster.dispatcher.Dispatcher` over a Ray Serve deployment. Ray is imported here only."""
+    from webui.cluster.deployment import start_cluster
 
     try:
         import ray  # noqa: F401
     except ImportError as exc:
         raise SystemExit(f"--workers / --ray-address need Ray: pip install -e .[cluster] ({exc})") from None
-    return start_cluster(easel.engine, easel.settings.workers, easel.settings.ray_address)
+    return start_cluster(easel.engine, easel.settings.workers, easel.settings.ray_address,
+                         min_workers=easel.settings.min_workers)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -261,6 +261,7 @@ class Settings:
     api_server_stop: bool = False  # --api-server-stop: the API may stop, restart or kill the server
     workers: int = 0  # --workers: generation replicas on Ray (0: the in-process worker; docs/SCALING.md)
     ray_address: str | None = None  # --ray-address: join this Ray cluster instead of starting one
+    min_workers: int = 0  # --min-workers: with it below --workers, Ray Serve scales the replicas between the two
     user: UserSettings = field(default_factory=UserSettings)
     load_message: str | None = None  # what happened when config.json was read, if worth telling
 
@@ -472,15 +473,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "GPU by default); needs the 'cluster' extra: pip install -e .[cluster]")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="join an existing Ray cluster (ray start --head) for the generation replicas")
+    p.add_argument("--min-workers", type=int, default=0, metavar="N",
+                   help="scale the replicas between N and --workers on the queue's length (Ray Serve autoscaling)")
     p.add_argument("--exit", action="store_true", help="set up, then exit")
     p.add_argument("--skip-install", action="store_true", help="skip creating .venv and installing")
     return p
 
 
-def check_workers(value: int) -> int:
-    """--workers as given; ValueError naming the flag when it is negative."""
+def check_workers(value: int, flag: str = "--workers") -> int:
+    """--workers (or --min-workers) as given; ValueError naming the flag when it is negative."""
     if value < 0:
-        raise ValueError(f"--workers must be 0 or more, got {value}")
+        raise ValueError(f"{flag} must be 0 or more, got {value}")
+    return value
+
+
+def check_min_workers(value: int, workers: int) -> int:
+    """--min-workers as given; ValueError naming the flag when it is negative or above --workers."""
+    check_workers(value, "--min-workers")
+    if value and value > workers:
+        raise ValueError(f"--min-workers ({value}) must be at most --workers ({workers})")
     return value
 
 
@@ -509,6 +520,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         forwarded_allow_ips=parse_forwarded_allow_ips(args.forwarded_allow_ips),
         api_server_stop=args.api_server_stop,
         workers=check_workers(getattr(args, "workers", 0)), ray_address=getattr(args, "ray_address", None) or None,
+        min_workers=check_min_workers(getattr(args, "min_workers", 0), getattr(args, "workers", 0)),
     )
     s.api_auth_pairs()  # fail early on a malformed --gradio-auth, --gradio-auth-path file or --api-auth
     s.load_user_settings()

@@ -21,6 +21,17 @@ def test_flags_reach_the_settings(tmp_path: Path) -> None:
     assert (plain.workers, plain.ray_address) == (0, None)
 
 
+def test_min_workers_reach_the_settings_and_are_checked(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["--data-dir", str(tmp_path), "--workers", "4", "--min-workers", "1"])
+    assert settings_from_args(args).min_workers == 1
+    above = build_parser().parse_args(["--data-dir", str(tmp_path), "--workers", "2", "--min-workers", "3"])
+    with pytest.raises(ValueError, match=r"--min-workers \(3\) must be at most --workers \(2\)"):
+        settings_from_args(above)
+    negative = build_parser().parse_args(["--data-dir", str(tmp_path), "--workers", "2", "--min-workers", "-1"])
+    with pytest.raises(ValueError, match="--min-workers must be 0 or more, got -1"):
+        settings_from_args(negative)
+
+
 def test_negative_workers_named_in_the_error(tmp_path: Path) -> None:
     args = build_parser().parse_args(["--data-dir", str(tmp_path), "--workers", "-1"])
     with pytest.raises(ValueError, match="--workers must be 0 or more, got -1"):

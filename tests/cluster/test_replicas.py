@@ -1,7 +1,8 @@
-"""Generation on Ray replicas (`--workers`, webui.cluster): a local Ray with 2 CPU replicas and tiny SD 1.x models.
+"""Generation on Ray Serve replicas (`--workers`, webui.cluster): a local Ray with 2 CPU replicas and tiny SD 1.x
+models.
 
-One cluster is started for the module (starting Ray and two replica processes costs tens of seconds) and shut
-down at its end. The tests run in file order: the replica kill comes last.
+One cluster is started for the module (starting Ray, Serve and two replica processes costs tens of seconds) and
+shut down at its end. The tests run in file order: the replica kill comes last.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_sd1_dir: Path) -> Ite
 
     from tests.tiny_models import make_tiny_sd1
     from webui.app import build
-    from webui.cluster.dispatcher import start_cluster
+    from webui.cluster.deployment import start_cluster
     from webui.settings import Settings
 
     root = tmp_path_factory.mktemp("cluster")
@@ -155,6 +156,77 @@ def test_api_model_switch_and_txt2img_run_on_replicas(cluster) -> None:
     assert any(B in status["loaded"] for status in dispatcher.replica_statuses())
 
 
+def test_script_and_extras_run_on_replicas_and_their_pngs_are_written_here(cluster) -> None:
+    from PIL import Image
+
+    from webui.infotext import read_png_parameters
+
+    easel, dispatcher = cluster
+    plot = easel.registry.scripts["x/y/z plot"].run(request(A, seed=5), ["Steps", "1, 2", [], 0, "", [], 0, "", [],
+                                                                      True, True])
+    job = easel.engine.submit(plot, "api")
+    image = Image.new("RGB", (32, 24), (200, 30, 30))
+    upscale = easel.upscale(image, "Lanczos", scale=2.0)
+    wait_all([job, upscale])
+    assert job.result.info["replica"] in ("replica-0", "replica-1") and job.result.info["grids"] == 1
+    assert len(job.result.images) == len(job.result.paths) == 1 + 2  # the grid, then the two cells
+    grid = job.result.paths[0]
+    assert grid.is_relative_to(easel.settings.outputs_dir / "txt2img-grids")
+    for path, text in zip(job.result.paths, job.result.infotexts):
+        with Image.open(path) as saved:
+            assert read_png_parameters(saved) == text
+    assert upscale.result.info.get("replica") in ("replica-0", "replica-1")
+    [path] = upscale.result.paths
+    assert path.is_relative_to(easel.settings.outputs_dir / "extras-images")
+    with Image.open(path) as saved:
+        assert saved.size == (64, 48)
+    assert easel.manager.loaded_names() == []  # nothing ran in this process
+
+
+def test_skip_reaches_a_remote_job(cluster) -> None:
+    from tests.conftest import api_client
+
+    easel, dispatcher = cluster
+    job = easel.engine.submit(request(A, steps=60, batch_count=2), "api")
+    version = 0
+    while job.step < 2 and not job.finished_state:
+        version = job.wait_for_update(version, timeout=60)
+    with api_client(easel) as client:
+        assert client.post("/sdapi/v1/skip").json() == {"skipped": True}
+    first_image_steps = job.step
+    while not job.finished_state:
+        version = job.wait_for_update(version, timeout=120)
+        if job.batch_index == 0:
+            first_image_steps = max(first_image_steps, job.step)
+    assert job.state == JobState.DONE and len(job.result.images) == 2, job.error
+    assert first_image_steps < 30  # the first image ended early; the second ran its 60 steps
+    assert not job.interrupt_requested
+
+
+def test_progress_shows_the_asked_job_or_the_oldest_running(cluster) -> None:
+    from tests.conftest import api_client
+
+    easel, dispatcher = cluster
+    dispatcher.unload_replicas(None)  # nothing held: the second job goes to the other, idle replica
+    first = easel.engine.submit(request(A, steps=150, batch_count=8), "api")
+    version = 0
+    while first.step < 1 and not first.finished_state:
+        version = first.wait_for_update(version, timeout=120)
+    second = easel.engine.submit(request(B, steps=150, batch_count=8), "api")
+    version = 0
+    while second.step < 1 and not second.finished_state:
+        version = second.wait_for_update(version, timeout=120)
+    assert dispatcher.lane_of(first) is not dispatcher.lane_of(second)
+    with api_client(easel) as client:
+        oldest = client.get("/sdapi/v1/progress").json()
+        asked = client.get("/sdapi/v1/progress", params={"id_task": second.id}).json()
+        assert client.post("/sdapi/v1/interrupt").json() == {"interrupted": True}  # every running job
+    assert oldest["current_task"] == first.id and oldest["state"]["sampling_steps"] == 150
+    assert asked["current_task"] == second.id and asked["state"]["sampling_step"] >= 1
+    assert first.wait(120) and second.wait(120)
+    assert (first.state, second.state) == (JobState.INTERRUPTED, JobState.INTERRUPTED)
+
+
 def test_killed_replica_job_retried_with_identical_images(cluster) -> None:
     import torch
 
@@ -162,17 +234,20 @@ def test_killed_replica_job_retried_with_identical_images(cluster) -> None:
 
     easel, dispatcher = cluster
     pngs_before = len(list(easel.settings.outputs_dir.rglob("*.png")))
+    pids = [status["pid"] for status in dispatcher.replica_statuses()]
     victim = easel.engine.submit(request(A, steps=20, batch_count=2), "api")  # long enough to be killed in
     jobs = [victim] + [easel.engine.submit(request(B if i % 2 else A, steps=4), "api") for i in range(3)]
     version = 0
     while victim.step < 2 and not victim.finished_state:
         version = victim.wait_for_update(version, timeout=120)
     lane = dispatcher.lane_of(victim)
-    pid = lane.info["pid"]
+    pid = pids[lane.index]
     os.kill(pid, signal.SIGKILL)
     wait_all(jobs)
-    assert victim.attempts == 1 and lane.restarts == 1
-    assert dispatcher.replica_statuses()[lane.index]["pid"] != pid  # replaced by a fresh process
+    assert victim.attempts == 1  # retried once (the jobs only waiting there were sent again without counting)
+    assert dispatcher.wait_replicas(2, 300)  # Serve replaced the replica, in the dead one's lane
+    assert lane.restarts == 1
+    assert dispatcher.replica_statuses()[lane.index]["pid"] not in pids  # a fresh process
     for job in jobs:  # each image written once: none lost, none twice
         assert len(job.result.images) == len(job.result.paths) == job.request.batch_count
     assert len(list(easel.settings.outputs_dir.rglob("*.png"))) == pngs_before + 5

@@ -81,7 +81,7 @@ class StubWorker:
     def interrupt(self, job_id: str | None = None) -> bool:
         return False
 
-    def skip(self) -> bool:
+    def skip(self, job_id: str | None = None) -> bool:
         return False
 
 

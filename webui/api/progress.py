@@ -20,10 +20,14 @@ def progress_router(api: ApiContext) -> APIRouter:
     router = api.router()
 
     @router.get("/progress")
-    async def progress(skip_current_image: bool = False) -> dict[str, Any]:
-        """On the event loop itself (the worker's state and a small preview), so it answers whatever waits."""
+    async def progress(skip_current_image: bool = False, id_task: str | None = None) -> dict[str, Any]:
+        """On the event loop itself (the worker's state and a small preview), so it answers whatever waits.
+
+        The job `id_task` names (a job id, as `current_task` shows it) while it runs, else the running job (with
+        generation replicas, several run at once: the one that started first)."""
         worker = engine.worker
-        job = worker.current
+        asked = worker.jobs.get(id_task) if id_task else None
+        job = asked if asked is not None and asked.state.value == "running" else worker.current
         waiting = worker.queue_length()
         if job is None or job.finished_state:
             return {"progress": 0.0, "eta_relative": 0.0,

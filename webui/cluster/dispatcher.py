@@ -1,130 +1,154 @@
-"""The API process's side of the replicas: a `Worker` that sends generation jobs to Ray actors.
+"""The API process's side of the replicas: a `Worker` that sends jobs to a Ray Serve deployment.
 
 `Dispatcher` keeps the interface the UI and the API already call on `engine.worker` (`submit`, `position`,
-`queue_length`, `interrupt`, `skip`, `current`, `jobs`), so neither changes. Generation requests go to replicas
-(`webui.cluster.replica.Replica`, one Easel each), and so do model switches (the checkpoint switched to becomes
-the one requests naming none run on); unloading runs on every replica; everything else (upscaling, scripts and
-extension calls) runs on the in-process worker thread as without a cluster.
+`queue_length`, `interrupt`, `skip`, `current`, `jobs`), so neither changes. Generation requests, model
+switches, the scripts' jobs (X/Y/Z plot, SD upscale, loopback ...) and upscaling (Extras) run on replicas
+(`webui.cluster.replica.Replica`, one Easel each, the deployment's replicas); unloading runs on every replica;
+extension calls (`CallTask`) run on the in-process worker thread as without a cluster.
 
-Routing: each replica has a lane (a FIFO of jobs assigned to it and one thread that runs them there one at a
-time). A job goes to the least loaded replica that already holds its checkpoint (and its LoRA set, where one
-does), unless that replica has more than `AFFINITY_SLACK` jobs more than the least loaded one; otherwise to the
-least loaded replica (ties: the one holding fewer checkpoints). Random seeds are drawn here, before the job
-leaves, so a retry makes the same image.
+Routing is Easel's own (`webui.cluster.lanes`; Serve's multiplexed routing is best effort, docs/SCALING.md):
+each replica has a lane (the jobs sent to it that have not started there, and the one running), and a job goes
+to the replica holding its checkpoint unless that one is more than a job behind, else to the least loaded. The
+job is sent at once, through the deployment's handle, naming its replica (the router
+`webui.cluster.serve_router.EaselRouter` honours that): so every waiting job is a request Serve counts, and
+Serve's autoscaling follows the queue's length. Random seeds are drawn here, before the job leaves, so a retry
+makes the same image.
 
-Faults: when a replica's process dies during a job, its lane replaces it with a fresh actor; the job is retried
-once on another replica (at the front of that replica's lane), the jobs waiting in the dead lane are routed
-again, and the dead actor is killed so it can never finish the job as well. A second death fails the job with a
-message. PNGs are written here, from the images and infotexts the replica returns.
+Faults: when a replica's process dies, the jobs sent to it end with Ray's actor error here. A job that had
+started there is retried once on another replica (a second death fails it with a message); a job that was only
+waiting there is sent again without counting. The dead replica is killed first, so it can never finish a job as
+well; Serve starts a replacement, which takes the dead one's lane. PNGs are written here, from the outputs the
+replica returns.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
-import os
-import re
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from webui.cluster.lanes import AFFINITY_SLACK, Lane, checkpoint_of, is_remote, lora_set, pick_lane
 from webui.engine.context import resolve_seed
-from webui.engine.tasks import UnloadRequest
-from webui.engine.outputs import mode_folder, save_image
+from webui.engine.script_job import ScriptJob
+from webui.engine.tasks import UnloadRequest, UpscaleRequest
+from webui.engine.outputs import save_image
 from webui.engine.worker import Job, JobResult, JobState, QueueFullError, Worker, describe_error
 from webui.requests import GenerationRequest, RequestError
 
 log = logging.getLogger(__name__)
 
-AFFINITY_SLACK = 1  # jobs a holding replica may have beyond the least loaded one and still be preferred
-REPLICA_CONCURRENCY = 8  # calls one replica actor answers at once (a generation + interrupt, skip, status)
-LORA_TAG = re.compile(r"<lora:([^:>]+)")
+CONTROL_CALLS = 8  # calls a replica answers besides its jobs (interrupt, skip, status, unload)
 
 
-def is_remote(request: Any) -> bool:
-    """Whether a replica runs `request`: a generation request or a model switch (a script's job, upscaling,
-    extension calls run in-process)."""
-    from webui.engine.engine import LoadRequest
-
-    return isinstance(request, (GenerationRequest, LoadRequest))
+class ReplicaLost(Exception):
+    """The replica a job was sent to stopped (its process died or cannot be reached)."""
 
 
-def lora_set(request: Any) -> frozenset[str]:
-    text = f"{getattr(request, 'prompt', '')} {getattr(request, 'hr_prompt', '') or ''}"
-    return frozenset(name.strip() for name in LORA_TAG.findall(text))
-
-
-class Lane:
-    """One replica: its actor, the jobs assigned to it, what it holds, and the thread that feeds it."""
-
-    def __init__(self, index: int, handle: Any, info: dict[str, Any]) -> None:
-        self.index = index
-        self.handle = handle
-        self.info = info
-        self.queue: collections.deque[Job] = collections.deque()
-        self.running: Job | None = None
-        self.held: set[str] = set(info.get("loaded", []))  # checkpoints loaded there (or assigned to load)
-        self.last_loras: dict[str, frozenset[str]] = {}
-        self.alive = True
-        self.restarts = 0
-        self.thread: threading.Thread | None = None
-
-    @property
-    def load(self) -> int:
-        return len(self.queue) + (1 if self.running is not None else 0)
+class Withdrawn(Exception):
+    """The replica a job was sent to gave it back before starting it (to move it to a less loaded one)."""
 
 
 class Dispatcher(Worker):
     """`engine.worker` when Easel runs with replicas (see the module's text)."""
 
-    def __init__(self, engine: Any, make_replica: Callable[[int], Any], replicas: int,
-                 queue_size: int = 64, on_stop: Callable[[], None] | None = None) -> None:
+    def __init__(self, engine: Any, handle: Any, queue_size: int = 64, on_stop: Callable[[], None] | None = None,
+                 wait_for: int = 1, timeout: float = 600.0) -> None:
         import ray
+
+        from webui.cluster import serve_router
 
         super().__init__(engine.run_job, queue_size)
         self._ray = ray
         self.engine = engine
-        self._make_replica = make_replica
+        self.handle = handle
         self._cond = threading.Condition()
         self._stopping = False
         self._on_stop = on_stop
+        self._listeners = serve_router.LISTENERS
         self.current_checkpoint: str | None = None  # the model switch's choice, for requests naming none
-        handles = [make_replica(i) for i in range(replicas)]
-        infos = ray.get([h.ready.remote() for h in handles])  # replicas build their Easel in parallel
-        self.lanes = [Lane(i, h, info) for i, (h, info) in enumerate(zip(handles, infos))]
+        self.lanes: list[Lane] = []
+        self._lost: set[str] = set()  # Serve replicas seen to stop: never placed again, whatever Serve says
+        self._names: dict[str, str] = {}  # Serve replica id -> its actor's name
+        self._listeners.append(self.replicas_changed)
+        self.replicas_changed(list(serve_router.LATEST))  # what the router knew before this listened
+        handle.status.remote().result(timeout_s=timeout)  # the handle's router starts and learns the replicas
+        if not self.wait_replicas(wait_for, timeout):
+            raise RuntimeError(f"the replicas did not start within {timeout:.0f} s")
+
+    # The replicas Serve runs ---------------------------------------------------------------------
+    def replicas_changed(self, replicas: list[tuple[str, str]]) -> None:
+        """The router's news (on its event loop): a replica in a free lane for each new one, gone ones emptied."""
+        added = False
+        with self._cond:
+            replicas = [(serve_id, name) for serve_id, name in replicas if serve_id not in self._lost]
+            self._names.update(replicas)
+            current = dict(replicas)
+            for lane in self.lanes:
+                if lane.serve_id is not None and lane.serve_id not in current:
+                    log.info("%s (%s) left", lane.name, lane.serve_id)
+                    lane.serve_id, lane.held = None, set()
+            placed = {lane.serve_id for lane in self.lanes}
+            for serve_id, _ in replicas:
+                if serve_id in placed:
+                    continue
+                lane = next((lane for lane in self.lanes if lane.serve_id is None), None)
+                if lane is None:
+                    lane = Lane(len(self.lanes))
+                    self.lanes.append(lane)
+                else:  # a replacement (or a replica added again by autoscaling) in an earlier replica's lane
+                    lane.restarts += 1
+                lane.serve_id, lane.held, lane.info = serve_id, set(), {}
+                added = True
+                log.info("%s is Serve replica %s", lane.name, serve_id)
+            self._cond.notify_all()
+        if added and not self._stopping:
+            threading.Thread(target=self.rebalance, daemon=True, name="easel-rebalance").start()
+
+    def rebalance(self) -> None:
+        """Move jobs waiting on busy replicas to idler ones (a replica autoscaling added, a replacement): each
+        replica keeps at most `AFFINITY_SLACK` jobs more than an even share; the last waiting ones are taken back
+        (`Replica.withdraw`) and routed again when their replica gives them back."""
+        with self._cond:
+            alive = [lane for lane in self.lanes if lane.alive]
+            if len(alive) < 2:
+                return
+            share = -(-sum(lane.load for lane in alive) // len(alive))  # rounded up
+            moves = [(lane, job) for lane in alive
+                     for job in list(lane.queue)[::-1][:max(0, lane.load - share - AFFINITY_SLACK)]]
+        for lane, job in moves:
+            try:
+                self.call(lane, "withdraw", job.id).result(timeout_s=30)
+            except Exception:  # noqa: BLE001 - it stays where it is
+                log.warning("job %s could not be taken back from %s", job.id, lane.name)
+
+    def wait_replicas(self, count: int, timeout: float) -> bool:
+        """Wait until `count` replicas run (a replacement after a death, autoscaling); whether they do."""
+        with self._cond:
+            return self._cond.wait_for(lambda: sum(lane.alive for lane in self.lanes) >= count, timeout)
 
     # The Worker interface ------------------------------------------------------------------------
     @property
     def current(self) -> Job | None:
-        """The in-process worker's job, else the most recently started job running on a replica."""
+        """The in-process worker's job, else the oldest job running on a replica (as /sdapi/v1/progress shows)."""
         if self._local_current is not None:
             return self._local_current
-        running = [lane.running for lane in self.lanes if lane.running is not None and not lane.running.finished_state]
-        return max(running, key=lambda job: job.started or 0.0) if running else None
+        running = [job for job in self.running_jobs() if not job.finished_state]
+        return min(running, key=lambda job: job.started or 0.0) if running else None
 
     @current.setter
     def current(self, job: Job | None) -> None:
         self._local_current = job
 
-    def start(self) -> None:
-        super().start()
-        for lane in self.lanes:
-            if lane.thread is None:
-                lane.thread = threading.Thread(target=self._lane_loop, args=(lane,), daemon=True,
-                                               name=f"easel-replica-{lane.index}")
-                lane.thread.start()
-
     def stop(self, timeout: float = 10.0) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        for job in self.running_jobs():
+        for job in [job for job in list(self.jobs.values()) if not job.finished_state]:  # waiting ones too
             self.interrupt(job.id)
-        for lane in self.lanes:
-            if lane.thread is not None:
-                lane.thread.join(timeout)
-            self._kill(lane.handle)
+        if self.replicas_changed in self._listeners:
+            self._listeners.remove(self.replicas_changed)
         super().stop(timeout)
         if self._on_stop is not None:
             self._on_stop()
@@ -134,7 +158,7 @@ class Dispatcher(Worker):
             self.unload_replicas(request.checkpoint, wait=False)
         if not is_remote(request):
             return super().submit(request, source)
-        if not isinstance(request, GenerationRequest):  # a model switch: loaded on a replica, the default after
+        if not isinstance(request, (GenerationRequest, ScriptJob, UpscaleRequest)):  # a model switch
             self.current_checkpoint = request.checkpoint
         job = Job(self.prepared(request), source)
         job.attempts = 0  # type: ignore[attr-defined]
@@ -145,6 +169,7 @@ class Dispatcher(Worker):
             self.assign(lane, job)
         with self._lock:
             self.remember(job)
+        threading.Thread(target=self._follow, args=(job,), daemon=True, name=f"easel-{job.id}").start()
         return job
 
     def position(self, job: Job) -> int:
@@ -169,7 +194,10 @@ class Dispatcher(Worker):
         stopped = super().interrupt(job_id) if (job_id is None or job_id in self.jobs) else False
         return self.signal(targets, "interrupt") or stopped
 
-    def skip(self) -> bool:
+    def skip(self, job_id: str | None = None) -> bool:
+        """End the current image of one running job (by id), or with no id of every running job."""
+        if job_id and job_id in self.jobs and self.lane_of(self.jobs[job_id]) is not None:
+            return self.signal([self.jobs[job_id]], "skip")
         skipped = super().skip()
         return self.signal(self.running_jobs(), "skip") or skipped
 
@@ -180,17 +208,24 @@ class Dispatcher(Worker):
             if job is not None and not job.finished_state:
                 job.update(**{f"{action}_requested": True})
                 lane = self.lane_of(job)
-                if lane is not None:
-                    getattr(lane.handle, action).remote(job.id)
+                if lane is not None and lane.alive:
+                    self.call(lane, action, job.id)
                 signalled = True
         return signalled
 
+    def call(self, lane: Lane, method: str, *args: Any) -> Any:
+        """Send `method(*args)` to `lane`'s replica through the deployment's handle (a Serve response)."""
+        return getattr(self.handle, method).remote(*args, replica=lane.serve_id)
+
     # Routing -------------------------------------------------------------------------------------
-    def prepared(self, request: GenerationRequest) -> GenerationRequest:
+    def prepared(self, request: Any) -> Any:
         """The request as a replica runs it: seeds drawn (a retry makes the same image) and the checkpoint named."""
-        changes: dict[str, Any] = {}
+        if isinstance(request, ScriptJob):
+            return dataclasses.replace(request, base=self.prepared(request.base) if request.base else None,
+                                       requests=tuple(self.prepared(r) for r in request.requests))
         if not isinstance(request, GenerationRequest):
             return request
+        changes: dict[str, Any] = {}
         for name in ("seed", "subseed"):
             value = getattr(request, name, None)
             if isinstance(value, int) and value < 0:
@@ -210,190 +245,222 @@ class Dispatcher(Worker):
 
     def route(self, job: Job, exclude: tuple[Lane, ...] = ()) -> Lane:
         """The lane `job` goes to (called with `_cond` held)."""
-        candidates = [lane for lane in self.lanes if lane not in exclude]
-        alive = [lane for lane in candidates if lane.alive] or candidates or list(self.lanes)
-        checkpoint = getattr(job.request, "checkpoint", "")
-        loras = lora_set(job.request)
-        best = min(alive, key=lambda lane: (lane.load, len(lane.held), lane.index))
-        holders = [lane for lane in alive if checkpoint in lane.held]
-        if holders:
-            held = min(holders, key=lambda lane: (lane.load, lane.last_loras.get(checkpoint) != loras, lane.index))
-            if held.load <= best.load + AFFINITY_SLACK:
-                return held
-        return best
+        return pick_lane(self.lanes, job.request, exclude)
 
-    def assign(self, lane: Lane, job: Job, front: bool = False) -> None:
+    def assign(self, lane: Lane, job: Job) -> None:
         """Put `job` on `lane` (called with `_cond` held)."""
-        checkpoint = getattr(job.request, "checkpoint", "")
+        checkpoint = checkpoint_of(job.request)
         if checkpoint:
             lane.held.add(checkpoint)
             lane.last_loras[checkpoint] = lora_set(job.request)
-        (lane.queue.appendleft if front else lane.queue.append)(job)
-        job.lane = lane.index  # type: ignore[attr-defined]
+        lane.queue.append(job)
+        job.lane = lane  # type: ignore[attr-defined]
+        job.serve_id = lane.serve_id  # type: ignore[attr-defined]
         self._cond.notify_all()
 
     def lane_of(self, job: Job) -> Lane | None:
-        index = getattr(job, "lane", None)
-        return self.lanes[index] if index is not None else None
+        return getattr(job, "lane", None)
 
     def unload_replicas(self, checkpoint: str | None = None, wait: bool = True) -> None:
-        """Unload one checkpoint (None: every model) on every replica, behind the job each is running."""
+        """Unload one checkpoint (None: every model) on every replica, behind the jobs sent to each."""
         with self._cond:
             lanes = [lane for lane in self.lanes if lane.alive]
             for lane in lanes:
                 lane.held = set() if checkpoint is None else lane.held - {checkpoint}
-        refs = [lane.handle.unload.remote(checkpoint) for lane in lanes]
+        responses = [self.call(lane, "unload", checkpoint) for lane in lanes]
         if wait:
-            self._ray.get(refs)
+            for response in responses:
+                response.result()
 
-    # Running (one thread per lane) -----------------------------------------------------------------
-    def _lane_loop(self, lane: Lane) -> None:
+    # Following a job (one thread per job sent) -----------------------------------------------------
+    def _follow(self, job: Job) -> None:
+        """Send `job` to its lane's replica and publish what comes back; after a replica's death, again."""
         while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._stopping or (lane.alive and lane.queue))
-                if self._stopping:
-                    return
-                job = lane.queue.popleft()
-                lane.running = job
+            lane = self.lane_of(job)
+            assert lane is not None
             try:
                 self._run_remote(lane, job)
-            except Exception as exc:  # noqa: BLE001 - a lane must outlive any job
-                log.exception("job %s failed on replica %d", job.id, lane.index)
-                job.exception = exc
-                job.update(state=JobState.FAILED, error=describe_error(exc), finished=time.time())
-            finally:
+                return
+            except ReplicaLost as exc:
+                lost = self.lane_of(job) or lane
+                if not self._resend(lost, job, exc, started=getattr(job, "ran_on", None) is not None):
+                    return
+            except Withdrawn:
                 with self._cond:
-                    lane.running = None
-                    self._cond.notify_all()
+                    if job in lane.queue:
+                        lane.queue.remove(job)
+                    moved = self.route(job, exclude=(lane,))
+                    self.assign(moved, job)
+                log.info("job %s moved from %s to %s", job.id, lane.name, moved.name)
+            except Exception as exc:  # noqa: BLE001 - a job's failure must reach whoever waits on it
+                log.exception("job %s failed on %s", job.id, lane.name)
+                self._end(job, JobState.FAILED, exc)
+                return
 
     def _run_remote(self, lane: Lane, job: Job) -> None:
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+        from ray.exceptions import RayError, RayTaskError
 
         if job.interrupt_requested:
-            job.update(state=JobState.INTERRUPTED, finished=time.time(), result=JobResult())
+            self._end(job, JobState.INTERRUPTED)
             return
-        if job.started is None:
-            job.update(state=JobState.RUNNING, started=time.time())
         end: dict[str, Any] | None = None
+        job.ran_on = None  # type: ignore[attr-defined]
         try:
-            for ref in lane.handle.generate.remote(job.id, job.request, job.source):
-                item = self._ray.get(ref)
+            stream = self.handle.generate.options(stream=True).remote(job.id, job.request, job.source,
+                                                                      replica=lane.serve_id)
+            for item in stream:
+                if item["kind"] == "started":
+                    lane = self._started(job, item["replica"])
+                    if job.interrupt_requested:  # asked before the replica had the job: ask again
+                        self.call(lane, "interrupt", job.id)
+                    continue
                 if item["kind"] == "end":
                     end = item
                     break
-                changes = {k: item[k] for k in ("step", "total_steps", "batch_index", "batch_total")}
+                changes = {k: item[k] for k in ("step", "total_steps", "batch_index", "batch_total", "stage")}
                 if "preview" in item:
                     changes["preview"] = item["preview"]
                 job.update(**changes)
-                if job.interrupt_requested:  # asked before the replica had the job: ask again
-                    lane.handle.interrupt.remote(job.id)
-        except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
-            self._replica_died(lane, job, exc)
-            return
         except RayTaskError as exc:  # the replica raised: its own exception, without Ray's remote traceback
             cause = getattr(exc, "cause", None)
             cause = cause if isinstance(cause, BaseException) else RuntimeError(type(exc).__name__)
-            log.error("job %s failed on replica %d: %s", job.id, lane.index, exc)
-            job.exception = cause
-            job.update(state=JobState.FAILED, error=describe_error(cause), finished=time.time())
+            log.error("job %s failed on %s: %s", job.id, lane.name, exc)
+            self._end(job, JobState.FAILED, cause)
             return
+        except RayError as exc:  # the replica's process died or cannot be reached
+            raise ReplicaLost(f"{type(exc).__name__}: {exc}") from None
         if end is None:
-            raise RuntimeError(f"replica {lane.index} ended job {job.id} without an outcome")
-        self._finish(lane, job, end)
+            raise RuntimeError(f"{lane.name} ended job {job.id} without an outcome")
+        if end["state"] == "withdrawn":
+            raise Withdrawn()
+        self._finish(self.lane_of(job) or lane, job, end)
+
+    def _started(self, job: Job, serve_id: str) -> Lane:
+        """The job started on the replica `serve_id` (the one it was sent to, unless that was gone)."""
+        with self._cond:
+            sent = self.lane_of(job)
+            lane = next((lane for lane in self.lanes if lane.serve_id == serve_id), sent)
+            if sent is not None and job in sent.queue:
+                sent.queue.remove(job)
+            lane.running = job
+            job.lane = lane  # type: ignore[attr-defined]
+            job.ran_on = job.serve_id = serve_id  # type: ignore[attr-defined]
+            self._cond.notify_all()
+        if job.started is None:
+            job.update(state=JobState.RUNNING, started=time.time())
+        else:  # a retry: from the first step again
+            job.update(step=0, preview=None)
+        return lane
+
+    def _leave(self, job: Job) -> None:
+        with self._cond:
+            lane = self.lane_of(job)
+            if lane is not None:
+                if job in lane.queue:
+                    lane.queue.remove(job)
+                if lane.running is job:
+                    lane.running = None
+            self._cond.notify_all()
+
+    def _end(self, job: Job, state: JobState, exc: BaseException | None = None, message: str | None = None,
+             result: JobResult | None = None) -> None:
+        self._leave(job)
+        if exc is not None:
+            job.exception = exc
+        job.update(state=state, error=message or (describe_error(exc) if exc is not None else None),
+                   result=result if result is not None else (job.result or JobResult()), finished=time.time())
 
     def _finish(self, lane: Lane, job: Job, end: dict[str, Any]) -> None:
         with self._cond:
             if "loaded" in end:
-                lane.held = set(end["loaded"]) | {getattr(j.request, "checkpoint", "") for j in lane.queue}
+                lane.held = set(end["loaded"]) | {checkpoint_of(j.request) for j in lane.queue} - {""}
         state = JobState(end["state"])
         if state == JobState.FAILED:
             field = end.get("field")
-            job.exception = RequestError(field, end.get("message", "")) if field else RuntimeError(end.get("error"))
-            job.update(state=JobState.FAILED, error=end.get("error") or "failed", finished=time.time())
+            exc = RequestError(field, end.get("message", "")) if field else RuntimeError(end.get("error"))
+            self._end(job, JobState.FAILED, exc, message=end.get("error") or "failed")
             return
         result = JobResult(images=list(end.get("images", [])), infotexts=list(end.get("infotexts", [])),
                            seeds=list(end.get("seeds", [])), parameters=list(end.get("parameters", [])),
                            info=dict(end.get("info", {})))
-        result.info["replica"] = lane.info.get("id")
-        self.save(job.request, result)
-        job.update(state=state, result=result, finished=time.time())
+        result.info["replica"] = lane.name
+        written = self.save(job.request, end.get("outputs", []))
+        result.paths = [written[p] for p in end.get("paths", []) if p in written]
+        self._end(job, state, result=result)
 
-    def save(self, request: Any, result: JobResult) -> None:
-        """Write the PNGs as the in-process engine does (`Engine.run_generation`), here in the API process."""
-        settings = self.engine.settings
-        if not (settings.user.save_images and getattr(request, "save_images", True)):
-            return
-        items = result.info.get("items", [])
-        for index, (image, text, seed) in enumerate(zip(result.images, result.infotexts, result.seeds)):
-            folder = mode_folder(settings.outputs_dir, request.mode)
-            path = save_image(image, folder, seed, text, settings.user.filename_digits)
-            result.paths.append(path)
-            payload = items[index] if index < len(items) and isinstance(items[index], dict) else {}
-            mask = payload.get("mask")
-            if mask is not None and hasattr(mask, "save"):
-                mask.save(path.with_name(path.stem + "-mask.png"))
+    def save(self, request: Any, outputs: list[dict[str, Any]]) -> dict[str, Path]:
+        """Write the outputs a replica returns as the in-process engine would have (`Engine.save_output`), here in
+        the API process; the written path of each placeholder the replica's result names."""
+        base = getattr(request, "base", None) or request
+        user = self.engine.user_settings(base)
+        if not (user.save_images and getattr(request, "save_images", True)):
+            return {}
+        written: dict[str, Path] = {}
+        for output in outputs:
+            folder = self.engine.settings.outputs_dir / output["folder"]
+            path = save_image(output["image"], folder, output["seed"], output["text"], output["digits"])
+            if output.get("mask") is not None:
+                output["mask"].save(path.with_name(path.stem + "-mask.png"))
             self.engine.notify_saved(path)
+            written[output["placeholder"]] = path
+        return written
 
     # Faults ----------------------------------------------------------------------------------------
-    def _replica_died(self, lane: Lane, job: Job, exc: BaseException) -> None:
-        log.warning("replica %d stopped during job %s (%s); replacing it", lane.index, job.id, type(exc).__name__)
-        self._kill(lane.handle)  # it can never finish the job as well
-        job.attempts += 1  # type: ignore[attr-defined]
+    def _resend(self, lane: Lane, job: Job, exc: ReplicaLost, started: bool) -> bool:
+        """After `lane`'s replica was lost: route `job` again (counting an attempt if it had started there);
+        whether it goes on."""
+        log.warning("%s stopped during job %s (%s)", lane.name, job.id, exc)
+        lost = getattr(job, "serve_id", None)
+        self._kill(self._names.get(lost or "", ""))
         with self._cond:
-            lane.alive = False
-            lane.held = set()
-            orphans = list(lane.queue)
-            lane.queue.clear()
-            if job.attempts > 1:  # type: ignore[attr-defined]
+            if lost:
+                self._lost.add(lost)
+            if lane.serve_id == lost:
+                lane.serve_id, lane.held = None, set()  # until Serve's replacement takes the lane
+            if lane.running is job:
+                lane.running = None
+            if job in lane.queue:
+                lane.queue.remove(job)
+            if started:
+                job.attempts += 1  # type: ignore[attr-defined]
+            if job.attempts > 1 or self._stopping:  # type: ignore[attr-defined]
                 retry = None
             else:
+                self._cond.wait_for(lambda: self._stopping or any(l.alive for l in self.lanes), 600.0)
                 retry = self.route(job, exclude=(lane,))
-                job.update(step=0, preview=None)
-                self.assign(retry, job, front=True)
-            for waiting in orphans:
-                self.assign(self.route(waiting, exclude=(lane,)), waiting)
+                self.assign(retry, job)
         if retry is None:
-            job.exception = RuntimeError("the replica running this job stopped twice")
-            job.update(state=JobState.FAILED, error="the replica running this job stopped twice; try again",
-                       finished=time.time())
-        self._replace(lane)
+            self._end(job, JobState.FAILED, RuntimeError("the replica running this job stopped twice"),
+                      message="the replica running this job stopped twice; try again")
+            return False
+        log.info("job %s sent again, to %s", job.id, retry.name)
+        return True
 
-    def _replace(self, lane: Lane) -> None:
-        while not self._stopping:
-            try:
-                handle = self._make_replica(lane.index)
-                info = self._ray.get(handle.ready.remote())
-            except Exception:  # noqa: BLE001 - keep trying while Easel runs
-                log.exception("replica %d could not be started again", lane.index)
-                with self._cond:
-                    self._cond.wait(5.0)
-                continue
-            with self._cond:
-                lane.handle, lane.info, lane.alive = handle, info, True
-                lane.held = set(info.get("loaded", []))
-                lane.restarts += 1
-                self._cond.notify_all()
-            log.info("replica %d is back (pid %s)", lane.index, info.get("pid"))
+    def _kill(self, actor_name: str) -> None:
+        """Make sure a lost replica's process is gone, so it can never finish a job as well."""
+        if not actor_name:
             return
-
-    def _kill(self, handle: Any) -> None:
         try:
-            self._ray.kill(handle, no_restart=True)
+            self._ray.kill(self._ray.get_actor(actor_name, namespace="serve"), no_restart=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
 
     # What GET /easel/v1/cluster shows ---------------------------------------------------------------
     def replica_statuses(self, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """Each replica's own report (`Replica.status`, records included); a dead one as last known, not alive."""
+        """Each replica's own report (`Replica.status`, records included); a lost one as last known, not alive."""
+        with self._cond:
+            lanes = list(self.lanes)
         answers: list[dict[str, Any]] = []
-        for lane in list(self.lanes):
+        for lane in lanes:
             status = dict(lane.info)
             if lane.alive:
                 try:
-                    status = self._ray.get(lane.handle.status.remote(), timeout=timeout)
-                    lane.info = status
+                    status = self.call(lane, "status").result(timeout_s=timeout)
+                    if status.get("serve_id") == lane.serve_id:
+                        lane.info = status
                 except Exception as exc:  # noqa: BLE001 - shown as not answering
                     status = {**status, "error": type(exc).__name__}
+            status["id"] = lane.name
             status["alive"] = lane.alive
             status["queued"] = len(lane.queue)
             status["restarts"] = lane.restarts
@@ -403,53 +470,3 @@ class Dispatcher(Worker):
     def cluster(self) -> dict[str, Any]:
         keys = ("id", "pid", "node", "device", "loaded", "jobs_done", "busy", "alive", "queued", "restarts")
         return {"replicas": [{key: status.get(key) for key in keys} for status in self.replica_statuses()]}
-
-
-def start_cluster(engine: Any, workers: int = 0, address: str | None = None, threads: int | None = None,
-                  init_options: dict[str, Any] | None = None) -> Dispatcher:
-    """Start (or join, with `address`) Ray and `workers` replicas built from `engine.settings`; make a
-    `Dispatcher` over them `engine.worker`. Call before `engine.start()`. With no `workers`: one per GPU of the
-    cluster, or one when it has none."""
-    import ray
-
-    from webui.cluster.replica import Replica
-
-    started = not ray.is_initialized()
-    if started:
-        options: dict[str, Any] = {"include_dashboard": False, "ignore_reinit_error": True,
-                                   "runtime_env": {"env_vars": replica_env()}}
-        if address:
-            options["address"] = address
-        else:
-            options["num_cpus"] = os.cpu_count() or 1
-        ray.init(**(options | (init_options or {})))
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    count = workers or max(1, gpus)
-    cpus = float(resources.get("CPU", 1))
-    per_cpu = min(1.0, cpus / count)
-    per_gpu = 0.0 if not gpus else min(1.0, gpus / count)
-    threads = threads or max(1, int((os.cpu_count() or 1) // count))
-    settings = dataclasses.replace(engine.settings, workers=0, ray_address=None)
-    actor = ray.remote(Replica)
-
-    def make(index: int) -> Any:
-        return actor.options(num_cpus=per_cpu, num_gpus=per_gpu, max_concurrency=REPLICA_CONCURRENCY,
-                             max_restarts=0).remote(settings, f"replica-{index}", threads)
-
-    dispatcher = Dispatcher(engine, make, count, queue_size=engine.settings.user.queue_size,
-                            on_stop=ray.shutdown if started else None)
-    engine.worker = dispatcher
-    log.info("Ray: %d replica(s), %.2g CPU%s each, %d torch thread(s)", count, per_cpu,
-             f" and {per_gpu:.2g} GPU" if per_gpu else "", threads)
-    return dispatcher
-
-
-def replica_env() -> dict[str, str]:
-    """The variables replicas need from this process: where `webui` is, and the offline / telemetry switches."""
-    root = str(Path(__file__).resolve().parent.parent.parent)
-    env = {key: value for key, value in os.environ.items()
-           if key.startswith(("HF_", "TRANSFORMERS_", "GRADIO_", "EASEL_"))}
-    path = os.environ.get("PYTHONPATH", "")
-    env["PYTHONPATH"] = root if not path else f"{root}{os.pathsep}{path}"
-    return env

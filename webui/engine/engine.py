@@ -68,6 +68,8 @@ class Engine:
         self.styles = StyleStore(settings.data_dir, lambda: settings.user.limits().max_prompt_chars)
         # called with each image file saved under outputs/ (the image browser's index listens here)
         self.saved_listeners: list[Callable[[Path], None]] = []
+        # set on a generation replica (webui.cluster): takes each output instead of writing it, returns its name
+        self.outputs_recorder: Callable[..., Path] | None = None
 
     # The extensions' hooks this engine runs: the registry's own lists.
     @property
@@ -266,12 +268,10 @@ class Engine:
                 result.info.setdefault("items", []).append(item.payload)
             if save and user.save_images and getattr(request, "save_images", True):
                 folder = mode_folder(self.settings.outputs_dir, request.mode)
-                path = save_image(item.image, folder, item.seed, text if user.enable_pnginfo else None,
-                                  user.filename_digits)
-                result.paths.append(path)
-                if isinstance(item.payload.get("mask"), Image.Image):
-                    item.payload["mask"].save(path.with_name(path.stem + "-mask.png"))
-                self.notify_saved(path)
+                mask = item.payload.get("mask")
+                result.paths.append(self.save_output(item.image, folder, item.seed,
+                                                     text if user.enable_pnginfo else None, user.filename_digits,
+                                                     mask if isinstance(mask, Image.Image) else None))
         result.pnginfo = user.enable_pnginfo
         result.info |= {"seeds": result.seeds, "model": model, "model_hash": model_hash}
         if styled is not request:
@@ -306,6 +306,18 @@ class Engine:
         """The request's detail passes on images made otherwise (SD upscale's blended pictures), in place; their
         progress is `job`'s batches from 0 on (two per image and pass, `detail.units`)."""
         return detail.apply(self.mode_context(job, request), self.styled(request), generated, first=0)
+
+    def save_output(self, image: Image.Image, folder: Path, seed: int, text: str | None, digits: int = 5,
+                    mask: Image.Image | None = None) -> Path:
+        """Write one output PNG under `folder` (its mask beside it) and tell the listeners; on a generation replica
+        the `outputs_recorder` takes it instead and the API process writes it (webui.cluster)."""
+        if self.outputs_recorder is not None:
+            return self.outputs_recorder(image, folder, seed, text, digits, mask)
+        path = save_image(image, folder, seed, text, digits)
+        if mask is not None:
+            mask.save(path.with_name(path.stem + "-mask.png"))
+        self.notify_saved(path)
+        return path
 
     def notify_saved(self, path: Path) -> None:
         """Tell the listeners an image was saved; one that fails is logged and never fails the job."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from PIL import Image
 
-from webui.engine.outputs import mode_folder, save_image
+from webui.engine.outputs import mode_folder
 from webui.engine.tasks import EngineTask
 from webui.engine.worker import Job, JobInterrupted, JobResult
 from webui.infotext import format_infotext
@@ -202,8 +202,7 @@ class ScriptJob(EngineTask):
         result.seeds.append(seed)
         user = engine.user_settings(self.base)  # the settings, with the request's own per-job values
         if self.save_images and user.save_images:
-            result.paths.append(save_image(image, folder, seed, text, user.filename_digits))
-            engine.notify_saved(result.paths[-1])
+            result.paths.append(engine.save_output(image, folder, seed, text, user.filename_digits))
 
     def draw(self, plan: GridPlan, parts: list[JobResult | None],
              engine: "Engine") -> tuple[Image.Image | None, str, dict[str, Any], int]:

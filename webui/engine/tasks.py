@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from PIL import Image
 
 from webui import __version__
-from webui.engine.outputs import mode_folder, save_image
+from webui.engine.outputs import mode_folder
 from webui.engine.upscalers import NONE, UpscalerLoadError, target_size
 from webui.engine.worker import Job, JobResult, release_memory
 from webui.infotext import format_infotext
@@ -142,8 +142,7 @@ class UpscaleRequest(EngineTask):
         result = JobResult(images=[first], infotexts=[text], seeds=[-1])
         if self.save_images and engine.settings.user.save_images:
             folder = mode_folder(engine.settings.outputs_dir, self.mode)
-            result.paths.append(save_image(first, folder, -1, text, engine.settings.user.filename_digits))
-            engine.notify_saved(result.paths[-1])
+            result.paths.append(engine.save_output(first, folder, -1, text, engine.settings.user.filename_digits))
         job.update(result=result)
         return result
 

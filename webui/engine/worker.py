@@ -251,10 +251,20 @@ class Worker:
                 stopped = True
         return stopped
 
-    def skip(self) -> bool:
-        """End the current image of the running job and go on with its next batch."""
+    def withdraw(self, job: Job) -> bool:
+        """Take a queued job back before it starts (it ends interrupted, without running, when its turn comes);
+        False once it has started or ended."""
+        with self._lock:
+            if job not in self._pending:
+                return False
+            job.update(interrupt_requested=True)
+            return True
+
+    def skip(self, job_id: str | None = None) -> bool:
+        """End the current image of the running job (only if it is `job_id`, when given) and go on with its next
+        batch."""
         job = self.current
-        if job is None or job.finished_state:
+        if job is None or job.finished_state or (job_id is not None and job.id != job_id):
             return False
         job.update(skip_requested=True)
         return True

@@ -275,10 +275,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
 
     @guard
     def on_skip(current: str | None) -> None:
-        worker = easel.engine.worker
-        running = worker.current
-        if running is not None and (not current or running.id == current):
-            worker.skip()
+        easel.engine.worker.skip(current or None)  # the job this page runs (with replicas, one of several)
 
     interrupt.click(on_interrupt, inputs=job_id, outputs=None, concurrency_limit=None, show_progress="hidden")
     skip.click(on_skip, inputs=job_id, outputs=None, concurrency_limit=None, show_progress="hidden")
