@@ -368,9 +368,10 @@ class IPAdapterRunner:
             set_scales(0, estimate)
             return run(call.replace(kwargs=kwargs))
         finally:
-            unet.set_attn_processor(saved[0])
+            # the projection first: a "plus" resampler has attention layers of its own, which the UNet would count
             unet.encoder_hid_proj = saved[1]
             unet.config.encoder_hid_dim_type = saved[2]
+            unet.set_attn_processor(saved[0])
 
     def run_flux(self, call: PipelineCall, run: Callable[[PipelineCall], Any], checked: list[Any]) -> Any:
         """Flux.1: units of weight 0 are left out (none left: the plain call); the rest go into the transformer."""
