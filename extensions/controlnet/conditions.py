@@ -1,5 +1,5 @@
 """Control inputs beyond a plain map: the inpaint ControlNet's condition, the tile colour fix applied to finished
-images, and the control types of Flux.1 union ControlNets."""
+images, and the control types of Flux.1 and SDXL union ControlNets."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,6 +11,14 @@ from .units import ControlUnit
 # Flux.1 union ControlNets (InstantX / Shakker-Labs): the control type each number selects.
 FLUX_UNION_TYPES = ("canny", "tile", "depth", "blur", "pose", "gray", "low quality")
 UNION_ALIASES = {"openpose": "pose", "lq": "low quality"}  # sd-webui-controlnet's names for the same types
+# SDXL union ControlNets (ControlNetUnionModel, xinsir's ControlNet++ and its ProMax with 8 types), by number, under
+# sd-webui-controlnet's names; the aliases are the maps each type was trained on.
+SDXL_UNION_TYPES = ("openpose", "depth", "soft edge", "hard edge", "normal map", "segmentation", "tile", "inpaint")
+SDXL_UNION_ALIASES = {"pose": "openpose", "softedge": "soft edge", "hed": "soft edge", "pidi": "soft edge",
+                      "scribble": "soft edge", "ted": "soft edge", "hardedge": "hard edge", "canny": "hard edge",
+                      "lineart": "hard edge", "anime_lineart": "hard edge", "mlsd": "hard edge",
+                      "normal": "normal map", "normal_map": "normal map", "segment": "segmentation",
+                      "seg": "segmentation", "repaint": "inpaint"}
 
 
 def inpaint_condition(control: Image.Image, mask: Image.Image) -> Any:

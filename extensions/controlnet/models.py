@@ -1,8 +1,9 @@
 """ControlNet models: find them in the ControlNet folders, tell their family, load them once, name them.
 
-A model is a diffusers folder (`config.json` + weights; `ControlNetModel` for SD 1.x/2.x/SDXL,
-`FluxControlNetModel`, `ZImageControlNetModel`, `SD3ControlNetModel`, `QwenImageControlNetModel`) or a single SD-family file (`.safetensors`, `.pth`, `.pt`,
-`.ckpt`, `.bin`) in AUTOMATIC1111's layout or diffusers'. A single file loads with the `.yaml` of the same name
+A model is a diffusers folder (`config.json` + weights; `ControlNetModel` for SD 1.x/2.x/SDXL, `ControlNetUnionModel`
+for SDXL union models, `FluxControlNetModel`, `ZImageControlNetModel`, `SD3ControlNetModel`,
+`QwenImageControlNetModel`) or a single SD-family file (`.safetensors`, `.pth`, `.pt`, `.ckpt`, `.bin`) in
+AUTOMATIC1111's layout or diffusers'. A single file loads with the `.yaml` of the same name
 beside it when there is one (as AUTOMATIC1111 ships them), else with the config under `configs/` matching its
 cross-attention width (768 SD 1.x, 1024 SD 2.x, 2048 SDXL). Files are read without running code from them:
 pickle files through the weights-only unpickler (TorchScript archives refused unread) and handed to diffusers as
@@ -34,7 +35,7 @@ FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD3",
                  "zimage": "Z-Image", "qwenimage": "Qwen-Image", "unknown": "an unknown model family"}
 FOLDER_CLASSES = {"ControlNetModel": None, "FluxControlNetModel": "flux", "ZImageControlNetModel": "zimage",
                   "SD3ControlNetModel": "sd3", "QwenImageControlNetModel": "qwenimage",
-                  "T2IAdapter": None}
+                  "T2IAdapter": None, "ControlNetUnionModel": None}
 KIND = "controlnet"  # their kind in the memory cache
 HASH_LENGTH = 8
 
