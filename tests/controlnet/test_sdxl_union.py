@@ -10,6 +10,7 @@ import pytest
 
 from tests.controlnet.conftest import TINY, shapes
 from tests.controlnet.test_generation import generate, pixels, unit
+from webui.infotext import parse_infotext
 from webui.requests import Img2ImgRequest, RequestError, Txt2ImgRequest
 
 
@@ -35,8 +36,9 @@ def failed(easel, request, units) -> RequestError:
 def test_sdxl_union_controlnet_selects_its_control_type(union_easel):
     request = Txt2ImgRequest(prompt="a house", seed=3, checkpoint="tiny-sdxl", **TINY)
     plain = pixels(generate(union_easel, request).images[0])
-    hard_edge = pixels(generate(union_easel, request, [unit(model="xl-union", union_control_type="canny")])
-                       .images[0])
+    result = generate(union_easel, request, [unit(model="xl-union", union_control_type="canny")])
+    assert parse_infotext(result.infotexts[0])["ControlNet 0"].endswith("Union Control Type: canny")
+    hard_edge = pixels(result.images[0])
     assert np.abs(hard_edge - plain).mean() > 0.5
     as_number = pixels(generate(union_easel, request, [unit(model="xl-union", union_control_type=3)]).images[0])
     depth = pixels(generate(union_easel, request, [unit(model="xl-union", union_control_type="Depth")]).images[0])
