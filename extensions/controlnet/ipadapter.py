@@ -2,18 +2,21 @@
 
 A unit whose module is one of sd-webui-controlnet's `ip-adapter_*` names (`ip-adapter_clip_sd15`,
 `ip-adapter_clip_sdxl`, `ip-adapter_clip_sdxl_plus_vith`, `ip-adapter-auto`; the older `ip-adapter_clip_h` and
-`ip-adapter_clip_g` as aliases) names an IP-Adapter in `models/ipadapter/`: a `.safetensors` file in the community
-layout (`image_proj.*` and `ip_adapter.*` keys, as diffusers' `load_ip_adapter` reads them). Its image encoder, a
-transformers `CLIPVisionModelWithProjection`, comes from `models/clip_vision/` (a folder with `config.json`): the
-one whose width fits the adapter's image projection (image embeddings for the plain adapters, the penultimate
-hidden states for the "plus" ones), preferring the encoder the module names (ViT-H for `_sd15` and `_plus_vith`,
-ViT-bigG for `_sdxl`).
+`ip-adapter_clip_g` and Forge's names as aliases; `ip-adapter_clip_l` for Flux.1) names an IP-Adapter in
+`models/ipadapter/`: a `.safetensors` file in the community layout (`image_proj.*` and `ip_adapter.*` keys, as
+diffusers' `load_ip_adapter` reads them: plain, plus / plus-face and full-face adapters), or a Flux.1 adapter in
+XLabs' layout (`ipadapter_flux.py`). Face ID adapters and modules are refused, naming the insightface model they
+need. Its image encoder, a transformers `CLIPVisionModelWithProjection`, comes from `models/clip_vision/` (a folder
+with `config.json`): the one whose width fits the adapter's image projection (image embeddings for the plain and
+Flux adapters, the penultimate hidden states for the "plus" and "full face" ones), preferring the encoder the
+module names (ViT-H for `_sd15` and `_plus_vith`, ViT-bigG for `_sdxl`, ViT-L for `_clip_l`).
 
 `IPAdapterRunner` is a pipeline wrapper: for each SD 1.x / 2.x / SDXL call it encodes the units' reference images,
 puts the adapters' cross-attention processors and image projection into the UNet (diffusers' own IP-Adapter
 loader), hands the pipeline `ip_adapter_image_embeds`, sets each unit's scale step by step from its weight and
-guidance window (through the step callback), and puts the UNet's own processors back afterwards. Weights and
-encoders are held in Easel's one memory cache (kinds `ipadapter` and `clip_vision`).
+guidance window (through the step callback), and puts the UNet's own processors back afterwards; Flux.1 calls go
+the same way through the transformer (`ipadapter_flux.run_flux`). Weights and encoders are held in Easel's one
+memory cache (kinds `ipadapter` and `clip_vision`).
 """
 from __future__ import annotations
 
