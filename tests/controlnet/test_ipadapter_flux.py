@@ -107,3 +107,19 @@ def test_flux_ip_adapter_refusals(flux_easel, tmp_path, tiny_sd1_dir):
         in wrong.message
     face = failed(flux_easel, request, [unit(module="ip-adapter_face_id")])
     assert face.field == "alwayson_scripts.controlnet.args[0].module" and "insightface" in face.message
+
+
+def test_flux_ip_adapter_beside_a_controlnet_unit(flux_easel, tmp_path, flux_files):
+    from tests.tiny_models import make_tiny_flux_controlnet
+
+    make_tiny_flux_controlnet(tmp_path / "data" / "models" / "ControlNet" / "flux-canny", flux_files[0], seed=2)
+    canny = {"image": shapes(), "module": "canny", "model": "flux-canny"}
+    request = Txt2ImgRequest(prompt="a house", seed=3, checkpoint="tiny-flux", **TINY)
+    controlled = pixels(generate(flux_easel, request, [canny]).images[0])
+    both = pixels(generate(flux_easel, request, [canny, unit()]).images[0])
+    assert np.abs(both - controlled).mean() > 0.5  # the IP-Adapter acts inside the ControlNet pipeline
+    edit = Img2ImgRequest(prompt="a house", seed=3, checkpoint="tiny-flux", init_image=shapes(),
+                          denoising_strength=0.8, **TINY)
+    refused = failed(flux_easel, edit, [canny, unit()])  # diffusers' Flux ControlNet img2img takes no IP-Adapter
+    assert refused.field == "alwayson_scripts.controlnet"
+    assert "do not run with diffusers' FluxControlNetImg2ImgPipeline" in refused.message
