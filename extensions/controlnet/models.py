@@ -91,8 +91,13 @@ def file_keys_and_width(path: Path) -> tuple[set[str], int | None]:
     return keys, width
 
 
+UNION_KEYS = ("task_embedding", "control_add_embedding.linear_1.weight")  # ControlNetUnionModel's own tensors
+
+
 def file_family(path: Path) -> str:
     keys, width = file_keys_and_width(path)
+    if any(key in keys for key in UNION_KEYS):  # union ControlNets exist for SDXL only
+        return "sdxl"
     if width is None:
         if any(k.startswith(("control_layers.", "control_noise_refiner.", "control_all_x_embedder.")) for k in keys):
             return "zimage"
@@ -218,6 +223,11 @@ class ControlNetModels:
         if family in ("flux", "zimage", "sd3", "qwenimage"):
             raise RequestError("model", f"{entry.name} is a {FAMILY_LABELS[family]} ControlNet in one file; "
                                         "Easel loads those from a diffusers folder (config.json beside the weights)")
+        if any(key in file_keys_and_width(entry.path)[0] for key in UNION_KEYS):
+            raise RequestError("model", f"{entry.name} is an SDXL union ControlNet in one file; Easel loads those "
+                                        "from a diffusers folder: put it in a folder of its own with the config.json "
+                                        "of the model's repository (config_promax.json for ProMax), as "
+                                        "diffusion_pytorch_model.safetensors")
         yaml = entry.path.with_suffix(".yaml")
         if not yaml.is_file() and family not in SINGLE_FILE_CONFIGS:
             raise RequestError("model", f"cannot tell which model family {entry.path.name} is for; put its .yaml "

@@ -71,3 +71,10 @@ def test_sdxl_union_refusals_name_the_field(union_easel):
     mixed = failed(union_easel, request, [unit(model="xl-union", union_control_type="canny"), unit(model="xl-canny")])
     assert mixed.field == "alwayson_scripts.controlnet.args[1].model"
     assert "xl-canny is not a union ControlNet" in mixed.message
+    # the same union model as one file, as some downloads come: refused naming what to do
+    folder = union_easel.settings.models_dir / "ControlNet"
+    shutil.copy(folder / "xl-union" / "diffusion_pytorch_model.safetensors", folder / "union-file.safetensors")
+    single = failed(union_easel, request, [unit(model="union-file", union_control_type="canny")])
+    assert single.field == "alwayson_scripts.controlnet.args[0].model"
+    assert "union-file is an SDXL union ControlNet in one file; Easel loads those from a diffusers folder" \
+        in single.message
