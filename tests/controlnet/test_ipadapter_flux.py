@@ -123,3 +123,12 @@ def test_flux_ip_adapter_beside_a_controlnet_unit(flux_easel, tmp_path, flux_fil
     refused = failed(flux_easel, edit, [canny, unit()])  # diffusers' Flux ControlNet img2img takes no IP-Adapter
     assert refused.field == "alwayson_scripts.controlnet"
     assert "do not run with diffusers' FluxControlNetImg2ImgPipeline" in refused.message
+
+
+def test_flux_ip_adapter_with_a_batch(flux_easel):
+    request = Txt2ImgRequest(prompt="a house", seed=3, checkpoint="tiny-flux", batch_size=2, **TINY)
+    plain = generate(flux_easel, request).images
+    prompted = generate(flux_easel, request, [unit()]).images
+    assert len(prompted) == 2
+    for before, after in zip(plain, prompted):  # the image tokens reach every image of the batch
+        assert np.abs(pixels(after) - pixels(before)).mean() > 0.5
