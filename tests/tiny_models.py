@@ -840,3 +840,26 @@ def make_tiny_qwenimage_controlnet(folder: Path, qwen_folder: Path, seed: int = 
     folder = Path(folder)
     controlnet.save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+def make_tiny_sdxl_union_controlnet(folder: Path, sdxl_folder: Path, seed: int = 0, num_control_type: int = 6
+                                    ) -> Path:
+    """A tiny random ControlNetUnionModel (diffusers folder, as xinsir's SDXL union models ship) matching the UNet
+    saved in `sdxl_folder`, with `num_control_type` control types; random weights everywhere, the zero layers too."""
+    from diffusers import ControlNetUnionModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(Path(sdxl_folder) / "unet"))
+    first = int(unet.config.block_out_channels[0])
+    with _seeded(seed):
+        shaped = ControlNetUnionModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16),
+                                                load_weights_from_unet=False)
+        config = {key: value for key, value in shaped.config.items() if key != "_use_default_values"}
+        config.update(num_control_type=num_control_type, num_trans_channel=first, num_proj_channel=first,
+                      num_trans_head=2)
+        controlnet = ControlNetUnionModel.from_config(config)
+        with torch.no_grad():
+            for param in controlnet.parameters():
+                param.normal_(0.0, 0.2)
+    folder = Path(folder)
+    controlnet.save_pretrained(str(folder), safe_serialization=True)
+    return folder

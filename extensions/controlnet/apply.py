@@ -36,7 +36,7 @@ from PIL import Image
 from webui.extension_api import ModelFileError, PipelineCall, RequestError
 
 from .models import FAMILY_LABELS, ControlNetEntry, ControlNetModels
-from .conditions import FLUX_UNION_TYPES, UNION_ALIASES, color_fix, inpaint_condition
+from .conditions import color_fix, inpaint_condition, union_group, union_modes
 from .preprocessors import COLORFIX_MODULES, INPAINT_MODULES, REFERENCE_MODULES, Preprocessors
 from .t2iadapter import is_t2i_adapter
 from .units import (BALANCED, CONTROLNET_MORE_IMPORTANT, CROP_AND_RESIZE, HIGH_RES_ONLY, JUST_RESIZE,
@@ -63,6 +63,9 @@ PIPELINES: dict[tuple[str, str], str] = {
     ("zimage", "inpaint"): "ZImageControlNetInpaintPipeline",
     ("sd3", "txt2img"): "StableDiffusion3ControlNetPipeline",
     ("qwen", "txt2img"): "QwenImageControlNetPipeline",
+    ("sdxl-union", "txt2img"): "StableDiffusionXLControlNetUnionPipeline",
+    ("sdxl-union", "img2img"): "StableDiffusionXLControlNetUnionImg2ImgPipeline",
+    ("sdxl-union", "inpaint"): "StableDiffusionXLControlNetUnionInpaintPipeline",
 }
 # Several units of one family: diffusers' container for their ControlNets.
 MULTI = {"flux": "FluxMultiControlNetModel", "sd3": "SD3MultiControlNetModel", "qwen": "QwenImageMultiControlNetModel"}
@@ -136,33 +139,6 @@ def input_image(call: PipelineCall) -> Image.Image | None:
     image = call.kwargs.get("image")
     first = image[0] if isinstance(image, (list, tuple)) and image else image
     return first if isinstance(first, Image.Image) else None
-
-
-def union_modes(prepared: list[PreparedUnit], nets: list[Any], group: str) -> list[int] | None:
-    """Each unit's control-type number for union ControlNets (None when no unit uses one); RequestError names a
-    unit whose type is missing, unknown, or given for a model that is not a union."""
-    modes: list[int] = []
-    any_union = False
-    for item, net in zip(prepared, nets):
-        count = getattr(net.config, "num_mode", None) if group == "flux" else None
-        wanted = item.unit.union_control_type
-        at = f"{FIELD}.args[{item.index}].union_control_type"
-        if not count:
-            if wanted is not None:
-                raise RequestError(at, f"{item.entry.name} is not a union ControlNet; leave union_control_type out")
-            modes.append(-1)
-            continue
-        any_union = True
-        names = FLUX_UNION_TYPES[:count]
-        choices = ", ".join(f"{i} = {name}" for i, name in enumerate(names))
-        if wanted is None:
-            raise RequestError(at, f"{item.entry.name} is a union ControlNet; choose its control type ({choices})")
-        wanted = UNION_ALIASES.get(wanted, wanted)
-        index = int(wanted) if wanted.isdigit() else (names.index(wanted) if wanted in names else -1)
-        if not 0 <= index < count:
-            raise RequestError(at, f"unknown control type {wanted!r} for {item.entry.name}; choose {choices}")
-        modes.append(index)
-    return modes if any_union else None
 
 
 # Control-mode hooks ----------------------------------------------------------------------------------------------
@@ -419,9 +395,12 @@ class ControlNetRunner:
                 raise RequestError(f"{FIELD}.args[{item.index}].model", exc.message) from None
             except ModelFileError as exc:  # refused (code in the file) or not weights; the reader names it "model"
                 raise RequestError(f"{FIELD}.args[{item.index}].model", str(exc).removeprefix("model: ")) from None
+        group = union_group(prepared, nets, group)
         multi = len(nets) > 1
         if multi:
-            controlnet = getattr(diffusers, MULTI.get(group, "MultiControlNetModel"))(nets)
+            # the union pipelines wrap a list in their own container (diffusers does not export it)
+            controlnet = list(nets) if group == "sdxl-union" else getattr(diffusers, MULTI.get(group,
+                                                                                             "MultiControlNetModel"))(nets)
         else:
             controlnet = nets[0]
         if group == "zimage" and call.task == "inpaint" and \

@@ -2,18 +2,21 @@
 
 A unit whose module is one of sd-webui-controlnet's `ip-adapter_*` names (`ip-adapter_clip_sd15`,
 `ip-adapter_clip_sdxl`, `ip-adapter_clip_sdxl_plus_vith`, `ip-adapter-auto`; the older `ip-adapter_clip_h` and
-`ip-adapter_clip_g` as aliases) names an IP-Adapter in `models/ipadapter/`: a `.safetensors` file in the community
-layout (`image_proj.*` and `ip_adapter.*` keys, as diffusers' `load_ip_adapter` reads them). Its image encoder, a
-transformers `CLIPVisionModelWithProjection`, comes from `models/clip_vision/` (a folder with `config.json`): the
-one whose width fits the adapter's image projection (image embeddings for the plain adapters, the penultimate
-hidden states for the "plus" ones), preferring the encoder the module names (ViT-H for `_sd15` and `_plus_vith`,
-ViT-bigG for `_sdxl`).
+`ip-adapter_clip_g` and Forge's names as aliases; `ip-adapter_clip_l` for Flux.1) names an IP-Adapter in
+`models/ipadapter/`: a `.safetensors` file in the community layout (`image_proj.*` and `ip_adapter.*` keys, as
+diffusers' `load_ip_adapter` reads them: plain, plus / plus-face and full-face adapters), or a Flux.1 adapter in
+XLabs' layout (`ipadapter_flux.py`). Face ID adapters and modules are refused, naming the insightface model they
+need. Its image encoder, a transformers `CLIPVisionModelWithProjection`, comes from `models/clip_vision/` (a folder
+with `config.json`): the one whose width fits the adapter's image projection (image embeddings for the plain and
+Flux adapters, the penultimate hidden states for the "plus" and "full face" ones), preferring the encoder the
+module names (ViT-H for `_sd15` and `_plus_vith`, ViT-bigG for `_sdxl`, ViT-L for `_clip_l`).
 
 `IPAdapterRunner` is a pipeline wrapper: for each SD 1.x / 2.x / SDXL call it encodes the units' reference images,
 puts the adapters' cross-attention processors and image projection into the UNet (diffusers' own IP-Adapter
 loader), hands the pipeline `ip_adapter_image_embeds`, sets each unit's scale step by step from its weight and
-guidance window (through the step callback), and puts the UNet's own processors back afterwards. Weights and
-encoders are held in Easel's one memory cache (kinds `ipadapter` and `clip_vision`).
+guidance window (through the step callback), and puts the UNet's own processors back afterwards; Flux.1 calls go
+the same way through the transformer (`ipadapter_flux.run_flux`). Weights and encoders are held in Easel's one
+memory cache (kinds `ipadapter` and `clip_vision`).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from PIL import Image
 
 from webui.extension_api import ModelFileError, PipelineCall, RequestError
 
+from .ipadapter_flux import check_fits, flux_key, flux_shapes, is_flux_layout, run_flux
 from .preprocessors import ALIASES, MODULES, Module, _none
 from .units import HIGH_RES_ONLY, LOW_RES_ONLY, ControlUnit
 
@@ -36,15 +40,27 @@ log = logging.getLogger("easel.extensions.controlnet")
 FIELD = "alwayson_scripts.controlnet"
 PREFIX = "ip-adapter"
 # module -> the image encoder it names ("h": OpenCLIP ViT-H/14, "g": ViT-bigG/14, "": whichever fits)
+# ("l": OpenAI CLIP ViT-L/14, the encoder of Flux.1 IP-Adapters)
 ENCODER_HINTS = {"ip-adapter-auto": "", "ip-adapter_clip_sd15": "h", "ip-adapter_clip_sdxl": "g",
-                 "ip-adapter_clip_sdxl_plus_vith": "h"}
+                 "ip-adapter_clip_sdxl_plus_vith": "h", "ip-adapter_clip_l": "l"}
+HINT_WORDS = {"h": ("vit-h", "vith", "_h", "-h"), "g": ("bigg", "vit-g", "_g", "-g"),
+              "l": ("vit-l", "vitl", "large", "_l", "-l")}
+# Face ID adapters take an insightface face embedding instead of a CLIP one (see FACE_ID_MESSAGE)
+FACE_ID_MODULES = ("ip-adapter_face_id", "ip-adapter_face_id_plus")
+FACE_ID_MESSAGE = ("Face ID IP-Adapters take a face embedding made by insightface's ArcFace model (the insightface "
+                   "and onnxruntime Python packages and the buffalo_l model files), which Easel does not run; use an "
+                   "ip-adapter-plus-face or ip-adapter-full-face model with a face as the reference image instead")
 WIDTH_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}  # cross-attention width of to_k_ip -> family
-FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
-GROUPS = {"sd1", "sd2", "sdxl"}
+FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1"}
+GROUPS = {"sd1", "sd2", "sdxl", "flux"}
 
-for _name in ENCODER_HINTS:  # the reference image goes to the image encoder as it is
+for _name in (*ENCODER_HINTS, *FACE_ID_MODULES):  # the reference image goes to the image encoder as it is
     MODULES[_name] = Module(_name, _none, uses_resolution=False)
-ALIASES.update({"ip-adapter_clip_h": "ip-adapter_clip_sd15", "ip-adapter_clip_g": "ip-adapter_clip_sdxl"})
+ALIASES.update({"ip-adapter_clip_h": "ip-adapter_clip_sd15", "ip-adapter_clip_g": "ip-adapter_clip_sdxl",
+                "ip-adapter_flux": "ip-adapter_clip_l",
+                # the names Forge's preprocessor list shows
+                "clip-vit-h (ipadapter)": "ip-adapter_clip_sd15", "clip-vit-bigg (ipadapter)": "ip-adapter_clip_sdxl",
+                "insightface+clip-h (ipadapter)": "ip-adapter_face_id_plus"})
 
 
 def is_ip_adapter(module: str) -> bool:
@@ -55,9 +71,10 @@ def is_ip_adapter(module: str) -> bool:
 class AdapterInfo:
     """What an IP-Adapter file needs: its cross-attention width, and the encoder output its projection takes."""
 
-    cross_width: int  # the cross-attention width it was trained for (768 SD 1.x, 1024 SD 2.x, 2048 SDXL)
+    cross_width: int  # the cross-attention width it was trained for (768 SD 1.x, 1024 SD 2.x, 2048 SDXL, Flux 4096)
     hidden_states: bool  # True: the encoder's penultimate hidden states ("plus", "full face"); False: image_embeds
     width: int  # the width of that encoder output
+    flux_blocks: int = 0  # a Flux.1 adapter (XLabs layout): its number of double-stream blocks; 0 for UNet adapters
 
 
 @dataclass(frozen=True)
@@ -141,6 +158,15 @@ class IPAdapterModels:
                 shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
         except Exception as exc:  # safetensors raises its own error types for a damaged header
             raise ModelFileError(f"{entry.path.name} is not a safetensors file Easel can read ({exc})") from None
+        if is_flux_layout(shapes):
+            try:
+                cross_width, embed_width, blocks = flux_shapes(shapes)
+            except ValueError as exc:
+                raise ModelFileError(f"{entry.path.name} is not a Flux.1 IP-Adapter Easel can read ({exc})") from None
+            return AdapterInfo(cross_width, False, embed_width, blocks)
+        if any(key.startswith("image_proj.perceiver_resampler.") for key in shapes) or (
+                "image_proj.norm.weight" in shapes and "image_proj.proj.0.weight" in shapes):
+            raise ModelFileError(f"{entry.path.name} is a Face ID IP-Adapter. {FACE_ID_MESSAGE}")
         to_k = shapes.get("ip_adapter.1.to_k_ip.weight")
         if to_k is None:
             raise ModelFileError(f"{entry.path.name} holds no IP-Adapter (no ip_adapter.1.to_k_ip.weight key)")
@@ -151,8 +177,8 @@ class IPAdapterModels:
             return AdapterInfo(cross_width, True, int(shapes["image_proj.proj_in.weight"][1]))
         if "image_proj.proj.0.weight" in shapes and "image_proj.proj.3.weight" in shapes:  # full face: an MLP
             return AdapterInfo(cross_width, True, int(shapes["image_proj.proj.0.weight"][1]))
-        raise ModelFileError(f"{entry.path.name} is an IP-Adapter variant Easel does not run (Face ID adapters "
-                             f"need insightface embeddings)")
+        raise ModelFileError(f"{entry.path.name} is an IP-Adapter variant Easel does not run (its image_proj keys "
+                             f"are neither plain, plus, full face nor Face ID)")
 
     def load(self, entry: Entry, device: Any, dtype: Any) -> dict[str, dict[str, Any]]:
         """The adapter's state dict (`{"image_proj": {...}, "ip_adapter": {...}}`) on `device` in `dtype`."""
@@ -162,8 +188,11 @@ class IPAdapterModels:
             if held is None:
                 from safetensors.torch import load_file
 
-                tensors = {k: v.to(device=device, dtype=dtype) for k, v in load_file(str(entry.path)).items()
-                           if k.startswith(("image_proj.", "ip_adapter."))}
+                tensors = {}
+                for key, value in load_file(str(entry.path)).items():
+                    renamed = flux_key(key)  # XLabs' Flux names -> diffusers'; the UNet layout keeps its own
+                    if renamed is not None:
+                        tensors[".".join(renamed)] = value.to(device=device, dtype=dtype)
                 held = _holder(tensors)
                 self.memory.add("ipadapter", key, held, name=entry.name)
         state: dict[str, dict[str, Any]] = {"image_proj": {}, "ip_adapter": {}}
@@ -186,9 +215,7 @@ class IPAdapterModels:
             if width == info.width:
                 fitting.append(entry)
         hint = ENCODER_HINTS.get(module, "")
-        named = [e for e in fitting if hint and any(word in e.name.lower() for word in
-                                                     (("vit-h", "vith", "_h", "-h") if hint == "h" else
-                                                      ("bigg", "vit-g", "_g", "-g")))]
+        named = [e for e in fitting if hint and any(word in e.name.lower() for word in HINT_WORDS[hint])]
         return (named or fitting or [None])[0]
 
     def load_encoder(self, entry: Entry, device: Any, dtype: Any) -> Any:
@@ -251,17 +278,29 @@ class IPAdapterRunner:
         from .apply import CHECKPOINT_LABELS, input_image
 
         if call.arch not in GROUPS:
-            raise RequestError(FIELD, f"IP-Adapter units run with SD 1.x, SD 2.x and SDXL checkpoints; "
+            raise RequestError(FIELD, f"IP-Adapter units run with SD 1.x, SD 2.x, SDXL and Flux.1 checkpoints; "
                                       f"{call.checkpoint} is {CHECKPOINT_LABELS.get(call.arch, call.arch)}")
         checked = []
         for unit in units:
             at = f"{FIELD}.args[{unit.index}]"
+            if unit.module in FACE_ID_MODULES:
+                raise RequestError(f"{at}.module", f"{unit.module}: {FACE_ID_MESSAGE}")
             try:
                 entry = self.models.find(unit.model)
                 info = self.models.info(entry)
             except (LookupError, ModelFileError) as exc:
                 raise RequestError(f"{at}.model", str(exc)) from None
-            width = int(call.pipe.unet.config.cross_attention_dim)
+            label = CHECKPOINT_LABELS.get(call.arch, call.arch)
+            if (call.arch == "flux") != bool(info.flux_blocks):
+                made_for = "Flux.1" if info.flux_blocks else "a UNet (SD 1.x, SD 2.x or SDXL)"
+                raise RequestError(f"{at}.model", f"{entry.name} is an IP-Adapter for {made_for}, but the checkpoint "
+                                                  f"{call.checkpoint} is {label}")
+            if info.flux_blocks:
+                unfit = check_fits(call.pipe.transformer, info.cross_width, info.flux_blocks)
+                if unfit:
+                    raise RequestError(f"{at}.model", f"{entry.name} does not fit the Flux.1 checkpoint "
+                                                      f"{call.checkpoint}: {unfit}")
+            width = info.cross_width if info.flux_blocks else int(call.pipe.unet.config.cross_attention_dim)
             if info.cross_width != width:
                 made_for = FAMILY_LABELS.get(WIDTH_FAMILIES.get(info.cross_width, ""),
                                              f"a UNet with {info.cross_width}-wide cross-attention")
@@ -286,6 +325,8 @@ class IPAdapterRunner:
             return run(call)
         checked = self.check(call, units)
         pipe = call.pipe
+        if call.arch == "flux":
+            return self.run_flux(call, run, checked)
         unet = pipe.unet
         device, dtype = pipe._execution_device, unet.dtype
         guided = float(call.kwargs.get("guidance_scale", 7.5)) > 1.0 and unet.config.time_cond_proj_dim is None
@@ -330,6 +371,22 @@ class IPAdapterRunner:
             set_scales(0, estimate)
             return run(call.replace(kwargs=kwargs))
         finally:
-            unet.set_attn_processor(saved[0])
+            # the projection first: a "plus" resampler has attention layers of its own, which the UNet would count
             unet.encoder_hid_proj = saved[1]
             unet.config.encoder_hid_dim_type = saved[2]
+            unet.set_attn_processor(saved[0])
+
+    def run_flux(self, call: PipelineCall, run: Callable[[PipelineCall], Any], checked: list[Any]) -> Any:
+        """Flux.1: units of weight 0 are left out (none left: the plain call); the rest go into the transformer."""
+        checked = [item for item in checked if item[0].weight > 0.0]
+        if not checked:
+            return run(call)
+        transformer = call.pipe.transformer
+        device, dtype = call.pipe._execution_device, transformer.dtype
+        state_dicts, embeds = [], []
+        for unit, entry, info, encoder_entry, image in checked:
+            state_dicts.append(self.models.load(entry, device, dtype))
+            encoder = self.models.load_encoder(encoder_entry, device, dtype)
+            images = list(unit.references) or [image]
+            embeds.append(encode(encoder, images, False, True))  # [2, n, dim]: zeros, then the references
+        return run_flux(call, run, [item[0] for item in checked], state_dicts, embeds, active)

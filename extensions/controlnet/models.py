@@ -1,8 +1,9 @@
 """ControlNet models: find them in the ControlNet folders, tell their family, load them once, name them.
 
-A model is a diffusers folder (`config.json` + weights; `ControlNetModel` for SD 1.x/2.x/SDXL,
-`FluxControlNetModel`, `ZImageControlNetModel`, `SD3ControlNetModel`, `QwenImageControlNetModel`) or a single SD-family file (`.safetensors`, `.pth`, `.pt`,
-`.ckpt`, `.bin`) in AUTOMATIC1111's layout or diffusers'. A single file loads with the `.yaml` of the same name
+A model is a diffusers folder (`config.json` + weights; `ControlNetModel` for SD 1.x/2.x/SDXL, `ControlNetUnionModel`
+for SDXL union models, `FluxControlNetModel`, `ZImageControlNetModel`, `SD3ControlNetModel`,
+`QwenImageControlNetModel`) or a single SD-family file (`.safetensors`, `.pth`, `.pt`, `.ckpt`, `.bin`) in
+AUTOMATIC1111's layout or diffusers'. A single file loads with the `.yaml` of the same name
 beside it when there is one (as AUTOMATIC1111 ships them), else with the config under `configs/` matching its
 cross-attention width (768 SD 1.x, 1024 SD 2.x, 2048 SDXL). Files are read without running code from them:
 pickle files through the weights-only unpickler (TorchScript archives refused unread) and handed to diffusers as
@@ -34,7 +35,7 @@ FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD3",
                  "zimage": "Z-Image", "qwenimage": "Qwen-Image", "unknown": "an unknown model family"}
 FOLDER_CLASSES = {"ControlNetModel": None, "FluxControlNetModel": "flux", "ZImageControlNetModel": "zimage",
                   "SD3ControlNetModel": "sd3", "QwenImageControlNetModel": "qwenimage",
-                  "T2IAdapter": None}
+                  "T2IAdapter": None, "ControlNetUnionModel": None}
 KIND = "controlnet"  # their kind in the memory cache
 HASH_LENGTH = 8
 
@@ -90,8 +91,13 @@ def file_keys_and_width(path: Path) -> tuple[set[str], int | None]:
     return keys, width
 
 
+UNION_KEYS = ("task_embedding", "control_add_embedding.linear_1.weight")  # ControlNetUnionModel's own tensors
+
+
 def file_family(path: Path) -> str:
     keys, width = file_keys_and_width(path)
+    if any(key in keys for key in UNION_KEYS):  # union ControlNets exist for SDXL only
+        return "sdxl"
     if width is None:
         if any(k.startswith(("control_layers.", "control_noise_refiner.", "control_all_x_embedder.")) for k in keys):
             return "zimage"
@@ -217,6 +223,11 @@ class ControlNetModels:
         if family in ("flux", "zimage", "sd3", "qwenimage"):
             raise RequestError("model", f"{entry.name} is a {FAMILY_LABELS[family]} ControlNet in one file; "
                                         "Easel loads those from a diffusers folder (config.json beside the weights)")
+        if any(key in file_keys_and_width(entry.path)[0] for key in UNION_KEYS):
+            raise RequestError("model", f"{entry.name} is an SDXL union ControlNet in one file; Easel loads those "
+                                        "from a diffusers folder: put it in a folder of its own with the config.json "
+                                        "of the model's repository (config_promax.json for ProMax), as "
+                                        "diffusion_pytorch_model.safetensors")
         yaml = entry.path.with_suffix(".yaml")
         if not yaml.is_file() and family not in SINGLE_FILE_CONFIGS:
             raise RequestError("model", f"cannot tell which model family {entry.path.name} is for; put its .yaml "

@@ -2,8 +2,8 @@
 
 Each unit has an Enable box, a control image (in img2img and inpaint an empty one means "the input image"), the
 preprocessor and model, weight, the guidance window (start and end as fractions of the steps), the control and
-resize modes, the preprocessor resolution (or pixel perfect) and the module's two thresholds, whose labels follow
-the chosen preprocessor. "Preview" runs the preprocessor on the unit's image and shows the map. On Generate the
+resize modes, the preprocessor resolution (or pixel perfect), the module's two thresholds, whose labels follow
+the chosen preprocessor, and the control type of a union ControlNet. "Preview" runs the preprocessor on the unit's image and shows the map. On Generate the
 values become the same unit dictionaries the API takes, so one parser checks both.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from webui.extension_api import ExtensionInputs
 
+from .conditions import FLUX_UNION_TYPES, SDXL_UNION_TYPES
 from .preprocessors import MODULES, REFERENCE_MODULES, AnnotatorMissingError
 from .routes import UI_UNITS
 from .units import BALANCED, CONTROL_MODES, CROP_AND_RESIZE, DEFAULT_PROCESSOR_RES, RESIZE_MODES
@@ -20,7 +21,10 @@ if TYPE_CHECKING:
     from . import ControlNet
 
 UNIT_KEYS = ("enabled", "image", "module", "model", "weight", "guidance_start", "guidance_end", "control_mode",
-             "resize_mode", "processor_res", "pixel_perfect", "threshold_a", "threshold_b")
+             "resize_mode", "processor_res", "pixel_perfect", "threshold_a", "threshold_b", "union_control_type")
+UNKNOWN_TYPE = "Unknown"  # sd-webui-controlnet's value for "not a union model"
+# the control types of the union models Easel runs (Flux.1's, then SDXL's), each name once
+UNION_CHOICES = [UNKNOWN_TYPE, *dict.fromkeys((*FLUX_UNION_TYPES, *SDXL_UNION_TYPES))]
 
 
 def units_from_values(*values: Any) -> list[dict[str, Any]]:
@@ -38,6 +42,8 @@ def units_from_values(*values: Any) -> list[dict[str, Any]]:
         unit["model"] = unit.get("model") or ""
         if unit.get("module") in REFERENCE_MODULES:  # reference modules use no ControlNet model
             unit["model"] = "None"
+        if unit.get("union_control_type") in (None, UNKNOWN_TYPE):
+            unit.pop("union_control_type", None)
         units.append(unit)
     return units
 
@@ -96,8 +102,10 @@ def accordion_builder(controlnet: "ControlNet", mode: str) -> Callable[[], Exten
                         pixel_perfect = gr.Checkbox(label="Pixel perfect", value=False, min_width=100)
                         threshold_a = gr.Number(value=-1, label="Threshold A", visible=False, min_width=100)
                         threshold_b = gr.Number(value=-1, label="Threshold B", visible=False, min_width=100)
+                    union_type = gr.Dropdown(UNION_CHOICES, value=UNKNOWN_TYPE, label="Control type (union models)",
+                                             elem_id=f"{mode}_controlnet_{index}_union_control_type")
                 components += [enabled, image, module, model, weight, start, end, control_mode, resize_mode,
-                               processor_res, pixel_perfect, threshold_a, threshold_b]
+                               processor_res, pixel_perfect, threshold_a, threshold_b, union_type]
 
                 module.change(threshold_updates, inputs=module, outputs=[threshold_a, threshold_b],
                               show_progress="hidden")

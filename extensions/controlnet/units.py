@@ -315,4 +315,6 @@ def infotext_value(unit: ControlUnit, model_title: str, thresholds: Sequence[flo
              ("Threshold A", "-1" if a is None else _short(a)), ("Threshold B", "-1" if b is None else _short(b)),
              ("Guidance Start", _short(unit.guidance_start)), ("Guidance End", _short(unit.guidance_end)),
              ("Pixel Perfect", str(unit.pixel_perfect)), ("Control Mode", unit.control_mode)]
+    if unit.union_control_type is not None:
+        parts.append(("Union Control Type", unit.union_control_type))
     return ", ".join(f"{key}: {value}" for key, value in parts)

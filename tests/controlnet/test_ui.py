@@ -74,3 +74,7 @@ def test_accordion_values_reach_the_request(built):
     parsed = easel.registry.parse_request_args({name: built_inputs.to_args(*values)})
     [unit] = parsed["controlnet"]
     assert unit.model == "tiny-canny" and unit.module == "canny" and unit.weight == 1.0
+    assert unit.union_control_type is None  # "Unknown": not a union model
+    values[13] = "depth"  # unit 0's union control type
+    [unit] = easel.registry.parse_request_args({name: built_inputs.to_args(*values)})["controlnet"]
+    assert unit.union_control_type == "depth"

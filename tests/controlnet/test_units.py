@@ -103,11 +103,13 @@ def test_accordion_values_become_units():
     ui = extension_module("ui")
     size = len(ui.UNIT_KEYS)
     values = [True, shapes(), "canny", "tiny-canny", 0.7, 0.0, 1.0, "Balanced", "Crop and Resize", 64, False, 100,
-              None] + [False] + [None] * (size - 1)
+              None, ui.UNKNOWN_TYPE] + [False] + [None] * (size - 1)
+    assert len(values) == 2 * size
     raw = ui.units_from_values(*values)
     assert raw[1] == {"enabled": False} and raw[0]["threshold_b"] == -1
     [unit] = parse(raw)
     assert unit.weight == 0.7 and unit.threshold_a == 100 and unit.threshold_b is None
+    assert unit.union_control_type is None  # "Unknown": not a union model
 
 
 def test_fit_image_and_pixel_perfect():
