@@ -119,6 +119,35 @@ def test_processors_restored_on_the_unet_itself(tiny_sd1_dir: Path) -> None:
     assert pipe.unet.attn_processors == own and not pipe.unet._forward_pre_hooks
 
 
+def test_inside_a_coupled_layer_a_region_prompt_reaches_its_tokens_only(tiny_sd1_dir: Path) -> None:
+    """One cross-attention layer, its tokens on the 8×8 grid of a 64×64 image: changing the left region's prompt
+    changes the prompted row's left-half tokens and leaves every right-half token and the negative row exactly."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from webui.builtin.regional import Region
+    from webui.engine.regional_attention import Coupling, CoupledAttnProcessor, encode_regions
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd1_dir, safety_checker=None)
+    pipe._guidance_scale = 7.0  # do_classifier_free_guidance: the batch is [negative, prompted]
+    layer = next(m for n, m in pipe.unet.named_modules() if n.endswith("attn2"))
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 64, layer.to_q.in_features)  # [rows,N=8·8,C]
+    text = torch.randn(2, 77, 32)  # [rows,T,D]: the negative and base prompts' states
+
+    def run(left_prompt: str) -> torch.Tensor:
+        regions = [Region((0, 0, 0.5, 1), left_prompt), Region((0.5, 0, 1, 1), "blue sky")]
+        coupling = Coupling(pipe, regions, 0.2, encode_regions(pipe, regions, 1, False))
+        coupling.latent_hw = (8, 8)
+        with torch.no_grad():
+            return CoupledAttnProcessor(layer.processor, coupling)(layer, hidden, text).view(2, 8, 8, -1)
+
+    one, two = run("red apple"), run("green forest tree")
+    assert torch.equal(one[0], two[0])  # the negative row: untouched
+    assert torch.equal(one[1, :, 4:], two[1, :, 4:])  # the right half: exactly the same
+    assert (one[1, :, :4] - two[1, :, :4]).abs().min() > 0  # every left-half token changed
+
+
 def half_mask(size: int = 64) -> Image.Image:
     mask = Image.new("L", (size, size), 0)
     ImageDraw.Draw(mask).rectangle([0, 0, size // 2 - 1, size - 1], fill=255)
