@@ -192,6 +192,26 @@ def test_img2img_inpaint_and_batches_run_with_regions(easel) -> None:
     assert job.exception.field == f"alwayson_scripts.{NAME}" and "whole picture" in str(job.exception)
 
 
+def test_the_hires_fix_pass_runs_coupled_too(easel) -> None:
+    """A wrapper registered after regional prompts (so inside them) sees each pass's cross-attention processors."""
+    from webui.engine.regional_attention import CoupledAttnProcessor
+
+    seen: list[tuple[str, bool]] = []
+
+    def record(call, run):
+        processors = call.pipe.unet.attn_processors.values()
+        seen.append((call.task, any(isinstance(p, CoupledAttnProcessor) for p in processors)))
+        return run(call)
+
+    easel.registry.pipeline_wrappers.append(record)
+    hires = image(easel, "tiny-sd1", [{"box": LEFT, "prompt": "red apple"}], enable_hr=True, hr_scale=2.0,
+                  hr_denoising_strength=0.6)
+    assert hires.shape[1:3] == (128, 128) and seen == [("txt2img", True), ("img2img", True)]
+    seen.clear()
+    image(easel, "tiny-sd1")
+    assert seen == [("txt2img", False)]
+
+
 @pytest.fixture(scope="module")
 def tiny_flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_models import make_tiny_flux
@@ -238,3 +258,22 @@ def test_the_api_takes_regions_and_painted_masks_through_alwayson_scripts(easel)
         assert "regions[0].mask" in refused({"regions": [{"mask": b64_png(Image.new("L", (8, 8))), "prompt": "x"}]})
         assert "box or a mask" in refused({"regions": [{"mask": b64_png(half_mask()), "box": LEFT, "prompt": "x"}]})
         assert "masks" in refused({"masks": [b64_png(half_mask())], "prompts": ["a", "b"]})
+        assert "ratios: does not go with `masks`" in refused({"masks": [b64_png(half_mask())], "prompts": ["a"],
+                                                            "ratios": "1"})
+        assert "prompts: does not go with `regions`" in refused({"regions": [{"box": LEFT, "prompt": "a"}],
+                                                                "prompts": ["b"]})
+
+
+def test_a_hypernetwork_runs_inside_the_coupling(easel) -> None:
+    """The coupled layers wrap the hypernetwork's processor instead of replacing it: with the region at weight 0
+    the image is the hypernetwork's own, bit for bit, and at weight 1 the region changes it."""
+    from tests.api.test_hypernetworks import write_hypernetwork
+
+    write_hypernetwork(easel.settings.models_dir / "hypernetworks" / "style.safetensors")
+    prompt = "a photo <hypernet:style:1>"
+    styled = image(easel, "tiny-sd1", prompt=prompt)
+    assert np.abs(styled - image(easel, "tiny-sd1")).mean() > 0.5  # the hypernetwork changes the picture
+    off = image(easel, "tiny-sd1", [{"box": LEFT, "prompt": "red apple", "weight": 0}], prompt=prompt)
+    assert np.array_equal(off, styled)
+    on = image(easel, "tiny-sd1", [{"box": LEFT, "prompt": "red apple"}], prompt=prompt)
+    assert np.abs(on - styled).mean() > 0.3

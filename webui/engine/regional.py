@@ -183,6 +183,13 @@ def parse_regional_args(raw: Any) -> RegionalPrompts | None:
         raise ValueError(f"{unknown[0]}: is not a regional prompts argument; known: {', '.join(sorted(known))}")
     if raw.get("enabled") is False:
         return None
+    forms = ("regions", "masks", "divide")  # each form's own keys: a key of another form would go unused
+    clash = [key for key in ("masks", "divide", "ratios", "prompts") if key in raw and "regions" in raw] or \
+        [key for key in ("divide", "ratios") if key in raw and "masks" in raw]
+    if clash:
+        form = next(f for f in forms if f in raw)
+        raise ValueError(f"{clash[0]}: does not go with `{form}`; give regions, masks + prompts, or divide + "
+                         "ratios + prompts")
     items = raw.get("regions") if "regions" in raw else _painted(raw) if "masks" in raw else _strips(raw)
     if not isinstance(items, list):
         raise ValueError("regions: must be a list of {\"box\": [x0, y0, x1, y1], \"prompt\": ..., \"weight\": ...}")
