@@ -1,7 +1,7 @@
 """Regional prompts through /sdapi/v1/txt2img's `alwayson_scripts["regional prompter"]`: on the shipped built-in
 model each half of the image takes its own prompt's background colour (the plain prompt alone gives neither);
-the grid shortcut gives the same regions as explicit boxes; the regions are in the infotext; bad arguments and
-other families are refused with a 422 naming the field."""
+the grid shortcut gives the same regions as explicit boxes; the regions are in the infotext; bad arguments are
+refused with a 422 naming the field, and so is img2img on the built-in model."""
 from __future__ import annotations
 
 import json
@@ -70,9 +70,10 @@ def test_bad_arguments_and_other_families_are_refused(edit_client):
         "detail"]
     assert "ratios" in refused({"prompts": ["a", "b"], "ratios": "1"})["detail"]
     assert "limit is 8" in refused({"prompts": ["a"] * 9})["detail"]
-    # SD 1.x cannot run them: refused while running, naming the field, not ignored.
-    sd = refused(HALVES, override_settings={"sd_model_checkpoint": "tiny-sd1"}, steps=1, sampler_name="Euler a")
-    assert "built-in model only" in sd["detail"] and "tiny-sd1" in sd["detail"]
+    # SD 1.x runs them by attention coupling (tests/engine/test_regional_attention.py), with the regions written.
+    sd = txt2img(edit_client, alwayson_scripts={"regional prompter": {"args": [HALVES]}}, steps=1,
+                 override_settings={"sd_model_checkpoint": "tiny-sd1"}, sampler_name="Euler a")
+    assert "Regional prompts: " in json.loads(sd["info"])["infotexts"][0]
 
 
 def test_the_txt2img_accordion_gives_the_same_arguments(edit_easel):
@@ -84,7 +85,7 @@ def test_the_txt2img_accordion_gives_the_same_arguments(edit_easel):
     with gr.Blocks() as blocks:
         [(name, inputs)] = build_regional_accordion("txt2img")
     blocks.close()
-    assert name == REGIONAL_NAME and len(inputs.components) == 5
+    assert name == REGIONAL_NAME and len(inputs.components) == 6
     assert region_prompts("a BREAK b\n\n c ") == ["a", "b", "c"]
     args = inputs.to_args(True, "Columns", "1,3", "left one BREAK right one", 0.5)
     parsed = edit_easel.registry.parse_request_args({REGIONAL_NAME: args})[REGIONAL_NAME]
@@ -94,6 +95,23 @@ def test_the_txt2img_accordion_gives_the_same_arguments(edit_easel):
     assert [r.box for r in rows[REGIONAL_NAME].regions] == [(0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 1.0)]
     off = inputs.to_args(False, "Columns", "1,1", "", 0.2)
     assert edit_easel.registry.parse_request_args({REGIONAL_NAME: off})[REGIONAL_NAME] is None
+    # Painted: each layer with paint is a region's mask (its alpha), in layer order; unpainted layers are skipped.
+    from PIL import Image, ImageDraw
+
+    layers = [Image.new("RGBA", (32, 32), (0, 0, 0, 0)) for _ in range(3)]
+    ImageDraw.Draw(layers[0]).rectangle([0, 0, 15, 31], fill=(255, 64, 64, 255))
+    ImageDraw.Draw(layers[2]).rectangle([16, 0, 31, 15], fill=(64, 160, 255, 255))
+    painted = inputs.to_args(True, "Painted masks", "", "left BREAK top right", 0.3, {"layers": layers})
+    parsed = edit_easel.registry.parse_request_args({REGIONAL_NAME: painted})[REGIONAL_NAME]
+    assert [r.box for r in parsed.regions] == [(0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 0.5)]
+    assert [r.prompt for r in parsed.regions] == ["left", "top right"] and parsed.base_weight == 0.3
+    import pytest
+
+    from webui.requests import RequestError
+
+    with pytest.raises(RequestError, match="masks: needs one mask per prompt"):
+        edit_easel.registry.parse_request_args({REGIONAL_NAME: inputs.to_args(
+            True, "Painted masks", "", "a BREAK b BREAK c", 0.2, {"layers": layers})})
 
 
 def test_img2img_with_regions_is_refused_on_the_builtin_model_too(edit_client):

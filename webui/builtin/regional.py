@@ -1,34 +1,46 @@
-"""Regional prompts on the built-in model: a prompt per rectangle, blended by masked conditioning.
+"""Regional prompts on the built-in model: a prompt per rectangle or painted mask, blended by masked conditioning.
 
 At every step the transformer predicts the clean image once per prompt — the negative prompt, the base prompt
 and each region's prompt, in one batch — and the prompted predictions are mixed per pixel: the base prompt with
 `base_weight` everywhere, each region's prompt with its `weight` inside its rectangle, normalised by the sum of
-weights (so a pixel outside every region follows the base prompt alone). Classifier-free guidance then pushes the
+weights (so a pixel outside every region follows the base prompt alone). A painted mask is a soft weight (0..1,
+resized to the image) in place of a rectangle; `region_masks` and `blend_weights` also give SD 1.x/SDXL's attention
+coupling (webui/engine/regional_attention.py) its weights at each attention layer's token grid. Classifier-free guidance then pushes the
 mix away from the negative prompt's prediction, and the flow-matching step goes on as in `EaselPipeline`. The
 built-in model predicts pixels, so the masks act on the image itself; no attention is changed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
 
 @dataclass(frozen=True)
 class Region:
-    """One region: a rectangle as fractions of the image (x0, y0, x1, y1), its prompt and its weight."""
+    """One region: a rectangle as fractions of the image (x0, y0, x1, y1), its prompt and its weight; or, with
+    `mask` ([h,w] float in 0..1, any size: resized to the image), a painted area (its `box` is its bounding box)."""
 
     box: tuple[float, float, float, float]
     prompt: str
     weight: float = 1.0
+    mask: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
 
 def region_masks(regions: list[Region], height: int, width: int) -> torch.Tensor:
-    """Each region's rectangle as a binary mask [R,1,H,W] (at least one pixel each)."""
+    """Each region as a mask [R,1,H,W]: a rectangle as 0/1 (at least one pixel), a painted mask resized (area
+    average when it shrinks, so a thin stroke still counts a little)."""
     masks = torch.zeros(len(regions), 1, height, width)
     for index, region in enumerate(regions):
+        if region.mask is not None:
+            painted = region.mask.float()[None, None]  # [1,1,h,w]
+            shrink = painted.shape[-2] >= height and painted.shape[-1] >= width
+            masks[index] = F.interpolate(painted, size=(height, width), mode="area" if shrink else "bilinear",
+                                         align_corners=None if shrink else False)[0].clamp(0, 1)
+            continue
         x0, y0, x1, y1 = region.box
         left, top = int(round(x0 * width)), int(round(y0 * height))
         right, bottom = max(left + 1, int(round(x1 * width))), max(top + 1, int(round(y1 * height)))

@@ -210,7 +210,7 @@ def build_panel(ui: UIContext, mode: str, request_cls: type[GenerationRequest], 
             if mode in ("txt2img", "img2img"):  # the built-in detail fixer feeds requests as accordions do
                 detail_inputs, detail_components = build_detail_accordion(mode)
                 extension_inputs = [*detail_inputs, *extension_inputs]
-            if mode == "txt2img":  # regional prompts feed requests as accordions do
+            if mode in ("txt2img", "img2img", "inpaint"):  # regional prompts feed requests as accordions do
                 extension_inputs = [*build_regional_accordion(mode), *extension_inputs]
             scripts = build_script_picker(ui, mode) if mode in ("txt2img", "img2img") else None
 
