@@ -183,3 +183,42 @@ def save_scaled_fp8(state: dict[str, torch.Tensor], path: Path) -> Path:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(out, str(path))
     return Path(path)
+
+
+def install_separate_files(family: str, folder: Path, models: Path) -> str:
+    """Lay a tiny diffusers `folder` of `family` ("sd3", "zimage", "qwenimage", "sdxl") out under `models/` as a
+    Forge/ComfyUI user has it: the denoiser in its community layout as GGUF Q8_0 in diffusion_models/ (SDXL: unet/)
+    with a configs-only `<name>.config/` beside it, the text encoders in text_encoders/, the VAE in VAE/.
+    Returns the checkpoint name."""
+    import shutil
+
+    from tests.tiny_models import save_sdxl_single_file, save_zimage_single_file
+
+    def component(name: str) -> dict[str, torch.Tensor]:
+        return load_file(str(next((Path(folder) / name).glob("*.safetensors"))))
+
+    encoders, vae = models / "text_encoders", models / "VAE"
+    encoders.mkdir(parents=True, exist_ok=True)
+    vae.mkdir(parents=True, exist_ok=True)
+    if family == "sd3":
+        path = save_gguf(sd3_original_state(component("transformer")), models / "diffusion_models" / "sd3-Q8_0.gguf")
+        encoder_files = {"text_encoder": "clip_l", "text_encoder_2": "clip_g", "text_encoder_3": "t5xxl_fp16"}
+    elif family == "zimage":
+        original = save_zimage_single_file(folder, models / "z-original.safetensors")
+        path = save_gguf(load_file(str(original)), models / "diffusion_models" / "z_image_turbo-Q8_0.gguf")
+        original.unlink()
+        encoder_files = {"text_encoder": "qwen_3_4b"}
+    elif family == "qwenimage":
+        path = save_gguf(comfy_state(component("transformer")), models / "diffusion_models" / "qwen-image-Q8_0.gguf")
+        encoder_files = {"text_encoder": "qwen_2.5_vl_7b"}
+    else:
+        full = save_sdxl_single_file(folder, models / "sdxl-full.safetensors")
+        path = save_gguf(sdxl_unet_original_state(full), models / "unet" / "sdxl-unet-Q8_0.gguf")
+        full.unlink()
+        encoder_files = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}
+    shutil.copytree(folder, path.with_name(path.stem + ".config"), ignore=shutil.ignore_patterns("*.safetensors"))
+    for slot, name in encoder_files.items():
+        save_file(component(slot), str(encoders / f"{name}.safetensors"))
+    vae_name = {"sd3": "sd3_vae", "zimage": "ae", "qwenimage": "qwen_image_vae", "sdxl": "sdxl_vae"}[family]
+    save_file(component("vae"), str(vae / f"{vae_name}.safetensors"))
+    return path.stem
