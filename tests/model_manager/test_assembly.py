@@ -216,6 +216,25 @@ def test_qwen25vl_gguf_text_encoder_is_refused_with_a_message(world, tiny) -> No
     assert "Qwen2.5-VL" in str(caught.value) and "safetensors" in str(caught.value)
 
 
+def test_qwen_vae_in_the_original_wan_layout_is_named_as_such(world, tiny) -> None:
+    from tests.tiny_models import make_header_only_safetensors
+    from webui.model_manager.errors import ModelLoadError
+
+    folders = _encoder_dirs(world)
+    diffusion, _, encoders = folders
+    qwen = tiny["qwenimage"]
+    path = save_gguf(comfy_state(_component(qwen, "transformer")), diffusion / "qwen-image-Q8_0.gguf")
+    _config_only(qwen, path.with_name(path.stem + ".config"))
+    save_file(_component(qwen, "text_encoder"), str(encoders / "qwen_2.5_vl_7b.safetensors"))
+    make_header_only_safetensors(world.vae / "qwen_image_vae.safetensors",
+                                 {"decoder.conv1.weight": (8, 4, 3, 3, 3), "encoder.conv1.weight": (8, 3, 3, 3, 3)})
+    manager = _manager(world, folders)
+    assert manager.missing_components(manager.find_checkpoint("qwen-image-Q8_0")) == []  # it is found ...
+    with pytest.raises(ModelLoadError) as caught:  # ... and refused with the reason, not a traceback
+        manager.get("qwen-image-Q8_0", "txt2img")
+    assert "original layout" in str(caught.value) and "Qwen/Qwen-Image" in str(caught.value)
+
+
 def test_shipped_configs_describe_the_published_models() -> None:
     """configs/sd3, zimage and qwenimage build (on the meta device) models of the published sizes."""
     import diffusers

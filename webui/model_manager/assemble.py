@@ -178,6 +178,13 @@ def _found_tokenizer(config: Path, slot: str, class_name: str, search: list[Path
     return None
 
 
+def _diffusers_vae(path: Path) -> bool:
+    """True when a VAE file uses diffusers' names (`decoder.conv_in`), not an original layout's."""
+    from webui.model_manager.identify import header_shapes
+
+    return any(k.removeprefix("vae.").startswith("decoder.conv_in.") for k in header_shapes(path))
+
+
 def assemble(path: Path, ident: Identification, config: Path, *, dtype: torch.dtype, components: list[ComponentFile],
              vae_files: list[Path], text_encoder_dirs: list[Path], tokenizer_kwargs: dict[str, Any],
              load_denoiser: Callable[[str], Any], load_vae: Callable[[Path, Any, str], Any]) -> Any:
@@ -223,6 +230,10 @@ def assemble(path: Path, ident: Identification, config: Path, *, dtype: torch.dt
     parts[denoiser] = load_denoiser(str(config))
     for slot, kind in zip(slots, kinds):
         parts[slot] = load_text_encoder(chosen[kind], config / slot, index[slot][1], dtype)
+    if wanted == "3d" and not _diffusers_vae(vae_file):
+        raise ModelLoadError(f"{vae_file.name} is a Qwen-Image (Wan) VAE in its original layout, which Easel does "
+                             "not convert yet; use the vae/diffusion_pytorch_model.safetensors of Qwen/Qwen-Image "
+                             "(diffusers names) in models/VAE/")
     with init_empty_weights():
         template = vae_class.from_config(vae_config)
     parts["vae"] = load_vae(vae_file, template, str(config))

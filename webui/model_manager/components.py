@@ -4,7 +4,9 @@ Forge and ComfyUI users keep a Flux, SD3, Z-Image or Qwen-Image model as separat
 `models/diffusion_models/` (or `models/unet/`), the text encoders in `models/text_encoders/` (or `models/clip/`),
 the VAE in `models/VAE/`. This module tells each text encoder file's kind from its header alone (CLIP-L, CLIP-G,
 T5-XXL, Qwen2.5-VL, Qwen3; safetensors or GGUF) and says, per family, which of the parts it needs are still
-missing, in sentences the Models tab shows ("Flux.1 needs a T5-XXL text encoder in models/text_encoders/").
+missing, in sentences the Models tab shows ("Flux.1 needs a T5-XXL text encoder in models/text_encoders/"):
+text encoders, the VAE (picked by latent channels and, among same-shaped ones, by a name that says the family)
+and the tokenizers that are not built offline (T5's, Qwen's: folders under models/text_encoders/).
 Standard library and header readers only: no torch.
 """
 from __future__ import annotations

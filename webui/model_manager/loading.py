@@ -11,10 +11,12 @@
   file (original key names through diffusers' converters, diffusers key names directly) with the transformer
   config of a companion: the `<stem>.config/` folder, else a diffusers folder of the same family among the
   scanned ones, else the official hub repository (only when online). The text encoders and VAE come from the
-  same companion; without one, a Flux.1 file is assembled from separate text encoder and VAE files with the
-  shipped `configs/flux` (assemble.py). GGUF files keep their quantized blocks and fp8 files their fp8 weights
+  same companion; without one, the file is assembled from separate text encoder and VAE files with the
+  shipped family config (`configs/flux`, `sd3`, `zimage`, `qwenimage`; assemble.py). SD3's sizes (medium,
+  large, 3.5 medium's dual attention) are read from the file. GGUF files keep their quantized blocks and fp8 files their fp8 weights
   (formats.py); Flux files in the original key layout convert at any width (flux_keys.py). An SD/SDXL UNet alone
-  (models/unet) takes its text encoders and VAE from a companion the same way.
+  (models/unet) takes its text encoders and VAE from a companion the same way, or is assembled with
+  `configs/sdxl` (`sd1`, `sd2`) from CLIP text encoder files and a VAE file.
 * Hub ids ("org/repo") load with `from_pretrained` and need a connection the first time; Easel fetches
   anything from the hub (a hub id, a transformer file's companion) only when started with
   `--allow-hub-downloads` (`LoadContext.allow_hub`).
