@@ -304,7 +304,7 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
         segmentation_dirs=[settings.models_dir / "clipseg", settings.models_dir / "segmentation"],
         embedding_dirs=settings.all_embedding_dirs(), controlnet_dirs=settings.all_controlnet_dirs(),
         upscaler_dirs=settings.all_upscaler_dirs(), allow_hub=settings.allow_hub_downloads,
-        storage=settings.weight_storage(), text_encoder_dirs=settings.text_encoder_dirs(),
+        storage=settings.weight_storage, text_encoder_dirs=settings.text_encoder_dirs(),  # read at each load
         gan_dirs=settings.gan_dirs(),
     )
     manager.memory.budgets = lambda: budgets_for(  # read when models come and go: Settings changes apply at once
@@ -597,7 +597,8 @@ def main(argv: list[str] | None = None) -> None:
         launch_warnings(settings)  # refuse an unprotected public link before anything is built
         from webui.model_manager.formats import check_storage
 
-        check_storage(settings.weight_storage(), settings.resolved_device())  # --precision nf4/int8 need CUDA
+        flag = settings.precision if settings.precision in ("fp8", "nf4", "int8") else ""
+        check_storage(flag, settings.resolved_device())  # --precision nf4/int8 need CUDA (the setting: at load)
     except (ValueError, InsecureLaunchError) as exc:  # messages name the flag, never a password
         log.error("Easel did not start: %s", exc)
         raise SystemExit(2) from None

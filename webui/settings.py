@@ -27,6 +27,7 @@ from webui.requests import Limits
 log = logging.getLogger(__name__)
 
 VAE_TILING_CHOICES = ("Automatic", "Always", "Never")  # the `vae_tiling` setting (webui.engine.tiling)
+WEIGHT_PRECISIONS = ("default", "fp8", "nf4", "int8")  # the `weight_precision` setting (webui.model_manager.formats)
 RNG_SOURCES = ("CPU", "GPU", "NV")  # "Random number generator source" (webui.engine.noise)
 FACE_RESTORERS = ("CodeFormer", "GFPGAN")  # face_restoration_model (webui.engine.face_restore)
 
@@ -94,6 +95,9 @@ class UserSettings:
     # How a checkpoint runs on the GPU (webui.model_manager.memory.choose_offload): auto (from the free GPU memory
     # and the model's size), none, model, sequential, group; --medvram, --lowvram and --offload override it
     offload_mode: str = "auto"
+    # How each transformer/UNet is stored once loaded (webui.model_manager.formats): default (as --precision says),
+    # fp8 (layerwise upcast), nf4 / int8 (bitsandbytes, CUDA only); a --precision fp8/nf4/int8 flag overrides it
+    weight_precision: str = "default"
 
     def limits(self) -> Limits:
         return Limits(self.max_side, self.max_pixels, self.max_steps, self.max_batch_size,
@@ -143,6 +147,8 @@ class UserSettings:
                 refuse(name, f"must be between 0 and 1, got {getattr(self, name)!r}")
         if "offload_mode" not in found and self.offload_mode not in OFFLOAD_CHOICES:
             refuse("offload_mode", f"must be one of {', '.join(OFFLOAD_CHOICES)}; got {self.offload_mode!r}")
+        if "weight_precision" not in found and self.weight_precision not in WEIGHT_PRECISIONS:
+            refuse("weight_precision", f"must be one of {', '.join(WEIGHT_PRECISIONS)}; got {self.weight_precision!r}")
         if "vae_tiling" not in found and self.vae_tiling not in VAE_TILING_CHOICES:
             refuse("vae_tiling", f"must be one of {', '.join(VAE_TILING_CHOICES)}; got {self.vae_tiling!r}")
         if "vae_tile_size" not in found and self.vae_tile_size and (self.vae_tile_size < 64 or self.vae_tile_size % 8):
@@ -218,6 +224,13 @@ def apply_changes(settings: Settings, changes: dict[str, Any], samplers: Collect
     with _CHANGES:
         current = settings.user
         new, errors = checked_changes(current, changes, samplers)
+        if not errors and new.weight_precision in ("nf4", "int8") and new.weight_precision != current.weight_precision:
+            from webui.model_manager.formats import check_storage  # torch: only when someone asks for bitsandbytes
+
+            try:
+                check_storage(new.weight_precision, settings.resolved_device(), "weight_precision")
+            except ValueError as exc:
+                errors = [SettingError("weight_precision", str(exc).removeprefix("weight_precision "))]
         if errors:
             return current, errors
         settings.write_user_settings(new)
@@ -361,8 +374,11 @@ class Settings:
         return torch.float16 if device in ("cuda", "mps") else torch.float32
 
     def weight_storage(self) -> str:
-        """How the transformer/UNet is stored: "fp8", "nf4", "int8", or "" (in the compute dtype)."""
-        return self.precision if self.precision in ("fp8", "nf4", "int8") else ""
+        """How the transformer/UNet is stored: "fp8", "nf4", "int8", or "" (in the compute dtype): the
+        --precision flag when it names one, else the weight_precision setting (read at each load)."""
+        if self.precision in ("fp8", "nf4", "int8"):
+            return self.precision
+        return "" if self.user.weight_precision == "default" else self.user.weight_precision
 
     def offload(self) -> str:
         """The offload mode asked for: --lowvram (sequential), --medvram (model), --offload, else the setting."""

@@ -71,3 +71,34 @@ def test_bitsandbytes_precision_without_cuda_stops_the_launch_naming_the_flag(tm
     assert stopped.value.code == 2
     assert "--precision nf4" in caplog.text and "CUDA" in caplog.text
     assert not (tmp_path / "models").exists()  # refused before anything was built
+
+
+def test_sd3_zimage_qwen_and_sdxl_assembled_from_separate_files_generate_through_the_api(make_easel,
+                                                                                          tmp_path: Path) -> None:
+    """One Easel with no diffusers folder of these families: each GGUF denoiser, with its text encoders and VAE
+    as separate files, is listed, complete, and answers txt2img. The tiny families' CLIP encoders differ in size,
+    so each family's separate files replace the previous family's (a user's clip_l.safetensors serves them all)."""
+    from tests.tiny_formats import install_separate_files
+    from tests.tiny_models import make_tiny_qwenimage, make_tiny_sd3, make_tiny_sdxl, make_tiny_zimage
+
+    easel = make_easel(install_sd1=False)
+    models = easel.settings.data_dir / "models"
+    builders = {"sd3": make_tiny_sd3, "zimage": make_tiny_zimage, "qwenimage": make_tiny_qwenimage,
+                "sdxl": make_tiny_sdxl}
+    with api_client(easel) as client:
+        for family, build in builders.items():
+            for shared in ("text_encoders", "VAE"):
+                shutil.rmtree(models / shared, ignore_errors=True)
+            name = install_separate_files(family, build(tmp_path / f"tiny-{family}"), models)
+            easel.manager.refresh()
+            assert name in {m["model_name"] for m in client.get("/sdapi/v1/sd-models").json()}
+            entry = easel.manager.find_checkpoint(name)
+            assert easel.manager.missing_components(entry) == [], (family, easel.manager.missing_components(entry))
+            response = client.post("/sdapi/v1/txt2img", json={"prompt": "a red cube", "seed": 3, **TINY,
+                                                              "override_settings": {"sd_model_checkpoint": name}})
+            assert response.status_code == 200, (family, response.text)
+            image = open_b64(response.json()["images"][0])
+            assert image.size == (64, 64) and len(set(image.getdata())) > 1, family
+            pipe = easel.manager.get(name, "txt2img").pipe
+            denoiser = getattr(pipe, "transformer", None) or pipe.unet
+            assert any(type(m).__name__ == "GGUFLinear" for m in denoiser.modules()), family

@@ -199,8 +199,7 @@ def test_text_encoder_files_are_recognised_and_missing_parts_named(world, tiny) 
     needs = manager.catalogue.missing_components(entry)
     assert needs[:3] == ["Flux.1 needs a CLIP-L text encoder in models/text_encoders/",
                          "Flux.1 needs a T5-XXL text encoder in models/text_encoders/",
-                         "Flux.1 needs a 16-channel VAE (the Flux.1 ae.safetensors; SD3 and Z-Image use their own "
-                         "16-channel one) in models/VAE/"]
+                         "Flux.1 needs a 16-channel VAE (the Flux.1 ae.safetensors) in models/VAE/"]
     assert "T5 tokenizer" in needs[3] and len(needs) == 4
     save_file(load_file(str(tiny["flux"] / "text_encoder" / "model.safetensors")), str(encoders / "clip_l.safetensors"))
     t5 = load_file(str(tiny["flux"] / "text_encoder_2" / "model.safetensors"))

@@ -29,7 +29,7 @@ SETTING_OPTIONS = {"samples_save": "save_images", "enable_pnginfo": "enable_pngi
                    "flow_shift": "flow_shift", "face_restoration_model": "face_restoration_model",
                    "code_former_weight": "code_former_weight",
                    "vae_tiling": "vae_tiling", "vae_tile_size": "vae_tile_size",
-                   "offload_mode": "offload_mode"}
+                   "offload_mode": "offload_mode", "weight_precision": "weight_precision"}
 OPTION_NAMES = {key: option for option, key in SETTING_OPTIONS.items()}
 
 
@@ -78,6 +78,7 @@ def current_options(api: ApiContext) -> dict[str, Any]:
         "code_former_weight": user.code_former_weight,  # CodeFormer's fidelity w (0 = most restored)
         "vae_tiling": user.vae_tiling, "vae_tile_size": user.vae_tile_size,  # webui.engine.tiling
         "offload_mode": user.offload_mode,  # webui.model_manager.memory.choose_offload
+        "weight_precision": user.weight_precision,  # webui.model_manager.formats: next loads' weight storage
     }
 
 

@@ -42,6 +42,7 @@ class Slot:
     offload: OffloadChoice | None = None  # how it runs on the device, decided when it first goes there
     results: dict[str, Any] = field(default_factory=dict)  # mode -> LoadedPipeline handed out
     measured_for: Any = None  # the LoRAs and embeddings its size was last measured with
+    storage_asked: str = ""  # the weight storage (--precision / weight_precision) it was loaded with
 
     def all_pipes(self) -> list[Any]:
         unique: dict[int, Any] = {id(self.base): self.base}

@@ -29,15 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from webui.model_manager.components import (FAMILY_TEXT_ENCODERS, ComponentFile, family_needs, scan_components,
-                                            t5_tokenizer_folders)
+from webui.model_manager.components import ComponentFile, family_needs, scan_components, tokenizer_needs
 from webui.model_manager.embeddings import EmbeddingEntry, names_in, scan_embeddings, word_pattern
 from webui.model_manager.errors import ModelNotFoundError
 from webui.model_manager.folders import (ModelFile, model_files, pipeline_folders, relative_name, scan_controlnets,
                                          scan_upscalers, vae_folders)
 from webui.model_manager.gguf_files import GGUF_SUFFIXES
 from webui.model_manager.hashes import HashCache
-from webui.model_manager.identify import (ARCH_LABELS, PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, Arch, Identification,
+from webui.model_manager.identify import (PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, Arch, Identification,
                                           identify_file, identify_folder)
 from webui.model_manager.lora_files import HASH_AT_SCAN_LIMIT, LORA_SUFFIXES, LoraEntry, describe_lora
 from webui.model_manager.segmenters import SegmenterEntry, scan_segmenters
@@ -352,13 +351,12 @@ class Catalogue:
         or when a diffusers folder of its family supplies the rest)."""
         if entry.kind != "file" or not entry.supported or not entry.denoiser_only:
             return []
-        if self.family_folders(entry.arch) or entry.path.with_name(entry.path.stem + ".config").is_dir():
-            return []
-        needs = family_needs(entry.arch, self.components(), [v.path for v in self.vaes() if v.kind == "file"])
-        if "t5-xxl" in FAMILY_TEXT_ENCODERS.get(entry.arch, ()) and not t5_tokenizer_folders(self.text_encoder_dirs):
-            needs.append(f"{ARCH_LABELS[entry.arch]} needs the T5 tokenizer (spiece.model, e.g. the tokenizer_2 "
-                         "folder of FLUX.1-schnell) in a folder under models/text_encoders/")
-        return needs
+        sidecar = entry.path.with_name(entry.path.stem + ".config")
+        if self.family_folders(entry.arch) or any(sidecar.glob("text_encoder*/*.safetensors")):
+            return []  # a diffusers folder, or a complete one beside the file, supplies the rest
+        needs = family_needs(entry.arch, self.components(), [v.path for v in self.vaes() if v.kind == "file"],
+                             sidecar if sidecar.is_dir() else None)
+        return needs + tokenizer_needs(entry.arch, [*self.text_encoder_dirs, sidecar])
 
     def family_folders(self, arch: Arch) -> list[Path]:
         """Supported diffusers folders of one family (where a single file's missing components can come from)."""

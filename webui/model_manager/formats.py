@@ -37,19 +37,19 @@ def storage_dtype(storage: str) -> torch.dtype | None:
     return None
 
 
-def check_storage(storage: str, device: str) -> None:
-    """Raise ValueError naming the option when `--precision <storage>` cannot work on this machine."""
+def check_storage(storage: str, device: str, option: str = "--precision") -> None:
+    """Raise ValueError naming `option` (the flag or the setting) when `storage` cannot work on this machine."""
     if storage not in STORAGES:
-        raise ValueError(f"--precision: storage must be one of fp8, nf4, int8 (or none), got {storage!r}")
+        raise ValueError(f"{option}: storage must be one of fp8, nf4, int8 (or none), got {storage!r}")
     if storage in ("nf4", "int8"):
         if not (device.startswith("cuda") and torch.cuda.is_available()):
-            raise ValueError(f"--precision {storage} (bitsandbytes) needs an NVIDIA GPU with CUDA, and this machine "
-                             f"runs on {device}; use --precision fp8, or a GGUF file (models/diffusion_models/), "
+            raise ValueError(f"{option} {storage} (bitsandbytes) needs an NVIDIA GPU with CUDA, and this machine "
+                             f"runs on {device}; use fp8, or a GGUF file (models/diffusion_models/), "
                              "which work everywhere")
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
-            raise ValueError(f"--precision {storage} needs the bitsandbytes package: pip install bitsandbytes"
+            raise ValueError(f"{option} {storage} needs the bitsandbytes package: pip install bitsandbytes"
                              ) from None
 
 

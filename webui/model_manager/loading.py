@@ -11,10 +11,12 @@
   file (original key names through diffusers' converters, diffusers key names directly) with the transformer
   config of a companion: the `<stem>.config/` folder, else a diffusers folder of the same family among the
   scanned ones, else the official hub repository (only when online). The text encoders and VAE come from the
-  same companion; without one, a Flux.1 file is assembled from separate text encoder and VAE files with the
-  shipped `configs/flux` (assemble.py). GGUF files keep their quantized blocks and fp8 files their fp8 weights
+  same companion; without one, the file is assembled from separate text encoder and VAE files with the
+  shipped family config (`configs/flux`, `sd3`, `zimage`, `qwenimage`; assemble.py). SD3's sizes (medium,
+  large, 3.5 medium's dual attention) are read from the file. GGUF files keep their quantized blocks and fp8 files their fp8 weights
   (formats.py); Flux files in the original key layout convert at any width (flux_keys.py). An SD/SDXL UNet alone
-  (models/unet) takes its text encoders and VAE from a companion the same way.
+  (models/unet) takes its text encoders and VAE from a companion the same way, or is assembled with
+  `configs/sdxl` (`sd1`, `sd2`) from CLIP text encoder files and a VAE file.
 * Hub ids ("org/repo") load with `from_pretrained` and need a connection the first time; Easel fetches
   anything from the hub (a hub id, a transformer file's companion) only when started with
   `--allow-hub-downloads` (`LoadContext.allow_hub`).
@@ -78,8 +80,39 @@ def _flux_overrides(keys: dict[str, tuple[int, ...]]) -> dict[str, Any]:
 
 
 def _sd3_overrides(keys: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-    layers = _count(keys, "joint_blocks.") or _count(keys, "transformer_blocks.")
-    return {"num_layers": layers} if layers else {}
+    """SD3 / SD3.5 medium / SD3.5 large differ in depth, width, qk-norm, dual attention and position table: all
+    read from the file, in either layout (one shipped config serves them all)."""
+    original = any(k.startswith("joint_blocks.") for k in keys)
+    blocks, attn2 = ("joint_blocks.", ".x_block.attn2.") if original else ("transformer_blocks.", ".attn2.")
+    layers = _count(keys, blocks)
+    if not layers:
+        return {}
+    names = {"patch": "x_embedder.proj.weight" if original else "pos_embed.proj.weight",
+             "pos": "pos_embed" if original else "pos_embed.pos_embed",
+             "pooled": "y_embedder.mlp.0.weight" if original else "time_text_embed.text_embedder.linear_1.weight",
+             "out": "final_layer.linear.weight" if original else "proj_out.weight",
+             "ln_q": "joint_blocks.0.x_block.attn.ln_q.weight" if original else "transformer_blocks.0.attn.norm_q.weight"}
+    overrides: dict[str, Any] = {"num_layers": layers, "dual_attention_layers": tuple(sorted(
+        {int(k[len(blocks):].split(".")[0]) for k in keys if k.startswith(blocks) and attn2 in k}))}
+    width, joint = keys.get("context_embedder.weight", (0, 0))[:2]
+    if width:
+        overrides.update(caption_projection_dim=width, joint_attention_dim=joint)
+    patch = keys.get(names["patch"])
+    if patch is not None and len(patch) == 4:
+        overrides.update(in_channels=patch[1], patch_size=patch[2])
+        out = keys.get(names["out"])
+        if out is not None:
+            overrides["out_channels"] = out[0] // (patch[2] * patch[2])
+    if names["pos"] in keys:
+        overrides["pos_embed_max_size"] = round(keys[names["pos"]][-2] ** 0.5)
+    if names["pooled"] in keys:
+        overrides["pooled_projection_dim"] = keys[names["pooled"]][1]
+    head = keys.get(names["ln_q"], (0,))[0]
+    overrides["qk_norm"] = "rms_norm" if head else None
+    head = head or 64  # every published SD3 model has 64-wide heads
+    if width and width % head == 0:
+        overrides.update(attention_head_dim=head, num_attention_heads=width // head)
+    return overrides
 
 
 def _zimage_overrides(keys: dict[str, tuple[int, ...]]) -> dict[str, Any]:
@@ -264,7 +297,9 @@ def _tokenizer_kwargs(config: Path, ctx: LoadContext) -> dict[str, Any]:
     index = json.loads((config / "model_index.json").read_text(encoding="utf-8"))
     kwargs: dict[str, Any] = {}
     for name in ("tokenizer", "tokenizer_2"):
-        if name not in index or (config / name / "vocab.json").is_file() or (config / name / "tokenizer.json").is_file():
+        if not str((index.get(name) or [None, None])[1] or "").startswith("CLIP"):
+            continue  # T5 and Qwen tokenizers are found on disk (assemble.py)
+        if (config / name / "vocab.json").is_file() or (config / name / "tokenizer.json").is_file():
             continue
         settings_path = config / name / "tokenizer_config.json"
         settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
@@ -389,12 +424,14 @@ def _assembly(path: Path, ident: Identification, ctx: LoadContext) -> Path | Non
         return None  # a complete companion beside the file
     if ctx.family_folders(ident.arch):
         return None
-    return assembly_config(path, ident.arch, CONFIGS_DIR)
+    return assembly_config(path, ident.arch, CONFIGS_DIR, ident.variant)
 
 
 def _assemble(path: Path, ident: Identification, config: Path, ctx: LoadContext) -> Loaded:
     def denoiser(source: str) -> Any:
-        return _load_transformer(path, ident, source, True, ctx.dtype)
+        if ident.arch in TRANSFORMER_FAMILIES:
+            return _load_transformer(path, ident, source, True, ctx.dtype)
+        return _load_unet(path, ident, source, True, ctx.dtype)
 
     def vae(file: Path, template: Any, source: str) -> Any:
         return load_vae(file, template, source, ctx.dtype)
@@ -404,7 +441,8 @@ def _assemble(path: Path, ident: Identification, config: Path, ctx: LoadContext)
                         vae_files=ctx.vae_files(), text_encoder_dirs=ctx.text_encoder_dirs,
                         tokenizer_kwargs=_tokenizer_kwargs(config, ctx), load_denoiser=denoiser, load_vae=vae)
     except ModelLoadError as exc:
-        repo = TRANSFORMER_FAMILIES[ident.arch].hub_repo(ident.variant)
+        family = TRANSFORMER_FAMILIES.get(ident.arch)
+        repo = family.hub_repo(ident.variant) if family is not None else SD_HUB_REPOS[ident.arch]
         raise ModelLoadError(f"{exc}. Or put a diffusers folder of the same family (e.g. a download of {repo}) in "
                              f"models/diffusers, or a '{path.stem}.config' diffusers folder beside the file") from None
     except Exception as exc:  # any failure here means these files do not make this model
@@ -433,25 +471,33 @@ def load_transformer_single_file(path: Path, ident: Identification, ctx: LoadCon
     return Loaded(pipe, ident.arch, source)
 
 
-def load_unet_single_file(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
-    """An SD/SDXL UNet alone (safetensors, fp8 or GGUF; with or without the model.diffusion_model. prefix), the
-    rest of the pipeline from its companion."""
-    from diffusers import DiffusionPipeline, UNet2DConditionModel
+def _load_unet(path: Path, ident: Identification, source: str, local: bool, dtype: torch.dtype) -> Any:
+    """An SD/SDXL UNet from a UNet-only file (safetensors, fp8 or GGUF; with or without the
+    model.diffusion_model. prefix), its config from `source`'s unet folder."""
+    from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 
+    if ident.storage.startswith("GGUF"):
+        return load_gguf_denoiser(path, UNet2DConditionModel, source, "unet", local, dtype, dtype_kwargs(dtype), {})
+    state = load_file(str(path))
+    if not all(k.startswith("model.diffusion_model.") for k in state):
+        state = {"model.diffusion_model." + k: v for k, v in state.items()}
+    unet = UNet2DConditionModel.from_single_file(state, config=source, subfolder="unet", local_files_only=local,
+                                                 **dtype_kwargs(dtype))
+    return _stored(unet.eval(), ident, dtype)
+
+
+def load_unet_single_file(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
+    """An SD/SDXL UNet alone, the rest of the pipeline from its companion or assembled from separate files."""
+    from diffusers import DiffusionPipeline
+
+    config = _assembly(path, ident, ctx)
+    if config is not None and not (ctx.allow_hub and not ctx.hub_offline() and not ctx.components()):
+        return _assemble(path, ident, config, ctx)
     source, local = _companion(path, ident, ctx)
     log.info("loading %s UNet from %s, other components from %s", ARCH_LABELS[ident.arch], path, source)
     try:
-        if ident.storage.startswith("GGUF"):
-            unet = load_gguf_denoiser(path, UNet2DConditionModel, source, "unet", local, ctx.dtype,
-                                      dtype_kwargs(ctx.dtype), {})
-        else:
-            state = load_file(str(path))
-            if not all(k.startswith("model.diffusion_model.") for k in state):
-                state = {"model.diffusion_model." + k: v for k, v in state.items()}
-            unet = UNet2DConditionModel.from_single_file(state, config=source, subfolder="unet",
-                                                         local_files_only=local, **dtype_kwargs(ctx.dtype))
-            unet = _stored(unet.eval(), ident, ctx.dtype)
+        unet = _load_unet(path, ident, source, local, ctx.dtype)
         pipe = DiffusionPipeline.from_pretrained(source, unet=unet, **dtype_kwargs(ctx.dtype),
                                                  local_files_only=local, use_safetensors=True)
     except ModelLoadError:

@@ -124,16 +124,19 @@ class ModelManager:
                  cache_dir: Path | None = None, segmentation_dirs: list[Path] | None = None,
                  embedding_dirs: list[Path] | None = None, controlnet_dirs: list[Path] | None = None,
                  upscaler_dirs: list[Path] | None = None, allow_hub: bool = False,
-                 memory_budgets: Budgets | Callable[[], Budgets] | None = None, storage: str = "",
+                 memory_budgets: Budgets | Callable[[], Budgets] | None = None,
+                 storage: str | Callable[[], str] = "",
                  text_encoder_dirs: list[Path] | None = None, gan_dirs: list[Path] | None = None) -> None:
-        check_storage(storage, device)  # --precision nf4/int8 without CUDA: say so now, naming the option
+        if not callable(storage):
+            check_storage(storage, device)  # --precision nf4/int8 without CUDA: say so now, naming the option
         self.catalogue = Catalogue(
             checkpoint_dirs=checkpoint_dirs, diffusers_dirs=diffusers_dirs, vae_dirs=vae_dirs, lora_dirs=lora_dirs,
             builtin_dirs=builtin_dirs, segmentation_dirs=segmentation_dirs or [], embedding_dirs=embedding_dirs or [],
             controlnet_dirs=controlnet_dirs or [], upscaler_dirs=upscaler_dirs or [],
             text_encoder_dirs=text_encoder_dirs or [], hashes=HashCache(hash_cache_path), allow_hub=allow_hub,
             gan_dirs=gan_dirs or [])
-        self.storage = storage  # --precision fp8 / nf4 / int8: how every loaded transformer/UNet is stored
+        # --precision fp8 / nf4 / int8 or the weight_precision setting: how each transformer/UNet loaded next is stored
+        self._storage: Callable[[], str] = storage if callable(storage) else (lambda: storage)
         self.device = device
         self.dtype = dtype
         self.cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir(hash_cache_path)
@@ -316,6 +319,9 @@ class ModelManager:
         entry = self.catalogue.find_checkpoint(checkpoint)
         with self._lock:
             slot = self._use(entry.name)
+            if slot is not None and slot.storage_asked != self.storage:  # the precision setting changed since
+                self.memory.drop(PIPELINE, entry.name)
+                slot = None
             if slot is None:
                 slot = self._load(entry)
             else:
@@ -384,13 +390,18 @@ class ModelManager:
                 raise ModelLoadError(f"cannot load {entry.path}: {ident.reason}")
         self.memory.make_room_for(PIPELINE, keep=[self._active.name] if self._active is not None else [])
         log.info("loading %s (%s)", entry.name, entry.path)
+        storage = self.storage
+        try:
+            check_storage(storage, self.device, "the weight precision setting")
+        except ValueError as exc:
+            raise ModelLoadError(f"cannot load {entry.name}: {exc}") from None
         loaded = load_checkpoint(entry, LoadContext(dtype=self.dtype, clip_tokenizer=self._clip_tokenizer,
                                                     family_folders=self.catalogue.family_folders,
-                                                    allow_hub=self.allow_hub, storage=self.storage,
+                                                    allow_hub=self.allow_hub, storage=storage,
                                                     components=self.catalogue.components,
                                                     vae_files=self._vae_files,
                                                     text_encoder_dirs=self.catalogue.text_encoder_dirs))
-        apply_storage(loaded.pipe, self.storage, self.dtype)
+        apply_storage(loaded.pipe, storage, self.dtype)
         self.stats["disk_loads"] += 1
         entry = self.catalogue.with_hash(entry)
         arch = loaded.arch if entry.arch == Arch.UNKNOWN else entry.arch
@@ -404,12 +415,17 @@ class ModelManager:
                 pipe.set_progress_bar_config(disable=True)
         slot = Slot(name=entry.name, entry=entry, arch=arch, base=loaded.pipe, pipes=pipes,
                     unavailable=unavailable, config_source=loaded.config_source,
-                    own_vae=getattr(loaded.pipe, "vae", None))
+                    own_vae=getattr(loaded.pipe, "vae", None), storage_asked=storage)
         self._demote_others(slot.name)
         self.memory.add(PIPELINE, slot.name, slot, name=entry.name, tier="ram", place=self._placement.place,
                         measure=slot_bytes, on_drop=self._dropped)
         self._active = slot
         return slot
+
+    @property
+    def storage(self) -> str:
+        """How the next transformer/UNet loaded is stored: "fp8", "nf4", "int8" or "" (the compute dtype)."""
+        return self._storage()
 
     def _slot(self, name: str) -> Slot | None:
         """The held slot, without using it."""

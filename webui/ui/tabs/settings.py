@@ -13,8 +13,8 @@ from typing import Any
 
 import gradio as gr
 
-from webui.settings import (FACE_RESTORERS, OFFLOAD_CHOICES, RNG_SOURCES, VAE_TILING_CHOICES, UserSettings,
-                            apply_changes)
+from webui.settings import (FACE_RESTORERS, OFFLOAD_CHOICES, RNG_SOURCES, VAE_TILING_CHOICES, WEIGHT_PRECISIONS,
+                            UserSettings, apply_changes)
 from webui.ui.bridge import guard
 from webui.ui.context import UIContext
 
@@ -56,12 +56,14 @@ LABELS = {
     "vae_tile_size": "Tiled VAE: tile size, pixels (0 = the VAE's own)",
     "offload_mode": "GPU offload (auto: from free VRAM and model size; model = --medvram, sequential = --lowvram, "
                     "group: layer by layer with CUDA streams); applies to checkpoints loaded next",
+    "weight_precision": "Transformer/UNet weights in memory (default: as --precision says; fp8: half of bf16, any "
+                        "device; nf4/int8: bitsandbytes, NVIDIA GPUs only); applies to checkpoints loaded next",
 }
 GROUPS = {
     "Generation": ("default_sampler", "live_preview_every", "save_images", "enable_pnginfo", "filename_digits", "randn_source",
                    "img2img_fix_steps", "builtin_plan_layout", "flow_shift"),
     "Memory and queue": ("ram_cache_size", "ram_budget_mb", "vram_budget_mb", "queue_size", "vae_tiling",
-                         "vae_tile_size", "offload_mode"),
+                         "vae_tile_size", "offload_mode", "weight_precision"),
     "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_images", "max_prompt_chars",
                "max_request_pixels", "max_request_images"),
     "Face restoration": ("face_restoration_model", "code_former_weight", "face_restoration_finder",
@@ -170,6 +172,8 @@ def _control(ui: UIContext, name: str, default: Any, value: Any) -> Any:
         return gr.Dropdown(choices=list(OFFLOAD_CHOICES), value=value, **kwargs)
     if name == "vae_tiling":
         return gr.Dropdown(choices=list(VAE_TILING_CHOICES), value=value, **kwargs)
+    if name == "weight_precision":
+        return gr.Dropdown(choices=list(WEIGHT_PRECISIONS), value=value, **kwargs)
     if name == "default_sampler":
         return gr.Dropdown(choices=ui.easel.sampler_choices(None), value=value, **kwargs)
     if isinstance(default, float):
