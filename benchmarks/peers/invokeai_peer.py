@@ -53,6 +53,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -165,14 +166,17 @@ class InvokeAIPeer:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise InvokeAIError(f"invokeai-web exited with {self.proc.returncode}:\n{self._log_tail()}")
+                message = f"invokeai-web exited with {self.proc.returncode}:\n{self._log_tail()}"
+                self.stop()
+                raise InvokeAIError(message)
             try:
                 self.version = self._request("GET", "/api/v1/app/version", timeout=5)["version"]
                 break
             except (OSError, InvokeAIError):
                 if time.monotonic() > deadline:
+                    message = f"invokeai-web did not answer within {timeout:.0f} s:\n{self._log_tail()}"
                     self.stop()
-                    raise InvokeAIError(f"invokeai-web did not answer within {timeout:.0f} s:\n{self._log_tail()}")
+                    raise InvokeAIError(message)
                 time.sleep(0.5)
         self.start_seconds = time.perf_counter() - begin
         begin = time.perf_counter()
@@ -329,38 +333,49 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
         p.add_argument("--negative", default="blurry")
         p.add_argument("--use-cache", action="store_true", help="let InvokeAI's node cache reuse prompt encodings")
+        p.add_argument("--warmup-steps", type=int, default=1,
+                       help="steps of the untimed warm-up request each side runs first (loads the models)")
+    sub.choices["compare"].add_argument(
+        "--blocks", action="store_true",
+        help="run all InvokeAI requests, stop it, then all diffusers requests: only one of the two models in RAM")
     args = parser.parse_args(argv)
     if args.cmd == "setup":
         print(setup(args.venv, args.version, args.python))
         return 0
     request = dict(prompt=args.prompt, width=args.size, height=args.size, steps=args.steps, cfg=args.cfg,
                    negative=args.negative)
-    runners: dict[str, object] = {}
-    if args.cmd == "compare":
+    warmup = {**request, "steps": args.warmup_steps}
+    times: dict[str, list[float]] = {}
+
+    def rounds(runners: dict) -> None:
+        for run in range(args.runs + 1):  # run 0 warms each side up (model load, first-call costs), untimed
+            for name, fn in runners.items():
+                seconds = fn(seed=1000 + run, **(request if run else warmup))
+                label = f"run {run}" if run else f"warm-up ({args.warmup_steps} steps)"
+                print(f"{name:9s} {label:20s} {seconds:8.2f} s", flush=True)
+                if run:
+                    times.setdefault(name, []).append(seconds)
+
+    def diffusers_side() -> dict:
         begin = time.perf_counter()
-        runners["diffusers"] = _diffusers_runner(args.model_dir)
+        run = _diffusers_runner(args.model_dir)
         print(f"diffusers: loaded in {time.perf_counter() - begin:.1f} s", flush=True)
+        return {"diffusers": run}
+
+    runners = diffusers_side() if args.cmd == "compare" and not args.blocks else {}
     with InvokeAIPeer(args.model_dir, venv=args.venv, use_cache=args.use_cache) as peer:
         print(f"InvokeAI {peer.version}: started in {peer.start_seconds:.1f} s, model installed in "
               f"{peer.install_seconds:.1f} s", flush=True)
-        runners["invokeai"] = peer.generate
-        times: dict[str, list[float]] = {name: [] for name in runners}
-        for run in range(args.runs + 1):  # run 0 warms each side up (model load, first-call costs)
-            for name, fn in runners.items():
-                seconds = fn(seed=1000 + run, **request)
-                label = "warm-up" if run == 0 else f"run {run}"
-                print(f"{name:9s} {label:7s} {seconds:8.2f} s", flush=True)
-                if run:
-                    times[name].append(seconds)
+        rounds({**runners, "invokeai": peer.generate})
+    if args.cmd == "compare" and args.blocks:
+        rounds(diffusers_side())
+    medians = {}
     for name, values in times.items():
-        values.sort()
-        print(f"{name:9s} median {values[len(values) // 2]:.2f} s of {len(values)} warm: "
-              + ", ".join(f"{v:.2f}" for v in values))
-    if len(times) == 2:
-        print(f"invokeai / diffusers (medians): "
-              f"{sorted(times['invokeai'])[len(times['invokeai']) // 2] / sorted(times['diffusers'])[len(times['diffusers']) // 2]:.3f}")
+        medians[name] = statistics.median(values)
+        print(f"{name:9s} median {medians[name]:.2f} s of {len(values)} warm: " + ", ".join(f"{v:.2f}" for v in values))
+    if len(medians) == 2:
+        print(f"invokeai / diffusers (medians): {medians['invokeai'] / medians['diffusers']:.3f}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
