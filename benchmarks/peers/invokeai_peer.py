@@ -124,7 +124,7 @@ class InvokeAIPeer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _request(self, method: str, path: str, body=None, timeout: float = 60.0, raw: bool = False):
+    def _request(self, method: str, path: str, body=None, timeout: float = 600.0, raw: bool = False):
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base_url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"} if data is not None else {})
