@@ -333,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
         p.add_argument("--negative", default="blurry")
         p.add_argument("--use-cache", action="store_true", help="let InvokeAI's node cache reuse prompt encodings")
+        p.add_argument("--server-log", type=Path, help="keep InvokeAI's log here (default: inside its temp root)")
         p.add_argument("--warmup-steps", type=int, default=1,
                        help="steps of the untimed warm-up request each side runs first (loads the models)")
     sub.choices["compare"].add_argument(
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"diffusers": run}
 
     runners = diffusers_side() if args.cmd == "compare" and not args.blocks else {}
-    with InvokeAIPeer(args.model_dir, venv=args.venv, use_cache=args.use_cache) as peer:
+    with InvokeAIPeer(args.model_dir, venv=args.venv, use_cache=args.use_cache, log_path=args.server_log) as peer:
         print(f"InvokeAI {peer.version}: started in {peer.start_seconds:.1f} s, model installed in "
               f"{peer.install_seconds:.1f} s", flush=True)
         rounds({**runners, "invokeai": peer.generate})
