@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 VAE_TILING_CHOICES = ("Automatic", "Always", "Never")  # the `vae_tiling` setting (webui.engine.tiling)
 RNG_SOURCES = ("CPU", "GPU", "NV")  # "Random number generator source" (webui.engine.noise)
 FACE_RESTORERS = ("CodeFormer", "GFPGAN")  # face_restoration_model (webui.engine.face_restore)
+CPU_BACKENDS = ("auto", "plain", "openvino", "compile")  # cpu_backend (webui.engine.cpu_path)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_MODELS_DIR = ROOT / "models" / "builtin"
@@ -93,6 +94,11 @@ class UserSettings:
     # How a checkpoint runs on the GPU (webui.model_manager.memory.choose_offload): auto (from the free GPU memory
     # and the model's size), none, model, sequential, group; --medvram, --lowvram and --offload override it
     offload_mode: str = "auto"
+    # The CPU execution path (webui.engine.cpu_path, docs/CPU.md): auto (OpenVINO for full-size SD 1.x/2.x UNets on
+    # a CPU device where the package is installed), plain, openvino, compile (torch.compile)
+    cpu_backend: str = "auto"
+    tiny_vae_decode: bool = False  # decode with the tiny VAE (TAESD in models/VAE-approx): fast, slightly different
+    tiny_vae_preview: bool = True  # live previews through the tiny VAE when its file is there
 
     def limits(self) -> Limits:
         return Limits(self.max_side, self.max_pixels, self.max_steps, self.max_batch_size,
@@ -142,6 +148,8 @@ class UserSettings:
                 refuse(name, f"must be between 0 and 1, got {getattr(self, name)!r}")
         if "offload_mode" not in found and self.offload_mode not in OFFLOAD_CHOICES:
             refuse("offload_mode", f"must be one of {', '.join(OFFLOAD_CHOICES)}; got {self.offload_mode!r}")
+        if "cpu_backend" not in found and self.cpu_backend not in CPU_BACKENDS:
+            refuse("cpu_backend", f"must be one of {', '.join(CPU_BACKENDS)}; got {self.cpu_backend!r}")
         if "vae_tiling" not in found and self.vae_tiling not in VAE_TILING_CHOICES:
             refuse("vae_tiling", f"must be one of {', '.join(VAE_TILING_CHOICES)}; got {self.vae_tiling!r}")
         if "vae_tile_size" not in found and self.vae_tile_size and (self.vae_tile_size < 64 or self.vae_tile_size % 8):

@@ -13,8 +13,8 @@ from typing import Any
 
 import gradio as gr
 
-from webui.settings import (FACE_RESTORERS, OFFLOAD_CHOICES, RNG_SOURCES, VAE_TILING_CHOICES, UserSettings,
-                            apply_changes)
+from webui.settings import (CPU_BACKENDS, FACE_RESTORERS, OFFLOAD_CHOICES, RNG_SOURCES, VAE_TILING_CHOICES,
+                            UserSettings, apply_changes)
 from webui.ui.bridge import guard
 from webui.ui.context import UIContext
 
@@ -53,6 +53,10 @@ LABELS = {
     "face_restoration_confidence": "Face finding threshold (CLIPSeg, SAM 3)",
     "vae_tiling": "Tiled VAE: decode and encode in tiles (Automatic: above 1536×1536 pixels or with tiled diffusion)",
     "vae_tile_size": "Tiled VAE: tile size, pixels (0 = the VAE's own)",
+    "cpu_backend": "CPU backend (auto: OpenVINO for full-size SD 1.x/2.x on a CPU where installed; plain: PyTorch; "
+                   "compile: torch.compile)",
+    "tiny_vae_decode": "Decode with the tiny VAE (TAESD in models/VAE-approx): much faster, slightly different images",
+    "tiny_vae_preview": "Live previews through the tiny VAE when its file is in models/VAE-approx",
     "offload_mode": "GPU offload (auto: from free VRAM and model size; model = --medvram, sequential = --lowvram, "
                     "group: layer by layer with CUDA streams); applies to checkpoints loaded next",
 }
@@ -61,6 +65,7 @@ GROUPS = {
                    "img2img_fix_steps", "builtin_plan_layout", "flow_shift"),
     "Memory and queue": ("ram_cache_size", "ram_budget_mb", "vram_budget_mb", "queue_size", "vae_tiling",
                          "vae_tile_size", "offload_mode"),
+    "CPU": ("cpu_backend", "tiny_vae_decode", "tiny_vae_preview"),
     "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_images", "max_prompt_chars",
                "max_request_pixels", "max_request_images"),
     "Face restoration": ("face_restoration_model", "code_former_weight", "face_restoration_finder",
@@ -169,6 +174,8 @@ def _control(ui: UIContext, name: str, default: Any, value: Any) -> Any:
         return gr.Dropdown(choices=list(OFFLOAD_CHOICES), value=value, **kwargs)
     if name == "vae_tiling":
         return gr.Dropdown(choices=list(VAE_TILING_CHOICES), value=value, **kwargs)
+    if name == "cpu_backend":
+        return gr.Dropdown(choices=list(CPU_BACKENDS), value=value, **kwargs)
     if name == "default_sampler":
         return gr.Dropdown(choices=ui.easel.sampler_choices(None), value=value, **kwargs)
     if isinstance(default, float):
