@@ -6,8 +6,8 @@ UNet, latents [B,4,h,w] (already divided by the scaling factor) -> pixels [B,3,8
 is converted (`openvino.convert_model`, traced with example inputs, batch/height/width left dynamic) once per
 `key` — the checkpoint's hash and the LoRA state its weights carry — saved as OpenVINO IR under `cache_dir`
 (`save_model`, fp32 weights), and read back from there after a restart instead of converting again. The
-compiled model (fp32 inference precision, latency hint, one stream, as many threads as physical cores) is kept
-per key and shape. The disk cache is bounded by `disk_budget` bytes: the least recently used models go first.
+compiled model (dynamic shapes, fp32 inference precision, latency hint, one stream, as many threads as physical
+cores) is kept per key, the last COMPILED_KEEP per part. The disk cache is bounded by `disk_budget` bytes: the least recently used models go first.
 
 A changed LoRA set is another key, so a new conversion (its cost: docs/CPU.md); switching back to a set used
 before reads its IR from disk. Nothing here imports openvino until a runner is asked for.
@@ -27,7 +27,7 @@ import torch
 log = logging.getLogger(__name__)
 
 Runner = Callable[..., torch.Tensor]
-COMPILED_KEEP = 4  # compiled models (key x shape) kept in memory; each holds its own copy of the weights
+COMPILED_KEEP = 2  # compiled models kept per part (UNet, VAE); each holds its own copy of the weights
 
 
 class BackendUnavailable(RuntimeError):
@@ -96,7 +96,7 @@ class OpenVINOBackend:
         self.disk_budget = disk_budget
         self._core: Any = None
         self._models: dict[str, Any] = {}  # key -> ov.Model (dynamic shapes), read or converted
-        self._compiled: OrderedDict[tuple[str, tuple], Any] = OrderedDict()  # (key, shapes) -> infer request
+        self._compiled: OrderedDict[str, Any] = OrderedDict()  # key -> infer request of its compiled model
         self.stats = {"conversions": 0, "disk_reads": 0, "compiles": 0, "convert_s": 0.0, "compile_s": 0.0}
 
     # ---------------------------------------------------------------------------------------------- runners
@@ -118,33 +118,32 @@ class OpenVINOBackend:
     def _runner(self, module: torch.nn.Module, key: str, spec: list, examples: Callable) -> Runner:
         def run(*inputs: torch.Tensor) -> torch.Tensor:
             arrays = [t.detach().to(torch.float32).contiguous().numpy() for t in inputs]
-            request = self._request(module, key, spec, examples(*inputs), tuple(a.shape for a in arrays))
+            request = self._request(module, key, spec, examples(*inputs))
             request.infer(arrays, share_inputs=True)
             return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
         return run
 
     # ---------------------------------------------------------------------------------------------- models
-    def _request(self, module: torch.nn.Module, key: str, spec: list, example: tuple, shapes: tuple) -> Any:
-        found = self._compiled.get((key, shapes))
+    def _request(self, module: torch.nn.Module, key: str, spec: list, example: tuple) -> Any:
+        """The infer request of `key`'s compiled model: compiled once with dynamic batch, height and width (one
+        copy of the weights whatever the sizes asked for), reused for every shape."""
+        found = self._compiled.get(key)
         if found is not None:
-            self._compiled.move_to_end((key, shapes))
+            self._compiled.move_to_end(key)
             return found
-        import openvino as ov
-
         model = self._model(module, key, spec, example)
-        static = model.clone()
-        static.reshape({i: ov.PartialShape(list(shape)) for i, shape in enumerate(shapes)})
         start = time.perf_counter()
-        compiled = self.core().compile_model(static, "CPU", {
+        compiled = self.core().compile_model(model, "CPU", {
             "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(self.threads),
             "INFERENCE_PRECISION_HINT": "f32"})
         self.stats["compiles"] += 1
         self.stats["compile_s"] += time.perf_counter() - start
         request = compiled.create_infer_request()
-        self._compiled[(key, shapes)] = request
-        while len(self._compiled) > COMPILED_KEEP:
-            self._compiled.popitem(last=False)
+        part = key.split("-")[0]
+        for old in [k for k in self._compiled if k.startswith(part)][:-(COMPILED_KEEP - 1) or None]:
+            del self._compiled[old]  # each compiled model holds a copy of its weights: the oldest go first
+        self._compiled[key] = request
         return request
 
     def _model(self, module: torch.nn.Module, key: str, spec: list, example: tuple) -> Any:
