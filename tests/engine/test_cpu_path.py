@@ -187,9 +187,47 @@ def test_tiny_vae_decodes_and_draws_previews(make_easel):
     assert job.state == JobState.DONE, job.error
     tiny = np.asarray(job.result.images[0].convert("RGB")).astype(int)
     assert tiny.shape == full.shape and not np.array_equal(tiny, full)  # another decoder drew it
-    # the tiny VAE's decode of the final latents is what the image shows
-    latent_job = easel.engine.generate(Txt2ImgRequest(prompt="a red circle", **SMALL), timeout=300)
-    assert np.array_equal(np.asarray(latent_job.result.images[0].convert("RGB")).astype(int), tiny)
+    assert job.preview is not None and job.preview.size == (64, 64)  # the tiny VAE's preview: full size, not 8x8
+    # inside a pipeline call the VAE slot decodes through the tiny VAE (latents x the full VAE's scaling factor)
+    pipe = easel.manager.get("tiny-sd1", "txt2img").pipe
+    real = pipe.vae
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    with easel.engine.cpu_path.active(pipe, "sd1"), torch.no_grad():
+        assert pipe.vae is not real
+        decoded = pipe.vae.decode(z, return_dict=False)[0]
+    assert pipe.vae is real  # put back after the call
+    with torch.no_grad():
+        expected = model.decode(z * real.config.scaling_factor, return_dict=False)[0]
+    assert torch.allclose(decoded, expected, atol=1e-6)
     preview = easel.engine.cpu_path.previewer("sd1")
     assert preview is not None and preview(torch.zeros(1, 4, 8, 8)).size == (64, 64)  # 8x the latent, not 1x
     assert easel.engine.cpu_path.previewer("sdxl") is None  # no taesdxl file: the linear preview
+
+
+def test_cpu_backend_setting_is_validated_naming_it():
+    from webui.settings import SettingError, UserSettings
+
+    UserSettings(cpu_backend="openvino").validate()
+    with pytest.raises(SettingError, match="cpu_backend: must be one of auto, plain, openvino, compile"):
+        UserSettings(cpu_backend="gpu").validate()
+
+
+def test_bf16_is_native_only_with_avx512_bf16_or_amx():
+    from webui.engine.cpu_path import native_bf16
+
+    assert not native_bf16({"avx2", "fma", "avx512f"})  # AVX-512 without BF16 would emulate it
+    assert native_bf16({"avx512f", "avx512_bf16"}) and native_bf16({"amx_bf16", "amx_tile"})
+
+
+def test_fingerprint_follows_the_weights(tiny_sd1_dir):
+    from diffusers import UNet2DConditionModel
+
+    from webui.engine.cpu_path import fingerprint
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd1_dir / "unet")
+    first = fingerprint(unet)
+    assert fingerprint(unet) == first  # stable: the same weights, the same key (and disk-cache folder)
+    weight = unet.conv_in.weight
+    with torch.no_grad():
+        weight.add_(0.01)  # changed in place, as fusing a LoRA does
+    assert fingerprint(unet) != first

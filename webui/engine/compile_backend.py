@@ -14,7 +14,7 @@ import os
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
