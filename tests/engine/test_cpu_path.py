@@ -231,3 +231,30 @@ def test_fingerprint_follows_the_weights(tiny_sd1_dir):
     with torch.no_grad():
         weight.add_(0.01)  # changed in place, as fusing a LoRA does
     assert fingerprint(unet) != first
+
+
+def test_stand_in_runs_the_real_unet_for_what_its_graph_lacks(tiny_sd1_dir, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from webui.engine.cpu_path import CpuPath, UNetStandIn
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd1_dir / "unet").eval()
+    graph_calls = []
+
+    def graph(sample, timestep, text):  # what a backend would run: records its inputs, answers zeros
+        graph_calls.append((tuple(sample.shape), timestep.tolist(), tuple(text.shape)))
+        return torch.zeros_like(sample)
+
+    stand_in = UNetStandIn(unet, graph, CpuPath("cpu", tmp_path))
+    sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor(999.0)
+    out = stand_in(sample, t, encoder_hidden_states=text, timestep_cond=None, cross_attention_kwargs=None,
+                   added_cond_kwargs={}, return_dict=False)[0]
+    assert graph_calls == [((2, 4, 8, 8), [999.0], (2, 77, unet.config.cross_attention_dim))]
+    assert torch.count_nonzero(out) == 0
+    with torch.no_grad():
+        expected = unet(sample, t, encoder_hidden_states=text, cross_attention_kwargs={"scale": 0.5}).sample
+        got = stand_in(sample, t, encoder_hidden_states=text, cross_attention_kwargs={"scale": 0.5}).sample
+    assert len(graph_calls) == 1 and torch.equal(got, expected)  # cross-attention arguments: the real UNet ran
+    assert stand_in.config.in_channels == unet.config.in_channels  # everything else is the real UNet's

@@ -87,6 +87,11 @@ def fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:20]
 
 
+def _given(value: Any) -> bool:
+    """An argument that changes the UNet's output: anything but None and an empty dict, list or tuple."""
+    return value is not None and not (isinstance(value, (dict, list, tuple)) and len(value) == 0)
+
+
 def _custom_processors(unet: Any) -> list[str]:
     """Attention processors that are not diffusers' own (an extension's, a hypernetwork's): their Python state
     would be frozen into a converted graph."""
@@ -109,7 +114,7 @@ class UNetStandIn:
     def __call__(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor | None = None,
                  *args: Any, return_dict: bool = True, **kwargs: Any) -> Any:
         steps = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1)
-        plain = (args or encoder_hidden_states is None or any(kwargs.get(k) for k in _PLAIN_WHEN_SET)
+        plain = (args or encoder_hidden_states is None or any(_given(kwargs.get(k)) for k in _PLAIN_WHEN_SET)
                  or set(kwargs) - set(_PLAIN_WHEN_SET) or not bool((steps == steps[0]).all()))
         if not plain:
             try:
