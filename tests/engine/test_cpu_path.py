@@ -81,6 +81,7 @@ def test_missing_package_falls_back_to_plain_with_a_message(make_easel, monkeypa
     assert "openvino unavailable" in caplog.text
 
 
+@pytest.mark.slow
 def test_conversion_error_falls_back_and_the_request_succeeds(make_easel):
     pytest.importorskip("openvino")
     easel = make_easel()
@@ -104,6 +105,7 @@ def write_lora(easel, tiny_sd1_dir, name: str, seed: int):
     easel.manager.refresh_loras()
 
 
+@pytest.mark.slow
 def test_lora_changes_apply_under_openvino(make_easel, tiny_sd1_dir):
     pytest.importorskip("openvino")
     easel = make_easel()
@@ -111,14 +113,12 @@ def test_lora_changes_apply_under_openvino(make_easel, tiny_sd1_dir):
     use(easel, cpu_backend="plain")
     base_plain = image(easel)
     lora_plain = image(easel, prompt="a red circle <lora:styleA:1>")
-    half_plain = image(easel, prompt="a red circle <lora:styleA:0.5>")
     assert np.abs(lora_plain - base_plain).max() > 10  # the LoRA changes the image
     use(easel, cpu_backend="openvino")
     assert np.abs(image(easel, prompt="a red circle <lora:styleA:1>") - lora_plain).max() <= TOLERANCE
-    assert np.abs(image(easel, prompt="a red circle <lora:styleA:0.5>") - half_plain).max() <= TOLERANCE
     assert np.abs(image(easel) - base_plain).max() <= TOLERANCE  # LoRA gone: the base model's image again
     stats = easel.engine.cpu_path.status()["stats"]["openvino"]
-    assert stats["conversions"] == 4  # the VAE once, the UNet per LoRA state (weight 1, 0.5, none)
+    assert stats["conversions"] == 3  # the VAE once, the UNet per LoRA state (with, without)
 
 
 @pytest.mark.slow
@@ -134,11 +134,16 @@ def test_torch_compile_matches_plain(make_easel):
     assert np.abs(fast - plain).max() <= TOLERANCE
 
 
-def tiny_autoencoder(seed: int = 3):
+def tiny_autoencoder(seed: int = 3, blocks: int = 4):
+    """A TAESD-layout decoder; `blocks` 4 is TAESD's own (8x), 2 fits the tiny SD 1.x model's 2x VAE."""
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(seed)
-    return AutoencoderTiny(latent_channels=4).eval()
+    if blocks == 4:
+        return AutoencoderTiny(latent_channels=4).eval()
+    return AutoencoderTiny(latent_channels=4, encoder_block_out_channels=(16,) * blocks,
+                           decoder_block_out_channels=(16,) * blocks, num_encoder_blocks=(1,) * blocks,
+                           num_decoder_blocks=(1,) * blocks).eval()
 
 
 def raw_taesd_layout(model) -> dict[str, torch.Tensor]:
@@ -178,7 +183,7 @@ def test_tiny_vae_file_layouts_load_the_same_decoder(tmp_path):
 
 def test_tiny_vae_decodes_and_draws_previews(make_easel):
     easel = make_easel()
-    model = tiny_autoencoder()
+    model = tiny_autoencoder(blocks=2)
     model.save_pretrained(easel.settings.models_dir / "VAE-approx" / "taesd")
     use(easel, cpu_backend="plain", tiny_vae_decode=False, tiny_vae_preview=True, live_preview_every=1)
     full = image(easel)
@@ -187,7 +192,7 @@ def test_tiny_vae_decodes_and_draws_previews(make_easel):
     assert job.state == JobState.DONE, job.error
     tiny = np.asarray(job.result.images[0].convert("RGB")).astype(int)
     assert tiny.shape == full.shape and not np.array_equal(tiny, full)  # another decoder drew it
-    assert job.preview is not None and job.preview.size == (64, 64)  # the tiny VAE's preview: full size, not 8x8
+    assert job.preview is not None and job.preview.size == (64, 64)  # the tiny VAE's preview: full size, not 32x32
     # inside a pipeline call the VAE slot decodes through the tiny VAE (latents x the full VAE's scaling factor)
     pipe = easel.manager.get("tiny-sd1", "txt2img").pipe
     real = pipe.vae
@@ -200,8 +205,11 @@ def test_tiny_vae_decodes_and_draws_previews(make_easel):
         expected = model.decode(z * real.config.scaling_factor, return_dict=False)[0]
     assert torch.allclose(decoded, expected, atol=1e-6)
     preview = easel.engine.cpu_path.previewer("sd1")
-    assert preview is not None and preview(torch.zeros(1, 4, 8, 8)).size == (64, 64)  # 8x the latent, not 1x
+    assert preview is not None and preview(torch.zeros(1, 4, 8, 8)).size == (16, 16)  # the VAE's 2x, not 1x
     assert easel.engine.cpu_path.previewer("sdxl") is None  # no taesdxl file: the linear preview
+    model8x = tiny_autoencoder(blocks=4)  # TAESD's own 8x decoder does not fit the tiny model's 2x VAE: not used
+    model8x.save_pretrained(easel.settings.models_dir / "VAE-approx" / "taesd")
+    assert np.array_equal(image(easel), full)
 
 
 def test_cpu_backend_setting_is_validated_naming_it():

@@ -215,7 +215,7 @@ class CpuPath:
         """Stand-ins in `pipe`'s unet/vae slots for the block (nothing changes where the plain path runs)."""
         unet, vae = getattr(pipe, "unet", None), getattr(pipe, "vae", None)
         backend, reason = self.choose(arch, unet)
-        tiny = self.tiny_vae.for_decode(arch) if self.tiny_vae is not None and vae is not None else None
+        tiny = self.tiny_vae.for_decode(arch, vae) if self.tiny_vae is not None and vae is not None else None
         if backend != self.last.get("backend") or reason != self.last.get("reason"):
             log.info("CPU path: %s (%s)", backend, reason)
         self.last = {"backend": backend, "reason": reason}

@@ -97,6 +97,20 @@ def load_tiny_vae(path: Path, dtype: torch.dtype = torch.float32) -> Any:
     return model.to(dtype).eval()
 
 
+def upscale(model: Any) -> int:
+    """How many pixels a latent becomes per side: 8 for the TAESD family, as for the SD VAEs they stand in for."""
+    config = model.config
+    if hasattr(config, "upsampling_scaling_factor"):  # AutoencoderTiny
+        return int(config.upsampling_scaling_factor) ** (len(config.decoder_block_out_channels) - 1)
+    return 2 ** (len(config.block_out_channels) - 1)  # AutoencoderKL
+
+
+def fits(tiny: Any, vae: Any) -> bool:
+    """Whether `tiny` can decode what `vae` decodes: the same latent channels and the same upscale."""
+    return (int(tiny.config.latent_channels) == int(getattr(vae.config, "latent_channels", -1))
+            and upscale(tiny) == upscale(vae))
+
+
 class TinyVaes:
     """Tiny VAEs from `folder`, loaded on first use (reloaded when the file changes); `settings()` gives
     (decode with it, preview with it)."""
@@ -127,9 +141,14 @@ class TinyVaes:
         self._loaded[path] = (stamp, model)
         return model
 
-    def for_decode(self, arch: str) -> Any:
-        """The tiny VAE to decode with, when the setting asks for it and a file for `arch` is there."""
-        return self.get(arch) if self.settings()[0] else None
+    def for_decode(self, arch: str, vae: Any) -> Any:
+        """The tiny VAE to decode with in place of `vae`, when the setting asks for it and a file for `arch` that
+        fits `vae` is there."""
+        tiny = self.get(arch) if self.settings()[0] else None
+        if tiny is not None and not fits(tiny, vae):
+            log.warning("tiny VAE for %s not used: it does not fit this model's VAE (latent channels or scale)", arch)
+            return None
+        return tiny
 
     def previewer(self, arch: str) -> Callable[[torch.Tensor], Image.Image | None] | None:
         """latents [B,C,h,w] -> the first one as a PIL image, by the tiny VAE; None where none is used."""
