@@ -266,3 +266,19 @@ def test_stand_in_runs_the_real_unet_for_what_its_graph_lacks(tiny_sd1_dir, tmp_
         got = stand_in(sample, t, encoder_hidden_states=text, cross_attention_kwargs={"scale": 0.5}).sample
     assert len(graph_calls) == 1 and torch.equal(got, expected)  # cross-attention arguments: the real UNet ran
     assert stand_in.config.in_channels == unet.config.in_channels  # everything else is the real UNet's
+
+
+def test_cpu_backend_through_api_options_and_memory_report(make_easel):
+    from tests.conftest import api_client
+
+    easel = make_easel()
+    with api_client(easel) as client:
+        assert client.get("/sdapi/v1/options").json()["cpu_backend"] == "auto"
+        bad = client.post("/sdapi/v1/options", json={"cpu_backend": "gpu"})
+        assert bad.status_code == 422 and "cpu_backend" in bad.text
+        assert client.post("/sdapi/v1/options", json={"cpu_backend": "plain"}).status_code == 200
+        body = {"prompt": "a red circle", "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler", "seed": 3}
+        assert client.post("/sdapi/v1/txt2img", json=body).status_code == 200
+        report = client.get("/sdapi/v1/memory").json()["easel"]["cpu_path"]
+    assert report["backend"] == "plain" and report["reason"] == "chosen in Settings" and report["setting"] == "plain"
+    assert report["threads"] >= 1
