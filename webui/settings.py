@@ -94,8 +94,8 @@ class UserSettings:
     # How a checkpoint runs on the GPU (webui.model_manager.memory.choose_offload): auto (from the free GPU memory
     # and the model's size), none, model, sequential, group; --medvram, --lowvram and --offload override it
     offload_mode: str = "auto"
-    # The CPU execution path (webui.engine.cpu_path, docs/CPU.md): auto (OpenVINO for full-size SD 1.x/2.x UNets on
-    # a CPU device where the package is installed), plain, openvino, compile (torch.compile)
+    # The CPU execution path (webui.engine.cpu_path, docs/CPU.md): auto (cpu_path.AUTO_BACKEND for full-size SD
+    # 1.x/2.x UNets on a CPU device; plain for now), plain, openvino, compile (torch.compile)
     cpu_backend: str = "auto"
     tiny_vae_decode: bool = False  # decode with the tiny VAE (TAESD in models/VAE-approx): fast, slightly different
     tiny_vae_preview: bool = True  # live previews through the tiny VAE when its file is there

@@ -12,8 +12,8 @@ Backends (the Settings tab's "CPU backend", `UserSettings.cpu_backend`):
 - plain: diffusers' own PyTorch modules;
 - openvino: OpenVINO's CPU plugin (webui.engine.openvino_backend), fp32;
 - compile: `torch.compile` (inductor's CPU code generation), compiled graphs cached on disk by inductor;
-- auto: openvino on a CPU device where the package is installed, for UNets of full size (AUTO_MIN_PARAMETERS:
-  for the tiny test models the conversion does not pay), plain on a GPU.
+- auto: AUTO_BACKEND (plain for now: see docs/BENCHMARKS.md) for full-size UNets on a CPU device where its
+  package is installed, plain for small UNets (AUTO_MIN_PARAMETERS: the conversion does not pay) and on a GPU.
 bf16 is never chosen: it pays only where the CPU has native bf16 (`native_bf16()`), and changes the image.
 
 A stand-in runs the real module whenever the call asks for something the backend's graph lacks (ControlNet
@@ -41,6 +41,9 @@ from webui.settings import CPU_BACKENDS
 
 log = logging.getLogger(__name__)
 
+# What auto runs on a CPU: "plain" until an idle-machine benchmarks/cpu_speed.py run shows OpenVINO paying (on the
+# loaded 2-core development machine a full 256² request ran at parity with PyTorch; docs/BENCHMARKS.md)
+AUTO_BACKEND = "plain"
 AUTO_MIN_PARAMETERS = 100_000_000  # auto: smaller UNets (test models) run plain, the conversion would not pay
 ARCHS = ("sd1", "sd2")  # families whose UNet step the backends' graphs take (sample, timestep, text)
 # UNet keyword arguments a stand-in takes as the graph does when they are empty
@@ -189,7 +192,9 @@ class CpuPath:
         if wanted == "auto" and isinstance(unet, torch.nn.Module) and \
                 sum(p.numel() for p in unet.parameters()) < AUTO_MIN_PARAMETERS:
             return "plain", "auto: a small UNet, where a conversion does not pay"
-        backend = "openvino" if wanted == "auto" else wanted
+        if wanted == "auto" and AUTO_BACKEND == "plain":
+            return "plain", "auto: no faster backend measured to pay on CPUs yet (docs/CPU.md)"
+        backend = AUTO_BACKEND if wanted == "auto" else wanted
         reason = self._broken.get(backend) or (openvino_available() if backend == "openvino" else None)
         if reason:
             return "plain", f"{backend} unavailable: {reason}"

@@ -53,8 +53,8 @@ LABELS = {
     "face_restoration_confidence": "Face finding threshold (CLIPSeg, SAM 3)",
     "vae_tiling": "Tiled VAE: decode and encode in tiles (Automatic: above 1536×1536 pixels or with tiled diffusion)",
     "vae_tile_size": "Tiled VAE: tile size, pixels (0 = the VAE's own)",
-    "cpu_backend": "CPU backend (auto: OpenVINO for full-size SD 1.x/2.x on a CPU where installed; plain: PyTorch; "
-                   "compile: torch.compile)",
+    "cpu_backend": "CPU backend for SD 1.x/2.x (auto: the one measured to pay, PyTorch for now; openvino: OpenVINO, "
+                   "converted once and cached; compile: torch.compile)",
     "tiny_vae_decode": "Decode with the tiny VAE (TAESD in models/VAE-approx): much faster, slightly different images",
     "tiny_vae_preview": "Live previews through the tiny VAE when its file is in models/VAE-approx",
     "offload_mode": "GPU offload (auto: from free VRAM and model size; model = --medvram, sequential = --lowvram, "
