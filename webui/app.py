@@ -288,8 +288,6 @@ class Easel:
 
 def build(settings: Settings, with_extensions: bool = True) -> Easel:
     """Create the model manager, engine and extensions for these settings (no model is loaded yet)."""
-    import torch
-
     from webui.engine.detail_args import register as register_detail_args
 
     for sub in ("Stable-diffusion", "diffusers", "Lora", "VAE", "clipseg", "embeddings", "diffusion_models",
@@ -312,8 +310,10 @@ def build(settings: Settings, with_extensions: bool = True) -> Easel:
     manager.lora_options = lambda: LoraOptions(  # read per generation: the Settings tab replaces settings.user
         fuse=settings.user.lora_fuse, hotswap=settings.user.lora_hotswap, max_rank=settings.user.lora_max_rank,
         compile=settings.user.compile_denoiser, keep_loaded=settings.user.lora_keep_loaded)
-    if settings.resolved_device() == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if settings.resolved_device() == "cpu":  # physical cores: hyperthreads slow PyTorch's CPU kernels down
+        from webui.engine.cpu_path import configure_threads
+
+        configure_threads("cpu")
     registry = Registry()  # built-in samplers; extensions add to it below
     from webui.engine.hypernetworks import Hypernetworks  # <hypernet:name:w> on SD 1.x, around each pipeline call
 

@@ -30,6 +30,7 @@ VAE_TILING_CHOICES = ("Automatic", "Always", "Never")  # the `vae_tiling` settin
 WEIGHT_PRECISIONS = ("default", "fp8", "nf4", "int8")  # the `weight_precision` setting (webui.model_manager.formats)
 RNG_SOURCES = ("CPU", "GPU", "NV")  # "Random number generator source" (webui.engine.noise)
 FACE_RESTORERS = ("CodeFormer", "GFPGAN")  # face_restoration_model (webui.engine.face_restore)
+CPU_BACKENDS = ("auto", "plain", "openvino", "compile")  # cpu_backend (webui.engine.cpu_path)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_MODELS_DIR = ROOT / "models" / "builtin"
@@ -98,6 +99,11 @@ class UserSettings:
     # How each transformer/UNet is stored once loaded (webui.model_manager.formats): default (as --precision says),
     # fp8 (layerwise upcast), nf4 / int8 (bitsandbytes, CUDA only); a --precision fp8/nf4/int8 flag overrides it
     weight_precision: str = "default"
+    # The CPU execution path (webui.engine.cpu_path, docs/CPU.md): auto (cpu_path.AUTO_BACKEND for full-size SD
+    # 1.x/2.x UNets on a CPU device; plain for now), plain, openvino, compile (torch.compile)
+    cpu_backend: str = "auto"
+    tiny_vae_decode: bool = False  # decode with the tiny VAE (TAESD in models/VAE-approx): fast, slightly different
+    tiny_vae_preview: bool = True  # live previews through the tiny VAE when its file is there
 
     def limits(self) -> Limits:
         return Limits(self.max_side, self.max_pixels, self.max_steps, self.max_batch_size,
@@ -149,6 +155,8 @@ class UserSettings:
             refuse("offload_mode", f"must be one of {', '.join(OFFLOAD_CHOICES)}; got {self.offload_mode!r}")
         if "weight_precision" not in found and self.weight_precision not in WEIGHT_PRECISIONS:
             refuse("weight_precision", f"must be one of {', '.join(WEIGHT_PRECISIONS)}; got {self.weight_precision!r}")
+        if "cpu_backend" not in found and self.cpu_backend not in CPU_BACKENDS:
+            refuse("cpu_backend", f"must be one of {', '.join(CPU_BACKENDS)}; got {self.cpu_backend!r}")
         if "vae_tiling" not in found and self.vae_tiling not in VAE_TILING_CHOICES:
             refuse("vae_tiling", f"must be one of {', '.join(VAE_TILING_CHOICES)}; got {self.vae_tiling!r}")
         if "vae_tile_size" not in found and self.vae_tile_size and (self.vae_tile_size < 64 or self.vae_tile_size % 8):

@@ -110,7 +110,8 @@ def models_router(api: ApiContext) -> APIRouter:
 
     @router.get("/memory")
     def memory() -> dict[str, Any]:
-        return memory_info(manager.memory_report())
+        cpu_path = getattr(engine, "cpu_path", None)  # which CPU backend ran last, and why (docs/CPU.md)
+        return memory_info({**manager.memory_report(), **({"cpu_path": cpu_path.status()} if cpu_path else {})})
 
     @router.post("/unload-checkpoint")
     async def unload_checkpoint() -> None:

@@ -29,7 +29,8 @@ SETTING_OPTIONS = {"samples_save": "save_images", "enable_pnginfo": "enable_pngi
                    "flow_shift": "flow_shift", "face_restoration_model": "face_restoration_model",
                    "code_former_weight": "code_former_weight",
                    "vae_tiling": "vae_tiling", "vae_tile_size": "vae_tile_size",
-                   "offload_mode": "offload_mode", "weight_precision": "weight_precision"}
+                   "offload_mode": "offload_mode", "weight_precision": "weight_precision", "cpu_backend": "cpu_backend",
+                   "tiny_vae_decode": "tiny_vae_decode", "tiny_vae_preview": "tiny_vae_preview"}
 OPTION_NAMES = {key: option for option, key in SETTING_OPTIONS.items()}
 
 
@@ -79,6 +80,8 @@ def current_options(api: ApiContext) -> dict[str, Any]:
         "vae_tiling": user.vae_tiling, "vae_tile_size": user.vae_tile_size,  # webui.engine.tiling
         "offload_mode": user.offload_mode,  # webui.model_manager.memory.choose_offload
         "weight_precision": user.weight_precision,  # webui.model_manager.formats: next loads' weight storage
+        "cpu_backend": user.cpu_backend,  # webui.engine.cpu_path (docs/CPU.md)
+        "tiny_vae_decode": user.tiny_vae_decode, "tiny_vae_preview": user.tiny_vae_preview,
     }
 
 

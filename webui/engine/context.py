@@ -5,6 +5,7 @@ preview every few steps, and stops the pipeline within one step when the user in
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ class ModeContext:
     vae_tile_size: int = 0  # VAE tile, pixels; 0 = the VAE's own
     memory_notes: dict[str, Any] = field(default_factory=dict)  # infotext of what tiling ran (Tiled VAE, ...)
     fix_steps: bool = False  # the setting img2img_fix_steps: img2img and inpainting run exactly `steps` steps
+    cpu_path: Any = None  # webui.engine.cpu_path.CpuPath: faster CPU backends and the tiny VAE, around each call
 
     def load(self, request: GenerationRequest, mode: str) -> LoadedPipeline:
         """The pipeline for this request and mode, ready to run, from the model manager's one call (`LoadSpec`):
@@ -176,9 +178,11 @@ class ModeContext:
         """`loaded.pipe(**kwargs)`, run through the extensions' pipeline wrappers (the first registered outermost)."""
         def innermost(call: PipelineCall) -> Any:
             seed_global_generator(call.kwargs.get("generator"))
-            with seamless(call.pipe, bool(getattr(request, "tiling", False))), \
+            tiling = bool(getattr(request, "tiling", False))
+            with seamless(call.pipe, tiling), \
                     memory_tiling(call.pipe, loaded.arch.value, call.kwargs, self.vae_tiling, self.vae_tile_size,
-                                  tile_options(request)) as notes:
+                                  tile_options(request)) as notes, \
+                    self.backend(call.pipe, loaded.arch.value, tiling):
                 result = call.pipe(**call.kwargs)
             self.memory_notes.update(notes)
             offload = self.manager.offload_choice(loaded.entry.name) or "none"
@@ -190,6 +194,19 @@ class ModeContext:
         for wrapper in reversed(self.pipeline_wrappers):
             run = _wrapped(wrapper, run)
         return run(PipelineCall(request, task, loaded.arch.value, loaded.entry.name, loaded.pipe, kwargs))
+
+    def backend(self, pipe: Any, arch: str, tiling: bool = False) -> Any:
+        """The CPU path's stand-ins in `pipe` for one call (webui.engine.cpu_path); none for seamless tiling,
+        whose circular padding only the PyTorch modules have."""
+        if self.cpu_path is None or tiling:
+            return contextlib.nullcontext()
+        return self.cpu_path.active(pipe, arch)
+
+    def preview(self, latents: torch.Tensor, arch: Arch) -> Image.Image | None:
+        """A live preview of the first latent: the tiny VAE's where its file is there, else the linear one."""
+        tiny = self.cpu_path.previewer(arch.value) if self.cpu_path is not None else None
+        image = tiny(latents) if tiny is not None else None
+        return image if image is not None else latents_preview(latents, arch)
 
     def default_checkpoint(self) -> str:
         current = self.manager.current()
@@ -212,7 +229,7 @@ class ModeContext:
             changes: dict[str, Any] = {"step": done + min(step + 1, total_steps) if overall else step + 1}
             every = self.preview_every
             if every and (step + 1) % every == 0 and "latents" in kwargs:
-                preview = latents_preview(kwargs["latents"], arch)
+                preview = self.preview(kwargs["latents"], arch)
                 if preview is not None:
                     changes["preview"] = preview
             job.update(**changes)

@@ -18,9 +18,11 @@ from PIL import Image
 from webui import __version__
 from webui.engine import detail, face_restore
 from webui.engine.context import Generated, ModeContext
+from webui.engine.cpu_path import CpuPath
 from webui.engine.outputs import mode_folder, save_image
 from webui.engine.script_job import CellJob, ScriptJob
 from webui.engine.tasks import EngineTask, UnloadRequest
+from webui.engine.tiny_vae import TinyVaes
 from webui.engine.upscalers import Upscalers
 from webui.engine.worker import Job, JobResult, Worker
 from webui.extensions import PipelineWrapper, Registry
@@ -70,6 +72,11 @@ class Engine:
         self.saved_listeners: list[Callable[[Path], None]] = []
         # set on a generation replica (webui.cluster): takes each output instead of writing it, returns its name
         self.outputs_recorder: Callable[..., Path] | None = None
+        # the CPU execution path (OpenVINO / torch.compile stand-ins around each pipeline call) and the tiny VAEs
+        user = lambda: settings.user  # noqa: E731 -- the Settings tab replaces settings.user
+        self.cpu_path = CpuPath(manager.device, manager.cache_dir, lambda: user().cpu_backend,
+                                TinyVaes(settings.models_dir / "VAE-approx",
+                                         lambda: (user().tiny_vae_decode, user().tiny_vae_preview)))
 
     # The extensions' hooks this engine runs: the registry's own lists.
     @property
@@ -300,7 +307,7 @@ class Engine:
                            vae_tiling=user.vae_tiling, vae_tile_size=user.vae_tile_size,
                            pipeline_wrappers=list(self.pipeline_wrappers),
                            adapter_sources=list(self.registry.adapter_sources),
-                           adapter_loaders=dict(self.registry.adapter_loaders))
+                           adapter_loaders=dict(self.registry.adapter_loaders), cpu_path=self.cpu_path)
 
     def run_detail(self, job: Job, request: GenerationRequest, generated: list[Generated]) -> list[Generated]:
         """The request's detail passes on images made otherwise (SD upscale's blended pictures), in place; their

@@ -13,7 +13,8 @@ from typing import Any
 
 import gradio as gr
 
-from webui.settings import (FACE_RESTORERS, OFFLOAD_CHOICES, RNG_SOURCES, VAE_TILING_CHOICES, WEIGHT_PRECISIONS,
+from webui.settings import (CPU_BACKENDS, FACE_RESTORERS, OFFLOAD_CHOICES, RNG_SOURCES, VAE_TILING_CHOICES,
+                            WEIGHT_PRECISIONS,
                             UserSettings, apply_changes)
 from webui.ui.bridge import guard
 from webui.ui.context import UIContext
@@ -54,6 +55,10 @@ LABELS = {
     "face_restoration_confidence": "Face finding threshold (CLIPSeg, SAM 3)",
     "vae_tiling": "Tiled VAE: decode and encode in tiles (Automatic: above 1536×1536 pixels or with tiled diffusion)",
     "vae_tile_size": "Tiled VAE: tile size, pixels (0 = the VAE's own)",
+    "cpu_backend": "CPU backend for SD 1.x/2.x (auto: the one measured to pay, PyTorch for now; openvino: OpenVINO, "
+                   "converted once and cached; compile: torch.compile)",
+    "tiny_vae_decode": "Decode with the tiny VAE (TAESD in models/VAE-approx): much faster, slightly different images",
+    "tiny_vae_preview": "Live previews through the tiny VAE when its file is in models/VAE-approx",
     "offload_mode": "GPU offload (auto: from free VRAM and model size; model = --medvram, sequential = --lowvram, "
                     "group: layer by layer with CUDA streams); applies to checkpoints loaded next",
     "weight_precision": "Transformer/UNet weights in memory (default: as --precision says; fp8: half of bf16, any "
@@ -64,6 +69,7 @@ GROUPS = {
                    "img2img_fix_steps", "builtin_plan_layout", "flow_shift"),
     "Memory and queue": ("ram_cache_size", "ram_budget_mb", "vram_budget_mb", "queue_size", "vae_tiling",
                          "vae_tile_size", "offload_mode", "weight_precision"),
+    "CPU": ("cpu_backend", "tiny_vae_decode", "tiny_vae_preview"),
     "Limits": ("max_side", "max_pixels", "max_steps", "max_batch_size", "max_batch_count", "max_images", "max_prompt_chars",
                "max_request_pixels", "max_request_images"),
     "Face restoration": ("face_restoration_model", "code_former_weight", "face_restoration_finder",
@@ -174,6 +180,8 @@ def _control(ui: UIContext, name: str, default: Any, value: Any) -> Any:
         return gr.Dropdown(choices=list(VAE_TILING_CHOICES), value=value, **kwargs)
     if name == "weight_precision":
         return gr.Dropdown(choices=list(WEIGHT_PRECISIONS), value=value, **kwargs)
+    if name == "cpu_backend":
+        return gr.Dropdown(choices=list(CPU_BACKENDS), value=value, **kwargs)
     if name == "default_sampler":
         return gr.Dropdown(choices=ui.easel.sampler_choices(None), value=value, **kwargs)
     if isinstance(default, float):
