@@ -89,20 +89,12 @@ def check_other_options(body: dict[str, Any], reported: dict[str, Any]) -> None:
     """The keys of a POST /options body that are not applied above: accepted where they describe what Easel does
     (a fixed option at its value, a reported option at its current value, so a client may post back what GET gave
     it), else a 422 naming the key. Nothing is ignored silently."""
-    from webui.api.override_settings import FIXED, json_text, same, short
+    from webui.api.override_settings import FIXED, check_described
 
     applied = {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", *SETTING_OPTIONS}
     for key in sorted(set(body) - applied):
-        value = body[key]
-        if key in FIXED:
-            allowed, why = FIXED[key]
-            if not any(same(value, ok) for ok in allowed):
-                shown = " or ".join(json_text(ok) for ok in allowed)
-                raise ApiError(422, key, f"{why}; only {shown} is accepted, got {short(value)}")
-        elif key in reported:
-            if not same(value, reported[key]):
-                raise ApiError(422, key, f"not settable through the API (now {json_text(reported[key])}); "
-                                         f"got {short(value)}")
+        if key in FIXED or key in reported:
+            check_described(key, body[key], reported, key, "not settable through the API (read-only here")
         else:
             raise ApiError(422, key, "not an option Easel knows; it sets these: "
                                      f"{', '.join(sorted(applied))}")

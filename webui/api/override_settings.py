@@ -97,15 +97,8 @@ def read_overrides(override: dict[str, Any] | None, current: UserSettings, repor
                                           f"override_settings.{found.names[setting]} to {short(raw[setting])}")
             raw.setdefault(setting, wanted)
             found.names.setdefault(setting, key)
-        elif key in FIXED:
-            allowed, why = FIXED[key]
-            if not any(same(value, ok) for ok in allowed):
-                shown = " or ".join(json_text(ok) for ok in allowed)
-                raise ApiError(422, name, f"{why}; only {shown} is accepted, got {short(value)}")
-        elif key in reported:
-            if not same(value, reported[key]):
-                raise ApiError(422, name, "not applied per request (a server setting, now "
-                                          f"{json_text(reported[key])}); got {short(value)}")
+        elif key in FIXED or key in reported:
+            check_described(key, value, reported, name, "not applied per request (a server setting")
         elif key in {f.name for f in dataclasses.fields(UserSettings)}:
             raise ApiError(422, name, "not applied per request (a server setting); change it in the Settings tab")
         else:
@@ -141,6 +134,18 @@ def face_value(key: str, value: Any) -> dict[str, Any]:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ApiError(422, PREFIX + key, f"must be a number from 0 to 1, got {short(value)}")
     return {key: float(value)}
+
+
+def check_described(key: str, value: Any, reported: dict[str, Any], name: str, why_not: str) -> None:
+    """A fixed option (FIXED) or one GET /options reports, accepted only at the value that describes Easel now;
+    else ApiError 422 on `name`, saying `why_not` for a reported option another value of which cannot be set."""
+    if key in FIXED:
+        allowed, why = FIXED[key]
+        if not any(same(value, ok) for ok in allowed):
+            shown = " or ".join(json_text(ok) for ok in allowed)
+            raise ApiError(422, name, f"{why}; only {shown} is accepted, got {short(value)}")
+    elif not same(value, reported[key]):
+        raise ApiError(422, name, f"{why_not}, now {json_text(reported[key])}); got {short(value)}")
 
 
 def kept_options(found: Overrides) -> dict[str, Any]:
