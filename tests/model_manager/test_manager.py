@@ -189,10 +189,12 @@ def _live_tensor_bytes() -> int:
     seen, total = set(), 0
     for obj in gc.get_objects():
         if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
-            storage = obj.untyped_storage()
             try:
+                storage = obj.untyped_storage()
                 pointer = storage.data_ptr()
             except RuntimeError:  # fake tensors a compiled model's tracing left behind hold no memory
+                continue
+            except NotImplementedError:  # oneDNN's opaque tensors (a frozen compiled model's): not this manager's
                 continue
             if pointer not in seen:
                 seen.add(pointer)
