@@ -31,7 +31,7 @@ from PIL import Image
 
 from webui.extension_api import ModelFileError, PipelineCall, RequestError
 
-from .ipadapter_flux import check_fits, flux_key, flux_shapes, is_flux_layout, run_flux
+from .ipadapter_flux import check_fits, flux_key, flux_shapes, is_flux_layout, run_flux, windowed_scales
 from .preprocessors import ALIASES, MODULES, Module, _none
 from .units import HIGH_RES_ONLY, LOW_RES_ONLY, ControlUnit
 
@@ -338,24 +338,8 @@ class IPAdapterRunner:
             embeds.append(encode(encoder, images, info.hidden_states, guided).to(device=device, dtype=dtype))
 
         kwargs = dict(call.kwargs)
-        steps = int(kwargs.get("num_inference_steps") or 1)
-        estimate = max(1, min(steps, int(steps * float(kwargs.get("strength", 1.0)))))  # before the run knows
-        processors: list[Any] = []
-
-        def set_scales(step: int, total: int) -> None:  # each unit's weight inside its window, else 0
-            scales = [u.weight if active(step, total, u.guidance_start, u.guidance_end) else 0.0
-                      for u, *_ in checked]
-            for processor in processors:
-                processor.scale = list(scales)
-
-        original = kwargs.get("callback_on_step_end")
-
-        def on_step_end(p: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            out = original(p, step, timestep, tensors) if original is not None else {}
-            set_scales(step + 1, int(getattr(p, "_num_timesteps", 0) or estimate))
-            return out
-
-        kwargs["callback_on_step_end"] = on_step_end
+        # each unit's weight inside its guidance window, else 0, set again at every step's end
+        processors, set_scales, estimate = windowed_scales(kwargs, [u for u, *_ in checked], active)
         kwargs["ip_adapter_image_embeds"] = embeds
         saved = (dict(unet.attn_processors), unet.encoder_hid_proj, unet.config.encoder_hid_dim_type)
         custom = sorted({type(p).__name__ for name, p in saved[0].items() if name.endswith("attn2.processor")

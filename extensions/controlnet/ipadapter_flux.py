@@ -64,23 +64,13 @@ def check_fits(transformer: Any, cross_width: int, blocks: int) -> str | None:
     return None
 
 
-def run_flux(call: PipelineCall, run: Callable[[PipelineCall], Any], units: list[Any], state_dicts: list[Any],
-             embeds: list[Any], active: Callable[[int, int, float, float], bool]) -> Any:
-    """One Flux pipeline call with the adapters in its transformer. `embeds`: per unit, [2, n, dim] (zeros first,
-    then the n reference images' image embeddings)."""
-    pipe = call.pipe
-    accepted = inspect.signature(type(pipe).__call__).parameters
-    if "ip_adapter_image_embeds" not in accepted:
-        raise RequestError(FIELD, f"IP-Adapter units do not run with diffusers' {type(pipe).__name__} (Flux.1 "
-                                  f"IP-Adapters run in txt2img, img2img and inpaint, and beside ControlNet units "
-                                  f"in txt2img only)")
-    transformer = pipe.transformer
-    device, dtype = pipe._execution_device, transformer.dtype
-    kwargs = dict(call.kwargs)
-    kwargs["ip_adapter_image_embeds"] = [e[1:2].to(device=device, dtype=dtype) for e in embeds]  # each [1, n, dim]
-    kwargs["negative_ip_adapter_image_embeds"] = [e[0:1].to(device=device, dtype=dtype) for e in embeds]
+def windowed_scales(kwargs: dict[str, Any], units: list[Any], active: Callable[[int, int, float, float], bool]
+                    ) -> tuple[list[Any], Callable[[int, int], None], int]:
+    """(the processors to scale, set_scales(step, total), the step count estimated before the run): a step-end
+    callback put into `kwargs` (after the caller's own) sets every processor's `scale` to each unit's weight inside
+    its guidance window and 0 outside; the caller fills the list once the adapter's processors are in place."""
     steps = int(kwargs.get("num_inference_steps") or 1)
-    estimate = max(1, min(steps, int(steps * float(kwargs.get("strength", 1.0)))))
+    estimate = max(1, min(steps, int(steps * float(kwargs.get("strength", 1.0)))))  # before the run knows
     processors: list[Any] = []
 
     def set_scales(step: int, total: int) -> None:
@@ -96,6 +86,25 @@ def run_flux(call: PipelineCall, run: Callable[[PipelineCall], Any], units: list
         return out
 
     kwargs["callback_on_step_end"] = on_step_end
+    return processors, set_scales, estimate
+
+
+def run_flux(call: PipelineCall, run: Callable[[PipelineCall], Any], units: list[Any], state_dicts: list[Any],
+             embeds: list[Any], active: Callable[[int, int, float, float], bool]) -> Any:
+    """One Flux pipeline call with the adapters in its transformer. `embeds`: per unit, [2, n, dim] (zeros first,
+    then the n reference images' image embeddings)."""
+    pipe = call.pipe
+    accepted = inspect.signature(type(pipe).__call__).parameters
+    if "ip_adapter_image_embeds" not in accepted:
+        raise RequestError(FIELD, f"IP-Adapter units do not run with diffusers' {type(pipe).__name__} (Flux.1 "
+                                  f"IP-Adapters run in txt2img, img2img and inpaint, and beside ControlNet units "
+                                  f"in txt2img only)")
+    transformer = pipe.transformer
+    device, dtype = pipe._execution_device, transformer.dtype
+    kwargs = dict(call.kwargs)
+    kwargs["ip_adapter_image_embeds"] = [e[1:2].to(device=device, dtype=dtype) for e in embeds]  # each [1, n, dim]
+    kwargs["negative_ip_adapter_image_embeds"] = [e[0:1].to(device=device, dtype=dtype) for e in embeds]
+    processors, set_scales, estimate = windowed_scales(kwargs, units, active)
     had_proj = "encoder_hid_proj" in transformer.__dict__ or "encoder_hid_proj" in transformer._modules
     had_type = "encoder_hid_dim_type" in vars(transformer.config)
     saved = (dict(transformer.attn_processors), getattr(transformer, "encoder_hid_proj", None),
