@@ -452,23 +452,7 @@ def _assemble(path: Path, ident: Identification, config: Path, ctx: LoadContext)
 
 
 def load_transformer_single_file(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
-    from diffusers import DiffusionPipeline
-
-    config = _assembly(path, ident, ctx)
-    if config is not None and not (ctx.allow_hub and not ctx.hub_offline() and not ctx.components()):
-        return _assemble(path, ident, config, ctx)
-    source, local = _companion(path, ident, ctx)
-    log.info("loading %s transformer from %s, other components from %s", ARCH_LABELS[ident.arch], path, source)
-    try:
-        transformer = _load_transformer(path, ident, source, local, ctx.dtype)
-        pipe = DiffusionPipeline.from_pretrained(source, transformer=transformer, **dtype_kwargs(ctx.dtype),
-                                                 local_files_only=local, use_safetensors=True)
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # any failure here means this file (with that companion) does not load
-        raise ModelLoadError(f"could not load {path} as a {ARCH_LABELS[ident.arch]} transformer (other "
-                             f"components from {source}): {_cause(exc)}") from exc
-    return Loaded(pipe, ident.arch, source)
+    return _load_denoiser_file(path, ident, ctx, "transformer", _load_transformer)
 
 
 def _load_unet(path: Path, ident: Identification, source: str, local: bool, dtype: torch.dtype) -> Any:
@@ -489,21 +473,29 @@ def _load_unet(path: Path, ident: Identification, source: str, local: bool, dtyp
 
 def load_unet_single_file(path: Path, ident: Identification, ctx: LoadContext) -> Loaded:
     """An SD/SDXL UNet alone, the rest of the pipeline from its companion or assembled from separate files."""
+    return _load_denoiser_file(path, ident, ctx, "unet", _load_unet)
+
+
+def _load_denoiser_file(path: Path, ident: Identification, ctx: LoadContext, part: str,
+                        load_part: Callable[..., Any]) -> Loaded:
+    """A transformer- or UNet-only file (`part`, read by `load_part`): assembled from separate files with a shipped
+    config where that applies, else the rest of the pipeline from its companion diffusers folder."""
     from diffusers import DiffusionPipeline
 
     config = _assembly(path, ident, ctx)
     if config is not None and not (ctx.allow_hub and not ctx.hub_offline() and not ctx.components()):
         return _assemble(path, ident, config, ctx)
     source, local = _companion(path, ident, ctx)
-    log.info("loading %s UNet from %s, other components from %s", ARCH_LABELS[ident.arch], path, source)
+    what = "UNet" if part == "unet" else part
+    log.info("loading %s %s from %s, other components from %s", ARCH_LABELS[ident.arch], what, path, source)
     try:
-        unet = _load_unet(path, ident, source, local, ctx.dtype)
-        pipe = DiffusionPipeline.from_pretrained(source, unet=unet, **dtype_kwargs(ctx.dtype),
+        denoiser = load_part(path, ident, source, local, ctx.dtype)
+        pipe = DiffusionPipeline.from_pretrained(source, **{part: denoiser}, **dtype_kwargs(ctx.dtype),
                                                  local_files_only=local, use_safetensors=True)
     except ModelLoadError:
         raise
     except Exception as exc:  # any failure here means this file (with that companion) does not load
-        raise ModelLoadError(f"could not load {path} as a {ARCH_LABELS[ident.arch]} UNet (other components from "
+        raise ModelLoadError(f"could not load {path} as a {ARCH_LABELS[ident.arch]} {what} (other components from "
                              f"{source}): {_cause(exc)}") from exc
     return Loaded(pipe, ident.arch, source)
 
