@@ -15,6 +15,7 @@ Module attribute names follow the key layout NVlabs generators are published in 
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +83,23 @@ class MappingNetwork(nn.Module):
     def truncate(self, w: torch.Tensor, psi: float) -> torch.Tensor:
         """w pulled towards the average: w_avg + ψ (w − w_avg); ψ = 0 gives w_avg, ψ = 1 leaves w as it is."""
         return w if psi == 1 else self.w_avg.lerp(w, psi)
+
+
+class Generator(nn.Module):
+    """A StyleGAN generator: the mapping network, then the synthesis network `make_synthesis(config)` builds
+    (ws → images); `forward(z, c, psi)` → images [B, C, R, R] in about [-1, 1]."""
+
+    generation = ""
+
+    def __init__(self, config: Any, make_synthesis: Callable[[Any], nn.Module]) -> None:
+        super().__init__()
+        self.config = config
+        self.mapping = MappingNetwork(config.z_dim, config.c_dim, config.w_dim, config.num_ws,
+                                      list(config.mapping_dims))
+        self.synthesis = make_synthesis(config)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, psi: float = 1.0) -> torch.Tensor:
+        return self.synthesis(self.mapping(z, c, psi))
 
 
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int = 1, down: int = 1,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from webui.gan.ops import Dense, MappingNetwork, grouped_conv, lrelu, modulate, upfirdn2d
+from webui.gan.ops import Dense, Generator, grouped_conv, lrelu, modulate, upfirdn2d
 
 CONV_CLAMP = 256.0
 
@@ -139,20 +139,13 @@ class SynthesisNetwork(nn.Module):
         return img  # [B, img_channels, R, R], about [-1, 1]
 
 
-class StyleGAN2(nn.Module):
+class StyleGAN2(Generator):
     """mapping + synthesis; `forward(z, c, psi)` → images [B, C, R, R] in about [-1, 1]."""
 
     generation = "StyleGAN2"
 
     def __init__(self, config: SG2Config) -> None:
-        super().__init__()
-        self.config = config
-        self.mapping = MappingNetwork(config.z_dim, config.c_dim, config.w_dim, config.num_ws,
-                                      list(config.mapping_dims))
-        self.synthesis = SynthesisNetwork(config)
-
-    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, psi: float = 1.0) -> torch.Tensor:
-        return self.synthesis(self.mapping(z, c, psi))
+        super().__init__(config, SynthesisNetwork)
 
 
 def config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> SG2Config:
